@@ -1,0 +1,1 @@
+"""Workspace state: the home directory, the SQL store and encrypted secrets."""

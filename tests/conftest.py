@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny import build_tiny_model  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def forgeflow_home(tmp_path, monkeypatch):
+    """Every test gets its own workspace home and never reaches a hub."""
+    home = tmp_path / "ffhome"
+    monkeypatch.setenv("FORGEFLOW_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random Llama chat model (2 layers, ~400-token vocab) saved as a HF folder."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
