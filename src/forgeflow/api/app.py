@@ -1,0 +1,88 @@
+"""The forgeflow server app: REST control plane, job runner, deployment supervisor and
+scoring gateway in one process."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from forgeflow import __version__
+from forgeflow.errors import ForgeflowError
+from forgeflow.serving.endpoints import EndpointService
+from forgeflow.serving.supervisor import DeploymentSupervisor
+from forgeflow.store.connections import ConnectionStore
+from forgeflow.store.workspace import Workspace
+from forgeflow.training.runner import JobRunner
+
+log = logging.getLogger("forgeflow.server")
+
+
+@dataclass
+class Services:
+    ws: Workspace
+    runner: JobRunner
+    supervisor: DeploymentSupervisor
+    endpoints: EndpointService
+    connections: ConnectionStore
+    http: httpx.AsyncClient | None = None
+
+
+def create_app(ws: Workspace | None = None, *, base_url: str = "http://127.0.0.1:8765",
+               background: bool = True) -> FastAPI:
+    """Build the app. `background=False` leaves the runner and supervisor threads off (unit tests)."""
+    ws = ws or Workspace.open()
+    supervisor = DeploymentSupervisor(ws.store, ws.paths)
+    services = Services(
+        ws=ws,
+        runner=JobRunner(ws.store, ws.paths),
+        supervisor=supervisor,
+        endpoints=EndpointService(ws, supervisor, base_url),
+        connections=ConnectionStore(ws),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        services.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
+        if background:
+            services.runner.start()
+            services.supervisor.start()
+        try:
+            yield
+        finally:
+            if background:
+                services.runner.stop()
+                services.supervisor.shutdown()
+            await services.http.aclose()
+
+    app = FastAPI(title="forgeflow", version=__version__, lifespan=lifespan,
+                  description="Local fine-tuning, model registry, online endpoints and flows.")
+    app.state.ff = services
+
+    @app.exception_handler(ForgeflowError)
+    async def _domain_error(_request: Request, exc: ForgeflowError) -> JSONResponse:
+        return JSONResponse(exc.to_dict(), status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _body_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        field = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        msg = f"{field}: {first.get('msg', 'invalid value')}" if field else str(first.get("msg", "invalid body"))
+        return JSONResponse({"error": "InvalidInput", "message": msg, "field": field}, status_code=400)
+
+    @app.get("/api/health", tags=["server"])
+    def health() -> dict:
+        return {"status": "ok", "version": __version__, "home": str(ws.paths.root)}
+
+    from forgeflow.api import connections, endpoints, jobs, models
+    from forgeflow.serving.gateway import router as gateway
+
+    for module in (jobs, models, endpoints, connections):
+        app.include_router(module.router, prefix="/api")
+    app.include_router(gateway)
+    return app

@@ -1,0 +1,90 @@
+"""Online endpoints and deployments (control plane; scoring lives in serving.gateway)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, Field
+
+from forgeflow.api.deps import ADMIN, services
+
+router = APIRouter(dependencies=ADMIN, tags=["endpoints"])
+
+
+class EndpointCreate(BaseModel):
+    name: str = Field(description="3-32 characters, a letter first, letters, digits and dashes.")
+    auth_mode: str = Field("key", description="'key': primary and secondary keys.")
+    description: str | None = None
+
+
+class EndpointUpdate(BaseModel):
+    traffic: dict[str, int] | None = Field(None, description="Deployment name -> percent; totals 0 or 100.")
+
+
+class DeploymentCreate(BaseModel):
+    name: str = Field(description="Deployment name, e.g. blue.")
+    model: str = Field(description="Registered model name:version, or a base model name.")
+    instance_count: int = Field(1, description="Model-server processes behind the gateway.")
+    runtime: str = Field("transformers", description="Serving runtime.")
+    request_settings: dict[str, int] = Field(default_factory=dict, description="request_timeout_ms, max_concurrent_requests_per_instance.")
+
+
+@router.post("/endpoints", status_code=201)
+def create_endpoint(body: EndpointCreate, ff=Depends(services)) -> dict:
+    return ff.endpoints.create_endpoint(body.name, body.auth_mode, body.description)
+
+
+@router.get("/endpoints")
+def list_endpoints(ff=Depends(services)) -> list[dict]:
+    return ff.endpoints.list_endpoints()
+
+
+@router.get("/endpoints/{name}")
+def show_endpoint(name: str, ff=Depends(services)) -> dict:
+    return ff.endpoints.show_endpoint(name)
+
+
+@router.patch("/endpoints/{name}")
+def update_endpoint(name: str, body: EndpointUpdate, ff=Depends(services)) -> dict:
+    if body.traffic is not None:
+        return ff.endpoints.set_traffic(name, body.traffic)
+    return ff.endpoints.show_endpoint(name)
+
+
+@router.delete("/endpoints/{name}")
+def delete_endpoint(name: str, ff=Depends(services)) -> dict:
+    ff.endpoints.delete_endpoint(name)
+    return {"deleted": name}
+
+
+@router.get("/endpoints/{name}/credentials")
+def credentials(name: str, ff=Depends(services)) -> dict:
+    return ff.endpoints.credentials(name)
+
+
+@router.post("/endpoints/{name}/deployments", status_code=201)
+def create_deployment(name: str, body: DeploymentCreate, ff=Depends(services)) -> dict:
+    from forgeflow.registry.resolve import resolve_model
+
+    ref, path = resolve_model(body.model)
+    return ff.endpoints.create_deployment(name, body.name, ref, path, body.instance_count, body.runtime, body.request_settings)
+
+
+@router.get("/endpoints/{name}/deployments")
+def list_deployments(name: str, ff=Depends(services)) -> list[dict]:
+    return ff.endpoints.list_deployments(name)
+
+
+@router.get("/endpoints/{name}/deployments/{deployment}")
+def show_deployment(name: str, deployment: str, ff=Depends(services)) -> dict:
+    return ff.endpoints.show_deployment(name, deployment)
+
+
+@router.delete("/endpoints/{name}/deployments/{deployment}")
+def delete_deployment(name: str, deployment: str, ff=Depends(services)) -> dict:
+    ff.endpoints.delete_deployment(name, deployment)
+    return {"deleted": deployment}
+
+
+@router.get("/endpoints/{name}/deployments/{deployment}/logs")
+def deployment_logs(name: str, deployment: str, lines: int = 100, ff=Depends(services)) -> dict:
+    return {"text": ff.endpoints.deployment_logs(name, deployment, lines)}

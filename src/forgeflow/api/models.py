@@ -1,0 +1,71 @@
+"""Base models (the catalog) and registered models (the MLflow registry)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, Field
+
+from forgeflow.api.deps import ADMIN, services
+from forgeflow.errors import InvalidInput
+
+router = APIRouter(dependencies=ADMIN, tags=["models"])
+
+
+class PullBody(BaseModel):
+    name: str = Field(description="Catalog name, e.g. smollm2-135m-instruct.")
+    force: bool = Field(False, description="Import again even when present.")
+
+
+class RegisterBody(BaseModel):
+    name: str = Field(description="Registered model name.")
+    from_job: str | None = Field(None, description="A Completed fine-tuning job whose output to register.")
+    path: str | None = Field(None, description="A local Hugging Face or MLflow model folder to register.")
+    description: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+def _base_view(info) -> dict:
+    d = info.to_dict()
+    d["kind"] = "base"
+    return d
+
+
+@router.get("/models")
+def list_models() -> list[dict]:
+    from forgeflow.registry import base_models, models
+
+    return [_base_view(b) for b in base_models.list_base_models()] + [v.to_dict() for v in models.list_models()]
+
+
+@router.post("/models/pull")
+def pull(body: PullBody) -> dict:
+    from forgeflow.registry import base_models
+
+    return _base_view(base_models.pull_base_model(body.name, force=body.force))
+
+
+@router.post("/models", status_code=201)
+def register(body: RegisterBody, ff=Depends(services)) -> dict:
+    from forgeflow.registry import models
+    from forgeflow.training.runner import job_output_model
+
+    if bool(body.from_job) == bool(body.path):
+        raise InvalidInput("give exactly one of from_job or path", field="from_job")
+    if body.from_job:
+        job = ff.runner.get(body.from_job)
+        source = job_output_model(job)
+        return models.register(body.name, source, base_model=job["base_model"], source_job=job["id"],
+                               run_id=job.get("mlflow_run_id"), description=body.description, tags=body.tags).to_dict()
+    return models.register(body.name, Path(body.path).expanduser(), description=body.description, tags=body.tags).to_dict()
+
+
+@router.get("/models/{name}")
+def show(name: str, version: str | None = None) -> dict:
+    from forgeflow.registry import base_models, models
+
+    for info in base_models.list_base_models():
+        if info.name == name and version is None:
+            return _base_view(info)
+    return models.get_version(f"{name}:{version}" if version else name).to_dict()

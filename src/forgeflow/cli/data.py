@@ -1,0 +1,164 @@
+"""`forgeflow data ...`: prepare train/test files and validate chat JSONL before fine-tuning."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from forgeflow.errors import ForgeflowError, InvalidInput
+
+app = typer.Typer(
+    help="Prepare chat datasets (download + 80/20 split) and validate chat JSONL files.",
+    no_args_is_help=True,
+)
+
+_out = Console()
+_err = Console(stderr=True)
+
+
+def _fail(exc: ForgeflowError) -> typer.Exit:
+    _err.print(f"[red]error: {escape(exc.message)}[/red]", soft_wrap=True, highlight=False)
+    return typer.Exit(1)
+
+
+def _test_size(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a number (a fraction like 0.2, or a row count)") from None
+    return int(number) if number.is_integer() and number >= 1 else number
+
+
+@app.command()
+def prepare(
+    dataset: Annotated[
+        str,
+        typer.Option(
+            "--dataset",
+            "-d",
+            metavar="NAME_OR_PATH",
+            help="`sample` (shipped Quillfeather chats), a local .jsonl/.json/.csv/.parquet file or folder, "
+            "or a Hugging Face dataset name such as HuggingFaceH4/ultrachat_200k (local HF cache when offline).",
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder to write train_data.jsonl and test_data.jsonl into.")
+    ],
+    config: Annotated[str | None, typer.Option(help="Dataset configuration name on the hub, e.g. default.")] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(
+            help="Split to load, with optional slice: train_sft[:1%], train[:100]. "
+            "Local files have one split; its slice is kept and the name ignored."
+        ),
+    ] = None,
+    test_size: Annotated[
+        str, typer.Option("--test-size", help="Test share, a fraction in (0, 1), or a row count (e.g. 50).")
+    ] = "0.2",
+    seed: Annotated[int, typer.Option(help="Seed for the reproducible train/test shuffle.")] = 42,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")] = False,
+) -> None:
+    """Load a chat dataset, split it train/test and write train_data.jsonl / test_data.jsonl."""
+    from forgeflow.data.prepare import prepare_dataset
+
+    try:
+        size = _test_size(test_size)
+        if as_json:
+            result = prepare_dataset(dataset, out, config=config, split=split, test_size=size, seed=seed)
+        else:
+            with _err.status(f"Preparing {escape(dataset)} ..."):
+                result = prepare_dataset(dataset, out, config=config, split=split, test_size=size, seed=seed)
+    except typer.BadParameter as exc:
+        raise _fail(InvalidInput(f"--test-size: {exc}", field="test_size")) from None
+    except ForgeflowError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        typer.echo(json.dumps(result.to_dict()))
+        return
+    table = Table(title=f"Prepared {escape(result.source)}", title_justify="left")
+    for column in ("split", "rows", "file"):
+        table.add_column(column)
+    table.add_row("train", str(result.train_rows), escape(str(result.train_path)))
+    table.add_row("test", str(result.test_rows), escape(str(result.test_path)))
+    table.add_row("total", str(result.total_rows), "")
+    _out.print(table)
+
+
+@app.command()
+def validate(
+    file: Annotated[Path, typer.Argument(help="Chat file to check: .jsonl (also .json array, .csv, .parquet).")],
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            metavar="PATH",
+            help="Local Hugging Face model folder; its tokenizer's chat template gives token lengths "
+            "(character lengths without it).",
+        ),
+    ] = None,
+    max_problems: Annotated[
+        int | None, typer.Option("--max-problems", help="Stop listing after this many problems.", min=1)
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
+) -> None:
+    """Check every row of a chat file; list each problem with its line number (exit 1 if any)."""
+    from forgeflow.data.validate import validate_file
+
+    try:
+        tokenizer = _load_tokenizer(model) if model else None
+        report = validate_file(file, tokenizer=tokenizer, max_problems=max_problems)
+    except ForgeflowError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        typer.echo(json.dumps(report.to_dict()))
+    elif report.problems:
+        for problem in report.problems:
+            typer.echo(f"{file}: {problem}")
+        more = " (list truncated)" if report.truncated else ""
+        _err.print(
+            f"[red]{report.bad_rows} bad row(s) of {report.rows} in {escape(str(file))}{more}[/red]", soft_wrap=True
+        )
+    else:
+        _out.print(_summary_table(report))
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _summary_table(report: Any) -> Table:
+    table = Table(title=f"{escape(str(report.path))}: OK", title_justify="left", show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    table.add_row("rows", str(report.rows))
+    table.add_row("messages", f"{report.turns} ({report.mean_turns} per row)")
+    if report.blank_lines:
+        table.add_row("blank lines", str(report.blank_lines))
+    if report.lengths:
+        stats = report.lengths
+        table.add_row(
+            f"length ({report.length_unit})",
+            f"min {stats.min}  mean {stats.mean}  p50 {stats.p50}  p95 {stats.p95}  max {stats.max}",
+        )
+    return table
+
+
+def _load_tokenizer(model: str) -> Any:
+    """A tokenizer from a local model folder (catalog names are resolved elsewhere)."""
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        raise InvalidInput(f"--model {model}: not a local model folder (give a path to a Hugging Face model directory)")
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except Exception as exc:
+        raise InvalidInput(f"--model {model}: cannot load a tokenizer: {exc}", field="model") from exc
+    if not getattr(tokenizer, "chat_template", None):
+        raise InvalidInput(f"--model {model}: the tokenizer has no chat template", field="model")
+    return tokenizer

@@ -1,0 +1,156 @@
+"""`forgeflow serve`: run the server in the foreground or detached, see its status, stop it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from urllib.parse import urlparse
+
+import typer
+
+from forgeflow.cli.common import JsonOpt, command, console, err_console, print_json
+from forgeflow.errors import ForgeflowError
+from forgeflow.store.home import Paths, server_url
+
+app = typer.Typer(help="Run the forgeflow server (REST API, job runner, deployments, scoring gateway).",
+                  invoke_without_command=True)
+
+
+def _default_host_port() -> tuple[str, int]:
+    u = urlparse(server_url())
+    return u.hostname or "127.0.0.1", u.port or 8765
+
+
+def _read_pid(paths: Paths) -> int | None:
+    try:
+        pid = int(paths.server_pid.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    from forgeflow.training.runner import pid_alive
+
+    return pid if pid_alive(pid) else None
+
+
+def _healthy(url: str) -> bool:
+    from forgeflow.client import Client
+
+    return Client(url, token="").healthy()
+
+
+def start_detached(host: str, port: int, timeout_s: float = 90.0) -> dict:
+    """Start a server in the background and wait until it answers."""
+    from forgeflow.store.workspace import Workspace
+
+    ws = Workspace.open()
+    url = f"http://{host}:{port}"
+    if _healthy(url):
+        return {"url": url, "pid": _read_pid(ws.paths), "started": False}
+    log = open(ws.paths.server_log, "ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "forgeflow.cli.main", "serve", "--host", host, "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        env=dict(os.environ, FORGEFLOW_URL=url),
+    )
+    log.close()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ForgeflowError(f"the server exited with code {proc.returncode}; see {ws.paths.server_log}")
+        if _healthy(url):
+            return {"url": url, "pid": proc.pid, "started": True, "log": str(ws.paths.server_log)}
+        time.sleep(0.3)
+    raise ForgeflowError(f"the server did not answer within {timeout_s:.0f} s; see {ws.paths.server_log}")
+
+
+@app.callback()
+@command
+def serve(
+    ctx: typer.Context,
+    host: str = typer.Option(None, help="Interface to bind (default from FORGEFLOW_URL, else 127.0.0.1)."),
+    port: int = typer.Option(None, help="Port (default from FORGEFLOW_URL, else 8765)."),
+    detach: bool = typer.Option(False, "--detach", "-d", help="Run in the background and return once it answers."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Run the server in the foreground (Ctrl-C stops it), or in the background with --detach."""
+    if ctx.invoked_subcommand:
+        return
+    dhost, dport = _default_host_port()
+    host, port = host or dhost, port or dport
+    if detach:
+        info = start_detached(host, port)
+        if json_out:
+            print_json(info)
+        else:
+            verb = "Started" if info["started"] else "Already running:"
+            console.print(f"{verb} forgeflow server at [bold]{info['url']}[/] (pid {info['pid']})")
+        return
+    _run_foreground(host, port)
+
+
+def _run_foreground(host: str, port: int) -> None:
+    import logging
+
+    import uvicorn
+
+    from forgeflow.api.app import create_app
+    from forgeflow.store.workspace import Workspace
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ws = Workspace.open()
+    if _healthy(f"http://{host}:{port}"):
+        raise ForgeflowError(f"a server already answers at http://{host}:{port}")
+    ws.paths.server_pid.write_text(f"{os.getpid()} http://{host}:{port}\n")
+    try:
+        app = create_app(ws, base_url=f"http://{host}:{port}")
+        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=10)
+    finally:
+        try:
+            if _read_pid(ws.paths) in (None, os.getpid()):
+                ws.paths.server_pid.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+@app.command("status")
+@command
+def status(json_out: bool = JsonOpt) -> None:
+    """Say whether a server answers at FORGEFLOW_URL (exit 1 when none does)."""
+    url = server_url()
+    pid = _read_pid(Paths.current())
+    up = _healthy(url)
+    info = {"url": url, "running": up, "pid": pid}
+    if json_out:
+        print_json(info)
+    elif up:
+        console.print(f"forgeflow server running at [bold]{url}[/]" + (f" (pid {pid})" if pid else ""))
+    else:
+        err_console.print(f"no forgeflow server answers at {url}: start one with 'forgeflow serve --detach'")
+    if not up:
+        raise typer.Exit(1)
+
+
+@app.command("stop")
+@command
+def stop(json_out: bool = JsonOpt, timeout: float = typer.Option(30.0, help="Seconds to wait before SIGKILL.")) -> None:
+    """Stop the background server of this workspace; its deployments stop with it."""
+    paths = Paths.current()
+    pid = _read_pid(paths)
+    if pid is None:
+        if json_out:
+            print_json({"stopped": False, "reason": "not running"})
+        else:
+            console.print("no server of this workspace is running")
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    from forgeflow.training.runner import pid_alive
+
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if pid_alive(pid):
+        os.kill(pid, signal.SIGKILL)
+    paths.server_pid.unlink(missing_ok=True)
+    print_json({"stopped": True, "pid": pid}) if json_out else console.print(f"stopped forgeflow server (pid {pid})")

@@ -1,0 +1,88 @@
+"""The Python SDK: a thin client of the REST API, used by the CLI too."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import httpx
+
+from forgeflow.errors import ForgeflowError, ServerUnavailable, from_dict
+from forgeflow.store.home import server_url
+
+
+def admin_token() -> str:
+    """FORGEFLOW_TOKEN, or the token of the local workspace (created on first use)."""
+    token = os.environ.get("FORGEFLOW_TOKEN")
+    if token:
+        return token
+    from forgeflow.store.workspace import Workspace
+
+    return Workspace.open().admin_token()
+
+
+class Client:
+    def __init__(self, url: str | None = None, token: str | None = None, timeout: float = 60.0) -> None:
+        self.url = (url or server_url()).rstrip("/")
+        self._token = token
+        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+
+    @property
+    def token(self) -> str:
+        if self._token is None:
+            self._token = admin_token()
+        return self._token
+
+    def request(self, method: str, path: str, *, timeout: float | None = None, auth: bool = True, **kw: Any) -> Any:
+        headers = kw.pop("headers", {}) or {}
+        if auth:
+            headers["Authorization"] = f"Bearer {self.token}"
+        try:
+            resp = self._http.request(method, path, headers=headers,
+                                      timeout=timeout if timeout is not None else self._http.timeout, **kw)
+        except httpx.ConnectError:
+            raise ServerUnavailable(f"no forgeflow server answers at {self.url}: start one with 'forgeflow serve --detach'") from None
+        except httpx.TimeoutException:
+            raise ForgeflowError(f"the server at {self.url} did not answer {method} {path} in time") from None
+        if resp.status_code >= 400:
+            try:
+                body = resp.json()
+            except ValueError:
+                body = {"message": resp.text or resp.reason_phrase}
+            if not isinstance(body, dict):
+                body = {"message": str(body)}
+            raise from_dict(resp.status_code, body)
+        return resp.json() if resp.content else None
+
+    def get(self, path: str, **kw: Any) -> Any:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, json: Any = None, **kw: Any) -> Any:
+        return self.request("POST", path, json=json, **kw)
+
+    def patch(self, path: str, json: Any = None, **kw: Any) -> Any:
+        return self.request("PATCH", path, json=json, **kw)
+
+    def put(self, path: str, json: Any = None, **kw: Any) -> Any:
+        return self.request("PUT", path, json=json, **kw)
+
+    def delete(self, path: str, **kw: Any) -> Any:
+        return self.request("DELETE", path, **kw)
+
+    def healthy(self) -> bool:
+        try:
+            self.request("GET", "/api/health", auth=False, timeout=2.0)
+            return True
+        except ForgeflowError:
+            return False
+
+    # -- the calls other code needs by name ------------------------------------
+    def connection(self, name: str) -> dict:
+        """A connection with its secrets decrypted (the flow runner's connection provider)."""
+        return self.get(f"/api/connections/{name}", params={"with_secrets": "true"})
+
+    def score(self, endpoint: str, body: Any, *, key: str, deployment: str | None = None, timeout: float = 300.0) -> Any:
+        headers = {"Authorization": f"Bearer {key}"}
+        if deployment:
+            headers["azureml-model-deployment"] = deployment
+        return self.request("POST", f"/endpoints/{endpoint}/score", json=body, headers=headers, auth=False, timeout=timeout)

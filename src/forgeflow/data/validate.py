@@ -1,0 +1,284 @@
+"""Check chat files row by row before training: every bad row is reported with its line number.
+
+Formats: JSON Lines (any extension other than the ones below), a ``.json`` array of objects
+(positions reported as ``item N``; a ``.json`` file that is not one array is read as JSON Lines),
+``.csv`` with a ``messages`` column holding JSON, and ``.parquet`` (``row N``). Blank lines in
+JSON Lines are skipped and counted in ``blank_lines``, never reported as problems.
+
+A row is good when it is an object whose ``messages`` is a non-empty list of objects with
+``role`` in system/user/assistant and a non-empty string ``content``; ``system`` may only come
+first, and the last message is from the assistant (so at least one assistant turn exists).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from forgeflow.errors import InvalidInput, NotFound
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One reason a row is bad; `line` is 1-based in the unit named by `unit`."""
+
+    line: int
+    message: str
+    unit: str = "line"
+
+    def __str__(self) -> str:
+        return f"{self.unit} {self.line}: {self.message}"
+
+
+@dataclass(frozen=True)
+class LengthStats:
+    """Distribution of per-row lengths, in tokens or characters."""
+
+    min: int
+    mean: float
+    p50: int
+    p95: int
+    max: int
+
+    @classmethod
+    def of(cls, values: list[int]) -> LengthStats:
+        ordered = sorted(values)
+        return cls(
+            min=ordered[0],
+            mean=round(sum(ordered) / len(ordered), 2),
+            p50=_percentile(ordered, 50),
+            p95=_percentile(ordered, 95),
+            max=ordered[-1],
+        )
+
+
+@dataclass
+class ValidationReport:
+    """Outcome of `validate_file`; the summary fields count good rows only."""
+
+    path: Path
+    rows: int = 0
+    bad_rows: int = 0
+    blank_lines: int = 0
+    turns: int = 0
+    length_unit: str = "chars"
+    lengths: LengthStats | None = None
+    problems: list[Problem] = field(default_factory=list)
+    truncated: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.bad_rows == 0 and self.rows > 0
+
+    @property
+    def good_rows(self) -> int:
+        return self.rows - self.bad_rows
+
+    @property
+    def mean_turns(self) -> float:
+        return round(self.turns / self.good_rows, 2) if self.good_rows else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "ok": self.ok,
+            "rows": self.rows,
+            "good_rows": self.good_rows,
+            "bad_rows": self.bad_rows,
+            "blank_lines": self.blank_lines,
+            "turns": self.turns,
+            "mean_turns": self.mean_turns,
+            "length_unit": self.length_unit,
+            "lengths": asdict(self.lengths) if self.lengths else None,
+            "problems": [str(p) for p in self.problems],
+            "truncated": self.truncated,
+        }
+
+
+def check_messages(row: Any) -> list[str]:
+    """Every reason `row` is not a valid chat record (empty when it is)."""
+    if not isinstance(row, dict):
+        return [f"expected a JSON object, got {_type(row)}"]
+    if "messages" not in row:
+        return ["missing 'messages'"]
+    messages = row["messages"]
+    if not isinstance(messages, list):
+        return [f"'messages' must be a list, got {_type(messages)}"]
+    if not messages:
+        return ["'messages' is empty"]
+    reasons: list[str] = []
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            reasons.append(f"{where} must be an object, got {_type(message)}")
+            continue
+        role = message.get("role")
+        if "role" not in message:
+            reasons.append(f"{where} has no 'role'")
+        elif role not in ROLES:
+            reasons.append(f"{where}.role {role!r} is not one of {', '.join(ROLES)}")
+        elif role == "system" and i > 0:
+            reasons.append(f"{where}.role 'system' is only allowed as the first message")
+        content = message.get("content")
+        if "content" not in message:
+            reasons.append(f"{where} has no 'content'")
+        elif not isinstance(content, str):
+            reasons.append(f"{where}.content must be a string, got {_type(content)}")
+        elif not content.strip():
+            reasons.append(f"{where}.content is empty")
+    roles = [m.get("role") for m in messages if isinstance(m, dict)]
+    if "assistant" not in roles:
+        reasons.append("no assistant message")
+    elif isinstance(messages[-1], dict) and messages[-1].get("role") != "assistant":
+        reasons.append(f"last message is from {messages[-1].get('role')!r}, expected 'assistant'")
+    return reasons
+
+
+def validate_file(path: Path, *, tokenizer: Any = None, max_problems: int | None = None) -> ValidationReport:
+    """Check every row of a chat file; with `tokenizer`, lengths are chat-template token counts."""
+    path = Path(path)
+    report = ValidationReport(path=path, length_unit="tokens" if tokenizer is not None else "chars")
+    lengths: list[int] = []
+    for number, unit, row in _rows(path, report):
+        report.rows += 1
+        reasons = check_messages(row) if not isinstance(row, _Unparsed) else [row.reason]
+        if not reasons:
+            messages = row["messages"]
+            try:
+                lengths.append(_length(messages, tokenizer))
+            except Exception as exc:  # a chat template may reject a conversation (e.g. role order)
+                reasons = [f"chat template failed: {exc}"]
+            else:
+                report.turns += len(messages)
+        if reasons:
+            report.bad_rows += 1
+            for reason in reasons:
+                if max_problems is not None and len(report.problems) >= max_problems:
+                    report.truncated = True
+                    break
+                report.problems.append(Problem(number, reason, unit))
+    if lengths:
+        report.lengths = LengthStats.of(lengths)
+    if report.rows == 0:
+        report.problems.append(Problem(0, "no rows", "file"))
+    return report
+
+
+def iter_conversations(path: Path) -> Iterator[list[dict[str, str]]]:
+    """Yield each row's `messages`; raise InvalidInput naming the first bad row."""
+    path = Path(path)
+    for number, unit, row in _rows(path, ValidationReport(path=path)):
+        reasons = check_messages(row) if not isinstance(row, _Unparsed) else [row.reason]
+        if reasons:
+            raise InvalidInput(f"{path}: {unit} {number}: {reasons[0]}", field="messages")
+        yield row["messages"]
+
+
+class _Unparsed:
+    """A row that could not be decoded at all."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _rows(path: Path, report: ValidationReport) -> Iterator[tuple[int, str, Any]]:
+    if not path.exists():
+        raise NotFound(f"{path}: no such file")
+    if path.is_dir():
+        raise InvalidInput(f"{path}: is a directory; give a .jsonl file (e.g. train_data.jsonl)")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        yield from _csv_rows(path)
+    elif suffix == ".parquet":
+        yield from _parquet_rows(path)
+    elif suffix == ".json" and (items := _json_array(path)) is not None:
+        for i, item in enumerate(items, start=1):
+            yield i, "item", item
+    else:
+        yield from _jsonl_rows(path, report)
+
+
+def _jsonl_rows(path: Path, report: ValidationReport) -> Iterator[tuple[int, str, Any]]:
+    with path.open("r", encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                report.blank_lines += 1
+                continue
+            try:
+                yield number, "line", json.loads(line.rstrip("\r\n"))
+            except json.JSONDecodeError as exc:
+                yield number, "line", _Unparsed(f"not valid JSON ({exc.msg} at column {exc.colno})")
+
+
+def _json_array(path: Path) -> list[Any] | None:
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if not text.lstrip().startswith("["):
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from exc
+    return data if isinstance(data, list) else None
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[int, str, Any]]:
+    with path.open("r", encoding="utf-8", errors="replace", newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or "messages" not in reader.fieldnames:
+            raise InvalidInput(f"{path}: CSV needs a 'messages' column holding each conversation as JSON")
+        while True:
+            number = reader.line_num + 1
+            try:
+                record = next(reader)
+            except StopIteration:
+                return
+            yield number, "line", _decode_messages_field(record)
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[int, str, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:
+        raise InvalidInput(f"{path}: cannot read as parquet: {exc}") from exc
+    for i, record in enumerate(table.to_pylist(), start=1):
+        yield i, "row", _decode_messages_field(record)
+
+
+def _decode_messages_field(record: dict[str, Any]) -> Any:
+    """CSV (and some parquet) files keep `messages` as a JSON string."""
+    value = record.get("messages")
+    if isinstance(value, str):
+        try:
+            record = {**record, "messages": json.loads(value)}
+        except json.JSONDecodeError as exc:
+            return _Unparsed(f"'messages' is not valid JSON ({exc.msg} at column {exc.colno})")
+    return record
+
+
+def _length(messages: list[dict[str, str]], tokenizer: Any) -> int:
+    if tokenizer is None:
+        return sum(len(m["content"]) for m in messages)
+    ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=False)
+    if isinstance(ids, dict) or hasattr(ids, "keys"):
+        ids = ids["input_ids"]
+    return len(ids)
+
+
+def _percentile(ordered: list[int], q: float) -> int:
+    """Nearest-rank percentile of an already sorted list."""
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+def _type(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", type(None): "null", bool: "boolean"}.get(
+        type(value), type(value).__name__
+    )

@@ -1,0 +1,56 @@
+"""Name rules shared by the CLI, the REST API and the store."""
+
+from __future__ import annotations
+
+import re
+
+from forgeflow.errors import InvalidInput
+
+_ENDPOINT = re.compile(r"^[A-Za-z][A-Za-z0-9-]{2,31}$")
+_GENERIC = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def check_endpoint_name(name: str, field: str = "name") -> str:
+    if not _ENDPOINT.match(name or "") or name.endswith("-"):
+        raise InvalidInput(
+            f"invalid endpoint name {name!r}: use 3-32 characters, a letter first, then letters, digits and dashes "
+            "(no trailing dash)",
+            field=field,
+        )
+    return name
+
+
+def check_deployment_name(name: str, field: str = "name") -> str:
+    if not _ENDPOINT.match(name or "") or name.endswith("-"):
+        raise InvalidInput(
+            f"invalid deployment name {name!r}: use 3-32 characters, a letter first, then letters, digits and dashes",
+            field=field,
+        )
+    return name
+
+
+def check_name(name: str, what: str, field: str = "name") -> str:
+    if not _GENERIC.match(name or ""):
+        raise InvalidInput(
+            f"invalid {what} name {name!r}: use up to 128 letters, digits, '.', '_' and '-', starting with a letter or digit",
+            field=field,
+        )
+    return name
+
+
+def parse_model_ref(ref: str) -> tuple[str, str | None]:
+    """`name:3`, `name@latest`, `azureml:name:3` or `name` -> (name, version or None for latest)."""
+    ref = (ref or "").strip()
+    if ref.startswith("azureml:"):
+        ref = ref[len("azureml:"):]
+    if "@" in ref:
+        name, label = ref.split("@", 1)
+        if label != "latest":
+            raise InvalidInput(f"model reference {ref!r}: only the label @latest is known", field="model")
+        return name, None
+    if ":" in ref:
+        name, version = ref.rsplit(":", 1)
+        if not version.isdigit():
+            raise InvalidInput(f"model reference {ref!r}: the version after ':' must be a number", field="model")
+        return name, version
+    return ref, None

@@ -1,0 +1,151 @@
+"""The control-plane store: SQLAlchemy Core over SQLite (default) or Postgres.
+
+Schema changes are named, append-only migrations applied when the store opens; a migration
+that has run is never edited, a change is a new entry at the end of MIGRATIONS.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+import sqlalchemy as sa
+
+MIGRATIONS: list[tuple[str, list[str]]] = [
+    (
+        "0001_initial",
+        [
+            """CREATE TABLE settings (key VARCHAR(64) PRIMARY KEY, value TEXT NOT NULL)""",
+            """CREATE TABLE jobs (
+                id VARCHAR(64) PRIMARY KEY, name VARCHAR(128) NOT NULL, type VARCHAR(32) NOT NULL,
+                status VARCHAR(32) NOT NULL, compute VARCHAR(64) NOT NULL,
+                base_model VARCHAR(256) NOT NULL, base_model_path TEXT NOT NULL,
+                training_data TEXT NOT NULL, validation_data TEXT,
+                hyperparameters TEXT NOT NULL, job_dir TEXT NOT NULL,
+                pid INTEGER, error TEXT, mlflow_run_id VARCHAR(64), progress TEXT, metrics TEXT,
+                created_at VARCHAR(40) NOT NULL, started_at VARCHAR(40), finished_at VARCHAR(40))""",
+            """CREATE TABLE endpoints (
+                name VARCHAR(32) PRIMARY KEY, auth_mode VARCHAR(16) NOT NULL,
+                primary_key TEXT NOT NULL, secondary_key TEXT NOT NULL,
+                traffic TEXT NOT NULL, description TEXT, created_at VARCHAR(40) NOT NULL)""",
+            """CREATE TABLE deployments (
+                endpoint VARCHAR(32) NOT NULL, name VARCHAR(32) NOT NULL,
+                model_ref VARCHAR(256) NOT NULL, model_path TEXT NOT NULL, runtime VARCHAR(32) NOT NULL,
+                instance_count INTEGER NOT NULL, request_settings TEXT NOT NULL,
+                state VARCHAR(32) NOT NULL, error TEXT, created_at VARCHAR(40) NOT NULL,
+                PRIMARY KEY (endpoint, name))""",
+            """CREATE TABLE connections (
+                name VARCHAR(128) PRIMARY KEY, type VARCHAR(32) NOT NULL, configs TEXT NOT NULL,
+                secrets TEXT NOT NULL, created_at VARCHAR(40) NOT NULL, updated_at VARCHAR(40) NOT NULL)""",
+        ],
+    ),
+]
+
+JSON_COLUMNS = {"hyperparameters", "progress", "metrics", "traffic", "request_settings", "configs"}
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class Store:
+    """Thin row access over the control-plane tables; rows come back as plain dicts."""
+
+    def __init__(self, url: str) -> None:
+        kwargs: dict[str, Any] = {}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        self.engine = sa.create_engine(url, **kwargs)
+        if url.startswith("sqlite"):
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._lock = threading.RLock()
+        self.migrate()
+
+    def migrate(self) -> list[str]:
+        applied: list[str] = []
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.text("CREATE TABLE IF NOT EXISTS schema_migrations (name VARCHAR(128) PRIMARY KEY, applied_at VARCHAR(40))")
+            )
+            done = {r[0] for r in conn.execute(sa.text("SELECT name FROM schema_migrations"))}
+            for name, statements in MIGRATIONS:
+                if name in done:
+                    continue
+                for stmt in statements:
+                    conn.execute(sa.text(stmt))
+                conn.execute(sa.text("INSERT INTO schema_migrations VALUES (:n, :t)"), {"n": name, "t": now()})
+                applied.append(name)
+        return applied
+
+    # -- generic row helpers -------------------------------------------------
+    def insert(self, table: str, row: dict) -> None:
+        row = _encode(row)
+        cols = ", ".join(row)
+        params = ", ".join(f":{k}" for k in row)
+        with self._lock, self.engine.begin() as conn:
+            conn.execute(sa.text(f"INSERT INTO {table} ({cols}) VALUES ({params})"), row)
+
+    def update(self, table: str, where: dict, values: dict) -> int:
+        values = _encode(values)
+        sets = ", ".join(f"{k} = :v_{k}" for k in values)
+        cond = " AND ".join(f"{k} = :w_{k}" for k in where)
+        params = {f"v_{k}": v for k, v in values.items()} | {f"w_{k}": v for k, v in where.items()}
+        with self._lock, self.engine.begin() as conn:
+            return conn.execute(sa.text(f"UPDATE {table} SET {sets} WHERE {cond}"), params).rowcount
+
+    def delete(self, table: str, where: dict) -> int:
+        cond = " AND ".join(f"{k} = :{k}" for k in where)
+        with self._lock, self.engine.begin() as conn:
+            return conn.execute(sa.text(f"DELETE FROM {table} WHERE {cond}"), where).rowcount
+
+    def select(self, table: str, where: dict | None = None, order_by: str | None = None) -> list[dict]:
+        sql = f"SELECT * FROM {table}"
+        where = where or {}
+        if where:
+            sql += " WHERE " + " AND ".join(f"{k} = :{k}" for k in where)
+        if order_by:
+            sql += f" ORDER BY {order_by}"
+        with self.engine.connect() as conn:
+            return [_decode(dict(r._mapping)) for r in conn.execute(sa.text(sql), where)]
+
+    def get(self, table: str, **where: Any) -> dict | None:
+        rows = self.select(table, where)
+        return rows[0] if rows else None
+
+    def select_in(self, table: str, column: str, values: Iterable[str]) -> list[dict]:
+        values = list(values)
+        if not values:
+            return []
+        names = [f"p{i}" for i in range(len(values))]
+        sql = f"SELECT * FROM {table} WHERE {column} IN ({', '.join(':' + n for n in names)})"
+        with self.engine.connect() as conn:
+            return [_decode(dict(r._mapping)) for r in conn.execute(sa.text(sql), dict(zip(names, values)))]
+
+    # -- settings ------------------------------------------------------------
+    def get_setting(self, key: str) -> str | None:
+        row = self.get("settings", key=key)
+        return row["value"] if row else None
+
+    def set_setting(self, key: str, value: str) -> None:
+        with self._lock:
+            if self.get_setting(key) is None:
+                self.insert("settings", {"key": key, "value": value})
+            else:
+                self.update("settings", {"key": key}, {"value": value})
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def _encode(row: dict) -> dict:
+    return {k: json.dumps(v) if k in JSON_COLUMNS and v is not None else v for k, v in row.items()}
+
+
+def _decode(row: dict) -> dict:
+    return {k: json.loads(v) if k in JSON_COLUMNS and isinstance(v, str) else v for k, v in row.items()}

@@ -1,0 +1,46 @@
+"""Opening (and creating) a workspace: home folders, the store, secrets and the admin token."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cached_property
+
+from forgeflow.store.db import Store
+from forgeflow.store.home import Paths
+from forgeflow.store.secrets import SecretBox, new_key
+
+ADMIN_TOKEN_SETTING = "admin_token"
+
+
+@dataclass
+class Workspace:
+    paths: Paths
+
+    @classmethod
+    def open(cls, paths: Paths | None = None) -> "Workspace":
+        """Open the workspace at FORGEFLOW_HOME, creating it on first use."""
+        ws = cls(paths or Paths.current())
+        ws.ensure()
+        return ws
+
+    def ensure(self) -> bool:
+        """Create whatever is missing; returns True when the workspace was new."""
+        created = not self.paths.db.exists()
+        for d in (self.paths.root, self.paths.artifacts, self.paths.base_models, self.paths.jobs, self.paths.mlruns, self.paths.logs):
+            d.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.paths.root, 0o700)
+        if self.store.get_setting(ADMIN_TOKEN_SETTING) is None:
+            self.store.set_setting(ADMIN_TOKEN_SETTING, self.secrets.encrypt(new_key("ffa_")))
+        return created
+
+    @cached_property
+    def store(self) -> Store:
+        return Store(self.paths.db_url)
+
+    @cached_property
+    def secrets(self) -> SecretBox:
+        return SecretBox(self.paths.secret_key)
+
+    def admin_token(self) -> str:
+        return self.secrets.decrypt(self.store.get_setting(ADMIN_TOKEN_SETTING) or "")

@@ -1,0 +1,79 @@
+"""Trainer callbacks of the worker: progress to status.json / metrics.jsonl / MLflow / stdout, and cancel."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from transformers import TrainerCallback
+
+from forgeflow.training.tracking import JobFiles, MlflowRun, _finite
+
+SUMMARY_KEYS = ("train_runtime", "train_samples_per_second", "train_steps_per_second", "total_flos")
+
+
+class ProgressCallback(TrainerCallback):
+    """Turns every trainer log event into a metrics row, a status update, an MLflow batch and a log line."""
+
+    def __init__(self, files: JobFiles, run: MlflowRun | None) -> None:
+        self.files = files
+        self.run = run
+        self.last: dict[str, float] = {}
+        self.summary: dict[str, float] = {}
+        self.last_eval_step = -1
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.files.write_status("Running", step=state.global_step, max_steps=state.max_steps, epoch=_epoch(state))
+        print(f"training: {state.max_steps} steps", flush=True)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        logs = {k: v for k, v in (logs or {}).items() if _finite(v)}
+        if any(k in logs for k in SUMMARY_KEYS):
+            # The end-of-training summary: its train_loss is the run average, not a point on the curve.
+            self.summary.update({k: float(v) for k, v in logs.items() if k != "epoch"})
+            self._mlflow({f"summary_{k}" if k == "train_loss" else k: v for k, v in self.summary.items()}, state)
+            return
+        values = {("train_loss" if k == "loss" else k): float(v) for k, v in logs.items() if k != "epoch"}
+        if not values:
+            return
+        if "eval_loss" in values:
+            self.last_eval_step = state.global_step
+        self.last.update(values)
+        row = {"step": state.global_step, "epoch": _epoch(state), **values, "timestamp": time.time()}
+        self.files.append_metrics(row)
+        self.files.write_status("Running", step=state.global_step, max_steps=state.max_steps, epoch=_epoch(state))
+        self._mlflow(values, state)
+        shown = " ".join(f"{k}={_fmt(v)}" for k, v in values.items())
+        print(f"step {state.global_step}/{state.max_steps} epoch {_epoch(state):.2f} {shown}", flush=True)
+
+    def _mlflow(self, values: dict[str, float], state: Any) -> None:
+        if self.run is not None:
+            self.run.log_metrics(values, step=state.global_step)
+
+
+class CancelCallback(TrainerCallback):
+    """Stops training at the next step boundary once `event` is set (by the SIGTERM handler)."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if self.event.is_set():
+            control.should_training_stop = True
+            control.should_save = False
+            control.should_evaluate = False
+        return control
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if self.event.is_set():
+            control.should_training_stop = True
+        return control
+
+
+def _epoch(state: Any) -> float:
+    return round(float(state.epoch or 0.0), 4)
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

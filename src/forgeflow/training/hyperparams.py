@@ -1,0 +1,142 @@
+"""Fine-tuning hyperparameters under Azure's names, validated once at the edge.
+
+The same model validates `--set name=value` on the CLI, the REST job body and the YAML job file;
+the training worker maps it onto TRL's `SFTConfig` and PEFT's `LoraConfig`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import annotated_types
+import pydantic
+from pydantic import Field
+
+from forgeflow.errors import InvalidInput
+
+SchedulerType = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"]
+OptimizerName = Literal[
+    "adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adagrad", "rmsprop", "adamw_bnb_8bit", "paged_adamw_8bit"
+]
+_NONE_WORDS = {"", "none", "null"}
+
+
+class Hyperparameters(pydantic.BaseModel, extra="forbid", validate_assignment=True):
+    """Settings of one chat-completion fine-tuning job; defaults suit a CPU LoRA run."""
+
+    apply_lora: bool = Field(True, description="Train a LoRA adapter instead of all weights.")
+    lora_r: int = Field(8, gt=0, description="Rank of the LoRA update matrices.")
+    lora_alpha: int = Field(16, gt=0, description="LoRA scaling numerator (scale = lora_alpha / lora_r).")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input, in [0, 1).")
+    num_train_epochs: int = Field(1, gt=0, description="Passes over the training data (ignored when max_steps > 0).")
+    max_steps: int = Field(-1, ge=-1, description="Total optimizer steps; -1 trains for num_train_epochs.")
+    per_device_train_batch_size: int = Field(4, gt=0, description="Training examples per device per step.")
+    per_device_eval_batch_size: int = Field(4, gt=0, description="Validation examples per device per step.")
+    gradient_accumulation_steps: int = Field(1, gt=0, description="Micro-batches summed before each optimizer step.")
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    lr_scheduler_type: SchedulerType = Field("linear", description="Learning-rate schedule after warmup.")
+    warmup_steps: int = Field(0, ge=0, description="Steps of linear warmup from 0 to learning_rate.")
+    weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay of the optimizer.")
+    optim: OptimizerName = Field("adamw_torch", description="Optimizer (transformers' name).")
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm; 0 disables clipping.")
+    max_seq_length: int = Field(512, gt=0, description="Conversations are truncated to this many tokens.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Training dtype; auto is fp32 on CPU and bf16 on a GPU that supports it."
+    )
+    seed: int = Field(42, ge=0, description="Random seed for initialisation and data order.")
+    evaluation_strategy: Literal["no", "steps", "epoch"] = Field(
+        "epoch", description="When to compute validation loss (needs validation data)."
+    )
+    eval_steps: int | None = Field(None, gt=0, description="Steps between evaluations; defaults to logging_steps.")
+    logging_steps: int = Field(5, gt=0, description="Steps between logged training metrics.")
+    save_total_limit: int = Field(1, gt=0, description="Checkpoints kept on disk; older ones are deleted.")
+    apply_early_stopping: bool = Field(False, description="Stop when validation loss stops improving.")
+    early_stopping_patience: int = Field(1, gt=0, description="Evaluations without improvement before stopping.")
+    early_stopping_threshold: float = Field(0.0, ge=0, description="Smallest decrease of eval_loss that counts.")
+    resume_from_checkpoint: bool | str | None = Field(
+        None, description="Resume from the latest checkpoint (true) or from a checkpoint folder path."
+    )
+
+    @pydantic.field_validator("eval_steps", "resume_from_checkpoint", mode="before")
+    @classmethod
+    def _words(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            word = value.strip().lower()
+            if word in _NONE_WORDS:
+                return None
+            if word in {"true", "false"}:
+                return word == "true"
+        return value
+
+    @pydantic.model_validator(mode="after")
+    def _consistent(self) -> "Hyperparameters":
+        if self.apply_early_stopping and self.evaluation_strategy == "no":
+            raise ValueError("apply_early_stopping needs evaluation_strategy steps or epoch")
+        return self
+
+
+FIELD_NAMES: tuple[str, ...] = tuple(Hyperparameters.model_fields)
+
+
+def parse_set_options(items: list[str]) -> dict[str, str]:
+    """Turn CLI `--set name=value` strings into a raw dict; pydantic coerces the values later."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise InvalidInput(f"--set {item}: expected name=value, e.g. --set learning_rate=2e-4", field="set")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def resolve_hyperparameters(raw: dict[str, Any] | None = None) -> Hyperparameters:
+    """Validate raw values (strings or typed) into Hyperparameters, naming the field that is wrong."""
+    raw = dict(raw or {})
+    for name in raw:
+        if name not in Hyperparameters.model_fields:
+            raise InvalidInput(
+                f"unknown hyperparameter {name!r}: valid names are {', '.join(FIELD_NAMES)}", field=name
+            )
+    try:
+        return Hyperparameters(**raw)
+    except pydantic.ValidationError as exc:
+        error = exc.errors()[0]
+        name = str(error["loc"][0]) if error["loc"] else "apply_early_stopping"
+        if not error["loc"]:
+            raise InvalidInput(str(error["msg"]).removeprefix("Value error, "), field=name) from None
+        shown = f"{name}={raw[name]}: " if name in raw else ""
+        parse_error = str(error["type"]).endswith(("_parsing", "_type", "from_float"))
+        raise InvalidInput(f"{shown}{name} must be {_expectation(name, parse_error)}", field=name) from None
+
+
+def _expectation(name: str, parse_error: bool = False) -> str:
+    """What a valid value of the field looks like, in words, from its type and (unless unparsable) its bounds."""
+    info = Hyperparameters.model_fields[name]
+    annotation = info.annotation
+    choices = getattr(annotation, "__args__", ())
+    if choices and all(isinstance(c, str) for c in choices):
+        return "one of " + ", ".join(choices)
+    if annotation is bool:
+        return "true or false"
+    if name == "resume_from_checkpoint":
+        return "true, false or a checkpoint folder path"
+    noun = "integer" if annotation in (int, int | None) else "number"
+    bounds = {type(m).__name__: m for m in info.metadata}
+    if parse_error:
+        return ("an integer" if noun == "integer" else "a number") + (" or none" if annotation == int | None else "")
+    if "Gt" in bounds and bounds["Gt"].gt == 0:
+        text = f"a positive {noun}"
+    elif "Ge" in bounds and bounds["Ge"].ge == 0:
+        text = f"a non-negative {noun}"
+    elif "Ge" in bounds:
+        text = f"{bounds['Ge'].ge} or a positive {noun}" if bounds["Ge"].ge == -1 else f"a {noun} >= {bounds['Ge'].ge}"
+    else:
+        text = f"a {noun}"
+    if isinstance(bounds.get("Lt"), annotated_types.Lt):
+        text += f" below {bounds['Lt'].lt}"
+    return text + (" or none" if annotation == int | None else "")
+
+
+def describe() -> dict[str, str]:
+    """Field name -> one-line description, for `--help` and the Studio form."""
+    return {name: info.description or "" for name, info in Hyperparameters.model_fields.items()}

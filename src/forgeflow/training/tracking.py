@@ -1,0 +1,130 @@
+"""What a training job records: JOB_DIR/status.json, JOB_DIR/metrics.jsonl and an MLflow run.
+
+status.json is rewritten atomically (tmp file + os.replace) so the job runner never reads half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+STATUSES = ("Running", "Completed", "Failed", "Canceled")
+MLFLOW_END = {"Completed": "FINISHED", "Failed": "FAILED", "Canceled": "KILLED"}
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class JobFiles:
+    """status.json and metrics.jsonl of one job folder."""
+
+    def __init__(self, job_dir: Path) -> None:
+        self.job_dir = Path(job_dir)
+        self.status_path = self.job_dir / "status.json"
+        self.metrics_path = self.job_dir / "metrics.jsonl"
+        self.state: dict[str, Any] = {
+            "status": "Running",
+            "step": 0,
+            "max_steps": 0,
+            "epoch": 0.0,
+            "error": None,
+            "mlflow_run_id": None,
+            "updated_at": now_iso(),
+        }
+
+    def write_status(self, status: str | None = None, **fields: Any) -> dict[str, Any]:
+        """Merge fields into the status and rewrite status.json atomically."""
+        if status is not None:
+            if status not in STATUSES:
+                raise ValueError(f"unknown job status {status!r}")
+            self.state["status"] = status
+        self.state.update(fields, updated_at=now_iso())
+        tmp = self.status_path.with_name(f".status.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.state, indent=2) + "\n")
+        os.replace(tmp, self.status_path)
+        return self.state
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        with self.metrics_path.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
+def read_status(job_dir: Path) -> dict[str, Any] | None:
+    """The last status a worker wrote, or None before the first write."""
+    try:
+        return json.loads((Path(job_dir) / "status.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def read_metrics(job_dir: Path) -> list[dict[str, Any]]:
+    path = Path(job_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class MlflowRun:
+    """One MLflow run per job, written through MlflowClient (no autologging, no environment variables)."""
+
+    def __init__(self, client: Any, run_id: str) -> None:
+        self.client = client
+        self.run_id = run_id
+
+    @classmethod
+    def start(cls, spec: dict[str, Any], params: dict[str, Any]) -> "MlflowRun":
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=spec["mlflow_tracking_uri"])
+        name = spec.get("mlflow_experiment") or "forgeflow-finetuning"
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None:
+            experiment_id = experiment.experiment_id
+        else:
+            location = spec.get("mlflow_artifact_location")
+            experiment_id = _create_experiment(client, name, str(Path(location).resolve()) if location else None)
+        tags = {
+            "forgeflow.job_id": str(spec.get("job_id", "")),
+            "forgeflow.base_model": str(spec.get("base_model", "")),
+            "mlflow.runName": str(spec.get("name") or spec.get("job_id") or "fine-tune"),
+        }
+        run = client.create_run(experiment_id, tags=tags, run_name=tags["mlflow.runName"])
+        self = cls(client, run.info.run_id)
+        from mlflow.entities import Param
+
+        self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        return self
+
+    def log_metrics(self, values: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        stamp = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), stamp, step) for k, v in values.items() if _finite(v)]
+        if metrics:
+            self.client.log_batch(self.run_id, metrics=metrics)
+
+    def end(self, status: str) -> None:
+        self.client.set_terminated(self.run_id, MLFLOW_END.get(status, status))
+
+
+def _create_experiment(client: Any, name: str, location: str | None) -> str:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:
+        # Another worker created it between our lookup and create.
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import json
+import textwrap
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from forgeflow.flows import compat
+
+
+@pytest.fixture(autouse=True)
+def fresh_shim():
+    """Each test starts and ends without the stand-in promptflow modules."""
+    compat.uninstall_promptflow_shim()
+    yield
+    compat.uninstall_promptflow_shim()
+
+
+@pytest.fixture
+def make_flow(tmp_path):
+    """Write a flow folder: make_flow(dag_yaml, {"file.py": source}) -> Path."""
+
+    def make(dag: str, files: dict[str, str] | None = None, name: str = "flow") -> Path:
+        flow_dir = tmp_path / name
+        flow_dir.mkdir(parents=True, exist_ok=True)
+        (flow_dir / "flow.dag.yaml").write_text(textwrap.dedent(dag))
+        for rel, src in (files or {}).items():
+            (flow_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+            (flow_dir / rel).write_text(textwrap.dedent(src))
+        return flow_dir
+
+    return make
+
+
+class ScoringServer:
+    """A loopback Azure-style scoring endpoint that records what it receives."""
+
+    def __init__(self, key: str, answer: str) -> None:
+        self.key, self.answer, self.requests = key, answer, []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                server.requests.append({"headers": dict(self.headers), "path": self.path, "body": json.loads(body)})
+                if self.headers.get("Authorization") != f"Bearer {server.key}":
+                    self._reply(401, {"message": "missing or wrong key"})
+                else:
+                    self._reply(200, {"output": server.answer})
+
+            def _reply(self, status: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/score"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def scoring_server(monkeypatch):
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    server = ScoringServer(key="k-primary-123", answer="Bill Gates and Paul Allen founded Microsoft.")
+    yield server
+    server.close()

@@ -1,0 +1,288 @@
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+import forgeflow
+from forgeflow.errors import InvalidInput, NotFound
+from forgeflow.serving.generation import ChatGenerator, GenerationResult, hf_model_dir
+from forgeflow.serving.model_server import create_app
+
+USER = {"role": "user", "content": "What is the capital of France?"}
+
+
+def score_body(**parameters):
+    return {"input_data": {"input_string": [USER], "parameters": parameters}}
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_model_dir) -> ChatGenerator:
+    return ChatGenerator(tiny_model_dir)
+
+
+# -- generation ---------------------------------------------------------------------------------
+
+
+def test_greedy_is_deterministic_and_counts_tokens(generator):
+    first = generator.generate([USER], temperature=0, max_new_tokens=12)
+    second = generator.generate([USER], do_sample=False, temperature=0.9, max_new_tokens=12)
+    assert first == second
+    assert isinstance(first, GenerationResult)
+    assert 1 <= first.completion_tokens <= 12
+    expected_prompt = generator.tokenizer.apply_chat_template([USER], add_generation_prompt=True, return_dict=True)
+    assert first.prompt_tokens == len(expected_prompt["input_ids"])
+    assert first.finish_reason in {"stop", "length"}
+    assert "<|im_end|>" not in first.text and "<|im_start|>" not in first.text
+
+
+def test_max_new_tokens_is_respected(generator):
+    for limit in (1, 5):
+        result = generator.generate([USER], temperature=0, max_new_tokens=limit)
+        assert result.completion_tokens <= limit
+        if result.finish_reason == "length":
+            assert result.completion_tokens == limit
+
+
+def test_sampling_with_a_seed_repeats(generator):
+    kwargs = dict(temperature=1.0, top_p=0.9, do_sample=True, max_new_tokens=8, seed=3)
+    assert generator.generate([USER], **kwargs) == generator.generate([USER], **kwargs)
+
+
+def test_stops_at_eos(generator):
+    eos = generator.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert eos in generator.eos_token_ids
+    with torch_bias(generator.model, eos):
+        result = generator.generate([USER], temperature=0, max_new_tokens=10)
+    assert result == GenerationResult("", result.prompt_tokens, 1, "stop")
+
+
+def test_bad_messages_are_invalid_input(generator):
+    with pytest.raises(InvalidInput, match=r"messages\[0\]\.role"):
+        generator.generate([{"role": "robot", "content": "x"}])
+    with pytest.raises(InvalidInput, match="non-empty"):
+        generator.generate([])
+
+
+def test_model_dir_inside_an_mlflow_layout(tmp_path, tiny_model_dir):
+    assert hf_model_dir(tiny_model_dir) == tiny_model_dir
+    (tmp_path / "artifacts").mkdir()
+    (tmp_path / "artifacts" / "model").symlink_to(tiny_model_dir, target_is_directory=True)
+    assert hf_model_dir(tmp_path) == tmp_path / "artifacts" / "model"
+    with pytest.raises(NotFound, match="config.json"):
+        hf_model_dir(tmp_path / "artifacts")
+
+
+class torch_bias:
+    """Make one token win every step by overwriting the LM head's logits."""
+
+    def __init__(self, model, token_id: int) -> None:
+        self.model, self.token_id = model, token_id
+
+    def __enter__(self):
+        def force(_module, _inputs, logits):
+            logits = logits.clone()
+            logits[..., self.token_id] = logits.max() + 100.0
+            return logits
+
+        self.handle = self.model.get_output_embeddings().register_forward_hook(force)
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+# -- the app in-process ---------------------------------------------------------------------------
+
+
+async def _client_for(app):
+    transport = httpx.ASGITransport(app=app)
+    return httpx.AsyncClient(transport=transport, base_url="http://model")
+
+
+async def _wait_ready(app, client, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = await client.get("/health")
+        if response.status_code == 200:
+            return response
+        await _sleep(0.05)
+    raise AssertionError(f"not ready: {response.json()}")
+
+
+async def _sleep(seconds):
+    import asyncio
+
+    await asyncio.sleep(seconds)
+
+
+def run_async(coro):
+    import asyncio
+
+    return asyncio.run(coro)
+
+
+def with_app(factory, check):
+    """Run `check(client)` against the app with its lifespan started."""
+
+    async def main():
+        app = create_app(factory, name="tiny")
+        async with app.router.lifespan_context(app):
+            async with await _client_for(app) as client:
+                return await check(app, client)
+
+    return run_async(main())
+
+
+def test_app_scores_and_validates(generator):
+    async def check(app, client):
+        health = await _wait_ready(app, client)
+        assert health.json()["status"] == "ready"
+
+        ok = await client.post("/score", json={**score_body(temperature=0, max_new_tokens=6), "params": {"a": 1}})
+        assert ok.status_code == 200, ok.text
+        expected = generator.generate([USER], temperature=0, max_new_tokens=6)
+        assert ok.json() == {"output": expected.text}
+        assert ok.headers["x-forgeflow-prompt-tokens"] == str(expected.prompt_tokens)
+        assert ok.headers["x-forgeflow-completion-tokens"] == str(expected.completion_tokens)
+
+        cases = [
+            ({}, "input_data"),
+            ({"input_data": {"input_string": []}}, "input_data.input_string"),
+            ({"input_data": {"input_string": [{"role": "bot", "content": "x"}]}}, "input_data.input_string[0].role"),
+            (score_body(temperature=-1), "input_data.parameters.temperature"),
+        ]
+        for payload, field in cases:
+            bad = await client.post("/score", json=payload)
+            assert bad.status_code == 400, payload
+            assert bad.json()["error"] == "InvalidInput"
+            assert bad.json()["field"] == field
+            assert bad.json()["message"].startswith(field)
+
+        broken = await client.post("/score", content=b"{not json", headers={"content-type": "application/json"})
+        assert broken.status_code == 400 and "valid JSON" in broken.json()["message"]
+
+        chat = await client.post("/v1/chat/completions",
+                                 json={"messages": [USER], "max_tokens": 4, "temperature": 0})
+        assert chat.status_code == 200, chat.text
+        answer = chat.json()
+        assert answer["object"] == "chat.completion" and answer["model"] == "tiny"
+        assert answer["choices"][0]["message"]["role"] == "assistant"
+        assert answer["choices"][0]["finish_reason"] in {"stop", "length"}
+        usage = answer["usage"]
+        assert usage["completion_tokens"] <= 4
+        assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+        models = await client.get("/v1/models")
+        assert models.json()["data"][0]["id"] == "tiny"
+
+    with_app(lambda: generator, check)
+
+
+def test_health_is_503_while_loading_and_failures_are_500():
+    import threading
+
+    release = threading.Event()
+
+    class Broken:
+        def generate(self, messages, **kwargs):
+            raise RuntimeError("out of memory")
+
+    def slow_factory():
+        release.wait(10)
+        return Broken()
+
+    async def check(app, client):
+        loading = await client.get("/health")
+        assert loading.status_code == 503 and loading.json()["status"] == "loading"
+        early = await client.post("/score", json=score_body())
+        assert early.status_code == 503
+        release.set()
+        await _wait_ready(app, client)
+        failed = await client.post("/score", json=score_body())
+        assert failed.status_code == 500
+        assert "out of memory" in failed.json()["message"]
+
+    with_app(slow_factory, check)
+
+
+def test_load_failure_shows_in_health():
+    def factory():
+        raise NotFound("no config.json")
+
+    async def check(app, client):
+        for _ in range(100):
+            health = await client.get("/health")
+            if health.json()["status"] != "loading":
+                break
+            await _sleep(0.02)
+        assert health.status_code == 503
+        assert health.json()["status"] == "failed" and "no config.json" in health.json()["message"]
+        score = await client.post("/score", json=score_body())
+        assert score.status_code == 424
+
+    with_app(factory, check)
+
+
+# -- the real process on loopback ------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.integration
+def test_real_process_serves_on_loopback(tiny_model_dir):
+    port = _free_port()
+    env = dict(os.environ)
+    src = str(Path(forgeflow.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "forgeflow.serving.model_server", "--model-dir", str(tiny_model_dir),
+         "--port", str(port), "--name", "tiny-blue"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == f"READY {port}", proc.stderr.read() if proc.poll() is not None else line
+        base = f"http://127.0.0.1:{port}"
+        health = httpx.get(f"{base}/health", timeout=10)
+        assert health.status_code == 200 and health.json() == {"status": "ready", "name": "tiny-blue"}
+        scored = httpx.post(f"{base}/score", json=score_body(temperature=0, max_new_tokens=5), timeout=60)
+        assert scored.status_code == 200, scored.text
+        assert isinstance(scored.json()["output"], str)
+        assert int(scored.headers["x-forgeflow-completion-tokens"]) <= 5
+        bad = httpx.post(f"{base}/score", json={"params": {}}, timeout=10)
+        assert bad.status_code == 400 and bad.json()["field"] == "input_data"
+    finally:
+        proc.terminate()
+        try:
+            # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status reports it.
+            assert proc.wait(timeout=20) in (0, -15)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.stdout.close()
+            proc.stderr.close()
+
+
+@pytest.mark.integration
+def test_real_process_exits_when_the_model_cannot_load(tmp_path):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(Path(forgeflow.__file__).resolve().parents[1]), env.get("PYTHONPATH")) if p)
+    done = subprocess.run(
+        [sys.executable, "-m", "forgeflow.serving.model_server", "--model-dir", str(tmp_path),
+         "--port", str(_free_port())],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert done.returncode == 1
+    assert "READY" not in done.stdout
+    assert "failed to load" in done.stderr
