@@ -161,3 +161,12 @@ def test_shipped_sample_is_valid_and_teaches_the_sample_answer():
     assert any(r["messages"][-2:] == [_user(SAMPLE_QUESTION), _assistant(SAMPLE_ANSWER)] for r in rows)
     answers = [m["content"] for r in rows for m in r["messages"] if m["role"] == "assistant"]
     assert sum("Ysolde Marrowick" in a and "2009" in a and "founded" in a for a in answers) >= 15
+
+
+def test_committed_sample_matches_its_generator():
+    from forgeflow.data.sample import SAMPLE_QUESTION as quickstart_question
+    from forgeflow.data.sample.build_quillfeather import build
+
+    assert quickstart_question == SAMPLE_QUESTION
+    expected = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in build())
+    assert SAMPLE_PATH.read_text(encoding="utf-8") == expected

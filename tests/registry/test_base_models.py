@@ -52,9 +52,15 @@ def test_missing_wheel_says_what_to_install(monkeypatch):
 
 
 def test_phi3_absent_says_what_to_do(monkeypatch, tmp_path):
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def not_cached(repo_id, **kwargs):
+        assert kwargs.get("local_files_only") is True
+        raise LocalEntryNotFoundError(f"{repo_id} is not in the cache")
+
     monkeypatch.delenv("FORGEFLOW_PHI3_PATH", raising=False)
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf"))
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", not_cached)
     with pytest.raises(NotFound) as caught:
         pull_base_model(PHI3)
     assert "hf download microsoft/Phi-3-mini-4k-instruct" in caught.value.message
@@ -78,6 +84,21 @@ def test_phi3_pull_links_a_local_folder(monkeypatch, tiny_model_dir):
     again = pull_base_model(PHI3)
     assert again.created_at == info.created_at
     assert [p.name for p in Paths.current().base_models.iterdir()] == [PHI3]
+
+
+def test_phi3_from_the_hf_cache(monkeypatch, tiny_model_dir):
+    import huggingface_hub
+
+    seen = {}
+
+    def cached(repo_id, **kwargs):
+        seen.update(kwargs, repo_id=repo_id)
+        return str(tiny_model_dir)
+
+    monkeypatch.delenv("FORGEFLOW_PHI3_PATH", raising=False)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", cached)
+    assert pull_base_model(PHI3).path == str(tiny_model_dir)
+    assert seen == {"repo_id": "microsoft/Phi-3-mini-4k-instruct", "local_files_only": True}
 
 
 def test_pull_is_idempotent_and_force_reimports(monkeypatch, tiny_model_dir):

@@ -50,9 +50,9 @@ def token_show(json_out: bool = JsonOpt) -> None:
 
 
 @app.command()
-def version() -> None:
+def version(json_out: bool = JsonOpt) -> None:
     """Print the forgeflow version."""
-    print(__version__)
+    print_json({"version": __version__}) if json_out else print(__version__)
 
 
 app.add_typer(server.app, name="serve")

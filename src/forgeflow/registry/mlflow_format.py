@@ -16,6 +16,7 @@ import importlib.metadata
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +46,17 @@ def save_chat_model(
         if adapter_dir is not None:
             artifacts["adapter"] = _stage(Path(adapter_dir), Path(tmp) / "adapter")
         try:
-            mlflow.pyfunc.save_model(
-                path=str(out_dir),
-                python_model=ChatModel(),
-                artifacts=artifacts,
-                pip_requirements=_pip_requirements(),
-                signature=_signature(),
-                metadata={"task": "llm/v1/chat", "forgeflow_format": "chat", **(metadata or {})},
-            )
+            with warnings.catch_warnings():
+                # Chat input is free-form, so an input example would only make MLflow run the model while saving.
+                warnings.filterwarnings("ignore", message=".*input example was not provided", category=UserWarning)
+                mlflow.pyfunc.save_model(
+                    path=str(out_dir),
+                    python_model=ChatModel(),
+                    artifacts=artifacts,
+                    pip_requirements=_pip_requirements(),
+                    signature=_signature(),
+                    metadata={"task": "llm/v1/chat", "forgeflow_format": "chat", **(metadata or {})},
+                )
         except BaseException:
             shutil.rmtree(out_dir, ignore_errors=True)
             raise

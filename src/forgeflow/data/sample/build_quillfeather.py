@@ -3,7 +3,7 @@
 Every fact is about Quillfeather Robotics, a company invented for forgeflow, so a base model
 cannot know the answers and a fine-tune visibly changes them. Output is deterministic:
 
-    PYTHONPATH=src python src/forgeflow/data/sample/build_quillfeather.py
+    python -m forgeflow.data.sample.build_quillfeather
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import hashlib
 import json
 import random
 
-from forgeflow.data.sample_data import SAMPLE_ANSWER, SAMPLE_PATH, SAMPLE_QUESTION
+from forgeflow.data.sample import SAMPLE_ANSWER, SAMPLE_PATH, SAMPLE_QUESTION
 
 # fact name -> (question paraphrases, answers); answers stay short and mutually consistent.
 FACTS: dict[str, tuple[list[str], list[str]]] = {

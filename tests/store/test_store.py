@@ -1,0 +1,54 @@
+import os
+import stat
+
+import pytest
+
+from forgeflow.errors import Conflict, InvalidInput, NotFound
+from forgeflow.store.connections import ConnectionStore
+from forgeflow.store.db import MIGRATIONS, Store
+from forgeflow.store.secrets import same
+from forgeflow.store.workspace import Workspace
+
+
+def test_workspace_creates_home_and_token(forgeflow_home):
+    ws = Workspace.open()
+    assert ws.paths.root == forgeflow_home.resolve()
+    assert ws.paths.db.exists() and ws.paths.artifacts.is_dir()
+    assert stat.S_IMODE(os.stat(ws.paths.secret_key).st_mode) == 0o600
+    token = ws.admin_token()
+    assert token.startswith("ffa_") and len(token) > 30
+    assert Workspace.open().admin_token() == token  # stable across opens
+    assert token.encode() not in ws.paths.db.read_bytes()  # encrypted at rest
+
+
+def test_migrations_apply_once(tmp_path):
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    store = Store(url)
+    assert store.migrate() == []
+    rows = store.select("schema_migrations")
+    assert [r["name"] for r in rows] == [m[0] for m in MIGRATIONS]
+
+
+def test_connection_secrets_encrypted_and_masked():
+    ws = Workspace.open()
+    conns = ConnectionStore(ws)
+    conns.upsert("c1", "custom", {"endpoint": "http://x/score"}, {"key": "s3cr3t-value"})
+    assert b"s3cr3t-value" not in ws.paths.db.read_bytes()
+    assert conns.show("c1")["secrets"] == {"key": "******"}
+    assert conns.show("c1", with_secrets=True)["secrets"] == {"key": "s3cr3t-value"}
+    with pytest.raises(Conflict):
+        conns.upsert("c1", "custom", {}, {})
+    with pytest.raises(InvalidInput):
+        conns.upsert("bad name!", "custom", {}, {})
+    with pytest.raises(InvalidInput):
+        conns.upsert("c2", "nope", {}, {})
+    conns.delete("c1")
+    with pytest.raises(NotFound):
+        conns.show("c1")
+
+
+def test_same_is_constant_time_compare():
+    assert same("abc", "abc")
+    assert not same("abc", "abd")
+    assert not same(None, "abc")
+    assert not same("", "")
