@@ -8,7 +8,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from forgeflow.training.tracking import JobFiles, MlflowRun, _finite
+from forgeflow.training.tracking import JobFiles, MlflowRun, is_finite_number
 
 SUMMARY_KEYS = ("train_runtime", "train_samples_per_second", "train_steps_per_second", "total_flos")
 
@@ -28,7 +28,7 @@ class ProgressCallback(TrainerCallback):
         print(f"training: {state.max_steps} steps", flush=True)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
-        logs = {k: v for k, v in (logs or {}).items() if _finite(v)}
+        logs = {k: v for k, v in (logs or {}).items() if is_finite_number(v)}
         if any(k in logs for k in SUMMARY_KEYS):
             # The end-of-training summary: its train_loss is the run average, not a point on the curve.
             self.summary.update({k: float(v) for k, v in logs.items() if k != "epoch"})

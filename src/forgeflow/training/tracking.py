@@ -105,7 +105,7 @@ class MlflowRun:
         from mlflow.entities import Metric
 
         stamp = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), stamp, step) for k, v in values.items() if _finite(v)]
+        metrics = [Metric(k, float(v), stamp, step) for k, v in values.items() if is_finite_number(v)]
         if metrics:
             self.client.log_batch(self.run_id, metrics=metrics)
 
@@ -126,5 +126,5 @@ def _create_experiment(client: Any, name: str, location: str | None) -> str:
         return experiment.experiment_id
 
 
-def _finite(value: Any) -> bool:
+def is_finite_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -42,8 +42,7 @@ def run_job(job_dir: Path) -> int:
         check_chat_jsonl(Path(spec["training_data"]))
         if spec.get("validation_data"):
             check_chat_jsonl(Path(spec["validation_data"]))
-        metrics = train(spec, hp, files, run, cancel)
-        status = "Canceled" if cancel.is_set() else "Completed"
+        status, metrics = train(spec, hp, files, run, cancel)
         files.write_status(status, metrics=metrics)
         print(f"job {status.lower()}", flush=True)
         run.end(status)
@@ -106,8 +105,10 @@ def check_chat_jsonl(path: Path) -> int:
 
 def train(
     spec: dict[str, Any], hp: Hyperparameters, files: JobFiles, run: MlflowRun | None, cancel: threading.Event
-) -> dict[str, float]:
-    """Fine-tune, then save adapter + merged MLflow model under JOB_DIR/outputs; returns final metrics."""
+) -> tuple[str, dict[str, float]]:
+    """Fine-tune, then save adapter + merged MLflow model under JOB_DIR/outputs; returns (status, final metrics)."""
+    if cancel.is_set():
+        return "Canceled", {}
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback, PrinterCallback
     from trl import SFTConfig, SFTTrainer
@@ -193,14 +194,14 @@ def train(
     )
     trainer.remove_callback(PrinterCallback)
     if cancel.is_set():
-        return {}
+        return "Canceled", {}
     trainer.train(resume_from_checkpoint=hp.resume_from_checkpoint or None)
     if cancel.is_set():
-        return _final_metrics(progress)
+        return "Canceled", _final_metrics(progress)
     if eval_ds is not None and progress.last_eval_step != trainer.state.global_step:
         trainer.evaluate()
     save_outputs(trainer, tokenizer, spec, hp, job_dir / "outputs")
-    return _final_metrics(progress)
+    return "Completed", _final_metrics(progress)
 
 
 def save_outputs(trainer: Any, tokenizer: Any, spec: dict[str, Any], hp: Hyperparameters, outputs: Path) -> Path:
