@@ -12,7 +12,7 @@ import pytest
 
 import forgeflow
 from forgeflow.errors import InvalidInput, NotFound
-from forgeflow.serving.generation import ChatGenerator, GenerationResult, hf_model_dir
+from forgeflow.serving.generation import ChatGenerator, GenerationResult
 from forgeflow.serving.model_server import create_app
 
 USER = {"role": "user", "content": "What is the capital of France?"}
@@ -70,13 +70,13 @@ def test_bad_messages_are_invalid_input(generator):
         generator.generate([])
 
 
-def test_model_dir_inside_an_mlflow_layout(tmp_path, tiny_model_dir):
-    assert hf_model_dir(tiny_model_dir) == tiny_model_dir
-    (tmp_path / "artifacts").mkdir()
-    (tmp_path / "artifacts" / "model").symlink_to(tiny_model_dir, target_is_directory=True)
-    assert hf_model_dir(tmp_path) == tmp_path / "artifacts" / "model"
-    with pytest.raises(NotFound, match="config.json"):
-        hf_model_dir(tmp_path / "artifacts")
+def test_generator_loads_an_mlflow_model_folder(tmp_path, tiny_model_dir):
+    from forgeflow.registry.mlflow_format import save_chat_model
+
+    saved = save_chat_model(tiny_model_dir, tmp_path / "mlflow_model")
+    generator = ChatGenerator(saved)
+    assert generator.model_dir == saved / "artifacts" / "model"
+    assert generator.generate([{"role": "user", "content": "hi"}], max_new_tokens=2).completion_tokens >= 1
 
 
 class torch_bias:

@@ -68,6 +68,12 @@ def create_app(ws: Workspace | None = None, *, base_url: str = "http://127.0.0.1
     async def _domain_error(_request: Request, exc: ForgeflowError) -> JSONResponse:
         return JSONResponse(exc.to_dict(), status_code=exc.status_code)
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return JSONResponse({"error": "InternalError", "message": f"unexpected server error ({type(exc).__name__}); "
+                             f"see {ws.paths.server_log}"}, status_code=500)
+
     @app.exception_handler(RequestValidationError)
     async def _body_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
 from typing import Any, Callable, Iterable
 
@@ -12,6 +13,11 @@ from rich.console import Console
 from rich.table import Table
 
 from forgeflow.errors import ForgeflowError
+
+# Tool code in flows may switch the root logger to DEBUG (the walkthrough's does); the
+# client's own HTTP chatter stays out of the user's terminal.
+for _name in ("httpx", "httpcore"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 console = Console()
 err_console = Console(stderr=True)

@@ -7,7 +7,9 @@ Layout of a saved model (what Azure's registry calls "MLflow format"):
     out_dir/artifacts/adapter/      the LoRA adapter, when the job trained one
     out_dir/python_model.pkl        ChatModel, pickled by reference to this module
 
-`mlflow.pyfunc.load_model(out_dir).predict([{"role": "user", "content": "hi"}])` answers a string.
+`mlflow.pyfunc.load_model(out_dir).predict([{"role": "user", "content": "hi"}])` answers a string
+(the pyfunc class is forgeflow.registry.pyfunc.ChatModel). This module imports MLflow only to save,
+so finding the checkpoint inside a model folder stays cheap.
 """
 
 from __future__ import annotations
@@ -20,11 +22,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import mlflow.pyfunc
-
 from forgeflow.errors import InvalidInput, NotFound
 
-GENERATION_KEYS = ("max_new_tokens", "temperature", "top_p", "top_k", "do_sample", "repetition_penalty")
 DEFAULT_MAX_NEW_TOKENS = 128
 _REQUIREMENTS = ("mlflow-skinny", "torch", "transformers", "accelerate", "safetensors", "tokenizers", "pandas")
 
@@ -45,6 +44,10 @@ def save_chat_model(
         artifacts = {"model": _stage(hf_dir, Path(tmp) / "model")}
         if adapter_dir is not None:
             artifacts["adapter"] = _stage(Path(adapter_dir), Path(tmp) / "adapter")
+        import mlflow.pyfunc
+
+        from forgeflow.registry.pyfunc import ChatModel
+
         try:
             with warnings.catch_warnings():
                 # Chat input is free-form, so an input example would only make MLflow run the model while saving.
@@ -83,86 +86,6 @@ def hf_model_dir(mlflow_model_dir: Path) -> Path:
     return candidate
 
 
-class ChatModel(mlflow.pyfunc.PythonModel):
-    """Chat completion over a HF causal LM: messages in, assistant text out."""
-
-    # Chat input is free-form (list, dict or DataFrame); MLflow's type-hint validation would reject it.
-    _skip_type_hint_validation = True
-
-    def load_context(self, context: Any) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        model_dir = context.artifacts["model"]
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        dtype = "auto" if self.device == "cuda" else torch.float32
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(self.device).eval()
-
-    def predict(self, context, model_input, params=None):  # untyped: MLflow turns type hints into a schema
-        conversations, single, request_params = _conversations(model_input)
-        answers = [self.chat(messages, {**request_params, **(params or {})}) for messages in conversations]
-        return answers[0] if single else answers
-
-    def chat(self, messages: list[dict], params: dict | None = None) -> str:
-        """Generate the assistant's next message for one conversation."""
-        import torch
-
-        kwargs = _generation_kwargs(params or {})
-        encoded = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-        )
-        encoded = {k: v.to(self.device) for k, v in encoded.items()}
-        with torch.inference_mode():
-            output = self.model.generate(**encoded, pad_token_id=self.tokenizer.pad_token_id, **kwargs)
-        new_tokens = output[0, encoded["input_ids"].shape[1] :]
-        return self.tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
-
-
-def _conversations(model_input: Any) -> tuple[list[list[dict]], bool, dict]:
-    """Normalise the accepted input shapes into (conversations, single?, params)."""
-    if hasattr(model_input, "to_dict") and hasattr(model_input, "columns"):
-        rows = model_input.to_dict(orient="records")
-        if "messages" not in model_input.columns:
-            raise InvalidInput("a DataFrame input needs a 'messages' column", field="messages")
-        return [_messages(row["messages"]) for row in rows], False, {}
-    if isinstance(model_input, dict):
-        body = model_input.get("input_data", model_input)
-        messages = body.get("messages", body.get("input_string"))
-        params = body.get("params") or body.get("parameters") or {}
-        if messages is None:
-            raise InvalidInput("input needs 'messages' (a list of {role, content})", field="messages")
-        return [_messages(messages)], True, dict(params)
-    if isinstance(model_input, list) and model_input and all(isinstance(m, dict) for m in model_input):
-        if all("role" in m for m in model_input):
-            return [_messages(model_input)], True, {}
-        return [_messages(m.get("messages")) for m in model_input], False, {}
-    if isinstance(model_input, list) and model_input and all(isinstance(m, list) for m in model_input):
-        return [_messages(m) for m in model_input], False, {}
-    raise InvalidInput("input must be a list of chat messages or {'messages': [...], 'params': {...}}", field="messages")
-
-
-def _messages(value: Any) -> list[dict]:
-    if hasattr(value, "tolist"):
-        value = value.tolist()
-    if not isinstance(value, list) or not value:
-        raise InvalidInput("messages must be a non-empty list of {role, content}", field="messages")
-    for message in value:
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise InvalidInput("each message needs a 'role' and a 'content' string", field="messages")
-    return [{"role": m["role"], "content": str(m.get("content") or "")} for m in value]
-
-
-def _generation_kwargs(params: dict) -> dict:
-    kwargs = {k: params[k] for k in GENERATION_KEYS if params.get(k) is not None}
-    kwargs["max_new_tokens"] = int(kwargs.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS))
-    kwargs["do_sample"] = bool(kwargs.get("do_sample", False))
-    if not kwargs["do_sample"]:
-        for key in ("temperature", "top_p", "top_k"):
-            kwargs.pop(key, None)
-    return kwargs
-
-
 def _signature() -> Any:
     """A params-only signature, so predict(..., params={...}) reaches the model; inputs stay free-form."""
     from mlflow.models.signature import ModelSignature
@@ -172,9 +95,7 @@ def _signature() -> Any:
         ParamSpec("max_new_tokens", "long", DEFAULT_MAX_NEW_TOKENS),
         ParamSpec("temperature", "double", 1.0),
         ParamSpec("top_p", "double", 1.0),
-        ParamSpec("top_k", "long", 50),
         ParamSpec("do_sample", "boolean", False),
-        ParamSpec("repetition_penalty", "double", 1.0),
     ]
     return ModelSignature(params=ParamSchema(specs))
 

@@ -47,7 +47,7 @@ class EndpointService:
     def show_endpoint(self, name: str) -> dict:
         row = self._endpoint_row(name)
         deps = self.list_deployments(name)
-        states = {d["state"] for d in deps}
+        states = {d["provisioning_state"] for d in deps}
         state = "Failed" if "Failed" in states else "Updating" if "Creating" in states else "Succeeded"
         return {
             "name": row["name"],

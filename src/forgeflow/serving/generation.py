@@ -34,24 +34,6 @@ class GenerationResult:
         return self.prompt_tokens + self.completion_tokens
 
 
-def hf_model_dir(path: str | Path) -> Path:
-    """The HF folder inside an MLflow model folder, or the folder itself when it has config.json."""
-    path = Path(path)
-    if (path / "config.json").is_file():
-        return path
-    if (path / "MLmodel").is_file():
-        try:
-            from forgeflow.registry.mlflow_format import hf_model_dir as from_mlflow
-        except Exception:  # the MLflow layer is optional here; its default layout is known
-            from_mlflow = None
-        if from_mlflow is not None:
-            return Path(from_mlflow(path))
-    candidate = path / "artifacts" / "model"
-    if (candidate / "config.json").is_file():
-        return candidate
-    raise NotFound(f"{path} is not a model folder: no config.json in it or in artifacts/model", field="model_dir")
-
-
 class ChatGenerator:
     """Loads a model once and answers chat requests, one at a time (a lock guards generate)."""
 
@@ -59,7 +41,9 @@ class ChatGenerator:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.model_dir = hf_model_dir(model_dir)
+        from forgeflow.registry.mlflow_format import hf_model_dir
+
+        self.model_dir = hf_model_dir(Path(model_dir))
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = device

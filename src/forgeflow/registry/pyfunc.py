@@ -1,0 +1,75 @@
+"""The MLflow pyfunc of a forgeflow chat model: messages in, the assistant's text out.
+
+It answers through the same ChatGenerator the model server uses, so a model loaded with
+`mlflow.pyfunc.load_model` behaves exactly like its deployment.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow.pyfunc
+
+from forgeflow.errors import InvalidInput
+from forgeflow.registry.mlflow_format import DEFAULT_MAX_NEW_TOKENS
+
+GENERATION_KEYS = ("max_new_tokens", "temperature", "top_p", "do_sample", "seed")
+
+
+class ChatModel(mlflow.pyfunc.PythonModel):
+    """Chat completion over a HF causal LM stored in the model's `model` artifact."""
+
+    # Chat input is free-form (list, dict or DataFrame); MLflow's type-hint validation would reject it.
+    _skip_type_hint_validation = True
+
+    def load_context(self, context: Any) -> None:
+        from forgeflow.serving.generation import ChatGenerator
+
+        self.generator = ChatGenerator(context.artifacts["model"], device="auto")
+
+    def predict(self, context, model_input, params=None):  # untyped: MLflow turns type hints into a schema
+        conversations, single, request_params = _conversations(model_input)
+        merged = {**request_params, **(params or {})}
+        answers = [self.chat(messages, merged) for messages in conversations]
+        return answers[0] if single else answers
+
+    def chat(self, messages: list[dict], params: dict | None = None) -> str:
+        """Generate the assistant's next message for one conversation (greedy unless asked to sample)."""
+        kwargs = {k: v for k, v in (params or {}).items() if k in GENERATION_KEYS and v is not None}
+        kwargs["max_new_tokens"] = int(kwargs.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS))
+        kwargs["do_sample"] = bool(kwargs.get("do_sample", False))
+        return self.generator.generate(messages, **kwargs).text
+
+
+def _conversations(model_input: Any) -> tuple[list[list[dict]], bool, dict]:
+    """Normalise the accepted input shapes into (conversations, single?, params)."""
+    if hasattr(model_input, "to_dict") and hasattr(model_input, "columns"):
+        rows = model_input.to_dict(orient="records")
+        if "messages" not in model_input.columns:
+            raise InvalidInput("a DataFrame input needs a 'messages' column", field="messages")
+        return [_messages(row["messages"]) for row in rows], False, {}
+    if isinstance(model_input, dict):
+        body = model_input.get("input_data", model_input)
+        messages = body.get("messages", body.get("input_string"))
+        params = body.get("params") or body.get("parameters") or {}
+        if messages is None:
+            raise InvalidInput("input needs 'messages' (a list of {role, content})", field="messages")
+        return [_messages(messages)], True, dict(params)
+    if isinstance(model_input, list) and model_input and all(isinstance(m, dict) for m in model_input):
+        if all("role" in m for m in model_input):
+            return [_messages(model_input)], True, {}
+        return [_messages(m.get("messages")) for m in model_input], False, {}
+    if isinstance(model_input, list) and model_input and all(isinstance(m, list) for m in model_input):
+        return [_messages(m) for m in model_input], False, {}
+    raise InvalidInput("input must be a list of chat messages or {'messages': [...], 'params': {...}}", field="messages")
+
+
+def _messages(value: Any) -> list[dict]:
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if not isinstance(value, list) or not value:
+        raise InvalidInput("messages must be a non-empty list of {role, content}", field="messages")
+    for message in value:
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise InvalidInput("each message needs a 'role' and a 'content' string", field="messages")
+    return [{"role": m["role"], "content": str(m.get("content") or "")} for m in value]
