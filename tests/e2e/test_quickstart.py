@@ -18,11 +18,9 @@ pytestmark = [
 
 
 def test_quickstart_end_to_end_and_again(forgeflow_home, tmp_path):
-    import socket
+    from forgeflow.processes import free_port
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env = dict(os.environ, FORGEFLOW_HOME=str(forgeflow_home), FORGEFLOW_URL=f"http://127.0.0.1:{port}")
     cmd = [sys.executable, "-m", "forgeflow.cli.main", "quickstart", "--json"]
     try:

@@ -89,20 +89,19 @@ def test_prepare_finetune_register_deploy_connect_chat(live_server, tmp_path, ti
     # deleting the endpoint stops its model server
     pid = s.cli_json("online-deployment", "show", "--name", "blue", "--endpoint-name", "tiny-ep")["instances"][0]["pid"]
     s.cli("online-endpoint", "delete", "--name", "tiny-ep", "--yes")
-    from forgeflow.training.runner import pid_alive
+    from forgeflow.processes import pid_alive
 
     assert not pid_alive(pid)
 
 
 def test_commands_without_a_server_say_how_to_start_one(forgeflow_home):
     import os
-    import socket
     import subprocess
     import sys
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    from forgeflow.processes import free_port
+
+    port = free_port()
     env = dict(os.environ, FORGEFLOW_HOME=str(forgeflow_home), FORGEFLOW_URL=f"http://127.0.0.1:{port}")
     res = subprocess.run([sys.executable, "-m", "forgeflow.cli.main", "job", "list"], env=env, capture_output=True, text=True)
     assert res.returncode == 1

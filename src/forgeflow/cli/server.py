@@ -29,7 +29,7 @@ def _read_pid(paths: Paths) -> int | None:
         pid = int(paths.server_pid.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
-    from forgeflow.training.runner import pid_alive
+    from forgeflow.processes import pid_alive
 
     return pid if pid_alive(pid) else None
 
@@ -146,7 +146,7 @@ def stop(json_out: bool = JsonOpt, timeout: float = typer.Option(30.0, help="Sec
         return
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    from forgeflow.training.runner import pid_alive
+    from forgeflow.processes import pid_alive
 
     while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)

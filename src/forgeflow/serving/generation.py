@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from forgeflow.errors import InvalidInput, NotFound
+from forgeflow.errors import InvalidInput
 
 ROLES = ("system", "user", "assistant")
 # Used only when a model folder ships no chat template; it is the template the embedded model uses.

@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,18 +17,13 @@ from pathlib import Path
 
 import httpx
 
+from forgeflow.processes import free_port, log_tail
 from forgeflow.store.db import Store
 from forgeflow.store.home import Paths
 
 log = logging.getLogger("forgeflow.deployments")
 
 READY_TIMEOUT_S = float(os.environ.get("FORGEFLOW_READY_TIMEOUT_S", "600"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -127,7 +121,7 @@ class DeploymentSupervisor:
         while pending and time.monotonic() < deadline and not self._stop.is_set():
             for inst in list(pending):
                 if inst.proc.poll() is not None:
-                    self._fail(key, f"instance {inst.index} exited with code {inst.proc.returncode}: {_tail(inst.log_path)}")
+                    self._fail(key, f"instance {inst.index} exited with code {inst.proc.returncode}: {log_tail(inst.log_path)}")
                     return
                 if _healthy(inst):
                     inst.ready = True
@@ -138,7 +132,7 @@ class DeploymentSupervisor:
         if current is not instances:
             return  # replaced or deleted meanwhile
         if pending:
-            self._fail(key, f"instance not ready after {READY_TIMEOUT_S:.0f} s: {_tail(pending[0].log_path)}")
+            self._fail(key, f"instance not ready after {READY_TIMEOUT_S:.0f} s: {log_tail(pending[0].log_path)}")
         else:
             self.store.update("deployments", {"endpoint": key[0], "name": key[1]}, {"state": "Succeeded", "error": None})
 
@@ -189,11 +183,3 @@ def _terminate(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=5)
-
-
-def _tail(path: Path, lines: int = 6) -> str:
-    try:
-        text = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return ""
-    return " | ".join(text[-lines:])[-800:]

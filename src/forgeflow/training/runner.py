@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from forgeflow.errors import Conflict, NotFound
+from forgeflow.processes import log_tail, pid_alive
 from forgeflow.store.db import Store, now
 from forgeflow.store.home import Paths
+from forgeflow.training.tracking import read_metrics, read_status
 
 log = logging.getLogger("forgeflow.jobs")
 
@@ -33,43 +35,6 @@ CANCEL_GRACE_S = 20.0
 
 def new_job_id() -> str:
     return "ft-" + uuid.uuid4().hex[:10]
-
-
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child is not alive
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except OSError:
-        return True
-
-
-def read_status(job_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((job_dir / "status.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def read_metrics(job_dir: Path) -> list[dict[str, Any]]:
-    out = []
-    try:
-        with open(job_dir / "metrics.jsonl") as f:
-            for line in f:
-                try:
-                    out.append(json.loads(line))
-                except ValueError:
-                    continue  # a line being written right now
-    except OSError:
-        pass
-    return out
 
 
 class JobRunner:
@@ -102,7 +67,7 @@ class JobRunner:
     def _recover(self) -> None:
         for job in self.store.select("jobs"):
             if job["status"] in ACTIVE and not pid_alive(job["pid"]):
-                st = read_status(Path(job["job_dir"]))
+                st = read_status(Path(job["job_dir"])) or {}
                 if st.get("status") in FINAL:
                     self._finish(job, st)
                 else:
@@ -204,7 +169,7 @@ class JobRunner:
 
     def _follow(self, job: dict[str, Any]) -> None:
         job_dir = Path(job["job_dir"])
-        st = read_status(job_dir)
+        st = read_status(job_dir) or {}
         proc = self._procs.get(job["id"])
         exited = proc.poll() is not None if proc else not pid_alive(job["pid"])
         if job["status"] == "CancelRequested" and not exited:
@@ -238,7 +203,7 @@ class JobRunner:
         error = st.get("error")
         if status == "Failed" and not error:
             error = f"the worker exited with code {returncode}" if returncode is not None else "the worker process ended"
-            tail = _tail(Path(job["job_dir"]) / "worker.log", 5)
+            tail = log_tail(Path(job["job_dir"]) / "worker.log", 5, 600)
             if tail:
                 error += ": " + tail
         self._cancel_sent.pop(job["id"], None)
@@ -260,14 +225,6 @@ class JobRunner:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
-
-
-def _tail(path: Path, lines: int) -> str:
-    try:
-        text = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return ""
-    return " | ".join(text[-lines:])[-600:]
 
 
 def job_output_model(job: dict[str, Any]) -> Path:

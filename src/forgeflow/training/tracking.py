@@ -59,15 +59,23 @@ def read_status(job_dir: Path) -> dict[str, Any] | None:
     """The last status a worker wrote, or None before the first write."""
     try:
         return json.loads((Path(job_dir) / "status.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+    except (OSError, ValueError):
         return None
 
 
 def read_metrics(job_dir: Path) -> list[dict[str, Any]]:
-    path = Path(job_dir) / "metrics.jsonl"
-    if not path.exists():
+    """Every metrics row so far; a line still being written is skipped."""
+    rows = []
+    try:
+        lines = (Path(job_dir) / "metrics.jsonl").read_text().splitlines()
+    except OSError:
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    for line in lines:
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
 
 
 class MlflowRun:
