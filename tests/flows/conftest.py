@@ -81,3 +81,78 @@ def scoring_server(monkeypatch):
     server = ScoringServer(key="k-primary-123", answer="Bill Gates and Paul Allen founded Microsoft.")
     yield server
     server.close()
+
+
+class FakeLLMServer:
+    """A loopback OpenAI-compatible (/v1/chat/completions, also SSE) and Azure-scoring (/score) server.
+
+    `fail` holds (status, headers) answers given before the real ones, to exercise retries.
+    """
+
+    def __init__(self, key: str = "sk-test") -> None:
+        self.key, self.requests, self.fail = key, [], []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                server.requests.append({"headers": dict(self.headers), "path": self.path, "body": body})
+                if server.fail:
+                    status, headers = server.fail.pop(0)
+                    return self._reply(status, {"error": "busy"}, headers)
+                auth = self.headers.get("Authorization") or f"Bearer {self.headers.get('api-key')}"
+                if auth != f"Bearer {server.key}":
+                    return self._reply(401, {"error": "bad key"})
+                messages = body.get("messages") or body.get("input_data", {}).get("input_string") or []
+                answer = "echo: " + " | ".join(f"{m['role']}={m['content']}" for m in messages)
+                if self.path.startswith("/score"):
+                    return self._reply(200, {"output": answer})
+                if body.get("stream"):
+                    return self._stream(answer)
+                self._reply(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": answer}}]})
+
+            def _stream(self, answer: str) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                for word in answer.split(" "):
+                    chunk = {"choices": [{"index": 0, "delta": {"content": word + " "}}]}
+                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                self.wfile.write(b"data: [DONE]\n\n")
+                self.close_connection = True
+
+            def _reply(self, status: int, body: dict, headers: dict | None = None) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def llm_server(monkeypatch):
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    server = FakeLLMServer()
+    yield server
+    server.close()

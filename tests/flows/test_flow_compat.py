@@ -76,3 +76,67 @@ def test_log_metric_outside_a_run_is_a_no_op():
     compat.stop_metrics(token)
     log_metric("accuracy", 0.1)
     assert sink == [{"key": "accuracy", "value": 0.9, "variant_id": None}]
+
+
+def test_openai_connection_shims_have_prompt_flow_attribute_names():
+    install_promptflow_shim()
+    from promptflow.connections import AzureOpenAIConnection, OpenAIConnection
+
+    oai = OpenAIConnection(api_key="sk-1", base_url="http://h/v1", name="o")
+    assert (oai.api_key, oai.base_url, oai.organization, oai.type) == ("sk-1", "http://h/v1", None, "open_ai")
+    assert "sk-1" not in repr(oai) and OpenAIConnection(api_key="k").base_url == "https://api.openai.com/v1"
+    az = AzureOpenAIConnection(api_key="k", api_base="https://r.openai.azure.com")
+    assert (az.api_base, az.api_type, az.api_version, az.type) == ("https://r.openai.azure.com", "azure", "2024-02-01", "azure_open_ai")
+
+
+def test_python_tool_receives_openai_connection(make_flow):
+    from forgeflow.flows.executor import run_flow
+
+    flow_dir = make_flow(
+        "inputs: {}\noutputs: {o: {reference: '${n.output}'}}\nnodes:\n"
+        "- {name: n, type: python, source: {type: code, path: t.py}, inputs: {c: oai, a: az}}\n",
+        {"t.py": "from promptflow import tool\nfrom promptflow.connections import OpenAIConnection, AzureOpenAIConnection\n\n"
+                 "@tool\ndef f(c: OpenAIConnection, a: AzureOpenAIConnection) -> str:\n"
+                 "    return f'{type(c).__name__} {c.api_key} {c.base_url} {type(a).__name__} {a.api_base} {a.api_version}'\n"},
+    )
+    conns = {
+        "oai": {"name": "oai", "type": "open_ai", "configs": {"base_url": "http://x/v1"}, "secrets": {"api_key": "k1"}},
+        "az": {"name": "az", "type": "azure_open_ai", "configs": {"api_base": "http://az", "api_version": "v9"},
+               "secrets": {"api_key": "k2"}},
+    }
+    out = run_flow(flow_dir, {}, connection_provider=conns.get).outputs["o"]
+    assert out == "OpenAIConnection k1 http://x/v1 AzureOpenAIConnection http://az v9"
+
+
+def test_a_real_promptflow_package_is_used_not_replaced(tmp_path, monkeypatch, make_flow):
+    """With a (fake) real promptflow importable, tools decorated by it run and get its connection class."""
+    from forgeflow.flows.executor import run_flow
+
+    pkg = tmp_path / "site" / "promptflow"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(
+        "import functools\nREAL = True\n\ndef tool(func):\n    @functools.wraps(func)\n"
+        "    def wrapper(*a, **k):\n        return func(*a, **k)\n    setattr(wrapper, '__original_function', func)\n    return wrapper\n"
+    )
+    (pkg / "connections.py").write_text(
+        "class CustomConnection:\n    def __init__(self, configs=None, secrets=None, name=None, **kw):\n"
+        "        self.configs, self.secrets, self.name = configs or {}, secrets or {}, name\n"
+        "    def __getattr__(self, k):\n        d = {**self.__dict__.get('configs', {}), **self.__dict__.get('secrets', {})}\n"
+        "        if k in d:\n            return d[k]\n        raise AttributeError(k)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    try:
+        flow_dir = make_flow(
+            "inputs: {}\noutputs: {o: {reference: '${n.output}'}}\nnodes:\n"
+            "- {name: n, type: python, source: {type: code, path: t.py}, inputs: {c: my}}\n",
+            {"t.py": "from promptflow import tool\nfrom promptflow.connections import CustomConnection\n\n"
+                     "@tool\ndef f(c: CustomConnection) -> str:\n    return f'{type(c).__module__} {c.endpoint} {c.key}'\n"},
+        )
+        provider = lambda n: {"name": n, "type": "custom", "configs": {"endpoint": "E"}, "secrets": {"key": "K"}}
+        assert run_flow(flow_dir, {}, connection_provider=provider).outputs == {"o": "promptflow.connections E K"}
+        import promptflow
+
+        assert promptflow.REAL and not compat.shim_installed()
+    finally:
+        for name in [m for m in sys.modules if m == "promptflow" or m.startswith("promptflow.")]:
+            del sys.modules[name]

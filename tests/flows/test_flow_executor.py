@@ -175,23 +175,13 @@ def test_bad_tool_modules(make_flow, source, words):
         assert word in info.value.message
 
 
-@pytest.mark.parametrize(
-    "extra, words",
-    [
-        ("type: llm, source: {type: code, path: p.jinja2}", ["type 'llm' is not supported yet"]),
-        ("type: prompt, source: {type: code, path: p.jinja2}", ["type 'prompt' is not supported yet"]),
-        ("type: python, aggregation: true, source: {type: code, path: t.py}", ["aggregation", "not supported yet"]),
-    ],
-)
-def test_unsupported_nodes_fail_before_running(make_flow, extra, words):
+def test_aggregation_node_needs_no_support_flag_and_prompt_nodes_render(make_flow):
     flow_dir = make_flow(
-        "inputs: {}\nnodes:\n- {name: n, " + extra + "}\n",
-        {"p.jinja2": "{{ x }}", "t.py": "from promptflow import tool\n@tool\ndef f():\n    return 1\n"},
+        "inputs: {x: {type: string, default: hi}}\noutputs: {o: {reference: '${p.output}'}}\nnodes:\n"
+        "- {name: p, type: prompt, source: {type: code, path: p.jinja2}, inputs: {x: '${inputs.x}'}}\n",
+        {"p.jinja2": "say {{ x }}"},
     )
-    with pytest.raises(InvalidInput) as info:
-        run_flow(flow_dir, {})
-    for word in ["node 'n'", *words]:
-        assert word in info.value.message
+    assert run_flow(flow_dir, {}).outputs == {"o": "say hi"}
 
 
 def test_modules_are_fresh_each_run_and_can_import_siblings(make_flow):

@@ -27,6 +27,18 @@ def replace(name: str, body: ConnectionBody, ff=Depends(services)) -> dict:
     return ff.connections.upsert(name, body.type, body.configs, body.secrets, replace=True)
 
 
+class ConnectionChanges(BaseModel):
+    type: str | None = Field(None, description="A new type (rarely needed).")
+    configs: dict[str, str | int | float | bool] = Field(default_factory=dict, description="Configs to add or change.")
+    secrets: dict[str, str | int | float | bool] = Field(default_factory=dict, description="Secrets to add or change.")
+    remove: list[str] = Field(default_factory=list, description="Fields to drop: configs.NAME, secrets.NAME or NAME.")
+
+
+@router.patch("/connections/{name}")
+def update(name: str, body: ConnectionChanges, ff=Depends(services)) -> dict:
+    return ff.connections.update(name, body.configs, body.secrets, body.remove, body.type)
+
+
 @router.get("/connections")
 def list_connections(ff=Depends(services)) -> list[dict]:
     return ff.connections.list()

@@ -14,6 +14,12 @@ CONNECTION_TYPES = ("custom", "open_ai", "azure_open_ai")
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _IGNORED = {"$schema", "name", "type", "module"}
 _SECRET_FIELDS = {"api_key"}
+# Where a plain `--set NAME=VALUE` goes for the typed connections (Prompt flow's field names).
+TYPED_FIELDS: dict[str, dict[str, tuple[str, ...]]] = {
+    "open_ai": {"secrets": ("api_key",), "configs": ("base_url", "organization")},
+    "azure_open_ai": {"secrets": ("api_key",), "configs": ("api_base", "api_type", "api_version")},
+}
+_ENV = re.compile(r"^\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}$")
 
 
 def _scalars(raw: Any, where: str) -> dict[str, str]:
@@ -68,3 +74,25 @@ def load_connection_yaml(path: Path | str) -> dict:
     except yaml.YAMLError as exc:
         raise InvalidInput(f"{path}: not valid YAML: {exc}") from None
     return parse_connection(raw, str(path))
+
+
+def apply_settings(conn: dict, pairs: dict[str, str], *, flag: str = "--set") -> dict:
+    """Apply `configs.x=..`/`secrets.y=..` (or, for typed connections, plain field names) to `conn`."""
+    fields = TYPED_FIELDS.get(conn.get("type") or "custom")
+    for key, value in pairs.items():
+        section, dot, name = key.partition(".")
+        if dot and section in ("configs", "secrets") and name:
+            conn.setdefault(section, {})[name] = value
+            continue
+        if fields and not dot:
+            section = next((s for s, names in fields.items() if key in names), None)
+            if section is None:
+                known = ", ".join(n for names in fields.values() for n in names)
+                raise InvalidInput(
+                    f"{flag} {key}=...: an {conn['type']} connection takes {known} (or configs.NAME / secrets.NAME)",
+                    field=key,
+                )
+            conn.setdefault(section, {})[key] = value
+            continue
+        raise InvalidInput(f"{flag} {key}=...: write configs.NAME=VALUE or secrets.NAME=VALUE", field=key)
+    return conn

@@ -1,9 +1,15 @@
-"""Load and validate a Prompt flow `flow.dag.yaml` (also `flow.dag.yml`)."""
+"""Load and validate a Prompt flow `flow.dag.yaml` (also `flow.dag.yml`), `flow.flex.yaml` or `.prompty`.
+
+`load_flow` caches the parsed Flow by file path and mtime: batch runs and servers call it per
+line, and re-parsing YAML there would dominate the engine's per-node cost.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,9 +17,12 @@ from typing import Any
 import yaml
 
 from forgeflow.errors import InvalidInput, NotFound
+from forgeflow.flows.rules import check_aggregation, check_chat_rules, parse_environment
 
 DAG_FILES = ("flow.dag.yaml", "flow.dag.yml")
+FLEX_FILES = ("flow.flex.yaml", "flow.flex.yml")
 INPUT_TYPES = ("string", "int", "double", "bool", "list", "object")
+ANY = "any"  # internal type of un-annotated flex inputs: no coercion
 NODE_TYPES = ("python", "llm", "prompt")
 _REF = re.compile(r"^\$\{([^{}]*)\}$")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -70,6 +79,12 @@ class Node:
     activate_when: Reference | None = None
     activate_is: Any = None
     aggregation: bool = False
+    connection: str | None = None
+    api: str | None = None
+    provider: str | None = None
+    timeout: float | None = None
+    retries: int = 0
+    retry_delay: float = 1.0
 
     def references(self) -> list[Reference]:
         refs = [v for v in self.inputs.values() if isinstance(v, Reference)]
@@ -86,6 +101,21 @@ class Flow:
     outputs: dict[str, FlowOutput]
     nodes: dict[str, Node]
     order: list[str]
+    kind: str = "dag"
+    environment_variables: dict[str, str] = field(default_factory=dict)
+    requirements: Path | None = None
+    import_roots: tuple[Path, ...] = ()
+    spec: Any = None  # flex / prompty details
+    consumed: frozenset[str] = frozenset()  # nodes whose output another node reads
+    deps: dict[str, frozenset[str]] = field(default_factory=dict)  # node -> nodes it reads
+
+    def __post_init__(self) -> None:
+        if not self.import_roots:
+            self.import_roots = (self.dir,)
+        self.deps = {
+            n.name: frozenset(r.name for r in n.references() if r.kind == "node") for n in self.nodes.values()
+        }
+        self.consumed = frozenset(d for deps in self.deps.values() for d in deps)
 
 
 def find_dag_file(flow_dir: Path) -> Path:
@@ -123,6 +153,8 @@ def coerce_value(value: Any, type_: str, where: str) -> Any:
     def bad() -> InvalidInput:
         return InvalidInput(f"{where}: expected {type_}, got {type(value).__name__} {value!r}", field=where)
 
+    if type_ == ANY:
+        return value
     if type_ == "string":
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise bad()
@@ -196,7 +228,31 @@ def _parse_input(name: str, raw: Any, path: Path) -> FlowInput:
     return inp
 
 
-def _parse_node(raw: Any, index: int, flow_dir: Path, path: Path) -> Node:
+def _number(raw: dict, key: str, where: str, cast: type, default: Any) -> Any:
+    if raw.get(key) is None:
+        return default
+    try:
+        value = cast(raw[key])
+    except (TypeError, ValueError):
+        value = -1
+    if isinstance(raw[key], bool) or value < 0:
+        raise InvalidInput(f"{where}: {key} must be a number >= 0, got {raw[key]!r}", field=where.split("'")[1] + "." + key)
+    return value
+
+
+def _source_path(rel: str, flow_dir: Path, includes: tuple[Path, ...]) -> Path | None:
+    """`rel` in the flow folder, else in an `additional_includes` entry (as if copied next to the flow)."""
+    direct = (flow_dir / rel).resolve()
+    if direct.is_file():
+        return direct
+    for inc in includes:
+        candidate = inc if inc.name == rel else (inc.parent / rel).resolve()
+        if candidate.is_file() and (candidate == inc or inc in candidate.parents):
+            return candidate
+    return None
+
+
+def _parse_node(raw: Any, index: int, flow_dir: Path, path: Path, includes: tuple[Path, ...] = ()) -> Node:
     if not isinstance(raw, dict) or not raw.get("name"):
         raise InvalidInput(f"{path.name}: nodes[{index}] needs a name", field=f"nodes[{index}].name")
     name = str(raw["name"])
@@ -205,21 +261,37 @@ def _parse_node(raw: Any, index: int, flow_dir: Path, path: Path) -> Node:
     if type_ not in NODE_TYPES:
         raise InvalidInput(f"{where}: type {type_!r} is not one of {', '.join(NODE_TYPES)}", field=f"{name}.type")
     source = _mapping(raw.get("source"), f"{where}: source")
-    source_path = None
     if source.get("type", "code") != "code":
         raise InvalidInput(
             f"{where}: source.type {source.get('type')!r} is not supported yet (only 'code')", field=f"{name}.source"
         )
     if not source.get("path"):
         raise InvalidInput(f"{where}: source.path is required", field=f"{name}.source.path")
-    source_path = (flow_dir / str(source["path"])).resolve()
-    if not source_path.is_file():
+    source_path = _source_path(str(source["path"]), flow_dir, includes)
+    if source_path is None:
         raise NotFound(f"{where}: source.path {source['path']!r} not found in {flow_dir}", field=f"{name}.source.path")
     inputs = {
         str(k): parse_reference(v, f"{name}.inputs.{k}") or v
         for k, v in _mapping(raw.get("inputs"), f"{where}: inputs").items()
     }
-    node = Node(name=name, type=type_, path=source_path, inputs=inputs, aggregation=bool(raw.get("aggregation")))
+    node = Node(
+        name=name,
+        type=type_,
+        path=source_path,
+        inputs=inputs,
+        aggregation=bool(raw.get("aggregation")),
+        connection=str(raw["connection"]) if raw.get("connection") else None,
+        api=str(raw["api"]) if raw.get("api") else None,
+        provider=str(raw["provider"]) if raw.get("provider") else None,
+        timeout=_number(raw, "timeout", where, float, None) or None,
+        retries=_number(raw, "retries", where, int, 0),
+        retry_delay=_number(raw, "retry_delay", where, float, 1.0),
+    )
+    if type_ == "llm":
+        if not node.connection:
+            raise InvalidInput(f"{where}: an llm node needs a connection", field=f"{name}.connection")
+        if (node.api or "chat") != "chat":
+            raise InvalidInput(f"{where}: api {node.api!r} is not supported (only 'chat')", field=f"{name}.api")
     if raw.get("activate") is not None:
         activate = _mapping(raw["activate"], f"{where}: activate")
         if "when" not in activate or "is" not in activate:
@@ -262,15 +334,9 @@ def _check_reference(ref: Reference, where: str, flow_inputs: dict, nodes: dict)
         raise InvalidInput(f"{where}: {ref} names unknown node {ref.name!r} (nodes: {known})", field=where)
 
 
-def load_flow(flow_dir: Path | str) -> Flow:
-    """Read and validate a flow folder; errors name the node and field at fault."""
-    path = find_dag_file(Path(flow_dir))
+def _load_dag(path: Path, raw: dict) -> Flow:
     flow_dir = path.parent.resolve()
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise InvalidInput(f"{path}: not valid YAML: {exc}") from None
-    raw = _mapping(raw, path.name)
+    variables, requirements, includes = parse_environment(raw, flow_dir, path)
     flow_inputs = {str(k): _parse_input(str(k), v, path) for k, v in _mapping(raw.get("inputs"), "inputs").items()}
     for name in flow_inputs:
         if not _NAME.match(name):
@@ -280,7 +346,7 @@ def load_flow(flow_dir: Path | str) -> Flow:
         raise InvalidInput(f"{path.name}: nodes must be a list", field="nodes")
     nodes: dict[str, Node] = {}
     for i, raw_node in enumerate(raw_nodes):
-        node = _parse_node(raw_node, i, flow_dir, path)
+        node = _parse_node(raw_node, i, flow_dir, path, includes)
         if node.name in nodes:
             raise InvalidInput(f"{path.name}: duplicate node name {node.name!r}", field=f"nodes[{i}].name")
         nodes[node.name] = node
@@ -306,7 +372,68 @@ def load_flow(flow_dir: Path | str) -> Flow:
             is_chat_output=bool(out.get("is_chat_output", False)),
             description=str(out.get("description") or ""),
         )
-    return Flow(flow_dir, path, flow_inputs, outputs, nodes, _topological_order(nodes))
+    check_aggregation(nodes, outputs)
+    roots = (flow_dir, *dict.fromkeys(inc.parent for inc in includes))
+    flow = Flow(flow_dir, path, flow_inputs, outputs, nodes, _topological_order(nodes), "dag", variables, requirements, roots)
+    check_chat_rules(flow)
+    return flow
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"{path}: not valid YAML: {exc}") from None
+    return _mapping(raw, path.name)
+
+
+_cache: dict[Path, tuple[int, Flow]] = {}
+_cache_lock = threading.Lock()
+_paths: dict[str, Path] = {}  # as given -> resolved flow file (resolving costs more than the run)
+
+
+def _flow_file(target: Path) -> Path:
+    if target.is_file():
+        return target.resolve()
+    for name in FLEX_FILES:
+        if (target / name).is_file():
+            return (target / name).resolve()
+    return find_dag_file(target).resolve()
+
+
+def load_flow(flow_dir: Path | str | Flow) -> Flow:
+    """Read and validate a flow (folder, DAG/flex YAML, or .prompty); errors name the node and field at fault.
+
+    The result is cached until the file's mtime changes; treat it as read-only.
+    """
+    if isinstance(flow_dir, Flow):
+        return flow_dir
+    key = str(flow_dir) if Path(flow_dir).is_absolute() else f"{os.getcwd()}|{flow_dir}"
+    path = _paths.get(key)
+    try:
+        mtime = path.stat().st_mtime_ns if path is not None else None
+    except OSError:
+        mtime = None
+    if mtime is None:
+        path = _flow_file(Path(flow_dir))
+        mtime = path.stat().st_mtime_ns
+        _paths[key] = path
+    hit = _cache.get(path)
+    if hit is not None and hit[0] == mtime:
+        return hit[1]
+    if path.suffix == ".prompty":
+        from forgeflow.flows.nodes.prompty import load_prompty
+
+        flow = load_prompty(path)
+    elif path.name in FLEX_FILES:
+        from forgeflow.flows.nodes.flex import load_flex
+
+        flow = load_flex(path, read_yaml(path))
+    else:
+        flow = _load_dag(path, read_yaml(path))
+    with _cache_lock:
+        _cache[path] = (mtime, flow)
+    return flow
 
 
 def chat_input_name(flow: Flow) -> str | None:
@@ -315,8 +442,13 @@ def chat_input_name(flow: Flow) -> str | None:
 
 
 def chat_history_name(flow: Flow) -> str | None:
-    """Name of the input marked `is_chat_history`, if any."""
-    return next((i.name for i in flow.inputs.values() if i.is_chat_history), None)
+    """Name of the input marked `is_chat_history`; else, as Prompt flow infers, a list input named chat_history."""
+    marked = next((i.name for i in flow.inputs.values() if i.is_chat_history), None)
+    if marked is None and chat_input_name(flow) is not None:
+        inp = flow.inputs.get("chat_history")
+        if inp is not None and inp.type in ("list", ANY):
+            return inp.name
+    return marked
 
 
 def chat_output_name(flow: Flow) -> str | None:

@@ -1,43 +1,49 @@
-"""Run a Prompt flow DAG: resolve inputs and references, call each node's tool in order."""
+"""Run a flow: resolve inputs and references, run nodes (independent ones concurrently), aggregate.
+
+`run_flow` is safe to call from many threads at once (batch runs, `flow serve`): flows and tool
+modules are cached (see dag.load_flow and nodes.python), imports are serialised, and each run keeps
+its own state. Node fields beyond Prompt flow's: `timeout` (seconds for one attempt), `retries`
+(extra attempts after a failure of the tool or a timeout) and `retry_delay` (seconds before the
+first retry, doubling after each).
+"""
 
 from __future__ import annotations
 
-import asyncio
-import inspect
+import contextvars
 import itertools
 import json
-import os
-import sys
+import threading
 import time
 import traceback
 import types
-import typing
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from datetime import datetime, timezone
-from importlib.util import module_from_spec, spec_from_file_location
 from pathlib import Path
 from typing import Any
 
 from forgeflow.errors import ForgeflowError, InvalidInput, NotFound, UpstreamError
 from forgeflow.flows import compat
 from forgeflow.flows.dag import Flow, Node, Reference, coerce_value, load_flow
+from forgeflow.flows.nodes.prompt import run_llm, run_prompt
+from forgeflow.flows.nodes.python import ConnectionProvider, call_tool, load_tool
+from forgeflow.flows.nodes.requirements import check_requirements, environment_variables
+from forgeflow.flows.result import FlowResult, StreamingOutput, jsonable
 
-ConnectionProvider = Callable[[str], dict]
-_counter = itertools.count()
+__all__ = ["FlowResult", "StreamingOutput", "has_aggregation", "run_aggregation", "run_flow", "write_details"]
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
 
 
-@dataclass
-class FlowResult:
-    """Outcome of one flow run (or one single-node run)."""
-
-    outputs: dict[str, Any]
-    node_results: dict[str, dict[str, Any]]
-    duration_s: float
-    inputs: dict[str, Any] = field(default_factory=dict)
-    metrics: list[dict] = field(default_factory=list)
-    status: str = "Completed"
-    node: str | None = None
+def _executor() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        with _pool_lock:
+            if _pool is None:
+                _pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="forgeflow-node")
+    return _pool
 
 
 def resolve_inputs(flow: Flow, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -61,7 +67,8 @@ def resolve_inputs(flow: Flow, inputs: dict[str, Any]) -> dict[str, Any]:
     return resolved
 
 
-def _select(value: Any, ref: Reference, where: str) -> Any:
+def select(value: Any, ref: Reference, where: str) -> Any:
+    """Follow `${node.output.a.b}`'s fields into a node's output."""
     for key in ref.fields:
         if isinstance(value, dict) and key in value:
             value = value[key]
@@ -74,137 +81,183 @@ def _select(value: Any, ref: Reference, where: str) -> Any:
     return value
 
 
-def _import_tool(flow: Flow, node: Node) -> Callable:
-    """Import the node's module afresh, with the flow folder on sys.path, and return its tool."""
-    assert node.path is not None
-    compat.install_promptflow_shim()
-    flow_dir = str(flow.dir)
-    mod_name = f"_forgeflow_tool_{node.path.stem}_{next(_counter)}"
-    before = set(sys.modules)
-    sys.path.insert(0, flow_dir)
-    try:
-        spec = spec_from_file_location(mod_name, node.path)
-        assert spec is not None and spec.loader is not None
-        module = module_from_spec(spec)
-        sys.modules[mod_name] = module
-        spec.loader.exec_module(module)
-    except ForgeflowError:
-        raise
-    except BaseException as exc:
-        err = UpstreamError(f"node {node.name!r}: importing {node.path.name} failed: {exc!r}", field=node.name)
-        err.details = traceback.format_exc()
-        raise err from exc
-    finally:
-        if flow_dir in sys.path:
-            sys.path.remove(flow_dir)
-        for name in set(sys.modules) - before:
-            mod_file = getattr(sys.modules[name], "__file__", None) or ""
-            if name == mod_name or mod_file.startswith(flow_dir + os.sep):
-                del sys.modules[name]
-    tools = [obj for obj in vars(module).values() if compat.is_tool(obj)]
-    own = [t for t in tools if getattr(t, "__module__", None) == mod_name]
-    tools = own or tools
-    if len(tools) != 1:
-        found = ", ".join(getattr(t, "__name__", "?") for t in tools) if tools else "none"
-        raise InvalidInput(
-            f"node {node.name!r}: {node.path.name} must have exactly one function decorated with @tool (found {found})",
-            field=f"{node.name}.source.path",
-        )
-    return tools[0]
-
-
-def _is_connection_type(annotation: Any) -> bool:
-    if isinstance(annotation, str):
-        return annotation.rsplit(".", 1)[-1] == "CustomConnection"
-    if annotation is compat.CustomConnection:
-        return True
-    return (
-        isinstance(annotation, type)
-        and annotation.__name__ == "CustomConnection"
-        and annotation.__module__.startswith("promptflow")
-    )
-
-
-def _annotations(func: Callable) -> dict[str, Any]:
-    try:
-        return typing.get_type_hints(func)
-    except Exception:
-        return {k: p.annotation for k, p in inspect.signature(func).parameters.items()}
-
-
-def _connection(
-    node: Node, param: str, value: Any, annotation: Any, provider: ConnectionProvider | None
-) -> Any:
-    if not isinstance(value, str):
+def settle(value: Any, keep_stream: bool, on_done: Callable[[str], None] | None = None) -> Any:
+    """Join a generator/iterator output (str chunks -> str), or keep it as a StreamingOutput."""
+    if value is None or isinstance(value, (str, bytes, dict, list, tuple, StreamingOutput)):
         return value
-    hint = f"create it with: forgeflow connection create --name {value} ..."
-    if provider is None:
-        raise NotFound(f"node {node.name!r}: connection {value!r} not found (no connection store); {hint}", field=param)
-    try:
-        found = provider(value)
-    except NotFound as exc:
-        raise NotFound(f"node {node.name!r}: connection {value!r} not found: {exc.message}; {hint}", field=param) from exc
-    except KeyError:
-        found = None
-    if not found:
-        raise NotFound(f"node {node.name!r}: connection {value!r} not found; {hint}", field=param)
-    cls = annotation if isinstance(annotation, type) else compat.CustomConnection
-    configs, secrets = dict(found.get("configs") or {}), dict(found.get("secrets") or {})
-    name = found.get("name") or value
-    if cls is compat.CustomConnection:
-        return cls(configs=configs, secrets=secrets, name=name)
-    return cls(secrets=secrets, configs=configs, name=name)
+    if isinstance(value, (types.GeneratorType, Iterator)):
+        if keep_stream:
+            return StreamingOutput(value, on_done)
+        items = list(value)
+        return "".join(items) if all(isinstance(i, str) for i in items) else items
+    return value
 
 
-def _call_tool(node: Node, func: Callable, kwargs: dict[str, Any], provider: ConnectionProvider | None) -> Any:
-    params = inspect.signature(func).parameters
-    takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    for key in kwargs:
-        if key not in params and not takes_kwargs:
-            raise InvalidInput(
-                f"node {node.name!r}: input {key!r} is not a parameter of {func.__name__}({', '.join(params)})",
-                field=f"{node.name}.inputs.{key}",
-            )
-    for key, p in params.items():
-        if p.default is inspect.Parameter.empty and key not in kwargs and p.kind in (
-            inspect.Parameter.POSITIONAL_OR_KEYWORD,
-            inspect.Parameter.KEYWORD_ONLY,
-        ):
-            raise InvalidInput(
-                f"node {node.name!r}: missing input {key!r} for {func.__name__}", field=f"{node.name}.inputs.{key}"
-            )
-    hints = _annotations(func)
-    for key, value in list(kwargs.items()):
-        if _is_connection_type(hints.get(key)):
-            kwargs[key] = _connection(node, key, value, hints.get(key), provider)
-    try:
-        result = func(**kwargs)
-        if inspect.isawaitable(result):
-            result = asyncio.run(_await(result))
-        if isinstance(result, types.GeneratorType):
-            items = list(result)
-            result = "".join(items) if all(isinstance(i, str) for i in items) else items
-        return result
-    except Exception as exc:
-        err = UpstreamError(f"node {node.name!r} failed: {type(exc).__name__}: {exc}", field=node.name)
-        err.details = traceback.format_exc()
-        raise err from exc
+def _attempts(node: Node, call: Callable[[], Any]) -> Any:
+    """Run `call` with the node's timeout, retrying tool failures and timeouts `retries` times."""
+    for attempt in range(node.retries + 1):
+        try:
+            return _with_timeout(node, call)
+        except UpstreamError:
+            if attempt >= node.retries:
+                raise
+            time.sleep(node.retry_delay * 2**attempt)
+    raise AssertionError("unreachable")
 
 
-async def _await(awaitable: Any) -> Any:
-    return await awaitable
+def _with_timeout(node: Node, call: Callable[[], Any]) -> Any:
+    if not node.timeout:
+        return call()
+    box: dict[str, Any] = {}
+    done = threading.Event()
+    ctx = contextvars.copy_context()
+
+    def target() -> None:
+        try:
+            box["value"] = ctx.run(call)
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            box["error"] = exc
+        finally:
+            done.set()
+
+    # A daemon thread: Python cannot kill a stuck tool, so it is left behind, not waited for.
+    threading.Thread(target=target, name=f"forgeflow-node-{node.name}", daemon=True).start()
+    if not done.wait(node.timeout):
+        raise UpstreamError(f"node {node.name!r} timed out after {node.timeout:g}s", field=f"{node.name}.timeout")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
-def _check_supported(flow: Flow, names: list[str]) -> None:
-    for name in names:
-        node = flow.nodes[name]
-        if node.type != "python":
-            raise InvalidInput(
-                f"node {name!r}: type {node.type!r} is not supported yet (only python nodes run today)",
-                field=f"{name}.type",
-            )
-        if node.aggregation:
-            raise InvalidInput(f"node {name!r}: aggregation nodes are not supported yet", field=f"{name}.aggregation")
+class _Run:
+    """The state of one line (or one aggregation) while its nodes run."""
+
+    def __init__(self, flow: Flow, result: FlowResult, provider: ConnectionProvider | None, stream: bool,
+                 value_of: Callable[[_Run, Reference, str], Any], single: bool = False) -> None:
+        self.flow, self.result, self.provider, self.stream = flow, result, provider, stream
+        self.outputs: dict[str, Any] = {}
+        self.bypassed: set[str] = set()
+        self._value_of = value_of
+        self.single = single
+        self.given: dict[str, Any] = {}
+
+    def value(self, ref: Reference, where: str) -> Any:
+        return self._value_of(self, ref, where)
+
+    def _keep_stream(self, name: str) -> bool:
+        if not self.stream or name in self.flow.consumed:
+            return False
+        if self.single:
+            return True
+        return any(o.reference.kind == "node" and o.reference.name == name and not o.reference.fields
+                   for o in self.flow.outputs.values())
+
+    def _invoke(self, node: Node, kwargs: dict[str, Any], keep: bool, entry: dict) -> Any:
+        try:
+            if node.type == "python":
+                out = call_tool(node, load_tool(node, self.flow.import_roots), dict(kwargs), self.provider)
+            elif node.type == "prompt":
+                out = run_prompt(node, kwargs)
+            else:
+                out = run_llm(node, kwargs, self.provider, stream=keep)
+            return settle(out, keep, lambda text: entry.__setitem__("output", text))
+        except ForgeflowError:
+            raise
+        except Exception as exc:
+            err = UpstreamError(f"node {node.name!r} failed: {type(exc).__name__}: {exc}", field=node.name)
+            err.details = traceback.format_exc()
+            raise err from exc
+
+    def step(self, name: str) -> None:
+        node = self.flow.nodes[name]
+        t0 = time.perf_counter()
+        entry: dict[str, Any] = {"output": None, "status": "Running", "duration_s": 0.0, "error": None}
+        self.result.node_results[name] = entry
+        try:
+            if not self.single and _is_bypassed(node, self):
+                self.bypassed.add(name)
+                entry["status"] = "Bypassed"
+                return
+            if self.single:
+                kwargs = _single_node_inputs(self.flow, node, self.given)
+            else:
+                kwargs = {k: self.value(v, f"node {name!r} input {k!r}") if isinstance(v, Reference) else v
+                          for k, v in node.inputs.items()}
+            keep = self._keep_stream(name)
+            out = _attempts(node, lambda: self._invoke(node, kwargs, keep, entry))
+            self.outputs[name] = out
+            entry.update(output=out, status="Completed")
+        except ForgeflowError as exc:
+            entry.update(status="Failed", error=getattr(exc, "details", None) or exc.message)
+            raise
+        finally:
+            entry["duration_s"] = round(time.perf_counter() - t0, 6)
+
+    def run(self, names: list[str]) -> None:
+        """Run `names` (in topological order); a node starts once the nodes it reads are done."""
+        if len(names) <= 1:
+            for name in names:
+                self.step(name)
+            return
+        members = set(names)
+        waiting = {n: set(self.flow.deps[n] & members) for n in names}
+        dependants: dict[str, list[str]] = {n: [] for n in names}
+        for n in names:
+            for d in waiting[n]:
+                dependants[d].append(n)
+        ready = deque(n for n in names if not waiting[n])
+        futures: dict[Any, str] = {}
+        error: BaseException | None = None
+
+        def finished(name: str) -> None:
+            for child in dependants[name]:
+                waiting[child].discard(name)
+                if not waiting[child]:
+                    ready.append(child)
+
+        while error is None and (ready or futures):
+            while ready and error is None:
+                name = ready.popleft()
+                if ready:  # others can start too: hand this one to the pool
+                    futures[_executor().submit(contextvars.copy_context().run, self.step, name)] = name
+                    continue
+                try:
+                    self.step(name)
+                    finished(name)
+                except BaseException as exc:  # noqa: BLE001 - re-raised after running nodes finish
+                    error = exc
+            if futures and error is None and not ready:
+                done, _ = wait(futures, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    name = futures.pop(fut)
+                    if fut.exception() is not None:
+                        error = error or fut.exception()
+                    else:
+                        finished(name)
+        if futures:
+            wait(futures)
+        if error is not None:
+            raise error
+
+
+def _line_value(run: _Run, ref: Reference, where: str) -> Any:
+    if ref.kind == "inputs":
+        return run.result.inputs[ref.name]
+    if ref.name in run.bypassed:
+        return None
+    return select(run.outputs[ref.name], ref, where)
+
+
+def _is_bypassed(node: Node, run: _Run) -> bool:
+    """Prompt flow's rule: skip when `activate` is unmet or every upstream node was skipped."""
+    if node.activate_when is not None:
+        when = node.activate_when
+        if when.kind == "node" and when.name in run.bypassed:
+            return True
+        if run.value(when, f"node {node.name!r} activate.when") != node.activate_is:
+            return True
+    upstream = run.flow.deps[node.name]
+    return bool(upstream) and upstream <= run.bypassed
 
 
 def _single_node_inputs(flow: Flow, node: Node, given: dict[str, Any]) -> dict[str, Any]:
@@ -231,75 +284,53 @@ def _single_node_inputs(flow: Flow, node: Node, given: dict[str, Any]) -> dict[s
     return kwargs
 
 
-def _fail(exc: ForgeflowError, result: FlowResult) -> None:
+def _fail(exc: BaseException, result: FlowResult) -> None:
     result.status = "Failed"
-    exc.result = result
+    exc.result = result  # type: ignore[attr-defined]
 
 
 def run_flow(
-    flow_dir: Path,
+    flow_dir: Path | str | Flow,
     inputs: dict[str, Any],
     *,
     connection_provider: ConnectionProvider | None = None,
     node: str | None = None,
+    stream: bool = False,
+    aggregate: bool = True,
+    init: dict[str, Any] | None = None,
 ) -> FlowResult:
     """Run a flow (or one node of it, like `pf flow test --node`) and return its results.
 
-    On failure the raised error carries `.result` (the partial FlowResult) and, for tool
-    errors, `.details` (the traceback).
+    `stream=True` leaves outputs that stream as `StreamingOutput` iterators; `aggregate=False`
+    skips aggregation nodes (a batch runs them once via `run_aggregation`); `init` holds a flex
+    class entry's constructor arguments. On failure the raised error carries `.result` (the
+    partial FlowResult) and, for tool errors, `.details` (the traceback).
     """
-    started = time.perf_counter()
     flow = load_flow(flow_dir)
+    if flow.kind != "dag":
+        from forgeflow.flows.nodes import flex, prompty
+
+        runner = flex.run_flex if flow.kind == "flex" else prompty.run_prompty
+        return runner(flow, inputs, connection_provider, stream=stream, init=init)
+    started = time.perf_counter()
     if node is not None and node not in flow.nodes:
         raise NotFound(f"no node {node!r} in {flow.path.name} (nodes: {', '.join(flow.nodes)})", field="node")
-    names = [node] if node is not None else flow.order
-    _check_supported(flow, names)
+    check_requirements(flow.requirements)
     resolved = dict(inputs) if node is not None else resolve_inputs(flow, inputs)
     result = FlowResult(outputs={}, node_results={}, duration_s=0.0, inputs=resolved, node=node)
-    outputs: dict[str, Any] = {}
-    bypassed: set[str] = set()
-
-    def value_of(ref: Reference, where: str) -> Any:
-        if ref.kind == "inputs":
-            return resolved[ref.name]
-        if ref.name in bypassed:
-            return None
-        return _select(outputs[ref.name], ref, where)
-
+    run = _Run(flow, result, connection_provider, stream, _line_value, single=node is not None)
+    run.given = resolved
     metrics, token = compat.start_metrics()
     try:
-        for name in names:
-            current = flow.nodes[name]
-            t0 = time.perf_counter()
-            entry: dict[str, Any] = {"output": None, "status": "Running", "duration_s": 0.0, "error": None}
-            result.node_results[name] = entry
-            try:
-                if node is None and _is_bypassed(current, bypassed, value_of):
-                    bypassed.add(name)
-                    entry.update(status="Bypassed")
-                    continue
-                if node is None:
-                    kwargs = {
-                        k: value_of(v, f"node {name!r} input {k!r}") if isinstance(v, Reference) else v
-                        for k, v in current.inputs.items()
-                    }
-                else:
-                    kwargs = _single_node_inputs(flow, current, resolved)
-                func = _import_tool(flow, current)
-                outputs[name] = _call_tool(current, func, kwargs, connection_provider)
-                entry.update(output=outputs[name], status="Completed")
-            except ForgeflowError as exc:
-                entry.update(status="Failed", error=getattr(exc, "details", None) or exc.message)
-                raise
-            finally:
-                entry["duration_s"] = round(time.perf_counter() - t0, 6)
-                result.duration_s = round(time.perf_counter() - started, 6)
-        if node is not None:
-            result.outputs = {node: outputs[node]}
-        else:
-            result.outputs = {
-                out.name: value_of(out.reference, f"output {out.name!r}") for out in flow.outputs.values()
-            }
+        with environment_variables(flow.environment_variables):
+            if node is not None:
+                run.run([node])
+                result.outputs = {node: run.outputs[node]}
+            else:
+                run.run([n for n in flow.order if not flow.nodes[n].aggregation])
+                result.outputs = {o.name: run.value(o.reference, f"output {o.name!r}") for o in flow.outputs.values()}
+                if aggregate and has_aggregation(flow):
+                    _aggregate(flow, [result], connection_provider, result)
     except ForgeflowError as exc:
         _fail(exc, result)
         raise
@@ -310,20 +341,79 @@ def run_flow(
     return result
 
 
-def _is_bypassed(node: Node, bypassed: set[str], value_of: Callable[[Reference, str], Any]) -> bool:
-    """Prompt flow's rule: skip when `activate` is unmet or every upstream node was skipped."""
-    if node.activate_when is not None:
-        when = node.activate_when
-        if when.kind == "node" and when.name in bypassed:
-            return True
-        if value_of(when, f"node {node.name!r} activate.when") != node.activate_is:
-            return True
-    upstream = {v.name for v in node.inputs.values() if isinstance(v, Reference) and v.kind == "node"}
-    return bool(upstream) and upstream <= bypassed
+def has_aggregation(flow: Flow | Path | str) -> bool:
+    """True when the flow has aggregation nodes (or a flex class entry with `__aggregate__`)."""
+    flow = load_flow(flow)
+    if flow.kind == "flex":
+        from forgeflow.flows.nodes import flex
+
+        return flex.has_aggregate(flow)
+    return any(n.aggregation for n in flow.nodes.values())
 
 
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=repr))
+def _line_view(line: Any) -> tuple[dict, dict, set]:
+    """(inputs, node outputs, bypassed nodes) of a FlowResult or its to_dict() form."""
+    if isinstance(line, dict):
+        inputs, nodes = line.get("inputs") or {}, line.get("node_results") or {}
+    else:
+        inputs, nodes = line.inputs, line.node_results
+    outputs, bypassed = {}, set()
+    for name, entry in nodes.items():
+        out = entry.get("output")
+        outputs[name] = out.text if isinstance(out, StreamingOutput) else out
+        if entry.get("status") == "Bypassed":
+            bypassed.add(name)
+    return inputs, outputs, bypassed
+
+
+def _aggregate(flow: Flow, lines: list[Any], provider: ConnectionProvider | None, result: FlowResult) -> None:
+    views = [_line_view(line) for line in lines]
+
+    def value_of(run: _Run, ref: Reference, where: str) -> Any:
+        if ref.kind == "inputs":
+            return [inputs.get(ref.name) for inputs, _, _ in views]
+        if flow.nodes[ref.name].aggregation:
+            return None if ref.name in run.bypassed else select(run.outputs[ref.name], ref, where)
+        return [None if ref.name in bypassed or outs.get(ref.name) is None and ref.fields else
+                select(outs.get(ref.name), ref, where) for _, outs, bypassed in views]
+
+    run = _Run(flow, result, provider, False, value_of)
+    run.run([n for n in flow.order if flow.nodes[n].aggregation])
+
+
+def run_aggregation(
+    flow_dir: Path | str | Flow,
+    lines: list[Any],
+    *,
+    connection_provider: ConnectionProvider | None = None,
+    init: dict[str, Any] | None = None,
+) -> FlowResult:
+    """Run the aggregation nodes once over a batch's successful lines (FlowResults or their dicts).
+
+    Each aggregation node gets lists (one item per line) for inputs that read flow inputs or
+    line nodes; `outputs` maps aggregation node names to their outputs, `metrics` holds the
+    `log_metric` calls.
+    """
+    flow = load_flow(flow_dir)
+    if flow.kind == "flex":
+        from forgeflow.flows.nodes import flex
+
+        return flex.aggregate(flow, lines, connection_provider, init)
+    started = time.perf_counter()
+    result = FlowResult(outputs={}, node_results={}, duration_s=0.0)
+    metrics, token = compat.start_metrics()
+    try:
+        with environment_variables(flow.environment_variables):
+            _aggregate(flow, lines, connection_provider, result)
+        result.outputs = {n: e.get("output") for n, e in result.node_results.items()}
+    except ForgeflowError as exc:
+        _fail(exc, result)
+        raise
+    finally:
+        result.metrics = metrics
+        compat.stop_metrics(token)
+        result.duration_s = round(time.perf_counter() - started, 6)
+    return result
 
 
 def write_details(flow_dir: Path, result: FlowResult) -> Path:
@@ -341,6 +431,7 @@ def write_details(flow_dir: Path, result: FlowResult) -> Path:
         except FileExistsError:
             run_dir = runs / f"{stamp}-{n}"
     path = run_dir / "details.json"
-    body = {"run": run_dir.name, **asdict(result)}
-    path.write_text(json.dumps(_jsonable(body), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    body = {"run": run_dir.name, **result.to_dict()}
+    path.write_text(json.dumps(jsonable(body), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return path
+

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+from typing import TYPE_CHECKING, Callable
 
-from forgeflow.errors import Conflict, InvalidInput, NotFound
-from forgeflow.store.db import now
-from forgeflow.store.workspace import Workspace
+from forgeflow.errors import Conflict, InvalidInput, NotFound, ServerUnavailable
+
+if TYPE_CHECKING:  # the store (SQLAlchemy) loads only when a connection is read locally
+    from forgeflow.store.workspace import Workspace
 
 TYPES = ("custom", "open_ai", "azure_open_ai")
 MASK = "******"
@@ -15,7 +18,7 @@ _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,127}$")
 
 
 class ConnectionStore:
-    def __init__(self, ws: Workspace) -> None:
+    def __init__(self, ws: "Workspace") -> None:
         self.ws = ws
         self.store = ws.store
 
@@ -27,9 +30,13 @@ class ConnectionStore:
         for where, values in (("configs", configs), ("secrets", secrets)):
             if not isinstance(values, dict) or not all(isinstance(v, (str, int, float, bool)) for v in values.values()):
                 raise InvalidInput(f"{where} must map names to plain values", field=where)
+        if type != "custom" and not str(secrets.get("api_key") or ""):
+            raise InvalidInput(f"an {type} connection needs secrets.api_key (--set api_key=...)", field="api_key")
         existing = self.store.get("connections", name=name)
         if existing and not replace:
             raise Conflict(f"connection {name!r} already exists (use: forgeflow connection update)", field="name")
+        from forgeflow.store.db import now
+
         blob = self.ws.secrets.encrypt(json.dumps({k: str(v) for k, v in secrets.items()}))
         configs = {k: str(v) for k, v in configs.items()}
         if existing:
@@ -50,9 +57,59 @@ class ConnectionStore:
             "created_at": row["created_at"], "updated_at": row["updated_at"],
         }
 
+    def update(self, name: str, configs: dict | None = None, secrets: dict | None = None,
+               remove: list[str] | None = None, type: str | None = None) -> dict:
+        """Merge changes into an existing connection; `remove` drops keys (`configs.x`, `secrets.y` or `x`)."""
+        current = self.show(name, with_secrets=True)
+        merged = {"configs": dict(current["configs"]), "secrets": dict(current["secrets"])}
+        for key in remove or []:
+            section, dot, field = key.partition(".")
+            targets = [section] if dot and section in merged else list(merged)
+            field = field if dot and section in merged else key
+            if not any(merged[t].pop(field, None) is not None for t in targets):
+                raise InvalidInput(f"connection {name!r} has no field {key!r} to remove", field=key)
+        merged["configs"].update(configs or {})
+        merged["secrets"].update(secrets or {})
+        return self.upsert(name, type or current["type"], merged["configs"], merged["secrets"], replace=True)
+
     def list(self) -> list[dict]:
         return [self.show(r["name"]) for r in self.store.select("connections", order_by="name")]
 
     def delete(self, name: str) -> None:
         if not self.store.delete("connections", {"name": name}):
             raise NotFound(f"no connection named {name!r}", field="connection")
+
+
+def connection_provider(*, use_server: bool = True) -> Callable[[str], dict]:
+    """The flow runner's connection lookup: decrypted, cached per name (the flow engine resolves
+    `${env:VAR}` values when a node uses the connection).
+
+    Asks the forgeflow server when one answers (it may be remote), else reads the local
+    workspace store directly, so flows run without a server.
+    """
+    cache: dict[str, dict] = {}
+    lock = threading.Lock()
+    state: dict = {"client": None, "local": None}
+
+    def fetch(name: str) -> dict:
+        if use_server and state["local"] is None:
+            from forgeflow.client import Client
+
+            try:
+                state["client"] = state["client"] or Client()
+                return state["client"].connection(name)
+            except ServerUnavailable:
+                pass
+        if state["local"] is None:
+            from forgeflow.store.workspace import Workspace
+
+            state["local"] = ConnectionStore(Workspace.open())
+        return state["local"].show(name, with_secrets=True)
+
+    def provide(name: str) -> dict:
+        with lock:
+            if name not in cache:
+                cache[name] = fetch(name)
+            return cache[name]
+
+    return provide

@@ -1,0 +1,96 @@
+"""Serve one flow over HTTP: `POST /score` (inputs in, outputs out) and `GET /health`.
+
+Requests run on a thread pool so slow tools or model calls overlap; with
+`Accept: text/event-stream` a streaming output is sent as server-sent events, one
+`data: {"<output>": "<chunk>"}` event per chunk (Prompt flow's shape). An optional key is
+checked in constant time against `Authorization: Bearer <key>` (or an `api-key` header).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from forgeflow import __version__
+from forgeflow.errors import ForgeflowError, InvalidInput, Unauthorized
+from forgeflow.flows.chat import call_flow, drain, is_stream
+from forgeflow.flows.dag import load_flow
+from forgeflow.store.secrets import same
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=repr, ensure_ascii=False))
+
+
+def _events(outputs: dict) -> Iterator[bytes]:
+    fixed = {k: v for k, v in outputs.items() if not is_stream(v)}
+    if fixed:
+        yield f"data: {json.dumps(_jsonable(fixed), ensure_ascii=False)}\n\n".encode()
+    try:
+        for name, value in outputs.items():
+            if is_stream(value):
+                for chunk in value:
+                    yield f"data: {json.dumps({name: '' if chunk is None else str(chunk)}, ensure_ascii=False)}\n\n".encode()
+    except ForgeflowError as exc:
+        yield f"event: error\ndata: {json.dumps(exc.to_dict())}\n\n".encode()
+
+
+def create_flow_app(flow_dir: Path, *, connection_provider: Callable | None = None, key: str | None = None,
+                    workers: int = 8) -> FastAPI:
+    """The flow server app; the flow is checked once here so a broken flow fails at start."""
+    flow = load_flow(flow_dir)
+    pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="forgeflow-flow")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        try:
+            yield
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title=f"forgeflow flow: {flow.dir.name}", version=__version__, lifespan=lifespan)
+
+    @app.exception_handler(ForgeflowError)
+    async def _domain_error(_request: Request, exc: ForgeflowError) -> JSONResponse:
+        return JSONResponse(exc.to_dict(), status_code=exc.status_code)
+
+    def check_key(request: Request) -> None:
+        if not key:
+            return
+        auth = request.headers.get("authorization", "")
+        given = auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("api-key", "")
+        if not same(given, key):
+            raise Unauthorized("missing or wrong key: send 'Authorization: Bearer <key>'")
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "Healthy", "flow": flow.dir.name, "version": __version__}
+
+    @app.post("/score")
+    async def score(request: Request):
+        check_key(request)
+        try:
+            inputs = json.loads(await request.body() or b"{}")
+        except ValueError as exc:
+            raise InvalidInput(f"the body must be a JSON object of flow inputs: {exc}") from None
+        if not isinstance(inputs, dict):
+            raise InvalidInput("the body must be a JSON object of flow inputs")
+        wants_events = "text/event-stream" in request.headers.get("accept", "")
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(
+            pool, lambda: call_flow(flow.dir, inputs, connection_provider=connection_provider, stream=wants_events))
+        if wants_events and any(is_stream(v) for v in result.outputs.values()):
+            return StreamingResponse(_events(result.outputs), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
+        outputs = await loop.run_in_executor(pool, drain, result.outputs)
+        return JSONResponse(_jsonable(outputs))
+
+    return app

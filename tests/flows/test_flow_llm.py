@@ -1,0 +1,187 @@
+from __future__ import annotations
+
+import pytest
+
+from forgeflow.errors import InvalidInput, NotFound, UpstreamError
+from forgeflow.flows.executor import run_flow
+from forgeflow.flows.nodes import llm
+from forgeflow.flows.nodes.templates import to_messages
+from forgeflow.flows.result import StreamingOutput
+
+CHAT_TEMPLATE = """\
+# system:
+You are {{ persona }}.
+
+{% for item in chat_history %}
+# user:
+{{ item.inputs.question }}
+# assistant:
+{{ item.outputs.answer }}
+{% endfor %}
+
+user:
+{{ question }}
+"""
+
+CHAT_FLOW = """
+inputs:
+  chat_history: {type: list, is_chat_history: true}
+  question: {type: string, is_chat_input: true}
+outputs:
+  answer: {type: string, reference: '${chat.output}', is_chat_output: true}
+nodes:
+- name: persona
+  type: prompt
+  source: {type: code, path: persona.jinja2}
+  inputs: {who: '${inputs.question}'}
+- name: chat
+  type: llm
+  source: {type: code, path: chat.jinja2}
+  inputs:
+    deployment_name: tiny-chat
+    max_tokens: '64'
+    temperature: '0.2'
+    top_p: ''
+    stop: ''
+    persona: ${persona.output}
+    chat_history: ${inputs.chat_history}
+    question: ${inputs.question}
+  connection: CONN
+  api: chat
+"""
+
+FILES = {"chat.jinja2": CHAT_TEMPLATE, "persona.jinja2": "a helper{% if who %} for {{ who | length }} chars{% endif %}"}
+HISTORY = [{"inputs": {"question": "hi"}, "outputs": {"answer": "hello"}}]
+
+
+def provider(server, kind="open_ai", **configs):
+    def provide(name):
+        if name != "CONN":
+            return None
+        base = {
+            "open_ai": {"base_url": server.base + "/v1"},
+            "azure_open_ai": {"api_base": server.base, "api_version": "2024-06-01"},
+            "custom": {"endpoint": server.base + "/score"},
+        }[kind]
+        secret = "key" if kind == "custom" else "api_key"
+        return {"name": name, "type": kind, "configs": {**base, **configs}, "secrets": {secret: server.key}}
+
+    return provide
+
+
+def test_role_markers_split_into_messages():
+    assert to_messages("plain text") == [{"role": "user", "content": "plain text"}]
+    text = "System:\nbe nice\n\n#user:\nq1\nassistant:\na1\n  USER :  \nq2\nassistant:\n"
+    assert to_messages(text) == [
+        {"role": "system", "content": "be nice"},
+        {"role": "user", "content": "q1"},
+        {"role": "assistant", "content": "a1"},
+        {"role": "user", "content": "q2"},
+    ]
+
+
+def test_llm_node_with_history_over_openai(make_flow, llm_server):
+    flow_dir = make_flow(CHAT_FLOW, FILES)
+    result = run_flow(flow_dir, {"question": "why?", "chat_history": HISTORY}, connection_provider=provider(llm_server))
+    [req] = llm_server.requests
+    assert req["path"] == "/v1/chat/completions" and req["headers"]["Authorization"] == "Bearer sk-test"
+    body = req["body"]
+    assert body["model"] == "tiny-chat" and body["max_tokens"] == 64 and body["temperature"] == 0.2
+    assert "top_p" not in body and "stop" not in body and "stream" not in body
+    assert body["messages"] == [
+        {"role": "system", "content": "You are a helper for 4 chars."},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "why?"},
+    ]
+    assert result.outputs["answer"].startswith("echo: system=You are a helper")
+    assert result.node_results["persona"]["output"] == "a helper for 4 chars"
+
+
+def test_llm_node_streams_when_asked(make_flow, llm_server):
+    flow_dir = make_flow(CHAT_FLOW, FILES)
+    result = run_flow(flow_dir, {"question": "go"}, connection_provider=provider(llm_server), stream=True)
+    out = result.outputs["answer"]
+    assert isinstance(out, StreamingOutput)
+    chunks = list(out)
+    assert len(chunks) > 3 and "".join(chunks).startswith("echo: system=")
+    assert result.node_results["chat"]["output"] == out.text == "".join(chunks)
+    assert llm_server.requests[0]["body"]["stream"] is True
+    joined = run_flow(flow_dir, {"question": "go"}, connection_provider=provider(llm_server))
+    assert joined.outputs["answer"] == out.text.strip() or joined.outputs["answer"].startswith("echo:")
+
+
+def test_azure_openai_and_scoring_connections(make_flow, llm_server):
+    flow_dir = make_flow(CHAT_FLOW, FILES)
+    run_flow(flow_dir, {"question": "q"}, connection_provider=provider(llm_server, "azure_open_ai"))
+    req = llm_server.requests[-1]
+    assert req["path"] == "/openai/deployments/tiny-chat/chat/completions?api-version=2024-06-01"
+    assert req["headers"]["api-key"] == "sk-test" and "model" not in req["body"]
+
+    result = run_flow(flow_dir, {"question": "q"}, connection_provider=provider(llm_server, "custom"))
+    req = llm_server.requests[-1]
+    assert req["path"] == "/score"
+    assert req["body"]["input_data"]["parameters"] == {"temperature": 0.2, "max_new_tokens": 64}
+    assert req["body"]["input_data"]["input_string"][-1] == {"role": "user", "content": "q"}
+    assert result.outputs["answer"].startswith("echo: system=")
+
+
+def test_llm_retries_429_and_503_honouring_retry_after(make_flow, llm_server, monkeypatch):
+    monkeypatch.setattr(llm, "BACKOFF_S", 0.0)
+    flow_dir = make_flow(CHAT_FLOW, FILES)
+    llm_server.fail = [(429, {"Retry-After": "0"}), (503, {})]
+    result = run_flow(flow_dir, {"question": "q"}, connection_provider=provider(llm_server))
+    assert len(llm_server.requests) == 3 and result.outputs["answer"].startswith("echo:")
+
+    llm_server.fail = [(503, {"Retry-After": "0"})] * llm.MAX_ATTEMPTS
+    with pytest.raises(UpstreamError) as info:
+        run_flow(flow_dir, {"question": "q"}, connection_provider=provider(llm_server))
+    assert "node 'chat'" in info.value.message and "503" in info.value.message
+    assert len(llm_server.requests) == 3 + llm.MAX_ATTEMPTS
+
+
+def test_llm_errors_name_node_and_field(make_flow, llm_server):
+    good = provider(llm_server)
+    with pytest.raises(NotFound) as info:
+        run_flow(make_flow(CHAT_FLOW, FILES), {"question": "q"}, connection_provider=lambda n: None)
+    assert "node 'chat'" in info.value.message and "'CONN'" in info.value.message
+    assert info.value.field == "chat.connection"
+
+    undefined = make_flow(CHAT_FLOW, {**FILES, "chat.jinja2": CHAT_TEMPLATE + "{{ mood }}"}, name="undef")
+    with pytest.raises(InvalidInput) as info:
+        run_flow(undefined, {"question": "q"}, connection_provider=good)
+    assert "node 'chat'" in info.value.message and "mood" in info.value.message and info.value.field == "chat.inputs.mood"
+
+    with pytest.raises(InvalidInput) as info:
+        run_flow(make_flow(CHAT_FLOW, FILES, name="bad"), {"question": "q"},
+                 connection_provider=lambda n: {"name": n, "type": "weird", "configs": {}, "secrets": {"k": "v"}})
+    assert "node 'chat'" in info.value.message and "'weird'" in info.value.message
+
+    with pytest.raises(UpstreamError) as info:
+        run_flow(make_flow(CHAT_FLOW, FILES, name="key"), {"question": "q"},
+                 connection_provider=lambda n: {**good(n), "secrets": {"api_key": "wrong"}})
+    assert "node 'chat'" in info.value.message and "401" in info.value.message
+
+    flow_dir = make_flow(CHAT_FLOW, FILES, name="gone")
+    (flow_dir / "chat.jinja2").unlink()
+    with pytest.raises(NotFound) as info:
+        run_flow(flow_dir, {"question": "q"}, connection_provider=good)
+    assert "node 'chat'" in info.value.message and "chat.jinja2" in info.value.message
+
+    no_conn = CHAT_FLOW.replace("  connection: CONN\n", "")
+    with pytest.raises(InvalidInput, match="node 'chat': an llm node needs a connection"):
+        run_flow(make_flow(no_conn, FILES, name="noconn"), {"question": "q"})
+    syntax = make_flow(CHAT_FLOW, {**FILES, "chat.jinja2": "{% for x in %}"}, name="syntax")
+    with pytest.raises(InvalidInput, match="node 'chat'.*syntax error"):
+        run_flow(syntax, {"question": "q"}, connection_provider=good)
+
+
+def test_env_reference_in_connection_is_resolved(make_flow, llm_server, monkeypatch):
+    monkeypatch.setenv("FF_TEST_KEY", llm_server.key)
+    conn = {"name": "CONN", "type": "open_ai", "configs": {"base_url": llm_server.base + "/v1"},
+            "secrets": {"api_key": "${env:FF_TEST_KEY}"}}
+    result = run_flow(make_flow(CHAT_FLOW, FILES), {"question": "q"}, connection_provider=lambda n: conn)
+    assert result.outputs["answer"].startswith("echo:")
+    monkeypatch.delenv("FF_TEST_KEY")
+    with pytest.raises(InvalidInput, match="FF_TEST_KEY"):
+        run_flow(make_flow(CHAT_FLOW, FILES, name="b"), {"question": "q"}, connection_provider=lambda n: conn)
