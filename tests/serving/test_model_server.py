@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -182,6 +183,65 @@ def test_app_scores_and_validates(generator):
         assert models.json()["data"][0]["id"] == "tiny"
 
     with_app(lambda: generator, check)
+
+
+def _sse(text: str) -> list:
+    assert text.endswith("data: [DONE]\n\n"), text[-200:]
+    events = [block for block in text.split("\n\n") if block]
+    assert all(e.startswith("data: ") for e in events)
+    return [json.loads(e[len("data: "):]) for e in events[:-1]]
+
+
+def test_chat_streams_server_sent_events(generator):
+    async def check(app, client):
+        await _wait_ready(app, client)
+        body = {"messages": [USER], "max_tokens": 6, "temperature": 0}
+        plain = (await client.post("/v1/chat/completions", json=body)).json()
+        streamed = await client.post("/v1/chat/completions",
+                                     json={**body, "stream": True, "stream_options": {"include_usage": True}})
+        assert streamed.status_code == 200, streamed.text
+        assert streamed.headers["content-type"].startswith("text/event-stream")
+        chunks = _sse(streamed.text)
+        assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+        assert len({c["id"] for c in chunks}) == 1
+        assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+        text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+        assert text == plain["choices"][0]["message"]["content"]
+        final = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+        assert len(final) == 1 and final[0]["choices"][0]["finish_reason"] == plain["choices"][0]["finish_reason"]
+        assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == plain["usage"]
+        assert all(c["usage"] is None for c in chunks[:-1])
+
+        no_usage = _sse((await client.post("/v1/chat/completions", json={**body, "stream": True})).text)
+        assert all("usage" not in c for c in no_usage) and no_usage[-1]["choices"][0]["finish_reason"]
+
+        for bad, field in (({"stop": 3}, "stop"), ({"stop": ["a"] * 5}, "stop"),
+                           ({"stream_options": {"include_usage": "yes"}}, "stream_options.include_usage"),
+                           ({"stream": "yes"}, "stream")):
+            answer = await client.post("/v1/chat/completions", json={**body, **bad})
+            assert answer.status_code == 400 and answer.json()["field"] == field, answer.text
+        # a bad request is refused before the stream starts
+        refused = await client.post("/v1/chat/completions",
+                                    json={"messages": [{"role": "robot", "content": "x"}], "stream": True})
+        assert refused.status_code == 400
+        stats = (await client.get("/stats")).json()
+        assert stats["ready"] and stats["runtime"] == "transformers" and stats["waiting"] == 0
+
+    with_app(lambda: generator, check)
+
+
+def test_stream_from_a_runtime_without_stream():
+    class Plain:
+        def generate(self, messages, **kwargs):
+            return GenerationResult("Paris.", 5, 2, "stop")
+
+    async def check(app, client):
+        await _wait_ready(app, client)
+        answer = await client.post("/v1/chat/completions", json={"messages": [USER], "stream": True})
+        chunks = _sse(answer.text)
+        assert [c["choices"][0]["delta"].get("content") for c in chunks] == ["", "Paris.", None]
+
+    with_app(Plain, check)
 
 
 def test_health_is_503_while_loading_and_failures_are_500():

@@ -76,3 +76,36 @@ def test_set_options_are_coerced():
 def test_set_option_without_equals_is_rejected():
     with pytest.raises(InvalidInput, match="expected name=value"):
         parse_set_options(["learning_rate"])
+
+
+def test_new_settings_have_defaults():
+    hp = resolve_hyperparameters({})
+    assert hp.quantization == "none" and hp.packing and not hp.gradient_checkpointing and hp.save_steps is None
+    assert resolve_hyperparameters({"save_steps": "25"}).save_steps == 25
+
+
+@pytest.mark.parametrize(
+    ("raw", "field", "message"),
+    [
+        ({"quantization": "8bit"}, "quantization", "quantization must be one of none, 4bit"),
+        ({"save_steps": "0"}, "save_steps", "save_steps must be a positive integer or none"),
+        ({"quantization": "4bit", "apply_lora": "false"}, "quantization", "needs apply_lora=true"),
+    ],
+)
+def test_method_settings_are_validated(raw, field, message):
+    with pytest.raises(InvalidInput) as exc:
+        resolve_hyperparameters(raw)
+    assert exc.value.field == field and message in str(exc.value)
+
+
+def test_qlora_needs_a_gpu():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(InvalidInput, match=r"quantization=4bit \(QLoRA\) needs a CUDA GPU.*valid values here: none") as exc:
+        resolve_hyperparameters({"quantization": "4bit"})
+    assert exc.value.field == "quantization"
+    with pytest.raises(InvalidInput, match="precision=fp16 needs a CUDA GPU") as exc:
+        resolve_hyperparameters({"precision": "fp16"})
+    assert exc.value.field == "precision"

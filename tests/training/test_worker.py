@@ -14,7 +14,7 @@ import forgeflow
 from forgeflow.errors import InvalidInput, NotFound
 from forgeflow.registry.mlflow_format import hf_model_dir
 from forgeflow.training.tracking import read_metrics, read_status
-from forgeflow.training.worker import assistant_only_loss_supported, check_chat_jsonl, run_job
+from forgeflow.training.worker import check_chat_jsonl, run_job
 
 ROWS = [
     {
@@ -64,6 +64,14 @@ def make_job(tmp_path: Path, model_dir: Path, mlflow_uri: str, *, train: Path, v
     return job_dir
 
 
+def start_worker(job_dir: Path, log) -> subprocess.Popen:
+    src = str(Path(forgeflow.__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+    return subprocess.Popen(
+        [sys.executable, "-m", "forgeflow.training.worker", str(job_dir)], stdout=log, stderr=subprocess.STDOUT, env=env
+    )
+
+
 def test_run_job_end_to_end(tmp_path, tiny_model_dir, mlflow_uri):
     train = write_jsonl(tmp_path / "train.jsonl", ROWS, repeat=4)
     val = write_jsonl(tmp_path / "val.jsonl", ROWS)
@@ -77,12 +85,21 @@ def test_run_job_end_to_end(tmp_path, tiny_model_dir, mlflow_uri):
     status = read_status(job_dir)
     assert status["status"] == "Completed", status
     assert status["step"] == status["max_steps"] == 10 and status["error"] is None
-    assert {"train_loss", "eval_loss", "train_runtime", "trained_tokens"} <= set(status["metrics"])
+    assert {"train_loss", "eval_loss", "train_runtime", "trained_tokens", "loss_tokens"} <= set(status["metrics"])
+    assert {"train_tokens_per_second", "peak_memory_mb"} <= set(status["metrics"])
+    assert status["metrics"]["truncated_conversations"] == 0 and status["eta_s"] == 0
 
     rows = read_metrics(job_dir)
     train_losses = [r["train_loss"] for r in rows if "train_loss" in r]
     evals = [r for r in rows if "eval_loss" in r]
-    assert len(train_losses) == 10 and [r["step"] for r in evals] == [5, 10]
+    assert len(train_losses) == 10 and [r["step"] for r in evals] == [0, 5, 10]
+    train_rows = [r for r in rows if "train_loss" in r]
+    # Real tokens only: 8 conversations packed into one row per step; masked prompt tokens count in
+    # trained_tokens, not in loss_tokens.
+    per_step = train_rows[0]["trained_tokens"]
+    assert [r["trained_tokens"] for r in train_rows] == [per_step * (i + 1) for i in range(10)]
+    assert 0 < train_rows[0]["loss_tokens"] < per_step
+    assert all(r["peak_memory_mb"] > 0 and r["train_tokens_per_second"] > 0 for r in train_rows)
     assert train_losses[-1] < train_losses[0] - 0.3, train_losses
     assert all({"step", "epoch", "timestamp"} <= set(r) for r in rows)
     assert all("learning_rate" in r for r in rows if "train_loss" in r)
@@ -153,29 +170,13 @@ def test_check_chat_jsonl(tmp_path):
         check_chat_jsonl(tmp_path / "missing.jsonl")
 
 
-def test_assistant_only_loss_needs_generation_markers(tiny_model_dir):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    assert not assistant_only_loss_supported(tokenizer)
-    tokenizer.chat_template = (
-        "{% for m in messages %}{% if m['role'] == 'assistant' %}{% generation %}{{ m['content'] }}"
-        "{% endgeneration %}{% else %}{{ m['content'] }}{% endif %}{% endfor %}"
-    )
-    assert assistant_only_loss_supported(tokenizer)
-
-
 def test_sigterm_cancels_at_the_next_step(tmp_path, tiny_model_dir, mlflow_uri):
     train = write_jsonl(tmp_path / "train.jsonl", ROWS, repeat=4)
     job_dir = make_job(
         tmp_path, tiny_model_dir, mlflow_uri, train=train, validation=None, max_steps=5000, logging_steps=1
     )
-    src = str(Path(forgeflow.__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
     log = (job_dir / "worker.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "forgeflow.training.worker", str(job_dir)], stdout=log, stderr=subprocess.STDOUT, env=env
-    )
+    proc = start_worker(job_dir, log)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -199,3 +200,90 @@ def test_sigterm_cancels_at_the_next_step(tmp_path, tiny_model_dir, mlflow_uri):
     from mlflow.tracking import MlflowClient
 
     assert MlflowClient(tracking_uri=mlflow_uri).get_run(status["mlflow_run_id"]).info.status == "KILLED"
+
+
+def test_resume_after_sigkill_continues_from_the_last_checkpoint(tmp_path, tiny_model_dir, mlflow_uri):
+    train = write_jsonl(tmp_path / "train.jsonl", ROWS, repeat=4)
+    # Unpacked rows, 2 per batch: 4 steps an epoch; the step count comes from the data, not max_steps.
+    hp = dict(num_train_epochs=6, packing=False, per_device_train_batch_size=2, logging_steps=1, save_steps=3,
+              save_total_limit=2, learning_rate=1e-2, evaluation_strategy="no")
+    (tmp_path / "ref").mkdir()
+    reference = make_job(tmp_path / "ref", tiny_model_dir, mlflow_uri, train=train, validation=None, **hp)
+    assert run_job(reference) == 0
+    expected = read_status(reference)
+
+    job_dir = make_job(tmp_path, tiny_model_dir, mlflow_uri, train=train, validation=None, **hp)
+    with (job_dir / "worker.log").open("w") as log:
+        proc = start_worker(job_dir, log)
+        try:
+            deadline = time.monotonic() + 120
+            while not list((job_dir / "checkpoints").glob("checkpoint-*/trainer_state.json")):
+                assert proc.poll() is None, (job_dir / "worker.log").read_text()
+                assert time.monotonic() < deadline, "no checkpoint appeared"
+                time.sleep(0.05)
+            time.sleep(0.1)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=15)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    killed_at = read_status(job_dir)
+    assert killed_at["status"] == "Running" and killed_at["step"] < expected["step"], killed_at
+    spec = json.loads((job_dir / "spec.json").read_text())
+    (job_dir / "spec.json").write_text(json.dumps({**spec, "resume": True}))
+
+    assert run_job(job_dir) == 0
+
+    status = read_status(job_dir)
+    assert status["status"] == "Completed" and status["step"] == expected["step"] == 24
+    assert status["mlflow_run_id"] == killed_at["mlflow_run_id"]
+    steps = [r["step"] for r in read_metrics(job_dir) if "train_loss" in r]
+    assert steps == list(range(1, 25))
+    # Same data order after the resume: conversations differ in length, so the running token count of every
+    # step matches the uninterrupted run only if the same rows come in the same order.
+    tokens = [r["trained_tokens"] for r in read_metrics(job_dir) if "train_loss" in r]
+    assert tokens == [r["trained_tokens"] for r in read_metrics(reference) if "train_loss" in r]
+    assert status["metrics"]["train_loss"] == pytest.approx(expected["metrics"]["train_loss"], rel=0.05)
+    assert len(list((job_dir / "checkpoints").glob("checkpoint-*"))) <= 2
+
+
+def test_resume_without_a_checkpoint_starts_over(tmp_path, tiny_model_dir, mlflow_uri, capsys):
+    train = write_jsonl(tmp_path / "train.jsonl", ROWS)
+    job_dir = make_job(tmp_path, tiny_model_dir, mlflow_uri, train=train, validation=None, max_steps=2, logging_steps=1)
+    (job_dir / "metrics.jsonl").write_text(json.dumps({"step": 7, "train_loss": 1.0}) + "\n")
+    spec = json.loads((job_dir / "spec.json").read_text())
+    (job_dir / "spec.json").write_text(json.dumps({**spec, "resume": True}))
+    assert run_job(job_dir) == 0
+    assert "no checkpoint under" in capsys.readouterr().out
+    assert [r["step"] for r in read_metrics(job_dir)] == [1, 2]
+
+
+def test_full_finetune_with_early_stopping_exports_the_best_checkpoint(tmp_path, tiny_model_dir, mlflow_uri, capsys):
+    train = write_jsonl(tmp_path / "train.jsonl", ROWS, repeat=4)
+    val = write_jsonl(tmp_path / "val.jsonl", ROWS)
+    # A threshold no decrease can meet: the second evaluation after training starts ends it (patience 1).
+    job_dir = make_job(
+        tmp_path, tiny_model_dir, mlflow_uri, train=train, validation=val, apply_lora=False, max_steps=20,
+        logging_steps=1, evaluation_strategy="steps", eval_steps=2, apply_early_stopping=True,
+        early_stopping_patience=1, early_stopping_threshold=100.0, learning_rate=1e-3,
+    )
+    assert run_job(job_dir) == 0
+    status = read_status(job_dir)
+    assert status["status"] == "Completed" and status["step"] == 4, status
+    assert [r["step"] for r in read_metrics(job_dir) if "eval_loss" in r] == [0, 2, 4]
+    assert "exporting the best checkpoint: checkpoint-" in capsys.readouterr().out
+    assert not (job_dir / "outputs" / "adapter").exists()
+    assert (job_dir / "outputs" / "mlflow_model" / "MLmodel").is_file()
+
+
+def test_qlora_on_cpu_fails_before_loading_the_model(tmp_path, tiny_model_dir, mlflow_uri):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: QLoRA is allowed")
+    train = write_jsonl(tmp_path / "train.jsonl", ROWS)
+    job_dir = make_job(tmp_path, tiny_model_dir, mlflow_uri, train=train, validation=None, quantization="4bit")
+    assert run_job(job_dir) == 1
+    status = read_status(job_dir)
+    assert status["status"] == "Failed"
+    assert status["error"].startswith("quantization=4bit (QLoRA) needs a CUDA GPU"), status

@@ -90,5 +90,11 @@ def create_app(ws: Workspace | None = None, *, base_url: str = "http://127.0.0.1
 
     for module in (jobs, models, endpoints, connections):
         app.include_router(module.router, prefix="/api")
+    from forgeflow.api import compute
+
+    app.include_router(compute.router, prefix="/api")
     app.include_router(gateway)
+    from forgeflow.serving.schemas import install_openapi
+
+    install_openapi(app)
     return app

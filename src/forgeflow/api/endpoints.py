@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
@@ -12,12 +14,21 @@ router = APIRouter(dependencies=ADMIN, tags=["endpoints"])
 
 class EndpointCreate(BaseModel):
     name: str = Field(description="3-32 characters, a letter first, letters, digits and dashes.")
-    auth_mode: str = Field("key", description="'key': primary and secondary keys.")
+    auth_mode: str = Field("key", description="'key': primary and secondary keys; 'token': expiring tokens from get-credentials.")
     description: str | None = None
+    max_body_bytes: int | None = Field(None, description="Largest request body (bytes); the server default when unset.")
 
 
 class EndpointUpdate(BaseModel):
     traffic: dict[str, int] | None = Field(None, description="Deployment name -> percent; totals 0 or 100.")
+    mirror_traffic: dict[str, int] | None = Field(None, description="One deployment -> percent (at most 50) of live "
+                                                  "traffic copied to it; its answers are discarded.")
+    description: str | None = None
+    max_body_bytes: int | None = Field(None, description="Largest request body in bytes.")
+
+
+class RegenerateKeys(BaseModel):
+    key_type: str = Field("primary", description="primary or secondary.")
 
 
 class DeploymentCreate(BaseModel):
@@ -26,11 +37,18 @@ class DeploymentCreate(BaseModel):
     instance_count: int = Field(1, description="Model-server processes behind the gateway.")
     runtime: str = Field("transformers", description="Serving runtime.")
     request_settings: dict[str, int] = Field(default_factory=dict, description="request_timeout_ms, max_concurrent_requests_per_instance.")
+    liveness_probe: dict[str, float] | None = Field(None, description="initial_delay, period, timeout (seconds), failure_threshold, success_threshold.")
+    readiness_probe: dict[str, float] | None = Field(None, description="initial_delay, period, timeout (seconds), failure_threshold, success_threshold.")
+
+
+class DeploymentUpdate(BaseModel):
+    set: dict[str, Any] = Field(description="FIELD.PATH -> value, as `az ml online-deployment update --set`: model, "
+                                "instance_count, runtime, request_settings.*, liveness_probe.*, readiness_probe.*.")
 
 
 @router.post("/endpoints", status_code=201)
 def create_endpoint(body: EndpointCreate, ff=Depends(services)) -> dict:
-    return ff.endpoints.create_endpoint(body.name, body.auth_mode, body.description)
+    return ff.endpoints.create_endpoint(body.name, body.auth_mode, body.description, body.max_body_bytes)
 
 
 @router.get("/endpoints")
@@ -45,9 +63,8 @@ def show_endpoint(name: str, ff=Depends(services)) -> dict:
 
 @router.patch("/endpoints/{name}")
 def update_endpoint(name: str, body: EndpointUpdate, ff=Depends(services)) -> dict:
-    if body.traffic is not None:
-        return ff.endpoints.set_traffic(name, body.traffic)
-    return ff.endpoints.show_endpoint(name)
+    return ff.endpoints.update_endpoint(name, traffic=body.traffic, mirror_traffic=body.mirror_traffic,
+                                        description=body.description, max_body_bytes=body.max_body_bytes)
 
 
 @router.delete("/endpoints/{name}")
@@ -61,12 +78,19 @@ def credentials(name: str, ff=Depends(services)) -> dict:
     return ff.endpoints.credentials(name)
 
 
+@router.post("/endpoints/{name}/regenerate-keys")
+def regenerate_keys(name: str, body: RegenerateKeys, ff=Depends(services)) -> dict:
+    """A new primary or secondary key; the old one fails at once."""
+    return ff.endpoints.regenerate_keys(name, body.key_type)
+
+
 @router.post("/endpoints/{name}/deployments", status_code=201)
 def create_deployment(name: str, body: DeploymentCreate, ff=Depends(services)) -> dict:
     from forgeflow.registry.resolve import resolve_model
 
     ref, path = resolve_model(body.model)
-    return ff.endpoints.create_deployment(name, body.name, ref, path, body.instance_count, body.runtime, body.request_settings)
+    return ff.endpoints.create_deployment(name, body.name, ref, path, body.instance_count, body.runtime,
+                                          body.request_settings, body.liveness_probe, body.readiness_probe)
 
 
 @router.get("/endpoints/{name}/deployments")
@@ -77,6 +101,14 @@ def list_deployments(name: str, ff=Depends(services)) -> list[dict]:
 @router.get("/endpoints/{name}/deployments/{deployment}")
 def show_deployment(name: str, deployment: str, ff=Depends(services)) -> dict:
     return ff.endpoints.show_deployment(name, deployment)
+
+
+@router.patch("/endpoints/{name}/deployments/{deployment}")
+def update_deployment(name: str, deployment: str, body: DeploymentUpdate, ff=Depends(services)) -> dict:
+    """Change fields; a new model, runtime or instance count rolls instances without dropping requests."""
+    from forgeflow.registry.resolve import resolve_model
+
+    return ff.endpoints.update_deployment(name, deployment, body.set, resolve=resolve_model)
 
 
 @router.delete("/endpoints/{name}/deployments/{deployment}")

@@ -3,28 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, Field
 
 from forgeflow.api.deps import ADMIN, services
 from forgeflow.errors import InvalidInput
-from forgeflow.training.runner import check_data_file, read_metrics
+from forgeflow.training.jobfile import JobRequest
+from forgeflow.training.runner import check_data_file, newest_checkpoint, read_metrics
 
 router = APIRouter(dependencies=ADMIN, tags=["jobs"])
-
-
-class JobCreate(BaseModel):
-    """A chat-completion fine-tuning job."""
-
-    type: str = Field("finetuning", description="Job type; only 'finetuning' exists.")
-    model: str = Field(description="Base model: catalog name, local folder or registered name:version.")
-    training_data: str = Field(description="Path of the training chat JSONL file.")
-    validation_data: str | None = Field(None, description="Path of the validation chat JSONL file.")
-    hyperparameters: dict[str, Any] = Field(default_factory=dict, description="Azure-named settings.")
-    name: str | None = Field(None, description="Display name.")
-    compute: str = Field("local", description="Compute target.")
 
 
 def _check_rows(path: str | None, field: str) -> None:
@@ -40,20 +27,28 @@ def _check_rows(path: str | None, field: str) -> None:
 
 
 def job_view(job: dict) -> dict:
+    """A job row as the API shows it: outputs that exist, the newest checkpoint, no pid."""
     out = {k: v for k, v in job.items() if k not in ("pid",)}
-    out["outputs"] = {"mlflow_model": str(Path(job["job_dir"]) / "outputs" / "mlflow_model")} if job["status"] == "Completed" else {}
+    job_dir = Path(job["job_dir"])
+    outputs = {}
+    if job["status"] == "Completed":
+        outputs["mlflow_model"] = str(job_dir / "outputs" / "mlflow_model")
+        if (job_dir / "outputs" / "adapter").is_dir():
+            outputs["adapter"] = str(job_dir / "outputs" / "adapter")
+    out["outputs"] = outputs
+    checkpoint = newest_checkpoint(job_dir)
+    out["last_checkpoint"] = str(checkpoint) if checkpoint else None
     return out
 
 
 @router.post("/jobs", status_code=201)
-def create_job(body: JobCreate, ff=Depends(services)) -> dict:
+def create_job(body: JobRequest, ff=Depends(services)) -> dict:
     from forgeflow.registry.resolve import resolve_model
     from forgeflow.training.hyperparams import resolve_hyperparameters
 
     if body.type != "finetuning":
         raise InvalidInput(f"job type {body.type!r} is not supported: use 'finetuning'", field="type")
-    if body.compute != "local":
-        raise InvalidInput(f"compute target {body.compute!r} does not exist: use 'local'", field="compute")
+    compute = ff.runner.compute.get(body.compute)["name"]
     hp = resolve_hyperparameters(body.hyperparameters)
     training = check_data_file(body.training_data, "training_data")
     validation = check_data_file(body.validation_data, "validation_data")
@@ -62,7 +57,7 @@ def create_job(body: JobCreate, ff=Depends(services)) -> dict:
     ref, path = resolve_model(body.model)
     job = ff.runner.submit({
         "name": body.name, "base_model": ref, "base_model_path": str(path), "training_data": training,
-        "validation_data": validation, "hyperparameters": hp.model_dump(mode="json"), "compute": body.compute,
+        "validation_data": validation, "hyperparameters": hp.model_dump(mode="json"), "compute": compute,
     })
     return job_view(job)
 
@@ -82,9 +77,16 @@ def cancel_job(job_id: str, ff=Depends(services)) -> dict:
     return job_view(ff.runner.cancel(job_id))
 
 
+@router.post("/jobs/{job_id}/resume")
+def resume_job(job_id: str, ff=Depends(services)) -> dict:
+    """Queue a Failed or Canceled job again; its worker continues from the newest checkpoint."""
+    return job_view(ff.runner.resume(job_id))
+
+
 @router.get("/jobs/{job_id}/metrics")
-def job_metrics(job_id: str, ff=Depends(services)) -> list[dict]:
-    return read_metrics(Path(ff.runner.get(job_id)["job_dir"]))
+def job_metrics(job_id: str, offset: int = 0, ff=Depends(services)) -> list[dict]:
+    """Metrics rows from row `offset` on (a follower asks only for rows it has not seen)."""
+    return read_metrics(Path(ff.runner.get(job_id)["job_dir"]))[max(0, offset):]
 
 
 @router.get("/jobs/{job_id}/logs")

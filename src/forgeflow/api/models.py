@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import APIRouter, Depends
+from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
 from forgeflow.api.deps import ADMIN, services
@@ -16,6 +17,12 @@ router = APIRouter(dependencies=ADMIN, tags=["models"])
 class PullBody(BaseModel):
     name: str = Field(description="Catalog name, e.g. smollm2-135m-instruct.")
     force: bool = Field(False, description="Import again even when present.")
+
+
+class UpdateBody(BaseModel, extra="forbid"):
+    description: str | None = Field(None, description="New description (unchanged when absent).")
+    set_tags: dict[str, str] = Field(default_factory=dict, description="Tags to add or change.")
+    remove_tags: list[str] = Field(default_factory=list, description="Tags to remove.")
 
 
 class RegisterBody(BaseModel):
@@ -33,10 +40,11 @@ def _base_view(info) -> dict:
 
 
 @router.get("/models")
-def list_models() -> list[dict]:
+def list_models(include_archived: bool = False) -> list[dict]:
     from forgeflow.registry import base_models, models
 
-    return [_base_view(b) for b in base_models.list_base_models()] + [v.to_dict() for v in models.list_models()]
+    return [_base_view(b) for b in base_models.list_base_models()] + [
+        v.to_dict() for v in models.list_models(include_archived=include_archived)]
 
 
 @router.post("/models/pull")
@@ -57,7 +65,8 @@ def register(body: RegisterBody, ff=Depends(services)) -> dict:
         job = ff.runner.get(body.from_job)
         source = job_output_model(job)
         return models.register(body.name, source, base_model=job["base_model"], source_job=job["id"],
-                               run_id=job.get("mlflow_run_id"), description=body.description, tags=body.tags).to_dict()
+                               run_id=job.get("mlflow_run_id"), description=body.description, tags=body.tags,
+                               hyperparameters=job["hyperparameters"], metrics=job.get("metrics")).to_dict()
     return models.register(body.name, Path(body.path).expanduser(), description=body.description, tags=body.tags).to_dict()
 
 
@@ -69,3 +78,46 @@ def show(name: str, version: str | None = None) -> dict:
         if info.name == name and version is None:
             return _base_view(info)
     return models.get_version(f"{name}:{version}" if version else name).to_dict()
+
+
+def _ref(name: str, version: str) -> str:
+    return f"{name}:{version}"
+
+
+@router.patch("/models/{name}/versions/{version}")
+def update(name: str, version: str, body: UpdateBody) -> dict:
+    from forgeflow.registry import models
+
+    return models.update_version(_ref(name, version), description=body.description, set_tags=body.set_tags,
+                                 remove_tags=body.remove_tags).to_dict()
+
+
+@router.post("/models/{name}/versions/{version}/archive")
+def archive(name: str, version: str) -> dict:
+    """Hide a version from lists and refuse new deployments of it; existing ones keep running."""
+    from forgeflow.registry import models
+
+    return models.set_archived(_ref(name, version), True).to_dict()
+
+
+@router.post("/models/{name}/versions/{version}/restore")
+def restore(name: str, version: str) -> dict:
+    from forgeflow.registry import models
+
+    return models.set_archived(_ref(name, version), False).to_dict()
+
+
+@router.get("/models/{name}/versions/{version}/files")
+def files(name: str, version: str) -> dict:
+    """The files of a version's model folder (relative path and size), for `model download`."""
+    from forgeflow.registry import models
+
+    mv, listing = models.version_files(_ref(name, version))
+    return {"name": mv.name, "version": mv.version, "files": listing, "total_bytes": sum(f["size"] for f in listing)}
+
+
+@router.get("/models/{name}/versions/{version}/files/{path:path}")
+def file(name: str, version: str, path: str) -> FileResponse:
+    from forgeflow.registry import models
+
+    return FileResponse(models.version_file(_ref(name, version), path), media_type="application/octet-stream")

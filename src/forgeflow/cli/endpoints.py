@@ -20,10 +20,14 @@ NameOpt = typer.Option(..., "--name", "-n", help="Endpoint name.")
 
 @endpoint_app.command("create")
 @command
-def ep_create(name: str = NameOpt, auth_mode: str = typer.Option("key", help="key"),
-              description: str = typer.Option(None), json_out: bool = JsonOpt) -> None:
-    """Create an endpoint with a primary and a secondary key."""
-    ep = client().post("/api/endpoints", {"name": name, "auth_mode": auth_mode, "description": description})
+def ep_create(name: str = NameOpt,
+              auth_mode: str = typer.Option("key", help="key (primary and secondary keys) or token (expiring tokens)."),
+              description: str = typer.Option(None, help="Free text."),
+              max_body_bytes: int = typer.Option(None, "--max-body-bytes", help="Largest request body; 413 past it."),
+              json_out: bool = JsonOpt) -> None:
+    """Create an endpoint with a primary and a secondary key (or signed tokens)."""
+    ep = client().post("/api/endpoints", {"name": name, "auth_mode": auth_mode, "description": description,
+                                          "max_body_bytes": max_body_bytes})
     print_json(ep) if json_out else console.print(f"[green]created[/] endpoint {ep['name']}: {ep['scoring_uri']}")
 
 
@@ -52,16 +56,45 @@ def ep_show(name: str = NameOpt, json_out: bool = JsonOpt) -> None:
 @command
 def ep_update(name: str = NameOpt,
               traffic: list[str] = typer.Option(None, "--traffic", help="DEPLOYMENT=PERCENT ..., totalling 0 or 100."),
+              mirror_traffic: list[str] = typer.Option(None, "--mirror-traffic",
+                                                       help="DEPLOYMENT=PERCENT (at most 50) of live traffic copied there."),
+              max_body_bytes: int = typer.Option(None, "--max-body-bytes", help="Largest request body; 413 past it."),
+              description: str = typer.Option(None, help="Free text."),
               json_out: bool = JsonOpt) -> None:
-    """Change the traffic split, e.g. --traffic blue=90 green=10."""
-    pairs = parse_pairs(traffic, "--traffic")
+    """Change the traffic split (--traffic blue=90 green=10), the mirror, or the body limit."""
+    body: dict = {"description": description, "max_body_bytes": max_body_bytes}
+    if traffic:
+        body["traffic"] = _percentages(traffic, "--traffic")
+    if mirror_traffic:
+        body["mirror_traffic"] = _percentages(mirror_traffic, "--mirror-traffic")
+    ep = client().patch(f"/api/endpoints/{name}", body)
+    if json_out:
+        print_json(ep)
+    else:
+        console.print(f"endpoint {name} traffic: {ep['traffic']} mirror: {ep['mirror_traffic']}")
+
+
+def _percentages(items: list[str], flag: str) -> dict[str, int]:
     split: dict[str, int] = {}
-    for k, v in pairs.items():
+    for k, v in parse_pairs(items, flag).items():
         if not v.strip().isdigit():
-            raise InvalidInput(f"--traffic {k}={v}: the percentage must be a whole number")
+            raise InvalidInput(f"{flag} {k}={v}: the percentage must be a whole number")
         split[k] = int(v)
-    ep = client().patch(f"/api/endpoints/{name}", {"traffic": split} if traffic else {})
-    print_json(ep) if json_out else console.print(f"endpoint {name} traffic: {ep['traffic']}")
+    return split
+
+
+def parse_sets(items: list[str] | None) -> dict:
+    """`--set a.b=value` pairs; a value that parses as JSON (numbers, true, objects) is taken as such."""
+    out: dict = {}
+    for item in items or []:
+        if "=" not in item:
+            raise InvalidInput(f"--set {item!r} must look like FIELD=VALUE, e.g. request_settings.request_timeout_ms=5000")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except ValueError:
+            out[k.strip()] = v
+    return out
 
 
 @endpoint_app.command("delete")
@@ -77,9 +110,19 @@ def ep_delete(name: str = NameOpt, yes: bool = typer.Option(False, "--yes", "-y"
 @endpoint_app.command("get-credentials")
 @command
 def ep_credentials(name: str = NameOpt, json_out: bool = JsonOpt) -> None:
-    """The endpoint's primary and secondary keys."""
+    """The endpoint's primary and secondary keys, or a fresh expiring token (token auth)."""
     keys = client().get(f"/api/endpoints/{name}/credentials")
     print_json(keys) if json_out else kv(keys)
+
+
+@endpoint_app.command("regenerate-keys")
+@command
+def ep_regenerate(name: str = NameOpt,
+                  key_type: str = typer.Option("primary", "--key-type", help="primary or secondary."),
+                  json_out: bool = JsonOpt) -> None:
+    """Replace the primary or secondary key; the old one fails at once."""
+    keys = client().post(f"/api/endpoints/{name}/regenerate-keys", {"key_type": key_type})
+    print_json(keys) if json_out else console.print(f"regenerated the {key_type} key of {name}")
 
 
 @endpoint_app.command("invoke")
@@ -96,7 +139,8 @@ def ep_invoke(name: str = NameOpt,
     except ValueError as e:
         raise InvalidInput(f"{request_file} is not valid JSON: {e}") from None
     c = client()
-    key = c.get(f"/api/endpoints/{name}/credentials")["primary_key"]
+    creds = c.get(f"/api/endpoints/{name}/credentials")
+    key = creds.get("primary_key") or creds["access_token"]
     out = c.score(name, body, key=key, deployment=deployment_name)
     print_json(out) if json_out else console.print(out.get("output", out) if isinstance(out, dict) else out, markup=False)
 
@@ -112,12 +156,20 @@ def dep_create(name: str = DepName, endpoint_name: str = EpName,
                instance_count: int = typer.Option(1, "--instance-count", help="Model-server processes."),
                runtime: str = typer.Option("transformers", "--runtime", help="Serving runtime."),
                all_traffic: bool = typer.Option(False, "--all-traffic", help="Send 100% of the endpoint's traffic here once ready."),
+               sets: list[str] = typer.Option(None, "--set", help="FIELD=VALUE, e.g. request_settings.request_timeout_ms=5000 "
+                                                                 "or liveness_probe.period=2."),
                no_wait: bool = typer.Option(False, "--no-wait", help="Return at once instead of waiting until it is ready."),
                json_out: bool = JsonOpt) -> None:
     """Deploy a model to an endpoint; waits until its instances answer."""
     c = client()
-    dep = c.post(f"/api/endpoints/{endpoint_name}/deployments",
-                 {"name": name, "model": model, "instance_count": instance_count, "runtime": runtime})
+    body: dict = {"name": name, "model": model, "instance_count": instance_count, "runtime": runtime}
+    for path, value in parse_sets(sets).items():
+        top, _, sub = path.partition(".")
+        if top not in ("request_settings", "liveness_probe", "readiness_probe") or not sub:
+            raise InvalidInput(f"--set {path}: at create time set request_settings.*, liveness_probe.* or "
+                               "readiness_probe.*; other fields have their own options")
+        body.setdefault(top, {})[sub] = value
+    dep = c.post(f"/api/endpoints/{endpoint_name}/deployments", body)
     if not no_wait:
         dep = wait_ready(endpoint_name, name, quiet=json_out)
     if all_traffic and dep["provisioning_state"] == "Succeeded":
@@ -161,6 +213,26 @@ def dep_show(name: str = DepName, endpoint_name: str = EpName, json_out: bool = 
     """A deployment's model, state, instances and settings."""
     dep = client().get(f"/api/endpoints/{endpoint_name}/deployments/{name}")
     print_json(dep) if json_out else kv(dep)
+
+
+@deployment_app.command("update")
+@command
+def dep_update(name: str = DepName, endpoint_name: str = EpName,
+               sets: list[str] = typer.Option(..., "--set", help="FIELD=VALUE, any field: model=NAME:2, instance_count=2, "
+                                                                "request_settings.max_concurrent_requests_per_instance=4, ..."),
+               no_wait: bool = typer.Option(False, "--no-wait", help="Return at once instead of waiting for the roll-out."),
+               json_out: bool = JsonOpt) -> None:
+    """Change a deployment; new instances are ready before old ones stop, so no request is dropped."""
+    dep = client().patch(f"/api/endpoints/{endpoint_name}/deployments/{name}", {"set": parse_sets(sets)})
+    if not no_wait:
+        dep = wait_ready(endpoint_name, name, quiet=json_out)
+    if json_out:
+        print_json(dep)
+    else:
+        console.print(f"deployment {name} on {endpoint_name}: {dep['provisioning_state']}"
+                      + (f" - {dep['error']}" if dep.get("error") else ""))
+    if dep["provisioning_state"] == "Failed":
+        raise typer.Exit(1)
 
 
 @deployment_app.command("delete")

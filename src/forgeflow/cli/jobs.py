@@ -1,8 +1,7 @@
-"""`forgeflow job`: fine-tuning jobs - create, list, show, stream, cancel."""
+"""`forgeflow job`: fine-tuning jobs - create (flags or a YAML file), list, show, stream, cancel, resume."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import typer
@@ -12,8 +11,6 @@ from forgeflow.errors import InvalidInput
 
 app = typer.Typer(help="Fine-tuning jobs.", no_args_is_help=True)
 
-FINAL = ("Completed", "Failed", "Canceled")
-
 
 def _abs(p: Path | None) -> str | None:
     return str(p.expanduser().resolve()) if p else None
@@ -22,72 +19,54 @@ def _abs(p: Path | None) -> str | None:
 @app.command("create")
 @command
 def create(
-    type: str = typer.Option("finetuning", "--type", help="Job type (finetuning)."),
-    model: str = typer.Option(..., "--model", help="Base model: catalog name, folder, or registered NAME:VERSION."),
-    training_data: Path = typer.Option(..., "--training-data", help="Training chat JSONL."),
+    file: Path = typer.Option(None, "--file", "-f", help="YAML job file (type, model, training_data, validation_data, "
+                              "hyperparameters, name, compute); flags below override it."),
+    type: str = typer.Option(None, "--type", help="Job type (finetuning)."),
+    model: str = typer.Option(None, "--model", help="Base model: catalog name, folder, or registered NAME:VERSION."),
+    training_data: Path = typer.Option(None, "--training-data", help="Training chat JSONL."),
     validation_data: Path = typer.Option(None, "--validation-data", help="Validation chat JSONL."),
     set_: list[str] = typer.Option(None, "--set", help="A hyperparameter, NAME=VALUE (repeatable), e.g. learning_rate=2e-4."),
     name: str = typer.Option(None, "--name", help="Display name."),
-    stream_: bool = typer.Option(False, "--stream", help="Follow the job until it ends."),
+    compute: str = typer.Option(None, "--compute", help="Compute target to queue on (default local; see: forgeflow compute list)."),
+    stream_: bool = typer.Option(False, "--stream", help="Follow the job with a progress bar until it ends."),
     json_out: bool = JsonOpt,
 ) -> None:
-    """Queue a LoRA chat-completion fine-tuning job."""
+    """Queue a chat-completion fine-tuning job (LoRA by default)."""
     from forgeflow.training.hyperparams import parse_set_options
+    from forgeflow.training.jobfile import load_job_file, merge_job
 
-    if type != "finetuning":
-        raise InvalidInput(f"--type {type!r}: only 'finetuning' exists")
-    body = {"type": type, "model": model, "training_data": _abs(training_data), "validation_data": _abs(validation_data),
-            "hyperparameters": parse_set_options(set_ or []), "name": name}
+    fields = load_job_file(file) if file else {}
+    flags = {"type": type, "model": model, "training_data": _abs(training_data),
+             "validation_data": _abs(validation_data), "name": name, "compute": compute}
+    body = merge_job(fields, flags, parse_set_options(set_ or []))
+    if body.get("type", "finetuning") != "finetuning":
+        raise InvalidInput(f"type {body['type']!r}: only 'finetuning' exists", field="type")
     job = client().post("/api/jobs", body)
+    _after_submit(job, "queued", stream_, json_out)
+
+
+def _after_submit(job: dict, verb: str, stream_: bool, json_out: bool) -> None:
     if stream_:
         if not json_out:
-            console.print(f"job [bold]{job['id']}[/] queued")
+            console.print(f"job [bold]{job['id']}[/] {verb} on {job['compute']}")
         job = follow(job["id"], quiet=json_out)
     if json_out:
         print_json(job)
     elif not stream_:
-        console.print(f"job [bold]{job['id']}[/] {job['status']} - follow it with: forgeflow job stream {job['id']}")
+        console.print(f"job [bold]{job['id']}[/] {job['status']} on {job['compute']} - "
+                      f"follow it with: forgeflow job stream {job['id']}")
     if job["status"] in ("Failed", "Canceled"):
         raise typer.Exit(1)
 
 
 def follow(job_id: str, *, quiet: bool = False, show_logs: bool = False) -> dict:
     """Show a progress bar until the job ends; returns the final job."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from forgeflow.cli.job_progress import follow as follow_job
 
-    c = client()
-    offset = 0
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), TextColumn("{task.fields[loss]}"), console=console, disable=quiet,
-                  transient=False) as bar:
-        task = bar.add_task(f"{job_id} Queued", total=None, loss="")
-        while True:
-            job = c.get(f"/api/jobs/{job_id}")
-            prog = job.get("progress") or {}
-            metrics = c.get(f"/api/jobs/{job_id}/metrics")
-            loss = ""
-            for m in metrics[::-1]:
-                if "train_loss" in m:
-                    loss = f"train_loss {m['train_loss']:.4f}"
-                    break
-            evals = [m for m in metrics if "eval_loss" in m]
-            if evals:
-                loss += f"  eval_loss {evals[-1]['eval_loss']:.4f}"
-            bar.update(task, description=f"{job_id} {job['status']}", total=prog.get("max_steps") or None,
-                       completed=prog.get("step") or 0, loss=loss)
-            if show_logs and not quiet:
-                logs = c.get(f"/api/jobs/{job_id}/logs", params={"offset": offset})
-                offset = logs["next_offset"]
-                if logs["text"]:
-                    bar.console.print(logs["text"].rstrip(), markup=False, highlight=False)
-            if job["status"] in FINAL:
-                if job["status"] == "Completed" and prog.get("max_steps"):
-                    bar.update(task, completed=prog["max_steps"])
-                break
-            time.sleep(1.0)
+    job = follow_job(client(), job_id, quiet=quiet, show_logs=show_logs, console=console)
     if not quiet:
         colour = {"Completed": "green", "Failed": "red", "Canceled": "yellow"}[job["status"]]
-        console.print(f"job {job_id} [{colour}]{job['status']}[/]" + (f": {job['error']}" if job.get("error") else ""))
+        console.print(f"job {job['id']} [{colour}]{job['status']}[/]" + (f": {job['error']}" if job.get("error") else ""))
     return job
 
 
@@ -95,12 +74,25 @@ def follow(job_id: str, *, quiet: bool = False, show_logs: bool = False) -> dict
 @command
 def stream(job_id: str = typer.Argument(help="Job id or name."), logs: bool = typer.Option(False, help="Print the worker log too."),
            json_out: bool = JsonOpt) -> None:
-    """Follow a job with a progress bar until it ends."""
+    """Follow a job with a progress bar (steps, ETA, losses, tokens/s) until it ends."""
     job = follow(job_id, quiet=json_out, show_logs=logs)
     if json_out:
         print_json(job)
     if job["status"] != "Completed":
         raise typer.Exit(1)
+
+
+@app.command("resume")
+@command
+def resume(job_id: str = typer.Argument(help="Job id or name."),
+           stream_: bool = typer.Option(False, "--stream", help="Follow the job until it ends."),
+           json_out: bool = JsonOpt) -> None:
+    """Continue a Failed or Canceled job (or one whose worker died) from its last checkpoint."""
+    job = client().post(f"/api/jobs/{job_id}/resume")
+    if not json_out:
+        ckpt = job.get("last_checkpoint")
+        console.print(f"job [bold]{job['id']}[/] continues from {Path(ckpt).name if ckpt else 'the start (no checkpoint yet)'}")
+    _after_submit(job, "queued again", stream_, json_out)
 
 
 @app.command("list")
@@ -117,7 +109,7 @@ def list_(json_out: bool = JsonOpt) -> None:
         m = j.get("metrics") or {}
         j["train_loss"] = f"{m['train_loss']:.4f}" if isinstance(m.get("train_loss"), (int, float)) else ""
         j["eval_loss"] = f"{m['eval_loss']:.4f}" if isinstance(m.get("eval_loss"), (int, float)) else ""
-    table(jobs, [("id", "id"), ("name", "name"), ("status", "status"), ("base_model", "model"), ("steps", "steps"),
+    table(jobs, [("id", "id"), ("name", "name"), ("status", "status"), ("compute", "compute"), ("base_model", "model"), ("steps", "steps"),
                  ("train_loss", "train loss"), ("eval_loss", "eval loss"), ("created_at", "created")])
 
 
@@ -131,13 +123,21 @@ def show(job_id: str = typer.Argument(help="Job id or name."), json_out: bool = 
     if json_out:
         print_json(job)
         return
-    kv(job, ["id", "name", "status", "base_model", "training_data", "validation_data", "created_at", "started_at",
-             "finished_at", "error", "progress", "metrics", "outputs", "mlflow_run_id"])
-    console.print("[bold]hyperparameters[/]:", job["hyperparameters"], highlight=False)
+    kv(job, ["id", "name", "status", "compute", "base_model", "training_data", "validation_data", "created_at",
+             "started_at", "finished_at", "error", "progress", "metrics", "mlflow_run_id", "last_checkpoint"])
+    hp = job.get("hyperparameters") or {}
+    console.print("[bold]settings[/]: " + ", ".join(f"{k}={v}" for k, v in hp.items()), highlight=False, soft_wrap=True)
     hist = [m for m in job["metrics_history"] if "train_loss" in m or "eval_loss" in m]
     if hist:
-        table(hist[-15:], [("step", "step"), ("train_loss", "train loss"), ("eval_loss", "eval loss"), ("learning_rate", "lr")],
-              title="losses (latest)")
+        for m in hist:
+            for k in ("train_loss", "eval_loss", "learning_rate"):
+                if isinstance(m.get(k), float):
+                    m[k] = f"{m[k]:.4g}"
+        table(hist[-15:], [("step", "step"), ("train_loss", "train loss"), ("eval_loss", "eval loss"),
+                           ("learning_rate", "lr")], title="losses (latest)")
+    for kind, path in (job.get("outputs") or {}).items():
+        label = {"mlflow_model": "merged model (MLflow)", "adapter": "LoRA adapter"}.get(kind, kind)
+        console.print(f"[bold]{label}[/]: {path}", highlight=False, soft_wrap=True)
     text = c.get(f"/api/jobs/{job['id']}/logs")["text"]
     if text:
         console.print("[bold]log tail[/]:")

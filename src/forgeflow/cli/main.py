@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from forgeflow import __version__
-from forgeflow.cli import connections, data, endpoints, flows, jobs, models, quickstart, server
+from forgeflow.cli import compute, connections, data, endpoints, flows, jobs, models, quickstart, server
 from forgeflow.cli.common import JsonOpt, command, console, print_json
 
 app = typer.Typer(
@@ -60,6 +60,7 @@ app.add_typer(token_app, name="token")
 app.add_typer(models.app, name="model")
 app.add_typer(data.app, name="data")
 app.add_typer(jobs.app, name="job")
+app.add_typer(compute.app, name="compute")
 app.add_typer(endpoints.endpoint_app, name="online-endpoint")
 app.add_typer(endpoints.deployment_app, name="online-deployment")
 app.add_typer(connections.app, name="connection")

@@ -1,4 +1,5 @@
-"""`forgeflow model`: base models (pull) and registered models (create from a job or a folder)."""
+"""`forgeflow model`: base models (pull) and the registry - create (from a job or a folder), list, show,
+update, archive/restore, download."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from forgeflow.cli.common import JsonOpt, client, command, console, kv, print_json, table
+from forgeflow.cli.common import JsonOpt, client, command, console, kv, parse_pairs, print_json, table
 from forgeflow.errors import InvalidInput
 
 app = typer.Typer(help="Base models and the model registry.", no_args_is_help=True)
@@ -30,17 +31,23 @@ def pull(
 
 @app.command("list")
 @command
-def list_(json_out: bool = JsonOpt) -> None:
+def list_(include_archived: bool = typer.Option(False, "--include-archived", help="Show archived versions too."),
+          json_out: bool = JsonOpt) -> None:
     """Base models (pulled or not) and every registered model version."""
-    rows = client().get("/api/models")
+    rows = client().get("/api/models", params={"include_archived": include_archived})
     if json_out:
         print_json(rows)
         return
     for r in rows:
         r["ref"] = r["name"] if r.get("kind") == "base" else f"{r['name']}:{r['version']}"
-        r["state"] = ("pulled" if r.get("pulled") else "not pulled") if r.get("kind") == "base" else "registered"
+        if r.get("kind") == "base":
+            r["state"] = "pulled" if r.get("pulled") else "not pulled"
+        else:
+            r["state"] = "archived" if r.get("archived") else "registered"
         r["from"] = r.get("source_job") or r.get("base_model") or r.get("source") or ""
-    table(rows, [("ref", "model"), ("kind", "kind"), ("state", "state"), ("from", "from"), ("path", "path")])
+        r["tag_text"] = ", ".join(f"{k}={v}" for k, v in (r.get("tags") or {}).items())
+    table(rows, [("ref", "model"), ("kind", "kind"), ("state", "state"), ("from", "from"), ("base_model", "base"),
+                 ("tag_text", "tags"), ("description", "description")])
 
 
 @app.command("create")
@@ -64,7 +71,75 @@ def create(
 @app.command("show")
 @command
 def show(ref: str = typer.Argument(help="NAME or NAME:VERSION (base models too)."), json_out: bool = JsonOpt) -> None:
-    """Show a model, including its `path`."""
+    """Show a model: path, source job, base model, tags, description and the settings it was trained with."""
     name, _, version = ref.partition(":")
     mv = client().get(f"/api/models/{name}", params={"version": version} if version else None)
-    print_json(mv) if json_out else kv(mv)
+    if json_out:
+        print_json(mv)
+        return
+    kv(mv, [k for k in mv if k not in ("hyperparameters", "tags", "metrics")])
+    for key in ("tags", "metrics", "hyperparameters"):
+        if mv.get(key):
+            label = "settings" if key == "hyperparameters" else key
+            console.print(f"[bold]{label}[/]: " + ", ".join(f"{k}={v}" for k, v in mv[key].items()),
+                          highlight=False, soft_wrap=True)
+
+
+def _version_path(name: str, version: str) -> str:
+    return f"/api/models/{name}/versions/{version}"
+
+
+NameOpt = typer.Option(..., "--name", help="Registered model name.")
+VersionOpt = typer.Option(..., "--version", help="Version number.")
+
+
+@app.command("update")
+@command
+def update(
+    name: str = NameOpt,
+    version: str = VersionOpt,
+    description: str = typer.Option(None, "--description", help="New description."),
+    set_tag: list[str] = typer.Option(None, "--set-tag", help="A tag KEY=VALUE to add or change (repeatable)."),
+    remove_tag: list[str] = typer.Option(None, "--remove-tag", help="A tag KEY to remove (repeatable)."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Change a version's description and tags."""
+    tags = parse_pairs(set_tag, "--set-tag")
+    if description is None and not tags and not remove_tag:
+        raise InvalidInput("nothing to change: give --description, --set-tag KEY=VALUE or --remove-tag KEY")
+    mv = client().patch(_version_path(name, version), {"description": description, "set_tags": tags,
+                                                       "remove_tags": list(remove_tag or [])})
+    print_json(mv) if json_out else console.print(f"[green]updated[/] {mv['name']}:{mv['version']}")
+
+
+@app.command("archive")
+@command
+def archive(name: str = NameOpt, version: str = VersionOpt, json_out: bool = JsonOpt) -> None:
+    """Archive a version: hidden from `model list`, new deployments of it refused (running ones stay)."""
+    mv = client().post(f"{_version_path(name, version)}/archive")
+    print_json(mv) if json_out else console.print(
+        f"[yellow]archived[/] {mv['name']}:{mv['version']} (undo with: forgeflow model restore --name {name} --version {version})")
+
+
+@app.command("restore")
+@command
+def restore(name: str = NameOpt, version: str = VersionOpt, json_out: bool = JsonOpt) -> None:
+    """Bring an archived version back."""
+    mv = client().post(f"{_version_path(name, version)}/restore")
+    print_json(mv) if json_out else console.print(f"[green]restored[/] {mv['name']}:{mv['version']}")
+
+
+@app.command("download")
+@command
+def download(
+    name: str = NameOpt,
+    version: str = VersionOpt,
+    out: Path = typer.Option(..., "--out", help="Folder to create with the model's files (MLflow model format)."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Copy a version's model folder from the server into --out, with a progress bar."""
+    from forgeflow.cli.download import download_version
+
+    result = download_version(client(), name, version, out.expanduser().resolve(), quiet=json_out, console=console)
+    print_json(result) if json_out else console.print(
+        f"[green]downloaded[/] {name}:{version} ({result['files']} files, {result['bytes'] / 1e6:.1f} MB) to {result['path']}")

@@ -94,3 +94,40 @@ def create_flow_app(flow_dir: Path, *, connection_provider: Callable | None = No
         return JSONResponse(_jsonable(outputs))
 
     return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m forgeflow.flows.serve --flow DIR --port P`: a flow as an online-deployment instance.
+
+    The deployment supervisor starts this on loopback; the gateway in front checks the endpoint's
+    key, so the instance itself runs without one. Connections come from the local workspace.
+    """
+    import argparse
+    import socket
+
+    import uvicorn
+
+    from forgeflow.store.connections import connection_provider
+
+    parser = argparse.ArgumentParser(prog="python -m forgeflow.flows.serve")
+    parser.add_argument("--flow", required=True, type=Path)
+    parser.add_argument("--port", required=True, type=int)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--name", default="flow")
+    parser.add_argument("--workers", type=int, default=8)
+    args = parser.parse_args(argv)
+    try:
+        app = create_flow_app(args.flow, connection_provider=connection_provider(use_server=False), workers=args.workers)
+    except ForgeflowError as exc:
+        print(f"error: {exc.message}", flush=True)
+        return 1
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((args.host, args.port))
+    print(f"READY {args.port}", flush=True)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

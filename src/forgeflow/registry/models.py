@@ -1,11 +1,13 @@
 """The model registry: versioned models in MLflow's registry (SQLite in the workspace home).
 
 A registered version's `source` is a folder in MLflow model format (a job's output) or a
-local Hugging Face model folder registered by path.
+local Hugging Face model folder registered by path. forgeflow's own facts about a version (base
+model, source job, resolved hyperparameters, final metrics, archived) are `forgeflow.*` tags.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -14,6 +16,11 @@ from typing import Any
 from forgeflow.errors import InvalidInput, NotFound
 from forgeflow.names import check_name, parse_model_ref
 from forgeflow.store.home import Paths
+
+RESERVED = "forgeflow."
+TAG_BASE, TAG_JOB, TAG_HP, TAG_METRICS, TAG_ARCHIVED = (
+    "forgeflow.base_model", "forgeflow.source_job", "forgeflow.hyperparameters", "forgeflow.metrics", "forgeflow.archived"
+)
 
 
 @dataclass
@@ -26,10 +33,19 @@ class ModelVersion:
     source_job: str | None = None
     description: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    hyperparameters: dict[str, Any] | None = None
+    metrics: dict[str, Any] | None = None
+    archived: bool = False
+    run_id: str | None = None
     created_at: int | None = None
+    updated_at: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
 
 
 @lru_cache(maxsize=4)
@@ -44,13 +60,17 @@ def client():
 
 
 def register(name: str, path: Path, *, base_model: str | None = None, source_job: str | None = None,
-             run_id: str | None = None, description: str | None = None, tags: dict[str, str] | None = None) -> ModelVersion:
+             run_id: str | None = None, description: str | None = None, tags: dict[str, str] | None = None,
+             hyperparameters: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None) -> ModelVersion:
+    """A new version of `name` whose source is `path`; a job's resolved settings and final metrics
+    are kept as JSON tags so `model show` tells how the version was trained."""
     check_name(name, "model")
     path = Path(path).resolve()
     if not path.is_dir():
         raise NotFound(f"model folder {path} does not exist", field="path")
     if not ((path / "MLmodel").exists() or (path / "config.json").exists()):
         raise InvalidInput(f"{path} is neither an MLflow model (MLmodel) nor a Hugging Face model folder (config.json)", field="path")
+    all_tags = check_user_tags(tags or {})
     c = client()
     from mlflow.exceptions import MlflowException
 
@@ -58,13 +78,36 @@ def register(name: str, path: Path, *, base_model: str | None = None, source_job
         c.get_registered_model(name)
     except MlflowException:
         c.create_registered_model(name)
-    all_tags = dict(tags or {})
     if base_model:
-        all_tags["forgeflow.base_model"] = base_model
+        all_tags[TAG_BASE] = base_model
     if source_job:
-        all_tags["forgeflow.source_job"] = source_job
+        all_tags[TAG_JOB] = source_job
+    if hyperparameters:
+        all_tags[TAG_HP] = json.dumps(hyperparameters, sort_keys=True)
+    if metrics:
+        all_tags[TAG_METRICS] = json.dumps(metrics, sort_keys=True)
     mv = c.create_model_version(name, source=str(path), run_id=run_id, tags=all_tags, description=description)
     return _to_version(mv)
+
+
+def check_user_tags(tags: dict[str, str]) -> dict[str, str]:
+    out = {}
+    for key, value in tags.items():
+        key = str(key).strip()
+        if not key:
+            raise InvalidInput("a tag needs a name: use --set-tag key=value", field="tags")
+        if key.startswith(RESERVED):
+            raise InvalidInput(f"tag {key!r}: names starting with {RESERVED!r} are kept by forgeflow", field="tags")
+        out[key] = str(value)
+    return out
+
+
+def _json_tag(tags: dict[str, str], key: str) -> dict[str, Any] | None:
+    raw = tags.pop(key, None)
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
 
 
 def _to_version(mv) -> ModelVersion:
@@ -73,34 +116,94 @@ def _to_version(mv) -> ModelVersion:
         name=mv.name,
         version=str(mv.version),
         path=mv.source,
-        base_model=tags.pop("forgeflow.base_model", None),
-        source_job=tags.pop("forgeflow.source_job", None),
+        base_model=tags.pop(TAG_BASE, None),
+        source_job=tags.pop(TAG_JOB, None),
+        hyperparameters=_json_tag(tags, TAG_HP),
+        metrics=_json_tag(tags, TAG_METRICS),
+        archived=tags.pop(TAG_ARCHIVED, "") == "true",
         description=mv.description or None,
         tags=tags,
+        run_id=mv.run_id or None,
         created_at=mv.creation_timestamp,
+        updated_at=mv.last_updated_timestamp,
     )
 
 
-def list_models() -> list[ModelVersion]:
+def list_models(*, include_archived: bool = False) -> list[ModelVersion]:
+    """Every registered version, oldest first per name; archived ones only when asked."""
     c = client()
     out: list[ModelVersion] = []
     for rm in c.search_registered_models():
         for mv in c.search_model_versions(f"name='{rm.name}'"):
             out.append(_to_version(mv))
+    out = [v for v in out if include_archived or not v.archived]
     return sorted(out, key=lambda v: (v.name, int(v.version)))
 
 
 def get_version(ref: str) -> ModelVersion:
-    """`name:version` or `name` (latest) -> that version; NotFound names what exists."""
+    """`name:version` (archived or not) or `name` (latest version not archived) -> that version;
+    NotFound names what exists."""
     name, version = parse_model_ref(ref)
     check_name(name, "model", field="model")
-    versions = [v for v in list_models() if v.name == name]
+    versions = [v for v in list_models(include_archived=True) if v.name == name]
     if not versions:
         raise NotFound(f"no registered model named {name!r} (see: forgeflow model list)", field="model")
     if version is None:
-        return versions[-1]
+        live = [v for v in versions if not v.archived]
+        if not live:
+            raise NotFound(f"every version of model {name!r} is archived (restore one with: forgeflow model restore "
+                           f"--name {name} --version {versions[-1].version})", field="model")
+        return live[-1]
     for v in versions:
         if v.version == version:
             return v
     have = ", ".join(v.version for v in versions)
     raise NotFound(f"model {name!r} has no version {version} (versions: {have})", field="model")
+
+
+def update_version(ref: str, *, description: str | None = None, set_tags: dict[str, str] | None = None,
+                   remove_tags: list[str] | None = None) -> ModelVersion:
+    """Change a version's description and user tags (forgeflow.* tags are not the user's to change)."""
+    mv = get_version(ref)
+    c = client()
+    if description is not None:
+        c.update_model_version(mv.name, mv.version, description=description)
+    for key, value in check_user_tags(set_tags or {}).items():
+        c.set_model_version_tag(mv.name, mv.version, key, value)
+    for key in check_user_tags({k: "" for k in remove_tags or []}):
+        if key not in mv.tags:
+            raise NotFound(f"model {mv.ref} has no tag {key!r} (tags: {', '.join(mv.tags) or 'none'})", field="tags")
+        c.delete_model_version_tag(mv.name, mv.version, key)
+    return get_version(mv.ref)
+
+
+def set_archived(ref: str, archived: bool) -> ModelVersion:
+    """Archive (hide from lists, refuse new deployments) or restore a version."""
+    mv = get_version(ref)
+    c = client()
+    if archived:
+        c.set_model_version_tag(mv.name, mv.version, TAG_ARCHIVED, "true")
+    elif mv.archived:
+        c.delete_model_version_tag(mv.name, mv.version, TAG_ARCHIVED)
+    return get_version(mv.ref)
+
+
+def version_files(ref: str) -> tuple[ModelVersion, list[dict[str, Any]]]:
+    """The files of a version's model folder, relative paths and sizes, for download."""
+    mv = get_version(ref)
+    root = Path(mv.path)
+    if not root.is_dir():
+        raise NotFound(f"model {mv.ref}: its folder {root} is gone", field="model")
+    files = [{"path": p.relative_to(root).as_posix(), "size": p.stat().st_size}
+             for p in sorted(root.rglob("*")) if p.is_file()]
+    return mv, files
+
+
+def version_file(ref: str, relpath: str) -> Path:
+    """One file inside a version's folder; paths that leave the folder are refused."""
+    mv = get_version(ref)
+    root = Path(mv.path).resolve()
+    target = (root / relpath).resolve()
+    if not target.is_relative_to(root) or not target.is_file():
+        raise NotFound(f"model {mv.ref} has no file {relpath!r}", field="path")
+    return target

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from forgeflow.errors import NotFound
+from forgeflow.errors import Conflict, NotFound
 
 
 def resolve_model(ref: str) -> tuple[str, Path]:
@@ -25,4 +25,7 @@ def resolve_model(ref: str) -> tuple[str, Path]:
             raise
         raise NotFound(f"no model {ref!r}: not a base model ({', '.join(sorted(catalog))}), "
                        "not a registered model and not a folder (see: forgeflow model list)", field="model") from e
+    if version.archived:
+        raise Conflict(f"model {version.name}:{version.version} is archived; restore it first with: forgeflow model restore "
+                       f"--name {version.name} --version {version.version}", field="model")
     return f"{version.name}:{version.version}", hf_model_dir(Path(version.path))

@@ -1,19 +1,48 @@
-"""Online endpoints and their deployments: the rules (names, traffic, keys) and their state."""
+"""Online endpoints and their deployments: the rules (names, traffic, mirror, keys, tokens,
+settings) and their state. The gateway reads endpoints through `config()`, an in-memory view
+rebuilt after every change this process makes, so a request costs no database read or decryption.
+"""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from forgeflow.errors import Conflict, InvalidInput, NotFound
 from forgeflow.names import check_deployment_name, check_endpoint_name
+from forgeflow.serving import specs
+from forgeflow.serving.auth import issue_token, verify_token
+from forgeflow.serving.metrics import Metrics
+from forgeflow.serving.runtimes import AVAILABLE as AVAILABLE_RUNTIMES
+from forgeflow.serving.runtimes import check_runtime
 from forgeflow.serving.supervisor import DeploymentSupervisor
 from forgeflow.store.db import now
 from forgeflow.store.secrets import new_key, same
 from forgeflow.store.workspace import Workspace
 
-DEFAULT_REQUEST_SETTINGS = {"request_timeout_ms": 90_000, "max_concurrent_requests_per_instance": 1}
-MAX_INSTANCES = 8
+DEFAULT_REQUEST_SETTINGS = specs.DEFAULT_REQUEST_SETTINGS
+MAX_INSTANCES = specs.MAX_INSTANCES
+MAX_DEPLOYMENTS = 20
+MAX_MIRROR_PERCENT = 50
+AUTH_MODES = ("key", "token")
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+
+
+@dataclass
+class EndpointConfig:
+    """What the gateway needs about one endpoint, decrypted once."""
+
+    name: str
+    auth_mode: str
+    primary: str
+    secondary: str
+    traffic: dict[str, int]
+    mirror: dict[str, int]
+    max_body_bytes: int | None
+    deployments: dict[str, dict] = field(default_factory=dict)
 
 
 class EndpointService:
@@ -22,20 +51,66 @@ class EndpointService:
         self.store = ws.store
         self.supervisor = supervisor
         self.base_url = base_url.rstrip("/")
+        self.metrics = Metrics()
+        self.pending: dict[tuple[str, str], int] = {}
+        self._cache: dict[str, EndpointConfig] = {}
+        self._cache_lock = threading.Lock()
+        supervisor.on_restart = lambda e, d: self.metrics.inc(
+            "forgeflow_instance_restarts_total", Metrics.labels(endpoint=e, deployment=d))
+        self.metrics.gauge("forgeflow_pending_requests", lambda: {
+            Metrics.labels(endpoint=e, deployment=d): float(n) for (e, d), n in list(self.pending.items())})
+        self.metrics.gauge("forgeflow_ready_instances", lambda: {
+            Metrics.labels(endpoint=e, deployment=d): float(n) for (e, d), n in supervisor.ready_counts().items()})
+
+    # -- the gateway's view ------------------------------------------------------
+    def config(self, name: str) -> EndpointConfig:
+        cfg = self._cache.get(name)
+        if cfg is None:
+            row = self._endpoint_row(name)
+            deps = {d["name"]: d for d in self.store.select("deployments", {"endpoint": name})}
+            cfg = EndpointConfig(name=name, auth_mode=row["auth_mode"],
+                                 primary=self.ws.secrets.decrypt(row["primary_key"]),
+                                 secondary=self.ws.secrets.decrypt(row["secondary_key"]),
+                                 traffic=row["traffic"] or {}, mirror=row.get("mirror_traffic") or {},
+                                 max_body_bytes=row.get("max_body_bytes"), deployments=deps)
+            with self._cache_lock:
+                self._cache[name] = cfg
+        return cfg
+
+    def _changed(self, name: str) -> None:
+        with self._cache_lock:
+            self._cache.pop(name, None)
+
+    def authorize(self, name: str, presented: str | None) -> bool:
+        """Key mode: either key, both compared every time so timing does not say which matched.
+        Token mode: an unexpired token signed for this endpoint."""
+        cfg = self.config(name)
+        if cfg.auth_mode == "token":
+            return verify_token(cfg.primary, name, presented)
+        ok_primary = same(presented, cfg.primary)
+        ok_secondary = same(presented, cfg.secondary)
+        return ok_primary or ok_secondary
+
+    def check_key(self, name: str, presented: str | None) -> bool:
+        return self.authorize(name, presented)
 
     # -- endpoints -----------------------------------------------------------
-    def create_endpoint(self, name: str, auth_mode: str = "key", description: str | None = None) -> dict:
+    def create_endpoint(self, name: str, auth_mode: str = "key", description: str | None = None,
+                        max_body_bytes: int | None = None) -> dict:
         check_endpoint_name(name)
-        if auth_mode != "key":
-            raise InvalidInput(f"auth_mode {auth_mode!r} is not supported yet: use 'key'", field="auth_mode")
+        if auth_mode not in AUTH_MODES:
+            raise InvalidInput(f"auth_mode {auth_mode!r} is not supported: use 'key' or 'token'", field="auth_mode")
+        _check_body_limit(max_body_bytes)
         if self.store.get("endpoints", name=name):
             raise Conflict(f"endpoint {name!r} already exists", field="name")
         box = self.ws.secrets
         self.store.insert("endpoints", {
             "name": name, "auth_mode": auth_mode,
             "primary_key": box.encrypt(new_key()), "secondary_key": box.encrypt(new_key()),
-            "traffic": {}, "description": description, "created_at": now(),
+            "traffic": {}, "mirror_traffic": {}, "max_body_bytes": max_body_bytes,
+            "description": description, "created_at": now(),
         })
+        self._changed(name)
         return self.show_endpoint(name)
 
     def _endpoint_row(self, name: str) -> dict:
@@ -48,13 +123,15 @@ class EndpointService:
         row = self._endpoint_row(name)
         deps = self.list_deployments(name)
         states = {d["provisioning_state"] for d in deps}
-        state = "Failed" if "Failed" in states else "Updating" if "Creating" in states else "Succeeded"
+        state = ("Failed" if "Failed" in states else "Updating" if states & {"Creating", "Updating"} else "Succeeded")
         return {
             "name": row["name"],
             "auth_mode": row["auth_mode"],
             "scoring_uri": f"{self.base_url}/endpoints/{name}/score",
             "openai_base_url": f"{self.base_url}/endpoints/{name}/v1",
             "traffic": row["traffic"],
+            "mirror_traffic": row.get("mirror_traffic") or {},
+            "max_body_bytes": row.get("max_body_bytes"),
             "provisioning_state": state,
             "deployments": [d["name"] for d in deps],
             "description": row["description"],
@@ -70,61 +147,114 @@ class EndpointService:
             self.supervisor.stop(name, dep["name"])
         self.store.delete("deployments", {"endpoint": name})
         self.store.delete("endpoints", {"name": name})
+        self._changed(name)
 
-    def set_traffic(self, name: str, traffic: dict[str, int]) -> dict:
-        self._endpoint_row(name)
+    def update_endpoint(self, name: str, *, traffic: dict[str, int] | None = None,
+                        mirror_traffic: dict[str, int] | None = None, description: str | None = None,
+                        max_body_bytes: int | None = None) -> dict:
+        row = self._endpoint_row(name)
+        new_traffic = row["traffic"] if traffic is None else traffic
+        new_mirror = (row.get("mirror_traffic") or {}) if mirror_traffic is None else mirror_traffic
         known = {d["name"] for d in self.store.select("deployments", {"endpoint": name})}
-        for dep, pct in traffic.items():
-            if dep not in known:
-                raise InvalidInput(f"traffic names deployment {dep!r}, which endpoint {name!r} does not have "
-                                   f"(deployments: {', '.join(sorted(known)) or 'none'})", field="traffic")
-            if not isinstance(pct, int) or not 0 <= pct <= 100:
-                raise InvalidInput(f"traffic for {dep!r} must be a whole percentage 0-100, got {pct!r}", field="traffic")
-        total = sum(traffic.values())
+        _check_split(name, new_traffic, known, "traffic")
+        _check_split(name, new_mirror, known, "mirror_traffic")
+        total = sum(new_traffic.values())
         if total not in (0, 100):
             raise InvalidInput(f"traffic must add up to 100 (or 0), it adds up to {total}", field="traffic")
-        self.store.update("endpoints", {"name": name}, {"traffic": {k: v for k, v in traffic.items()}})
+        mirrored = {k: v for k, v in new_mirror.items() if v > 0}
+        if len(mirrored) > 1:
+            raise InvalidInput("mirror_traffic can name one deployment only", field="mirror_traffic")
+        for dep, pct in mirrored.items():
+            if pct > MAX_MIRROR_PERCENT:
+                raise InvalidInput(f"mirror_traffic for {dep!r} is {pct}%: at most {MAX_MIRROR_PERCENT}%",
+                                   field="mirror_traffic")
+            if new_traffic.get(dep):
+                raise InvalidInput(f"deployment {dep!r} takes live traffic, so it cannot also take mirrored traffic",
+                                   field="mirror_traffic")
+        values: dict[str, Any] = {"traffic": dict(new_traffic), "mirror_traffic": mirrored}
+        if description is not None:
+            values["description"] = description
+        if max_body_bytes is not None:
+            _check_body_limit(max_body_bytes)
+            values["max_body_bytes"] = max_body_bytes
+        self.store.update("endpoints", {"name": name}, values)
+        self._changed(name)
         return self.show_endpoint(name)
 
-    def credentials(self, name: str) -> dict:
-        row = self._endpoint_row(name)
-        return {"primary_key": self.ws.secrets.decrypt(row["primary_key"]),
-                "secondary_key": self.ws.secrets.decrypt(row["secondary_key"])}
+    def set_traffic(self, name: str, traffic: dict[str, int]) -> dict:
+        return self.update_endpoint(name, traffic=traffic)
 
-    def check_key(self, name: str, presented: str | None) -> bool:
-        keys = self.credentials(name)
-        # both compared every time, so timing does not say which key matched
-        ok_primary = same(presented, keys["primary_key"])
-        ok_secondary = same(presented, keys["secondary_key"])
-        return ok_primary or ok_secondary
+    def credentials(self, name: str) -> dict:
+        cfg = self.config(name)
+        if cfg.auth_mode == "token":
+            return issue_token(cfg.primary, name)
+        return {"primary_key": cfg.primary, "secondary_key": cfg.secondary}
+
+    def regenerate_keys(self, name: str, key_type: str) -> dict:
+        """A fresh primary or secondary key; the old one stops working at once (in token mode,
+        a new primary key revokes every token issued)."""
+        self._endpoint_row(name)
+        if key_type not in ("primary", "secondary"):
+            raise InvalidInput(f"key_type must be 'primary' or 'secondary', got {key_type!r}", field="key_type")
+        self.store.update("endpoints", {"name": name}, {f"{key_type}_key": self.ws.secrets.encrypt(new_key())})
+        self._changed(name)
+        return self.credentials(name)
 
     # -- deployments -----------------------------------------------------------
     def create_deployment(self, endpoint: str, name: str, model_ref: str, model_path: Path,
                           instance_count: int = 1, runtime: str = "transformers",
-                          request_settings: dict[str, Any] | None = None) -> dict:
+                          request_settings: dict[str, Any] | None = None,
+                          liveness_probe: dict[str, Any] | None = None,
+                          readiness_probe: dict[str, Any] | None = None) -> dict:
         self._endpoint_row(endpoint)
         check_deployment_name(name)
         if self.store.get("deployments", endpoint=endpoint, name=name):
             raise Conflict(f"deployment {name!r} already exists on endpoint {endpoint!r}", field="name")
-        if not 1 <= int(instance_count) <= MAX_INSTANCES:
-            raise InvalidInput(f"instance_count must be between 1 and {MAX_INSTANCES}", field="instance_count")
-        if runtime != "transformers":
-            raise InvalidInput(f"runtime {runtime!r} is not available: use 'transformers'", field="runtime")
-        settings = dict(DEFAULT_REQUEST_SETTINGS)
-        for key, value in (request_settings or {}).items():
-            if key not in DEFAULT_REQUEST_SETTINGS:
-                raise InvalidInput(f"unknown request setting {key!r}: valid are {', '.join(DEFAULT_REQUEST_SETTINGS)}",
-                                   field=f"request_settings.{key}")
-            if not isinstance(value, int) or value < 1:
-                raise InvalidInput(f"request_settings.{key} must be a positive integer", field=f"request_settings.{key}")
-            settings[key] = value
+        if len(self.store.select("deployments", {"endpoint": endpoint})) >= MAX_DEPLOYMENTS:
+            raise Conflict(f"endpoint {endpoint!r} already has {MAX_DEPLOYMENTS} deployments, the most it can have")
+        specs.instance_count(instance_count)
+        check_runtime(runtime)
         row = {
             "endpoint": endpoint, "name": name, "model_ref": model_ref, "model_path": str(model_path),
-            "runtime": runtime, "instance_count": int(instance_count), "request_settings": settings,
-            "state": "Creating", "error": None, "created_at": now(),
+            "runtime": runtime, "instance_count": int(instance_count),
+            "request_settings": specs.request_settings(request_settings),
+            "liveness_probe": specs.probe("liveness_probe", liveness_probe),
+            "readiness_probe": specs.probe("readiness_probe", readiness_probe),
+            "state": "Creating", "error": None, "created_at": now(), "updated_at": now(),
         }
         self.store.insert("deployments", row)
+        self._changed(endpoint)
         self.supervisor.launch(row)
+        return self.show_deployment(endpoint, name)
+
+    def update_deployment(self, endpoint: str, name: str, sets: dict[str, Any],
+                          resolve: Callable[[str], tuple[str, Path]] | None = None) -> dict:
+        """Change any field with `path=value` pairs; processes roll only when they must."""
+        row = self._deployment_row(endpoint, name)
+        if row["state"] in ("Creating", "Updating"):
+            raise Conflict(f"deployment {name!r} is {row['state']}: wait until it settles, then update it")
+        if not sets:
+            raise InvalidInput("nothing to update: pass --set FIELD=VALUE", field="set")
+        spec = {"model": row["model_ref"], "instance_count": row["instance_count"], "runtime": row["runtime"],
+                "request_settings": row["request_settings"],
+                "liveness_probe": specs.probe("liveness_probe", None, row.get("liveness_probe")),
+                "readiness_probe": specs.probe("readiness_probe", None, row.get("readiness_probe"))}
+        new_spec = specs.apply_sets(spec, sets)
+        new = dict(row)
+        if new_spec["model"] != spec["model"]:
+            if resolve is None:
+                raise InvalidInput("the model cannot be changed here", field="model")
+            ref, path = resolve(new_spec["model"])
+            new["model_ref"], new["model_path"] = ref, str(path)
+        if new_spec["runtime"] != spec["runtime"]:
+            check_runtime(new_spec["runtime"])
+        for k in ("instance_count", "runtime", "request_settings", "liveness_probe", "readiness_probe"):
+            new[k] = new_spec[k]
+        new["state"], new["error"], new["updated_at"] = "Updating", None, now()
+        self.store.update("deployments", {"endpoint": endpoint, "name": name},
+                          {k: v for k, v in new.items() if k not in ("endpoint", "name", "created_at")})
+        self._changed(endpoint)
+        self.supervisor.update(row, new)
         return self.show_deployment(endpoint, name)
 
     def _deployment_row(self, endpoint: str, name: str) -> dict:
@@ -139,9 +269,12 @@ class EndpointService:
         return {
             "name": row["name"], "endpoint_name": row["endpoint"], "model": row["model_ref"],
             "model_path": row["model_path"], "runtime": row["runtime"], "instance_count": row["instance_count"],
-            "request_settings": row["request_settings"], "provisioning_state": row["state"], "error": row["error"],
+            "request_settings": row["request_settings"],
+            "liveness_probe": specs.probe("liveness_probe", None, row.get("liveness_probe")),
+            "readiness_probe": specs.probe("readiness_probe", None, row.get("readiness_probe")),
+            "provisioning_state": row["state"], "error": row["error"],
             "instances": [i.to_dict() for i in self.supervisor.instances(endpoint, name)],
-            "created_at": row["created_at"],
+            "created_at": row["created_at"], "updated_at": row.get("updated_at"),
         }
 
     def list_deployments(self, endpoint: str) -> list[dict]:
@@ -151,19 +284,46 @@ class EndpointService:
 
     def delete_deployment(self, endpoint: str, name: str) -> None:
         self._deployment_row(endpoint, name)
-        traffic = self._endpoint_row(endpoint)["traffic"]
+        ep = self._endpoint_row(endpoint)
+        traffic, mirror = ep["traffic"], ep.get("mirror_traffic") or {}
         if traffic.get(name):
             raise Conflict(f"deployment {name!r} still takes {traffic[name]}% of traffic: "
                            f"move it first with: forgeflow online-endpoint update --name {endpoint} --traffic ...")
+        if mirror.get(name):
+            raise Conflict(f"deployment {name!r} still takes {mirror[name]}% of mirrored traffic: "
+                           f"stop it first with: forgeflow online-endpoint update --name {endpoint} --mirror-traffic {name}=0")
         self.supervisor.stop(endpoint, name)
         self.store.delete("deployments", {"endpoint": endpoint, "name": name})
         traffic.pop(name, None)
-        self.store.update("endpoints", {"name": endpoint}, {"traffic": traffic})
+        mirror.pop(name, None)
+        self.store.update("endpoints", {"name": endpoint}, {"traffic": traffic, "mirror_traffic": mirror})
+        self._changed(endpoint)
 
     def deployment_logs(self, endpoint: str, name: str, lines: int = 100) -> str:
         self._deployment_row(endpoint, name)
+        if lines < 1:
+            raise InvalidInput("lines must be at least 1", field="lines")
         out = []
         for path in self.supervisor.log_paths(endpoint, name):
             text = path.read_text(errors="replace").splitlines()[-lines:]
             out.append(f"==> {path.name} <==\n" + "\n".join(text))
         return "\n".join(out)
+
+
+# Runtimes an update may switch to (serving/runtimes decides which are available here).
+KNOWN_RUNTIMES = AVAILABLE_RUNTIMES
+
+
+def _check_split(endpoint: str, split: dict[str, int], known: set[str], what: str) -> None:
+    for dep, pct in split.items():
+        if dep not in known:
+            raise InvalidInput(f"{what} names deployment {dep!r}, which endpoint {endpoint!r} does not have "
+                               f"(deployments: {', '.join(sorted(known)) or 'none'})", field=what)
+        if isinstance(pct, bool) or not isinstance(pct, int) or not 0 <= pct <= 100:
+            raise InvalidInput(f"{what} for {dep!r} must be a whole percentage 0-100, got {pct!r}", field=what)
+
+
+def _check_body_limit(value: int | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1024):
+        raise InvalidInput(f"max_body_bytes must be a whole number of bytes, at least 1024, got {value!r}",
+                           field="max_body_bytes")

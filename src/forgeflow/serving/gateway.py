@@ -1,165 +1,337 @@
-"""The scoring gateway: checks the endpoint key, validates the Azure scoring body, picks a
-deployment (header or traffic split) and a ready instance, and forwards the request.
+"""The scoring gateway: checks the endpoint's key or token, bounds and validates the body, picks a
+deployment (header, OpenAI `model`, or traffic split; mirror copies on the side) and a ready
+instance, admits or refuses the request, and forwards it, passing streams through chunk by chunk.
 
 Status codes follow Azure ML online endpoints: 400 bad body, 401 key, 404 no deployment with
-traffic, 408 past request_timeout_ms, 413 too large, 424 model server failed, 503 no ready
-instance.
+traffic, 408 past request_timeout_ms, 413 too large, 424 model server failed (reason in
+`ms-azureml-model-error-reason`), 429 too many pending (with Retry-After), 503 no ready instance.
+Every answer from a chosen deployment carries `azureml-model-deployment`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-import random
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
-from forgeflow.errors import ForgeflowError, InvalidInput, NotFound, Unauthorized
-from forgeflow.serving.endpoints import EndpointService
+from forgeflow.api.deps import require_admin
+from forgeflow.errors import ForgeflowError, InvalidInput, Unauthorized
+from forgeflow.serving import routing
+from forgeflow.serving.auth import presented_credential
+from forgeflow.serving.endpoints import DEFAULT_MAX_BODY_BYTES, EndpointConfig, EndpointService
+from forgeflow.serving.metrics import Metrics
+from forgeflow.serving.schemas import ChatCompletion, ErrorBody, ModelList, OpenAIError, body_of, error_responses
+from forgeflow.serving.scoring import (ChatCompletionRequest, ScoreRequest, ScoreResponse,
+                                       parse_chat_completion_request, parse_score_request)
 
-MAX_BODY_BYTES = 1024 * 1024
 DEPLOYMENT_HEADER = "azureml-model-deployment"
+REASON_HEADER = "ms-azureml-model-error-reason"
+MAX_BODY_BYTES = DEFAULT_MAX_BODY_BYTES
+_NAMES = {400: "InvalidInput", 401: "Unauthorized", 404: "NotFound", 408: "RequestTimeout", 413: "PayloadTooLarge",
+          424: "ModelError", 429: "TooManyRequests", 503: "ServiceUnavailable"}
+_ERRORS = {400: "body malformed (names the field)", 401: "missing or wrong key or token", 404: "no such endpoint or "
+           "deployment, or none with traffic", 408: "past request_timeout_ms", 413: "body over the size limit",
+           424: "the model server failed", 429: "too many pending requests", 503: "no ready instance"}
 
 router = APIRouter()
 
 
-def _error(status: int, message: str, *, field: str | None = None, headers: dict | None = None) -> JSONResponse:
-    body: dict[str, Any] = {"error": {401: "Unauthorized", 404: "NotFound", 408: "RequestTimeout", 413: "PayloadTooLarge",
-                                      424: "ModelError", 503: "ServiceUnavailable"}.get(status, "InvalidInput"),
-                            "message": message}
-    if field:
-        body["field"] = field
-    return JSONResponse(body, status_code=status, headers=headers)
+def max_body_bytes(cfg: EndpointConfig) -> int:
+    """The endpoint's own limit, else FORGEFLOW_MAX_BODY_BYTES, else 1 MiB."""
+    return cfg.max_body_bytes or int(os.environ.get("FORGEFLOW_MAX_BODY_BYTES", MAX_BODY_BYTES))
 
 
-def _presented_key(request: Request) -> str | None:
-    auth = request.headers.get("authorization", "")
-    if auth.lower().startswith("bearer "):
-        return auth[7:].strip()
-    return request.headers.get("api-key")
+class _Call:
+    """One request through the gateway: what it needs for the answer and for the metrics."""
+
+    def __init__(self, request: Request, endpoint: str, openai: bool) -> None:
+        self.request = request
+        self.endpoint = endpoint
+        self.openai = openai
+        self.svc: EndpointService = request.app.state.ff.endpoints
+        self.started = time.perf_counter()
+        self.deployment: str | None = None
+        self.known = False  # only existing endpoints get metric series
+
+    def headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        h = {"x-request-id": uuid.uuid4().hex}
+        if self.deployment:
+            h[DEPLOYMENT_HEADER] = self.deployment
+        return h | (extra or {})
+
+    def error(self, status: int, message: str, *, field: str | None = None, headers: dict | None = None) -> Response:
+        if self.openai:
+            body: dict[str, Any] = {"error": {"message": message, "param": field, "code": _NAMES.get(status, "Error"),
+                                              "type": "invalid_request_error" if status < 500 else "server_error"}}
+        else:
+            body = {"error": _NAMES.get(status, "Error"), "message": message}
+            if field:
+                body["field"] = field
+        self.record(status)
+        return JSONResponse(body, status_code=status, headers=self.headers(headers))
+
+    def record(self, status: int, completion_tokens: int | None = None, prompt_tokens: int | None = None) -> None:
+        if not self.known:
+            return
+        m = self.svc.metrics
+        labels = Metrics.labels(endpoint=self.endpoint, deployment=self.deployment)
+        m.inc("forgeflow_requests_total", labels + (("code", str(status)),))
+        m.observe("forgeflow_request_duration_seconds", labels, time.perf_counter() - self.started)
+        if completion_tokens:
+            m.inc("forgeflow_generated_tokens_total", labels, completion_tokens)
+        if prompt_tokens:
+            m.inc("forgeflow_prompt_tokens_total", labels, prompt_tokens)
 
 
-def _choose(svc: EndpointService, endpoint: str, request: Request) -> str:
-    wanted = request.headers.get(DEPLOYMENT_HEADER)
-    deployments = {d["name"] for d in svc.store.select("deployments", {"endpoint": endpoint})}
-    if wanted:
-        if wanted not in deployments:
-            raise NotFound(f"endpoint {endpoint!r} has no deployment {wanted!r}")
-        return wanted
-    traffic = {k: v for k, v in svc.show_endpoint(endpoint)["traffic"].items() if v > 0 and k in deployments}
-    if not traffic:
-        raise NotFound(f"endpoint {endpoint!r} has no deployment with traffic: set it with "
-                       f"forgeflow online-endpoint update --name {endpoint} --traffic NAME=100")
-    names = list(traffic)
-    return random.choices(names, weights=[traffic[n] for n in names])[0]
-
-
-async def _authorize(request: Request, endpoint: str) -> EndpointService:
-    svc: EndpointService = request.app.state.ff.endpoints
-    svc._endpoint_row(endpoint)
-    if not svc.check_key(endpoint, _presented_key(request)):
-        raise Unauthorized("missing or wrong key: send 'Authorization: Bearer <key>' "
-                           f"(see: forgeflow online-endpoint get-credentials --name {endpoint})")
-    return svc
-
-
-async def _read_json(request: Request) -> Any:
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The body, or None once it is over the limit (read no further than that)."""
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise _TooLarge()
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise _TooLarge()
+    if declared and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _handle(request: Request, endpoint: str, path: str, parse: Callable[[Any], Any], openai: bool) -> Response:
+    call = _Call(request, endpoint, openai)
     try:
-        return json.loads(raw or b"null")
-    except ValueError as e:
-        raise InvalidInput(f"the body is not valid JSON: {e}") from None
-
-
-class _TooLarge(Exception):
-    pass
-
-
-async def _forward(request: Request, endpoint: str, path: str, body: Any) -> Response:
-    svc: EndpointService = request.app.state.ff.endpoints
-    deployment = _choose(svc, endpoint, request)
-    dep = svc.store.get("deployments", endpoint=endpoint, name=deployment)
-    headers = {DEPLOYMENT_HEADER: deployment}
-    ready = svc.supervisor.ready_instances(endpoint, deployment)
-    if not ready:
-        return _error(503, f"deployment {deployment!r} has no ready instance (state {dep['state']})", headers=headers)
-    inst = min(ready, key=lambda i: i.inflight)
-    timeout_s = dep["request_settings"].get("request_timeout_ms", 90_000) / 1000
-    client: httpx.AsyncClient = request.app.state.ff.http
-    inst.inflight += 1
-    try:
-        resp = await client.post(f"{inst.url}{path}", json=body, timeout=timeout_s)
-    except httpx.TimeoutException:
-        return _error(408, f"the model did not answer within request_timeout_ms={int(timeout_s * 1000)}", headers=headers)
-    except httpx.HTTPError as e:
-        headers["ms-azureml-model-error-reason"] = "model_server_unreachable"
-        return _error(424, f"the model server of deployment {deployment!r} failed: {type(e).__name__}", headers=headers)
-    finally:
-        inst.inflight -= 1
-    if resp.status_code >= 500:
-        headers["ms-azureml-model-error-reason"] = "model_error"
+        cfg = call.svc.config(endpoint)
+        call.known = True
+        if not call.svc.authorize(endpoint, presented_credential(request)):
+            raise Unauthorized("missing or wrong key: send 'Authorization: Bearer <key>' "
+                               f"(see: forgeflow online-endpoint get-credentials --name {endpoint})")
+        limit = max_body_bytes(cfg)
+        raw = await _read_body(request, limit)
+        if raw is None:
+            return call.error(413, f"the body is larger than {limit} bytes")
         try:
-            reason = resp.json().get("message", resp.text)
-        except ValueError:
-            reason = resp.text
-        return _error(424, f"the model server failed: {reason}"[:1000], headers=headers)
-    for h in ("x-forgeflow-prompt-tokens", "x-forgeflow-completion-tokens"):
-        if h in resp.headers:
-            headers[h] = resp.headers[h]
-    return Response(resp.content, status_code=resp.status_code, media_type="application/json", headers=headers)
-
-
-async def _handle(request: Request, endpoint: str, path: str, validate) -> Response:
-    try:
-        await _authorize(request, endpoint)
-        body = await _read_json(request)
-        validate(body)
-        return await _forward(request, endpoint, path, body)
-    except _TooLarge:
-        return _error(413, f"the body is larger than {MAX_BODY_BYTES} bytes")
+            body = json.loads(raw)
+        except ValueError as e:
+            raise InvalidInput(f"the body is not valid JSON: {e}") from None
+        parsed = parse(body)
+        model = parsed.model if isinstance(parsed, ChatCompletionRequest) else None
+        call.deployment, by_traffic = routing.choose_deployment(cfg, request.headers.get(DEPLOYMENT_HEADER), model)
+        if by_traffic:
+            mirror = routing.choose_mirror(cfg, call.deployment)
+            if mirror:
+                _mirror(call, cfg, mirror, path, raw)
+        stream = bool(getattr(parsed, "stream", False))
+        return await _forward(call, cfg, path, raw, stream)
     except ForgeflowError as e:
-        return _error(e.status_code, e.message, field=e.field)
+        return call.error(e.status_code, e.message, field=e.field)
 
 
-def _validate_score(body: Any) -> None:
-    from forgeflow.serving.scoring import parse_score_request
+async def _forward(call: _Call, cfg: EndpointConfig, path: str, raw: bytes, stream: bool) -> Response:
+    svc, dep_name = call.svc, call.deployment
+    assert dep_name is not None
+    settings = cfg.deployments[dep_name]["request_settings"]
+    timeout_s = settings.get("request_timeout_ms", 90_000) / 1000
+    ready = svc.supervisor.ready_instances(call.endpoint, dep_name)
+    if not ready:
+        row = svc.store.get("deployments", endpoint=call.endpoint, name=dep_name) or {}
+        return call.error(503, f"deployment {dep_name!r} has no ready instance (state {row.get('state')}); retry shortly",
+                          headers={"Retry-After": "1"})
+    key = (call.endpoint, dep_name)
+    limit = routing.admission_limit(settings, len(ready))
+    if svc.pending.get(key, 0) >= limit:
+        return call.error(429, f"deployment {dep_name!r} already has {svc.pending.get(key, 0)} pending requests, "
+                               f"the most it takes (2 x max_concurrent_requests_per_instance "
+                               f"{settings.get('max_concurrent_requests_per_instance', 1)} x {len(ready)} ready "
+                               f"instances); retry later or raise it with: forgeflow online-deployment update "
+                               f"--set request_settings.max_concurrent_requests_per_instance=N",
+                          headers={"Retry-After": "1"})
+    svc.pending[key] = svc.pending.get(key, 0) + 1
+    handed_over = False
+    try:
+        client: httpx.AsyncClient = call.request.app.state.ff.http
+        while True:
+            inst = routing.pick_instance(ready)
+            inst.inflight += 1
+            try:
+                req = client.build_request("POST", f"{inst.url}{path}", content=raw,
+                                           headers={"content-type": "application/json"}, timeout=timeout_s)
+                resp = await asyncio.wait_for(client.send(req, stream=True), timeout_s)
+            except httpx.ConnectError:
+                # Nothing reached the instance (it died since the last probe): try another one.
+                inst.inflight -= 1
+                svc.supervisor.mark_unready(inst)
+                ready = [i for i in ready if i is not inst and i.ready]
+                if not ready:
+                    return call.error(503, f"deployment {dep_name!r} has no ready instance; retry shortly",
+                                      headers={"Retry-After": "1"})
+                continue
+            except (asyncio.TimeoutError, httpx.TimeoutException):
+                inst.inflight -= 1
+                return call.error(408, f"the model did not answer within request_timeout_ms={int(timeout_s * 1000)}")
+            except httpx.HTTPError as e:
+                inst.inflight -= 1
+                return call.error(424, f"the model server of deployment {dep_name!r} failed: {type(e).__name__}",
+                                  headers={REASON_HEADER: "model_server_unreachable"})
+            break
+        if stream and resp.status_code == 200 and resp.headers.get("content-type", "").startswith("text/event-stream"):
+            handed_over = True
+            return StreamingResponse(_relay(call, resp, inst, key, timeout_s), media_type="text/event-stream",
+                                     headers=call.headers({"cache-control": "no-cache"}))
+        try:
+            content = await asyncio.wait_for(resp.aread(), timeout_s)
+        except (asyncio.TimeoutError, httpx.TimeoutException):
+            return call.error(408, f"the model did not answer within request_timeout_ms={int(timeout_s * 1000)}")
+        except httpx.HTTPError as e:
+            return call.error(424, f"the model server failed while answering: {type(e).__name__}",
+                              headers={REASON_HEADER: "model_server_unreachable"})
+        finally:
+            await resp.aclose()
+            inst.inflight -= 1
+        return _answer(call, resp, content)
+    finally:
+        if not handed_over:
+            svc.pending[key] -= 1
 
-    parse_score_request(body)
+
+def _answer(call: _Call, resp: httpx.Response, content: bytes) -> Response:
+    if resp.status_code == 503:
+        return call.error(503, "the instance is not ready (model loading); retry shortly", headers={"Retry-After": "1"})
+    if resp.status_code >= 500:
+        try:
+            reason = json.loads(content).get("message", content.decode(errors="replace"))
+        except (ValueError, AttributeError):
+            reason = content.decode(errors="replace")
+        return call.error(424, f"the model server failed: {reason}"[:1000], headers={REASON_HEADER: "model_error"})
+    extra = {h: resp.headers[h] for h in ("x-forgeflow-prompt-tokens", "x-forgeflow-completion-tokens",
+                                          "x-forgeflow-finish-reason") if h in resp.headers}
+    call.record(resp.status_code, _int(extra.get("x-forgeflow-completion-tokens")),
+                _int(extra.get("x-forgeflow-prompt-tokens")))
+    return Response(content, status_code=resp.status_code, media_type="application/json", headers=call.headers(extra))
 
 
-def _validate_chat(body: Any) -> None:
-    if not isinstance(body, dict):
-        raise InvalidInput("the body must be a JSON object")
-    msgs = body.get("messages")
-    if not isinstance(msgs, list) or not msgs:
-        raise InvalidInput("messages must be a non-empty list", field="messages")
+async def _relay(call: _Call, resp: httpx.Response, inst, key: tuple[str, str], timeout_s: float) -> AsyncIterator[bytes]:
+    """Pass a server-sent-event stream through as it comes, timing the first chunk and counting
+    tokens (the final `usage` when the server sends one, else one per content chunk)."""
+    m, labels = call.svc.metrics, Metrics.labels(endpoint=call.endpoint, deployment=call.deployment)
+    first, chunks, usage, pending = True, 0, None, b""
+    status = 200
+    try:
+        async for chunk in resp.aiter_raw():
+            if first:
+                first = False
+                m.observe("forgeflow_time_to_first_token_seconds", labels, time.perf_counter() - call.started)
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                n, u = _sse_tokens(line)
+                chunks += n
+                usage = u or usage
+            yield chunk
+    except httpx.HTTPError:
+        status = 424  # the stream broke after the headers went out; the metric tells
+    finally:
+        await resp.aclose()
+        inst.inflight -= 1
+        call.svc.pending[key] -= 1
+        call.record(status, usage.get("completion_tokens") if usage else chunks,
+                    usage.get("prompt_tokens") if usage else None)
 
 
-@router.post("/endpoints/{endpoint}/score", tags=["scoring"])
+def _sse_tokens(line: bytes) -> tuple[int, dict | None]:
+    if not line.startswith(b"data:") or b"[DONE]" in line:
+        return 0, None
+    try:
+        event = json.loads(line[5:])
+    except ValueError:
+        return 0, None
+    usage = event.get("usage") if isinstance(event, dict) else None
+    content = any((c.get("delta") or {}).get("content") for c in event.get("choices") or [] if isinstance(c, dict))
+    return int(content), usage if isinstance(usage, dict) else None
+
+
+def _mirror(call: _Call, cfg: EndpointConfig, deployment: str, path: str, raw: bytes) -> None:
+    """Send a copy in the background; its answer is discarded and never reaches the caller."""
+    svc = call.svc
+    ready = svc.supervisor.ready_instances(call.endpoint, deployment)
+    settings = cfg.deployments[deployment]["request_settings"]
+    key = (call.endpoint, deployment)
+    if not ready or svc.pending.get(key, 0) >= routing.admission_limit(settings, len(ready)):
+        return  # a mirror never queues up behind its limit
+    client: httpx.AsyncClient = call.request.app.state.ff.http
+    inst = routing.pick_instance(ready)
+    svc.pending[key] = svc.pending.get(key, 0) + 1
+    inst.inflight += 1
+
+    async def send() -> None:
+        code = "error"
+        try:
+            resp = await client.post(f"{inst.url}{path}", content=raw, headers={"content-type": "application/json"},
+                                     timeout=settings.get("request_timeout_ms", 90_000) / 1000)
+            code = str(resp.status_code)
+        except httpx.HTTPError:
+            pass
+        finally:
+            inst.inflight -= 1
+            svc.pending[key] -= 1
+            svc.metrics.inc("forgeflow_mirrored_requests_total",
+                            Metrics.labels(endpoint=call.endpoint, deployment=deployment, code=code))
+
+    task = asyncio.get_running_loop().create_task(send())
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+_background: set[asyncio.Task] = set()
+
+
+def _int(value: str | None) -> int | None:
+    return int(value) if value and value.isdigit() else None
+
+
+_SCORE_DOC = {"responses": error_responses(ErrorBody, _ERRORS), "openapi_extra": body_of(ScoreRequest)}
+_CHAT_DOC = {"responses": error_responses(OpenAIError, _ERRORS), "openapi_extra": body_of(ChatCompletionRequest)}
+
+
+@router.post("/endpoints/{endpoint}/score", tags=["scoring"], response_model=ScoreResponse, **_SCORE_DOC)
 async def score(endpoint: str, request: Request) -> Response:
-    """Azure ML online-endpoint scoring: `{"input_data": {"input_string": [...], "parameters": {...}}}`."""
-    return await _handle(request, endpoint, "/score", _validate_score)
+    """Azure ML online-endpoint scoring: `{"input_data": {"input_string": [...], "parameters": {...}}}`
+    answers `{"output": "..."}`. Send `azureml-model-deployment: NAME` to pick a deployment."""
+    return await _handle(request, endpoint, "/score", parse_score_request, openai=False)
 
 
-@router.post("/endpoints/{endpoint}/v1/chat/completions", tags=["scoring"])
+@router.post("/endpoints/{endpoint}/v1/chat/completions", tags=["openai"], response_model=ChatCompletion, **_CHAT_DOC)
 async def chat_completions(endpoint: str, request: Request) -> Response:
-    """OpenAI-compatible chat completions on the same endpoint and key."""
-    return await _handle(request, endpoint, "/v1/chat/completions", _validate_chat)
+    """OpenAI chat completions on the same endpoint and key; `"stream": true` answers server-sent
+    events ending `data: [DONE]`. A `model` naming a deployment routes to it."""
+    return await _handle(request, endpoint, "/v1/chat/completions", parse_chat_completion_request, openai=True)
 
 
-@router.get("/endpoints/{endpoint}/v1/models", tags=["scoring"])
+@router.get("/endpoints/{endpoint}/v1/models", tags=["openai"], response_model=ModelList,
+            responses=error_responses(OpenAIError, {401: _ERRORS[401], 404: "no such endpoint"}))
 async def models(endpoint: str, request: Request) -> Response:
+    """The endpoint's deployments, as OpenAI models."""
+    call = _Call(request, endpoint, openai=True)
     try:
-        svc = await _authorize(request, endpoint)
+        cfg = call.svc.config(endpoint)
+        if not call.svc.authorize(endpoint, presented_credential(request)):
+            raise Unauthorized("missing or wrong key: send 'Authorization: Bearer <key>'")
     except ForgeflowError as e:
-        return _error(e.status_code, e.message, field=e.field)
-    data = [{"id": d["name"], "object": "model", "owned_by": "forgeflow", "root": d["model"]}
-            for d in svc.list_deployments(endpoint)]
+        return call.error(e.status_code, e.message, field=e.field)
+    data = [{"id": name, "object": "model", "owned_by": "forgeflow", "root": d["model_ref"]}
+            for name, d in sorted(cfg.deployments.items())]
     return JSONResponse({"object": "list", "data": data})
+
+
+@router.get("/metrics", tags=["server"], response_class=PlainTextResponse, dependencies=[Depends(require_admin)])
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics per endpoint and deployment (needs the admin token as a bearer token)."""
+    text = request.app.state.ff.endpoints.metrics.render()
+    return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -1,43 +1,41 @@
-"""Chat generation with a Hugging Face causal LM: the engine behind one model-server process."""
+"""Chat generation with a Hugging Face causal LM: the `transformers` runtime of a model server.
+
+Requests are not served one at a time: each becomes a sequence in a BatchScheduler
+(serving/batching.py), which decodes every running sequence in one shared forward pass and
+admits new ones between decode steps.
+"""
 
 from __future__ import annotations
 
-import threading
+import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from forgeflow.errors import InvalidInput
-
-ROLES = ("system", "user", "assistant")
-# Used only when a model folder ships no chat template; it is the template the embedded model uses.
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+from forgeflow.serving.batching import BatchScheduler
+from forgeflow.serving.runtimes.base import (
+    CHATML_TEMPLATE,
+    ROLES,
+    GenerationResult,
+    StreamEvent,
+    TokenStream,
+    check_messages,
+    encode_chat,
+    make_request,
 )
 
+__all__ = ["CHATML_TEMPLATE", "ROLES", "ChatGenerator", "GenerationResult", "StreamEvent"]
 
-@dataclass(frozen=True)
-class GenerationResult:
-    """The assistant text and token accounting for one request."""
-
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
+log = logging.getLogger("forgeflow.generation")
 
 
 class ChatGenerator:
-    """Loads a model once and answers chat requests, one at a time (a lock guards generate)."""
+    """Loads a model once and answers chat requests, batching concurrent ones together."""
 
-    def __init__(self, model_dir: str | Path, device: str = "cpu") -> None:
+    name = "transformers"
+
+    def __init__(self, model_dir: str | Path, device: str = "cpu", *, max_batch_size: int = 8,
+                 max_queue: int = 64) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -56,7 +54,12 @@ class ChatGenerator:
         self.eos_token_ids = self._eos_ids()
         self.pad_token_id = self._pad_id()
         self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
-        self._lock = threading.Lock()
+        if not _batchable_cache(self.model):
+            log.warning("%s keeps a cache the batcher cannot splice; serving one request at a time",
+                        type(self.model).__name__)
+            max_batch_size = 1
+        self.scheduler = BatchScheduler(self.model, eos_ids=self.eos_token_ids, pad_id=self.pad_token_id,
+                                        device=device, max_batch_size=max_batch_size, max_queue=max_queue)
 
     def _eos_ids(self) -> list[int]:
         ids: list[int] = []
@@ -74,87 +77,44 @@ class ChatGenerator:
                 return int(value)
         return self.eos_token_ids[0] if self.eos_token_ids else None
 
-    def generate(
-        self,
-        messages: Sequence[Mapping[str, Any]],
-        *,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        do_sample: bool | None = None,
-        max_new_tokens: int = 256,
-        seed: int | None = None,
-    ) -> GenerationResult:
+    def stream(self, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> TokenStream:
+        """Validate and queue a chat at once (errors raise here), and return its token stream."""
+        request = make_request(messages, **kwargs)
+        prompt = encode_chat(self.tokenizer, request.messages, self.max_positions)
+        budget = request.max_new_tokens
+        if self.max_positions:
+            budget = min(budget, self.max_positions - len(prompt))
+        seq = self.scheduler.submit(prompt, budget, request.sampling)
+        return TokenStream(seq.tokens(), self._decode, len(prompt), request.stop, seq.cancel)
+
+    def generate(self, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> GenerationResult:
         """Answer a chat. Greedy when temperature is 0 or do_sample is false; sampling otherwise.
 
-        When do_sample is not given, a positive temperature turns sampling on.
+        When do_sample is not given, a positive temperature turns sampling on; `stop` (a string
+        or a list) ends the answer before the first occurrence of any of them.
         """
-        import torch
+        return self.stream(messages, **kwargs).run()
 
-        chat = _check_messages(messages)
-        if max_new_tokens < 1:
-            raise InvalidInput("max_new_tokens must be at least 1", field="max_new_tokens")
-        try:
-            encoded = self.tokenizer.apply_chat_template(
-                chat, add_generation_prompt=True, return_tensors="pt", return_dict=True
-            )
-        except Exception as exc:
-            raise InvalidInput(f"the model's chat template rejected the messages: {exc}", field="messages") from exc
-        input_ids = encoded["input_ids"].to(self.device)
-        attention_mask = encoded.get("attention_mask")
-        attention_mask = attention_mask.to(self.device) if attention_mask is not None else torch.ones_like(input_ids)
-        prompt_tokens = int(input_ids.shape[1])
-        if self.max_positions and prompt_tokens >= self.max_positions:
-            raise InvalidInput(
-                f"the conversation is {prompt_tokens} tokens; this model reads at most {self.max_positions}",
-                field="messages",
-            )
-        if self.max_positions:
-            max_new_tokens = min(max_new_tokens, self.max_positions - prompt_tokens)
+    def health(self) -> dict[str, Any]:
+        return {"runtime": self.name, **self.scheduler.stats()}
 
-        sample = bool(do_sample) if do_sample is not None else bool(temperature)
-        if temperature is not None and temperature <= 0:
-            sample = False
-        options: dict[str, Any] = {"do_sample": sample}
-        if sample:
-            options["temperature"] = float(temperature) if temperature else 1.0
-            options["top_p"] = float(top_p) if top_p is not None else 1.0
-            options["top_k"] = 0
-        else:
-            options.update(temperature=None, top_p=None, top_k=None)
+    def close(self) -> None:
+        self.scheduler.close()
 
-        with self._lock, torch.inference_mode():
-            if seed is not None:
-                torch.manual_seed(seed)
-            output = self.model.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                max_new_tokens=max_new_tokens,
-                eos_token_id=self.eos_token_ids or None,
-                pad_token_id=self.pad_token_id,
-                **options,
-            )
-        new_tokens = output[0, prompt_tokens:].tolist()
-        finish_reason = "length"
-        for index, token in enumerate(new_tokens):
-            if token in self.eos_token_ids:
-                new_tokens = new_tokens[: index + 1]
-                finish_reason = "stop"
-                break
-        text = self.tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
-        return GenerationResult(text, prompt_tokens, len(new_tokens), finish_reason)
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
 
-def _check_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
-    if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)) or not messages:
-        raise InvalidInput("messages must be a non-empty list of messages", field="messages")
-    chat = []
-    for index, message in enumerate(messages):
-        if not isinstance(message, Mapping):
-            raise InvalidInput(f"messages[{index}] must be an object with role and content", field=f"messages[{index}]")
-        role, content = message.get("role"), message.get("content")
-        if role not in ROLES:
-            raise InvalidInput(f"messages[{index}].role must be one of {', '.join(ROLES)}", field=f"messages[{index}].role")
-        if not isinstance(content, str):
-            raise InvalidInput(f"messages[{index}].content must be a string", field=f"messages[{index}].content")
-        chat.append({"role": role, "content": content})
-    return chat
+def _batchable_cache(model: Any) -> bool:
+    """Whether the model's default cache is plain full-attention layers the batcher can splice."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    try:
+        cache = DynamicCache(config=model.config)
+    except Exception:
+        return False
+    return bool(cache.layers) and all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
+_check_messages = check_messages  # kept for callers of the former private name

@@ -1,10 +1,14 @@
 """One model-server process: a model loaded once, answering the Azure /score contract and OpenAI chat.
 
     python -m forgeflow.serving.model_server --model-dir DIR --port P [--host 127.0.0.1] [--name NAME]
+        [--runtime transformers|llamacpp] [--max-batch-size 8] [--max-queue 64] [--gguf-type f16|q8_0]
 
 It listens on loopback only; the gateway in front of it does auth, traffic and limits. The model
 loads in the background: /health answers 503 "loading" until it is ready, and the process prints
 `READY <port>` on stdout once the model is loaded and the socket is listening.
+
+`"stream": true` on /v1/chat/completions answers server-sent events: OpenAI chat.completion.chunk
+objects as tokens are decoded, ending `data: [DONE]`. GET /stats reports the runtime's queue.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from forgeflow.errors import ForgeflowError, InvalidInput, ServerUnavailable, UpstreamError
@@ -30,6 +34,8 @@ from forgeflow.serving.scoring import parse_chat_completion_request, parse_score
 
 
 class Generator(Protocol):
+    """A runtime (serving/runtimes): `stream` and `health` are optional for test doubles."""
+
     def generate(self, messages: Any, **kwargs: Any) -> Any: ...
 
 
@@ -64,6 +70,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
+        import anyio.to_thread
+
+        # every request waiting on the runtime holds a worker thread; allow more than the 40 default
+        anyio.to_thread.current_default_thread_limiter().total_tokens = 256
         state.task = asyncio.create_task(load())
         yield
         if not state.task.done():
@@ -116,18 +126,28 @@ def create_app(
         result = await run(generator, body.messages, body.generation_kwargs(default_max_new_tokens=default_max_new_tokens))
         return JSONResponse({"output": result.text}, headers=_usage_headers(result))
 
+    @app.get("/stats")
+    async def stats() -> dict:
+        health = getattr(state.generator, "health", None)
+        return {"name": name, "ready": state.generator is not None, **(health() if health else {})}
+
     @app.get("/v1/models")
     async def models() -> dict:
         return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "forgeflow"}]}
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> JSONResponse:
+    async def chat_completions(request: Request) -> Any:
         body = parse_chat_completion_request(await read_json(request))
-        if body.stream:
-            raise InvalidInput("stream: streaming is served by the forgeflow gateway, not the model server",
-                               field="stream")
         generator = ready()
-        result = await run(generator, body.chat, body.generation_kwargs(default_max_new_tokens=default_max_new_tokens))
+        kwargs = body.generation_kwargs(default_max_new_tokens=default_max_new_tokens)
+        if body.stream:
+            stream = await start_stream(generator, body.chat, kwargs)
+            return StreamingResponse(
+                sse_chunks(stream, body.model or name, body.include_usage), media_type="text/event-stream",
+                headers={"cache-control": "no-cache", "x-accel-buffering": "no",
+                         "x-forgeflow-prompt-tokens": str(stream.prompt_tokens)},
+            )
+        result = await run(generator, body.chat, kwargs)
         answer = {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "object": "chat.completion",
@@ -148,7 +168,70 @@ def create_app(
         }
         return JSONResponse(answer, headers=_usage_headers(result))
 
+    async def start_stream(generator: Generator, messages: list, kwargs: dict) -> Any:
+        """Validate and queue the request before answering 200, so bad input is still a 400."""
+        starter = getattr(generator, "stream", None)
+        try:
+            if starter is None:
+                return _OneShot(await run_in_threadpool(generator.generate, messages, **kwargs))
+            return await run_in_threadpool(starter, messages, **kwargs)
+        except ForgeflowError:
+            raise
+        except Exception as exc:
+            raise _GenerationFailed(f"generation failed: {type(exc).__name__}: {exc}") from exc
+
     return app
+
+
+async def sse_chunks(stream: Any, model: str, include_usage: bool):
+    """OpenAI chat.completion.chunk events for a runtime's TokenStream, ending `data: [DONE]`."""
+    base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk",
+            "created": int(time.time()), "model": model}
+    extra = {"usage": None} if include_usage else {}
+
+    def chunk(delta: dict, finish: str | None = None) -> str:
+        body = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+        return f"data: {json.dumps(body)}\n\n"
+
+    events = iter(stream)
+    result = None
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        while result is None:
+            event = await run_in_threadpool(next, events, None)
+            if event is None:
+                break
+            if event.text:
+                yield chunk({"content": event.text})
+            result = event.result
+        if result is None:
+            raise RuntimeError("the runtime ended the stream without a result")
+        yield chunk({}, result.finish_reason)
+        if include_usage:
+            usage = {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+                     "total_tokens": result.prompt_tokens + result.completion_tokens}
+            yield f"data: {json.dumps({**base, 'choices': [], 'usage': usage})}\n\n"
+    except Exception as exc:  # headers are sent: report in-band, as OpenAI does
+        message = exc.message if isinstance(exc, ForgeflowError) else f"{type(exc).__name__}: {exc}"
+        yield f"data: {json.dumps({'error': {'message': f'generation failed: {message}', 'type': 'server_error'}})}\n\n"
+    finally:
+        stream.cancel()  # the client may have gone: free the sequence
+    yield "data: [DONE]\n\n"
+
+
+class _OneShot:
+    """A finished result dressed as a stream, for runtimes without `stream`."""
+
+    def __init__(self, result: Any) -> None:
+        self.result, self.prompt_tokens = result, result.prompt_tokens
+
+    def __iter__(self):
+        from forgeflow.serving.runtimes.base import StreamEvent
+
+        yield StreamEvent(self.result.text, self.result)
+
+    def cancel(self) -> None:
+        pass
 
 
 class _GenerationFailed(ForgeflowError):
@@ -171,13 +254,18 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--name", default=None, help="deployment name reported by /health and /v1/models")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="default when a request sets none")
+    parser.add_argument("--runtime", default="transformers", help="transformers or llamacpp (vllm is planned)")
+    parser.add_argument("--max-batch-size", type=int, default=8, help="transformers: sequences decoded together")
+    parser.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond it get 429")
+    parser.add_argument("--gguf-type", default="f16", help="llamacpp: GGUF weights, f16 or q8_0")
+    parser.add_argument("--threads", type=int, default=None, help="llamacpp: CPU threads (default: all)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
-    from forgeflow.serving.generation import ChatGenerator
+    from forgeflow.serving.runtimes import load_runtime
 
     args = _parse_args(argv)
     failure: list[str] = []
@@ -199,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
             server.should_exit = True
 
     app = create_app(
-        lambda: ChatGenerator(args.model_dir, device=args.device),
+        lambda: load_runtime(args.runtime, args.model_dir, device=args.device, max_batch_size=args.max_batch_size,
+                             max_queue=args.max_queue, gguf_type=args.gguf_type, threads=args.threads),
         name=args.name or args.model_dir.name,
         default_max_new_tokens=args.max_new_tokens,
         on_loaded=loaded,

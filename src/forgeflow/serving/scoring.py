@@ -79,6 +79,12 @@ class ScoreResponse(BaseModel):
     output: str
 
 
+class StreamOptions(_Open):
+    """OpenAI's stream_options: include_usage adds a last chunk with the token counts."""
+
+    include_usage: Annotated[bool, Field(strict=True)] = False
+
+
 class ChatCompletionRequest(_Open):
     """The body of POST /v1/chat/completions (the fields forgeflow uses)."""
 
@@ -90,6 +96,9 @@ class ChatCompletionRequest(_Open):
     top_p: TopP | None = None
     seed: Annotated[int, Field(strict=True)] | None = None
     stream: Annotated[bool, Field(strict=True)] = False
+    stop: Annotated[str, Field(strict=True, min_length=1)] | Annotated[
+        list[Annotated[str, Field(strict=True, min_length=1)]], Field(max_length=4)] | None = None
+    stream_options: StreamOptions | None = None
 
     @property
     def chat(self) -> list[dict[str, str]]:
@@ -103,7 +112,12 @@ class ChatCompletionRequest(_Open):
             "do_sample": temperature > 0,
             "max_new_tokens": self.max_completion_tokens or self.max_tokens or default_max_new_tokens,
             "seed": self.seed,
+            "stop": self.stop,
         }
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
 
 
 _FIELD_RULES = {
@@ -121,6 +135,9 @@ _FIELD_RULES = {
     "model": "must be a string",
     "seed": "must be an integer",
     "stream": "must be true or false",
+    "stop": "must be a non-empty string or a list of at most 4 of them",
+    "stream_options": "must be an object",
+    "include_usage": "must be true or false",
 }
 
 

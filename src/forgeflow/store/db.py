@@ -41,9 +41,29 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
                 secrets TEXT NOT NULL, created_at VARCHAR(40) NOT NULL, updated_at VARCHAR(40) NOT NULL)""",
         ],
     ),
+    (
+        "0002_compute_targets",
+        [
+            """CREATE TABLE compute_targets (
+                name VARCHAR(64) PRIMARY KEY, type VARCHAR(16) NOT NULL, max_concurrent_jobs INTEGER NOT NULL,
+                min_nodes INTEGER NOT NULL, max_nodes INTEGER NOT NULL, idle_time_before_scale_down INTEGER NOT NULL,
+                description TEXT, created_at VARCHAR(40) NOT NULL)""",
+        ],
+    ),
+    (
+        "0003_endpoint_features",
+        [
+            "ALTER TABLE endpoints ADD COLUMN mirror_traffic TEXT",
+            "ALTER TABLE endpoints ADD COLUMN max_body_bytes INTEGER",
+            "ALTER TABLE deployments ADD COLUMN liveness_probe TEXT",
+            "ALTER TABLE deployments ADD COLUMN readiness_probe TEXT",
+            "ALTER TABLE deployments ADD COLUMN updated_at VARCHAR(40)",
+        ],
+    ),
 ]
 
-JSON_COLUMNS = {"hyperparameters", "progress", "metrics", "traffic", "request_settings", "configs"}
+JSON_COLUMNS = {"hyperparameters", "progress", "metrics", "traffic", "request_settings", "configs",
+                "mirror_traffic", "liveness_probe", "readiness_probe"}
 
 
 def now() -> str:

@@ -11,6 +11,11 @@ from transformers import TrainerCallback
 from forgeflow.training.tracking import JobFiles, MlflowRun, is_finite_number
 
 SUMMARY_KEYS = ("train_runtime", "train_samples_per_second", "train_steps_per_second", "total_flos")
+# The latest of these are kept in status.json's `metrics` while the job runs.
+LIVE_KEYS = (
+    "train_loss", "eval_loss", "learning_rate", "trained_tokens", "loss_tokens", "train_tokens_per_second",
+    "peak_memory_mb", "truncated_conversations", "train_conversations",
+)
 
 
 class ProgressCallback(TrainerCallback):
@@ -35,6 +40,7 @@ class ProgressCallback(TrainerCallback):
             self._mlflow({f"summary_{k}" if k == "train_loss" else k: v for k, v in self.summary.items()}, state)
             return
         values = {("train_loss" if k == "loss" else k): float(v) for k, v in logs.items() if k != "epoch"}
+        eta_s = values.pop("eta_s", None)
         if not values:
             return
         if "eval_loss" in values:
@@ -42,7 +48,14 @@ class ProgressCallback(TrainerCallback):
         self.last.update(values)
         row = {"step": state.global_step, "epoch": _epoch(state), **values, "timestamp": time.time()}
         self.files.append_metrics(row)
-        self.files.write_status("Running", step=state.global_step, max_steps=state.max_steps, epoch=_epoch(state))
+        live = {k: self.last[k] for k in LIVE_KEYS if k in self.last}
+        live = {**(self.files.state.get("metrics") or {}), **live}
+        fields: dict[str, Any] = {"step": state.global_step, "epoch": _epoch(state), "metrics": live}
+        if state.max_steps:
+            fields["max_steps"] = state.max_steps
+        if eta_s is not None:
+            fields["eta_s"] = eta_s
+        self.files.write_status("Running", **fields)
         self._mlflow(values, state)
         shown = " ".join(f"{k}={_fmt(v)}" for k, v in values.items())
         print(f"step {state.global_step}/{state.max_steps} epoch {_epoch(state):.2f} {shown}", flush=True)

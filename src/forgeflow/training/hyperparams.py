@@ -28,6 +28,9 @@ class Hyperparameters(pydantic.BaseModel, extra="forbid", validate_assignment=Tr
     lora_r: int = Field(8, gt=0, description="Rank of the LoRA update matrices.")
     lora_alpha: int = Field(16, gt=0, description="LoRA scaling numerator (scale = lora_alpha / lora_r).")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input, in [0, 1).")
+    quantization: Literal["none", "4bit"] = Field(
+        "none", description="Load the base model in 4-bit NF4 and train LoRA on it (QLoRA); needs a CUDA GPU."
+    )
     num_train_epochs: int = Field(1, gt=0, description="Passes over the training data (ignored when max_steps > 0).")
     max_steps: int = Field(-1, ge=-1, description="Total optimizer steps; -1 trains for num_train_epochs.")
     per_device_train_batch_size: int = Field(4, gt=0, description="Training examples per device per step.")
@@ -49,15 +52,20 @@ class Hyperparameters(pydantic.BaseModel, extra="forbid", validate_assignment=Tr
     )
     eval_steps: int | None = Field(None, gt=0, description="Steps between evaluations; defaults to logging_steps.")
     logging_steps: int = Field(5, gt=0, description="Steps between logged training metrics.")
+    save_steps: int | None = Field(
+        None, gt=0, description="Steps between checkpoints; defaults to eval_steps when evaluating by steps, else 50."
+    )
     save_total_limit: int = Field(1, gt=0, description="Checkpoints kept on disk; older ones are deleted.")
     apply_early_stopping: bool = Field(False, description="Stop when validation loss stops improving.")
     early_stopping_patience: int = Field(1, gt=0, description="Evaluations without improvement before stopping.")
     early_stopping_threshold: float = Field(0.0, ge=0, description="Smallest decrease of eval_loss that counts.")
+    packing: bool = Field(True, description="Pack several conversations into each row (no attention across them).")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward: less memory, slower.")
     resume_from_checkpoint: bool | str | None = Field(
         None, description="Resume from the latest checkpoint (true) or from a checkpoint folder path."
     )
 
-    @pydantic.field_validator("eval_steps", "resume_from_checkpoint", mode="before")
+    @pydantic.field_validator("eval_steps", "save_steps", "resume_from_checkpoint", mode="before")
     @classmethod
     def _words(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -72,6 +80,11 @@ class Hyperparameters(pydantic.BaseModel, extra="forbid", validate_assignment=Tr
     def _consistent(self) -> "Hyperparameters":
         if self.apply_early_stopping and self.evaluation_strategy == "no":
             raise ValueError("apply_early_stopping needs evaluation_strategy steps or epoch")
+        if self.quantization != "none" and not self.apply_lora:
+            raise ValueError(
+                "quantization=4bit trains LoRA on a quantized base (QLoRA) and needs apply_lora=true; "
+                "for a full fine-tune use quantization=none"
+            )
         return self
 
 
@@ -98,15 +111,41 @@ def resolve_hyperparameters(raw: dict[str, Any] | None = None) -> Hyperparameter
                 f"unknown hyperparameter {name!r}: valid names are {', '.join(FIELD_NAMES)}", field=name
             )
     try:
-        return Hyperparameters(**raw)
+        hp = Hyperparameters(**raw)
     except pydantic.ValidationError as exc:
         error = exc.errors()[0]
-        name = str(error["loc"][0]) if error["loc"] else "apply_early_stopping"
         if not error["loc"]:
-            raise InvalidInput(str(error["msg"]).removeprefix("Value error, "), field=name) from None
+            message = str(error["msg"]).removeprefix("Value error, ")
+            raise InvalidInput(message, field=message.split("=")[0].split(" ")[0]) from None
+        name = str(error["loc"][0])
         shown = f"{name}={raw[name]}: " if name in raw else ""
         parse_error = str(error["type"]).endswith(("_parsing", "_type", "from_float"))
         raise InvalidInput(f"{shown}{name} must be {_expectation(name, parse_error)}", field=name) from None
+    check_hardware(hp)
+    return hp
+
+
+def check_hardware(hp: Hyperparameters) -> None:
+    """Refuse settings this machine cannot run, before a worker starts (imports torch only when needed)."""
+    if hp.quantization == "none" and hp.precision != "fp16":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        if hp.quantization != "none":
+            raise InvalidInput(
+                f"quantization={hp.quantization} (QLoRA) needs a CUDA GPU and this machine has none; "
+                "valid values here: none (LoRA in full precision)",
+                field="quantization",
+            )
+        raise InvalidInput("precision=fp16 needs a CUDA GPU; valid values here: auto, fp32, bf16", field="precision")
+    if hp.quantization != "none":
+        import importlib.util
+
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise InvalidInput(
+                "quantization=4bit needs the bitsandbytes package: pip install bitsandbytes", field="quantization"
+            )
 
 
 def _expectation(name: str, parse_error: bool = False) -> str:

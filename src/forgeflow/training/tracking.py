@@ -50,6 +50,15 @@ class JobFiles:
         os.replace(tmp, self.status_path)
         return self.state
 
+    def drop_metrics_after(self, step: int) -> None:
+        """Forget rows past `step` (a resumed job logs those steps again); -1 forgets every row."""
+        if not self.metrics_path.exists():
+            return
+        kept = [row for row in read_metrics(self.job_dir) if step >= 0 and row.get("step", 0) <= step]
+        tmp = self.metrics_path.with_name(f".metrics.{os.getpid()}.tmp")
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
+        os.replace(tmp, self.metrics_path)
+
     def append_metrics(self, row: dict[str, Any]) -> None:
         with self.metrics_path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
@@ -108,6 +117,20 @@ class MlflowRun:
 
         self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
         return self
+
+    @classmethod
+    def reopen(cls, spec: dict[str, Any], run_id: str) -> "MlflowRun | None":
+        """The run of an earlier attempt of this job, marked running again; None if it is gone."""
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=spec["mlflow_tracking_uri"])
+        try:
+            client.get_run(run_id)
+            client.update_run(run_id, status="RUNNING")
+        except MlflowException:
+            return None
+        return cls(client, run_id)
 
     def log_metrics(self, values: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric

@@ -1,8 +1,9 @@
 """The training worker: one process per fine-tuning job, `python -m forgeflow.training.worker JOB_DIR`.
 
-Reads JOB_DIR/spec.json (written by the job runner), trains a LoRA adapter (or all weights) with TRL's
-SFTTrainer on chat `messages` data, merges it into the base model and saves the result in MLflow format
-under JOB_DIR/outputs. Progress goes to JOB_DIR/status.json, JOB_DIR/metrics.jsonl, an MLflow run and
+Reads JOB_DIR/spec.json (written by the job runner), trains a LoRA adapter (QLoRA on a GPU, or all weights)
+on chat `messages` data with loss on assistant turns only and packed rows (masking.py, packing.py,
+trainer.py), merges it into the base model and saves the result in MLflow format under JOB_DIR/outputs.
+Checkpoints go to JOB_DIR/checkpoints; `"resume": true` in spec.json continues from the newest one. Progress goes to JOB_DIR/status.json, JOB_DIR/metrics.jsonl, an MLflow run and
 stdout. SIGTERM stops training at the next step: status Canceled, exit 0. Any error: status Failed, exit 1.
 """
 
@@ -19,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from forgeflow.errors import ForgeflowError, InvalidInput, NotFound
+from forgeflow.training.dataset import iter_messages, prepare
 from forgeflow.training.hyperparams import Hyperparameters, resolve_hyperparameters
-from forgeflow.training.tracking import JobFiles, MlflowRun
+from forgeflow.training.tracking import JobFiles, MlflowRun, read_status
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 REQUIRED_SPEC = ("base_model_path", "training_data", "mlflow_tracking_uri")
@@ -30,14 +32,18 @@ def run_job(job_dir: Path) -> int:
     """Run the job in JOB_DIR to its end; returns the process exit code (0 done or canceled, 1 failed)."""
     _quiet_environment()
     files = JobFiles(Path(job_dir))
-    files.write_status("Running")
+    previous = read_status(files.job_dir) or {}
+    files.write_status("Running", error=None)
     cancel = threading.Event()
     restore = _install_sigterm(cancel)
     run: MlflowRun | None = None
     try:
         spec = load_spec(files.job_dir)
         hp = resolve_hyperparameters(spec.get("hyperparameters") or {})
-        run = MlflowRun.start(spec, hp.model_dump())
+        if spec.get("resume") and previous.get("mlflow_run_id"):
+            run = MlflowRun.reopen(spec, previous["mlflow_run_id"])
+        if run is None:
+            run = MlflowRun.start(spec, hp.model_dump())
         files.write_status(mlflow_run_id=run.run_id)
         check_chat_jsonl(Path(spec["training_data"]))
         if spec.get("validation_data"):
@@ -76,31 +82,7 @@ def load_spec(job_dir: Path) -> dict[str, Any]:
 
 def check_chat_jsonl(path: Path) -> int:
     """Check that every line of a chat JSONL file has a non-empty `messages` list; returns the row count."""
-    if not path.is_file():
-        raise NotFound(f"data file {path} does not exist")
-    rows = 0
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InvalidInput(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            messages = row.get("messages") if isinstance(row, dict) else None
-            if not isinstance(messages, list) or not messages:
-                raise InvalidInput(f"{path}:{lineno}: 'messages' must be a non-empty list", field="messages")
-            for message in messages:
-                if not isinstance(message, dict) or not isinstance(message.get("role"), str) or not isinstance(
-                    message.get("content"), str
-                ):
-                    raise InvalidInput(
-                        f"{path}:{lineno}: each message needs string 'role' and 'content'", field="messages"
-                    )
-            rows += 1
-    if rows == 0:
-        raise InvalidInput(f"{path} has no rows; it needs one JSON object with 'messages' per line")
-    return rows
+    return sum(1 for _ in iter_messages(path))
 
 
 def train(
@@ -110,41 +92,125 @@ def train(
     if cancel.is_set():
         return "Canceled", {}
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback, PrinterCallback
-    from trl import SFTConfig, SFTTrainer
+    from transformers import AutoTokenizer, EarlyStoppingCallback, PrinterCallback, TrainingArguments
 
     from forgeflow.training.callbacks import CancelCallback, ProgressCallback
+    from forgeflow.training.packing import PackedCollator
+    from forgeflow.training.trainer import ForgeflowTrainer
 
     job_dir = files.job_dir
     use_cuda = torch.cuda.is_available()
     precision = resolve_precision(hp.precision, use_cuda)
     base = spec["base_model_path"]
-    print(f"loading {spec.get('base_model') or base} ({precision}, {'cuda' if use_cuda else 'cpu'})", flush=True)
+    method = "full fine-tune" if not hp.apply_lora else ("QLoRA" if hp.quantization != "none" else "LoRA")
+    device = "cuda" if use_cuda else "cpu"
+    print(f"loading {spec.get('base_model') or base} ({method}, {precision}, {device})", flush=True)
     tokenizer = AutoTokenizer.from_pretrained(base)
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
 
-    cache = job_dir / "cache"
-    train_ds = load_chat_dataset(Path(spec["training_data"]), cache)
-    eval_ds = None
+    train_data = prepare(Path(spec["training_data"]), tokenizer, hp.max_seq_length, hp.packing)
+    print(train_data.describe("training data", hp.max_seq_length), flush=True)
+    eval_data = None
     if hp.evaluation_strategy != "no" and spec.get("validation_data"):
-        eval_ds = load_chat_dataset(Path(spec["validation_data"]), cache)
+        eval_data = prepare(Path(spec["validation_data"]), tokenizer, hp.max_seq_length, hp.packing)
+        print(eval_data.describe("validation data", hp.max_seq_length), flush=True)
     elif hp.evaluation_strategy != "no":
         print("no validation data: evaluation is off", flush=True)
-    eval_strategy = hp.evaluation_strategy if eval_ds is not None else "no"
-    early_stopping = hp.apply_early_stopping and eval_ds is not None
-    assistant_only = assistant_only_loss_supported(tokenizer)
-    print(f"loss on {'assistant tokens only' if assistant_only else 'the full conversation'}", flush=True)
+    data_metrics = {"truncated_conversations": train_data.truncated, "train_conversations": train_data.conversations}
+    files.write_status(metrics=data_metrics)
+    if run is not None:
+        run.log_metrics(data_metrics, step=0)
+    print("loss on assistant turns only, each with its end-of-turn token", flush=True)
 
-    eval_steps = (hp.eval_steps or hp.logging_steps) if eval_strategy == "steps" else None
-    # Early stopping restores the best checkpoint, so it must save whenever it evaluates.
-    if early_stopping:
-        save_strategy, save_steps = eval_strategy, eval_steps or 500
-    elif hp.max_steps > 0:
-        save_strategy, save_steps = "steps", min(500, hp.max_steps)
+    model = load_model(base, hp, precision, use_cuda)
+    checkpoint = find_resume_checkpoint(spec, hp, job_dir / "checkpoints")
+    config = training_arguments(TrainingArguments, hp, job_dir, precision, use_cuda, eval_data is not None)
+    progress = ProgressCallback(files, run)
+    callbacks: list[Any] = [progress, CancelCallback(cancel)]
+    if hp.apply_early_stopping and eval_data is not None:
+        callbacks.append(EarlyStoppingCallback(hp.early_stopping_patience, hp.early_stopping_threshold))
+    trainer = ForgeflowTrainer(
+        model=model,
+        args=config,
+        train_dataset=train_data.rows,
+        eval_dataset=eval_data.rows if eval_data is not None else None,
+        data_collator=PackedCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    trainer.remove_callback(PrinterCallback)
+    if cancel.is_set():
+        return "Canceled", {}
+    if checkpoint is not None:
+        step = checkpoint_step(checkpoint)
+        files.drop_metrics_after(step)
+        trainer.restore_counters(checkpoint)
+        print(f"resuming from {checkpoint.name} (step {step})", flush=True)
     else:
-        save_strategy, save_steps = "epoch", 500
-    config = SFTConfig(
+        files.drop_metrics_after(-1)
+        if eval_data is not None:
+            trainer.evaluate()
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if cancel.is_set():
+        return "Canceled", _final_metrics(progress)
+    if eval_data is not None and progress.last_eval_step != trainer.state.global_step:
+        trainer.evaluate()
+    if trainer.state.best_model_checkpoint:
+        print(f"exporting the best checkpoint: {Path(trainer.state.best_model_checkpoint).name} "
+              f"(eval_loss {trainer.state.best_metric:.4g})", flush=True)
+    save_outputs(trainer, tokenizer, spec, hp, job_dir / "outputs")
+    return "Completed", {**data_metrics, **_final_metrics(progress)}
+
+
+def load_model(base: str, hp: Hyperparameters, precision: str, use_cuda: bool) -> Any:
+    """The base model, quantized for QLoRA, wrapped with a LoRA adapter unless it is a full fine-tune."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    kwargs: dict[str, Any] = {}
+    if hp.quantization == "4bit":
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype,
+        )
+        kwargs["device_map"] = {"": 0}
+    # LoRA on a GPU keeps the frozen base in the half dtype; a full fine-tune keeps fp32 master weights and
+    # autocasts; on CPU weights stay fp32 and bf16 (when asked for) is autocast matmul.
+    half_base = use_cuda and hp.apply_lora and precision in ("bf16", "fp16")
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=compute_dtype if half_base else torch.float32, **kwargs)
+    model.config.use_cache = False
+    if hp.quantization == "4bit":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=hp.gradient_checkpointing)
+    if hp.apply_lora:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, lora_config(hp))
+    return model
+
+
+def training_arguments(
+    cls: Any, hp: Hyperparameters, job_dir: Path, precision: str, use_cuda: bool, evaluating: bool
+) -> Any:
+    """transformers TrainingArguments for the job; evaluation, checkpoints and best-model export line up."""
+    eval_strategy = hp.evaluation_strategy if evaluating else "no"
+    eval_steps = (hp.eval_steps or hp.logging_steps) if eval_strategy == "steps" else None
+    if eval_strategy == "epoch":
+        save_strategy, save_steps = "epoch", hp.save_steps or 50
+    elif eval_strategy == "steps":
+        # load_best_model_at_end needs checkpoints on evaluation steps: round save_steps up to a multiple.
+        wanted = hp.save_steps or eval_steps
+        save_strategy, save_steps = "steps", -(-wanted // eval_steps) * eval_steps
+    else:
+        save_strategy, save_steps = "steps", hp.save_steps or 50
+    return cls(
         output_dir=str(job_dir / "checkpoints"),
         num_train_epochs=hp.num_train_epochs,
         max_steps=hp.max_steps,
@@ -157,7 +223,6 @@ def train(
         weight_decay=hp.weight_decay,
         optim=hp.optim,
         max_grad_norm=hp.max_grad_norm,
-        max_length=hp.max_seq_length,
         seed=hp.seed,
         eval_strategy=eval_strategy,
         eval_steps=eval_steps,
@@ -166,42 +231,45 @@ def train(
         save_strategy=save_strategy,
         save_steps=save_steps,
         save_total_limit=hp.save_total_limit,
-        load_best_model_at_end=early_stopping,
-        metric_for_best_model="eval_loss" if early_stopping else None,
-        greater_is_better=False if early_stopping else None,
+        load_best_model_at_end=evaluating,
+        metric_for_best_model="eval_loss" if evaluating else None,
+        greater_is_better=False if evaluating else None,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=not use_cuda,
-        activation_checkpointing=False,
-        assistant_only_loss=assistant_only,
-        packing=False,
+        activation_checkpointing=hp.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if hp.gradient_checkpointing else None,
+        remove_unused_columns=False,
+        prediction_loss_only=True,
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
-    progress = ProgressCallback(files, run)
-    callbacks: list[Any] = [progress, CancelCallback(cancel)]
-    if early_stopping:
-        callbacks.append(EarlyStoppingCallback(hp.early_stopping_patience, hp.early_stopping_threshold))
-    trainer = SFTTrainer(
-        model=model,
-        args=config,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        processing_class=tokenizer,
-        peft_config=lora_config(hp) if hp.apply_lora else None,
-        callbacks=callbacks,
-    )
-    trainer.remove_callback(PrinterCallback)
-    if cancel.is_set():
-        return "Canceled", {}
-    trainer.train(resume_from_checkpoint=hp.resume_from_checkpoint or None)
-    if cancel.is_set():
-        return "Canceled", _final_metrics(progress)
-    if eval_ds is not None and progress.last_eval_step != trainer.state.global_step:
-        trainer.evaluate()
-    save_outputs(trainer, tokenizer, spec, hp, job_dir / "outputs")
-    return "Completed", _final_metrics(progress)
+
+
+def find_resume_checkpoint(spec: dict[str, Any], hp: Hyperparameters, checkpoints: Path) -> Path | None:
+    """The checkpoint to continue from: spec `resume` (set by `forgeflow job resume`) or resume_from_checkpoint."""
+    if isinstance(hp.resume_from_checkpoint, str):
+        path = Path(hp.resume_from_checkpoint)
+        if not path.is_dir():
+            raise NotFound(f"resume_from_checkpoint={path}: no such checkpoint folder", field="resume_from_checkpoint")
+        return path
+    if not (spec.get("resume") or hp.resume_from_checkpoint):
+        return None
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if last is None:
+        print(f"resume asked but there is no checkpoint under {checkpoints}: starting over", flush=True)
+        return None
+    return Path(last)
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    try:
+        return int(json.loads((checkpoint / "trainer_state.json").read_text())["global_step"])
+    except (OSError, ValueError, KeyError):
+        return int(checkpoint.name.rsplit("-", 1)[-1])
 
 
 def save_outputs(trainer: Any, tokenizer: Any, spec: dict[str, Any], hp: Hyperparameters, outputs: Path) -> Path:
@@ -215,7 +283,10 @@ def save_outputs(trainer: Any, tokenizer: Any, spec: dict[str, Any], hp: Hyperpa
         adapter_dir = outputs / "adapter"
         model.save_pretrained(adapter_dir)
         tokenizer.save_pretrained(adapter_dir)
-        model = model.merge_and_unload()
+        if hp.quantization != "none":
+            model = _merge_into_full_precision(spec["base_model_path"], adapter_dir, model)
+        else:
+            model = model.merge_and_unload()
     stage = outputs / ".merged"
     shutil.rmtree(stage, ignore_errors=True)
     model.save_pretrained(stage)
@@ -231,13 +302,15 @@ def save_outputs(trainer: Any, tokenizer: Any, spec: dict[str, Any], hp: Hyperpa
     return target
 
 
-def load_chat_dataset(path: Path, cache_dir: Path) -> Any:
-    """The `messages` column of a chat JSONL file, through datasets' json builder."""
-    from datasets import load_dataset
+def _merge_into_full_precision(base: str, adapter_dir: Path, trained: Any) -> Any:
+    """QLoRA: merge the adapter into the base loaded in its training dtype, not into the 4-bit weights."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
 
-    dataset = load_dataset("json", data_files=str(path), split="train", cache_dir=str(cache_dir))
-    # Other columns (ultrachat's `prompt`) would make TRL treat rows as prompt-completion pairs.
-    return dataset.select_columns(["messages"])
+    dtype = trained.get_base_model().config.dtype
+    del trained
+    full = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+    return PeftModel.from_pretrained(full, adapter_dir).merge_and_unload()
 
 
 def lora_config(hp: Hyperparameters) -> Any:
@@ -251,22 +324,6 @@ def lora_config(hp: Hyperparameters) -> Any:
         bias="none",
         task_type="CAUSAL_LM",
     )
-
-
-def assistant_only_loss_supported(tokenizer: Any) -> bool:
-    """Whether TRL can mask non-assistant tokens for this chat template (it has, or TRL knows, generation markers)."""
-    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
-
-    template = getattr(tokenizer, "chat_template", None)
-    if not template:
-        return False
-    if has_generation_markers(template):
-        return True
-    try:
-        get_training_chat_template(tokenizer)
-    except ValueError:
-        return False
-    return True
 
 
 def resolve_precision(precision: str, use_cuda: bool) -> str:
@@ -293,8 +350,9 @@ def _final_metrics(progress: Any) -> dict[str, float]:
     metrics = {k: progress.last[k] for k in ("train_loss", "eval_loss") if k in progress.last}
     if "train_runtime" in progress.summary:
         metrics["train_runtime"] = progress.summary["train_runtime"]
-    if "num_tokens" in progress.last:
-        metrics["trained_tokens"] = progress.last["num_tokens"]
+    for key in ("trained_tokens", "loss_tokens", "train_tokens_per_second", "peak_memory_mb"):
+        if key in progress.last:
+            metrics[key] = progress.last[key]
     return metrics
 
 

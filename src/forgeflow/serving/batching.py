@@ -1,0 +1,259 @@
+"""Continuous batching for a Hugging Face causal LM: one scheduler thread, one running batch.
+
+Every request becomes a Sequence. The scheduler thread loops: admit waiting sequences (prefill
+them together, left-padded, into their own KV cache, then splice that cache into the running
+one), run one decode step for the whole running batch, hand each sequence its new token, and
+retire sequences that finished (EOS, token budget) or were cancelled (stop string, client gone).
+A new request therefore joins between two decode steps instead of waiting for the batch to end.
+
+The running batch's KV cache is a DynamicCache whose layers hold [batch, heads, time, dim]
+tensors, left-padded; a 2-D attention mask marks the real positions and each sequence keeps its
+own position ids, so a padded row computes what it would alone. Columns that only padding uses
+are trimmed when sequences retire.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from forgeflow.errors import ServerUnavailable
+from forgeflow.serving.runtimes.base import Sampling
+
+log = logging.getLogger("forgeflow.batching")
+
+_DONE = object()
+
+
+class QueueFull(ServerUnavailable):
+    """Back-pressure: more requests are waiting than the model server accepts."""
+
+    status_code = 429
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One request in flight; its consumer reads (token, finish reason or None) pairs from `out`."""
+
+    prompt: list[int]
+    max_new_tokens: int
+    sampling: Sampling
+    out: queue.Queue = field(default_factory=queue.Queue)
+    generated: int = 0
+    position: int = 0
+    last: int = 0
+    cancelled: bool = False
+    generator: Any = None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def tokens(self):
+        """The pairs as they arrive; a scheduler failure is raised here."""
+        while True:
+            item = self.out.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+
+class BatchScheduler:
+    """Owns the model's forward passes. Thread-safe `submit`; `close` stops the thread."""
+
+    def __init__(self, model: Any, *, eos_ids: list[int], pad_id: int | None, device: str,
+                 max_batch_size: int = 8, max_queue: int = 64) -> None:
+        import torch
+
+        self.torch = torch
+        self.model = model
+        self.eos = set(eos_ids)
+        self.pad_id = pad_id if pad_id is not None else (eos_ids[0] if eos_ids else 0)
+        self.device = device
+        self.max_batch_size = max(1, max_batch_size)
+        self.waiting: queue.Queue[Sequence] = queue.Queue(maxsize=max(1, max_queue))
+        self.running: list[Sequence] = []
+        self.cache: Any = None
+        self.mask: Any = None
+        self.steps = 0
+        self.largest_batch = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="forgeflow-batcher", daemon=True)
+        self._thread.start()
+
+    # -- public ---------------------------------------------------------------------------------
+    def submit(self, prompt: list[int], max_new_tokens: int, sampling: Sampling) -> Sequence:
+        if self._stop.is_set():
+            raise ServerUnavailable("the model server is shutting down")
+        seq = Sequence(list(prompt), max_new_tokens, sampling)
+        if not sampling.greedy:
+            seed = sampling.seed if sampling.seed is not None else random.getrandbits(63)
+            seq.generator = self.torch.Generator(device=self.device).manual_seed(seed)
+        try:
+            self.waiting.put_nowait(seq)
+        except queue.Full:
+            raise QueueFull(f"the model server has {self.waiting.maxsize} requests waiting; retry later") from None
+        return seq
+
+    def stats(self) -> dict[str, int]:
+        return {"running": len(self.running), "waiting": self.waiting.qsize(), "steps": self.steps,
+                "largest_batch": self.largest_batch, "max_batch_size": self.max_batch_size}
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    # -- the loop -------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            fresh: list[Sequence] = []
+            try:
+                fresh = self._take(block=not self.running)
+                fresh = [s for s in fresh if not s.cancelled]
+                if fresh:
+                    self._prefill(fresh)
+                if self.running:
+                    self._decode()
+            except Exception as exc:  # a failed forward fails the requests in it, not the server
+                log.exception("batch step failed")
+                for seq in {*self.running, *fresh}:
+                    seq.out.put(exc)
+                    seq.out.put(_DONE)
+                self.running, self.cache, self.mask = [], None, None
+        for seq in self.running:
+            seq.out.put(ServerUnavailable("the model server is shutting down"))
+            seq.out.put(_DONE)
+
+    def _take(self, *, block: bool) -> list[Sequence]:
+        room = self.max_batch_size - len(self.running)
+        taken: list[Sequence] = []
+        if room <= 0:
+            return taken
+        if block:
+            try:
+                taken.append(self.waiting.get(timeout=0.1))
+            except queue.Empty:
+                return taken
+        while len(taken) < room:
+            try:
+                taken.append(self.waiting.get_nowait())
+            except queue.Empty:
+                break
+        return taken
+
+    def _forward(self, input_ids: Any, mask: Any, positions: Any, cache: Any) -> Any:
+        with self.torch.inference_mode():
+            out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                             cache=cache, use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1, :].float()
+
+    def _prefill(self, seqs: list[Sequence]) -> None:
+        """Run the new prompts together (left-padded) and splice their cache into the batch."""
+        from transformers import DynamicCache
+
+        torch = self.torch
+        width = max(len(s.prompt) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            ids[row, width - len(seq.prompt):] = torch.tensor(seq.prompt)
+            mask[row, width - len(seq.prompt):] = 1
+            seq.position = len(seq.prompt) - 1  # _emit advances it to the first new token's position
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids, mask, positions = ids.to(self.device), mask.to(self.device), positions.to(self.device)
+        cache = DynamicCache(config=self.model.config)
+        logits = self._forward(ids, mask, positions, cache)
+        self._merge(seqs, cache, mask)
+        self._emit(seqs, logits)
+
+    def _merge(self, seqs: list[Sequence], cache: Any, mask: Any) -> None:
+        torch = self.torch
+        if not self.running:
+            self.running, self.cache, self.mask = list(seqs), cache, mask
+            return
+        width = max(self.mask.shape[1], mask.shape[1])
+        for old, new in zip(self.cache.layers, cache.layers):
+            old.keys = torch.cat([_left_pad(old.keys, width, 2), _left_pad(new.keys, width, 2)], dim=0)
+            old.values = torch.cat([_left_pad(old.values, width, 2), _left_pad(new.values, width, 2)], dim=0)
+        self.mask = torch.cat([_left_pad(self.mask, width, 1), _left_pad(mask, width, 1)], dim=0)
+        self.running.extend(seqs)
+
+    def _decode(self) -> None:
+        torch = self.torch
+        ids = torch.tensor([[s.last] for s in self.running], device=self.device)
+        positions = torch.tensor([[s.position] for s in self.running], device=self.device)
+        self.mask = torch.cat([self.mask, torch.ones((len(self.running), 1), dtype=self.mask.dtype,
+                                                     device=self.device)], dim=1)
+        logits = self._forward(ids, self.mask, positions, self.cache)
+        self.steps += 1
+        self.largest_batch = max(self.largest_batch, len(self.running))
+        self._emit(self.running, logits)
+
+    def _emit(self, seqs: list[Sequence], logits: Any) -> None:
+        """Pick each sequence's next token, hand it over, and retire the finished."""
+        tokens = self._pick(seqs, logits)
+        for seq, token in zip(seqs, tokens):
+            seq.generated += 1
+            seq.last = token
+            seq.position += 1
+            reason = "stop" if token in self.eos else "length" if seq.generated >= seq.max_new_tokens else None
+            if not seq.cancelled:
+                seq.out.put((token, reason))
+            if reason is not None:
+                seq.cancelled = True
+        if any(s.cancelled for s in self.running):
+            self._retire()
+
+    def _pick(self, seqs: list[Sequence], logits: Any) -> list[int]:
+        torch = self.torch
+        picked = logits.argmax(dim=-1).tolist()
+        for row, seq in enumerate(seqs):
+            s = seq.sampling
+            if s.greedy:
+                continue
+            probs = torch.softmax(logits[row] / max(s.temperature, 1e-5), dim=-1)
+            if s.top_p < 1.0:
+                ordered, order = probs.sort(descending=True)
+                # keep the smallest prefix whose mass reaches top_p (always at least one token)
+                drop = ordered.cumsum(-1) - ordered >= s.top_p
+                ordered[drop] = 0.0
+                probs = torch.zeros_like(probs).scatter_(0, order, ordered)
+            picked[row] = int(torch.multinomial(probs, 1, generator=seq.generator).item())
+        return picked
+
+    def _retire(self) -> None:
+        torch = self.torch
+        keep = [i for i, s in enumerate(self.running) if not s.cancelled]
+        for i, seq in enumerate(self.running):
+            if seq.cancelled:
+                seq.out.put(_DONE)
+        if not keep:
+            self.running, self.cache, self.mask = [], None, None
+            return
+        index = torch.tensor(keep, device=self.device)
+        self.running = [self.running[i] for i in keep]
+        self.mask = self.mask.index_select(0, index)
+        # drop leading columns that no remaining sequence uses
+        used = self.mask.sum(dim=0).nonzero()
+        start = int(used[0]) if used.numel() else 0
+        self.mask = self.mask[:, start:]
+        for layer in self.cache.layers:
+            layer.keys = layer.keys.index_select(0, index)[:, :, start:, :]
+            layer.values = layer.values.index_select(0, index)[:, :, start:, :]
+
+
+def _left_pad(tensor: Any, width: int, dim: int) -> Any:
+    """Zero-pad `tensor` on the left of `dim` up to `width`."""
+    import torch
+
+    missing = width - tensor.shape[dim]
+    if missing <= 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([torch.zeros(shape, dtype=tensor.dtype, device=tensor.device), tensor], dim=dim)

@@ -1,0 +1,115 @@
+"""Gateway metrics in the Prometheus text exposition format (version 0.0.4), per endpoint and
+deployment. Written by hand: four metric kinds over a dict are less than a dependency, and the
+process is single-writer (the gateway's event loop) plus a few supervisor threads, so one lock
+is enough.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections import defaultdict
+from collections.abc import Callable
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+Labels = tuple[tuple[str, str], ...]
+
+_HELP = {
+    "forgeflow_requests_total": ("counter", "Scoring and OpenAI requests answered, by status code."),
+    "forgeflow_mirrored_requests_total": ("counter", "Mirrored copies sent, by the status the mirror answered."),
+    "forgeflow_request_duration_seconds": ("histogram", "Time from request to the last byte of the answer."),
+    "forgeflow_time_to_first_token_seconds": ("histogram", "Time from request to the first streamed chunk."),
+    "forgeflow_generated_tokens_total": ("counter", "Completion tokens generated."),
+    "forgeflow_prompt_tokens_total": ("counter", "Prompt tokens read."),
+    "forgeflow_pending_requests": ("gauge", "Requests admitted and not yet answered (the 429 queue)."),
+    "forgeflow_ready_instances": ("gauge", "Model-server instances passing their readiness probe."),
+    "forgeflow_instance_restarts_total": ("counter", "Instances restarted after a crash or a failed liveness probe."),
+}
+
+
+class _Histogram:
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.buckets = buckets
+        self.counts = [0] * len(buckets)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        i = bisect.bisect_left(self.buckets, value)
+        if i < len(self.counts):
+            self.counts[i] += 1
+        self.sum += value
+        self.count += 1
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counters: dict[str, dict[Labels, float]] = defaultdict(lambda: defaultdict(float))
+        self._hists: dict[str, dict[Labels, _Histogram]] = defaultdict(dict)
+        self._gauges: dict[str, Callable[[], dict[Labels, float]]] = {}
+
+    @staticmethod
+    def labels(**kw: str | int | None) -> Labels:
+        return tuple((k, "" if v is None else str(v)) for k, v in kw.items())
+
+    def inc(self, name: str, labels: Labels, value: float = 1.0) -> None:
+        with self._lock:
+            self._counters[name][labels] += value
+
+    def observe(self, name: str, labels: Labels, value: float) -> None:
+        buckets = TTFT_BUCKETS if "first_token" in name else LATENCY_BUCKETS
+        with self._lock:
+            hist = self._hists[name].get(labels)
+            if hist is None:
+                hist = self._hists[name][labels] = _Histogram(buckets)
+            hist.observe(value)
+
+    def gauge(self, name: str, read: Callable[[], dict[Labels, float]]) -> None:
+        """Register a gauge read at scrape time (pending requests, ready instances)."""
+        self._gauges[name] = read
+
+    def value(self, name: str, labels: Labels) -> float:
+        """A counter's current value (tests and the CLI read it)."""
+        with self._lock:
+            return self._counters.get(name, {}).get(labels, 0.0)
+
+    def render(self) -> str:
+        lines: list[str] = []
+        with self._lock:
+            counters = {n: dict(v) for n, v in self._counters.items()}
+            hists = {n: {lab: (h.buckets, list(h.counts), h.sum, h.count) for lab, h in v.items()}
+                     for n, v in self._hists.items()}
+        gauges = {n: read() for n, read in self._gauges.items()}
+        for name, (kind, help_text) in _HELP.items():
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+            if kind == "counter":
+                for lab, v in sorted(counters.get(name, {}).items()):
+                    lines.append(f"{name}{_fmt(lab)} {_num(v)}")
+            elif kind == "gauge":
+                for lab, v in sorted(gauges.get(name, {}).items()):
+                    lines.append(f"{name}{_fmt(lab)} {_num(v)}")
+            else:
+                for lab, (buckets, counts, total, count) in sorted(hists.get(name, {}).items()):
+                    running = 0
+                    for le, c in zip(buckets, counts):
+                        running += c
+                        lines.append(f"{name}_bucket{_fmt(lab + (('le', _num(le)),))} {running}")
+                    lines.append(f"{name}_bucket{_fmt(lab + (('le', '+Inf'),))} {count}")
+                    lines.append(f"{name}_sum{_fmt(lab)} {_num(total)}")
+                    lines.append(f"{name}_count{_fmt(lab)} {count}")
+        return "\n".join(lines) + "\n"
+
+
+def _esc(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _fmt(labels: Labels) -> str:
+    return "{" + ",".join(f'{k}="{_esc(v)}"' for k, v in labels) + "}" if labels else ""
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else repr(float(v))

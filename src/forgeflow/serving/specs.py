@@ -1,0 +1,95 @@
+"""A deployment's settings: request settings and probes, their defaults, their validation, and
+`--set a.b=value` updates, named as `az ml online-deployment` names them.
+
+Probe times are in seconds (floats allowed, so tests can probe fast). Liveness asks "does the
+process answer HTTP at all" (a hung or stopped process does not); readiness asks "is the model
+loaded" (`/health` answers 200).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from forgeflow.errors import InvalidInput
+
+MAX_INSTANCES = 8
+DEFAULT_REQUEST_SETTINGS = {"request_timeout_ms": 90_000, "max_concurrent_requests_per_instance": 1}
+DEFAULT_LIVENESS = {"initial_delay": 5.0, "period": 5.0, "timeout": 5.0, "failure_threshold": 3, "success_threshold": 1}
+DEFAULT_READINESS = {"initial_delay": 0.0, "period": 1.0, "timeout": 5.0, "failure_threshold": 3, "success_threshold": 1}
+PROBES = {"liveness_probe": DEFAULT_LIVENESS, "readiness_probe": DEFAULT_READINESS}
+# Fields `online-deployment update --set` may change; `model` is resolved by the API layer.
+SETTABLE = ("model", "instance_count", "runtime", "request_settings", "liveness_probe", "readiness_probe")
+
+
+def request_settings(given: dict[str, Any] | None, base: dict[str, Any] | None = None) -> dict[str, int]:
+    """Merge and check request settings: every value a positive integer."""
+    out = dict(DEFAULT_REQUEST_SETTINGS) | dict(base or {})
+    for key, value in (given or {}).items():
+        if key not in DEFAULT_REQUEST_SETTINGS:
+            raise InvalidInput(f"unknown request setting {key!r}: valid are {', '.join(DEFAULT_REQUEST_SETTINGS)}",
+                               field=f"request_settings.{key}")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InvalidInput(f"request_settings.{key} must be a positive integer, got {value!r}",
+                               field=f"request_settings.{key}")
+        out[key] = value
+    return out
+
+
+def probe(kind: str, given: dict[str, Any] | None, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Merge and check one probe (liveness_probe or readiness_probe)."""
+    defaults = PROBES[kind]
+    out = dict(defaults) | dict(base or {})
+    for key, value in (given or {}).items():
+        where = f"{kind}.{key}"
+        if key not in defaults:
+            raise InvalidInput(f"unknown probe setting {key!r}: valid are {', '.join(defaults)}", field=where)
+        if key.endswith("threshold"):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidInput(f"{where} must be a positive integer, got {value!r}", field=where)
+        else:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or value > 3600:
+                raise InvalidInput(f"{where} must be a number of seconds from 0 to 3600, got {value!r}", field=where)
+            if key in ("period", "timeout") and value <= 0:
+                raise InvalidInput(f"{where} must be more than 0 seconds", field=where)
+            value = float(value)
+        out[key] = value
+    return out
+
+
+def instance_count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_INSTANCES:
+        raise InvalidInput(f"instance_count must be a whole number from 1 to {MAX_INSTANCES}, got {value!r}",
+                           field="instance_count")
+    return value
+
+
+def apply_sets(spec: dict[str, Any], sets: dict[str, Any]) -> dict[str, Any]:
+    """Apply `path=value` changes to a deployment spec, as `az ml ... update --set` does.
+
+    spec holds model, instance_count, runtime, request_settings, liveness_probe, readiness_probe.
+    A path names a top-level field or one key below it; a whole object may be set at once.
+    """
+    out = copy.deepcopy(spec)
+    for path, value in sets.items():
+        top, _, sub = path.partition(".")
+        if top not in SETTABLE:
+            raise InvalidInput(f"--set {path}: unknown field {top!r}; settable are {', '.join(SETTABLE)}", field=path)
+        if top in ("request_settings", *PROBES):
+            if sub:
+                given = {sub: value}
+            elif isinstance(value, dict):
+                given = value
+            else:
+                raise InvalidInput(f"--set {path}: {top} is an object; set one key, e.g. {top}.KEY=VALUE", field=path)
+            out[top] = (request_settings(given, out.get(top)) if top == "request_settings"
+                        else probe(top, given, out.get(top)))
+        elif sub:
+            raise InvalidInput(f"--set {path}: {top} has no sub-fields", field=path)
+        elif top == "instance_count":
+            out[top] = instance_count(value)
+        else:
+            if not isinstance(value, str) or not value:
+                raise InvalidInput(f"--set {path}: {top} must be a non-empty string", field=path)
+            out[top] = value
+    return out

@@ -1,0 +1,101 @@
+"""Compute targets: where fine-tuning jobs run and how many at once.
+
+`local` (the machine running the server) always exists. The schema already carries the fields a
+cluster target needs (min/max nodes, idle seconds before scale-down, after Azure ML's AmlCompute)
+so a `ray` target can be added without a migration; creating one today is a clear error.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import pydantic
+from pydantic import Field
+
+from forgeflow.errors import Conflict, InvalidInput, NotFound
+from forgeflow.names import check_name
+from forgeflow.store.db import Store, now
+
+DEFAULT_TARGET = "local"
+TYPES = ("local", "ray")
+
+
+class ComputeTarget(pydantic.BaseModel, extra="forbid"):
+    """One compute target; the REST body of POST /api/compute."""
+
+    name: str = Field(description="Target name, e.g. local or gpu-box.")
+    type: Literal["local", "ray"] = Field("local", description="local (this machine); ray is planned.")
+    max_concurrent_jobs: int = Field(1, gt=0, description="Jobs that may run at once; more wait Queued.")
+    min_nodes: int = Field(0, ge=0, description="Nodes kept up when idle (cluster targets).")
+    max_nodes: int = Field(1, gt=0, description="Most nodes the target scales to (cluster targets).")
+    idle_time_before_scale_down: int = Field(120, ge=0, description="Idle seconds before a node is released.")
+    description: str | None = Field(None, description="Free text.")
+
+    @pydantic.model_validator(mode="after")
+    def _nodes(self) -> ComputeTarget:
+        if self.min_nodes > self.max_nodes:
+            raise ValueError(f"min_nodes ({self.min_nodes}) must not exceed max_nodes ({self.max_nodes})")
+        return self
+
+
+class ComputeTargets:
+    """The compute_targets table; makes sure `local` exists."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        if self.store.get("compute_targets", name=DEFAULT_TARGET) is None:
+            try:
+                self._insert(ComputeTarget(name=DEFAULT_TARGET, description="The machine running the forgeflow server."))
+            except Exception:  # another process inserted it first
+                if self.store.get("compute_targets", name=DEFAULT_TARGET) is None:
+                    raise
+
+    def _insert(self, target: ComputeTarget) -> None:
+        self.store.insert("compute_targets", target.model_dump() | {"created_at": now()})
+
+    def list(self) -> list[dict[str, Any]]:
+        return self.store.select("compute_targets", order_by="created_at, name")
+
+    def get(self, name: str) -> dict[str, Any]:
+        name = (name or "").removeprefix("azureml:")
+        row = self.store.get("compute_targets", name=name)
+        if row is None:
+            have = ", ".join(t["name"] for t in self.list())
+            raise NotFound(f"no compute target {name!r} (targets: {have}; create one with: forgeflow compute create)",
+                           field="compute")
+        return row
+
+    def create(self, target: ComputeTarget) -> dict[str, Any]:
+        check_name(target.name, "compute target")
+        if target.type == "ray":
+            raise InvalidInput("compute type 'ray' is not available yet: use --type local (a Ray cluster target is "
+                               "planned; its min/max nodes and idle settings are already part of the schema)", field="type")
+        if self.store.get("compute_targets", name=target.name) is not None:
+            raise Conflict(f"compute target {target.name!r} already exists (see: forgeflow compute show {target.name})",
+                           field="name")
+        self._insert(target)
+        return self.get(target.name)
+
+    def update(self, name: str, values: dict[str, Any]) -> dict[str, Any]:
+        current = self.get(name)
+        merged = {k: current[k] for k in ComputeTarget.model_fields} | {k: v for k, v in values.items() if v is not None}
+        target = validate_target(merged)
+        self.store.update("compute_targets", {"name": current["name"]}, target.model_dump(exclude={"name", "type"}))
+        return self.get(current["name"])
+
+    def limits(self) -> dict[str, int]:
+        """Target name -> max_concurrent_jobs, read fresh by the runner on every pass."""
+        return {t["name"]: int(t["max_concurrent_jobs"]) for t in self.list()}
+
+
+def validate_target(raw: dict[str, Any]) -> ComputeTarget:
+    """Validate a target, naming the field that is wrong."""
+    try:
+        return ComputeTarget(**raw)
+    except pydantic.ValidationError as exc:
+        error = exc.errors()[0]
+        field = ".".join(str(p) for p in error["loc"]) or None
+        msg = str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            msg = f"unknown field: valid fields are {', '.join(ComputeTarget.model_fields)}"
+        raise InvalidInput(f"{field}: {msg}" if field else msg, field=field) from None

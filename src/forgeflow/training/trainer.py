@@ -1,0 +1,123 @@
+"""The forgeflow Trainer: loss only where labels exist, token counts, throughput and memory in every log.
+
+`compute_loss` runs the decoder, then the output head only on positions whose next token has a label:
+for a 135M model the vocabulary projection is a large share of the work, and prompt and padding
+positions need no logits at all. Models that post-process logits (soft-capping, logit scale) fall back
+to the full forward pass.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer
+
+from forgeflow.training.masking import IGNORE_INDEX
+
+COUNTERS_FILE = "forgeflow_counters.json"
+_LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+class ForgeflowTrainer(Trainer):
+    """transformers' Trainer with forgeflow's loss and metrics; expects PackedCollator batches."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Our loss divides by the number of label tokens in the whole accumulated batch itself.
+        self.model_accepts_loss_kwargs = True
+        self.loss_is_scaled_for_ga = True
+        self.full_logits = False  # the benchmark's switch to measure what label-only logits save
+        self.trained_tokens = 0
+        self.loss_tokens = 0
+        self._session_tokens = 0
+        self._session_start: float | None = None
+        self._session_start_step = 0
+
+    # -- loss -------------------------------------------------------------------
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
+        real = inputs.pop("num_tokens", None)
+        inputs.pop("num_loss_tokens", None)
+        labels = inputs.pop("labels")
+        if model.training and real is not None:
+            self.trained_tokens += int(real)
+            self._session_tokens += int(real)
+        targets = labels[:, 1:]
+        keep = targets != IGNORE_INDEX
+        if model.training:
+            self.loss_tokens += int(keep.sum())
+        head_model = _causal_lm(self.accelerator.unwrap_model(model))
+        decoder = head_model.get_decoder() if hasattr(head_model, "get_decoder") else None
+        if self.full_logits or decoder is None or any(getattr(head_model.config, k, None) for k in _LOGIT_POSTPROCESSING):
+            logits = model(**inputs, use_cache=False).logits[:, :-1][keep]
+        else:
+            hidden = decoder(**inputs, use_cache=False).last_hidden_state
+            logits = head_model.get_output_embeddings()(hidden[:, :-1][keep])
+        loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+        count = num_items_in_batch if num_items_in_batch is not None else keep.sum()
+        loss = loss / torch.clamp(torch.as_tensor(count, device=loss.device), min=1)
+        return (loss, {"loss": loss}) if return_outputs else loss
+
+    # -- metrics ----------------------------------------------------------------
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:
+            logs["trained_tokens"] = self.trained_tokens
+            logs["loss_tokens"] = self.loss_tokens
+            logs.update(self._speed())
+            logs["peak_memory_mb"] = peak_memory_mb()
+        super().log(logs, start_time)
+
+    def _speed(self) -> dict[str, float]:
+        if self._session_start is None or not self._session_tokens:
+            return {}
+        elapsed = max(time.perf_counter() - self._session_start, 1e-6)
+        out = {"train_tokens_per_second": round(self._session_tokens / elapsed, 2)}
+        steps = self.state.global_step - self._session_start_step
+        if steps > 0 and self.state.max_steps:
+            out["eta_s"] = round(elapsed / steps * max(self.state.max_steps - self.state.global_step, 0), 1)
+        return out
+
+    def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+        if self._session_start is None:
+            self._session_start = time.perf_counter()
+            self._session_start_step = self.state.global_step
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    # -- checkpoints carry the counters so a resumed job keeps counting -----------
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        super()._save_checkpoint(model, trial)
+        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+        if folder.is_dir():
+            (folder / COUNTERS_FILE).write_text(
+                json.dumps({"trained_tokens": self.trained_tokens, "loss_tokens": self.loss_tokens})
+            )
+
+    def restore_counters(self, checkpoint: Path) -> None:
+        try:
+            saved = json.loads((Path(checkpoint) / COUNTERS_FILE).read_text())
+        except (OSError, ValueError):
+            return
+        self.trained_tokens = int(saved.get("trained_tokens", 0))
+        self.loss_tokens = int(saved.get("loss_tokens", 0))
+
+
+def _causal_lm(model: Any) -> Any:
+    """The transformers model under a PEFT wrapper (LoRA layers are injected into it, so calling it trains them)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def peak_memory_mb() -> float:
+    """Peak memory of this process: CUDA allocator peak on a GPU, else peak resident set size."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)

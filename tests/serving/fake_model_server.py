@@ -1,0 +1,95 @@
+"""A stand-in model server for gateway tests: the model server's HTTP contract (/health, /score,
+/v1/chat/completions with SSE streaming) on the standard library, so it starts in a blink.
+
+    python fake_model_server.py PORT NAME CONFIG_JSON
+
+CONFIG_JSON keys: output (text answered, default NAME), delay (seconds per answer), fail (answer
+500), load (seconds before /health is 200; -1 never), chunks (stream chunk count), chunk_delay.
+GET /count answers how many scoring requests arrived.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+PORT, NAME, CONFIG = int(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3] or "{}")
+STARTED = time.monotonic()
+COUNT = [0]
+LOCK = threading.Lock()
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    wbufsize = 1 << 16  # one write per answer: headers and body split in two meet Nagle's delayed ACK
+
+    def log_message(self, *args):  # quiet
+        pass
+
+    def _json(self, status: int, body: dict, headers: dict | None = None) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+        self.wfile.flush()
+
+    def do_GET(self):
+        if self.path == "/health":
+            load = CONFIG.get("load", 0)
+            if load < 0 or time.monotonic() - STARTED < load:
+                return self._json(503, {"status": "loading"})
+            return self._json(200, {"status": "ready", "name": NAME})
+        if self.path == "/count":
+            return self._json(200, {"count": COUNT[0]})
+        self._json(404, {"message": "no route"})
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")
+        with LOCK:
+            COUNT[0] += 1
+        time.sleep(CONFIG.get("delay", 0))
+        if CONFIG.get("fail"):
+            return self._json(500, {"error": "UpstreamError", "message": "generation failed: boom"})
+        text = CONFIG.get("output", NAME)
+        usage = {"x-forgeflow-prompt-tokens": "3", "x-forgeflow-completion-tokens": "2"}
+        if self.path == "/score":
+            return self._json(200, {"output": text}, usage)
+        if not body.get("stream"):
+            return self._json(200, {
+                "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": NAME,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+                "echo": {k: body.get(k) for k in ("max_tokens", "temperature", "top_p", "seed", "stop")}}, usage)
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        n = CONFIG.get("chunks", 3)
+        for i in range(n):
+            event = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
+                     "model": NAME, "choices": [{"index": 0, "delta": {"content": f"{text}{i} "}, "finish_reason": None}]}
+            self._chunk(f"data: {json.dumps(event)}\n\n".encode())
+            time.sleep(CONFIG.get("chunk_delay", 0))
+        final = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()), "model": NAME,
+                 "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                 "usage": {"prompt_tokens": 3, "completion_tokens": n, "total_tokens": n + 3}}
+        self._chunk(f"data: {json.dumps(final)}\n\ndata: [DONE]\n\n".encode())
+        self._chunk(b"")
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+
+if __name__ == "__main__":
+    server = ThreadingHTTPServer(("127.0.0.1", PORT), Handler)
+    server.daemon_threads = True
+    print(f"READY {PORT}", flush=True)
+    server.serve_forever()

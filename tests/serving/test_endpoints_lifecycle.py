@@ -1,0 +1,206 @@
+"""Deployment lifecycle with fake model servers: probes restart crashed and hung instances,
+rolling updates drop no request, settings survive a restart, deleting stops processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from gateway_harness import SCORE
+
+from forgeflow.errors import Conflict, InvalidInput
+from forgeflow.processes import pid_alive
+
+
+class Load:
+    """Requests sent back to back by a few clients until stopped; every answer kept."""
+
+    def __init__(self, gw, endpoint, key, clients=4):
+        self.codes: list[int] = []
+        self.bodies: list[dict] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run(gw, endpoint, key, clients)))
+
+    async def _run(self, gw, endpoint, key, clients):
+        async with httpx.AsyncClient(timeout=30) as c:
+            async def worker():
+                while not self._stop.is_set():
+                    r = await c.post(f"{gw.url}/endpoints/{endpoint}/score", json=SCORE,
+                                     headers={"Authorization": f"Bearer {key}"})
+                    self.codes.append(r.status_code)
+                    self.bodies.append(r.json())
+            await asyncio.gather(*[worker() for _ in range(clients)])
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(30)
+
+
+def _wait(predicate, timeout=20, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _instances(gw, ep, dep):
+    return gw.svc.show_deployment(ep, dep)["instances"]
+
+
+def test_a_killed_instance_is_replaced_under_load_without_losing_requests(gateway):
+    key = gateway.endpoint("kill-ep")
+    gateway.deploy("kill-ep", "blue", {"delay": 0.01}, instance_count=2)
+    gateway.svc.set_traffic("kill-ep", {"blue": 100})
+    victim = _instances(gateway, "kill-ep", "blue")[0]
+    with Load(gateway, "kill-ep", key, clients=4) as load:
+        _wait(lambda: len(load.codes) > 20, what="load")
+        os.kill(victim["pid"], signal.SIGKILL)
+        fresh = _wait(lambda: [i for i in _instances(gateway, "kill-ep", "blue")
+                               if i["index"] == victim["index"] and i["pid"] != victim["pid"] and i["ready"]],
+                      what="replacement")[0]
+        seen = len(load.codes)
+        _wait(lambda: len(load.codes) > seen + 20, what="load after the replacement")
+    assert fresh["restarts"] == 1
+    failed = [c for c in load.codes if c != 200]
+    assert len(failed) <= 4, failed  # at most the requests in flight on the killed instance
+    assert len(load.codes) > 40
+    assert 'forgeflow_instance_restarts_total{endpoint="kill-ep",deployment="blue"} 1' in \
+        httpx.get(f"{gateway.url}/metrics", headers=gateway.admin).text
+
+
+def test_a_hung_instance_fails_liveness_and_is_restarted(gateway):
+    key = gateway.endpoint("hang-ep")
+    gateway.deploy("hang-ep", "blue")
+    gateway.svc.set_traffic("hang-ep", {"blue": 100})
+    old = _instances(gateway, "hang-ep", "blue")[0]
+    os.kill(old["pid"], signal.SIGSTOP)
+    try:
+        fresh = _wait(lambda: [i for i in _instances(gateway, "hang-ep", "blue") if i["pid"] != old["pid"] and i["ready"]],
+                      what="restart of the stopped instance")[0]
+    finally:
+        if pid_alive(old["pid"]):
+            os.kill(old["pid"], signal.SIGCONT)
+    assert fresh["restarts"] == 1
+    _wait(lambda: not pid_alive(old["pid"]), what="the hung process to be killed")
+    r = httpx.post(f"{gateway.url}/endpoints/hang-ep/score", json=SCORE, headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 200
+
+
+def test_requests_go_only_to_ready_instances(gateway):
+    key = gateway.endpoint("ready-ep")
+    gateway.deploy("ready-ep", "blue", {"output": "B"}, instance_count=2)
+    gateway.svc.set_traffic("ready-ep", {"blue": 100})
+    inst = gateway.svc.supervisor.instances("ready-ep", "blue")
+    inst[1].ready = False  # as if its readiness probe failed
+    inst[1].proc.send_signal(signal.SIGSTOP)  # it would hang any request sent to it
+    try:
+        for _ in range(10):
+            r = httpx.post(f"{gateway.url}/endpoints/ready-ep/score", json=SCORE,
+                           headers={"Authorization": f"Bearer {key}"}, timeout=5)
+            assert r.status_code == 200
+    finally:
+        inst[1].proc.send_signal(signal.SIGCONT)
+
+
+def test_rolling_update_drops_no_request(gateway):
+    key = gateway.endpoint("roll-ep")
+    gateway.deploy("roll-ep", "blue", {"output": "v1", "delay": 0.02}, instance_count=2)
+    gateway.svc.set_traffic("roll-ep", {"blue": 100})
+    old_pids = {i["pid"] for i in _instances(gateway, "roll-ep", "blue")}
+    v2 = json.dumps({"output": "v2", "delay": 0.02, "load": 0.5})
+    with Load(gateway, "roll-ep", key) as load:
+        _wait(lambda: len(load.codes) > 10, what="load")
+        gateway.svc.update_deployment("roll-ep", "blue", {"model": "fake:2"}, resolve=lambda ref: (ref, Path(v2)))
+        assert gateway.svc.show_deployment("roll-ep", "blue")["provisioning_state"] == "Updating"
+        with pytest.raises(Conflict):
+            gateway.svc.update_deployment("roll-ep", "blue", {"instance_count": 3})
+        dep = gateway.wait("roll-ep", "blue")
+        seen = len(load.codes)
+        _wait(lambda: len(load.codes) > seen + 10, what="load after the roll")
+    assert set(load.codes) == {200}, [c for c in load.codes if c != 200]
+    outputs = [b["output"] for b in load.bodies]
+    assert outputs[0] == "v1" and outputs[-1] == "v2"
+    assert set(outputs[seen + 4:]) == {"v2"}  # once it settled, only new instances answer
+    assert dep["model"] == "fake:2" and len(dep["instances"]) == 2
+    assert not old_pids & {i["pid"] for i in dep["instances"]}
+    _wait(lambda: not any(pid_alive(p) for p in old_pids), what="old instances to stop")
+
+
+def test_settings_update_at_once_and_scale_without_restarting(gateway):
+    key = gateway.endpoint("set-ep")
+    gateway.deploy("set-ep", "blue", {"delay": 0.5}, request_settings={"max_concurrent_requests_per_instance": 1})
+    gateway.svc.set_traffic("set-ep", {"blue": 100})
+    pid = _instances(gateway, "set-ep", "blue")[0]["pid"]
+    dep = gateway.svc.update_deployment("set-ep", "blue", {"request_settings.max_concurrent_requests_per_instance": 4,
+                                                           "request_settings.request_timeout_ms": 200})
+    assert dep["provisioning_state"] == "Succeeded" and dep["instances"][0]["pid"] == pid
+    assert dep["request_settings"] == {"max_concurrent_requests_per_instance": 4, "request_timeout_ms": 200}
+    r = httpx.post(f"{gateway.url}/endpoints/set-ep/score", json=SCORE, headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 408  # the new timeout holds at once
+    gateway.svc.update_deployment("set-ep", "blue", {"instance_count": 2, "request_settings.request_timeout_ms": 5000})
+    dep = gateway.wait("set-ep", "blue")
+    assert [i["index"] for i in dep["instances"]] == [0, 1] and dep["instances"][0]["pid"] == pid
+    gateway.svc.update_deployment("set-ep", "blue", {"instance_count": 1})
+    dep = gateway.wait("set-ep", "blue")
+    assert [i["pid"] for i in dep["instances"]] == [pid]
+    for bad, field in (({"request_settings.max_concurrent_requests_per_instance": 0}, "request_settings"),
+                       ({"instance_count": 99}, "instance_count"), ({"colour": "red"}, "colour"),
+                       ({"liveness_probe.period": -1}, "liveness_probe.period")):
+        with pytest.raises(InvalidInput) as e:
+            gateway.svc.update_deployment("set-ep", "blue", bad)
+        assert field in (e.value.field or "") + e.value.message
+
+
+def test_a_failed_update_rolls_back_and_keeps_serving(gateway):
+    key = gateway.endpoint("back-ep")
+    gateway.deploy("back-ep", "blue", {"output": "v1"})
+    gateway.svc.set_traffic("back-ep", {"blue": 100})
+    broken = json.dumps({"load": -1})  # never ready
+    import forgeflow.serving.supervisor as sup
+
+    sup.READY_TIMEOUT_S, saved = 1.5, sup.READY_TIMEOUT_S
+    try:
+        gateway.svc.update_deployment("back-ep", "blue", {"model": "fake:bad"}, resolve=lambda ref: (ref, Path(broken)))
+        dep = _wait(lambda: (d := gateway.svc.show_deployment("back-ep", "blue"))["provisioning_state"] != "Updating" and d,
+                    what="the update to end")
+    finally:
+        sup.READY_TIMEOUT_S = saved
+    assert dep["provisioning_state"] == "Failed" and "rolled back" in dep["error"]
+    assert dep["model"] == "fake:1" and len(dep["instances"]) == 1
+    r = httpx.post(f"{gateway.url}/endpoints/back-ep/score", json=SCORE, headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 200 and r.json()["output"] == "v1"
+
+
+def test_new_fields_survive_a_restart_and_delete_stops_processes(gateway):
+    from forgeflow.serving.endpoints import EndpointService
+    from forgeflow.serving.supervisor import DeploymentSupervisor
+
+    gateway.endpoint("keep-ep", auth_mode="token", max_body_bytes=4096)
+    gateway.deploy("keep-ep", "blue")
+    gateway.deploy("keep-ep", "green", request_settings={"request_timeout_ms": 1234})
+    gateway.svc.update_endpoint("keep-ep", traffic={"blue": 100}, mirror_traffic={"green": 20})
+    pids = [i["pid"] for d in ("blue", "green") for i in _instances(gateway, "keep-ep", d)]
+    # a second service over the same store sees what a restarted server would
+    again = EndpointService(gateway.ws, DeploymentSupervisor(gateway.ws.store, gateway.ws.paths), "http://x")
+    ep = again.show_endpoint("keep-ep")
+    assert (ep["auth_mode"], ep["max_body_bytes"], ep["mirror_traffic"]) == ("token", 4096, {"green": 20})
+    green = again.show_deployment("keep-ep", "green")
+    assert green["request_settings"]["request_timeout_ms"] == 1234
+    assert green["liveness_probe"]["period"] == 0.2
+    assert again.credentials("keep-ep")["access_token"]
+    gateway.svc.delete_endpoint("keep-ep")
+    _wait(lambda: not any(pid_alive(p) for p in pids), what="processes to stop")

@@ -1,0 +1,126 @@
+"""Auth (keys, key regeneration, expiring tokens) on every model-serving route, stream
+pass-through, and the official openai client against an endpoint (fake model servers)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import openai
+import pytest
+from gateway_harness import CHAT, post
+
+from forgeflow.errors import InvalidInput
+
+ROUTES = (("score", None), ("v1/chat/completions", CHAT))
+
+
+def _models(gw, endpoint, cred):
+    return httpx.get(f"{gw.url}/endpoints/{endpoint}/v1/models", headers={"Authorization": f"Bearer {cred}"})
+
+
+def test_every_route_checks_the_key_and_regenerated_keys_fail_at_once(gateway):
+    gateway.endpoint("auth-ep")
+    gateway.deploy("auth-ep", "blue")
+    gateway.svc.set_traffic("auth-ep", {"blue": 100})
+    old = gateway.svc.credentials("auth-ep")
+    for path, body in ROUTES:
+        assert post(gateway, "auth-ep", "nope", body, path=path).status_code == 401
+        assert httpx.post(f"{gateway.url}/endpoints/auth-ep/{path}", json=body or {}).status_code == 401
+        assert post(gateway, "auth-ep", old["secondary_key"], body, path=path).status_code == 200
+        r = httpx.post(f"{gateway.url}/endpoints/auth-ep/{path}", json=body or json.loads("{}"),
+                       headers={"api-key": old["primary_key"]})
+        assert r.status_code in (200, 400), r.text  # api-key header works too (400: empty score body)
+    assert _models(gateway, "auth-ep", "nope").status_code == 401
+    assert _models(gateway, "auth-ep", old["primary_key"]).json()["data"][0]["id"] == "blue"
+
+    r = httpx.post(f"{gateway.url}/api/endpoints/auth-ep/regenerate-keys", json={"key_type": "primary"},
+                   headers=gateway.admin)
+    new = r.json()
+    assert r.status_code == 200 and new["primary_key"] != old["primary_key"]
+    assert new["secondary_key"] == old["secondary_key"]
+    assert post(gateway, "auth-ep", old["primary_key"]).status_code == 401
+    assert post(gateway, "auth-ep", new["primary_key"]).status_code == 200
+    gateway.svc.regenerate_keys("auth-ep", "secondary")
+    assert post(gateway, "auth-ep", old["secondary_key"]).status_code == 401
+    with pytest.raises(InvalidInput):
+        gateway.svc.regenerate_keys("auth-ep", "tertiary")
+
+
+def test_token_auth_expires_and_is_checked_everywhere(gateway, monkeypatch):
+    token = gateway.endpoint("tok-ep", auth_mode="token")
+    gateway.deploy("tok-ep", "blue")
+    gateway.svc.set_traffic("tok-ep", {"blue": 100})
+    creds = httpx.get(f"{gateway.url}/api/endpoints/tok-ep/credentials", headers=gateway.admin).json()
+    assert creds["token_type"] == "Bearer" and creds["expiry_time_utc"] and "primary_key" not in creds
+    for path, body in ROUTES:
+        assert post(gateway, "tok-ep", creds["access_token"], body, path=path).status_code == 200
+    assert _models(gateway, "tok-ep", token).status_code == 200
+    # the signing secret is never a credential itself, and a tampered token fails
+    assert post(gateway, "tok-ep", gateway.svc.config("tok-ep").primary).status_code == 401
+    head, payload, sig = token.split(".")
+    assert post(gateway, "tok-ep", f"{head}.{payload}.{sig[:-2]}AA").status_code == 401
+    # a token for another endpoint does not open this one
+    other = gateway.endpoint("tok-two", auth_mode="token")
+    assert post(gateway, "tok-ep", other).status_code == 401
+
+    monkeypatch.setenv("FORGEFLOW_ENDPOINT_TOKEN_TTL_S", "1")
+    short = gateway.svc.credentials("tok-ep")["access_token"]
+    assert post(gateway, "tok-ep", short).status_code == 200
+    time.sleep(1.3)
+    r = post(gateway, "tok-ep", short)
+    assert r.status_code == 401
+    for path, body in ROUTES:
+        assert post(gateway, "tok-ep", short, body, path=path).status_code == 401
+    assert _models(gateway, "tok-ep", short).status_code == 401
+    # regenerating the primary key revokes every token issued
+    gateway.svc.regenerate_keys("tok-ep", "primary")
+    assert post(gateway, "tok-ep", token).status_code == 401
+
+
+def test_streams_pass_through_chunk_by_chunk(gateway):
+    key = gateway.endpoint("sse-ep")
+    gateway.deploy("sse-ep", "blue", {"output": "tok", "chunks": 4, "chunk_delay": 0.4})
+    gateway.svc.set_traffic("sse-ep", {"blue": 100})
+    arrivals, text = [], b""
+    start = time.monotonic()
+    with httpx.stream("POST", f"{gateway.url}/endpoints/sse-ep/v1/chat/completions", json=CHAT | {"stream": True},
+                      headers={"Authorization": f"Bearer {key}"}, timeout=30) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        assert r.headers["azureml-model-deployment"] == "blue"
+        for chunk in r.iter_raw():
+            arrivals.append(time.monotonic() - start)
+            text += chunk
+    events = [line[6:] for line in text.decode().splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    assert "".join(json.loads(e)["choices"][0]["delta"].get("content", "") for e in events[:-1]) == "tok0 tok1 tok2 tok3 "
+    # the fake server spends 1.6 s streaming; a buffering gateway would deliver it all at the end
+    assert len(arrivals) >= 3 and arrivals[-1] - arrivals[0] > 0.8, arrivals
+    metrics = httpx.get(f"{gateway.url}/metrics", headers=gateway.admin).text
+    assert 'forgeflow_time_to_first_token_seconds_count{endpoint="sse-ep",deployment="blue"} 1' in metrics
+    assert 'forgeflow_generated_tokens_total{endpoint="sse-ep",deployment="blue"} 4' in metrics
+    assert 'forgeflow_requests_total{endpoint="sse-ep",deployment="blue",code="200"} 1' in metrics
+    assert gateway.svc.pending[("sse-ep", "blue")] == 0
+
+
+def test_the_openai_client_works_with_the_key_and_base_url(gateway):
+    key = gateway.endpoint("oai-ep")
+    gateway.deploy("oai-ep", "blue", {"output": "hello", "chunks": 3})
+    gateway.svc.set_traffic("oai-ep", {"blue": 100})
+    shown = httpx.get(f"{gateway.url}/api/endpoints/oai-ep", headers=gateway.admin).json()
+    client = openai.OpenAI(api_key=key, base_url=shown["openai_base_url"], max_retries=0)
+    out = client.chat.completions.create(model="blue", messages=[{"role": "user", "content": "hi"}],
+                                         max_tokens=5, temperature=0.5, top_p=0.9, seed=7, stop=["\n"])
+    assert out.choices[0].message.content == "hello" and out.usage.completion_tokens == 2
+    echoed = out.model_extra["echo"]  # what the model server received, passed through untouched
+    assert echoed == {"max_tokens": 5, "temperature": 0.5, "top_p": 0.9, "seed": 7, "stop": ["\n"]}
+    parts = [c.choices[0].delta.content for c in client.chat.completions.create(
+        model="blue", messages=[{"role": "user", "content": "hi"}], stream=True) if c.choices and c.choices[0].delta.content]
+    assert "".join(parts) == "hello0 hello1 hello2 "
+    assert [m.id for m in client.models.list()] == ["blue"]
+    bad = openai.OpenAI(api_key="wrong", base_url=shown["openai_base_url"], max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        bad.chat.completions.create(model="blue", messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.BadRequestError, match="messages"):
+        client.chat.completions.create(model="blue", messages=[])

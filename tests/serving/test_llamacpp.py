@@ -1,0 +1,207 @@
+"""Runtime choice, GGUF export, and the llamacpp runtime (needs the `llamacpp` extra, which CI installs)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+import forgeflow
+from forgeflow.errors import InvalidInput
+from forgeflow.registry.gguf_export import cached_gguf, export_gguf
+from forgeflow.serving.runtimes import check_runtime
+
+needs_llamacpp = pytest.mark.skipif(
+    importlib.util.find_spec("llama_cpp") is None,
+    reason="llama-cpp-python is not installed: pip install 'forgeflow[llamacpp]' (make test installs it)",
+)
+CHAT = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def varied_model(tiny_model_dir, tmp_path_factory) -> Path:
+    """A copy of the tiny model with larger random weights, so greedy answers vary with the prompt."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path_factory.mktemp("varied-model")
+    shutil.copytree(tiny_model_dir, out, dirs_exist_ok=True)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" not in name:
+                param.normal_(0, 0.1)
+    model.save_pretrained(out)
+    return out
+
+
+def test_runtime_choice():
+    assert check_runtime("transformers") == "transformers"
+    with pytest.raises(InvalidInput, match="planned") as planned:
+        check_runtime("vllm")
+    assert planned.value.field == "runtime"
+    with pytest.raises(InvalidInput, match="unknown runtime 'tgi'"):
+        check_runtime("tgi")
+
+
+def test_gguf_export_writes_model_and_tokenizer(varied_model, tmp_path):
+    import gguf
+
+    path = export_gguf(varied_model, tmp_path / "m.gguf", "f16")
+    reader = gguf.GGUFReader(str(path))
+
+    def field(name):
+        f = reader.fields[name]
+        return f.contents()
+
+    config = json.loads((varied_model / "config.json").read_text())
+    assert field("general.architecture") == "llama"
+    assert field("llama.block_count") == config["num_hidden_layers"]
+    assert field("llama.attention.head_count_kv") == config["num_key_value_heads"]
+    tokens = field("tokenizer.ggml.tokens")
+    assert len(tokens) == config["vocab_size"] and tokens[2] == "<|im_end|>"
+    assert field("tokenizer.ggml.eos_token_id") == 2
+    assert "<|im_start|>" in field("tokenizer.chat_template")
+    names = {t.name for t in reader.tensors}
+    assert {"token_embd.weight", "blk.1.attn_q.weight", "output_norm.weight"} <= names
+    assert "output.weight" not in names  # tied embeddings
+    q8 = export_gguf(varied_model, tmp_path / "m8.gguf", "q8_0")
+    assert q8.stat().st_size < path.stat().st_size
+
+
+def test_gguf_cache_is_reused_until_weights_change(varied_model, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(varied_model, model)
+    first = cached_gguf(model, "f16")
+    stamp = first.stat().st_mtime_ns
+    assert first.parent == model and cached_gguf(model, "f16").stat().st_mtime_ns == stamp
+    weights = next(model.glob("*.safetensors"))
+    os.utime(weights, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert cached_gguf(model, "f16").stat().st_mtime_ns != stamp
+    assert not list(model.glob("*.partial"))
+
+
+def test_gguf_export_refuses_other_architectures(varied_model, tmp_path):
+    model = tmp_path / "other"
+    shutil.copytree(varied_model, model)
+    config = json.loads((model / "config.json").read_text())
+    config["architectures"] = ["GPT2LMHeadModel"]
+    (model / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InvalidInput, match="GPT2LMHeadModel.*transformers"):
+        export_gguf(model, tmp_path / "x.gguf")
+    with pytest.raises(InvalidInput, match="f16, q8_0"):
+        export_gguf(varied_model, tmp_path / "y.gguf", "q4_k")
+
+
+@needs_llamacpp
+def test_llama_cpp_logits_match_transformers(varied_model, tmp_path):
+    import torch
+    from llama_cpp import Llama
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(varied_model)
+    ids = tok.apply_chat_template(CHAT, add_generation_prompt=True, return_dict=True)["input_ids"]
+    model = AutoModelForCausalLM.from_pretrained(varied_model).eval()
+    with torch.no_grad():
+        expected = model(torch.tensor([ids])).logits[0].numpy()
+    for out_type, tolerance in (("f16", 0.02), ("q8_0", 0.2)):
+        llm = Llama(model_path=str(export_gguf(varied_model, tmp_path / f"{out_type}.gguf", out_type)),
+                    n_ctx=256, logits_all=True, verbose=False)
+        try:
+            llm.eval(ids)
+            got = np.array(llm.scores[: len(ids)])
+        finally:
+            llm.close()
+        assert np.abs(got - expected).max() < tolerance * np.abs(expected).max(), out_type
+        assert (got.argmax(-1) == expected.argmax(-1)).mean() > 0.9
+
+
+@pytest.fixture(scope="module")
+def runtimes(varied_model):
+    from forgeflow.serving.generation import ChatGenerator
+    from forgeflow.serving.runtimes.llamacpp import LlamaCppRuntime
+
+    llama = LlamaCppRuntime(varied_model, max_queue=2)
+    hf = ChatGenerator(varied_model)
+    yield llama, hf
+    llama.close()
+    hf.close()
+
+
+@needs_llamacpp
+def test_llamacpp_runtime_answers_like_transformers(runtimes):
+    llama, hf = runtimes
+    assert llama.gguf_path.name == "forgeflow-f16.gguf"
+    for text in ("hi", "What is the capital of France?", "0 1 2 3 4 5 a b c"):
+        chat = [{"role": "user", "content": text}]
+        assert llama.generate(chat, temperature=0, max_new_tokens=20) == hf.generate(chat, temperature=0,
+                                                                                     max_new_tokens=20)
+    full = llama.generate(CHAT, temperature=0, max_new_tokens=20)
+    stop = full.text[5:8]
+    events = list(llama.stream(CHAT, temperature=0, max_new_tokens=20, stop=stop))
+    assert events[-1].result.finish_reason == "stop" and stop not in events[-1].result.text
+    assert "".join(e.text for e in events) == events[-1].result.text
+    sampled = dict(temperature=0.9, top_p=0.9, seed=11, max_new_tokens=12)
+    assert llama.generate(CHAT, **sampled) == llama.generate(CHAT, **sampled)
+    assert llama.health()["runtime"] == "llamacpp"
+
+
+@needs_llamacpp
+def test_llamacpp_runtime_frees_a_left_stream_and_bounds_its_queue(runtimes):
+    from forgeflow.serving.batching import QueueFull
+
+    llama, _ = runtimes
+    streams = [llama.stream(CHAT, temperature=0, max_new_tokens=400) for _ in range(2)]
+    with pytest.raises(QueueFull):  # max_queue=2, and the worker has had at most one of them
+        for _ in range(3):
+            streams.append(llama.stream(CHAT, temperature=0, max_new_tokens=400))
+    for stream in streams:
+        events = iter(stream)
+        next(events)
+        events.close()
+    assert llama.generate(CHAT, temperature=0, max_new_tokens=3).completion_tokens == 3
+
+
+@needs_llamacpp
+@pytest.mark.integration
+def test_model_server_process_with_llamacpp_streams(varied_model, tmp_path):
+    from forgeflow.processes import free_port
+
+    model = tmp_path / "model"
+    shutil.copytree(varied_model, model)
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(Path(forgeflow.__file__).resolve().parents[1]))
+    proc = subprocess.Popen([sys.executable, "-m", "forgeflow.serving.model_server", "--model-dir", str(model),
+                             "--port", str(port), "--runtime", "llamacpp", "--name", "lc"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        assert line.strip() == f"READY {port}", proc.stderr.read() if proc.poll() is not None else line
+        base = f"http://127.0.0.1:{port}"
+        body = {"messages": CHAT, "max_tokens": 8, "temperature": 0}
+        plain = httpx.post(f"{base}/v1/chat/completions", json=body, timeout=60).json()
+        streamed = httpx.post(f"{base}/v1/chat/completions", json={**body, "stream": True}, timeout=60)
+        chunks = [json.loads(x[6:]) for x in streamed.text.split("\n\n") if x.startswith("data: {")]
+        text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+        assert text == plain["choices"][0]["message"]["content"]
+        assert streamed.text.endswith("data: [DONE]\n\n")
+        scored = httpx.post(f"{base}/score", json={"input_data": {"input_string": CHAT,
+                                                                  "parameters": {"max_new_tokens": 4}}}, timeout=60)
+        assert scored.status_code == 200 and int(scored.headers["x-forgeflow-completion-tokens"]) <= 4
+        assert httpx.get(f"{base}/stats", timeout=5).json()["runtime"] == "llamacpp"
+        assert (model / "forgeflow-f16.gguf").exists()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        proc.stdout.close()
+        proc.stderr.close()
