@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
 from forgeflow.api.deps import ADMIN, services
+from forgeflow.errors import InvalidInput
 
 router = APIRouter(dependencies=ADMIN, tags=["endpoints"])
 
@@ -33,7 +35,8 @@ class RegenerateKeys(BaseModel):
 
 class DeploymentCreate(BaseModel):
     name: str = Field(description="Deployment name, e.g. blue.")
-    model: str = Field(description="Registered model name:version, or a base model name.")
+    model: str | None = Field(None, description="Registered model name:version, or a base model name.")
+    flow: str | None = Field(None, description="A flow folder (flow.dag.yaml) to serve instead of a model.")
     instance_count: int = Field(1, description="Model-server processes behind the gateway.")
     runtime: str = Field("transformers", description="Serving runtime.")
     request_settings: dict[str, int] = Field(default_factory=dict, description="request_timeout_ms, max_concurrent_requests_per_instance.")
@@ -88,8 +91,17 @@ def regenerate_keys(name: str, body: RegenerateKeys, ff=Depends(services)) -> di
 def create_deployment(name: str, body: DeploymentCreate, ff=Depends(services)) -> dict:
     from forgeflow.registry.resolve import resolve_model
 
-    ref, path = resolve_model(body.model)
-    return ff.endpoints.create_deployment(name, body.name, ref, path, body.instance_count, body.runtime,
+    if bool(body.model) == bool(body.flow):
+        raise InvalidInput("give exactly one of model or flow", field="model")
+    runtime = body.runtime
+    if body.flow:
+        from forgeflow.flows.dag import load_flow
+
+        flow = load_flow(Path(body.flow).expanduser().resolve())
+        ref, path, runtime = f"flow:{flow.dir}", flow.dir, "flow"
+    else:
+        ref, path = resolve_model(body.model)
+    return ff.endpoints.create_deployment(name, body.name, ref, path, body.instance_count, runtime,
                                           body.request_settings, body.liveness_probe, body.readiness_probe)
 
 

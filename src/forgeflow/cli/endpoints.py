@@ -152,7 +152,9 @@ EpName = typer.Option(..., "--endpoint-name", "-e", help="Endpoint name.")
 @deployment_app.command("create")
 @command
 def dep_create(name: str = DepName, endpoint_name: str = EpName,
-               model: str = typer.Option(..., "--model", help="Registered NAME:VERSION, or a base model name."),
+               model: str = typer.Option(None, "--model", help="Registered NAME:VERSION, or a base model name."),
+               flow: Path = typer.Option(None, "--flow", help="Serve a flow folder (flow.dag.yaml) instead of a model; "
+                                                              "/score then takes the flow's inputs."),
                instance_count: int = typer.Option(1, "--instance-count", help="Model-server processes."),
                runtime: str = typer.Option("transformers", "--runtime", help="Serving runtime."),
                all_traffic: bool = typer.Option(False, "--all-traffic", help="Send 100% of the endpoint's traffic here once ready."),
@@ -160,9 +162,12 @@ def dep_create(name: str = DepName, endpoint_name: str = EpName,
                                                                  "or liveness_probe.period=2."),
                no_wait: bool = typer.Option(False, "--no-wait", help="Return at once instead of waiting until it is ready."),
                json_out: bool = JsonOpt) -> None:
-    """Deploy a model to an endpoint; waits until its instances answer."""
+    """Deploy a model (or a flow) to an endpoint; waits until its instances answer."""
+    if bool(model) == bool(flow):
+        raise InvalidInput("give exactly one of --model or --flow")
     c = client()
-    body: dict = {"name": name, "model": model, "instance_count": instance_count, "runtime": runtime}
+    body: dict = {"name": name, "model": model, "flow": str(flow.expanduser().resolve()) if flow else None,
+                  "instance_count": instance_count, "runtime": runtime}
     for path, value in parse_sets(sets).items():
         top, _, sub = path.partition(".")
         if top not in ("request_settings", "liveness_probe", "readiness_probe") or not sub:

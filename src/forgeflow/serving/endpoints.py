@@ -213,7 +213,8 @@ class EndpointService:
         if len(self.store.select("deployments", {"endpoint": endpoint})) >= MAX_DEPLOYMENTS:
             raise Conflict(f"endpoint {endpoint!r} already has {MAX_DEPLOYMENTS} deployments, the most it can have")
         specs.instance_count(instance_count)
-        check_runtime(runtime)
+        if runtime != "flow":  # a flow folder checked by the API layer, served by forgeflow.flows.serve
+            check_runtime(runtime)
         row = {
             "endpoint": endpoint, "name": name, "model_ref": model_ref, "model_path": str(model_path),
             "runtime": runtime, "instance_count": int(instance_count),

@@ -41,6 +41,8 @@ _ERRORS = {400: "body malformed (names the field)", 401: "missing or wrong key o
            "deployment, or none with traffic", 408: "past request_timeout_ms", 413: "body over the size limit",
            424: "the model server failed", 429: "too many pending requests", 503: "no ready instance"}
 
+FLOW_RUNTIME = "flow"  # a deployment of a flow folder instead of a model (forgeflow.flows.serve)
+
 router = APIRouter()
 
 
@@ -121,9 +123,19 @@ async def _handle(request: Request, endpoint: str, path: str, parse: Callable[[A
             body = json.loads(raw)
         except ValueError as e:
             raise InvalidInput(f"the body is not valid JSON: {e}") from None
-        parsed = parse(body)
+        # A flow deployment takes its flow's inputs on /score, so the chat contract is checked
+        # only once the chosen deployment is known to serve a model.
+        serves_flows = any(d.get("runtime") == FLOW_RUNTIME for d in cfg.deployments.values())
+        parsed = parse(body) if openai or not serves_flows else None
         model = parsed.model if isinstance(parsed, ChatCompletionRequest) else None
         call.deployment, by_traffic = routing.choose_deployment(cfg, request.headers.get(DEPLOYMENT_HEADER), model)
+        if serves_flows:
+            if cfg.deployments[call.deployment].get("runtime") != FLOW_RUNTIME:
+                parsed = parsed or parse(body)
+            elif openai:
+                raise InvalidInput(f"deployment {call.deployment!r} serves a flow: send the flow's inputs to /score")
+            elif not isinstance(body, dict):
+                raise InvalidInput("the body must be a JSON object of the flow's inputs")
         if by_traffic:
             mirror = routing.choose_mirror(cfg, call.deployment)
             if mirror:

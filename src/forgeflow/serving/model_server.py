@@ -271,8 +271,11 @@ def main(argv: list[str] | None = None) -> int:
     failure: list[str] = []
     server: uvicorn.Server | None = None
     # Listening before uvicorn starts means that once READY is printed, connections are queued, not refused.
-    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
+    # proto IPPROTO_TCP (not 0): asyncio then sets TCP_NODELAY on accepted connections; without it a
+    # response written as headers then body waits ~40 ms for the peer's delayed ACK (Nagle).
+    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((args.host, args.port))
     sock.listen(2048)
     port = sock.getsockname()[1]

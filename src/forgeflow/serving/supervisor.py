@@ -152,9 +152,13 @@ class DeploymentSupervisor:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         port = free_port()
         logf = open(log_path, "ab")
+        if dep.get("runtime") == "flow":
+            cmd = ["forgeflow.flows.serve", "--flow", dep["model_path"], "--port", str(port), "--name", dep["name"]]
+        else:
+            cmd = ["forgeflow.serving.model_server", "--model-dir", dep["model_path"], "--port", str(port),
+                   "--name", dep["name"], "--runtime", dep.get("runtime") or "transformers"]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "forgeflow.serving.model_server", "--model-dir", dep["model_path"],
-             "--port", str(port), "--name", dep["name"], "--runtime", dep.get("runtime") or "transformers"],
+            [sys.executable, "-m", *cmd],
             stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false"),
         )
