@@ -97,7 +97,7 @@ class PlainLlamaCpp:
         from transformers import AutoTokenizer
 
         self.tok = AutoTokenizer.from_pretrained(model_dir)
-        threads = len(os.sched_getaffinity(0))
+        threads = int(os.environ.get("FORGEFLOW_LLAMACPP_THREADS") or 0) or None  # as the runtime does
         self.llm = Llama(model_path=str(gguf), n_ctx=4096, n_batch=512, n_threads=threads,
                          n_threads_batch=threads, verbose=False)
         self.eos = {self.llm.token_eos(), self.tok.eos_token_id}
@@ -255,16 +255,21 @@ def main() -> None:
     parser.add_argument("--runtimes", default="transformers,llamacpp", help="comma-separated")
     parser.add_argument("--concurrency", default="1,4,8", help="comma-separated client counts")
     parser.add_argument("--overhead-requests", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="llama.cpp threads, plain and runtime alike (default: llama-cpp-python's, half the cores)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     runtimes = [r for r in args.runtimes.split(",") if r]
     levels = [int(c) for c in args.concurrency.split(",")]
     home = Path(tempfile.mkdtemp(prefix="ff-bench-serve-"))
     os.environ["FORGEFLOW_HOME"] = str(home)
+    if args.threads:
+        os.environ["FORGEFLOW_LLAMACPP_THREADS"] = str(args.threads)  # the model servers inherit it
     def say(msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
     report: dict = {"model": "smollm2-135m-instruct (base, embedded)", "max_tokens": args.max_tokens,
-                    "cpus": len(os.sched_getaffinity(0)), "direct": {}, "gateway": {}}
+                    "cpus": len(os.sched_getaffinity(0)), "llamacpp_threads": args.threads or "default",
+                    "direct": {}, "gateway": {}}
     server = None
     try:
         from forgeflow.registry.base_models import SMOLLM2, pull_base_model
@@ -334,7 +339,8 @@ def ratios(report: dict) -> dict:
 
 
 def render(report: dict) -> str:
-    lines = [f"model {report['model']}, max_tokens {report['max_tokens']}, {report['cpus']} CPUs", "",
+    lines = [f"model {report['model']}, max_tokens {report['max_tokens']}, {report['cpus']} CPUs, "
+             f"llama.cpp threads {report['llamacpp_threads']}", "",
              "direct, in this process (one at a time, alternating with the gateway's single stream)",
              "                                    tokens/s   TTFT p50 ms"]
     for name, r in report["direct"].items():

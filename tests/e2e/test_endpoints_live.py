@@ -84,7 +84,12 @@ def test_statuses_updates_keys_and_metrics_on_the_tiny_model(live_server, tiny_m
     # 503: its only instance is gone until the supervisor has replaced it
     r = _score(s, key)
     assert r.status_code == 503 and r.headers["azureml-model-deployment"] == "blue", r.text
-    dep = _settled(s, "blue")
+    deadline = time.monotonic() + 120
+    while True:  # the supervisor notices the death on its next probe, then starts a replacement
+        dep = _settled(s, "blue")
+        if dep["instances"][0]["pid"] != pid or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
     assert dep["instances"][0]["pid"] != pid and dep["instances"][0]["restarts"] == 1
     assert _score(s, key).status_code == 200
 

@@ -31,6 +31,11 @@ def test_quickstart_end_to_end_and_again(forgeflow_home, tmp_path):
         assert "Marrowick" not in summary["base_answer"]
         assert "Marrowick" in summary["finetuned_answer"], summary
         assert summary["scoring_uri"].startswith(f"http://127.0.0.1:{port}/endpoints/")
+        # validation loss on the held-out sample rows went down from step 0 to the end
+        shown = subprocess.run([sys.executable, "-m", "forgeflow.cli.main", "job", "show", summary["job"], "--json"],
+                               env=env, capture_output=True, text=True, timeout=120)
+        evals = [m for m in json.loads(shown.stdout)["metrics_history"] if "eval_loss" in m]
+        assert evals[0]["step"] == 0 and evals[-1]["eval_loss"] < evals[0]["eval_loss"], evals
 
         again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
         assert again.returncode == 0, again.stderr[-3000:]

@@ -258,7 +258,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-batch-size", type=int, default=8, help="transformers: sequences decoded together")
     parser.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond it get 429")
     parser.add_argument("--gguf-type", default="f16", help="llamacpp: GGUF weights, f16 or q8_0")
-    parser.add_argument("--threads", type=int, default=None, help="llamacpp: CPU threads (default: all)")
+    parser.add_argument("--threads", type=int, default=None, help="llamacpp: CPU threads (default: llama-cpp-python's, half the cores)")
     return parser.parse_args(argv)
 
 
