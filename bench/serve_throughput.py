@@ -97,7 +97,9 @@ class PlainLlamaCpp:
         from transformers import AutoTokenizer
 
         self.tok = AutoTokenizer.from_pretrained(model_dir)
-        threads = int(os.environ.get("FORGEFLOW_LLAMACPP_THREADS") or 0) or None  # as the runtime does
+        from forgeflow.serving.runtimes.llamacpp import default_threads
+
+        threads = int(os.environ.get("FORGEFLOW_LLAMACPP_THREADS") or 0) or default_threads()  # as the runtime
         self.llm = Llama(model_path=str(gguf), n_ctx=4096, n_batch=512, n_threads=threads,
                          n_threads_batch=threads, verbose=False)
         self.eos = {self.llm.token_eos(), self.tok.eos_token_id}
@@ -153,7 +155,7 @@ class Server:
 
     def cli(self, *args: str) -> dict:
         done = subprocess.run([sys.executable, "-m", "forgeflow.cli.main", *args, "--json"], env=self.env,
-                              capture_output=True, text=True, timeout=1800)
+                              capture_output=True, text=True, timeout=1800, check=False)
         if done.returncode != 0:
             raise SystemExit(f"forgeflow {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
         return json.loads(done.stdout)
@@ -339,8 +341,8 @@ def ratios(report: dict) -> dict:
 
 
 def render(report: dict) -> str:
-    lines = [f"model {report['model']}, max_tokens {report['max_tokens']}, {report['cpus']} CPUs, "
-             f"llama.cpp threads {report['llamacpp_threads']}", "",
+    lines = [(f"model {report['model']}, max_tokens {report['max_tokens']}, {report['cpus']} CPUs, "
+              f"llama.cpp threads {report['llamacpp_threads']}"), "",
              "direct, in this process (one at a time, alternating with the gateway's single stream)",
              "                                    tokens/s   TTFT p50 ms"]
     for name, r in report["direct"].items():
@@ -353,8 +355,8 @@ def render(report: dict) -> str:
                          f"{r['latency_p99_ms']:6.0f}  {r['errors']:6d}")
     if "overhead" in report:
         o = report["overhead"]
-        lines += ["", f"gateway overhead ({o['runtime']}, 1-token request): direct p50 {o['direct_p50_ms']:.2f} ms, "
-                      f"gateway p50 {o['gateway_p50_ms']:.2f} ms, overhead {o['overhead_p50_ms']:.2f} ms"]
+        lines += ["", (f"gateway overhead ({o['runtime']}, 1-token request): direct p50 {o['direct_p50_ms']:.2f} ms, "
+                       f"gateway p50 {o['gateway_p50_ms']:.2f} ms, overhead {o['overhead_p50_ms']:.2f} ms")]
     for name, value in report.get("ratios", {}).items():
         lines.append(f"{name}: {value:.2f}x")
     return "\n".join(lines)

@@ -9,7 +9,6 @@ import time
 import pytest
 import torch
 
-from forgeflow.errors import ForgeflowError
 from forgeflow.serving.batching import BatchScheduler, QueueFull
 from forgeflow.serving.generation import ChatGenerator
 from forgeflow.serving.runtimes.base import Sampling, TokenStream
@@ -41,8 +40,8 @@ def prompt_ids(generator, text):
                                                    return_dict=True)["input_ids"]
 
 
-def tokens(generator, ids, budget, sampling=Sampling()):
-    return [t for t, _ in generator.scheduler.submit(ids, budget, sampling).tokens()]
+def tokens(generator, ids, budget, sampling=None):
+    return [t for t, _ in generator.scheduler.submit(ids, budget, sampling or Sampling()).tokens()]
 
 
 def hf_greedy(generator, ids, budget):

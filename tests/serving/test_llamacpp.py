@@ -151,7 +151,7 @@ def test_llamacpp_runtime_answers_like_transformers(runtimes):
     events = list(llama.stream(CHAT, temperature=0, max_new_tokens=20, stop=stop))
     assert events[-1].result.finish_reason == "stop" and stop not in events[-1].result.text
     assert "".join(e.text for e in events) == events[-1].result.text
-    sampled = dict(temperature=0.9, top_p=0.9, seed=11, max_new_tokens=12)
+    sampled = {"temperature": 0.9, "top_p": 0.9, "seed": 11, "max_new_tokens": 12}
     assert llama.generate(CHAT, **sampled) == llama.generate(CHAT, **sampled)
     assert llama.health()["runtime"] == "llamacpp"
 

@@ -102,7 +102,7 @@ def _load_state(model_dir: Path) -> dict[str, Any]:
     state: dict[str, Any] = {}
     for path in sorted(model_dir.glob("*.safetensors")):
         with safe_open(str(path), framework="pt") as f:
-            for key in f.keys():
+            for key in f.keys():  # noqa: SIM118 - safe_open is not a dict
                 state[key] = f.get_tensor(key).float().numpy()
     return state
 

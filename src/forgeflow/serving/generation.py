@@ -19,7 +19,6 @@ from forgeflow.serving.runtimes.base import (
     GenerationResult,
     StreamEvent,
     TokenStream,
-    check_messages,
     encode_chat,
     make_request,
 )
@@ -117,4 +116,3 @@ def _batchable_cache(model: Any) -> bool:
     return bool(cache.layers) and all(type(layer) is DynamicLayer for layer in cache.layers)
 
 
-_check_messages = check_messages  # kept for callers of the former private name

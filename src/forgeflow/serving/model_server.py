@@ -29,7 +29,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from forgeflow.errors import ForgeflowError, InvalidInput, ServerUnavailable, UpstreamError
+from forgeflow.errors import (
+    ForgeflowError,
+    InvalidInput,
+    ServerUnavailable,
+    UpstreamError,
+)
 from forgeflow.serving.scoring import parse_chat_completion_request, parse_score_request
 
 

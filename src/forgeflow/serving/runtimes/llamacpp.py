@@ -6,7 +6,8 @@ and answers decoded with it, so this runtime reads and writes exactly the tokens
 `transformers` runtime does; llama.cpp only runs the forward passes and picks tokens. One worker
 thread owns the llama context and serves queued requests in turn (llama.cpp's Python API runs
 one sequence at a time), checking between tokens whether the consumer has gone.
-Threads: `--threads`, else FORGEFLOW_LLAMACPP_THREADS, else llama-cpp-python's default.
+Threads: `--threads`, else FORGEFLOW_LLAMACPP_THREADS, else half the cores (llama-cpp-python's
+default for decoding; it would use every core for prompts).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import os
 import queue
 import random
 import threading
-from collections.abc import Mapping, Sequence as Seq
+from collections.abc import Mapping
+from collections.abc import Sequence as Seq
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,10 @@ from forgeflow.serving.runtimes.base import (
 
 log = logging.getLogger("forgeflow.llamacpp")
 MAX_CONTEXT = 4096
+
+
+def default_threads() -> int:
+    return max(1, len(os.sched_getaffinity(0)) // 2)
 
 
 class LlamaCppRuntime:
@@ -55,9 +61,9 @@ class LlamaCppRuntime:
             self.tokenizer.chat_template = CHATML_TEMPLATE
         config = json.loads((self.model_dir / "config.json").read_text())
         self.max_positions = min(int(config.get("max_position_embeddings") or 2048), MAX_CONTEXT)
-        # llama-cpp-python's default (half the cores) unless told: on a small shared CPU, a thread per
+        # half the cores unless told, for decoding and prompts alike: on a small shared CPU a thread per
         # core stalls badly whenever anything else runs (its threads wait on each other every step)
-        threads = threads or int(os.environ.get("FORGEFLOW_LLAMACPP_THREADS") or 0) or None
+        threads = threads or int(os.environ.get("FORGEFLOW_LLAMACPP_THREADS") or 0) or default_threads()
         self.llm = Llama(model_path=str(self.gguf_path), n_ctx=self.max_positions, n_batch=512,
                          n_threads=threads, n_threads_batch=threads, verbose=False)
         self.eos_token_ids = self._eos_ids(config)
