@@ -6,7 +6,7 @@
    bare engine (`run_flow` called in a loop, given the folder or the already loaded Flow): what
    forgeflow adds around a node that does nothing.
 
-    python bench/flow_overhead.py [--pf /tmp/pf-venv/bin/pf] [--repeat 5] [--lines 1000]
+    python bench/flow_overhead.py [--pf PATH/TO/promptflow-venv/bin/pf] [--repeat 5] [--lines 1000]
 
 Prints medians; timings are informational, never assertions.
 """
