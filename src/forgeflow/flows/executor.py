@@ -19,6 +19,7 @@ import types
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -320,17 +321,26 @@ def run_flow(
     result = FlowResult(outputs={}, node_results={}, duration_s=0.0, inputs=resolved, node=node)
     run = _Run(flow, result, connection_provider, stream, _line_value, single=node is not None)
     run.given = resolved
+    with _recorded(flow, result, started):
+        if node is not None:
+            run.run([node])
+            result.outputs = {node: run.outputs[node]}
+        else:
+            run.run([n for n in flow.order if not flow.nodes[n].aggregation])
+            result.outputs = {o.name: run.value(o.reference, f"output {o.name!r}") for o in flow.outputs.values()}
+            if aggregate and has_aggregation(flow):
+                _aggregate(flow, [result], connection_provider, result)
+    return result
+
+
+@contextmanager
+def _recorded(flow: Flow, result: FlowResult, started: float) -> Iterator[None]:
+    """Run under the flow's environment variables, collecting log_metric calls and the duration
+    into `result`; a domain error marks the result failed before it propagates."""
     metrics, token = compat.start_metrics()
     try:
         with environment_variables(flow.environment_variables):
-            if node is not None:
-                run.run([node])
-                result.outputs = {node: run.outputs[node]}
-            else:
-                run.run([n for n in flow.order if not flow.nodes[n].aggregation])
-                result.outputs = {o.name: run.value(o.reference, f"output {o.name!r}") for o in flow.outputs.values()}
-                if aggregate and has_aggregation(flow):
-                    _aggregate(flow, [result], connection_provider, result)
+            yield
     except ForgeflowError as exc:
         _fail(exc, result)
         raise
@@ -338,7 +348,6 @@ def run_flow(
         result.metrics = metrics
         compat.stop_metrics(token)
         result.duration_s = round(time.perf_counter() - started, 6)
-    return result
 
 
 def has_aggregation(flow: Flow | Path | str) -> bool:
@@ -401,18 +410,9 @@ def run_aggregation(
         return flex.aggregate(flow, lines, connection_provider, init)
     started = time.perf_counter()
     result = FlowResult(outputs={}, node_results={}, duration_s=0.0)
-    metrics, token = compat.start_metrics()
-    try:
-        with environment_variables(flow.environment_variables):
-            _aggregate(flow, lines, connection_provider, result)
-        result.outputs = {n: e.get("output") for n, e in result.node_results.items()}
-    except ForgeflowError as exc:
-        _fail(exc, result)
-        raise
-    finally:
-        result.metrics = metrics
-        compat.stop_metrics(token)
-        result.duration_s = round(time.perf_counter() - started, 6)
+    with _recorded(flow, result, started):
+        _aggregate(flow, lines, connection_provider, result)
+    result.outputs = {n: e.get("output") for n, e in result.node_results.items()}
     return result
 
 

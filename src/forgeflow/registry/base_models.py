@@ -13,7 +13,8 @@ import os
 import shutil
 import struct
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -247,35 +248,35 @@ def _import_smollm2(entry: CatalogEntry, say: Progress) -> None:
         pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos,
     )
     dest = _home_dir(entry.name)
-    tmp = dest.parent / f".{entry.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
+    with _staged(dest) as tmp:
         say(f"writing safetensors to {dest}")
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         manifest = _manifest(entry, f"gguf:{gguf}", tmp, linked=False)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        _swap_into_place(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     say(f"pulled {entry.name} ({manifest['parameters']:,} parameters)")
 
 
 def _link_phi3(entry: CatalogEntry, say: Progress) -> None:
     folder = phi3_local_dir()
     say(f"using {folder}")
-    dest = _home_dir(entry.name)
-    tmp = dest.parent / f".{entry.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir(parents=True)
-    try:
+    with _staged(_home_dir(entry.name)) as tmp:
         manifest = _manifest(entry, f"local:{folder}", folder, linked=True)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    say(f"linked {entry.name} -> {folder}")
+
+
+@contextmanager
+def _staged(dest: Path) -> Iterator[Path]:
+    """A hidden sibling folder to fill; moved onto dest when the block succeeds, removed otherwise."""
+    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
         _swap_into_place(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    say(f"linked {entry.name} -> {folder}")
 
 
 def _swap_into_place(tmp: Path, dest: Path) -> None:
