@@ -14,9 +14,10 @@ import pytest
 
 from forgeflow.errors import Conflict, InvalidInput, NotFound
 from forgeflow.store.workspace import Workspace
+from forgeflow.training.checkpoints import newest_checkpoint
 from forgeflow.training.compute import ComputeTarget, ComputeTargets
 from forgeflow.training.hyperparams import resolve_hyperparameters
-from forgeflow.training.runner import ACTIVE, FINAL, JobRunner, newest_checkpoint
+from forgeflow.training.runner import ACTIVE, FINAL, JobRunner
 
 pytestmark = pytest.mark.integration
 
@@ -126,12 +127,15 @@ def test_resume_rules_and_bookkeeping(ws, tiny_model_dir, data):
     with pytest.raises(Conflict, match="already Queued"):
         runner.resume(job["id"])
     job_dir = Path(job["job_dir"])
-    (job_dir / "checkpoints" / "checkpoint-2").mkdir(parents=True)
-    (job_dir / "checkpoints" / "checkpoint-10").mkdir()
+    for step in (2, 10):
+        folder = job_dir / "checkpoints" / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    (job_dir / "checkpoints" / "checkpoint-12").mkdir()  # a worker killed while writing it
     (job_dir / "worker.log").write_text("step 1\nKilled\n")
     (job_dir / "status.json").write_text(json.dumps({"status": "Failed", "error": "boom", "mlflow_run_id": "r1"}))
     ws.store.update("jobs", {"id": job["id"]}, {"status": "Failed", "error": "boom", "finished_at": "x", "pid": 999999})
-    assert newest_checkpoint(job_dir).name == "checkpoint-10"
+    assert newest_checkpoint(job_dir / "checkpoints").name == "checkpoint-10"
 
     resumed = runner.resume(job["id"])
 

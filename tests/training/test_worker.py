@@ -202,7 +202,7 @@ def test_sigterm_cancels_at_the_next_step(tmp_path, tiny_model_dir, mlflow_uri):
     assert MlflowClient(tracking_uri=mlflow_uri).get_run(status["mlflow_run_id"]).info.status == "KILLED"
 
 
-def test_resume_after_sigkill_continues_from_the_last_checkpoint(tmp_path, tiny_model_dir, mlflow_uri):
+def test_resume_after_sigkill_continues_from_the_last_checkpoint(tmp_path, tiny_model_dir, mlflow_uri, capsys):
     train = write_jsonl(tmp_path / "train.jsonl", ROWS, repeat=4)
     # Unpacked rows, 2 per batch: 4 steps an epoch; the step count comes from the data, not max_steps.
     hp = dict(num_train_epochs=6, packing=False, per_device_train_batch_size=2, logging_steps=1, save_steps=3,
@@ -229,11 +229,17 @@ def test_resume_after_sigkill_continues_from_the_last_checkpoint(tmp_path, tiny_
                 proc.kill()
     killed_at = read_status(job_dir)
     assert killed_at["status"] == "Running" and killed_at["step"] < expected["step"], killed_at
+    # A kill can land while a checkpoint is being written: make sure one such folder is there, newer than all.
+    half = job_dir / "checkpoints" / "checkpoint-23"
+    half.mkdir()
+    (half / "trainer_state.json").write_text(json.dumps({"global_step": 23})[:9])
     spec = json.loads((job_dir / "spec.json").read_text())
     (job_dir / "spec.json").write_text(json.dumps({**spec, "resume": True}))
 
     assert run_job(job_dir) == 0
 
+    assert "removed checkpoint-23: it was half-written" in capsys.readouterr().out
+    assert not half.exists()
     status = read_status(job_dir)
     assert status["status"] == "Completed" and status["step"] == expected["step"] == 24
     assert status["mlflow_run_id"] == killed_at["mlflow_run_id"]
@@ -254,7 +260,7 @@ def test_resume_without_a_checkpoint_starts_over(tmp_path, tiny_model_dir, mlflo
     spec = json.loads((job_dir / "spec.json").read_text())
     (job_dir / "spec.json").write_text(json.dumps({**spec, "resume": True}))
     assert run_job(job_dir) == 0
-    assert "no checkpoint under" in capsys.readouterr().out
+    assert "no complete checkpoint under" in capsys.readouterr().out
     assert [r["step"] for r in read_metrics(job_dir)] == [1, 2]
 
 

@@ -8,8 +8,9 @@ from fastapi import APIRouter, Depends
 
 from forgeflow.api.deps import ADMIN, services
 from forgeflow.errors import InvalidInput
+from forgeflow.training.checkpoints import newest_checkpoint
 from forgeflow.training.jobfile import JobRequest
-from forgeflow.training.runner import check_data_file, newest_checkpoint, read_metrics
+from forgeflow.training.runner import check_data_file, read_metrics
 
 router = APIRouter(dependencies=ADMIN, tags=["jobs"])
 
@@ -36,7 +37,7 @@ def job_view(job: dict) -> dict:
         if (job_dir / "outputs" / "adapter").is_dir():
             outputs["adapter"] = str(job_dir / "outputs" / "adapter")
     out["outputs"] = outputs
-    checkpoint = newest_checkpoint(job_dir)
+    checkpoint = newest_checkpoint(job_dir / "checkpoints")
     out["last_checkpoint"] = str(checkpoint) if checkpoint else None
     return out
 

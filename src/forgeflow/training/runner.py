@@ -26,6 +26,7 @@ from forgeflow.errors import Conflict, NotFound
 from forgeflow.processes import log_tail, pid_alive
 from forgeflow.store.db import Store, now
 from forgeflow.store.home import Paths
+from forgeflow.training.checkpoints import newest_checkpoint
 from forgeflow.training.compute import ComputeTargets
 from forgeflow.training.tracking import read_metrics, read_status
 
@@ -181,7 +182,7 @@ class JobRunner:
             write_json(job_dir / "status.json", st | {
                 "status": "Queued", "error": None, "mlflow_run_id": st.get("mlflow_run_id") or job.get("mlflow_run_id"),
             })
-            checkpoint = newest_checkpoint(job_dir)
+            checkpoint = newest_checkpoint(job_dir / "checkpoints")
             with open(job_dir / "worker.log", "a") as f:
                 f.write(f"\n--- {now()} resumed from {checkpoint.name if checkpoint else 'the start (no checkpoint yet)'}"
                         f" after {job['status']} ---\n")
@@ -283,7 +284,7 @@ class JobRunner:
             tail = log_tail(Path(job["job_dir"]) / "worker.log", 5, 600)
             if tail:
                 error += ": " + tail
-        if status == "Failed" and newest_checkpoint(Path(job["job_dir"])) is not None:
+        if status == "Failed" and newest_checkpoint(Path(job["job_dir"]) / "checkpoints") is not None:
             error += f" (continue from its last checkpoint with: forgeflow job resume {job['id']})"
         self._cancel_sent.pop(job["id"], None)
         progress = {k: st.get(k) for k in PROGRESS_KEYS if k in st and k != "eta_s"}
@@ -332,16 +333,6 @@ def write_json(path: Path, doc: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def newest_checkpoint(job_dir: Path) -> Path | None:
-    """The highest-step `checkpoint-N` folder the trainer saved, if any."""
-    found = []
-    for p in (Path(job_dir) / "checkpoints").glob("checkpoint-*"):
-        suffix = p.name.rsplit("-", 1)[-1]
-        if p.is_dir() and suffix.isdigit():
-            found.append((int(suffix), p))
-    return max(found)[1] if found else None
-
-
 def job_output_model(job: dict[str, Any]) -> Path:
     """The MLflow model a completed job wrote; clear errors otherwise."""
     if job["status"] != "Completed":
@@ -362,4 +353,4 @@ def check_data_file(path: str | None, field: str) -> str | None:
 
 
 __all__ = ["JobRunner", "FINAL", "ACTIVE", "read_metrics", "read_status", "job_output_model", "check_data_file",
-           "newest_checkpoint", "worker_alive"]
+           "worker_alive"]

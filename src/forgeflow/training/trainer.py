@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
+from forgeflow.training.checkpoints import COUNTERS_FILE
 from forgeflow.training.masking import IGNORE_INDEX
 
-COUNTERS_FILE = "forgeflow_counters.json"
 _LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 
 
@@ -93,12 +93,13 @@ class ForgeflowTrainer(Trainer):
 
     # -- checkpoints carry the counters so a resumed job keeps counting -----------
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
-        super()._save_checkpoint(model, trial)
+        # Written first: the trainer writes trainer_state.json last, which is what marks a checkpoint complete.
         folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
-        if folder.is_dir():
-            (folder / COUNTERS_FILE).write_text(
-                json.dumps({"trained_tokens": self.trained_tokens, "loss_tokens": self.loss_tokens})
-            )
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / COUNTERS_FILE).write_text(
+            json.dumps({"trained_tokens": self.trained_tokens, "loss_tokens": self.loss_tokens})
+        )
+        super()._save_checkpoint(model, trial)
 
     def restore_counters(self, checkpoint: Path) -> None:
         try:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from forgeflow.errors import ForgeflowError, InvalidInput, NotFound
+from forgeflow.training.checkpoints import checkpoint_step, newest_checkpoint, remove_incomplete
 from forgeflow.training.dataset import iter_messages, prepare
 from forgeflow.training.hyperparams import Hyperparameters, resolve_hyperparameters
 from forgeflow.training.tracking import JobFiles, MlflowRun, read_status
@@ -92,7 +93,12 @@ def train(
     if cancel.is_set():
         return "Canceled", {}
     import torch
-    from transformers import AutoTokenizer, EarlyStoppingCallback, PrinterCallback, TrainingArguments
+    from transformers import (
+        AutoTokenizer,
+        EarlyStoppingCallback,
+        PrinterCallback,
+        TrainingArguments,
+    )
 
     from forgeflow.training.callbacks import CancelCallback, ProgressCallback
     from forgeflow.training.packing import PackedCollator
@@ -256,20 +262,12 @@ def find_resume_checkpoint(spec: dict[str, Any], hp: Hyperparameters, checkpoint
         return path
     if not (spec.get("resume") or hp.resume_from_checkpoint):
         return None
-    from transformers.trainer_utils import get_last_checkpoint
-
-    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    for name in remove_incomplete(checkpoints):
+        print(f"removed {name}: it was half-written when the worker stopped", flush=True)
+    last = newest_checkpoint(checkpoints)
     if last is None:
-        print(f"resume asked but there is no checkpoint under {checkpoints}: starting over", flush=True)
-        return None
-    return Path(last)
-
-
-def checkpoint_step(checkpoint: Path) -> int:
-    try:
-        return int(json.loads((checkpoint / "trainer_state.json").read_text())["global_step"])
-    except (OSError, ValueError, KeyError):
-        return int(checkpoint.name.rsplit("-", 1)[-1])
+        print(f"resume asked but there is no complete checkpoint under {checkpoints}: starting over", flush=True)
+    return last
 
 
 def save_outputs(trainer: Any, tokenizer: Any, spec: dict[str, Any], hp: Hyperparameters, outputs: Path) -> Path:
