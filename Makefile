@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.forgeflow-installed
 LLAMACPP_STAMP := $(VENV)/.forgeflow-llamacpp-installed
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: quickstart test install clean
 
@@ -24,10 +26,15 @@ $(LLAMACPP_STAMP): $(STAMP)
 
 install: $(STAMP)
 
+# Studio's browser tests drive Debian's chromium package (no browser download at test time).
+$(CHROMIUM):
+	$(SUDO) apt-get update
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y chromium
+
 quickstart: $(STAMP)
 	$(BIN)/forgeflow quickstart
 
-test: $(STAMP) $(LLAMACPP_STAMP)
+test: $(STAMP) $(LLAMACPP_STAMP) $(CHROMIUM)
 	$(BIN)/pytest
 
 clean:

@@ -48,6 +48,14 @@ class Unauthorized(ForgeflowError):
     status_code = 401
 
 
+class RequestTimeout(ForgeflowError):
+    status_code = 408
+
+
+class PayloadTooLarge(ForgeflowError):
+    status_code = 413
+
+
 class ServerUnavailable(ForgeflowError):
     status_code = 503
 
@@ -56,7 +64,13 @@ class UpstreamError(ForgeflowError):
     status_code = 424
 
 
-_BY_NAME = {c.__name__: c for c in (InvalidInput, NotFound, Conflict, Unauthorized, ServerUnavailable, UpstreamError)}
+_BY_NAME = {c.__name__: c for c in (InvalidInput, NotFound, Conflict, Unauthorized, RequestTimeout, PayloadTooLarge,
+                                    ServerUnavailable, UpstreamError)}
+
+
+def by_name(name: str, default: type[ForgeflowError] = ForgeflowError) -> type[ForgeflowError]:
+    """The error class an error body names (`{"error": "NotFound", ...}`)."""
+    return _BY_NAME.get(str(name), default)
 
 
 def from_dict(status: int, body: dict) -> ForgeflowError:

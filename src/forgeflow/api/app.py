@@ -85,14 +85,22 @@ def create_app(ws: Workspace | None = None, *, base_url: str = "http://127.0.0.1
     def health() -> dict:
         return {"status": "ok", "version": __version__, "home": str(ws.paths.root)}
 
-    from forgeflow.api import connections, endpoints, jobs, models
+    from forgeflow.api import (
+        compute,
+        connections,
+        datasets,
+        endpoints,
+        flows,
+        jobs,
+        models,
+    )
     from forgeflow.serving.gateway import router as gateway
+    from forgeflow.studio import pages
 
-    for module in (jobs, models, endpoints, connections):
+    for module in (jobs, datasets, models, endpoints, connections, compute, flows):
         app.include_router(module.router, prefix="/api")
-    from forgeflow.api import compute
-
-    app.include_router(compute.router, prefix="/api")
+    app.include_router(pages.api)
+    app.include_router(pages.router)
     app.include_router(gateway)
     from forgeflow.serving.schemas import install_openapi
 

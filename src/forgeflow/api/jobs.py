@@ -63,6 +63,14 @@ def create_job(body: JobRequest, ff=Depends(services)) -> dict:
     return job_view(job)
 
 
+@router.get("/hyperparameters")
+def hyperparameters() -> list[dict]:
+    """Every fine-tuning setting: name, type, default, description, valid values; `common` ones first."""
+    from forgeflow.training.hyperparams import describe_hyperparameters
+
+    return describe_hyperparameters()
+
+
 @router.get("/jobs")
 def list_jobs(ff=Depends(services)) -> list[dict]:
     return [job_view(j) for j in ff.ws.store.select("jobs", order_by="created_at DESC")]

@@ -86,6 +86,7 @@ def serve(
         else:
             verb = "Started" if info["started"] else "Already running:"
             console.print(f"{verb} forgeflow server at [bold]{info['url']}[/] (pid {info['pid']})")
+            console.print(f"Studio: open [bold]{info['url']}/[/] and sign in with the token from 'forgeflow token show'")
         return
     _run_foreground(host, port)
 
@@ -103,6 +104,8 @@ def _run_foreground(host: str, port: int) -> None:
     if _healthy(f"http://{host}:{port}"):
         raise ForgeflowError(f"a server already answers at http://{host}:{port}")
     ws.paths.server_pid.write_text(f"{os.getpid()} http://{host}:{port}\n")
+    console.print(f"forgeflow server at [bold]http://{host}:{port}[/]; Studio: open [bold]http://{host}:{port}/[/] "
+                  "and sign in with the token from 'forgeflow token show'. Ctrl-C stops it.")
     try:
         app = create_app(ws, base_url=f"http://{host}:{port}")
         uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=10)

@@ -181,6 +181,25 @@ def iter_conversations(path: Path) -> Iterator[list[dict[str, str]]]:
         yield row["messages"]
 
 
+def preview_rows(path: Path, offset: int = 0, limit: int = 20) -> tuple[list[dict[str, Any]], int]:
+    """Rows `offset` .. `offset + limit` as `{"line", "unit", "messages"}` or `{"line", "unit", "error"}`,
+    and the number of rows in the file (blank JSONL lines are not rows)."""
+    path = Path(path)
+    shown: list[dict[str, Any]] = []
+    total = 0
+    for number, unit, row in _rows(path, ValidationReport(path=path)):
+        if offset <= total < offset + limit:
+            reasons = check_messages(row) if not isinstance(row, _Unparsed) else [row.reason]
+            entry: dict[str, Any] = {"line": number, "unit": unit}
+            if isinstance(row, dict) and isinstance(row.get("messages"), list):
+                entry["messages"] = row["messages"]
+            if reasons:
+                entry["error"] = "; ".join(reasons)
+            shown.append(entry)
+        total += 1
+    return shown, total
+
+
 class _Unparsed:
     """A row that could not be decoded at all."""
 

@@ -60,6 +60,14 @@ class Paths:
         return self.artifacts / "jobs"
 
     @property
+    def datasets(self) -> Path:
+        return self.root / "datasets"
+
+    @property
+    def flows(self) -> Path:
+        return self.root / "flows"
+
+    @property
     def mlruns(self) -> Path:
         return self.artifacts / "mlruns"
 

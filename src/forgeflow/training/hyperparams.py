@@ -89,6 +89,31 @@ class Hyperparameters(pydantic.BaseModel, extra="forbid", validate_assignment=Tr
 
 
 FIELD_NAMES: tuple[str, ...] = tuple(Hyperparameters.model_fields)
+# What a fine-tuning form shows up front; the rest go under "advanced".
+COMMON = ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size", "apply_lora", "lora_r",
+          "lora_alpha", "max_seq_length", "evaluation_strategy")
+
+
+def describe_hyperparameters() -> list[dict[str, Any]]:
+    """Every setting with its type, default, bounds in words and choices: what a form needs to show them."""
+    out = []
+    for name, info in Hyperparameters.model_fields.items():
+        annotation = info.annotation
+        choices = [c for c in getattr(annotation, "__args__", ()) if isinstance(c, str)]
+        if annotation is bool:
+            kind = "boolean"
+        elif choices and len(choices) == len(annotation.__args__):
+            kind = "choice"
+        elif annotation in (int, int | None):
+            kind = "integer"
+        elif annotation is float:
+            kind = "number"
+        else:
+            kind, choices = "string", []
+        out.append({"name": name, "type": kind, "default": info.default, "description": info.description,
+                    "choices": choices or None, "nullable": annotation in (int | None, bool | str | None),
+                    "valid": _expectation(name), "common": name in COMMON})
+    return sorted(out, key=lambda d: (not d["common"], COMMON.index(d["name"]) if d["common"] else 0))
 
 
 def parse_set_options(items: list[str]) -> dict[str, str]:

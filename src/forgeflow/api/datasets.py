@@ -1,0 +1,61 @@
+"""Datasets: chat files in the workspace, listed, previewed, validated and uploaded."""
+
+from __future__ import annotations
+
+import pydantic
+from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
+
+from forgeflow.api.deps import ADMIN, services
+from forgeflow.data.library import DatasetLibrary
+
+router = APIRouter(dependencies=ADMIN, tags=["datasets"])
+
+
+class PrepareRequest(pydantic.BaseModel, extra="forbid"):
+    dataset: str = pydantic.Field("sample", description="`sample`, a local file or folder, or a hub dataset name.")
+    prefix: str = pydantic.Field(description="Writes <prefix>_train.jsonl and <prefix>_test.jsonl.")
+    test_size: float = pydantic.Field(0.2, gt=0, description="Test share in (0, 1), or a row count.")
+    seed: int = 42
+    overwrite: bool = False
+
+
+def library(ff=Depends(services)) -> DatasetLibrary:
+    return DatasetLibrary(ff.ws.paths.datasets)
+
+
+@router.get("/datasets")
+def list_datasets(lib: DatasetLibrary = Depends(library)) -> list[dict]:
+    return lib.list()
+
+
+@router.post("/datasets/prepare", status_code=201)
+def prepare(body: PrepareRequest, lib: DatasetLibrary = Depends(library)) -> dict:
+    """Split a dataset 80/20 (or `test_size`) into two workspace datasets, as `forgeflow data prepare` does."""
+    size = int(body.test_size) if body.test_size >= 1 and body.test_size.is_integer() else body.test_size
+    return lib.prepare(body.dataset, body.prefix, test_size=size, seed=body.seed, overwrite=body.overwrite)
+
+
+@router.get("/datasets/{name}")
+def show_dataset(name: str, lib: DatasetLibrary = Depends(library)) -> dict:
+    """The dataset with its validation: every bad row with its line number (up to 200 problems)."""
+    return lib.show(name)
+
+
+@router.get("/datasets/{name}/rows")
+def dataset_rows(name: str, offset: int = 0, limit: int = 20, lib: DatasetLibrary = Depends(library)) -> dict:
+    return lib.rows(name, offset, limit)
+
+
+@router.put("/datasets/{name}", status_code=201)
+async def upload_dataset(name: str, request: Request, overwrite: bool = False,
+                         lib: DatasetLibrary = Depends(library)) -> dict:
+    """Upload a chat file (.jsonl, .json, .csv, .parquet) as the raw request body; answers with its validation."""
+    await lib.upload(name, request.stream(), overwrite=overwrite)
+    return await run_in_threadpool(lib.show, name)
+
+
+@router.delete("/datasets/{name}")
+async def delete_dataset(name: str, lib: DatasetLibrary = Depends(library)) -> dict:
+    await run_in_threadpool(lib.delete, name)
+    return {"deleted": name}

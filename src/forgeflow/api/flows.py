@@ -1,0 +1,138 @@
+"""Flows: the bundled examples and the workspace's flows, described for drawing, and test runs.
+
+A test run happens in its own process (`python -m forgeflow.flows.oneshot`): a flow's code and environment
+variables stay out of the server, and a run past its timeout or whose caller went away is killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pydantic
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import StreamingResponse
+
+from forgeflow.api.deps import ADMIN, services
+from forgeflow.errors import ForgeflowError, UpstreamError, by_name
+from forgeflow.flows.catalog import EXAMPLES, FlowCatalog
+
+router = APIRouter(dependencies=ADMIN, tags=["flows"])
+_LINE_LIMIT = 16 << 20
+
+
+class FlowAdd(pydantic.BaseModel, extra="forbid"):
+    name: str = pydantic.Field(description="Name in the workspace (letters, digits, '.', '_', '-').")
+    path: str = pydantic.Field(description="A flow folder on the server's machine; it is copied in.")
+    overwrite: bool = False
+
+
+class FlowTest(pydantic.BaseModel, extra="forbid"):
+    inputs: dict[str, Any] = pydantic.Field(default_factory=dict, description="Flow inputs by name.")
+    stream: bool = pydantic.Field(False, description="Answer server-sent events: output chunks, then the result.")
+    timeout_s: float = pydantic.Field(300, gt=0, le=3600, description="Kill the run after this many seconds.")
+
+
+def catalog(ff=Depends(services)) -> FlowCatalog:
+    return FlowCatalog(ff.ws.paths.flows)
+
+
+@router.get("/flows")
+def list_flows(cat: FlowCatalog = Depends(catalog)) -> list[dict]:
+    return cat.list()
+
+
+@router.post("/flows", status_code=201)
+def add_flow(body: FlowAdd, cat: FlowCatalog = Depends(catalog)) -> dict:
+    return cat.add(body.name, Path(body.path), overwrite=body.overwrite)
+
+
+@router.get("/flows/{name}")
+def show_flow(name: str, cat: FlowCatalog = Depends(catalog)) -> dict:
+    """Inputs, outputs, nodes and the edges between them (`inputs.X` -> node -> `outputs.Y`)."""
+    return cat.show(name)
+
+
+@router.delete("/flows/{name}")
+def delete_flow(name: str, cat: FlowCatalog = Depends(catalog)) -> dict:
+    cat.delete(name)
+    return {"deleted": name}
+
+
+@router.post("/flows/{name}/test")
+async def test_flow(name: str, body: FlowTest, request: Request, cat: FlowCatalog = Depends(catalog), ff=Depends(services)):
+    """Run the flow once with `inputs`. JSON `{outputs, nodes, duration_s}`; with `stream`, server-sent events
+    `{"output", "delta"}` as outputs stream, then `{"done": true, ...}` or `{"error", "message"}`."""
+    path = cat.path(name)
+    events = _run(path, body, ff.ws.paths.root, request)
+    if body.stream:
+        async def sse() -> AsyncIterator[bytes]:
+            async for event in events:
+                yield f"data: {json.dumps(event, ensure_ascii=False)}\n\n".encode()
+        return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    try:
+        async for event in events:
+            if "error" in event:
+                raise _as_error(event)
+            if event.get("done"):
+                return {k: v for k, v in event.items() if k != "done"}
+    finally:
+        await events.aclose()  # stops the process now, not when the generator is collected
+    raise ForgeflowError("the flow run ended without a result")
+
+
+def _as_error(event: dict) -> ForgeflowError:
+    """A run's error event as the HTTP error: the flow's own failures are 424, like a failing model server."""
+    return by_name(event["error"], UpstreamError)(event.get("message") or "the flow run failed", field=event.get("field"))
+
+
+async def _run(path: Path, body: FlowTest, home: Path, request: Request) -> AsyncIterator[dict]:
+    env = dict(os.environ, FORGEFLOW_HOME=str(home), PYTHONUNBUFFERED="1")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "forgeflow.flows.oneshot", stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=env, limit=_LINE_LIMIT,
+        start_new_session=True)
+    request_doc = {"flow": str(path), "inputs": body.inputs, "stream": body.stream,
+                   "keep_details": not path.is_relative_to(EXAMPLES)}
+    proc.stdin.write(json.dumps(request_doc).encode())
+    await proc.stdin.drain()
+    proc.stdin.close()
+    deadline = asyncio.get_running_loop().time() + body.timeout_s
+    finished = False
+    try:
+        while True:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                yield {"error": "RequestTimeout", "message": f"the flow run took longer than {body.timeout_s:g} s "
+                       "and was stopped (raise timeout_s)"}
+                return
+            try:
+                line = await asyncio.wait_for(proc.stdout.readline(), timeout=min(left, 1.0))
+            except asyncio.TimeoutError:
+                if await request.is_disconnected():
+                    return
+                continue
+            if not line:
+                break
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue  # a flow printing to stdout: not an event
+            if isinstance(event, dict):
+                yield event
+                if event.get("done") or "error" in event:
+                    finished = True
+                    return
+        await proc.wait()
+        if not finished:
+            yield {"error": "FlowError", "message": f"the flow process ended with exit code {proc.returncode} "
+                   "before reporting a result"}
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -1,0 +1,130 @@
+"""The flows Studio and the REST API know by name: the bundled examples and FORGEFLOW_HOME/flows/<name>.
+
+`describe` turns a flow into what a UI draws: inputs, outputs, nodes and the edges between them.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from forgeflow.errors import Conflict, InvalidInput, NotFound
+from forgeflow.flows.dag import (
+    Flow,
+    chat_history_name,
+    chat_input_name,
+    chat_output_name,
+    load_flow,
+)
+from forgeflow.names import check_name
+
+EXAMPLES = Path(__file__).parent / "examples"
+_SKIP = shutil.ignore_patterns(".forgeflow", "__pycache__", ".runs", "*.pyc")
+
+
+class FlowCatalog:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def _folders(self) -> list[tuple[str, str, Path]]:
+        found = [("example", p.name, p) for p in sorted(EXAMPLES.iterdir()) if p.is_dir()]
+        if self.root.is_dir():
+            found += [("workspace", p.name, p) for p in sorted(self.root.iterdir()) if p.is_dir()]
+        return found
+
+    def path(self, name: str) -> Path:
+        for _source, flow_name, path in self._folders():
+            if flow_name == name:
+                return path
+        raise NotFound(f"no flow {name!r}: see GET /api/flows, or add a folder with POST /api/flows", field="name")
+
+    def list(self) -> list[dict[str, Any]]:
+        out = []
+        for source, name, path in self._folders():
+            entry: dict[str, Any] = {"name": name, "path": str(path), "source": source}
+            try:
+                flow = load_flow(path)
+            except Exception as exc:  # a broken flow still lists, with the reason
+                entry |= {"error": getattr(exc, "message", str(exc)), "is_chat": False, "description": ""}
+            else:
+                entry |= {"kind": flow.kind, "is_chat": chat_input_name(flow) is not None,
+                          "description": _description(path), "nodes": len(flow.nodes)}
+            out.append(entry)
+        return out
+
+    def show(self, name: str) -> dict[str, Any]:
+        path = self.path(name)
+        return {"name": name, "path": str(path), "description": _description(path), **describe(load_flow(path))}
+
+    def add(self, name: str, source: Path, *, overwrite: bool = False) -> dict[str, Any]:
+        """Copy a flow folder into the workspace under `name` (checked first: a broken flow is refused)."""
+        check_name(name, "flow")
+        if name in {p.name for p in EXAMPLES.iterdir()}:
+            raise Conflict(f"{name!r} is a bundled example flow: choose another name", field="name")
+        source = Path(source).expanduser().resolve()
+        if not source.is_dir():
+            raise InvalidInput(f"path {source}: not a folder holding flow.dag.yaml", field="path")
+        load_flow(source)
+        target = self.root / name
+        if target.exists():
+            if not overwrite:
+                raise Conflict(f"flow {name!r} exists: use overwrite=true to replace it", field="name")
+            shutil.rmtree(target)
+        self.root.mkdir(parents=True, exist_ok=True)
+        staging = self.root / f".{name}.copying"
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(source, staging, ignore=_SKIP)
+        staging.rename(target)
+        return self.show(name)
+
+    def delete(self, name: str) -> None:
+        path = self.path(name)
+        if path.parent == EXAMPLES:
+            raise Conflict(f"{name!r} is a bundled example flow and cannot be deleted", field="name")
+        shutil.rmtree(path)
+
+
+def _description(path: Path) -> str:
+    """The first paragraph of the flow's README, if it has one."""
+    readme = path / "README.md"
+    if not readme.is_file():
+        return ""
+    lines = [line.strip() for line in readme.read_text(errors="replace").splitlines()]
+    text: list[str] = []
+    for line in lines:
+        if line.startswith("#") or (not line and not text):
+            continue
+        if not line:
+            break
+        text.append(line)
+    return " ".join(text)[:500]
+
+
+def describe(flow: Flow) -> dict[str, Any]:
+    """Inputs, outputs, nodes and edges (`${inputs.x}` -> node, node -> node, node -> output)."""
+    inputs = {i.name: {"type": i.type, "default": i.default if i.has_default else None, "required": i.required,
+                       "is_chat_input": i.is_chat_input, "is_chat_history": i.is_chat_history,
+                       "description": i.description} for i in flow.inputs.values()}
+    outputs = {o.name: {"type": o.type, "reference": str(o.reference), "is_chat_output": o.is_chat_output,
+                        "description": o.description} for o in flow.outputs.values()}
+    nodes, edges = [], []
+    for name in flow.order:
+        node = flow.nodes[name]
+        nodes.append({"name": name, "type": node.type, "source": node.path.name if node.path else None,
+                      "inputs": {k: str(v) for k, v in node.inputs.items()}, "connection": node.connection,
+                      "api": node.api, "aggregation": node.aggregation,
+                      "activate_when": str(node.activate_when) if node.activate_when else None})
+        seen = set()
+        for ref in node.references():
+            source = f"inputs.{ref.name}" if ref.kind == "inputs" else ref.name
+            if source not in seen:
+                seen.add(source)
+                edges.append({"from": source, "to": name})
+    for out in flow.outputs.values():
+        ref = out.reference
+        edges.append({"from": f"inputs.{ref.name}" if ref.kind == "inputs" else ref.name, "to": f"outputs.{out.name}"})
+    chat = None
+    if chat_input_name(flow):
+        chat = {"input": chat_input_name(flow), "history": chat_history_name(flow), "output": chat_output_name(flow)}
+    return {"kind": flow.kind, "inputs": inputs, "outputs": outputs, "nodes": nodes, "edges": edges, "chat": chat}

@@ -1,0 +1,1 @@
+"""Studio: the web UI served by `forgeflow serve` at `/`, a static single page over the REST API."""

@@ -1,0 +1,106 @@
+"""Studio's pages and sign-in routes.
+
+`/signin` is public and self-contained; `/` and `/studio/<file>` need a Studio session (see session.py).
+Every page goes out with a Content-Security-Policy that allows only this origin's scripts plus the
+inline scripts of that very page (by hash), so text from the API can never run as code.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from functools import lru_cache
+from pathlib import Path
+
+import pydantic
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
+
+from forgeflow import __version__
+from forgeflow.api.deps import require_admin, services
+from forgeflow.errors import NotFound, Unauthorized
+from forgeflow.store.secrets import same
+from forgeflow.studio.session import COOKIE, LIFETIME_S, new_session, valid_session
+
+STATIC = Path(__file__).parent / "static"
+TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+         ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", ".png": "image/png", ".ico": "image/x-icon",
+         ".json": "application/json"}
+_INLINE_SCRIPT = re.compile(r"<script(?![^>]*\bsrc=)[^>]*>(.*?)</script>", re.S | re.I)
+
+router = APIRouter(include_in_schema=False)
+api = APIRouter(prefix="/api", tags=["studio"])
+
+
+class SignIn(pydantic.BaseModel):
+    token: str = pydantic.Field(max_length=512, description="The workspace admin token (forgeflow token show).")
+
+
+@lru_cache(maxsize=32)
+def _page(path: Path, mtime: float) -> tuple[bytes, str]:
+    """A file's bytes and the CSP for it (inline scripts allowed by their sha256)."""
+    data = path.read_bytes()
+    hashes = ""
+    if path.suffix == ".html":
+        for body in _INLINE_SCRIPT.findall(data.decode()):
+            digest = base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()
+            hashes += f" 'sha256-{digest}'"
+    csp = (f"default-src 'self'; script-src 'self'{hashes}; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+           "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'; object-src 'none'")
+    return data, csp
+
+
+def _file_response(path: Path) -> Response:
+    data, csp = _page(path, path.stat().st_mtime)
+    return Response(data, media_type=TYPES.get(path.suffix, "application/octet-stream"), headers={
+        "Content-Security-Policy": csp, "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
+        "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache",
+    })
+
+
+def _signed_in(request: Request) -> bool:
+    return valid_session(request.cookies.get(COOKIE), request.app.state.ff.ws.admin_token())
+
+
+@router.get("/signin", response_class=HTMLResponse)
+def signin_page() -> Response:
+    return _file_response(STATIC / "signin.html")
+
+
+@router.get("/", response_class=HTMLResponse)
+def studio_page(request: Request) -> Response:
+    if not _signed_in(request):
+        return RedirectResponse("/signin", status_code=303)
+    return _file_response(STATIC / "index.html")
+
+
+@router.get("/studio/{name:path}")
+def studio_file(name: str, request: Request) -> Response:
+    if not _signed_in(request):
+        raise Unauthorized("sign in to Studio first: open /signin")
+    path = (STATIC / name).resolve()
+    if not path.is_relative_to(STATIC.resolve()) or not path.is_file() or path.name == "signin.html":
+        raise NotFound(f"no Studio file {name!r}")
+    return _file_response(path)
+
+
+@api.post("/session")
+def sign_in(body: SignIn, request: Request, response: Response) -> dict:
+    """Exchange the admin token for a Studio session cookie (HttpOnly, SameSite=Strict)."""
+    admin = request.app.state.ff.ws.admin_token()
+    if not same(body.token.strip(), admin):
+        raise Unauthorized("wrong token: copy it from 'forgeflow token show'")
+    response.set_cookie(COOKIE, new_session(admin), max_age=LIFETIME_S, httponly=True, samesite="strict", path="/")
+    return {"signed_in": True}
+
+
+@api.get("/session", dependencies=[Depends(require_admin)])
+def session(ff=Depends(services)) -> dict:
+    return {"signed_in": True, "version": __version__, "home": str(ff.ws.paths.root)}
+
+
+@api.delete("/session")
+def sign_out(response: Response) -> dict:
+    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
+    return {"signed_in": False}
