@@ -124,3 +124,51 @@ def test_the_openai_client_works_with_the_key_and_base_url(gateway):
         bad.chat.completions.create(model="blue", messages=[{"role": "user", "content": "hi"}])
     with pytest.raises(openai.BadRequestError, match="messages"):
         client.chat.completions.create(model="blue", messages=[])
+
+
+def test_a_client_leaving_a_stream_early_frees_its_place(gateway):
+    key = gateway.endpoint("leave-ep")
+    gateway.deploy("leave-ep", "blue", {"output": "tok", "chunks": 20, "chunk_delay": 0.2})
+    gateway.svc.set_traffic("leave-ep", {"blue": 100})
+    for _ in range(3):
+        with httpx.stream("POST", f"{gateway.url}/endpoints/leave-ep/v1/chat/completions", json=CHAT | {"stream": True},
+                          headers={"Authorization": f"Bearer {key}"}, timeout=30) as r:
+            assert r.status_code == 200  # headers only: the client leaves before reading a chunk
+    deadline = time.monotonic() + 10
+    while gateway.svc.pending.get(("leave-ep", "blue")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert gateway.svc.pending[("leave-ep", "blue")] == 0
+    instances = gateway.app.state.ff.supervisor.ready_instances("leave-ep", "blue")
+    assert [i.inflight for i in instances] == [0]
+    metrics = httpx.get(f"{gateway.url}/metrics", headers=gateway.admin).text
+    assert 'forgeflow_requests_total{endpoint="leave-ep",deployment="blue",code="499"} 3' in metrics
+
+
+def test_a_stream_never_started_still_gives_back_its_place():
+    """The client can go before the response even starts iterating: the release must still run, once."""
+    import asyncio
+
+    from forgeflow.serving.gateway import _RelayResponse
+
+    started, released = [], []
+
+    async def body():
+        started.append(True)
+        yield b"data: x\n\n"
+
+    async def release():
+        released.append(True)
+
+    async def receive():
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        raise OSError("client gone")
+
+    response = _RelayResponse(body(), release, media_type="text/event-stream")
+    scope = {"type": "http", "asgi": {"spec_version": "2.4"}}
+    try:
+        asyncio.run(response(scope, receive, send))
+    except Exception:
+        pass
+    assert released == [True] and started == []

@@ -195,8 +195,9 @@ async def _forward(call: _Call, cfg: EndpointConfig, path: str, raw: bytes, stre
             break
         if stream and resp.status_code == 200 and resp.headers.get("content-type", "").startswith("text/event-stream"):
             handed_over = True
-            return StreamingResponse(_relay(call, resp, inst, key, timeout_s), media_type="text/event-stream",
-                                     headers=call.headers({"cache-control": "no-cache"}))
+            done = _Release(call, resp, inst, key)
+            return _RelayResponse(_relay(call, resp, done), done, media_type="text/event-stream",
+                                  headers=call.headers({"cache-control": "no-cache"}))
         try:
             content = await asyncio.wait_for(resp.aread(), timeout_s)
         except (asyncio.TimeoutError, httpx.TimeoutException):
@@ -229,12 +230,46 @@ def _answer(call: _Call, resp: httpx.Response, content: bytes) -> Response:
     return Response(content, status_code=resp.status_code, media_type="application/json", headers=call.headers(extra))
 
 
-async def _relay(call: _Call, resp: httpx.Response, inst, key: tuple[str, str], timeout_s: float) -> AsyncIterator[bytes]:
+class _Release:
+    """Give back what a relayed stream holds (the upstream response, the instance's and the deployment's
+    counts) exactly once: when the stream ends, breaks, or the client leaves before it even started."""
+
+    def __init__(self, call: _Call, resp: httpx.Response, inst, key: tuple[str, str]) -> None:
+        self.call, self.resp, self.inst, self.key = call, resp, inst, key
+        self.status, self.tokens, self.usage = 499, 0, None  # 499: the client went away first
+        self.done = False
+
+    async def __call__(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.inst.inflight -= 1
+        self.call.svc.pending[self.key] -= 1
+        try:
+            await self.resp.aclose()
+        finally:
+            usage = self.usage
+            self.call.record(self.status, usage.get("completion_tokens") if usage else self.tokens,
+                             usage.get("prompt_tokens") if usage else None)
+
+
+class _RelayResponse(StreamingResponse):
+    def __init__(self, content: AsyncIterator[bytes], release: _Release, **kwargs) -> None:
+        super().__init__(content, **kwargs)
+        self.release = release
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.release()
+
+
+async def _relay(call: _Call, resp: httpx.Response, release: _Release) -> AsyncIterator[bytes]:
     """Pass a server-sent-event stream through as it comes, timing the first chunk and counting
     tokens (the final `usage` when the server sends one, else one per content chunk)."""
     m, labels = call.svc.metrics, Metrics.labels(endpoint=call.endpoint, deployment=call.deployment)
-    first, chunks, usage, pending = True, 0, None, b""
-    status = 200
+    first, pending = True, b""
     try:
         async for chunk in resp.aiter_raw():
             if first:
@@ -244,17 +279,14 @@ async def _relay(call: _Call, resp: httpx.Response, inst, key: tuple[str, str], 
             *lines, pending = pending.split(b"\n")
             for line in lines:
                 n, u = _sse_tokens(line)
-                chunks += n
-                usage = u or usage
+                release.tokens += n
+                release.usage = u or release.usage
             yield chunk
+        release.status = 200
     except httpx.HTTPError:
-        status = 424  # the stream broke after the headers went out; the metric tells
+        release.status = 424  # the stream broke after the headers went out; the metric tells
     finally:
-        await resp.aclose()
-        inst.inflight -= 1
-        call.svc.pending[key] -= 1
-        call.record(status, usage.get("completion_tokens") if usage else chunks,
-                    usage.get("prompt_tokens") if usage else None)
+        await release()
 
 
 def _sse_tokens(line: bytes) -> tuple[int, dict | None]:
