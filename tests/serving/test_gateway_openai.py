@@ -126,6 +126,29 @@ def test_the_openai_client_works_with_the_key_and_base_url(gateway):
         client.chat.completions.create(model="blue", messages=[])
 
 
+def test_switching_auth_mode_retires_every_old_credential(gateway):
+    key = gateway.endpoint("switch-ep")
+    gateway.deploy("switch-ep", "blue")
+    gateway.svc.set_traffic("switch-ep", {"blue": 100})
+    old = gateway.svc.credentials("switch-ep")
+    assert post(gateway, "switch-ep", key).status_code == 200
+
+    r = httpx.patch(f"{gateway.url}/api/endpoints/switch-ep", json={"auth_mode": "token"}, headers=gateway.admin)
+    assert r.status_code == 200 and r.json()["auth_mode"] == "token"
+    for stale in (old["primary_key"], old["secondary_key"]):
+        assert post(gateway, "switch-ep", stale).status_code == 401
+    token = httpx.get(f"{gateway.url}/api/endpoints/switch-ep/credentials", headers=gateway.admin).json()
+    assert post(gateway, "switch-ep", token["access_token"]).status_code == 200
+
+    gateway.svc.update_endpoint("switch-ep", auth_mode="key")
+    assert post(gateway, "switch-ep", token["access_token"]).status_code == 401
+    fresh = gateway.svc.credentials("switch-ep")
+    assert fresh["primary_key"] not in (old["primary_key"], old["secondary_key"])
+    assert post(gateway, "switch-ep", fresh["secondary_key"]).status_code == 200
+    r = httpx.patch(f"{gateway.url}/api/endpoints/switch-ep", json={"auth_mode": "aad"}, headers=gateway.admin)
+    assert r.status_code == 400 and r.json()["field"] == "auth_mode"
+
+
 def test_a_client_leaving_a_stream_early_frees_its_place(gateway):
     key = gateway.endpoint("leave-ep")
     gateway.deploy("leave-ep", "blue", {"output": "tok", "chunks": 20, "chunk_delay": 0.2})

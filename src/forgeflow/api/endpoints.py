@@ -27,6 +27,8 @@ class EndpointUpdate(BaseModel):
                                                   "traffic copied to it; its answers are discarded.")
     description: str | None = None
     max_body_bytes: int | None = Field(None, description="Largest request body in bytes.")
+    auth_mode: str | None = Field(None, description="Switch between 'key' and 'token'; both keys are replaced, so "
+                                  "no credential of the old mode keeps working.")
 
 
 class RegenerateKeys(BaseModel):
@@ -67,7 +69,8 @@ def show_endpoint(name: str, ff=Depends(services)) -> dict:
 @router.patch("/endpoints/{name}")
 def update_endpoint(name: str, body: EndpointUpdate, ff=Depends(services)) -> dict:
     return ff.endpoints.update_endpoint(name, traffic=body.traffic, mirror_traffic=body.mirror_traffic,
-                                        description=body.description, max_body_bytes=body.max_body_bytes)
+                                        description=body.description, max_body_bytes=body.max_body_bytes,
+                                        auth_mode=body.auth_mode)
 
 
 @router.delete("/endpoints/{name}")

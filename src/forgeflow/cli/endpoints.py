@@ -60,9 +60,11 @@ def ep_update(name: str = NameOpt,
                                                        help="DEPLOYMENT=PERCENT (at most 50) of live traffic copied there."),
               max_body_bytes: int = typer.Option(None, "--max-body-bytes", help="Largest request body; 413 past it."),
               description: str = typer.Option(None, help="Free text."),
+              auth_mode: str = typer.Option(None, "--auth-mode", help="Switch to key or token auth: both keys are "
+                                            "replaced, so no credential of the old mode keeps working."),
               json_out: bool = JsonOpt) -> None:
-    """Change the traffic split (--traffic blue=90 green=10), the mirror, or the body limit."""
-    body: dict = {"description": description, "max_body_bytes": max_body_bytes}
+    """Change the traffic split (--traffic blue=90 green=10), the mirror, the body limit or the auth mode."""
+    body: dict = {"description": description, "max_body_bytes": max_body_bytes, "auth_mode": auth_mode}
     if traffic:
         body["traffic"] = _percentages(traffic, "--traffic")
     if mirror_traffic:
@@ -71,7 +73,10 @@ def ep_update(name: str = NameOpt,
     if json_out:
         print_json(ep)
     else:
-        console.print(f"endpoint {name} traffic: {ep['traffic']} mirror: {ep['mirror_traffic']}")
+        console.print(f"endpoint {name} traffic: {ep['traffic']} mirror: {ep['mirror_traffic']}"
+                      f" auth: {ep['auth_mode']}")
+        if auth_mode:
+            console.print(f"new credentials: forgeflow online-endpoint get-credentials --name {name}")
 
 
 def _percentages(items: list[str], flag: str) -> dict[str, int]:

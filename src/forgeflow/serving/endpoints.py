@@ -151,8 +151,10 @@ class EndpointService:
 
     def update_endpoint(self, name: str, *, traffic: dict[str, int] | None = None,
                         mirror_traffic: dict[str, int] | None = None, description: str | None = None,
-                        max_body_bytes: int | None = None) -> dict:
+                        max_body_bytes: int | None = None, auth_mode: str | None = None) -> dict:
         row = self._endpoint_row(name)
+        if auth_mode is not None and auth_mode not in AUTH_MODES:
+            raise InvalidInput(f"auth_mode {auth_mode!r} is not supported: use 'key' or 'token'", field="auth_mode")
         new_traffic = row["traffic"] if traffic is None else traffic
         new_mirror = (row.get("mirror_traffic") or {}) if mirror_traffic is None else mirror_traffic
         known = {d["name"] for d in self.store.select("deployments", {"endpoint": name})}
@@ -177,6 +179,11 @@ class EndpointService:
         if max_body_bytes is not None:
             _check_body_limit(max_body_bytes)
             values["max_body_bytes"] = max_body_bytes
+        if auth_mode is not None and auth_mode != row["auth_mode"]:
+            # Fresh secrets: no key of the old mode keeps working, and no old key can sign tokens.
+            box = self.ws.secrets
+            values |= {"auth_mode": auth_mode, "primary_key": box.encrypt(new_key()),
+                       "secondary_key": box.encrypt(new_key())}
         self.store.update("endpoints", {"name": name}, values)
         self._changed(name)
         return self.show_endpoint(name)
