@@ -1,6 +1,6 @@
 """Fine-tuning throughput: a plain TRL SFTTrainer script vs forgeflow's training code, same data, rank, steps.
 
-    .venv/bin/python bench/finetune_throughput.py --steps 20 [--json] [--levers]
+    .venv/bin/python bench/finetune_throughput.py --steps 20 [--repeat 3] [--json] [--levers ...]
 
 Pulls SmolLM2-135M-Instruct into a temporary FORGEFLOW_HOME, splits the sample data 80/20 and fine-tunes
 LoRA (same rank, alpha, targets, learning rate, batch size, steps) twice, each run in its own process so
@@ -14,6 +14,9 @@ peak memory (RSS) is its own:
 Tokens/s counts real (non-pad) input tokens of the batches trained on, over trainer.train()'s wall time,
 for both. Validation loss is measured the same way for both after training: mean cross-entropy over the
 assistant tokens of the held-out 20%. `--levers` adds forgeflow runs with one lever switched back each.
+`--repeat N` runs every configuration N times, interleaved (plain, forgeflow, levers, plain, ...), and reports
+the median of each figure and the median of the per-round ratios, so a burst of load on a shared machine
+moves one round, not the result.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -184,6 +188,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20, help="optimizer steps for each run")
     parser.add_argument("--batch", type=int, default=4, help="per_device_train_batch_size for both runs")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of every configuration; medians are reported")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--levers", default="", help="comma list of forgeflow levers to switch back, e.g. "
                         "no-packing,gradient-checkpointing,full-logits,precision=bf16,precision=fp32")
@@ -203,21 +208,42 @@ def main() -> None:
 
         model = str(pull_base_model("smollm2-135m-instruct").path)
         split_sample(work)
-        plain = spawn(work, model, args.steps, args.batch, "plain")
-        ours = spawn(work, model, args.steps, args.batch, "forgeflow")
-        levers = [spawn(work, model, args.steps, args.batch, "forgeflow", lever)
-                  for lever in filter(None, args.levers.split(","))]
-    report = {"steps": args.steps, "batch": args.batch, "cpu_count": os.cpu_count(), "plain": plain,
-              "forgeflow": ours, "ratio": round(ours["tokens_per_second"] / plain["tokens_per_second"], 2),
-              "levers": levers}
+        rounds = []
+        for _ in range(args.repeat):
+            runs = [spawn(work, model, args.steps, args.batch, "plain"),
+                    spawn(work, model, args.steps, args.batch, "forgeflow")]
+            runs += [spawn(work, model, args.steps, args.batch, "forgeflow", lever)
+                     for lever in filter(None, args.levers.split(","))]
+            rounds.append(runs)
+    report = summarize(rounds)
+    report |= {"steps": args.steps, "batch": args.batch, "repeat": args.repeat, "cpu_count": os.cpu_count(),
+               "load_average": [round(x, 2) for x in os.getloadavg()]}
     if args.json:
         print(json.dumps(report, indent=2))
         return
-    print(f"{'run':40} {'tokens/s':>9} {'tokens':>8} {'train s':>8} {'peak MB':>8} {'val loss':>9}")
-    for r in [plain, ours, *levers]:
-        print(f"{r['name']:40} {r['tokens_per_second']:9.1f} {r['tokens']:8d} {r['train_seconds']:8.1f} "
-              f"{r['peak_memory_mb']:8.0f} {r['val_loss']:9.4f}")
-    print(f"ratio forgeflow / plain TRL: {report['ratio']:.2f}x")
+    print(f"{'run (median of ' + str(args.repeat) + ')':40} {'tokens/s':>9} {'tokens':>8} {'train s':>8} "
+          f"{'peak MB':>8} {'val loss':>9} {'vs plain':>9}")
+    for r in report["runs"]:
+        print(f"{r['name']:40} {r['tokens_per_second']:9.1f} {r['tokens']:8.0f} {r['train_seconds']:8.1f} "
+              f"{r['peak_memory_mb']:8.0f} {r['val_loss']:9.4f} {r['ratio_vs_plain']:8.2f}x")
+    print(f"ratio forgeflow / plain TRL (median of per-round ratios): {report['ratio']:.2f}x; "
+          f"per round: {report['ratios']}")
+
+
+def summarize(rounds: list[list[dict]]) -> dict:
+    """Median of every figure per configuration, and per-round tokens/s ratios against that round's plain run."""
+    names = [r["name"] for r in rounds[0]]
+    runs = []
+    for i, name in enumerate(names):
+        samples = [rnd[i] for rnd in rounds]
+        ratios = [rnd[i]["tokens_per_second"] / rnd[0]["tokens_per_second"] for rnd in rounds]
+        med = {k: statistics.median(s[k] for s in samples)
+               for k in ("tokens", "train_seconds", "tokens_per_second", "peak_memory_mb", "val_loss")}
+        runs.append({"name": name, **med, "ratio_vs_plain": round(statistics.median(ratios), 2),
+                     "tokens_per_second_samples": [s["tokens_per_second"] for s in samples]})
+    ratios = [round(rnd[1]["tokens_per_second"] / rnd[0]["tokens_per_second"], 2) for rnd in rounds]
+    return {"runs": runs, "plain": runs[0], "forgeflow": runs[1], "ratio": statistics.median(ratios),
+            "ratios": ratios}
 
 
 if __name__ == "__main__":
