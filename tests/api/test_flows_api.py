@@ -49,6 +49,11 @@ async def test_catalogue_lists_examples_and_added_flows(api, tmp_path):
     assert (await api.get("/api/flows/missing")).status_code == 404
 
 
+async def test_a_python_node_names_its_connection(api):
+    flow = (await api.get("/api/flows/walkthrough-chat-flow")).json()
+    assert [n["connection"] for n in flow["nodes"]] == ["custom-phi3"]
+
+
 async def test_graph_of_a_bundled_flow(api):
     flow = (await api.get("/api/flows/evaluate-fine-tuned")).json()
     names = [n["name"] for n in flow["nodes"]]

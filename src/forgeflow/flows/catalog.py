@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import ast
 import shutil
 from pathlib import Path
 from typing import Any
@@ -111,8 +112,12 @@ def describe(flow: Flow) -> dict[str, Any]:
     nodes, edges = [], []
     for name in flow.order:
         node = flow.nodes[name]
+        connection = node.connection
+        if connection is None and node.type == "python" and node.path is not None:
+            literal = {k: v for k, v in node.inputs.items() if isinstance(v, str) and not v.startswith("${")}
+            connection = next((literal[p] for p in _connection_params(node.path) if p in literal), None)
         nodes.append({"name": name, "type": node.type, "source": node.path.name if node.path else None,
-                      "inputs": {k: str(v) for k, v in node.inputs.items()}, "connection": node.connection,
+                      "inputs": {k: str(v) for k, v in node.inputs.items()}, "connection": connection,
                       "api": node.api, "aggregation": node.aggregation,
                       "activate_when": str(node.activate_when) if node.activate_when else None})
         seen = set()
@@ -128,3 +133,21 @@ def describe(flow: Flow) -> dict[str, Any]:
     if chat_input_name(flow):
         chat = {"input": chat_input_name(flow), "history": chat_history_name(flow), "output": chat_output_name(flow)}
     return {"kind": flow.kind, "inputs": inputs, "outputs": outputs, "nodes": nodes, "edges": edges, "chat": chat}
+
+
+def _connection_params(path: Path) -> list[str]:
+    """Parameters of a python tool annotated with a connection type (`conn: CustomConnection`), read from the
+    source without importing it: a flow's own code never runs in the server."""
+    try:
+        tree = ast.parse(path.read_text(errors="replace"))
+    except (OSError, SyntaxError, ValueError):
+        return []
+    found = []
+    for fn in ast.walk(tree):
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) and fn.decorator_list:
+            for arg in [*fn.args.args, *fn.args.kwonlyargs]:
+                ann = arg.annotation
+                label = ann.id if isinstance(ann, ast.Name) else ann.attr if isinstance(ann, ast.Attribute) else ""
+                if label.endswith("Connection"):
+                    found.append(arg.arg)
+    return found
