@@ -113,8 +113,9 @@ def run_forgeflow(model_dir: str, train: Path, val: Path, steps: int, batch: int
         settings["packing"] = False
     if lever == "gradient-checkpointing":
         settings["gradient_checkpointing"] = True
-    if lever.startswith("precision="):
-        settings["precision"] = lever.split("=", 1)[1]
+    if "=" in lever:  # any hyperparameter: precision=bf16, lora_dropout=0.05, max_seq_length=256 ...
+        name, value = lever.split("=", 1)
+        settings[name] = value
     hp = resolve_hyperparameters(settings)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     data = prepare(train, tokenizer, hp.max_seq_length, hp.packing)
@@ -191,7 +192,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="rounds of every configuration; medians are reported")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--levers", default="", help="comma list of forgeflow levers to switch back, e.g. "
-                        "no-packing,gradient-checkpointing,full-logits,precision=bf16,precision=fp32")
+                        "no-packing,gradient-checkpointing,full-logits, or any NAME=VALUE hyperparameter (precision=bf16, "
+                        "lora_dropout=0.05)")
     parser.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--variant", default="", help=argparse.SUPPRESS)
     parser.add_argument("--lever", default="", help=argparse.SUPPRESS)
