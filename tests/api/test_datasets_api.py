@@ -55,9 +55,10 @@ async def test_upload_refusals_keep_what_was_there(api, ws, monkeypatch):
     assert r.status_code == 413
     assert (ws.paths.datasets / "keep.jsonl").read_bytes() == jsonl(GOOD)
     assert [p.name for p in ws.paths.datasets.iterdir()] == ["keep.jsonl"]  # no temporary file left
-    for bad in ("../escape.jsonl", "no-extension", ".hidden.jsonl", "x.exe"):
+    for bad in ("%2e%2e%2fescape.jsonl", "..%2Fescape.jsonl", "no-extension", ".hidden.jsonl", "x.exe"):
         r = await api.put(f"/api/datasets/{bad}", content=jsonl(GOOD))
         assert r.status_code in (400, 404), bad
+    assert not (ws.paths.root / "escape.jsonl").exists()
     assert (await api.put("/api/datasets/empty.jsonl", content=b"")).status_code == 400
     assert (await api.get("/api/datasets/missing.jsonl")).status_code == 404
     assert (await api.get("/api/datasets/keep.jsonl/rows", params={"limit": 0})).status_code == 400

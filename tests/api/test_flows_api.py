@@ -46,6 +46,26 @@ async def test_catalogue_lists_examples_and_added_flows(api, tmp_path):
     r = await api.post("/api/flows", json={"name": "nope", "path": str(tmp_path / "missing")})
     assert r.status_code == 400
     assert (await api.delete("/api/flows/chat-with-endpoint")).status_code == 409
+    # Replacing a flow with its own workspace copy would delete what it copies from.
+    own = (await api.get("/api/flows/shout")).json()["path"]
+    r = await api.post("/api/flows", json={"name": "shout", "path": own, "overwrite": True})
+    assert r.status_code == 400 and (await api.get("/api/flows/shout")).status_code == 200
+    # A replacement whose copy fails keeps the flow that was there.
+    (tmp_path / "newer").mkdir()
+    write_flow(tmp_path / "newer" / "flow")
+    (tmp_path / "newer" / "flow" / "unreadable.txt").write_text("x")
+    (tmp_path / "newer" / "flow" / "unreadable.txt").chmod(0)
+    r = await api.post("/api/flows", json={"name": "shout", "path": str(tmp_path / "newer" / "flow"), "overwrite": True})
+    import os
+
+    if os.geteuid() != 0:  # root reads any file, so the copy cannot fail that way
+        assert r.status_code == 400 and "could not copy" in r.json()["message"]
+    assert (await api.get("/api/flows/shout")).status_code == 200
+    # Stray folders (bytecode caches, unfinished copies, folders without a flow file) are not flows.
+    for stray in ("__pycache__", ".half.copying", "notes"):
+        (tmp_path / "ffhome" / "flows" / stray).mkdir(parents=True, exist_ok=True)
+    listed = [f["name"] for f in (await api.get("/api/flows")).json()]
+    assert "shout" in listed and not {"__pycache__", ".half.copying", "notes"} & set(listed)
     assert (await api.get("/api/flows/missing")).status_code == 404
 
 

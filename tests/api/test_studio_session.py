@@ -24,7 +24,7 @@ def test_session_values():
     assert not valid_session(value, token, now=1000 + 8 * 24 * 3600)  # expired
     expires, mac = value.split(".")
     assert not valid_session(f"{int(expires) + 999}.{mac}", token, now=1001)  # a longer life is not forged
-    for bad in (None, "", "garbage", ".", "123.", "x.y"):
+    for bad in (None, "", "garbage", ".", "123.", "x.y", "\u00b2.x", "\u0661\u0662.x"):
         assert not valid_session(bad, token, now=1001)
 
 
@@ -52,7 +52,7 @@ async def test_sign_in_with_the_token_then_sign_out(browser, ws):
     csp = page.headers["content-security-policy"]
     assert "script-src 'self'" in csp and "unsafe-inline" not in csp.split("script-src")[1].split(";")[0]
     assert (await browser.get("/studio/app.js")).status_code == 200
-    for traversal in ("../pages.py", "..%2Fpages.py", "signin.html"):
+    for traversal in ("%2e%2e%2fpages.py", "..%2Fpages.py", "%2e%2e/%2e%2e/api/app.py", "signin.html"):
         assert (await browser.get(f"/studio/{traversal}")).status_code == 404
 
     studio = {"X-Forgeflow-Studio": "1"}

@@ -146,6 +146,19 @@ def test_nothing_works_without_signing_in(browser, studio, shots):
     finally:
         context.close()
 
+    # ?next= only ever leads somewhere on this site, however it is spelled
+    for hostile in ("//evil.example/", "/%09/evil.example", "/%0a/evil.example", "/\\evil.example", "https://evil.example/"):
+        context = browser.new_context(viewport=WIDE)
+        try:
+            page = context.new_page()
+            page.goto(f"{studio.url}/signin?next={hostile}")
+            page.fill("#token", studio.token)
+            page.click("#submit")
+            page.wait_for_url(re.compile(re.escape(studio.url) + r"/(#.*)?$"))
+            assert page.url.startswith(studio.url + "/"), (hostile, page.url)
+        finally:
+            context.close()
+
     narrow = browser.new_context(viewport=NARROW)
     try:
         p = narrow.new_page()

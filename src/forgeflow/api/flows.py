@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -134,5 +135,13 @@ async def _run(path: Path, body: FlowTest, home: Path, request: Request) -> Asyn
                    "before reporting a result"}
     finally:
         if proc.returncode is None:
-            proc.kill()
+            _kill_group(proc.pid)
             await proc.wait()
+
+
+def _kill_group(pid: int) -> None:
+    """The run and whatever its flow's code started (it leads its own process group)."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

@@ -10,12 +10,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from forgeflow.errors import Conflict, InvalidInput, NotFound
+from forgeflow.errors import Conflict, ForgeflowError, InvalidInput, NotFound
 from forgeflow.flows.dag import (
     Flow,
     chat_history_name,
     chat_input_name,
     chat_output_name,
+    flow_file,
     load_flow,
 )
 from forgeflow.names import check_name
@@ -29,9 +30,9 @@ class FlowCatalog:
         self.root = Path(root)
 
     def _folders(self) -> list[tuple[str, str, Path]]:
-        found = [("example", p.name, p) for p in sorted(EXAMPLES.iterdir()) if p.is_dir()]
+        found = [("example", p.name, p) for p in sorted(EXAMPLES.iterdir()) if _is_flow(p)]
         if self.root.is_dir():
-            found += [("workspace", p.name, p) for p in sorted(self.root.iterdir()) if p.is_dir()]
+            found += [("workspace", p.name, p) for p in sorted(self.root.iterdir()) if _is_flow(p)]
         return found
 
     def path(self, name: str) -> Path:
@@ -66,17 +67,26 @@ class FlowCatalog:
         source = Path(source).expanduser().resolve()
         if not source.is_dir():
             raise InvalidInput(f"path {source}: not a folder holding flow.dag.yaml", field="path")
-        load_flow(source)
         target = self.root / name
-        if target.exists():
-            if not overwrite:
-                raise Conflict(f"flow {name!r} exists: use overwrite=true to replace it", field="name")
-            shutil.rmtree(target)
+        if source == target.resolve() or source.is_relative_to(target.resolve()):
+            raise InvalidInput(f"path {source} is the workspace's copy of flow {name!r} itself", field="path")
+        load_flow(source)
+        if target.exists() and not overwrite:
+            raise Conflict(f"flow {name!r} exists: use overwrite=true to replace it", field="name")
         self.root.mkdir(parents=True, exist_ok=True)
-        staging = self.root / f".{name}.copying"
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(source, staging, ignore=_SKIP)
+        # Copy first, swap after: a failed copy leaves the existing flow as it was.
+        staging, retired = self.root / f".{name}.copying", self.root / f".{name}.replaced"
+        for leftover in (staging, retired):
+            shutil.rmtree(leftover, ignore_errors=True)
+        try:
+            shutil.copytree(source, staging, ignore=_SKIP)
+        except (OSError, shutil.Error) as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise InvalidInput(f"could not copy the flow folder {source}: {exc}", field="path") from None
+        if target.exists():
+            target.rename(retired)
         staging.rename(target)
+        shutil.rmtree(retired, ignore_errors=True)
         return self.show(name)
 
     def delete(self, name: str) -> None:
@@ -84,6 +94,16 @@ class FlowCatalog:
         if path.parent == EXAMPLES:
             raise Conflict(f"{name!r} is a bundled example flow and cannot be deleted", field="name")
         shutil.rmtree(path)
+
+
+def _is_flow(path: Path) -> bool:
+    if not path.is_dir() or path.name.startswith((".", "_")):
+        return False
+    try:
+        flow_file(path)
+    except ForgeflowError:
+        return False
+    return True
 
 
 def _description(path: Path) -> str:

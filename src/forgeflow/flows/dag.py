@@ -392,7 +392,8 @@ _cache_lock = threading.Lock()
 _paths: dict[str, Path] = {}  # as given -> resolved flow file (resolving costs more than the run)
 
 
-def _flow_file(target: Path) -> Path:
+def flow_file(target: Path) -> Path:
+    """The file that defines a flow: the file given, a flex flow's YAML, or flow.dag.yaml."""
     if target.is_file():
         return target.resolve()
     for name in FLEX_FILES:
@@ -415,7 +416,7 @@ def load_flow(flow_dir: Path | str | Flow) -> Flow:
     except OSError:
         mtime = None
     if mtime is None:
-        path = _flow_file(Path(flow_dir))
+        path = flow_file(Path(flow_dir))
         mtime = path.stat().st_mtime_ns
         _paths[key] = path
     hit = _cache.get(path)

@@ -32,6 +32,6 @@ def valid_session(value: str | None, admin_token: str, now: float | None = None)
     if not value or not admin_token:
         return False
     expires, _, mac = value.partition(".")
-    if not expires.isdigit() or int(expires) < (now if now is not None else time.time()):
+    if not (expires.isascii() and expires.isdigit()) or int(expires) < (now if now is not None else time.time()):
         return False
     return same(mac, _mac(admin_token, int(expires)))

@@ -40,6 +40,11 @@ class PageContext {
         offline(null);
       } catch (e) {
         if (e.name === "AbortError" || (e instanceof ApiError && e.status === 401)) return;
+        if (e instanceof ApiError && e.status === 404) {  // what this page watches is gone: stop asking
+          offline(null);
+          gone(e);
+          return;
+        }
         offline(e);
       }
       if (again && this.alive) timer = setTimeout(tick, typeof ms === "function" ? ms() : ms);
@@ -67,12 +72,26 @@ function offline(error) {
   bar.textContent = `Live updates paused, retrying: ${error.message}`;
 }
 
+/** A page whose subject was deleted meanwhile (elsewhere, or by another user): say so instead of retrying. */
+function gone(error) {
+  const main = document.getElementById("main");
+  if (main.querySelector(".gone")) return;
+  main.prepend(h("div", {class: "alert alert-bad gone", role: "alert"},
+    `${error.message} — it was deleted or renamed; live updates stopped. `, h("a", {href: "#/"}, "Back to the overview")));
+}
+
 let current = null;
 let generation = 0;
 
 async function route() {
   const main = document.getElementById("main");
-  const {parts, query} = parseHash(location.hash);
+  let parts, query;
+  try {
+    ({parts, query} = parseHash(location.hash));
+  } catch {  // e.g. a broken %-escape typed into the address bar
+    parts = ["not-found"];
+    query = {};
+  }
   const section = parts[0] || "";
   if (current) current.leave();
   offline(null);
@@ -100,7 +119,13 @@ async function route() {
   delete main.dataset.route;
   replace(main, h("div", {class: "page loading"}, spinner("loading")));
   try {
-    const mod = await import(modulePath);
+    let mod;
+    try {
+      mod = await import(modulePath);
+    } catch (e) {
+      await get("/session");  // 401 -> the sign-in page; otherwise the import error itself is shown
+      throw e;
+    }
     if (mine !== generation) return;
     const page = h("div", {class: "page", "data-page": section || "overview"});
     replace(main, page);
@@ -123,7 +148,8 @@ async function session() {
 }
 
 document.getElementById("signout").addEventListener("click", async () => {
-  try { await del("/session"); } finally { toSignIn(); }
+  try { await del("/session"); } catch (e) { console.warn(e); }
+  toSignIn();
 });
 
 window.addEventListener("hashchange", () => {

@@ -63,6 +63,7 @@ function connectionForm(ctx, existing, eps) {
     h("p", {class: "hint"}, "Secrets are encrypted on the server and never shown again; leave one blank to keep it when editing."),
     status, h("div", {class: "actions"}, button("Clear", () => reset()), submit));
   const api = {element: form, onSaved: null, edit};
+  let original = {configs: [], secrets: []};  // the keys of the connection being edited
 
   // custom: the Azure scoring URI and key (the walkthrough's flow); open_ai: the OpenAI base URL and key (llm nodes)
   async function fill() {
@@ -88,6 +89,7 @@ function connectionForm(ctx, existing, eps) {
   type.addEventListener("change", fill);
 
   function reset() {
+    original = {configs: [], secrets: []};
     name.value = ""; name.readOnly = false; type.value = "custom"; fromEp.value = "";
     configs.load({}); secrets.load({});
     title.textContent = "New connection";
@@ -98,6 +100,7 @@ function connectionForm(ctx, existing, eps) {
     name.value = c.name; name.readOnly = true; type.value = c.type;
     configs.load(c.configs || {});
     secrets.load(Object.fromEntries(Object.keys(c.secrets || {}).map((k) => [k, ""])));
+    original = {configs: Object.keys(c.configs || {}), secrets: Object.keys(c.secrets || {})};
     title.textContent = `Edit ${c.name}`;
     form.scrollIntoView({block: "nearest"});
   }
@@ -112,8 +115,15 @@ function connectionForm(ctx, existing, eps) {
     busy(submit, async () => {
       try {
         if (editing) {
-          const secretValues = Object.fromEntries(Object.entries(secrets.values()).filter(([, v]) => v !== ""));
-          await patch(`/connections/${seg(n)}`, {type: type.value, configs: configs.values(), secrets: secretValues});
+          const secretRows = secrets.values();
+          const secretValues = Object.fromEntries(Object.entries(secretRows).filter(([, v]) => v !== ""));
+          const configValues = configs.values();
+          // rows deleted (or renamed) in the form are dropped on the server too
+          const remove = [
+            ...original.configs.filter((k) => !(k in configValues)).map((k) => `configs.${k}`),
+            ...original.secrets.filter((k) => !(k in secretRows)).map((k) => `secrets.${k}`),
+          ];
+          await patch(`/connections/${seg(n)}`, {type: type.value, configs: configValues, secrets: secretValues, remove});
         } else {
           await post("/connections", {name: n, type: type.value, configs: configs.values(), secrets: secrets.values()});
           existing.push({name: n});

@@ -169,7 +169,13 @@ export async function busy(btn, fn, errorSlot) {
 export function copyButton(getText, label = "Copy") {
   const btn = h("button", {type: "button", class: "btn btn-small", title: "Copy to the clipboard"}, label);
   btn.addEventListener("click", async () => {
-    const text = typeof getText === "function" ? await getText() : getText;
+    let text;
+    try {
+      text = typeof getText === "function" ? await getText() : getText;
+    } catch (e) {
+      toast(`Nothing copied: ${e.message || e}`, "bad");
+      return;
+    }
     try {
       await navigator.clipboard.writeText(text);
     } catch {
