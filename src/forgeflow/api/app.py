@@ -97,11 +97,11 @@ def create_app(ws: Workspace | None = None, *, base_url: str = "http://127.0.0.1
     from forgeflow.serving.gateway import router as gateway
     from forgeflow.studio import pages
 
+    app.include_router(gateway)  # first: scoring requests are the hot path, matched before any other route
     for module in (jobs, datasets, models, endpoints, connections, compute, flows):
         app.include_router(module.router, prefix="/api")
     app.include_router(pages.api)
     app.include_router(pages.router)
-    app.include_router(gateway)
     from forgeflow.serving.schemas import install_openapi
 
     install_openapi(app)
