@@ -135,17 +135,18 @@ class Browsing:
         self.context.close()
 
 
-@pytest.fixture
-def wide(browser, studio, shots):
-    b = Browsing(browser, studio, shots, WIDE)
+def _browsing(browser, studio, shots, viewport):
+    b = Browsing(browser, studio, shots, viewport)
     yield b
     b.close()
     assert not b.errors, f"uncaught errors in the page: {b.errors}"
+
+
+@pytest.fixture
+def wide(browser, studio, shots):
+    yield from _browsing(browser, studio, shots, WIDE)
 
 
 @pytest.fixture
 def narrow(browser, studio, shots):
-    b = Browsing(browser, studio, shots, NARROW)
-    yield b
-    b.close()
-    assert not b.errors, f"uncaught errors in the page: {b.errors}"
+    yield from _browsing(browser, studio, shots, NARROW)

@@ -2,7 +2,7 @@
 
 import {del, get, patch, post, seg} from "./api.js";
 import {
-  busy, button, clear, clearErrors, confirmDialog, field, h, pageHead, replace, showError, table, timeEl, toast,
+  busy, button, clear, clearErrors, onSubmit, confirmDialog, field, h, pageHead, replace, showError, table, timeEl, toast,
 } from "./dom.js";
 
 export default async function connections(root, ctx) {
@@ -105,10 +105,7 @@ function connectionForm(ctx, existing, eps) {
     form.scrollIntoView({block: "nearest"});
   }
 
-  form.addEventListener("submit", (e) => {
-    e.preventDefault();
-    clearErrors(form);
-    clear(status);
+  onSubmit(form, status, (e) => {
     const n = name.value.trim();
     if (!n) { showError(form, {field: "name", message: "Give the connection a name."}); return; }
     const editing = name.readOnly || existing.some((c) => c.name === n);

@@ -2,7 +2,7 @@
 
 import {api, del, get, post, seg} from "./api.js";
 import {
-  badge, busy, button, clear, clearErrors, confirmDialog, copyButton, empty, errorBox, field, fmtBytes,
+  badge, busy, button, clear, onSubmit, confirmDialog, copyButton, empty, errorBox, field, fmtBytes,
   fmtNum, h, hashFor, kv, pageHead, replace, showError, table, timeEl, toast,
 } from "./dom.js";
 
@@ -61,10 +61,7 @@ function uploadForm(ctx) {
     }
   });
 
-  form.addEventListener("submit", (e) => {
-    e.preventDefault();
-    clearErrors(form);
-    clear(status);
+  onSubmit(form, status, (e) => {
     const f = file.files[0];
     if (!f) { showError(form, {field: "body", message: "Choose a file to upload."}); return; }
     const target = (name.value || f.name).trim();
@@ -96,10 +93,7 @@ function prepareForm(ctx) {
       field("Prefix", prefix, {name: "prefix", hint: "Writes <prefix>_train.jsonl and <prefix>_test.jsonl."}),
       field("Test share", testSize, {name: "test_size", hint: "A fraction, or a row count."})),
     status, h("div", {class: "actions"}, submit));
-  form.addEventListener("submit", (e) => {
-    e.preventDefault();
-    clearErrors(form);
-    clear(status);
+  onSubmit(form, status, (e) => {
     busy(submit, async () => {
       submit.textContent = "Preparing…";
       try {

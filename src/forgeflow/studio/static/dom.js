@@ -256,6 +256,16 @@ export function showError(form, err, fallback) {
   }
 }
 
+/** Submit handling every form shares: no page reload, the previous errors and status cleared, then `handler(event)`. */
+export function onSubmit(form, status, handler) {
+  form.addEventListener("submit", (e) => {
+    e.preventDefault();
+    clearErrors(form);
+    clear(status);
+    return handler(e);
+  });
+}
+
 export function clearErrors(form) {
   for (const el of form.querySelectorAll(".field.has-error")) {
     el.classList.remove("has-error");

@@ -3,7 +3,7 @@
 
 import {del, get, patch, post, seg} from "./api.js";
 import {
-  badge, busy, button, clear, clearErrors, confirmDialog, empty, field, h, hashFor, kv, note, pageHead,
+  badge, busy, button, clear, onSubmit, confirmDialog, empty, field, h, hashFor, kv, note, pageHead,
   replace, showError, table, tabs, timeEl, toast,
 } from "./dom.js";
 
@@ -54,10 +54,7 @@ function createForm(ctx, deploy) {
     field("Authentication", auth, {name: "auth_mode"}),
     field("Description", description, {name: "description"}),
     status, h("div", {class: "actions"}, submit));
-  form.addEventListener("submit", (e) => {
-    e.preventDefault();
-    clearErrors(form);
-    clear(status);
+  onSubmit(form, status, (e) => {
     busy(submit, async () => {
       try {
         const ep = await post("/endpoints", {name: name.value.trim(), auth_mode: auth.value,
@@ -261,10 +258,7 @@ async function deploymentForm(ctx, ep, refreshed) {
     h("div", {class: "row"}, field("Instances", count, {name: "instance_count"}), runtimeField),
     h("label", {class: "check"}, allTraffic, " Send all live traffic to it"),
     status, h("div", {class: "actions"}, submit));
-  form.addEventListener("submit", (e) => {
-    e.preventDefault();
-    clearErrors(form);
-    clear(status);
+  onSubmit(form, status, (e) => {
     const body = {name: name.value.trim(), instance_count: Number(count.value)};
     if (kind.value === "flow") {
       if (!flow.value) { showError(form, {field: "flow", message: "There is no flow to deploy."}); return; }

@@ -2,7 +2,7 @@
 // Only settings changed from their defaults are sent; the server validates and names the field at fault.
 
 import {get, post} from "./api.js";
-import {clear, clearErrors, field, h, hashFor, pageHead, showError, toast} from "./dom.js";
+import {clear, onSubmit, field, h, hashFor, pageHead, showError, toast} from "./dom.js";
 
 export default async function jobForm(root, ctx) {
   root.append(pageHead("New fine-tuning job", h("span", {}, h("a", {href: "#/jobs"}, "Fine-tuning"), " / new")));
@@ -86,10 +86,7 @@ export default async function jobForm(root, ctx) {
     h("div", {class: "actions form-actions"}, h("a", {class: "btn", href: "#/jobs"}, "Cancel"), submit));
   root.append(form);
 
-  form.addEventListener("submit", async (e) => {
-    e.preventDefault();
-    clearErrors(form);
-    clear(status);
+  onSubmit(form, status, async (e) => {
     const hyperparameters = {};
     for (const [key, {p, control}] of controls) {
       let value;

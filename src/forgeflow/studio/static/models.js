@@ -3,7 +3,7 @@
 
 import {get, patch, post, seg} from "./api.js";
 import {
-  badge, busy, button, clear, clearErrors, empty, errorBox, field, fmtBytes, fmtNum, fmtTime, h, hashFor, kv,
+  badge, busy, button, clear, onSubmit, empty, errorBox, field, fmtBytes, fmtNum, fmtTime, h, hashFor, kv,
   pageHead, replace, showError, table, timeEl, toast,
 } from "./dom.js";
 import {shortModel} from "./jobs.js";
@@ -91,10 +91,7 @@ function registerForm(ctx, jobs, existing) {
       hint: "A new name starts at version 1; an existing name gets the next version."}),
     field("Description", description, {name: "description"}),
     status, h("div", {class: "actions"}, submit));
-  form.addEventListener("submit", (e) => {
-    e.preventDefault();
-    clearErrors(form);
-    clear(status);
+  onSubmit(form, status, (e) => {
     if (!job.value) { showError(form, {field: "from_job", message: "Choose a completed job."}); return; }
     if (!name.value.trim()) { showError(form, {field: "name", message: "Give the model a name."}); return; }
     busy(submit, async () => {
