@@ -35,14 +35,50 @@ def make_flow(tmp_path):
     return make
 
 
-class ScoringServer:
+class _JsonHandler(BaseHTTPRequestHandler):
+    def _reply(self, status: int, body: dict, headers: dict | None = None) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+class _Loopback:
+    """A threaded HTTP server on a free loopback port."""
+
+    def _serve(self, handler: type[BaseHTTPRequestHandler]) -> str:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
+
+
+def _no_proxy(monkeypatch) -> None:
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+
+
+class ScoringServer(_Loopback):
     """A loopback Azure-style scoring endpoint that records what it receives."""
 
     def __init__(self, key: str, answer: str) -> None:
         self.key, self.answer, self.requests = key, answer, []
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(_JsonHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 server.requests.append({"headers": dict(self.headers), "path": self.path, "body": json.loads(body)})
@@ -51,39 +87,18 @@ class ScoringServer:
                 else:
                     self._reply(200, {"output": server.answer})
 
-            def _reply(self, status: int, body: dict) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/score"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
+        self.url = self._serve(Handler) + "/score"
 
 
 @pytest.fixture
 def scoring_server(monkeypatch):
-    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    _no_proxy(monkeypatch)
     server = ScoringServer(key="k-primary-123", answer="Bill Gates and Paul Allen founded Microsoft.")
     yield server
     server.close()
 
 
-class FakeLLMServer:
+class FakeLLMServer(_Loopback):
     """A loopback OpenAI-compatible (/v1/chat/completions, also SSE) and Azure-scoring (/score) server.
 
     `fail` holds (status, headers) answers given before the real ones, to exercise retries.
@@ -93,7 +108,7 @@ class FakeLLMServer:
         self.key, self.requests, self.fail = key, [], []
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(_JsonHandler):
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:
@@ -124,35 +139,12 @@ class FakeLLMServer:
                 self.wfile.write(b"data: [DONE]\n\n")
                 self.close_connection = True
 
-            def _reply(self, status: int, body: dict, headers: dict | None = None) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
+        self.base = self._serve(Handler)
 
 
 @pytest.fixture
 def llm_server(monkeypatch):
-    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    _no_proxy(monkeypatch)
     server = FakeLLMServer()
     yield server
     server.close()
