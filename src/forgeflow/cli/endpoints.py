@@ -184,13 +184,7 @@ def dep_create(name: str = DepName, endpoint_name: str = EpName,
         dep = wait_ready(endpoint_name, name, quiet=json_out)
     if all_traffic and dep["provisioning_state"] == "Succeeded":
         c.patch(f"/api/endpoints/{endpoint_name}", {"traffic": {name: 100}})
-    if json_out:
-        print_json(dep)
-    else:
-        console.print(f"deployment {name} on {endpoint_name}: {dep['provisioning_state']}"
-                      + (f" - {dep['error']}" if dep.get("error") else ""))
-    if dep["provisioning_state"] == "Failed":
-        raise typer.Exit(1)
+    _report(dep, json_out)
 
 
 def wait_ready(endpoint: str, name: str, *, quiet: bool = False, timeout_s: float = 900) -> dict:
@@ -236,10 +230,15 @@ def dep_update(name: str = DepName, endpoint_name: str = EpName,
     dep = client().patch(f"/api/endpoints/{endpoint_name}/deployments/{name}", {"set": parse_sets(sets)})
     if not no_wait:
         dep = wait_ready(endpoint_name, name, quiet=json_out)
+    _report(dep, json_out)
+
+
+def _report(dep: dict, json_out: bool) -> None:
+    """A deployment's state after create or update; exit 1 when it failed."""
     if json_out:
         print_json(dep)
     else:
-        console.print(f"deployment {name} on {endpoint_name}: {dep['provisioning_state']}"
+        console.print(f"deployment {dep['name']} on {dep['endpoint_name']}: {dep['provisioning_state']}"
                       + (f" - {dep['error']}" if dep.get("error") else ""))
     if dep["provisioning_state"] == "Failed":
         raise typer.Exit(1)

@@ -18,10 +18,10 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from forgeflow import __version__
-from forgeflow.api.deps import require_admin, services
+from forgeflow.api.deps import require_admin, services, studio_signed_in
 from forgeflow.errors import NotFound, Unauthorized
 from forgeflow.store.secrets import same
-from forgeflow.studio.session import COOKIE, LIFETIME_S, new_session, valid_session
+from forgeflow.studio.session import COOKIE, LIFETIME_S, new_session
 
 STATIC = Path(__file__).parent / "static"
 TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
@@ -59,10 +59,6 @@ def _file_response(path: Path) -> Response:
     })
 
 
-def _signed_in(request: Request) -> bool:
-    return valid_session(request.cookies.get(COOKIE), request.app.state.ff.ws.admin_token())
-
-
 @router.get("/signin", response_class=HTMLResponse)
 def signin_page() -> Response:
     return _file_response(STATIC / "signin.html")
@@ -70,14 +66,14 @@ def signin_page() -> Response:
 
 @router.get("/", response_class=HTMLResponse)
 def studio_page(request: Request) -> Response:
-    if not _signed_in(request):
+    if not studio_signed_in(request):
         return RedirectResponse("/signin", status_code=303)
     return _file_response(STATIC / "index.html")
 
 
 @router.get("/studio/{name:path}")
 def studio_file(name: str, request: Request) -> Response:
-    if not _signed_in(request):
+    if not studio_signed_in(request):
         raise Unauthorized("sign in to Studio first: open /signin")
     path = (STATIC / name).resolve()
     if not path.is_relative_to(STATIC.resolve()) or not path.is_file() or path.name == "signin.html":
