@@ -97,7 +97,7 @@ class PlainLlamaCpp:
         from transformers import AutoTokenizer
 
         self.tok = AutoTokenizer.from_pretrained(model_dir)
-        from forgeflow.serving.runtimes.llamacpp import default_threads
+        from forgeflow.inference.runtimes.llamacpp import default_threads
 
         threads = int(os.environ.get("FORGEFLOW_LLAMACPP_THREADS") or 0) or default_threads()  # as the runtime
         self.llm = Llama(model_path=str(gguf), n_ctx=4096, n_batch=512, n_threads=threads,
@@ -278,7 +278,7 @@ def main() -> None:
 
         model_dir = Path(pull_base_model(SMOLLM2, progress=say).path)
         if "llamacpp" in runtimes:
-            from forgeflow.registry.gguf_export import cached_gguf
+            from forgeflow.inference.gguf_export import cached_gguf
 
             gguf = cached_gguf(model_dir, "f16")  # exported once here; the llamacpp deployment reuses it
         server = Server(home)

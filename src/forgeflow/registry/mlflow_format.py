@@ -66,26 +66,6 @@ def save_chat_model(
     return out_dir
 
 
-def hf_model_dir(mlflow_model_dir: Path) -> Path:
-    """The HF checkpoint folder inside an MLflow model dir; a HF folder itself is returned unchanged."""
-    import yaml
-
-    path = Path(mlflow_model_dir)
-    if (path / "config.json").is_file():
-        return path
-    mlmodel = path / "MLmodel"
-    if not mlmodel.is_file():
-        raise NotFound(f"{path} is neither an MLflow model (no MLmodel file) nor a Hugging Face model folder")
-    spec = yaml.safe_load(mlmodel.read_text()) or {}
-    artifacts = (spec.get("flavors", {}).get("python_function", {}) or {}).get("artifacts") or {}
-    entry = artifacts.get("model")
-    rel = entry.get("path") if isinstance(entry, dict) else entry
-    candidate = path / rel if rel else path / "artifacts" / "model"
-    if not (candidate / "config.json").is_file():
-        raise NotFound(f"{path}: the MLflow model holds no Hugging Face checkpoint at {candidate}")
-    return candidate
-
-
 def _signature() -> Any:
     """A params-only signature, so predict(..., params={...}) reaches the model; inputs stay free-form."""
     from mlflow.models.signature import ModelSignature

@@ -23,7 +23,7 @@ class ChatModel(mlflow.pyfunc.PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context: Any) -> None:
-        from forgeflow.serving.generation import ChatGenerator
+        from forgeflow.inference.generation import ChatGenerator
 
         self.generator = ChatGenerator(context.artifacts["model"], device="auto")
 

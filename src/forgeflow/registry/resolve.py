@@ -10,7 +10,7 @@ from forgeflow.errors import Conflict, NotFound
 def resolve_model(ref: str) -> tuple[str, Path]:
     """Return (canonical reference, Hugging Face folder) for a base or registered model."""
     from forgeflow.registry import base_models, models
-    from forgeflow.registry.mlflow_format import hf_model_dir
+    from forgeflow.inference.model_folder import hf_model_dir
 
     candidate = Path(ref).expanduser()
     if candidate.is_dir():

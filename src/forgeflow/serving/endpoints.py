@@ -16,8 +16,8 @@ from forgeflow.names import check_deployment_name, check_endpoint_name
 from forgeflow.serving import specs
 from forgeflow.serving.auth import issue_token, verify_token
 from forgeflow.serving.metrics import Metrics
-from forgeflow.serving.runtimes import AVAILABLE as AVAILABLE_RUNTIMES
-from forgeflow.serving.runtimes import check_runtime
+from forgeflow.inference.runtimes import AVAILABLE as AVAILABLE_RUNTIMES
+from forgeflow.inference.runtimes import check_runtime
 from forgeflow.serving.supervisor import DeploymentSupervisor
 from forgeflow.store.db import now
 from forgeflow.store.secrets import new_key, same
@@ -318,7 +318,7 @@ class EndpointService:
         return "\n".join(out)
 
 
-# Runtimes an update may switch to (serving/runtimes decides which are available here).
+# Runtimes an update may switch to (inference/runtimes decides which are available here).
 KNOWN_RUNTIMES = AVAILABLE_RUNTIMES
 
 

@@ -155,7 +155,7 @@ class DeploymentSupervisor:
         if dep.get("runtime") == "flow":
             cmd = ["forgeflow.flows.serve", "--flow", dep["model_path"], "--port", str(port), "--name", dep["name"]]
         else:
-            cmd = ["forgeflow.serving.model_server", "--model-dir", dep["model_path"], "--port", str(port),
+            cmd = ["forgeflow.inference.model_server", "--model-dir", dep["model_path"], "--port", str(port),
                    "--name", dep["name"], "--runtime", dep.get("runtime") or "transformers"]
         proc = subprocess.Popen(
             [sys.executable, "-m", *cmd],

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from forgeflow.errors import ServerUnavailable
-from forgeflow.serving.runtimes.base import Sampling
+from forgeflow.inference.runtimes.base import Sampling
 
 log = logging.getLogger("forgeflow.batching")
 

@@ -9,9 +9,9 @@ import time
 import pytest
 import torch
 
-from forgeflow.serving.batching import BatchScheduler, QueueFull
-from forgeflow.serving.generation import ChatGenerator
-from forgeflow.serving.runtimes.base import Sampling, TokenStream
+from forgeflow.inference.batching import BatchScheduler, QueueFull
+from forgeflow.inference.generation import ChatGenerator
+from forgeflow.inference.runtimes.base import Sampling, TokenStream
 
 PROMPTS = [
     "hi",

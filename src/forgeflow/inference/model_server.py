@@ -1,6 +1,6 @@
 """One model-server process: a model loaded once, answering the Azure /score contract and OpenAI chat.
 
-    python -m forgeflow.serving.model_server --model-dir DIR --port P [--host 127.0.0.1] [--name NAME]
+    python -m forgeflow.inference.model_server --model-dir DIR --port P [--host 127.0.0.1] [--name NAME]
         [--runtime transformers|llamacpp] [--max-batch-size 8] [--max-queue 64] [--gguf-type f16|q8_0]
 
 It listens on loopback only; the gateway in front of it does auth, traffic and limits. The model
@@ -39,7 +39,7 @@ from forgeflow.serving.scoring import parse_chat_completion_request, parse_score
 
 
 class Generator(Protocol):
-    """A runtime (serving/runtimes): `stream` and `health` are optional for test doubles."""
+    """A runtime (inference/runtimes): `stream` and `health` are optional for test doubles."""
 
     def generate(self, messages: Any, **kwargs: Any) -> Any: ...
 
@@ -231,7 +231,7 @@ class _OneShot:
         self.result, self.prompt_tokens = result, result.prompt_tokens
 
     def __iter__(self):
-        from forgeflow.serving.runtimes.base import StreamEvent
+        from forgeflow.inference.runtimes.base import StreamEvent
 
         yield StreamEvent(self.result.text, self.result)
 
@@ -252,7 +252,7 @@ def _usage_headers(result: Any) -> dict[str, str]:
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m forgeflow.serving.model_server", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m forgeflow.inference.model_server", description=__doc__.split("\n")[0])
     parser.add_argument("--model-dir", required=True, type=Path, help="HF model folder or MLflow model folder")
     parser.add_argument("--port", required=True, type=int, help="port to listen on")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (loopback by default)")
@@ -270,7 +270,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
-    from forgeflow.serving.runtimes import load_runtime
+    from forgeflow.inference.runtimes import load_runtime
 
     args = _parse_args(argv)
     failure: list[str] = []

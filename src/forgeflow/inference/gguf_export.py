@@ -170,7 +170,7 @@ def _add_tokenizer(writer: Any, model_dir: Path, vocab_rows: int) -> None:
     writer.add_token_types(types)
     special = gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=size)
     if special.chat_template is None:
-        from forgeflow.serving.runtimes.base import CHATML_TEMPLATE
+        from forgeflow.inference.runtimes.base import CHATML_TEMPLATE
 
         special.chat_template = CHATML_TEMPLATE
     special.add_to_gguf(writer, quiet=True)

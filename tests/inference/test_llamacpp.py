@@ -17,8 +17,8 @@ import pytest
 
 import forgeflow
 from forgeflow.errors import InvalidInput
-from forgeflow.registry.gguf_export import cached_gguf, export_gguf
-from forgeflow.serving.runtimes import check_runtime
+from forgeflow.inference.gguf_export import cached_gguf, export_gguf
+from forgeflow.inference.runtimes import check_runtime
 
 needs_llamacpp = pytest.mark.skipif(
     importlib.util.find_spec("llama_cpp") is None,
@@ -128,8 +128,8 @@ def test_llama_cpp_logits_match_transformers(varied_model, tmp_path):
 
 @pytest.fixture(scope="module")
 def runtimes(varied_model):
-    from forgeflow.serving.generation import ChatGenerator
-    from forgeflow.serving.runtimes.llamacpp import LlamaCppRuntime
+    from forgeflow.inference.generation import ChatGenerator
+    from forgeflow.inference.runtimes.llamacpp import LlamaCppRuntime
 
     llama = LlamaCppRuntime(varied_model, max_queue=2)
     hf = ChatGenerator(varied_model)
@@ -158,7 +158,7 @@ def test_llamacpp_runtime_answers_like_transformers(runtimes):
 
 @needs_llamacpp
 def test_llamacpp_runtime_frees_a_left_stream_and_bounds_its_queue(runtimes):
-    from forgeflow.serving.batching import QueueFull
+    from forgeflow.inference.batching import QueueFull
 
     llama, _ = runtimes
     streams = [llama.stream(CHAT, temperature=0, max_new_tokens=400) for _ in range(2)]
@@ -181,7 +181,7 @@ def test_model_server_process_with_llamacpp_streams(varied_model, tmp_path):
     shutil.copytree(varied_model, model)
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(Path(forgeflow.__file__).resolve().parents[1]))
-    proc = subprocess.Popen([sys.executable, "-m", "forgeflow.serving.model_server", "--model-dir", str(model),
+    proc = subprocess.Popen([sys.executable, "-m", "forgeflow.inference.model_server", "--model-dir", str(model),
                              "--port", str(port), "--runtime", "llamacpp", "--name", "lc"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:

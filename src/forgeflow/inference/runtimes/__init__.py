@@ -3,7 +3,7 @@
 Each runtime offers the same seam (runtimes/base.py `Runtime`): construct = load, `generate`,
 `stream`, `health`, `close`. The model server picks one by name per deployment.
 
-- transformers: any HF causal LM, concurrent requests batched continuously (serving/batching.py).
+- transformers: any HF causal LM, concurrent requests batched continuously (inference/batching.py).
 - llamacpp: the model exported to GGUF and run by llama-cpp-python (the `llamacpp` extra).
 - vllm: planned for GPUs; named here so choosing it gives a clear error, not a typo's.
 """
@@ -38,9 +38,9 @@ def load_runtime(name: str, model_dir: str | Path, *, device: str = "cpu", max_b
     """Load the model folder with the named runtime (blocking: this is where weights are read)."""
     check_runtime(name)
     if name == "llamacpp":
-        from forgeflow.serving.runtimes.llamacpp import LlamaCppRuntime
+        from forgeflow.inference.runtimes.llamacpp import LlamaCppRuntime
 
         return LlamaCppRuntime(model_dir, gguf_type=gguf_type, threads=threads, max_queue=max_queue)
-    from forgeflow.serving.generation import ChatGenerator
+    from forgeflow.inference.generation import ChatGenerator
 
     return ChatGenerator(model_dir, device=device, max_batch_size=max_batch_size, max_queue=max_queue)

@@ -1,7 +1,7 @@
 """Chat generation with a Hugging Face causal LM: the `transformers` runtime of a model server.
 
 Requests are not served one at a time: each becomes a sequence in a BatchScheduler
-(serving/batching.py), which decodes every running sequence in one shared forward pass and
+(inference/batching.py), which decodes every running sequence in one shared forward pass and
 admits new ones between decode steps.
 """
 
@@ -12,8 +12,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from forgeflow.serving.batching import BatchScheduler
-from forgeflow.serving.runtimes.base import (
+from forgeflow.inference.batching import BatchScheduler
+from forgeflow.inference.runtimes.base import (
     CHATML_TEMPLATE,
     ROLES,
     GenerationResult,
@@ -38,7 +38,7 @@ class ChatGenerator:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from forgeflow.registry.mlflow_format import hf_model_dir
+        from forgeflow.inference.model_folder import hf_model_dir
 
         self.model_dir = hf_model_dir(Path(model_dir))
         if device == "auto":

@@ -13,8 +13,8 @@ import pytest
 
 import forgeflow
 from forgeflow.errors import InvalidInput, NotFound
-from forgeflow.serving.generation import ChatGenerator, GenerationResult
-from forgeflow.serving.model_server import create_app
+from forgeflow.inference.generation import ChatGenerator, GenerationResult
+from forgeflow.inference.model_server import create_app
 
 USER = {"role": "user", "content": "What is the capital of France?"}
 
@@ -305,7 +305,7 @@ def test_real_process_serves_on_loopback(tiny_model_dir):
     src = str(Path(forgeflow.__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "forgeflow.serving.model_server", "--model-dir", str(tiny_model_dir),
+        [sys.executable, "-m", "forgeflow.inference.model_server", "--model-dir", str(tiny_model_dir),
          "--port", str(port), "--name", "tiny-blue"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
@@ -339,7 +339,7 @@ def test_real_process_exits_when_the_model_cannot_load(tmp_path):
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(Path(forgeflow.__file__).resolve().parents[1]), env.get("PYTHONPATH")) if p)
     done = subprocess.run(
-        [sys.executable, "-m", "forgeflow.serving.model_server", "--model-dir", str(tmp_path),
+        [sys.executable, "-m", "forgeflow.inference.model_server", "--model-dir", str(tmp_path),
          "--port", str(_free_port())],
         capture_output=True, text=True, env=env, timeout=120,
     )

@@ -1,4 +1,4 @@
-"""The `llamacpp` runtime: the model exported to GGUF (registry/gguf_export.py) and run by
+"""The `llamacpp` runtime: the model exported to GGUF (inference/gguf_export.py) and run by
 llama-cpp-python, the fastest path on a CPU. Needs the `llamacpp` extra.
 
 Prompts are rendered and tokenized with the model folder's own HF tokenizer and chat template,
@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from forgeflow.errors import ServerUnavailable
-from forgeflow.serving.batching import _DONE, QueueFull, Sequence
-from forgeflow.serving.runtimes.base import (
+from forgeflow.inference.batching import _DONE, QueueFull, Sequence
+from forgeflow.inference.runtimes.base import (
     CHATML_TEMPLATE,
     GenerationResult,
     TokenStream,
@@ -51,8 +51,8 @@ class LlamaCppRuntime:
         from llama_cpp import Llama
         from transformers import AutoTokenizer
 
-        from forgeflow.registry.gguf_export import cached_gguf
-        from forgeflow.registry.mlflow_format import hf_model_dir
+        from forgeflow.inference.gguf_export import cached_gguf
+        from forgeflow.inference.model_folder import hf_model_dir
 
         self.model_dir = hf_model_dir(Path(model_dir))
         self.gguf_path = cached_gguf(self.model_dir, gguf_type)
