@@ -54,3 +54,18 @@ def parse_model_ref(ref: str) -> tuple[str, str | None]:
             raise InvalidInput(f"model reference {ref!r}: the version after ':' must be a number", field="model")
         return name, version
     return ref, None
+
+
+def parse_assignments(items: list[str] | None, option: str, example: str) -> dict[str, str]:
+    """`NAME=VALUE` command-line items (`--set lr=2e-4`, `--inputs q=hi`) into a dict, in order, later ones winning.
+
+    The one parser for every such option: the name is stripped and must not be empty; the value is kept as written
+    (callers that take typed values convert them). A bad item is InvalidInput naming the option and an example."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise InvalidInput(f"{option} {item!r}: expected NAME=VALUE, e.g. {option} {example}",
+                               field=option.lstrip("-").replace("-", "_"))
+        out[name.strip()] = value
+    return out
