@@ -58,6 +58,7 @@ def main() -> None:
     from gateway_harness import FakeSupervisor, Gateway
 
     import forgeflow.api.app as app_module
+    from forgeflow.chat import score_body
     from forgeflow.processes import free_port
     from forgeflow.store.workspace import Workspace
 
@@ -78,8 +79,7 @@ def main() -> None:
         gw.deploy("bench-ep", "blue", {"output": "x"})
         gw.svc.set_traffic("bench-ep", {"blue": 100})
         instance = app.state.ff.supervisor.ready_instances("bench-ep", "blue")[0]
-        body = json.dumps({"input_data": {"input_string": [{"role": "user", "content": "hi"}],
-                                          "parameters": {"max_new_tokens": 1}}})
+        body = json.dumps(score_body([{"role": "user", "content": "hi"}], max_new_tokens=1))
 
         def p50(target_port: int, path: str, auth: str) -> float:
             out = subprocess.run([sys.executable, "-c", CLIENT, "127.0.0.1", str(target_port), path, auth,

@@ -9,9 +9,10 @@ import time
 import pytest
 import torch
 
+from forgeflow.chat import Sampling, chat_request
 from forgeflow.inference.batching import BatchScheduler, QueueFull
 from forgeflow.inference.generation import ChatGenerator
-from forgeflow.inference.runtimes.base import Sampling, TokenStream
+from forgeflow.inference.runtimes.base import TokenStream
 
 PROMPTS = [
     "hi",
@@ -74,12 +75,12 @@ def test_batched_greedy_equals_single_and_plain_generate(chaotic):
 
 def test_concurrent_generate_calls_share_forward_passes(chaotic):
     chats = [[{"role": "user", "content": text}] for text in PROMPTS]
-    solo = [chaotic.generate(c, temperature=0, max_new_tokens=12) for c in chats]
+    solo = [chaotic.generate(chat_request(c, temperature=0, max_new_tokens=12)) for c in chats]
     steps_before = chaotic.scheduler.steps
     results: list = [None] * len(chats)
 
     def ask(i):
-        results[i] = chaotic.generate(chats[i], temperature=0, max_new_tokens=12)
+        results[i] = chaotic.generate(chat_request(chats[i], temperature=0, max_new_tokens=12))
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(chats))]
     for t in threads:
@@ -102,22 +103,22 @@ def test_seeded_sampling_repeats_inside_a_batch(chaotic):
 
 def test_stop_and_budget_are_per_request(chaotic):
     chat = [{"role": "user", "content": PROMPTS[2]}]
-    full = chaotic.generate(chat, temperature=0, max_new_tokens=20)
+    full = chaotic.generate(chat_request(chat, temperature=0, max_new_tokens=20))
     assert full.finish_reason == "length" and full.completion_tokens == 20
     stop = full.text[len(full.text) // 2:][:2]
     assert stop.strip()
-    cut = chaotic.generate(chat, temperature=0, max_new_tokens=20, stop=["@@never@@", stop])
+    cut = chaotic.generate(chat_request(chat, temperature=0, max_new_tokens=20, stop=["@@never@@", stop]))
     assert cut.finish_reason == "stop"
     assert full.text.startswith(cut.text) and stop not in cut.text
     assert cut.completion_tokens < 20
-    short = chaotic.generate(chat, temperature=0, max_new_tokens=3)
+    short = chaotic.generate(chat_request(chat, temperature=0, max_new_tokens=3))
     assert short.completion_tokens == 3
 
 
 def test_stream_deltas_add_up_to_the_answer(chaotic):
     chat = [{"role": "user", "content": PROMPTS[1]}]
-    expected = chaotic.generate(chat, temperature=0, max_new_tokens=16)
-    stream = chaotic.stream(chat, temperature=0, max_new_tokens=16)
+    expected = chaotic.generate(chat_request(chat, temperature=0, max_new_tokens=16))
+    stream = chaotic.stream(chat_request(chat, temperature=0, max_new_tokens=16))
     events = list(stream)
     assert events[-1].result == expected
     assert "".join(e.text for e in events) == expected.text
@@ -125,7 +126,7 @@ def test_stream_deltas_add_up_to_the_answer(chaotic):
 
 
 def test_a_consumer_that_leaves_frees_its_place(chaotic):
-    stream = chaotic.stream([{"role": "user", "content": "hi"}], temperature=0, max_new_tokens=400)
+    stream = chaotic.stream(chat_request([{"role": "user", "content": "hi"}], temperature=0, max_new_tokens=400))
     events = iter(stream)
     next(events)
     events.close()  # as when the HTTP client disconnects

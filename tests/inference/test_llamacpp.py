@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import forgeflow
+from forgeflow.chat import chat_request
 from forgeflow.errors import InvalidInput
 from forgeflow.inference.gguf_export import cached_gguf, export_gguf
 from forgeflow.inference.runtimes import check_runtime
@@ -144,15 +145,15 @@ def test_llamacpp_runtime_answers_like_transformers(runtimes):
     assert llama.gguf_path.name == "forgeflow-f16.gguf"
     for text in ("hi", "What is the capital of France?", "0 1 2 3 4 5 a b c"):
         chat = [{"role": "user", "content": text}]
-        assert llama.generate(chat, temperature=0, max_new_tokens=20) == hf.generate(chat, temperature=0,
-                                                                                     max_new_tokens=20)
-    full = llama.generate(CHAT, temperature=0, max_new_tokens=20)
+        request = chat_request(chat, temperature=0, max_new_tokens=20)
+        assert llama.generate(request) == hf.generate(request)
+    full = llama.generate(chat_request(CHAT, temperature=0, max_new_tokens=20))
     stop = full.text[5:8]
-    events = list(llama.stream(CHAT, temperature=0, max_new_tokens=20, stop=stop))
+    events = list(llama.stream(chat_request(CHAT, temperature=0, max_new_tokens=20, stop=stop)))
     assert events[-1].result.finish_reason == "stop" and stop not in events[-1].result.text
     assert "".join(e.text for e in events) == events[-1].result.text
     sampled = {"temperature": 0.9, "top_p": 0.9, "seed": 11, "max_new_tokens": 12}
-    assert llama.generate(CHAT, **sampled) == llama.generate(CHAT, **sampled)
+    assert llama.generate(chat_request(CHAT, **sampled)) == llama.generate(chat_request(CHAT, **sampled))
     assert llama.health()["runtime"] == "llamacpp"
 
 
@@ -161,15 +162,15 @@ def test_llamacpp_runtime_frees_a_left_stream_and_bounds_its_queue(runtimes):
     from forgeflow.inference.batching import QueueFull
 
     llama, _ = runtimes
-    streams = [llama.stream(CHAT, temperature=0, max_new_tokens=400) for _ in range(2)]
+    streams = [llama.stream(chat_request(CHAT, temperature=0, max_new_tokens=400)) for _ in range(2)]
     with pytest.raises(QueueFull):  # max_queue=2, and the worker has had at most one of them
         for _ in range(3):
-            streams.append(llama.stream(CHAT, temperature=0, max_new_tokens=400))
+            streams.append(llama.stream(chat_request(CHAT, temperature=0, max_new_tokens=400)))
     for stream in streams:
         events = iter(stream)
         next(events)
         events.close()
-    assert llama.generate(CHAT, temperature=0, max_new_tokens=3).completion_tokens == 3
+    assert llama.generate(chat_request(CHAT, temperature=0, max_new_tokens=3)).completion_tokens == 3
 
 
 @needs_llamacpp

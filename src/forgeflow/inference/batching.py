@@ -21,8 +21,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from forgeflow.chat import Sampling
 from forgeflow.errors import ServerUnavailable
-from forgeflow.inference.runtimes.base import Sampling
 
 log = logging.getLogger("forgeflow.batching")
 

@@ -8,22 +8,12 @@ admits new ones between decode steps.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from forgeflow.chat import ChatRequest
 from forgeflow.inference.batching import BatchScheduler
-from forgeflow.inference.runtimes.base import (
-    CHATML_TEMPLATE,
-    ROLES,
-    GenerationResult,
-    StreamEvent,
-    TokenStream,
-    encode_chat,
-    make_request,
-)
-
-__all__ = ["CHATML_TEMPLATE", "ROLES", "ChatGenerator", "GenerationResult", "StreamEvent"]
+from forgeflow.inference.runtimes.base import CHATML_TEMPLATE, GenerationResult, TokenStream, encode_chat
 
 log = logging.getLogger("forgeflow.generation")
 
@@ -76,9 +66,8 @@ class ChatGenerator:
                 return int(value)
         return self.eos_token_ids[0] if self.eos_token_ids else None
 
-    def stream(self, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> TokenStream:
-        """Validate and queue a chat at once (errors raise here), and return its token stream."""
-        request = make_request(messages, **kwargs)
+    def stream(self, request: ChatRequest) -> TokenStream:
+        """Queue a chat at once (a prompt too long or a full queue raises here), and return its token stream."""
         prompt = encode_chat(self.tokenizer, request.messages, self.max_positions)
         budget = request.max_new_tokens
         if self.max_positions:
@@ -86,13 +75,9 @@ class ChatGenerator:
         seq = self.scheduler.submit(prompt, budget, request.sampling)
         return TokenStream(seq.tokens(), self._decode, len(prompt), request.stop, seq.cancel)
 
-    def generate(self, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> GenerationResult:
-        """Answer a chat. Greedy when temperature is 0 or do_sample is false; sampling otherwise.
-
-        When do_sample is not given, a positive temperature turns sampling on; `stop` (a string
-        or a list) ends the answer before the first occurrence of any of them.
-        """
-        return self.stream(messages, **kwargs).run()
+    def generate(self, request: ChatRequest) -> GenerationResult:
+        """Answer a chat; a stop string ends the answer before its first occurrence."""
+        return self.stream(request).run()
 
     def health(self) -> dict[str, Any]:
         return {"runtime": self.name, **self.scheduler.stats()}

@@ -23,48 +23,49 @@ import uuid
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from forgeflow.chat import (
+    DEFAULT_MAX_NEW_TOKENS,
+    ChatRequest,
+    parse_chat_completion_request,
+    parse_score_request,
+)
 from forgeflow.errors import (
     ForgeflowError,
     InvalidInput,
     ServerUnavailable,
     UpstreamError,
 )
-from forgeflow.serving.scoring import parse_chat_completion_request, parse_score_request
-
-
-class Generator(Protocol):
-    """A runtime (inference/runtimes): `stream` and `health` are optional for test doubles."""
-
-    def generate(self, messages: Any, **kwargs: Any) -> Any: ...
+from forgeflow.inference.runtimes.base import GenerationResult, Runtime, TokenStream
 
 
 class _State:
     def __init__(self) -> None:
-        self.generator: Generator | None = None
+        self.runtime: Runtime | None = None
         self.error: str | None = None
         self.task: asyncio.Task | None = None
 
 
 def create_app(
-    generator_factory: Callable[[], Generator],
+    runtime_factory: Callable[[], Runtime],
     *,
     name: str = "default",
-    default_max_new_tokens: int = 256,
+    default_max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     on_loaded: Callable[[], None] | None = None,
     on_failed: Callable[[str], None] | None = None,
 ) -> FastAPI:
-    """The model-server app; generator_factory runs once, in a worker thread, at startup."""
+    """The model-server app; runtime_factory runs once, in a worker thread, at startup. Each body is
+    parsed once, here, and the runtime gets the typed request."""
     state = _State()
 
     async def load() -> None:
         try:
-            state.generator = await run_in_threadpool(generator_factory)
+            state.runtime = await run_in_threadpool(runtime_factory)
         except Exception as exc:
             state.error = f"{type(exc).__name__}: {exc}"
             if on_failed:
@@ -87,9 +88,9 @@ def create_app(
     app = FastAPI(title=f"forgeflow model server ({name})", lifespan=lifespan)
     app.state.model = state
 
-    def ready() -> Generator:
-        if state.generator is not None:
-            return state.generator
+    def ready() -> Runtime:
+        if state.runtime is not None:
+            return state.runtime
         if state.error:
             raise UpstreamError(f"the model failed to load: {state.error}")
         raise ServerUnavailable("the model is still loading; retry when /health answers ready")
@@ -101,9 +102,10 @@ def create_app(
         except ValueError:
             raise InvalidInput("the request body must be valid JSON") from None
 
-    async def run(generator: Generator, messages: list, kwargs: dict) -> Any:
+    async def run(call: Callable[[ChatRequest], Any], request: ChatRequest) -> Any:
+        """`generate` or `stream` in a worker thread; what is not a ForgeflowError is a failed generation."""
         try:
-            return await run_in_threadpool(generator.generate, messages, **kwargs)
+            return await run_in_threadpool(call, request)
         except ForgeflowError:
             raise
         except Exception as exc:
@@ -118,7 +120,7 @@ def create_app(
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        if state.generator is not None:
+        if state.runtime is not None:
             return JSONResponse({"status": "ready", "name": name})
         if state.error:
             return JSONResponse({"status": "failed", "name": name, "message": state.error}, status_code=503)
@@ -127,14 +129,14 @@ def create_app(
     @app.post("/score")
     async def score(request: Request) -> JSONResponse:
         body = parse_score_request(await read_json(request))
-        generator = ready()
-        result = await run(generator, body.messages, body.generation_kwargs(default_max_new_tokens=default_max_new_tokens))
+        runtime = ready()
+        result = await run(runtime.generate, body.to_request(default_max_new_tokens=default_max_new_tokens))
         return JSONResponse({"output": result.text}, headers=_usage_headers(result))
 
     @app.get("/stats")
     async def stats() -> dict:
-        health = getattr(state.generator, "health", None)
-        return {"name": name, "ready": state.generator is not None, **(health() if health else {})}
+        runtime = state.runtime
+        return {"name": name, "ready": runtime is not None, **(runtime.health() if runtime else {})}
 
     @app.get("/v1/models")
     async def models() -> dict:
@@ -143,16 +145,17 @@ def create_app(
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
         body = parse_chat_completion_request(await read_json(request))
-        generator = ready()
-        kwargs = body.generation_kwargs(default_max_new_tokens=default_max_new_tokens)
+        runtime = ready()
+        chat = body.to_request(default_max_new_tokens=default_max_new_tokens)
         if body.stream:
-            stream = await start_stream(generator, body.chat, kwargs)
+            # queued before answering 200, so a bad request (a prompt too long) is still a 400
+            stream = await run(runtime.stream, chat)
             return StreamingResponse(
                 sse_chunks(stream, body.model or name, body.include_usage), media_type="text/event-stream",
                 headers={"cache-control": "no-cache", "x-accel-buffering": "no",
                          "x-forgeflow-prompt-tokens": str(stream.prompt_tokens)},
             )
-        result = await run(generator, body.chat, kwargs)
+        result = await run(runtime.generate, chat)
         answer = {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "object": "chat.completion",
@@ -173,22 +176,10 @@ def create_app(
         }
         return JSONResponse(answer, headers=_usage_headers(result))
 
-    async def start_stream(generator: Generator, messages: list, kwargs: dict) -> Any:
-        """Validate and queue the request before answering 200, so bad input is still a 400."""
-        starter = getattr(generator, "stream", None)
-        try:
-            if starter is None:
-                return _OneShot(await run_in_threadpool(generator.generate, messages, **kwargs))
-            return await run_in_threadpool(starter, messages, **kwargs)
-        except ForgeflowError:
-            raise
-        except Exception as exc:
-            raise _GenerationFailed(f"generation failed: {type(exc).__name__}: {exc}") from exc
-
     return app
 
 
-async def sse_chunks(stream: Any, model: str, include_usage: bool):
+async def sse_chunks(stream: TokenStream, model: str, include_usage: bool):
     """OpenAI chat.completion.chunk events for a runtime's TokenStream, ending `data: [DONE]`."""
     base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk",
             "created": int(time.time()), "model": model}
@@ -224,26 +215,11 @@ async def sse_chunks(stream: Any, model: str, include_usage: bool):
     yield "data: [DONE]\n\n"
 
 
-class _OneShot:
-    """A finished result dressed as a stream, for runtimes without `stream`."""
-
-    def __init__(self, result: Any) -> None:
-        self.result, self.prompt_tokens = result, result.prompt_tokens
-
-    def __iter__(self):
-        from forgeflow.inference.runtimes.base import StreamEvent
-
-        yield StreamEvent(self.result.text, self.result)
-
-    def cancel(self) -> None:
-        pass
-
-
 class _GenerationFailed(ForgeflowError):
     status_code = 500
 
 
-def _usage_headers(result: Any) -> dict[str, str]:
+def _usage_headers(result: GenerationResult) -> dict[str, str]:
     return {
         "x-forgeflow-prompt-tokens": str(result.prompt_tokens),
         "x-forgeflow-completion-tokens": str(result.completion_tokens),
@@ -258,7 +234,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (loopback by default)")
     parser.add_argument("--name", default=None, help="deployment name reported by /health and /v1/models")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    parser.add_argument("--max-new-tokens", type=int, default=256, help="default when a request sets none")
+    parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
+                        help="default when a request sets none")
     parser.add_argument("--runtime", default="transformers", help="transformers or llamacpp (vllm is planned)")
     parser.add_argument("--max-batch-size", type=int, default=8, help="transformers: sequences decoded together")
     parser.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond it get 429")

@@ -22,9 +22,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from forgeflow.chat import DEFAULT_MAX_NEW_TOKENS
 from forgeflow.errors import InvalidInput, NotFound
 
-DEFAULT_MAX_NEW_TOKENS = 128
 _REQUIREMENTS = ("mlflow-skinny", "torch", "transformers", "accelerate", "safetensors", "tokenizers", "pandas")
 
 

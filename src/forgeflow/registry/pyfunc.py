@@ -1,7 +1,7 @@
 """The MLflow pyfunc of a forgeflow chat model: messages in, the assistant's text out.
 
-It answers through the same ChatGenerator the model server uses, so a model loaded with
-`mlflow.pyfunc.load_model` behaves exactly like its deployment.
+It answers through the same runtime and chat contract the model server uses, so a model loaded
+with `mlflow.pyfunc.load_model` behaves exactly like its deployment.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Any
 
 import mlflow.pyfunc
 
+from forgeflow.chat import chat_request
 from forgeflow.errors import InvalidInput
-from forgeflow.registry.mlflow_format import DEFAULT_MAX_NEW_TOKENS
 
 GENERATION_KEYS = ("max_new_tokens", "temperature", "top_p", "do_sample", "seed")
 
@@ -25,7 +25,7 @@ class ChatModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         from forgeflow.inference.generation import ChatGenerator
 
-        self.generator = ChatGenerator(context.artifacts["model"], device="auto")
+        self.runtime = ChatGenerator(context.artifacts["model"], device="auto")
 
     def predict(self, context, model_input, params=None):  # untyped: MLflow turns type hints into a schema
         conversations, single, request_params = _conversations(model_input)
@@ -36,9 +36,10 @@ class ChatModel(mlflow.pyfunc.PythonModel):
     def chat(self, messages: list[dict], params: dict | None = None) -> str:
         """Generate the assistant's next message for one conversation (greedy unless asked to sample)."""
         kwargs = {k: v for k, v in (params or {}).items() if k in GENERATION_KEYS and v is not None}
-        kwargs["max_new_tokens"] = int(kwargs.get("max_new_tokens", DEFAULT_MAX_NEW_TOKENS))
+        if "max_new_tokens" in kwargs:
+            kwargs["max_new_tokens"] = int(kwargs["max_new_tokens"])
         kwargs["do_sample"] = bool(kwargs.get("do_sample", False))
-        return self.generator.generate(messages, **kwargs).text
+        return self.runtime.generate(chat_request(messages, **kwargs)).text
 
 
 def _conversations(model_input: Any) -> tuple[list[list[dict]], bool, dict]:
@@ -64,12 +65,11 @@ def _conversations(model_input: Any) -> tuple[list[list[dict]], bool, dict]:
     raise InvalidInput("input must be a list of chat messages or {'messages': [...], 'params': {...}}", field="messages")
 
 
-def _messages(value: Any) -> list[dict]:
+def _messages(value: Any) -> Any:
+    """A conversation as plain Python: a DataFrame cell holds an array, and a missing content is empty.
+    The chat contract (`chat_request`) validates it."""
     if hasattr(value, "tolist"):
         value = value.tolist()
-    if not isinstance(value, list) or not value:
-        raise InvalidInput("messages must be a non-empty list of {role, content}", field="messages")
-    for message in value:
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise InvalidInput("each message needs a 'role' and a 'content' string", field="messages")
-    return [{"role": m["role"], "content": str(m.get("content") or "")} for m in value]
+    if not isinstance(value, list):
+        return value
+    return [{**m, "content": str(m.get("content") or "")} if isinstance(m, dict) else m for m in value]

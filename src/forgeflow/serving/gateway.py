@@ -23,14 +23,14 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from forgeflow.api.deps import require_admin
+from forgeflow.chat import (ChatCompletionRequest, ScoreRequest, ScoreResponse, parse_chat_completion_request,
+                            parse_score_request)
 from forgeflow.errors import ForgeflowError, InvalidInput, Unauthorized
 from forgeflow.serving import routing
 from forgeflow.serving.auth import presented_credential
 from forgeflow.serving.endpoints import DEFAULT_MAX_BODY_BYTES, EndpointConfig, EndpointService
 from forgeflow.serving.metrics import Metrics
 from forgeflow.serving.schemas import ChatCompletion, ErrorBody, ModelList, OpenAIError, body_of, error_responses
-from forgeflow.serving.scoring import (ChatCompletionRequest, ScoreRequest, ScoreResponse,
-                                       parse_chat_completion_request, parse_score_request)
 
 DEPLOYMENT_HEADER = "azureml-model-deployment"
 REASON_HEADER = "ms-azureml-model-error-reason"

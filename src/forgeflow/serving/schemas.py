@@ -1,7 +1,7 @@
 """Response bodies of the endpoint routes, for the OpenAPI document (`/openapi.json`).
 
-Requests are validated by serving.scoring (so a 400 names the field and the body limit is checked
-before parsing); these models only describe what the routes answer.
+Requests are validated by the chat contract (`forgeflow.chat`, so a 400 names the field and the body
+limit is checked before parsing); these models only describe what the routes answer.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from forgeflow.serving.scoring import ChatCompletionRequest, ScoreRequest, ScoreResponse
+from forgeflow.chat import ChatCompletionRequest, ScoreRequest, ScoreResponse
 
 
 class ErrorBody(BaseModel):

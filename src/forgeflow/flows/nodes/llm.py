@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from forgeflow.chat import score_body
 from forgeflow.errors import InvalidInput, UpstreamError
 
 RETRY_STATUS = (429, 502, 503, 504)
@@ -156,10 +157,8 @@ def chat(conn: dict, messages: list[dict], params: dict, settings: dict, *, stre
         raise InvalidInput(f"{where}: the template rendered no messages", field=where)
     kind, url, headers, extra = _target(conn, settings, where)
     if kind == "scoring":
-        parameters = {k: params[k] for k in ("temperature", "top_p") if k in params}
-        if "max_tokens" in params:
-            parameters["max_new_tokens"] = params["max_tokens"]
-        body = {"input_data": {"input_string": messages, "parameters": parameters}}
+        body = score_body(messages, temperature=params.get("temperature"), top_p=params.get("top_p"),
+                          max_new_tokens=params.get("max_tokens"))
         resp = _request("POST", url, headers=headers, body=body, stream=False, where=where)
         data = resp.json()
         text = data.get("output") if isinstance(data, dict) else data[0] if isinstance(data, list) and data else data

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Any
 
 from forgeflow.errors import InvalidInput
+from forgeflow.inference.runtimes.base import Runtime
 
 AVAILABLE = ("transformers", "llamacpp")
 PLANNED = ("vllm",)
@@ -34,7 +34,7 @@ def check_runtime(name: str) -> str:
 
 
 def load_runtime(name: str, model_dir: str | Path, *, device: str = "cpu", max_batch_size: int = 8,
-                 max_queue: int = 64, gguf_type: str = "f16", threads: int | None = None) -> Any:
+                 max_queue: int = 64, gguf_type: str = "f16", threads: int | None = None) -> Runtime:
     """Load the model folder with the named runtime (blocking: this is where weights are read)."""
     check_runtime(name)
     if name == "llamacpp":

@@ -1,4 +1,4 @@
-"""What every serving runtime shares: the result types, message checks, sampling options, and the
+"""What every serving runtime shares: the `Runtime` seam, the result types, prompt encoding, and the
 assembly of a token stream into text deltas (incremental decoding, stop strings, trimming).
 
 A runtime turns token ids into tokens; everything a caller sees as text is made here, so the
@@ -7,13 +7,13 @@ A runtime turns token ids into tokens; everything a caller sees as text is made 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
+from forgeflow.chat import ChatRequest
 from forgeflow.errors import InvalidInput
 
-ROLES = ("system", "user", "assistant")
 # Used only when a model folder ships no chat template; it is the template the embedded model uses.
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -21,7 +21,6 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-MAX_STOPS = 4
 
 
 @dataclass(frozen=True)
@@ -46,90 +45,20 @@ class StreamEvent:
     result: GenerationResult | None = None
 
 
-@dataclass(frozen=True)
-class Sampling:
-    """How the next token is picked: greedy, or temperature / nucleus sampling with an optional seed."""
-
-    greedy: bool = True
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int | None = None
-
-
-@dataclass
-class Request:
-    """One validated chat request, as every runtime receives it."""
-
-    messages: list[dict[str, str]]
-    max_new_tokens: int
-    sampling: Sampling
-    stop: list[str] = field(default_factory=list)
-
-
 class Runtime(Protocol):
-    """A loaded model that answers chats. Loading is the constructor; `close` frees it."""
+    """A loaded model that answers chats: the one seam between the model server and a runtime.
+    Loading is the constructor; `close` frees it. `generate` and `stream` take a request already
+    validated by the chat contract and queue it at once (errors raise there, not mid-stream)."""
 
     name: str
 
-    def generate(self, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> GenerationResult: ...
+    def generate(self, request: ChatRequest) -> GenerationResult: ...
 
-    def stream(self, messages: Sequence[Mapping[str, Any]], **kwargs: Any) -> TokenStream: ...
+    def stream(self, request: ChatRequest) -> TokenStream: ...
 
     def health(self) -> dict[str, Any]: ...
 
     def close(self) -> None: ...
-
-
-def make_request(
-    messages: Sequence[Mapping[str, Any]],
-    *,
-    temperature: float | None = None,
-    top_p: float | None = None,
-    do_sample: bool | None = None,
-    max_new_tokens: int = 256,
-    seed: int | None = None,
-    stop: str | Sequence[str] | None = None,
-) -> Request:
-    """Validate generate() keyword arguments. Greedy when temperature is 0 or do_sample is false;
-    when do_sample is not given, a positive temperature turns sampling on."""
-    chat = check_messages(messages)
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise InvalidInput("max_new_tokens must be at least 1", field="max_new_tokens")
-    sample = bool(do_sample) if do_sample is not None else bool(temperature)
-    if temperature is not None and temperature <= 0:
-        sample = False
-    sampling = Sampling(
-        greedy=not sample,
-        temperature=float(temperature) if sample and temperature else 1.0,
-        top_p=float(top_p) if sample and top_p is not None else 1.0,
-        seed=seed,
-    )
-    return Request(chat, max_new_tokens, sampling, check_stop(stop))
-
-
-def check_stop(stop: str | Sequence[str] | None) -> list[str]:
-    if stop is None:
-        return []
-    stops = [stop] if isinstance(stop, str) else list(stop)
-    if len(stops) > MAX_STOPS or not all(isinstance(s, str) and s for s in stops):
-        raise InvalidInput(f"stop must be a non-empty string or a list of at most {MAX_STOPS} of them", field="stop")
-    return stops
-
-
-def check_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
-    if not isinstance(messages, Sequence) or isinstance(messages, (str, bytes)) or not messages:
-        raise InvalidInput("messages must be a non-empty list of messages", field="messages")
-    chat = []
-    for index, message in enumerate(messages):
-        if not isinstance(message, Mapping):
-            raise InvalidInput(f"messages[{index}] must be an object with role and content", field=f"messages[{index}]")
-        role, content = message.get("role"), message.get("content")
-        if role not in ROLES:
-            raise InvalidInput(f"messages[{index}].role must be one of {', '.join(ROLES)}", field=f"messages[{index}].role")
-        if not isinstance(content, str):
-            raise InvalidInput(f"messages[{index}].content must be a string", field=f"messages[{index}].content")
-        chat.append({"role": role, "content": content})
-    return chat
 
 
 def encode_chat(tokenizer: Any, chat: list[dict[str, str]], max_positions: int | None) -> list[int]:
@@ -155,7 +84,7 @@ class TokenStream:
     """
 
     def __init__(self, tokens: Iterable[tuple[int, str | None]], decode: Callable[[list[int]], str],
-                 prompt_tokens: int, stop: list[str], cancel: Callable[[], None] = lambda: None) -> None:
+                 prompt_tokens: int, stop: Sequence[str], cancel: Callable[[], None] = lambda: None) -> None:
         self._tokens = tokens
         self._decode = decode
         self.prompt_tokens = prompt_tokens

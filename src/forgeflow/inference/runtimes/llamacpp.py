@@ -18,20 +18,13 @@ import os
 import queue
 import random
 import threading
-from collections.abc import Mapping
-from collections.abc import Sequence as Seq
 from pathlib import Path
 from typing import Any
 
+from forgeflow.chat import ChatRequest
 from forgeflow.errors import ServerUnavailable
 from forgeflow.inference.batching import _DONE, QueueFull, Sequence
-from forgeflow.inference.runtimes.base import (
-    CHATML_TEMPLATE,
-    GenerationResult,
-    TokenStream,
-    encode_chat,
-    make_request,
-)
+from forgeflow.inference.runtimes.base import CHATML_TEMPLATE, GenerationResult, TokenStream, encode_chat
 
 log = logging.getLogger("forgeflow.llamacpp")
 MAX_CONTEXT = 4096
@@ -85,11 +78,10 @@ class LlamaCppRuntime:
             ids.add(int(self.tokenizer.eos_token_id))
         return sorted(ids)
 
-    def stream(self, messages: Seq[Mapping[str, Any]], **kwargs: Any) -> TokenStream:
-        """Validate and queue a chat at once (errors raise here), and return its token stream."""
+    def stream(self, request: ChatRequest) -> TokenStream:
+        """Queue a chat at once (a prompt too long or a full queue raises here), and return its token stream."""
         if self._stop.is_set():
             raise ServerUnavailable("the model server is shutting down")
-        request = make_request(messages, **kwargs)
         prompt = encode_chat(self.tokenizer, request.messages, self.max_positions)
         budget = min(request.max_new_tokens, self.max_positions - len(prompt))
         seq = Sequence(prompt, budget, request.sampling)
@@ -99,8 +91,8 @@ class LlamaCppRuntime:
             raise QueueFull(f"the model server has {self.waiting.maxsize} requests waiting; retry later") from None
         return TokenStream(seq.tokens(), self._decode, len(prompt), request.stop, seq.cancel)
 
-    def generate(self, messages: Seq[Mapping[str, Any]], **kwargs: Any) -> GenerationResult:
-        return self.stream(messages, **kwargs).run()
+    def generate(self, request: ChatRequest) -> GenerationResult:
+        return self.stream(request).run()
 
     def health(self) -> dict[str, Any]:
         return {"runtime": self.name, "waiting": self.waiting.qsize(), "served": self.served,
