@@ -1,13 +1,16 @@
-"""The Python SDK: a thin client of the REST API, used by the CLI too."""
+"""The Python SDK: a thin client of the REST API, used by the CLI too. Error answers come back as the
+forgeflow.errors class their body names; httpx's transport errors are mapped onto the same tree here."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
 
-from forgeflow.errors import ForgeflowError, ServerUnavailable, from_dict
+from forgeflow.errors import ForgeflowError, RequestTimeout, ServerUnavailable, from_dict
 from forgeflow.store.home import server_url
 
 
@@ -33,26 +36,52 @@ class Client:
             self._token = admin_token()
         return self._token
 
-    def request(self, method: str, path: str, *, timeout: float | None = None, auth: bool = True, **kw: Any) -> Any:
-        headers = kw.pop("headers", {}) or {}
+    def _headers(self, headers: dict | None, auth: bool) -> dict:
+        headers = dict(headers or {})
         if auth:
             headers["Authorization"] = f"Bearer {self.token}"
+        return headers
+
+    def _unreachable(self, exc: httpx.TransportError, method: str, path: str) -> ForgeflowError:
+        """The one mapping from httpx's transport errors to the tree."""
+        if isinstance(exc, httpx.ConnectError):
+            return ServerUnavailable(f"no forgeflow server answers at {self.url}: "
+                                     "start one with 'forgeflow serve --detach'")
+        if isinstance(exc, httpx.TimeoutException):
+            return RequestTimeout(f"the server at {self.url} did not answer {method} {path} in time")
+        return ServerUnavailable(f"the connection to the server at {self.url} failed during {method} {path}: {exc!r}")
+
+    @staticmethod
+    def _failure(resp: httpx.Response) -> ForgeflowError:
+        """An error answer (its body already read) as the exception its body names."""
+        try:
+            body = resp.json()
+        except ValueError:
+            body = {"message": resp.text or resp.reason_phrase}
+        return from_dict(resp.status_code, body if isinstance(body, dict) else {"message": str(body)})
+
+    def request(self, method: str, path: str, *, timeout: float | None = None, auth: bool = True, **kw: Any) -> Any:
+        headers = self._headers(kw.pop("headers", None), auth)
         try:
             resp = self._http.request(method, path, headers=headers,
                                       timeout=timeout if timeout is not None else self._http.timeout, **kw)
-        except httpx.ConnectError:
-            raise ServerUnavailable(f"no forgeflow server answers at {self.url}: start one with 'forgeflow serve --detach'") from None
-        except httpx.TimeoutException:
-            raise ForgeflowError(f"the server at {self.url} did not answer {method} {path} in time") from None
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc, method, path) from None
         if resp.status_code >= 400:
-            try:
-                body = resp.json()
-            except ValueError:
-                body = {"message": resp.text or resp.reason_phrase}
-            if not isinstance(body, dict):
-                body = {"message": str(body)}
-            raise from_dict(resp.status_code, body)
+            raise self._failure(resp)
         return resp.json() if resp.content else None
+
+    @contextmanager
+    def stream(self, method: str, path: str, **kw: Any) -> Iterator[httpx.Response]:
+        """A response whose body is read as it arrives (downloads); errors are raised as request() raises them."""
+        try:
+            with self._http.stream(method, path, headers=self._headers(kw.pop("headers", None), True), **kw) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise self._failure(resp)
+                yield resp
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc, method, path) from None
 
     def get(self, path: str, **kw: Any) -> Any:
         return self.request("GET", path, **kw)

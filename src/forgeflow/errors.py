@@ -1,13 +1,22 @@
-"""Domain exceptions. Core code raises these; the CLI and the REST layer turn them into
-one readable line / a JSON error with the right status.
+"""Domain exceptions. Core code raises these; the CLI turns them into one readable line, the REST layer into a
+JSON error `{"error": CLASS, "message": ..., "field": ...}` with the class's status, and the client back into
+the class the body names.
 
-    ForgeflowError
-    ├── InvalidInput        bad name, bad value, malformed file        (400)
-    ├── NotFound            no such job, model, endpoint, file, ...    (404)
-    ├── Conflict            already exists, wrong state for the action (409)
-    ├── Unauthorized        missing or wrong key / token               (401)
-    ├── ServerUnavailable   no forgeflow server answers at the URL     (CLI only)
-    └── UpstreamError       a worker or model server failed            (424 / 500)
+    ForgeflowError          a failure no subclass names                                 (500)
+    ├── InvalidInput        bad name, bad value, malformed body or file                 (400)
+    ├── Unauthorized        missing or wrong key / token / Studio session               (401)
+    ├── NotFound            no such job, model, endpoint, file, ...                     (404)
+    ├── RequestTimeout      no answer in time: a flow run, a scoring call, the server   (408)
+    ├── Conflict            already exists, wrong state for the action                  (409)
+    ├── PayloadTooLarge     a body or upload over its size limit                        (413)
+    ├── TooManyRequests     more requests waiting than the model server accepts         (429)
+    ├── UpstreamError       a worker, model server or flow node failed                  (424)
+    ├── InternalError       an unexpected exception in the server (a bug: see its log)  (500)
+    └── ServerUnavailable   no server answers, or it is loading or shutting down        (503)
+
+Foreign errors are mapped onto the tree once, at the edge that meets them: request bodies pydantic rejects
+become InvalidInput in the REST app (api/app.py), httpx transport errors become ServerUnavailable or
+RequestTimeout in the client (client.py).
 """
 
 from __future__ import annotations
@@ -20,10 +29,11 @@ class ForgeflowWarning(UserWarning):
 class ForgeflowError(Exception):
     status_code = 500
 
-    def __init__(self, message: str, *, field: str | None = None) -> None:
+    def __init__(self, message: str, *, field: str | None = None, status_code: int | None = None) -> None:
         super().__init__(message)
         self.message = message
-        self.field = field
+        self.field = field  # the option, body field or flow node the message is about
+        self.status_code = status_code or type(self).status_code  # the status an answer carried, else the class's
 
     def to_dict(self) -> dict:
         body = {"error": type(self).__name__, "message": self.message}
@@ -36,36 +46,44 @@ class InvalidInput(ForgeflowError):
     status_code = 400
 
 
-class NotFound(ForgeflowError):
-    status_code = 404
-
-
-class Conflict(ForgeflowError):
-    status_code = 409
-
-
 class Unauthorized(ForgeflowError):
     status_code = 401
+
+
+class NotFound(ForgeflowError):
+    status_code = 404
 
 
 class RequestTimeout(ForgeflowError):
     status_code = 408
 
 
+class Conflict(ForgeflowError):
+    status_code = 409
+
+
 class PayloadTooLarge(ForgeflowError):
     status_code = 413
 
 
-class ServerUnavailable(ForgeflowError):
-    status_code = 503
+class TooManyRequests(ForgeflowError):
+    status_code = 429
 
 
 class UpstreamError(ForgeflowError):
     status_code = 424
 
 
-_BY_NAME = {c.__name__: c for c in (InvalidInput, NotFound, Conflict, Unauthorized, RequestTimeout, PayloadTooLarge,
-                                    ServerUnavailable, UpstreamError)}
+class InternalError(ForgeflowError):
+    status_code = 500
+
+
+class ServerUnavailable(ForgeflowError):
+    status_code = 503
+
+
+_BY_NAME = {c.__name__: c for c in (InvalidInput, Unauthorized, NotFound, RequestTimeout, Conflict, PayloadTooLarge,
+                                    TooManyRequests, UpstreamError, InternalError, ServerUnavailable)}
 
 
 def by_name(name: str, default: type[ForgeflowError] = ForgeflowError) -> type[ForgeflowError]:
@@ -74,8 +92,5 @@ def by_name(name: str, default: type[ForgeflowError] = ForgeflowError) -> type[F
 
 
 def from_dict(status: int, body: dict) -> ForgeflowError:
-    """Rebuild the exception a server raised from its JSON error body (used by the client)."""
-    cls = _BY_NAME.get(str(body.get("error")), ForgeflowError)
-    err = cls(str(body.get("message") or body), field=body.get("field"))
-    err.status_code = status
-    return err
+    """Rebuild the exception a server raised from its JSON error body and status (used by the client)."""
+    return by_name(body.get("error"))(str(body.get("message") or body), field=body.get("field"), status_code=status)

@@ -102,3 +102,19 @@ async def test_deployment_of_missing_model_version(api, tiny_model_dir):
     assert r.status_code == 404
     r = await api.post("/api/models", json={"name": "tiny", "from_job": "ft-nope"})
     assert r.status_code == 404
+
+
+async def test_errors_answer_as_the_exception_tree(app, ws):
+    import httpx
+
+    @app.get("/api/boom")
+    def boom() -> None:
+        raise KeyError("a bug")
+
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    headers = {"Authorization": f"Bearer {ws.admin_token()}"}
+    async with httpx.AsyncClient(transport=transport, base_url="http://test", headers=headers) as c:
+        r = await c.get("/api/boom")
+        assert r.status_code == 500 and r.json()["error"] == "InternalError" and "KeyError" in r.json()["message"]
+        r = await c.post("/api/endpoints", json={"name": "ep-x", "auth_mode": ["key"]})
+        assert r.status_code == 400 and r.json()["error"] == "InvalidInput" and r.json()["field"] == "auth_mode"

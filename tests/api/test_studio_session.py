@@ -3,7 +3,7 @@
 import httpx
 import pytest
 
-from forgeflow.studio.session import COOKIE, new_session, valid_session
+from forgeflow.api.security import COOKIE, new_session, valid_session
 
 pytestmark = pytest.mark.anyio
 

@@ -1,5 +1,6 @@
-"""The forgeflow server app: REST control plane, job runner, deployment supervisor and
-scoring gateway in one process."""
+"""The forgeflow server app: REST control plane, job runner, deployment supervisor and scoring gateway in one
+process. This is the one composition root: it alone builds the services and mounts every router (the REST
+routers, the gateway's, the Studio's pages)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from forgeflow import __version__
-from forgeflow.errors import ForgeflowError
+from forgeflow.api import compute, connections, datasets, endpoints, flows, jobs, models
+from forgeflow.errors import ForgeflowError, InternalError, InvalidInput
+from forgeflow.serving import gateway
 from forgeflow.serving.endpoints import EndpointService
+from forgeflow.serving.schemas import install_openapi
 from forgeflow.serving.supervisor import DeploymentSupervisor
 from forgeflow.store.connections import ConnectionStore
 from forgeflow.store.workspace import Workspace
+from forgeflow.studio import pages
 from forgeflow.training.runner import JobRunner
 
 log = logging.getLogger("forgeflow.server")
@@ -68,41 +73,34 @@ def create_app(ws: Workspace | None = None, *, base_url: str = "http://127.0.0.1
     async def _domain_error(_request: Request, exc: ForgeflowError) -> JSONResponse:
         return JSONResponse(exc.to_dict(), status_code=exc.status_code)
 
+    @app.exception_handler(RequestValidationError)
+    async def _body_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return await _domain_error(request, invalid_input(exc))
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return JSONResponse({"error": "InternalError", "message": f"unexpected server error ({type(exc).__name__}); "
-                             f"see {ws.paths.server_log}"}, status_code=500)
+        return await _domain_error(request, InternalError(
+            f"unexpected server error ({type(exc).__name__}); see {ws.paths.server_log}"))
 
-    @app.exception_handler(RequestValidationError)
-    async def _body_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        field = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
-        msg = f"{field}: {first.get('msg', 'invalid value')}" if field else str(first.get("msg", "invalid body"))
-        return JSONResponse({"error": "InvalidInput", "message": msg, "field": field}, status_code=400)
+    # Starlette tries routes in order: scoring requests are the hot path, so the gateway goes first.
+    app.include_router(gateway.router)
 
     @app.get("/api/health", tags=["server"])
     def health() -> dict:
         return {"status": "ok", "version": __version__, "home": str(ws.paths.root)}
 
-    from forgeflow.api import (
-        compute,
-        connections,
-        datasets,
-        endpoints,
-        flows,
-        jobs,
-        models,
-    )
-    from forgeflow.serving.gateway import router as gateway
-    from forgeflow.studio import pages
-
-    app.include_router(gateway)  # first: scoring requests are the hot path, matched before any other route
     for module in (jobs, datasets, models, endpoints, connections, compute, flows):
         app.include_router(module.router, prefix="/api")
     app.include_router(pages.api)
     app.include_router(pages.router)
-    from forgeflow.serving.schemas import install_openapi
-
     install_openapi(app)
     return app
+
+
+def invalid_input(exc: RequestValidationError) -> InvalidInput:
+    """A body or query pydantic rejected, as InvalidInput naming the first wrong field."""
+    first = exc.errors()[0] if exc.errors() else {}
+    field = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+    message = f"{field}: {first.get('msg', 'invalid value')}" if field else str(first.get("msg", "invalid body"))
+    return InvalidInput(message, field=field)

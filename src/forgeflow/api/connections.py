@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
-from forgeflow.api.deps import ADMIN, services
+from forgeflow.api.security import ADMIN, services
 
 router = APIRouter(dependencies=ADMIN, tags=["connections"])
 

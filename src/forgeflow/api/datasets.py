@@ -6,7 +6,7 @@ import pydantic
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 
-from forgeflow.api.deps import ADMIN, services
+from forgeflow.api.security import ADMIN, services
 from forgeflow.data.library import DatasetLibrary
 
 router = APIRouter(dependencies=ADMIN, tags=["datasets"])

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
-from forgeflow.api.deps import ADMIN, services
+from forgeflow.api.security import ADMIN, services
 from forgeflow.errors import InvalidInput
 
 router = APIRouter(dependencies=ADMIN, tags=["endpoints"])

@@ -19,7 +19,7 @@ import pydantic
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
-from forgeflow.api.deps import ADMIN, services
+from forgeflow.api.security import ADMIN, services
 from forgeflow.errors import ForgeflowError, UpstreamError, by_name
 from forgeflow.flows.catalog import EXAMPLES, FlowCatalog
 

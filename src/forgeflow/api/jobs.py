@@ -6,7 +6,7 @@ from pathlib import Path
 
 from fastapi import APIRouter, Depends
 
-from forgeflow.api.deps import ADMIN, services
+from forgeflow.api.security import ADMIN, services
 from forgeflow.errors import InvalidInput
 from forgeflow.training.checkpoints import newest_checkpoint
 from forgeflow.training.jobfile import JobRequest

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
-from forgeflow.api.deps import ADMIN, services
+from forgeflow.api.security import ADMIN, services
 from forgeflow.errors import InvalidInput
 
 router = APIRouter(dependencies=ADMIN, tags=["models"])

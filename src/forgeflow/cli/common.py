@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterable
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from forgeflow.errors import ForgeflowError
@@ -34,7 +35,7 @@ def command(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except ForgeflowError as e:
             where = f" ({e.field})" if e.field and e.field not in e.message else ""
-            err_console.print(f"[bold red]error:[/] {e.message}{where}", markup=True, highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(e.message + where)}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")
@@ -70,14 +71,3 @@ def client():
 
     return Client()
 
-
-def parse_pairs(items: list[str] | None, what: str) -> dict[str, str]:
-    """`a=1 b=2` style options into a dict, naming the bad item."""
-    out: dict[str, str] = {}
-    for item in items or []:
-        for part in item.split() if " " in item and "=" in item.split(" ", 1)[1] else [item]:
-            if "=" not in part:
-                raise ForgeflowError(f"{what} {part!r} must look like name=value")
-            k, v = part.split("=", 1)
-            out[k.strip()] = v
-    return out

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import typer
 
-from forgeflow.cli.common import JsonOpt, client, command, console, kv, parse_pairs, print_json, table
+from forgeflow.cli.common import JsonOpt, client, command, console, kv, print_json, table
 from forgeflow.errors import InvalidInput
+from forgeflow.names import parse_assignments
 
 app = typer.Typer(help="Connections that flows use (endpoint + secret key, OpenAI, ...).", no_args_is_help=True)
 
@@ -28,7 +29,7 @@ def _settings(set_: list[str] | None, extra: list[str]) -> dict[str, str]:
     stray = [a for a in extra if "=" not in a]
     if stray:
         raise InvalidInput(f"unexpected argument {stray[0]!r} (values go as --set NAME=VALUE ...)", field="set")
-    return parse_pairs([*(set_ or []), *extra], "--set")
+    return parse_assignments([*(set_ or []), *extra], "--set", "api_key=sk-...")
 
 
 @app.command("create", context_settings=_EXTRA)

@@ -2,40 +2,33 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from forgeflow.errors import ForgeflowError, InvalidInput
+from forgeflow.cli.common import command, console, err_console, print_json
+from forgeflow.errors import InvalidInput
 
 app = typer.Typer(
     help="Prepare chat datasets (download + 80/20 split) and validate chat JSONL files.",
     no_args_is_help=True,
 )
 
-_out = Console()
-_err = Console(stderr=True)
-
-
-def _fail(exc: ForgeflowError) -> typer.Exit:
-    _err.print(f"[red]error: {escape(exc.message)}[/red]", soft_wrap=True, highlight=False)
-    return typer.Exit(1)
-
 
 def _test_size(value: str) -> float:
     try:
         number = float(value)
     except ValueError:
-        raise typer.BadParameter(f"{value!r} is not a number (a fraction like 0.2, or a row count)") from None
+        raise InvalidInput(f"--test-size: {value!r} is not a number (a fraction like 0.2, or a row count)",
+                           field="test_size") from None
     return int(number) if number.is_integer() and number >= 1 else number
 
 
 @app.command()
+@command
 def prepare(
     dataset: Annotated[
         str,
@@ -67,30 +60,23 @@ def prepare(
     """Load a chat dataset, split it train/test and write train_data.jsonl / test_data.jsonl."""
     from forgeflow.data.prepare import prepare_dataset
 
-    try:
-        size = _test_size(test_size)
-        if as_json:
-            result = prepare_dataset(dataset, out, config=config, split=split, test_size=size, seed=seed)
-        else:
-            with _err.status(f"Preparing {escape(dataset)} ..."):
-                result = prepare_dataset(dataset, out, config=config, split=split, test_size=size, seed=seed)
-    except typer.BadParameter as exc:
-        raise _fail(InvalidInput(f"--test-size: {exc}", field="test_size")) from None
-    except ForgeflowError as exc:
-        raise _fail(exc) from None
+    size = _test_size(test_size)
     if as_json:
-        typer.echo(json.dumps(result.to_dict()))
+        print_json(prepare_dataset(dataset, out, config=config, split=split, test_size=size, seed=seed).to_dict())
         return
+    with err_console.status(f"Preparing {escape(dataset)} ..."):
+        result = prepare_dataset(dataset, out, config=config, split=split, test_size=size, seed=seed)
     table = Table(title=f"Prepared {escape(result.source)}", title_justify="left")
     for column in ("split", "rows", "file"):
         table.add_column(column)
     table.add_row("train", str(result.train_rows), escape(str(result.train_path)))
     table.add_row("test", str(result.test_rows), escape(str(result.test_path)))
     table.add_row("total", str(result.total_rows), "")
-    _out.print(table)
+    console.print(table)
 
 
 @app.command()
+@command
 def validate(
     file: Annotated[Path, typer.Argument(help="Chat file to check: .jsonl (also .json array, .csv, .parquet).")],
     model: Annotated[
@@ -111,22 +97,19 @@ def validate(
     """Check every row of a chat file; list each problem with its line number (exit 1 if any)."""
     from forgeflow.data.validate import validate_file
 
-    try:
-        tokenizer = _load_tokenizer(model) if model else None
-        report = validate_file(file, tokenizer=tokenizer, max_problems=max_problems)
-    except ForgeflowError as exc:
-        raise _fail(exc) from None
+    tokenizer = _load_tokenizer(model) if model else None
+    report = validate_file(file, tokenizer=tokenizer, max_problems=max_problems)
     if as_json:
-        typer.echo(json.dumps(report.to_dict()))
+        print_json(report.to_dict())
     elif report.problems:
         for problem in report.problems:
             typer.echo(f"{file}: {problem}")
         more = " (list truncated)" if report.truncated else ""
-        _err.print(
+        err_console.print(
             f"[red]{report.bad_rows} bad row(s) of {report.rows} in {escape(str(file))}{more}[/red]", soft_wrap=True
         )
     else:
-        _out.print(_summary_table(report))
+        console.print(_summary_table(report))
     if not report.ok:
         raise typer.Exit(1)
 

@@ -7,18 +7,18 @@ interrupted download never leaves a half model at --out.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import httpx
-
-from forgeflow.errors import Conflict, ForgeflowError, ServerUnavailable, from_dict
+from forgeflow.client import Client
+from forgeflow.errors import Conflict
 
 CHUNK = 1 << 20
 
 
-def download_version(c: Any, name: str, version: str, out: Path, *, quiet: bool = False, console: Any = None) -> dict:
+def download_version(c: Client, name: str, version: str, out: Path, *, quiet: bool = False, console: Any = None) -> dict:
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -36,8 +36,8 @@ def download_version(c: Any, name: str, version: str, out: Path, *, quiet: bool 
                 target = stage / f["path"]
                 target.parent.mkdir(parents=True, exist_ok=True)
                 bar.update(task, description=f"{name}:{version} {f['path']}")
-                url = f"{c.url}/api/models/{name}/versions/{version}/files/{quote(f['path'])}"
-                _fetch(url, c.token, target, lambda n: bar.advance(task, n))
+                path = f"/api/models/{name}/versions/{version}/files/{quote(f['path'])}"
+                _fetch(c, path, target, lambda n: bar.advance(task, n))
         if out.exists():
             out.rmdir()
         stage.rename(out)
@@ -46,21 +46,8 @@ def download_version(c: Any, name: str, version: str, out: Path, *, quiet: bool 
     return {"name": name, "version": version, "path": str(out), "files": len(listing["files"]), "bytes": total}
 
 
-def _fetch(url: str, token: str, target: Path, advance) -> None:
-    try:
-        with httpx.stream("GET", url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as resp:
-            if resp.status_code >= 400:
-                resp.read()
-                try:
-                    body = resp.json()
-                except ValueError:
-                    body = {"message": resp.text}
-                raise from_dict(resp.status_code, body if isinstance(body, dict) else {"message": str(body)})
-            with open(target, "wb") as fh:
-                for chunk in resp.iter_bytes(CHUNK):
-                    fh.write(chunk)
-                    advance(len(chunk))
-    except httpx.ConnectError:
-        raise ServerUnavailable(f"no forgeflow server answers at {url}") from None
-    except httpx.HTTPError as exc:
-        raise ForgeflowError(f"download of {target.name} failed: {exc}") from None
+def _fetch(c: Client, path: str, target: Path, advance: Callable[[int], Any]) -> None:
+    with c.stream("GET", path) as resp, open(target, "wb") as fh:
+        for chunk in resp.iter_bytes(CHUNK):
+            fh.write(chunk)
+            advance(len(chunk))

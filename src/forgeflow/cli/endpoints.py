@@ -9,8 +9,9 @@ from pathlib import Path
 
 import typer
 
-from forgeflow.cli.common import JsonOpt, client, command, console, kv, parse_pairs, print_json, table
+from forgeflow.cli.common import JsonOpt, client, command, console, kv, print_json, table
 from forgeflow.errors import InvalidInput, NotFound
+from forgeflow.names import parse_assignments
 
 endpoint_app = typer.Typer(help="Online endpoints: scoring URI, keys, traffic across deployments.", no_args_is_help=True)
 deployment_app = typer.Typer(help="Deployments of a model behind an online endpoint.", no_args_is_help=True)
@@ -81,7 +82,8 @@ def ep_update(name: str = NameOpt,
 
 def _percentages(items: list[str], flag: str) -> dict[str, int]:
     split: dict[str, int] = {}
-    for k, v in parse_pairs(items, flag).items():
+    # `--traffic "blue=90 green=10"`, as az ml writes it, holds several in one item
+    for k, v in parse_assignments([pair for item in items for pair in item.split()], flag, "blue=90").items():
         if not v.strip().isdigit():
             raise InvalidInput(f"{flag} {k}={v}: the percentage must be a whole number")
         split[k] = int(v)

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import typer
 
-from forgeflow.cli.common import JsonOpt, command, console, err_console, kv, parse_pairs, print_json, table
+from forgeflow.cli.common import JsonOpt, command, console, err_console, kv, print_json, table
 from forgeflow.errors import InvalidInput
+from forgeflow.names import parse_assignments
 
 app = typer.Typer(help="Prompt flow style flows (flow.dag.yaml) with Python tools and connections.", no_args_is_help=True)
 
@@ -24,7 +25,7 @@ def _inputs(items: list[str] | None) -> dict:
         if not isinstance(data, dict):
             raise InvalidInput(f"--inputs {path}: the file must hold a JSON object")
         return data
-    return parse_pairs(items, "--inputs")
+    return parse_assignments(items, "--inputs", "question=hi")
 
 
 @app.command("test")

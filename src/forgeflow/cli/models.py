@@ -7,8 +7,9 @@ from pathlib import Path
 
 import typer
 
-from forgeflow.cli.common import JsonOpt, client, command, console, kv, parse_pairs, print_json, table
+from forgeflow.cli.common import JsonOpt, client, command, console, kv, print_json, table
 from forgeflow.errors import InvalidInput
+from forgeflow.names import parse_assignments
 
 app = typer.Typer(help="Base models and the model registry.", no_args_is_help=True)
 
@@ -104,7 +105,7 @@ def update(
     json_out: bool = JsonOpt,
 ) -> None:
     """Change a version's description and tags."""
-    tags = parse_pairs(set_tag, "--set-tag")
+    tags = parse_assignments(set_tag, "--set-tag", "stage=prod")
     if description is None and not tags and not remove_tag:
         raise InvalidInput("nothing to change: give --description, --set-tag KEY=VALUE or --remove-tag KEY")
     mv = client().patch(_version_path(name, version), {"description": description, "set_tags": tags,

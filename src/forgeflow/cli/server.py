@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 import typer
 
 from forgeflow.cli.common import JsonOpt, command, console, err_console, print_json
-from forgeflow.errors import ForgeflowError
+from forgeflow.errors import Conflict, ServerUnavailable
 from forgeflow.store.home import Paths, server_url
 
 app = typer.Typer(help="Run the forgeflow server (REST API, job runner, deployments, scoring gateway).",
@@ -58,11 +58,11 @@ def start_detached(host: str, port: int, timeout_s: float = 90.0) -> dict:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise ForgeflowError(f"the server exited with code {proc.returncode}; see {ws.paths.server_log}")
+            raise ServerUnavailable(f"the server exited with code {proc.returncode}; see {ws.paths.server_log}")
         if _healthy(url):
             return {"url": url, "pid": proc.pid, "started": True, "log": str(ws.paths.server_log)}
         time.sleep(0.3)
-    raise ForgeflowError(f"the server did not answer within {timeout_s:.0f} s; see {ws.paths.server_log}")
+    raise ServerUnavailable(f"the server did not answer within {timeout_s:.0f} s; see {ws.paths.server_log}")
 
 
 @app.callback()
@@ -102,7 +102,7 @@ def _run_foreground(host: str, port: int) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ws = Workspace.open()
     if _healthy(f"http://{host}:{port}"):
-        raise ForgeflowError(f"a server already answers at http://{host}:{port}")
+        raise Conflict(f"a server already answers at http://{host}:{port}")
     ws.paths.server_pid.write_text(f"{os.getpid()} http://{host}:{port}\n")
     console.print(f"forgeflow server at [bold]http://{host}:{port}[/]; Studio: open [bold]http://{host}:{port}/[/] "
                   "and sign in with the token from 'forgeflow token show'. Ctrl-C stops it.")

@@ -22,7 +22,7 @@ import httpx
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
-from forgeflow.api.deps import require_admin
+from forgeflow.api.security import require_admin
 from forgeflow.chat import (ChatCompletionRequest, ScoreRequest, ScoreResponse, parse_chat_completion_request,
                             parse_score_request)
 from forgeflow.errors import ForgeflowError, InvalidInput, Unauthorized

@@ -1,6 +1,6 @@
 """Studio's pages and sign-in routes.
 
-`/signin` is public and self-contained; `/` and `/studio/<file>` need a Studio session (see session.py).
+`/signin` is public and self-contained; `/` and `/studio/<file>` need a Studio session (see api/security.py).
 Every page goes out with a Content-Security-Policy that allows only this origin's scripts plus the
 inline scripts of that very page (by hash), so text from the API can never run as code.
 """
@@ -18,10 +18,8 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from forgeflow import __version__
-from forgeflow.api.deps import require_admin, services, studio_signed_in
+from forgeflow.api.security import ADMIN, end_session, is_admin_token, services, start_session, studio_signed_in
 from forgeflow.errors import NotFound, Unauthorized
-from forgeflow.store.secrets import same
-from forgeflow.studio.session import COOKIE, LIFETIME_S, new_session
 
 STATIC = Path(__file__).parent / "static"
 TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
@@ -84,19 +82,18 @@ def studio_file(name: str, request: Request) -> Response:
 @api.post("/session")
 def sign_in(body: SignIn, request: Request, response: Response) -> dict:
     """Exchange the admin token for a Studio session cookie (HttpOnly, SameSite=Strict)."""
-    admin = request.app.state.ff.ws.admin_token()
-    if not same(body.token.strip(), admin):
+    if not is_admin_token(request, body.token.strip()):
         raise Unauthorized("wrong token: copy it from 'forgeflow token show'")
-    response.set_cookie(COOKIE, new_session(admin), max_age=LIFETIME_S, httponly=True, samesite="strict", path="/")
+    start_session(request, response)
     return {"signed_in": True}
 
 
-@api.get("/session", dependencies=[Depends(require_admin)])
+@api.get("/session", dependencies=ADMIN)
 def session(ff=Depends(services)) -> dict:
     return {"signed_in": True, "version": __version__, "home": str(ff.ws.paths.root)}
 
 
 @api.delete("/session")
 def sign_out(response: Response) -> dict:
-    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
+    end_session(response)
     return {"signed_in": False}
