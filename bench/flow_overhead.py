@@ -65,7 +65,7 @@ def wall(cmd: list[str], env: dict, repeat: int) -> tuple[float | None, str]:
 
 def per_line(flow: Path, lines: int, workers: int, repeat: int) -> dict:
     from forgeflow.flows.batch import BatchRun, start_run
-    from forgeflow.flows.dag import load_flow
+    from forgeflow.flows.loader import load_flow
     from forgeflow.flows.executor import run_flow
 
     data = flow.parent / "rows.jsonl"

@@ -118,6 +118,8 @@ def test_columns_named_like_inputs_need_no_mapping_and_bad_mapping_is_named(answ
     assert out["status"] == "Completed" and out["name"].startswith("answer_")
     bad = cli("--flow", str(answer_flow), "--data", str(data), "--column-mapping", "nope=${data.x}", ok=False)
     assert bad.exit_code == 1 and "no input 'nope'" in bad.output
+    unsplit = cli("--flow", str(answer_flow), "--data", str(data), "--column-mapping", "question", ok=False)
+    assert unsplit.exit_code == 1 and "--column-mapping 'question': expected NAME=VALUE" in unsplit.output
     missing = write_rows(tmp_path / "m.jsonl", [{"other": 1}])
     out = json.loads(cli("--flow", str(answer_flow), "--data", str(missing), "--column-mapping",
                          "question=${data.q}", "--json").stdout)

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from forgeflow.cli.main import app
 from forgeflow.flows import chat as chat_mod
-from forgeflow.flows.executor import FlowResult
+from forgeflow.flows.result import FlowResult
 
 runner = CliRunner()
 
@@ -66,7 +66,7 @@ def test_streamed_chunks_are_printed_then_stored_as_text(make_flow, monkeypatch)
         return FlowResult(outputs={"answer": iter(["chunk-1 ", "chunk-2 ", inputs["question"]])},
                           node_results={}, duration_s=0.0, inputs=dict(inputs))
 
-    monkeypatch.setattr(chat_mod, "call_flow", fake_call)
+    monkeypatch.setattr(chat_mod, "run_flow", fake_call)
     session = chat_mod.ChatSession(flow)
     chunks = []
     session.ask("q1", on_chunk=chunks.append)

@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 
 from forgeflow.errors import InvalidInput, NotFound
-from forgeflow.flows.dag import Reference, chat_history_name, chat_input_name, chat_output_name, load_flow
+from forgeflow.flows.contract import Reference, chat_history_name, chat_input_name, chat_output_name
+from forgeflow.flows.loader import load_flow
 
 ECHO = {"echo.py": "from promptflow import tool\n\n@tool\ndef echo(x=None, y=None):\n    return x\n"}
 

@@ -7,8 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from forgeflow.errors import InvalidInput, NotFound, UpstreamError
-from forgeflow.flows.dag import chat_history_name, load_flow
+from forgeflow.flows.contract import chat_history_name
 from forgeflow.flows.executor import has_aggregation, run_aggregation, run_flow
+from forgeflow.flows.loader import load_flow
 
 SLEEPY = """
 from promptflow import tool

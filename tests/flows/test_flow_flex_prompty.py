@@ -5,8 +5,9 @@ import textwrap
 import pytest
 
 from forgeflow.errors import InvalidInput, NotFound, UpstreamError
-from forgeflow.flows.dag import chat_input_name, chat_output_name, load_flow
+from forgeflow.flows.contract import chat_input_name, chat_output_name
 from forgeflow.flows.executor import has_aggregation, run_aggregation, run_flow
+from forgeflow.flows.loader import load_flow
 from forgeflow.flows.result import StreamingOutput
 
 

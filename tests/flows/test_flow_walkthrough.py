@@ -8,7 +8,7 @@ import pytest
 
 from forgeflow.errors import NotFound, UpstreamError
 from forgeflow.flows.connection_yaml import load_connection_yaml
-from forgeflow.flows.dag import load_flow
+from forgeflow.flows.loader import load_flow
 from forgeflow.flows.executor import run_flow, write_details
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "walkthrough-chat-flow"

@@ -14,7 +14,7 @@ import uvicorn
 from fastapi.testclient import TestClient
 
 from forgeflow.flows import serve as serve_mod
-from forgeflow.flows.executor import FlowResult
+from forgeflow.flows.result import FlowResult
 from forgeflow.flows.serve import create_flow_app
 from forgeflow.processes import free_port
 
@@ -74,7 +74,7 @@ def test_event_stream_when_an_output_streams(echo_flow, monkeypatch):
         answer = iter(["Hel", "lo"]) if stream else "Hello"
         return FlowResult(outputs={"answer": answer, "n": 2}, node_results={}, duration_s=0.0, inputs=inputs)
 
-    monkeypatch.setattr(serve_mod, "call_flow", fake_call)
+    monkeypatch.setattr(serve_mod, "run_flow", fake_call)
     with TestClient(create_flow_app(echo_flow)) as c:
         with c.stream("POST", "/score", json={"question": "x"}, headers={"Accept": "text/event-stream"}) as r:
             assert r.headers["content-type"].startswith("text/event-stream")

@@ -3,8 +3,7 @@ from __future__ import annotations
 import pytest
 
 from forgeflow.errors import InvalidInput, NotFound
-from forgeflow.processes import free_port
-from forgeflow.store.connections import ConnectionStore, connection_provider
+from forgeflow.store.connections import ConnectionStore, local_connection_lookup
 from forgeflow.store.workspace import Workspace
 
 
@@ -19,11 +18,12 @@ def test_update_merges_and_removes():
         store.update("missing", {"a": "b"})
 
 
-def test_provider_reads_the_local_store_without_a_server(monkeypatch):
-    monkeypatch.setenv("FORGEFLOW_URL", f"http://127.0.0.1:{free_port()}")
-    ConnectionStore(Workspace.open()).upsert("oa", "open_ai", {"base_url": "http://h/v1"}, {"api_key": "${env:OA_KEY}"})
-    monkeypatch.setenv("OA_KEY", "sk-9")
-    provide = connection_provider()
-    assert provide("oa")["secrets"] == {"api_key": "${env:OA_KEY}"}  # the flow engine resolves it when used
+def test_local_lookup_decrypts_keeps_env_references_and_reads_each_name_once():
+    store = ConnectionStore(Workspace.open())
+    store.upsert("oa", "open_ai", {"base_url": "http://h/v1"}, {"api_key": "${env:OA_KEY}"})
+    lookup = local_connection_lookup()
+    assert lookup("oa")["secrets"] == {"api_key": "${env:OA_KEY}"}  # the flow engine resolves it when used
+    store.upsert("oa", "open_ai", {"base_url": "http://other/v1"}, {"api_key": "k"}, replace=True)
+    assert lookup("oa")["configs"] == {"base_url": "http://h/v1"}
     with pytest.raises(NotFound, match="nope"):
-        provide("nope")
+        lookup("nope")

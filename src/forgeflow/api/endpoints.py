@@ -98,7 +98,7 @@ def create_deployment(name: str, body: DeploymentCreate, ff=Depends(services)) -
         raise InvalidInput("give exactly one of model or flow", field="model")
     runtime = body.runtime
     if body.flow:
-        from forgeflow.flows.dag import load_flow
+        from forgeflow.flows.loader import load_flow
 
         flow = load_flow(Path(body.flow).expanduser().resolve())
         ref, path, runtime = f"flow:{flow.dir}", flow.dir, "flow"

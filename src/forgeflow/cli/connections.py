@@ -14,10 +14,10 @@ app = typer.Typer(help="Connections that flows use (endpoint + secret key, OpenA
 
 
 def _typed(type_: str) -> str:
-    from forgeflow.flows.connection_yaml import CONNECTION_TYPES
+    from forgeflow.store.connections import TYPES
 
-    if type_ not in CONNECTION_TYPES:
-        raise InvalidInput(f"--type {type_!r} is not one of {', '.join(CONNECTION_TYPES)}", field="type")
+    if type_ not in TYPES:
+        raise InvalidInput(f"--type {type_!r} is not one of {', '.join(TYPES)}", field="type")
     return type_
 
 
@@ -29,7 +29,7 @@ def _settings(set_: list[str] | None, extra: list[str]) -> dict[str, str]:
     stray = [a for a in extra if "=" not in a]
     if stray:
         raise InvalidInput(f"unexpected argument {stray[0]!r} (values go as --set NAME=VALUE ...)", field="set")
-    return parse_assignments([*(set_ or []), *extra], "--set", "api_key=sk-...")
+    return parse_assignments([*(set_ or []), *extra], "--set", "secrets.key=VALUE")
 
 
 @app.command("create", context_settings=_EXTRA)

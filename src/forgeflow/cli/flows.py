@@ -3,15 +3,46 @@
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
 
-from forgeflow.cli.common import JsonOpt, command, console, err_console, kv, print_json, table
-from forgeflow.errors import InvalidInput
+from forgeflow.cli.common import JsonOpt, client, command, console, err_console, kv, print_json, table
+from forgeflow.errors import InvalidInput, ServerUnavailable
+from forgeflow.flows.result import RunStatus
 from forgeflow.names import parse_assignments
 
 app = typer.Typer(help="Prompt flow style flows (flow.dag.yaml) with Python tools and connections.", no_args_is_help=True)
+
+
+def connection_lookup() -> Callable[[str], dict]:
+    """How flows run from the CLI find connections: the forgeflow server when one answers (it may be remote),
+    else this machine's workspace, so flows run without a server. Each name is looked up once."""
+    from forgeflow.store.connections import local_connection_lookup
+
+    local = local_connection_lookup()
+    cache: dict[str, dict] = {}
+    lock = threading.Lock()
+    server = None
+    server_answers = True
+
+    def lookup(name: str) -> dict:
+        nonlocal server, server_answers
+        with lock:
+            if name not in cache:
+                if server_answers:
+                    try:
+                        server = server or client()
+                        cache[name] = server.connection(name)
+                        return cache[name]
+                    except ServerUnavailable:
+                        server_answers = False
+                cache[name] = local(name)
+            return cache[name]
+
+    return lookup
 
 
 def _inputs(items: list[str] | None) -> dict:
@@ -39,9 +70,7 @@ def test(
     """Run a flow once; print its outputs and per-node timings, keep details under FLOW/.forgeflow/."""
     from forgeflow.flows.executor import run_flow, write_details
 
-    from forgeflow.store.connections import connection_provider
-
-    result = run_flow(flow, _inputs(inputs), connection_provider=connection_provider(), node=node)
+    result = run_flow(flow, _inputs(inputs), connection_provider=connection_lookup(), node=node)
     details = write_details(flow, result)
     if json_out:
         print_json({"outputs": result.outputs, "nodes": result.node_results, "duration_s": result.duration_s,
@@ -65,9 +94,8 @@ def chat(
     import sys
 
     from forgeflow.flows.chat import ChatSession, chat_loop
-    from forgeflow.store.connections import connection_provider
 
-    session = ChatSession(flow, connection_provider=connection_provider(), inputs=_inputs(inputs))
+    session = ChatSession(flow, connection_provider=connection_lookup(), inputs=_inputs(inputs))
     interactive = sys.stdin.isatty()
 
     def read(prompt: str) -> str:
@@ -108,9 +136,8 @@ def serve(
     import uvicorn
 
     from forgeflow.flows.serve import create_flow_app
-    from forgeflow.store.connections import connection_provider
 
-    app_ = create_flow_app(flow, connection_provider=connection_provider(), key=key, workers=workers)
+    app_ = create_flow_app(flow, connection_provider=connection_lookup(), key=key, workers=workers)
     info = {"url": f"http://{host}:{port}", "score": f"http://{host}:{port}/score", "auth": bool(key)}
     print_json(info) if json_out else console.print(
         f"serving {flow} at [bold]{info['score']}[/]{' (key required)' if key else ''}; Ctrl-C stops", highlight=False)
@@ -139,7 +166,7 @@ def _progress(json_out: bool):
     failed = [0]
 
     def update(done: int, total: int, line: dict) -> None:
-        failed[0] += line["status"] != "Completed"
+        failed[0] += line["status"] != RunStatus.COMPLETED
         bar.update(task, completed=done, total=total, failed=failed[0])
 
     return bar, update
@@ -147,18 +174,17 @@ def _progress(json_out: bool):
 
 def _execute(record, workers: int | None, json_out: bool) -> None:
     from forgeflow.flows.batch import BatchRun, summary
-    from forgeflow.store.connections import connection_provider
 
     meta = record.meta()
     ctx, update = _progress(json_out)
     with ctx:
-        BatchRun(record, connection_provider=connection_provider(), workers=workers or meta.get("workers") or 4,
+        BatchRun(record, connection_provider=connection_lookup(), workers=workers or meta.get("workers") or 4,
                  progress=update).execute()
     out = summary(record)
     if json_out:
         print_json(out)
         return
-    colour = "green" if out["status"] == "Completed" else "yellow"
+    colour = "green" if out["status"] == RunStatus.COMPLETED else "yellow"
     console.print(f"[{colour}]{out['status']}[/] run [bold]{record.name}[/]: {out['completed_lines']} completed, "
                   f"{out['failed_lines']} failed of {out['total_lines']} lines; see: forgeflow flow run show-details "
                   f"{record.name}", highlight=False)

@@ -8,7 +8,6 @@ Evaluation flows read a base run's lines with `${run.outputs.x}` / `${run.inputs
 from __future__ import annotations
 
 import csv
-import inspect
 import json
 import os
 import re
@@ -21,8 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from forgeflow.errors import ForgeflowError, InvalidInput, NotFound
-from forgeflow.flows.dag import Flow, load_flow
+from forgeflow.flows.contract import ConnectionProvider, Flow
+from forgeflow.flows.executor import has_aggregation, run_aggregation, run_flow
+from forgeflow.flows.loader import load_flow
+from forgeflow.flows.result import RunStatus
 from forgeflow.flows.runs import RunRecord, new_run_name, now
+from forgeflow.names import parse_assignments
 
 _EXPR = re.compile(r"^\$\{\s*(data|run\.outputs|run\.inputs)\.([^{}\s]+)\s*\}$")
 ProgressFn = Callable[[int, int, dict], None]
@@ -51,10 +54,8 @@ def read_data(path: Path) -> list[dict]:
 def parse_column_mapping(items: list[str] | None, flow: Flow) -> dict[str, Any]:
     """`name=${data.col}` / `name=${run.outputs.x}` / `name=literal` pairs, checked against the flow."""
     mapping: dict[str, Any] = {}
-    for item in items or []:
-        if "=" not in item:
-            raise InvalidInput(f"--column-mapping {item!r} must look like input='${{data.column}}'", field="column_mapping")
-        key, value = (s.strip() for s in item.split("=", 1))
+    for key, value in parse_assignments(items, "--column-mapping", "question='${data.question}'").items():
+        value = value.strip()
         if key not in flow.inputs:
             raise InvalidInput(f"--column-mapping {key}: the flow has no input {key!r} (inputs: {', '.join(flow.inputs)})",
                                field="column_mapping")
@@ -82,7 +83,7 @@ def line_inputs(flow: Flow, row: dict, base: dict | None, mapping: dict[str, Any
             continue
         if base is None:
             raise InvalidInput(f"column mapping {key}: {value} needs a base run (--run NAME)", field=key)
-        if base.get("status") != "Completed":
+        if base.get("status") != RunStatus.COMPLETED:
             raise InvalidInput(f"column mapping {key}: line {base.get('line_number')} of the base run failed", field=key)
         part = base.get("outputs" if source == "run.outputs" else "inputs") or {}
         if field not in part:
@@ -103,7 +104,7 @@ def _error(exc: BaseException) -> dict:
 class BatchRun:
     """Runs (or resumes) one batch run; `progress(done, total, line)` is called after each line."""
 
-    def __init__(self, record: RunRecord, *, connection_provider: Callable | None = None, workers: int = 4,
+    def __init__(self, record: RunRecord, *, connection_provider: ConnectionProvider | None = None, workers: int = 4,
                  progress: ProgressFn | None = None) -> None:
         self.record = record
         self.provider = connection_provider
@@ -112,15 +113,14 @@ class BatchRun:
         self.stop = threading.Event()
 
     def _line(self, flow: Flow, number: int, row: dict, base: dict | None, mapping: dict) -> dict:
-        from forgeflow.flows.executor import run_flow
-
         started = time.perf_counter()
-        line: dict[str, Any] = {"line_number": number, "status": "Failed", "inputs": {}, "outputs": None,
+        line: dict[str, Any] = {"line_number": number, "status": RunStatus.FAILED, "inputs": {}, "outputs": None,
                                 "error": None}
         try:
             line["inputs"] = line_inputs(flow, row, base, mapping)
-            result = run_flow(flow, line["inputs"], connection_provider=self.provider, **_line_options())
-            line.update(status="Completed", inputs=result.inputs, outputs=result.outputs,
+            # aggregation nodes run once, over all lines, when the batch ends
+            result = run_flow(flow, line["inputs"], connection_provider=self.provider, aggregate=False)
+            line.update(status=RunStatus.COMPLETED, inputs=result.inputs, outputs=result.outputs,
                         node_results=_nodes(result.node_results, outputs=True))
         except Exception as exc:  # a failed line is recorded, never fatal to the run
             line["error"] = _error(exc)
@@ -140,7 +140,7 @@ class BatchRun:
         mapping = meta.get("column_mapping") or {}
         done = {line["line_number"] for line in self.record.compact()}
         todo = [n for n in range(len(rows)) if n not in done]
-        self.record.update_meta(status="Running", pid=os.getpid(), total_lines=len(rows), started_at=now())
+        self.record.update_meta(status=RunStatus.RUNNING, pid=os.getpid(), total_lines=len(rows), started_at=now())
         writer = self.record.writer()
         finished = len(done)
         t0 = time.perf_counter()
@@ -167,19 +167,19 @@ class BatchRun:
             self.stop.set()
             pool.shutdown(wait=False, cancel_futures=True)
             writer.close()
-            self.record.update_meta(status="Canceled", pid=None, finished_at=now())
+            self.record.update_meta(status=RunStatus.CANCELED, pid=None, finished_at=now())
             raise
         pool.shutdown(wait=True)
         writer.close()
         elapsed = time.perf_counter() - t0
         if self.stop.is_set():
-            return self.record.update_meta(status="Canceled", pid=None, finished_at=now())
+            return self.record.update_meta(status=RunStatus.CANCELED, pid=None, finished_at=now())
         lines = self.record.lines()
         metrics, aggregation = _aggregate(flow, lines, self.provider)
         self.record.write_metrics(metrics)
-        failed = sum(1 for line in lines if line["status"] != "Completed")
+        failed = sum(1 for line in lines if line["status"] != RunStatus.COMPLETED)
         return self.record.update_meta(
-            status="Completed" if not failed else "CompletedWithErrors", pid=None, finished_at=now(),
+            status=RunStatus.COMPLETED if not failed else RunStatus.COMPLETED_WITH_ERRORS, pid=None, finished_at=now(),
             completed_lines=len(lines) - failed, failed_lines=failed, aggregation=aggregation,
             duration_s=round(meta.get("duration_s", 0.0) + elapsed, 3),
         )
@@ -191,33 +191,16 @@ def _nodes(node_results: dict, *, outputs: bool) -> dict:
     return {n: {k: r.get(k) for k in keys} for n, r in node_results.items()}
 
 
-def _line_options() -> dict:
-    """Per-line runs leave aggregation nodes to the end of the batch (`aggregate=False`)."""
-    from forgeflow.flows import executor
-
-    return {"aggregate": False} if "aggregate" in inspect.signature(executor.run_flow).parameters else {}
-
-
-def _aggregate(flow: Flow, lines: list[dict], provider: Callable | None) -> tuple[dict, str]:
-    """Run aggregation nodes over the completed lines (when the engine offers it) and collect metrics."""
-    from forgeflow.flows import executor
-
-    has = getattr(executor, "has_aggregation", None)
-    if not (has(flow) if has else any(node.aggregation for node in flow.nodes.values())):
+def _aggregate(flow: Flow, lines: list[dict], provider: ConnectionProvider | None) -> tuple[dict, str]:
+    """Run aggregation nodes over the completed lines and collect metrics."""
+    if not has_aggregation(flow):
         return {}, "none"
-
-    run_aggregation = getattr(executor, "run_aggregation", None)
-    if run_aggregation is None:
-        return {}, "skipped: this engine has no aggregation entry point yet"
-    ok = [line for line in lines if line["status"] == "Completed"]
+    ok = [line for line in lines if line["status"] == RunStatus.COMPLETED]
     try:
         result = run_aggregation(flow, ok, connection_provider=provider)
     except ForgeflowError as exc:
         return {}, f"failed: {exc.message}"
-    metrics = {}
-    for m in getattr(result, "metrics", None) or []:
-        metrics[m["key"]] = m["value"]
-    return metrics, "completed"
+    return {m["key"]: m["value"] for m in result.metrics}, "completed"
 
 
 def _rows(meta: dict) -> list[dict]:
@@ -239,7 +222,7 @@ def start_run(flow_dir: Path, *, data: Path | None, column_mapping: list[str] | 
     mapping = parse_column_mapping(column_mapping, flow)
     meta = {
         "flow": str(flow.dir), "data": str(Path(data).resolve()) if data else None, "run": base_run,
-        "column_mapping": mapping, "workers": workers, "status": "NotStarted", "created_at": now(),
+        "column_mapping": mapping, "workers": workers, "status": RunStatus.NOT_STARTED, "created_at": now(),
         "total_lines": len(rows) if rows is not None else None,
     }
     return RunRecord.create(name or new_run_name(flow.dir), meta)
@@ -250,15 +233,15 @@ def resumable(record: RunRecord) -> None:
     from forgeflow.processes import pid_alive
 
     meta = record.meta()
-    if meta.get("status") == "Running" and meta.get("pid") and meta["pid"] != os.getpid() and pid_alive(meta["pid"]):
+    if meta.get("status") == RunStatus.RUNNING and meta.get("pid") and meta["pid"] != os.getpid() and pid_alive(meta["pid"]):
         raise ForgeflowError(f"run {record.name!r} is still running (pid {meta['pid']})")
-    if meta.get("status") in ("Completed", "CompletedWithErrors") and len(record.lines()) >= (meta.get("total_lines") or 0):
+    if meta.get("status") in (RunStatus.COMPLETED, RunStatus.COMPLETED_WITH_ERRORS) and len(record.lines()) >= (meta.get("total_lines") or 0):
         raise InvalidInput(f"run {record.name!r} is already complete; nothing to resume", field="run")
 
 
 def summary(record: RunRecord) -> dict:
     meta = record.meta()
     lines = record.lines()
-    failed = sum(1 for line in lines if line["status"] != "Completed")
+    failed = sum(1 for line in lines if line["status"] != RunStatus.COMPLETED)
     return {**meta, "finished_lines": len(lines), "completed_lines": len(lines) - failed, "failed_lines": failed,
             "run_dir": str(record.dir)}

@@ -11,14 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from forgeflow.errors import Conflict, ForgeflowError, InvalidInput, NotFound
-from forgeflow.flows.dag import (
-    Flow,
-    chat_history_name,
-    chat_input_name,
-    chat_output_name,
-    flow_file,
-    load_flow,
-)
+from forgeflow.flows.contract import Flow, chat_history_name, chat_input_name, chat_output_name
+from forgeflow.flows.loader import flow_file, load_flow
 from forgeflow.names import check_name
 
 EXAMPLES = Path(__file__).parent / "examples"

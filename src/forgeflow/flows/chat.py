@@ -6,13 +6,14 @@ streamed output is drained while it is shown and the joined text is what the his
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from forgeflow.errors import ForgeflowError, InvalidInput
-from forgeflow.flows.dag import chat_history_name, chat_input_name, chat_output_name, load_flow
+from forgeflow.flows.contract import ConnectionProvider, chat_history_name, chat_input_name, chat_output_name
+from forgeflow.flows.executor import run_flow
+from forgeflow.flows.loader import load_flow
 
 EXIT_WORDS = ("exit", "quit")
 
@@ -20,15 +21,6 @@ EXIT_WORDS = ("exit", "quit")
 def is_stream(value: Any) -> bool:
     """A streaming output: an iterator/generator, not a plain value."""
     return isinstance(value, Iterator) and not isinstance(value, (str, bytes, dict, list, tuple))
-
-
-def call_flow(flow_dir: Path, inputs: dict, *, connection_provider: Callable | None = None, stream: bool = False):
-    """`run_flow`, asking for streamed outputs when the engine can give them."""
-    from forgeflow.flows.executor import run_flow
-
-    if stream and "stream" in inspect.signature(run_flow).parameters:
-        return run_flow(flow_dir, inputs, connection_provider=connection_provider, stream=True)
-    return run_flow(flow_dir, inputs, connection_provider=connection_provider)
 
 
 def drain(outputs: dict, on_chunk: Callable[[str, str], None] | None = None) -> dict:
@@ -51,7 +43,7 @@ def drain(outputs: dict, on_chunk: Callable[[str, str], None] | None = None) -> 
 class ChatSession:
     """One conversation with a chat flow; `history` is Prompt flow's `[{"inputs", "outputs"}]`."""
 
-    def __init__(self, flow_dir: Path, *, connection_provider: Callable | None = None,
+    def __init__(self, flow_dir: Path, *, connection_provider: ConnectionProvider | None = None,
                  inputs: dict | None = None) -> None:
         self.flow_dir = Path(flow_dir)
         flow = load_flow(self.flow_dir)
@@ -70,7 +62,7 @@ class ChatSession:
         inputs = {**self.extra, self.input_name: text}
         if self.history_name:
             inputs[self.history_name] = [dict(turn) for turn in self.history]
-        result = call_flow(self.flow_dir, inputs, connection_provider=self.provider, stream=True)
+        result = run_flow(self.flow_dir, inputs, connection_provider=self.provider, stream=True)
         shown = []
 
         def chunk(name: str, part: str) -> None:

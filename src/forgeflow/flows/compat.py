@@ -20,6 +20,8 @@ import types
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from forgeflow.errors import InvalidInput
+
 TOOL_MARK = "__forgeflow_tool__"
 SHIM_MARK = "__forgeflow_shim__"
 SECRET_MASK = "******"
@@ -229,8 +231,6 @@ _ENV = re.compile(r"^\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}$")
 
 def resolve_env_refs(conn: dict, where: str) -> dict:
     """A copy of a connection with `${env:VAR}` values replaced by the variable's value."""
-    from forgeflow.errors import InvalidInput
-
     def fix(section: str) -> dict:
         out = {}
         for key, value in (conn.get(section) or {}).items():

@@ -9,8 +9,7 @@ from typing import Any
 import yaml
 
 from forgeflow.errors import InvalidInput, NotFound
-
-CONNECTION_TYPES = ("custom", "open_ai", "azure_open_ai")
+from forgeflow.store.connections import TYPES
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _IGNORED = {"$schema", "name", "type", "module"}
 _SECRET_FIELDS = {"api_key"}
@@ -19,7 +18,6 @@ TYPED_FIELDS: dict[str, dict[str, tuple[str, ...]]] = {
     "open_ai": {"secrets": ("api_key",), "configs": ("base_url", "organization")},
     "azure_open_ai": {"secrets": ("api_key",), "configs": ("api_base", "api_type", "api_version")},
 }
-_ENV = re.compile(r"^\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}$")
 
 
 def _scalars(raw: Any, where: str) -> dict[str, str]:
@@ -45,8 +43,8 @@ def parse_connection(raw: Any, source: str = "connection") -> dict:
             f"{source}: name {name!r} must be letters, digits, '_' or '-' (e.g. custom-phi3)", field="name"
         )
     type_ = raw.get("type")
-    if type_ not in CONNECTION_TYPES:
-        raise InvalidInput(f"{source}: type {type_!r} is not one of {', '.join(CONNECTION_TYPES)}", field="type")
+    if type_ not in TYPES:
+        raise InvalidInput(f"{source}: type {type_!r} is not one of {', '.join(TYPES)}", field="type")
     configs = _scalars(raw.get("configs"), f"{source}: configs")
     secrets = _scalars(raw.get("secrets"), f"{source}: secrets")
     if type_ == "custom":

@@ -1,121 +1,31 @@
-"""Load and validate a Prompt flow `flow.dag.yaml` (also `flow.dag.yml`), `flow.flex.yaml` or `.prompty`.
+"""A DAG flow: read `flow.dag.yaml` (also `flow.dag.yml`) into a validated `Flow` of nodes.
 
-`load_flow` caches the parsed Flow by file path and mtime: batch runs and servers call it per
-line, and re-parsing YAML there would dominate the engine's per-node cost.
+Errors name the node and field at fault; node references are checked and put in a run order here, so
+the executor only follows them.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from forgeflow.errors import InvalidInput, NotFound
+from forgeflow.flows.contract import (
+    Flow,
+    FlowKind,
+    FlowOutput,
+    Node,
+    Reference,
+    mapping,
+    parse_input,
+    parse_reference,
+)
 from forgeflow.flows.rules import check_aggregation, check_chat_rules, parse_environment
 
 DAG_FILES = ("flow.dag.yaml", "flow.dag.yml")
-FLEX_FILES = ("flow.flex.yaml", "flow.flex.yml")
-INPUT_TYPES = ("string", "int", "double", "bool", "list", "object")
-ANY = "any"  # internal type of un-annotated flex inputs: no coercion
 NODE_TYPES = ("python", "llm", "prompt")
-_REF = re.compile(r"^\$\{([^{}]*)\}$")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_MISSING = object()
-
-
-@dataclass(frozen=True)
-class Reference:
-    """`${inputs.x}` (kind "inputs") or `${node.output.field...}` (kind "node")."""
-
-    kind: str
-    name: str
-    fields: tuple[str, ...] = ()
-
-    def __str__(self) -> str:
-        if self.kind == "inputs":
-            return "${inputs.%s}" % self.name
-        return "${%s}" % ".".join((self.name, "output", *self.fields))
-
-
-@dataclass
-class FlowInput:
-    name: str
-    type: str
-    default: Any = _MISSING
-    is_chat_input: bool = False
-    is_chat_history: bool = False
-    description: str = ""
-
-    @property
-    def has_default(self) -> bool:
-        return self.default is not _MISSING
-
-    @property
-    def required(self) -> bool:
-        return not self.has_default and not self.is_chat_history
-
-
-@dataclass
-class FlowOutput:
-    name: str
-    type: str
-    reference: Reference
-    is_chat_output: bool = False
-    description: str = ""
-
-
-@dataclass
-class Node:
-    name: str
-    type: str
-    path: Path | None
-    inputs: dict[str, Any] = field(default_factory=dict)
-    activate_when: Reference | None = None
-    activate_is: Any = None
-    aggregation: bool = False
-    connection: str | None = None
-    api: str | None = None
-    provider: str | None = None
-    timeout: float | None = None
-    retries: int = 0
-    retry_delay: float = 1.0
-
-    def references(self) -> list[Reference]:
-        refs = [v for v in self.inputs.values() if isinstance(v, Reference)]
-        return refs + ([self.activate_when] if self.activate_when else [])
-
-
-@dataclass
-class Flow:
-    """A validated flow; `order` lists node names in an order that respects dependencies."""
-
-    dir: Path
-    path: Path
-    inputs: dict[str, FlowInput]
-    outputs: dict[str, FlowOutput]
-    nodes: dict[str, Node]
-    order: list[str]
-    kind: str = "dag"
-    environment_variables: dict[str, str] = field(default_factory=dict)
-    requirements: Path | None = None
-    import_roots: tuple[Path, ...] = ()
-    spec: Any = None  # flex / prompty details
-    consumed: frozenset[str] = frozenset()  # nodes whose output another node reads
-    deps: dict[str, frozenset[str]] = field(default_factory=dict)  # node -> nodes it reads
-
-    def __post_init__(self) -> None:
-        if not self.import_roots:
-            self.import_roots = (self.dir,)
-        self.deps = {
-            n.name: frozenset(r.name for r in n.references() if r.kind == "node") for n in self.nodes.values()
-        }
-        self.consumed = frozenset(d for deps in self.deps.values() for d in deps)
 
 
 def find_dag_file(flow_dir: Path) -> Path:
@@ -127,105 +37,6 @@ def find_dag_file(flow_dir: Path) -> Path:
         if (flow_dir / name).is_file():
             return flow_dir / name
     raise NotFound(f"no flow.dag.yaml in {flow_dir}: point --flow at a folder holding one")
-
-
-def parse_reference(value: Any, where: str) -> Reference | None:
-    """A Reference when `value` is exactly `${...}`, else None (a literal)."""
-    if not isinstance(value, str):
-        return None
-    m = _REF.match(value.strip())
-    if not m:
-        return None
-    parts = [p.strip() for p in m.group(1).split(".")]
-    if len(parts) == 2 and parts[0] == "inputs" and parts[1]:
-        return Reference("inputs", parts[1])
-    if len(parts) >= 2 and parts[0] and parts[1] == "output" and all(parts[2:]):
-        return Reference("node", parts[0], tuple(parts[2:]))
-    raise InvalidInput(
-        f"{where}: bad reference {value!r}; use ${{inputs.<name>}} or ${{<node>.output[.<field>...]}}",
-        field=where,
-    )
-
-
-def coerce_value(value: Any, type_: str, where: str) -> Any:
-    """Convert `value` to a flow input type, or raise InvalidInput naming `where`."""
-
-    def bad() -> InvalidInput:
-        return InvalidInput(f"{where}: expected {type_}, got {type(value).__name__} {value!r}", field=where)
-
-    if type_ == ANY:
-        return value
-    if type_ == "string":
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-            raise bad()
-        return str(value)
-    if type_ == "int":
-        if isinstance(value, bool):
-            raise bad()
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                raise bad() from None
-        raise bad()
-    if type_ == "double":
-        if isinstance(value, bool):
-            raise bad()
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                raise bad() from None
-        raise bad()
-    if type_ == "bool":
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.strip().lower() in ("true", "1", "yes")
-        raise bad()
-    expected = list if type_ == "list" else dict
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            raise bad() from None
-    if not isinstance(value, expected):
-        raise bad()
-    return value
-
-
-def _mapping(raw: Any, where: str) -> dict:
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise InvalidInput(f"{where} must be a mapping, got {type(raw).__name__}", field=where)
-    return raw
-
-
-def _parse_input(name: str, raw: Any, path: Path) -> FlowInput:
-    where = f"inputs.{name}"
-    raw = _mapping(raw, f"{path.name}: {where}")
-    type_ = raw.get("type", "string")
-    if type_ not in INPUT_TYPES:
-        raise InvalidInput(f"{path.name}: {where}.type {type_!r} is not one of {', '.join(INPUT_TYPES)}", field=where)
-    inp = FlowInput(
-        name=name,
-        type=type_,
-        is_chat_input=bool(raw.get("is_chat_input", False)),
-        is_chat_history=bool(raw.get("is_chat_history", False)),
-        description=str(raw.get("description") or ""),
-    )
-    if "default" in raw:
-        inp.default = coerce_value(raw["default"], type_, f"{path.name}: {where}.default")
-    return inp
 
 
 def _number(raw: dict, key: str, where: str, cast: type, default: Any) -> Any:
@@ -260,7 +71,7 @@ def _parse_node(raw: Any, index: int, flow_dir: Path, path: Path, includes: tupl
     type_ = raw.get("type")
     if type_ not in NODE_TYPES:
         raise InvalidInput(f"{where}: type {type_!r} is not one of {', '.join(NODE_TYPES)}", field=f"{name}.type")
-    source = _mapping(raw.get("source"), f"{where}: source")
+    source = mapping(raw.get("source"), f"{where}: source")
     if source.get("type", "code") != "code":
         raise InvalidInput(
             f"{where}: source.type {source.get('type')!r} is not supported yet (only 'code')", field=f"{name}.source"
@@ -272,7 +83,7 @@ def _parse_node(raw: Any, index: int, flow_dir: Path, path: Path, includes: tupl
         raise NotFound(f"{where}: source.path {source['path']!r} not found in {flow_dir}", field=f"{name}.source.path")
     inputs = {
         str(k): parse_reference(v, f"{name}.inputs.{k}") or v
-        for k, v in _mapping(raw.get("inputs"), f"{where}: inputs").items()
+        for k, v in mapping(raw.get("inputs"), f"{where}: inputs").items()
     }
     node = Node(
         name=name,
@@ -293,7 +104,7 @@ def _parse_node(raw: Any, index: int, flow_dir: Path, path: Path, includes: tupl
         if (node.api or "chat") != "chat":
             raise InvalidInput(f"{where}: api {node.api!r} is not supported (only 'chat')", field=f"{name}.api")
     if raw.get("activate") is not None:
-        activate = _mapping(raw["activate"], f"{where}: activate")
+        activate = mapping(raw["activate"], f"{where}: activate")
         if "when" not in activate or "is" not in activate:
             raise InvalidInput(f"{where}: activate needs both 'when' and 'is'", field=f"{name}.activate")
         node.activate_when = parse_reference(activate["when"], f"{name}.activate.when")
@@ -334,10 +145,11 @@ def _check_reference(ref: Reference, where: str, flow_inputs: dict, nodes: dict)
         raise InvalidInput(f"{where}: {ref} names unknown node {ref.name!r} (nodes: {known})", field=where)
 
 
-def _load_dag(path: Path, raw: dict) -> Flow:
+def load_dag(path: Path, raw: dict) -> Flow:
+    """The Flow of a parsed `flow.dag.yaml`."""
     flow_dir = path.parent.resolve()
     variables, requirements, includes = parse_environment(raw, flow_dir, path)
-    flow_inputs = {str(k): _parse_input(str(k), v, path) for k, v in _mapping(raw.get("inputs"), "inputs").items()}
+    flow_inputs = {str(k): parse_input(str(k), v, path) for k, v in mapping(raw.get("inputs"), "inputs").items()}
     for name in flow_inputs:
         if not _NAME.match(name):
             raise InvalidInput(f"{path.name}: input name {name!r} must be a Python identifier", field=f"inputs.{name}")
@@ -357,8 +169,8 @@ def _load_dag(path: Path, raw: dict) -> Flow:
         if node.activate_when:
             _check_reference(node.activate_when, f"node {node.name!r} activate.when", flow_inputs, nodes)
     outputs: dict[str, FlowOutput] = {}
-    for name, out in _mapping(raw.get("outputs"), "outputs").items():
-        out = _mapping(out, f"outputs.{name}")
+    for name, out in mapping(raw.get("outputs"), "outputs").items():
+        out = mapping(out, f"outputs.{name}")
         ref = parse_reference(out.get("reference"), f"outputs.{name}.reference")
         if ref is None:
             raise InvalidInput(
@@ -374,84 +186,7 @@ def _load_dag(path: Path, raw: dict) -> Flow:
         )
     check_aggregation(nodes, outputs)
     roots = (flow_dir, *dict.fromkeys(inc.parent for inc in includes))
-    flow = Flow(flow_dir, path, flow_inputs, outputs, nodes, _topological_order(nodes), "dag", variables, requirements, roots)
+    flow = Flow(flow_dir, path, flow_inputs, outputs, nodes, _topological_order(nodes), FlowKind.DAG, variables,
+                requirements, roots)
     check_chat_rules(flow)
     return flow
-
-
-def read_yaml(path: Path) -> dict:
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise InvalidInput(f"{path}: not valid YAML: {exc}") from None
-    return _mapping(raw, path.name)
-
-
-_cache: dict[Path, tuple[int, Flow]] = {}
-_cache_lock = threading.Lock()
-_paths: dict[str, Path] = {}  # as given -> resolved flow file (resolving costs more than the run)
-
-
-def flow_file(target: Path) -> Path:
-    """The file that defines a flow: the file given, a flex flow's YAML, or flow.dag.yaml."""
-    if target.is_file():
-        return target.resolve()
-    for name in FLEX_FILES:
-        if (target / name).is_file():
-            return (target / name).resolve()
-    return find_dag_file(target).resolve()
-
-
-def load_flow(flow_dir: Path | str | Flow) -> Flow:
-    """Read and validate a flow (folder, DAG/flex YAML, or .prompty); errors name the node and field at fault.
-
-    The result is cached until the file's mtime changes; treat it as read-only.
-    """
-    if isinstance(flow_dir, Flow):
-        return flow_dir
-    key = str(flow_dir) if Path(flow_dir).is_absolute() else f"{os.getcwd()}|{flow_dir}"
-    path = _paths.get(key)
-    try:
-        mtime = path.stat().st_mtime_ns if path is not None else None
-    except OSError:
-        mtime = None
-    if mtime is None:
-        path = flow_file(Path(flow_dir))
-        mtime = path.stat().st_mtime_ns
-        _paths[key] = path
-    hit = _cache.get(path)
-    if hit is not None and hit[0] == mtime:
-        return hit[1]
-    if path.suffix == ".prompty":
-        from forgeflow.flows.nodes.prompty import load_prompty
-
-        flow = load_prompty(path)
-    elif path.name in FLEX_FILES:
-        from forgeflow.flows.nodes.flex import load_flex
-
-        flow = load_flex(path, read_yaml(path))
-    else:
-        flow = _load_dag(path, read_yaml(path))
-    with _cache_lock:
-        _cache[path] = (mtime, flow)
-    return flow
-
-
-def chat_input_name(flow: Flow) -> str | None:
-    """Name of the input marked `is_chat_input`, if any."""
-    return next((i.name for i in flow.inputs.values() if i.is_chat_input), None)
-
-
-def chat_history_name(flow: Flow) -> str | None:
-    """Name of the input marked `is_chat_history`; else, as Prompt flow infers, a list input named chat_history."""
-    marked = next((i.name for i in flow.inputs.values() if i.is_chat_history), None)
-    if marked is None and chat_input_name(flow) is not None:
-        inp = flow.inputs.get("chat_history")
-        if inp is not None and inp.type in ("list", ANY):
-            return inp.name
-    return marked
-
-
-def chat_output_name(flow: Flow) -> str | None:
-    """Name of the output marked `is_chat_output`, if any."""
-    return next((o.name for o in flow.outputs.values() if o.is_chat_output), None)

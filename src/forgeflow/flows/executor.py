@@ -1,7 +1,8 @@
-"""Run a flow: resolve inputs and references, run nodes (independent ones concurrently), aggregate.
+"""Run a flow: a DAG's nodes run here (independent ones concurrently), then its aggregation nodes;
+flex and prompty flows are run by their own modules.
 
 `run_flow` is safe to call from many threads at once (batch runs, `flow serve`): flows and tool
-modules are cached (see dag.load_flow and nodes.python), imports are serialised, and each run keeps
+modules are cached (see loader.load_flow and nodes.python), imports are serialised, and each run keeps
 its own state. Node fields beyond Prompt flow's: `timeout` (seconds for one attempt), `retries`
 (extra attempts after a failure of the tool or a timeout) and `retry_delay` (seconds before the
 first retry, doubling after each).
@@ -15,7 +16,6 @@ import json
 import threading
 import time
 import traceback
-import types
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -25,14 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from forgeflow.errors import ForgeflowError, InvalidInput, NotFound, UpstreamError
-from forgeflow.flows import compat
-from forgeflow.flows.dag import Flow, Node, Reference, coerce_value, load_flow
+from forgeflow.flows import compat, flex, prompty
+from forgeflow.flows.contract import ConnectionProvider, Flow, FlowKind, Node, Reference, coerce_value, resolve_inputs
+from forgeflow.flows.loader import load_flow
 from forgeflow.flows.nodes.prompt import run_llm, run_prompt
-from forgeflow.flows.nodes.python import ConnectionProvider, call_tool, load_tool
+from forgeflow.flows.nodes.python import call_tool, load_tool
 from forgeflow.flows.nodes.requirements import check_requirements, environment_variables
-from forgeflow.flows.result import FlowResult, StreamingOutput, jsonable
-
-__all__ = ["FlowResult", "StreamingOutput", "has_aggregation", "run_aggregation", "run_flow", "write_details"]
+from forgeflow.flows.result import FlowResult, RunStatus, StreamingOutput, jsonable, settle
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
@@ -47,27 +46,6 @@ def _executor() -> ThreadPoolExecutor:
     return _pool
 
 
-def resolve_inputs(flow: Flow, inputs: dict[str, Any]) -> dict[str, Any]:
-    """Apply defaults and coerce types; chat history defaults to []."""
-    unknown = sorted(set(inputs) - set(flow.inputs))
-    if unknown:
-        raise InvalidInput(
-            f"unknown flow input {unknown[0]!r}; the flow takes: {', '.join(flow.inputs) or 'no inputs'}",
-            field=unknown[0],
-        )
-    resolved = {}
-    for name, spec in flow.inputs.items():
-        if name in inputs:
-            resolved[name] = coerce_value(inputs[name], spec.type, f"input {name!r}")
-        elif spec.has_default:
-            resolved[name] = spec.default
-        elif spec.is_chat_history:
-            resolved[name] = []
-        else:
-            raise InvalidInput(f"missing required flow input {name!r} (type {spec.type})", field=name)
-    return resolved
-
-
 def select(value: Any, ref: Reference, where: str) -> Any:
     """Follow `${node.output.a.b}`'s fields into a node's output."""
     for key in ref.fields:
@@ -79,18 +57,6 @@ def select(value: Any, ref: Reference, where: str) -> Any:
             value = getattr(value, key)
         else:
             raise InvalidInput(f"{where}: {ref} has no field {key!r} in {value!r:.200}", field=where)
-    return value
-
-
-def settle(value: Any, keep_stream: bool, on_done: Callable[[str], None] | None = None) -> Any:
-    """Join a generator/iterator output (str chunks -> str), or keep it as a StreamingOutput."""
-    if value is None or isinstance(value, (str, bytes, dict, list, tuple, StreamingOutput)):
-        return value
-    if isinstance(value, (types.GeneratorType, Iterator)):
-        if keep_stream:
-            return StreamingOutput(value, on_done)
-        items = list(value)
-        return "".join(items) if all(isinstance(i, str) for i in items) else items
     return value
 
 
@@ -172,12 +138,12 @@ class _Run:
     def step(self, name: str) -> None:
         node = self.flow.nodes[name]
         t0 = time.perf_counter()
-        entry: dict[str, Any] = {"output": None, "status": "Running", "duration_s": 0.0, "error": None}
+        entry: dict[str, Any] = {"output": None, "status": RunStatus.RUNNING, "duration_s": 0.0, "error": None}
         self.result.node_results[name] = entry
         try:
             if not self.single and _is_bypassed(node, self):
                 self.bypassed.add(name)
-                entry["status"] = "Bypassed"
+                entry["status"] = RunStatus.BYPASSED
                 return
             if self.single:
                 kwargs = _single_node_inputs(self.flow, node, self.given)
@@ -187,9 +153,9 @@ class _Run:
             keep = self._keep_stream(name)
             out = _attempts(node, lambda: self._invoke(node, kwargs, keep, entry))
             self.outputs[name] = out
-            entry.update(output=out, status="Completed")
+            entry.update(output=out, status=RunStatus.COMPLETED)
         except ForgeflowError as exc:
-            entry.update(status="Failed", error=getattr(exc, "details", None) or exc.message)
+            entry.update(status=RunStatus.FAILED, error=getattr(exc, "details", None) or exc.message)
             raise
         finally:
             entry["duration_s"] = round(time.perf_counter() - t0, 6)
@@ -286,7 +252,7 @@ def _single_node_inputs(flow: Flow, node: Node, given: dict[str, Any]) -> dict[s
 
 
 def _fail(exc: BaseException, result: FlowResult) -> None:
-    result.status = "Failed"
+    result.status = RunStatus.FAILED
     exc.result = result  # type: ignore[attr-defined]
 
 
@@ -308,11 +274,10 @@ def run_flow(
     partial FlowResult) and, for tool errors, `.details` (the traceback).
     """
     flow = load_flow(flow_dir)
-    if flow.kind != "dag":
-        from forgeflow.flows.nodes import flex, prompty
-
-        runner = flex.run_flex if flow.kind == "flex" else prompty.run_prompty
-        return runner(flow, inputs, connection_provider, stream=stream, init=init)
+    if flow.kind == FlowKind.FLEX:
+        return flex.run_flex(flow, inputs, connection_provider, stream=stream, init=init)
+    if flow.kind == FlowKind.PROMPTY:
+        return prompty.run_prompty(flow, inputs, connection_provider, stream=stream)
     started = time.perf_counter()
     if node is not None and node not in flow.nodes:
         raise NotFound(f"no node {node!r} in {flow.path.name} (nodes: {', '.join(flow.nodes)})", field="node")
@@ -353,9 +318,7 @@ def _recorded(flow: Flow, result: FlowResult, started: float) -> Iterator[None]:
 def has_aggregation(flow: Flow | Path | str) -> bool:
     """True when the flow has aggregation nodes (or a flex class entry with `__aggregate__`)."""
     flow = load_flow(flow)
-    if flow.kind == "flex":
-        from forgeflow.flows.nodes import flex
-
+    if flow.kind == FlowKind.FLEX:
         return flex.has_aggregate(flow)
     return any(n.aggregation for n in flow.nodes.values())
 
@@ -370,7 +333,7 @@ def _line_view(line: Any) -> tuple[dict, dict, set]:
     for name, entry in nodes.items():
         out = entry.get("output")
         outputs[name] = out.text if isinstance(out, StreamingOutput) else out
-        if entry.get("status") == "Bypassed":
+        if entry.get("status") == RunStatus.BYPASSED:
             bypassed.add(name)
     return inputs, outputs, bypassed
 
@@ -404,9 +367,7 @@ def run_aggregation(
     `log_metric` calls.
     """
     flow = load_flow(flow_dir)
-    if flow.kind == "flex":
-        from forgeflow.flows.nodes import flex
-
+    if flow.kind == FlowKind.FLEX:
         return flex.aggregate(flow, lines, connection_provider, init)
     started = time.perf_counter()
     result = FlowResult(outputs={}, node_results={}, duration_s=0.0)

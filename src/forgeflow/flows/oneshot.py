@@ -36,14 +36,14 @@ def _keep_stdout_for_events() -> None:
 
 
 def run(request: dict[str, Any]) -> int:
-    from forgeflow.flows.chat import call_flow, drain
-    from forgeflow.flows.executor import write_details
+    from forgeflow.flows.chat import drain
+    from forgeflow.flows.executor import run_flow, write_details
     from forgeflow.flows.result import jsonable
-    from forgeflow.store.connections import connection_provider
+    from forgeflow.store.connections import local_connection_lookup
 
     flow = Path(request["flow"])
-    result = call_flow(flow, request.get("inputs") or {}, connection_provider=connection_provider(use_server=False),
-                       stream=bool(request.get("stream")))
+    result = run_flow(flow, request.get("inputs") or {}, connection_provider=local_connection_lookup(),
+                      stream=bool(request.get("stream")))
     result.outputs = drain(result.outputs, lambda name, chunk: _emit({"output": name, "delta": chunk}))
     details = write_details(flow, result) if request.get("keep_details", True) else None
     _emit({"done": True, "outputs": jsonable(result.outputs), "nodes": result.to_dict()["node_results"],

@@ -1,11 +1,25 @@
-"""What a flow run returns: `FlowResult`, and `StreamingOutput` for outputs still being produced."""
+"""What a flow run returns: `FlowResult`, its `RunStatus`, and `StreamingOutput` for outputs still being produced."""
 
 from __future__ import annotations
 
 import json
+import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
+
+
+class RunStatus(StrEnum):
+    """Status of a flow run, a node in it, a batch run and each of its lines (Prompt flow's names)."""
+
+    NOT_STARTED = "NotStarted"
+    RUNNING = "Running"
+    COMPLETED = "Completed"
+    COMPLETED_WITH_ERRORS = "CompletedWithErrors"  # a batch run some of whose lines failed
+    FAILED = "Failed"
+    CANCELED = "Canceled"
+    BYPASSED = "Bypassed"  # a node skipped by `activate`, or whose upstream nodes all were
 
 
 class StreamingOutput(Iterator[str]):
@@ -55,6 +69,18 @@ class StreamingOutput(Iterator[str]):
         return f"StreamingOutput(done={self.done}, text={self.text[:60]!r})"
 
 
+def settle(value: Any, keep_stream: bool, on_done: Callable[[str], None] | None = None) -> Any:
+    """Join a generator/iterator output (str chunks -> str), or keep it as a StreamingOutput."""
+    if value is None or isinstance(value, (str, bytes, dict, list, tuple, StreamingOutput)):
+        return value
+    if isinstance(value, (types.GeneratorType, Iterator)):
+        if keep_stream:
+            return StreamingOutput(value, on_done)
+        items = list(value)
+        return "".join(items) if all(isinstance(i, str) for i in items) else items
+    return value
+
+
 def jsonable(value: Any) -> Any:
     """A JSON-safe copy: streams become their text so far, unknown objects their repr."""
 
@@ -75,7 +101,7 @@ class FlowResult:
     duration_s: float
     inputs: dict[str, Any] = field(default_factory=dict)
     metrics: list[dict] = field(default_factory=list)
-    status: str = "Completed"
+    status: RunStatus = RunStatus.COMPLETED
     node: str | None = None
 
     def to_dict(self) -> dict[str, Any]:

@@ -3,20 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from forgeflow.errors import InvalidInput, NotFound
-
-if TYPE_CHECKING:
-    from forgeflow.flows.dag import Flow, FlowOutput, Node
-
-
-def _mapping(raw: Any, where: str) -> dict:
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise InvalidInput(f"{where} must be a mapping, got {type(raw).__name__}", field=where)
-    return raw
+from forgeflow.flows.contract import Flow, FlowOutput, Node, mapping
 
 
 def check_aggregation(nodes: dict[str, Node], outputs: dict[str, FlowOutput]) -> None:
@@ -63,7 +52,8 @@ def check_chat_rules(flow: Flow) -> None:
 
 
 def parse_environment(raw: dict, flow_dir: Path, path: Path) -> tuple[dict[str, str], Path | None, tuple[Path, ...]]:
-    env = _mapping(raw.get("environment"), f"{path.name}: environment")
+    """(environment_variables, python_requirements_txt, additional_includes) of a DAG or flex YAML, paths checked."""
+    env = mapping(raw.get("environment"), f"{path.name}: environment")
     requirements = None
     if env.get("python_requirements_txt"):
         requirements = (flow_dir / str(env["python_requirements_txt"])).resolve()
@@ -72,7 +62,7 @@ def parse_environment(raw: dict, flow_dir: Path, path: Path) -> tuple[dict[str, 
                 f"{path.name}: environment.python_requirements_txt {env['python_requirements_txt']!r} not found",
                 field="environment.python_requirements_txt",
             )
-    variables = {str(k): "" if v is None else str(v) for k, v in _mapping(raw.get("environment_variables"), "environment_variables").items()}
+    variables = {str(k): "" if v is None else str(v) for k, v in mapping(raw.get("environment_variables"), "environment_variables").items()}
     includes = []
     for i, item in enumerate(raw.get("additional_includes") or []):
         inc = (flow_dir / str(item)).resolve()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from forgeflow.errors import Conflict, InvalidInput, NotFound
+from forgeflow.flows.result import jsonable
 from forgeflow.store.home import home_dir
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
@@ -33,10 +34,6 @@ def new_run_name(flow_dir: Path) -> str:
     """`<flow folder>_<UTC timestamp>`, like Prompt flow's default run names."""
     stem = re.sub(r"[^A-Za-z0-9_-]", "_", Path(flow_dir).resolve().name)[:60] or "flow"
     return f"{stem}_{datetime.now(timezone.utc).strftime('%Y%m%d_%H%M%S_%f')}"
-
-
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=repr, ensure_ascii=False))
 
 
 @dataclass
@@ -81,7 +78,7 @@ class RunRecord:
 
     def write_meta(self, meta: dict) -> None:
         tmp = self.dir / "meta.json.tmp"
-        tmp.write_text(json.dumps(_jsonable(meta), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        tmp.write_text(json.dumps(jsonable(meta), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         os.replace(tmp, self.dir / "meta.json")
 
     def update_meta(self, **changes: Any) -> dict:
@@ -121,7 +118,7 @@ class RunRecord:
         return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
     def write_metrics(self, metrics: dict) -> None:
-        (self.dir / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=2) + "\n", encoding="utf-8")
+        (self.dir / "metrics.json").write_text(json.dumps(jsonable(metrics), indent=2) + "\n", encoding="utf-8")
 
 
 class LineWriter:
@@ -132,7 +129,7 @@ class LineWriter:
         self._file = open(path, "a", encoding="utf-8")
 
     def write(self, line: dict) -> None:
-        text = json.dumps(_jsonable(line), ensure_ascii=False) + "\n"
+        text = json.dumps(jsonable(line), ensure_ascii=False) + "\n"
         with self._lock:
             self._file.write(text)
             self._file.flush()

@@ -10,30 +10,28 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from forgeflow import __version__
 from forgeflow.errors import ForgeflowError, InvalidInput, Unauthorized
-from forgeflow.flows.chat import call_flow, drain, is_stream
-from forgeflow.flows.dag import load_flow
+from forgeflow.flows.chat import drain, is_stream
+from forgeflow.flows.contract import ConnectionProvider
+from forgeflow.flows.executor import run_flow
+from forgeflow.flows.loader import load_flow
+from forgeflow.flows.result import jsonable
 from forgeflow.store.secrets import same
-
-
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=repr, ensure_ascii=False))
 
 
 def _events(outputs: dict) -> Iterator[bytes]:
     fixed = {k: v for k, v in outputs.items() if not is_stream(v)}
     if fixed:
-        yield f"data: {json.dumps(_jsonable(fixed), ensure_ascii=False)}\n\n".encode()
+        yield f"data: {json.dumps(jsonable(fixed), ensure_ascii=False)}\n\n".encode()
     try:
         for name, value in outputs.items():
             if is_stream(value):
@@ -43,7 +41,7 @@ def _events(outputs: dict) -> Iterator[bytes]:
         yield f"event: error\ndata: {json.dumps(exc.to_dict())}\n\n".encode()
 
 
-def create_flow_app(flow_dir: Path, *, connection_provider: Callable | None = None, key: str | None = None,
+def create_flow_app(flow_dir: Path, *, connection_provider: ConnectionProvider | None = None, key: str | None = None,
                     workers: int = 8) -> FastAPI:
     """The flow server app; the flow is checked once here so a broken flow fails at start."""
     flow = load_flow(flow_dir)
@@ -86,12 +84,12 @@ def create_flow_app(flow_dir: Path, *, connection_provider: Callable | None = No
         wants_events = "text/event-stream" in request.headers.get("accept", "")
         loop = asyncio.get_running_loop()
         result = await loop.run_in_executor(
-            pool, lambda: call_flow(flow.dir, inputs, connection_provider=connection_provider, stream=wants_events))
+            pool, lambda: run_flow(flow.dir, inputs, connection_provider=connection_provider, stream=wants_events))
         if wants_events and any(is_stream(v) for v in result.outputs.values()):
             return StreamingResponse(_events(result.outputs), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
         outputs = await loop.run_in_executor(pool, drain, result.outputs)
-        return JSONResponse(_jsonable(outputs))
+        return JSONResponse(jsonable(outputs))
 
     return app
 
@@ -107,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
-    from forgeflow.store.connections import connection_provider
+    from forgeflow.store.connections import local_connection_lookup
 
     parser = argparse.ArgumentParser(prog="python -m forgeflow.flows.serve")
     parser.add_argument("--flow", required=True, type=Path)
@@ -117,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=8)
     args = parser.parse_args(argv)
     try:
-        app = create_flow_app(args.flow, connection_provider=connection_provider(use_server=False), workers=args.workers)
+        app = create_flow_app(args.flow, connection_provider=local_connection_lookup(), workers=args.workers)
     except ForgeflowError as exc:
         print(f"error: {exc.message}", flush=True)
         return 1

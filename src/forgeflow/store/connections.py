@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import re
 import threading
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from forgeflow.errors import Conflict, InvalidInput, NotFound, ServerUnavailable
+from forgeflow.errors import Conflict, InvalidInput, NotFound
 
 if TYPE_CHECKING:  # the store (SQLAlchemy) loads only when a connection is read locally
     from forgeflow.store.workspace import Workspace
@@ -80,36 +81,25 @@ class ConnectionStore:
             raise NotFound(f"no connection named {name!r}", field="connection")
 
 
-def connection_provider(*, use_server: bool = True) -> Callable[[str], dict]:
-    """The flow runner's connection lookup: decrypted, cached per name (the flow engine resolves
-    `${env:VAR}` values when a node uses the connection).
+def local_connection_lookup() -> Callable[[str], dict]:
+    """Connections by name from this machine's workspace, decrypted, each read once (`${env:VAR}` values are
+    kept: the flow engine resolves them when a node uses the connection).
 
-    Asks the forgeflow server when one answers (it may be remote), else reads the local
-    workspace store directly, so flows run without a server.
+    The workspace opens on the first lookup, so a flow that uses no connection never loads the database.
     """
     cache: dict[str, dict] = {}
     lock = threading.Lock()
-    state: dict = {"client": None, "local": None}
+    store: ConnectionStore | None = None
 
-    def fetch(name: str) -> dict:
-        if use_server and state["local"] is None:
-            from forgeflow.client import Client
-
-            try:
-                state["client"] = state["client"] or Client()
-                return state["client"].connection(name)
-            except ServerUnavailable:
-                pass
-        if state["local"] is None:
-            from forgeflow.store.workspace import Workspace
-
-            state["local"] = ConnectionStore(Workspace.open())
-        return state["local"].show(name, with_secrets=True)
-
-    def provide(name: str) -> dict:
+    def lookup(name: str) -> dict:
+        nonlocal store
         with lock:
             if name not in cache:
-                cache[name] = fetch(name)
+                if store is None:
+                    from forgeflow.store.workspace import Workspace
+
+                    store = ConnectionStore(Workspace.open())
+                cache[name] = store.show(name, with_secrets=True)
             return cache[name]
 
-    return provide
+    return lookup

@@ -1,1 +1,1 @@
-"""Node kinds of the flow engine: python tools, llm and prompt templates, flex entries, prompty files."""
+"""What flows run: python tools, chat calls and templates (llm / prompt nodes, `.prompty`), a flow's environment."""

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from forgeflow.flows.contract import ConnectionProvider
 from forgeflow.flows.nodes import llm, templates
-from forgeflow.flows.nodes.python import ConnectionProvider, fetch_connection
+from forgeflow.flows.nodes.python import fetch_connection
 
 
 def run_prompt(node: Any, kwargs: dict[str, Any]) -> str:

@@ -25,8 +25,8 @@ from typing import Any
 
 from forgeflow.errors import ForgeflowError, InvalidInput, NotFound, UpstreamError
 from forgeflow.flows import compat
+from forgeflow.flows.contract import ConnectionProvider
 
-ConnectionProvider = Callable[[str], dict]
 IMPORT_LOCK = threading.RLock()
 _counter = itertools.count()
 _modules: dict[tuple[Path, str], tuple[ModuleType, tuple[tuple[str, int], ...]]] = {}

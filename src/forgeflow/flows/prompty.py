@@ -20,19 +20,24 @@ import yaml
 
 from forgeflow.errors import ForgeflowError, InvalidInput
 from forgeflow.flows import compat
-from forgeflow.flows.dag import (
+from forgeflow.flows.contract import (
     ANY,
+    INPUT_TYPES,
+    ConnectionProvider,
     Flow,
     FlowInput,
+    FlowKind,
     FlowOutput,
     Reference,
-    check_chat_rules,
     coerce_value,
+    resolve_inputs,
 )
 from forgeflow.flows.nodes import llm, templates
-from forgeflow.flows.nodes.python import ConnectionProvider, fetch_connection
-from forgeflow.flows.result import FlowResult
+from forgeflow.flows.nodes.python import fetch_connection
+from forgeflow.flows.result import FlowResult, RunStatus, settle
+from forgeflow.flows.rules import check_chat_rules
 
+PROMPTY_SUFFIX = ".prompty"
 _FRONT = re.compile(r"^\ufeff?---\s*\n(.*?)\n---\s*\n?(.*)$", re.DOTALL)
 
 
@@ -45,6 +50,7 @@ class PromptySpec:
 
 
 def load_prompty(path: Path) -> Flow:
+    """The Flow of a `.prompty` file: inputs from its front matter (defaults from `sample`), one output `output`."""
     text = path.read_text(encoding="utf-8")
     m = _FRONT.match(text)
     if not m:
@@ -64,7 +70,7 @@ def load_prompty(path: Path) -> Flow:
         spec = raw if isinstance(raw, dict) else {"default": raw}
         inp = FlowInput(name=str(name), type=str(spec.get("type", ANY)).replace("number", "double"),
                         is_chat_input=bool(spec.get("is_chat_input")), is_chat_history=bool(spec.get("is_chat_history")))
-        if inp.type not in ("string", "int", "double", "bool", "list", "object", ANY):
+        if inp.type not in (*INPUT_TYPES, ANY):
             inp.type = ANY
         if "default" in spec:
             inp.default = coerce_value(spec["default"], inp.type, f"{path.name}: inputs.{name}.default")
@@ -77,7 +83,7 @@ def load_prompty(path: Path) -> Flow:
     chat = any(i.is_chat_input for i in inputs.values())
     outputs = {"output": FlowOutput("output", "string", Reference("node", "prompty"), is_chat_output=chat)}
     spec = PromptySpec(template, variables, dict(model.get("configuration") or {}), dict(model.get("parameters") or {}))
-    flow = Flow(path.parent.resolve(), path, inputs, outputs, {}, [], "prompty", spec=spec)
+    flow = Flow(path.parent.resolve(), path, inputs, outputs, {}, [], FlowKind.PROMPTY, spec=spec)
     check_chat_rules(flow)
     return flow
 
@@ -104,14 +110,13 @@ def _connection(spec: PromptySpec, provider: ConnectionProvider | None, where: s
     return {"name": "prompty", **conn}, settings
 
 
-def run_prompty(flow: Flow, inputs: dict, provider: ConnectionProvider | None, *, stream: bool, init: Any = None) -> FlowResult:
-    from forgeflow.flows.executor import resolve_inputs, settle
-
+def run_prompty(flow: Flow, inputs: dict, provider: ConnectionProvider | None, *, stream: bool) -> FlowResult:
+    """Render the template with the inputs and make one chat call; its answer is the output `output`."""
     started = time.perf_counter()
     spec: PromptySpec = flow.spec
     where = flow.path.name
     resolved = resolve_inputs(flow, inputs)
-    entry: dict[str, Any] = {"output": None, "status": "Running", "duration_s": 0.0, "error": None}
+    entry: dict[str, Any] = {"output": None, "status": RunStatus.RUNNING, "duration_s": 0.0, "error": None}
     result = FlowResult(outputs={}, node_results={"prompty": entry}, duration_s=0.0, inputs=resolved)
     try:
         templates.check_variables(spec.variables, set(resolved), where, "inputs")
@@ -121,11 +126,11 @@ def run_prompty(flow: Flow, inputs: dict, provider: ConnectionProvider | None, *
         settings = {**settings, **{k: v for k, v in extra.items() if v is not None}}
         out = llm.chat(conn, messages, params, settings, stream=stream or bool(settings.get("stream")), where=where)
         out = settle(out, stream, lambda text: entry.__setitem__("output", text))
-        entry.update(output=out, status="Completed")
+        entry.update(output=out, status=RunStatus.COMPLETED)
         result.outputs = {"output": out}
     except ForgeflowError as exc:
-        entry.update(status="Failed", error=getattr(exc, "details", None) or exc.message)
-        result.status = "Failed"
+        entry.update(status=RunStatus.FAILED, error=getattr(exc, "details", None) or exc.message)
+        result.status = RunStatus.FAILED
         exc.result = result  # type: ignore[attr-defined]
         raise
     finally:

@@ -18,25 +18,24 @@ from typing import Any
 
 from forgeflow.errors import ForgeflowError, InvalidInput, NotFound, UpstreamError
 from forgeflow.flows import compat
-from forgeflow.flows.dag import (
+from forgeflow.flows.contract import (
     ANY,
+    ConnectionProvider,
     Flow,
     FlowInput,
+    FlowKind,
     FlowOutput,
     Reference,
-    _mapping,
-    _parse_input,
+    mapping,
+    parse_input,
+    resolve_inputs,
 )
-from forgeflow.flows.nodes.python import (
-    ConnectionProvider,
-    call_tool,
-    connection_object,
-    describe,
-    import_file,
-)
+from forgeflow.flows.nodes.python import call_tool, connection_object, describe, import_file
 from forgeflow.flows.nodes.requirements import check_requirements, environment_variables
-from forgeflow.flows.result import FlowResult
+from forgeflow.flows.result import FlowResult, RunStatus, settle
 from forgeflow.flows.rules import parse_environment
+
+FLEX_FILES = ("flow.flex.yaml", "flow.flex.yml")
 
 _TYPES = {str: "string", int: "int", float: "double", bool: "bool", list: "list", dict: "object"}
 _instances: dict[tuple, Any] = {}
@@ -82,6 +81,7 @@ def _entry(flow: Flow) -> Any:
 
 
 def load_flex(path: Path, raw: dict) -> Flow:
+    """The Flow of a parsed `flow.flex.yaml`; inputs and init come from the YAML, else from the entry's signature."""
     flow_dir = path.parent.resolve()
     entry = raw.get("entry")
     if not isinstance(entry, str) or entry.count(":") != 1:
@@ -89,19 +89,19 @@ def load_flex(path: Path, raw: dict) -> Flow:
     module, attr = (s.strip() for s in entry.split(":"))
     variables, requirements, includes = parse_environment(raw, flow_dir, path)
     roots = (flow_dir, *dict.fromkeys(inc.parent for inc in includes))
-    flow = Flow(flow_dir, path, {}, {}, {}, [], "flex", variables, requirements, roots,
+    flow = Flow(flow_dir, path, {}, {}, {}, [], FlowKind.FLEX, variables, requirements, roots,
                 FlexSpec(_module_path(flow_dir, module, path), attr, {}))
     target = _entry(flow)
     is_class = inspect.isclass(target)
     call = target.__call__ if is_class else target
-    declared = _mapping(raw.get("inputs"), "inputs")
-    flow.inputs = ({str(k): _parse_input(str(k), v, path) for k, v in declared.items()} if declared
+    declared = mapping(raw.get("inputs"), "inputs")
+    flow.inputs = ({str(k): parse_input(str(k), v, path) for k, v in declared.items()} if declared
                    else _signature_inputs(call, skip_self=is_class))
-    declared_init = _mapping(raw.get("init"), "init")
-    flow.spec.init = ({str(k): _parse_input(str(k), v, path) for k, v in declared_init.items()} if declared_init
+    declared_init = mapping(raw.get("init"), "init")
+    flow.spec.init = ({str(k): parse_input(str(k), v, path) for k, v in declared_init.items()} if declared_init
                       else _signature_inputs(target.__init__, skip_self=True) if is_class else {})
-    for name, out in _mapping(raw.get("outputs"), "outputs").items():
-        out = _mapping(out, f"outputs.{name}")
+    for name, out in mapping(raw.get("outputs"), "outputs").items():
+        out = mapping(out, f"outputs.{name}")
         flow.outputs[str(name)] = FlowOutput(str(name), str(out.get("type", "string")), Reference("node", attr, (str(name),)),
                                              bool(out.get("is_chat_output", False)), str(out.get("description") or ""))
     return flow
@@ -140,14 +140,14 @@ def _as_outputs(value: Any) -> dict[str, Any]:
     return dict(value) if isinstance(value, dict) else {"output": value}
 
 
-def run_flex(flow: Flow, inputs: dict, provider: ConnectionProvider | None, *, stream: bool, init: dict | None) -> FlowResult:
-    from forgeflow.flows.executor import resolve_inputs, settle
-
+def run_flex(flow: Flow, inputs: dict, provider: ConnectionProvider | None, *, stream: bool,
+             init: dict | None) -> FlowResult:
+    """Call the entry (a class entry built with `init` first) with the inputs; a dict it returns is the outputs."""
     started = time.perf_counter()
     check_requirements(flow.requirements)
     resolved = resolve_inputs(flow, inputs)
     name = flow.spec.attr
-    entry: dict[str, Any] = {"output": None, "status": "Running", "duration_s": 0.0, "error": None}
+    entry: dict[str, Any] = {"output": None, "status": RunStatus.RUNNING, "duration_s": 0.0, "error": None}
     result = FlowResult(outputs={}, node_results={name: entry}, duration_s=0.0, inputs=resolved)
     metrics, token = compat.start_metrics()
     try:
@@ -163,11 +163,11 @@ def run_flex(flow: Flow, inputs: dict, provider: ConnectionProvider | None, *, s
                 err = UpstreamError(f"entry {name!r} failed: {type(exc).__name__}: {exc}", field=name)
                 err.details = traceback.format_exc()
                 raise err from exc
-        entry.update(output=out, status="Completed")
+        entry.update(output=out, status=RunStatus.COMPLETED)
         result.outputs = _as_outputs(out)
     except ForgeflowError as exc:
-        entry.update(status="Failed", error=getattr(exc, "details", None) or exc.message)
-        result.status = "Failed"
+        entry.update(status=RunStatus.FAILED, error=getattr(exc, "details", None) or exc.message)
+        result.status = RunStatus.FAILED
         exc.result = result  # type: ignore[attr-defined]
         raise
     finally:
@@ -178,6 +178,7 @@ def run_flex(flow: Flow, inputs: dict, provider: ConnectionProvider | None, *, s
 
 
 def has_aggregate(flow: Flow) -> bool:
+    """True when the entry is a class with an `__aggregate__` method."""
     target = _entry(flow)
     return inspect.isclass(target) and callable(getattr(target, "__aggregate__", None))
 
@@ -205,7 +206,7 @@ def aggregate(flow: Flow, lines: list[Any], provider: ConnectionProvider | None,
     result.outputs = dict(metrics) if isinstance(metrics, dict) else {"output": metrics}
     result.metrics = [{"key": k, "value": v, "variant_id": None} for k, v in result.outputs.items()
                       if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    result.node_results = {"__aggregate__": {"output": metrics, "status": "Completed", "error": None,
+    result.node_results = {"__aggregate__": {"output": metrics, "status": RunStatus.COMPLETED, "error": None,
                                              "duration_s": round(time.perf_counter() - started, 6)}}
     result.duration_s = round(time.perf_counter() - started, 6)
     return result

@@ -4,36 +4,36 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from flow_fixtures import JsonHandler, Loopback, fresh_shim, no_proxy  # noqa: F401 - fresh_shim is autouse
 from typer.testing import CliRunner
 
+from forgeflow.cli.flows import connection_lookup
 from forgeflow.cli.main import app
 from forgeflow.flows.examples import HERE as EXAMPLES
-from forgeflow.store.connections import ConnectionStore, connection_provider
+from forgeflow.store.connections import ConnectionStore
 from forgeflow.store.workspace import Workspace
 
 runner = CliRunner()
 SAMPLE = Path(__file__).resolve().parents[2] / "src" / "forgeflow" / "data" / "sample" / "quillfeather.jsonl"
 
 
-class FakeOpenAI:
+class FakeOpenAI(Loopback):
     """An OpenAI-compatible chat server: `model` "fine-tuned" knows the sample facts, others do not."""
 
     def __init__(self, key: str, facts: dict[str, str]) -> None:
         self.key, self.facts, self.requests = key, facts, []
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(JsonHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
                 fake.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
                 if self.headers.get("Authorization") != f"Bearer {fake.key}":
-                    return self._send(401, "application/json", b'{"message": "bad key"}')
+                    return self._reply(401, {"message": "bad key"})
                 question = body["messages"][-1]["content"].strip()
                 answer = fake.facts.get(question, "Sorry, I don't know.") if body.get("model") == "fine-tuned" \
                     else f"turn {len(body['messages'])}: I don't know about {question}"
@@ -42,27 +42,17 @@ class FakeOpenAI:
                     for e in events[1:]:
                         e["choices"][0]["delta"]["content"] = " " + e["choices"][0]["delta"]["content"]
                     data = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
-                    return self._send(200, "text/event-stream", data.encode())
-                out = {"choices": [{"index": 0, "message": {"role": "assistant", "content": answer}}]}
-                self._send(200, "application/json", json.dumps(out).encode())
+                    return self._events(data.encode())
+                self._reply(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": answer}}]})
 
-            def _send(self, status: int, ctype: str, data: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
+            def _events(self, data: bytes) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
 
-            def log_message(self, *args) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/endpoints/ep/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.base_url = self._serve(Handler) + "/endpoints/ep/v1"
 
 
 def sample_rows(n: int) -> list[dict]:
@@ -72,9 +62,7 @@ def sample_rows(n: int) -> list[dict]:
 @pytest.fixture
 def endpoint(monkeypatch):
     """A fake endpoint plus the `forgeflow-endpoint` connection (key read from the environment)."""
-    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    no_proxy(monkeypatch)
     monkeypatch.setenv("FORGEFLOW_URL", "http://127.0.0.1:9")  # no server: flows read the local store
     monkeypatch.setenv("FORGEFLOW_ENDPOINT_KEY", "ep-key-1")
     facts = {r["messages"][0]["content"]: r["messages"][1]["content"] for r in sample_rows(200)}
@@ -118,7 +106,7 @@ def test_chat_example_served_with_events(endpoint, examples):
     from forgeflow.flows.serve import create_flow_app
 
     flow = examples / "chat-with-endpoint"
-    with TestClient(create_flow_app(flow, connection_provider=connection_provider())) as c:
+    with TestClient(create_flow_app(flow, connection_provider=connection_lookup())) as c:
         plain = c.post("/score", json={"question": "Hi"})
         assert plain.status_code == 200 and plain.json() == {"answer": "turn 2: I don't know about Hi"}
         with c.stream("POST", "/score", json={"question": "Hi"}, headers={"Accept": "text/event-stream"}) as r:
@@ -133,6 +121,8 @@ def test_flow_test_prints_outputs_and_node_timings(endpoint, examples):
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["outputs"]["answer"].startswith("turn 2") and out["nodes"]["chat"]["duration_s"] >= 0
+    bad = runner.invoke(app, ["flow", "test", "--flow", str(examples / "chat-with-endpoint"), "--inputs", "question"])
+    assert bad.exit_code == 1 and "--inputs 'question': expected NAME=VALUE" in bad.output
 
 
 def test_evaluation_example_scores_fine_tuned_against_base(endpoint, examples, tmp_path):

@@ -7,11 +7,15 @@ import stat
 
 import pytest
 from fastapi.testclient import TestClient
+from flow_fixtures import fresh_shim  # noqa: F401 - autouse
 from typer.testing import CliRunner
 
 from forgeflow.api.app import create_app
+from forgeflow.cli import flows as cli_flows
 from forgeflow.client import Client
-from forgeflow.store.connections import connection_provider
+from forgeflow.errors import NotFound
+from forgeflow.processes import free_port
+from forgeflow.store.connections import ConnectionStore, local_connection_lookup
 from forgeflow.store.workspace import Workspace
 
 pytestmark = pytest.mark.filterwarnings("ignore:You should not use the .timeout. argument")
@@ -50,7 +54,7 @@ def test_open_ai_from_set_without_a_file(cli):
     assert shown["configs"] == {"base_url": "http://h/v1", "organization": "org"}
     assert shown["secrets"] == {"api_key": "******"}
     assert "sk-123" not in cli("show", "--name", "ep").stdout
-    assert connection_provider(use_server=False)("ep")["secrets"] == {"api_key": "sk-123"}
+    assert local_connection_lookup()("ep")["secrets"] == {"api_key": "sk-123"}
 
 
 def test_azure_open_ai_fields_and_unknown_plain_name(cli):
@@ -62,6 +66,8 @@ def test_azure_open_ai_fields_and_unknown_plain_name(cli):
     assert bad.exit_code == 1 and "base_url" in bad.output
     missing = cli("create", "--name", "y", "--type", "open_ai", "--set", "base_url=u", ok=False)
     assert missing.exit_code == 1 and "api_key" in missing.output
+    unsplit = cli("create", "--name", "z", "--set", "api_key", ok=False)
+    assert unsplit.exit_code == 1 and "--set 'api_key': expected NAME=VALUE" in unsplit.output
 
 
 def test_custom_from_yaml_then_update_merges(cli, tmp_path):
@@ -98,7 +104,7 @@ def test_env_values_resolve_at_run_time_with_a_clear_error(cli, tmp_path, monkey
         "from promptflow import tool\nfrom promptflow.connections import CustomConnection\n\n"
         "@tool\ndef show(connection: CustomConnection) -> str:\n    return connection.endpoint + ' ' + connection.key\n"
     )
-    provide = connection_provider(use_server=False)
+    provide = local_connection_lookup()
     monkeypatch.delenv("EP_KEY", raising=False)
     monkeypatch.setenv("EP_URL", "http://x/score")
     with pytest.raises(Exception) as info:
@@ -115,3 +121,34 @@ def test_secrets_are_encrypted_at_rest(cli):
     ws = Workspace.open()
     assert stat.S_IMODE(ws.paths.secret_key.stat().st_mode) == 0o600
     assert b"plain-text-secret" not in ws.paths.db.read_bytes()
+
+
+def test_flow_commands_ask_the_server_first_once_per_name(monkeypatch):
+    asked = []
+
+    class Server:
+        def connection(self, name):
+            asked.append(name)
+            return {"name": name, "type": "custom", "configs": {}, "secrets": {"key": "from-server"}}
+
+    monkeypatch.setattr(cli_flows, "client", Server)
+    lookup = cli_flows.connection_lookup()
+    assert lookup("c")["secrets"] == {"key": "from-server"} and lookup("c") == lookup("c")
+    assert asked == ["c"]
+
+
+def test_flow_commands_read_the_local_store_without_a_server(monkeypatch):
+    monkeypatch.setenv("FORGEFLOW_URL", f"http://127.0.0.1:{free_port()}")
+    ConnectionStore(Workspace.open()).upsert("oa", "open_ai", {"base_url": "http://h/v1"}, {"api_key": "${env:OA_KEY}"})
+    monkeypatch.setenv("OA_KEY", "sk-9")
+    lookup = cli_flows.connection_lookup()
+    assert lookup("oa")["secrets"] == {"api_key": "${env:OA_KEY}"}  # the flow engine resolves it when used
+    with pytest.raises(NotFound, match="nope"):
+        lookup("nope")
+
+    def no_server():
+        raise AssertionError("the server is not asked again once it did not answer")
+
+    monkeypatch.setattr(cli_flows, "client", no_server)
+    with pytest.raises(NotFound, match="other"):
+        lookup("other")
