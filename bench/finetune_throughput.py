@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/finetune_throughput.py --steps 20 [--repeat 3] [--json] [--levers ...]
 
+The baseline needs TRL, which forgeflow itself does not: pip install -e '.[bench]'.
+
 Pulls SmolLM2-135M-Instruct into a temporary FORGEFLOW_HOME, splits the sample data 80/20 and fine-tunes
 LoRA (same rank, alpha, targets, learning rate, batch size, steps) twice, each run in its own process so
 peak memory (RSS) is its own:
@@ -22,6 +24,7 @@ moves one round, not the result.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -101,6 +104,7 @@ def run_forgeflow(model_dir: str, train: Path, val: Path, steps: int, batch: int
     import torch
     from transformers import AutoTokenizer, TrainingArguments
 
+    from forgeflow.names import parse_assignments
     from forgeflow.training.dataset import prepare
     from forgeflow.training.hyperparams import resolve_hyperparameters
     from forgeflow.training.packing import PackedCollator
@@ -114,13 +118,12 @@ def run_forgeflow(model_dir: str, train: Path, val: Path, steps: int, batch: int
     if lever == "gradient-checkpointing":
         settings["gradient_checkpointing"] = True
     if "=" in lever:  # any hyperparameter: precision=bf16, lora_dropout=0.05, max_seq_length=256 ...
-        name, value = lever.split("=", 1)
-        settings[name] = value
+        settings |= parse_assignments([lever], "--levers", "precision=bf16")
     hp = resolve_hyperparameters(settings)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    data = prepare(train, tokenizer, hp.max_seq_length, hp.packing)
+    data = prepare(train, tokenizer, hp.data.max_seq_length, hp.data.packing)
     use_cuda = torch.cuda.is_available()
-    precision = resolve_precision(hp.precision, use_cuda)
+    precision = resolve_precision(hp.memory.precision, use_cuda)
     model = load_model(model_dir, hp, precision, use_cuda)
     args = training_arguments(TrainingArguments, hp, out, precision, use_cuda, evaluating=False)
     args.report_to, args.save_strategy = [], "no"
@@ -202,6 +205,9 @@ def main() -> None:
     args = parser.parse_args()
     if args._child:
         return child(args)
+    if importlib.util.find_spec("trl") is None:
+        raise SystemExit("the plain TRL baseline needs trl, which forgeflow does not install: "
+                         "pip install -e '.[bench]'")
 
     with tempfile.TemporaryDirectory(prefix="ff-bench-") as tmp:
         work = Path(tmp)

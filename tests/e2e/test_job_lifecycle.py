@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import time
 from pathlib import Path
 
 import pytest
 
-from forgeflow.processes import pid_alive
+from forgeflow.store.states import JobStatus
+from forgeflow.training.compute.local import LocalCompute
 
 pytestmark = pytest.mark.integration
 
@@ -25,10 +25,9 @@ def _rows(path, n=8):
     return path
 
 
-def _pid_of(job_id):
-    from forgeflow.store.workspace import Workspace
-
-    return Workspace.open().store.get("jobs", id=job_id)["pid"]
+def _worker_of(job):
+    """The job's worker process, as a server started after this one would find it."""
+    return LocalCompute().attach(Path(job["job_dir"]))
 
 
 def _wait(s, job_id, pred, what, timeout=180):
@@ -71,28 +70,28 @@ def test_cancel_resume_kill_restart_complete(live_server, tmp_path, tiny_model_d
     # 1. cancel through the server: Canceled within seconds, logs and checkpoint kept
     _wait(s, job["id"], lambda j: j["last_checkpoint"] and _step(j) >= 4, "first checkpoint")
     s.cli("job", "cancel", job["id"])
-    canceled = _wait(s, job["id"], lambda j: j["status"] != "CancelRequested", "cancel", timeout=60)
-    assert canceled["status"] == "Canceled" and canceled["error"] is None
+    canceled = _wait(s, job["id"], lambda j: j["status"] != JobStatus.CANCEL_REQUESTED, "cancel", timeout=60)
+    assert canceled["status"] == JobStatus.CANCELED and canceled["error"] is None
     assert canceled["last_checkpoint"] and os.path.getsize(os.path.join(canceled["job_dir"], "worker.log")) > 0
     assert s.cli("job", "resume", "--json", job["id"]).returncode == 0
 
     # 2. the resumed worker is killed outright: Failed, and resume continues it again
     stop_step = _step(canceled)
-    _wait(s, job["id"], lambda j: j["status"] == "Running" and _step(j) > stop_step + 1, "training after resume")
-    os.killpg(_pid_of(job["id"]), signal.SIGKILL)
-    failed = _wait(s, job["id"], lambda j: j["status"] == "Failed", "failure after SIGKILL", timeout=60)
+    _wait(s, job["id"], lambda j: j["status"] == JobStatus.RUNNING and _step(j) > stop_step + 1, "training after resume")
+    _worker_of(job).kill()
+    failed = _wait(s, job["id"], lambda j: j["status"] == JobStatus.FAILED, "failure after SIGKILL", timeout=60)
     assert "forgeflow job resume" in failed["error"]
-    assert s.cli_json("job", "resume", job["id"])["status"] == "Queued"
+    assert s.cli_json("job", "resume", job["id"])["status"] == JobStatus.QUEUED
 
     # 3. the server restarts while the worker runs; the new server follows it to the end
     killed_step = _step(failed)
-    _wait(s, job["id"], lambda j: j["status"] == "Running" and _step(j) > killed_step, "training after second resume")
-    pid = _pid_of(job["id"])
+    _wait(s, job["id"], lambda j: j["status"] == JobStatus.RUNNING and _step(j) > killed_step,
+          "training after second resume")
     s.stop()
-    survived = pid_alive(pid)
+    survived = _worker_of(job) is not None
     s.start()
-    done = _wait(s, job["id"], lambda j: j["status"] in ("Completed", "Failed", "Canceled"), "completion", timeout=240)
-    assert done["status"] == "Completed", done["error"]
+    done = _wait(s, job["id"], lambda j: JobStatus(j["status"]).terminal, "completion", timeout=240)
+    assert done["status"] == JobStatus.COMPLETED, done["error"]
     assert survived, "the worker ended before the server stopped: raise MAX_STEPS so the restart is exercised"
     assert _step(done) == MAX_STEPS and set(done["outputs"]) == {"mlflow_model", "adapter"}
     log = Path(done["job_dir"], "worker.log").read_text()

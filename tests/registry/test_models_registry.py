@@ -41,16 +41,18 @@ def completed_job(ws, app, tmp_path: Path) -> dict:
     """A job row marked Completed with an output folder in MLflow layout (no training needed)."""
     data = tmp_path / "train.jsonl"
     data.write_text(json.dumps({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}) + "\n")
+    from forgeflow.training.hyperparams import resolve_hyperparameters
+
     runner = app.state.ff.runner
-    job = runner.submit({"base_model": "tiny-base", "base_model_path": str(tmp_path), "training_data": str(data),
-                         "hyperparameters": {"learning_rate": 0.001, "max_steps": 7}})
-    out = Path(job["job_dir"]) / "outputs" / "mlflow_model"
+    job = runner.submit(base_model="tiny-base", base_model_path=str(tmp_path), training_data=str(data),
+                        hyperparameters=resolve_hyperparameters({"learning_rate": 0.001, "max_steps": 7}))
+    out = job.job_dir / "outputs" / "mlflow_model"
     (out / "artifacts" / "model").mkdir(parents=True)
     (out / "MLmodel").write_text("flavors: {}\n")
     (out / "artifacts" / "model" / "config.json").write_text("{}")
     (out / "artifacts" / "model" / "weights.bin").write_bytes(b"\x01" * (3 * 1024 * 1024 + 17))
-    ws.store.update("jobs", {"id": job["id"]}, {"status": "Completed", "metrics": {"train_loss": 1.5, "eval_loss": 1.7}})
-    return runner.get(job["id"])
+    ws.store.update("jobs", {"id": job.id}, {"status": "Completed", "metrics": {"train_loss": 1.5, "eval_loss": 1.7}})
+    return runner.get(job.id).to_dict()
 
 
 async def test_register_update_archive(api, ws, tmp_path):
@@ -60,7 +62,8 @@ async def test_register_update_archive(api, ws, tmp_path):
     mv = r.json()
     assert r.status_code == 201 and mv["version"] == "1"
     assert mv["source_job"] == job["id"] and mv["base_model"] == "tiny-base" and mv["tags"] == {"team": "a"}
-    assert mv["hyperparameters"] == {"learning_rate": 0.001, "max_steps": 7} and mv["metrics"]["eval_loss"] == 1.7
+    assert mv["hyperparameters"]["learning_rate"] == 0.001 and mv["hyperparameters"]["max_steps"] == 7
+    assert mv["metrics"]["eval_loss"] == 1.7
     await api.post("/api/models", json={"name": "quill", "from_job": job["id"]})
 
     r = await api.patch("/api/models/quill/versions/1", json={"description": "better", "set_tags": {"stage": "prod"},

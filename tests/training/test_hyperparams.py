@@ -3,25 +3,41 @@ from __future__ import annotations
 import pytest
 
 from forgeflow.errors import InvalidInput
+from forgeflow.names import parse_assignments
 from forgeflow.training.hyperparams import (
     FIELD_NAMES,
+    GROUPS,
     Hyperparameters,
-    describe,
-    parse_set_options,
+    check_hardware,
+    describe_hyperparameters,
     resolve_hyperparameters,
 )
 
 
 def test_defaults_suit_a_cpu_lora_run():
     hp = resolve_hyperparameters({})
-    assert hp.apply_lora and hp.lora_r == 8 and hp.lora_alpha == 16
-    assert hp.learning_rate == 2e-4 and hp.lr_scheduler_type == "linear" and hp.max_steps == -1
-    assert hp.precision == "auto" and hp.evaluation_strategy == "epoch" and hp.resume_from_checkpoint is None
+    assert hp.lora.apply_lora and hp.lora.lora_r == 8 and hp.lora.lora_alpha == 16
+    opt = hp.optimization
+    assert opt.learning_rate == 2e-4 and opt.lr_scheduler_type == "linear" and opt.max_steps == -1
+    assert hp.memory.precision == "auto" and hp.evaluation.evaluation_strategy == "epoch"
+    assert hp.checkpointing.resume_from_checkpoint is None
 
 
-def test_every_field_has_a_description():
-    assert set(describe()) == set(FIELD_NAMES) == set(Hyperparameters.model_fields)
-    assert all(describe().values())
+def test_every_field_has_one_group_and_a_docstring():
+    grouped = [name for group in GROUPS.values() for name in group.model_fields]
+    assert sorted(grouped) == sorted(set(grouped)) == sorted(FIELD_NAMES)
+    assert set(GROUPS) == set(Hyperparameters.model_fields)
+    described = {row["name"]: row["description"] for row in describe_hyperparameters()}
+    assert set(described) == set(FIELD_NAMES) and all(described.values())
+    assert described["lora_r"] == "Rank of the LoRA update matrices."  # the field's docstring
+
+
+def test_groups_in_and_flat_names_out():
+    hp = resolve_hyperparameters({"lora_r": "16", "learning_rate": "1e-3", "save_steps": "25"})
+    assert hp.lora.lora_r == 16 and hp.optimization.learning_rate == 1e-3 and hp.checkpointing.save_steps == 25
+    flat = hp.to_dict()
+    assert list(flat) == list(FIELD_NAMES) and flat["lora_r"] == 16 and flat["eval_steps"] is None
+    assert resolve_hyperparameters(flat) == hp
 
 
 def test_unknown_name_lists_the_valid_ones():
@@ -60,28 +76,23 @@ def test_early_stopping_needs_evaluation():
 
 
 def test_set_options_are_coerced():
-    raw = parse_set_options(
-        ["learning_rate=2e-4", "apply_lora=false", "lora_r = 16", "eval_steps=none", "resume_from_checkpoint=true"]
+    raw = parse_assignments(
+        ["learning_rate=2e-4", "apply_lora=false", "lora_r =16", "eval_steps=none", "resume_from_checkpoint=true"],
+        "--set", "learning_rate=2e-4",
     )
     assert raw["lora_r"] == "16"
     hp = resolve_hyperparameters(raw)
-    assert hp.learning_rate == pytest.approx(2e-4)
-    assert hp.apply_lora is False and hp.lora_r == 16 and hp.eval_steps is None
-    assert hp.resume_from_checkpoint is True
-    assert resolve_hyperparameters(parse_set_options(["resume_from_checkpoint=/ck/checkpoint-5"])).resume_from_checkpoint == (
-        "/ck/checkpoint-5"
-    )
-
-
-def test_set_option_without_equals_is_rejected():
-    with pytest.raises(InvalidInput, match="expected name=value"):
-        parse_set_options(["learning_rate"])
+    assert hp.optimization.learning_rate == pytest.approx(2e-4)
+    assert hp.lora.apply_lora is False and hp.lora.lora_r == 16 and hp.evaluation.eval_steps is None
+    assert hp.checkpointing.resume_from_checkpoint is True
+    path = resolve_hyperparameters({"resume_from_checkpoint": "/ck/checkpoint-5"}).checkpointing.resume_from_checkpoint
+    assert path == "/ck/checkpoint-5"
 
 
 def test_new_settings_have_defaults():
     hp = resolve_hyperparameters({})
-    assert hp.quantization == "none" and hp.packing and not hp.gradient_checkpointing and hp.save_steps is None
-    assert resolve_hyperparameters({"save_steps": "25"}).save_steps == 25
+    assert hp.lora.quantization == "none" and hp.data.packing and not hp.memory.gradient_checkpointing
+    assert hp.checkpointing.save_steps is None
 
 
 @pytest.mark.parametrize(
@@ -104,8 +115,8 @@ def test_qlora_needs_a_gpu():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     with pytest.raises(InvalidInput, match=r"quantization=4bit \(QLoRA\) needs a CUDA GPU.*valid values here: none") as exc:
-        resolve_hyperparameters({"quantization": "4bit"})
+        check_hardware(resolve_hyperparameters({"quantization": "4bit"}))
     assert exc.value.field == "quantization"
     with pytest.raises(InvalidInput, match="precision=fp16 needs a CUDA GPU") as exc:
-        resolve_hyperparameters({"precision": "fp16"})
+        check_hardware(resolve_hyperparameters({"precision": "fp16"}))
     assert exc.value.field == "precision"

@@ -4,7 +4,6 @@ adoption of a worker started by an earlier runner (a server restart)."""
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -13,11 +12,14 @@ from pathlib import Path
 import pytest
 
 from forgeflow.errors import Conflict, InvalidInput, NotFound
+from forgeflow.store.states import JobStatus
 from forgeflow.store.workspace import Workspace
 from forgeflow.training.checkpoints import newest_checkpoint
-from forgeflow.training.compute import ComputeTarget, ComputeTargets
+from forgeflow.training.compute.local import LocalCompute
+from forgeflow.training.compute.targets import ComputeTarget, ComputeTargets
 from forgeflow.training.hyperparams import resolve_hyperparameters
-from forgeflow.training.runner import ACTIVE, FINAL, JobRunner
+from forgeflow.training.jobs import Job
+from forgeflow.training.runner import JobRunner
 
 pytestmark = pytest.mark.integration
 
@@ -37,23 +39,23 @@ def data(tmp_path) -> Path:
     return path
 
 
-def submit(runner: JobRunner, model: Path, data: Path, compute: str = "local", **hp) -> dict:
+def submit(runner: JobRunner, model: Path, data: Path, compute: str = "local", **hp) -> Job:
     settings = {"max_steps": 2, "logging_steps": 1, "per_device_train_batch_size": 2} | hp
-    return runner.submit({"base_model": "tiny", "base_model_path": str(model), "training_data": str(data),
-                          "hyperparameters": resolve_hyperparameters(settings).model_dump(mode="json"), "compute": compute})
+    return runner.submit(base_model="tiny", base_model_path=str(model), training_data=str(data),
+                         hyperparameters=resolve_hyperparameters(settings), compute=compute)
 
 
-def watch(runner: JobRunner, ids: list[str], timeout: float = 240) -> tuple[list[dict], int]:
-    """Poll until every job is final; returns the final rows and the most jobs seen active at once."""
+def watch(runner: JobRunner, ids: list[str], timeout: float = 240) -> tuple[list[Job], int]:
+    """Poll until every job is final; returns the final records and the most jobs seen active at once."""
     most = 0
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        rows = [runner.get(i) for i in ids]
-        most = max(most, sum(r["status"] in ACTIVE for r in rows))
-        if all(r["status"] in FINAL for r in rows):
-            return rows, most
+        jobs = [runner.get(i) for i in ids]
+        most = max(most, sum(job.active for job in jobs))
+        if all(job.status.terminal for job in jobs):
+            return jobs, most
         time.sleep(0.2)
-    pytest.fail(f"jobs did not finish: {[(r['id'], r['status']) for r in rows]}")
+    pytest.fail(f"jobs did not finish: {[(job.id, job.status) for job in jobs]}")
 
 
 def test_compute_targets_local_default_and_validation(ws):
@@ -75,13 +77,13 @@ def test_compute_targets_local_default_and_validation(ws):
     assert ComputeTargets(ws.store).limits() == {"local": 3, "pair": 2}
 
 
-def wait_for(runner: JobRunner, job_id: str, pred, what: str, timeout: float = 180) -> dict:
+def wait_for(runner: JobRunner, job_id: str, pred, what: str, timeout: float = 180) -> Job:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = runner.get(job_id)
         if pred(job):
             return job
-        assert job["status"] not in FINAL, f"{job_id} ended {job['status']} waiting for {what}: {job['error']}"
+        assert not job.status.terminal, f"{job_id} ended {job.status} waiting for {what}: {job.error}"
         time.sleep(0.2)
     pytest.fail(f"{job_id}: {what} did not happen: {runner.get(job_id)}")
 
@@ -90,43 +92,44 @@ def test_jobs_queue_per_compute_target(ws, tiny_model_dir, data):
     """max_concurrent_jobs=1: the second job waits while the first runs; raised to 2: both run together.
     Both are then canceled and end Canceled."""
     runner = JobRunner(ws.store, ws.paths, poll_s=0.2)
-    runner.compute.create(ComputeTarget(name="box", max_concurrent_jobs=1))
+    runner.targets.create(ComputeTarget(name="box", max_concurrent_jobs=1))
     first = submit(runner, tiny_model_dir, data, compute="box", max_steps=100000)
     second = submit(runner, tiny_model_dir, data, compute="box", max_steps=100000)
     other = submit(runner, tiny_model_dir, data, compute="local", max_steps=2)
     runner.start()
     try:
-        running = lambda j: j["status"] == "Running" and (j.get("progress") or {}).get("step", 0) > 0
-        wait_for(runner, first["id"], running, "first job training")
-        assert runner.get(second["id"])["status"] == "Queued"  # box is full ...
-        wait_for(runner, other["id"], lambda j: j["status"] in ACTIVE, "local job start")  # ... local is another queue
-        runner.cancel(other["id"])
-        assert watch(runner, [other["id"]], timeout=60)[0][0]["status"] == "Canceled"
-        assert runner.get(second["id"])["status"] == "Queued"
+        running = lambda j: j.status == JobStatus.RUNNING and (j.progress or {}).get("step", 0) > 0
+        wait_for(runner, first.id, running, "first job training")
+        assert runner.get(second.id).status == JobStatus.QUEUED  # box is full ...
+        wait_for(runner, other.id, lambda j: j.active, "local job start")  # ... local is another queue
+        runner.cancel(other.id)
+        assert watch(runner, [other.id], timeout=60)[0][0].status == JobStatus.CANCELED
+        assert runner.get(second.id).status == JobStatus.QUEUED
+        assert runner.load("box") == {"running_jobs": 1, "queued_jobs": 1}
 
-        runner.compute.update("box", {"max_concurrent_jobs": 2})
+        runner.targets.update("box", {"max_concurrent_jobs": 2})
         runner.wake()
-        wait_for(runner, second["id"], running, "second job training")
-        assert runner.get(first["id"])["status"] == "Running"  # both at once
+        wait_for(runner, second.id, running, "second job training")
+        assert runner.get(first.id).status == JobStatus.RUNNING  # both at once
 
         for job in (first, second):
-            runner.cancel(job["id"])
-        rows, _ = watch(runner, [first["id"], second["id"]], timeout=60)
+            runner.cancel(job.id)
+        jobs, _ = watch(runner, [first.id, second.id], timeout=60)
     finally:
         runner.stop()
-        for job in ws.store.select("jobs"):  # never leave an endless worker behind a failed test
-            if job["status"] in ACTIVE and job["pid"]:
-                JobRunner._signal(job["pid"], signal.SIGKILL)
-    assert [r["status"] for r in rows] == ["Canceled", "Canceled"]
-    assert all(r["error"] is None and r["finished_at"] for r in rows)
+        for job in runner.list():  # never leave an endless worker behind a failed test
+            if (worker := LocalCompute().attach(job.job_dir)) is not None:
+                worker.kill()
+    assert [job.status for job in jobs] == [JobStatus.CANCELED, JobStatus.CANCELED]
+    assert all(job.error is None and job.finished_at for job in jobs)
 
 
 def test_resume_rules_and_bookkeeping(ws, tiny_model_dir, data):
     runner = JobRunner(ws.store, ws.paths)
     job = submit(runner, tiny_model_dir, data)
     with pytest.raises(Conflict, match="already Queued"):
-        runner.resume(job["id"])
-    job_dir = Path(job["job_dir"])
+        runner.resume(job.id)
+    job_dir = job.job_dir
     for step in (2, 10):
         folder = job_dir / "checkpoints" / f"checkpoint-{step}"
         folder.mkdir(parents=True)
@@ -134,29 +137,31 @@ def test_resume_rules_and_bookkeeping(ws, tiny_model_dir, data):
     (job_dir / "checkpoints" / "checkpoint-12").mkdir()  # a worker killed while writing it
     (job_dir / "worker.log").write_text("step 1\nKilled\n")
     (job_dir / "status.json").write_text(json.dumps({"status": "Failed", "error": "boom", "mlflow_run_id": "r1"}))
-    ws.store.update("jobs", {"id": job["id"]}, {"status": "Failed", "error": "boom", "finished_at": "x", "pid": 999999})
+    ws.store.update("jobs", {"id": job.id}, {"status": "Failed", "error": "boom", "finished_at": "x"})
     assert newest_checkpoint(job_dir / "checkpoints").name == "checkpoint-10"
 
-    resumed = runner.resume(job["id"])
+    resumed = runner.resume(job.id)
 
-    assert resumed["status"] == "Queued" and resumed["error"] is None and resumed["finished_at"] is None
+    assert resumed.status == JobStatus.QUEUED and resumed.error is None and resumed.finished_at is None
     assert json.loads((job_dir / "spec.json").read_text())["resume"] is True
     status = json.loads((job_dir / "status.json").read_text())
     assert status["status"] == "Queued" and status["error"] is None and status["mlflow_run_id"] == "r1"
     log = (job_dir / "worker.log").read_text()
     assert log.startswith("step 1\nKilled\n") and "resumed from checkpoint-10 after Failed" in log
 
-    ws.store.update("jobs", {"id": job["id"]}, {"status": "Completed"})
+    ws.store.update("jobs", {"id": job.id}, {"status": "Completed"})
     with pytest.raises(Conflict, match="Completed"):
-        runner.resume(job["id"])
+        runner.resume(job.id)
     # an active job whose worker is gone (died unseen) may be resumed; one with a live worker may not
-    ws.store.update("jobs", {"id": job["id"]}, {"status": "Running", "pid": 999999})
-    assert runner.resume(job["id"])["status"] == "Queued"
+    ws.store.update("jobs", {"id": job.id}, {"status": "Running"})
+    (job_dir / "worker.pid").write_text("999999\n")
+    assert runner.resume(job.id).status == JobStatus.QUEUED
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(job_dir)])
     try:
-        ws.store.update("jobs", {"id": job["id"]}, {"status": "Running", "pid": alive.pid})
+        ws.store.update("jobs", {"id": job.id}, {"status": "Running"})
+        (job_dir / "worker.pid").write_text(f"{alive.pid}\n")
         with pytest.raises(Conflict, match="still running"):
-            runner.resume(job["id"])
+            runner.resume(job.id)
     finally:
         alive.kill()
         alive.wait()

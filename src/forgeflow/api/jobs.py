@@ -7,37 +7,43 @@ from pathlib import Path
 from fastapi import APIRouter, Depends
 
 from forgeflow.api.security import ADMIN, services
-from forgeflow.errors import InvalidInput
+from forgeflow.errors import InvalidInput, NotFound
+from forgeflow.store.states import JobStatus
 from forgeflow.training.checkpoints import newest_checkpoint
 from forgeflow.training.jobfile import JobRequest
-from forgeflow.training.runner import check_data_file, read_metrics
+from forgeflow.training.jobs import Job
+from forgeflow.training.tracking import read_metrics
 
 router = APIRouter(dependencies=ADMIN, tags=["jobs"])
 
 
-def _check_rows(path: str | None, field: str) -> None:
+def _check_data_file(path: str | None, field: str) -> str | None:
+    """The absolute path of a data file the request names, which must exist and hold valid chat rows."""
     if path is None:
-        return
+        return None
+    p = Path(path).expanduser().resolve()
+    if not p.is_file():
+        raise NotFound(f"{field.replace('_', ' ')} file {p} does not exist", field=field)
     from forgeflow.data.validate import validate_file
 
-    report = validate_file(Path(path), max_problems=3)
+    report = validate_file(p, max_problems=3)
     if report.problems:
-        first = "; ".join(str(p) for p in report.problems[:3])
-        raise InvalidInput(f"{field.replace('_', ' ')} {path} is not valid chat data: {first} "
-                           f"(see: forgeflow data validate {path})", field=field)
+        first = "; ".join(str(problem) for problem in report.problems[:3])
+        raise InvalidInput(f"{field.replace('_', ' ')} {p} is not valid chat data: {first} "
+                           f"(see: forgeflow data validate {p})", field=field)
+    return str(p)
 
 
-def job_view(job: dict) -> dict:
-    """A job row as the API shows it: outputs that exist, the newest checkpoint, no pid."""
-    out = {k: v for k, v in job.items() if k not in ("pid",)}
-    job_dir = Path(job["job_dir"])
+def job_view(job: Job) -> dict:
+    """A job as the API shows it: its record, the outputs that exist and the newest checkpoint."""
+    out = job.to_dict()
     outputs = {}
-    if job["status"] == "Completed":
-        outputs["mlflow_model"] = str(job_dir / "outputs" / "mlflow_model")
-        if (job_dir / "outputs" / "adapter").is_dir():
-            outputs["adapter"] = str(job_dir / "outputs" / "adapter")
+    if job.status == JobStatus.COMPLETED:
+        outputs["mlflow_model"] = str(job.job_dir / "outputs" / "mlflow_model")
+        if (job.job_dir / "outputs" / "adapter").is_dir():
+            outputs["adapter"] = str(job.job_dir / "outputs" / "adapter")
     out["outputs"] = outputs
-    checkpoint = newest_checkpoint(job_dir / "checkpoints")
+    checkpoint = newest_checkpoint(job.job_dir / "checkpoints")
     out["last_checkpoint"] = str(checkpoint) if checkpoint else None
     return out
 
@@ -49,23 +55,18 @@ def create_job(body: JobRequest, ff=Depends(services)) -> dict:
 
     if body.type != "finetuning":
         raise InvalidInput(f"job type {body.type!r} is not supported: use 'finetuning'", field="type")
-    compute = ff.runner.compute.get(body.compute)["name"]
     hp = resolve_hyperparameters(body.hyperparameters)
-    training = check_data_file(body.training_data, "training_data")
-    validation = check_data_file(body.validation_data, "validation_data")
-    _check_rows(training, "training_data")
-    _check_rows(validation, "validation_data")
+    training = _check_data_file(body.training_data, "training_data")
+    validation = _check_data_file(body.validation_data, "validation_data")
     ref, path = resolve_model(body.model)
-    job = ff.runner.submit({
-        "name": body.name, "base_model": ref, "base_model_path": str(path), "training_data": training,
-        "validation_data": validation, "hyperparameters": hp.model_dump(mode="json"), "compute": compute,
-    })
+    job = ff.runner.submit(base_model=ref, base_model_path=str(path), training_data=training,
+                           validation_data=validation, hyperparameters=hp, name=body.name, compute=body.compute)
     return job_view(job)
 
 
 @router.get("/hyperparameters")
 def hyperparameters() -> list[dict]:
-    """Every fine-tuning setting: name, type, default, description, valid values; `common` ones first."""
+    """Every fine-tuning setting: name, group, type, default, description, valid values; `common` ones first."""
     from forgeflow.training.hyperparams import describe_hyperparameters
 
     return describe_hyperparameters()
@@ -73,7 +74,7 @@ def hyperparameters() -> list[dict]:
 
 @router.get("/jobs")
 def list_jobs(ff=Depends(services)) -> list[dict]:
-    return [job_view(j) for j in ff.ws.store.select("jobs", order_by="created_at DESC")]
+    return [job_view(job) for job in ff.runner.list()]
 
 
 @router.get("/jobs/{job_id}")
@@ -95,16 +96,11 @@ def resume_job(job_id: str, ff=Depends(services)) -> dict:
 @router.get("/jobs/{job_id}/metrics")
 def job_metrics(job_id: str, offset: int = 0, ff=Depends(services)) -> list[dict]:
     """Metrics rows from row `offset` on (a follower asks only for rows it has not seen)."""
-    return read_metrics(Path(ff.runner.get(job_id)["job_dir"]))[max(0, offset):]
+    return read_metrics(ff.runner.get(job_id).job_dir)[max(0, offset):]
 
 
 @router.get("/jobs/{job_id}/logs")
 def job_logs(job_id: str, offset: int = 0, ff=Depends(services)) -> dict:
     """Log text from byte `offset`; `next_offset` continues where this answer stops."""
-    path = Path(ff.runner.get(job_id)["job_dir"]) / "worker.log"
-    if not path.exists():
-        return {"text": "", "next_offset": 0}
-    with open(path, "rb") as f:
-        f.seek(max(0, offset))
-        data = f.read(256 * 1024)
-    return {"text": data.decode(errors="replace"), "next_offset": max(0, offset) + len(data)}
+    text, next_offset = ff.runner.log_text(job_id, offset)
+    return {"text": text, "next_offset": next_offset}

@@ -57,16 +57,14 @@ def pull(body: PullBody) -> dict:
 @router.post("/models", status_code=201)
 def register(body: RegisterBody, ff=Depends(services)) -> dict:
     from forgeflow.registry import models
-    from forgeflow.training.runner import job_output_model
 
     if bool(body.from_job) == bool(body.path):
         raise InvalidInput("give exactly one of from_job or path", field="from_job")
     if body.from_job:
         job = ff.runner.get(body.from_job)
-        source = job_output_model(job)
-        return models.register(body.name, source, base_model=job["base_model"], source_job=job["id"],
-                               run_id=job.get("mlflow_run_id"), description=body.description, tags=body.tags,
-                               hyperparameters=job["hyperparameters"], metrics=job.get("metrics")).to_dict()
+        return models.register(body.name, job.output_model(), base_model=job.base_model, source_job=job.id,
+                               run_id=job.mlflow_run_id, description=body.description, tags=body.tags,
+                               hyperparameters=job.hyperparameters, metrics=job.metrics).to_dict()
     return models.register(body.name, Path(body.path).expanduser(), description=body.description, tags=body.tags).to_dict()
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-FINAL = ("Completed", "Failed", "Canceled")
+from forgeflow.store.states import JobStatus
+
 TOKEN_KEYS = ("trained_tokens", "num_tokens")
 
 
@@ -48,7 +49,7 @@ class JobWatch:
 
     def eta_s(self) -> float | None:
         """Seconds left: the worker's estimate when it gives one, else this client's step rate."""
-        if self.job.get("status") in FINAL:
+        if JobStatus(self.job["status"]).terminal:
             return 0.0
         if isinstance(self.progress.get("eta_s"), (int, float)):
             return float(self.progress["eta_s"])
@@ -116,9 +117,9 @@ def follow(c: Any, job_id: str, *, quiet: bool = False, show_logs: bool = False,
             rows = c.get(f"/api/jobs/{job_id}/metrics", params={"offset": offset})
             offset += len(rows)
             watch.update(job, rows)
-            done = job["status"] in FINAL
+            done = JobStatus(job["status"]).terminal
             total = watch.max_steps
-            completed = total if done and job["status"] == "Completed" and total else watch.step
+            completed = total if done and job["status"] == JobStatus.COMPLETED and total else watch.step
             bar.update(task, description=f"{job['id']} {job['status']}", total=total, completed=completed,
                        **watch.fields())
             if show_logs and not quiet:

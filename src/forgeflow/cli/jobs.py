@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from typer.core import TyperCommand
 
 from forgeflow.cli.common import JsonOpt, client, command, console, kv, print_json, table
 from forgeflow.errors import InvalidInput
+from forgeflow.names import parse_assignments
+from forgeflow.store.states import JobStatus
 
 app = typer.Typer(help="Fine-tuning jobs.", no_args_is_help=True)
 
@@ -16,7 +19,29 @@ def _abs(p: Path | None) -> str | None:
     return str(p.expanduser().resolve()) if p else None
 
 
-@app.command("create")
+def _hyperparameter_help() -> str:
+    """The `--set` names, group by group, each with its field docstring (what GET /api/hyperparameters shows)."""
+    from forgeflow.training.hyperparams import GROUPS
+
+    def spelled(value: object) -> str:  # as --set spells it
+        return "none" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+    lines = ["Hyperparameters, --set NAME=VALUE (shown with their defaults):"]
+    for group in GROUPS.values():
+        lines.append(f"\n{group.__doc__}:")
+        lines += [f"  {name}={spelled(info.default)}  {info.description}" for name, info in group.model_fields.items()]
+    return "\n".join(lines)
+
+
+class _CreateCommand(TyperCommand):
+    """`job create`, whose help ends with every hyperparameter (built when asked: it imports pydantic)."""
+
+    def format_help(self, ctx, formatter) -> None:
+        self.epilog = _hyperparameter_help()
+        super().format_help(ctx, formatter)
+
+
+@app.command("create", cls=_CreateCommand)
 @command
 def create(
     file: Path = typer.Option(None, "--file", "-f", help="YAML job file (type, model, training_data, validation_data, "
@@ -25,20 +50,18 @@ def create(
     model: str = typer.Option(None, "--model", help="Base model: catalog name, folder, or registered NAME:VERSION."),
     training_data: Path = typer.Option(None, "--training-data", help="Training chat JSONL."),
     validation_data: Path = typer.Option(None, "--validation-data", help="Validation chat JSONL."),
-    set_: list[str] = typer.Option(None, "--set", help="A hyperparameter, NAME=VALUE (repeatable), e.g. learning_rate=2e-4."),
+    set_: list[str] = typer.Option(None, "--set", help="A hyperparameter, NAME=VALUE (repeatable), e.g. learning_rate=2e-4; all are listed below."),
     name: str = typer.Option(None, "--name", help="Display name."),
     compute: str = typer.Option(None, "--compute", help="Compute target to queue on (default local; see: forgeflow compute list)."),
     stream_: bool = typer.Option(False, "--stream", help="Follow the job with a progress bar until it ends."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Queue a chat-completion fine-tuning job (LoRA by default)."""
-    from forgeflow.training.hyperparams import parse_set_options
-    from forgeflow.training.jobfile import load_job_file, merge_job
+    from forgeflow.training.jobfile import job_body
 
-    fields = load_job_file(file) if file else {}
     flags = {"type": type, "model": model, "training_data": _abs(training_data),
              "validation_data": _abs(validation_data), "name": name, "compute": compute}
-    body = merge_job(fields, flags, parse_set_options(set_ or []))
+    body = job_body(file, flags, parse_assignments(set_, "--set", "learning_rate=2e-4"))
     if body.get("type", "finetuning") != "finetuning":
         raise InvalidInput(f"type {body['type']!r}: only 'finetuning' exists", field="type")
     job = client().post("/api/jobs", body)
@@ -55,7 +78,7 @@ def _after_submit(job: dict, verb: str, stream_: bool, json_out: bool) -> None:
     elif not stream_:
         console.print(f"job [bold]{job['id']}[/] {job['status']} on {job['compute']} - "
                       f"follow it with: forgeflow job stream {job['id']}")
-    if job["status"] in ("Failed", "Canceled"):
+    if job["status"] in (JobStatus.FAILED, JobStatus.CANCELED):
         raise typer.Exit(1)
 
 
@@ -65,7 +88,7 @@ def follow(job_id: str, *, quiet: bool = False, show_logs: bool = False) -> dict
 
     job = follow_job(client(), job_id, quiet=quiet, show_logs=show_logs, console=console)
     if not quiet:
-        colour = {"Completed": "green", "Failed": "red", "Canceled": "yellow"}[job["status"]]
+        colour = {JobStatus.COMPLETED: "green", JobStatus.FAILED: "red", JobStatus.CANCELED: "yellow"}[job["status"]]
         console.print(f"job {job['id']} [{colour}]{job['status']}[/]" + (f": {job['error']}" if job.get("error") else ""))
     return job
 
@@ -78,7 +101,7 @@ def stream(job_id: str = typer.Argument(help="Job id or name."), logs: bool = ty
     job = follow(job_id, quiet=json_out, show_logs=logs)
     if json_out:
         print_json(job)
-    if job["status"] != "Completed":
+    if job["status"] != JobStatus.COMPLETED:
         raise typer.Exit(1)
 
 

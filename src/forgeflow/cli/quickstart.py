@@ -13,6 +13,7 @@ import typer
 
 from forgeflow.cli.common import client, command, console, print_json
 from forgeflow.store.home import Paths, server_url
+from forgeflow.store.states import JobStatus
 
 BASE_MODEL = "smollm2-135m-instruct"
 JOB_NAME = "quickstart-finetune"
@@ -45,10 +46,10 @@ def _finetune(c, data_dir: Path) -> dict:
     from forgeflow.cli.jobs import follow
 
     for job in c.get("/api/jobs"):
-        if job["name"] == JOB_NAME and job["status"] == "Completed":
+        if job["name"] == JOB_NAME and job["status"] == JobStatus.COMPLETED:
             console.print(f"reusing completed job {job['id']}")
             return job
-        if job["name"] == JOB_NAME and job["status"] in ("Queued", "Starting", "Running"):
+        if job["name"] == JOB_NAME and job["status"] in (JobStatus.QUEUED, JobStatus.STARTING, JobStatus.RUNNING):
             console.print(f"following job {job['id']} already under way")
             return follow(job["id"])
     job = c.post("/api/jobs", {"model": BASE_MODEL, "training_data": str(data_dir / "train_data.jsonl"),
@@ -137,7 +138,7 @@ def quickstart(
 
     _step(4, "fine-tune (LoRA, CPU)")
     job = _finetune(c, data_dir)
-    if job["status"] != "Completed":
+    if job["status"] != JobStatus.COMPLETED:
         raise typer.Exit(1)
 
     _step(5, "register the fine-tuned model")

@@ -8,6 +8,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from forgeflow.store.states import JobStatus
 from forgeflow.training.tracking import JobFiles, MlflowRun, is_finite_number
 
 SUMMARY_KEYS = ("train_runtime", "train_samples_per_second", "train_steps_per_second", "total_flos")
@@ -29,7 +30,7 @@ class ProgressCallback(TrainerCallback):
         self.last_eval_step = -1
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.files.write_status("Running", step=state.global_step, max_steps=state.max_steps, epoch=_epoch(state))
+        self.files.write_status(JobStatus.RUNNING, step=state.global_step, max_steps=state.max_steps, epoch=_epoch(state))
         print(f"training: {state.max_steps} steps", flush=True)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
@@ -55,7 +56,7 @@ class ProgressCallback(TrainerCallback):
             fields["max_steps"] = state.max_steps
         if eta_s is not None:
             fields["eta_s"] = eta_s
-        self.files.write_status("Running", **fields)
+        self.files.write_status(JobStatus.RUNNING, **fields)
         self._mlflow(values, state)
         shown = " ".join(f"{k}={_fmt(v)}" for k, v in values.items())
         print(f"step {state.global_step}/{state.max_steps} epoch {_epoch(state):.2f} {shown}", flush=True)

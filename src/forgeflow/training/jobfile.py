@@ -11,7 +11,8 @@ The YAML file has the shape `az ml job create -f` users know:
     hyperparameters: {learning_rate: 2e-4, num_train_epochs: 1}
 
 Relative paths are relative to the file. Unknown keys at any level are errors that name them and
-list what is valid; hyperparameters are checked by `resolve_hyperparameters`.
+list what is valid. `job_body` merges the file with the command line's flags and `--set` values and
+validates the hyperparameters once, an error naming the file or `--set`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pydantic import Field
 from pydantic_core import PydanticCustomError
 
 from forgeflow.errors import ForgeflowError, InvalidInput
+from forgeflow.training.hyperparams import resolve_hyperparameters
 
 # Keys of Azure's finetuning job schema that forgeflow reads besides JobRequest's own fields.
 FILE_ONLY_KEYS = ("$schema", "task", "display_name")
@@ -100,9 +102,6 @@ def normalize_job_doc(doc: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     if hp is not None:
         if not isinstance(hp, dict):
             raise InvalidInput("hyperparameters must be a mapping of name: value", field="hyperparameters")
-        from forgeflow.training.hyperparams import resolve_hyperparameters
-
-        resolve_hyperparameters(hp)  # fail here, naming the file, rather than on the server
         out["hyperparameters"] = {str(k): v for k, v in hp.items()}
     return out
 
@@ -137,12 +136,28 @@ def _model_ref(value: str, base_dir: Path) -> str:
     return str(local) if local.is_dir() else value
 
 
-def merge_job(file_fields: dict[str, Any], flags: dict[str, Any], set_values: dict[str, Any]) -> dict[str, Any]:
-    """File fields, overridden by CLI flags that were given, hyperparameters by `--set`."""
-    body = dict(file_fields)
-    body.update({k: v for k, v in flags.items() if v is not None})
-    body["hyperparameters"] = dict(file_fields.get("hyperparameters") or {}) | dict(set_values)
+def job_body(file: Path | None, flags: dict[str, Any], sets: dict[str, str]) -> dict[str, Any]:
+    """The REST body of `job create`: the job file's fields, overridden by the flags given, its hyperparameters by
+    `--set`. The hyperparameters are validated here, once, and sent as the validated values."""
+    fields = load_job_file(file) if file else {}
+    body = fields | {k: v for k, v in flags.items() if v is not None}
     for key, flag in (("model", "--model"), ("training_data", "--training-data")):
         if not body.get(key):
             raise InvalidInput(f"missing {key}: give {flag} or '{key}:' in the job file (-f)", field=key)
-    return body
+    sets = {name: value.strip() for name, value in sets.items()}
+    try:
+        hp = resolve_hyperparameters(dict(fields.get("hyperparameters") or {}) | sets)
+    except InvalidInput as exc:
+        raise _named_source(exc, file, sets) from None
+    return body | {"hyperparameters": hp.to_dict()}
+
+
+def _named_source(exc: InvalidInput, file: Path | None, sets: dict[str, str]) -> InvalidInput:
+    """The error of a hyperparameter, said of the `--set` option or the file that gave it."""
+    if exc.field in sets:
+        given = f"{exc.field}={sets[exc.field]}"
+        message = exc.message if exc.message.startswith(f"{given}: ") else f"{given}: {exc.message}"
+        return InvalidInput(f"--set {message}", field=exc.field)
+    if file is not None:
+        return InvalidInput(f"{Path(file).expanduser()}: {exc.message}", field=exc.field)
+    return exc

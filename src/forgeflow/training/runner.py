@@ -1,41 +1,41 @@
-"""The job runner: queues fine-tuning jobs per compute target and supervises one worker process
-per running job.
+"""The job runner: queues fine-tuning jobs per compute target and follows each running job's worker.
 
-Each target runs at most its `max_concurrent_jobs` at once; the rest wait Queued, oldest first.
-Workers run in their own session (`start_new_session`) so a server restart does not kill them;
-on start the runner adopts workers that are still alive (by pid, checked against the job folder
-on the command line) and fails the ones that died unseen, which `resume` can then continue.
-The worker owns `status.json`; the runner copies what it says into the store.
+Each target runs at most its `max_concurrent_jobs` at once; the rest wait Queued, oldest first. The runner is the
+one writer of the jobs table: everything else reads jobs through it. Where a worker runs is the business of
+the target's `Compute` (compute/base.py): the runner starts, polls, cancels and kills workers through their
+handles only. Workers outlive a server restart: on start the runner attaches to the ones still running and
+fails the ones that ended unseen, which `resume` can then continue. The worker owns `status.json`; the runner
+copies what it says into the store.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
-from forgeflow.errors import Conflict, NotFound
-from forgeflow.processes import log_tail, pid_alive
+from forgeflow.errors import Conflict, InvalidInput, NotFound
+from forgeflow.processes import log_tail
 from forgeflow.store.db import Store, now
 from forgeflow.store.home import Paths
+from forgeflow.store.states import JobStatus
 from forgeflow.training.checkpoints import newest_checkpoint
-from forgeflow.training.compute import ComputeTargets
-from forgeflow.training.tracking import read_metrics, read_status
+from forgeflow.training.compute.base import Compute, WorkerHandle, worker_log
+from forgeflow.training.compute.local import LocalCompute
+from forgeflow.training.compute.targets import ComputeTargets
+from forgeflow.training.hyperparams import Hyperparameters
+from forgeflow.training.jobs import Job, JobSpec, write_json
+from forgeflow.training.tracking import read_status
 
 log = logging.getLogger("forgeflow.jobs")
 
-FINAL = {"Completed", "Failed", "Canceled"}
-ACTIVE = {"Starting", "Running", "CancelRequested"}
-# The worker stops at the next step boundary on SIGTERM (saving nothing half-written); a step of a
-# small model on CPU takes a second or two, so past this grace the worker is stuck and gets SIGKILL.
+# A worker asked to cancel stops at the next step boundary (saving nothing half-written); a step of a small
+# model on CPU takes a second or two, so past this grace the worker is stuck and is killed.
 CANCEL_GRACE_S = 15.0
 PROGRESS_KEYS = ("step", "max_steps", "epoch", "updated_at", "eta_s")
 
@@ -47,12 +47,15 @@ def new_job_id() -> str:
 class JobRunner:
     """Starts queued jobs, follows running ones, and handles cancel and resume requests."""
 
-    def __init__(self, store: Store, paths: Paths, *, poll_s: float = 0.5) -> None:
+    def __init__(self, store: Store, paths: Paths, *, computes: Mapping[str, Compute] | None = None,
+                 poll_s: float = 0.5) -> None:
         self.store = store
         self.paths = paths
-        self.compute = ComputeTargets(store)
+        self.targets = ComputeTargets(store)
+        # compute target type -> the compute that runs its jobs
+        self.computes: Mapping[str, Compute] = computes or {"local": LocalCompute()}
         self.poll_s = poll_s
-        self._procs: dict[str, subprocess.Popen] = {}
+        self._handles: dict[str, WorkerHandle] = {}
         self._cancel_sent: dict[str, float] = {}
         self._tracking_ready = False
         # One lock for the loop and the API calls, so a cancel or resume never races a status copy.
@@ -68,7 +71,7 @@ class JobRunner:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop supervising. Running workers keep going and are adopted by the next server."""
+        """Stop supervising. Running workers keep going and are attached to by the next server."""
         self._stop.set()
         self._wake.set()
         if self._thread:
@@ -80,19 +83,19 @@ class JobRunner:
 
     def _recover(self) -> None:
         with self._lock:
-            for job in self.store.select("jobs"):
-                if job["status"] in ACTIVE and not worker_alive(job):
-                    st = read_status(Path(job["job_dir"])) or {}
-                    if st.get("status") in FINAL:
-                        self._finish(job, st)
-                    else:
-                        self.store.update("jobs", {"id": job["id"]}, {
-                            "status": "Failed", "finished_at": now(),
-                            "error": "the worker process ended while no server was watching it (server or machine "
-                                     f"restart); continue it from its last checkpoint with: forgeflow job resume {job['id']}",
-                        })
-                elif job["status"] in ACTIVE:
-                    log.info("job %s: adopted running worker (pid %s)", job["id"], job["pid"])
+            for job in self.list():
+                if not job.active:
+                    continue
+                if self._attach(job) is not None:
+                    log.info("job %s: attached to its running worker", job.id)
+                    continue
+                st = read_status(job.job_dir) or {}
+                if st.get("status") in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELED):
+                    self._finish(job, st)
+                else:
+                    self._write(job.id, status=JobStatus.FAILED, finished_at=now(), error=(
+                        "the worker process ended while no server was watching it (server or machine restart); "
+                        f"continue it from its last checkpoint with: forgeflow job resume {job.id}"))
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -103,119 +106,135 @@ class JobRunner:
             self._wake.wait(self.poll_s)
             self._wake.clear()
 
-    # -- API used by the REST layer ---------------------------------------------
-    def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
-        compute = self.compute.get(spec.get("compute") or "local")["name"]
+    # -- reads: the jobs table through its writer ----------------------------------
+    def get(self, job_id: str) -> Job:
+        """A job by id, or the newest job of that name."""
+        row = self.store.get("jobs", id=job_id) or next(
+            iter(self.store.select("jobs", {"name": job_id}, order_by="created_at DESC")), None
+        )
+        if row is None:
+            raise NotFound(f"no job {job_id!r} (see: forgeflow job list)", field="job")
+        return Job.from_row(row)
+
+    def list(self, *, compute: str | None = None, oldest_first: bool = False) -> list[Job]:
+        """Every job (or every job of one compute target), newest first."""
+        where = {"compute": compute} if compute else None
+        order = "created_at" if oldest_first else "created_at DESC"
+        return [Job.from_row(row) for row in self.store.select("jobs", where, order_by=order)]
+
+    def load(self, compute: str) -> dict[str, int]:
+        """How busy a compute target is: jobs running on it and jobs waiting for it."""
+        jobs = self.list(compute=compute)
+        return {"running_jobs": sum(j.active for j in jobs),
+                "queued_jobs": sum(j.status == JobStatus.QUEUED for j in jobs)}
+
+    def log_text(self, job_id: str, offset: int = 0, limit: int = 256 * 1024) -> tuple[str, int]:
+        """Worker output from byte `offset`, and the offset that continues after it."""
+        path = worker_log(self.get(job_id).job_dir)
+        if not path.exists():
+            return "", 0
+        with open(path, "rb") as f:
+            f.seek(max(0, offset))
+            data = f.read(limit)
+        return data.decode(errors="replace"), max(0, offset) + len(data)
+
+    # -- requests ----------------------------------------------------------------
+    def submit(self, *, base_model: str, base_model_path: str, training_data: str, hyperparameters: Hyperparameters,
+               validation_data: str | None = None, name: str | None = None, compute: str = "local") -> Job:
+        """Queue a job; the hyperparameters come validated from the edge (CLI, REST body, job file)."""
+        target = self.targets.get(compute)
+        self._compute(target["type"]).check(hyperparameters)
         job_id = new_job_id()
         job_dir = self.paths.jobs / job_id
         job_dir.mkdir(parents=True)
-        row = {
-            "id": job_id,
-            "name": spec.get("name") or job_id,
-            "type": "finetuning",
-            "status": "Queued",
-            "compute": compute,
-            "base_model": spec["base_model"],
-            "base_model_path": spec["base_model_path"],
-            "training_data": spec["training_data"],
-            "validation_data": spec.get("validation_data"),
-            "hyperparameters": spec["hyperparameters"],
-            "job_dir": str(job_dir),
-            "created_at": now(),
-        }
-        write_spec(job_dir, {
-            "job_id": job_id,
-            "name": row["name"],
-            "base_model": row["base_model"],
-            "base_model_path": row["base_model_path"],
-            "training_data": row["training_data"],
-            "validation_data": row["validation_data"],
-            "hyperparameters": row["hyperparameters"],
-            "compute": compute,
-            "mlflow_tracking_uri": self.paths.mlflow_uri,
-            "mlflow_experiment": "forgeflow-finetuning",
-            "mlflow_artifact_location": str(self.paths.mlruns),
+        spec = JobSpec(
+            job_id=job_id, name=name or job_id, base_model=base_model, base_model_path=base_model_path,
+            training_data=training_data, validation_data=validation_data, hyperparameters=hyperparameters,
+            compute=target["name"], mlflow_tracking_uri=self.paths.mlflow_uri,
+            mlflow_artifact_location=str(self.paths.mlruns),
+        )
+        spec.write(job_dir)
+        self.store.insert("jobs", {
+            "id": job_id, "name": spec.name, "type": "finetuning", "status": JobStatus.QUEUED,
+            "compute": spec.compute, "base_model": base_model, "base_model_path": base_model_path,
+            "training_data": training_data, "validation_data": validation_data,
+            "hyperparameters": hyperparameters.to_dict(), "job_dir": str(job_dir), "created_at": now(),
         })
-        self.store.insert("jobs", row)
         self._wake.set()
         return self.get(job_id)
 
-    def get(self, job_id: str) -> dict[str, Any]:
-        job = self.store.get("jobs", id=job_id) or next(
-            iter(self.store.select("jobs", {"name": job_id}, order_by="created_at DESC")), None
-        )
-        if job is None:
-            raise NotFound(f"no job {job_id!r} (see: forgeflow job list)", field="job")
-        return job
-
-    def cancel(self, job_id: str) -> dict[str, Any]:
+    def cancel(self, job_id: str) -> Job:
         with self._lock:
             job = self.get(job_id)
-            if job["status"] in FINAL:
-                raise Conflict(f"job {job['id']} is already {job['status']}")
-            if job["status"] == "Queued":
-                self.store.update("jobs", {"id": job["id"]}, {"status": "Canceled", "finished_at": now()})
+            if job.status.terminal:
+                raise Conflict(f"job {job.id} is already {job.status}")
+            if job.status == JobStatus.QUEUED:
+                self._write(job.id, status=JobStatus.CANCELED, finished_at=now())
             else:
-                self.store.update("jobs", {"id": job["id"]}, {"status": "CancelRequested"})
+                self._write(job.id, status=JobStatus.CANCEL_REQUESTED)
         self._wake.set()
-        return self.get(job["id"])
+        return self.get(job.id)
 
-    def resume(self, job_id: str) -> dict[str, Any]:
+    def resume(self, job_id: str) -> Job:
         """Queue a Failed or Canceled job (or one whose worker is gone) again, continuing from its newest
         checkpoint: the worker reads `"resume": true` in spec.json. Logs and metrics are appended to."""
         with self._lock:
             job = self.get(job_id)
-            if job["status"] == "Completed":
-                raise Conflict(f"job {job['id']} is Completed: there is nothing to resume (register its model with: "
-                               f"forgeflow model create --name NAME --from-job {job['id']})")
-            if job["status"] == "Queued":
-                raise Conflict(f"job {job['id']} is already Queued")
-            if job["status"] in ACTIVE and worker_alive(job):
-                raise Conflict(f"job {job['id']} is {job['status']} and its worker (pid {job['pid']}) is still running; "
-                               f"cancel it first with: forgeflow job cancel {job['id']}")
-            job_dir = Path(job["job_dir"])
-            spec = json.loads((job_dir / "spec.json").read_text())
-            write_spec(job_dir, spec | {"resume": True})
+            if job.status == JobStatus.COMPLETED:
+                raise Conflict(f"job {job.id} is Completed: there is nothing to resume (register its model with: "
+                               f"forgeflow model create --name NAME --from-job {job.id})")
+            if job.status == JobStatus.QUEUED:
+                raise Conflict(f"job {job.id} is already Queued")
+            handle = self._attach(job) if job.active else None
+            if handle is not None and handle.poll() is None:
+                raise Conflict(f"job {job.id} is {job.status} and its worker is still running; "
+                               f"cancel it first with: forgeflow job cancel {job.id}")
+            dataclasses.replace(JobSpec.read(job.job_dir), resume=True).write(job.job_dir)
             # The old status.json says Failed/Canceled, which must not be read as the new worker's end;
             # its MLflow run id stays, so the worker continues the same run.
-            st = read_status(job_dir) or {}
-            write_json(job_dir / "status.json", st | {
-                "status": "Queued", "error": None, "mlflow_run_id": st.get("mlflow_run_id") or job.get("mlflow_run_id"),
-            })
-            checkpoint = newest_checkpoint(job_dir / "checkpoints")
-            with open(job_dir / "worker.log", "a") as f:
-                f.write(f"\n--- {now()} resumed from {checkpoint.name if checkpoint else 'the start (no checkpoint yet)'}"
-                        f" after {job['status']} ---\n")
-            self._procs.pop(job["id"], None)
-            self._cancel_sent.pop(job["id"], None)
-            self.store.update("jobs", {"id": job["id"]}, {
-                "status": "Queued", "error": None, "finished_at": None, "pid": None,
-            })
-            log.info("job %s resumed from %s", job["id"], checkpoint)
+            st = read_status(job.job_dir) or {}
+            run_id = st.get("mlflow_run_id") or job.mlflow_run_id
+            write_json(job.job_dir / "status.json",
+                       st | {"status": JobStatus.QUEUED, "error": None, "mlflow_run_id": run_id})
+            checkpoint = newest_checkpoint(job.job_dir / "checkpoints")
+            start = checkpoint.name if checkpoint else "the start (no checkpoint yet)"
+            with open(worker_log(job.job_dir), "a") as f:
+                f.write(f"\n--- {now()} resumed from {start} after {job.status} ---\n")
+            self._handles.pop(job.id, None)
+            self._cancel_sent.pop(job.id, None)
+            self._write(job.id, status=JobStatus.QUEUED, error=None, finished_at=None)
+            log.info("job %s resumed from %s", job.id, checkpoint)
         self._wake.set()
-        return self.get(job["id"])
+        return self.get(job.id)
 
     # -- the loop ----------------------------------------------------------------
     def tick(self) -> None:
         with self._lock:
-            jobs = self.store.select("jobs", order_by="created_at")
-            for job in jobs:
-                if job["status"] in ACTIVE:
+            for job in self.list():
+                if job.active:
                     self._follow(job)
-            jobs = self.store.select("jobs", order_by="created_at")
-            limits = self.compute.limits()
-            running: dict[str, int] = {}
+            jobs = self.list(oldest_first=True)
+            limits = self.targets.limits()
+            running = Counter(job.compute for job in jobs if job.active)
             for job in jobs:
-                if job["status"] in ACTIVE:
-                    running[job["compute"]] = running.get(job["compute"], 0) + 1
-            for job in jobs:
-                if job["status"] != "Queued":
-                    continue
-                target = job["compute"]
-                if running.get(target, 0) >= limits.get(target, 1):
-                    continue
-                self._launch(job)
-                running[target] = running.get(target, 0) + 1
+                if job.status == JobStatus.QUEUED and running[job.compute] < limits.get(job.compute, 1):
+                    self._launch(job)
+                    running[job.compute] += 1
+
+    def _compute(self, target_type: str) -> Compute:
+        compute = self.computes.get(target_type)
+        if compute is None:
+            raise InvalidInput(f"compute type {target_type!r} cannot run jobs on this server", field="compute")
+        return compute
+
+    def _compute_of(self, job: Job) -> Compute:
+        return self._compute(self.targets.get(job.compute)["type"])
+
+    def _attach(self, job: Job) -> WorkerHandle | None:
+        handle = self._handles.get(job.id) or self._compute_of(job).attach(job.job_dir)
+        if handle is not None:
+            self._handles[job.id] = handle
+        return handle
 
     def _prepare_tracking(self) -> None:
         """Create MLflow's tracking database once, here: workers that start together on a fresh
@@ -227,130 +246,62 @@ class JobRunner:
         MlflowClient(tracking_uri=self.paths.mlflow_uri).search_experiments(max_results=1)
         self._tracking_ready = True
 
-    def _launch(self, job: dict[str, Any]) -> None:
+    def _launch(self, job: Job) -> None:
         self._prepare_tracking()
-        job_dir = Path(job["job_dir"])
-        logf = open(job_dir / "worker.log", "ab")
-        env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "forgeflow.training.worker", str(job_dir)],
-            stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, env=env,
-        )
-        logf.close()
-        self._procs[job["id"]] = proc
-        self.store.update("jobs", {"id": job["id"]}, {
-            "status": "Starting", "pid": proc.pid, "started_at": job.get("started_at") or now(),
-        })
-        log.info("job %s started on %s (pid %s)", job["id"], job["compute"], proc.pid)
+        self._handles[job.id] = self._compute_of(job).start(job.job_dir)
+        self._write(job.id, status=JobStatus.STARTING, started_at=job.started_at or now())
+        log.info("job %s started on %s", job.id, job.compute)
 
-    def _follow(self, job: dict[str, Any]) -> None:
-        job_dir = Path(job["job_dir"])
-        st = read_status(job_dir) or {}
-        proc = self._procs.get(job["id"])
-        exited = proc.poll() is not None if proc else not worker_alive(job)
-        if job["status"] == "CancelRequested" and not exited:
-            sent = self._cancel_sent.get(job["id"])
+    def _follow(self, job: Job) -> None:
+        st = read_status(job.job_dir) or {}
+        handle = self._attach(job)
+        ended = handle.poll() if handle is not None else None
+        if handle is not None and ended is None and job.status == JobStatus.CANCEL_REQUESTED:
+            sent = self._cancel_sent.get(job.id)
             if sent is None:
-                self._signal(job["pid"], signal.SIGTERM)
-                self._cancel_sent[job["id"]] = time.monotonic()
+                handle.cancel()
+                self._cancel_sent[job.id] = time.monotonic()
             elif time.monotonic() - sent > CANCEL_GRACE_S:
-                log.warning("job %s: no exit %.0fs after SIGTERM, sending SIGKILL", job["id"], CANCEL_GRACE_S)
-                self._signal(job["pid"], signal.SIGKILL)
-        if exited:
-            self._procs.pop(job["id"], None)
-            self._finish(job, st, returncode=proc.returncode if proc else None)
+                log.warning("job %s: still running %.0fs after cancel, killing it", job.id, CANCEL_GRACE_S)
+                handle.kill()
+        if handle is None or ended is not None:
+            self._handles.pop(job.id, None)
+            self._finish(job, st, exit_status=ended.exit_status if ended else None)
             return
         values: dict[str, Any] = {}
-        if st.get("status") == "Running" and job["status"] == "Starting":
-            values["status"] = "Running"
+        if st.get("status") == JobStatus.RUNNING and job.status == JobStatus.STARTING:
+            values["status"] = JobStatus.RUNNING
         progress = {k: st.get(k) for k in PROGRESS_KEYS if k in st}
-        if progress and progress != job.get("progress"):
+        if progress and progress != job.progress:
             values["progress"] = progress
-        if st.get("mlflow_run_id") and st["mlflow_run_id"] != job.get("mlflow_run_id"):
+        if st.get("mlflow_run_id") and st["mlflow_run_id"] != job.mlflow_run_id:
             values["mlflow_run_id"] = st["mlflow_run_id"]
         if values:
-            self.store.update("jobs", {"id": job["id"]}, values)
+            self._write(job.id, **values)
 
-    def _finish(self, job: dict[str, Any], st: dict[str, Any], returncode: int | None = None) -> None:
-        status = st.get("status")
-        if job["status"] == "CancelRequested":
-            status = "Canceled"
-        elif status not in FINAL:
-            status = "Failed"
+    def _finish(self, job: Job, st: dict[str, Any], exit_status: int | None = None) -> None:
+        reported = st.get("status")
+        if job.status == JobStatus.CANCEL_REQUESTED:
+            status = JobStatus.CANCELED
+        elif reported in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELED):
+            status = JobStatus(reported)
+        else:
+            status = JobStatus.FAILED
         error = st.get("error")
-        if status == "Failed" and not error:
-            error = f"the worker exited with code {returncode}" if returncode is not None else "the worker process ended"
-            tail = log_tail(Path(job["job_dir"]) / "worker.log", 5, 600)
+        if status == JobStatus.FAILED and not error:
+            error = "the worker process ended" if exit_status is None else f"the worker exited with code {exit_status}"
+            tail = log_tail(worker_log(job.job_dir), 5, 600)
             if tail:
                 error += ": " + tail
-        if status == "Failed" and newest_checkpoint(Path(job["job_dir"]) / "checkpoints") is not None:
-            error += f" (continue from its last checkpoint with: forgeflow job resume {job['id']})"
-        self._cancel_sent.pop(job["id"], None)
+        if status == JobStatus.FAILED and newest_checkpoint(job.job_dir / "checkpoints") is not None:
+            error += f" (continue from its last checkpoint with: forgeflow job resume {job.id})"
+        self._cancel_sent.pop(job.id, None)
         progress = {k: st.get(k) for k in PROGRESS_KEYS if k in st and k != "eta_s"}
-        self.store.update("jobs", {"id": job["id"]}, {
-            "status": status, "error": error if status == "Failed" else None, "finished_at": now(),
-            "metrics": st.get("metrics") or job.get("metrics"),
-            "mlflow_run_id": st.get("mlflow_run_id") or job.get("mlflow_run_id"),
-            "progress": progress or job.get("progress"),
-        })
-        log.info("job %s %s", job["id"], status)
+        self._write(job.id, status=status, error=error if status == JobStatus.FAILED else None, finished_at=now(),
+                    metrics=st.get("metrics") or job.metrics, progress=progress or job.progress,
+                    mlflow_run_id=st.get("mlflow_run_id") or job.mlflow_run_id)
+        log.info("job %s %s", job.id, status)
 
-    @staticmethod
-    def _signal(pid: int | None, sig: int) -> None:
-        if not pid:
-            return
-        try:
-            os.killpg(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-
-
-def worker_alive(job: dict[str, Any]) -> bool:
-    """The job's worker still runs: its pid is alive and (where /proc tells) runs this job's folder,
-    so a pid reused after a machine restart is not mistaken for the worker."""
-    pid = job.get("pid")
-    if not pid_alive(pid):
-        return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return True
-    return str(job["job_dir"]).encode() in cmdline
-
-
-def write_spec(job_dir: Path, spec: dict[str, Any]) -> None:
-    write_json(job_dir / "spec.json", spec)
-
-
-def write_json(path: Path, doc: dict[str, Any]) -> None:
-    """Write a JSON file atomically (a worker or the runner may read it at any moment)."""
-    tmp = path.with_name(f".{path.name}.runner.tmp")
-    tmp.write_text(json.dumps(doc, indent=2))
-    os.replace(tmp, path)
-
-
-def job_output_model(job: dict[str, Any]) -> Path:
-    """The MLflow model a completed job wrote; clear errors otherwise."""
-    if job["status"] != "Completed":
-        raise Conflict(f"job {job['id']} is {job['status']}, not Completed: it has no model to register", field="from_job")
-    out = Path(job["job_dir"]) / "outputs" / "mlflow_model"
-    if not (out / "MLmodel").exists():
-        raise NotFound(f"job {job['id']} completed but its output {out} is missing", field="from_job")
-    return out
-
-
-def check_data_file(path: str | None, field: str) -> str | None:
-    if path is None:
-        return None
-    p = Path(path).expanduser().resolve()
-    if not p.is_file():
-        raise NotFound(f"{field.replace('_', ' ')} file {p} does not exist", field=field)
-    return str(p)
-
-
-__all__ = ["JobRunner", "FINAL", "ACTIVE", "read_metrics", "read_status", "job_output_model", "check_data_file",
-           "worker_alive"]
+    def _write(self, job_id: str, **values: Any) -> None:
+        """The one place a jobs row changes after it is inserted."""
+        self.store.update("jobs", {"id": job_id}, values)

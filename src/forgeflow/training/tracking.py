@@ -13,8 +13,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-STATUSES = ("Running", "Completed", "Failed", "Canceled")
-MLFLOW_END = {"Completed": "FINISHED", "Failed": "FAILED", "Canceled": "KILLED"}
+from forgeflow.store.states import JobStatus
+from forgeflow.training.jobs import JobSpec
+
+# What a worker writes to status.json (the runner writes Queued there when it queues a job again).
+WORKER_STATUSES = (JobStatus.RUNNING, JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELED)
+MLFLOW_END = {JobStatus.COMPLETED: "FINISHED", JobStatus.FAILED: "FAILED", JobStatus.CANCELED: "KILLED"}
 
 
 def now_iso() -> str:
@@ -29,7 +33,7 @@ class JobFiles:
         self.status_path = self.job_dir / "status.json"
         self.metrics_path = self.job_dir / "metrics.jsonl"
         self.state: dict[str, Any] = {
-            "status": "Running",
+            "status": JobStatus.RUNNING,
             "step": 0,
             "max_steps": 0,
             "epoch": 0.0,
@@ -38,11 +42,11 @@ class JobFiles:
             "updated_at": now_iso(),
         }
 
-    def write_status(self, status: str | None = None, **fields: Any) -> dict[str, Any]:
+    def write_status(self, status: JobStatus | None = None, **fields: Any) -> dict[str, Any]:
         """Merge fields into the status and rewrite status.json atomically."""
         if status is not None:
-            if status not in STATUSES:
-                raise ValueError(f"unknown job status {status!r}")
+            if status not in WORKER_STATUSES:
+                raise ValueError(f"a worker does not report status {status!r}")
             self.state["status"] = status
         self.state.update(fields, updated_at=now_iso())
         tmp = self.status_path.with_name(f".status.{os.getpid()}.tmp")
@@ -95,36 +99,38 @@ class MlflowRun:
         self.run_id = run_id
 
     @classmethod
-    def start(cls, spec: dict[str, Any], params: dict[str, Any]) -> "MlflowRun":
+    def start(cls, spec: JobSpec) -> "MlflowRun":
+        """A new run in the job's experiment, its hyperparameters logged as params under their flat names."""
         from mlflow.tracking import MlflowClient
 
-        client = MlflowClient(tracking_uri=spec["mlflow_tracking_uri"])
-        name = spec.get("mlflow_experiment") or "forgeflow-finetuning"
-        experiment = client.get_experiment_by_name(name)
+        client = MlflowClient(tracking_uri=spec.mlflow_tracking_uri)
+        experiment = client.get_experiment_by_name(spec.mlflow_experiment)
         if experiment is not None:
             experiment_id = experiment.experiment_id
         else:
-            location = spec.get("mlflow_artifact_location")
-            experiment_id = _create_experiment(client, name, str(Path(location).resolve()) if location else None)
+            location = spec.mlflow_artifact_location
+            experiment_id = _create_experiment(client, spec.mlflow_experiment,
+                                               str(Path(location).resolve()) if location else None)
         tags = {
-            "forgeflow.job_id": str(spec.get("job_id", "")),
-            "forgeflow.base_model": str(spec.get("base_model", "")),
-            "mlflow.runName": str(spec.get("name") or spec.get("job_id") or "fine-tune"),
+            "forgeflow.job_id": spec.job_id,
+            "forgeflow.base_model": spec.base_model,
+            "mlflow.runName": spec.name or spec.job_id or "fine-tune",
         }
         run = client.create_run(experiment_id, tags=tags, run_name=tags["mlflow.runName"])
         self = cls(client, run.info.run_id)
         from mlflow.entities import Param
 
+        params = spec.hyperparameters.to_dict()
         self.client.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()])
         return self
 
     @classmethod
-    def reopen(cls, spec: dict[str, Any], run_id: str) -> "MlflowRun | None":
+    def reopen(cls, spec: JobSpec, run_id: str) -> "MlflowRun | None":
         """The run of an earlier attempt of this job, marked running again; None if it is gone."""
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
-        client = MlflowClient(tracking_uri=spec["mlflow_tracking_uri"])
+        client = MlflowClient(tracking_uri=spec.mlflow_tracking_uri)
         try:
             client.get_run(run_id)
             client.update_run(run_id, status="RUNNING")
@@ -140,8 +146,8 @@ class MlflowRun:
         if metrics:
             self.client.log_batch(self.run_id, metrics=metrics)
 
-    def end(self, status: str) -> None:
-        self.client.set_terminated(self.run_id, MLFLOW_END.get(status, status))
+    def end(self, status: JobStatus) -> None:
+        self.client.set_terminated(self.run_id, MLFLOW_END[status])
 
 
 def _create_experiment(client: Any, name: str, location: str | None) -> str:

@@ -1,15 +1,15 @@
 """The training worker: one process per fine-tuning job, `python -m forgeflow.training.worker JOB_DIR`.
 
-Reads JOB_DIR/spec.json (written by the job runner), trains a LoRA adapter (QLoRA on a GPU, or all weights)
-on chat `messages` data with loss on assistant turns only and packed rows (masking.py, packing.py,
-trainer.py), merges it into the base model and saves the result in MLflow format under JOB_DIR/outputs.
-Checkpoints go to JOB_DIR/checkpoints; `"resume": true` in spec.json continues from the newest one. Progress goes to JOB_DIR/status.json, JOB_DIR/metrics.jsonl, an MLflow run and
-stdout. SIGTERM stops training at the next step: status Canceled, exit 0. Any error: status Failed, exit 1.
+Reads the job file JOB_DIR/spec.json (`jobs.JobSpec`, written by the job runner), trains a LoRA adapter (QLoRA on
+a GPU, or all weights) on chat `messages` data with loss on assistant turns only and packed rows (masking.py,
+packing.py, trainer.py), merges it into the base model and saves the result in MLflow format under JOB_DIR/outputs.
+Checkpoints go to JOB_DIR/checkpoints; `"resume": true` in spec.json continues from the newest one. Progress goes to
+JOB_DIR/status.json, JOB_DIR/metrics.jsonl, an MLflow run and stdout. SIGTERM stops training at the next step:
+status Canceled, exit 0. Any error: status Failed, exit 1.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -20,13 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from forgeflow.errors import ForgeflowError, InvalidInput, NotFound
+from forgeflow.store.states import JobStatus
 from forgeflow.training.checkpoints import checkpoint_step, newest_checkpoint, remove_incomplete
 from forgeflow.training.dataset import iter_messages, prepare
-from forgeflow.training.hyperparams import Hyperparameters, resolve_hyperparameters
+from forgeflow.training.hyperparams import Hyperparameters, LoraArgs, check_hardware
+from forgeflow.training.jobs import JobSpec
 from forgeflow.training.tracking import JobFiles, MlflowRun, read_status
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-REQUIRED_SPEC = ("base_model_path", "training_data", "mlflow_tracking_uri")
 
 
 def run_job(job_dir: Path) -> int:
@@ -34,51 +35,37 @@ def run_job(job_dir: Path) -> int:
     _quiet_environment()
     files = JobFiles(Path(job_dir))
     previous = read_status(files.job_dir) or {}
-    files.write_status("Running", error=None)
+    files.write_status(JobStatus.RUNNING, error=None)
     cancel = threading.Event()
     restore = _install_sigterm(cancel)
     run: MlflowRun | None = None
     try:
-        spec = load_spec(files.job_dir)
-        hp = resolve_hyperparameters(spec.get("hyperparameters") or {})
-        if spec.get("resume") and previous.get("mlflow_run_id"):
+        spec = JobSpec.read(files.job_dir)
+        check_hardware(spec.hyperparameters)
+        if spec.resume and previous.get("mlflow_run_id"):
             run = MlflowRun.reopen(spec, previous["mlflow_run_id"])
         if run is None:
-            run = MlflowRun.start(spec, hp.model_dump())
+            run = MlflowRun.start(spec)
         files.write_status(mlflow_run_id=run.run_id)
-        check_chat_jsonl(Path(spec["training_data"]))
-        if spec.get("validation_data"):
-            check_chat_jsonl(Path(spec["validation_data"]))
-        status, metrics = train(spec, hp, files, run, cancel)
+        check_chat_jsonl(Path(spec.training_data))
+        if spec.validation_data:
+            check_chat_jsonl(Path(spec.validation_data))
+        status, metrics = train(spec, files, run, cancel)
         files.write_status(status, metrics=metrics)
         print(f"job {status.lower()}", flush=True)
         run.end(status)
         return 0
     except Exception as exc:
         traceback.print_exc()
-        files.write_status("Failed", error=one_line_error(exc))
+        files.write_status(JobStatus.FAILED, error=one_line_error(exc))
         if run is not None:
             try:
-                run.end("Failed")
+                run.end(JobStatus.FAILED)
             except Exception:
                 traceback.print_exc()
         return 1
     finally:
         restore()
-
-
-def load_spec(job_dir: Path) -> dict[str, Any]:
-    path = job_dir / "spec.json"
-    try:
-        spec = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise NotFound(f"{path} is missing; the job runner writes it before starting the worker") from None
-    except json.JSONDecodeError as exc:
-        raise InvalidInput(f"{path} is not valid JSON: {exc}") from None
-    missing = [key for key in REQUIRED_SPEC if not spec.get(key)]
-    if missing:
-        raise InvalidInput(f"{path} lacks {', '.join(missing)}", field=missing[0])
-    return spec
 
 
 def check_chat_jsonl(path: Path) -> int:
@@ -87,11 +74,11 @@ def check_chat_jsonl(path: Path) -> int:
 
 
 def train(
-    spec: dict[str, Any], hp: Hyperparameters, files: JobFiles, run: MlflowRun | None, cancel: threading.Event
-) -> tuple[str, dict[str, float]]:
+    spec: JobSpec, files: JobFiles, run: MlflowRun | None, cancel: threading.Event
+) -> tuple[JobStatus, dict[str, float]]:
     """Fine-tune, then save adapter + merged MLflow model under JOB_DIR/outputs; returns (status, final metrics)."""
     if cancel.is_set():
-        return "Canceled", {}
+        return JobStatus.CANCELED, {}
     import torch
     from transformers import (
         AutoTokenizer,
@@ -105,23 +92,26 @@ def train(
     from forgeflow.training.trainer import ForgeflowTrainer
 
     job_dir = files.job_dir
+    hp = spec.hyperparameters
     use_cuda = torch.cuda.is_available()
-    precision = resolve_precision(hp.precision, use_cuda)
-    base = spec["base_model_path"]
-    method = "full fine-tune" if not hp.apply_lora else ("QLoRA" if hp.quantization != "none" else "LoRA")
+    precision = resolve_precision(hp.memory.precision, use_cuda)
+    base = spec.base_model_path
+    method = "full fine-tune" if not hp.lora.apply_lora else ("QLoRA" if hp.lora.quantization != "none" else "LoRA")
     device = "cuda" if use_cuda else "cpu"
-    print(f"loading {spec.get('base_model') or base} ({method}, {precision}, {device})", flush=True)
+    print(f"loading {spec.base_model} ({method}, {precision}, {device})", flush=True)
     tokenizer = AutoTokenizer.from_pretrained(base)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
 
-    train_data = prepare(Path(spec["training_data"]), tokenizer, hp.max_seq_length, hp.packing)
-    print(train_data.describe("training data", hp.max_seq_length), flush=True)
+    max_len, packing = hp.data.max_seq_length, hp.data.packing
+    train_data = prepare(Path(spec.training_data), tokenizer, max_len, packing)
+    print(train_data.describe("training data", max_len), flush=True)
     eval_data = None
-    if hp.evaluation_strategy != "no" and spec.get("validation_data"):
-        eval_data = prepare(Path(spec["validation_data"]), tokenizer, hp.max_seq_length, hp.packing)
-        print(eval_data.describe("validation data", hp.max_seq_length), flush=True)
-    elif hp.evaluation_strategy != "no":
+    evaluating = hp.evaluation.evaluation_strategy != "no"
+    if evaluating and spec.validation_data:
+        eval_data = prepare(Path(spec.validation_data), tokenizer, max_len, packing)
+        print(eval_data.describe("validation data", max_len), flush=True)
+    elif evaluating:
         print("no validation data: evaluation is off", flush=True)
     data_metrics = {"truncated_conversations": train_data.truncated, "train_conversations": train_data.conversations}
     files.write_status(metrics=data_metrics)
@@ -130,12 +120,14 @@ def train(
     print("loss on assistant turns only, each with its end-of-turn token", flush=True)
 
     model = load_model(base, hp, precision, use_cuda)
-    checkpoint = find_resume_checkpoint(spec, hp, job_dir / "checkpoints")
+    checkpoint = find_resume_checkpoint(spec, job_dir / "checkpoints")
     config = training_arguments(TrainingArguments, hp, job_dir, precision, use_cuda, eval_data is not None)
     progress = ProgressCallback(files, run)
     callbacks: list[Any] = [progress, CancelCallback(cancel)]
-    if hp.apply_early_stopping and eval_data is not None:
-        callbacks.append(EarlyStoppingCallback(hp.early_stopping_patience, hp.early_stopping_threshold))
+    if hp.evaluation.apply_early_stopping and eval_data is not None:
+        callbacks.append(
+            EarlyStoppingCallback(hp.evaluation.early_stopping_patience, hp.evaluation.early_stopping_threshold)
+        )
     trainer = ForgeflowTrainer(
         model=model,
         args=config,
@@ -147,7 +139,7 @@ def train(
     )
     trainer.remove_callback(PrinterCallback)
     if cancel.is_set():
-        return "Canceled", {}
+        return JobStatus.CANCELED, {}
     if checkpoint is not None:
         step = checkpoint_step(checkpoint)
         files.drop_metrics_after(step)
@@ -159,14 +151,14 @@ def train(
             trainer.evaluate()
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if cancel.is_set():
-        return "Canceled", _final_metrics(progress)
+        return JobStatus.CANCELED, _final_metrics(progress)
     if eval_data is not None and progress.last_eval_step != trainer.state.global_step:
         trainer.evaluate()
     if trainer.state.best_model_checkpoint:
         print(f"exporting the best checkpoint: {Path(trainer.state.best_model_checkpoint).name} "
               f"(eval_loss {trainer.state.best_metric:.4g})", flush=True)
-    save_outputs(trainer, tokenizer, spec, hp, job_dir / "outputs")
-    return "Completed", {**data_metrics, **_final_metrics(progress)}
+    save_outputs(trainer, tokenizer, spec, job_dir / "outputs")
+    return JobStatus.COMPLETED, {**data_metrics, **_final_metrics(progress)}
 
 
 def load_model(base: str, hp: Hyperparameters, precision: str, use_cuda: bool) -> Any:
@@ -175,8 +167,9 @@ def load_model(base: str, hp: Hyperparameters, precision: str, use_cuda: bool) -
     from transformers import AutoModelForCausalLM
 
     compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    lora = hp.lora
     kwargs: dict[str, Any] = {}
-    if hp.quantization == "4bit":
+    if lora.quantization == "4bit":
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -188,17 +181,17 @@ def load_model(base: str, hp: Hyperparameters, precision: str, use_cuda: bool) -
         kwargs["device_map"] = {"": 0}
     # LoRA on a GPU keeps the frozen base in the half dtype; a full fine-tune keeps fp32 master weights and
     # autocasts; on CPU weights stay fp32 and bf16 (when asked for) is autocast matmul.
-    half_base = use_cuda and hp.apply_lora and precision in ("bf16", "fp16")
+    half_base = use_cuda and lora.apply_lora and precision in ("bf16", "fp16")
     model = AutoModelForCausalLM.from_pretrained(base, dtype=compute_dtype if half_base else torch.float32, **kwargs)
     model.config.use_cache = False
-    if hp.quantization == "4bit":
+    if lora.quantization == "4bit":
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=hp.gradient_checkpointing)
-    if hp.apply_lora:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=hp.memory.gradient_checkpointing)
+    if lora.apply_lora:
         from peft import get_peft_model
 
-        model = get_peft_model(model, lora_config(hp))
+        model = get_peft_model(model, lora_config(lora))
     return model
 
 
@@ -206,45 +199,46 @@ def training_arguments(
     cls: Any, hp: Hyperparameters, job_dir: Path, precision: str, use_cuda: bool, evaluating: bool
 ) -> Any:
     """transformers TrainingArguments for the job; evaluation, checkpoints and best-model export line up."""
-    eval_strategy = hp.evaluation_strategy if evaluating else "no"
-    eval_steps = (hp.eval_steps or hp.logging_steps) if eval_strategy == "steps" else None
+    opt, ev, ckpt, memory = hp.optimization, hp.evaluation, hp.checkpointing, hp.memory
+    eval_strategy = ev.evaluation_strategy if evaluating else "no"
+    eval_steps = (ev.eval_steps or ev.logging_steps) if eval_strategy == "steps" else None
     if eval_strategy == "epoch":
-        save_strategy, save_steps = "epoch", hp.save_steps or 50
+        save_strategy, save_steps = "epoch", ckpt.save_steps or 50
     elif eval_strategy == "steps":
         # load_best_model_at_end needs checkpoints on evaluation steps: round save_steps up to a multiple.
-        wanted = hp.save_steps or eval_steps
+        wanted = ckpt.save_steps or eval_steps
         save_strategy, save_steps = "steps", -(-wanted // eval_steps) * eval_steps
     else:
-        save_strategy, save_steps = "steps", hp.save_steps or 50
+        save_strategy, save_steps = "steps", ckpt.save_steps or 50
     return cls(
         output_dir=str(job_dir / "checkpoints"),
-        num_train_epochs=hp.num_train_epochs,
-        max_steps=hp.max_steps,
-        per_device_train_batch_size=hp.per_device_train_batch_size,
-        per_device_eval_batch_size=hp.per_device_eval_batch_size,
-        gradient_accumulation_steps=hp.gradient_accumulation_steps,
-        learning_rate=hp.learning_rate,
-        lr_scheduler_type=hp.lr_scheduler_type,
-        warmup_steps=hp.warmup_steps,
-        weight_decay=hp.weight_decay,
-        optim=hp.optim,
-        max_grad_norm=hp.max_grad_norm,
-        seed=hp.seed,
+        num_train_epochs=opt.num_train_epochs,
+        max_steps=opt.max_steps,
+        per_device_train_batch_size=opt.per_device_train_batch_size,
+        per_device_eval_batch_size=ev.per_device_eval_batch_size,
+        gradient_accumulation_steps=opt.gradient_accumulation_steps,
+        learning_rate=opt.learning_rate,
+        lr_scheduler_type=opt.lr_scheduler_type,
+        warmup_steps=opt.warmup_steps,
+        weight_decay=opt.weight_decay,
+        optim=opt.optim,
+        max_grad_norm=opt.max_grad_norm,
+        seed=opt.seed,
         eval_strategy=eval_strategy,
         eval_steps=eval_steps,
         logging_strategy="steps",
-        logging_steps=hp.logging_steps,
+        logging_steps=ev.logging_steps,
         save_strategy=save_strategy,
         save_steps=save_steps,
-        save_total_limit=hp.save_total_limit,
+        save_total_limit=ckpt.save_total_limit,
         load_best_model_at_end=evaluating,
         metric_for_best_model="eval_loss" if evaluating else None,
         greater_is_better=False if evaluating else None,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=not use_cuda,
-        activation_checkpointing=hp.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if hp.gradient_checkpointing else None,
+        activation_checkpointing=memory.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if memory.gradient_checkpointing else None,
         remove_unused_columns=False,
         prediction_loss_only=True,
         report_to="none",
@@ -253,14 +247,15 @@ def training_arguments(
     )
 
 
-def find_resume_checkpoint(spec: dict[str, Any], hp: Hyperparameters, checkpoints: Path) -> Path | None:
+def find_resume_checkpoint(spec: JobSpec, checkpoints: Path) -> Path | None:
     """The checkpoint to continue from: spec `resume` (set by `forgeflow job resume`) or resume_from_checkpoint."""
-    if isinstance(hp.resume_from_checkpoint, str):
-        path = Path(hp.resume_from_checkpoint)
+    wanted = spec.hyperparameters.checkpointing.resume_from_checkpoint
+    if isinstance(wanted, str):
+        path = Path(wanted)
         if not path.is_dir():
             raise NotFound(f"resume_from_checkpoint={path}: no such checkpoint folder", field="resume_from_checkpoint")
         return path
-    if not (spec.get("resume") or hp.resume_from_checkpoint):
+    if not (spec.resume or wanted):
         return None
     for name in remove_incomplete(checkpoints):
         print(f"removed {name}: it was half-written when the worker stopped", flush=True)
@@ -270,19 +265,20 @@ def find_resume_checkpoint(spec: dict[str, Any], hp: Hyperparameters, checkpoint
     return last
 
 
-def save_outputs(trainer: Any, tokenizer: Any, spec: dict[str, Any], hp: Hyperparameters, outputs: Path) -> Path:
+def save_outputs(trainer: Any, tokenizer: Any, spec: JobSpec, outputs: Path) -> Path:
     """Keep the adapter, merge it into the base and save the merged model in MLflow format."""
     from forgeflow.registry.mlflow_format import save_chat_model
 
     outputs.mkdir(parents=True, exist_ok=True)
     model = trainer.model
+    lora = spec.hyperparameters.lora
     adapter_dir = None
-    if hp.apply_lora:
+    if lora.apply_lora:
         adapter_dir = outputs / "adapter"
         model.save_pretrained(adapter_dir)
         tokenizer.save_pretrained(adapter_dir)
-        if hp.quantization != "none":
-            model = _merge_into_full_precision(spec["base_model_path"], adapter_dir, model)
+        if lora.quantization != "none":
+            model = _merge_into_full_precision(spec.base_model_path, adapter_dir, model)
         else:
             model = model.merge_and_unload()
     stage = outputs / ".merged"
@@ -291,7 +287,7 @@ def save_outputs(trainer: Any, tokenizer: Any, spec: dict[str, Any], hp: Hyperpa
     tokenizer.save_pretrained(stage)
     target = outputs / "mlflow_model"
     shutil.rmtree(target, ignore_errors=True)
-    metadata = {"base_model": spec.get("base_model") or spec["base_model_path"], "job_id": spec.get("job_id")}
+    metadata = {"base_model": spec.base_model, "job_id": spec.job_id or None}
     try:
         save_chat_model(stage, target, adapter_dir=adapter_dir, metadata=metadata)
     finally:
@@ -311,13 +307,13 @@ def _merge_into_full_precision(base: str, adapter_dir: Path, trained: Any) -> An
     return PeftModel.from_pretrained(full, adapter_dir).merge_and_unload()
 
 
-def lora_config(hp: Hyperparameters) -> Any:
+def lora_config(lora: LoraArgs) -> Any:
     from peft import LoraConfig
 
     return LoraConfig(
-        r=hp.lora_r,
-        lora_alpha=hp.lora_alpha,
-        lora_dropout=hp.lora_dropout,
+        r=lora.lora_r,
+        lora_alpha=lora.lora_alpha,
+        lora_dropout=lora.lora_dropout,
         target_modules=LORA_TARGETS,
         bias="none",
         task_type="CAUSAL_LM",

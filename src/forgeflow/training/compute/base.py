@@ -1,0 +1,53 @@
+"""The compute seam: "run this job" somewhere, without the job runner knowing where.
+
+A compute starts the training worker of one job folder (`python -m forgeflow.training.worker JOB_DIR`, which
+reads JOB_DIR/spec.json and writes JOB_DIR/status.json) and hands back a `WorkerHandle`. A handle outlives
+no server: after a restart the runner asks the compute to `attach` to the job's worker again. The worker's
+output always lands in `worker_log(JOB_DIR)`, so logs read the same whatever ran the job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from forgeflow.training.hyperparams import Hyperparameters
+
+
+@dataclass(frozen=True)
+class Ended:
+    """How a worker ended: its exit status, or None when the compute could not learn it (it ended unseen)."""
+
+    exit_status: int | None
+
+
+class WorkerHandle(Protocol):
+    """The worker of one job, running on some compute."""
+
+    def poll(self) -> Ended | None:
+        """None while the worker runs; how it ended once it has."""
+
+    def cancel(self) -> None:
+        """Ask the worker to stop at its next step boundary (it then ends Canceled, its checkpoints kept)."""
+
+    def kill(self) -> None:
+        """Stop the worker now (it did not heed `cancel`)."""
+
+
+class Compute(Protocol):
+    """Runs training workers: processes on this machine, or jobs on a cluster."""
+
+    def check(self, hp: Hyperparameters) -> None:
+        """Refuse settings this compute cannot run, when the job is submitted (InvalidInput naming the field)."""
+
+    def start(self, job_dir: Path) -> WorkerHandle:
+        """Start the worker of the job in `job_dir`."""
+
+    def attach(self, job_dir: Path) -> WorkerHandle | None:
+        """The worker of `job_dir` if it still runs (started by an earlier server), else None."""
+
+
+def worker_log(job_dir: Path) -> Path:
+    """Where a job's worker output goes, on every compute."""
+    return Path(job_dir) / "worker.log"
