@@ -6,6 +6,7 @@ one readable line / a JSON error with the right status.
     ├── NotFound            no such job, model, endpoint, file, ...    (404)
     ├── Conflict            already exists, wrong state for the action (409)
     ├── Unauthorized        missing or wrong key / token               (401)
+    ├── TooManyRequests     a deployment's request queue is full       (429)
     ├── ServerUnavailable   no forgeflow server answers at the URL     (CLI only)
     └── UpstreamError       a worker or model server failed            (424 / 500)
 """
@@ -56,6 +57,10 @@ class PayloadTooLarge(ForgeflowError):
     status_code = 413
 
 
+class TooManyRequests(ForgeflowError):
+    status_code = 429
+
+
 class ServerUnavailable(ForgeflowError):
     status_code = 503
 
@@ -65,7 +70,7 @@ class UpstreamError(ForgeflowError):
 
 
 _BY_NAME = {c.__name__: c for c in (InvalidInput, NotFound, Conflict, Unauthorized, RequestTimeout, PayloadTooLarge,
-                                    ServerUnavailable, UpstreamError)}
+                                    TooManyRequests, ServerUnavailable, UpstreamError)}
 
 
 def by_name(name: str, default: type[ForgeflowError] = ForgeflowError) -> type[ForgeflowError]:

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from forgeflow import __version__
 from forgeflow.errors import ForgeflowError
 from forgeflow.serving.endpoints import EndpointService
+from forgeflow.serving.placement import LocalPlacement
 from forgeflow.serving.supervisor import DeploymentSupervisor
 from forgeflow.store.connections import ConnectionStore
 from forgeflow.store.workspace import Workspace
@@ -37,12 +38,12 @@ def create_app(ws: Workspace | None = None, *, base_url: str = "http://127.0.0.1
                background: bool = True) -> FastAPI:
     """Build the app. `background=False` leaves the runner and supervisor threads off (unit tests)."""
     ws = ws or Workspace.open()
-    supervisor = DeploymentSupervisor(ws.store, ws.paths)
+    endpoint_service = EndpointService(ws, LocalPlacement(ws.paths), base_url)
     services = Services(
         ws=ws,
         runner=JobRunner(ws.store, ws.paths),
-        supervisor=supervisor,
-        endpoints=EndpointService(ws, supervisor, base_url),
+        supervisor=endpoint_service.supervisor,
+        endpoints=endpoint_service,
         connections=ConnectionStore(ws),
     )
 
@@ -51,13 +52,13 @@ def create_app(ws: Workspace | None = None, *, base_url: str = "http://127.0.0.1
         services.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
         if background:
             services.runner.start()
-            services.supervisor.start()
+            services.endpoints.start()
         try:
             yield
         finally:
             if background:
                 services.runner.stop()
-                services.supervisor.shutdown()
+                services.endpoints.shutdown()
             await services.http.aclose()
 
     app = FastAPI(title="forgeflow", version=__version__, lifespan=lifespan,
@@ -98,6 +99,7 @@ def create_app(ws: Workspace | None = None, *, base_url: str = "http://127.0.0.1
     from forgeflow.studio import pages
 
     app.include_router(gateway)  # first: scoring requests are the hot path, matched before any other route
+    app.include_router(endpoints.metrics_router)
     for module in (jobs, datasets, models, endpoints, connections, compute, flows):
         app.include_router(module.router, prefix="/api")
     app.include_router(pages.api)
