@@ -55,14 +55,14 @@ def main() -> None:
     sys.path[:0] = [str(ROOT / "tests" / "serving"), str(ROOT / "tests")]
 
     import uvicorn
-    from gateway_harness import FakeSupervisor, Gateway
+    from gateway_harness import FakePlacement, Gateway
 
     import forgeflow.api.app as app_module
     from forgeflow.chat import score_body
     from forgeflow.processes import free_port
     from forgeflow.store.workspace import Workspace
 
-    app_module.DeploymentSupervisor = FakeSupervisor
+    app_module.LocalPlacement = FakePlacement
     ws = Workspace.open()
     ws.ensure()
     port = free_port()
@@ -77,7 +77,7 @@ def main() -> None:
         gw = Gateway(url=f"http://127.0.0.1:{port}", app=app, ws=ws)
         key = gw.endpoint("bench-ep")
         gw.deploy("bench-ep", "blue", {"output": "x"})
-        gw.svc.set_traffic("bench-ep", {"blue": 100})
+        gw.svc.update_endpoint("bench-ep", traffic={"blue": 100})
         instance = app.state.ff.supervisor.ready_instances("bench-ep", "blue")[0]
         body = json.dumps(score_body([{"role": "user", "content": "hi"}], max_new_tokens=1))
 

@@ -4,7 +4,6 @@ server, for gateway tests that need real HTTP: streaming, timeouts, signals, the
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import threading
 import time
@@ -17,7 +16,8 @@ import uvicorn
 
 from forgeflow.processes import free_port
 from forgeflow.serving.endpoints import EndpointService
-from forgeflow.serving.supervisor import DeploymentSupervisor, Instance
+from forgeflow.serving.placement import LocalPlacement
+from forgeflow.serving.records import Deployment
 from forgeflow.store.workspace import Workspace
 
 FAKE = Path(__file__).with_name("fake_model_server.py")
@@ -26,17 +26,11 @@ SCORE = {"input_data": {"input_string": [{"role": "user", "content": "hi"}], "pa
 CHAT = {"model": "any", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
 
-class FakeSupervisor(DeploymentSupervisor):
+class FakePlacement(LocalPlacement):
     """Runs the fake model server; a deployment's model_path is the fake's JSON config."""
 
-    def _spawn(self, dep: dict, index: int, restarts: int = 0) -> Instance:
-        log_path = self.paths.logs / "deployments" / dep["endpoint"] / f"{dep['name']}-{index}.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        port = free_port()
-        with open(log_path, "ab") as logf:
-            proc = subprocess.Popen([sys.executable, "-S", str(FAKE), str(port), dep["name"], dep["model_path"]],
-                                    stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        return Instance(index=index, port=port, proc=proc, log_path=log_path, restarts=restarts)
+    def command(self, dep: Deployment, port: int) -> list[str]:
+        return [sys.executable, "-S", str(FAKE), str(port), dep.name, dep.model_path]
 
 
 @dataclass
@@ -80,7 +74,7 @@ class Gateway:
 
 @pytest.fixture
 def gateway(monkeypatch):
-    monkeypatch.setattr("forgeflow.api.app.DeploymentSupervisor", FakeSupervisor)
+    monkeypatch.setattr("forgeflow.api.app.LocalPlacement", FakePlacement)
     from forgeflow.api.app import create_app
 
     ws = Workspace.open()

@@ -64,7 +64,7 @@ def _instances(gw, ep, dep):
 def test_a_killed_instance_is_replaced_under_load_without_losing_requests(gateway):
     key = gateway.endpoint("kill-ep")
     gateway.deploy("kill-ep", "blue", {"delay": 0.01}, instance_count=2)
-    gateway.svc.set_traffic("kill-ep", {"blue": 100})
+    gateway.svc.update_endpoint("kill-ep", traffic={"blue": 100})
     victim = _instances(gateway, "kill-ep", "blue")[0]
     with Load(gateway, "kill-ep", key, clients=4) as load:
         _wait(lambda: len(load.codes) > 20, what="load")
@@ -85,7 +85,7 @@ def test_a_killed_instance_is_replaced_under_load_without_losing_requests(gatewa
 def test_a_hung_instance_fails_liveness_and_is_restarted(gateway):
     key = gateway.endpoint("hang-ep")
     gateway.deploy("hang-ep", "blue")
-    gateway.svc.set_traffic("hang-ep", {"blue": 100})
+    gateway.svc.update_endpoint("hang-ep", traffic={"blue": 100})
     old = _instances(gateway, "hang-ep", "blue")[0]
     os.kill(old["pid"], signal.SIGSTOP)
     try:
@@ -103,7 +103,7 @@ def test_a_hung_instance_fails_liveness_and_is_restarted(gateway):
 def test_requests_go_only_to_ready_instances(gateway):
     key = gateway.endpoint("ready-ep")
     gateway.deploy("ready-ep", "blue", {"output": "B"}, instance_count=2)
-    gateway.svc.set_traffic("ready-ep", {"blue": 100})
+    gateway.svc.update_endpoint("ready-ep", traffic={"blue": 100})
     inst = gateway.svc.supervisor.instances("ready-ep", "blue")
     inst[1].ready = False  # as if its readiness probe failed
     inst[1].proc.send_signal(signal.SIGSTOP)  # it would hang any request sent to it
@@ -119,7 +119,7 @@ def test_requests_go_only_to_ready_instances(gateway):
 def test_rolling_update_drops_no_request(gateway):
     key = gateway.endpoint("roll-ep")
     gateway.deploy("roll-ep", "blue", {"output": "v1", "delay": 0.02}, instance_count=2)
-    gateway.svc.set_traffic("roll-ep", {"blue": 100})
+    gateway.svc.update_endpoint("roll-ep", traffic={"blue": 100})
     old_pids = {i["pid"] for i in _instances(gateway, "roll-ep", "blue")}
     v2 = json.dumps({"output": "v2", "delay": 0.02, "load": 0.5})
     with Load(gateway, "roll-ep", key) as load:
@@ -143,7 +143,7 @@ def test_rolling_update_drops_no_request(gateway):
 def test_settings_update_at_once_and_scale_without_restarting(gateway):
     key = gateway.endpoint("set-ep")
     gateway.deploy("set-ep", "blue", {"delay": 0.5}, request_settings={"max_concurrent_requests_per_instance": 1})
-    gateway.svc.set_traffic("set-ep", {"blue": 100})
+    gateway.svc.update_endpoint("set-ep", traffic={"blue": 100})
     pid = _instances(gateway, "set-ep", "blue")[0]["pid"]
     dep = gateway.svc.update_deployment("set-ep", "blue", {"request_settings.max_concurrent_requests_per_instance": 4,
                                                            "request_settings.request_timeout_ms": 200})
@@ -168,7 +168,7 @@ def test_settings_update_at_once_and_scale_without_restarting(gateway):
 def test_a_failed_update_rolls_back_and_keeps_serving(gateway):
     key = gateway.endpoint("back-ep")
     gateway.deploy("back-ep", "blue", {"output": "v1"})
-    gateway.svc.set_traffic("back-ep", {"blue": 100})
+    gateway.svc.update_endpoint("back-ep", traffic={"blue": 100})
     broken = json.dumps({"load": -1})  # never ready
     import forgeflow.serving.supervisor as sup
 
@@ -187,7 +187,7 @@ def test_a_failed_update_rolls_back_and_keeps_serving(gateway):
 
 def test_new_fields_survive_a_restart_and_delete_stops_processes(gateway):
     from forgeflow.serving.endpoints import EndpointService
-    from forgeflow.serving.supervisor import DeploymentSupervisor
+    from forgeflow.serving.placement import LocalPlacement
 
     gateway.endpoint("keep-ep", auth_mode="token", max_body_bytes=4096)
     gateway.deploy("keep-ep", "blue")
@@ -195,7 +195,7 @@ def test_new_fields_survive_a_restart_and_delete_stops_processes(gateway):
     gateway.svc.update_endpoint("keep-ep", traffic={"blue": 100}, mirror_traffic={"green": 20})
     pids = [i["pid"] for d in ("blue", "green") for i in _instances(gateway, "keep-ep", d)]
     # a second service over the same store sees what a restarted server would
-    again = EndpointService(gateway.ws, DeploymentSupervisor(gateway.ws.store, gateway.ws.paths), "http://x")
+    again = EndpointService(gateway.ws, LocalPlacement(gateway.ws.paths), "http://x")
     ep = again.show_endpoint("keep-ep")
     assert (ep["auth_mode"], ep["max_body_bytes"], ep["mirror_traffic"]) == ("token", 4096, {"green": 20})
     green = again.show_deployment("keep-ep", "green")

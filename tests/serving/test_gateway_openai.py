@@ -23,7 +23,7 @@ def _models(gw, endpoint, cred):
 def test_every_route_checks_the_key_and_regenerated_keys_fail_at_once(gateway):
     gateway.endpoint("auth-ep")
     gateway.deploy("auth-ep", "blue")
-    gateway.svc.set_traffic("auth-ep", {"blue": 100})
+    gateway.svc.update_endpoint("auth-ep", traffic={"blue": 100})
     old = gateway.svc.credentials("auth-ep")
     for path, body in ROUTES:
         assert post(gateway, "auth-ep", "nope", body, path=path).status_code == 401
@@ -51,7 +51,7 @@ def test_every_route_checks_the_key_and_regenerated_keys_fail_at_once(gateway):
 def test_token_auth_expires_and_is_checked_everywhere(gateway, monkeypatch):
     token = gateway.endpoint("tok-ep", auth_mode="token")
     gateway.deploy("tok-ep", "blue")
-    gateway.svc.set_traffic("tok-ep", {"blue": 100})
+    gateway.svc.update_endpoint("tok-ep", traffic={"blue": 100})
     creds = httpx.get(f"{gateway.url}/api/endpoints/tok-ep/credentials", headers=gateway.admin).json()
     assert creds["token_type"] == "Bearer" and creds["expiry_time_utc"] and "primary_key" not in creds
     for path, body in ROUTES:
@@ -82,7 +82,7 @@ def test_token_auth_expires_and_is_checked_everywhere(gateway, monkeypatch):
 def test_streams_pass_through_chunk_by_chunk(gateway):
     key = gateway.endpoint("sse-ep")
     gateway.deploy("sse-ep", "blue", {"output": "tok", "chunks": 4, "chunk_delay": 0.4})
-    gateway.svc.set_traffic("sse-ep", {"blue": 100})
+    gateway.svc.update_endpoint("sse-ep", traffic={"blue": 100})
     arrivals, text = [], b""
     start = time.monotonic()
     with httpx.stream("POST", f"{gateway.url}/endpoints/sse-ep/v1/chat/completions", json=CHAT | {"stream": True},
@@ -101,13 +101,13 @@ def test_streams_pass_through_chunk_by_chunk(gateway):
     assert 'forgeflow_time_to_first_token_seconds_count{endpoint="sse-ep",deployment="blue"} 1' in metrics
     assert 'forgeflow_generated_tokens_total{endpoint="sse-ep",deployment="blue"} 4' in metrics
     assert 'forgeflow_requests_total{endpoint="sse-ep",deployment="blue",code="200"} 1' in metrics
-    assert gateway.svc.pending[("sse-ep", "blue")] == 0
+    assert gateway.svc.admission.pending(("sse-ep", "blue")) == 0
 
 
 def test_the_openai_client_works_with_the_key_and_base_url(gateway):
     key = gateway.endpoint("oai-ep")
     gateway.deploy("oai-ep", "blue", {"output": "hello", "chunks": 3})
-    gateway.svc.set_traffic("oai-ep", {"blue": 100})
+    gateway.svc.update_endpoint("oai-ep", traffic={"blue": 100})
     shown = httpx.get(f"{gateway.url}/api/endpoints/oai-ep", headers=gateway.admin).json()
     client = openai.OpenAI(api_key=key, base_url=shown["openai_base_url"], max_retries=0)
     out = client.chat.completions.create(model="blue", messages=[{"role": "user", "content": "hi"}],
@@ -129,7 +129,7 @@ def test_the_openai_client_works_with_the_key_and_base_url(gateway):
 def test_switching_auth_mode_retires_every_old_credential(gateway):
     key = gateway.endpoint("switch-ep")
     gateway.deploy("switch-ep", "blue")
-    gateway.svc.set_traffic("switch-ep", {"blue": 100})
+    gateway.svc.update_endpoint("switch-ep", traffic={"blue": 100})
     old = gateway.svc.credentials("switch-ep")
     assert post(gateway, "switch-ep", key).status_code == 200
 
@@ -152,17 +152,17 @@ def test_switching_auth_mode_retires_every_old_credential(gateway):
 def test_a_client_leaving_a_stream_early_frees_its_place(gateway):
     key = gateway.endpoint("leave-ep")
     gateway.deploy("leave-ep", "blue", {"output": "tok", "chunks": 20, "chunk_delay": 0.2})
-    gateway.svc.set_traffic("leave-ep", {"blue": 100})
+    gateway.svc.update_endpoint("leave-ep", traffic={"blue": 100})
     for _ in range(3):
         with httpx.stream("POST", f"{gateway.url}/endpoints/leave-ep/v1/chat/completions", json=CHAT | {"stream": True},
                           headers={"Authorization": f"Bearer {key}"}, timeout=30) as r:
             assert r.status_code == 200  # headers only: the client leaves before reading a chunk
     deadline = time.monotonic() + 10
-    while gateway.svc.pending.get(("leave-ep", "blue")) and time.monotonic() < deadline:
+    while gateway.svc.admission.pending(("leave-ep", "blue")) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert gateway.svc.pending[("leave-ep", "blue")] == 0
-    instances = gateway.app.state.ff.supervisor.ready_instances("leave-ep", "blue")
-    assert [i.inflight for i in instances] == [0]
+    assert gateway.svc.admission.pending(("leave-ep", "blue")) == 0
+    instances = gateway.svc.supervisor.ready_instances("leave-ep", "blue")
+    assert [gateway.svc.admission.in_flight(i) for i in instances] == [0]
     metrics = httpx.get(f"{gateway.url}/metrics", headers=gateway.admin).text
     assert 'forgeflow_requests_total{endpoint="leave-ep",deployment="blue",code="499"} 3' in metrics
 

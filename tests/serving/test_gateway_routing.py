@@ -32,7 +32,7 @@ def test_traffic_split_follows_the_percentages(gateway):
     key = gateway.endpoint("split-ep")
     gateway.deploy("split-ep", "blue", {"output": "B"})
     gateway.deploy("split-ep", "green", {"output": "G"})
-    gateway.svc.set_traffic("split-ep", {"blue": 70, "green": 30})
+    gateway.svc.update_endpoint("split-ep", traffic={"blue": 70, "green": 30})
     answers = _many(gateway, "split-ep", key, 400)
     assert all(r.status_code == 200 for r in answers)
     served = collections.Counter(r.headers["azureml-model-deployment"] for r in answers)
@@ -46,7 +46,7 @@ def test_header_and_model_route_regardless_of_traffic(gateway):
     key = gateway.endpoint("hdr-ep")
     gateway.deploy("hdr-ep", "blue", {"output": "B"})
     gateway.deploy("hdr-ep", "green", {"output": "G"})
-    gateway.svc.set_traffic("hdr-ep", {"blue": 100})
+    gateway.svc.update_endpoint("hdr-ep", traffic={"blue": 100})
     for _ in range(5):
         r = post(gateway, "hdr-ep", key, headers={"azureml-model-deployment": "green"})
         assert r.status_code == 200 and r.json() == {"output": "G"}
@@ -55,7 +55,7 @@ def test_header_and_model_route_regardless_of_traffic(gateway):
     assert r.headers["azureml-model-deployment"] == "green"
     r = post(gateway, "hdr-ep", key, headers={"azureml-model-deployment": "purple"})
     assert r.status_code == 404 and "purple" in r.json()["message"]
-    gateway.svc.set_traffic("hdr-ep", {})
+    gateway.svc.update_endpoint("hdr-ep", traffic={})
     r = post(gateway, "hdr-ep", key)
     assert r.status_code == 404 and "--traffic" in r.json()["message"]
 
@@ -122,7 +122,7 @@ def test_408_424_429_503_carry_the_deployment(gateway):
 def test_body_limit_is_per_endpoint_or_server_setting(gateway, monkeypatch):
     key = gateway.endpoint("small-ep", max_body_bytes=2048)
     gateway.deploy("small-ep", "blue")
-    gateway.svc.set_traffic("small-ep", {"blue": 100})
+    gateway.svc.update_endpoint("small-ep", traffic={"blue": 100})
     big = {"input_data": {"input_string": [{"role": "user", "content": "x" * 3000}]}}
     r = post(gateway, "small-ep", key, big)
     assert r.status_code == 413 and "2048" in r.json()["message"]
@@ -158,7 +158,7 @@ BAD_CHAT = [
 def test_malformed_bodies_are_400_naming_the_field(gateway):
     key = gateway.endpoint("bad-ep")
     gateway.deploy("bad-ep", "blue")
-    gateway.svc.set_traffic("bad-ep", {"blue": 100})
+    gateway.svc.update_endpoint("bad-ep", traffic={"blue": 100})
     auth = {"Authorization": f"Bearer {key}", "content-type": "application/json"}
     import json as _json
 
@@ -178,7 +178,7 @@ def test_malformed_bodies_are_400_naming_the_field(gateway):
 def test_metrics_need_the_admin_token_and_count_by_status(gateway):
     key = gateway.endpoint("met-ep")
     gateway.deploy("met-ep", "blue")
-    gateway.svc.set_traffic("met-ep", {"blue": 100})
+    gateway.svc.update_endpoint("met-ep", traffic={"blue": 100})
     for _ in range(3):
         assert post(gateway, "met-ep", key).status_code == 200
     assert post(gateway, "met-ep", "wrong").status_code == 401

@@ -18,6 +18,7 @@ from forgeflow.api import compute, connections, datasets, endpoints, flows, jobs
 from forgeflow.errors import ForgeflowError, InternalError, InvalidInput
 from forgeflow.serving import gateway
 from forgeflow.serving.endpoints import EndpointService
+from forgeflow.serving.placement import LocalPlacement
 from forgeflow.serving.schemas import install_openapi
 from forgeflow.serving.supervisor import DeploymentSupervisor
 from forgeflow.store.connections import ConnectionStore
@@ -42,12 +43,12 @@ def create_app(ws: Workspace | None = None, *, base_url: str = "http://127.0.0.1
                background: bool = True) -> FastAPI:
     """Build the app. `background=False` leaves the runner and supervisor threads off (unit tests)."""
     ws = ws or Workspace.open()
-    supervisor = DeploymentSupervisor(ws.store, ws.paths)
+    endpoint_service = EndpointService(ws, LocalPlacement(ws.paths), base_url)
     services = Services(
         ws=ws,
         runner=JobRunner(ws.store, ws.paths),
-        supervisor=supervisor,
-        endpoints=EndpointService(ws, supervisor, base_url),
+        supervisor=endpoint_service.supervisor,
+        endpoints=endpoint_service,
         connections=ConnectionStore(ws),
     )
 
@@ -56,13 +57,13 @@ def create_app(ws: Workspace | None = None, *, base_url: str = "http://127.0.0.1
         services.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
         if background:
             services.runner.start()
-            services.supervisor.start()
+            services.endpoints.start()
         try:
             yield
         finally:
             if background:
                 services.runner.stop()
-                services.supervisor.shutdown()
+                services.endpoints.shutdown()
             await services.http.aclose()
 
     app = FastAPI(title="forgeflow", version=__version__, lifespan=lifespan,
@@ -90,6 +91,7 @@ def create_app(ws: Workspace | None = None, *, base_url: str = "http://127.0.0.1
     def health() -> dict:
         return {"status": "ok", "version": __version__, "home": str(ws.paths.root)}
 
+    app.include_router(endpoints.metrics_router)
     for module in (jobs, datasets, models, endpoints, connections, compute, flows):
         app.include_router(module.router, prefix="/api")
     app.include_router(pages.api)

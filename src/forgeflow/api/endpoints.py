@@ -1,4 +1,5 @@
-"""Online endpoints and deployments (control plane; scoring lives in serving.gateway)."""
+"""Online endpoints and deployments, and the gateway's metrics (control plane; scoring lives in
+serving.gateway)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,15 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends
+from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
 from forgeflow.api.security import ADMIN, services
 from forgeflow.errors import InvalidInput
+from forgeflow.serving.specs import FLOW_RUNTIME
 
 router = APIRouter(dependencies=ADMIN, tags=["endpoints"])
+metrics_router = APIRouter(dependencies=ADMIN, tags=["server"])  # mounted at the root, beside the gateway
 
 
 class EndpointCreate(BaseModel):
@@ -101,7 +105,7 @@ def create_deployment(name: str, body: DeploymentCreate, ff=Depends(services)) -
         from forgeflow.flows.loader import load_flow
 
         flow = load_flow(Path(body.flow).expanduser().resolve())
-        ref, path, runtime = f"flow:{flow.dir}", flow.dir, "flow"
+        ref, path, runtime = f"flow:{flow.dir}", flow.dir, FLOW_RUNTIME
     else:
         ref, path = resolve_model(body.model)
     return ff.endpoints.create_deployment(name, body.name, ref, path, body.instance_count, runtime,
@@ -135,3 +139,9 @@ def delete_deployment(name: str, deployment: str, ff=Depends(services)) -> dict:
 @router.get("/endpoints/{name}/deployments/{deployment}/logs")
 def deployment_logs(name: str, deployment: str, lines: int = 100, ff=Depends(services)) -> dict:
     return {"text": ff.endpoints.deployment_logs(name, deployment, lines)}
+
+
+@metrics_router.get("/metrics", response_class=PlainTextResponse)
+async def metrics(ff=Depends(services)) -> PlainTextResponse:
+    """Prometheus metrics per endpoint and deployment (needs the admin token as a bearer token)."""
+    return PlainTextResponse(ff.endpoints.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

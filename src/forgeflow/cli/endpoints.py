@@ -12,6 +12,7 @@ import typer
 from forgeflow.cli.common import JsonOpt, client, command, console, kv, print_json, table
 from forgeflow.errors import InvalidInput, NotFound
 from forgeflow.names import parse_assignments
+from forgeflow.store.states import DeploymentState
 
 endpoint_app = typer.Typer(help="Online endpoints: scoring URI, keys, traffic across deployments.", no_args_is_help=True)
 deployment_app = typer.Typer(help="Deployments of a model behind an online endpoint.", no_args_is_help=True)
@@ -92,16 +93,15 @@ def _percentages(items: list[str], flag: str) -> dict[str, int]:
 
 def parse_sets(items: list[str] | None) -> dict:
     """`--set a.b=value` pairs; a value that parses as JSON (numbers, true, objects) is taken as such."""
-    out: dict = {}
-    for item in items or []:
-        if "=" not in item:
-            raise InvalidInput(f"--set {item!r} must look like FIELD=VALUE, e.g. request_settings.request_timeout_ms=5000")
-        k, v = item.split("=", 1)
-        try:
-            out[k.strip()] = json.loads(v)
-        except ValueError:
-            out[k.strip()] = v
-    return out
+    return {k: _json_or_text(v)
+            for k, v in parse_assignments(items, "--set", "request_settings.request_timeout_ms=5000").items()}
+
+
+def _json_or_text(value: str):
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
 
 
 @endpoint_app.command("delete")
@@ -184,7 +184,7 @@ def dep_create(name: str = DepName, endpoint_name: str = EpName,
     dep = c.post(f"/api/endpoints/{endpoint_name}/deployments", body)
     if not no_wait:
         dep = wait_ready(endpoint_name, name, quiet=json_out)
-    if all_traffic and dep["provisioning_state"] == "Succeeded":
+    if all_traffic and dep["provisioning_state"] == DeploymentState.SUCCEEDED:
         c.patch(f"/api/endpoints/{endpoint_name}", {"traffic": {name: 100}})
     _report(dep, json_out)
 
@@ -195,7 +195,8 @@ def wait_ready(endpoint: str, name: str, *, quiet: bool = False, timeout_s: floa
     with console.status(f"starting deployment {name} ...", spinner="dots") if not quiet else nullcontext():
         while True:
             dep = c.get(f"/api/endpoints/{endpoint}/deployments/{name}")
-            if dep["provisioning_state"] in ("Succeeded", "Failed") or time.monotonic() > deadline:
+            settled = dep["provisioning_state"] in (DeploymentState.SUCCEEDED, DeploymentState.FAILED)
+            if settled or time.monotonic() > deadline:
                 return dep
             time.sleep(0.5)
 
@@ -242,7 +243,7 @@ def _report(dep: dict, json_out: bool) -> None:
     else:
         console.print(f"deployment {dep['name']} on {dep['endpoint_name']}: {dep['provisioning_state']}"
                       + (f" - {dep['error']}" if dep.get("error") else ""))
-    if dep["provisioning_state"] == "Failed":
+    if dep["provisioning_state"] == DeploymentState.FAILED:
         raise typer.Exit(1)
 
 

@@ -1,6 +1,8 @@
 """Online endpoints and their deployments: the rules (names, traffic, mirror, keys, tokens,
-settings) and their state. The gateway reads endpoints through `config()`, an in-memory view
-rebuilt after every change this process makes, so a request costs no database read or decryption.
+settings) and their state. The service is the one writer of the `endpoints` and `deployments`
+rows: the supervisor reports what happened to instances through it (`Reports`). The gateway reads
+endpoints through `config()`, an in-memory view rebuilt after every change, so a request costs no
+database read or decryption, and asks `admission` whether a request may go ahead.
 """
 
 from __future__ import annotations
@@ -12,19 +14,20 @@ from pathlib import Path
 from typing import Any
 
 from forgeflow.errors import Conflict, InvalidInput, NotFound
+from forgeflow.inference.runtimes import check_runtime
 from forgeflow.names import check_deployment_name, check_endpoint_name
 from forgeflow.serving import specs
+from forgeflow.serving.admission import Admission
 from forgeflow.serving.auth import issue_token, verify_token
 from forgeflow.serving.metrics import Metrics
-from forgeflow.inference.runtimes import AVAILABLE as AVAILABLE_RUNTIMES
-from forgeflow.inference.runtimes import check_runtime
+from forgeflow.serving.placement import Placement
+from forgeflow.serving.records import Deployment, Key
 from forgeflow.serving.supervisor import DeploymentSupervisor
 from forgeflow.store.db import now
 from forgeflow.store.secrets import new_key, same
+from forgeflow.store.states import DeploymentState
 from forgeflow.store.workspace import Workspace
 
-DEFAULT_REQUEST_SETTINGS = specs.DEFAULT_REQUEST_SETTINGS
-MAX_INSTANCES = specs.MAX_INSTANCES
 MAX_DEPLOYMENTS = 20
 MAX_MIRROR_PERCENT = 50
 AUTH_MODES = ("key", "token")
@@ -42,43 +45,58 @@ class EndpointConfig:
     traffic: dict[str, int]
     mirror: dict[str, int]
     max_body_bytes: int | None
-    deployments: dict[str, dict] = field(default_factory=dict)
+    deployments: dict[str, Deployment] = field(default_factory=dict)
 
 
 class EndpointService:
-    def __init__(self, ws: Workspace, supervisor: DeploymentSupervisor, base_url: str) -> None:
+    def __init__(self, ws: Workspace, placement: Placement, base_url: str) -> None:
         self.ws = ws
         self.store = ws.store
-        self.supervisor = supervisor
+        self.placement = placement
         self.base_url = base_url.rstrip("/")
         self.metrics = Metrics()
-        self.pending: dict[tuple[str, str], int] = {}
+        self.admission = Admission()
+        self.supervisor = DeploymentSupervisor(placement, self, self.admission)
         self._cache: dict[str, EndpointConfig] = {}
         self._cache_lock = threading.Lock()
-        supervisor.on_restart = lambda e, d: self.metrics.inc(
-            "forgeflow_instance_restarts_total", Metrics.labels(endpoint=e, deployment=d))
+        self._version = 0  # bumped by every change, so a view read before a change is never cached after it
         self.metrics.gauge("forgeflow_pending_requests", lambda: {
-            Metrics.labels(endpoint=e, deployment=d): float(n) for (e, d), n in list(self.pending.items())})
+            Metrics.labels(endpoint=e, deployment=d): float(n) for (e, d), n in self.admission.all_pending().items()})
         self.metrics.gauge("forgeflow_ready_instances", lambda: {
-            Metrics.labels(endpoint=e, deployment=d): float(n) for (e, d), n in supervisor.ready_counts().items()})
+            Metrics.labels(endpoint=e, deployment=d): float(n)
+            for (e, d), n in self.supervisor.ready_counts().items()})
+
+    def start(self) -> None:
+        """Bring every stored deployment back up (server start)."""
+        for row in self.store.select("deployments"):
+            dep = Deployment.from_row(row)
+            if dep.state != DeploymentState.DELETING:
+                self._write_deployment(dep.key, {"state": DeploymentState.CREATING, "error": None})
+                self.supervisor.launch(dep.replace(state=DeploymentState.CREATING, error=None))
+
+    def shutdown(self) -> None:
+        self.supervisor.shutdown()
 
     # -- the gateway's view ------------------------------------------------------
     def config(self, name: str) -> EndpointConfig:
         cfg = self._cache.get(name)
         if cfg is None:
+            version = self._version
             row = self._endpoint_row(name)
-            deps = {d["name"]: d for d in self.store.select("deployments", {"endpoint": name})}
+            deps = {d["name"]: Deployment.from_row(d) for d in self.store.select("deployments", {"endpoint": name})}
             cfg = EndpointConfig(name=name, auth_mode=row["auth_mode"],
                                  primary=self.ws.secrets.decrypt(row["primary_key"]),
                                  secondary=self.ws.secrets.decrypt(row["secondary_key"]),
                                  traffic=row["traffic"] or {}, mirror=row.get("mirror_traffic") or {},
                                  max_body_bytes=row.get("max_body_bytes"), deployments=deps)
             with self._cache_lock:
-                self._cache[name] = cfg
+                if version == self._version:
+                    self._cache[name] = cfg
         return cfg
 
     def _changed(self, name: str) -> None:
         with self._cache_lock:
+            self._version += 1
             self._cache.pop(name, None)
 
     def authorize(self, name: str, presented: str | None) -> bool:
@@ -90,9 +108,6 @@ class EndpointService:
         ok_primary = same(presented, cfg.primary)
         ok_secondary = same(presented, cfg.secondary)
         return ok_primary or ok_secondary
-
-    def check_key(self, name: str, presented: str | None) -> bool:
-        return self.authorize(name, presented)
 
     # -- endpoints -----------------------------------------------------------
     def create_endpoint(self, name: str, auth_mode: str = "key", description: str | None = None,
@@ -123,7 +138,9 @@ class EndpointService:
         row = self._endpoint_row(name)
         deps = self.list_deployments(name)
         states = {d["provisioning_state"] for d in deps}
-        state = ("Failed" if "Failed" in states else "Updating" if states & {"Creating", "Updating"} else "Succeeded")
+        state = (DeploymentState.FAILED if DeploymentState.FAILED in states
+                 else DeploymentState.UPDATING if states & {DeploymentState.CREATING, DeploymentState.UPDATING}
+                 else DeploymentState.SUCCEEDED)
         return {
             "name": row["name"],
             "auth_mode": row["auth_mode"],
@@ -188,9 +205,6 @@ class EndpointService:
         self._changed(name)
         return self.show_endpoint(name)
 
-    def set_traffic(self, name: str, traffic: dict[str, int]) -> dict:
-        return self.update_endpoint(name, traffic=traffic)
-
     def credentials(self, name: str) -> dict:
         cfg = self.config(name)
         if cfg.auth_mode == "token":
@@ -220,69 +234,68 @@ class EndpointService:
         if len(self.store.select("deployments", {"endpoint": endpoint})) >= MAX_DEPLOYMENTS:
             raise Conflict(f"endpoint {endpoint!r} already has {MAX_DEPLOYMENTS} deployments, the most it can have")
         specs.instance_count(instance_count)
-        if runtime != "flow":  # a flow folder checked by the API layer, served by forgeflow.flows.serve
+        if runtime != specs.FLOW_RUNTIME:  # a flow folder is checked by the API layer
             check_runtime(runtime)
-        row = {
-            "endpoint": endpoint, "name": name, "model_ref": model_ref, "model_path": str(model_path),
-            "runtime": runtime, "instance_count": int(instance_count),
-            "request_settings": specs.request_settings(request_settings),
-            "liveness_probe": specs.probe("liveness_probe", liveness_probe),
-            "readiness_probe": specs.probe("readiness_probe", readiness_probe),
-            "state": "Creating", "error": None, "created_at": now(), "updated_at": now(),
-        }
-        self.store.insert("deployments", row)
+        dep = Deployment(
+            endpoint=endpoint, name=name, model_ref=model_ref, model_path=str(model_path), runtime=runtime,
+            instance_count=int(instance_count), request_settings=specs.request_settings(request_settings),
+            liveness_probe=specs.probe("liveness_probe", liveness_probe),
+            readiness_probe=specs.probe("readiness_probe", readiness_probe),
+            state=DeploymentState.CREATING, error=None, created_at=now(), updated_at=now(),
+        )
+        self.store.insert("deployments", dep.row())
         self._changed(endpoint)
-        self.supervisor.launch(row)
+        self.supervisor.launch(dep)
         return self.show_deployment(endpoint, name)
 
     def update_deployment(self, endpoint: str, name: str, sets: dict[str, Any],
                           resolve: Callable[[str], tuple[str, Path]] | None = None) -> dict:
         """Change any field with `path=value` pairs; processes roll only when they must."""
-        row = self._deployment_row(endpoint, name)
-        if row["state"] in ("Creating", "Updating"):
-            raise Conflict(f"deployment {name!r} is {row['state']}: wait until it settles, then update it")
+        old = self._deployment(endpoint, name)
+        if old.state in (DeploymentState.CREATING, DeploymentState.UPDATING):
+            raise Conflict(f"deployment {name!r} is {old.state}: wait until it settles, then update it")
         if not sets:
             raise InvalidInput("nothing to update: pass --set FIELD=VALUE", field="set")
-        spec = {"model": row["model_ref"], "instance_count": row["instance_count"], "runtime": row["runtime"],
-                "request_settings": row["request_settings"],
-                "liveness_probe": specs.probe("liveness_probe", None, row.get("liveness_probe")),
-                "readiness_probe": specs.probe("readiness_probe", None, row.get("readiness_probe"))}
+        spec = {"model": old.model_ref, "instance_count": old.instance_count, "runtime": old.runtime,
+                "request_settings": old.request_settings, "liveness_probe": old.liveness_probe,
+                "readiness_probe": old.readiness_probe}
         new_spec = specs.apply_sets(spec, sets)
-        new = dict(row)
+        new = old.replace(**{k: new_spec[k] for k in spec if k != "model"},
+                          state=DeploymentState.UPDATING, error=None, updated_at=now())
         if new_spec["model"] != spec["model"]:
             if resolve is None:
                 raise InvalidInput("the model cannot be changed here", field="model")
             ref, path = resolve(new_spec["model"])
-            new["model_ref"], new["model_path"] = ref, str(path)
-        if new_spec["runtime"] != spec["runtime"]:
-            check_runtime(new_spec["runtime"])
-        for k in ("instance_count", "runtime", "request_settings", "liveness_probe", "readiness_probe"):
-            new[k] = new_spec[k]
-        new["state"], new["error"], new["updated_at"] = "Updating", None, now()
-        self.store.update("deployments", {"endpoint": endpoint, "name": name},
-                          {k: v for k, v in new.items() if k not in ("endpoint", "name", "created_at")})
-        self._changed(endpoint)
-        self.supervisor.update(row, new)
+            new = new.replace(model_ref=ref, model_path=str(path))
+        if new.runtime != old.runtime:
+            check_runtime(new.runtime)
+        self._write_deployment(new.key, new.spec() | {"state": new.state, "error": None,
+                                                      "updated_at": new.updated_at})
+        self.supervisor.update(old, new)
         return self.show_deployment(endpoint, name)
 
-    def _deployment_row(self, endpoint: str, name: str) -> dict:
+    def _deployment(self, endpoint: str, name: str) -> Deployment:
         self._endpoint_row(endpoint)
         row = self.store.get("deployments", endpoint=endpoint, name=name)
         if row is None:
             raise NotFound(f"endpoint {endpoint!r} has no deployment {name!r}", field="name")
-        return row
+        return Deployment.from_row(row)
+
+    def _write_deployment(self, key: Key, values: dict[str, Any]) -> None:
+        self.store.update("deployments", {"endpoint": key[0], "name": key[1]}, values)
+        self._changed(key[0])
 
     def show_deployment(self, endpoint: str, name: str) -> dict:
-        row = self._deployment_row(endpoint, name)
+        dep = self._deployment(endpoint, name)
         return {
-            "name": row["name"], "endpoint_name": row["endpoint"], "model": row["model_ref"],
-            "model_path": row["model_path"], "runtime": row["runtime"], "instance_count": row["instance_count"],
-            "request_settings": row["request_settings"],
-            "liveness_probe": specs.probe("liveness_probe", None, row.get("liveness_probe")),
-            "readiness_probe": specs.probe("readiness_probe", None, row.get("readiness_probe")),
-            "provisioning_state": row["state"], "error": row["error"],
-            "instances": [i.to_dict() for i in self.supervisor.instances(endpoint, name)],
-            "created_at": row["created_at"], "updated_at": row.get("updated_at"),
+            "name": dep.name, "endpoint_name": dep.endpoint, "model": dep.model_ref, "model_path": dep.model_path,
+            "runtime": dep.runtime, "instance_count": dep.instance_count, "request_settings": dep.request_settings,
+            "liveness_probe": dep.liveness_probe, "readiness_probe": dep.readiness_probe,
+            "provisioning_state": dep.state, "error": dep.error,
+            "instances": [{"index": i.index, **self.placement.describe(i), "ready": i.ready,
+                           "inflight": self.admission.in_flight(i), "restarts": i.restarts}
+                          for i in self.supervisor.instances(endpoint, name)],
+            "created_at": dep.created_at, "updated_at": dep.updated_at,
         }
 
     def list_deployments(self, endpoint: str) -> list[dict]:
@@ -291,7 +304,7 @@ class EndpointService:
                 for r in self.store.select("deployments", {"endpoint": endpoint}, order_by="created_at")]
 
     def delete_deployment(self, endpoint: str, name: str) -> None:
-        self._deployment_row(endpoint, name)
+        self._deployment(endpoint, name)
         ep = self._endpoint_row(endpoint)
         traffic, mirror = ep["traffic"], ep.get("mirror_traffic") or {}
         if traffic.get(name):
@@ -308,18 +321,23 @@ class EndpointService:
         self._changed(endpoint)
 
     def deployment_logs(self, endpoint: str, name: str, lines: int = 100) -> str:
-        self._deployment_row(endpoint, name)
+        self._deployment(endpoint, name)
         if lines < 1:
             raise InvalidInput("lines must be at least 1", field="lines")
-        out = []
-        for path in self.supervisor.log_paths(endpoint, name):
-            text = path.read_text(errors="replace").splitlines()[-lines:]
-            out.append(f"==> {path.name} <==\n" + "\n".join(text))
-        return "\n".join(out)
+        return self.placement.logs(endpoint, name, lines)
 
+    # -- what the supervisor reports (Reports) ------------------------------------------
+    def deployment_succeeded(self, key: Key) -> None:
+        self._write_deployment(key, {"state": DeploymentState.SUCCEEDED, "error": None})
 
-# Runtimes an update may switch to (inference/runtimes decides which are available here).
-KNOWN_RUNTIMES = AVAILABLE_RUNTIMES
+    def deployment_failed(self, key: Key, reason: str, *, restored: Deployment | None = None) -> None:
+        values: dict[str, Any] = {"state": DeploymentState.FAILED, "error": reason}
+        if restored is not None:
+            values |= restored.spec()
+        self._write_deployment(key, values)
+
+    def instance_restarted(self, key: Key) -> None:
+        self.metrics.inc("forgeflow_instance_restarts_total", Metrics.labels(endpoint=key[0], deployment=key[1]))
 
 
 def _check_split(endpoint: str, split: dict[str, int], known: set[str], what: str) -> None:

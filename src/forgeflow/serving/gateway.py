@@ -19,14 +19,15 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
-from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from forgeflow.api.security import require_admin
 from forgeflow.chat import (ChatCompletionRequest, ScoreRequest, ScoreResponse, parse_chat_completion_request,
                             parse_score_request)
-from forgeflow.errors import ForgeflowError, InvalidInput, Unauthorized
+from forgeflow.errors import (ForgeflowError, InvalidInput, PayloadTooLarge, RequestTimeout, ServerUnavailable,
+                              TooManyRequests, Unauthorized, UpstreamError)
 from forgeflow.serving import routing
+from forgeflow.serving.admission import Ticket
 from forgeflow.serving.auth import presented_credential
 from forgeflow.serving.endpoints import DEFAULT_MAX_BODY_BYTES, EndpointConfig, EndpointService
 from forgeflow.serving.metrics import Metrics
@@ -34,21 +35,17 @@ from forgeflow.serving.schemas import ChatCompletion, ErrorBody, ModelList, Open
 
 DEPLOYMENT_HEADER = "azureml-model-deployment"
 REASON_HEADER = "ms-azureml-model-error-reason"
-MAX_BODY_BYTES = DEFAULT_MAX_BODY_BYTES
-_NAMES = {400: "InvalidInput", 401: "Unauthorized", 404: "NotFound", 408: "RequestTimeout", 413: "PayloadTooLarge",
-          424: "ModelError", 429: "TooManyRequests", 503: "ServiceUnavailable"}
+RETRY = {"Retry-After": "1"}
 _ERRORS = {400: "body malformed (names the field)", 401: "missing or wrong key or token", 404: "no such endpoint or "
            "deployment, or none with traffic", 408: "past request_timeout_ms", 413: "body over the size limit",
            424: "the model server failed", 429: "too many pending requests", 503: "no ready instance"}
-
-FLOW_RUNTIME = "flow"  # a deployment of a flow folder instead of a model (forgeflow.flows.serve)
 
 router = APIRouter()
 
 
 def max_body_bytes(cfg: EndpointConfig) -> int:
     """The endpoint's own limit, else FORGEFLOW_MAX_BODY_BYTES, else 1 MiB."""
-    return cfg.max_body_bytes or int(os.environ.get("FORGEFLOW_MAX_BODY_BYTES", MAX_BODY_BYTES))
+    return cfg.max_body_bytes or int(os.environ.get("FORGEFLOW_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))
 
 
 class _Call:
@@ -69,14 +66,14 @@ class _Call:
             h[DEPLOYMENT_HEADER] = self.deployment
         return h | (extra or {})
 
-    def error(self, status: int, message: str, *, field: str | None = None, headers: dict | None = None) -> Response:
+    def fail(self, exc: ForgeflowError, headers: dict | None = None) -> Response:
+        """The error answer, in OpenAI's shape on the OpenAI routes."""
+        status = exc.status_code
         if self.openai:
-            body: dict[str, Any] = {"error": {"message": message, "param": field, "code": _NAMES.get(status, "Error"),
+            body: dict[str, Any] = {"error": {"message": exc.message, "param": exc.field, "code": type(exc).__name__,
                                               "type": "invalid_request_error" if status < 500 else "server_error"}}
         else:
-            body = {"error": _NAMES.get(status, "Error"), "message": message}
-            if field:
-                body["field"] = field
+            body = exc.to_dict()
         self.record(status)
         return JSONResponse(body, status_code=status, headers=self.headers(headers))
 
@@ -118,19 +115,19 @@ async def _handle(request: Request, endpoint: str, path: str, parse: Callable[[A
         limit = max_body_bytes(cfg)
         raw = await _read_body(request, limit)
         if raw is None:
-            return call.error(413, f"the body is larger than {limit} bytes")
+            raise PayloadTooLarge(f"the body is larger than {limit} bytes")
         try:
             body = json.loads(raw)
         except ValueError as e:
             raise InvalidInput(f"the body is not valid JSON: {e}") from None
         # A flow deployment takes its flow's inputs on /score, so the chat contract is checked
         # only once the chosen deployment is known to serve a model.
-        serves_flows = any(d.get("runtime") == FLOW_RUNTIME for d in cfg.deployments.values())
+        serves_flows = any(d.serves_flow for d in cfg.deployments.values())
         parsed = parse(body) if openai or not serves_flows else None
         model = parsed.model if isinstance(parsed, ChatCompletionRequest) else None
         call.deployment, by_traffic = routing.choose_deployment(cfg, request.headers.get(DEPLOYMENT_HEADER), model)
         if serves_flows:
-            if cfg.deployments[call.deployment].get("runtime") != FLOW_RUNTIME:
+            if not cfg.deployments[call.deployment].serves_flow:
                 parsed = parsed or parse(body)
             elif openai:
                 raise InvalidInput(f"deployment {call.deployment!r} serves a flow: send the flow's inputs to /score")
@@ -143,86 +140,82 @@ async def _handle(request: Request, endpoint: str, path: str, parse: Callable[[A
         stream = bool(getattr(parsed, "stream", False))
         return await _forward(call, cfg, path, raw, stream)
     except ForgeflowError as e:
-        return call.error(e.status_code, e.message, field=e.field)
+        return call.fail(e)
 
 
 async def _forward(call: _Call, cfg: EndpointConfig, path: str, raw: bytes, stream: bool) -> Response:
-    svc, dep_name = call.svc, call.deployment
-    assert dep_name is not None
-    settings = cfg.deployments[dep_name]["request_settings"]
-    timeout_s = settings.get("request_timeout_ms", 90_000) / 1000
-    ready = svc.supervisor.ready_instances(call.endpoint, dep_name)
+    svc = call.svc
+    assert call.deployment is not None
+    dep = cfg.deployments[call.deployment]
+    timeout_s = dep.request_timeout_s
+    ready = svc.supervisor.ready_instances(*dep.key)
     if not ready:
-        row = svc.store.get("deployments", endpoint=call.endpoint, name=dep_name) or {}
-        return call.error(503, f"deployment {dep_name!r} has no ready instance (state {row.get('state')}); retry shortly",
-                          headers={"Retry-After": "1"})
-    key = (call.endpoint, dep_name)
-    limit = routing.admission_limit(settings, len(ready))
-    if svc.pending.get(key, 0) >= limit:
-        return call.error(429, f"deployment {dep_name!r} already has {svc.pending.get(key, 0)} pending requests, "
-                               f"the most it takes (2 x max_concurrent_requests_per_instance "
-                               f"{settings.get('max_concurrent_requests_per_instance', 1)} x {len(ready)} ready "
-                               f"instances); retry later or raise it with: forgeflow online-deployment update "
-                               f"--set request_settings.max_concurrent_requests_per_instance=N",
-                          headers={"Retry-After": "1"})
-    svc.pending[key] = svc.pending.get(key, 0) + 1
+        return call.fail(ServerUnavailable(f"deployment {dep.name!r} has no ready instance (state {dep.state}); "
+                                           "retry shortly"), RETRY)
+    ticket = svc.admission.admit(dep.key, dep.request_settings, len(ready))
+    if ticket is None:
+        return call.fail(TooManyRequests(
+            f"deployment {dep.name!r} already has {svc.admission.pending(dep.key)} pending requests, the most it "
+            f"takes (2 x max_concurrent_requests_per_instance "
+            f"{dep.request_settings.get('max_concurrent_requests_per_instance', 1)} x {len(ready)} ready instances); "
+            f"retry later or raise it with: forgeflow online-deployment update "
+            f"--set request_settings.max_concurrent_requests_per_instance=N"), RETRY)
     handed_over = False
     try:
         client: httpx.AsyncClient = call.request.app.state.ff.http
         while True:
-            inst = routing.pick_instance(ready)
-            inst.inflight += 1
+            inst = ticket.place(ready)
             try:
                 req = client.build_request("POST", f"{inst.url}{path}", content=raw,
                                            headers={"content-type": "application/json"}, timeout=timeout_s)
                 resp = await asyncio.wait_for(client.send(req, stream=True), timeout_s)
             except httpx.ConnectError:
                 # Nothing reached the instance (it died since the last probe): try another one.
-                inst.inflight -= 1
                 svc.supervisor.mark_unready(inst)
                 ready = [i for i in ready if i is not inst and i.ready]
                 if not ready:
-                    return call.error(503, f"deployment {dep_name!r} has no ready instance; retry shortly",
-                                      headers={"Retry-After": "1"})
+                    return call.fail(ServerUnavailable(f"deployment {dep.name!r} has no ready instance; retry shortly"),
+                                     RETRY)
                 continue
             except (asyncio.TimeoutError, httpx.TimeoutException):
-                inst.inflight -= 1
-                return call.error(408, f"the model did not answer within request_timeout_ms={int(timeout_s * 1000)}")
+                return call.fail(_too_slow(timeout_s))
             except httpx.HTTPError as e:
-                inst.inflight -= 1
-                return call.error(424, f"the model server of deployment {dep_name!r} failed: {type(e).__name__}",
-                                  headers={REASON_HEADER: "model_server_unreachable"})
+                failed = UpstreamError(f"the model server of deployment {dep.name!r} failed: {type(e).__name__}")
+                return call.fail(failed, {REASON_HEADER: "model_server_unreachable"})
             break
         if stream and resp.status_code == 200 and resp.headers.get("content-type", "").startswith("text/event-stream"):
             handed_over = True
-            done = _Release(call, resp, inst, key)
+            done = _Release(call, resp, ticket)
             return _RelayResponse(_relay(call, resp, done), done, media_type="text/event-stream",
                                   headers=call.headers({"cache-control": "no-cache"}))
         try:
             content = await asyncio.wait_for(resp.aread(), timeout_s)
         except (asyncio.TimeoutError, httpx.TimeoutException):
-            return call.error(408, f"the model did not answer within request_timeout_ms={int(timeout_s * 1000)}")
+            return call.fail(_too_slow(timeout_s))
         except httpx.HTTPError as e:
-            return call.error(424, f"the model server failed while answering: {type(e).__name__}",
-                              headers={REASON_HEADER: "model_server_unreachable"})
+            return call.fail(UpstreamError(f"the model server failed while answering: {type(e).__name__}"),
+                             {REASON_HEADER: "model_server_unreachable"})
         finally:
             await resp.aclose()
-            inst.inflight -= 1
         return _answer(call, resp, content)
     finally:
         if not handed_over:
-            svc.pending[key] -= 1
+            ticket.release()
+
+
+def _too_slow(timeout_s: float) -> RequestTimeout:
+    return RequestTimeout(f"the model did not answer within request_timeout_ms={int(timeout_s * 1000)}")
 
 
 def _answer(call: _Call, resp: httpx.Response, content: bytes) -> Response:
     if resp.status_code == 503:
-        return call.error(503, "the instance is not ready (model loading); retry shortly", headers={"Retry-After": "1"})
+        return call.fail(ServerUnavailable("the instance is not ready (model loading); retry shortly"), RETRY)
     if resp.status_code >= 500:
         try:
             reason = json.loads(content).get("message", content.decode(errors="replace"))
         except (ValueError, AttributeError):
             reason = content.decode(errors="replace")
-        return call.error(424, f"the model server failed: {reason}"[:1000], headers={REASON_HEADER: "model_error"})
+        return call.fail(UpstreamError(f"the model server failed: {reason}"[:1000]), {REASON_HEADER: "model_error"})
     extra = {h: resp.headers[h] for h in ("x-forgeflow-prompt-tokens", "x-forgeflow-completion-tokens",
                                           "x-forgeflow-finish-reason") if h in resp.headers}
     call.record(resp.status_code, _int(extra.get("x-forgeflow-completion-tokens")),
@@ -231,11 +224,11 @@ def _answer(call: _Call, resp: httpx.Response, content: bytes) -> Response:
 
 
 class _Release:
-    """Give back what a relayed stream holds (the upstream response, the instance's and the deployment's
-    counts) exactly once: when the stream ends, breaks, or the client leaves before it even started."""
+    """Give back what a relayed stream holds (the upstream response, its admission ticket) exactly
+    once: when the stream ends, breaks, or the client leaves before it even started."""
 
-    def __init__(self, call: _Call, resp: httpx.Response, inst, key: tuple[str, str]) -> None:
-        self.call, self.resp, self.inst, self.key = call, resp, inst, key
+    def __init__(self, call: _Call, resp: httpx.Response, ticket: Ticket) -> None:
+        self.call, self.resp, self.ticket = call, resp, ticket
         self.status, self.tokens, self.usage = 499, 0, None  # 499: the client went away first
         self.done = False
 
@@ -243,8 +236,7 @@ class _Release:
         if self.done:
             return
         self.done = True
-        self.inst.inflight -= 1
-        self.call.svc.pending[self.key] -= 1
+        self.ticket.release()
         try:
             await self.resp.aclose()
         finally:
@@ -303,28 +295,24 @@ def _sse_tokens(line: bytes) -> tuple[int, dict | None]:
 
 def _mirror(call: _Call, cfg: EndpointConfig, deployment: str, path: str, raw: bytes) -> None:
     """Send a copy in the background; its answer is discarded and never reaches the caller."""
-    svc = call.svc
-    ready = svc.supervisor.ready_instances(call.endpoint, deployment)
-    settings = cfg.deployments[deployment]["request_settings"]
-    key = (call.endpoint, deployment)
-    if not ready or svc.pending.get(key, 0) >= routing.admission_limit(settings, len(ready)):
-        return  # a mirror never queues up behind its limit
+    svc, dep = call.svc, cfg.deployments[deployment]
+    ready = svc.supervisor.ready_instances(*dep.key)
+    ticket = svc.admission.admit(dep.key, dep.request_settings, len(ready))
+    if ticket is None:
+        return  # a mirror never queues up behind its limit (nor goes where no instance is ready)
     client: httpx.AsyncClient = call.request.app.state.ff.http
-    inst = routing.pick_instance(ready)
-    svc.pending[key] = svc.pending.get(key, 0) + 1
-    inst.inflight += 1
+    inst = ticket.place(ready)
 
     async def send() -> None:
         code = "error"
         try:
             resp = await client.post(f"{inst.url}{path}", content=raw, headers={"content-type": "application/json"},
-                                     timeout=settings.get("request_timeout_ms", 90_000) / 1000)
+                                     timeout=dep.request_timeout_s)
             code = str(resp.status_code)
         except httpx.HTTPError:
             pass
         finally:
-            inst.inflight -= 1
-            svc.pending[key] -= 1
+            ticket.release()
             svc.metrics.inc("forgeflow_mirrored_requests_total",
                             Metrics.labels(endpoint=call.endpoint, deployment=deployment, code=code))
 
@@ -368,14 +356,8 @@ async def models(endpoint: str, request: Request) -> Response:
         if not call.svc.authorize(endpoint, presented_credential(request)):
             raise Unauthorized("missing or wrong key: send 'Authorization: Bearer <key>'")
     except ForgeflowError as e:
-        return call.error(e.status_code, e.message, field=e.field)
-    data = [{"id": name, "object": "model", "owned_by": "forgeflow", "root": d["model_ref"]}
+        return call.fail(e)
+    data = [{"id": name, "object": "model", "owned_by": "forgeflow", "root": d.model_ref}
             for name, d in sorted(cfg.deployments.items())]
     return JSONResponse({"object": "list", "data": data})
 
-
-@router.get("/metrics", tags=["server"], response_class=PlainTextResponse, dependencies=[Depends(require_admin)])
-async def metrics(request: Request) -> Response:
-    """Prometheus metrics per endpoint and deployment (needs the admin token as a bearer token)."""
-    text = request.app.state.ff.endpoints.metrics.render()
-    return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")

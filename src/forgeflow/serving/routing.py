@@ -1,22 +1,17 @@
-"""Which deployment and which instance serve a request, and whether it is admitted.
+"""Which deployment serves a request (the instance and admission are serving.admission's).
 
 - Deployment: the `azureml-model-deployment` header wins; then an OpenAI `model` that names a
   deployment; else a weighted draw over the live traffic split.
 - Mirror: with the mirror percentage, a copy goes to the mirror deployment (traffic-routed
   requests only, as Azure does).
-- Instance: least outstanding requests among ready instances, ties broken at random.
-- Admission: at most 2 x max_concurrent_requests_per_instance x ready instances pending per
-  deployment; one more is a 429.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
 
 from forgeflow.errors import NotFound
 from forgeflow.serving.endpoints import EndpointConfig
-from forgeflow.serving.supervisor import Instance
 
 
 def choose_deployment(cfg: EndpointConfig, header: str | None, model: str | None = None) -> tuple[str, bool]:
@@ -42,12 +37,3 @@ def choose_mirror(cfg: EndpointConfig, served_by: str) -> str | None:
         if pct > 0 and name != served_by and name in cfg.deployments and random.random() * 100 < pct:
             return name
     return None
-
-
-def pick_instance(ready: Sequence[Instance]) -> Instance:
-    least = min(i.inflight for i in ready)
-    return random.choice([i for i in ready if i.inflight == least])
-
-
-def admission_limit(request_settings: dict, ready_count: int) -> int:
-    return 2 * int(request_settings.get("max_concurrent_requests_per_instance", 1)) * ready_count

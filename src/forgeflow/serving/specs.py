@@ -14,6 +14,7 @@ from typing import Any
 from forgeflow.errors import InvalidInput
 
 MAX_INSTANCES = 8
+FLOW_RUNTIME = "flow"  # a deployment of a flow folder, served by forgeflow.flows.serve instead of a model server
 DEFAULT_REQUEST_SETTINGS = {"request_timeout_ms": 90_000, "max_concurrent_requests_per_instance": 1}
 DEFAULT_LIVENESS = {"initial_delay": 5.0, "period": 5.0, "timeout": 5.0, "failure_threshold": 3, "success_threshold": 1}
 DEFAULT_READINESS = {"initial_delay": 0.0, "period": 1.0, "timeout": 5.0, "failure_threshold": 3, "success_threshold": 1}

@@ -1,78 +1,59 @@
-"""The deployment supervisor: runs each deployment's model-server processes on loopback, probes
-them (liveness: the process answers HTTP; readiness: `/health` is 200), restarts one that dies or
-hangs, rolls instances on an update without dropping requests, and brings every deployment back
-from the store when the server starts.
+"""The deployment supervisor: keeps each deployment's instances running wherever its placement puts
+them, probes them (liveness: the instance answers HTTP; readiness: `/health` is 200), replaces one
+that dies or hangs, and rolls instances on an update without dropping requests.
 
-Each instance has a prober thread. Before a deployment first succeeds, an instance that exits is
-a broken deployment (Failed); after that, it is replaced. A rolling update starts a new instance,
+Each instance has a prober thread. Before a deployment first succeeds, an instance that ends is
+a broken deployment (failed); after that, it is replaced. A rolling update starts a new instance,
 waits until it is ready, adds it to the pool, then drains an old one (no new requests, waits
 for its in-flight ones) and stops it, one at a time.
+
+The supervisor writes no rows: it tells its `Reports` (the endpoint service) what happened.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Protocol
 
 import httpx
 
-from forgeflow.processes import free_port, log_tail
-from forgeflow.serving import specs
-from forgeflow.store.db import Store
-from forgeflow.store.home import Paths
+from forgeflow.serving.admission import Admission
+from forgeflow.serving.placement import Instance, Placement
+from forgeflow.serving.records import Deployment, Key
 
 log = logging.getLogger("forgeflow.deployments")
 
 READY_TIMEOUT_S = float(os.environ.get("FORGEFLOW_READY_TIMEOUT_S", "600"))
-Key = tuple[str, str]
 
 
-@dataclass
-class Instance:
-    index: int
-    port: int
-    proc: subprocess.Popen
-    log_path: Path
-    ready: bool = False
-    inflight: int = 0
-    restarts: int = 0
-    started_at: float = field(default_factory=time.time)
-    ever_ready: bool = False
-    retired: bool = False  # drained or replaced: its prober stops and nothing restarts it
+class Reports(Protocol):
+    """What the supervisor tells the owner of the deployments table."""
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def deployment_succeeded(self, key: Key) -> None:
+        """Every instance of a create or an update is ready."""
 
-    def to_dict(self) -> dict:
-        return {"index": self.index, "port": self.port, "pid": self.proc.pid, "ready": self.ready,
-                "inflight": self.inflight, "restarts": self.restarts}
+    def deployment_failed(self, key: Key, reason: str, *, restored: Deployment | None = None) -> None:
+        """The deployment did not come up; after a failed update, `restored` is the spec it rolled back to."""
+
+    def instance_restarted(self, key: Key) -> None:
+        """An instance died or hung and was replaced."""
 
 
 class DeploymentSupervisor:
-    def __init__(self, store: Store, paths: Paths, *, poll_s: float = 1.0) -> None:
-        self.store = store
-        self.paths = paths
+    def __init__(self, placement: Placement, reports: Reports, admission: Admission, *, poll_s: float = 1.0) -> None:
+        self.placement = placement
+        self.reports = reports
+        self.admission = admission
         self.poll_s = poll_s
-        self.on_restart = lambda endpoint, name: None  # the metrics hook
         self._instances: dict[Key, list[Instance]] = {}
-        self._specs: dict[Key, dict] = {}
+        self._specs: dict[Key, Deployment] = {}
         self._generation: dict[Key, int] = {}
+        self._creating: set[Key] = set()  # launched and not yet succeeded: an instance that ends fails it
         self._lock = threading.RLock()
         self._stop = threading.Event()
-
-    # -- lifecycle -------------------------------------------------------------
-    def start(self) -> None:
-        for dep in self.store.select("deployments"):
-            if dep["state"] != "Deleting":
-                self.launch(dep)
 
     def shutdown(self) -> None:
         self._stop.set()
@@ -82,30 +63,30 @@ class DeploymentSupervisor:
             self.stop(*key)
 
     # -- per deployment ----------------------------------------------------------
-    def launch(self, dep: dict) -> None:
+    def launch(self, dep: Deployment) -> None:
         """Start a deployment's instances from scratch (create, or server start)."""
-        key = (dep["endpoint"], dep["name"])
+        key = dep.key
         self.stop(*key)
-        self.store.update("deployments", {"endpoint": key[0], "name": key[1]}, {"state": "Creating", "error": None})
         with self._lock:
             gen = self._bump(key)
             self._specs[key] = dep
-            instances = [self._spawn(dep, i) for i in range(int(dep["instance_count"]))]
+            self._creating.add(key)
+            instances = self.placement.start(dep, range(dep.instance_count))
             self._instances[key] = instances
         for inst in instances:
             self._watch(key, inst)
         threading.Thread(target=self._await_created, args=(key, gen), daemon=True).start()
 
-    def update(self, old: dict, new: dict) -> None:
+    def update(self, old: Deployment, new: Deployment) -> None:
         """Apply a changed spec: settings at once; a new model or runtime rolls every instance;
         a new instance_count adds or drains instances."""
-        key = (new["endpoint"], new["name"])
+        key = new.key
         with self._lock:
             self._specs[key] = new
             gen = self._generation.get(key, 0)
-        roll = any(old.get(f) != new.get(f) for f in ("model_path", "model_ref", "runtime"))
-        if not roll and old["instance_count"] == new["instance_count"]:
-            self._set_state(key, "Succeeded", None)
+        roll = (old.model_path, old.model_ref, old.runtime) != (new.model_path, new.model_ref, new.runtime)
+        if not roll and old.instance_count == new.instance_count:
+            self.reports.deployment_succeeded(key)
             return
         threading.Thread(target=self._roll, args=(key, gen, old, new, roll), daemon=True,
                          name=f"forgeflow-roll-{key[0]}-{key[1]}").start()
@@ -116,18 +97,15 @@ class DeploymentSupervisor:
             self._bump(key)
             instances = self._instances.pop(key, [])
             self._specs.pop(key, None)
+            self._creating.discard(key)
             for inst in instances:
                 inst.retired, inst.ready = True, False
-        threads = [threading.Thread(target=_terminate, args=(i.proc,)) for i in instances]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        self.placement.stop(instances)
 
     def ready_instances(self, endpoint: str, name: str) -> list[Instance]:
         with self._lock:
-            return [i for i in self._instances.get((endpoint, name), [])
-                    if i.ready and not i.retired and i.proc.poll() is None]
+            pool = list(self._instances.get((endpoint, name), ()))
+        return [i for i in pool if i.ready and not i.retired and self.placement.ended(i) is None]
 
     def instances(self, endpoint: str, name: str) -> list[Instance]:
         with self._lock:
@@ -142,30 +120,7 @@ class DeploymentSupervisor:
         """The gateway could not connect: route around it until a probe says otherwise."""
         inst.ready = False
 
-    def log_paths(self, endpoint: str, name: str) -> list[Path]:
-        d = self.paths.logs / "deployments" / endpoint
-        return sorted(d.glob(f"{name}-*.log"))
-
     # -- internals -----------------------------------------------------------------
-    def _spawn(self, dep: dict, index: int, restarts: int = 0) -> Instance:
-        log_path = self.paths.logs / "deployments" / dep["endpoint"] / f"{dep['name']}-{index}.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        port = free_port()
-        logf = open(log_path, "ab")
-        if dep.get("runtime") == "flow":
-            cmd = ["forgeflow.flows.serve", "--flow", dep["model_path"], "--port", str(port), "--name", dep["name"]]
-        else:
-            cmd = ["forgeflow.inference.model_server", "--model-dir", dep["model_path"], "--port", str(port),
-                   "--name", dep["name"], "--runtime", dep.get("runtime") or "transformers"]
-        proc = subprocess.Popen(
-            [sys.executable, "-m", *cmd],
-            stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false"),
-        )
-        logf.close()
-        log.info("deployment %s/%s instance %d starting on port %d (pid %d)", dep["endpoint"], dep["name"], index, port, proc.pid)
-        return Instance(index=index, port=port, proc=proc, log_path=log_path, restarts=restarts)
-
     def _bump(self, key: Key) -> int:
         self._generation[key] = self._generation.get(key, 0) + 1
         return self._generation[key]
@@ -174,30 +129,30 @@ class DeploymentSupervisor:
         with self._lock:
             return self._generation.get(key) == gen and not self._stop.is_set()
 
-    def _set_state(self, key: Key, state: str, error: str | None) -> None:
-        self.store.update("deployments", {"endpoint": key[0], "name": key[1]}, {"state": state, "error": error})
-
-    def _probes(self, key: Key) -> tuple[dict, dict]:
+    def _probes(self, key: Key) -> tuple[dict, dict] | None:
         with self._lock:
-            dep = self._specs.get(key) or {}
-        return (specs.probe("liveness_probe", None, dep.get("liveness_probe")),
-                specs.probe("readiness_probe", None, dep.get("readiness_probe")))
+            dep = self._specs.get(key)
+        return None if dep is None else (dep.liveness_probe, dep.readiness_probe)
 
     def _watch(self, key: Key, inst: Instance) -> None:
         threading.Thread(target=self._probe_loop, args=(key, inst), daemon=True,
                          name=f"forgeflow-probe-{key[0]}-{key[1]}-{inst.index}").start()
 
     def _probe_loop(self, key: Key, inst: Instance) -> None:
-        live, ready = self._probes(key)
+        probes = self._probes(key)
+        if probes is None:
+            return
+        live, ready = probes
         start = time.monotonic()
         next_live, next_ready = start + live["initial_delay"], start + ready["initial_delay"]
         live_fail = ready_fail = ready_ok = 0
         while not inst.retired and not self._stop.is_set():
-            if inst.proc.poll() is not None:
+            ended = self.placement.ended(inst)
+            if ended:
                 inst.ready = False
-                self._lost(key, inst, f"exited with code {inst.proc.returncode}")
+                self._lost(key, inst, ended)
                 return
-            live, ready = self._probes(key)
+            live, ready = self._probes(key) or (live, ready)
             now = time.monotonic()
             if now >= next_ready:
                 code = _health(inst, ready["timeout"])
@@ -232,15 +187,10 @@ class DeploymentSupervisor:
             if inst.retired or pool is None or inst not in pool:
                 return
             inst.retired = True
-            dep = self.store.get("deployments", endpoint=key[0], name=key[1])
-            creating = dep is not None and dep["state"] == "Creating" and not inst.ever_ready
-        if dep is None:
-            return
-        if inst.proc.poll() is None:
-            inst.proc.kill()  # hung (maybe stopped): SIGKILL works where SIGTERM would wait
-            inst.proc.wait(timeout=10)
+            creating = key in self._creating and not inst.ever_ready
+        self.placement.stop([inst], grace_s=0)  # hung (maybe stopped): no grace
         if creating:
-            self._fail(key, f"instance {inst.index} {reason}: {log_tail(inst.log_path)}")
+            self._fail(key, f"instance {inst.index} {reason}: {self.placement.log_tail(inst)}")
             return
         log.warning("deployment %s/%s instance %d %s; restarting", key[0], key[1], inst.index, reason)
         if not inst.ever_ready:
@@ -249,9 +199,10 @@ class DeploymentSupervisor:
             pool = self._instances.get(key)
             if pool is None or inst not in pool:
                 return
-            fresh = self._spawn(self._specs.get(key, dep), inst.index, restarts=inst.restarts + 1)
+            [fresh] = self.placement.start(self._specs[key], [inst.index])
+            fresh.restarts = inst.restarts + 1
             pool[pool.index(inst)] = fresh
-        self.on_restart(*key)
+        self.reports.instance_restarted(key)
         self._watch(key, fresh)
 
     def _await_created(self, key: Key, gen: int) -> None:
@@ -259,14 +210,17 @@ class DeploymentSupervisor:
         while self._current(key, gen) and time.monotonic() < deadline:
             with self._lock:
                 pool = list(self._instances.get(key, []))
-            if pool and all(i.ready for i in pool):
-                self._set_state(key, "Succeeded", None)
-                return
+                if pool and all(i.ready for i in pool):
+                    self._creating.discard(key)
+                    break
             time.sleep(0.1)
-        if self._current(key, gen):
-            pending = [i for i in self.instances(*key) if not i.ready]
-            self._fail(key, f"instance not ready after {READY_TIMEOUT_S:.0f} s: "
-                            f"{log_tail(pending[0].log_path) if pending else ''}")
+        else:
+            if self._current(key, gen):
+                pending = [i for i in self.instances(*key) if not i.ready]
+                self._fail(key, f"instance not ready after {READY_TIMEOUT_S:.0f} s: "
+                                f"{self.placement.log_tail(pending[0]) if pending else ''}")
+            return
+        self.reports.deployment_succeeded(key)
 
     def _await_instance(self, key: Key, gen: int, inst: Instance) -> str | None:
         """Wait for one new instance; None when ready, else why not."""
@@ -276,15 +230,15 @@ class DeploymentSupervisor:
                 return "the deployment was changed or deleted meanwhile"
             if inst.ready:
                 return None
-            if inst.proc.poll() is not None or inst.retired:
-                return f"new instance {inst.index} exited: {log_tail(inst.log_path)}"
+            if inst.retired or self.placement.ended(inst):
+                return f"new instance {inst.index} exited: {self.placement.log_tail(inst)}"
             time.sleep(0.1)
         return f"new instance {inst.index} not ready after {READY_TIMEOUT_S:.0f} s"
 
-    def _roll(self, key: Key, gen: int, old_spec: dict, new: dict, roll: bool) -> None:
+    def _roll(self, key: Key, gen: int, old_spec: Deployment, new: Deployment, roll: bool) -> None:
         with self._lock:
             old = list(self._instances.get(key, []))
-        target = int(new["instance_count"])
+        target = new.instance_count
         to_retire = list(old) if roll else old[target:]
         if roll or target > len(old):
             first = 0 if roll else len(old)
@@ -292,21 +246,21 @@ class DeploymentSupervisor:
                 with self._lock:
                     if not self._current(key, gen):
                         return
-                    fresh = self._spawn(new, index)
+                    [fresh] = self.placement.start(new, [index])
                     self._instances[key].append(fresh)  # not ready yet: the gateway skips it
                 self._watch(key, fresh)
                 why = self._await_instance(key, gen, fresh)
                 if why:
-                    self._rollback(key, gen, old, old_spec, fresh, why)
+                    self._rollback(key, gen, old, old_spec, why)
                     return
                 if roll and to_retire:
                     self._drain(key, to_retire.pop(0), new)
         for inst in to_retire:
             self._drain(key, inst, new)
         if self._current(key, gen):
-            self._set_state(key, "Succeeded", None)
+            self.reports.deployment_succeeded(key)
 
-    def _rollback(self, key: Key, gen: int, old: list[Instance], old_spec: dict, failed: Instance, why: str) -> None:
+    def _rollback(self, key: Key, gen: int, old: list[Instance], old_spec: Deployment, why: str) -> None:
         log.error("deployment %s/%s update failed: %s", key[0], key[1], why)
         with self._lock:
             pool = self._instances.get(key, [])
@@ -316,46 +270,31 @@ class DeploymentSupervisor:
             if self._current(key, gen):
                 self._instances[key] = [i for i in pool if i in old]
                 self._specs[key] = old_spec
-        for inst in new_ones:
-            _terminate(inst.proc)
+        self.placement.stop(new_ones)
         if self._current(key, gen):
-            keep = {k: old_spec[k] for k in ("model_ref", "model_path", "runtime", "instance_count")}
-            self.store.update("deployments", {"endpoint": key[0], "name": key[1]},
-                              keep | {"state": "Failed", "error": f"update failed and was rolled back: {why}"})
+            self.reports.deployment_failed(key, f"update failed and was rolled back: {why}", restored=old_spec)
 
-    def _drain(self, key: Key, inst: Instance, spec: dict) -> None:
+    def _drain(self, key: Key, inst: Instance, spec: Deployment) -> None:
         """Take an instance out of the pool, let its in-flight requests finish, then stop it."""
         with self._lock:
             pool = self._instances.get(key, [])
             if inst in pool:
                 pool.remove(inst)
             inst.retired, inst.ready = True, False
-        limit = time.monotonic() + spec["request_settings"].get("request_timeout_ms", 90_000) / 1000 + 1
-        while inst.inflight > 0 and time.monotonic() < limit:
+        limit = time.monotonic() + spec.request_timeout_s + 1
+        while self.admission.in_flight(inst) > 0 and time.monotonic() < limit:
             time.sleep(0.05)
-        _terminate(inst.proc)
+        self.placement.stop([inst])
 
     def _fail(self, key: Key, reason: str) -> None:
         log.error("deployment %s/%s failed: %s", key[0], key[1], reason)
         self.stop(*key)
-        self._set_state(key, "Failed", reason)
+        self.reports.deployment_failed(key, reason)
 
 
 def _health(inst: Instance, timeout: float) -> int | None:
-    """The status /health answers, or None when the process does not answer in time."""
+    """The status /health answers, or None when the instance does not answer in time."""
     try:
         return httpx.get(f"{inst.url}/health", timeout=timeout).status_code
     except httpx.HTTPError:
         return None
-
-
-def _terminate(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGCONT)  # a stopped process cannot act on SIGTERM
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)

@@ -1,0 +1,85 @@
+"""Admission: the one owner of the gateway's counters. A deployment admits at most 2 x
+max_concurrent_requests_per_instance x ready instances pending requests (one more is a 429); an
+admitted request goes to the ready instance with the fewest in flight (ties at random) and holds
+its place until its `Ticket` is released, exactly once, however the request ends.
+
+Counters change only on the gateway's event loop; the supervisor and the metrics only read them.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from forgeflow.serving.placement import Instance
+from forgeflow.serving.records import Key
+
+
+def limit(request_settings: dict, ready_count: int) -> int:
+    """How many requests a deployment may have pending."""
+    return 2 * int(request_settings.get("max_concurrent_requests_per_instance", 1)) * ready_count
+
+
+class Admission:
+    def __init__(self) -> None:
+        self._pending: dict[Key, int] = {}
+        self._in_flight: dict[Instance, int] = {}
+
+    def admit(self, key: Key, request_settings: dict, ready_count: int) -> Ticket | None:
+        """A place for one more request to the deployment, or None when it has as many as it takes."""
+        pending = self._pending.get(key, 0)
+        if pending >= limit(request_settings, ready_count):
+            return None
+        self._pending[key] = pending + 1
+        return Ticket(self, key)
+
+    def pending(self, key: Key) -> int:
+        return self._pending.get(key, 0)
+
+    def all_pending(self) -> dict[Key, int]:
+        """Every deployment that has had a request, with its pending count (the metrics gauge)."""
+        return dict(self._pending)
+
+    def in_flight(self, inst: Instance) -> int:
+        return self._in_flight.get(inst, 0)
+
+    def _enter(self, ready: Sequence[Instance]) -> Instance:
+        least = min(self._in_flight.get(i, 0) for i in ready)
+        inst = random.choice([i for i in ready if self._in_flight.get(i, 0) == least])
+        self._in_flight[inst] = least + 1
+        return inst
+
+    def _leave(self, inst: Instance) -> None:
+        left = self._in_flight[inst] - 1
+        if left:
+            self._in_flight[inst] = left
+        else:
+            del self._in_flight[inst]
+
+
+class Ticket:
+    """One admitted request's place in its deployment's queue and on the instance serving it."""
+
+    __slots__ = ("_admission", "key", "instance", "_released")
+
+    def __init__(self, admission: Admission, key: Key) -> None:
+        self._admission = admission
+        self.key = key
+        self.instance: Instance | None = None
+        self._released = False
+
+    def place(self, ready: Sequence[Instance]) -> Instance:
+        """The instance to send the request to; placing it again (its instance was unreachable) moves it."""
+        if self.instance is not None:
+            self._admission._leave(self.instance)
+        self.instance = self._admission._enter(ready)
+        return self.instance
+
+    def release(self) -> None:
+        """Give the places back; only the first call counts."""
+        if self._released:
+            return
+        self._released = True
+        if self.instance is not None:
+            self._admission._leave(self.instance)
+        self._admission._pending[self.key] -= 1

@@ -1,0 +1,64 @@
+"""A deployment as its row in the `deployments` table says: the endpoint service writes it, the
+supervisor, the placement and the gateway read it."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from forgeflow.serving import specs
+from forgeflow.store.states import DeploymentState
+
+Key = tuple[str, str]  # (endpoint, deployment)
+SPEC_FIELDS = ("model_ref", "model_path", "runtime", "instance_count", "request_settings", "liveness_probe",
+               "readiness_probe")
+
+
+@dataclass(frozen=True)
+class Deployment:
+    endpoint: str
+    name: str
+    model_ref: str
+    model_path: str
+    runtime: str
+    instance_count: int
+    request_settings: dict[str, int]
+    liveness_probe: dict[str, Any]
+    readiness_probe: dict[str, Any]
+    state: DeploymentState
+    error: str | None
+    created_at: str
+    updated_at: str | None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Deployment:
+        """A stored row; probes saved before probes were settable read as the defaults."""
+        values = {f.name: row.get(f.name) for f in dataclasses.fields(cls)}
+        return cls(**values | {
+            "state": DeploymentState(row["state"]),
+            "liveness_probe": specs.probe("liveness_probe", None, row.get("liveness_probe")),
+            "readiness_probe": specs.probe("readiness_probe", None, row.get("readiness_probe")),
+        })
+
+    def row(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def spec(self) -> dict[str, Any]:
+        """What the deployment runs and how: every field but its name, state and times."""
+        return {k: v for k, v in self.row().items() if k in SPEC_FIELDS}
+
+    def replace(self, **changes: Any) -> Deployment:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def key(self) -> Key:
+        return self.endpoint, self.name
+
+    @property
+    def serves_flow(self) -> bool:
+        return self.runtime == specs.FLOW_RUNTIME
+
+    @property
+    def request_timeout_s(self) -> float:
+        return self.request_settings.get("request_timeout_ms", 90_000) / 1000
