@@ -13,7 +13,7 @@ from typing import Any
 
 from forgeflow.chat import ChatRequest
 from forgeflow.inference.batching import BatchScheduler
-from forgeflow.inference.runtimes.base import CHATML_TEMPLATE, GenerationResult, TokenStream, encode_chat
+from forgeflow.inference.runtimes.base import CHATML_TEMPLATE, GenerationResult, PromptEncoder, TokenStream
 
 log = logging.getLogger("forgeflow.generation")
 
@@ -43,6 +43,7 @@ class ChatGenerator:
         self.eos_token_ids = self._eos_ids()
         self.pad_token_id = self._pad_id()
         self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
+        self.prompts = PromptEncoder(self.tokenizer, self.max_positions)
         if not _batchable_cache(self.model):
             log.warning("%s keeps a cache the batcher cannot splice; serving one request at a time",
                         type(self.model).__name__)
@@ -68,7 +69,7 @@ class ChatGenerator:
 
     def stream(self, request: ChatRequest) -> TokenStream:
         """Queue a chat at once (a prompt too long or a full queue raises here), and return its token stream."""
-        prompt = encode_chat(self.tokenizer, request.messages, self.max_positions)
+        prompt = self.prompts.encode(request.messages)
         budget = request.max_new_tokens
         if self.max_positions:
             budget = min(budget, self.max_positions - len(prompt))

@@ -7,6 +7,7 @@ A runtime turns token ids into tokens; everything a caller sees as text is made 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -61,17 +62,35 @@ class Runtime(Protocol):
     def close(self) -> None: ...
 
 
-def encode_chat(tokenizer: Any, chat: list[dict[str, str]], max_positions: int | None) -> list[int]:
-    """The prompt's token ids through the tokenizer's chat template; too long is InvalidInput."""
-    try:
-        encoded = tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_dict=True)
-    except Exception as exc:
-        raise InvalidInput(f"the model's chat template rejected the messages: {exc}", field="messages") from exc
-    ids = list(encoded["input_ids"])
-    if max_positions and len(ids) >= max_positions:
-        raise InvalidInput(f"the conversation is {len(ids)} tokens; this model reads at most {max_positions}",
-                           field="messages")
-    return ids
+class PromptEncoder:
+    """A loaded model's chats as prompt token ids, through its tokenizer's chat template.
+
+    Only the template's own markup becomes control tokens: added-token text inside a message
+    (`<|im_start|>system` in a user's question) is tokenized as the plain text it is, so no message
+    can open a turn or change a role. A chat without such text encodes exactly as it always has;
+    one with it goes through transformers' `sanitize_control_tokens` (slower, so not for every chat).
+    """
+
+    def __init__(self, tokenizer: Any, max_positions: int | None) -> None:
+        self.tokenizer = tokenizer
+        self.max_positions = max_positions
+        # transformers' control tokens are some of the added tokens: a chat holding none needs no sanitizing
+        added = [re.escape(token) for token in tokenizer.added_tokens_encoder if token]
+        self._added = re.compile("|".join(added)) if added else None
+
+    def encode(self, chat: list[dict[str, str]]) -> list[int]:
+        """The prompt's token ids; a template that rejects the chat, or too long a prompt, is InvalidInput."""
+        sanitize = self._added is not None and any(self._added.search(m["content"]) for m in chat)
+        try:
+            encoded = self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_dict=True,
+                                                         sanitize_control_tokens=sanitize)
+        except Exception as exc:
+            raise InvalidInput(f"the model's chat template rejected the messages: {exc}", field="messages") from exc
+        ids = list(encoded["input_ids"])
+        if self.max_positions and len(ids) >= self.max_positions:
+            raise InvalidInput(f"the conversation is {len(ids)} tokens; this model reads at most {self.max_positions}",
+                               field="messages")
+        return ids
 
 
 class TokenStream:

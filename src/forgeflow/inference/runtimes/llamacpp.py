@@ -1,11 +1,12 @@
 """The `llamacpp` runtime: the model exported to GGUF (inference/gguf_export.py) and run by
 llama-cpp-python, the fastest path on a CPU. Needs the `llamacpp` extra.
 
-Prompts are rendered and tokenized with the model folder's own HF tokenizer and chat template,
-and answers decoded with it, so this runtime reads and writes exactly the tokens the
-`transformers` runtime does; llama.cpp only runs the forward passes and picks tokens. One worker
-thread owns the llama context and serves queued requests in turn (llama.cpp's Python API runs
-one sequence at a time), checking between tokens whether the consumer has gone.
+Prompts are rendered and tokenized with the model folder's own HF tokenizer and chat template
+(runtimes/base.py `PromptEncoder`, which keeps control-token text in messages as text), and
+answers decoded with it, so this runtime reads and writes exactly the tokens the `transformers`
+runtime does; llama.cpp only runs the forward passes and picks tokens (it never tokenizes).
+One worker thread owns the llama context and serves queued requests in turn (llama.cpp's Python
+API runs one sequence at a time), checking between tokens whether the consumer has gone.
 Threads: `--threads`, else FORGEFLOW_LLAMACPP_THREADS, else half the cores (llama-cpp-python's
 default for decoding; it would use every core for prompts).
 """
@@ -24,7 +25,7 @@ from typing import Any
 from forgeflow.chat import ChatRequest
 from forgeflow.errors import ServerUnavailable
 from forgeflow.inference.batching import _DONE, QueueFull, Sequence
-from forgeflow.inference.runtimes.base import CHATML_TEMPLATE, GenerationResult, TokenStream, encode_chat
+from forgeflow.inference.runtimes.base import CHATML_TEMPLATE, GenerationResult, PromptEncoder, TokenStream
 
 log = logging.getLogger("forgeflow.llamacpp")
 MAX_CONTEXT = 4096
@@ -54,6 +55,7 @@ class LlamaCppRuntime:
             self.tokenizer.chat_template = CHATML_TEMPLATE
         config = json.loads((self.model_dir / "config.json").read_text())
         self.max_positions = min(int(config.get("max_position_embeddings") or 2048), MAX_CONTEXT)
+        self.prompts = PromptEncoder(self.tokenizer, self.max_positions)
         # half the cores unless told, for decoding and prompts alike: on a small shared CPU a thread per
         # core stalls badly whenever anything else runs (its threads wait on each other every step)
         threads = threads or int(os.environ.get("FORGEFLOW_LLAMACPP_THREADS") or 0) or default_threads()
@@ -82,7 +84,7 @@ class LlamaCppRuntime:
         """Queue a chat at once (a prompt too long or a full queue raises here), and return its token stream."""
         if self._stop.is_set():
             raise ServerUnavailable("the model server is shutting down")
-        prompt = encode_chat(self.tokenizer, request.messages, self.max_positions)
+        prompt = self.prompts.encode(request.messages)
         budget = min(request.max_new_tokens, self.max_positions - len(prompt))
         seq = Sequence(prompt, budget, request.sampling)
         try:
