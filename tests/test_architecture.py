@@ -138,6 +138,46 @@ def test_function_local_imports_are_read(tmp_path, monkeypatch):
     assert imports_of(fake / "x.py") >= {"forgeflow.client", "forgeflow.api", "forgeflow.api.deps"}
 
 
+# One writer per table: the module that owns a table's rows is the only one that inserts, updates or deletes them.
+WRITERS = {
+    "jobs": {"forgeflow.training.runner"},
+    "endpoints": {"forgeflow.serving.endpoints"},
+    "deployments": {"forgeflow.serving.endpoints"},
+    "connections": {"forgeflow.store.connections"},
+    "compute_targets": {"forgeflow.training.compute.targets"},
+}
+
+
+def writes_of(path: Path) -> set[str]:
+    """Tables a file writes: `<anything>.insert/update/delete("table", ...)` with the table as a literal."""
+    tables = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr in {"insert", "update", "delete", "upsert"} and node.args
+                and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)
+                and node.args[0].value.isidentifier()):  # a table name, not a route path
+            tables.add(node.args[0].value)
+    return tables
+
+
+def test_one_writer_per_table():
+    strays = []
+    written: set[str] = set()
+    for path in SRC.rglob("*.py"):
+        module = module_name(path)
+        if module == "forgeflow.store.db":
+            continue  # the row access itself
+        for table in writes_of(path):
+            written.add(table)
+            owners = WRITERS.get(table)
+            if owners is None:
+                strays.append(f"{module} writes {table!r}, which has no owner in WRITERS")
+            elif module not in owners:
+                strays.append(f"{module} writes {table!r}, owned by {', '.join(sorted(owners))}")
+    assert not strays, "\n".join(strays)
+    assert written == set(WRITERS), f"owners that write nothing (a stale WRITERS entry?): {set(WRITERS) - written}"
+
+
 def test_modules_stay_under_500_lines():
     long = [f"{p.relative_to(SRC)}: {n}" for p in SRC.rglob("*.py") if (n := len(p.read_text().splitlines())) > 500]
     assert not long, "split these modules: " + ", ".join(long)

@@ -20,9 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from forgeflow.chat import ROLES
 from forgeflow.errors import InvalidInput, NotFound
-
-ROLES = ("system", "user", "assistant")
 
 
 @dataclass(frozen=True)
