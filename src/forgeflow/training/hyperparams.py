@@ -21,7 +21,7 @@ OptimizerName = Literal[
 _NONE_WORDS = {"", "none", "null"}
 
 
-class Hyperparameters(pydantic.BaseModel, extra="forbid", validate_assignment=True):
+class Hyperparameters(pydantic.BaseModel, extra="forbid", validate_assignment=True, allow_inf_nan=False):
     """Settings of one chat-completion fine-tuning job; defaults suit a CPU LoRA run."""
 
     apply_lora: bool = Field(True, description="Train a LoRA adapter instead of all weights.")
@@ -49,7 +49,7 @@ class Hyperparameters(pydantic.BaseModel, extra="forbid", validate_assignment=Tr
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="Training dtype; auto is fp32 on CPU and bf16 on a GPU that supports it."
     )
-    seed: int = Field(42, ge=0, description="Random seed for initialisation and data order.")
+    seed: int = Field(42, ge=0, le=2**32 - 1, description="Random seed for initialisation and data order.")
     evaluation_strategy: Literal["no", "steps", "epoch"] = Field(
         "epoch", description="When to compute validation loss (needs validation data)."
     )
@@ -148,7 +148,8 @@ def resolve_hyperparameters(raw: dict[str, Any] | None = None) -> Hyperparameter
         name = str(error["loc"][0])
         shown = f"{name}={raw[name]}: " if name in raw else ""
         parse_error = str(error["type"]).endswith(("_parsing", "_type", "from_float"))
-        raise InvalidInput(f"{shown}{name} must be {_expectation(name, parse_error)}", field=name) from None
+        finite = " (not nan or inf)" if error["type"] == "finite_number" else ""
+        raise InvalidInput(f"{shown}{name} must be {_expectation(name, parse_error)}{finite}", field=name) from None
     check_hardware(hp)
     return hp
 
@@ -201,6 +202,8 @@ def _expectation(name: str, parse_error: bool = False) -> str:
         text = f"a {noun}"
     if isinstance(bounds.get("Lt"), annotated_types.Lt):
         text += f" below {bounds['Lt'].lt}"
+    if isinstance(bounds.get("Le"), annotated_types.Le):
+        text += f" up to {bounds['Le'].le}"
     return text + (" or none" if annotation == int | None else "")
 
 
