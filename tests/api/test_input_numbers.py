@@ -20,7 +20,14 @@ async def refused(api, method: str, url: str, body: str, field: str) -> None:
     assert error["field"] == field and field in error["message"], f"{body}: {error}"
 
 
-async def test_deployment_probes_and_request_settings_refuse_nan_infinity_and_huge_values(api, ws):
+@pytest.fixture
+def stop_instances(app):
+    """A created deployment starts its instances even without the background threads: stop them after the test."""
+    yield
+    app.state.ff.supervisor.shutdown()
+
+
+async def test_deployment_probes_and_request_settings_refuse_nan_infinity_and_huge_values(api, ws, stop_instances):
     """issue 10, finding 5: `liveness_probe.period: NaN` was stored and silently disabled hang detection."""
     assert (await api.post("/api/endpoints", json={"name": "ep-numbers"})).status_code == 201
     deployments = "/api/endpoints/ep-numbers/deployments"
