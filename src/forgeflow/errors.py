@@ -16,10 +16,21 @@ the class the body names.
 
 Foreign errors are mapped onto the tree once, at the edge that meets them: request bodies pydantic rejects
 become InvalidInput in the REST app (api/app.py), httpx transport errors become ServerUnavailable or
-RequestTimeout in the client (client.py).
+RequestTimeout in the client (client.py). Messages are cut to MAX_MESSAGE_CHARS where the exception is made, so no
+error body, CLI line or log entry carries megabytes.
 """
 
 from __future__ import annotations
+
+MAX_MESSAGE_CHARS = 4000  # an error body stays small whatever went wrong (a repr of a huge value, a long traceback)
+
+
+def shorten(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """`text` cut to at most `limit` characters, saying how many were left out."""
+    if len(text) <= limit:
+        return text
+    keep = max(limit - len(f" ... ({len(text):,} more characters)"), 0)
+    return text[:keep] + f" ... ({len(text) - keep:,} more characters)"
 
 
 class ForgeflowWarning(UserWarning):
@@ -30,9 +41,10 @@ class ForgeflowError(Exception):
     status_code = 500
 
     def __init__(self, message: str, *, field: str | None = None, status_code: int | None = None) -> None:
+        message = shorten(str(message))
         super().__init__(message)
         self.message = message
-        self.field = field  # the option, body field or flow node the message is about
+        self.field = shorten(str(field), 200) if field else field  # the option, body field or flow node it is about
         self.status_code = status_code or type(self).status_code  # the status an answer carried, else the class's
 
     def to_dict(self) -> dict:

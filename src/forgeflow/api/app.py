@@ -66,7 +66,7 @@ def create_app(ws: Workspace | None = None, *, base_url: str = "http://127.0.0.1
                 services.endpoints.shutdown()
             await services.http.aclose()
 
-    app = FastAPI(title="forgeflow", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="forgeflow", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Local fine-tuning, model registry, online endpoints and flows.")
     app.state.ff = services
 

@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
+import math
+from typing import Annotated, Any
+
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
+from pydantic_core import PydanticCustomError
 
 from forgeflow.api.security import ADMIN, services
 
 router = APIRouter(dependencies=ADMIN, tags=["connections"])
 
 
+def _finite(value: Any) -> Any:
+    """NaN and infinities (a JSON body may spell them NaN, Infinity or 1e999) would be stored as 'nan' or 'inf'."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise PydanticCustomError("finite_number", "Input should be a finite number")
+    return value
+
+
+Value = Annotated[str | int | float | bool, BeforeValidator(_finite)]
+
+
 class ConnectionBody(BaseModel):
     name: str
     type: str = Field("custom", description="custom, open_ai or azure_open_ai.")
-    configs: dict[str, str | int | float | bool] = Field(default_factory=dict)
-    secrets: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    configs: dict[str, Value] = Field(default_factory=dict)
+    secrets: dict[str, Value] = Field(default_factory=dict)
 
 
 @router.post("/connections", status_code=201)
@@ -29,8 +43,8 @@ def replace(name: str, body: ConnectionBody, ff=Depends(services)) -> dict:
 
 class ConnectionChanges(BaseModel):
     type: str | None = Field(None, description="A new type (rarely needed).")
-    configs: dict[str, str | int | float | bool] = Field(default_factory=dict, description="Configs to add or change.")
-    secrets: dict[str, str | int | float | bool] = Field(default_factory=dict, description="Secrets to add or change.")
+    configs: dict[str, Value] = Field(default_factory=dict, description="Configs to add or change.")
+    secrets: dict[str, Value] = Field(default_factory=dict, description="Secrets to add or change.")
     remove: list[str] = Field(default_factory=list, description="Fields to drop: configs.NAME, secrets.NAME or NAME.")
 
 

@@ -12,11 +12,11 @@ from forgeflow.data.library import DatasetLibrary
 router = APIRouter(dependencies=ADMIN, tags=["datasets"])
 
 
-class PrepareRequest(pydantic.BaseModel, extra="forbid"):
+class PrepareRequest(pydantic.BaseModel, extra="forbid", allow_inf_nan=False):
     dataset: str = pydantic.Field("sample", description="`sample`, a local file or folder, or a hub dataset name.")
     prefix: str = pydantic.Field(description="Writes <prefix>_train.jsonl and <prefix>_test.jsonl.")
     test_size: float = pydantic.Field(0.2, gt=0, description="Test share in (0, 1), or a row count.")
-    seed: int = 42
+    seed: int = pydantic.Field(42, ge=0, le=2**32 - 1, description="Seed of the shuffle before the split.")
     overwrite: bool = False
 
 

@@ -22,7 +22,8 @@ class EndpointCreate(BaseModel):
     name: str = Field(description="3-32 characters, a letter first, letters, digits and dashes.")
     auth_mode: str = Field("key", description="'key': primary and secondary keys; 'token': expiring tokens from get-credentials.")
     description: str | None = None
-    max_body_bytes: int | None = Field(None, description="Largest request body (bytes); the server default when unset.")
+    max_body_bytes: int | None = Field(None, le=1 << 30, description="Largest request body (bytes, at most 1 GiB); "
+                                       "the server default when unset.")
 
 
 class EndpointUpdate(BaseModel):
@@ -30,7 +31,7 @@ class EndpointUpdate(BaseModel):
     mirror_traffic: dict[str, int] | None = Field(None, description="One deployment -> percent (at most 50) of live "
                                                   "traffic copied to it; its answers are discarded.")
     description: str | None = None
-    max_body_bytes: int | None = Field(None, description="Largest request body in bytes.")
+    max_body_bytes: int | None = Field(None, le=1 << 30, description="Largest request body in bytes (at most 1 GiB).")
     auth_mode: str | None = Field(None, description="Switch between 'key' and 'token'; both keys are replaced, so "
                                   "no credential of the old mode keeps working.")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import signal
 import sys
@@ -20,7 +21,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
 from forgeflow.api.security import ADMIN, services
-from forgeflow.errors import ForgeflowError, UpstreamError, by_name
+from forgeflow.errors import ForgeflowError, InvalidInput, UpstreamError, by_name, shorten
 from forgeflow.flows.catalog import EXAMPLES, FlowCatalog
 
 router = APIRouter(dependencies=ADMIN, tags=["flows"])
@@ -33,7 +34,7 @@ class FlowAdd(pydantic.BaseModel, extra="forbid"):
     overwrite: bool = False
 
 
-class FlowTest(pydantic.BaseModel, extra="forbid"):
+class FlowTest(pydantic.BaseModel, extra="forbid", allow_inf_nan=False):
     inputs: dict[str, Any] = pydantic.Field(default_factory=dict, description="Flow inputs by name.")
     stream: bool = pydantic.Field(False, description="Answer server-sent events: output chunks, then the result.")
     timeout_s: float = pydantic.Field(300, gt=0, le=3600, description="Kill the run after this many seconds.")
@@ -70,6 +71,7 @@ async def test_flow(name: str, body: FlowTest, request: Request, cat: FlowCatalo
     """Run the flow once with `inputs`. JSON `{outputs, nodes, duration_s}`; with `stream`, server-sent events
     `{"output", "delta"}` as outputs stream, then `{"done": true, ...}` or `{"error", "message"}`."""
     path = cat.path(name)
+    _check_finite(body.inputs)
     events = _run(path, body, ff.ws.paths.root, request)
     if body.stream:
         async def sse() -> AsyncIterator[bytes]:
@@ -85,6 +87,20 @@ async def test_flow(name: str, body: FlowTest, request: Request, cat: FlowCatalo
     finally:
         await events.aclose()  # stops the process now, not when the generator is collected
     raise ForgeflowError("the flow run ended without a result")
+
+
+def _check_finite(inputs: dict[str, Any]) -> None:
+    """Refuse NaN and infinities anywhere in the inputs (JSON bodies may spell them NaN, Infinity or 1e999): JSON
+    itself has no such numbers, so a flow that passes one on could never answer."""
+    stack = [(f"inputs.{name}", value) for name, value in inputs.items()]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidInput(f"{where}: {value} is not a finite number", field=where)
+        if isinstance(value, dict):
+            stack += [(f"{where}.{key}", item) for key, item in value.items()]
+        elif isinstance(value, list):
+            stack += [(f"{where}[{i}]", item) for i, item in enumerate(value)]
 
 
 def _as_error(event: dict) -> ForgeflowError:
@@ -125,6 +141,8 @@ async def _run(path: Path, body: FlowTest, home: Path, request: Request) -> Asyn
             except ValueError:
                 continue  # a flow printing to stdout: not an event
             if isinstance(event, dict):
+                if "error" in event:  # the flow's own code writes the message: it may be any size
+                    event["message"] = shorten(str(event.get("message") or "the flow run failed"))
                 yield event
                 if event.get("done") or "error" in event:
                     finished = True

@@ -19,7 +19,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
-from forgeflow.errors import ForgeflowError, InvalidInput, NotFound
+from forgeflow.errors import ForgeflowError, InvalidInput, NotFound, shorten
 from forgeflow.flows.contract import ConnectionProvider, Flow
 from forgeflow.flows.executor import has_aggregation, run_aggregation, run_flow
 from forgeflow.flows.loader import load_flow
@@ -97,7 +97,7 @@ def _error(exc: BaseException) -> dict:
     if isinstance(exc, ForgeflowError):
         return {"type": type(exc).__name__, "message": exc.message, "field": exc.field,
                 "details": getattr(exc, "details", None)}
-    return {"type": type(exc).__name__, "message": f"{type(exc).__name__}: {exc}", "field": None,
+    return {"type": type(exc).__name__, "message": shorten(f"{type(exc).__name__}: {exc}"), "field": None,
             "details": traceback.format_exc()}
 
 

@@ -6,11 +6,13 @@
 from __future__ import annotations
 
 import ast
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from forgeflow.errors import Conflict, ForgeflowError, InvalidInput, NotFound
+from forgeflow.errors import Conflict, ForgeflowError, InvalidInput, NotFound, shorten
 from forgeflow.flows.contract import Flow, chat_history_name, chat_input_name, chat_output_name
 from forgeflow.flows.loader import flow_file, load_flow
 from forgeflow.names import check_name
@@ -42,7 +44,7 @@ class FlowCatalog:
             try:
                 flow = load_flow(path)
             except Exception as exc:  # a broken flow still lists, with the reason
-                entry |= {"error": getattr(exc, "message", str(exc)), "is_chat": False, "description": ""}
+                entry |= {"error": shorten(getattr(exc, "message", str(exc))), "is_chat": False, "description": ""}
             else:
                 entry |= {"kind": flow.kind, "is_chat": chat_input_name(flow) is not None,
                           "description": _description(path), "nodes": len(flow.nodes)}
@@ -54,7 +56,8 @@ class FlowCatalog:
         return {"name": name, "path": str(path), "description": _description(path), **describe(load_flow(path))}
 
     def add(self, name: str, source: Path, *, overwrite: bool = False) -> dict[str, Any]:
-        """Copy a flow folder into the workspace under `name` (checked first: a broken flow is refused)."""
+        """Copy a flow folder into the workspace under `name`, all or nothing: the copy is made beside the
+        workspace's flows and checked before it replaces anything, so a failed or broken copy changes nothing."""
         check_name(name, "flow")
         if name in {p.name for p in EXAMPLES.iterdir()}:
             raise Conflict(f"{name!r} is a bundled example flow: choose another name", field="name")
@@ -64,30 +67,60 @@ class FlowCatalog:
         target = self.root / name
         if source == target.resolve() or source.is_relative_to(target.resolve()):
             raise InvalidInput(f"path {source} is the workspace's copy of flow {name!r} itself", field="path")
+        _refuse_links(source, source)  # before anything in the folder is read
         load_flow(source)
         if target.exists() and not overwrite:
             raise Conflict(f"flow {name!r} exists: use overwrite=true to replace it", field="name")
         self.root.mkdir(parents=True, exist_ok=True)
-        # Copy first, swap after: a failed copy leaves the existing flow as it was.
-        staging, retired = self.root / f".{name}.copying", self.root / f".{name}.replaced"
-        for leftover in (staging, retired):
-            shutil.rmtree(leftover, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".adding", dir=self.root))
         try:
-            shutil.copytree(source, staging, ignore=_SKIP)
-        except (OSError, shutil.Error) as exc:
+            copy, retired = staging / "flow", staging / "replaced"
+            try:
+                shutil.copytree(source, copy, symlinks=True, ignore=_SKIP)
+            except (OSError, shutil.Error) as exc:
+                raise InvalidInput(f"could not copy the flow folder {source}: {exc}", field="path") from None
+            _refuse_links(copy, source)  # a link made while the folder was being copied
+            try:
+                load_flow(copy)
+            except ForgeflowError as exc:
+                raise InvalidInput(f"flow {source}, copied into the workspace, does not load: {exc.message} (a flow "
+                                   "must hold the files it uses: additional_includes outside it are not copied)",
+                                   field="path") from None
+            if target.exists():
+                target.rename(retired)
+            try:
+                copy.rename(target)
+            except OSError as exc:
+                if retired.exists():
+                    retired.rename(target)
+                raise ForgeflowError(f"could not install flow {name!r}: {exc}") from None
+        finally:
             shutil.rmtree(staging, ignore_errors=True)
-            raise InvalidInput(f"could not copy the flow folder {source}: {exc}", field="path") from None
-        if target.exists():
-            target.rename(retired)
-        staging.rename(target)
-        shutil.rmtree(retired, ignore_errors=True)
         return self.show(name)
 
     def delete(self, name: str) -> None:
         path = self.path(name)
         if path.parent == EXAMPLES:
             raise Conflict(f"{name!r} is a bundled example flow and cannot be deleted", field="name")
-        shutil.rmtree(path)
+        # Moved aside first: a delete that fails half-way leaves no half a flow under the name.
+        trash = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".deleting", dir=self.root))
+        path.rename(trash / name)
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def _refuse_links(folder: Path, shown: Path) -> None:
+    """Refuse a flow folder holding symbolic links or special files: a copied link brings in whatever it points
+    at (a key file, a folder elsewhere on the machine), and reading a FIFO blocks for ever."""
+    for parent, dirs, files in os.walk(folder):  # a link to a folder is listed in dirs, not followed
+        skipped = _SKIP(parent, [*dirs, *files])
+        dirs[:] = [d for d in dirs if d not in skipped]
+        for path in [Path(parent, entry) for entry in [*dirs, *files] if entry not in skipped]:
+            where = shown / path.relative_to(folder)
+            if path.is_symlink():
+                raise InvalidInput(f"path {where}: a symbolic link; a flow folder must hold its files itself "
+                                   "(copy the file in instead of linking it)", field="path")
+            if not (path.is_dir() or path.is_file()):
+                raise InvalidInput(f"path {where}: not a regular file or folder", field="path")
 
 
 def _is_flow(path: Path) -> bool:

@@ -6,10 +6,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from forgeflow.errors import InvalidInput, NotFound
 from forgeflow.store.connections import TYPES
+from forgeflow.yamlfile import load_yaml
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _IGNORED = {"$schema", "name", "type", "module"}
 _SECRET_FIELDS = {"api_key"}
@@ -67,11 +66,7 @@ def load_connection_yaml(path: Path | str) -> dict:
     path = Path(path)
     if not path.is_file():
         raise NotFound(f"connection file {path} not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise InvalidInput(f"{path}: not valid YAML: {exc}") from None
-    return parse_connection(raw, str(path))
+    return parse_connection(load_yaml(path.read_text(encoding="utf-8"), str(path)), str(path))
 
 
 def apply_settings(conn: dict, pairs: dict[str, str], *, flag: str = "--set") -> dict:

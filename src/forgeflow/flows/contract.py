@@ -7,7 +7,9 @@ it. Like Prompt flow's `contracts/flow.py`, nothing here reads files or runs cod
 from __future__ import annotations
 
 import json
+import math
 import re
+import reprlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -20,6 +22,8 @@ INPUT_TYPES = ("string", "int", "double", "bool", "list", "object")
 ANY = "any"  # internal type of un-annotated flex inputs: no coercion
 _REF = re.compile(r"^\$\{([^{}]*)\}$")
 _MISSING = object()
+_REPR = reprlib.Repr()  # a wrong value as an error message shows it: never the whole of a huge one
+_REPR.maxstring = _REPR.maxother = 80
 
 # How a run finds a connection by name: {name, type, configs, secrets}, secrets decrypted. The caller
 # passes it in; the flow engine never decides where connections are stored.
@@ -153,8 +157,9 @@ def parse_reference(value: Any, where: str) -> Reference | None:
 def coerce_value(value: Any, type_: str, where: str) -> Any:
     """Convert `value` to a flow input type, or raise InvalidInput naming `where`."""
 
-    def bad() -> InvalidInput:
-        return InvalidInput(f"{where}: expected {type_}, got {type(value).__name__} {value!r}", field=where)
+    def bad(expected: str = type_) -> InvalidInput:
+        return InvalidInput(f"{where}: expected {expected}, got {type(value).__name__} {_REPR.repr(value)}",
+                            field=where)
 
     if type_ == ANY:
         return value
@@ -178,14 +183,13 @@ def coerce_value(value: Any, type_: str, where: str) -> Any:
     if type_ == "double":
         if isinstance(value, bool):
             raise bad()
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                raise bad() from None
-        raise bad()
+        try:
+            number = float(value.strip() if isinstance(value, str) else value)
+        except (TypeError, ValueError, OverflowError):
+            raise bad() from None
+        if not math.isfinite(number):  # NaN and infinities have no JSON form and compare as nothing else does
+            raise bad("a finite double")
+        return number
     if type_ == "bool":
         if isinstance(value, bool):
             return value

@@ -6,6 +6,7 @@ the executor only follows them.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -44,10 +45,11 @@ def _number(raw: dict, key: str, where: str, cast: type, default: Any) -> Any:
         return default
     try:
         value = cast(raw[key])
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         value = -1
-    if isinstance(raw[key], bool) or value < 0:
-        raise InvalidInput(f"{where}: {key} must be a number >= 0, got {raw[key]!r}", field=where.split("'")[1] + "." + key)
+    if isinstance(raw[key], bool) or not 0 <= value < math.inf:  # NaN fails both comparisons
+        raise InvalidInput(f"{where}: {key} must be a number >= 0 (not .nan or .inf), got {raw[key]!r}",
+                           field=where.split("'")[1] + "." + key)
     return value
 
 

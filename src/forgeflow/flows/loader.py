@@ -10,11 +10,9 @@ import os
 import threading
 from pathlib import Path
 
-import yaml
-
-from forgeflow.errors import InvalidInput
 from forgeflow.flows import dag, flex, prompty
 from forgeflow.flows.contract import Flow, mapping
+from forgeflow.yamlfile import load_yaml
 
 _cache: dict[Path, tuple[int, Flow]] = {}
 _cache_lock = threading.Lock()
@@ -22,11 +20,7 @@ _paths: dict[str, Path] = {}  # as given -> resolved flow file (resolving costs 
 
 
 def read_yaml(path: Path) -> dict:
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise InvalidInput(f"{path}: not valid YAML: {exc}") from None
-    return mapping(raw, path.name)
+    return mapping(load_yaml(path.read_text(encoding="utf-8"), str(path)), path.name)
 
 
 def flow_file(target: Path) -> Path:

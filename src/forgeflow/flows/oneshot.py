@@ -17,7 +17,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from forgeflow.errors import ForgeflowError
+from forgeflow.errors import ForgeflowError, shorten
 
 _events = sys.stdout
 
@@ -63,7 +63,7 @@ def main() -> int:
         _emit(exc.to_dict() | ({"nodes": partial.to_dict()["node_results"]} if partial is not None else {}))
     except Exception as exc:  # a flow's own code failed: report it, never a bare traceback
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        _emit({"error": "FlowError", "message": detail})
+        _emit({"error": "FlowError", "message": shorten(detail)})
     return 1
 
 

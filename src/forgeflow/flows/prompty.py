@@ -16,8 +16,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from forgeflow.errors import ForgeflowError, InvalidInput
 from forgeflow.flows import compat
 from forgeflow.flows.contract import (
@@ -36,6 +34,7 @@ from forgeflow.flows.nodes import llm, templates
 from forgeflow.flows.nodes.python import fetch_connection
 from forgeflow.flows.result import FlowResult, RunStatus, settle
 from forgeflow.flows.rules import check_chat_rules
+from forgeflow.yamlfile import load_yaml
 
 PROMPTY_SUFFIX = ".prompty"
 _FRONT = re.compile(r"^\ufeff?---\s*\n(.*?)\n---\s*\n?(.*)$", re.DOTALL)
@@ -55,10 +54,7 @@ def load_prompty(path: Path) -> Flow:
     m = _FRONT.match(text)
     if not m:
         raise InvalidInput(f"{path.name}: a .prompty file starts with YAML front matter between '---' lines", field="front matter")
-    try:
-        front = yaml.safe_load(m.group(1)) or {}
-    except yaml.YAMLError as exc:
-        raise InvalidInput(f"{path.name}: front matter is not valid YAML: {exc}", field="front matter") from None
+    front = load_yaml(m.group(1), f"{path.name}: front matter", field="front matter") or {}
     if not isinstance(front, dict):
         raise InvalidInput(f"{path.name}: front matter must be a mapping", field="front matter")
     model = front.get("model") or {}

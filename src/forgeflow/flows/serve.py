@@ -54,7 +54,8 @@ def create_flow_app(flow_dir: Path, *, connection_provider: ConnectionProvider |
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title=f"forgeflow flow: {flow.dir.name}", version=__version__, lifespan=lifespan)
+    app = FastAPI(title=f"forgeflow flow: {flow.dir.name}", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)  # their pages load Swagger UI and ReDoc from a CDN
 
     @app.exception_handler(ForgeflowError)
     async def _domain_error(_request: Request, exc: ForgeflowError) -> JSONResponse:

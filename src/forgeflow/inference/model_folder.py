@@ -6,20 +6,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from forgeflow.errors import NotFound
+from forgeflow.errors import InvalidInput, NotFound
+from forgeflow.yamlfile import load_yaml
 
 
 def hf_model_dir(mlflow_model_dir: Path) -> Path:
     """The HF checkpoint folder inside an MLflow model dir; a HF folder itself is returned unchanged."""
-    import yaml
-
     path = Path(mlflow_model_dir)
     if (path / "config.json").is_file():
         return path
     mlmodel = path / "MLmodel"
     if not mlmodel.is_file():
         raise NotFound(f"{path} is neither an MLflow model (no MLmodel file) nor a Hugging Face model folder")
-    spec = yaml.safe_load(mlmodel.read_text()) or {}
+    spec = load_yaml(mlmodel.read_text(), str(mlmodel)) or {}
+    if not isinstance(spec, dict):
+        raise InvalidInput(f"{mlmodel}: expected a mapping (flavors, ...)")
     artifacts = (spec.get("flavors", {}).get("python_function", {}) or {}).get("artifacts") or {}
     entry = artifacts.get("model")
     rel = entry.get("path") if isinstance(entry, dict) else entry

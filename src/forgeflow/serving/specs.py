@@ -19,20 +19,24 @@ DEFAULT_REQUEST_SETTINGS = {"request_timeout_ms": 90_000, "max_concurrent_reques
 DEFAULT_LIVENESS = {"initial_delay": 5.0, "period": 5.0, "timeout": 5.0, "failure_threshold": 3, "success_threshold": 1}
 DEFAULT_READINESS = {"initial_delay": 0.0, "period": 1.0, "timeout": 5.0, "failure_threshold": 3, "success_threshold": 1}
 PROBES = {"liveness_probe": DEFAULT_LIVENESS, "readiness_probe": DEFAULT_READINESS}
+# Upper bounds: an hour per request, and far more than any instance serves at once.
+MAX_REQUEST_SETTINGS = {"request_timeout_ms": 3_600_000, "max_concurrent_requests_per_instance": 1000}
+MAX_PROBE_SECONDS = 3600
+MAX_THRESHOLD = 1000
 # Fields `online-deployment update --set` may change; `model` is resolved by the API layer.
 SETTABLE = ("model", "instance_count", "runtime", "request_settings", "liveness_probe", "readiness_probe")
 
 
 def request_settings(given: dict[str, Any] | None, base: dict[str, Any] | None = None) -> dict[str, int]:
-    """Merge and check request settings: every value a positive integer."""
+    """Merge and check request settings: every value a positive integer up to its bound."""
     out = dict(DEFAULT_REQUEST_SETTINGS) | dict(base or {})
     for key, value in (given or {}).items():
         if key not in DEFAULT_REQUEST_SETTINGS:
             raise InvalidInput(f"unknown request setting {key!r}: valid are {', '.join(DEFAULT_REQUEST_SETTINGS)}",
                                field=f"request_settings.{key}")
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InvalidInput(f"request_settings.{key} must be a positive integer, got {value!r}",
-                               field=f"request_settings.{key}")
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_REQUEST_SETTINGS[key]:
+            raise InvalidInput(f"request_settings.{key} must be a whole number from 1 to {MAX_REQUEST_SETTINGS[key]}, "
+                               f"got {value!r}", field=f"request_settings.{key}")
         out[key] = value
     return out
 
@@ -46,11 +50,15 @@ def probe(kind: str, given: dict[str, Any] | None, base: dict[str, Any] | None =
         if key not in defaults:
             raise InvalidInput(f"unknown probe setting {key!r}: valid are {', '.join(defaults)}", field=where)
         if key.endswith("threshold"):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InvalidInput(f"{where} must be a positive integer, got {value!r}", field=where)
+            if isinstance(value, float) and value.is_integer():  # 3.0: the REST body's probe values are floats
+                value = int(value)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_THRESHOLD:
+                raise InvalidInput(f"{where} must be a whole number from 1 to {MAX_THRESHOLD}, got {value!r}", field=where)
         else:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or value > 3600:
-                raise InvalidInput(f"{where} must be a number of seconds from 0 to 3600, got {value!r}", field=where)
+            # `not 0 <= value` also refuses NaN, which compares false with everything (and would disable the probe)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_PROBE_SECONDS:
+                raise InvalidInput(f"{where} must be a number of seconds from 0 to {MAX_PROBE_SECONDS}, got {value!r}",
+                                   field=where)
             if key in ("period", "timeout") and value <= 0:
                 raise InvalidInput(f"{where} must be more than 0 seconds", field=where)
             value = float(value)

@@ -37,7 +37,7 @@ Words = BeforeValidator(_word)
 
 
 class _Group(pydantic.BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True, allow_inf_nan=False)
 
 
 class LoraArgs(_Group):
@@ -87,7 +87,7 @@ class OptimArgs(_Group):
     """Optimizer (transformers' name)."""
     max_grad_norm: float = Field(1.0, ge=0)
     """Gradient clipping norm; 0 disables clipping."""
-    seed: int = Field(42, ge=0)
+    seed: int = Field(42, ge=0, le=2**32 - 1)
     """Random seed for initialisation and data order."""
 
 
@@ -189,7 +189,8 @@ def resolve_hyperparameters(raw: dict[str, Any] | None = None) -> Hyperparameter
         name = str(error["loc"][1])
         shown = f"{name}={raw[name]}: " if name in raw else ""
         parse_error = str(error["type"]).endswith(("_parsing", "_type", "from_float"))
-        raise InvalidInput(f"{shown}{name} must be {_expectation(name, parse_error)}", field=name) from None
+        finite = " (not nan or inf)" if error["type"] == "finite_number" else ""
+        raise InvalidInput(f"{shown}{name} must be {_expectation(name, parse_error)}{finite}", field=name) from None
 
 
 def check_hardware(hp: Hyperparameters) -> None:
@@ -264,4 +265,6 @@ def _expectation(name: str, parse_error: bool = False) -> str:
         text = f"a {noun}"
     if isinstance(bounds.get("Lt"), annotated_types.Lt):
         text += f" below {bounds['Lt'].lt}"
+    if isinstance(bounds.get("Le"), annotated_types.Le):
+        text += f" up to {bounds['Le'].le}"
     return text + (" or none" if annotation == int | None else "")

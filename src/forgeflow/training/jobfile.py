@@ -26,6 +26,7 @@ from pydantic_core import PydanticCustomError
 
 from forgeflow.errors import ForgeflowError, InvalidInput
 from forgeflow.training.hyperparams import resolve_hyperparameters
+from forgeflow.yamlfile import load_yaml
 
 # Keys of Azure's finetuning job schema that forgeflow reads besides JobRequest's own fields.
 FILE_ONLY_KEYS = ("$schema", "task", "display_name")
@@ -59,15 +60,10 @@ class JobRequest(pydantic.BaseModel):
 
 def load_job_file(path: Path) -> dict[str, Any]:
     """Read a YAML job file into a JobRequest-shaped dict (paths made absolute); errors name the file and key."""
-    import yaml
-
     path = Path(path).expanduser()
     if not path.is_file():
         raise InvalidInput(f"job file {path} does not exist", field="file")
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise InvalidInput(f"{path}: not valid YAML ({str(exc).splitlines()[0]})", field="file") from None
+    doc = load_yaml(path.read_text(encoding="utf-8"), str(path), field="file")
     if not isinstance(doc, dict):
         raise InvalidInput(f"{path}: expected a mapping of job fields (type, model, training_data, ...)", field="file")
     try:

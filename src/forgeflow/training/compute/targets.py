@@ -25,10 +25,11 @@ class ComputeTarget(pydantic.BaseModel, extra="forbid"):
 
     name: str = Field(description="Target name, e.g. local or gpu-box.")
     type: Literal["local", "ray"] = Field("local", description="local (this machine); ray is planned.")
-    max_concurrent_jobs: int = Field(1, gt=0, description="Jobs that may run at once; more wait Queued.")
-    min_nodes: int = Field(0, ge=0, description="Nodes kept up when idle (cluster targets).")
-    max_nodes: int = Field(1, gt=0, description="Most nodes the target scales to (cluster targets).")
-    idle_time_before_scale_down: int = Field(120, ge=0, description="Idle seconds before a node is released.")
+    max_concurrent_jobs: int = Field(1, gt=0, le=1024, description="Jobs that may run at once; more wait Queued.")
+    min_nodes: int = Field(0, ge=0, le=1000, description="Nodes kept up when idle (cluster targets).")
+    max_nodes: int = Field(1, gt=0, le=1000, description="Most nodes the target scales to (cluster targets).")
+    idle_time_before_scale_down: int = Field(120, ge=0, le=7 * 86400,
+                                             description="Idle seconds before a node is released (at most a week).")
     description: str | None = Field(None, description="Free text.")
 
     @pydantic.model_validator(mode="after")
