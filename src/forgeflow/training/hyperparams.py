@@ -49,7 +49,7 @@ class Hyperparameters(pydantic.BaseModel, extra="forbid", validate_assignment=Tr
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="Training dtype; auto is fp32 on CPU and bf16 on a GPU that supports it."
     )
-    seed: int = Field(42, ge=0, description="Random seed for initialisation and data order.")
+    seed: int = Field(42, ge=0, le=2**32 - 1, description="Random seed for initialisation and data order.")
     evaluation_strategy: Literal["no", "steps", "epoch"] = Field(
         "epoch", description="When to compute validation loss (needs validation data)."
     )
@@ -201,6 +201,8 @@ def _expectation(name: str, parse_error: bool = False) -> str:
         text = f"a {noun}"
     if isinstance(bounds.get("Lt"), annotated_types.Lt):
         text += f" below {bounds['Lt'].lt}"
+    if isinstance(bounds.get("Le"), annotated_types.Le):
+        text += f" up to {bounds['Le'].le}"
     return text + (" or none" if annotation == int | None else "")
 
 
