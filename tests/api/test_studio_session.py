@@ -3,7 +3,8 @@
 import httpx
 import pytest
 
-from forgeflow.api.security import COOKIE, new_session, valid_session
+from forgeflow.api.security import COOKIE
+from forgeflow.store.sessions import LIFETIME_S, Sessions
 
 pytestmark = pytest.mark.anyio
 
@@ -16,16 +17,19 @@ async def browser(app):
             yield c
 
 
-def test_session_values():
-    token = "ffa_secret"
-    value = new_session(token, now=1000)
-    assert valid_session(value, token, now=1001)
-    assert not valid_session(value, "ffa_other", now=1001)  # a new admin token signs everyone out
-    assert not valid_session(value, token, now=1000 + 8 * 24 * 3600)  # expired
-    expires, mac = value.split(".")
-    assert not valid_session(f"{int(expires) + 999}.{mac}", token, now=1001)  # a longer life is not forged
-    for bad in (None, "", "garbage", ".", "123.", "x.y", "\u00b2.x", "\u0661\u0662.x"):
-        assert not valid_session(bad, token, now=1001)
+def test_sessions_are_kept_server_side_as_hashes(ws):
+    """issue 10, finding 4: a session is a random id the store knows by its hash; ending it is final."""
+    sessions = Sessions(ws.store)
+    first, second = sessions.start(at=1000), sessions.start(at=1000)
+    assert first != second and sessions.valid(first, at=1001) and sessions.valid(second, at=1001)
+    assert not sessions.valid(first, at=1000 + LIFETIME_S + 1)  # expired
+    stored = {r["id_hash"] for r in ws.store.select("studio_sessions")}
+    assert first not in stored and second not in stored and len(stored) == 2  # only hashes are kept
+    assert sessions.end(first) and not sessions.valid(first, at=1001) and sessions.valid(second, at=1001)
+    assert not sessions.end(first)  # already ended
+    for bad in (None, "", "garbage", next(iter(stored)), "x" * 10_000):
+        assert not sessions.valid(bad, at=1001)
+    assert sessions.end_all() == 1 and not sessions.valid(second, at=1001)
 
 
 async def test_pages_need_a_session(browser):
@@ -73,7 +77,7 @@ async def test_sign_in_with_the_token_then_sign_out(browser, ws):
 
 
 async def test_a_forged_or_stale_cookie_is_refused(browser):
-    browser.cookies.set(COOKIE, new_session("not-the-admin-token"))
+    browser.cookies.set(COOKIE, "made-up-session-id")
     r = await browser.get("/api/jobs", headers={"X-Forgeflow-Studio": "1"})
     assert r.status_code == 401 and "sign in again" in r.json()["message"]
     assert (await browser.get("/")).status_code == 303
@@ -91,3 +95,62 @@ async def test_hyperparameters_describe_every_setting(api):
     assert by_name["eval_steps"]["nullable"] and by_name["lora_dropout"]["valid"] == "a non-negative number below 1"
     common = [r["common"] for r in rows]
     assert common == sorted(common, reverse=True)  # the common ones come first
+
+
+async def test_signing_out_ends_the_session_for_every_copy_of_the_cookie(app, browser, ws):
+    """issue 10, finding 4: a signed-out cookie no longer works, even replayed from a copy, and a server restart
+    does not bring it back."""
+    from forgeflow.api.app import create_app
+
+    studio = {"X-Forgeflow-Studio": "1"}
+    assert (await browser.post("/api/session", json={"token": ws.admin_token()})).status_code == 200
+    stolen = browser.cookies[COOKIE]
+    assert (await browser.delete("/api/session")).json() == {"signed_in": False}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test",
+                                 cookies={COOKIE: stolen}) as replay:
+        r = await replay.get("/api/jobs", headers=studio)
+        assert r.status_code == 401 and "sign in again" in r.json()["message"]
+        assert (await replay.get("/")).status_code == 303
+    restarted = create_app(ws, background=False)
+    async with restarted.router.lifespan_context(restarted):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=restarted), base_url="http://test",
+                                     cookies={COOKIE: stolen}) as replay:
+            assert (await replay.get("/api/jobs", headers=studio)).status_code == 401
+
+
+async def test_rotating_the_admin_token_ends_old_tokens_and_every_session(app, browser, ws):
+    """issue 10, finding 4: POST /api/token/rotate makes a new admin token; the old token and all Studio sessions
+    stop working at once, also for a server started afterwards."""
+    from forgeflow.api.app import create_app
+
+    studio = {"X-Forgeflow-Studio": "1"}
+    old = ws.admin_token()
+    assert (await browser.post("/api/session", json={"token": old})).status_code == 200
+    assert (await browser.get("/api/jobs", headers=studio)).status_code == 200
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as cli:
+        r = await cli.post("/api/token/rotate", headers={"Authorization": f"Bearer {old}"})
+        assert r.status_code == 200
+        new = r.json()["token"]
+        assert new != old and new == ws.admin_token() and r.json()["sessions_ended"] == 1
+        assert (await cli.get("/api/jobs", headers={"Authorization": f"Bearer {old}"})).status_code == 401
+        assert (await cli.get("/api/jobs", headers={"Authorization": f"Bearer {new}"})).status_code == 200
+    assert (await browser.get("/api/jobs", headers=studio)).status_code == 401
+    restarted = create_app(ws, background=False)
+    async with restarted.router.lifespan_context(restarted):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=restarted), base_url="http://test") as cli:
+            assert (await cli.get("/api/jobs", headers={"Authorization": f"Bearer {old}"})).status_code == 401
+            assert (await cli.get("/api/jobs", headers={"Authorization": f"Bearer {new}"})).status_code == 200
+
+
+async def test_the_cookie_is_secure_over_https_only(app, ws):
+    """issue 10, finding 4: `Secure` when the request itself came over HTTPS; a forwarded-proto header from an
+    untrusted hop changes nothing."""
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="https://test") as tls:
+            r = await tls.post("/api/session", json={"token": ws.admin_token()})
+            assert r.status_code == 200 and "secure" in r.headers["set-cookie"].lower()
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as plain:
+            r = await plain.post("/api/session", json={"token": ws.admin_token()},
+                                 headers={"X-Forwarded-Proto": "https"})
+            assert r.status_code == 200 and "secure" not in r.headers["set-cookie"].lower()

@@ -10,7 +10,7 @@ SURFACE = {
     "version": None,
     "quickstart": None,
     "serve": {"status", "stop"},
-    "token": {"show"},
+    "token": {"show", "rotate"},
     "model": {"pull", "list", "create", "show", "update", "archive", "restore", "download"},
     "data": {"prepare", "validate"},
     "job": {"create", "list", "show", "stream", "cancel", "resume"},

@@ -12,15 +12,18 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from forgeflow import __version__
-from forgeflow.api import compute, connections, datasets, endpoints, flows, jobs, models
-from forgeflow.errors import ForgeflowError, InternalError, InvalidInput
+from forgeflow.api import compute, connections, datasets, endpoints, flows, jobs, models, token
+from forgeflow.api.guard import Guard
+from forgeflow.errors import ForgeflowError, InternalError, InvalidInput, by_name
 from forgeflow.serving import gateway
 from forgeflow.serving.endpoints import EndpointService
 from forgeflow.serving.placement import LocalPlacement
 from forgeflow.serving.schemas import install_openapi
 from forgeflow.serving.supervisor import DeploymentSupervisor
+from forgeflow.serving.throttle import FailureLimiter
 from forgeflow.store.connections import ConnectionStore
 from forgeflow.store.workspace import Workspace
 from forgeflow.studio import pages
@@ -78,6 +81,12 @@ def create_app(ws: Workspace | None = None, *, base_url: str = "http://127.0.0.1
     async def _body_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         return await _domain_error(request, invalid_input(exc))
 
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        """Starlette's own refusals (no such route, method not allowed, a body it cannot parse) in the tree's shape."""
+        error = by_name(_HTTP_NAMES.get(exc.status_code, ""))(str(exc.detail), status_code=exc.status_code)
+        return JSONResponse(error.to_dict(), status_code=exc.status_code, headers=exc.headers)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
@@ -92,12 +101,18 @@ def create_app(ws: Workspace | None = None, *, base_url: str = "http://127.0.0.1
         return {"status": "ok", "version": __version__, "home": str(ws.paths.root)}
 
     app.include_router(endpoints.metrics_router)
-    for module in (jobs, datasets, models, endpoints, connections, compute, flows):
+    for module in (jobs, datasets, models, endpoints, connections, compute, flows, token):
         app.include_router(module.router, prefix="/api")
     app.include_router(pages.api)
     app.include_router(pages.router)
     install_openapi(app)
+    # Outside every route: credentials, body caps and the limit on failed credentials act before a body is read.
+    app.add_middleware(Guard, throttle=FailureLimiter())
     return app
+
+
+_HTTP_NAMES = {400: "InvalidInput", 401: "Unauthorized", 404: "NotFound", 405: "InvalidInput", 413: "PayloadTooLarge",
+               429: "TooManyRequests"}
 
 
 def invalid_input(exc: RequestValidationError) -> InvalidInput:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pydantic
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
 from forgeflow.api.security import ADMIN, services
@@ -43,7 +43,8 @@ def show_dataset(name: str, lib: DatasetLibrary = Depends(library)) -> dict:
 
 
 @router.get("/datasets/{name}/rows")
-def dataset_rows(name: str, offset: int = 0, limit: int = 20, lib: DatasetLibrary = Depends(library)) -> dict:
+def dataset_rows(name: str, offset: int = Query(0, ge=0, le=2**53), limit: int = Query(20, ge=1, le=200),
+                 lib: DatasetLibrary = Depends(library)) -> dict:
     return lib.rows(name, offset, limit)
 
 

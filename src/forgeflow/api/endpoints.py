@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
+from forgeflow.api.guard import SCORING_MAX_BYTES
 from forgeflow.api.security import ADMIN, services
 from forgeflow.errors import InvalidInput
 from forgeflow.serving.specs import FLOW_RUNTIME
@@ -22,8 +23,8 @@ class EndpointCreate(BaseModel):
     name: str = Field(description="3-32 characters, a letter first, letters, digits and dashes.")
     auth_mode: str = Field("key", description="'key': primary and secondary keys; 'token': expiring tokens from get-credentials.")
     description: str | None = None
-    max_body_bytes: int | None = Field(None, le=1 << 30, description="Largest request body (bytes, at most 1 GiB); "
-                                       "the server default when unset.")
+    max_body_bytes: int | None = Field(None, ge=1024, le=SCORING_MAX_BYTES,
+                                       description="Largest request body (bytes); the server default when unset.")
 
 
 class EndpointUpdate(BaseModel):
@@ -31,7 +32,8 @@ class EndpointUpdate(BaseModel):
     mirror_traffic: dict[str, int] | None = Field(None, description="One deployment -> percent (at most 50) of live "
                                                   "traffic copied to it; its answers are discarded.")
     description: str | None = None
-    max_body_bytes: int | None = Field(None, le=1 << 30, description="Largest request body in bytes (at most 1 GiB).")
+    max_body_bytes: int | None = Field(None, ge=1024, le=SCORING_MAX_BYTES,
+                                       description="Largest request body in bytes.")
     auth_mode: str | None = Field(None, description="Switch between 'key' and 'token'; both keys are replaced, so "
                                   "no credential of the old mode keeps working.")
 
@@ -138,7 +140,8 @@ def delete_deployment(name: str, deployment: str, ff=Depends(services)) -> dict:
 
 
 @router.get("/endpoints/{name}/deployments/{deployment}/logs")
-def deployment_logs(name: str, deployment: str, lines: int = 100, ff=Depends(services)) -> dict:
+def deployment_logs(name: str, deployment: str, lines: int = Query(100, ge=1, le=100_000),
+                    ff=Depends(services)) -> dict:
     return {"text": ff.endpoints.deployment_logs(name, deployment, lines)}
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 
 from forgeflow.api.security import ADMIN, services
 from forgeflow.errors import InvalidInput, NotFound
@@ -94,13 +94,13 @@ def resume_job(job_id: str, ff=Depends(services)) -> dict:
 
 
 @router.get("/jobs/{job_id}/metrics")
-def job_metrics(job_id: str, offset: int = 0, ff=Depends(services)) -> list[dict]:
+def job_metrics(job_id: str, offset: int = Query(0, ge=0, le=2**53), ff=Depends(services)) -> list[dict]:
     """Metrics rows from row `offset` on (a follower asks only for rows it has not seen)."""
     return read_metrics(ff.runner.get(job_id).job_dir)[max(0, offset):]
 
 
 @router.get("/jobs/{job_id}/logs")
-def job_logs(job_id: str, offset: int = 0, ff=Depends(services)) -> dict:
+def job_logs(job_id: str, offset: int = Query(0, ge=0, le=2**53), ff=Depends(services)) -> dict:
     """Log text from byte `offset`; `next_offset` continues where this answer stops."""
     text, next_offset = ff.runner.log_text(job_id, offset)
     return {"text": text, "next_offset": next_offset}

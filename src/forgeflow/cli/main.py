@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from forgeflow import __version__
-from forgeflow.cli import compute, connections, data, endpoints, flows, jobs, models, quickstart, server
+from forgeflow.cli import compute, connections, data, endpoints, flows, jobs, models, quickstart, server, token
 from forgeflow.cli.common import JsonOpt, command, console, print_json
 
 app = typer.Typer(
@@ -47,6 +47,9 @@ def token_show(json_out: bool = JsonOpt) -> None:
 
     tok = admin_token()
     print_json({"token": tok}) if json_out else print(tok)
+
+
+token_app.command("rotate")(token.rotate)
 
 
 @app.command()

@@ -233,6 +233,8 @@ def _jsonl_rows(path: Path, report: ValidationReport) -> Iterator[tuple[int, str
                 yield number, "line", json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as exc:
                 yield number, "line", _Unparsed(f"not valid JSON ({exc.msg} at column {exc.colno})")
+            except RecursionError:
+                yield number, "line", _Unparsed("JSON nested too deeply to read")
 
 
 def _json_array(path: Path) -> list[Any] | None:
@@ -243,6 +245,8 @@ def _json_array(path: Path) -> list[Any] | None:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InvalidInput(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from exc
+    except RecursionError:
+        raise InvalidInput(f"{path}: JSON nested too deeply to read") from None
     return data if isinstance(data, list) else None
 
 
@@ -279,6 +283,8 @@ def _decode_messages_field(record: dict[str, Any]) -> Any:
             record = {**record, "messages": json.loads(value)}
         except json.JSONDecodeError as exc:
             return _Unparsed(f"'messages' is not valid JSON ({exc.msg} at column {exc.colno})")
+        except RecursionError:
+            return _Unparsed("'messages' is JSON nested too deeply to read")
     return record
 
 

@@ -75,9 +75,10 @@ def register(name: str, path: Path, *, base_model: str | None = None, source_job
     from mlflow.exceptions import MlflowException
 
     try:
-        c.get_registered_model(name)
-    except MlflowException:
         c.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":  # a new version of a model that exists (or was just made)
+            raise
     if base_model:
         all_tags[TAG_BASE] = base_model
     if source_job:

@@ -13,6 +13,8 @@ from typing import Any, Iterable
 
 import sqlalchemy as sa
 
+from forgeflow.errors import Conflict, InvalidInput
+
 MIGRATIONS: list[tuple[str, list[str]]] = [
     (
         "0001_initial",
@@ -60,7 +62,22 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             "ALTER TABLE deployments ADD COLUMN updated_at VARCHAR(40)",
         ],
     ),
+    (
+        # Studio sign-ins live server-side so that signing out or rotating the admin token ends them at once;
+        # only a hash of each session id is kept, so a copy of the database signs nobody in.
+        "0004_studio_sessions",
+        [
+            """CREATE TABLE studio_sessions (
+                id_hash VARCHAR(64) PRIMARY KEY, created_at VARCHAR(40) NOT NULL, expires_at INTEGER NOT NULL)""",
+        ],
+    ),
 ]
+
+# What a row of each table is called in "already exists" answers.
+NOUNS = {"endpoints": "endpoint", "deployments": "deployment", "connections": "connection",
+         "compute_targets": "compute target", "jobs": "job", "settings": "setting"}
+# SQLite and Postgres store integers in 64 bits; a larger value is a bad request, not a crash in the driver.
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 
 JSON_COLUMNS = {"hyperparameters", "progress", "metrics", "traffic", "request_settings", "configs",
                 "mirror_traffic", "liveness_probe", "readiness_probe"}
@@ -101,11 +118,17 @@ class Store:
 
     # -- generic row helpers -------------------------------------------------
     def insert(self, table: str, row: dict) -> None:
+        """Add a row; a row with the same key (another request created it first) is a Conflict."""
         row = _encode(row)
         cols = ", ".join(row)
         params = ", ".join(f":{k}" for k in row)
-        with self._lock, self.engine.begin() as conn:
-            conn.execute(sa.text(f"INSERT INTO {table} ({cols}) VALUES ({params})"), row)
+        try:
+            with self._lock, self.engine.begin() as conn:
+                conn.execute(sa.text(f"INSERT INTO {table} ({cols}) VALUES ({params})"), row)
+        except sa.exc.IntegrityError as exc:
+            if not _duplicate_key(exc):
+                raise
+            raise _exists(table, row) from None
 
     def update(self, table: str, where: dict, values: dict) -> int:
         values = _encode(values)
@@ -130,6 +153,11 @@ class Store:
         with self.engine.connect() as conn:
             return [_decode(dict(r._mapping)) for r in conn.execute(sa.text(sql), where)]
 
+    def execute(self, sql: str, params: dict | None = None) -> int:
+        """A write the row helpers cannot express (a range delete), for the module that owns the table; rows touched."""
+        with self._lock, self.engine.begin() as conn:
+            return conn.execute(sa.text(sql), params or {}).rowcount
+
     def get(self, table: str, **where: Any) -> dict | None:
         rows = self.select(table, where)
         return rows[0] if rows else None
@@ -151,9 +179,12 @@ class Store:
     def set_setting(self, key: str, value: str) -> None:
         with self._lock:
             if self.get_setting(key) is None:
-                self.insert("settings", {"key": key, "value": value})
-            else:
-                self.update("settings", {"key": key}, {"value": value})
+                try:
+                    self.insert("settings", {"key": key, "value": value})
+                    return
+                except Conflict:  # another process wrote it first: this value wins, as an update would
+                    pass
+            self.update("settings", {"key": key}, {"value": value})
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -164,7 +195,24 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 
 
 def _encode(row: dict) -> dict:
+    for k, v in row.items():
+        if isinstance(v, int) and not INT_MIN <= v <= INT_MAX:
+            raise InvalidInput(f"{k}: {v} is out of range ({INT_MIN} to {INT_MAX})", field=k)
     return {k: json.dumps(v) if k in JSON_COLUMNS and v is not None else v for k, v in row.items()}
+
+
+def _duplicate_key(exc: sa.exc.IntegrityError) -> bool:
+    """A unique or primary key violation (not a NOT NULL or foreign key one), in SQLite's or Postgres' words."""
+    orig = exc.orig
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return code == "23505" or "UNIQUE constraint failed" in str(orig)
+
+
+def _exists(table: str, row: dict) -> Conflict:
+    noun = NOUNS.get(table, table.rstrip("s").replace("_", " "))
+    name = row.get("name", row.get("id", row.get("key")))
+    where = f" on endpoint {row['endpoint']!r}" if table == "deployments" and "endpoint" in row else ""
+    return Conflict(f"{noun} {name!r} already exists{where}", field="name" if "name" in row else None)
 
 
 def _decode(row: dict) -> dict:

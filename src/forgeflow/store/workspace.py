@@ -1,4 +1,4 @@
-"""Opening (and creating) a workspace: home folders, the store, secrets and the admin token."""
+"""Opening (and creating) a workspace: home folders, the store, secrets, the admin token and Studio sessions."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from functools import cached_property
 from forgeflow.store.db import Store
 from forgeflow.store.home import Paths
 from forgeflow.store.secrets import SecretBox, new_key
+from forgeflow.store.sessions import Sessions
 
 ADMIN_TOKEN_SETTING = "admin_token"
 
@@ -42,5 +43,16 @@ class Workspace:
     def secrets(self) -> SecretBox:
         return SecretBox(self.paths.secret_key)
 
+    @cached_property
+    def sessions(self) -> Sessions:
+        return Sessions(self.store)
+
     def admin_token(self) -> str:
         return self.secrets.decrypt(self.store.get_setting(ADMIN_TOKEN_SETTING) or "")
+
+    def rotate_admin_token(self) -> dict:
+        """A new admin token: the old one and every Studio session stop working at once (in every server
+        process: they read the token and the sessions from the store on each request)."""
+        token = new_key("ffa_")
+        self.store.set_setting(ADMIN_TOKEN_SETTING, self.secrets.encrypt(token))
+        return {"token": token, "sessions_ended": self.sessions.end_all()}

@@ -1,6 +1,7 @@
 """Studio's pages and sign-in routes.
 
 `/signin` is public and self-contained; `/` and `/studio/<file>` need a Studio session (see api/security.py).
+Signing out ends the session server-side, not only in this browser.
 Every page goes out with a Content-Security-Policy that allows only this origin's scripts plus the
 inline scripts of that very page (by hash), so text from the API can never run as code.
 """
@@ -94,6 +95,7 @@ def session(ff=Depends(services)) -> dict:
 
 
 @api.delete("/session")
-def sign_out(response: Response) -> dict:
-    end_session(response)
+def sign_out(request: Request, response: Response) -> dict:
+    """End this browser's session (a copy of its cookie stops working too)."""
+    end_session(request, response)
     return {"signed_in": False}
