@@ -145,18 +145,26 @@ WRITERS = {
     "deployments": {"forgeflow.serving.endpoints"},
     "connections": {"forgeflow.store.connections"},
     "compute_targets": {"forgeflow.training.compute.targets"},
+    "studio_sessions": {"forgeflow.store.sessions"},
 }
 
 
 def writes_of(path: Path) -> set[str]:
-    """Tables a file writes: `<anything>.insert/update/delete("table", ...)` with the table as a literal."""
+    """Tables a file writes: `<anything>.insert/update/delete(TABLE, ...)` with the table as a literal or a
+    module-level constant."""
+    tree = ast.parse(path.read_text(), str(path))
+    constants = {target.id: node.value.value for node in tree.body if isinstance(node, ast.Assign)
+                 and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+                 for target in node.targets if isinstance(target, ast.Name)}
     tables = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                and node.func.attr in {"insert", "update", "delete", "upsert"} and node.args
-                and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)
-                and node.args[0].value.isidentifier()):  # a table name, not a route path
-            tables.add(node.args[0].value)
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr in {"insert", "update", "delete", "upsert"} and node.args):
+            continue
+        first = node.args[0]
+        name = first.value if isinstance(first, ast.Constant) else constants.get(getattr(first, "id", ""))
+        if isinstance(name, str) and name.isidentifier():  # a table name, not a route path
+            tables.add(name)
     return tables
 
 
