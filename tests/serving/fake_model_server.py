@@ -88,8 +88,15 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
 
+class Server(ThreadingHTTPServer):
+    # The real model server listens with a backlog of 2048 (model_server.py); socketserver's default of 5
+    # overflows under the gateway's burst of new connections, and the kernel's SYN-cookie fallback then
+    # resets some of them after the request went out (a ReadError at the gateway, then a 424).
+    request_queue_size = 2048
+
+
 if __name__ == "__main__":
-    server = ThreadingHTTPServer(("127.0.0.1", PORT), Handler)
+    server = Server(("127.0.0.1", PORT), Handler)
     server.daemon_threads = True
     print(f"READY {PORT}", flush=True)
     server.serve_forever()
