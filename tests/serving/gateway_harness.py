@@ -22,6 +22,8 @@ from forgeflow.store.workspace import Workspace
 
 FAKE = Path(__file__).with_name("fake_model_server.py")
 FAST_PROBES = {"initial_delay": 0.0, "period": 0.2, "timeout": 0.5, "failure_threshold": 2, "success_threshold": 1}
+# Liveness waits a second: a fake server still binding its port on a loaded machine is starting, not hung.
+FAST_LIVENESS = FAST_PROBES | {"initial_delay": 1.0}
 SCORE = {"input_data": {"input_string": [{"role": "user", "content": "hi"}], "parameters": {"max_new_tokens": 4}}}
 CHAT = {"model": "any", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
@@ -57,7 +59,7 @@ class Gateway:
                instance_count: int = 1, request_settings: dict | None = None, probes: dict | None = None) -> dict:
         self.svc.create_deployment(endpoint, name, "fake:1", json.dumps(config or {}), instance_count=instance_count,
                                    request_settings=request_settings or {"max_concurrent_requests_per_instance": 64},
-                                   liveness_probe=probes or FAST_PROBES,
+                                   liveness_probe=probes or FAST_LIVENESS,
                                    readiness_probe=probes or FAST_PROBES)
         return self.wait(endpoint, name) if wait else self.svc.show_deployment(endpoint, name)
 
