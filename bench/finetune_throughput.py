@@ -1,22 +1,24 @@
-"""Fine-tuning throughput: a plain TRL SFTTrainer script vs forgeflow's training code, same data, rank, steps.
+"""Fine-tuning throughput: plain and expert TRL SFTTrainer vs forgeflow's trainer, same data, rank and steps.
 
     .venv/bin/python bench/finetune_throughput.py --steps 20 [--repeat 3] [--json] [--levers ...]
 
 The baseline needs TRL, which forgeflow itself does not: pip install -e '.[bench]'.
 
 Pulls SmolLM2-135M-Instruct into a temporary FORGEFLOW_HOME, splits the sample data 80/20 and fine-tunes
-LoRA (same rank, alpha, targets, learning rate, batch size, steps) twice, each run in its own process so
+LoRA (same rank, alpha, targets, learning rate, batch size, steps) three times, each run in its own process so
 peak memory (RSS) is its own:
 
 - plain: TRL's SFTTrainer the way its docs show it: SFTConfig defaults (packing off, gradient
   checkpointing on, logging every 10 steps), `peft_config=LoraConfig(...)`; only `use_cpu`/`bf16=False`
   (the defaults refuse to start on a CPU), the step count, batch size and learning rate are set.
+- expert TRL: the same SFTTrainer configured the way an expert would for speed: packing on, gradient
+  checkpointing off, LoRA dropout 0 (what forgeflow does by default), everything else as plain.
 - forgeflow: the worker's code path (masking, packing, ForgeflowTrainer, the worker's TrainingArguments).
 
 Tokens/s counts real (non-pad) input tokens of the batches trained on, over trainer.train()'s wall time,
 for both. Validation loss is measured the same way for both after training: mean cross-entropy over the
 assistant tokens of the held-out 20%. `--levers` adds forgeflow runs with one lever switched back each.
-`--repeat N` runs every configuration N times, interleaved (plain, forgeflow, levers, plain, ...), and reports
+`--repeat N` runs every configuration N times, interleaved (plain, forgeflow, expert, levers, plain, ...), and reports
 the median of each figure and the median of the per-round ratios, so a burst of load on a shared machine
 moves one round, not the result.
 """
@@ -79,25 +81,28 @@ def peak_rss_mb() -> float:
 
 
 # -- the two runs -----------------------------------------------------------------
-def run_plain(model_dir: str, train: Path, val: Path, steps: int, batch: int, out: Path) -> dict:
+def run_trl(model_dir: str, train: Path, val: Path, steps: int, batch: int, out: Path, *, expert: bool) -> dict:
+    """TRL's SFTTrainer as its docs show it, or (expert) with packing, no checkpointing and no LoRA dropout."""
     import torch
     from datasets import load_dataset
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
     dataset = load_dataset("json", data_files=str(train), split="train")
+    tuned = {"packing": True, "gradient_checkpointing": False} if expert else {}
     config = SFTConfig(
         output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch, learning_rate=LR,
         use_cpu=not torch.cuda.is_available(), bf16=torch.cuda.is_available(), report_to="none",
-        save_strategy="no", disable_tqdm=True,
+        save_strategy="no", disable_tqdm=True, **tuned,
     )
-    peft_config = LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.05, target_modules=TARGETS, task_type="CAUSAL_LM")
+    peft_config = LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0 if expert else 0.05, target_modules=TARGETS,
+                             task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=model_dir, args=config, train_dataset=dataset, peft_config=peft_config)
     counted = _count_tokens(trainer)
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
-    return _result("plain TRL SFTTrainer", counted[0], seconds, trainer, val)
+    return _result("expert TRL SFTTrainer" if expert else "plain TRL SFTTrainer", counted[0], seconds, trainer, val)
 
 
 def run_forgeflow(model_dir: str, train: Path, val: Path, steps: int, batch: int, out: Path, lever: str) -> dict:
@@ -169,8 +174,8 @@ def child(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     out = Path(args.work) / f"out-{args.variant}-{args.lever or 'base'}"
     train, val = Path(args.work) / "train.jsonl", Path(args.work) / "val.jsonl"
-    if args.variant == "plain":
-        result = run_plain(args.model, train, val, args.steps, args.batch, out)
+    if args.variant in ("plain", "expert"):
+        result = run_trl(args.model, train, val, args.steps, args.batch, out, expert=args.variant == "expert")
     else:
         result = run_forgeflow(args.model, train, val, args.steps, args.batch, out, args.lever)
     print("RESULT " + json.dumps(result), flush=True)
@@ -219,7 +224,8 @@ def main() -> None:
         rounds = []
         for _ in range(args.repeat):
             runs = [spawn(work, model, args.steps, args.batch, "plain"),
-                    spawn(work, model, args.steps, args.batch, "forgeflow")]
+                    spawn(work, model, args.steps, args.batch, "forgeflow"),
+                    spawn(work, model, args.steps, args.batch, "expert")]
             runs += [spawn(work, model, args.steps, args.batch, "forgeflow", lever)
                      for lever in filter(None, args.levers.split(","))]
             rounds.append(runs)
@@ -236,6 +242,8 @@ def main() -> None:
               f"{r['peak_memory_mb']:8.0f} {r['val_loss']:9.4f} {r['ratio_vs_plain']:8.2f}x")
     print(f"ratio forgeflow / plain TRL (median of per-round ratios): {report['ratio']:.2f}x; "
           f"per round: {report['ratios']}")
+    print(f"ratio forgeflow / expert TRL (median of per-round ratios): {report['ratio_vs_expert']:.2f}x; "
+          f"per round: {report['ratios_vs_expert']}")
 
 
 def summarize(rounds: list[list[dict]]) -> dict:
@@ -250,8 +258,9 @@ def summarize(rounds: list[list[dict]]) -> dict:
         runs.append({"name": name, **med, "ratio_vs_plain": round(statistics.median(ratios), 2),
                      "tokens_per_second_samples": [s["tokens_per_second"] for s in samples]})
     ratios = [round(rnd[1]["tokens_per_second"] / rnd[0]["tokens_per_second"], 2) for rnd in rounds]
-    return {"runs": runs, "plain": runs[0], "forgeflow": runs[1], "ratio": statistics.median(ratios),
-            "ratios": ratios}
+    vs_expert = [round(rnd[1]["tokens_per_second"] / rnd[2]["tokens_per_second"], 2) for rnd in rounds]
+    return {"runs": runs, "plain": runs[0], "forgeflow": runs[1], "expert": runs[2], "ratio": statistics.median(ratios),
+            "ratios": ratios, "ratio_vs_expert": statistics.median(vs_expert), "ratios_vs_expert": vs_expert}
 
 
 if __name__ == "__main__":
