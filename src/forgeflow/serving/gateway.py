@@ -167,7 +167,8 @@ async def _forward(call: _Call, cfg: EndpointConfig, path: str, raw: bytes, stre
             inst = ticket.place(ready)
             try:
                 req = client.build_request("POST", f"{inst.url}{path}", content=raw,
-                                           headers={"content-type": "application/json"}, timeout=timeout_s)
+                                           headers={"content-type": "application/json", **inst.auth},
+                                           timeout=timeout_s)
                 resp = await asyncio.wait_for(client.send(req, stream=True), timeout_s)
             except httpx.ConnectError:
                 # Nothing reached the instance (it died since the last probe): try another one.
@@ -210,6 +211,9 @@ def _too_slow(timeout_s: float) -> RequestTimeout:
 def _answer(call: _Call, resp: httpx.Response, content: bytes) -> Response:
     if resp.status_code == 503:
         return call.fail(ServerUnavailable("the instance is not ready (model loading); retry shortly"), RETRY)
+    if resp.status_code == 401:  # not the caller's key: the instance refused ours (another process on its port)
+        return call.fail(UpstreamError("the model server refused the gateway's instance key; retry shortly"),
+                         {REASON_HEADER: "model_server_refused", **RETRY})
     if resp.status_code >= 500:
         try:
             reason = json.loads(content).get("message", content.decode(errors="replace"))
@@ -306,7 +310,8 @@ def _mirror(call: _Call, cfg: EndpointConfig, deployment: str, path: str, raw: b
     async def send() -> None:
         code = "error"
         try:
-            resp = await client.post(f"{inst.url}{path}", content=raw, headers={"content-type": "application/json"},
+            resp = await client.post(f"{inst.url}{path}", content=raw,
+                                     headers={"content-type": "application/json", **inst.auth},
                                      timeout=dep.request_timeout_s)
             code = str(resp.status_code)
         except httpx.HTTPError:
