@@ -1,19 +1,25 @@
 """Instances as the gateway alone may reach them: each with its own secret, rotated when it restarts; gone
-with the server that started them."""
+with the server that started them; and a stream that breaks off told to the client as an error."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import httpx
-from gateway_harness import FAST_PROBES, FakePlacement, post
+import openai
+import pytest
+from gateway_harness import CHAT, FAST_PROBES, FakePlacement, post
 
 from forgeflow.processes import LIFELINE_FD_ENV, start_time
+from forgeflow.serving.gateway import _relay
+from forgeflow.serving.metrics import Metrics
 from forgeflow.serving.records import Deployment
 from forgeflow.store.home import Paths
 from forgeflow.store.states import DeploymentState
@@ -108,6 +114,61 @@ def test_a_starting_server_stops_the_instances_an_earlier_one_left():
         earlier.stop([left], grace_s=0)
         bystander.kill()
         bystander.wait()
+
+
+def test_a_broken_stream_ends_with_an_error_event_not_done(gateway):
+    """issue 10, finding 8: the instance dies mid-stream; the client, which already has its 200, gets the
+    chunks that arrived, then an error event and no `data: [DONE]`; the metrics count a 424."""
+    key = gateway.endpoint("cut-ep")
+    gateway.deploy("cut-ep", "blue", {"output": "tok", "chunks": 5, "die_after": 2})
+    gateway.svc.update_endpoint("cut-ep", traffic={"blue": 100})
+    r = post(gateway, "cut-ep", key, CHAT | {"stream": True}, path="v1/chat/completions")
+    assert r.status_code == 200
+    events = [e for e in r.text.split("\n\n") if e]
+    assert "[DONE]" not in r.text
+    assert [json.loads(e[6:])["choices"][0]["delta"]["content"] for e in events[:-1]] == ["tok0 ", "tok1 "]
+    error = json.loads(events[-1].removeprefix("data: "))["error"]
+    assert error["code"] == "UpstreamError" and "incomplete" in error["message"]
+    metrics = httpx.get(f"{gateway.url}/metrics", headers=gateway.admin).text
+    assert 'forgeflow_requests_total{endpoint="cut-ep",deployment="blue",code="424"} 1' in metrics
+    assert gateway.svc.admission.pending(("cut-ep", "blue")) == 0
+
+    _wait(lambda: [i for i in gateway.svc.supervisor.ready_instances("cut-ep", "blue") if i.restarts == 1])
+    shown = httpx.get(f"{gateway.url}/api/endpoints/cut-ep", headers=gateway.admin).json()
+    client = openai.OpenAI(api_key=key, base_url=shown["openai_base_url"], max_retries=0)
+    stream = client.chat.completions.create(model="blue", messages=[{"role": "user", "content": "hi"}], stream=True)
+    with pytest.raises(openai.APIError, match="incomplete"):
+        for _ in stream:
+            pass
+
+
+def test_a_half_received_event_is_never_passed_on():
+    """issue 10, finding 8: bytes of an event cut off by the break are dropped, so the error event is the
+    next thing the client parses."""
+
+    class Cut:
+        async def aiter_raw(self):
+            yield b'data: {"choices": [{"delta": {"content": "a"}}]}\n\ndata: {"choi'
+            raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+
+    class Release:
+        tokens, usage, status, calls = 0, None, 499, 0
+
+        async def __call__(self):
+            self.calls += 1
+
+    done = Release()
+    call = SimpleNamespace(svc=SimpleNamespace(metrics=Metrics()), endpoint="e", deployment="d",
+                           started=time.perf_counter())
+
+    async def collect():
+        return [chunk async for chunk in _relay(call, Cut(), done, 5.0)]
+
+    out = b"".join(asyncio.run(collect()))
+    events = out.decode().split("\n\n")
+    assert events[0] == 'data: {"choices": [{"delta": {"content": "a"}}]}'
+    assert json.loads(events[1].removeprefix("data: "))["error"]["code"] == "UpstreamError"
+    assert events[2:] == [""] and done.status == 424 and done.tokens == 1 and done.calls == 1
 
 
 def test_a_flow_instance_serves_only_its_gateway_and_exits_with_it(tmp_path):

@@ -187,7 +187,7 @@ async def _forward(call: _Call, cfg: EndpointConfig, path: str, raw: bytes, stre
         if stream and resp.status_code == 200 and resp.headers.get("content-type", "").startswith("text/event-stream"):
             handed_over = True
             done = _Release(call, resp, ticket)
-            return _RelayResponse(_relay(call, resp, done), done, media_type="text/event-stream",
+            return _RelayResponse(_relay(call, resp, done, timeout_s), done, media_type="text/event-stream",
                                   headers=call.headers({"cache-control": "no-cache"}))
         try:
             content = await asyncio.wait_for(resp.aread(), timeout_s)
@@ -261,9 +261,14 @@ class _RelayResponse(StreamingResponse):
             await self.release()
 
 
-async def _relay(call: _Call, resp: httpx.Response, release: _Release) -> AsyncIterator[bytes]:
-    """Pass a server-sent-event stream through as it comes, timing the first chunk and counting
-    tokens (the final `usage` when the server sends one, else one per content chunk)."""
+async def _relay(call: _Call, resp: httpx.Response, release: _Release, timeout_s: float) -> AsyncIterator[bytes]:
+    """Pass a server-sent-event stream through as its events complete, timing the first chunk and counting
+    tokens (the final `usage` when the server sends one, else one per content chunk).
+
+    When the upstream breaks off (the instance died, or was silent past request_timeout_ms), the status is
+    already sent: the client gets an error event and no `data: [DONE]`, so it knows the answer is incomplete
+    (OpenAI's clients raise it), and the request counts as a 424 (or 408). A half-received event is dropped,
+    never passed on. Events end with an empty line (LF line ends), as the model and flow servers write them."""
     m, labels = call.svc.metrics, Metrics.labels(endpoint=call.endpoint, deployment=call.deployment)
     first, pending = True, b""
     try:
@@ -272,17 +277,32 @@ async def _relay(call: _Call, resp: httpx.Response, release: _Release) -> AsyncI
                 first = False
                 m.observe("forgeflow_time_to_first_token_seconds", labels, time.perf_counter() - call.started)
             pending += chunk
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
+            cut = pending.rfind(b"\n\n")
+            if cut < 0:
+                continue
+            events, pending = pending[:cut + 2], pending[cut + 2:]
+            for line in events.split(b"\n"):
                 n, u = _sse_tokens(line)
                 release.tokens += n
                 release.usage = u or release.usage
-            yield chunk
+            yield events
+        if pending:
+            yield pending
         release.status = 200
-    except httpx.HTTPError:
-        release.status = 424  # the stream broke after the headers went out; the metric tells
+    except httpx.HTTPError as e:
+        broken = _too_slow(timeout_s) if isinstance(e, httpx.TimeoutException) else UpstreamError(
+            f"the model server of deployment {call.deployment!r} broke off the stream ({type(e).__name__}): "
+            "the answer is incomplete")
+        release.status = broken.status_code
+        yield _error_event(broken)
     finally:
         await release()
+
+
+def _error_event(exc: ForgeflowError) -> bytes:
+    """The event OpenAI's streams send when an answer fails after its first chunk."""
+    error = {"message": exc.message, "type": "server_error", "param": None, "code": type(exc).__name__}
+    return f"data: {json.dumps({'error': error})}\n\n".encode()
 
 
 def _sse_tokens(line: bytes) -> tuple[int, dict | None]:
