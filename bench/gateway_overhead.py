@@ -86,7 +86,7 @@ def main() -> None:
                                   str(args.requests), body], capture_output=True, text=True, check=True)
             return float(out.stdout)
 
-        direct = p50(instance.port, "/score", "")
+        direct = p50(instance.port, "/score", instance.secret)  # the instance answers only with its secret
         through = p50(port, "/endpoints/bench-ep/score", key)
     finally:
         server.should_exit = True

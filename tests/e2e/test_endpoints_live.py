@@ -3,6 +3,7 @@ the gateway answers is provoked against a real model-server process where one ca
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -39,6 +40,30 @@ def _settled(s, name):
     raise AssertionError(dep)
 
 
+def _instance_secret(pid):
+    """The secret an instance was started with, as its owner can read it (other users cannot)."""
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        for item in f.read().split(b"\0"):
+            if item.startswith(b"FORGEFLOW_INSTANCE_SECRET="):
+                return item.split(b"=", 1)[1].decode()
+    return None
+
+
+def _declares_a_huge_body(url, secret):
+    """The status answered to a request whose headers announce a 64 MiB body, before any of it is sent."""
+    u = httpx.URL(url)
+    conn = http.client.HTTPConnection(u.host, u.port, timeout=10)
+    try:
+        conn.putrequest("POST", u.path)
+        conn.putheader("Authorization", f"Bearer {secret}")
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Content-Length", str(64 << 20))
+        conn.endheaders()
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
 def test_statuses_updates_keys_and_metrics_on_the_tiny_model(live_server, tiny_model_dir):
     s = live_server
     s.cli("online-endpoint", "create", "--name", "live-ep", "--max-body-bytes", "4096")
@@ -52,6 +77,18 @@ def test_statuses_updates_keys_and_metrics_on_the_tiny_model(live_server, tiny_m
     r = _score(s, key)
     assert r.status_code == 200 and isinstance(r.json()["output"], str)
     assert r.headers["azureml-model-deployment"] == "blue"
+
+    # issue 10, finding 1: the instance at the address `show` lists answers only with its own secret
+    inst = dep["instances"][0]
+    secret = _instance_secret(inst["pid"])
+    assert secret and secret not in json.dumps(dep)
+    direct = f"{inst['url']}/score"
+    for headers in ({}, {"Authorization": f"Bearer {key}"}):
+        assert httpx.post(direct, json=_body(), headers=headers, timeout=10).status_code == 401
+    own = {"Authorization": f"Bearer {secret}"}
+    assert httpx.post(direct, json=_body(), headers=own | {"Host": "rebound.example"}, timeout=10).status_code == 400
+    assert _declares_a_huge_body(direct, secret) == 413
+    assert httpx.post(direct, json=_body(), headers=own, timeout=60).status_code == 200
 
     # 413: over the endpoint's body limit
     assert _score(s, key, _body(text="x" * 5000)).status_code == 413
@@ -92,6 +129,11 @@ def test_statuses_updates_keys_and_metrics_on_the_tiny_model(live_server, tiny_m
         time.sleep(0.3)
     assert dep["instances"][0]["pid"] != pid and dep["instances"][0]["restarts"] == 1
     assert _score(s, key).status_code == 200
+    # the replacement has a fresh secret: the old one opens nothing
+    fresh = dep["instances"][0]
+    assert _instance_secret(fresh["pid"]) not in (None, secret)
+    r = httpx.post(f"{fresh['url']}/score", json=_body(), headers={"Authorization": f"Bearer {secret}"}, timeout=10)
+    assert r.status_code == 401
 
     # traffic and mirror from the CLI
     bad = s.cli("online-endpoint", "update", "--name", "live-ep", "--traffic", "blue=90", "--traffic", "green=10",

@@ -199,7 +199,9 @@ def test_model_server_process_with_llamacpp_streams(varied_model, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(varied_model, model)
     port = free_port()
-    env = dict(os.environ, PYTHONPATH=str(Path(forgeflow.__file__).resolve().parents[1]))
+    env = dict(os.environ, PYTHONPATH=str(Path(forgeflow.__file__).resolve().parents[1]),
+               FORGEFLOW_INSTANCE_SECRET="lc-secret")
+    key = {"Authorization": "Bearer lc-secret"}
     proc = subprocess.Popen([sys.executable, "-m", "forgeflow.inference.model_server", "--model-dir", str(model),
                              "--port", str(port), "--runtime", "llamacpp", "--name", "lc"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -208,16 +210,18 @@ def test_model_server_process_with_llamacpp_streams(varied_model, tmp_path):
         assert line.strip() == f"READY {port}", proc.stderr.read() if proc.poll() is not None else line
         base = f"http://127.0.0.1:{port}"
         body = {"messages": CHAT, "max_tokens": 8, "temperature": 0}
-        plain = httpx.post(f"{base}/v1/chat/completions", json=body, timeout=60).json()
-        streamed = httpx.post(f"{base}/v1/chat/completions", json={**body, "stream": True}, timeout=60)
+        plain = httpx.post(f"{base}/v1/chat/completions", json=body, headers=key, timeout=60).json()
+        streamed = httpx.post(f"{base}/v1/chat/completions", json={**body, "stream": True}, headers=key,
+                              timeout=60)
         chunks = [json.loads(x[6:]) for x in streamed.text.split("\n\n") if x.startswith("data: {")]
         text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
         assert text == plain["choices"][0]["message"]["content"]
         assert streamed.text.endswith("data: [DONE]\n\n")
         scored = httpx.post(f"{base}/score", json={"input_data": {"input_string": CHAT,
-                                                                  "parameters": {"max_new_tokens": 4}}}, timeout=60)
+                                                                  "parameters": {"max_new_tokens": 4}}},
+                            headers=key, timeout=60)
         assert scored.status_code == 200 and int(scored.headers["x-forgeflow-completion-tokens"]) <= 4
-        assert httpx.get(f"{base}/stats", timeout=5).json()["runtime"] == "llamacpp"
+        assert httpx.get(f"{base}/stats", headers=key, timeout=5).json()["runtime"] == "llamacpp"
         assert (model / "forgeflow-f16.gguf").exists()
     finally:
         proc.terminate()

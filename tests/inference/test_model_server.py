@@ -15,6 +15,7 @@ import forgeflow
 from forgeflow.chat import ChatRequest, Sampling, chat_request
 from forgeflow.errors import NotFound
 from forgeflow.inference.generation import ChatGenerator
+from forgeflow.inference.instance_guard import InstanceGuard, allowed_hosts
 from forgeflow.inference.model_server import create_app
 from forgeflow.inference.runtimes.base import GenerationResult, TokenStream
 
@@ -311,7 +312,62 @@ def test_load_failure_shows_in_health():
     with_app(factory, check)
 
 
+def test_the_guard_lets_only_the_gateway_in():
+    """issue 10, finding 1: an instance answers only a request that names its address in Host, carries its
+    secret, and sends a body within its limit; everything else is refused before the app sees it."""
+    assert allowed_hosts("127.0.0.1", 5000) == {"127.0.0.1:5000", "localhost:5000"}
+    assert allowed_hosts("::1", 5000) == {"[::1]:5000", "localhost:5000"}
+    runtime = Double()
+    app = create_app(lambda: runtime, name="tiny")
+    app.add_middleware(InstanceGuard, secret="s3cret-instance-key", hosts=allowed_hosts("127.0.0.1", 5000),
+                       max_body_bytes=2048)
+    key = {"authorization": "Bearer s3cret-instance-key"}
+
+    async def main():
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:5000") as client:
+                for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "s3cret-instance-key"},
+                                {"api-key": "s3cret-instance-key"}):
+                    for call in (client.get("/health", headers=headers),
+                                 client.post("/score", json=score_body(), headers=headers)):
+                        refused = await call
+                        assert refused.status_code == 401 and refused.json()["error"] == "Unauthorized", headers
+                for host in ("evil.example:5000", "127.0.0.1:5001", "127.0.0.1", "attacker.test"):
+                    misdirected = await client.get("/health", headers=key | {"host": host})
+                    assert misdirected.status_code == 400 and misdirected.json()["field"] == "host", host
+                assert runtime.requests == []
+                async with httpx.AsyncClient(transport=transport, base_url="http://localhost:5000",
+                                             headers=key) as keyed:
+                    await _wait_ready(app, keyed)
+                big = score_body(filler="x" * 3000)
+                assert (await client.post("/score", json=big, headers=key)).status_code == 413
+
+                async def chunked():  # no content-length: the guard counts what arrives
+                    for _ in range(4):
+                        yield b" " * 1000
+                    yield json.dumps(score_body()).encode()
+
+                too_long = await client.post("/score", content=chunked(), headers=key)
+                assert too_long.status_code == 413 and "2048" in too_long.json()["message"]
+                assert runtime.requests == []
+                ok = await client.post("/score", json=score_body(), headers=key)
+                assert ok.status_code == 200 and ok.json() == {"output": "Paris."}
+
+    run_async(main())
+
+
 # -- the real process on loopback ------------------------------------------------------------------
+
+
+def _instance_env(secret: str | None = "the-instance-secret", **extra: str) -> dict:
+    """What a placement gives an instance: the source on the path and the secret in the environment."""
+    env = {k: v for k, v in os.environ.items() if k != "FORGEFLOW_INSTANCE_SECRET"}
+    src = str(Path(forgeflow.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    if secret:
+        env["FORGEFLOW_INSTANCE_SECRET"] = secret
+    return env | extra
 
 
 def _free_port() -> int:
@@ -321,49 +377,76 @@ def _free_port() -> int:
 
 
 @pytest.mark.integration
-def test_real_process_serves_on_loopback(tiny_model_dir):
+def test_real_process_serves_only_its_gateway_and_exits_with_it(tiny_model_dir):
+    """issue 10, findings 1 and 2: the model-server process refuses a request without its secret, with a
+    wrong Host or an oversized body, answers its gateway, and exits once the server holding its lifeline
+    is gone."""
     port = _free_port()
-    env = dict(os.environ)
-    src = str(Path(forgeflow.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    read_end, lifeline = os.pipe()
     proc = subprocess.Popen(
         [sys.executable, "-m", "forgeflow.inference.model_server", "--model-dir", str(tiny_model_dir),
-         "--port", str(port), "--name", "tiny-blue"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+         "--port", str(port), "--name", "tiny-blue", "--max-body-bytes", "4096"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, pass_fds=(read_end,),
+        env=_instance_env(FORGEFLOW_LIFELINE_FD=str(read_end)),
     )
+    os.close(read_end)
     try:
         line = proc.stdout.readline()
         assert line.strip() == f"READY {port}", proc.stderr.read() if proc.poll() is not None else line
+        assert b"the-instance-secret" not in Path(f"/proc/{proc.pid}/cmdline").read_bytes()
         base = f"http://127.0.0.1:{port}"
-        health = httpx.get(f"{base}/health", timeout=10)
+        key = {"Authorization": "Bearer the-instance-secret"}
+        assert httpx.get(f"{base}/health", timeout=10).status_code == 401
+        for headers in ({}, {"Authorization": "Bearer not-the-secret"}):
+            refused = httpx.post(f"{base}/score", json=score_body(), headers=headers, timeout=10)
+            assert refused.status_code == 401 and refused.json()["error"] == "Unauthorized"
+        rebound = httpx.post(f"{base}/score", json=score_body(), headers=key | {"Host": f"rebind.example:{port}"},
+                             timeout=10)
+        assert rebound.status_code == 400 and rebound.json()["field"] == "host"
+        big = httpx.post(f"{base}/score", json=score_body(filler="x" * 5000), headers=key, timeout=10)
+        assert big.status_code == 413
+        health = httpx.get(f"{base}/health", headers=key, timeout=10)
         assert health.status_code == 200 and health.json() == {"status": "ready", "name": "tiny-blue"}
-        scored = httpx.post(f"{base}/score", json=score_body(temperature=0, max_new_tokens=5), timeout=60)
+        local = httpx.get(f"http://localhost:{port}/health", headers=key, timeout=10)
+        assert local.status_code == 200
+        scored = httpx.post(f"{base}/score", json=score_body(temperature=0, max_new_tokens=5), headers=key, timeout=60)
         assert scored.status_code == 200, scored.text
         assert isinstance(scored.json()["output"], str)
         assert int(scored.headers["x-forgeflow-completion-tokens"]) <= 5
-        bad = httpx.post(f"{base}/score", json={"params": {}}, timeout=10)
+        bad = httpx.post(f"{base}/score", json={"params": {}}, headers=key, timeout=10)
         assert bad.status_code == 400 and bad.json()["field"] == "input_data"
+
+        os.close(lifeline)  # what the kernel does when the server holding it dies
+        lifeline = -1
+        # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status reports it.
+        assert proc.wait(timeout=30) in (0, -15)
     finally:
-        proc.terminate()
-        try:
-            # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status reports it.
-            assert proc.wait(timeout=20) in (0, -15)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.stdout.close()
-            proc.stderr.close()
+        if lifeline >= 0:
+            os.close(lifeline)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+@pytest.mark.integration
+def test_real_process_will_not_start_without_a_secret(tmp_path):
+    """issue 10, finding 1: an instance started without a secret would answer anyone: it refuses to start."""
+    done = subprocess.run(
+        [sys.executable, "-m", "forgeflow.inference.model_server", "--model-dir", str(tmp_path),
+         "--port", str(_free_port())],
+        capture_output=True, text=True, env=_instance_env(secret=None), timeout=120,
+    )
+    assert done.returncode == 2 and "FORGEFLOW_INSTANCE_SECRET" in done.stderr
 
 
 @pytest.mark.integration
 def test_real_process_exits_when_the_model_cannot_load(tmp_path):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(Path(forgeflow.__file__).resolve().parents[1]), env.get("PYTHONPATH")) if p)
     done = subprocess.run(
         [sys.executable, "-m", "forgeflow.inference.model_server", "--model-dir", str(tmp_path),
          "--port", str(_free_port())],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True, text=True, env=_instance_env(), timeout=120,
     )
     assert done.returncode == 1
     assert "READY" not in done.stdout

@@ -4,19 +4,27 @@
     python fake_model_server.py PORT NAME CONFIG_JSON
 
 CONFIG_JSON keys: output (text answered, default NAME), delay (seconds per answer), fail (answer
-500), load (seconds before /health is 200; -1 never), chunks (stream chunk count), chunk_delay.
-GET /count answers how many scoring requests arrived.
+500), load (seconds before /health is 200; -1 never), chunks (stream chunk count), chunk_delay,
+die_after (stream that many chunks, then the process dies). GET /count answers how many scoring
+requests arrived.
+
+Like a real instance it answers only its gateway (the secret in FORGEFLOW_INSTANCE_SECRET as a bearer
+token, its own Host) and exits when its lifeline pipe (FORGEFLOW_LIFELINE_FD) closes.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
+import os
 import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 PORT, NAME, CONFIG = int(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3] or "{}")
+SECRET = os.environ.pop("FORGEFLOW_INSTANCE_SECRET", "").encode()
+HOSTS = {f"127.0.0.1:{PORT}", f"localhost:{PORT}"}
 STARTED = time.monotonic()
 COUNT = [0]
 LOCK = threading.Lock()
@@ -40,7 +48,19 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
         self.wfile.flush()
 
+    def _refused(self) -> bool:
+        if self.headers.get("host") not in HOSTS:
+            self._json(400, {"error": "InvalidInput", "message": "wrong Host", "field": "host"})
+            return True
+        given = self.headers.get("authorization", "").removeprefix("Bearer ").encode()
+        if not SECRET or not hmac.compare_digest(given, SECRET):
+            self._json(401, {"error": "Unauthorized", "message": "missing or wrong instance key"})
+            return True
+        return False
+
     def do_GET(self):
+        if self._refused():
+            return
         if self.path == "/health":
             load = CONFIG.get("load", 0)
             if load < 0 or time.monotonic() - STARTED < load:
@@ -51,6 +71,8 @@ class Handler(BaseHTTPRequestHandler):
         self._json(404, {"message": "no route"})
 
     def do_POST(self):
+        if self._refused():
+            return
         body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")
         with LOCK:
             COUNT[0] += 1
@@ -76,6 +98,8 @@ class Handler(BaseHTTPRequestHandler):
             event = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
                      "model": NAME, "choices": [{"index": 0, "delta": {"content": f"{text}{i} "}, "finish_reason": None}]}
             self._chunk(f"data: {json.dumps(event)}\n\n".encode())
+            if i + 1 == CONFIG.get("die_after"):
+                os._exit(1)
             time.sleep(CONFIG.get("chunk_delay", 0))
         final = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()), "model": NAME,
                  "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
@@ -95,7 +119,14 @@ class Server(ThreadingHTTPServer):
     request_queue_size = 2048
 
 
+def _exit_with_parent() -> None:
+    fd = int(os.environ.get("FORGEFLOW_LIFELINE_FD") or -1)
+    if fd >= 0:
+        threading.Thread(target=lambda: (os.read(fd, 1), os._exit(0)), daemon=True).start()
+
+
 if __name__ == "__main__":
+    _exit_with_parent()
     server = Server(("127.0.0.1", PORT), Handler)
     server.daemon_threads = True
     print(f"READY {PORT}", flush=True)

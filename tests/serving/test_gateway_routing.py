@@ -24,8 +24,10 @@ def _many(gw, endpoint, key, n, *, concurrency=16, path="score", body=None, head
     return asyncio.run(run())
 
 
-def _count(gw, dep_port):
-    return httpx.get(f"http://127.0.0.1:{dep_port}/count").json()["count"]
+def _count(gw, endpoint, deployment):
+    """How many requests the deployment's one instance got, asked with its secret as the gateway does."""
+    [inst] = gw.svc.supervisor.instances(endpoint, deployment)
+    return httpx.get(f"{inst.url}/count", headers=inst.auth).json()["count"]
 
 
 def test_traffic_split_follows_the_percentages(gateway):
@@ -63,7 +65,7 @@ def test_header_and_model_route_regardless_of_traffic(gateway):
 def test_mirror_copies_traffic_and_never_touches_the_caller(gateway):
     key = gateway.endpoint("mirror-ep")
     gateway.deploy("mirror-ep", "blue", {"output": "B"})
-    green = gateway.deploy("mirror-ep", "green", {"fail": True, "delay": 0.2},
+    gateway.deploy("mirror-ep", "green", {"fail": True, "delay": 0.2},
                            request_settings={"max_concurrent_requests_per_instance": 100})
     svc = gateway.svc
     for bad, why in (({"green": 60}, "at most 50"), ({"blue": 10}, "live traffic")):
@@ -77,7 +79,7 @@ def test_mirror_copies_traffic_and_never_touches_the_caller(gateway):
     deadline = time.monotonic() + 20
     got, last_change, seen = -1, time.monotonic(), -1
     while time.monotonic() < deadline and time.monotonic() - last_change < 1.5:
-        got = _count(gateway, green["instances"][0]["port"])
+        got = _count(gateway, "mirror-ep", "green")
         if got != seen:
             seen, last_change = got, time.monotonic()
         time.sleep(0.1)
@@ -88,7 +90,7 @@ def test_mirror_copies_traffic_and_never_touches_the_caller(gateway):
     # header-routed requests are not mirrored
     post(gateway, "mirror-ep", key, headers={"azureml-model-deployment": "blue"})
     time.sleep(0.3)
-    assert _count(gateway, green["instances"][0]["port"]) == got
+    assert _count(gateway, "mirror-ep", "green") == got
     with pytest.raises(Exception, match="mirrored"):
         svc.delete_deployment("mirror-ep", "green")
 

@@ -98,14 +98,18 @@ def create_flow_app(flow_dir: Path, *, connection_provider: ConnectionProvider |
 def main(argv: list[str] | None = None) -> int:
     """`python -m forgeflow.flows.serve --flow DIR --port P`: a flow as an online-deployment instance.
 
-    The deployment supervisor starts this on loopback; the gateway in front checks the endpoint's
-    key, so the instance itself runs without one. Connections come from the local workspace.
+    The deployment supervisor starts this on loopback; the gateway in front checks the endpoint's key,
+    and the instance answers only the gateway (`InstanceGuard`: the secret its placement passed in
+    FORGEFLOW_INSTANCE_SECRET, its own Host, a bounded body) on every route. It exits when the server
+    that started it is gone. Connections come from the local workspace.
     """
     import argparse
     import socket
 
     import uvicorn
 
+    from forgeflow.inference.instance_guard import DEFAULT_MAX_BODY_BYTES, InstanceGuard, allowed_hosts
+    from forgeflow.processes import INSTANCE_SECRET_ENV, exit_with_parent, take_instance_secret
     from forgeflow.store.connections import local_connection_lookup
 
     parser = argparse.ArgumentParser(prog="python -m forgeflow.flows.serve")
@@ -114,12 +118,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--name", default="flow")
     parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
     args = parser.parse_args(argv)
+    exit_with_parent()
+    secret = take_instance_secret()
+    if not secret:
+        print(f"error: {INSTANCE_SECRET_ENV} is not set: a flow instance answers only the gateway that started it",
+              flush=True)
+        return 2
     try:
         app = create_flow_app(args.flow, connection_provider=local_connection_lookup(), workers=args.workers)
     except ForgeflowError as exc:
         print(f"error: {exc.message}", flush=True)
         return 1
+    app.add_middleware(InstanceGuard, secret=secret, hosts=allowed_hosts(args.host, args.port),
+                       max_body_bytes=args.max_body_bytes)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))

@@ -3,7 +3,10 @@
     python -m forgeflow.inference.model_server --model-dir DIR --port P [--host 127.0.0.1] [--name NAME]
         [--runtime transformers|llamacpp] [--max-batch-size 8] [--max-queue 64] [--gguf-type f16|q8_0]
 
-It listens on loopback only; the gateway in front of it does auth, traffic and limits. The model
+It listens on loopback only and answers only its gateway, which does endpoint auth, traffic and limits:
+every request needs the secret the placement passed in FORGEFLOW_INSTANCE_SECRET (as a bearer token),
+a Host header naming the instance's address, and a body within --max-body-bytes (`instance_guard`).
+It exits when the server that started it is gone (its lifeline pipe closes). The model
 loads in the background: /health answers 503 "loading" until it is ready, and the process prints
 `READY <port>` on stdout once the model is loaded and the socket is listening.
 
@@ -41,7 +44,9 @@ from forgeflow.errors import (
     ServerUnavailable,
     UpstreamError,
 )
+from forgeflow.inference.instance_guard import DEFAULT_MAX_BODY_BYTES, InstanceGuard, allowed_hosts
 from forgeflow.inference.runtimes.base import GenerationResult, Runtime, TokenStream
+from forgeflow.processes import INSTANCE_SECRET_ENV, exit_with_parent, take_instance_secret
 
 
 class _State:
@@ -241,6 +246,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond it get 429")
     parser.add_argument("--gguf-type", default="f16", help="llamacpp: GGUF weights, f16 or q8_0")
     parser.add_argument("--threads", type=int, default=None, help="llamacpp: CPU threads (default: llama-cpp-python's, half the cores)")
+    parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                        help="larger request bodies get 413")
     return parser.parse_args(argv)
 
 
@@ -250,6 +257,12 @@ def main(argv: list[str] | None = None) -> int:
     from forgeflow.inference.runtimes import load_runtime
 
     args = _parse_args(argv)
+    exit_with_parent()
+    secret = take_instance_secret()
+    if not secret:
+        print(f"model server: {INSTANCE_SECRET_ENV} is not set: an instance answers only the gateway that started "
+              "it, which passes the instance's secret in the environment", file=sys.stderr, flush=True)
+        return 2
     failure: list[str] = []
     server: uvicorn.Server | None = None
     # Listening before uvicorn starts means that once READY is printed, connections are queued, not refused.
@@ -279,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         on_loaded=loaded,
         on_failed=failed,
     )
+    app.add_middleware(InstanceGuard, secret=secret, hosts=allowed_hosts(args.host, port),
+                       max_body_bytes=args.max_body_bytes)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
     server = uvicorn.Server(config)
     server.run(sockets=[sock])

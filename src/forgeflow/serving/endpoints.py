@@ -67,7 +67,9 @@ class EndpointService:
             for (e, d), n in self.supervisor.ready_counts().items()})
 
     def start(self) -> None:
-        """Bring every stored deployment back up (server start)."""
+        """Bring every stored deployment back up (server start), after stopping any instance an earlier server
+        left running."""
+        self.placement.stop_leftovers()
         for row in self.store.select("deployments"):
             dep = Deployment.from_row(row)
             if dep.state != DeploymentState.DELETING:

@@ -167,7 +167,8 @@ async def _forward(call: _Call, cfg: EndpointConfig, path: str, raw: bytes, stre
             inst = ticket.place(ready)
             try:
                 req = client.build_request("POST", f"{inst.url}{path}", content=raw,
-                                           headers={"content-type": "application/json"}, timeout=timeout_s)
+                                           headers={"content-type": "application/json", **inst.auth},
+                                           timeout=timeout_s)
                 resp = await asyncio.wait_for(client.send(req, stream=True), timeout_s)
             except httpx.ConnectError:
                 # Nothing reached the instance (it died since the last probe): try another one.
@@ -186,7 +187,7 @@ async def _forward(call: _Call, cfg: EndpointConfig, path: str, raw: bytes, stre
         if stream and resp.status_code == 200 and resp.headers.get("content-type", "").startswith("text/event-stream"):
             handed_over = True
             done = _Release(call, resp, ticket)
-            return _RelayResponse(_relay(call, resp, done), done, media_type="text/event-stream",
+            return _RelayResponse(_relay(call, resp, done, timeout_s), done, media_type="text/event-stream",
                                   headers=call.headers({"cache-control": "no-cache"}))
         try:
             content = await asyncio.wait_for(resp.aread(), timeout_s)
@@ -210,6 +211,9 @@ def _too_slow(timeout_s: float) -> RequestTimeout:
 def _answer(call: _Call, resp: httpx.Response, content: bytes) -> Response:
     if resp.status_code == 503:
         return call.fail(ServerUnavailable("the instance is not ready (model loading); retry shortly"), RETRY)
+    if resp.status_code == 401:  # not the caller's key: the instance refused ours (another process on its port)
+        return call.fail(UpstreamError("the model server refused the gateway's instance key; retry shortly"),
+                         {REASON_HEADER: "model_server_refused", **RETRY})
     if resp.status_code >= 500:
         try:
             reason = json.loads(content).get("message", content.decode(errors="replace"))
@@ -257,9 +261,14 @@ class _RelayResponse(StreamingResponse):
             await self.release()
 
 
-async def _relay(call: _Call, resp: httpx.Response, release: _Release) -> AsyncIterator[bytes]:
-    """Pass a server-sent-event stream through as it comes, timing the first chunk and counting
-    tokens (the final `usage` when the server sends one, else one per content chunk)."""
+async def _relay(call: _Call, resp: httpx.Response, release: _Release, timeout_s: float) -> AsyncIterator[bytes]:
+    """Pass a server-sent-event stream through as its events complete, timing the first chunk and counting
+    tokens (the final `usage` when the server sends one, else one per content chunk).
+
+    When the upstream breaks off (the instance died, or was silent past request_timeout_ms), the status is
+    already sent: the client gets an error event and no `data: [DONE]`, so it knows the answer is incomplete
+    (OpenAI's clients raise it), and the request counts as a 424 (or 408). A half-received event is dropped,
+    never passed on. Events end with an empty line (LF line ends), as the model and flow servers write them."""
     m, labels = call.svc.metrics, Metrics.labels(endpoint=call.endpoint, deployment=call.deployment)
     first, pending = True, b""
     try:
@@ -268,17 +277,32 @@ async def _relay(call: _Call, resp: httpx.Response, release: _Release) -> AsyncI
                 first = False
                 m.observe("forgeflow_time_to_first_token_seconds", labels, time.perf_counter() - call.started)
             pending += chunk
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
+            cut = pending.rfind(b"\n\n")
+            if cut < 0:
+                continue
+            events, pending = pending[:cut + 2], pending[cut + 2:]
+            for line in events.split(b"\n"):
                 n, u = _sse_tokens(line)
                 release.tokens += n
                 release.usage = u or release.usage
-            yield chunk
+            yield events
+        if pending:
+            yield pending
         release.status = 200
-    except httpx.HTTPError:
-        release.status = 424  # the stream broke after the headers went out; the metric tells
+    except httpx.HTTPError as e:
+        broken = _too_slow(timeout_s) if isinstance(e, httpx.TimeoutException) else UpstreamError(
+            f"the model server of deployment {call.deployment!r} broke off the stream ({type(e).__name__}): "
+            "the answer is incomplete")
+        release.status = broken.status_code
+        yield _error_event(broken)
     finally:
         await release()
+
+
+def _error_event(exc: ForgeflowError) -> bytes:
+    """The event OpenAI's streams send when an answer fails after its first chunk."""
+    error = {"message": exc.message, "type": "server_error", "param": None, "code": type(exc).__name__}
+    return f"data: {json.dumps({'error': error})}\n\n".encode()
 
 
 def _sse_tokens(line: bytes) -> tuple[int, dict | None]:
@@ -306,7 +330,8 @@ def _mirror(call: _Call, cfg: EndpointConfig, deployment: str, path: str, raw: b
     async def send() -> None:
         code = "error"
         try:
-            resp = await client.post(f"{inst.url}{path}", content=raw, headers={"content-type": "application/json"},
+            resp = await client.post(f"{inst.url}{path}", content=raw,
+                                     headers={"content-type": "application/json", **inst.auth},
                                      timeout=dep.request_timeout_s)
             code = str(resp.status_code)
         except httpx.HTTPError:

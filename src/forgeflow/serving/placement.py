@@ -1,11 +1,17 @@
 """Where a deployment's instances run. The supervisor (probes, restarts, rolling updates) and the
-gateway see an `Instance`, an index and an address, and ask a `Placement` to start, stop and watch
-instances; they never learn what runs them. `LocalPlacement` runs each instance as a process on
+gateway see an `Instance`, an index, an address and a secret, and ask a `Placement` to start, stop and
+watch instances; they never learn what runs them. `LocalPlacement` runs each instance as a process on
 this machine, on loopback, logging to the workspace's logs folder.
+
+An instance answers only requests that carry its secret (`Instance.auth`), fresh each time it starts and
+known only to this server: a placement hands it to what it runs without putting it on a command line.
+Instances must not outlive their server: a local instance exits when its lifeline pipe to the server
+closes, and a starting server stops what an earlier one of its workspace left running (`stop_leftovers`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -18,9 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from forgeflow.processes import free_port, log_tail
+from forgeflow.processes import (INSTANCE_SECRET_ENV, LIFELINE_FD_ENV, cmdline, free_port, log_tail, pid_alive,
+                                 start_time)
 from forgeflow.serving.records import Deployment
 from forgeflow.store.home import Paths
+from forgeflow.store.secrets import new_key, write_private
 
 log = logging.getLogger("forgeflow.deployments")
 
@@ -31,18 +39,25 @@ class Instance:
 
     index: int
     url: str
+    secret: str = field(default_factory=new_key, repr=False)  # what the instance requires; fresh for each start
     restarts: int = 0
     ready: bool = False  # passing its readiness probe: the gateway may send it requests
     ever_ready: bool = False
     retired: bool = False  # drained or replaced: its prober stops and nothing restarts it
     started_at: float = field(default_factory=time.time)
 
+    @property
+    def auth(self) -> dict[str, str]:
+        """The header every request to the instance carries: the gateway's and the supervisor's probes."""
+        return {"authorization": f"Bearer {self.secret}"}
+
 
 class Placement(Protocol):
     """Runs instances of deployments somewhere and answers for them."""
 
     def start(self, dep: Deployment, indexes: Sequence[int]) -> list[Instance]:
-        """Start these instances of the deployment; each answers at its `url` once its model is loaded."""
+        """Start these instances of the deployment; each answers at its `url` once its model is loaded, and
+        only requests carrying its `auth` header."""
 
     def stop(self, instances: Sequence[Instance], *, grace_s: float = 10.0) -> None:
         """Stop instances together: each is asked to exit, and ended after grace_s (0: at once, it hangs)."""
@@ -59,12 +74,17 @@ class Placement(Protocol):
     def logs(self, endpoint: str, name: str, lines: int) -> str:
         """The last lines of each instance's log, for `online-deployment get-logs`."""
 
+    def stop_leftovers(self) -> int:
+        """At server start: stop the instances an earlier server of this workspace left running; how many."""
+
 
 @dataclass(eq=False, kw_only=True)
 class LocalInstance(Instance):
     port: int
     proc: subprocess.Popen
     log_path: Path
+    lifeline: int  # the write end of the pipe whose closing tells the instance its server is gone; -1 once closed
+    record: Path  # who the process is, so a later server can stop it if this one dies without doing so
 
 
 class LocalPlacement:
@@ -72,6 +92,8 @@ class LocalPlacement:
 
     def __init__(self, paths: Paths) -> None:
         self.paths = paths
+        self._records = paths.root / "run" / "instances"
+        self._lock = threading.Lock()
 
     def command(self, dep: Deployment, port: int) -> list[str]:
         """What an instance runs: the model server, or forgeflow.flows.serve for a flow."""
@@ -88,27 +110,84 @@ class LocalPlacement:
         log_path = self._log_dir(dep.endpoint) / f"{dep.name}-{index}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         port = free_port()
-        with open(log_path, "ab") as logf:
-            proc = subprocess.Popen(self.command(dep, port), stdout=logf, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL,
-                                    env=dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false"))
+        argv = self.command(dep, port)
+        secret = new_key()
+        read_end, lifeline = os.pipe()  # both ends close-on-exec: only this instance inherits the read end
+        env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false",
+                   **{INSTANCE_SECRET_ENV: secret, LIFELINE_FD_ENV: str(read_end)})
+        try:
+            with open(log_path, "ab") as logf:
+                proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        env=env, pass_fds=(read_end,))
+        except BaseException:
+            os.close(lifeline)
+            raise
+        finally:
+            os.close(read_end)
+        record = self._records / f"{proc.pid}.json"
+        try:
+            write_private(record, json.dumps({"pid": proc.pid, "start_time": start_time(proc.pid), "argv": argv,
+                                              "endpoint": dep.endpoint, "deployment": dep.name,
+                                              "index": index}).encode())
+        except OSError as e:  # the lifeline still ends the instance with this server
+            log.warning("cannot record instance pid %d in %s: %s", proc.pid, record, e)
         log.info("deployment %s/%s instance %d starting on port %d (pid %d)", dep.endpoint, dep.name, index, port,
                  proc.pid)
-        return LocalInstance(index=index, url=f"http://127.0.0.1:{port}", port=port, proc=proc, log_path=log_path)
+        return LocalInstance(index=index, url=f"http://127.0.0.1:{port}", secret=secret, port=port, proc=proc,
+                             log_path=log_path, lifeline=lifeline, record=record)
 
     def stop(self, instances: Sequence[LocalInstance], *, grace_s: float = 10.0) -> None:
-        threads = [threading.Thread(target=_terminate, args=(i.proc, grace_s)) for i in instances]
+        threads = [threading.Thread(target=self._stop_one, args=(i, grace_s)) for i in instances]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+
+    def _stop_one(self, inst: LocalInstance, grace_s: float) -> None:
+        _terminate(inst.proc, grace_s)
+        with self._lock:  # an instance may be stopped twice (a rollback racing a delete): close its fd once
+            lifeline, inst.lifeline = inst.lifeline, -1
+        if lifeline >= 0:
+            os.close(lifeline)
+            inst.record.unlink(missing_ok=True)
+
+    def stop_leftovers(self, grace_s: float = 5.0) -> int:
+        """Stop every instance whose record outlived the server that started it (killed before it could stop
+        them): a process is stopped only while its pid, start time and arguments still match its record, so
+        a reused pid is never signalled."""
+        leftovers: list[tuple[int, dict, Path]] = []
+        for path in sorted(self._records.glob("*.json")):
+            try:
+                rec = json.loads(path.read_text())
+            except (OSError, ValueError):
+                rec = {}
+            if _is_recorded(rec):
+                leftovers.append((rec["pid"], rec, path))
+                log.warning("stopping instance %s/%s %s (pid %d) left running by an earlier server",
+                            rec.get("endpoint"), rec.get("deployment"), rec.get("index"), rec["pid"])
+            else:
+                path.unlink(missing_ok=True)
+        for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+            for pid, rec, _ in leftovers:
+                if _is_recorded(rec):
+                    try:
+                        os.kill(pid, signal.SIGCONT)  # a stopped process cannot act on SIGTERM
+                        os.kill(pid, sig)
+                    except ProcessLookupError:
+                        pass
+            deadline = time.monotonic() + wait_s
+            while any(_is_recorded(rec) for _, rec, _ in leftovers) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        for _, _, path in leftovers:
+            path.unlink(missing_ok=True)
+        return len(leftovers)
 
     def ended(self, inst: LocalInstance) -> str | None:
         code = inst.proc.poll()
         return None if code is None else f"exited with code {code}"
 
     def describe(self, inst: LocalInstance) -> dict:
-        return {"port": inst.port, "pid": inst.proc.pid}
+        return {"url": inst.url, "port": inst.port, "pid": inst.proc.pid}
 
     def log_tail(self, inst: LocalInstance) -> str:
         return log_tail(inst.log_path)
@@ -122,6 +201,14 @@ class LocalPlacement:
 
     def _log_dir(self, endpoint: str) -> Path:
         return self.paths.logs / "deployments" / endpoint
+
+
+def _is_recorded(rec: dict) -> bool:
+    """The recorded process still runs: same pid, same start time, same arguments (where /proc tells)."""
+    pid, started = rec.get("pid"), rec.get("start_time")
+    if not isinstance(pid, int) or started is None or not pid_alive(pid):
+        return False
+    return start_time(pid) == started and cmdline(pid) == rec.get("argv")
 
 
 def _terminate(proc: subprocess.Popen, grace_s: float) -> None:

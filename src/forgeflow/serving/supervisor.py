@@ -295,6 +295,6 @@ class DeploymentSupervisor:
 def _health(inst: Instance, timeout: float) -> int | None:
     """The status /health answers, or None when the instance does not answer in time."""
     try:
-        return httpx.get(f"{inst.url}/health", timeout=timeout).status_code
+        return httpx.get(f"{inst.url}/health", headers=inst.auth, timeout=timeout).status_code
     except httpx.HTTPError:
         return None
