@@ -144,14 +144,16 @@ def run_forgeflow(model_dir: str, train: Path, val: Path, steps: int, batch: int
 
 
 def _count_tokens(trainer) -> list[int]:
-    """Wrap the trainer's collator to count non-pad tokens (attention_mask) of every training batch."""
+    """Wrap the trainer's collator to count non-pad tokens of every training batch: the attention mask's ones, or
+    every input id when TRL packs padding-free (one row of concatenated sequences, no mask)."""
     counted = [0]
     collate = trainer.data_collator
 
     def counting(features):
         batch = collate(features)
         if trainer.model.training:
-            counted[0] += int(batch["attention_mask"].sum())
+            mask = batch.get("attention_mask")
+            counted[0] += int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
         return batch
 
     trainer.data_collator = counting

@@ -66,7 +66,7 @@ def create_app(ws: Workspace | None = None, *, base_url: str = "http://127.0.0.1
         finally:
             if background:
                 services.runner.stop()
-                services.endpoints.shutdown()
+            services.endpoints.shutdown()  # also the instances a deployment created without the background threads
             await services.http.aclose()
 
     app = FastAPI(title="forgeflow", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
