@@ -11,8 +11,8 @@ peak memory (RSS) is its own:
 - plain: TRL's SFTTrainer the way its docs show it: SFTConfig defaults (packing off, gradient
   checkpointing on, logging every 10 steps), `peft_config=LoraConfig(...)`; only `use_cpu`/`bf16=False`
   (the defaults refuse to start on a CPU), the step count, batch size and learning rate are set.
-- expert TRL: the same SFTTrainer configured the way an expert would for speed: packing on, gradient
-  checkpointing off, LoRA dropout 0 (what forgeflow does by default), everything else as plain.
+- expert TRL: the same SFTTrainer configured the way an expert would for speed: packing on (rows of 512 tokens,
+  as forgeflow's), gradient checkpointing off, LoRA dropout 0 (forgeflow's defaults), everything else as plain.
 - forgeflow: the worker's code path (masking, packing, ForgeflowTrainer, the worker's TrainingArguments).
 
 Tokens/s counts real (non-pad) input tokens of the batches trained on, over trainer.train()'s wall time,
@@ -89,7 +89,8 @@ def run_trl(model_dir: str, train: Path, val: Path, steps: int, batch: int, out:
     from trl import SFTConfig, SFTTrainer
 
     dataset = load_dataset("json", data_files=str(train), split="train")
-    tuned = {"packing": True, "gradient_checkpointing": False} if expert else {}
+    # forgeflow packs rows of max_seq_length 512; the expert packs to the same length (TRL's default is 1024)
+    tuned = {"packing": True, "gradient_checkpointing": False, "max_length": 512} if expert else {}
     config = SFTConfig(
         output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch, learning_rate=LR,
         use_cpu=not torch.cuda.is_available(), bf16=torch.cuda.is_available(), report_to="none",
