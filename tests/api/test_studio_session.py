@@ -19,17 +19,27 @@ async def browser(app):
 
 def test_sessions_are_kept_server_side_as_hashes(ws):
     """issue 10, finding 4: a session is a random id the store knows by its hash; ending it is final."""
-    sessions = Sessions(ws.store)
-    first, second = sessions.start(at=1000), sessions.start(at=1000)
-    assert first != second and sessions.valid(first, at=1001) and sessions.valid(second, at=1001)
-    assert not sessions.valid(first, at=1000 + LIFETIME_S + 1)  # expired
+    sessions, token = Sessions(ws.store), ws.admin_token()
+    first, second = sessions.start(token, at=1000), sessions.start(token, at=1000)
+    assert first != second and sessions.valid(first, token, at=1001) and sessions.valid(second, token, at=1001)
+    assert not sessions.valid(first, token, at=1000 + LIFETIME_S + 1)  # expired
     stored = {r["id_hash"] for r in ws.store.select("studio_sessions")}
     assert first not in stored and second not in stored and len(stored) == 2  # only hashes are kept
-    assert sessions.end(first) and not sessions.valid(first, at=1001) and sessions.valid(second, at=1001)
+    assert sessions.end(first) and not sessions.valid(first, token, at=1001) and sessions.valid(second, token, at=1001)
     assert not sessions.end(first)  # already ended
     for bad in (None, "", "garbage", next(iter(stored)), "x" * 10_000):
-        assert not sessions.valid(bad, at=1001)
-    assert sessions.end_all() == 1 and not sessions.valid(second, at=1001)
+        assert not sessions.valid(bad, token, at=1001)
+    assert sessions.end_all() == 1 and not sessions.valid(second, token, at=1001)
+
+
+def test_a_sign_in_racing_a_token_rotation_does_not_outlive_it(ws):
+    """issue 10, finding 4: a sign-in that checked the old token just before `token rotate` wrote the new one, and
+    stored its session just after the rotation ended every session, is still refused: it is bound to the old token."""
+    old = ws.admin_token()
+    ws.rotate_admin_token()  # between the sign-in's token check and its session insert
+    late = Sessions(ws.store).start(old)
+    assert not Sessions(ws.store).valid(late, ws.admin_token())
+    assert Sessions(ws.store).valid(Sessions(ws.store).start(ws.admin_token()), ws.admin_token())
 
 
 async def test_pages_need_a_session(browser):

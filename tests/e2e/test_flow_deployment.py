@@ -36,6 +36,11 @@ def test_flow_served_behind_an_endpoint(live_server, tmp_path):
     assert httpx.post(ep["scoring_uri"], json={"question": "x"}, timeout=30).status_code == 401
     bad = httpx.post(ep["scoring_uri"], json=["not", "an", "object"], headers=auth, timeout=30)
     assert bad.status_code == 400 and "inputs" in bad.json()["message"]
+    # issue 10, finding 5: NaN / 1e999 went on to the flow, whose answer then could not be sent (a 424)
+    for number in ("NaN", "1e999"):
+        r = httpx.post(ep["scoring_uri"], content='{"question": {"a": %s}}' % number, timeout=30,
+                       headers=auth | {"Content-Type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"] == "InvalidInput", r.text
     openai = httpx.post(f"{ep['openai_base_url']}/chat/completions", headers=auth, timeout=30,
                         json={"model": "chat", "messages": [{"role": "user", "content": "hi"}]})
     assert openai.status_code == 400

@@ -41,8 +41,7 @@ DRAIN_BYTES = 64 * 1024  # unread body the server may still discard to keep a co
 
 # Reached without the admin credential: (method, path) pairs, and path prefixes for GET and HEAD.
 PUBLIC = {("GET", "/api/health"), ("HEAD", "/api/health"), ("POST", "/api/session"), ("DELETE", "/api/session"),
-          ("GET", "/"), ("HEAD", "/"), ("GET", "/signin"), ("HEAD", "/signin"), ("GET", "/openapi.json"),
-          ("GET", "/docs"), ("GET", "/docs/oauth2-redirect"), ("GET", "/redoc")}
+          ("GET", "/"), ("HEAD", "/"), ("GET", "/signin"), ("HEAD", "/signin"), ("GET", "/openapi.json")}
 PUBLIC_PREFIXES = ("/studio/",)
 _UPLOAD = re.compile(r"^/api/datasets/[^/]+$")
 

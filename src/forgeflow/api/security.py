@@ -38,9 +38,10 @@ def is_admin_token(request: HTTPConnection, token: str | None) -> bool:
     return same(token, services(request).ws.admin_token())
 
 
-def start_session(request: Request, response: Response) -> None:
-    """Set the session cookie (HttpOnly, SameSite=Strict, Secure over HTTPS) on a response to a sign-in."""
-    session_id = services(request).ws.sessions.start()
+def start_session(request: Request, response: Response, admin_token: str) -> None:
+    """Set the session cookie (HttpOnly, SameSite=Strict, Secure over HTTPS) on a response to a sign-in with
+    `admin_token` (the session lasts only while that token is the workspace's)."""
+    session_id = services(request).ws.sessions.start(admin_token)
     response.set_cookie(COOKIE, session_id, max_age=LIFETIME_S, httponly=True, samesite="strict", path="/",
                         secure=request.url.scheme == "https")
 
@@ -53,7 +54,8 @@ def end_session(request: Request, response: Response) -> None:
 
 def studio_signed_in(request: HTTPConnection) -> bool:
     """A Studio browser session that has not expired or been ended (the CSRF header is checked by check_admin)."""
-    return services(request).ws.sessions.valid(request.cookies.get(COOKIE))
+    ws = services(request).ws
+    return ws.sessions.valid(request.cookies.get(COOKIE), ws.admin_token())
 
 
 def presents_credential(request: HTTPConnection) -> bool:

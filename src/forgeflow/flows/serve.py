@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from forgeflow import __version__
+from forgeflow import jsonbody
 from forgeflow.errors import ForgeflowError, InvalidInput, Unauthorized
 from forgeflow.flows.chat import drain, is_stream
 from forgeflow.flows.contract import ConnectionProvider
@@ -76,10 +77,7 @@ def create_flow_app(flow_dir: Path, *, connection_provider: ConnectionProvider |
     @app.post("/score")
     async def score(request: Request):
         check_key(request)
-        try:
-            inputs = json.loads(await request.body() or b"{}")
-        except ValueError as exc:
-            raise InvalidInput(f"the body must be a JSON object of flow inputs: {exc}") from None
+        inputs = jsonbody.loads(await request.body() or b"{}", what="the body (a JSON object of flow inputs)")
         if not isinstance(inputs, dict):
             raise InvalidInput("the body must be a JSON object of flow inputs")
         wants_events = "text/event-stream" in request.headers.get("accept", "")

@@ -32,18 +32,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from forgeflow import jsonbody
 from forgeflow.chat import (
     DEFAULT_MAX_NEW_TOKENS,
     ChatRequest,
     parse_chat_completion_request,
     parse_score_request,
 )
-from forgeflow.errors import (
-    ForgeflowError,
-    InvalidInput,
-    ServerUnavailable,
-    UpstreamError,
-)
+from forgeflow.errors import ForgeflowError, ServerUnavailable, UpstreamError
 from forgeflow.inference.instance_guard import DEFAULT_MAX_BODY_BYTES, InstanceGuard, allowed_hosts
 from forgeflow.inference.runtimes.base import GenerationResult, Runtime, TokenStream
 from forgeflow.processes import INSTANCE_SECRET_ENV, exit_with_parent, take_instance_secret
@@ -101,11 +97,7 @@ def create_app(
         raise ServerUnavailable("the model is still loading; retry when /health answers ready")
 
     async def read_json(request: Request) -> Any:
-        raw = await request.body()
-        try:
-            return json.loads(raw)
-        except ValueError:
-            raise InvalidInput("the request body must be valid JSON") from None
+        return jsonbody.loads(await request.body())
 
     async def run(call: Callable[[ChatRequest], Any], request: ChatRequest) -> Any:
         """`generate` or `stream` in a worker thread; what is not a ForgeflowError is a failed generation."""

@@ -22,10 +22,11 @@ import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from forgeflow import jsonbody
 from forgeflow.chat import (ChatCompletionRequest, ScoreRequest, ScoreResponse, parse_chat_completion_request,
                             parse_score_request)
-from forgeflow.errors import (ForgeflowError, InvalidInput, PayloadTooLarge, RequestTimeout, ServerUnavailable,
-                              TooManyRequests, Unauthorized, UpstreamError)
+from forgeflow.errors import (ForgeflowError, InvalidInput, NotFound, PayloadTooLarge, RequestTimeout,
+                              ServerUnavailable, TooManyRequests, Unauthorized, UpstreamError)
 from forgeflow.serving import routing
 from forgeflow.serving.admission import Ticket
 from forgeflow.serving.auth import presented_credential
@@ -104,22 +105,30 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
+def _authorized_config(call: _Call, endpoint: str, request: Request) -> EndpointConfig:
+    """The endpoint's configuration once the presented key opens it. An unknown endpoint answers like a wrong key,
+    so names cannot be probed apart from keys (and the guard limits failed keys per address)."""
+    try:
+        cfg = call.svc.config(endpoint)
+    except NotFound:
+        cfg = None
+    call.known = cfg is not None
+    if cfg is None or not call.svc.authorize(endpoint, presented_credential(request)):
+        raise Unauthorized(f"missing or wrong key for endpoint {endpoint!r}, or no such endpoint: send "
+                           f"'Authorization: Bearer <key>' (see: forgeflow online-endpoint get-credentials --name "
+                           f"{endpoint})")
+    return cfg
+
+
 async def _handle(request: Request, endpoint: str, path: str, parse: Callable[[Any], Any], openai: bool) -> Response:
     call = _Call(request, endpoint, openai)
     try:
-        cfg = call.svc.config(endpoint)
-        call.known = True
-        if not call.svc.authorize(endpoint, presented_credential(request)):
-            raise Unauthorized("missing or wrong key: send 'Authorization: Bearer <key>' "
-                               f"(see: forgeflow online-endpoint get-credentials --name {endpoint})")
+        cfg = _authorized_config(call, endpoint, request)
         limit = max_body_bytes(cfg)
         raw = await _read_body(request, limit)
         if raw is None:
             raise PayloadTooLarge(f"the body is larger than {limit} bytes")
-        try:
-            body = json.loads(raw)
-        except ValueError as e:
-            raise InvalidInput(f"the body is not valid JSON: {e}") from None
+        body = jsonbody.loads(raw)
         # A flow deployment takes its flow's inputs on /score, so the chat contract is checked
         # only once the chosen deployment is known to serve a model.
         serves_flows = any(d.serves_flow for d in cfg.deployments.values())
@@ -377,9 +386,7 @@ async def models(endpoint: str, request: Request) -> Response:
     """The endpoint's deployments, as OpenAI models."""
     call = _Call(request, endpoint, openai=True)
     try:
-        cfg = call.svc.config(endpoint)
-        if not call.svc.authorize(endpoint, presented_credential(request)):
-            raise Unauthorized("missing or wrong key: send 'Authorization: Bearer <key>'")
+        cfg = _authorized_config(call, endpoint, request)
     except ForgeflowError as e:
         return call.fail(e)
     data = [{"id": name, "object": "model", "owned_by": "forgeflow", "root": d.model_ref}

@@ -68,7 +68,8 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         "0004_studio_sessions",
         [
             """CREATE TABLE studio_sessions (
-                id_hash VARCHAR(64) PRIMARY KEY, created_at VARCHAR(40) NOT NULL, expires_at INTEGER NOT NULL)""",
+                id_hash VARCHAR(64) PRIMARY KEY, token_tag VARCHAR(64) NOT NULL, created_at VARCHAR(40) NOT NULL,
+                expires_at INTEGER NOT NULL)""",
         ],
     ),
 ]

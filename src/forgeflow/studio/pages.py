@@ -83,9 +83,10 @@ def studio_file(name: str, request: Request) -> Response:
 @api.post("/session")
 def sign_in(body: SignIn, request: Request, response: Response) -> dict:
     """Exchange the admin token for a Studio session cookie (HttpOnly, SameSite=Strict)."""
-    if not is_admin_token(request, body.token.strip()):
+    token = body.token.strip()
+    if not is_admin_token(request, token):
         raise Unauthorized("wrong token: copy it from 'forgeflow token show'")
-    start_session(request, response)
+    start_session(request, response, token)
     return {"signed_in": True}
 
 

@@ -16,7 +16,6 @@ import threading
 import time
 import uuid
 from collections import Counter
-from pathlib import Path
 from typing import Any, Mapping
 
 from forgeflow.errors import Conflict, InvalidInput, NotFound
