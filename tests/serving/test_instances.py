@@ -20,7 +20,9 @@ from gateway_harness import CHAT, FAST_PROBES, FakePlacement, post
 from forgeflow.processes import LIFELINE_FD_ENV, pid_alive, start_time
 from forgeflow.serving.gateway import _relay
 from forgeflow.serving.metrics import Metrics
+from forgeflow.serving.placement import LocalPlacement
 from forgeflow.serving.records import Deployment
+from forgeflow.serving.specs import FLOW_RUNTIME, SCORING_MAX_BYTES
 from forgeflow.store.home import Paths
 from forgeflow.store.states import DeploymentState
 
@@ -285,3 +287,32 @@ def test_an_instance_refusing_the_gateway_is_not_the_callers_401(gateway):
     inst.secret = "the-secret-of-a-process-long-gone"
     r = post(gateway, "port-ep", key)
     assert r.status_code == 424 and r.headers["ms-azureml-model-error-reason"] == "model_server_refused", r.text
+
+
+def test_an_instance_takes_every_body_its_endpoint_takes(gateway, tmp_path, monkeypatch):
+    """issue 10, finding 3 (review): an endpoint may take bodies up to the scoring cap, larger than an instance's
+    default limit; an instance started as the placement starts it (its real command line, here a flow's) takes
+    a 20 MiB body that an endpoint with max_body_bytes 32 MiB let through; a model server is started the same."""
+    from forgeflow.inference.model_server import _parse_args
+
+    argv = LocalPlacement(Paths.current()).command(_deployment("green"), 1234)
+    assert argv[1:3] == ["-m", "forgeflow.inference.model_server"]
+    assert _parse_args(argv[3:]).max_body_bytes == SCORING_MAX_BYTES
+
+    monkeypatch.setattr(FakePlacement, "command", LocalPlacement.command)
+    flow = tmp_path / "length-flow"
+    flow.mkdir()
+    (flow / "flow.dag.yaml").write_text(
+        "inputs:\n  question:\n    type: string\noutputs:\n  length:\n    type: string\n    reference: ${count.output}\n"
+        "nodes:\n- name: count\n  type: python\n  source: {type: code, path: count.py}\n"
+        "  inputs:\n    text: ${inputs.question}\n")
+    (flow / "count.py").write_text("from promptflow import tool\n\n@tool\ndef count(text: str) -> str:\n"
+                                   "    return str(len(text))\n")
+    key = gateway.endpoint("big-ep", max_body_bytes=32 * 1024 * 1024)
+    gateway.svc.create_deployment("big-ep", "blue", "flow:1", flow, runtime=FLOW_RUNTIME)
+    gateway.wait("big-ep", "blue", timeout=90)
+    gateway.svc.update_endpoint("big-ep", traffic={"blue": 100})
+    question = "x" * (20 * 1024 * 1024)
+    r = post(gateway, "big-ep", key, {"question": question})
+    assert r.status_code == 200, r.text[:500]
+    assert r.json() == {"length": str(len(question))}

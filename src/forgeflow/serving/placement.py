@@ -28,6 +28,7 @@ from typing import Protocol
 from forgeflow.processes import (INSTANCE_SECRET_ENV, LIFELINE_FD_ENV, cmdline, free_port, log_tail, pid_alive,
                                  start_time)
 from forgeflow.serving.records import Deployment
+from forgeflow.serving.specs import SCORING_MAX_BYTES
 from forgeflow.store.home import Paths
 from forgeflow.store.secrets import new_key, write_private
 
@@ -98,12 +99,14 @@ class LocalPlacement:
         self._lock = threading.Lock()
 
     def command(self, dep: Deployment, port: int) -> list[str]:
-        """What an instance runs: the model server, or forgeflow.flows.serve for a flow."""
+        """What an instance runs: the model server, or forgeflow.flows.serve for a flow; either takes any body
+        the gateway may forward (an endpoint's own limit can be raised without restarting its instances)."""
         if dep.serves_flow:
             program = ["forgeflow.flows.serve", "--flow", dep.model_path]
         else:
             program = ["forgeflow.inference.model_server", "--model-dir", dep.model_path, "--runtime", dep.runtime]
-        return [sys.executable, "-m", *program, "--port", str(port), "--name", dep.name]
+        return [sys.executable, "-m", *program, "--port", str(port), "--name", dep.name,
+                "--max-body-bytes", str(SCORING_MAX_BYTES)]
 
     def start(self, dep: Deployment, indexes: Sequence[int]) -> list[Instance]:
         return [self._spawn(dep, index) for index in indexes]
