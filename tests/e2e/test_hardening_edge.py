@@ -133,3 +133,22 @@ def test_token_rotate_ends_the_old_token_and_every_session(live_server):
     assert httpx.get(f"{live_server.url}/api/jobs", headers=newest).status_code == 200
     assert studio.get("/api/jobs", headers={"X-Forgeflow-Studio": "1"}).status_code == 401
     studio.close()
+
+
+def test_forwarded_headers_from_a_client_are_not_believed(live_server):
+    """issue 10, finding 1 (review): `forgeflow serve` takes its client's address and scheme from the connection,
+    never from X-Forwarded-For or X-Forwarded-Proto: a sign-in over plain HTTP claiming HTTPS gets no `Secure`
+    cookie, and wrong tokens each claiming another client address still reach the failed-credential limit."""
+    token = _admin_token()
+    signin = httpx.post(f"{live_server.url}/api/session", json={"token": token},
+                        headers={"X-Forwarded-Proto": "https", "X-Forwarded-For": "203.0.113.7"})
+    assert signin.status_code == 200, signin.text
+    attributes = {a.strip().split("=")[0].lower() for a in signin.headers["set-cookie"].split(";")[1:]}
+    assert "httponly" in attributes and "secure" not in attributes, signin.headers["set-cookie"]
+
+    statuses = [httpx.get(f"{live_server.url}/api/jobs", timeout=30,
+                          headers={"Authorization": "Bearer wrong", "X-Forwarded-For": f"10.0.0.{i}"}).status_code
+                for i in range(12)]
+    assert statuses == [401] * 10 + [429] * 2, statuses
+    # the limit counts failures only: the right token still gets in from the same address
+    assert httpx.get(f"{live_server.url}/api/jobs", headers={"Authorization": f"Bearer {token}"}).status_code == 200

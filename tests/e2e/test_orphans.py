@@ -3,6 +3,7 @@ next server stops any that could not."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import time
@@ -11,7 +12,7 @@ import httpx
 import pytest
 from instance_procs import instance_pids
 
-from forgeflow.processes import pid_alive
+from forgeflow.processes import free_port, pid_alive
 
 pytestmark = pytest.mark.integration
 
@@ -65,3 +66,33 @@ def test_instances_do_not_outlive_a_killed_server(live_server, tiny_model_dir):
 
     s.stop()
     _until(lambda: not instance_pids(s.home), 30, "the instances to stop with their server")
+
+
+def test_a_second_server_on_the_workspace_leaves_the_first_ones_instances_running(live_server, tiny_model_dir):
+    """issue 10, finding 2 (review): starting a second `forgeflow serve` on the same workspace (another port)
+    stops none of the first server's instances: the first one's instance keeps its pid and its endpoint answers;
+    each server's instances stop with it."""
+    first = live_server
+    first.cli("online-endpoint", "create", "--name", "two-ep")
+    dep = first.cli_json("online-deployment", "create", "--name", "blue", "--endpoint-name", "two-ep",
+                         "--model", str(tiny_model_dir), "--instance-count", "1", "--all-traffic")
+    assert dep["provisioning_state"] == "Succeeded", dep
+    [pid] = [i["pid"] for i in dep["instances"]]
+
+    url = f"http://127.0.0.1:{free_port()}"
+    second = dataclasses.replace(first, url=url, env=dict(first.env, FORGEFLOW_URL=url), proc=None)
+    try:
+        second.start()  # its startup (stopping leftovers) is over once it answers
+        assert pid_alive(pid)
+        dep = first.cli_json("online-deployment", "show", "--name", "blue", "--endpoint-name", "two-ep")
+        assert [i["pid"] for i in dep["instances"]] == [pid] and dep["instances"][0]["restarts"] == 0, dep
+        key = first.cli_json("online-endpoint", "get-credentials", "--name", "two-ep")["primary_key"]
+        r = httpx.post(f"{first.url}/endpoints/two-ep/score", json=BODY, headers={"Authorization": f"Bearer {key}"},
+                       timeout=60)
+        assert r.status_code == 200, r.text
+        assert pid_alive(pid)
+    finally:
+        second.stop()
+    assert pid_alive(pid)
+    first.stop()
+    _until(lambda: not instance_pids(first.home), 30, "the instances to stop with their servers")

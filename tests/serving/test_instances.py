@@ -17,10 +17,12 @@ import openai
 import pytest
 from gateway_harness import CHAT, FAST_PROBES, FakePlacement, post
 
-from forgeflow.processes import LIFELINE_FD_ENV, start_time
+from forgeflow.processes import LIFELINE_FD_ENV, pid_alive, start_time
 from forgeflow.serving.gateway import _relay
 from forgeflow.serving.metrics import Metrics
+from forgeflow.serving.placement import LocalPlacement
 from forgeflow.serving.records import Deployment
+from forgeflow.serving.specs import FLOW_RUNTIME, SCORING_MAX_BYTES
 from forgeflow.store.home import Paths
 from forgeflow.store.states import DeploymentState
 
@@ -87,16 +89,35 @@ def test_an_instance_exits_when_its_lifeline_closes():
         child.stdout.close()
 
 
+# An earlier server: starts one fake instance of the deployment given as a row, says its pid, and waits to be killed.
+_EARLIER_SERVER = """
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+from gateway_harness import FakePlacement
+from forgeflow.serving.records import Deployment
+from forgeflow.store.home import Paths
+[inst] = FakePlacement(Paths.current()).start(Deployment.from_row(json.loads(sys.argv[2])), [0])
+print(inst.proc.pid, flush=True)
+time.sleep(120)
+"""
+
+
 def test_a_starting_server_stops_the_instances_an_earlier_one_left():
     """issue 10, finding 2: an instance that could not act on its lifeline (here: stopped) is stopped by
-    the next server of the workspace; a recorded pid that now names another process is never signalled."""
+    the next server of the workspace once the server that started it is gone (kill -9); a recorded pid that
+    now names another process is never signalled."""
     paths = Paths.current()
-    earlier = FakePlacement(paths)
-    [left] = earlier.start(_deployment("blue"), [0])
-    os.kill(left.proc.pid, signal.SIGSTOP)
+    earlier = subprocess.Popen([sys.executable, "-c", _EARLIER_SERVER, os.path.dirname(__file__),
+                                json.dumps(_deployment("blue").row())], stdout=subprocess.PIPE, text=True)
+    left = int(earlier.stdout.readline())
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     records = paths.root / "run" / "instances"
     try:
+        _wait(lambda: "READY" in (paths.logs / "deployments" / "left-ep" / "blue-0.log").read_text())
+        os.kill(left, signal.SIGSTOP)
+        earlier.kill()
+        earlier.wait()
+        assert pid_alive(left)
         # two records naming the bystander's pid, as if it had been reused: one started at another time,
         # one with other arguments
         argv = ["python", "-c", "import time; time.sleep(120)"]
@@ -107,13 +128,41 @@ def test_a_starting_server_stops_the_instances_an_earlier_one_left():
         assert len(list(records.glob("*.json"))) == 3
 
         assert FakePlacement(paths).stop_leftovers() == 1
-        assert left.proc.wait(timeout=20) is not None
+        _wait(lambda: not pid_alive(left))
         assert bystander.poll() is None
         assert list(records.glob("*.json")) == []
     finally:
-        earlier.stop([left], grace_s=0)
+        if pid_alive(left):
+            os.kill(left, signal.SIGKILL)
+        earlier.kill()
+        earlier.wait()
+        earlier.stdout.close()
         bystander.kill()
         bystander.wait()
+
+
+def test_a_second_server_leaves_the_instances_of_a_running_one_alone():
+    """issue 10, finding 2 (review): a server starting on a workspace whose other server still runs stops none
+    of that server's instances, stopped ones included; an instance whose recorded owner is another process
+    than the one now holding that pid (the owner died, its pid was reused) is a leftover and is stopped."""
+    paths = Paths.current()
+    first = FakePlacement(paths)
+    [kept, orphan] = first.start(_deployment("blue"), [0, 1])
+    try:
+        _wait(lambda: all("READY" in i.log_path.read_text() for i in (kept, orphan)))
+        os.kill(kept.proc.pid, signal.SIGSTOP)  # even one that could not act on a lifeline is left alone
+        assert FakePlacement(paths).stop_leftovers() == 0
+        assert kept.proc.poll() is None and orphan.proc.poll() is None
+        assert kept.record.exists() and orphan.record.exists()
+
+        record = json.loads(orphan.record.read_text())
+        assert (record["owner_pid"], record["owner_start_time"]) == (os.getpid(), start_time(os.getpid()))
+        orphan.record.write_text(json.dumps(record | {"owner_start_time": record["owner_start_time"] - 1}))
+        assert FakePlacement(paths).stop_leftovers() == 1
+        assert orphan.proc.wait(timeout=20) is not None
+        assert kept.proc.poll() is None and kept.record.exists() and not orphan.record.exists()
+    finally:
+        first.stop([kept, orphan], grace_s=0)
 
 
 def test_a_broken_stream_ends_with_an_error_event_not_done(gateway):
@@ -238,3 +287,32 @@ def test_an_instance_refusing_the_gateway_is_not_the_callers_401(gateway):
     inst.secret = "the-secret-of-a-process-long-gone"
     r = post(gateway, "port-ep", key)
     assert r.status_code == 424 and r.headers["ms-azureml-model-error-reason"] == "model_server_refused", r.text
+
+
+def test_an_instance_takes_every_body_its_endpoint_takes(gateway, tmp_path, monkeypatch):
+    """issue 10, finding 3 (review): an endpoint may take bodies up to the scoring cap, larger than an instance's
+    default limit; an instance started as the placement starts it (its real command line, here a flow's) takes
+    a 20 MiB body that an endpoint with max_body_bytes 32 MiB let through; a model server is started the same."""
+    from forgeflow.inference.model_server import _parse_args
+
+    argv = LocalPlacement(Paths.current()).command(_deployment("green"), 1234)
+    assert argv[1:3] == ["-m", "forgeflow.inference.model_server"]
+    assert _parse_args(argv[3:]).max_body_bytes == SCORING_MAX_BYTES
+
+    monkeypatch.setattr(FakePlacement, "command", LocalPlacement.command)
+    flow = tmp_path / "length-flow"
+    flow.mkdir()
+    (flow / "flow.dag.yaml").write_text(
+        "inputs:\n  question:\n    type: string\noutputs:\n  length:\n    type: string\n    reference: ${count.output}\n"
+        "nodes:\n- name: count\n  type: python\n  source: {type: code, path: count.py}\n"
+        "  inputs:\n    text: ${inputs.question}\n")
+    (flow / "count.py").write_text("from promptflow import tool\n\n@tool\ndef count(text: str) -> str:\n"
+                                   "    return str(len(text))\n")
+    key = gateway.endpoint("big-ep", max_body_bytes=32 * 1024 * 1024)
+    gateway.svc.create_deployment("big-ep", "blue", "flow:1", flow, runtime=FLOW_RUNTIME)
+    gateway.wait("big-ep", "blue", timeout=90)
+    gateway.svc.update_endpoint("big-ep", traffic={"blue": 100})
+    question = "x" * (20 * 1024 * 1024)
+    r = post(gateway, "big-ep", key, {"question": question})
+    assert r.status_code == 200, r.text[:500]
+    assert r.json() == {"length": str(len(question))}

@@ -31,11 +31,11 @@ from forgeflow.api.security import CHECKED, check_admin, presents_credential
 from forgeflow.data.library import max_upload_bytes
 from forgeflow.errors import ForgeflowError, InvalidInput, PayloadTooLarge, TooManyRequests, Unauthorized
 from forgeflow.serving.auth import presented_credential
+from forgeflow.serving.specs import SCORING_MAX_BYTES
 from forgeflow.serving.throttle import FailureLimiter
 
 CONTROL_MAX_BYTES = 4 * 1024 * 1024
 SIGN_IN_MAX_BYTES = 4096
-SCORING_MAX_BYTES = 64 * 1024 * 1024  # also the most an endpoint's max_body_bytes may be
 MAX_JSON_DEPTH = 64
 DRAIN_BYTES = 64 * 1024  # unread body the server may still discard to keep a connection alive
 

@@ -108,7 +108,9 @@ def _run_foreground(host: str, port: int) -> None:
                   "and sign in with the token from 'forgeflow token show'. Ctrl-C stops it.")
     try:
         app = create_app(ws, base_url=f"http://{host}:{port}")
-        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=10)
+        # proxy_headers off: uvicorn would otherwise take the client's address and scheme from X-Forwarded-* sent
+        # by any local client, which would choose its own address for the failed-credential limit.
+        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=10, proxy_headers=False)
     finally:
         try:
             if _read_pid(ws.paths) in (None, os.getpid()):

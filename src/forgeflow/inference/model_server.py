@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     app.add_middleware(InstanceGuard, secret=secret, hosts=allowed_hosts(args.host, port),
                        max_body_bytes=args.max_body_bytes)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", proxy_headers=False)
     server = uvicorn.Server(config)
     server.run(sockets=[sock])
     return 1 if failure else 0

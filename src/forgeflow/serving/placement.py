@@ -6,7 +6,8 @@ this machine, on loopback, logging to the workspace's logs folder.
 An instance answers only requests that carry its secret (`Instance.auth`), fresh each time it starts and
 known only to this server: a placement hands it to what it runs without putting it on a command line.
 Instances must not outlive their server: a local instance exits when its lifeline pipe to the server
-closes, and a starting server stops what an earlier one of its workspace left running (`stop_leftovers`).
+closes, and a starting server stops what a server of its workspace that is gone left running
+(`stop_leftovers`); the instances of another server still running on the same workspace are its own.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Protocol
 from forgeflow.processes import (INSTANCE_SECRET_ENV, LIFELINE_FD_ENV, cmdline, free_port, log_tail, pid_alive,
                                  start_time)
 from forgeflow.serving.records import Deployment
+from forgeflow.serving.specs import SCORING_MAX_BYTES
 from forgeflow.store.home import Paths
 from forgeflow.store.secrets import new_key, write_private
 
@@ -75,7 +77,8 @@ class Placement(Protocol):
         """The last lines of each instance's log, for `online-deployment get-logs`."""
 
     def stop_leftovers(self) -> int:
-        """At server start: stop the instances an earlier server of this workspace left running; how many."""
+        """At server start: stop the instances that servers of this workspace which are gone left running (not
+        those of a server still running); how many."""
 
 
 @dataclass(eq=False, kw_only=True)
@@ -96,12 +99,14 @@ class LocalPlacement:
         self._lock = threading.Lock()
 
     def command(self, dep: Deployment, port: int) -> list[str]:
-        """What an instance runs: the model server, or forgeflow.flows.serve for a flow."""
+        """What an instance runs: the model server, or forgeflow.flows.serve for a flow; either takes any body
+        the gateway may forward (an endpoint's own limit can be raised without restarting its instances)."""
         if dep.serves_flow:
             program = ["forgeflow.flows.serve", "--flow", dep.model_path]
         else:
             program = ["forgeflow.inference.model_server", "--model-dir", dep.model_path, "--runtime", dep.runtime]
-        return [sys.executable, "-m", *program, "--port", str(port), "--name", dep.name]
+        return [sys.executable, "-m", *program, "--port", str(port), "--name", dep.name,
+                "--max-body-bytes", str(SCORING_MAX_BYTES)]
 
     def start(self, dep: Deployment, indexes: Sequence[int]) -> list[Instance]:
         return [self._spawn(dep, index) for index in indexes]
@@ -127,6 +132,7 @@ class LocalPlacement:
         record = self._records / f"{proc.pid}.json"
         try:
             write_private(record, json.dumps({"pid": proc.pid, "start_time": start_time(proc.pid), "argv": argv,
+                                              "owner_pid": os.getpid(), "owner_start_time": start_time(os.getpid()),
                                               "endpoint": dep.endpoint, "deployment": dep.name,
                                               "index": index}).encode())
         except OSError as e:  # the lifeline still ends the instance with this server
@@ -153,18 +159,22 @@ class LocalPlacement:
 
     def stop_leftovers(self, grace_s: float = 5.0) -> int:
         """Stop every instance whose record outlived the server that started it (killed before it could stop
-        them): a process is stopped only while its pid, start time and arguments still match its record, so
-        a reused pid is never signalled."""
+        them). The instances of a server that still runs (another server on the same workspace, or this one)
+        are left alone, records included; a process is stopped only while its pid, start time and arguments
+        still match its record, so a reused pid is never signalled."""
         leftovers: list[tuple[int, dict, Path]] = []
         for path in sorted(self._records.glob("*.json")):
             try:
                 rec = json.loads(path.read_text())
             except (OSError, ValueError):
                 rec = {}
+            if _owner_runs(rec):
+                continue
             if _is_recorded(rec):
                 leftovers.append((rec["pid"], rec, path))
-                log.warning("stopping instance %s/%s %s (pid %d) left running by an earlier server",
-                            rec.get("endpoint"), rec.get("deployment"), rec.get("index"), rec["pid"])
+                log.warning("stopping instance %s/%s %s (pid %d) left running by a server that is gone (pid %s)",
+                            rec.get("endpoint"), rec.get("deployment"), rec.get("index"), rec["pid"],
+                            rec.get("owner_pid"))
             else:
                 path.unlink(missing_ok=True)
         for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
@@ -209,6 +219,13 @@ def _is_recorded(rec: dict) -> bool:
     if not isinstance(pid, int) or started is None or not pid_alive(pid):
         return False
     return start_time(pid) == started and cmdline(pid) == rec.get("argv")
+
+
+def _owner_runs(rec: dict) -> bool:
+    """The server that started the instance still runs: same pid, same start time. A record without an owner
+    (written before owners were recorded) has none that runs."""
+    pid, started = rec.get("owner_pid"), rec.get("owner_start_time")
+    return isinstance(pid, int) and started is not None and pid_alive(pid) and start_time(pid) == started
 
 
 def _terminate(proc: subprocess.Popen, grace_s: float) -> None:

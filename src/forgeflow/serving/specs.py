@@ -14,6 +14,9 @@ from typing import Any
 from forgeflow.errors import InvalidInput
 
 MAX_INSTANCES = 8
+# The largest scoring body the server takes (api/guard.py's cap): the most an endpoint's max_body_bytes may be,
+# and what every instance is started to accept, since the gateway forwards the body as it came.
+SCORING_MAX_BYTES = 64 * 1024 * 1024
 FLOW_RUNTIME = "flow"  # a deployment of a flow folder, served by forgeflow.flows.serve instead of a model server
 DEFAULT_REQUEST_SETTINGS = {"request_timeout_ms": 90_000, "max_concurrent_requests_per_instance": 1}
 DEFAULT_LIVENESS = {"initial_delay": 5.0, "period": 5.0, "timeout": 5.0, "failure_threshold": 3, "success_threshold": 1}
