@@ -100,3 +100,13 @@ def post(gw: Gateway, endpoint: str, key: str, body=None, *, path: str = "score"
     h = {"Authorization": f"Bearer {key}"} | (headers or {})
     return httpx.post(f"{gw.url}/endpoints/{endpoint}/{path}", json=SCORE if body is None else body, headers=h,
                       timeout=30, **kw)
+
+
+def wait_until(predicate, timeout: float = 20.0, what: str = "condition"):
+    """Poll `predicate` until it returns something true (returned), or fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -8,12 +8,11 @@ import json
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 
 import httpx
 import pytest
-from gateway_harness import SCORE
+from gateway_harness import SCORE, wait_until
 
 from forgeflow.errors import Conflict, InvalidInput
 from forgeflow.processes import pid_alive
@@ -47,15 +46,6 @@ class Load:
         self._thread.join(30)
 
 
-def _wait(predicate, timeout=20, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
 
 def _instances(gw, ep, dep):
     return gw.svc.show_deployment(ep, dep)["instances"]
@@ -67,13 +57,13 @@ def test_a_killed_instance_is_replaced_under_load_without_losing_requests(gatewa
     gateway.svc.update_endpoint("kill-ep", traffic={"blue": 100})
     victim = _instances(gateway, "kill-ep", "blue")[0]
     with Load(gateway, "kill-ep", key, clients=4) as load:
-        _wait(lambda: len(load.codes) > 20, what="load")
+        wait_until(lambda: len(load.codes) > 20, what="load")
         os.kill(victim["pid"], signal.SIGKILL)
-        fresh = _wait(lambda: [i for i in _instances(gateway, "kill-ep", "blue")
+        fresh = wait_until(lambda: [i for i in _instances(gateway, "kill-ep", "blue")
                                if i["index"] == victim["index"] and i["pid"] != victim["pid"] and i["ready"]],
                       what="replacement")[0]
         seen = len(load.codes)
-        _wait(lambda: len(load.codes) > seen + 20, what="load after the replacement")
+        wait_until(lambda: len(load.codes) > seen + 20, what="load after the replacement")
     assert fresh["restarts"] == 1
     failed = [c for c in load.codes if c != 200]
     assert len(failed) <= 4, failed  # at most the requests in flight on the killed instance
@@ -89,13 +79,13 @@ def test_a_hung_instance_fails_liveness_and_is_restarted(gateway):
     old = _instances(gateway, "hang-ep", "blue")[0]
     os.kill(old["pid"], signal.SIGSTOP)
     try:
-        fresh = _wait(lambda: [i for i in _instances(gateway, "hang-ep", "blue") if i["pid"] != old["pid"] and i["ready"]],
+        fresh = wait_until(lambda: [i for i in _instances(gateway, "hang-ep", "blue") if i["pid"] != old["pid"] and i["ready"]],
                       what="restart of the stopped instance")[0]
     finally:
         if pid_alive(old["pid"]):
             os.kill(old["pid"], signal.SIGCONT)
     assert fresh["restarts"] == 1
-    _wait(lambda: not pid_alive(old["pid"]), what="the hung process to be killed")
+    wait_until(lambda: not pid_alive(old["pid"]), what="the hung process to be killed")
     r = httpx.post(f"{gateway.url}/endpoints/hang-ep/score", json=SCORE, headers={"Authorization": f"Bearer {key}"})
     assert r.status_code == 200
 
@@ -123,21 +113,21 @@ def test_rolling_update_drops_no_request(gateway):
     old_pids = {i["pid"] for i in _instances(gateway, "roll-ep", "blue")}
     v2 = json.dumps({"output": "v2", "delay": 0.02, "load": 0.5})
     with Load(gateway, "roll-ep", key) as load:
-        _wait(lambda: len(load.codes) > 10, what="load")
+        wait_until(lambda: len(load.codes) > 10, what="load")
         gateway.svc.update_deployment("roll-ep", "blue", {"model": "fake:2"}, resolve=lambda ref: (ref, Path(v2)))
         assert gateway.svc.show_deployment("roll-ep", "blue")["provisioning_state"] == "Updating"
         with pytest.raises(Conflict):
             gateway.svc.update_deployment("roll-ep", "blue", {"instance_count": 3})
         dep = gateway.wait("roll-ep", "blue")
         seen = len(load.codes)
-        _wait(lambda: len(load.codes) > seen + 10, what="load after the roll")
+        wait_until(lambda: len(load.codes) > seen + 10, what="load after the roll")
     assert set(load.codes) == {200}, [c for c in load.codes if c != 200]
     outputs = [b["output"] for b in load.bodies]
     assert outputs[0] == "v1" and outputs[-1] == "v2"
     assert set(outputs[seen + 4:]) == {"v2"}  # once it settled, only new instances answer
     assert dep["model"] == "fake:2" and len(dep["instances"]) == 2
     assert not old_pids & {i["pid"] for i in dep["instances"]}
-    _wait(lambda: not any(pid_alive(p) for p in old_pids), what="old instances to stop")
+    wait_until(lambda: not any(pid_alive(p) for p in old_pids), what="old instances to stop")
 
 
 def test_settings_update_at_once_and_scale_without_restarting(gateway):
@@ -175,7 +165,7 @@ def test_a_failed_update_rolls_back_and_keeps_serving(gateway):
     sup.READY_TIMEOUT_S, saved = 1.5, sup.READY_TIMEOUT_S
     try:
         gateway.svc.update_deployment("back-ep", "blue", {"model": "fake:bad"}, resolve=lambda ref: (ref, Path(broken)))
-        dep = _wait(lambda: (d := gateway.svc.show_deployment("back-ep", "blue"))["provisioning_state"] != "Updating" and d,
+        dep = wait_until(lambda: (d := gateway.svc.show_deployment("back-ep", "blue"))["provisioning_state"] != "Updating" and d,
                     what="the update to end")
     finally:
         sup.READY_TIMEOUT_S = saved
@@ -203,4 +193,4 @@ def test_new_fields_survive_a_restart_and_delete_stops_processes(gateway):
     assert green["liveness_probe"]["period"] == 0.2
     assert again.credentials("keep-ep")["access_token"]
     gateway.svc.delete_endpoint("keep-ep")
-    _wait(lambda: not any(pid_alive(p) for p in pids), what="processes to stop")
+    wait_until(lambda: not any(pid_alive(p) for p in pids), what="processes to stop")

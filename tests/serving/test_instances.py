@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import httpx
 import openai
 import pytest
-from gateway_harness import CHAT, FAST_PROBES, FakePlacement, post
+from gateway_harness import CHAT, FAST_PROBES, FakePlacement, post, wait_until
 
 from forgeflow.processes import LIFELINE_FD_ENV, pid_alive, start_time
 from forgeflow.serving.gateway import _relay
@@ -26,14 +26,6 @@ from forgeflow.serving.specs import FLOW_RUNTIME, SCORING_MAX_BYTES
 from forgeflow.store.home import Paths
 from forgeflow.store.states import DeploymentState
 
-
-def _wait(predicate, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out")
 
 
 def test_the_gateway_holds_each_instance_secret_and_a_restart_rotates_it(gateway):
@@ -55,7 +47,7 @@ def test_the_gateway_holds_each_instance_secret_and_a_restart_rotates_it(gateway
     assert old.secret.encode() not in b"".join(open(f"/proc/{old.proc.pid}/cmdline", "rb"))
 
     os.kill(old.proc.pid, signal.SIGKILL)
-    fresh = _wait(lambda: [i for i in gateway.svc.supervisor.ready_instances("sec-ep", "blue") if i.restarts == 1])[0]
+    fresh = wait_until(lambda: [i for i in gateway.svc.supervisor.ready_instances("sec-ep", "blue") if i.restarts == 1])[0]
     assert fresh.secret != old.secret
     assert httpx.get(f"{fresh.url}/health", headers=old.auth, timeout=5).status_code == 401
     assert httpx.get(f"{fresh.url}/health", headers=fresh.auth, timeout=5).status_code == 200
@@ -113,7 +105,7 @@ def test_a_starting_server_stops_the_instances_an_earlier_one_left():
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     records = paths.root / "run" / "instances"
     try:
-        _wait(lambda: "READY" in (paths.logs / "deployments" / "left-ep" / "blue-0.log").read_text())
+        wait_until(lambda: "READY" in (paths.logs / "deployments" / "left-ep" / "blue-0.log").read_text())
         os.kill(left, signal.SIGSTOP)
         earlier.kill()
         earlier.wait()
@@ -128,7 +120,7 @@ def test_a_starting_server_stops_the_instances_an_earlier_one_left():
         assert len(list(records.glob("*.json"))) == 3
 
         assert FakePlacement(paths).stop_leftovers() == 1
-        _wait(lambda: not pid_alive(left))
+        wait_until(lambda: not pid_alive(left))
         assert bystander.poll() is None
         assert list(records.glob("*.json")) == []
     finally:
@@ -149,7 +141,7 @@ def test_a_second_server_leaves_the_instances_of_a_running_one_alone():
     first = FakePlacement(paths)
     [kept, orphan] = first.start(_deployment("blue"), [0, 1])
     try:
-        _wait(lambda: all("READY" in i.log_path.read_text() for i in (kept, orphan)))
+        wait_until(lambda: all("READY" in i.log_path.read_text() for i in (kept, orphan)))
         os.kill(kept.proc.pid, signal.SIGSTOP)  # even one that could not act on a lifeline is left alone
         assert FakePlacement(paths).stop_leftovers() == 0
         assert kept.proc.poll() is None and orphan.proc.poll() is None
@@ -182,7 +174,7 @@ def test_a_broken_stream_ends_with_an_error_event_not_done(gateway):
     assert 'forgeflow_requests_total{endpoint="cut-ep",deployment="blue",code="424"} 1' in metrics
     assert gateway.svc.admission.pending(("cut-ep", "blue")) == 0
 
-    _wait(lambda: [i for i in gateway.svc.supervisor.ready_instances("cut-ep", "blue") if i.restarts == 1])
+    wait_until(lambda: [i for i in gateway.svc.supervisor.ready_instances("cut-ep", "blue") if i.restarts == 1])
     shown = httpx.get(f"{gateway.url}/api/endpoints/cut-ep", headers=gateway.admin).json()
     client = openai.OpenAI(api_key=key, base_url=shown["openai_base_url"], max_retries=0)
     stream = client.chat.completions.create(model="blue", messages=[{"role": "user", "content": "hi"}], stream=True)
@@ -246,7 +238,7 @@ def test_a_flow_instance_serves_only_its_gateway_and_exits_with_it(tmp_path):
     try:
         assert proc.stdout.readline().strip() == f"READY {port}"
         base, key = f"http://127.0.0.1:{port}", {"Authorization": "Bearer flow-secret"}
-        assert _wait(lambda: _answers(f"{base}/health", key))
+        assert wait_until(lambda: _answers(f"{base}/health", key))
         for headers in ({}, {"Authorization": "Bearer wrong"}):
             assert httpx.get(f"{base}/health", headers=headers, timeout=5).status_code == 401
             assert httpx.post(f"{base}/score", json={"question": "q"}, headers=headers, timeout=5).status_code == 401

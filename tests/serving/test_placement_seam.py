@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from gateway_harness import FAST_PROBES
+from gateway_harness import FAST_PROBES, wait_until
 
 from forgeflow.serving.endpoints import EndpointService
 from forgeflow.serving.placement import Instance
@@ -72,14 +71,6 @@ class ThreadPlacement:
         return 0  # threads die with the process that ran them
 
 
-def _wait(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.05)
-    raise AssertionError("timed out")
-
 
 def test_a_deployment_runs_restarts_and_stops_on_another_placement():
     placement = ThreadPlacement()
@@ -88,14 +79,14 @@ def test_a_deployment_runs_restarts_and_stops_on_another_placement():
         svc.create_endpoint("seam-ep")
         svc.create_deployment("seam-ep", "blue", "fake:1", Path("unused"), instance_count=2,
                               liveness_probe=FAST_PROBES, readiness_probe=FAST_PROBES)
-        dep = _wait(lambda: (d := svc.show_deployment("seam-ep", "blue"))["provisioning_state"] == "Succeeded" and d)
+        dep = wait_until(lambda: (d := svc.show_deployment("seam-ep", "blue"))["provisioning_state"] == "Succeeded" and d)
         assert dep["instances"] == [
             {"index": n, "thread": True, "ready": True, "inflight": 0, "restarts": 0} for n in (0, 1)]
         assert len(svc.supervisor.ready_instances("seam-ep", "blue")) == 2
 
         victim = svc.supervisor.instances("seam-ep", "blue")[0]
         placement.crashed.add(victim)
-        _wait(lambda: [i for i in svc.show_deployment("seam-ep", "blue")["instances"]
+        wait_until(lambda: [i for i in svc.show_deployment("seam-ep", "blue")["instances"]
                        if i["index"] == 0 and i["restarts"] == 1 and i["ready"]])
         assert victim in placement.stopped
         assert svc.metrics.value("forgeflow_instance_restarts_total",
