@@ -15,6 +15,8 @@ import httpx
 import openai
 import pytest
 
+from forgeflow.serving.specs import SCORING_MAX_BYTES
+
 pytestmark = pytest.mark.integration
 
 
@@ -50,14 +52,15 @@ def _instance_secret(pid):
 
 
 def _declares_a_huge_body(url, secret):
-    """The status answered to a request whose headers announce a 64 MiB body, before any of it is sent."""
+    """The status answered to a request whose headers announce a body past the instance's cap (the scoring cap:
+    it takes whatever its endpoint may take), before any of it is sent."""
     u = httpx.URL(url)
     conn = http.client.HTTPConnection(u.host, u.port, timeout=10)
     try:
         conn.putrequest("POST", u.path)
         conn.putheader("Authorization", f"Bearer {secret}")
         conn.putheader("Content-Type", "application/json")
-        conn.putheader("Content-Length", str(64 << 20))
+        conn.putheader("Content-Length", str(SCORING_MAX_BYTES + 1))
         conn.endheaders()
         return conn.getresponse().status
     finally:
