@@ -20,7 +20,7 @@ def _no_constant(name: str) -> Any:
 def _finite(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
-        raise InvalidInput(f"the body holds the number {text[:40]}, too large for a 64-bit float")
+        raise InvalidInput(f"the body holds the number {text[:40]}, too large to be a finite 64-bit float")
     return value
 
 
