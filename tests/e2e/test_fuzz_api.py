@@ -9,18 +9,14 @@ number of examples per operation, no deadline per example.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
 
 import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from live_server import LiveServer
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
-
-from forgeflow.processes import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -31,39 +27,17 @@ EXAMPLES = int(os.environ.get("FORGEFLOW_FUZZ_EXAMPLES", "15"))
 
 @pytest.fixture(scope="module")
 def fuzz_target(tmp_path_factory, tiny_model_dir):
-    home = tmp_path_factory.mktemp("fuzz-home")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = dict(os.environ, FORGEFLOW_HOME=str(home), FORGEFLOW_URL=url, HF_HUB_OFFLINE="1")
-    cli = [sys.executable, "-m", "forgeflow.cli.main"]
-    subprocess.run([*cli, "init"], env=env, check=True, capture_output=True)
-    with open(home / "server.log", "ab") as log:
-        proc = subprocess.Popen([*cli, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    server = LiveServer.on_loopback(tmp_path_factory.mktemp("fuzz-home"))
+    server.start()
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/api/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, (home / "server.log").read_text()
-            time.sleep(0.2)
-        token = subprocess.run([*cli, "token", "show"], env=env, check=True, capture_output=True,
-                               text=True).stdout.strip().splitlines()[-1]
-        admin = {"Authorization": f"Bearer {token}"}
-        subprocess.run([*cli, "online-endpoint", "create", "--name", "fuzz-ep"], env=env, check=True,
-                       capture_output=True)
-        subprocess.run([*cli, "online-deployment", "create", "--name", "blue", "--endpoint-name", "fuzz-ep",
-                        "--model", str(tiny_model_dir), "--all-traffic"], env=env, check=True, capture_output=True)
-        key = httpx.get(f"{url}/api/endpoints/fuzz-ep/credentials", headers=admin).json()["primary_key"]
-        yield {"url": url, "admin": admin, "key": key, "home": home}
+        admin = {"Authorization": f"Bearer {server.cli('token', 'show').stdout.strip().splitlines()[-1]}"}
+        server.cli("online-endpoint", "create", "--name", "fuzz-ep")
+        server.cli("online-deployment", "create", "--name", "blue", "--endpoint-name", "fuzz-ep",
+                   "--model", str(tiny_model_dir), "--all-traffic")
+        key = httpx.get(f"{server.url}/api/endpoints/fuzz-ep/credentials", headers=admin).json()["primary_key"]
+        yield {"url": server.url, "admin": admin, "key": key}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        server.stop()
 
 
 def _credential(case, target) -> dict:

@@ -3,7 +3,6 @@ next server stops any that could not."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import time
@@ -11,8 +10,9 @@ import time
 import httpx
 import pytest
 from instance_procs import instance_pids
+from live_server import LiveServer
 
-from forgeflow.processes import free_port, pid_alive
+from forgeflow.processes import pid_alive
 
 pytestmark = pytest.mark.integration
 
@@ -79,8 +79,7 @@ def test_a_second_server_on_the_workspace_leaves_the_first_ones_instances_runnin
     assert dep["provisioning_state"] == "Succeeded", dep
     [pid] = [i["pid"] for i in dep["instances"]]
 
-    url = f"http://127.0.0.1:{free_port()}"
-    second = dataclasses.replace(first, url=url, env=dict(first.env, FORGEFLOW_URL=url), proc=None)
+    second = LiveServer.on_loopback(first.home)
     try:
         second.start()  # its startup (stopping leftovers) is over once it answers
         assert pid_alive(pid)
