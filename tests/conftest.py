@@ -21,3 +21,14 @@ def forgeflow_home(tmp_path, monkeypatch):
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random Llama chat model (2 layers, ~400-token vocab) saved as a HF folder."""
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def loopback_ray():
+    """One real multi-node Ray cluster on loopback for the whole run (head with no CPUs, two worker nodes).
+    Tests attach forgeflow to it by its GCS address; none may leave work running on it."""
+    from ray_harness import start_loopback_ray
+
+    ray = start_loopback_ray()
+    yield ray
+    ray.shutdown()

@@ -14,7 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "forgeflow"
 # not import each other. Within a layer of ARCHITECTURE.md the ranks say which way imports go.
 RANKS: dict[str, int] = {
     "errors": 0,
-    "names": 1, "processes": 1, "chat": 1, "yamlfile": 1, "jsonbody": 1,
+    "names": 1, "processes": 1, "chat": 1, "yamlfile": 1, "jsonbody": 1, "raycluster": 1,
     "store": 2,
     "data": 3,
     "inference": 4,

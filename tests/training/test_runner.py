@@ -16,7 +16,7 @@ from forgeflow.store.states import JobStatus
 from forgeflow.store.workspace import Workspace
 from forgeflow.training.checkpoints import newest_checkpoint
 from forgeflow.training.compute.local import LocalCompute
-from forgeflow.training.compute.targets import ComputeTarget, ComputeTargets
+from forgeflow.training.compute.targets import ComputeTarget, ComputeTargets, validate_target
 from forgeflow.training.hyperparams import resolve_hyperparameters
 from forgeflow.training.jobs import Job
 from forgeflow.training.runner import JobRunner
@@ -65,8 +65,19 @@ def test_compute_targets_local_default_and_validation(ws):
     assert targets.get("azureml:local")["name"] == "local"
     created = targets.create(ComputeTarget(name="pair", max_concurrent_jobs=2))
     assert created["max_concurrent_jobs"] == 2 and created["min_nodes"] == 0 and created["max_nodes"] == 1
-    with pytest.raises(InvalidInput, match="'ray' is not available yet"):
-        targets.create(ComputeTarget(name="cluster", type="ray"))
+    with pytest.raises(InvalidInput, match="needs --address") as no_address:
+        validate_target({"name": "cluster", "type": "ray"})
+    assert no_address.value.field == "address"
+    for bad in ("head", "head:0", "head:99999", "ftp://head:1", "ray://", "a b:1"):
+        with pytest.raises(InvalidInput, match="not a Ray address"):
+            validate_target({"name": "cluster", "type": "ray", "address": bad})
+    for good in ("auto", "head:6379", "10.0.0.5:6379", "ray://head:10001", "http://head:8265/"):
+        assert validate_target({"name": "c", "type": "ray", "address": good}).address == good.rstrip("/")
+    with pytest.raises(InvalidInput, match="for ray targets only") as local_address:
+        validate_target({"name": "pair2", "address": "head:6379"})
+    assert local_address.value.field is None or "address" in local_address.value.message
+    with pytest.raises(InvalidInput, match="absolute directory"):
+        validate_target({"name": "c", "type": "ray", "address": "auto", "storage": "s3://bucket/jobs"})
     with pytest.raises(Conflict, match="already exists"):
         targets.create(ComputeTarget(name="pair"))
     with pytest.raises(NotFound, match="targets: local, pair"):

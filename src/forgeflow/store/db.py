@@ -72,6 +72,19 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
                 expires_at INTEGER NOT NULL)""",
         ],
     ),
+    (
+        # Ray cluster targets (address, node type, shared storage) and deployments placed on a target, with the
+        # resources each instance asks for and the instance autoscaling settings.
+        "0005_clusters",
+        [
+            "ALTER TABLE compute_targets ADD COLUMN address TEXT",
+            "ALTER TABLE compute_targets ADD COLUMN size VARCHAR(128)",
+            "ALTER TABLE compute_targets ADD COLUMN storage TEXT",
+            "ALTER TABLE deployments ADD COLUMN compute VARCHAR(64)",
+            "ALTER TABLE deployments ADD COLUMN resources TEXT",
+            "ALTER TABLE deployments ADD COLUMN scale_settings TEXT",
+        ],
+    ),
 ]
 
 # What a row of each table is called in "already exists" answers.
@@ -81,7 +94,7 @@ NOUNS = {"endpoints": "endpoint", "deployments": "deployment", "connections": "c
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 
 JSON_COLUMNS = {"hyperparameters", "progress", "metrics", "traffic", "request_settings", "configs",
-                "mirror_traffic", "liveness_probe", "readiness_probe"}
+                "mirror_traffic", "liveness_probe", "readiness_probe", "resources", "scale_settings"}
 
 
 def now() -> str:

@@ -1,8 +1,10 @@
-"""Compute targets: where fine-tuning jobs run and how many at once.
+"""Compute targets: where fine-tuning jobs and deployments run, and how many jobs at once.
 
-`local` (the machine running the server) always exists. The schema already carries the fields a
-cluster target needs (min/max nodes, idle seconds before scale-down, after Azure ML's AmlCompute)
-so a `ray` target can be added without a migration; creating one today is a clear error.
+`local` (the machine running the server) always exists. A `ray` target is an existing Ray cluster, named by its
+address (see `forgeflow.raycluster`), with Azure ML's AmlCompute scale settings (min/max nodes, idle seconds
+before scale-down, a node size): forgeflow maps them onto Ray's autoscaler where it writes the cluster's config
+and shows them as they are where it attaches. `storage` is the directory every node reaches (job folders and
+checkpoints); by default the workspace's own artifacts folder, which must then be shared with the nodes.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pydantic import Field
 
 from forgeflow.errors import Conflict, InvalidInput, NotFound
 from forgeflow.names import check_name
+from forgeflow.raycluster import check_address
 from forgeflow.store.db import Store, now
 
 DEFAULT_TARGET = "local"
@@ -24,7 +27,14 @@ class ComputeTarget(pydantic.BaseModel, extra="forbid"):
     """One compute target; the REST body of POST /api/compute."""
 
     name: str = Field(description="Target name, e.g. local or gpu-box.")
-    type: Literal["local", "ray"] = Field("local", description="local (this machine); ray is planned.")
+    type: Literal["local", "ray"] = Field("local", description="local (this machine) or ray (a Ray cluster).")
+    address: str | None = Field(None, max_length=512, description=(
+        "ray targets: the cluster's GCS address (head:6379), ray://head:10001, http://head:8265 or auto."))
+    size: str | None = Field(None, max_length=128, description=(
+        "ray targets: the node type jobs and instances run on (a node type of the cluster's autoscaler config)."))
+    storage: str | None = Field(None, max_length=1024, description=(
+        "ray targets: a directory every node reaches, for job folders and checkpoints (default: the workspace's "
+        "artifacts folder, shared with the nodes)."))
     max_concurrent_jobs: int = Field(1, gt=0, le=1024, description="Jobs that may run at once; more wait Queued.")
     min_nodes: int = Field(0, ge=0, le=1000, description="Nodes kept up when idle (cluster targets).")
     max_nodes: int = Field(1, gt=0, le=1000, description="Most nodes the target scales to (cluster targets).")
@@ -36,6 +46,15 @@ class ComputeTarget(pydantic.BaseModel, extra="forbid"):
     def _nodes(self) -> ComputeTarget:
         if self.min_nodes > self.max_nodes:
             raise ValueError(f"min_nodes ({self.min_nodes}) must not exceed max_nodes ({self.max_nodes})")
+        if self.type == "ray":
+            self.address = check_address(self.address)
+            if self.storage is not None and not self.storage.startswith("/"):
+                raise ValueError(f"storage must be an absolute directory path every node mounts, got {self.storage!r}"
+                                 " (object-store URIs are not supported for job folders)")
+        else:
+            extra = [k for k in ("address", "size", "storage") if getattr(self, k) is not None]
+            if extra:
+                raise ValueError(f"{extra[0]} is for ray targets only (a local target is this machine)")
         return self
 
 
@@ -68,9 +87,6 @@ class ComputeTargets:
 
     def create(self, target: ComputeTarget) -> dict[str, Any]:
         check_name(target.name, "compute target")
-        if target.type == "ray":
-            raise InvalidInput("compute type 'ray' is not available yet: use --type local (a Ray cluster target is "
-                               "planned; its min/max nodes and idle settings are already part of the schema)", field="type")
         if self.store.get("compute_targets", name=target.name) is not None:
             raise Conflict(f"compute target {target.name!r} already exists (see: forgeflow compute show {target.name})",
                            field="name")
