@@ -225,9 +225,10 @@ function instances(d) {
 }
 
 async function deploymentForm(ctx, ep, refreshed) {
-  const [models, flows] = await Promise.all([
+  const [models, flows, targets] = await Promise.all([
     get("/models", {signal: ctx.signal}),
-    get("/flows", {signal: ctx.signal}).catch(() => [])]);
+    get("/flows", {signal: ctx.signal}).catch(() => []),
+    get("/compute", {signal: ctx.signal}).catch(() => [{name: "local", type: "local"}])]);
   const deploy = ctx.route.query.get("deploy");
   const taken = new Set(ep.deployments);
   const suggest = ["blue", "green", "base", "canary"].find((n) => !taken.has(n)) || "";
@@ -240,6 +241,8 @@ async function deploymentForm(ctx, ep, refreshed) {
   const flow = h("select", {name: "flow"}, flows.map((f) => h("option", {value: f.path}, f.name)));
   const count = h("input", {type: "number", name: "instance_count", value: "1", min: "1", step: "1"});
   const runtime = h("select", {name: "runtime"}, ["transformers", "llamacpp"].map((r) => h("option", {value: r}, r)));
+  const compute = h("select", {name: "compute"}, targets.map((t) =>
+    h("option", {value: t.name}, t.type === "ray" ? `${t.name} (Ray cluster)` : `${t.name} (this machine)`)));
   const allTraffic = h("input", {type: "checkbox", name: "all_traffic", checked: !Object.values(ep.traffic || {}).some((p) => p > 0)});
   const modelField = field("Model", h("div", {}, model, modelOpts), {name: "model"});
   const flowField = field("Flow", flow, {name: "flow"});
@@ -255,11 +258,13 @@ async function deploymentForm(ctx, ep, refreshed) {
   const form = h("form", {class: "card form", id: "add-deployment", novalidate: true}, h("h2", {}, "Add a deployment"),
     h("div", {class: "row"}, field("Name", name, {name: "name"}), field("Serves", kind, {})),
     modelField, flowField,
-    h("div", {class: "row"}, field("Instances", count, {name: "instance_count"}), runtimeField),
+    h("div", {class: "row"}, field("Instances", count, {name: "instance_count"}), runtimeField,
+      field("Compute", compute, {name: "compute"})),
     h("label", {class: "check"}, allTraffic, " Send all live traffic to it"),
     status, h("div", {class: "actions"}, submit));
   onSubmit(form, status, (e) => {
     const body = {name: name.value.trim(), instance_count: Number(count.value)};
+    if (compute.value && compute.value !== "local") body.compute = compute.value;
     if (kind.value === "flow") {
       if (!flow.value) { showError(form, {field: "flow", message: "There is no flow to deploy."}); return; }
       body.flow = flow.value;
