@@ -46,16 +46,23 @@ class DeploymentCreate(BaseModel):
     name: str = Field(description="Deployment name, e.g. blue.")
     model: str | None = Field(None, description="Registered model name:version, or a base model name.")
     flow: str | None = Field(None, description="A flow folder (flow.dag.yaml) to serve instead of a model.")
-    instance_count: int = Field(1, description="Model-server processes behind the gateway.")
+    instance_count: int | None = Field(None, description="Model-server processes behind the gateway: 1 by default; "
+                                       "with autoscaling, from min_instances to max_instances (default "
+                                       "max(min_instances, 1)).")
     runtime: str = Field("transformers", description="Serving runtime.")
     request_settings: dict[str, int] = Field(default_factory=dict, description="request_timeout_ms, max_concurrent_requests_per_instance.")
     liveness_probe: dict[str, float] | None = Field(None, description="initial_delay, period, timeout (seconds), failure_threshold, success_threshold.")
     readiness_probe: dict[str, float] | None = Field(None, description="initial_delay, period, timeout (seconds), failure_threshold, success_threshold.")
+    scale_settings: dict[str, Any] | None = Field(None, description="type: default (instance_count instances) or "
+                                                  "target_utilization: min_instances (0 scales to zero), "
+                                                  "max_instances, polling_interval, target_utilization_percentage, "
+                                                  "idle_time_before_scale_down, target_latency_ms.")
 
 
 class DeploymentUpdate(BaseModel):
     set: dict[str, Any] = Field(description="FIELD.PATH -> value, as `az ml online-deployment update --set`: model, "
-                                "instance_count, runtime, request_settings.*, liveness_probe.*, readiness_probe.*.")
+                                "instance_count, runtime, request_settings.*, liveness_probe.*, readiness_probe.*, "
+                                "scale_settings.*.")
 
 
 @router.post("/endpoints", status_code=201)
@@ -112,7 +119,8 @@ def create_deployment(name: str, body: DeploymentCreate, ff=Depends(services)) -
     else:
         ref, path = resolve_model(body.model)
     return ff.endpoints.create_deployment(name, body.name, ref, path, body.instance_count, runtime,
-                                          body.request_settings, body.liveness_probe, body.readiness_probe)
+                                          body.request_settings, body.liveness_probe, body.readiness_probe,
+                                          scale_settings=body.scale_settings)
 
 
 @router.get("/endpoints/{name}/deployments")

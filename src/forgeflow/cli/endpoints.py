@@ -162,11 +162,15 @@ def dep_create(name: str = DepName, endpoint_name: str = EpName,
                model: str = typer.Option(None, "--model", help="Registered NAME:VERSION, or a base model name."),
                flow: Path = typer.Option(None, "--flow", help="Serve a flow folder (flow.dag.yaml) instead of a model; "
                                                               "/score then takes the flow's inputs."),
-               instance_count: int = typer.Option(1, "--instance-count", help="Model-server processes."),
+               instance_count: int = typer.Option(None, "--instance-count", help="Model-server processes (default 1; "
+                                                  "with autoscaling, max(scale_settings.min_instances, 1))."),
                runtime: str = typer.Option("transformers", "--runtime", help="Serving runtime."),
                all_traffic: bool = typer.Option(False, "--all-traffic", help="Send 100% of the endpoint's traffic here once ready."),
-               sets: list[str] = typer.Option(None, "--set", help="FIELD=VALUE, e.g. request_settings.request_timeout_ms=5000 "
-                                                                 "or liveness_probe.period=2."),
+               sets: list[str] = typer.Option(None, "--set", help="FIELD=VALUE, e.g. request_settings.request_timeout_ms=5000, "
+                                                                 "liveness_probe.period=2, or autoscaling: "
+                                                                 "scale_settings.type=target_utilization "
+                                                                 "scale_settings.min_instances=0 "
+                                                                 "scale_settings.max_instances=3."),
                no_wait: bool = typer.Option(False, "--no-wait", help="Return at once instead of waiting until it is ready."),
                json_out: bool = JsonOpt) -> None:
     """Deploy a model (or a flow) to an endpoint; waits until its instances answer."""
@@ -177,9 +181,9 @@ def dep_create(name: str = DepName, endpoint_name: str = EpName,
                   "instance_count": instance_count, "runtime": runtime}
     for path, value in parse_sets(sets).items():
         top, _, sub = path.partition(".")
-        if top not in ("request_settings", "liveness_probe", "readiness_probe") or not sub:
-            raise InvalidInput(f"--set {path}: at create time set request_settings.*, liveness_probe.* or "
-                               "readiness_probe.*; other fields have their own options")
+        if top not in ("request_settings", "liveness_probe", "readiness_probe", "scale_settings") or not sub:
+            raise InvalidInput(f"--set {path}: at create time set request_settings.*, liveness_probe.*, "
+                               "readiness_probe.* or scale_settings.*; other fields have their own options")
         body.setdefault(top, {})[sub] = value
     dep = c.post(f"/api/endpoints/{endpoint_name}/deployments", body)
     if not no_wait:
@@ -210,7 +214,8 @@ def dep_list(endpoint_name: str = EpName, json_out: bool = JsonOpt) -> None:
         print_json(rows)
         return
     for r in rows:
-        r["ready"] = f"{sum(1 for i in r['instances'] if i['ready'])}/{r['instance_count']}"
+        r["ready"] = f"{sum(1 for i in r['instances'] if i['ready'])}/{r['instance_count']}" + (
+            " (scaled to zero)" if r["instance_count"] == 0 else "")
     table(rows, [("name", "name"), ("model", "model"), ("provisioning_state", "state"), ("ready", "ready"), ("runtime", "runtime")])
 
 
@@ -226,7 +231,8 @@ def dep_show(name: str = DepName, endpoint_name: str = EpName, json_out: bool = 
 @command
 def dep_update(name: str = DepName, endpoint_name: str = EpName,
                sets: list[str] = typer.Option(..., "--set", help="FIELD=VALUE, any field: model=NAME:2, instance_count=2, "
-                                                                "request_settings.max_concurrent_requests_per_instance=4, ..."),
+                                                                "request_settings.max_concurrent_requests_per_instance=4, "
+                                                                "scale_settings.max_instances=3, ..."),
                no_wait: bool = typer.Option(False, "--no-wait", help="Return at once instead of waiting for the roll-out."),
                json_out: bool = JsonOpt) -> None:
     """Change a deployment; new instances are ready before old ones stop, so no request is dropped."""

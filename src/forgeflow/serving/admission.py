@@ -1,5 +1,6 @@
 """Admission: the one owner of the gateway's counters. A deployment admits at most 2 x
-max_concurrent_requests_per_instance x ready instances pending requests (one more is a 429); an
+max_concurrent_requests_per_instance x ready instances pending requests (one more is a 429; an autoscaled
+deployment waking from zero counts as one instance, and its waiting requests count as pending); an
 admitted request goes to the ready instance with the fewest in flight (ties at random) and holds
 its place until its `Ticket` is released, exactly once, however the request ends.
 

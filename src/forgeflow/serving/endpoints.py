@@ -1,6 +1,7 @@
 """Online endpoints and their deployments: the rules (names, traffic, mirror, keys, tokens,
 settings) and their state. The service is the one writer of the `endpoints` and `deployments`
-rows: the supervisor reports what happened to instances through it (`Reports`). The gateway reads
+rows: the supervisor reports what happened to instances through it (`Reports`), and the autoscaler it owns
+changes instance counts through it (`ScaleOwner`). The gateway reads
 endpoints through `config()`, an in-memory view rebuilt after every change, so a request costs no
 database read or decryption, and asks `admission` whether a request may go ahead.
 """
@@ -19,6 +20,7 @@ from forgeflow.names import check_deployment_name, check_endpoint_name
 from forgeflow.serving import specs
 from forgeflow.serving.admission import Admission
 from forgeflow.serving.auth import issue_token, verify_token
+from forgeflow.serving.autoscale import Autoscaler
 from forgeflow.serving.metrics import Metrics
 from forgeflow.serving.placement import Placement
 from forgeflow.serving.records import Deployment, Key
@@ -57,6 +59,8 @@ class EndpointService:
         self.metrics = Metrics()
         self.admission = Admission()
         self.supervisor = DeploymentSupervisor(placement, self, self.admission)
+        self.autoscaler = Autoscaler(self, self.supervisor, self.admission, self.metrics)
+        self._deployments_lock = threading.Lock()  # an update and an autoscaling change read and write one count
         self._cache: dict[str, EndpointConfig] = {}
         self._cache_lock = threading.Lock()
         self._version = 0  # bumped by every change, so a view read before a change is never cached after it
@@ -75,8 +79,10 @@ class EndpointService:
             if dep.state != DeploymentState.DELETING:
                 self._write_deployment(dep.key, {"state": DeploymentState.CREATING, "error": None})
                 self.supervisor.launch(dep.replace(state=DeploymentState.CREATING, error=None))
+        self.autoscaler.start()
 
     def shutdown(self) -> None:
+        self.autoscaler.stop()
         self.supervisor.shutdown()
 
     # -- the gateway's view ------------------------------------------------------
@@ -164,6 +170,7 @@ class EndpointService:
         self._endpoint_row(name)
         for dep in self.store.select("deployments", {"endpoint": name}):
             self.supervisor.stop(name, dep["name"])
+            self.autoscaler.forget((name, dep["name"]))
         self.store.delete("deployments", {"endpoint": name})
         self.store.delete("endpoints", {"name": name})
         self._changed(name)
@@ -225,17 +232,23 @@ class EndpointService:
 
     # -- deployments -----------------------------------------------------------
     def create_deployment(self, endpoint: str, name: str, model_ref: str, model_path: Path,
-                          instance_count: int = 1, runtime: str = "transformers",
+                          instance_count: int | None = None, runtime: str = "transformers",
                           request_settings: dict[str, Any] | None = None,
                           liveness_probe: dict[str, Any] | None = None,
-                          readiness_probe: dict[str, Any] | None = None) -> dict:
+                          readiness_probe: dict[str, Any] | None = None,
+                          scale_settings: dict[str, Any] | None = None) -> dict:
+        """instance_count defaults to 1, or to max(min_instances, 1) when it autoscales: a deployment is seen to
+        come up once even if it may scale to zero later."""
         self._endpoint_row(endpoint)
         check_deployment_name(name)
         if self.store.get("deployments", endpoint=endpoint, name=name):
             raise Conflict(f"deployment {name!r} already exists on endpoint {endpoint!r}", field="name")
         if len(self.store.select("deployments", {"endpoint": endpoint})) >= MAX_DEPLOYMENTS:
             raise Conflict(f"endpoint {endpoint!r} already has {MAX_DEPLOYMENTS} deployments, the most it can have")
-        specs.instance_count(instance_count)
+        scale = specs.scale_settings(scale_settings)
+        if instance_count is None:
+            instance_count = max(specs.instance_range(scale)[0], 1)
+        specs.instance_count(instance_count, scale)
         if runtime != specs.FLOW_RUNTIME:  # a flow folder is checked by the API layer
             check_runtime(runtime)
         dep = Deployment(
@@ -243,7 +256,7 @@ class EndpointService:
             instance_count=int(instance_count), request_settings=specs.request_settings(request_settings),
             liveness_probe=specs.probe("liveness_probe", liveness_probe),
             readiness_probe=specs.probe("readiness_probe", readiness_probe),
-            state=DeploymentState.CREATING, error=None, created_at=now(), updated_at=now(),
+            state=DeploymentState.CREATING, error=None, created_at=now(), updated_at=now(), scale_settings=scale,
         )
         self.store.insert("deployments", dep.row())
         self._changed(endpoint)
@@ -253,6 +266,12 @@ class EndpointService:
     def update_deployment(self, endpoint: str, name: str, sets: dict[str, Any],
                           resolve: Callable[[str], tuple[str, Path]] | None = None) -> dict:
         """Change any field with `path=value` pairs; processes roll only when they must."""
+        with self._deployments_lock:  # an autoscaling change reads and writes the same count
+            self._update_deployment(endpoint, name, sets, resolve)
+        return self.show_deployment(endpoint, name)
+
+    def _update_deployment(self, endpoint: str, name: str, sets: dict[str, Any],
+                           resolve: Callable[[str], tuple[str, Path]] | None) -> None:
         old = self._deployment(endpoint, name)
         if old.state in (DeploymentState.CREATING, DeploymentState.UPDATING):
             raise Conflict(f"deployment {name!r} is {old.state}: wait until it settles, then update it")
@@ -260,7 +279,7 @@ class EndpointService:
             raise InvalidInput("nothing to update: pass --set FIELD=VALUE", field="set")
         spec = {"model": old.model_ref, "instance_count": old.instance_count, "runtime": old.runtime,
                 "request_settings": old.request_settings, "liveness_probe": old.liveness_probe,
-                "readiness_probe": old.readiness_probe}
+                "readiness_probe": old.readiness_probe, "scale_settings": old.scale_settings}
         new_spec = specs.apply_sets(spec, sets)
         new = old.replace(**{k: new_spec[k] for k in spec if k != "model"},
                           state=DeploymentState.UPDATING, error=None, updated_at=now())
@@ -274,7 +293,6 @@ class EndpointService:
         self._write_deployment(new.key, new.spec() | {"state": new.state, "error": None,
                                                       "updated_at": new.updated_at})
         self.supervisor.update(old, new)
-        return self.show_deployment(endpoint, name)
 
     def _deployment(self, endpoint: str, name: str) -> Deployment:
         self._endpoint_row(endpoint)
@@ -293,6 +311,7 @@ class EndpointService:
             "name": dep.name, "endpoint_name": dep.endpoint, "model": dep.model_ref, "model_path": dep.model_path,
             "runtime": dep.runtime, "instance_count": dep.instance_count, "request_settings": dep.request_settings,
             "liveness_probe": dep.liveness_probe, "readiness_probe": dep.readiness_probe,
+            "scale_settings": dep.scale_settings, "scale_events": self.autoscaler.events(dep.key),
             "provisioning_state": dep.state, "error": dep.error,
             "instances": [{"index": i.index, **self.placement.describe(i), "ready": i.ready,
                            "inflight": self.admission.in_flight(i), "restarts": i.restarts}
@@ -316,6 +335,7 @@ class EndpointService:
             raise Conflict(f"deployment {name!r} still takes {mirror[name]}% of mirrored traffic: "
                            f"stop it first with: forgeflow online-endpoint update --name {endpoint} --mirror-traffic {name}=0")
         self.supervisor.stop(endpoint, name)
+        self.autoscaler.forget((endpoint, name))
         self.store.delete("deployments", {"endpoint": endpoint, "name": name})
         traffic.pop(name, None)
         mirror.pop(name, None)
@@ -340,6 +360,23 @@ class EndpointService:
 
     def instance_restarted(self, key: Key) -> None:
         self.metrics.inc("forgeflow_instance_restarts_total", Metrics.labels(endpoint=key[0], deployment=key[1]))
+
+    # -- what the autoscaler asks (ScaleOwner) ----------------------------------------------
+    def autoscaled(self) -> list[Deployment]:
+        deps = (Deployment.from_row(row) for row in self.store.select("deployments"))
+        return [d for d in deps if d.autoscaled and d.state == DeploymentState.SUCCEEDED]
+
+    def scale_deployment(self, key: Key, expected: int, count: int) -> bool:
+        with self._deployments_lock:
+            row = self.store.get("deployments", endpoint=key[0], name=key[1])
+            dep = Deployment.from_row(row) if row else None
+            if (dep is None or not dep.autoscaled or dep.state != DeploymentState.SUCCEEDED
+                    or dep.instance_count != expected):
+                return False
+            specs.instance_count(count, dep.scale_settings)
+            self._write_deployment(key, {"instance_count": count})
+            self.supervisor.scale(dep.replace(instance_count=count))
+        return True
 
 
 def _check_split(endpoint: str, split: dict[str, int], known: set[str], what: str) -> None:

@@ -1,6 +1,8 @@
 """The scoring gateway: checks the endpoint's key or token, bounds and validates the body, picks a
 deployment (header, OpenAI `model`, or traffic split; mirror copies on the side) and a ready
-instance, admits or refuses the request, and forwards it, passing streams through chunk by chunk.
+instance, admits or refuses the request, and forwards it, passing streams through chunk by chunk. A request
+for an autoscaled deployment with no ready instance (scaled to zero, or its instance still starting) wakes one
+and waits for it, up to request_timeout_ms, instead of failing.
 
 Status codes follow Azure ML online endpoints: 400 bad body, 401 key, 404 no deployment with
 traffic, 408 past request_timeout_ms, 413 too large, 424 model server failed (reason in
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import time
 import uuid
@@ -32,7 +35,10 @@ from forgeflow.serving.admission import Ticket
 from forgeflow.serving.auth import presented_credential
 from forgeflow.serving.endpoints import DEFAULT_MAX_BODY_BYTES, EndpointConfig, EndpointService
 from forgeflow.serving.metrics import Metrics
+from forgeflow.serving.placement import Instance
+from forgeflow.serving.records import Deployment
 from forgeflow.serving.schemas import ChatCompletion, ErrorBody, ModelList, OpenAIError, body_of, error_responses
+from forgeflow.store.states import DeploymentState
 
 DEPLOYMENT_HEADER = "azureml-model-deployment"
 REASON_HEADER = "ms-azureml-model-error-reason"
@@ -158,19 +164,25 @@ async def _forward(call: _Call, cfg: EndpointConfig, path: str, raw: bytes, stre
     dep = cfg.deployments[call.deployment]
     timeout_s = dep.request_timeout_s
     ready = svc.supervisor.ready_instances(*dep.key)
-    if not ready:
+    if not ready and (not dep.autoscaled or dep.state == DeploymentState.FAILED):
         return call.fail(ServerUnavailable(f"deployment {dep.name!r} has no ready instance (state {dep.state}); "
                                            "retry shortly"), RETRY)
-    ticket = svc.admission.admit(dep.key, dep.request_settings, len(ready))
+    # While an autoscaled deployment wakes, it takes the requests one instance would.
+    ticket = svc.admission.admit(dep.key, dep.request_settings, len(ready) or 1)
     if ticket is None:
         return call.fail(TooManyRequests(
             f"deployment {dep.name!r} already has {svc.admission.pending(dep.key)} pending requests, the most it "
             f"takes (2 x max_concurrent_requests_per_instance "
-            f"{dep.request_settings.get('max_concurrent_requests_per_instance', 1)} x {len(ready)} ready instances); "
-            f"retry later or raise it with: forgeflow online-deployment update "
+            f"{dep.request_settings.get('max_concurrent_requests_per_instance', 1)} x {len(ready) or 1} ready "
+            f"instances); retry later or raise it with: forgeflow online-deployment update "
             f"--set request_settings.max_concurrent_requests_per_instance=N"), RETRY)
     handed_over = False
     try:
+        if not ready:
+            try:
+                ready = await _woken(svc, dep)
+            except ServerUnavailable as e:
+                return call.fail(e, RETRY)
         client: httpx.AsyncClient = call.request.app.state.ff.http
         while True:
             inst = ticket.place(ready)
@@ -183,6 +195,11 @@ async def _forward(call: _Call, cfg: EndpointConfig, path: str, raw: bytes, stre
                 # Nothing reached the instance (it died since the last probe): try another one.
                 svc.supervisor.mark_unready(inst)
                 ready = [i for i in ready if i is not inst and i.ready]
+                if not ready and dep.autoscaled:  # e.g. drained by a scale-in just now
+                    try:
+                        ready = await _woken(svc, dep)
+                    except ServerUnavailable as e:
+                        return call.fail(e, RETRY)
                 if not ready:
                     return call.fail(ServerUnavailable(f"deployment {dep.name!r} has no ready instance; retry shortly"),
                                      RETRY)
@@ -211,6 +228,28 @@ async def _forward(call: _Call, cfg: EndpointConfig, path: str, raw: bytes, stre
     finally:
         if not handed_over:
             ticket.release()
+
+
+async def _woken(svc: EndpointService, dep: Deployment) -> list[Instance]:
+    """The ready instances of an autoscaled deployment that had none, once there are: one is woken if it is
+    scaled to zero, and the request waits for it up to request_timeout_ms. The wake is asked again each second,
+    as a deployment cannot scale while it is being updated."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + dep.request_timeout_s
+    asked = -math.inf
+    while not (ready := svc.supervisor.ready_instances(*dep.key)):
+        moment = loop.time()
+        if moment >= deadline:
+            raise ServerUnavailable(
+                f"deployment {dep.name!r} had no ready instance and none became ready within request_timeout_ms="
+                f"{int(dep.request_timeout_s * 1000)} (an autoscaled deployment starts one when it has none); retry "
+                f"shortly, or keep one running with: forgeflow online-deployment update --name {dep.name} "
+                f"--endpoint-name {dep.endpoint} --set scale_settings.min_instances=1")
+        if moment - asked >= 1.0:
+            asked = moment
+            await asyncio.to_thread(svc.autoscaler.wake, dep.key)
+        await asyncio.sleep(0.05)
+    return ready
 
 
 def _too_slow(timeout_s: float) -> RequestTimeout:

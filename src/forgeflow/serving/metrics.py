@@ -76,6 +76,12 @@ class Metrics:
         with self._lock:
             return self._counters.get(name, {}).get(labels, 0.0)
 
+    def totals(self, name: str, labels: Labels) -> tuple[float, int]:
+        """A histogram's sum and count so far (the autoscaler takes the mean latency between two reads)."""
+        with self._lock:
+            hist = self._hists.get(name, {}).get(labels)
+            return (hist.sum, hist.count) if hist else (0.0, 0)
+
     def render(self) -> str:
         lines: list[str] = []
         with self._lock:

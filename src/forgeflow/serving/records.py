@@ -4,7 +4,7 @@ supervisor, the placement and the gateway read it."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from forgeflow.serving import specs
@@ -12,7 +12,7 @@ from forgeflow.store.states import DeploymentState
 
 Key = tuple[str, str]  # (endpoint, deployment)
 SPEC_FIELDS = ("model_ref", "model_path", "runtime", "instance_count", "request_settings", "liveness_probe",
-               "readiness_probe")
+               "readiness_probe", "scale_settings")
 
 
 @dataclass(frozen=True)
@@ -30,15 +30,17 @@ class Deployment:
     error: str | None
     created_at: str
     updated_at: str | None
+    scale_settings: dict[str, Any] = field(default_factory=lambda: dict(specs.DEFAULT_SCALE))
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Deployment:
-        """A stored row; probes saved before probes were settable read as the defaults."""
+        """A stored row; probes and scale settings saved before they were settable read as the defaults."""
         values = {f.name: row.get(f.name) for f in dataclasses.fields(cls)}
         return cls(**values | {
             "state": DeploymentState(row["state"]),
             "liveness_probe": specs.probe("liveness_probe", None, row.get("liveness_probe")),
             "readiness_probe": specs.probe("readiness_probe", None, row.get("readiness_probe")),
+            "scale_settings": specs.scale_settings(None, row.get("scale_settings")),
         })
 
     def row(self) -> dict[str, Any]:
@@ -54,6 +56,11 @@ class Deployment:
     @property
     def key(self) -> Key:
         return self.endpoint, self.name
+
+    @property
+    def autoscaled(self) -> bool:
+        """Its instance count follows the load (scale_settings.type target_utilization)."""
+        return specs.autoscaled(self.scale_settings)
 
     @property
     def serves_flow(self) -> bool:

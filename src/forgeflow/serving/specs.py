@@ -1,5 +1,5 @@
-"""A deployment's settings: request settings and probes, their defaults, their validation, and
-`--set a.b=value` updates, named as `az ml online-deployment` names them.
+"""A deployment's settings: request settings, probes and scale settings, their defaults, their validation,
+and `--set a.b=value` updates, named as `az ml online-deployment` names them.
 
 Probe times are in seconds (floats allowed, so tests can probe fast). Liveness asks "does the
 process answer HTTP at all" (a hung or stopped process does not); readiness asks "is the model
@@ -27,7 +27,23 @@ MAX_REQUEST_SETTINGS = {"request_timeout_ms": 3_600_000, "max_concurrent_request
 MAX_PROBE_SECONDS = 3600
 MAX_THRESHOLD = 1000
 # Fields `online-deployment update --set` may change; `model` is resolved by the API layer.
-SETTABLE = ("model", "instance_count", "runtime", "request_settings", "liveness_probe", "readiness_probe")
+SETTABLE = ("model", "instance_count", "runtime", "request_settings", "liveness_probe", "readiness_probe",
+            "scale_settings")
+# Scale settings, named as Azure ML's TargetUtilizationScaleSettings (plus the compute cluster's
+# idle_time_before_scale_down). `default` keeps instance_count instances; `target_utilization` keeps the requests
+# pending at the gateway (queued or in flight) near target_utilization_percentage of the instances' request slots
+# (max_concurrent_requests_per_instance each), between min_instances (0: scale to zero) and max_instances.
+SCALE_TYPES = ("default", "target_utilization")
+DEFAULT_SCALE = {"type": "default"}
+TARGET_UTILIZATION = {"min_instances": 1, "max_instances": None, "polling_interval": 1.0,
+                      "target_utilization_percentage": 70, "idle_time_before_scale_down": 120.0,
+                      "target_latency_ms": None}
+# (kind, lowest, highest) of each; seconds are floats so tests can poll fast, and a latency target may be null (off).
+_SCALE_BOUNDS = {"min_instances": (int, 0, MAX_INSTANCES), "max_instances": (int, 1, MAX_INSTANCES),
+                 "polling_interval": (float, 0, MAX_PROBE_SECONDS),
+                 "target_utilization_percentage": (int, 1, 100),
+                 "idle_time_before_scale_down": (float, 0, 86_400),
+                 "target_latency_ms": (int, 1, MAX_REQUEST_SETTINGS["request_timeout_ms"])}
 
 
 def request_settings(given: dict[str, Any] | None, base: dict[str, Any] | None = None) -> dict[str, int]:
@@ -69,9 +85,79 @@ def probe(kind: str, given: dict[str, Any] | None, base: dict[str, Any] | None =
     return out
 
 
-def instance_count(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_INSTANCES:
-        raise InvalidInput(f"instance_count must be a whole number from 1 to {MAX_INSTANCES}, got {value!r}",
+def scale_settings(given: dict[str, Any] | None, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Merge and check scale settings. A change of type starts from that type's defaults; `default` takes no
+    other key, `target_utilization` needs max_instances."""
+    if given is not None and not isinstance(given, dict):
+        raise InvalidInput("scale_settings must be an object, e.g. {\"type\": \"target_utilization\", "
+                           "\"max_instances\": 3}", field="scale_settings")
+    given = dict(given or {})
+    old_kind = (base or DEFAULT_SCALE).get("type")
+    kind = given.pop("type", old_kind)
+    if kind not in SCALE_TYPES:
+        raise InvalidInput(f"scale_settings.type must be one of {', '.join(SCALE_TYPES)}, got {kind!r}",
+                           field="scale_settings.type")
+    for key in given:
+        if key not in TARGET_UTILIZATION:
+            raise InvalidInput(f"unknown scale setting scale_settings.{key}: valid are type, "
+                               f"{', '.join(TARGET_UTILIZATION)}",
+                               field=f"scale_settings.{key}")
+        if kind == "default":
+            raise InvalidInput(f"scale_settings.{key} applies to autoscaling: set scale_settings.type="
+                               "target_utilization too (type default keeps instance_count instances)",
+                               field=f"scale_settings.{key}")
+    if kind == "default":
+        return dict(DEFAULT_SCALE)
+    out = dict(TARGET_UTILIZATION) | ({k: v for k, v in (base or {}).items() if k != "type"} if old_kind == kind
+                                      else {})
+    for key, value in given.items():
+        out[key] = _scale_value(key, value)
+    if out["max_instances"] is None:
+        raise InvalidInput(f"scale_settings.max_instances is required with type target_utilization: the most "
+                           f"instances to scale out to, 1 to {MAX_INSTANCES}", field="scale_settings.max_instances")
+    if out["min_instances"] > out["max_instances"]:
+        raise InvalidInput(f"scale_settings.min_instances ({out['min_instances']}) is more than "
+                           f"scale_settings.max_instances ({out['max_instances']})", field="scale_settings.min_instances")
+    return {"type": kind} | out
+
+
+def _scale_value(key: str, value: Any) -> Any:
+    kind, low, high = _SCALE_BOUNDS[key]
+    where = f"scale_settings.{key}"
+    if value is None and key == "target_latency_ms":
+        return None
+    if kind is int and isinstance(value, float) and value.is_integer():  # 3.0: JSON numbers may come as floats
+        value = int(value)
+    if kind is float:
+        # `not low <= value` also refuses NaN; a polling interval must be more than 0
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high or (
+                key == "polling_interval" and value <= 0):
+            raise InvalidInput(f"{where} must be a number of seconds from {low} to {high}"
+                               f"{' (more than 0)' if key == 'polling_interval' else ''}, got {value!r}", field=where)
+        return float(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidInput(f"{where} must be a whole number from {low} to {high}"
+                           f"{' (or null: no latency target)' if key == 'target_latency_ms' else ''}, got {value!r}",
+                           field=where)
+    return value
+
+
+def autoscaled(scale: dict[str, Any] | None) -> bool:
+    return (scale or DEFAULT_SCALE).get("type") == "target_utilization"
+
+
+def instance_range(scale: dict[str, Any] | None) -> tuple[int, int]:
+    """The fewest and most instances a deployment may have: its min/max_instances when it autoscales."""
+    if scale and autoscaled(scale):
+        return scale["min_instances"], scale["max_instances"]
+    return 1, MAX_INSTANCES
+
+
+def instance_count(value: Any, scale: dict[str, Any] | None = None) -> int:
+    low, high = instance_range(scale)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        within = " (scale_settings.min_instances to max_instances)" if autoscaled(scale) else ""
+        raise InvalidInput(f"instance_count must be a whole number from {low} to {high}{within}, got {value!r}",
                            field="instance_count")
     return value
 
@@ -79,15 +165,26 @@ def instance_count(value: Any) -> int:
 def apply_sets(spec: dict[str, Any], sets: dict[str, Any]) -> dict[str, Any]:
     """Apply `path=value` changes to a deployment spec, as `az ml ... update --set` does.
 
-    spec holds model, instance_count, runtime, request_settings, liveness_probe, readiness_probe.
-    A path names a top-level field or one key below it; a whole object may be set at once.
+    spec holds model, instance_count, runtime, request_settings, liveness_probe, readiness_probe, scale_settings.
+    A path names a top-level field or one key below it; a whole object may be set at once. Scale settings are
+    checked together once every change is in (min and max may move in one update); instance_count then must lie
+    within them, and when not set it is brought within them.
     """
     out = copy.deepcopy(spec)
+    scale: dict[str, Any] = {}
     for path, value in sets.items():
         top, _, sub = path.partition(".")
         if top not in SETTABLE:
             raise InvalidInput(f"--set {path}: unknown field {top!r}; settable are {', '.join(SETTABLE)}", field=path)
-        if top in ("request_settings", *PROBES):
+        if top == "scale_settings":
+            if sub:
+                scale[sub] = value
+            elif isinstance(value, dict):
+                scale |= value
+            else:
+                raise InvalidInput(f"--set {path}: scale_settings is an object; set one key, e.g. "
+                                   "scale_settings.max_instances=3", field=path)
+        elif top in ("request_settings", *PROBES):
             if sub:
                 given = {sub: value}
             elif isinstance(value, dict):
@@ -99,9 +196,15 @@ def apply_sets(spec: dict[str, Any], sets: dict[str, Any]) -> dict[str, Any]:
         elif sub:
             raise InvalidInput(f"--set {path}: {top} has no sub-fields", field=path)
         elif top == "instance_count":
-            out[top] = instance_count(value)
+            continue  # checked below, against the scale settings this update ends with
         else:
             if not isinstance(value, str) or not value:
                 raise InvalidInput(f"--set {path}: {top} must be a non-empty string", field=path)
             out[top] = value
+    if scale:
+        out["scale_settings"] = scale_settings(scale, out.get("scale_settings"))
+    scale_now = out.get("scale_settings")
+    low, high = instance_range(scale_now)
+    out["instance_count"] = (instance_count(sets["instance_count"], scale_now) if "instance_count" in sets
+                             else min(max(out["instance_count"], low), high))
     return out

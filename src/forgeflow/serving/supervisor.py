@@ -2,6 +2,10 @@
 them, probes them (liveness: the instance answers HTTP; readiness: `/health` is 200), replaces one
 that dies or hangs, and rolls instances on an update without dropping requests.
 
+An autoscaled deployment changes its count through `scale`: missing instances start together and join the
+pool as their probes pass, extra ones are drained (those not ready first, then the least busy); a count of
+zero is a settled deployment with no instance.
+
 Each instance has a prober thread. Before a deployment first succeeds, an instance that ends is
 a broken deployment (failed); after that, it is replaced. A rolling update starts a new instance,
 waits until it is ready, adds it to the pool, then drains an old one (no new requests, waits
@@ -90,6 +94,31 @@ class DeploymentSupervisor:
             return
         threading.Thread(target=self._roll, args=(key, gen, old, new, roll), daemon=True,
                          name=f"forgeflow-roll-{key[0]}-{key[1]}").start()
+
+    def scale(self, dep: Deployment) -> None:
+        """Bring a running deployment to dep.instance_count instances (autoscaling)."""
+        key = dep.key
+        fresh: list[Instance] = []
+        extra: list[Instance] = []
+        with self._lock:
+            pool = self._instances.get(key)
+            if pool is None:
+                return
+            self._specs[key] = dep
+            missing = dep.instance_count - len(pool)
+            if missing > 0:
+                fresh = self.placement.start(dep, _free_indexes(pool, missing))
+                pool.extend(fresh)
+            elif missing < 0:
+                extra = sorted(pool, key=lambda i: (i.ready, self.admission.in_flight(i)))[:-missing]
+                for inst in extra:  # out of the pool at once: the gateway sends them nothing new
+                    pool.remove(inst)
+                    inst.retired, inst.ready = True, False
+        for inst in fresh:
+            self._watch(key, inst)
+        for inst in extra:
+            threading.Thread(target=self._drain, args=(key, inst, dep), daemon=True,
+                             name=f"forgeflow-drain-{key[0]}-{key[1]}-{inst.index}").start()
 
     def stop(self, endpoint: str, name: str) -> None:
         with self._lock:
@@ -210,7 +239,7 @@ class DeploymentSupervisor:
         while self._current(key, gen) and time.monotonic() < deadline:
             with self._lock:
                 pool = list(self._instances.get(key, []))
-                if pool and all(i.ready for i in pool):
+                if all(i.ready for i in pool):  # none at all: an autoscaled deployment created at zero
                     self._creating.discard(key)
                     break
             time.sleep(0.1)
@@ -241,8 +270,7 @@ class DeploymentSupervisor:
         target = new.instance_count
         to_retire = list(old) if roll else old[target:]
         if roll or target > len(old):
-            first = 0 if roll else len(old)
-            for index in range(first, target):
+            for index in (range(target) if roll else _free_indexes(old, target - len(old))):
                 with self._lock:
                     if not self._current(key, gen):
                         return
@@ -290,6 +318,12 @@ class DeploymentSupervisor:
         log.error("deployment %s/%s failed: %s", key[0], key[1], reason)
         self.stop(*key)
         self.reports.deployment_failed(key, reason)
+
+
+def _free_indexes(pool: list[Instance], n: int) -> list[int]:
+    """The n lowest indexes no instance of the pool has (autoscaling leaves gaps)."""
+    taken = {i.index for i in pool}
+    return [i for i in range(len(pool) + n) if i not in taken][:n]
 
 
 def _health(inst: Instance, timeout: float) -> int | None:
