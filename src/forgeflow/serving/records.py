@@ -4,7 +4,7 @@ supervisor, the placement and the gateway read it."""
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from forgeflow.serving import specs
@@ -12,7 +12,7 @@ from forgeflow.store.states import DeploymentState
 
 Key = tuple[str, str]  # (endpoint, deployment)
 SPEC_FIELDS = ("model_ref", "model_path", "runtime", "instance_count", "request_settings", "liveness_probe",
-               "readiness_probe")
+               "readiness_probe", "compute", "resources")
 
 
 @dataclass(frozen=True)
@@ -30,15 +30,21 @@ class Deployment:
     error: str | None
     created_at: str
     updated_at: str | None
+    compute: str = specs.LOCAL_COMPUTE  # the compute target its instances run on: `local` is this machine
+    # what each instance reserves on its node ({"cpus", "gpus", "memory_mb"}); only a cluster target reserves it
+    resources: dict[str, int | float] = field(default_factory=lambda: dict(specs.DEFAULT_RESOURCES))
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Deployment:
-        """A stored row; probes saved before probes were settable read as the defaults."""
+        """A stored row; probes saved before probes were settable read as the defaults, and a deployment saved
+        before it could run elsewhere as one on `local`."""
         values = {f.name: row.get(f.name) for f in dataclasses.fields(cls)}
         return cls(**values | {
             "state": DeploymentState(row["state"]),
             "liveness_probe": specs.probe("liveness_probe", None, row.get("liveness_probe")),
             "readiness_probe": specs.probe("readiness_probe", None, row.get("readiness_probe")),
+            "compute": row.get("compute") or specs.LOCAL_COMPUTE,
+            "resources": specs.resources(None, row.get("resources")),
         })
 
     def row(self) -> dict[str, Any]:
