@@ -125,3 +125,23 @@ def unreachable(address: str, exc: BaseException) -> ServerUnavailable:
     return ServerUnavailable(f"cannot reach the Ray cluster at {address}: {first} (is it running? start one with "
                              "`ray start --head`, or check the address with `ray status --address ADDRESS`)",
                              field="address")
+
+
+def driver_address() -> str | None:
+    """The cluster this process is a driver of (`connect`), or None."""
+    return _driver_address
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """ServerUnavailable unless the cluster's GCS (or Ray Client server) at `address` takes a TCP connection:
+    `ray.init` itself retries an unreachable address for minutes instead of failing."""
+    import socket
+
+    address = check_address(address)
+    if address == "auto" or address.startswith(("http://", "https://")):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise unreachable(address, exc) from None

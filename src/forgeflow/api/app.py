@@ -14,19 +14,21 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from forgeflow import __version__
+from forgeflow import __version__, raycluster
 from forgeflow.api import compute, connections, datasets, endpoints, flows, jobs, models, token
 from forgeflow.api.guard import Guard
 from forgeflow.errors import ForgeflowError, InternalError, InvalidInput, by_name
 from forgeflow.serving import gateway
 from forgeflow.serving.endpoints import EndpointService
-from forgeflow.serving.placement import LocalPlacement
+from forgeflow.serving.placement import LocalPlacement, TargetPlacement
+from forgeflow.serving.ray_placement import RayPlacement
 from forgeflow.serving.schemas import install_openapi
 from forgeflow.serving.supervisor import DeploymentSupervisor
 from forgeflow.serving.throttle import FailureLimiter
 from forgeflow.store.connections import ConnectionStore
 from forgeflow.store.workspace import Workspace
 from forgeflow.studio import pages
+from forgeflow.training.compute.targets import ComputeTargets
 from forgeflow.training.runner import JobRunner
 
 log = logging.getLogger("forgeflow.server")
@@ -46,7 +48,9 @@ def create_app(ws: Workspace | None = None, *, base_url: str = "http://127.0.0.1
                background: bool = True) -> FastAPI:
     """Build the app. `background=False` leaves the runner and supervisor threads off (unit tests)."""
     ws = ws or Workspace.open()
-    endpoint_service = EndpointService(ws, LocalPlacement(ws.paths), base_url)
+    # A deployment runs where its compute target is: this machine, or the nodes of a Ray cluster.
+    placement = TargetPlacement(LocalPlacement(ws.paths), ComputeTargets(ws.store).get, RayPlacement)
+    endpoint_service = EndpointService(ws, placement, base_url)
     services = Services(
         ws=ws,
         runner=JobRunner(ws.store, ws.paths),
@@ -67,6 +71,7 @@ def create_app(ws: Workspace | None = None, *, base_url: str = "http://127.0.0.1
             if background:
                 services.runner.stop()
             services.endpoints.shutdown()  # also the instances a deployment created without the background threads
+            raycluster.disconnect()  # a Ray cluster's instances are stopped: stop being its driver
             await services.http.aclose()
 
     app = FastAPI(title="forgeflow", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,

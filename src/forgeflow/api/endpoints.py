@@ -57,12 +57,17 @@ class DeploymentCreate(BaseModel):
                                                   "target_utilization: min_instances (0 scales to zero), "
                                                   "max_instances, polling_interval, target_utilization_percentage, "
                                                   "idle_time_before_scale_down, target_latency_ms.")
+    compute: str = Field("local", description="Compute target the instances run on: local (this machine) or a ray "
+                         "target, which places each instance on a cluster node.")
+    resources: dict[str, Any] | None = Field(None, description="What each instance reserves on its node (cluster "
+                                             "targets only): cpus (default 1), gpus (default 0), memory_mb (default "
+                                             "0, none reserved).")
 
 
 class DeploymentUpdate(BaseModel):
     set: dict[str, Any] = Field(description="FIELD.PATH -> value, as `az ml online-deployment update --set`: model, "
                                 "instance_count, runtime, request_settings.*, liveness_probe.*, readiness_probe.*, "
-                                "scale_settings.*.")
+                                "scale_settings.*, compute, resources.*.")
 
 
 @router.post("/endpoints", status_code=201)
@@ -120,7 +125,8 @@ def create_deployment(name: str, body: DeploymentCreate, ff=Depends(services)) -
         ref, path = resolve_model(body.model)
     return ff.endpoints.create_deployment(name, body.name, ref, path, body.instance_count, runtime,
                                           body.request_settings, body.liveness_probe, body.readiness_probe,
-                                          scale_settings=body.scale_settings)
+                                          scale_settings=body.scale_settings, compute=body.compute,
+                                          resources=body.resources)
 
 
 @router.get("/endpoints/{name}/deployments")
@@ -135,7 +141,8 @@ def show_deployment(name: str, deployment: str, ff=Depends(services)) -> dict:
 
 @router.patch("/endpoints/{name}/deployments/{deployment}")
 def update_deployment(name: str, deployment: str, body: DeploymentUpdate, ff=Depends(services)) -> dict:
-    """Change fields; a new model, runtime or instance count rolls instances without dropping requests."""
+    """Change fields; a new model, runtime, instance count, compute or resources rolls instances without dropping
+    requests."""
     from forgeflow.registry.resolve import resolve_model
 
     return ff.endpoints.update_deployment(name, deployment, body.set, resolve=resolve_model)

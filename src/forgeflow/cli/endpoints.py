@@ -165,9 +165,19 @@ def dep_create(name: str = DepName, endpoint_name: str = EpName,
                instance_count: int = typer.Option(None, "--instance-count", help="Model-server processes (default 1; "
                                                   "with autoscaling, max(scale_settings.min_instances, 1))."),
                runtime: str = typer.Option("transformers", "--runtime", help="Serving runtime."),
+               compute: str = typer.Option("local", "--compute", help="Compute target the instances run on: local "
+                                           "(this machine) or a ray target, which places each instance on a "
+                                           "cluster node (see: forgeflow compute list)."),
+               instance_cpus: float = typer.Option(None, "--instance-cpus", help="CPUs each instance reserves on its "
+                                                   "node (cluster targets; default 1; 0.5 shares one)."),
+               instance_gpus: float = typer.Option(None, "--instance-gpus", help="GPUs each instance reserves and "
+                                                   "runs its model on (cluster targets; default 0)."),
+               instance_memory: int = typer.Option(None, "--instance-memory", help="MiB of memory each instance "
+                                                   "reserves on its node (cluster targets; default none)."),
                all_traffic: bool = typer.Option(False, "--all-traffic", help="Send 100% of the endpoint's traffic here once ready."),
                sets: list[str] = typer.Option(None, "--set", help="FIELD=VALUE, e.g. request_settings.request_timeout_ms=5000, "
-                                                                 "liveness_probe.period=2, or autoscaling: "
+                                                                 "liveness_probe.period=2, resources.cpus=2, "
+                                                                 "or autoscaling: "
                                                                  "scale_settings.type=target_utilization "
                                                                  "scale_settings.min_instances=0 "
                                                                  "scale_settings.max_instances=3."),
@@ -178,13 +188,17 @@ def dep_create(name: str = DepName, endpoint_name: str = EpName,
         raise InvalidInput("give exactly one of --model or --flow")
     c = client()
     body: dict = {"name": name, "model": model, "flow": str(flow.expanduser().resolve()) if flow else None,
-                  "instance_count": instance_count, "runtime": runtime}
+                  "instance_count": instance_count, "runtime": runtime, "compute": compute}
     for path, value in parse_sets(sets).items():
         top, _, sub = path.partition(".")
-        if top not in ("request_settings", "liveness_probe", "readiness_probe", "scale_settings") or not sub:
+        if top not in ("request_settings", "liveness_probe", "readiness_probe", "scale_settings", "resources") \
+                or not sub:
             raise InvalidInput(f"--set {path}: at create time set request_settings.*, liveness_probe.*, "
-                               "readiness_probe.* or scale_settings.*; other fields have their own options")
+                               "readiness_probe.*, scale_settings.* or resources.*; other fields have their own options")
         body.setdefault(top, {})[sub] = value
+    for key, value in (("cpus", instance_cpus), ("gpus", instance_gpus), ("memory_mb", instance_memory)):
+        if value is not None:
+            body.setdefault("resources", {})[key] = value
     dep = c.post(f"/api/endpoints/{endpoint_name}/deployments", body)
     if not no_wait:
         dep = wait_ready(endpoint_name, name, quiet=json_out)
@@ -216,13 +230,14 @@ def dep_list(endpoint_name: str = EpName, json_out: bool = JsonOpt) -> None:
     for r in rows:
         r["ready"] = f"{sum(1 for i in r['instances'] if i['ready'])}/{r['instance_count']}" + (
             " (scaled to zero)" if r["instance_count"] == 0 else "")
-    table(rows, [("name", "name"), ("model", "model"), ("provisioning_state", "state"), ("ready", "ready"), ("runtime", "runtime")])
+    table(rows, [("name", "name"), ("model", "model"), ("provisioning_state", "state"), ("ready", "ready"),
+                 ("runtime", "runtime"), ("compute", "compute")])
 
 
 @deployment_app.command("show")
 @command
 def dep_show(name: str = DepName, endpoint_name: str = EpName, json_out: bool = JsonOpt) -> None:
-    """A deployment's model, state, instances and settings."""
+    """A deployment's model, state, settings and instances, with where each runs (its node, on a cluster)."""
     dep = client().get(f"/api/endpoints/{endpoint_name}/deployments/{name}")
     print_json(dep) if json_out else kv(dep)
 
@@ -232,7 +247,8 @@ def dep_show(name: str = DepName, endpoint_name: str = EpName, json_out: bool = 
 def dep_update(name: str = DepName, endpoint_name: str = EpName,
                sets: list[str] = typer.Option(..., "--set", help="FIELD=VALUE, any field: model=NAME:2, instance_count=2, "
                                                                 "request_settings.max_concurrent_requests_per_instance=4, "
-                                                                "scale_settings.max_instances=3, ..."),
+                                                                 "scale_settings.max_instances=3, compute=NAME, "
+                                                                 "resources.cpus=2, ..."),
                no_wait: bool = typer.Option(False, "--no-wait", help="Return at once instead of waiting for the roll-out."),
                json_out: bool = JsonOpt) -> None:
     """Change a deployment; new instances are ready before old ones stop, so no request is dropped."""

@@ -23,12 +23,14 @@ from forgeflow.serving.auth import issue_token, verify_token
 from forgeflow.serving.autoscale import Autoscaler
 from forgeflow.serving.metrics import Metrics
 from forgeflow.serving.placement import Placement
+from forgeflow.serving.ray_placement import check_target
 from forgeflow.serving.records import Deployment, Key
 from forgeflow.serving.supervisor import DeploymentSupervisor
 from forgeflow.store.db import now
 from forgeflow.store.secrets import new_key, same
 from forgeflow.store.states import DeploymentState
 from forgeflow.store.workspace import Workspace
+from forgeflow.training.compute.targets import ComputeTargets
 
 MAX_DEPLOYMENTS = 20
 MAX_MIRROR_PERCENT = 50
@@ -236,7 +238,8 @@ class EndpointService:
                           request_settings: dict[str, Any] | None = None,
                           liveness_probe: dict[str, Any] | None = None,
                           readiness_probe: dict[str, Any] | None = None,
-                          scale_settings: dict[str, Any] | None = None) -> dict:
+                          scale_settings: dict[str, Any] | None = None, compute: str | None = None,
+                          resources: dict[str, Any] | None = None) -> dict:
         """instance_count defaults to 1, or to max(min_instances, 1) when it autoscales: a deployment is seen to
         come up once even if it may scale to zero later."""
         self._endpoint_row(endpoint)
@@ -251,12 +254,16 @@ class EndpointService:
         specs.instance_count(instance_count, scale)
         if runtime != specs.FLOW_RUNTIME:  # a flow folder is checked by the API layer
             check_runtime(runtime)
+        checked_resources = specs.resources(resources)
+        target = self._placement_target(specs.compute(specs.LOCAL_COMPUTE if compute is None else compute),
+                                        resources or {})
         dep = Deployment(
             endpoint=endpoint, name=name, model_ref=model_ref, model_path=str(model_path), runtime=runtime,
             instance_count=int(instance_count), request_settings=specs.request_settings(request_settings),
             liveness_probe=specs.probe("liveness_probe", liveness_probe),
             readiness_probe=specs.probe("readiness_probe", readiness_probe),
             state=DeploymentState.CREATING, error=None, created_at=now(), updated_at=now(), scale_settings=scale,
+            compute=target["name"], resources=checked_resources,
         )
         self.store.insert("deployments", dep.row())
         self._changed(endpoint)
@@ -279,8 +286,16 @@ class EndpointService:
             raise InvalidInput("nothing to update: pass --set FIELD=VALUE", field="set")
         spec = {"model": old.model_ref, "instance_count": old.instance_count, "runtime": old.runtime,
                 "request_settings": old.request_settings, "liveness_probe": old.liveness_probe,
-                "readiness_probe": old.readiness_probe, "scale_settings": old.scale_settings}
+                "readiness_probe": old.readiness_probe, "scale_settings": old.scale_settings, "compute": old.compute,
+                "resources": old.resources}
         new_spec = specs.apply_sets(spec, sets)
+        given = {k.partition(".")[2]: v for k, v in sets.items() if k.startswith("resources.")}
+        given |= sets["resources"] if isinstance(sets.get("resources"), dict) else {}
+        if given or new_spec["compute"] != old.compute:  # where instances run changes: check the new place
+            target = self._placement_target(new_spec["compute"], given)
+            new_spec["compute"] = target["name"]
+            if target["type"] == "local":
+                new_spec["resources"] = specs.resources(None)  # this machine reserves nothing for an instance
         new = old.replace(**{k: new_spec[k] for k in spec if k != "model"},
                           state=DeploymentState.UPDATING, error=None, updated_at=now())
         if new_spec["model"] != spec["model"]:
@@ -293,6 +308,20 @@ class EndpointService:
         self._write_deployment(new.key, new.spec() | {"state": new.state, "error": None,
                                                       "updated_at": new.updated_at})
         self.supervisor.update(old, new)
+
+    def _placement_target(self, compute: str, given_resources: dict[str, Any]) -> dict:
+        """The compute target, once it exists (404 naming `compute`) and can run the deployment. A local target
+        reserves nothing for an instance, so resources given for one are refused (400 naming the resource)."""
+        target = ComputeTargets(self.store).get(compute)
+        if target["type"] == "local":
+            if given_resources:
+                key, value = next(iter(given_resources.items()))
+                raise InvalidInput(f"resources.{key}={value}: compute target {target['name']!r} is this machine, "
+                                   "where an instance reserves nothing; resources are for a cluster target "
+                                   "(--compute NAME, see: forgeflow compute list)", field=f"resources.{key}")
+        else:
+            check_target(target)
+        return target
 
     def _deployment(self, endpoint: str, name: str) -> Deployment:
         self._endpoint_row(endpoint)
@@ -312,6 +341,7 @@ class EndpointService:
             "runtime": dep.runtime, "instance_count": dep.instance_count, "request_settings": dep.request_settings,
             "liveness_probe": dep.liveness_probe, "readiness_probe": dep.readiness_probe,
             "scale_settings": dep.scale_settings, "scale_events": self.autoscaler.events(dep.key),
+            "compute": dep.compute, "resources": dep.resources,
             "provisioning_state": dep.state, "error": dep.error,
             "instances": [{"index": i.index, **self.placement.describe(i), "ready": i.ready,
                            "inflight": self.admission.in_flight(i), "restarts": i.restarts}

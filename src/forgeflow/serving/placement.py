@@ -1,7 +1,10 @@
 """Where a deployment's instances run. The supervisor (probes, restarts, rolling updates) and the
 gateway see an `Instance`, an index, an address and a secret, and ask a `Placement` to start, stop and
 watch instances; they never learn what runs them. `LocalPlacement` runs each instance as a process on
-this machine, on loopback, logging to the workspace's logs folder.
+this machine, on loopback, logging to the workspace's logs folder; `TargetPlacement` sends each
+deployment to the placement of its compute target (`local`, or a Ray cluster's `RayPlacement`, which
+runs each instance on a cluster node). An instance whose `url` is still empty is being placed (a
+cluster may first have to find or start a node for it): it is not probed or sent requests yet.
 
 An instance answers only requests that carry its secret (`Instance.auth`), fresh each time it starts and
 known only to this server: a placement hands it to what it runs without putting it on a command line.
@@ -20,7 +23,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -28,7 +32,7 @@ from typing import Protocol
 from forgeflow.processes import (INSTANCE_SECRET_ENV, LIFELINE_FD_ENV, cmdline, free_port, log_tail, pid_alive,
                                  start_time)
 from forgeflow.serving.records import Deployment
-from forgeflow.serving.specs import SCORING_MAX_BYTES
+from forgeflow.serving.specs import LOCAL_COMPUTE, SCORING_MAX_BYTES
 from forgeflow.store.home import Paths
 from forgeflow.store.secrets import new_key, write_private
 
@@ -40,7 +44,7 @@ class Instance:
     """One running copy of a deployment, as the supervisor and the gateway know it."""
 
     index: int
-    url: str
+    url: str  # empty while the instance is being placed
     secret: str = field(default_factory=new_key, repr=False)  # what the instance requires; fresh for each start
     restarts: int = 0
     ready: bool = False  # passing its readiness probe: the gateway may send it requests
@@ -90,6 +94,20 @@ class LocalInstance(Instance):
     record: Path  # who the process is, so a later server can stop it if this one dies without doing so
 
 
+def instance_command(dep: Deployment, port: int, host: str = "127.0.0.1", python: str = sys.executable) -> list[str]:
+    """What an instance runs: the model server, or forgeflow.flows.serve for a flow; either takes any body the
+    gateway may forward (an endpoint's own limit can be raised without restarting its instances). An instance
+    that reserved GPUs on its node runs its model on them."""
+    if dep.serves_flow:
+        program = ["forgeflow.flows.serve", "--flow", dep.model_path]
+    else:
+        program = ["forgeflow.inference.model_server", "--model-dir", dep.model_path, "--runtime", dep.runtime]
+        if dep.resources.get("gpus"):
+            program += ["--device", "cuda"]
+    return [python, "-m", *program, "--host", host, "--port", str(port), "--name", dep.name,
+            "--max-body-bytes", str(SCORING_MAX_BYTES)]
+
+
 class LocalPlacement:
     """Instances as processes on this machine, each on a free loopback port."""
 
@@ -99,14 +117,7 @@ class LocalPlacement:
         self._lock = threading.Lock()
 
     def command(self, dep: Deployment, port: int) -> list[str]:
-        """What an instance runs: the model server, or forgeflow.flows.serve for a flow; either takes any body
-        the gateway may forward (an endpoint's own limit can be raised without restarting its instances)."""
-        if dep.serves_flow:
-            program = ["forgeflow.flows.serve", "--flow", dep.model_path]
-        else:
-            program = ["forgeflow.inference.model_server", "--model-dir", dep.model_path, "--runtime", dep.runtime]
-        return [sys.executable, "-m", *program, "--port", str(port), "--name", dep.name,
-                "--max-body-bytes", str(SCORING_MAX_BYTES)]
+        return instance_command(dep, port)
 
     def start(self, dep: Deployment, indexes: Sequence[int]) -> list[Instance]:
         return [self._spawn(dep, index) for index in indexes]
@@ -150,7 +161,7 @@ class LocalPlacement:
             t.join()
 
     def _stop_one(self, inst: LocalInstance, grace_s: float) -> None:
-        _terminate(inst.proc, grace_s)
+        terminate(inst.proc, grace_s)
         with self._lock:  # an instance may be stopped twice (a rollback racing a delete): close its fd once
             lifeline, inst.lifeline = inst.lifeline, -1
         if lifeline >= 0:
@@ -213,6 +224,73 @@ class LocalPlacement:
         return self.paths.logs / "deployments" / endpoint
 
 
+class TargetPlacement:
+    """Each deployment on the placement of its compute target: `local` on this machine, any other target on
+    what `remote` builds for its row (one per target, built when a deployment first uses it)."""
+
+    def __init__(self, local: Placement, targets: Callable[[str], dict],
+                 remote: Callable[[dict], Placement]) -> None:
+        self.local = local
+        self._targets = targets
+        self._remote = remote
+        self._placements: dict[tuple, Placement] = {}
+        self._owner: weakref.WeakKeyDictionary[Instance, Placement] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def _for(self, dep: Deployment) -> Placement:
+        if dep.compute == LOCAL_COMPUTE:
+            return self.local
+        target = self._targets(dep.compute)
+        if target["type"] == "local":  # another name for this machine
+            return self.local
+        key = (target["name"], target["address"], target.get("size"))
+        with self._lock:
+            placement = self._placements.get(key)
+            if placement is None:
+                placement = self._placements[key] = self._remote(target)
+        return placement
+
+    def start(self, dep: Deployment, indexes: Sequence[int]) -> list[Instance]:
+        placement = self._for(dep)
+        instances = placement.start(dep, indexes)
+        with self._lock:
+            for inst in instances:
+                self._owner[inst] = placement
+        return instances
+
+    def _of(self, inst: Instance) -> Placement:
+        return self._owner.get(inst, self.local)
+
+    def stop(self, instances: Sequence[Instance], *, grace_s: float = 10.0) -> None:
+        groups: dict[Placement, list[Instance]] = {}
+        for inst in instances:
+            groups.setdefault(self._of(inst), []).append(inst)
+        threads = [threading.Thread(target=p.stop, args=(group,), kwargs={"grace_s": grace_s})
+                   for p, group in groups.items()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    def ended(self, inst: Instance) -> str | None:
+        return self._of(inst).ended(inst)
+
+    def describe(self, inst: Instance) -> dict:
+        return self._of(inst).describe(inst)
+
+    def log_tail(self, inst: Instance) -> str:
+        return self._of(inst).log_tail(inst)
+
+    def logs(self, endpoint: str, name: str, lines: int) -> str:
+        with self._lock:
+            placements = [self.local, *self._placements.values()]
+        return "\n".join(text for p in placements if (text := p.logs(endpoint, name, lines)))
+
+    def stop_leftovers(self) -> int:
+        """Only this machine can hold leftovers: a cluster's instances end with the server that placed them."""
+        return self.local.stop_leftovers()
+
+
 def _is_recorded(rec: dict) -> bool:
     """The recorded process still runs: same pid, same start time, same arguments (where /proc tells)."""
     pid, started = rec.get("pid"), rec.get("start_time")
@@ -228,7 +306,8 @@ def _owner_runs(rec: dict) -> bool:
     return isinstance(pid, int) and started is not None and pid_alive(pid) and start_time(pid) == started
 
 
-def _terminate(proc: subprocess.Popen, grace_s: float) -> None:
+def terminate(proc: subprocess.Popen, grace_s: float) -> None:
+    """Ask a process to exit (SIGTERM), and kill it after grace_s."""
     if proc.poll() is not None:
         return
     proc.send_signal(signal.SIGCONT)  # a stopped process cannot act on SIGTERM

@@ -12,7 +12,7 @@ from forgeflow.store.states import DeploymentState
 
 Key = tuple[str, str]  # (endpoint, deployment)
 SPEC_FIELDS = ("model_ref", "model_path", "runtime", "instance_count", "request_settings", "liveness_probe",
-               "readiness_probe", "scale_settings")
+               "readiness_probe", "scale_settings", "compute", "resources")
 
 
 @dataclass(frozen=True)
@@ -31,16 +31,22 @@ class Deployment:
     created_at: str
     updated_at: str | None
     scale_settings: dict[str, Any] = field(default_factory=lambda: dict(specs.DEFAULT_SCALE))
+    compute: str = specs.LOCAL_COMPUTE  # the compute target its instances run on: `local` is this machine
+    # what each instance reserves on its node ({"cpus", "gpus", "memory_mb"}); only a cluster target reserves it
+    resources: dict[str, int | float] = field(default_factory=lambda: dict(specs.DEFAULT_RESOURCES))
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Deployment:
-        """A stored row; probes and scale settings saved before they were settable read as the defaults."""
+        """A stored row; probes and scale settings saved before they were settable read as the defaults, and a
+        deployment saved before it could run elsewhere as one on `local`."""
         values = {f.name: row.get(f.name) for f in dataclasses.fields(cls)}
         return cls(**values | {
             "state": DeploymentState(row["state"]),
             "liveness_probe": specs.probe("liveness_probe", None, row.get("liveness_probe")),
             "readiness_probe": specs.probe("readiness_probe", None, row.get("readiness_probe")),
             "scale_settings": specs.scale_settings(None, row.get("scale_settings")),
+            "compute": row.get("compute") or specs.LOCAL_COMPUTE,
+            "resources": specs.resources(None, row.get("resources")),
         })
 
     def row(self) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""A deployment's settings: request settings, probes and scale settings, their defaults, their validation,
-and `--set a.b=value` updates, named as `az ml online-deployment` names them.
+"""A deployment's settings: request settings, probes, scale settings, the compute target its instances run on and
+the resources each reserves there, their defaults, their validation, and `--set a.b=value` updates, named as
+`az ml online-deployment` names them.
 
 Probe times are in seconds (floats allowed, so tests can probe fast). Liveness asks "does the
 process answer HTTP at all" (a hung or stopped process does not); readiness asks "is the model
@@ -26,9 +27,14 @@ PROBES = {"liveness_probe": DEFAULT_LIVENESS, "readiness_probe": DEFAULT_READINE
 MAX_REQUEST_SETTINGS = {"request_timeout_ms": 3_600_000, "max_concurrent_requests_per_instance": 1000}
 MAX_PROBE_SECONDS = 3600
 MAX_THRESHOLD = 1000
+# Where instances run: `local` is this machine; another compute target (a Ray cluster) places each instance on
+# one of its nodes with what `resources` asks for. Only a cluster can reserve resources for an instance.
+LOCAL_COMPUTE = "local"
+DEFAULT_RESOURCES = {"cpus": 1, "gpus": 0, "memory_mb": 0}  # memory_mb 0: no memory reserved
+MAX_RESOURCES = {"cpus": 1024, "gpus": 64, "memory_mb": 16 * 1024 * 1024}
 # Fields `online-deployment update --set` may change; `model` is resolved by the API layer.
 SETTABLE = ("model", "instance_count", "runtime", "request_settings", "liveness_probe", "readiness_probe",
-            "scale_settings")
+            "scale_settings", "compute", "resources")
 # Scale settings, named as Azure ML's TargetUtilizationScaleSettings (plus the compute cluster's
 # idle_time_before_scale_down). `default` keeps instance_count instances; `target_utilization` keeps the requests
 # pending at the gateway (queued or in flight) near target_utilization_percentage of the instances' request slots
@@ -162,10 +168,47 @@ def instance_count(value: Any, scale: dict[str, Any] | None = None) -> int:
     return value
 
 
+def resources(given: dict[str, Any] | None, base: dict[str, Any] | None = None) -> dict[str, int | float]:
+    """Merge and check what each instance asks its node for: `cpus` and `gpus` a whole number or a fraction
+    below 1 (instances then share one, as Ray allows), `memory_mb` a whole number of MiB (0: none reserved)."""
+    out = dict(DEFAULT_RESOURCES) | dict(base or {})
+    for key, value in (given or {}).items():
+        where = f"resources.{key}"
+        if key not in DEFAULT_RESOURCES:
+            raise InvalidInput(f"unknown resource {key!r}: valid are {', '.join(DEFAULT_RESOURCES)}", field=where)
+        top = MAX_RESOURCES[key]
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InvalidInput(f"{where} must be a number, got {value!r}", field=where)
+        if key == "memory_mb":
+            if not isinstance(value, int) or not 0 <= value <= top:
+                raise InvalidInput(f"{where} must be a whole number of MiB from 0 to {top}, got {value!r}", field=where)
+        else:
+            # a fraction shares one CPU or GPU between instances; NaN and infinities fail both tests
+            ok = 0 <= value <= top if isinstance(value, int) else 0 < value < 1 and round(value, 4) == value
+            if not ok:
+                raise InvalidInput(f"{where} must be a whole number up to {top}, or a fraction below 1 with at most "
+                                   f"4 decimals, got {value!r}", field=where)
+            if key == "cpus" and value == 0:
+                raise InvalidInput(f"{where} must be more than 0: an instance needs CPU time", field=where)
+        out[key] = value
+    return out
+
+
+def compute(value: Any) -> str:
+    """A compute target's name (whether it exists is the endpoint service's question); `azureml:` is dropped."""
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInput(f"compute must be a compute target's name (see: forgeflow compute list), got {value!r}",
+                           field="compute")
+    return value.strip().removeprefix("azureml:")
+
+
 def apply_sets(spec: dict[str, Any], sets: dict[str, Any]) -> dict[str, Any]:
     """Apply `path=value` changes to a deployment spec, as `az ml ... update --set` does.
 
-    spec holds model, instance_count, runtime, request_settings, liveness_probe, readiness_probe, scale_settings.
+    spec holds model, instance_count, runtime, request_settings, liveness_probe, readiness_probe, scale_settings,
+    compute, resources.
     A path names a top-level field or one key below it; a whole object may be set at once. Scale settings are
     checked together once every change is in (min and max may move in one update); instance_count then must lie
     within them, and when not set it is brought within them.
@@ -184,7 +227,7 @@ def apply_sets(spec: dict[str, Any], sets: dict[str, Any]) -> dict[str, Any]:
             else:
                 raise InvalidInput(f"--set {path}: scale_settings is an object; set one key, e.g. "
                                    "scale_settings.max_instances=3", field=path)
-        elif top in ("request_settings", *PROBES):
+        elif top in ("request_settings", "resources", *PROBES):
             if sub:
                 given = {sub: value}
             elif isinstance(value, dict):
@@ -192,11 +235,14 @@ def apply_sets(spec: dict[str, Any], sets: dict[str, Any]) -> dict[str, Any]:
             else:
                 raise InvalidInput(f"--set {path}: {top} is an object; set one key, e.g. {top}.KEY=VALUE", field=path)
             out[top] = (request_settings(given, out.get(top)) if top == "request_settings"
+                        else resources(given, out.get(top)) if top == "resources"
                         else probe(top, given, out.get(top)))
         elif sub:
             raise InvalidInput(f"--set {path}: {top} has no sub-fields", field=path)
         elif top == "instance_count":
             continue  # checked below, against the scale settings this update ends with
+        elif top == "compute":
+            out[top] = compute(value)
         else:
             if not isinstance(value, str) or not value:
                 raise InvalidInput(f"--set {path}: {top} must be a non-empty string", field=path)

@@ -82,13 +82,14 @@ class DeploymentSupervisor:
         threading.Thread(target=self._await_created, args=(key, gen), daemon=True).start()
 
     def update(self, old: Deployment, new: Deployment) -> None:
-        """Apply a changed spec: settings at once; a new model or runtime rolls every instance;
-        a new instance_count adds or drains instances."""
+        """Apply a changed spec: settings at once; a new model, runtime, compute target or resources rolls
+        every instance; a new instance_count adds or drains instances."""
         key = new.key
         with self._lock:
             self._specs[key] = new
             gen = self._generation.get(key, 0)
-        roll = (old.model_path, old.model_ref, old.runtime) != (new.model_path, new.model_ref, new.runtime)
+        roll = ((old.model_path, old.model_ref, old.runtime, old.compute, old.resources)
+                != (new.model_path, new.model_ref, new.runtime, new.compute, new.resources))
         if not roll and old.instance_count == new.instance_count:
             self.reports.deployment_succeeded(key)
             return
@@ -183,6 +184,10 @@ class DeploymentSupervisor:
                 return
             live, ready = self._probes(key) or (live, ready)
             now = time.monotonic()
+            if not inst.url:  # still being placed (a cluster may be finding it a node): probes start once it has one
+                next_live, next_ready = now + live["initial_delay"], now + ready["initial_delay"]
+                self._stop.wait(min(0.1, self.poll_s))
+                continue
             if now >= next_ready:
                 code = _health(inst, ready["timeout"])
                 if code == 200:
