@@ -125,3 +125,20 @@ def unreachable(address: str, exc: BaseException) -> ServerUnavailable:
     return ServerUnavailable(f"cannot reach the Ray cluster at {address}: {first} (is it running? start one with "
                              "`ray start --head`, or check the address with `ray status --address ADDRESS`)",
                              field="address")
+
+
+def cluster_resources(address: str) -> dict[str, float]:
+    """What the cluster's live nodes offer, summed (CPU, GPU, memory, custom resources), from its state API."""
+    quiet_ray()
+    from ray.util.state import list_nodes
+
+    try:
+        nodes = list_nodes(address=dashboard_url(address), filters=[("state", "=", "ALIVE")],
+                           raise_on_missing_output=False)
+    except Exception as exc:  # ConnectionError, RayStateApiException
+        raise unreachable(address, exc) from None
+    total: dict[str, float] = {}
+    for node in nodes:
+        for name, amount in (node.resources_total or {}).items():
+            total[name] = total.get(name, 0.0) + float(amount)
+    return total
