@@ -65,7 +65,7 @@ def compute():
 @pytest.fixture
 def runner(ws, compute, monkeypatch):
     monkeypatch.setattr(JobRunner, "_prepare_tracking", lambda self: None)
-    return JobRunner(ws.store, ws.paths, computes={"local": compute})
+    return JobRunner(ws.store, ws.paths, local=compute)
 
 
 def submit(runner: JobRunner, **settings):
@@ -134,7 +134,7 @@ def test_a_restarted_runner_attaches_or_fails_what_ended_unseen(ws, runner, comp
     runner.tick()
     del compute.running[gone.job_dir]  # its worker died while no server watched
 
-    later = JobRunner(ws.store, ws.paths, computes={"local": compute})
+    later = JobRunner(ws.store, ws.paths, local=compute)
     later._recover()
     assert later.get(alive.id).status == JobStatus.STARTING
     lost = later.get(gone.id)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any
 
 from transformers import TrainerCallback
 
 from forgeflow.store.states import JobStatus
-from forgeflow.training.tracking import JobFiles, MlflowRun, is_finite_number
+from forgeflow.training.parallel import any_worker
+from forgeflow.training.tracking import Attempt, JobFiles, MlflowRun, is_finite_number
 
 SUMMARY_KEYS = ("train_runtime", "train_samples_per_second", "train_steps_per_second", "total_flos")
 # The latest of these are kept in status.json's `metrics` while the job runs.
@@ -62,25 +62,26 @@ class ProgressCallback(TrainerCallback):
         print(f"step {state.global_step}/{state.max_steps} epoch {_epoch(state):.2f} {shown}", flush=True)
 
     def _mlflow(self, values: dict[str, float], state: Any) -> None:
-        if self.run is not None:
+        if self.run is not None and self.files.record:
             self.run.log_metrics(values, step=state.global_step)
 
 
 class CancelCallback(TrainerCallback):
-    """Stops training at the next step boundary once `event` is set (by the SIGTERM handler)."""
+    """Stops training at the next step boundary once the job's `Attempt` says so (canceled or superseded); the
+    workers of a data-parallel job stop together, at the same step."""
 
-    def __init__(self, event: threading.Event) -> None:
-        self.event = event
+    def __init__(self, attempt: Attempt) -> None:
+        self.attempt = attempt
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        if self.event.is_set():
+        if any_worker(self.attempt.is_set()):
             control.should_training_stop = True
             control.should_save = False
             control.should_evaluate = False
         return control
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
-        if self.event.is_set():
+        if any_worker(self.attempt.is_set()):
             control.should_training_stop = True
         return control
 

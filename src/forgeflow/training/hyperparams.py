@@ -2,7 +2,7 @@
 
 Users see Azure's flat names (`--set lora_r=8`, the REST body's `hyperparameters: {...}`, the YAML job file);
 `resolve_hyperparameters` turns those into a `Hyperparameters` object of groups (LoRA, optimization, data,
-memory, evaluation, checkpointing), naming the field that is wrong. The docstring under each field is its one
+memory, evaluation, checkpointing, scaling), naming the field that is wrong. The docstring under each field is its one
 description: `GET /api/hyperparameters` and `forgeflow job create --help` show it.
 """
 
@@ -145,6 +145,13 @@ class CheckpointArgs(_Group):
     """Resume from the latest checkpoint (true) or from a checkpoint folder path."""
 
 
+class ScalingArgs(_Group):
+    """Scaling"""
+
+    instance_count: int = Field(1, gt=0, le=1024)
+    """Data-parallel workers (alias num_nodes_finetune), gradients averaged; above 1 needs a ray compute target."""
+
+
 class Hyperparameters(pydantic.BaseModel, extra="forbid", frozen=True):
     """Settings of one chat-completion fine-tuning job; defaults suit a CPU LoRA run."""
 
@@ -154,6 +161,7 @@ class Hyperparameters(pydantic.BaseModel, extra="forbid", frozen=True):
     memory: MemoryArgs = Field(default_factory=MemoryArgs)
     evaluation: EvalArgs = Field(default_factory=EvalArgs)
     checkpointing: CheckpointArgs = Field(default_factory=CheckpointArgs)
+    scaling: ScalingArgs = Field(default_factory=ScalingArgs)
 
     def to_dict(self) -> dict[str, Any]:
         """Azure's flat names -> JSON values: what the job row, spec.json and the MLflow run's params hold."""
@@ -167,6 +175,8 @@ FIELDS: dict[str, pydantic.fields.FieldInfo] = {
 }
 FIELD_NAMES: tuple[str, ...] = tuple(FIELDS)
 # What a fine-tuning form shows up front; the rest go under "advanced".
+# Azure's other names for a setting: accepted on the way in, stored under forgeflow's name.
+ALIASES = {"num_nodes_finetune": "instance_count"}
 COMMON = ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size", "apply_lora", "lora_r",
           "lora_alpha", "max_seq_length", "evaluation_strategy")
 
@@ -174,6 +184,11 @@ COMMON = ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_ba
 def resolve_hyperparameters(raw: dict[str, Any] | None = None) -> Hyperparameters:
     """Validate flat, Azure-named values (strings or typed) into Hyperparameters, naming the field that is wrong."""
     raw = dict(raw or {})
+    for alias, name in ALIASES.items():
+        if alias in raw:
+            if name in raw:
+                raise InvalidInput(f"{alias} is Azure's name for {name}: give one of them", field=alias)
+            raw[name] = raw.pop(alias)
     grouped: dict[str, dict[str, Any]] = {group: {} for group in GROUPS}
     for name, value in raw.items():
         if name not in GROUP_OF:

@@ -2,10 +2,11 @@
 
 Each target runs at most its `max_concurrent_jobs` at once; the rest wait Queued, oldest first. The runner is the
 one writer of the jobs table: everything else reads jobs through it. Where a worker runs is the business of
-the target's `Compute` (compute/base.py): the runner starts, polls, cancels and kills workers through their
-handles only. Workers outlive a server restart: on start the runner attaches to the ones still running and
-fails the ones that ended unseen, which `resume` can then continue. The worker owns `status.json`; the runner
-copies what it says into the store.
+the target's `Compute` (compute/base.py): `LocalCompute` for the local target, a `RayCompute` per ray target's
+address; the runner starts, polls, cancels and kills workers through their handles only. A ray target's job
+folders go under its `storage` (every node mounts it), others under the workspace's jobs folder. Workers outlive a
+server restart: on start the runner attaches to the ones still running and fails the ones that ended unseen, which
+`resume` can then continue. The worker owns `status.json`; the runner copies what it says into the store.
 """
 
 from __future__ import annotations
@@ -16,16 +17,18 @@ import threading
 import time
 import uuid
 from collections import Counter
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any
 
-from forgeflow.errors import Conflict, InvalidInput, NotFound
+from forgeflow.errors import Conflict, ForgeflowError, NotFound, ServerUnavailable
 from forgeflow.processes import log_tail
 from forgeflow.store.db import Store, now
 from forgeflow.store.home import Paths
 from forgeflow.store.states import JobStatus
 from forgeflow.training.checkpoints import newest_checkpoint
-from forgeflow.training.compute.base import Compute, WorkerHandle, worker_log
+from forgeflow.training.compute.base import CANCEL_GRACE_S, Compute, WorkerHandle, worker_log
 from forgeflow.training.compute.local import LocalCompute
+from forgeflow.training.compute.ray import RayCompute
 from forgeflow.training.compute.targets import ComputeTargets
 from forgeflow.training.hyperparams import Hyperparameters
 from forgeflow.training.jobs import Job, JobSpec, write_json
@@ -33,9 +36,6 @@ from forgeflow.training.tracking import read_status
 
 log = logging.getLogger("forgeflow.jobs")
 
-# A worker asked to cancel stops at the next step boundary (saving nothing half-written); a step of a small
-# model on CPU takes a second or two, so past this grace the worker is stuck and is killed.
-CANCEL_GRACE_S = 15.0
 PROGRESS_KEYS = ("step", "max_steps", "epoch", "updated_at", "eta_s")
 
 
@@ -46,16 +46,16 @@ def new_job_id() -> str:
 class JobRunner:
     """Starts queued jobs, follows running ones, and handles cancel and resume requests."""
 
-    def __init__(self, store: Store, paths: Paths, *, computes: Mapping[str, Compute] | None = None,
-                 poll_s: float = 0.5) -> None:
+    def __init__(self, store: Store, paths: Paths, *, local: Compute | None = None, poll_s: float = 0.5) -> None:
         self.store = store
         self.paths = paths
         self.targets = ComputeTargets(store)
-        # compute target type -> the compute that runs its jobs
-        self.computes: Mapping[str, Compute] = computes or {"local": LocalCompute()}
+        self.local: Compute = local or LocalCompute()  # what runs the jobs of `local` type targets
+        self._clusters: dict[str, RayCompute] = {}  # ray target address -> its compute
         self.poll_s = poll_s
         self._handles: dict[str, WorkerHandle] = {}
         self._cancel_sent: dict[str, float] = {}
+        self._waiting: set[str] = set()  # queued jobs whose compute could not be reached, warned about once
         self._tracking_ready = False
         # One lock for the loop and the API calls, so a cancel or resume never races a status copy.
         self._lock = threading.RLock()
@@ -142,9 +142,9 @@ class JobRunner:
                validation_data: str | None = None, name: str | None = None, compute: str = "local") -> Job:
         """Queue a job; the hyperparameters come validated from the edge (CLI, REST body, job file)."""
         target = self.targets.get(compute)
-        self._compute(target["type"]).check(hyperparameters)
+        self._compute(target).check(hyperparameters)
         job_id = new_job_id()
-        job_dir = self.paths.jobs / job_id
+        job_dir = (Path(target["storage"]) / "jobs" if target.get("storage") else self.paths.jobs) / job_id
         job_dir.mkdir(parents=True)
         spec = JobSpec(
             job_id=job_id, name=name or job_id, base_model=base_model, base_model_path=base_model_path,
@@ -217,17 +217,18 @@ class JobRunner:
             running = Counter(job.compute for job in jobs if job.active)
             for job in jobs:
                 if job.status == JobStatus.QUEUED and running[job.compute] < limits.get(job.compute, 1):
-                    self._launch(job)
-                    running[job.compute] += 1
+                    running[job.compute] += self._launch(job)
 
-    def _compute(self, target_type: str) -> Compute:
-        compute = self.computes.get(target_type)
-        if compute is None:
-            raise InvalidInput(f"compute type {target_type!r} cannot run jobs on this server", field="compute")
-        return compute
+    def _compute(self, target: dict[str, Any]) -> Compute:
+        if target["type"] != "ray":
+            return self.local
+        address = target["address"]
+        if address not in self._clusters:
+            self._clusters[address] = RayCompute(address)
+        return self._clusters[address]
 
     def _compute_of(self, job: Job) -> Compute:
-        return self._compute(self.targets.get(job.compute)["type"])
+        return self._compute(self.targets.get(job.compute))
 
     def _attach(self, job: Job) -> WorkerHandle | None:
         handle = self._handles.get(job.id) or self._compute_of(job).attach(job.job_dir)
@@ -245,11 +246,25 @@ class JobRunner:
         MlflowClient(tracking_uri=self.paths.mlflow_uri).search_experiments(max_results=1)
         self._tracking_ready = True
 
-    def _launch(self, job: Job) -> None:
+    def _launch(self, job: Job) -> bool:
+        """Start the job's worker; False when its compute could not (the job is then Failed)."""
         self._prepare_tracking()
-        self._handles[job.id] = self._compute_of(job).start(job.job_dir)
+        try:
+            self._handles[job.id] = self._compute_of(job).start(job.job_dir)
+        except ServerUnavailable as exc:  # its cluster is not up (yet): the job waits Queued and is tried again
+            if job.id not in self._waiting:
+                log.warning("job %s waits: %s", job.id, exc.message)
+                self._waiting.add(job.id)
+            return False
+        except ForgeflowError as exc:  # e.g. its cluster does not answer: the job can be resumed later
+            self._write(job.id, status=JobStatus.FAILED, finished_at=now(), error=(
+                f"could not start: {exc.message} (queue it again with: forgeflow job resume {job.id})"))
+            log.warning("job %s could not start on %s: %s", job.id, job.compute, exc.message)
+            return False
+        self._waiting.discard(job.id)
         self._write(job.id, status=JobStatus.STARTING, started_at=job.started_at or now())
         log.info("job %s started on %s", job.id, job.compute)
+        return True
 
     def _follow(self, job: Job) -> None:
         st = read_status(job.job_dir) or {}

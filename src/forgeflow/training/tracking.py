@@ -1,4 +1,5 @@
-"""What a training job records: JOB_DIR/status.json, JOB_DIR/metrics.jsonl and an MLflow run.
+"""What a training job records: JOB_DIR/status.json, JOB_DIR/metrics.jsonl and an MLflow run, and which start of
+the job (`Attempt`) may record it.
 
 status.json is rewritten atomically (tmp file + os.replace) so the job runner never reads half a file.
 """
@@ -8,7 +9,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 import time
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -26,10 +29,12 @@ def now_iso() -> str:
 
 
 class JobFiles:
-    """status.json and metrics.jsonl of one job folder."""
+    """status.json and metrics.jsonl of one job folder. With `record=False` nothing is written: the data-parallel
+    workers other than rank 0 keep their state in memory only, so one process writes the job's record."""
 
-    def __init__(self, job_dir: Path) -> None:
+    def __init__(self, job_dir: Path, *, record: bool = True) -> None:
         self.job_dir = Path(job_dir)
+        self.record = record
         self.status_path = self.job_dir / "status.json"
         self.metrics_path = self.job_dir / "metrics.jsonl"
         self.state: dict[str, Any] = {
@@ -49,6 +54,8 @@ class JobFiles:
                 raise ValueError(f"a worker does not report status {status!r}")
             self.state["status"] = status
         self.state.update(fields, updated_at=now_iso())
+        if not self.record:
+            return self.state
         tmp = self.status_path.with_name(f".status.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(self.state, indent=2) + "\n")
         os.replace(tmp, self.status_path)
@@ -56,7 +63,7 @@ class JobFiles:
 
     def drop_metrics_after(self, step: int) -> None:
         """Forget rows past `step` (a resumed job logs those steps again); -1 forgets every row."""
-        if not self.metrics_path.exists():
+        if not self.record or not self.metrics_path.exists():
             return
         kept = [row for row in read_metrics(self.job_dir) if step >= 0 and row.get("step", 0) <= step]
         tmp = self.metrics_path.with_name(f".metrics.{os.getpid()}.tmp")
@@ -64,8 +71,54 @@ class JobFiles:
         os.replace(tmp, self.metrics_path)
 
     def append_metrics(self, row: dict[str, Any]) -> None:
+        if not self.record:
+            return
         with self.metrics_path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
+
+
+ATTEMPT_FILE = "attempt.json"
+CANCEL_FILE = "cancel.requested"
+
+
+class Attempt:
+    """One start of a job, and the question its workers ask at every step: should training stop? Yes once this
+    start is canceled (SIGTERM sets `event` in the process that got it; JOB_DIR/cancel.requested tells the other
+    workers of a data-parallel job) or superseded: a newer start wrote its own id to JOB_DIR/attempt.json. A worker
+    that outlived its node (Ray has not noticed yet, or the node is cut off) is superseded when the job is resumed
+    elsewhere; from then on its `files` write nothing."""
+
+    def __init__(self, files: JobFiles, attempt_id: str, event: threading.Event | None = None) -> None:
+        self.files = files
+        self.id = attempt_id
+        self.event = event or threading.Event()
+
+    @classmethod
+    def begin(cls, files: JobFiles, event: threading.Event) -> Attempt:
+        """A new start of the job in `files.job_dir`, which from now on owns its record."""
+        attempt = cls(files, uuid.uuid4().hex, event)
+        (files.job_dir / CANCEL_FILE).unlink(missing_ok=True)
+        tmp = files.job_dir / f".{ATTEMPT_FILE}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps({"attempt": attempt.id}))
+        os.replace(tmp, files.job_dir / ATTEMPT_FILE)
+        return attempt
+
+    @property
+    def superseded(self) -> bool:
+        try:
+            current = json.loads((self.files.job_dir / ATTEMPT_FILE).read_text())["attempt"]
+        except (OSError, ValueError, KeyError, TypeError):
+            current = None
+        if current != self.id:
+            self.files.record = False
+        return current != self.id
+
+    def is_set(self) -> bool:
+        return self.event.is_set() or self.superseded or (self.files.job_dir / CANCEL_FILE).exists()
+
+    def cancel_everywhere(self) -> None:
+        """Ask every worker of this start to stop (the driver of a data-parallel job, on SIGTERM)."""
+        (self.files.job_dir / CANCEL_FILE).touch()
 
 
 def read_status(job_dir: Path) -> dict[str, Any] | None:

@@ -3,7 +3,11 @@
 `compute_loss` runs the decoder, then the output head only on positions whose next token has a label:
 for a 135M model the vocabulary projection is a large share of the work, and prompt and padding
 positions need no logits at all. Models that post-process logits (soft-capping, logit scale) fall back
-to the full forward pass.
+to the full forward pass, and so does a data-parallel worker: DDP averages gradients only for a forward pass
+through its wrapper.
+
+Token counts are per process; in a data-parallel job the logged counts and tokens/s are summed over the workers,
+and rank 0 writes the job's totals into each checkpoint (which a resumed rank 0 alone starts from).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from transformers import Trainer
 
 from forgeflow.training.checkpoints import COUNTERS_FILE
 from forgeflow.training.masking import IGNORE_INDEX
+from forgeflow.training.parallel import summed
 
 _LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 
@@ -54,9 +59,11 @@ class ForgeflowTrainer(Trainer):
         keep = targets != IGNORE_INDEX
         if model.training:
             self.loss_tokens += int(keep.sum())
-        head_model = _causal_lm(self.accelerator.unwrap_model(model))
+        unwrapped = self.accelerator.unwrap_model(model)
+        head_model = _causal_lm(unwrapped)
         decoder = head_model.get_decoder() if hasattr(head_model, "get_decoder") else None
-        if self.full_logits or decoder is None or any(getattr(head_model.config, k, None) for k in _LOGIT_POSTPROCESSING):
+        full = self.full_logits or decoder is None or unwrapped is not model
+        if full or any(getattr(head_model.config, k, None) for k in _LOGIT_POSTPROCESSING):
             logits = model(**inputs, use_cache=False).logits[:, :-1][keep]
         else:
             hidden = decoder(**inputs, use_cache=False).last_hidden_state
@@ -64,22 +71,27 @@ class ForgeflowTrainer(Trainer):
         loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
         count = num_items_in_batch if num_items_in_batch is not None else keep.sum()
         loss = loss / torch.clamp(torch.as_tensor(count, device=loss.device), min=1)
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices and self.args.world_size > 1:
+            # `count` is every worker's label tokens and DDP averages the workers' gradients: scaled back up by the
+            # number of workers, the gradient and the logged loss (the workers' mean) are those of the whole batch.
+            loss = loss * self.args.world_size
         return (loss, {"loss": loss}) if return_outputs else loss
 
     # -- metrics ----------------------------------------------------------------
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs:
-            logs["trained_tokens"] = self.trained_tokens
-            logs["loss_tokens"] = self.loss_tokens
-            logs.update(self._speed())
+        if "loss" in logs:  # every worker logs the loss at the same steps, so they can sum their counts here
+            trained, loss_tokens, session = summed([self.trained_tokens, self.loss_tokens, self._session_tokens])
+            logs["trained_tokens"] = trained
+            logs["loss_tokens"] = loss_tokens
+            logs.update(self._speed(session))
             logs["peak_memory_mb"] = peak_memory_mb()
         super().log(logs, start_time)
 
-    def _speed(self) -> dict[str, float]:
-        if self._session_start is None or not self._session_tokens:
+    def _speed(self, session_tokens: int) -> dict[str, float]:
+        if self._session_start is None or not session_tokens:
             return {}
         elapsed = max(time.perf_counter() - self._session_start, 1e-6)
-        out = {"train_tokens_per_second": round(self._session_tokens / elapsed, 2)}
+        out = {"train_tokens_per_second": round(session_tokens / elapsed, 2)}
         steps = self.state.global_step - self._session_start_step
         if steps > 0 and self.state.max_steps:
             out["eta_s"] = round(elapsed / steps * max(self.state.max_steps - self.state.global_step, 0), 1)
@@ -94,14 +106,16 @@ class ForgeflowTrainer(Trainer):
     # -- checkpoints carry the counters so a resumed job keeps counting -----------
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         # Written first: the trainer writes trainer_state.json last, which is what marks a checkpoint complete.
-        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / COUNTERS_FILE).write_text(
-            json.dumps({"trained_tokens": self.trained_tokens, "loss_tokens": self.loss_tokens})
-        )
+        trained, loss_tokens = summed([self.trained_tokens, self.loss_tokens])
+        if self.is_world_process_zero():
+            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / COUNTERS_FILE).write_text(json.dumps({"trained_tokens": trained, "loss_tokens": loss_tokens}))
         super()._save_checkpoint(model, trial)
 
     def restore_counters(self, checkpoint: Path) -> None:
+        if not self.is_world_process_zero():  # the saved counts are the job's totals: rank 0 carries them on
+            return
         try:
             saved = json.loads((Path(checkpoint) / COUNTERS_FILE).read_text())
         except (OSError, ValueError):

@@ -6,6 +6,9 @@ packing.py, trainer.py), merges it into the base model and saves the result in M
 Checkpoints go to JOB_DIR/checkpoints; `"resume": true` in spec.json continues from the newest one. Progress goes to
 JOB_DIR/status.json, JOB_DIR/metrics.jsonl, an MLflow run and stdout. SIGTERM stops training at the next step:
 status Canceled, exit 0. Any error: status Failed, exit 1.
+
+`train` also runs in each worker of a data-parallel job (`distributed.py`): there every worker trains, and rank 0
+alone writes the record and the model.
 """
 
 from __future__ import annotations
@@ -17,31 +20,37 @@ import sys
 import threading
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from forgeflow import __version__
 from forgeflow.errors import ForgeflowError, InvalidInput, NotFound
 from forgeflow.store.states import JobStatus
 from forgeflow.training.checkpoints import checkpoint_step, newest_checkpoint, remove_incomplete
 from forgeflow.training.dataset import iter_messages, prepare
 from forgeflow.training.hyperparams import Hyperparameters, LoraArgs, check_hardware
 from forgeflow.training.jobs import JobSpec
-from forgeflow.training.tracking import JobFiles, MlflowRun, read_status
+from forgeflow.training.parallel import any_worker
+from forgeflow.training.tracking import Attempt, JobFiles, MlflowRun, read_status
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# Set by a compute that runs workers on other machines: the forgeflow version of the server that queued the job.
+VERSION_ENV = "FORGEFLOW_VERSION"
+Train = Callable[[JobSpec, JobFiles, MlflowRun | None, Attempt], tuple[JobStatus, dict[str, float]]]
 
 
-def run_job(job_dir: Path) -> int:
-    """Run the job in JOB_DIR to its end; returns the process exit code (0 done or canceled, 1 failed)."""
-    _quiet_environment()
+def run_job(job_dir: Path, train_with: Train | None = None) -> int:
+    """Run the job in JOB_DIR to its end, training with `train_with` (default `train`, here); returns the process
+    exit code (0 done, canceled or superseded, 1 failed)."""
+    quiet_environment()
     files = JobFiles(Path(job_dir))
     previous = read_status(files.job_dir) or {}
+    attempt = Attempt.begin(files, threading.Event())
     files.write_status(JobStatus.RUNNING, error=None)
-    cancel = threading.Event()
-    restore = _install_sigterm(cancel)
+    restore = stop_on_sigterm(attempt.event)
     run: MlflowRun | None = None
     try:
+        check_version()
         spec = JobSpec.read(files.job_dir)
-        check_hardware(spec.hyperparameters)
         if spec.resume and previous.get("mlflow_run_id"):
             run = MlflowRun.reopen(spec, previous["mlflow_run_id"])
         if run is None:
@@ -50,7 +59,10 @@ def run_job(job_dir: Path) -> int:
         check_chat_jsonl(Path(spec.training_data))
         if spec.validation_data:
             check_chat_jsonl(Path(spec.validation_data))
-        status, metrics = train(spec, files, run, cancel)
+        status, metrics = (train_with or train)(spec, files, run, attempt)
+        if attempt.superseded:
+            print("stopped: a newer start of this job took over its folder", flush=True)
+            return 0
         files.write_status(status, metrics=metrics)
         print(f"job {status.lower()}", flush=True)
         run.end(status)
@@ -58,7 +70,7 @@ def run_job(job_dir: Path) -> int:
     except Exception as exc:
         traceback.print_exc()
         files.write_status(JobStatus.FAILED, error=one_line_error(exc))
-        if run is not None:
+        if run is not None and files.record:
             try:
                 run.end(JobStatus.FAILED)
             except Exception:
@@ -68,16 +80,26 @@ def run_job(job_dir: Path) -> int:
         restore()
 
 
+def check_version() -> None:
+    """A worker started on another machine refuses to run a job queued by a different forgeflow."""
+    wanted = os.environ.get(VERSION_ENV)
+    if wanted and wanted != __version__:
+        raise ForgeflowError(f"this node runs forgeflow {__version__} but the server that queued the job runs "
+                             f"{wanted}: install forgeflow=={wanted} on every node of the cluster")
+
+
 def check_chat_jsonl(path: Path) -> int:
     """Check that every line of a chat JSONL file has a non-empty `messages` list; returns the row count."""
     return sum(1 for _ in iter_messages(path))
 
 
 def train(
-    spec: JobSpec, files: JobFiles, run: MlflowRun | None, cancel: threading.Event
+    spec: JobSpec, files: JobFiles, run: MlflowRun | None, cancel: Attempt
 ) -> tuple[JobStatus, dict[str, float]]:
-    """Fine-tune, then save adapter + merged MLflow model under JOB_DIR/outputs; returns (status, final metrics)."""
-    if cancel.is_set():
+    """Fine-tune, then save adapter + merged MLflow model under JOB_DIR/outputs; returns (status, final metrics).
+    `cancel.is_set()` asks to stop; the workers of a data-parallel job ask it together (`any_worker`)."""
+    check_hardware(spec.hyperparameters)
+    if any_worker(cancel.is_set()):
         return JobStatus.CANCELED, {}
     import torch
     from transformers import (
@@ -85,6 +107,7 @@ def train(
         EarlyStoppingCallback,
         PrinterCallback,
         TrainingArguments,
+        set_seed,
     )
 
     from forgeflow.training.callbacks import CancelCallback, ProgressCallback
@@ -119,6 +142,7 @@ def train(
         run.log_metrics(data_metrics, step=0)
     print("loss on assistant turns only, each with its end-of-turn token", flush=True)
 
+    set_seed(hp.optimization.seed)  # the LoRA weights' initialisation too, not only the Trainer's data order
     model = load_model(base, hp, precision, use_cuda)
     checkpoint = find_resume_checkpoint(spec, job_dir / "checkpoints")
     config = training_arguments(TrainingArguments, hp, job_dir, precision, use_cuda, eval_data is not None)
@@ -138,7 +162,7 @@ def train(
         callbacks=callbacks,
     )
     trainer.remove_callback(PrinterCallback)
-    if cancel.is_set():
+    if any_worker(cancel.is_set()):
         return JobStatus.CANCELED, {}
     if checkpoint is not None:
         step = checkpoint_step(checkpoint)
@@ -150,14 +174,15 @@ def train(
         if eval_data is not None:
             trainer.evaluate()
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    if cancel.is_set():
+    if any_worker(cancel.is_set()):
         return JobStatus.CANCELED, _final_metrics(progress)
     if eval_data is not None and progress.last_eval_step != trainer.state.global_step:
         trainer.evaluate()
     if trainer.state.best_model_checkpoint:
         print(f"exporting the best checkpoint: {Path(trainer.state.best_model_checkpoint).name} "
               f"(eval_loss {trainer.state.best_metric:.4g})", flush=True)
-    save_outputs(trainer, tokenizer, spec, job_dir / "outputs")
+    if trainer.is_world_process_zero():
+        save_outputs(trainer, tokenizer, spec, job_dir / "outputs")
     return JobStatus.COMPLETED, {**data_metrics, **_final_metrics(progress)}
 
 
@@ -244,6 +269,7 @@ def training_arguments(
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # data-parallel workers: every trainable weight gets a gradient
     )
 
 
@@ -350,7 +376,8 @@ def _final_metrics(progress: Any) -> dict[str, float]:
     return metrics
 
 
-def _install_sigterm(cancel: threading.Event) -> Any:
+def stop_on_sigterm(cancel: threading.Event) -> Any:
+    """SIGTERM sets `cancel` (training stops at the next step); returns what puts the previous handler back."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
 
@@ -362,7 +389,7 @@ def _install_sigterm(cancel: threading.Event) -> Any:
     return lambda: signal.signal(signal.SIGTERM, previous)
 
 
-def _quiet_environment() -> None:
+def quiet_environment() -> None:
     """No progress bars or tokenizer thread warnings in worker.log."""
     for key, value in (
         ("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false"),

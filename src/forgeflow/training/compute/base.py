@@ -14,6 +14,10 @@ from typing import Protocol
 
 from forgeflow.training.hyperparams import Hyperparameters
 
+# A worker asked to cancel stops at the next step boundary (saving nothing half-written); a step of a small
+# model on CPU takes a second or two, so past this grace the worker is stuck and is killed.
+CANCEL_GRACE_S = 15.0
+
 
 @dataclass(frozen=True)
 class Ended:
@@ -32,7 +36,7 @@ class WorkerHandle(Protocol):
         """Ask the worker to stop at its next step boundary (it then ends Canceled, its checkpoints kept)."""
 
     def kill(self) -> None:
-        """Stop the worker now (it did not heed `cancel`)."""
+        """Stop the worker now (it did not heed `cancel` within CANCEL_GRACE_S)."""
 
 
 class Compute(Protocol):

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from forgeflow.errors import InvalidInput
 from forgeflow.processes import pid_alive
 from forgeflow.training.compute.base import Ended, worker_log
 from forgeflow.training.hyperparams import Hyperparameters, check_hardware
@@ -55,6 +56,12 @@ class LocalCompute:
     """Runs workers as processes of this machine, with its hardware."""
 
     def check(self, hp: Hyperparameters) -> None:
+        count = hp.scaling.instance_count
+        if count > 1:
+            raise InvalidInput(f"instance_count={count} runs {count} data-parallel workers, which needs a ray compute "
+                               "target (this machine runs one worker): create one with forgeflow compute create "
+                               "--name NAME --type ray --address HEAD:6379, then queue with --compute NAME",
+                               field="instance_count")
         check_hardware(hp)
 
     def start(self, job_dir: Path) -> LocalWorker:
