@@ -23,6 +23,9 @@ from forgeflow.errors import Conflict, InvalidInput, ServerUnavailable
 log = logging.getLogger("forgeflow.ray")
 
 NAMESPACE = "forgeflow"
+# The label Ray's autoscaler gives each node it starts: the node type (a target's `size`) it was started as. Jobs
+# and instances of a target with a size run only on nodes carrying it.
+NODE_TYPE_LABEL = "ray.io/node-group"
 _HOST_PORT = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.\-]{0,252})?:\d{1,5}$")
 _lock = threading.Lock()
 _clients: dict[str, Any] = {}

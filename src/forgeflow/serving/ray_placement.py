@@ -47,7 +47,6 @@ from forgeflow.serving.records import Deployment, Key
 
 log = logging.getLogger("forgeflow.deployments")
 
-NODE_TYPE_LABEL = "ray.io/node-group"  # the node type Ray's autoscaler started a node as
 HISTORY = 32  # instances per deployment whose logs `logs` shows: the running ones and those that ended last
 LAST_LINES = 100  # log lines an instance's actor hands back when its program ends
 _RAY_MARKERS = (":job_id:", ":actor_name:", ":task_name:")  # lines Ray writes into an actor's log for itself
@@ -177,7 +176,7 @@ class RayPlacement:
         if res["memory_mb"]:
             options["memory"] = res["memory_mb"] * 1024 * 1024
         if self.size:
-            options["label_selector"] = {NODE_TYPE_LABEL: self.size}
+            options["label_selector"] = {raycluster.NODE_TYPE_LABEL: self.size}
         return options
 
     def _place(self, dep: Deployment, inst: RayInstance) -> None:

@@ -36,6 +36,8 @@ TRAIN_ENV = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
 # The cluster's GCS address, when the compute knows it: the driver connects there rather than where Ray's job
 # supervisor points it (the newest cluster started on the node).
 CLUSTER_ENV = "FORGEFLOW_RAY_ADDRESS"
+# The node type (the compute target's size) the workers must run on, when the target names one.
+NODE_TYPE_ENV = "FORGEFLOW_RAY_NODE_TYPE"
 # Ray Train's own run folder (its bookkeeping; forgeflow's checkpoints stay in JOB_DIR/checkpoints).
 RAY_TRAIN_DIR = "ray_train"
 
@@ -63,7 +65,8 @@ def train_on_ray(
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={"job_dir": str(job_dir), "run_id": run.run_id if run else None, "attempt": attempt.id},
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, label_selector=(
+            {NODE_TYPE_LABEL: os.environ[NODE_TYPE_ENV]} if os.environ.get(NODE_TYPE_ENV) else None)),
         run_config=RunConfig(name=spec.job_id or "job", storage_path=str(job_dir / RAY_TRAIN_DIR)),
     )
     try:

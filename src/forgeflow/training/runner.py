@@ -51,7 +51,7 @@ class JobRunner:
         self.paths = paths
         self.targets = ComputeTargets(store)
         self.local: Compute = local or LocalCompute()  # what runs the jobs of `local` type targets
-        self._clusters: dict[str, RayCompute] = {}  # ray target address -> its compute
+        self._clusters: dict[str, RayCompute] = {}  # ray target address and node type -> its compute
         self.poll_s = poll_s
         self._handles: dict[str, WorkerHandle] = {}
         self._cancel_sent: dict[str, float] = {}
@@ -222,10 +222,10 @@ class JobRunner:
     def _compute(self, target: dict[str, Any]) -> Compute:
         if target["type"] != "ray":
             return self.local
-        address = target["address"]
-        if address not in self._clusters:
-            self._clusters[address] = RayCompute(address)
-        return self._clusters[address]
+        key = f"{target['address']} {target.get('size') or ''}"
+        if key not in self._clusters:
+            self._clusters[key] = RayCompute(target["address"], size=target.get("size"))
+        return self._clusters[key]
 
     def _compute_of(self, job: Job) -> Compute:
         return self._compute(self.targets.get(job.compute))

@@ -9,6 +9,9 @@ the job folder lives on the target's `storage`, which every node mounts at the s
 from its newest checkpoint on whichever node it lands. The base model, the data files and the MLflow tracking store
 named in the job file must be reachable from the nodes too.
 
+A target with a `size` runs the entrypoint (and Ray Train's workers) only on nodes of that node type, the label
+Ray's autoscaler gives the nodes it starts.
+
 The nodes run their own Python: `FORGEFLOW_RAY_PYTHON` (default `python` on the node's PATH), which must have
 forgeflow installed at this server's version; the worker checks FORGEFLOW_VERSION and fails with a clear message
 otherwise.
@@ -31,9 +34,10 @@ from pathlib import Path
 
 from forgeflow import __version__
 from forgeflow.errors import UpstreamError
-from forgeflow.raycluster import check_address, cluster_resources, forget, submission_client, unreachable
+from forgeflow.raycluster import (NODE_TYPE_LABEL, check_address, cluster_resources, forget, submission_client,
+                                  unreachable)
 from forgeflow.training.compute.base import CANCEL_GRACE_S, Ended, worker_log
-from forgeflow.training.distributed import CLUSTER_ENV, TRAIN_ENV
+from forgeflow.training.distributed import CLUSTER_ENV, NODE_TYPE_ENV, TRAIN_ENV
 from forgeflow.training.hyperparams import Hyperparameters
 from forgeflow.training.jobs import JobSpec, write_json
 from forgeflow.training.worker import VERSION_ENV
@@ -110,8 +114,9 @@ class RayWorker:
 class RayCompute:
     """Runs workers as Ray jobs on the cluster at `address`."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, size: str | None = None) -> None:
         self.address = check_address(address)
+        self.size = size  # the node type jobs run on (the target's size), or any node
 
     def check(self, hp: Hyperparameters) -> None:
         """Nothing to refuse here: the hardware a job needs is checked where it runs, on the cluster's nodes."""
@@ -132,7 +137,10 @@ class RayCompute:
             env |= {"RAY_ADDRESS": self.address, CLUSTER_ENV: self.address}
         if workers > 1:
             env |= TRAIN_ENV
-        resources: dict[str, float] = {"entrypoint_num_cpus": 1}
+        resources: dict[str, object] = {"entrypoint_num_cpus": 1}
+        if self.size:  # the driver and every Ray Train worker go to nodes of the target's node type
+            resources["entrypoint_label_selector"] = {NODE_TYPE_LABEL: self.size}
+            env |= {NODE_TYPE_ENV: self.size}
         if workers == 1 and cluster_resources(self.address).get("GPU", 0) > 0:
             resources["entrypoint_num_gpus"] = 1
         submission_id = f"{spec.job_id or job_dir.name}-{uuid.uuid4().hex[:8]}"
