@@ -42,7 +42,7 @@ async def test_compute_targets_over_rest(api, good, tiny_model_dir):
     r = await api.post("/api/compute", json={"name": "gpu-box", "type": "local", "max_concurrent_jobs": 2})
     assert r.status_code == 201 and r.json()["running_jobs"] == 0 and r.json()["idle_time_before_scale_down"] == 120
     r = await api.post("/api/compute", json={"name": "cluster", "type": "ray", "max_nodes": 4})
-    assert r.status_code == 400 and "not available yet" in r.json()["message"]
+    assert r.status_code == 400 and r.json()["field"] == "address" and "needs --address" in r.json()["message"]
     r = await api.post("/api/compute", json={"name": "x1", "nodes": 4})
     assert r.status_code == 400 and "max_concurrent_jobs" in r.json()["message"]
     r = await api.post("/api/compute", json={"name": "x2", "max_concurrent_jobs": 0})
