@@ -63,16 +63,19 @@ def submission_client(address: str):
     address = check_address(address)
     with _lock:
         client = _clients.get(address)
-        if client is None:
-            quiet_ray()
-            from ray.job_submission import JobSubmissionClient
+    if client is None:
+        # Made outside the lock: finding the dashboard of a GCS that does not answer takes Ray up to a minute,
+        # and other clusters must not wait for that.
+        quiet_ray()
+        from ray.job_submission import JobSubmissionClient
 
-            try:
-                client = JobSubmissionClient(address)
-            except Exception as exc:  # ConnectionError, RuntimeError, ValueError: Ray raises all three
-                raise unreachable(address, exc) from None
-            _clients[address] = client
-        return client
+        try:
+            client = JobSubmissionClient(address)
+        except Exception as exc:  # ConnectionError, RuntimeError, ValueError: Ray raises all three
+            raise unreachable(address, exc) from None
+        with _lock:
+            client = _clients.setdefault(address, client)
+    return client
 
 
 def dashboard_url(address: str) -> str:
@@ -165,3 +168,171 @@ def cluster_resources(address: str) -> dict[str, float]:
         for name, amount in (node.resources_total or {}).items():
             total[name] = total.get(name, 0.0) + float(amount)
     return total
+
+
+# -- the cluster's nodes, live: what `compute show` and `compute list` report ------------------------------------
+
+NODES_TIMEOUT_S = 10.0
+SHOWN_DEAD_NODES = 10  # nodes that ended, newest first; Ray keeps many more
+_ACTIVE_JOB = ("PENDING", "RUNNING")
+_probes: dict[str, Any] = {}  # address -> the Future of the read under way
+_probes_lock = threading.Lock()
+
+
+def cluster_nodes(address: str, timeout_s: float = NODES_TIMEOUT_S, node_types: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The cluster at `address` as it is now, read over its dashboard (no driver), within `timeout_s`:
+
+    `nodes`: alive nodes then the last ones that ended, each `{node_id, ip, state (ALIVE|DEAD), role (head|worker),
+    node_type, resources, available, jobs, actors, other_actors, started_at, ended_at, state_message}` where
+    `node_type` is the autoscaler's node type (None where the cluster has no autoscaler node types),
+    `resources` what the node offers (CPU, GPU, memory bytes, custom resources), `available` what is free now
+    (None where the autoscaler does not report it), `jobs` the submission ids (forgeflow job ids) of active Ray
+    jobs with their driver or actors there, `actors` the names of forgeflow's actors there (namespace
+    "forgeflow"), `other_actors` how many more actors run there;
+    `pending`: nodes the autoscaler is bringing up, `{node_type, state, node}`;
+    `autoscaler_error`: the autoscaler's last error, if any. `node_types` are node type names the caller knows
+    (a target's size): the dashboard camel-cases the names of node types still being launched.
+    An unreachable or silent cluster is ServerUnavailable naming `address`; a slow one is read on in the
+    background (one read per cluster at a time), so a caller never waits past `timeout_s`.
+    """
+    from concurrent.futures import Future, TimeoutError
+
+    address = check_address(address)
+    with _probes_lock:
+        probe = _probes.get(address)
+        if probe is None:
+            probe = _probes[address] = Future()
+            threading.Thread(target=_probe, args=(address, node_types, probe), name="forgeflow-ray-nodes",
+                             daemon=True).start()
+    try:
+        return probe.result(timeout=timeout_s)
+    except TimeoutError:
+        raise ServerUnavailable(f"the Ray cluster at {address} did not answer within {timeout_s:g}s (is its head "
+                                "node reachable from this server? check with `ray status --address ADDRESS`)",
+                                field="address") from None
+
+
+def summarize(cluster: dict[str, Any]) -> dict[str, Any]:
+    """Counts for `compute list`: nodes and workers alive, CPUs and GPUs in total and free, nodes coming up."""
+    alive = [n for n in cluster["nodes"] if n["state"] == "ALIVE"]
+
+    def total(key: str, field: str) -> float | None:
+        values = [(n[field] or {}).get(key, 0) for n in alive]
+        return None if field == "available" and any(n["available"] is None for n in alive) else sum(values)
+
+    return {"nodes_alive": len(alive), "workers_alive": sum(n["role"] == "worker" for n in alive),
+            "cpus": total("CPU", "resources"), "cpus_free": total("CPU", "available"),
+            "gpus": total("GPU", "resources"), "gpus_free": total("GPU", "available"),
+            "pending": len(cluster["pending"])}
+
+
+def _probe(address: str, node_types: tuple[str, ...], probe: Any) -> None:
+    try:
+        probe.set_result(_read_cluster(address, node_types))
+    except BaseException as exc:  # handed to every caller waiting on this probe
+        probe.set_exception(exc)
+    finally:
+        with _probes_lock:
+            _probes.pop(address, None)
+
+
+def _read_cluster(address: str, node_types: tuple[str, ...]) -> dict[str, Any]:
+    import httpx
+    from ray.util.state import list_actors, list_jobs, list_nodes
+
+    dashboard = dashboard_url(address)
+    rpc = int(NODES_TIMEOUT_S)
+    try:
+        nodes = list_nodes(address=dashboard, detail=True, limit=10_000, timeout=rpc, raise_on_missing_output=False)
+        actors = list_actors(address=dashboard, filters=[("state", "=", "ALIVE")], limit=10_000, timeout=rpc,
+                             raise_on_missing_output=False)
+        jobs = [j for j in list_jobs(address=dashboard, limit=10_000, timeout=rpc, raise_on_missing_output=False)
+                if getattr(j.status, "value", j.status) in _ACTIVE_JOB and j.submission_id]
+        status = httpx.get(f"{dashboard}/api/cluster_status", timeout=NODES_TIMEOUT_S).json().get("data") or {}
+    except Exception as exc:  # the dashboard moved or went away: look it up afresh next time
+        forget(address)
+        raise unreachable(address, exc) from None
+
+    report = (status.get("clusterStatus") or {}).get("autoscalerReport") or {}
+    usage = ((status.get("clusterStatus") or {}).get("loadMetricsReport") or {}).get("usageByNode") or {}
+    types = report.get("nodeTypeMapping") or {}
+    ips = [n.node_ip for n in nodes if n.state == "ALIVE"]
+
+    def by_node(table: dict[str, Any], node: Any) -> Any:
+        # The autoscaler keys nodes by id on one-machine clusters and by IP elsewhere.
+        if node.node_id in table:
+            return table[node.node_id]
+        return table.get(node.node_ip) if ips.count(node.node_ip) == 1 else None
+
+    on_node = _work_by_node(nodes, actors, jobs)
+    listed = []
+    for node in nodes:
+        node_type = (node.labels or {}).get("ray.io/node-group") or by_node(types, node)
+        if node_type == f"node_{node.node_id}":  # the anonymous type of a cluster without node types
+            node_type = None
+        resources = {k: v for k, v in (node.resources_total or {}).items()
+                     if not k.startswith("node:") and k != "object_store_memory"}
+        used = by_node(usage, node) if node.state == "ALIVE" else None
+        available = None
+        if used is not None:
+            camel = {_camel(k): k for k in resources}
+            available = {camel[k]: max(0.0, total - taken) for k, (taken, total) in used.items() if k in camel}
+        there = on_node[node.node_id]
+        listed.append({
+            "node_id": node.node_id, "ip": node.node_ip, "state": str(node.state),
+            "role": "head" if node.is_head_node else "worker", "node_type": node_type,
+            "resources": resources, "available": available, "jobs": sorted(there["jobs"]),
+            "actors": sorted(there["actors"]), "other_actors": there["other_actors"],
+            "started_at": _iso(node.start_time_ms), "ended_at": _iso(node.end_time_ms),
+            "state_message": node.state_message or None})
+    alive = [n for n in listed if n["state"] == "ALIVE"]
+    ended = sorted((n for n in listed if n["state"] != "ALIVE"), key=lambda n: n["ended_at"] or "", reverse=True)
+    known_types = set(node_types) | set(types.values()) | {p[1] for p in report.get("pendingNodes") or []}
+    alive_ids = {n["node_id"] for n in alive}
+    pending = [{"node_type": _uncamel(t, known_types), "state": "launching", "node": None}
+               for t, count in (report.get("pendingLaunches") or {}).items() for _ in range(int(count))]
+    pending += [{"node_type": t, "state": state, "node": node} for node, t, state in report.get("pendingNodes") or []
+                if node not in alive_ids]
+    return {"nodes": sorted(alive, key=lambda n: (n["role"] != "head", n["started_at"] or "")) +
+            ended[:SHOWN_DEAD_NODES], "pending": pending, "autoscaler_error": status.get("autoscalingError") or None}
+
+
+def _work_by_node(nodes: list, actors: list, jobs: list) -> dict[str, dict[str, Any]]:
+    """Node id -> the active jobs with their driver or actors there, forgeflow's named actors, and a count of the
+    rest. A job is known by its submission id, from its driver's node, its supervisor actor or its actors."""
+    from ray.dashboard.modules.job.common import JOB_ACTOR_NAME_TEMPLATE
+
+    job_of = {j.job_id: j.submission_id for j in jobs if j.job_id}
+    supervisor = {JOB_ACTOR_NAME_TEMPLATE.format(job_id=j.submission_id): j.submission_id for j in jobs}
+    on_node: dict[str, dict[str, Any]] = {n.node_id: {"jobs": set(), "actors": [], "other_actors": 0} for n in nodes}
+    for job in jobs:
+        if job.driver_node_id in on_node:
+            on_node[job.driver_node_id]["jobs"].add(job.submission_id)
+    for actor in actors:
+        there = on_node.get(actor.node_id)
+        if there is None:
+            continue
+        job = job_of.get(actor.job_id) or supervisor.get(actor.name or "")
+        if job:  # a job's driver (its supervisor actor) or one of its workers (Ray Train's are actors)
+            there["jobs"].add(job)
+        if actor.ray_namespace == NAMESPACE and actor.name:
+            there["actors"].append(actor.name)
+        elif not job:
+            there["other_actors"] += 1
+    return on_node
+
+
+def _camel(name: str) -> str:
+    """A key as the dashboard spells it in its JSON answers (object_store_memory -> objectStoreMemory)."""
+    first, *rest = name.split("_")
+    return first + "".join(part.title() for part in rest)
+
+
+def _uncamel(name: str, known: set[str]) -> str:
+    return next((k for k in known if _camel(k) == name), name)
+
+
+def _iso(ms: int | None) -> str | None:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="seconds") if ms else None

@@ -14,7 +14,7 @@ SURFACE = {
     "model": {"pull", "list", "create", "show", "update", "archive", "restore", "download"},
     "data": {"prepare", "validate"},
     "job": {"create", "list", "show", "stream", "cancel", "resume"},
-    "compute": {"list", "show", "create", "update"},
+    "compute": {"list", "show", "create", "update", "cluster-config"},
     "online-endpoint": {"create", "list", "show", "update", "delete", "get-credentials", "invoke", "regenerate-keys"},
     "online-deployment": {"create", "list", "show", "update", "delete", "get-logs"},
     "connection": {"create", "update", "list", "show", "delete"},

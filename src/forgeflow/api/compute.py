@@ -1,18 +1,25 @@
-"""Compute targets: where jobs run and how many run at once."""
+"""Compute targets: where jobs run and how many run at once; a ray target's nodes, live, and its cluster config."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from fastapi import APIRouter, Body, Depends
+from fastapi import APIRouter, Body, Depends, Query
 
+from forgeflow import raycluster
 from forgeflow.api.security import ADMIN, services
-from forgeflow.errors import InvalidInput
+from forgeflow.errors import InvalidInput, ServerUnavailable
+from forgeflow.training.compute.cluster_config import PROVIDERS, cluster_config, placeholders
 from forgeflow.training.compute.targets import ComputeTarget, validate_target
 
 router = APIRouter(dependencies=ADMIN, tags=["compute"])
 
-UPDATABLE = ("max_concurrent_jobs", "min_nodes", "max_nodes", "idle_time_before_scale_down", "description")
+UPDATABLE = ("max_concurrent_jobs", "min_nodes", "max_nodes", "idle_time_before_scale_down", "description",
+             "address", "size", "storage")
+# One dead cluster must not hold up the list; `show` may wait longer for a cluster that is slow to answer.
+LIST_TIMEOUT_S = 3.0
+SHOW_TIMEOUT_S = raycluster.NODES_TIMEOUT_S
 
 
 def target_view(row: dict, ff) -> dict:
@@ -20,21 +27,41 @@ def target_view(row: dict, ff) -> dict:
     return row | ff.runner.load(row["name"])
 
 
+def live_cluster(row: dict, timeout_s: float, *, nodes: bool) -> dict[str, Any] | None:
+    """A ray target's cluster as it is now (its nodes when `nodes`, else counts), or why it could not be read;
+    None for a local target."""
+    if row["type"] != "ray":
+        return None
+    try:
+        cluster = raycluster.cluster_nodes(row["address"], timeout_s,
+                                           node_types=(row["size"],) if row["size"] else ())
+    except ServerUnavailable as exc:
+        return {"reachable": False, "error": exc.message}
+    return {"reachable": True, **raycluster.summarize(cluster), **(cluster if nodes else {})}
+
+
 @router.get("/compute")
 def list_compute(ff=Depends(services)) -> list[dict]:
-    return [target_view(t, ff) for t in ff.runner.targets.list()]
+    rows = ff.runner.targets.list()
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(rows)))) as pool:
+        clusters = list(pool.map(lambda row: live_cluster(row, LIST_TIMEOUT_S, nodes=False), rows))
+    return [target_view(row, ff) | {"cluster": cluster} for row, cluster in zip(rows, clusters)]
 
 
 @router.get("/compute/{name}")
 def show_compute(name: str, ff=Depends(services)) -> dict:
-    return target_view(ff.runner.targets.get(name), ff)
+    row = ff.runner.targets.get(name)
+    return target_view(row, ff) | {"cluster": live_cluster(row, SHOW_TIMEOUT_S, nodes=True)}
 
 
 @router.post("/compute", status_code=201)
 def create_compute(body: dict[str, Any] = Body(description=ComputeTarget.__doc__), ff=Depends(services)) -> dict:
     # A plain dict body so an unknown field is named with the list of valid ones (validate_target).
     target = validate_target(body)
-    return target_view(ff.runner.targets.create(target), ff)
+    row = ff.runner.targets.create(target)
+    # A target is kept even when its cluster does not answer yet (its cluster may be launched from the config
+    # `compute cluster-config` writes for it); the answer says so, and `compute show` keeps saying so.
+    return target_view(row, ff) | {"cluster": live_cluster(row, SHOW_TIMEOUT_S, nodes=False)}
 
 
 @router.patch("/compute/{name}")
@@ -45,4 +72,15 @@ def update_compute(name: str, body: dict[str, Any] = Body(), ff=Depends(services
                            field=str(unknown[0]))
     row = ff.runner.targets.update(name, body)
     ff.runner.wake()  # a higher limit may start queued jobs now
-    return target_view(row, ff)
+    return target_view(row, ff) | {"cluster": live_cluster(row, SHOW_TIMEOUT_S, nodes=False)}
+
+
+@router.get("/compute/{name}/cluster-config")
+def get_cluster_config(name: str, provider: str = Query(..., description=f"One of {', '.join(PROVIDERS)}."),
+                       ff=Depends(services)) -> dict:
+    """The config that launches this ray target's cluster with Ray's autoscaler, scaled by the target's settings."""
+    if provider not in PROVIDERS:
+        raise InvalidInput(f"provider {provider!r} is not one of {', '.join(PROVIDERS)}", field="provider")
+    row = ff.runner.targets.get(name)
+    config = cluster_config(row, provider, row.get("storage") or str(ff.ws.paths.artifacts))
+    return {"compute": row["name"], "provider": provider, "config": config, "placeholders": placeholders(config)}

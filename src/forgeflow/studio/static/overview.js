@@ -1,7 +1,7 @@
 // Overview: the five steps of the walkthrough, each with where the workspace stands.
 
 import {get} from "./api.js";
-import {badge, h, pageHead, replace, timeEl} from "./dom.js";
+import {badge, h, pageHead, replace, table, timeEl} from "./dom.js";
 
 const FINAL = new Set(["Completed", "Failed", "Canceled"]);
 
@@ -17,12 +17,13 @@ export default async function overview(root, ctx) {
   root.append(pageHead("Overview", "Prepare data, fine-tune, register, deploy, then chat with your model."));
   const steps = h("div", {class: "steps"});
   const recent = h("section", {class: "card"});
-  root.append(steps, recent);
+  const compute = h("section", {class: "card", "data-testid": "compute"});
+  root.append(steps, recent, compute);
 
-  const [datasets, jobs, models, endpoints, flows] = await Promise.all([
+  const [datasets, jobs, models, endpoints, flows, targets] = await Promise.all([
     settle(get("/datasets", {signal: ctx.signal})), settle(get("/jobs", {signal: ctx.signal})),
     settle(get("/models", {signal: ctx.signal})), settle(get("/endpoints", {signal: ctx.signal})),
-    settle(get("/flows", {signal: ctx.signal}))]);
+    settle(get("/flows", {signal: ctx.signal})), settle(get("/compute", {signal: ctx.signal}))]);
   const say = (r, fn) => (r.error ? `could not load: ${r.error.message}` : fn(r.value));
 
   const card = (n, title, text, status, href, action) => h("a", {class: "step", href},
@@ -57,4 +58,24 @@ export default async function overview(root, ctx) {
       h("li", {}, h("a", {href: `#/jobs/${encodeURIComponent(j.id)}`}, j.name || j.id), " ", badge(j.status), " ",
         h("span", {class: "muted"}, timeEl(j.created_at))))));
   }
+
+  compute.append(h("h2", {}, "Compute"));
+  if (targets.error) compute.append(h("p", {class: "muted"}, targets.error.message));
+  else compute.append(table([
+    {label: "Target", render: (t) => t.name},
+    {label: "Where", render: (t) => (t.type === "ray" ? `Ray cluster at ${t.address}` : "this machine")},
+    {label: "Jobs", render: (t) => `${t.running_jobs} running, ${t.queued_jobs} queued`},
+    {label: "Nodes", render: clusterCell},
+  ], targets.value));
+}
+
+/** A Ray cluster's nodes, live (the same counts as `forgeflow compute list`), or why it could not be read. */
+function clusterCell(t) {
+  const c = t.cluster;
+  if (!c) return "–";
+  if (!c.reachable) return h("span", {title: c.error}, badge("unreachable", "bad"));
+  const cpus = c.cpus_free === null ? `${c.cpus} CPUs` : `${c.cpus_free} of ${c.cpus} CPUs free`;
+  const pending = c.pending ? `, ${count(c.pending, "node", "nodes")} coming up` : "";
+  return `${count(c.nodes_alive, "node", "nodes")} (${count(c.workers_alive, "worker", "workers")}), ${cpus}` +
+    (c.gpus ? `, ${c.gpus} GPUs` : "") + pending;
 }
