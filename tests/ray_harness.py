@@ -47,7 +47,7 @@ class LoopbackRay:
 
 
 def start_loopback_ray(workers: int = 2, cpus_per_worker: int = 2) -> LoopbackRay:
-    """Head (0 CPUs) plus `workers` worker nodes on 127.0.0.1; the caller shuts it down."""
+    """Head (0 CPUs) plus `workers` worker nodes on this host; the caller shuts it down."""
     os.environ.update(RAY_ENV)
     from ray.cluster_utils import Cluster
 

@@ -4,6 +4,7 @@ config the CLI prints, and Ray's own autoscaler bringing a node up for work and 
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 import time
@@ -11,6 +12,7 @@ import uuid
 
 import pytest
 import yaml
+from live_server import LiveServer
 from ray_harness import start_autoscaling_ray
 
 from forgeflow import raycluster
@@ -21,6 +23,8 @@ from forgeflow.training.compute.targets import validate_target
 
 pytestmark = pytest.mark.integration
 ENDED = ("SUCCEEDED", "FAILED", "STOPPED")
+ROW = {"messages": [{"role": "user", "content": "Who founded Quillfeather?"},
+                    {"role": "assistant", "content": "Ysolde Marrowick founded it in 2009."}]}
 
 
 def wait_until(predicate, timeout: float, what: str):
@@ -35,7 +39,7 @@ def wait_until(predicate, timeout: float, what: str):
 
 
 def submit(address: str, code: str, **resources) -> str:
-    """Run `code` as a Ray job (a later change makes this a forgeflow job); its submission id."""
+    """Run `code` as a plain Ray job (work forgeflow did not start, which `compute show` lists too)."""
     client = raycluster.submission_client(address)
     submission_id = f"ft-{uuid.uuid4().hex[:10]}"
     deadline = time.monotonic() + 90
@@ -94,7 +98,9 @@ def test_a_ray_target_lists_its_nodes_live(live_server, loopback_ray, tmp_path):
         def placed():
             shown = api.get("/api/compute/gpu-cluster")["cluster"]
             node = node_of(shown) or {}
-            return job in node.get("jobs", ()) and "blue-0" in node["actors"] and node["available"] and shown
+            # what a node has free comes from Ray's resource view, which follows a new job a moment later
+            return (job in node.get("jobs", ()) and "blue-0" in node["actors"] and node["available"]
+                    and node["available"].get("CPU", 1) <= 0.5 and shown)
 
         shown = wait_until(placed, 90, "the job and its actor to show on their node")
         head = [n for n in shown["nodes"] if n["role"] == "head"]
@@ -163,12 +169,18 @@ def test_cluster_config_prints_yaml_ray_up_reads(live_server):
 
 
 @pytest.mark.ray
-def test_the_autoscaler_brings_a_node_up_for_work_and_takes_it_away_when_idle(live_server, tmp_path):
-    s = live_server
+def test_the_autoscaler_brings_a_node_up_for_a_job_and_takes_it_away_when_idle(forgeflow_home, tmp_path, monkeypatch,
+                                                                              tiny_model_dir):
+    """A forgeflow fine-tuning job on a target with min 0 / max 1 / 5 s idle, on Ray's own autoscaler configured by
+    forgeflow's mapping: the job waits for the node the autoscaler starts (of the target's size, which the job
+    selects), runs there, and the node goes once idle; `compute show` reports each step."""
+    monkeypatch.setenv("FORGEFLOW_RAY_PYTHON", sys.executable)  # the nodes run this venv, not on their PATH
     settings = {"name": "autoscaled", "type": "ray", "address": "auto", "size": "cpu_worker", "min_nodes": 0,
                 "max_nodes": 1, "idle_time_before_scale_down": 5}
     target = validate_target(settings).model_dump()
     cluster = start_autoscaling_ray(node_types(target), idle_timeout_minutes(5), max_workers=1)
+    s = LiveServer.on_loopback(forgeflow_home)
+    s.start()
     try:
         created = s.cli_json("compute", "create", "--name", "autoscaled", "--type", "ray", "--address",
                              cluster.address, "--size", "cpu_worker", "--min-instances", "0", "--max-instances", "1",
@@ -177,38 +189,45 @@ def test_the_autoscaler_brings_a_node_up_for_work_and_takes_it_away_when_idle(li
         shown = s.cli_json("compute", "show", "autoscaled")["cluster"]
         assert [n["role"] for n in shown["nodes"] if n["state"] == "ALIVE"] == ["head"]
 
-        marker = tmp_path / "done"
-        job = submit(cluster.address, waits_for(marker), entrypoint_num_cpus=1)  # only a worker node has a CPU
+        data = tmp_path / "train.jsonl"
+        data.write_text((json.dumps(ROW) + "\n") * 8)
+        job = s.cli_json("job", "create", "--model", str(tiny_model_dir), "--training-data", str(data),
+                         "--compute", "autoscaled", "--set", "max_steps=3", "--set", "max_seq_length=64",
+                         "--set", "evaluation_strategy=no", "--set", "per_device_train_batch_size=2")
         api = Client(s.url)
         seen_pending = []
 
         def worker_up():
             shown = api.get("/api/compute/autoscaled")["cluster"]
             seen_pending.extend(shown["pending"])
-            up = [n for n in shown["nodes"] if n["role"] == "worker" and n["state"] == "ALIVE" and job in n["jobs"]]
+            up = [n for n in shown["nodes"] if n["role"] == "worker" and n["state"] == "ALIVE"
+                  and any(j.startswith(job["id"]) for j in n["jobs"])]
             return up and shown
 
-        shown = wait_until(worker_up, 60, "the autoscaler to bring up a worker node for the job")
+        shown = wait_until(worker_up, 90, "the autoscaler to bring up a worker node for the job")
         [worker] = [n for n in shown["nodes"] if n["role"] == "worker" and n["state"] == "ALIVE"]
         assert worker["node_type"] == "cpu_worker" and worker["resources"]["CPU"] == 1
         # The dashboard camel-cases the names of node types being launched; the target's size spells them back.
         assert all(p["node_type"] == "cpu_worker" for p in seen_pending)
         human = s.cli("compute", "show", "autoscaled").stdout
-        assert "cpu_worker" in human and f"job {job}" in human
+        assert "cpu_worker" in human and job["id"] in human
 
-        assert finish(cluster.address, job, marker) == "SUCCEEDED"
+        done = wait_until(lambda: (j := api.get(f"/api/jobs/{job['id']}"))["status"] in ("Completed", "Failed") and j,
+                          180, "the job to end")
+        assert done["status"] == "Completed", done.get("error")
 
         def worker_gone():
             shown = api.get("/api/compute/autoscaled")["cluster"]
             gone = [n for n in shown["nodes"] if n["node_id"] == worker["node_id"] and n["state"] == "DEAD"]
             return gone and shown["workers_alive"] == 0 and shown
 
-        shown = wait_until(worker_gone, 60, "the idle worker node to be taken away")
+        shown = wait_until(worker_gone, 90, "the idle worker node to be taken away")
         [dead] = [n for n in shown["nodes"] if n["node_id"] == worker["node_id"]]
         assert dead["ended_at"] and dead["jobs"] == []
         listed = {t["name"]: t for t in s.cli_json("compute", "list")}
         assert listed["autoscaled"]["cluster"]["workers_alive"] == 0
         assert "DEAD" in s.cli("compute", "show", "autoscaled").stdout
     finally:
+        s.stop()
         cluster.shutdown()
     assert cluster.processes() == []

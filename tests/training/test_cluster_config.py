@@ -31,7 +31,8 @@ def target(**settings) -> dict:
 
 def test_azure_scale_settings_map_onto_the_worker_node_type():
     types = node_types(target())
-    assert types["gpu-worker"] == {"resources": {}, "node_config": {}, "min_workers": 0, "max_workers": 4}
+    assert types["gpu-worker"] == {"resources": {}, "node_config": {}, "min_workers": 0, "max_workers": 4,
+                                   "labels": {"ray.io/node-group": "gpu-worker"}}  # what jobs and instances select
     assert types[HEAD_TYPE]["resources"] == {"CPU": 0} and types[HEAD_TYPE]["max_workers"] == 0
     assert list(node_types(target(size=None))) == [HEAD_TYPE, "ray.worker.default"]
     assert [idle_timeout_minutes(s) for s in (120, 90, 6, 0)] == [2, 1.5, 0.1, 0]
@@ -78,6 +79,10 @@ def test_kuberay_manifest_scales_one_worker_group_by_the_target():
     assert container["volumeMounts"][0]["mountPath"] == "/mnt/ff"
     marks = placeholders(manifest)
     assert container["image"] in marks and container["resources"]["limits"]["cpu"] in marks
+    # KubeRay labels a group's nodes with the group's name: a size that cannot be one is refused, naming it
+    with pytest.raises(InvalidInput, match="cannot name a KubeRay worker group") as bad:
+        cluster_config(target(size="gpu_worker"), "kuberay", "/mnt/ff")
+    assert bad.value.field == "size"
 
 
 def test_only_ray_targets_and_known_providers_get_a_config():

@@ -19,6 +19,7 @@ from typing import Any
 
 from forgeflow import __version__
 from forgeflow.errors import InvalidInput
+from forgeflow.raycluster import NODE_TYPE_LABEL
 
 VM_PROVIDERS = ("aws", "gcp", "azure")
 PROVIDERS = (*VM_PROVIDERS, "kuberay")
@@ -59,11 +60,16 @@ def idle_timeout_minutes(seconds: int) -> int | float:
 
 def node_types(target: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """`available_node_types` for Ray's autoscaler: a head with no CPUs and the target's worker type, its
-    `node_config` and worker `resources` left for the provider (or the caller) to fill."""
+    `node_config` and worker `resources` left for the provider (or the caller) to fill. A worker type named by the
+    target's `size` labels its nodes with it (`ray.io/node-group`), the label the target's jobs and instances
+    select nodes by."""
+    worker: dict[str, Any] = {"resources": {}, "node_config": {}, "min_workers": int(target["min_nodes"]),
+                              "max_workers": int(target["max_nodes"])}
+    if target.get("size"):
+        worker["labels"] = {NODE_TYPE_LABEL: target["size"]}
     return {
         HEAD_TYPE: {"resources": {"CPU": 0}, "node_config": {}, "min_workers": 0, "max_workers": 0},
-        worker_type(target): {"resources": {}, "node_config": {}, "min_workers": int(target["min_nodes"]),
-                              "max_workers": int(target["max_nodes"])},
+        worker_type(target): worker,
     }
 
 
@@ -114,7 +120,14 @@ def _node_config(provider: str, node_type: str) -> dict[str, Any]:
 
 
 def kuberay_manifest(target: dict[str, Any], storage: str) -> dict[str, Any]:
-    """A KubeRay `RayCluster` with in-tree autoscaling and one worker group scaled by the target's settings."""
+    """A KubeRay `RayCluster` with in-tree autoscaling and one worker group scaled by the target's settings. The
+    group is named after the target's size: KubeRay labels its nodes with the group's name (`ray.io/node-group`),
+    which the target's jobs and instances select nodes by, so the size must be a valid group name."""
+    size = target.get("size")
+    if size and _k8s_name(size) != size:
+        raise InvalidInput(f"size {size!r} cannot name a KubeRay worker group (lowercase letters, digits and '-'; "
+                           f"e.g. {_k8s_name(size)!r}): KubeRay labels the group's nodes with its name, which is how "
+                           "the target's work finds them", field="size")
     image = fill(f"container image with ray[default]=={version('ray')} and forgeflow=={__version__}")
     mounts = [{"name": "forgeflow-storage", "mountPath": storage}]
     volumes = [{"name": "forgeflow-storage",
