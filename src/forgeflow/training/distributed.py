@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from forgeflow.errors import ForgeflowError, InvalidInput, UpstreamError
+from forgeflow.raycluster import NODE_TYPE_LABEL
 from forgeflow.store.states import JobStatus
 from forgeflow.training.jobs import JobSpec
 from forgeflow.training.tracking import Attempt, JobFiles, MlflowRun, read_status
