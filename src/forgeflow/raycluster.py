@@ -252,7 +252,22 @@ def _read_cluster(address: str, node_types: tuple[str, ...]) -> dict[str, Any]:
     except Exception as exc:  # the dashboard moved or went away: look it up afresh next time
         forget(address)
         raise unreachable(address, exc) from None
+    try:
+        return _describe(nodes, actors, jobs, status, node_types)
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:  # another Ray version, or not Ray at all
+        raise ServerUnavailable(f"the Ray cluster at {address} answered in a shape this forgeflow does not read "
+                                f"({type(exc).__name__}: {exc}); is it Ray {_ray_version()}?", field="address") from None
 
+
+def _ray_version() -> str:
+    from importlib.metadata import version
+
+    return version("ray")
+
+
+def _describe(nodes: list, actors: list, jobs: list, status: dict, node_types: tuple[str, ...]) -> dict[str, Any]:
+    """Nodes (alive first, then the last ended), nodes coming up, and the autoscaler's error, from the state API
+    and the dashboard's cluster status."""
     report = (status.get("clusterStatus") or {}).get("autoscalerReport") or {}
     usage = ((status.get("clusterStatus") or {}).get("loadMetricsReport") or {}).get("usageByNode") or {}
     types = report.get("nodeTypeMapping") or {}
@@ -267,7 +282,7 @@ def _read_cluster(address: str, node_types: tuple[str, ...]) -> dict[str, Any]:
     on_node = _work_by_node(nodes, actors, jobs)
     listed = []
     for node in nodes:
-        node_type = (node.labels or {}).get("ray.io/node-group") or by_node(types, node)
+        node_type = (node.labels or {}).get(NODE_TYPE_LABEL) or by_node(types, node)
         if node_type == f"node_{node.node_id}":  # the anonymous type of a cluster without node types
             node_type = None
         resources = {k: v for k, v in (node.resources_total or {}).items()
