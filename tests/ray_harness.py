@@ -98,14 +98,18 @@ class AutoscalingRay:
         return mine
 
     def shutdown(self, grace_s: float = 10.0) -> None:
-        """End this cluster's processes only (never `ray stop`, which ends every Ray cluster on the machine)."""
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in self.processes():
+        """End this cluster's processes only (never `ray stop`, which ends every Ray cluster on the machine):
+        asked to stop, then killed after `grace_s`; each pass takes in what a dying process started meanwhile."""
+        sig, deadline = signal.SIGTERM, time.monotonic() + grace_s
+        while pids := self.processes():
+            if time.monotonic() > deadline:
+                if sig == signal.SIGKILL:
+                    break
+                sig, deadline = signal.SIGKILL, time.monotonic() + grace_s
+            for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
-            deadline = time.monotonic() + grace_s
-            while self.processes() and time.monotonic() < deadline:
-                time.sleep(0.2)
+            time.sleep(0.2)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
