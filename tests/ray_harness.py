@@ -148,8 +148,8 @@ def start_autoscaling_ray(node_types: dict, idle_timeout_minutes: float, max_wor
     env = dict(os.environ, **RAY_ENV, RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1")
     cmd = [os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head",
            f"--autoscaling-config={config_file}", f"--temp-dir={temp_dir}", f"--port={port}",
-           f"--node-ip-address={host}", f"--num-cpus={head_cpus}", "--include-dashboard=true", "--dashboard-host=127.0.0.1", "--dashboard-port=0",
-           f"--ray-client-server-port={free_port()}", "--dashboard-agent-listen-port=0", "--disable-usage-stats"]
+           f"--node-ip-address={host}", f"--num-cpus={head_cpus}", "--include-dashboard=true",
+           "--dashboard-host=127.0.0.1", "--dashboard-port=0", f"--ray-client-server-port={free_port()}", "--dashboard-agent-listen-port=0", "--disable-usage-stats"]
     # A session of its own: every process the cluster starts (its nodes' too) carries the session id, so the
     # cluster can be ended without touching any other Ray cluster on the machine.
     starter = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
