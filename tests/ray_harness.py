@@ -98,14 +98,18 @@ class AutoscalingRay:
         return mine
 
     def shutdown(self, grace_s: float = 10.0) -> None:
-        """End this cluster's processes only (never `ray stop`, which ends every Ray cluster on the machine)."""
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in self.processes():
+        """End this cluster's processes only (never `ray stop`, which ends every Ray cluster on the machine):
+        asked to stop, then killed after `grace_s`; each pass takes in what a dying process started meanwhile."""
+        sig, deadline = signal.SIGTERM, time.monotonic() + grace_s
+        while pids := self.processes():
+            if time.monotonic() > deadline:
+                if sig == signal.SIGKILL:
+                    break
+                sig, deadline = signal.SIGKILL, time.monotonic() + grace_s
+            for pid in pids:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
-            deadline = time.monotonic() + grace_s
-            while self.processes() and time.monotonic() < deadline:
-                time.sleep(0.2)
+            time.sleep(0.2)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
@@ -144,8 +148,8 @@ def start_autoscaling_ray(node_types: dict, idle_timeout_minutes: float, max_wor
     env = dict(os.environ, **RAY_ENV, RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1")
     cmd = [os.path.join(os.path.dirname(sys.executable), "ray"), "start", "--head",
            f"--autoscaling-config={config_file}", f"--temp-dir={temp_dir}", f"--port={port}",
-           f"--node-ip-address={host}", f"--num-cpus={head_cpus}", "--include-dashboard=true", "--dashboard-host=127.0.0.1", "--dashboard-port=0",
-           f"--ray-client-server-port={free_port()}", "--dashboard-agent-listen-port=0", "--disable-usage-stats"]
+           f"--node-ip-address={host}", f"--num-cpus={head_cpus}", "--include-dashboard=true",
+           "--dashboard-host=127.0.0.1", "--dashboard-port=0", f"--ray-client-server-port={free_port()}", "--dashboard-agent-listen-port=0", "--disable-usage-stats"]
     # A session of its own: every process the cluster starts (its nodes' too) carries the session id, so the
     # cluster can be ended without touching any other Ray cluster on the machine.
     starter = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

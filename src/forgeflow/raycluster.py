@@ -185,10 +185,10 @@ def cluster_nodes(address: str, timeout_s: float = NODES_TIMEOUT_S, node_types: 
     `nodes`: alive nodes then the last ones that ended, each `{node_id, ip, state (ALIVE|DEAD), role (head|worker),
     node_type, resources, available, jobs, actors, other_actors, started_at, ended_at, state_message}` where
     `node_type` is the autoscaler's node type (None where the cluster has no autoscaler node types),
-    `resources` what the node offers (CPU, GPU, memory bytes, custom resources), `available` what is free now
-    (None where the autoscaler does not report it), `jobs` the submission ids (forgeflow job ids) of active Ray
-    jobs with their driver or actors there, `actors` the names of forgeflow's actors there (namespace
-    "forgeflow"), `other_actors` how many more actors run there;
+    `resources` what the node offers (CPU, GPU, memory bytes, custom resources), `available` what is free as of
+    the autoscaler's last report, every few seconds (None where it does not report it), `jobs` the submission
+    ids (forgeflow job ids) of active Ray jobs with their driver or actors there, `actors` the names of
+    forgeflow's actors there (namespace "forgeflow"), `other_actors` how many more actors run there;
     `pending`: nodes the autoscaler is bringing up, `{node_type, state, node}`;
     `autoscaler_error`: the autoscaler's last error, if any. `node_types` are node type names the caller knows
     (a target's size): the dashboard camel-cases the names of node types still being launched.
