@@ -351,3 +351,23 @@ def _iso(ms: int | None) -> str | None:
     from datetime import datetime, timezone
 
     return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="seconds") if ms else None
+
+
+def node_type_resources(address: str, node_type: str | None) -> dict[str, float]:
+    """What the cluster's live nodes of `node_type` (those whose NODE_TYPE_LABEL names it) offer, summed; every live
+    node's when `node_type` is None. A job bound to a CPU node type must not ask for a GPU another type has."""
+    quiet_ray()
+    from ray.util.state import list_nodes
+
+    try:
+        nodes = list_nodes(address=dashboard_url(address), filters=[("state", "=", "ALIVE")],
+                           raise_on_missing_output=False)
+    except Exception as exc:  # ConnectionError, RayStateApiException
+        raise unreachable(address, exc) from None
+    total: dict[str, float] = {}
+    for node in nodes:
+        if node_type is not None and (node.labels or {}).get(NODE_TYPE_LABEL) != node_type:
+            continue
+        for name, amount in (node.resources_total or {}).items():
+            total[name] = total.get(name, 0.0) + float(amount)
+    return total

@@ -85,3 +85,41 @@ async def test_metrics_offset(api, good, tiny_model_dir):
         json.dumps({"step": step, "train_loss": 1.0 / step}) + "\n" for step in (1, 2, 3)))
     assert len((await api.get(f"/api/jobs/{job['id']}/metrics")).json()) == 3
     assert [m["step"] for m in (await api.get(f"/api/jobs/{job['id']}/metrics", params={"offset": 2})).json()] == [3]
+
+
+async def test_where_a_target_runs_things_changes_only_while_nothing_runs_there(api, app, good, tiny_model_dir,
+                                                                               tmp_path):
+    """address, size and storage are where a running job's driver and a deployment's instances live: changing
+    them under those would strand them (409 naming the field); limits may change any time; null clears."""
+    store = app.state.ff.ws.store
+    closed = "127.0.0.1:1"  # nothing listens: the target's cluster reads as unreachable at once
+    r = await api.post("/api/compute", json={"name": "far", "type": "ray", "address": closed, "size": "gpu",
+                                             "storage": str(tmp_path / "nfs")})
+    assert r.status_code == 201 and r.json()["cluster"]["reachable"] is False
+    r = await api.patch("/api/compute/far", json={"size": "gpu nodes!"})
+    assert r.status_code == 400 and r.json()["field"] == "size"
+    r = await api.patch("/api/compute/far", json={"storage": str(tmp_path / "nfs") + "/"})
+    assert r.status_code == 400 and r.json()["field"] == "storage"
+
+    job = (await api.post("/api/jobs", json={"model": str(tiny_model_dir), "training_data": str(good),
+                                             "compute": "far"})).json()
+    store.update("jobs", {"id": job["id"]}, {"status": "Running"})
+    for field, value in (("address", "127.0.0.1:2"), ("size", None), ("storage", str(tmp_path / "other"))):
+        r = await api.patch("/api/compute/far", json={field: value})
+        assert r.status_code == 409 and r.json()["field"] == field, r.json()
+        assert "1 running job(s)" in r.json()["message"]
+    r = await api.patch("/api/compute/far", json={"address": closed, "max_nodes": 3})  # same address: no move
+    assert r.status_code == 200 and r.json()["max_nodes"] == 3
+
+    store.update("jobs", {"id": job["id"]}, {"status": "Completed"})
+    store.insert("deployments", {"endpoint": "chat", "name": "blue", "model_ref": "m:1", "model_path": "/m",
+                                 "runtime": "transformers", "instance_count": 1, "request_settings": "{}",
+                                 "state": "Succeeded", "created_at": "2026-01-01T00:00:00Z", "compute": "far"})
+    r = await api.patch("/api/compute/far", json={"size": "cpu"})
+    assert r.status_code == 409 and "chat/blue" in r.json()["message"]
+    store.delete("deployments", {"endpoint": "chat", "name": "blue"})
+
+    r = await api.patch("/api/compute/far", json={"size": None, "description": None})
+    assert r.status_code == 200 and r.json()["size"] is None and r.json()["address"] == closed
+    r = await api.patch("/api/compute/far", json={"max_concurrent_jobs": None})
+    assert r.status_code == 400 and r.json()["field"] == "max_concurrent_jobs"

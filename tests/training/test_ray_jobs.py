@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from forgeflow.errors import InvalidInput
-from forgeflow.raycluster import submission_client
+from forgeflow.raycluster import node_type_resources, submission_client
 from forgeflow.store.states import JobStatus
 from forgeflow.store.workspace import Workspace
 from forgeflow.training.checkpoints import checkpoint_step, newest_checkpoint
@@ -104,6 +104,9 @@ def test_jobs_run_on_worker_nodes_one_worker_and_two_data_parallel(cluster, loop
     single = submit(cluster, data, tiny_model_dir, max_steps=4)
     pair = submit(cluster, data, tiny_model_dir, max_steps=4, num_nodes_finetune=2)
     assert pair.hyperparameters["instance_count"] == 2
+    # What a job may ask for is what the nodes it can land on offer: none carry a node type here.
+    assert node_type_resources(loopback_ray.address, None).get("CPU", 0) >= 4
+    assert node_type_resources(loopback_ray.address, "gpu-a100") == {}
     for job in (single, pair):
         done = wait_for(cluster, job.id, lambda j: j.status.terminal, "the job's end", timeout=240)
         assert done.status == JobStatus.COMPLETED, (done.error, cluster.log_text(job.id)[0][-3000:])

@@ -5,15 +5,18 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 import forgeflow
-from forgeflow.errors import InvalidInput, NotFound
+from forgeflow.errors import InvalidInput, NotFound, UpstreamError
 from forgeflow.inference.model_folder import hf_model_dir
-from forgeflow.training.tracking import read_metrics, read_status
+from forgeflow.store.states import JobStatus
+from forgeflow.training.distributed import recorded_end
+from forgeflow.training.tracking import Attempt, JobFiles, read_metrics, read_status
 from forgeflow.training.worker import check_chat_jsonl, run_job
 
 ROWS = [
@@ -151,6 +154,28 @@ def test_unknown_hyperparameter_fails(tmp_path, tiny_model_dir, mlflow_uri):
     status = read_status(job_dir)
     assert status["status"] == "Failed" and status["error"].startswith("unknown hyperparameter 'lr': valid names")
     assert status["mlflow_run_id"] is None
+
+
+@pytest.mark.parametrize("ending", ["raises", "returns"])
+def test_a_driver_superseded_by_a_newer_start_leaves_its_record_alone(tmp_path, tiny_model_dir, mlflow_uri, ending):
+    """A data-parallel driver whose workers stopped because the job was resumed elsewhere: whether its training
+    raises (Ray Train saw its workers go) or returns (they stopped at a step), the folder's status.json is the
+    newer start's (Running) and must stay so; the driver exits 0 without writing Failed into it."""
+    train = write_jsonl(tmp_path / "train.jsonl", ROWS)
+    job_dir = make_job(tmp_path, tiny_model_dir, mlflow_uri, train=train, validation=None)
+    newer: list[Attempt] = []
+
+    def superseded_training(spec, files, run, attempt):
+        newer.append(Attempt.begin(JobFiles(job_dir), threading.Event()))
+        newer[0].files.write_status(JobStatus.RUNNING, step=0)
+        if ending == "raises":
+            raise UpstreamError("training worker 0 failed: its node went away")
+        return recorded_end(files, attempt)
+
+    assert run_job(job_dir, superseded_training) == 0
+    status = read_status(job_dir)
+    assert status["status"] == "Running" and status["step"] == 0 and status.get("error") is None
+    assert not newer[0].is_set() and newer[0].files.record
 
 
 def test_check_chat_jsonl(tmp_path):

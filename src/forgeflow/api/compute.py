@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body, Depends, Query
 
 from forgeflow import raycluster
 from forgeflow.api.security import ADMIN, services
-from forgeflow.errors import InvalidInput, ServerUnavailable
+from forgeflow.errors import Conflict, InvalidInput, ServerUnavailable
 from forgeflow.training.compute.cluster_config import PROVIDERS, cluster_config, placeholders
 from forgeflow.training.compute.targets import ComputeTarget, validate_target
 
@@ -17,6 +17,8 @@ router = APIRouter(dependencies=ADMIN, tags=["compute"])
 
 UPDATABLE = ("max_concurrent_jobs", "min_nodes", "max_nodes", "idle_time_before_scale_down", "description",
              "address", "size", "storage")
+# Where a target's jobs and instances run: these change only while nothing runs there.
+PLACEMENT = ("address", "size", "storage")
 # One dead cluster must not hold up the list; `show` may wait longer for a cluster that is slow to answer.
 LIST_TIMEOUT_S = 3.0
 SHOW_TIMEOUT_S = raycluster.NODES_TIMEOUT_S
@@ -33,6 +35,8 @@ def live_cluster(row: dict, timeout_s: float, *, nodes: bool) -> dict[str, Any] 
     if row["type"] != "ray":
         return None
     try:
+        # A refused or silent address fails this TCP check at once, where Ray would look for its dashboard for long.
+        raycluster.check_reachable(row["address"], min(timeout_s, LIST_TIMEOUT_S))
         cluster = raycluster.cluster_nodes(row["address"], timeout_s,
                                            node_types=(row["size"],) if row["size"] else ())
     except ServerUnavailable as exc:
@@ -70,9 +74,29 @@ def update_compute(name: str, body: dict[str, Any] = Body(), ff=Depends(services
     if unknown:
         raise InvalidInput(f"{unknown[0]!r} cannot be changed: updatable fields are {', '.join(UPDATABLE)}",
                            field=str(unknown[0]))
+    check_unused(ff.runner.targets.get(name), ff.runner.targets.updated(name, body), ff)
     row = ff.runner.targets.update(name, body)
     ff.runner.wake()  # a higher limit may start queued jobs now
     return target_view(row, ff) | {"cluster": live_cluster(row, SHOW_TIMEOUT_S, nodes=False)}
+
+
+def check_unused(row: dict, target: ComputeTarget, ff) -> None:
+    """409 naming the field when a change moves where things run while jobs or deployments run there: a running
+    job's driver and a deployment's instances stay on the cluster (and storage) they started on."""
+    changed = [k for k in PLACEMENT if getattr(target, k) != row[k]]
+    if not changed:
+        return
+    users = []
+    running = ff.runner.load(row["name"])["running_jobs"]
+    if running:
+        users.append(f"{running} running job(s)")
+    deployments = ff.ws.store.select("deployments", {"compute": row["name"]})
+    if deployments:
+        users.append("deployment(s) " + ", ".join(f"{d['endpoint']}/{d['name']}" for d in deployments))
+    if users:
+        raise Conflict(f"{changed[0]} of compute target {row['name']!r} cannot change while {' and '.join(users)} "
+                       "use it: let the jobs end (or cancel them) and delete or move the deployments "
+                       "(--compute), or create a new target", field=changed[0])
 
 
 @router.get("/compute/{name}/cluster-config")

@@ -168,13 +168,17 @@ def update(
     max_nodes: int = typer.Option(None, *MaxOpt, help=MaxHelp),
     idle_time_before_scale_down: int = typer.Option(None, "--idle-time-before-scale-down", help=IdleHelp),
     description: str = typer.Option(None, "--description", help="Free text."),
+    clear: list[str] = typer.Option(None, "--clear", metavar="FIELD", help=(
+        "Clear a field: size (jobs run on any node), storage (back to the workspace's artifacts folder) or "
+        "description. Repeat for several.")),
     json_out: bool = JsonOpt,
 ) -> None:
     """Change a target's limits, scale settings or address; queued jobs start at once when the limit rises."""
     body = {"address": address, "size": size, "storage": storage, "max_concurrent_jobs": max_concurrent_jobs,
             "min_nodes": min_nodes, "max_nodes": max_nodes, "idle_time_before_scale_down": idle_time_before_scale_down,
             "description": description}
-    row = client().patch(f"/api/compute/{name}", {k: v for k, v in body.items() if v is not None})
+    body = {k: v for k, v in body.items() if v is not None} | {k: None for k in clear or ()}
+    row = client().patch(f"/api/compute/{name}", body)
     if json_out:
         return print_json(row)
     console.print(f"[green]updated[/] compute {escape(row['name'])} (max {row['max_concurrent_jobs']} concurrent "

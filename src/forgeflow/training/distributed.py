@@ -56,7 +56,8 @@ def train_on_ray(
     ray.init(address=os.environ.get(CLUSTER_ENV) or None)  # else RAY_ADDRESS, set by Ray for this job
     stop_on_sigterm(attempt.event)  # ray.init put its own handler in place, which exits at once
     workers = spec.hyperparameters.scaling.instance_count
-    gpus = int(ray.cluster_resources().get("GPU", 0))
+    node_type = os.environ.get(NODE_TYPE_ENV) or None
+    gpus = gpus_on(ray.nodes(), node_type)
     use_gpu = gpus > 0
     if 0 < gpus < workers:  # Ray Train would wait for the missing GPUs for ever
         raise InvalidInput(f"instance_count={workers} trains on {workers} GPUs and the cluster has {gpus}: "
@@ -67,7 +68,7 @@ def train_on_ray(
         _train_worker,
         train_loop_config={"job_dir": str(job_dir), "run_id": run.run_id if run else None, "attempt": attempt.id},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, label_selector=(
-            {NODE_TYPE_LABEL: os.environ[NODE_TYPE_ENV]} if os.environ.get(NODE_TYPE_ENV) else None)),
+            {NODE_TYPE_LABEL: node_type} if node_type else None)),
         run_config=RunConfig(name=spec.job_id or "job", storage_path=str(job_dir / RAY_TRAIN_DIR)),
     )
     try:
@@ -75,11 +76,26 @@ def train_on_ray(
     except ray.train.WorkerGroupError as exc:
         rank, error = min(exc.worker_failures.items(), key=lambda item: item[0])
         raise UpstreamError(f"training worker {rank} failed: {one_line_error(_cause(error))}") from None
-    ended = read_status(job_dir) or {}
+    return recorded_end(files, attempt)
+
+
+def recorded_end(files: JobFiles, attempt: Attempt) -> tuple[JobStatus, dict[str, float]]:
+    """How rank 0 recorded the end of this start. Once a newer start owns the folder, status.json is that start's
+    record (Running): nothing here to report, and run_job, seeing the start superseded, writes nothing."""
+    if attempt.superseded:
+        return JobStatus.CANCELED, {}
+    ended = read_status(files.job_dir) or {}
     if ended.get("status") not in (JobStatus.COMPLETED, JobStatus.CANCELED):
         raise ForgeflowError("the training workers ended without recording how (see the job's log)")
     files.state.update(ended)  # rank 0's record, which the driver's last write keeps
     return JobStatus(ended["status"]), ended.get("metrics") or {}
+
+
+def gpus_on(nodes: list[dict[str, Any]], node_type: str | None) -> int:
+    """GPUs of the live nodes the workers may run on (`ray.nodes()` rows): those of the target's node type when it
+    names one, since a GPU on another type would leave the workers waiting for it for ever."""
+    return int(sum(node.get("Resources", {}).get("GPU", 0) for node in nodes if node.get("Alive") and (
+        node_type is None or (node.get("Labels") or {}).get(NODE_TYPE_LABEL) == node_type)))
 
 
 def _forward_cancel(attempt: Attempt) -> None:

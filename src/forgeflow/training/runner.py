@@ -37,6 +37,8 @@ from forgeflow.training.tracking import read_status
 log = logging.getLogger("forgeflow.jobs")
 
 PROGRESS_KEYS = ("step", "max_steps", "epoch", "updated_at", "eta_s")
+# A queued job whose cluster does not answer is tried again after 1, 2, 4 ... seconds, at most this often.
+RETRY_MAX_S = 60.0
 
 
 def new_job_id() -> str:
@@ -55,7 +57,8 @@ class JobRunner:
         self.poll_s = poll_s
         self._handles: dict[str, WorkerHandle] = {}
         self._cancel_sent: dict[str, float] = {}
-        self._waiting: set[str] = set()  # queued jobs whose compute could not be reached, warned about once
+        # Queued jobs whose compute could not be reached: tries so far and when to try again (warned about once).
+        self._waiting: dict[str, tuple[int, float]] = {}
         self._tracking_ready = False
         # One lock for the loop and the API calls, so a cancel or resume never races a status copy.
         self._lock = threading.RLock()
@@ -145,7 +148,15 @@ class JobRunner:
         self._compute(target).check(hyperparameters)
         job_id = new_job_id()
         job_dir = (Path(target["storage"]) / "jobs" if target.get("storage") else self.paths.jobs) / job_id
-        job_dir.mkdir(parents=True)
+        try:
+            job_dir.mkdir(parents=True)
+        except OSError as exc:
+            if not target.get("storage"):
+                raise
+            raise ServerUnavailable(
+                f"compute target {target['name']!r}: its storage {target['storage']} cannot hold job folders "
+                f"({exc.strerror or exc}); mount it on this server (and every node) or change it with: forgeflow "
+                f"compute update --name {target['name']} --storage DIR", field="storage") from None
         spec = JobSpec(
             job_id=job_id, name=name or job_id, base_model=base_model, base_model_path=base_model_path,
             training_data=training_data, validation_data=validation_data, hyperparameters=hyperparameters,
@@ -217,7 +228,8 @@ class JobRunner:
             running = Counter(job.compute for job in jobs if job.active)
             for job in jobs:
                 if job.status == JobStatus.QUEUED and running[job.compute] < limits.get(job.compute, 1):
-                    running[job.compute] += self._launch(job)
+                    if time.monotonic() >= self._waiting.get(job.id, (0, 0.0))[1]:
+                        running[job.compute] += self._launch(job)
 
     def _compute(self, target: dict[str, Any]) -> Compute:
         if target["type"] != "ray":
@@ -252,16 +264,18 @@ class JobRunner:
         try:
             self._handles[job.id] = self._compute_of(job).start(job.job_dir)
         except ServerUnavailable as exc:  # its cluster is not up (yet): the job waits Queued and is tried again
-            if job.id not in self._waiting:
+            tries = self._waiting.get(job.id, (0, 0.0))[0]
+            if not tries:
                 log.warning("job %s waits: %s", job.id, exc.message)
-                self._waiting.add(job.id)
+            self._waiting[job.id] = (tries + 1, time.monotonic() + min(RETRY_MAX_S, 2.0 ** tries))
             return False
-        except ForgeflowError as exc:  # e.g. its cluster does not answer: the job can be resumed later
+        except ForgeflowError as exc:  # e.g. its cluster refused the job: it can be resumed later
+            self._waiting.pop(job.id, None)
             self._write(job.id, status=JobStatus.FAILED, finished_at=now(), error=(
                 f"could not start: {exc.message} (queue it again with: forgeflow job resume {job.id})"))
             log.warning("job %s could not start on %s: %s", job.id, job.compute, exc.message)
             return False
-        self._waiting.discard(job.id)
+        self._waiting.pop(job.id, None)
         self._write(job.id, status=JobStatus.STARTING, started_at=job.started_at or now())
         log.info("job %s started on %s", job.id, job.compute)
         return True

@@ -69,6 +69,9 @@ def run_job(job_dir: Path, train_with: Train | None = None) -> int:
         return 0
     except Exception as exc:
         traceback.print_exc()
+        if attempt.superseded:  # the error may be the newer start's doing (its record, its MLflow run): leave both
+            print("stopped: a newer start of this job took over its folder", flush=True)
+            return 0
         files.write_status(JobStatus.FAILED, error=one_line_error(exc))
         if run is not None and files.record:
             try:

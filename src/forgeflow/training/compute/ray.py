@@ -33,9 +33,9 @@ import uuid
 from pathlib import Path
 
 from forgeflow import __version__
-from forgeflow.errors import UpstreamError
-from forgeflow.raycluster import (NODE_TYPE_LABEL, check_address, cluster_resources, forget, submission_client,
-                                  unreachable)
+from forgeflow.errors import InvalidInput, UpstreamError
+from forgeflow.raycluster import (NODE_TYPE_LABEL, check_address, check_reachable, forget, node_type_resources,
+                                  submission_client, unreachable)
 from forgeflow.training.compute.base import CANCEL_GRACE_S, Ended, worker_log
 from forgeflow.training.distributed import CLUSTER_ENV, NODE_TYPE_ENV, TRAIN_ENV
 from forgeflow.training.hyperparams import Hyperparameters
@@ -51,6 +51,9 @@ WORKER_ENV = {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
 PASSED_ON = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
 # A job whose cluster does not answer for this long is taken as ended unseen (Failed; `job resume` continues it).
 UNREACHABLE_S = 120.0
+# A TCP check of the cluster's address before each call: Ray spends up to a minute finding the dashboard of a GCS
+# that does not answer, and the runner's pass must not wait that long.
+REACH_S = 2.0
 
 
 class RayWorker:
@@ -64,6 +67,7 @@ class RayWorker:
 
     def poll(self) -> Ended | None:
         try:
+            check_reachable(self.address, REACH_S)
             info = submission_client(self.address).get_job_info(self.submission_id)
         except Exception as exc:
             if isinstance(exc, RuntimeError) and "does not exist" in str(exc):
@@ -141,13 +145,17 @@ class RayCompute:
         if self.size:  # the driver and every Ray Train worker go to nodes of the target's node type
             resources["entrypoint_label_selector"] = {NODE_TYPE_LABEL: self.size}
             env |= {NODE_TYPE_ENV: self.size}
-        if workers == 1 and cluster_resources(self.address).get("GPU", 0) > 0:
+        check_reachable(self.address, REACH_S)
+        if workers == 1 and node_type_resources(self.address, self.size).get("GPU", 0) > 0:
             resources["entrypoint_num_gpus"] = 1
         submission_id = f"{spec.job_id or job_dir.name}-{uuid.uuid4().hex[:8]}"
         client = submission_client(self.address)
         try:
             client.submit_job(entrypoint=entrypoint, submission_id=submission_id, runtime_env={"env_vars": env},
                               metadata={"forgeflow_job": spec.job_id, "forgeflow_name": spec.name}, **resources)
+        except ValueError as exc:  # Ray checked the request itself (a label selector it refuses, ...)
+            raise InvalidInput(f"the Ray cluster at {self.address} cannot take job {spec.job_id}: {exc}",
+                               field="size" if "label" in str(exc).lower() else None) from None
         except RuntimeError as exc:  # the dashboard answered with an error
             if "try again later" in str(exc):  # its job agent is not up yet (a cluster that just started)
                 raise unreachable(self.address, exc) from None
@@ -158,14 +166,18 @@ class RayCompute:
         return RayWorker(self.address, submission_id, job_dir)
 
     def attach(self, job_dir: Path) -> RayWorker | None:
+        """The job's submission, on the cluster it was submitted to (the target's address may have changed)."""
         job_dir = Path(job_dir)
         try:
-            submission_id = json.loads((job_dir / SUBMISSION_FILE).read_text())["submission_id"]
-        except (OSError, ValueError, KeyError, TypeError):
+            submitted = json.loads((job_dir / SUBMISSION_FILE).read_text())
+            submission_id = submitted["submission_id"]
+            address = check_address(submitted.get("address") or self.address)
+        except (OSError, ValueError, KeyError, TypeError, InvalidInput):
             return None
-        worker = RayWorker(self.address, submission_id, job_dir)
+        worker = RayWorker(address, submission_id, job_dir)
         try:
-            info = submission_client(self.address).get_job_info(submission_id)
+            check_reachable(address, REACH_S)
+            info = submission_client(address).get_job_info(submission_id)
         except RuntimeError:  # unknown to the cluster
             return None
         except Exception:  # unreachable for now: the handle's poll decides how long to wait for it

@@ -9,6 +9,8 @@ checkpoints); by default the workspace's own artifacts folder, which must then b
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Any, Literal
 
 import pydantic
@@ -21,6 +23,11 @@ from forgeflow.store.db import Store, now
 
 DEFAULT_TARGET = "local"
 TYPES = ("local", "ray")
+# Ray's rule for a label value (the size is the node-type label jobs select on): Ray would refuse anything else
+# only when a job is submitted.
+LABEL_VALUE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?")
+# Fields a PATCH may set to null, which clears them.
+NULLABLE = ("address", "size", "storage", "description")
 
 
 class ComputeTarget(pydantic.BaseModel, extra="forbid"):
@@ -30,7 +37,7 @@ class ComputeTarget(pydantic.BaseModel, extra="forbid"):
     type: Literal["local", "ray"] = Field("local", description="local (this machine) or ray (a Ray cluster).")
     address: str | None = Field(None, max_length=512, description=(
         "ray targets: the cluster's GCS address (head:6379), ray://head:10001, http://head:8265 or auto."))
-    size: str | None = Field(None, max_length=128, description=(
+    size: str | None = Field(None, max_length=63, description=(
         "ray targets: the node type jobs and instances run on (a node type of the cluster's autoscaler config)."))
     storage: str | None = Field(None, max_length=1024, description=(
         "ray targets: a directory every node reaches, for job folders and checkpoints (default: the workspace's "
@@ -42,15 +49,34 @@ class ComputeTarget(pydantic.BaseModel, extra="forbid"):
                                              description="Idle seconds before a node is released (at most a week).")
     description: str | None = Field(None, description="Free text.")
 
+    @pydantic.field_validator("size")
+    @classmethod
+    def _size(cls, size: str | None) -> str | None:
+        if size is not None and not LABEL_VALUE.fullmatch(size):
+            raise ValueError(f"{size!r} is not a node type Ray can select on: at most 63 letters, digits, '-', '_' "
+                             "or '.', starting and ending with a letter or digit (e.g. gpu-a100)")
+        return size
+
+    @pydantic.field_validator("storage")
+    @classmethod
+    def _storage(cls, storage: str | None) -> str | None:
+        if storage is None:
+            return None
+        if not storage.startswith("/"):
+            raise ValueError(f"storage must be an absolute directory path every node mounts, got {storage!r}"
+                             " (object-store URIs are not supported for job folders)")
+        if "\0" in storage:
+            raise ValueError("storage must not contain NUL bytes")
+        if os.path.normpath(storage) != storage:
+            raise ValueError(f"storage {storage!r} is not a plain path: use {os.path.normpath(storage)!r}")
+        return storage
+
     @pydantic.model_validator(mode="after")
     def _nodes(self) -> ComputeTarget:
         if self.min_nodes > self.max_nodes:
             raise ValueError(f"min_nodes ({self.min_nodes}) must not exceed max_nodes ({self.max_nodes})")
         if self.type == "ray":
             self.address = check_address(self.address)
-            if self.storage is not None and not self.storage.startswith("/"):
-                raise ValueError(f"storage must be an absolute directory path every node mounts, got {self.storage!r}"
-                                 " (object-store URIs are not supported for job folders)")
         else:
             extra = [k for k in ("address", "size", "storage") if getattr(self, k) is not None]
             if extra:
@@ -93,12 +119,20 @@ class ComputeTargets:
         self._insert(target)
         return self.get(target.name)
 
-    def update(self, name: str, values: dict[str, Any]) -> dict[str, Any]:
+    def updated(self, name: str, values: dict[str, Any]) -> ComputeTarget:
+        """The target as `values` would change it, validated (nothing is written); null clears a field that may be
+        empty (NULLABLE) and is refused for the others."""
         current = self.get(name)
-        merged = {k: current[k] for k in ComputeTarget.model_fields} | {k: v for k, v in values.items() if v is not None}
-        target = validate_target(merged)
-        self.store.update("compute_targets", {"name": current["name"]}, target.model_dump(exclude={"name", "type"}))
-        return self.get(current["name"])
+        for key, value in values.items():
+            if value is None and key not in NULLABLE:
+                raise InvalidInput(f"{key} cannot be null: give a value (fields that null clears: "
+                                   f"{', '.join(NULLABLE)})", field=key)
+        return validate_target({k: current[k] for k in ComputeTarget.model_fields} | values)
+
+    def update(self, name: str, values: dict[str, Any]) -> dict[str, Any]:
+        target = self.updated(name, values)
+        self.store.update("compute_targets", {"name": target.name}, target.model_dump(exclude={"name", "type"}))
+        return self.get(target.name)
 
     def limits(self) -> dict[str, int]:
         """Target name -> max_concurrent_jobs, read fresh by the runner on every pass."""
