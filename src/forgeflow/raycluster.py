@@ -153,23 +153,6 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
         raise unreachable(address, exc) from None
 
 
-def cluster_resources(address: str) -> dict[str, float]:
-    """What the cluster's live nodes offer, summed (CPU, GPU, memory, custom resources), from its state API."""
-    quiet_ray()
-    from ray.util.state import list_nodes
-
-    try:
-        nodes = list_nodes(address=dashboard_url(address), filters=[("state", "=", "ALIVE")],
-                           raise_on_missing_output=False)
-    except Exception as exc:  # ConnectionError, RayStateApiException
-        raise unreachable(address, exc) from None
-    total: dict[str, float] = {}
-    for node in nodes:
-        for name, amount in (node.resources_total or {}).items():
-            total[name] = total.get(name, 0.0) + float(amount)
-    return total
-
-
 # -- the cluster's nodes, live: what `compute show` and `compute list` report ------------------------------------
 
 NODES_TIMEOUT_S = 10.0
