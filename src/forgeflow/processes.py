@@ -83,9 +83,10 @@ def exit_with_parent(grace_s: float = 5.0) -> None:
     threading.Thread(target=watch, name="forgeflow-lifeline", daemon=True).start()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free on `host` (an IPv4 or IPv6 address) right now."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
         return s.getsockname()[1]
 
 

@@ -76,7 +76,9 @@ def test_instances_run_on_worker_nodes_and_are_replaced(loopback_ray, ray_driver
         assert all(i["actor_name"] in logs for i in instances) and "READY" in logs, logs
 
         # this server drives one cluster: a deployment on another is refused, naming the field
-        r = httpx.post(f"{api}/compute", headers=admin, json={"name": "other", "type": "ray", "address": "elsewhere:6379"})
+        # (the answer reads the unreachable cluster live, bounded by the server: more than httpx's 5 s default)
+        r = httpx.post(f"{api}/compute", headers=admin, json={"name": "other", "type": "ray", "address": "elsewhere:6379"},
+                       timeout=60)
         assert r.status_code == 201, r.text
         r = httpx.post(f"{api}/endpoints/ray-ep/deployments", headers=admin,
                        json={"name": "green", "model": str(tiny_model_dir), "compute": "other"})

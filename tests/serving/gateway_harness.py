@@ -99,7 +99,7 @@ def post(gw: Gateway, endpoint: str, key: str, body=None, *, path: str = "score"
          **kw) -> httpx.Response:
     h = {"Authorization": f"Bearer {key}"} | (headers or {})
     return httpx.post(f"{gw.url}/endpoints/{endpoint}/{path}", json=SCORE if body is None else body, headers=h,
-                      timeout=30, **kw)
+                      **{"timeout": 30} | kw)
 
 
 def wait_until(predicate, timeout: float = 20.0, what: str = "condition"):

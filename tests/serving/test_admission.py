@@ -46,3 +46,17 @@ def test_a_ticket_never_placed_gives_back_its_pending_place():
     ticket.release()
     ticket.release()
     assert admission.pending(KEY) == 0
+
+
+def test_a_ticket_unplaced_from_a_dead_instance_stays_pending_and_counts_on_no_instance():
+    admission = Admission()
+    pool = _instances(1)
+    ticket = admission.admit(KEY, SETTINGS, 1)
+    dead = ticket.place(pool)
+    ticket.unplace()  # it waits for a new instance: the dead one's drain must not wait for it
+    assert admission.in_flight(dead) == 0 and admission.pending(KEY) == 1
+    fresh = ticket.place(_instances(2)[1:])
+    assert admission.in_flight(fresh) == 1
+    ticket.release()
+    ticket.unplace()
+    assert admission.in_flight(fresh) == 0 and admission.pending(KEY) == 0

@@ -194,3 +194,12 @@ def test_new_fields_survive_a_restart_and_delete_stops_processes(gateway):
     assert again.credentials("keep-ep")["access_token"]
     gateway.svc.delete_endpoint("keep-ep")
     wait_until(lambda: not any(pid_alive(p) for p in pids), what="processes to stop")
+
+
+def test_a_flow_deployment_reserving_gpus_is_refused_naming_the_resource(gateway, tmp_path):
+    gateway.endpoint("flow-gpu-ep")
+    with pytest.raises(InvalidInput) as e:
+        gateway.svc.create_deployment("flow-gpu-ep", "blue", f"flow:{tmp_path}", tmp_path, runtime="flow",
+                                      resources={"gpus": 1})
+    assert e.value.field == "resources.gpus" and "flow deployment runs its flow on the CPU" in e.value.message
+    assert gateway.svc.list_deployments("flow-gpu-ep") == []

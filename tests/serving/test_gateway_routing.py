@@ -192,6 +192,7 @@ def test_metrics_need_the_admin_token_and_count_by_status(gateway):
     assert 'forgeflow_requests_total{endpoint="met-ep",deployment="",code="401"} 1' in text
     assert 'forgeflow_request_duration_seconds_count{endpoint="met-ep",deployment="blue"} 3' in text
     assert 'forgeflow_request_duration_seconds_bucket{endpoint="met-ep",deployment="blue",le="+Inf"} 3' in text
+    assert 'forgeflow_instance_request_duration_seconds_count{endpoint="met-ep",deployment="blue"} 3' in text
     assert 'forgeflow_generated_tokens_total{endpoint="met-ep",deployment="blue"} 6' in text
     assert 'forgeflow_pending_requests{endpoint="met-ep",deployment="blue"} 0' in text
     assert 'forgeflow_ready_instances{endpoint="met-ep",deployment="blue"} 1' in text

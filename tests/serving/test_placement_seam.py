@@ -36,6 +36,7 @@ class ThreadPlacement:
         self.servers: dict[Instance, ThreadingHTTPServer] = {}
         self.crashed: set[Instance] = set()
         self.stopped: list[Instance] = []
+        self.forgotten: list[tuple[str, str]] = []
 
     def start(self, dep: Deployment, indexes: Sequence[int]) -> list[Instance]:
         started = []
@@ -67,6 +68,9 @@ class ThreadPlacement:
     def logs(self, endpoint: str, name: str, lines: int) -> str:
         return f"{endpoint}/{name}: no logs"
 
+    def forget(self, endpoint: str, name: str) -> None:
+        self.forgotten.append((endpoint, name))
+
     def stop_leftovers(self) -> int:
         return 0  # threads die with the process that ran them
 
@@ -95,5 +99,6 @@ def test_a_deployment_runs_restarts_and_stops_on_another_placement():
 
         svc.delete_endpoint("seam-ep")
         assert not placement.servers and svc.supervisor.instances("seam-ep", "blue") == []
+        assert placement.forgotten == [("seam-ep", "blue")]
     finally:
         svc.shutdown()

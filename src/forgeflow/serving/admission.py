@@ -76,6 +76,12 @@ class Ticket:
         self.instance = self._admission._enter(ready)
         return self.instance
 
+    def unplace(self) -> None:
+        """Leave the instance it was placed on (unreachable) while it waits for another; still pending."""
+        if self.instance is not None and not self._released:
+            self._admission._leave(self.instance)
+            self.instance = None
+
     def release(self) -> None:
         """Give the places back; only the first call counts."""
         if self._released:

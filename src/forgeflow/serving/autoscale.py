@@ -3,7 +3,7 @@ its load needs, between `min_instances` and `max_instances`.
 
 One thread, owned by the endpoint service, polls each autoscaled deployment every `polling_interval` seconds: it
 reads the requests pending at the gateway (admission's count: queued or in flight, and those waiting for a first
-instance) and the mean latency of the requests answered since the last poll (metrics), decides a count
+instance) and the mean latency of the requests its instances answered since the last poll (metrics), decides a count
 (`decide`, a pure function) and applies it the way an instance_count change goes: the endpoint service writes
 the row and the supervisor starts or drains instances. Scaling out happens at once; scaling in waits until the
 load has wanted fewer instances for `idle_time_before_scale_down` seconds, and then keeps as many as the busiest
@@ -34,7 +34,7 @@ from forgeflow.store.db import now as timestamp
 log = logging.getLogger("forgeflow.deployments")
 
 EVENTS_KEPT = 20
-LATENCY = "forgeflow_request_duration_seconds"
+LATENCY = "forgeflow_instance_request_duration_seconds"  # the gateway's own fast refusals left out
 WAKE_REASON = "a request arrived while scaled to zero"
 
 
@@ -137,7 +137,10 @@ class Autoscaler:
         for dep in deps:
             due = self._due.get(dep.key, now)
             if due <= now:
-                self._poll_one(dep, now)
+                try:
+                    self._poll_one(dep, now)
+                except Exception:  # e.g. its instances could not start: the others still scale
+                    log.exception("autoscaling deployment %s/%s failed", *dep.key)
                 due = now + dep.scale_settings["polling_interval"]
                 self._due[dep.key] = due
             next_due = min(next_due, due)

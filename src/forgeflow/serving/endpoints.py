@@ -169,13 +169,17 @@ class EndpointService:
         return [self.show_endpoint(r["name"]) for r in self.store.select("endpoints", order_by="created_at")]
 
     def delete_endpoint(self, name: str) -> None:
-        self._endpoint_row(name)
-        for dep in self.store.select("deployments", {"endpoint": name}):
-            self.supervisor.stop(name, dep["name"])
-            self.autoscaler.forget((name, dep["name"]))
-        self.store.delete("deployments", {"endpoint": name})
-        self.store.delete("endpoints", {"name": name})
-        self._changed(name)
+        with self._deployments_lock:  # no autoscaling change between the stop and the rows going
+            self._endpoint_row(name)
+            deps = [(name, d["name"]) for d in self.store.select("deployments", {"endpoint": name})]
+            for key in deps:
+                self.supervisor.stop(*key)
+            self.store.delete("deployments", {"endpoint": name})
+            self.store.delete("endpoints", {"name": name})
+            self._changed(name)
+        for key in deps:  # after: a change that won the lock first has logged its event by now
+            self.autoscaler.forget(key)
+            self.placement.forget(*key)
 
     def update_endpoint(self, name: str, *, traffic: dict[str, int] | None = None,
                         mirror_traffic: dict[str, int] | None = None, description: str | None = None,
@@ -255,6 +259,7 @@ class EndpointService:
         if runtime != specs.FLOW_RUNTIME:  # a flow folder is checked by the API layer
             check_runtime(runtime)
         checked_resources = specs.resources(resources)
+        _check_flow_resources(runtime, checked_resources)
         target = self._placement_target(specs.compute(specs.LOCAL_COMPUTE if compute is None else compute),
                                         resources or {})
         dep = Deployment(
@@ -305,6 +310,7 @@ class EndpointService:
             new = new.replace(model_ref=ref, model_path=str(path))
         if new.runtime != old.runtime:
             check_runtime(new.runtime)
+        _check_flow_resources(new.runtime, new.resources)
         self._write_deployment(new.key, new.spec() | {"state": new.state, "error": None,
                                                       "updated_at": new.updated_at})
         self.supervisor.update(old, new)
@@ -355,6 +361,13 @@ class EndpointService:
                 for r in self.store.select("deployments", {"endpoint": endpoint}, order_by="created_at")]
 
     def delete_deployment(self, endpoint: str, name: str) -> None:
+        with self._deployments_lock:  # no autoscaling change between the stop and the row going
+            self._delete_deployment(endpoint, name)
+        # After: a change that won the lock first has logged its event by now, and none can follow.
+        self.autoscaler.forget((endpoint, name))
+        self.placement.forget(endpoint, name)
+
+    def _delete_deployment(self, endpoint: str, name: str) -> None:
         self._deployment(endpoint, name)
         ep = self._endpoint_row(endpoint)
         traffic, mirror = ep["traffic"], ep.get("mirror_traffic") or {}
@@ -365,7 +378,6 @@ class EndpointService:
             raise Conflict(f"deployment {name!r} still takes {mirror[name]}% of mirrored traffic: "
                            f"stop it first with: forgeflow online-endpoint update --name {endpoint} --mirror-traffic {name}=0")
         self.supervisor.stop(endpoint, name)
-        self.autoscaler.forget((endpoint, name))
         self.store.delete("deployments", {"endpoint": endpoint, "name": name})
         traffic.pop(name, None)
         mirror.pop(name, None)
@@ -404,8 +416,10 @@ class EndpointService:
                     or dep.instance_count != expected):
                 return False
             specs.instance_count(count, dep.scale_settings)
-            self._write_deployment(key, {"instance_count": count})
+            # The pool first: when its instances cannot start, the row keeps the count the pool has, so the
+            # next wake or poll asks again.
             self.supervisor.scale(dep.replace(instance_count=count))
+            self._write_deployment(key, {"instance_count": count})
         return True
 
 
@@ -416,6 +430,14 @@ def _check_split(endpoint: str, split: dict[str, int], known: set[str], what: st
                                f"(deployments: {', '.join(sorted(known)) or 'none'})", field=what)
         if isinstance(pct, bool) or not isinstance(pct, int) or not 0 <= pct <= 100:
             raise InvalidInput(f"{what} for {dep!r} must be a whole percentage 0-100, got {pct!r}", field=what)
+
+
+def _check_flow_resources(runtime: str, resources: dict[str, Any]) -> None:
+    """A flow server runs on the CPU: GPUs reserved for it would sit idle, kept from every other job."""
+    if runtime == specs.FLOW_RUNTIME and resources.get("gpus"):
+        raise InvalidInput(f"resources.gpus={resources['gpus']}: a flow deployment runs its flow on the CPU and "
+                           "would never use a GPU reserved for it; leave resources.gpus at 0 (a model it calls "
+                           "through a connection runs on its own deployment)", field="resources.gpus")
 
 
 def _check_body_limit(value: int | None) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import os
 import time
@@ -48,6 +49,7 @@ _ERRORS = {400: "body malformed (names the field)", 401: "missing or wrong key o
            424: "the model server failed", 429: "too many pending requests", 503: "no ready instance"}
 
 router = APIRouter()
+log = logging.getLogger("forgeflow.gateway")
 
 
 def max_body_bytes(cfg: EndpointConfig) -> int:
@@ -66,6 +68,7 @@ class _Call:
         self.started = time.perf_counter()
         self.deployment: str | None = None
         self.known = False  # only existing endpoints get metric series
+        self.by_instance = False  # an instance answered (not the gateway itself): its latency counts for scaling
 
     def headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         h = {"x-request-id": uuid.uuid4().hex}
@@ -90,7 +93,10 @@ class _Call:
         m = self.svc.metrics
         labels = Metrics.labels(endpoint=self.endpoint, deployment=self.deployment)
         m.inc("forgeflow_requests_total", labels + (("code", str(status)),))
-        m.observe("forgeflow_request_duration_seconds", labels, time.perf_counter() - self.started)
+        took = time.perf_counter() - self.started
+        m.observe("forgeflow_request_duration_seconds", labels, took)
+        if self.by_instance:
+            m.observe("forgeflow_instance_request_duration_seconds", labels, took)
         if completion_tokens:
             m.inc("forgeflow_generated_tokens_total", labels, completion_tokens)
         if prompt_tokens:
@@ -163,6 +169,8 @@ async def _forward(call: _Call, cfg: EndpointConfig, path: str, raw: bytes, stre
     assert call.deployment is not None
     dep = cfg.deployments[call.deployment]
     timeout_s = dep.request_timeout_s
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s  # one for the whole request: waiting for a wake takes from the answer's time
     ready = svc.supervisor.ready_instances(*dep.key)
     if not ready and (not dep.autoscaled or dep.state == DeploymentState.FAILED):
         return call.fail(ServerUnavailable(f"deployment {dep.name!r} has no ready instance (state {dep.state}); "
@@ -179,27 +187,23 @@ async def _forward(call: _Call, cfg: EndpointConfig, path: str, raw: bytes, stre
     handed_over = False
     try:
         if not ready:
-            try:
-                ready = await _woken(svc, dep)
-            except ServerUnavailable as e:
-                return call.fail(e, RETRY)
+            ready = await _woken(call.request, svc, dep, deadline)
         client: httpx.AsyncClient = call.request.app.state.ff.http
         while True:
             inst = ticket.place(ready)
+            left = max(deadline - loop.time(), 0.001)
             try:
                 req = client.build_request("POST", f"{inst.url}{path}", content=raw,
                                            headers={"content-type": "application/json", **inst.auth},
-                                           timeout=timeout_s)
-                resp = await asyncio.wait_for(client.send(req, stream=True), timeout_s)
+                                           timeout=left)
+                resp = await asyncio.wait_for(client.send(req, stream=True), left)
             except httpx.ConnectError:
                 # Nothing reached the instance (it died since the last probe): try another one.
                 svc.supervisor.mark_unready(inst)
+                ticket.unplace()  # while it waits, the dead instance must not count it (a drain waits for it)
                 ready = [i for i in ready if i is not inst and i.ready]
                 if not ready and dep.autoscaled:  # e.g. drained by a scale-in just now
-                    try:
-                        ready = await _woken(svc, dep)
-                    except ServerUnavailable as e:
-                        return call.fail(e, RETRY)
+                    ready = await _woken(call.request, svc, dep, deadline)
                 if not ready:
                     return call.fail(ServerUnavailable(f"deployment {dep.name!r} has no ready instance; retry shortly"),
                                      RETRY)
@@ -212,11 +216,12 @@ async def _forward(call: _Call, cfg: EndpointConfig, path: str, raw: bytes, stre
             break
         if stream and resp.status_code == 200 and resp.headers.get("content-type", "").startswith("text/event-stream"):
             handed_over = True
+            call.by_instance = True
             done = _Release(call, resp, ticket)
             return _RelayResponse(_relay(call, resp, done, timeout_s), done, media_type="text/event-stream",
                                   headers=call.headers({"cache-control": "no-cache"}))
         try:
-            content = await asyncio.wait_for(resp.aread(), timeout_s)
+            content = await asyncio.wait_for(resp.aread(), max(deadline - loop.time(), 0.001))
         except (asyncio.TimeoutError, httpx.TimeoutException):
             return call.fail(_too_slow(timeout_s))
         except httpx.HTTPError as e:
@@ -225,19 +230,30 @@ async def _forward(call: _Call, cfg: EndpointConfig, path: str, raw: bytes, stre
         finally:
             await resp.aclose()
         return _answer(call, resp, content)
+    except ServerUnavailable as e:  # no instance woke in time, or none could be started
+        return call.fail(e, RETRY)
+    except _ClientLeft:
+        call.record(499)
+        return Response(status_code=499)
     finally:
         if not handed_over:
             ticket.release()
 
 
-async def _woken(svc: EndpointService, dep: Deployment) -> list[Instance]:
+class _ClientLeft(Exception):
+    """The client went away while its request waited for an instance."""
+
+
+async def _woken(request: Request, svc: EndpointService, dep: Deployment, deadline: float) -> list[Instance]:
     """The ready instances of an autoscaled deployment that had none, once there are: one is woken if it is
-    scaled to zero, and the request waits for it up to request_timeout_ms. The wake is asked again each second,
-    as a deployment cannot scale while it is being updated."""
+    scaled to zero, and the request waits for it until its deadline (request_timeout_ms after it arrived), or
+    until its client leaves. The wake is asked again each second, as a deployment cannot scale while it is
+    being updated. An instance that cannot be started is a 503 at once, with the reason."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + dep.request_timeout_s
     asked = -math.inf
     while not (ready := svc.supervisor.ready_instances(*dep.key)):
+        if await request.is_disconnected():
+            raise _ClientLeft()
         moment = loop.time()
         if moment >= deadline:
             raise ServerUnavailable(
@@ -247,9 +263,22 @@ async def _woken(svc: EndpointService, dep: Deployment) -> list[Instance]:
                 f"--endpoint-name {dep.endpoint} --set scale_settings.min_instances=1")
         if moment - asked >= 1.0:
             asked = moment
-            await asyncio.to_thread(svc.autoscaler.wake, dep.key)
+            await _wake(svc, dep)
         await asyncio.sleep(0.05)
     return ready
+
+
+async def _wake(svc: EndpointService, dep: Deployment) -> None:
+    """Ask for an instance of a deployment scaled to zero (off the event loop: it starts a process or an
+    actor); a failure to start one is a 503 that says why."""
+    try:
+        await asyncio.to_thread(svc.autoscaler.wake, dep.key)
+    except Exception as e:  # the placement's own failure (a target gone, a program that cannot start)
+        log.warning("could not wake deployment %s/%s: %s", dep.endpoint, dep.name, e)
+        reason = e.message if isinstance(e, ForgeflowError) else f"{type(e).__name__}: {e}"
+        raise ServerUnavailable(f"deployment {dep.name!r} is scaled to zero and no instance could be started: "
+                                f"{reason}; retry shortly (see: forgeflow online-deployment get-logs --name "
+                                f"{dep.name} --endpoint-name {dep.endpoint})") from e
 
 
 def _too_slow(timeout_s: float) -> RequestTimeout:
@@ -257,6 +286,7 @@ def _too_slow(timeout_s: float) -> RequestTimeout:
 
 
 def _answer(call: _Call, resp: httpx.Response, content: bytes) -> Response:
+    call.by_instance = True
     if resp.status_code == 503:
         return call.fail(ServerUnavailable("the instance is not ready (model loading); retry shortly"), RETRY)
     if resp.status_code == 401:  # not the caller's key: the instance refused ours (another process on its port)
@@ -369,6 +399,10 @@ def _mirror(call: _Call, cfg: EndpointConfig, deployment: str, path: str, raw: b
     """Send a copy in the background; its answer is discarded and never reaches the caller."""
     svc, dep = call.svc, cfg.deployments[deployment]
     ready = svc.supervisor.ready_instances(*dep.key)
+    if not ready and dep.autoscaled and dep.state != DeploymentState.FAILED:
+        # Scaled to zero (or waking): this copy is dropped, but the deployment is woken for the next ones.
+        _background_task(_mirror_wake(svc, dep))
+        return
     ticket = svc.admission.admit(dep.key, dep.request_settings, len(ready))
     if ticket is None:
         return  # a mirror never queues up behind its limit (nor goes where no instance is ready)
@@ -389,7 +423,18 @@ def _mirror(call: _Call, cfg: EndpointConfig, deployment: str, path: str, raw: b
             svc.metrics.inc("forgeflow_mirrored_requests_total",
                             Metrics.labels(endpoint=call.endpoint, deployment=deployment, code=code))
 
-    task = asyncio.get_running_loop().create_task(send())
+    _background_task(send())
+
+
+async def _mirror_wake(svc: EndpointService, dep: Deployment) -> None:
+    try:
+        await _wake(svc, dep)
+    except ServerUnavailable:
+        pass  # logged by _wake; the next mirrored copy asks again
+
+
+def _background_task(work) -> None:
+    task = asyncio.get_running_loop().create_task(work)
     _background.add(task)
     task.add_done_callback(_background.discard)
 

@@ -20,6 +20,9 @@ _HELP = {
     "forgeflow_requests_total": ("counter", "Scoring and OpenAI requests answered, by status code."),
     "forgeflow_mirrored_requests_total": ("counter", "Mirrored copies sent, by the status the mirror answered."),
     "forgeflow_request_duration_seconds": ("histogram", "Time from request to the last byte of the answer."),
+    "forgeflow_instance_request_duration_seconds": (
+        "histogram", "Time from request to the last byte, for answers an instance gave (no 401, 429 or 503 of the "
+        "gateway's own): the latency autoscaling's target_latency_ms compares."),
     "forgeflow_time_to_first_token_seconds": ("histogram", "Time from request to the first streamed chunk."),
     "forgeflow_generated_tokens_total": ("counter", "Completion tokens generated."),
     "forgeflow_prompt_tokens_total": ("counter", "Prompt tokens read."),

@@ -80,6 +80,10 @@ class Placement(Protocol):
     def logs(self, endpoint: str, name: str, lines: int) -> str:
         """The last lines of each instance's log, for `online-deployment get-logs`."""
 
+    def forget(self, endpoint: str, name: str) -> None:
+        """The deployment is deleted (its instances stopped): drop what is kept of them, their logs included,
+        so a new deployment of the same name starts with none."""
+
     def stop_leftovers(self) -> int:
         """At server start: stop the instances that servers of this workspace which are gone left running (not
         those of a server still running); how many."""
@@ -220,6 +224,10 @@ class LocalPlacement:
             out.append(f"==> {path.name} <==\n" + "\n".join(text))
         return "\n".join(out)
 
+    def forget(self, endpoint: str, name: str) -> None:
+        for path in self._log_dir(endpoint).glob(f"{name}-*.log"):
+            path.unlink(missing_ok=True)
+
     def _log_dir(self, endpoint: str) -> Path:
         return self.paths.logs / "deployments" / endpoint
 
@@ -285,6 +293,12 @@ class TargetPlacement:
         with self._lock:
             placements = [self.local, *self._placements.values()]
         return "\n".join(text for p in placements if (text := p.logs(endpoint, name, lines)))
+
+    def forget(self, endpoint: str, name: str) -> None:
+        with self._lock:
+            placements = [self.local, *self._placements.values()]
+        for p in placements:
+            p.forget(endpoint, name)
 
     def stop_leftovers(self) -> int:
         """Only this machine can hold leftovers: a cluster's instances end with the server that placed them."""

@@ -13,8 +13,9 @@ Ray ends them when that driver goes, however it goes (with `ray://`, after the c
 starting server has no cluster leftovers to stop.
 
 Placing takes time (Ray may first have to find room, or have its autoscaler start a node), so `start` returns
-at once: each instance's url stays empty while a thread connects, creates its actor and waits for the program
-to start. An instance ends when its program exits or its actor dies; a callback on the actor's `wait` call
+at once: each instance's url stays empty while a thread connects, creates its actor and waits until the actor
+has launched the program on its node (it does not wait for the program to load its model: the supervisor's
+probes do). An instance ends when its program exits or its actor dies; a callback on the actor's `wait` call
 records it the moment Ray knows, so the supervisor replaces it and the gateway stops routing to it at once.
 
 Every node runs the same forgeflow install as the server and reaches the model folder at the same path
@@ -28,7 +29,6 @@ import functools
 import logging
 import os
 import secrets
-import socket
 import stat
 import subprocess
 import sys
@@ -41,7 +41,7 @@ from typing import Any
 
 from forgeflow import raycluster
 from forgeflow.errors import Conflict, InvalidInput, ServerUnavailable
-from forgeflow.processes import INSTANCE_SECRET_ENV, LIFELINE_FD_ENV
+from forgeflow.processes import INSTANCE_SECRET_ENV, LIFELINE_FD_ENV, free_port
 from forgeflow.serving.placement import Instance, instance_command, terminate
 from forgeflow.serving.records import Deployment, Key
 
@@ -49,6 +49,7 @@ log = logging.getLogger("forgeflow.deployments")
 
 HISTORY = 32  # instances per deployment whose logs `logs` shows: the running ones and those that ended last
 LAST_LINES = 100  # log lines an instance's actor hands back when its program ends
+LOG_WAIT_S = 10.0  # how long `logs` waits for all the running instances' logs together
 _RAY_MARKERS = (":job_id:", ":actor_name:", ":task_name:")  # lines Ray writes into an actor's log for itself
 
 
@@ -101,7 +102,7 @@ class InstanceHost:
         if not Path(dep.model_path).exists():
             return where | {"error": f"{dep.model_path} does not exist on node {ip}: a model or flow deployed to a "
                                      "cluster must be on storage every node mounts at the same path"}
-        port = _free_port(ip)
+        port = free_port(ip)
         argv = instance_command(dep, port, host=ip, python=sys.executable)
         read_end, self.lifeline = os.pipe()
         env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false",
@@ -277,26 +278,43 @@ class RayPlacement:
             return f"(cannot read the log through actor {inst.actor_name}: {_first_line(exc)})"
 
     def logs(self, endpoint: str, name: str, lines: int) -> str:
+        """Every kept instance's log, the running ones read through their actors together, all within
+        LOG_WAIT_S however many there are or however slow their nodes."""
         with self._lock:
             history = list(self._history.get((endpoint, name), ()))
+        live = {inst: inst.actor.log.remote(lines) for inst in history
+                if inst.actor and inst.where and not inst.end and not inst.last_log}
+        read: dict[RayInstance, str] = {}
+        if live:
+            import ray
+
+            done, _ = ray.wait(list(live.values()), num_returns=len(live), timeout=LOG_WAIT_S)
+            done_refs = set(done)
+            for inst, ref in live.items():
+                if ref not in done_refs:
+                    read[inst] = f"(the log of actor {inst.actor_name} did not come within {LOG_WAIT_S:g} s)"
+                    continue
+                try:
+                    read[inst] = ray.get(ref)
+                except ray.exceptions.RayError as exc:
+                    read[inst] = f"(cannot read the log through actor {inst.actor_name}: {_first_line(exc)})"
         out = []
         for inst in history:
             node = inst.where.get("node_ip") or "no node yet"
             status = f" ({inst.end})" if inst.end else ""
-            out.append(f"==> instance {inst.index}: actor {inst.actor_name} on {node}{status} <==\n"
-                       + self._log(inst, lines))
+            text = read[inst] if inst in read else self._log(inst, lines)
+            out.append(f"==> instance {inst.index}: actor {inst.actor_name} on {node}{status} <==\n" + text)
         return "\n".join(out)
+
+    def forget(self, endpoint: str, name: str) -> None:
+        """Drop the deployment's kept instances (and their actor handles); Ray keeps their logs on the nodes."""
+        with self._lock:
+            self._history.pop((endpoint, name), None)
 
     def stop_leftovers(self) -> int:
         """Nothing to stop: an instance's actor belongs to the driver of the server that placed it, and Ray
         ends a driver's actors (and so, through their lifelines, their programs) when the driver goes."""
         return 0
-
-
-def _free_port(ip: str) -> int:
-    with socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET) as s:
-        s.bind((ip, 0))
-        return s.getsockname()[1]
 
 
 def _wants(resources: dict) -> str:

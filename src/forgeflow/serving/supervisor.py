@@ -97,7 +97,8 @@ class DeploymentSupervisor:
                          name=f"forgeflow-roll-{key[0]}-{key[1]}").start()
 
     def scale(self, dep: Deployment) -> None:
-        """Bring a running deployment to dep.instance_count instances (autoscaling)."""
+        """Bring a running deployment to dep.instance_count instances (autoscaling). When its instances cannot
+        be started, the placement's error is raised and the deployment is left as it was."""
         key = dep.key
         fresh: list[Instance] = []
         extra: list[Instance] = []
@@ -105,9 +106,8 @@ class DeploymentSupervisor:
             pool = self._instances.get(key)
             if pool is None:
                 return
-            self._specs[key] = dep
             missing = dep.instance_count - len(pool)
-            if missing > 0:
+            if missing > 0:  # a start that fails raises here, before anything changed
                 fresh = self.placement.start(dep, _free_indexes(pool, missing))
                 pool.extend(fresh)
             elif missing < 0:
@@ -115,6 +115,7 @@ class DeploymentSupervisor:
                 for inst in extra:  # out of the pool at once: the gateway sends them nothing new
                     pool.remove(inst)
                     inst.retired, inst.ready = True, False
+            self._specs[key] = dep
         for inst in fresh:
             self._watch(key, inst)
         for inst in extra:
