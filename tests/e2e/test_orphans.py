@@ -11,6 +11,7 @@ import httpx
 import pytest
 from instance_procs import instance_pids
 from live_server import LiveServer
+from waiting import wait_until
 
 from forgeflow.processes import pid_alive
 
@@ -19,13 +20,9 @@ pytestmark = pytest.mark.integration
 BODY = {"input_data": {"input_string": [{"role": "user", "content": "hi"}], "parameters": {"max_new_tokens": 4}}}
 
 
+
 def _until(predicate, timeout=60.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_until(predicate, timeout, what, interval=0.2)
 
 
 def test_instances_do_not_outlive_a_killed_server(live_server, tiny_model_dir):

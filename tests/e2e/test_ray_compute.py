@@ -11,6 +11,7 @@ import time
 import uuid
 
 import pytest
+import waiting
 import yaml
 from live_server import LiveServer
 from ray_harness import start_autoscaling_ray
@@ -28,14 +29,8 @@ ROW = {"messages": [{"role": "user", "content": "Who founded Quillfeather?"},
 
 
 def wait_until(predicate, timeout: float, what: str):
-    """Poll `predicate` until it returns something true (returned), or fail naming `what`. Like the serving
-    tests' helper, at a pace a live cluster's dashboard can take (each poll reads its state API)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
+    """At a pace a live cluster's dashboard can take (each poll reads its state API)."""
+    return waiting.wait_until(predicate, timeout, what, interval=0.5)
 
 
 def submit(address: str, code: str, **resources) -> str:

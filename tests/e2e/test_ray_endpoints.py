@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 
 import httpx
 import pytest
 from live_server import LiveServer
+from waiting import wait_until
 
 pytestmark = [pytest.mark.ray, pytest.mark.integration]
 
@@ -18,13 +18,7 @@ BODY = {"input_data": {"input_string": [{"role": "user", "content": "hi"}], "par
 
 
 def _wait(what, check, timeout=120):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.3)
+    return wait_until(check, timeout, what, interval=0.3)
 
 
 def _answers(url):

@@ -3,24 +3,20 @@ as settled; the next request starts an instance, waits for it and gets its answe
 
 from __future__ import annotations
 
-import time
 
 import httpx
 import pytest
 from instance_procs import instance_pids
+from waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
 BODY = {"input_data": {"input_string": [{"role": "user", "content": "hi"}], "parameters": {"max_new_tokens": 4}}}
 
 
+
 def _until(predicate, timeout=90.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+    return wait_until(predicate, timeout, what, interval=0.2)
 
 
 def test_an_idle_deployment_scales_to_zero_and_the_next_request_wakes_it(live_server, tiny_model_dir):

@@ -19,6 +19,7 @@ from forgeflow.serving.endpoints import EndpointService
 from forgeflow.serving.placement import LocalPlacement
 from forgeflow.serving.records import Deployment
 from forgeflow.store.workspace import Workspace
+from waiting import wait_until  # noqa: F401  (the serving tests take it from here)
 
 FAKE = Path(__file__).with_name("fake_model_server.py")
 FAST_PROBES = {"initial_delay": 0.0, "period": 0.2, "timeout": 0.5, "failure_threshold": 2, "success_threshold": 1}
@@ -102,11 +103,3 @@ def post(gw: Gateway, endpoint: str, key: str, body=None, *, path: str = "score"
                       **{"timeout": 30} | kw)
 
 
-def wait_until(predicate, timeout: float = 20.0, what: str = "condition"):
-    """Poll `predicate` until it returns something true (returned), or fail naming `what`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")

@@ -10,7 +10,6 @@ import pytest
 
 from forgeflow.errors import InvalidInput
 from forgeflow.store.states import JobStatus
-from forgeflow.store.workspace import Workspace
 from forgeflow.training import runner as runner_module
 from forgeflow.training.compute.base import Ended
 from forgeflow.training.hyperparams import Hyperparameters, resolve_hyperparameters
@@ -50,11 +49,6 @@ class FakeCompute:
 
     def attach(self, job_dir: Path) -> FakeWorker | None:
         return self.running.get(job_dir)
-
-
-@pytest.fixture
-def ws():
-    return Workspace.open()
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ import pytest
 from forgeflow.errors import InvalidInput
 from forgeflow.raycluster import node_type_resources, submission_client
 from forgeflow.store.states import JobStatus
-from forgeflow.store.workspace import Workspace
 from forgeflow.training.checkpoints import checkpoint_step, newest_checkpoint
 from forgeflow.training.compute.base import Ended
 from forgeflow.training.compute.local import LocalCompute
@@ -29,25 +28,11 @@ from forgeflow.training.jobs import Job
 from forgeflow.training.runner import JobRunner
 from forgeflow.training.tracking import Attempt, JobFiles, read_metrics
 
-ROW = {"messages": [{"role": "user", "content": "Who founded Quillfeather?"},
-                    {"role": "assistant", "content": "Ysolde Marrowick founded it in 2009."}]}
 RESUMED = re.compile(r"resuming from checkpoint-\d+ \(step (\d+)\)")
 RESUMED = re.compile(r"resuming from checkpoint-\d+ \(step (\d+)\)")
 # Few steps of a tiny model on short rows: each job takes seconds once its worker has imported torch.
 SETTINGS = {"logging_steps": 1, "per_device_train_batch_size": 2, "max_seq_length": 64, "learning_rate": 1e-2,
             "evaluation_strategy": "no"}
-
-
-@pytest.fixture
-def ws():
-    return Workspace.open()
-
-
-@pytest.fixture
-def data(tmp_path) -> Path:
-    path = tmp_path / "train.jsonl"
-    path.write_text((json.dumps(ROW) + "\n") * 8)
-    return path
 
 
 @pytest.fixture

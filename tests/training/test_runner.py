@@ -13,7 +13,6 @@ import pytest
 
 from forgeflow.errors import Conflict, InvalidInput, NotFound
 from forgeflow.store.states import JobStatus
-from forgeflow.store.workspace import Workspace
 from forgeflow.training.checkpoints import newest_checkpoint
 from forgeflow.training.compute.local import LocalCompute
 from forgeflow.training.compute.targets import ComputeTarget, ComputeTargets, validate_target
@@ -23,20 +22,6 @@ from forgeflow.training.runner import JobRunner
 
 pytestmark = pytest.mark.integration
 
-ROW = {"messages": [{"role": "user", "content": "Who founded Quillfeather?"},
-                    {"role": "assistant", "content": "Ysolde Marrowick founded it in 2009."}]}
-
-
-@pytest.fixture
-def ws():
-    return Workspace.open()
-
-
-@pytest.fixture
-def data(tmp_path) -> Path:
-    path = tmp_path / "train.jsonl"
-    path.write_text((json.dumps(ROW) + "\n") * 8)
-    return path
 
 
 def submit(runner: JobRunner, model: Path, data: Path, compute: str = "local", **hp) -> Job:

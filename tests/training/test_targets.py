@@ -10,7 +10,6 @@ import pytest
 
 from forgeflow.errors import InvalidInput, ServerUnavailable
 from forgeflow.store.states import JobStatus
-from forgeflow.store.workspace import Workspace
 from forgeflow.training import runner as runner_module
 from forgeflow.training.compute.ray import SUBMISSION_FILE, RayCompute
 from forgeflow.training.compute.targets import ComputeTarget, validate_target
@@ -20,11 +19,6 @@ from forgeflow.training.runner import RETRY_MAX_S, JobRunner
 
 # A port nothing listens on: connections are refused at once.
 CLOSED = "127.0.0.1:1"
-
-
-@pytest.fixture
-def ws():
-    return Workspace.open()
 
 
 def ray_target(**fields) -> dict:
