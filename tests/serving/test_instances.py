@@ -83,8 +83,8 @@ def test_an_instance_exits_when_its_lifeline_closes():
 
 # An earlier server: starts one fake instance of the deployment given as a row, says its pid, and waits to be killed.
 _EARLIER_SERVER = """
-import json, sys, time
-sys.path.insert(0, sys.argv[1])
+import json, os, sys, time
+sys.path[:0] = [sys.argv[1], os.path.dirname(sys.argv[1])]  # tests/serving and tests (the shared helpers)
 from gateway_harness import FakePlacement
 from forgeflow.serving.records import Deployment
 from forgeflow.store.home import Paths
