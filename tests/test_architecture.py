@@ -146,6 +146,8 @@ WRITERS = {
     "connections": {"forgeflow.store.connections"},
     "compute_targets": {"forgeflow.training.compute.targets"},
     "studio_sessions": {"forgeflow.store.sessions"},
+    "servers": {"forgeflow.store.leadership"},
+    "deployment_instances": {"forgeflow.serving.instances"},
 }
 
 

@@ -2,13 +2,20 @@
 settings) and their state. The service is the one writer of the `endpoints` and `deployments`
 rows: the supervisor reports what happened to instances through it (`Reports`), and the autoscaler it owns
 changes instance counts through it (`ScaleOwner`). The gateway reads
-endpoints through `config()`, an in-memory view rebuilt after every change, so a request costs no
-database read or decryption, and asks `admission` whether a request may go ahead.
+endpoints through `config()`, an in-memory view rebuilt after every change and at least every CONFIG_TTL_S (another
+server may have changed the endpoint), so a request seldom costs a database read or decryption, and asks
+`admission` whether a request may go ahead.
+
+Of several servers on one database, only the leader runs the supervisor and the autoscaler (`lead`): a follower
+writes its changes to the store, which the leader reconciles its supervisor with every SYNC_S, and its gateway
+forwards to the instances the leader publishes (serving/instances.py).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +28,9 @@ from forgeflow.serving import specs
 from forgeflow.serving.admission import Admission
 from forgeflow.serving.auth import issue_token, verify_token
 from forgeflow.serving.autoscale import Autoscaler
+from forgeflow.serving.instances import InstanceBoard, reconcile
 from forgeflow.serving.metrics import Metrics
-from forgeflow.serving.placement import Placement
+from forgeflow.serving.placement import Instance, Placement
 from forgeflow.serving.ray_placement import check_target
 from forgeflow.serving.records import Deployment, Key
 from forgeflow.serving.supervisor import DeploymentSupervisor
@@ -36,6 +44,10 @@ MAX_DEPLOYMENTS = 20
 MAX_MIRROR_PERCENT = 50
 AUTH_MODES = ("key", "token")
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+CONFIG_TTL_S = 1.0  # how long a change made through another server may go unseen by this one's gateway
+SYNC_S = 0.5
+
+log = logging.getLogger("forgeflow.deployments")
 
 
 @dataclass
@@ -50,6 +62,7 @@ class EndpointConfig:
     mirror: dict[str, int]
     max_body_bytes: int | None
     deployments: dict[str, Deployment] = field(default_factory=dict)
+    read_at: float = field(default_factory=time.monotonic)
 
 
 class EndpointService:
@@ -66,6 +79,10 @@ class EndpointService:
         self._cache: dict[str, EndpointConfig] = {}
         self._cache_lock = threading.Lock()
         self._version = 0  # bumped by every change, so a view read before a change is never cached after it
+        self.board = InstanceBoard(ws.store, ws.secrets)
+        self.leading = True  # runs the supervisor; False on a server that follows another (serving/instances.py)
+        self._sync_stop = threading.Event()
+        self._sync: threading.Thread | None = None
         self.metrics.gauge("forgeflow_pending_requests", lambda: {
             Metrics.labels(endpoint=e, deployment=d): float(n) for (e, d), n in self.admission.all_pending().items()})
         self.metrics.gauge("forgeflow_ready_instances", lambda: {
@@ -83,14 +100,48 @@ class EndpointService:
                 self.supervisor.launch(dep.replace(state=DeploymentState.CREATING, error=None))
         self.autoscaler.start()
 
+    def lead(self, server_id: str) -> None:
+        """This server now leads: bring every stored deployment up here (`start`), then publish its instances and
+        apply what other servers write to the store, every SYNC_S."""
+        self.board.clear()
+        self.leading = True
+        self.start()
+        self._sync = threading.Thread(target=self._sync_loop, args=(server_id,), daemon=True,
+                                      name="forgeflow-deployments-sync")
+        self._sync.start()
+
+    def _sync_loop(self, server_id: str) -> None:
+        """The leader's pass: reconcile the supervisor with the store, then publish its instances."""
+        while not self._sync_stop.wait(SYNC_S):
+            try:
+                with self._deployments_lock:
+                    gone = reconcile(self.supervisor, map(Deployment.from_row, self.store.select("deployments")))
+                for key in gone:
+                    self.autoscaler.forget(key)
+                    self.placement.forget(*key)
+                self.board.publish(self.supervisor, server_id)
+            except Exception:  # a busy database must not end it for good
+                log.exception("reconciling deployments with the store failed")
+
     def shutdown(self) -> None:
+        self._sync_stop.set()
+        if self._sync is not None:
+            self._sync.join(10)
         self.autoscaler.stop()
         self.supervisor.shutdown()
+
+    def ready_instances(self, key: Key) -> list[Instance]:
+        """Where the gateway may send a request: the supervisor's ready instances, or on a follower the leader's."""
+        return self.supervisor.ready_instances(*key) if self.leading else self.board.ready(key)
+
+    def mark_unready(self, inst: Instance) -> None:
+        """The gateway could not connect to the instance: route around it until a probe says otherwise."""
+        (self.supervisor.mark_unready if self.leading else self.board.mark_unreachable)(inst)
 
     # -- the gateway's view ------------------------------------------------------
     def config(self, name: str) -> EndpointConfig:
         cfg = self._cache.get(name)
-        if cfg is None:
+        if cfg is None or time.monotonic() - cfg.read_at > CONFIG_TTL_S:
             version = self._version
             row = self._endpoint_row(name)
             deps = {d["name"]: Deployment.from_row(d) for d in self.store.select("deployments", {"endpoint": name})}
@@ -259,7 +310,7 @@ class EndpointService:
         if runtime != specs.FLOW_RUNTIME:  # a flow folder is checked by the API layer
             check_runtime(runtime)
         checked_resources = specs.resources(resources)
-        _check_flow_resources(runtime, checked_resources)
+        specs.check_flow_resources(runtime, checked_resources)
         target = self._placement_target(specs.compute(specs.LOCAL_COMPUTE if compute is None else compute),
                                         resources or {})
         dep = Deployment(
@@ -270,9 +321,11 @@ class EndpointService:
             state=DeploymentState.CREATING, error=None, created_at=now(), updated_at=now(), scale_settings=scale,
             compute=target["name"], resources=checked_resources,
         )
-        self.store.insert("deployments", dep.row())
-        self._changed(endpoint)
-        self.supervisor.launch(dep)
+        with self._deployments_lock:  # the leader's reconcile pass must not launch it a second time
+            self.store.insert("deployments", dep.row())
+            self._changed(endpoint)
+            if self.leading:
+                self.supervisor.launch(dep)
         return self.show_deployment(endpoint, name)
 
     def update_deployment(self, endpoint: str, name: str, sets: dict[str, Any],
@@ -310,10 +363,11 @@ class EndpointService:
             new = new.replace(model_ref=ref, model_path=str(path))
         if new.runtime != old.runtime:
             check_runtime(new.runtime)
-        _check_flow_resources(new.runtime, new.resources)
+        specs.check_flow_resources(new.runtime, new.resources)
         self._write_deployment(new.key, new.spec() | {"state": new.state, "error": None,
                                                       "updated_at": new.updated_at})
-        self.supervisor.update(old, new)
+        if self.leading:
+            self.supervisor.update(old, new)
 
     def _placement_target(self, compute: str, given_resources: dict[str, Any]) -> dict:
         """The compute target, once it exists (404 naming `compute`) and can run the deployment. A local target
@@ -349,9 +403,10 @@ class EndpointService:
             "scale_settings": dep.scale_settings, "scale_events": self.autoscaler.events(dep.key),
             "compute": dep.compute, "resources": dep.resources,
             "provisioning_state": dep.state, "error": dep.error,
-            "instances": [{"index": i.index, **self.placement.describe(i), "ready": i.ready,
-                           "inflight": self.admission.in_flight(i), "restarts": i.restarts}
-                          for i in self.supervisor.instances(endpoint, name)],
+            "instances": [{"index": i.index, **(self.placement.describe(i) if self.leading else {"url": i.url}),
+                           "ready": i.ready, "inflight": self.admission.in_flight(i), "restarts": i.restarts}
+                          for i in (self.supervisor.instances(endpoint, name) if self.leading
+                                    else self.board.instances(dep.key))],
             "created_at": dep.created_at, "updated_at": dep.updated_at,
         }
 
@@ -417,8 +472,9 @@ class EndpointService:
                 return False
             specs.instance_count(count, dep.scale_settings)
             # The pool first: when its instances cannot start, the row keeps the count the pool has, so the
-            # next wake or poll asks again.
-            self.supervisor.scale(dep.replace(instance_count=count))
+            # next wake or poll asks again. A follower's wake only writes the count, which the leader applies.
+            if self.leading:
+                self.supervisor.scale(dep.replace(instance_count=count))
             self._write_deployment(key, {"instance_count": count})
         return True
 
@@ -430,14 +486,6 @@ def _check_split(endpoint: str, split: dict[str, int], known: set[str], what: st
                                f"(deployments: {', '.join(sorted(known)) or 'none'})", field=what)
         if isinstance(pct, bool) or not isinstance(pct, int) or not 0 <= pct <= 100:
             raise InvalidInput(f"{what} for {dep!r} must be a whole percentage 0-100, got {pct!r}", field=what)
-
-
-def _check_flow_resources(runtime: str, resources: dict[str, Any]) -> None:
-    """A flow server runs on the CPU: GPUs reserved for it would sit idle, kept from every other job."""
-    if runtime == specs.FLOW_RUNTIME and resources.get("gpus"):
-        raise InvalidInput(f"resources.gpus={resources['gpus']}: a flow deployment runs its flow on the CPU and "
-                           "would never use a GPU reserved for it; leave resources.gpus at 0 (a model it calls "
-                           "through a connection runs on its own deployment)", field="resources.gpus")
 
 
 def _check_body_limit(value: int | None) -> None:

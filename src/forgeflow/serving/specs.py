@@ -254,3 +254,11 @@ def apply_sets(spec: dict[str, Any], sets: dict[str, Any]) -> dict[str, Any]:
     out["instance_count"] = (instance_count(sets["instance_count"], scale_now) if "instance_count" in sets
                              else min(max(out["instance_count"], low), high))
     return out
+
+
+def check_flow_resources(runtime: str, resources: dict[str, Any]) -> None:
+    """A flow server runs on the CPU: GPUs reserved for it would sit idle, kept from every other job."""
+    if runtime == FLOW_RUNTIME and resources.get("gpus"):
+        raise InvalidInput(f"resources.gpus={resources['gpus']}: a flow deployment runs its flow on the CPU and "
+                           "would never use a GPU reserved for it; leave resources.gpus at 0 (a model it calls "
+                           "through a connection runs on its own deployment)", field="resources.gpus")
