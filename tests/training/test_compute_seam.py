@@ -43,7 +43,7 @@ class FakeCompute:
         if hp.memory.precision == "fp16":
             raise InvalidInput("precision=fp16 is not here", field="precision")
 
-    def start(self, job_dir: Path) -> FakeWorker:
+    def start(self, job_dir: Path, env: dict[str, str] | None = None) -> FakeWorker:
         worker = self.started[job_dir] = self.running[job_dir] = FakeWorker()
         return worker
 

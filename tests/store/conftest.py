@@ -1,0 +1,25 @@
+"""Every store test runs twice: on SQLite (the embedded default) and on a fresh database of the session's Postgres."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+
+@pytest.fixture(autouse=True)
+def backend(database_url) -> str:
+    return database_url
+
+
+@pytest.fixture
+def stored_text():
+    """Every value of every table of a store as one string: what a copy of the database would show."""
+
+    def read(store) -> str:
+        out = []
+        with store.engine.connect() as conn:
+            for table in sa.inspect(conn).get_table_names():
+                out += [repr(tuple(row)) for row in conn.execute(sa.text(f'SELECT * FROM "{table}"'))]
+        return "\n".join(out)
+
+    return read
