@@ -1,14 +1,9 @@
-"""Every store test runs twice: on SQLite (the embedded default) and on a fresh database of the session's Postgres."""
+"""The store's tests take `database_url` (tests/conftest.py) to run twice: on SQLite and on a fresh Postgres database."""
 
 from __future__ import annotations
 
 import pytest
 import sqlalchemy as sa
-
-
-@pytest.fixture(autouse=True)
-def backend(database_url) -> str:
-    return database_url
 
 
 @pytest.fixture

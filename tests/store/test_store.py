@@ -10,7 +10,7 @@ from forgeflow.store.secrets import same
 from forgeflow.store.workspace import Workspace
 
 
-def test_workspace_creates_home_and_token(forgeflow_home, stored_text):
+def test_workspace_creates_home_and_token(forgeflow_home, database_url, stored_text):
     ws = Workspace.open()
     assert ws.paths.root == forgeflow_home.resolve()
     assert ws.paths.artifacts.is_dir() and ws.store.get_setting("admin_token")
@@ -28,7 +28,7 @@ def test_migrations_apply_once(database_url):
     assert [r["name"] for r in rows] == [m[0] for m in MIGRATIONS]
 
 
-def test_connection_secrets_encrypted_and_masked(stored_text):
+def test_connection_secrets_encrypted_and_masked(database_url, stored_text):
     ws = Workspace.open()
     conns = ConnectionStore(ws)
     conns.upsert("c1", "custom", {"endpoint": "http://x/score"}, {"key": "s3cr3t-value"})
