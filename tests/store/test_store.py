@@ -5,7 +5,8 @@ import pytest
 
 from forgeflow.errors import Conflict, InvalidInput, NotFound
 from forgeflow.store.connections import ConnectionStore
-from forgeflow.store.db import MIGRATIONS, Store
+from forgeflow.store import migrate
+from forgeflow.store.db import Store
 from forgeflow.store.secrets import same
 from forgeflow.store.workspace import Workspace
 
@@ -24,8 +25,8 @@ def test_workspace_creates_home_and_token(forgeflow_home, database_url, stored_t
 def test_migrations_apply_once(database_url):
     store = Store(database_url)
     assert store.migrate() == []
-    rows = store.select("schema_migrations")
-    assert [r["name"] for r in rows] == [m[0] for m in MIGRATIONS]
+    assert migrate.current_revision(store.engine) == migrate.revisions()[-1]
+    assert [r["version_num"] for r in store.select(migrate.VERSION_TABLE)] == [migrate.revisions()[-1]]
 
 
 def test_connection_secrets_encrypted_and_masked(database_url, stored_text):

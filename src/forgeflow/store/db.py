@@ -1,7 +1,7 @@
 """The control-plane store: SQLAlchemy Core over SQLite (default) or Postgres.
 
-Schema changes are named, append-only migrations applied when the store opens; a migration
-that has run is never edited, a change is a new entry at the end of MIGRATIONS.
+Schema changes are Alembic revisions (`store/migrations/versions/`, run by `store/migrate.py`) applied when the
+store opens; a revision that has run is never edited, a change is a new revision after the last.
 """
 
 from __future__ import annotations
@@ -14,87 +14,18 @@ from typing import Any, Iterable
 import sqlalchemy as sa
 
 from forgeflow.errors import Conflict, InvalidInput
-
-MIGRATIONS: list[tuple[str, list[str]]] = [
-    (
-        "0001_initial",
-        [
-            """CREATE TABLE settings (key VARCHAR(64) PRIMARY KEY, value TEXT NOT NULL)""",
-            """CREATE TABLE jobs (
-                id VARCHAR(64) PRIMARY KEY, name VARCHAR(128) NOT NULL, type VARCHAR(32) NOT NULL,
-                status VARCHAR(32) NOT NULL, compute VARCHAR(64) NOT NULL,
-                base_model VARCHAR(256) NOT NULL, base_model_path TEXT NOT NULL,
-                training_data TEXT NOT NULL, validation_data TEXT,
-                hyperparameters TEXT NOT NULL, job_dir TEXT NOT NULL,
-                pid INTEGER, error TEXT, mlflow_run_id VARCHAR(64), progress TEXT, metrics TEXT,
-                created_at VARCHAR(40) NOT NULL, started_at VARCHAR(40), finished_at VARCHAR(40))""",
-            """CREATE TABLE endpoints (
-                name VARCHAR(32) PRIMARY KEY, auth_mode VARCHAR(16) NOT NULL,
-                primary_key TEXT NOT NULL, secondary_key TEXT NOT NULL,
-                traffic TEXT NOT NULL, description TEXT, created_at VARCHAR(40) NOT NULL)""",
-            """CREATE TABLE deployments (
-                endpoint VARCHAR(32) NOT NULL, name VARCHAR(32) NOT NULL,
-                model_ref VARCHAR(256) NOT NULL, model_path TEXT NOT NULL, runtime VARCHAR(32) NOT NULL,
-                instance_count INTEGER NOT NULL, request_settings TEXT NOT NULL,
-                state VARCHAR(32) NOT NULL, error TEXT, created_at VARCHAR(40) NOT NULL,
-                PRIMARY KEY (endpoint, name))""",
-            """CREATE TABLE connections (
-                name VARCHAR(128) PRIMARY KEY, type VARCHAR(32) NOT NULL, configs TEXT NOT NULL,
-                secrets TEXT NOT NULL, created_at VARCHAR(40) NOT NULL, updated_at VARCHAR(40) NOT NULL)""",
-        ],
-    ),
-    (
-        "0002_compute_targets",
-        [
-            """CREATE TABLE compute_targets (
-                name VARCHAR(64) PRIMARY KEY, type VARCHAR(16) NOT NULL, max_concurrent_jobs INTEGER NOT NULL,
-                min_nodes INTEGER NOT NULL, max_nodes INTEGER NOT NULL, idle_time_before_scale_down INTEGER NOT NULL,
-                description TEXT, created_at VARCHAR(40) NOT NULL)""",
-        ],
-    ),
-    (
-        "0003_endpoint_features",
-        [
-            "ALTER TABLE endpoints ADD COLUMN mirror_traffic TEXT",
-            "ALTER TABLE endpoints ADD COLUMN max_body_bytes INTEGER",
-            "ALTER TABLE deployments ADD COLUMN liveness_probe TEXT",
-            "ALTER TABLE deployments ADD COLUMN readiness_probe TEXT",
-            "ALTER TABLE deployments ADD COLUMN updated_at VARCHAR(40)",
-        ],
-    ),
-    (
-        # Studio sign-ins live server-side so that signing out or rotating the admin token ends them at once;
-        # only a hash of each session id is kept, so a copy of the database signs nobody in.
-        "0004_studio_sessions",
-        [
-            """CREATE TABLE studio_sessions (
-                id_hash VARCHAR(64) PRIMARY KEY, token_tag VARCHAR(64) NOT NULL, created_at VARCHAR(40) NOT NULL,
-                expires_at INTEGER NOT NULL)""",
-        ],
-    ),
-    (
-        # Ray cluster targets (address, node type, shared storage) and deployments placed on a target, with the
-        # resources each instance asks for and the instance autoscaling settings.
-        "0005_clusters",
-        [
-            "ALTER TABLE compute_targets ADD COLUMN address TEXT",
-            "ALTER TABLE compute_targets ADD COLUMN size VARCHAR(128)",
-            "ALTER TABLE compute_targets ADD COLUMN storage TEXT",
-            "ALTER TABLE deployments ADD COLUMN compute VARCHAR(64)",
-            "ALTER TABLE deployments ADD COLUMN resources TEXT",
-            "ALTER TABLE deployments ADD COLUMN scale_settings TEXT",
-        ],
-    ),
-]
+from forgeflow.store import migrate
 
 # What a row of each table is called in "already exists" answers.
 NOUNS = {"endpoints": "endpoint", "deployments": "deployment", "connections": "connection",
-         "compute_targets": "compute target", "jobs": "job", "settings": "setting"}
+         "compute_targets": "compute target", "jobs": "job", "settings": "setting", "users": "user",
+         "access_tokens": "token"}
 # SQLite and Postgres store integers in 64 bits; a larger value is a bad request, not a crash in the driver.
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 
 JSON_COLUMNS = {"hyperparameters", "progress", "metrics", "traffic", "request_settings", "configs",
-                "mirror_traffic", "liveness_probe", "readiness_probe", "resources", "scale_settings"}
+                "mirror_traffic", "liveness_probe", "readiness_probe", "resources", "scale_settings",
+                "detail", "allowed_users"}
 
 
 def now() -> str:
@@ -115,20 +46,8 @@ class Store:
         self.migrate()
 
     def migrate(self) -> list[str]:
-        applied: list[str] = []
-        with self.engine.begin() as conn:
-            conn.execute(
-                sa.text("CREATE TABLE IF NOT EXISTS schema_migrations (name VARCHAR(128) PRIMARY KEY, applied_at VARCHAR(40))")
-            )
-            done = {r[0] for r in conn.execute(sa.text("SELECT name FROM schema_migrations"))}
-            for name, statements in MIGRATIONS:
-                if name in done:
-                    continue
-                for stmt in statements:
-                    conn.execute(sa.text(stmt))
-                conn.execute(sa.text("INSERT INTO schema_migrations VALUES (:n, :t)"), {"n": name, "t": now()})
-                applied.append(name)
-        return applied
+        """Bring the schema up to date; the revisions applied."""
+        return migrate.upgrade(self.engine)
 
     # -- generic row helpers -------------------------------------------------
     def insert(self, table: str, row: dict) -> None:
