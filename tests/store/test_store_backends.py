@@ -98,3 +98,22 @@ def test_json_columns_round_trip_and_rows_come_back_in_order(store):
     assert store.get("endpoints", name="a-ep")["traffic"] == {}
     assert store.delete("endpoints", {"name": "nope"}) == 0
     assert store.execute("DELETE FROM endpoints WHERE name < :n", {"n": "c"}) == 2
+
+
+def test_a_string_longer_than_its_column_or_holding_nul_is_refused_naming_the_column(store):
+    with pytest.raises(InvalidInput, match="size: at most 128 characters") as exc:
+        store.insert("compute_targets", target("long", size="x" * 129))
+    assert exc.value.field == "size"
+    store.insert("compute_targets", target("long", size="é" * 128, description="y" * 100_000))
+    with pytest.raises(InvalidInput, match="NUL") as exc:
+        store.update("compute_targets", {"name": "long"}, {"description": "a\x00b"})
+    assert exc.value.field == "description"
+    assert store.get("compute_targets", name="long")["size"] == "é" * 128
+
+
+def test_integer_columns_hold_64_bits_and_expiry_past_2038(store):
+    store.insert("studio_sessions", {"id_hash": "h", "token_tag": "t", "created_at": "x", "expires_at": 2**40})
+    assert store.get("studio_sessions", id_hash="h")["expires_at"] == 2**40
+    store.insert("endpoints", {"name": "big", "auth_mode": "key", "primary_key": "p", "secondary_key": "s",
+                               "traffic": {}, "created_at": "x", "max_body_bytes": 5 * 2**30})
+    assert store.get("endpoints", name="big")["max_body_bytes"] == 5 * 2**30
