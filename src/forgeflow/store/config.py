@@ -129,8 +129,9 @@ def check_database_url(url: str, field: str = "database_url") -> str:
             raise InvalidInput(f"{field}: {mask(url)!r} names no database: add /DATABASE after the host", field=field)
         return f"{POSTGRES}://{rest}"
     if scheme == "sqlite":
-        if not rest.startswith("/") or rest == "/":
-            raise InvalidInput(f"{field}: {url!r} names no file: use sqlite:////ABSOLUTE/PATH.db", field=field)
+        if not rest.startswith("//") or rest == "//":  # sqlite:////abs/path: three slashes, then the path's own
+            raise InvalidInput(f"{field}: {url!r} names no file by its absolute path: use sqlite:////PATH/FILE.db",
+                               field=field)
         return url
     raise InvalidInput(f"{field}: unknown scheme {scheme!r}: forgeflow's store is sqlite:///FILE (the default) or "
                        f"{POSTGRES}://USER:PASSWORD@HOST:PORT/DATABASE", field=field)
