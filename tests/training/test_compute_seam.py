@@ -52,6 +52,14 @@ class FakeCompute:
 
 
 @pytest.fixture
+def ws(database_url):
+    """These tests run on SQLite and on Postgres (tests/conftest.py's database_url)."""
+    from forgeflow.store.workspace import Workspace
+
+    return Workspace.open()
+
+
+@pytest.fixture
 def compute():
     return FakeCompute()
 
