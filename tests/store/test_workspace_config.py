@@ -48,6 +48,14 @@ def test_init_on_postgres_keeps_the_password_encrypted_and_shows_it_masked(postg
     assert Paths.current().db_url == url  # decrypted in memory only
     again = init()
     assert again["created"] is False and again["database_url"] == info["database_url"]
+    from fastapi.testclient import TestClient
+
+    from forgeflow.api.app import create_app
+
+    with TestClient(create_app(Workspace.open(), background=False)) as http:
+        health = http.get("/api/health").json()
+    assert health["database_url"] == info["database_url"] and PASSWORD not in json.dumps(health)
+    assert health["mlflow_tracking_uri"] == info["mlflow_tracking_uri"]
     # MLflow's tables (its own `jobs`, `endpoints`, ...) live in the `mlflow` schema, forgeflow's in public
     from mlflow import MlflowClient
 
