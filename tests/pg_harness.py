@@ -36,9 +36,9 @@ def find_bindir() -> Path:
             candidates.append(Path(out))
         except (OSError, subprocess.SubprocessError):
             pass
-    candidates += [Path(p) for p in sorted(glob.glob("/usr/lib/postgresql/*/bin"),
-                                           key=lambda p: int(Path(p).parent.name) if Path(p).parent.name.isdigit() else 0,
-                                           reverse=True)]
+    versions = glob.glob("/usr/lib/postgresql/*/bin")
+    candidates += [Path(p) for p in sorted(versions, key=lambda p: int(Path(p).parent.name)
+                                           if Path(p).parent.name.isdigit() else 0, reverse=True)]
     for bindir in candidates:
         if (bindir / "initdb").is_file() and (bindir / "pg_ctl").is_file():
             return bindir

@@ -1,4 +1,5 @@
-"""The store's tests take `database_url` (tests/conftest.py) to run twice: on SQLite and on a fresh Postgres database."""
+"""The store's tests take `database_url` (tests/conftest.py) to run twice: on SQLite and on a fresh Postgres
+database."""
 
 from __future__ import annotations
 

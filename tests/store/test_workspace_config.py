@@ -85,8 +85,10 @@ def test_a_password_can_come_from_stdin_and_the_environment_overrides_the_file(p
 
 @pytest.mark.parametrize(("args", "says"), [
     (["--database-url", "mysql://u@h/db"], "database_url: unknown scheme 'mysql'"),
-    (["--database-url", "postgresql+psycopg://u:pw@/db"], "database_url: 'postgresql+psycopg://u:***@/db' names no host"),
-    (["--database-url", "sqlite:///relative.db"], "database_url: 'sqlite:///relative.db' names no file by its absolute path"),
+    (["--database-url", "postgresql+psycopg://u:pw@/db"],
+     "database_url: 'postgresql+psycopg://u:***@/db' names no host"),
+    (["--database-url", "sqlite:///relative.db"],
+     "database_url: 'sqlite:///relative.db' names no file by its absolute path"),
     (["--mlflow-uri", "ftp://h/x"], "mlflow_uri: 'ftp://h/x' is neither an MLflow server"),
     (["--artifacts-root", "relative/dir"], "artifacts_root: 'relative/dir' is relative"),
     (["--artifacts-root", "s3://bucket/x"], "artifacts_root: 's3://bucket/x' is not a directory"),

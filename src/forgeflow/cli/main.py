@@ -23,7 +23,8 @@ def init(
     database_url: str = typer.Option(
         None, "--database-url", help="The store: sqlite:///FILE (default: forgeflow.db in the home) or "
         "postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE for a team. '-' reads it from stdin, which keeps a "
-        "password off the command line. Saved in the home (the password encrypted); FORGEFLOW_DATABASE_URL overrides it."),
+        "password off the command line. Saved in the home (the password encrypted); FORGEFLOW_DATABASE_URL "
+        "overrides it."),
     mlflow_uri: str = typer.Option(
         None, "--mlflow-uri", help="MLflow tracking and registry: an MLflow server http(s)://HOST:PORT or a database "
         "URL ('-' reads it from stdin). Default: the store's Postgres database (schema 'mlflow'), or mlflow.db "
@@ -37,7 +38,8 @@ def init(
     json_out: bool = JsonOpt,
 ) -> None:
     """Create the workspace home (FORGEFLOW_HOME, default ~/.forgeflow): store, artifacts, MLflow, admin token.
-    Run it again with options to move the workspace's database, MLflow or artifacts (existing rows are not copied)."""
+    Run it again with options to point the workspace at another database, MLflow or artifacts root (nothing is
+    copied over)."""
     from forgeflow.store.home import Paths
     from forgeflow.store.workspace import Workspace
 

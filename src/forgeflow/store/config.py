@@ -107,8 +107,9 @@ def password_env(uri: str) -> tuple[str, dict[str, str]]:
     if password is None:
         return uri, {}
     if uri.startswith(("http://", "https://")):
-        user = urlsplit(uri).netloc.rpartition("@")[0].partition(":")[0]
-        bare = urlunsplit(urlsplit(public)._replace(netloc=urlsplit(public).netloc.rpartition("@")[2]))
+        parts = urlsplit(public)
+        user, _, hostport = parts.netloc.rpartition("@")
+        bare = urlunsplit(parts._replace(netloc=hostport))
         return bare, {"MLFLOW_TRACKING_USERNAME": unquote(user), "MLFLOW_TRACKING_PASSWORD": unquote(password)}
     return public, {"PGPASSWORD": unquote(password)}
 
@@ -123,8 +124,8 @@ def check_database_url(url: str, field: str = "database_url") -> str:
                            f"{POSTGRES}://USER:PASSWORD@HOST:PORT/DATABASE", field=field)
     if scheme in ("postgres", "postgresql", POSTGRES):
         if not urlsplit(url).hostname and "host=" not in url:
-            raise InvalidInput(f"{field}: {mask(url)!r} names no host: use {POSTGRES}://USER:PASSWORD@HOST:PORT/DATABASE",
-                               field=field)
+            raise InvalidInput(f"{field}: {mask(url)!r} names no host: use "
+                               f"{POSTGRES}://USER:PASSWORD@HOST:PORT/DATABASE", field=field)
         if not urlsplit(url).path.strip("/"):
             raise InvalidInput(f"{field}: {mask(url)!r} names no database: add /DATABASE after the host", field=field)
         return f"{POSTGRES}://{rest}"
