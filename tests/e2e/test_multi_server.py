@@ -43,8 +43,9 @@ def _rows(path, n=8):
 
 
 @pytest.fixture
-def two_servers(forgeflow_home):
-    """The first server started leads; the second, on the same home (and so the same database), follows."""
+def two_servers(forgeflow_home, database_url):
+    """Two servers on one home and one database (the SQLite file, or a Postgres database): the first started leads,
+    the second follows."""
     first, second = LiveServer.on_loopback(forgeflow_home), LiveServer.on_loopback(forgeflow_home)
     first.start()
     second.start()

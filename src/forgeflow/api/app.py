@@ -132,7 +132,7 @@ def create_app(ws: Workspace | None = None, *, base_url: str = "http://127.0.0.1
         """Public: whether this server answers, and whether it leads (runs jobs and deployments)."""
         lead = services.leadership
         role = "leader" if lead is None or lead.leads else "follower"
-        return {"status": "ok", "version": __version__, "home": str(ws.paths.root), "role": role}
+        return {"status": "ok", "version": __version__, **ws.describe(), "role": role}  # passwords masked
 
     @app.get("/api/servers", tags=["server"])
     def list_servers() -> list[dict]:
