@@ -5,13 +5,17 @@ job finishes and the endpoint answers again."""
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from instance_procs import instance_pids
 from live_server import LiveServer
 from waiting import wait_until
 
+from forgeflow.api.app import LEADERSHIP_LOST_EXIT
+from forgeflow.store.leadership import LEADER_LOCK
 from forgeflow.store.states import JobStatus
 
 pytestmark = pytest.mark.integration
@@ -42,16 +46,24 @@ def _rows(path, n=8):
     return path
 
 
+@contextmanager
+def _pair(home):
+    """Two servers on one home and one database: the first started leads, the second follows."""
+    first, second = LiveServer.on_loopback(home), LiveServer.on_loopback(home)
+    try:
+        first.start()
+        second.start()
+        yield first, second
+    finally:
+        for server in (second, first):
+            server.stop()
+
+
 @pytest.fixture
 def two_servers(forgeflow_home, database_url):
-    """Two servers on one home and one database (the SQLite file, or a Postgres database): the first started leads,
-    the second follows."""
-    first, second = LiveServer.on_loopback(forgeflow_home), LiveServer.on_loopback(forgeflow_home)
-    first.start()
-    second.start()
-    yield first, second
-    for server in (second, first):
-        server.stop()
+    """On the test's database: the SQLite file in the home, or a Postgres database."""
+    with _pair(forgeflow_home) as pair:
+        yield pair
 
 
 def test_either_server_serves_and_the_follower_takes_over_from_a_killed_leader(two_servers, tiny_model_dir,
@@ -95,3 +107,23 @@ def test_either_server_serves_and_the_follower_takes_over_from_a_killed_leader(t
     assert done["progress"]["step"] == MAX_STEPS
     dep = follower.cli_json("online-deployment", "show", "--name", "blue", "--endpoint-name", "ms-ep")
     assert dep["provisioning_state"] == "Succeeded" and [i["ready"] for i in dep["instances"]] == [True], dep
+
+
+@pytest.mark.postgres
+def test_a_leader_whose_database_session_ends_exits_and_the_follower_leads(forgeflow_home, postgres, monkeypatch):
+    """The database ends the leader's lock session (as a restart or an operator would): a successor may lead at
+    once, so the old leader exits rather than run jobs and instances beside it."""
+    url = postgres.new_database()
+    monkeypatch.setenv("FORGEFLOW_DATABASE_URL", url)
+    with _pair(forgeflow_home) as (leader, follower):
+        assert (_role(leader), _role(follower)) == ("leader", "follower")
+        engine = sa.create_engine(url)
+        with engine.connect() as admin:
+            ended = admin.execute(sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                "AND objsubid = 1 AND ((classid::bigint << 32) | objid::bigint) = :k"), {"k": LEADER_LOCK}).all()
+        engine.dispose()
+        assert ended == [(True,)]
+        assert leader.proc.wait(30) == LEADERSHIP_LOST_EXIT
+        wait_until(lambda: _role(follower) == "leader", 30, "the follower to take over", interval=0.2)
