@@ -113,7 +113,7 @@ async def test_studio_signs_in_with_a_personal_token_and_revoking_it_ends_the_se
     r = await one.post("/api/session", json={"token": made["token"]})
     assert r.status_code == 200
     assert r.json() == {"signed_in": True, "user": "dana", "role": "reader", "token_id": made["id"],
-                             "expires_at": made["expires_at"], "expires_at_utc": made["expires_at_utc"]}
+                        "expires_at": made["expires_at"], "expires_at_utc": made["expires_at_utc"]}
     cookie = {COOKIE: one.cookies[COOKIE]}
     assert made["token"] not in r.headers["set-cookie"]
     stored = ws.store.select("studio_sessions")
