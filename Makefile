@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.forgeflow-installed
 LLAMACPP_STAMP := $(VENV)/.forgeflow-llamacpp-installed
 CHROMIUM := /usr/bin/chromium
+INITDB := $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb) /usr/lib/postgresql/15/bin/initdb)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: quickstart test install clean
@@ -31,10 +32,15 @@ $(CHROMIUM):
 	$(SUDO) apt-get update
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y chromium
 
+# The store's tests also run on a throw-away Postgres cluster started from Debian's postgresql package.
+$(INITDB):
+	$(SUDO) apt-get update
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y postgresql
+
 quickstart: $(STAMP)
 	$(BIN)/forgeflow quickstart
 
-test: $(STAMP) $(LLAMACPP_STAMP) $(CHROMIUM)
+test: $(STAMP) $(LLAMACPP_STAMP) $(CHROMIUM) $(INITDB)
 	$(BIN)/pytest
 
 clean:

@@ -32,3 +32,31 @@ def loopback_ray():
     ray = start_loopback_ray()
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One real Postgres cluster for the whole run (Debian's postgresql package, a temporary directory, a loopback
+    port): `.url` is its `forgeflow` database, `.new_database()` a fresh empty one, `.restart()` / `.kill()` stop
+    it as a crash would. Without the package the test fails and says how to install it: never a silent skip."""
+    from pg_harness import PostgresMissing, start_postgres
+
+    try:
+        pg = start_postgres()
+    except PostgresMissing as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request, forgeflow_home, monkeypatch) -> str:
+    """The store of this test, once on SQLite (the workspace's default file) and once on a fresh Postgres database;
+    FORGEFLOW_DATABASE_URL points the workspace at it, so Workspace.open() and every server in the test use it."""
+    if request.param == "sqlite":
+        forgeflow_home.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{forgeflow_home / 'forgeflow.db'}"
+    else:
+        url = request.getfixturevalue("postgres").new_database()
+    monkeypatch.setenv("FORGEFLOW_DATABASE_URL", url)
+    return url

@@ -10,6 +10,14 @@ pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
+def ws(database_url):
+    """These tests run on SQLite and on Postgres (tests/conftest.py's database_url)."""
+    from forgeflow.store.workspace import Workspace
+
+    return Workspace.open()
+
+
+@pytest.fixture
 async def browser(app):
     """A client with no token: what a browser is before signing in."""
     async with app.router.lifespan_context(app):

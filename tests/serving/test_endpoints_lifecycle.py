@@ -175,7 +175,8 @@ def test_a_failed_update_rolls_back_and_keeps_serving(gateway):
     assert r.status_code == 200 and r.json()["output"] == "v1"
 
 
-def test_new_fields_survive_a_restart_and_delete_stops_processes(gateway):
+def test_new_fields_survive_a_restart_and_delete_stops_processes(database_url, gateway):
+    """On SQLite and on Postgres: every endpoint and deployment field comes back from the store."""
     from forgeflow.serving.endpoints import EndpointService
     from forgeflow.serving.placement import LocalPlacement
 

@@ -7,7 +7,7 @@ from forgeflow.store.connections import ConnectionStore, local_connection_lookup
 from forgeflow.store.workspace import Workspace
 
 
-def test_update_merges_and_removes():
+def test_update_merges_and_removes(database_url):
     store = ConnectionStore(Workspace.open())
     store.upsert("c", "custom", {"endpoint": "a", "timeout": 3}, {"key": "k"})
     out = store.update("c", {"endpoint": "b"}, {"other": "o"}, remove=["timeout"])
@@ -18,7 +18,7 @@ def test_update_merges_and_removes():
         store.update("missing", {"a": "b"})
 
 
-def test_local_lookup_decrypts_keeps_env_references_and_reads_each_name_once():
+def test_local_lookup_decrypts_keeps_env_references_and_reads_each_name_once(database_url):
     store = ConnectionStore(Workspace.open())
     store.upsert("oa", "open_ai", {"base_url": "http://h/v1"}, {"api_key": "${env:OA_KEY}"})
     lookup = local_connection_lookup()

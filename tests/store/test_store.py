@@ -11,30 +11,29 @@ from forgeflow.store.secrets import same
 from forgeflow.store.workspace import Workspace
 
 
-def test_workspace_creates_home_and_token(forgeflow_home):
+def test_workspace_creates_home_and_token(forgeflow_home, database_url, stored_text):
     ws = Workspace.open()
     assert ws.paths.root == forgeflow_home.resolve()
-    assert ws.paths.db.exists() and ws.paths.artifacts.is_dir()
+    assert ws.paths.artifacts.is_dir() and ws.store.get_setting("admin_token")
     assert stat.S_IMODE(os.stat(ws.paths.secret_key).st_mode) == 0o600
     token = ws.admin_token()
     assert token.startswith("ffa_") and len(token) > 30
     assert Workspace.open().admin_token() == token  # stable across opens
-    assert token.encode() not in ws.paths.db.read_bytes()  # encrypted at rest
+    assert token not in stored_text(ws.store)  # encrypted at rest
 
 
-def test_migrations_apply_once(tmp_path):
-    url = f"sqlite:///{tmp_path / 'x.db'}"
-    store = Store(url)
+def test_migrations_apply_once(database_url):
+    store = Store(database_url)
     assert store.migrate() == []
     assert migrate.current_revision(store.engine) == migrate.revisions()[-1]
     assert [r["version_num"] for r in store.select(migrate.VERSION_TABLE)] == [migrate.revisions()[-1]]
 
 
-def test_connection_secrets_encrypted_and_masked():
+def test_connection_secrets_encrypted_and_masked(database_url, stored_text):
     ws = Workspace.open()
     conns = ConnectionStore(ws)
     conns.upsert("c1", "custom", {"endpoint": "http://x/score"}, {"key": "s3cr3t-value"})
-    assert b"s3cr3t-value" not in ws.paths.db.read_bytes()
+    assert "http://x/score" in stored_text(ws.store) and "s3cr3t-value" not in stored_text(ws.store)
     assert conns.show("c1")["secrets"] == {"key": "******"}
     assert conns.show("c1", with_secrets=True)["secrets"] == {"key": "s3cr3t-value"}
     with pytest.raises(Conflict):

@@ -43,12 +43,20 @@ class FakeCompute:
         if hp.memory.precision == "fp16":
             raise InvalidInput("precision=fp16 is not here", field="precision")
 
-    def start(self, job_dir: Path) -> FakeWorker:
+    def start(self, job_dir: Path, env: dict[str, str] | None = None) -> FakeWorker:
         worker = self.started[job_dir] = self.running[job_dir] = FakeWorker()
         return worker
 
     def attach(self, job_dir: Path) -> FakeWorker | None:
         return self.running.get(job_dir)
+
+
+@pytest.fixture
+def ws(database_url):
+    """These tests run on SQLite and on Postgres (tests/conftest.py's database_url)."""
+    from forgeflow.store.workspace import Workspace
+
+    return Workspace.open()
 
 
 @pytest.fixture

@@ -21,6 +21,14 @@ from forgeflow.training.runner import RETRY_MAX_S, JobRunner
 CLOSED = "127.0.0.1:1"
 
 
+@pytest.fixture
+def ws(database_url):
+    """These tests run on SQLite and on Postgres (tests/conftest.py's database_url)."""
+    from forgeflow.store.workspace import Workspace
+
+    return Workspace.open()
+
+
 def ray_target(**fields) -> dict:
     return {"name": "far", "type": "ray", "address": "head:6379"} | fields
 
@@ -91,7 +99,8 @@ def test_a_queued_job_on_a_silent_cluster_is_tried_again_after_a_growing_pause(w
                         hyperparameters=resolve_hyperparameters({}), compute="far")
     tries = []
     start = RayCompute.start
-    monkeypatch.setattr(RayCompute, "start", lambda self, job_dir: tries.append(clock.now) or start(self, job_dir))
+    monkeypatch.setattr(RayCompute, "start",
+                        lambda self, job_dir, env=None: tries.append(clock.now) or start(self, job_dir, env))
     for _ in range(3):  # one real try (refused at once by the TCP check), then a pause of 1 s
         runner.tick()
     assert len(tries) == 1

@@ -103,7 +103,7 @@ def create_app(ws: Workspace | None = None, *, base_url: str = "http://127.0.0.1
 
     @app.get("/api/health", tags=["server"])
     def health() -> dict:
-        return {"status": "ok", "version": __version__, "home": str(ws.paths.root)}
+        return {"status": "ok", "version": __version__, **ws.describe()}  # passwords masked
 
     app.include_router(endpoints.metrics_router)
     for module in (jobs, datasets, models, endpoints, connections, compute, flows, token, users, audit):

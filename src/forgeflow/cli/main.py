@@ -20,21 +20,52 @@ app = typer.Typer(
 
 @app.command()
 @command
-def init(json_out: bool = JsonOpt) -> None:
-    """Create the workspace home (FORGEFLOW_HOME, default ~/.forgeflow): store, artifacts, MLflow, admin token."""
+def init(
+    database_url: str = typer.Option(
+        None, "--database-url", help="The store: sqlite:///FILE (default: forgeflow.db in the home) or "
+        "postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE for a team. '-' reads it from stdin, which keeps a "
+        "password off the command line. Saved in the home (the password encrypted); FORGEFLOW_DATABASE_URL "
+        "overrides it."),
+    mlflow_uri: str = typer.Option(
+        None, "--mlflow-uri", help="MLflow tracking and registry: an MLflow server http(s)://HOST:PORT or a database "
+        "URL ('-' reads it from stdin). Default: the store's Postgres database (schema 'mlflow'), or mlflow.db "
+        "beside a SQLite store."),
+    artifacts_root: str = typer.Option(
+        None, "--artifacts-root", help="A directory every server and cluster node reaches (e.g. an NFS mount) for "
+        "datasets, job folders, models and flows. Default: the home."),
+    mlflow_artifacts: str = typer.Option(
+        None, "--mlflow-artifacts", help="Where MLflow keeps new experiments' artifacts: a directory, or s3://, gs://, "
+        "wasbs:// when that store's client library is installed. Default: mlruns under the artifacts root."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Create the workspace home (FORGEFLOW_HOME, default ~/.forgeflow): store, artifacts, MLflow, admin token.
+    Run it again with options to point the workspace at another database, MLflow or artifacts root (nothing is
+    copied over)."""
     from forgeflow.store.home import Paths
     from forgeflow.store.workspace import Workspace
 
     ws = Workspace(Paths.current())
+    ws.configure(database_url=_from_stdin(database_url), mlflow_uri=_from_stdin(mlflow_uri),
+                 artifacts_root=artifacts_root, mlflow_artifacts=mlflow_artifacts)
     created = ws.ensure()
-    info = {"home": str(ws.paths.root), "created": created, "db_url": ws.paths.db_url,
-            "mlflow_tracking_uri": ws.paths.mlflow_uri, "artifacts": str(ws.paths.artifacts)}
+    info = {"created": created, **ws.describe()}
     if json_out:
         print_json(info)
         return
     console.print(f"{'Created' if created else 'Using'} workspace at [bold]{ws.paths.root}[/]")
-    console.print(f"MLflow tracking URI: {ws.paths.mlflow_uri}")
+    console.print(f"Store: {info['database_url']}")
+    console.print(f"MLflow tracking URI: {info['mlflow_tracking_uri']}")
+    console.print(f"Artifacts: {info['artifacts_root']} (MLflow's: {info['mlflow_artifacts']})")
     console.print("Admin token: run [bold]forgeflow token show[/]; start the server with [bold]forgeflow serve --detach[/]")
+
+
+def _from_stdin(value: str | None) -> str | None:
+    """'-' means: read the value from stdin (a URL with a password stays out of the process list and shell history)."""
+    if value != "-":
+        return value
+    import sys
+
+    return sys.stdin.readline().strip() or None
 
 
 token_app = typer.Typer(help="Tokens for the REST API and Studio: personal access tokens, and the owner token made "

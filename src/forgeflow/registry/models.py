@@ -1,4 +1,5 @@
-"""The model registry: versioned models in MLflow's registry (SQLite in the workspace home).
+"""The model registry: versioned models in MLflow's registry, wherever the workspace keeps MLflow (`Paths.mlflow_uri`:
+SQLite in the home, the store's Postgres database in a schema of its own, or an MLflow server).
 
 A registered version's `source` is a folder in MLflow model format (a job's output) or a
 local Hugging Face model folder registered by path. forgeflow's own facts about a version (base

@@ -39,6 +39,12 @@ def since_time(text: str, at: datetime | None = None) -> str:
     return moment.astimezone(timezone.utc).isoformat(timespec="seconds")
 
 
+def _text(value: str | None, limit: int) -> str | None:
+    """A value from a request (a path, a name) as the log keeps it: cut to its column, without NUL characters,
+    which Postgres cannot store."""
+    return None if value is None else value.replace("\x00", "")[:limit]
+
+
 class AuditLog:
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -46,9 +52,8 @@ class AuditLog:
     def record(self, action: str, *, status: int | None, user: str | None = None, role: str | None = None,
                target: str | None = None, client: str | None = None, detail: dict | None = None) -> None:
         self.store.insert(TABLE, {"at": now(), "user_name": user, "role": None if role is None else str(role),
-                                  "action": action[:160], "target": None if target is None else target[:512],
-                                  "status": status, "client": None if client is None else client[:128],
-                                  "detail": detail})
+                                  "action": _text(action, 160), "target": _text(target, 512), "status": status,
+                                  "client": _text(client, 128), "detail": detail})
 
     def list(self, since: str | None = None, user: str | None = None, limit: int = DEFAULT_LIMIT) -> list[dict]:
         """Rows newest first, from `since` on (see since_time), of one user or all, at most `limit`."""

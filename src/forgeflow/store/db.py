@@ -43,6 +43,7 @@ class Store:
         if url.startswith("sqlite"):
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         self._lock = threading.RLock()
+        self._lengths: dict[str, dict[str, int]] = {}
         self.migrate()
 
     def migrate(self) -> list[str]:
@@ -52,7 +53,7 @@ class Store:
     # -- generic row helpers -------------------------------------------------
     def insert(self, table: str, row: dict) -> None:
         """Add a row; a row with the same key (another request created it first) is a Conflict."""
-        row = _encode(row)
+        row = _encode(self._fits(table, row))
         cols = ", ".join(row)
         params = ", ".join(f":{k}" for k in row)
         try:
@@ -64,7 +65,7 @@ class Store:
             raise _exists(table, row) from None
 
     def update(self, table: str, where: dict, values: dict) -> int:
-        values = _encode(values)
+        values = _encode(self._fits(table, values))
         sets = ", ".join(f"{k} = :v_{k}" for k in values)
         cond = " AND ".join(f"{k} = :w_{k}" for k in where)
         params = {f"v_{k}": v for k, v in values.items()} | {f"w_{k}": v for k, v in where.items()}
@@ -108,6 +109,22 @@ class Store:
         """A read the row helpers cannot express (a range, a limit), for the module that owns the table."""
         with self.engine.connect() as conn:
             return [_decode(dict(r._mapping)) for r in conn.execute(sa.text(sql), params or {})]
+
+    def _fits(self, table: str, row: dict) -> dict:
+        """Refuse, naming the column, a string Postgres would refuse (longer than its VARCHAR, or holding a NUL
+        character), so a value is a 400 on both databases and never a driver error; SQLite alone would take it."""
+        if table not in self._lengths:
+            with self.engine.connect() as conn:
+                self._lengths[table] = {c["name"]: c["type"].length for c in sa.inspect(conn).get_columns(table)
+                                        if isinstance(c["type"], sa.String) and c["type"].length}
+        for k, v in row.items():
+            if not isinstance(v, str):
+                continue
+            if len(v) > self._lengths[table].get(k, len(v)):
+                raise InvalidInput(f"{k}: at most {self._lengths[table][k]} characters (got {len(v)})", field=k)
+            if "\x00" in v:
+                raise InvalidInput(f"{k}: the NUL character (\\x00) cannot be stored", field=k)
+        return row
 
     # -- settings ------------------------------------------------------------
     def get_setting(self, key: str) -> str | None:

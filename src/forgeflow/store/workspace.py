@@ -4,15 +4,20 @@ sessions."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from functools import cached_property
 
+import sqlalchemy as sa
+
+from forgeflow.errors import ServerUnavailable
+from forgeflow.store import config
 from forgeflow.store.audit import AuditLog
 from forgeflow.store.db import Store
 from forgeflow.store.home import Paths
 from forgeflow.store.identity import Identity
-from forgeflow.store.secrets import SecretBox, new_key
+from forgeflow.store.secrets import SecretBox, new_key, write_private
 from forgeflow.store.sessions import Sessions
 
 ADMIN_TOKEN_SETTING = "admin_token"
@@ -30,19 +35,66 @@ class Workspace:
         return ws
 
     def ensure(self) -> bool:
-        """Create whatever is missing; returns True when the workspace was new."""
-        created = not self.paths.db.exists()
+        """Create whatever is missing; returns True when the workspace was new (it had no admin token yet)."""
         for d in (self.paths.root, self.paths.artifacts, self.paths.base_models, self.paths.jobs, self.paths.mlruns, self.paths.logs):
             d.mkdir(parents=True, exist_ok=True)
         os.chmod(self.paths.root, 0o700)
-        if self.store.get_setting(ADMIN_TOKEN_SETTING) is None:
+        created = self.store.get_setting(ADMIN_TOKEN_SETTING) is None
+        if created:
             self.store.set_setting(ADMIN_TOKEN_SETTING, self.secrets.encrypt(new_key("ffa_")))
         self.identity.ensure_owner()
+        self._ensure_mlflow_schema()
         return created
+
+    def configure(self, **choices: str | None) -> None:
+        """Save the choices of `forgeflow init` (database_url, mlflow_uri, artifacts_root, mlflow_artifacts) over
+        the saved ones, each validated; the file is mode 600 and its passwords are encrypted."""
+        checks = {"database_url": config.check_database_url, "mlflow_uri": config.check_mlflow_uri,
+                  "artifacts_root": config.check_artifacts_root, "mlflow_artifacts": config.check_mlflow_artifacts}
+        values = {k: checks[k](v) for k, v in choices.items() if v is not None}
+        if not values:
+            return
+        self.paths.root.mkdir(parents=True, exist_ok=True)
+        merged = dataclasses.replace(self.paths.config, **values)
+        write_private(self.paths.config_file, config.dump(merged, self.secrets.encrypt))
+        self.paths = Paths(self.paths.root)
+        self.__dict__.pop("store", None)
+
+    def describe(self) -> dict:
+        """Where this workspace keeps its state, passwords masked: for `init` and /api/health."""
+        return {"home": str(self.paths.root), "database_url": config.mask(self.paths.db_url),
+                "mlflow_tracking_uri": config.mask(self.paths.mlflow_uri), "artifacts_root": str(self.paths.artifacts),
+                "mlflow_artifacts": config.mask(self.paths.mlflow_artifacts)}
 
     @cached_property
     def store(self) -> Store:
-        return Store(self.paths.db_url)
+        url = self.paths.db_url
+        try:
+            return Store(url)
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            reason = (str(exc.orig or exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ServerUnavailable(
+                f"database_url: the store at {config.mask(url)} cannot be reached ({reason}); start the database or "
+                f"choose another with FORGEFLOW_DATABASE_URL or forgeflow init --database-url URL",
+                field="database_url") from None
+
+    def _ensure_mlflow_schema(self) -> None:
+        """MLflow on the store's Postgres database lives in a schema of its own, which must exist before MLflow
+        creates its tables there (servers starting together may race to create it: either wins)."""
+        uri = self.paths.mlflow_uri
+        if not uri.startswith(config.POSTGRES):
+            return
+        url = sa.engine.make_url(uri)
+        if f"search_path={config.MLFLOW_SCHEMA}" not in str(url.query.get("options", "")):
+            return
+        engine = sa.create_engine(url)
+        try:
+            with engine.begin() as conn:
+                conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {config.MLFLOW_SCHEMA}"))
+        except sa.exc.IntegrityError:
+            pass
+        finally:
+            engine.dispose()
 
     @cached_property
     def secrets(self) -> SecretBox:

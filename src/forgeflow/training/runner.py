@@ -22,6 +22,7 @@ from typing import Any
 
 from forgeflow.errors import Conflict, ForgeflowError, NotFound, ServerUnavailable
 from forgeflow.processes import log_tail
+from forgeflow.store.config import password_env
 from forgeflow.store.db import Store, now
 from forgeflow.store.home import Paths
 from forgeflow.store.states import JobStatus
@@ -160,8 +161,9 @@ class JobRunner:
         spec = JobSpec(
             job_id=job_id, name=name or job_id, base_model=base_model, base_model_path=base_model_path,
             training_data=training_data, validation_data=validation_data, hyperparameters=hyperparameters,
-            compute=target["name"], mlflow_tracking_uri=self.paths.mlflow_uri,
-            mlflow_artifact_location=str(self.paths.mlruns),
+            # the job file never holds a password: the worker gets it in its environment (see _launch)
+            compute=target["name"], mlflow_tracking_uri=password_env(self.paths.mlflow_uri)[0],
+            mlflow_artifact_location=self.paths.mlflow_artifacts,
         )
         spec.write(job_dir)
         self.store.insert("jobs", {
@@ -262,7 +264,7 @@ class JobRunner:
         """Start the job's worker; False when its compute could not (the job is then Failed)."""
         self._prepare_tracking()
         try:
-            self._handles[job.id] = self._compute_of(job).start(job.job_dir)
+            self._handles[job.id] = self._compute_of(job).start(job.job_dir, env=password_env(self.paths.mlflow_uri)[1])
         except ServerUnavailable as exc:  # its cluster is not up (yet): the job waits Queued and is tried again
             tries = self._waiting.get(job.id, (0, 0.0))[0]
             if not tries:

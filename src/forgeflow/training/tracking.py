@@ -162,8 +162,9 @@ class MlflowRun:
             experiment_id = experiment.experiment_id
         else:
             location = spec.mlflow_artifact_location
-            experiment_id = _create_experiment(client, spec.mlflow_experiment,
-                                               str(Path(location).resolve()) if location else None)
+            if location and "://" not in location:  # a directory (an object store URI is used as it is)
+                location = str(Path(location).resolve())
+            experiment_id = _create_experiment(client, spec.mlflow_experiment, location)
         tags = {
             "forgeflow.job_id": spec.job_id,
             "forgeflow.base_model": spec.base_model,

@@ -45,8 +45,9 @@ class Compute(Protocol):
     def check(self, hp: Hyperparameters) -> None:
         """Refuse settings this compute cannot run, when the job is submitted (InvalidInput naming the field)."""
 
-    def start(self, job_dir: Path) -> WorkerHandle:
-        """Start the worker of the job in `job_dir`."""
+    def start(self, job_dir: Path, env: dict[str, str] | None = None) -> WorkerHandle:
+        """Start the worker of the job in `job_dir`, with `env` added to its environment (credentials that must not
+        be written into the job folder, such as the MLflow database's password)."""
 
     def attach(self, job_dir: Path) -> WorkerHandle | None:
         """The worker of `job_dir` if it still runs (started by an earlier server), else None."""

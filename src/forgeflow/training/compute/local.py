@@ -64,9 +64,9 @@ class LocalCompute:
                                field="instance_count")
         check_hardware(hp)
 
-    def start(self, job_dir: Path) -> LocalWorker:
+    def start(self, job_dir: Path, env: dict[str, str] | None = None) -> LocalWorker:
         job_dir = Path(job_dir)
-        env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false") | (env or {})
         with open(worker_log(job_dir), "ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "forgeflow.training.worker", str(job_dir)],

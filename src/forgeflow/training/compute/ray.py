@@ -125,7 +125,8 @@ class RayCompute:
     def check(self, hp: Hyperparameters) -> None:
         """Nothing to refuse here: the hardware a job needs is checked where it runs, on the cluster's nodes."""
 
-    def start(self, job_dir: Path) -> RayWorker:
+    def start(self, job_dir: Path, env: dict[str, str] | None = None) -> RayWorker:
+        """Submit the job; `env` travels in the job's runtime_env (kept by the cluster, not in the job folder)."""
         job_dir = Path(job_dir)
         spec = JobSpec.read(job_dir)
         workers = spec.hyperparameters.scaling.instance_count
@@ -134,7 +135,7 @@ class RayCompute:
         command = shlex.join([*python, "-m", module, str(job_dir)])
         entrypoint = f"{command} >> {shlex.quote(str(worker_log(job_dir)))} 2>&1"
         env = WORKER_ENV | {k: os.environ[k] for k in PASSED_ON if k in os.environ} | {
-            VERSION_ENV: __version__, "RAY_JOB_STOP_WAIT_TIME_S": str(int(CANCEL_GRACE_S))}
+            VERSION_ENV: __version__, "RAY_JOB_STOP_WAIT_TIME_S": str(int(CANCEL_GRACE_S))} | (env or {})
         if "://" not in self.address and self.address != "auto":
             # Ray points a job's driver at the newest cluster started on its node ("auto"), and so do the state
             # lookups of Ray Train's actors: on a machine running several clusters that can be another one.

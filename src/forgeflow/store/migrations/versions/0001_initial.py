@@ -13,7 +13,7 @@ STATEMENTS = [
         base_model VARCHAR(256) NOT NULL, base_model_path TEXT NOT NULL,
         training_data TEXT NOT NULL, validation_data TEXT,
         hyperparameters TEXT NOT NULL, job_dir TEXT NOT NULL,
-        pid INTEGER, error TEXT, mlflow_run_id VARCHAR(64), progress TEXT, metrics TEXT,
+        pid BIGINT, error TEXT, mlflow_run_id VARCHAR(64), progress TEXT, metrics TEXT,
         created_at VARCHAR(40) NOT NULL, started_at VARCHAR(40), finished_at VARCHAR(40))""",
     """CREATE TABLE endpoints (
         name VARCHAR(32) PRIMARY KEY, auth_mode VARCHAR(16) NOT NULL,
@@ -22,7 +22,7 @@ STATEMENTS = [
     """CREATE TABLE deployments (
         endpoint VARCHAR(32) NOT NULL, name VARCHAR(32) NOT NULL,
         model_ref VARCHAR(256) NOT NULL, model_path TEXT NOT NULL, runtime VARCHAR(32) NOT NULL,
-        instance_count INTEGER NOT NULL, request_settings TEXT NOT NULL,
+        instance_count BIGINT NOT NULL, request_settings TEXT NOT NULL,
         state VARCHAR(32) NOT NULL, error TEXT, created_at VARCHAR(40) NOT NULL,
         PRIMARY KEY (endpoint, name))""",
     """CREATE TABLE connections (

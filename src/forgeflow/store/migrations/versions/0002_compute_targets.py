@@ -8,6 +8,6 @@ down_revision = "0001_initial"
 
 def upgrade() -> None:
     op.execute("""CREATE TABLE compute_targets (
-        name VARCHAR(64) PRIMARY KEY, type VARCHAR(16) NOT NULL, max_concurrent_jobs INTEGER NOT NULL,
-        min_nodes INTEGER NOT NULL, max_nodes INTEGER NOT NULL, idle_time_before_scale_down INTEGER NOT NULL,
+        name VARCHAR(64) PRIMARY KEY, type VARCHAR(16) NOT NULL, max_concurrent_jobs BIGINT NOT NULL,
+        min_nodes BIGINT NOT NULL, max_nodes BIGINT NOT NULL, idle_time_before_scale_down BIGINT NOT NULL,
         description TEXT, created_at VARCHAR(40) NOT NULL)""")

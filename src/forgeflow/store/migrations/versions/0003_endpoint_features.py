@@ -9,7 +9,7 @@ down_revision = "0002_compute_targets"
 
 def upgrade() -> None:
     op.add_column("endpoints", sa.Column("mirror_traffic", sa.Text()))
-    op.add_column("endpoints", sa.Column("max_body_bytes", sa.Integer()))
+    op.add_column("endpoints", sa.Column("max_body_bytes", sa.BigInteger()))
     op.add_column("deployments", sa.Column("liveness_probe", sa.Text()))
     op.add_column("deployments", sa.Column("readiness_probe", sa.Text()))
     op.add_column("deployments", sa.Column("updated_at", sa.String(40)))

@@ -10,4 +10,4 @@ down_revision = "0003_endpoint_features"
 def upgrade() -> None:
     op.execute("""CREATE TABLE studio_sessions (
         id_hash VARCHAR(64) PRIMARY KEY, token_tag VARCHAR(64) NOT NULL, created_at VARCHAR(40) NOT NULL,
-        expires_at INTEGER NOT NULL)""")
+        expires_at BIGINT NOT NULL)""")

@@ -29,13 +29,14 @@ def upgrade() -> None:
     )
     op.create_table(
         "audit_log",
-        sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+        # SQLite's rowid needs the name INTEGER; BIGINT on Postgres like every other integer column
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
         sa.Column("at", sa.String(40), nullable=False, index=True),
         sa.Column("user_name", sa.String(64)),
         sa.Column("role", sa.String(16)),
         sa.Column("action", sa.String(160), nullable=False),
         sa.Column("target", sa.Text()),
-        sa.Column("status", sa.Integer()),
+        sa.Column("status", sa.BigInteger()),
         sa.Column("client", sa.String(128)),
         sa.Column("detail", sa.Text()),
     )

@@ -1,0 +1,152 @@
+"""`forgeflow init --database-url / --mlflow-uri / --artifacts-root / --mlflow-artifacts`: the choices are validated,
+kept in HOME/workspace.json (mode 600, passwords encrypted), shown masked, overridden by FORGEFLOW_DATABASE_URL;
+MLflow on the store's Postgres lives in its own schema; a worker's job file never holds a password."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+import sqlalchemy as sa
+from typer.testing import CliRunner
+
+from forgeflow.cli.main import app
+from forgeflow.store import config
+from forgeflow.store.home import Paths
+from forgeflow.store.workspace import Workspace
+
+runner = CliRunner()
+PASSWORD = "s3cr3t-pw"
+
+
+def init(*args: str, ok: bool = True, stdin: str | None = None) -> dict | str:
+    result = runner.invoke(app, ["init", *args, "--json"], input=stdin)
+    if ok:
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    return result.stderr
+
+
+def with_password(url: str) -> str:
+    return url.replace("postgres@", f"postgres:{PASSWORD}@")  # the test cluster trusts loopback: any password passes
+
+
+@pytest.mark.postgres
+def test_init_on_postgres_keeps_the_password_encrypted_and_shows_it_masked(postgres, monkeypatch, forgeflow_home):
+    monkeypatch.delenv(config.DATABASE_URL_ENV, raising=False)
+    url = with_password(postgres.new_database())
+    info = init("--database-url", url)
+    assert info["created"] is True
+    assert info["database_url"] == url.replace(PASSWORD, "***")
+    assert PASSWORD not in json.dumps(info) and "search_path%3Dmlflow" in info["mlflow_tracking_uri"]
+    saved = forgeflow_home / config.CONFIG_FILE
+    assert stat.S_IMODE(os.stat(saved).st_mode) == 0o600 and PASSWORD not in saved.read_text()
+    assert Paths.current().db_url == url  # decrypted in memory only
+    again = init()
+    assert again["created"] is False and again["database_url"] == info["database_url"]
+    from fastapi.testclient import TestClient
+
+    from forgeflow.api.app import create_app
+
+    with TestClient(create_app(Workspace.open(), background=False)) as http:
+        health = http.get("/api/health").json()
+    assert health["database_url"] == info["database_url"] and PASSWORD not in json.dumps(health)
+    assert health["mlflow_tracking_uri"] == info["mlflow_tracking_uri"]
+    # MLflow's tables (its own `jobs`, `endpoints`, ...) live in the `mlflow` schema, forgeflow's in public
+    from mlflow import MlflowClient
+
+    MlflowClient(tracking_uri=Paths.current().mlflow_uri).search_experiments(max_results=1)
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT table_schema, table_name FROM information_schema.tables WHERE "
+                                    "table_name IN ('jobs', 'alembic_version', 'forgeflow_alembic_version')")).all()
+    engine.dispose()
+    assert sorted(rows) == [("mlflow", "alembic_version"), ("mlflow", "jobs"), ("public", "forgeflow_alembic_version"),
+                            ("public", "jobs")]
+
+
+@pytest.mark.postgres
+def test_a_password_can_come_from_stdin_and_the_environment_overrides_the_file(postgres, monkeypatch):
+    monkeypatch.delenv(config.DATABASE_URL_ENV, raising=False)
+    first, second = postgres.new_database(), postgres.new_database()
+    info = init("--database-url", "-", stdin=with_password(first) + "\n")
+    assert info["database_url"] == first.replace("postgres@", "postgres:***@")
+    monkeypatch.setenv(config.DATABASE_URL_ENV, second)
+    assert Paths.current().db_url == second and init()["database_url"] == second
+    engine = sa.create_engine(second)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM settings WHERE key = 'admin_token'")).scalar() == 1
+    engine.dispose()
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--database-url", "mysql://u@h/db"], "database_url: unknown scheme 'mysql'"),
+    (["--database-url", "postgresql+psycopg://u:pw@/db"],
+     "database_url: 'postgresql+psycopg://u:***@/db' names no host"),
+    (["--database-url", "sqlite:///relative.db"],
+     "database_url: 'sqlite:///relative.db' names no file by its absolute path"),
+    (["--mlflow-uri", "ftp://h/x"], "mlflow_uri: 'ftp://h/x' is neither an MLflow server"),
+    (["--artifacts-root", "relative/dir"], "artifacts_root: 'relative/dir' is relative"),
+    (["--artifacts-root", "s3://bucket/x"], "artifacts_root: 's3://bucket/x' is not a directory"),
+    (["--mlflow-artifacts", "ftp://h/x"], "mlflow_artifacts: ftp:// is not supported"),
+])
+def test_a_bad_choice_is_one_line_naming_the_field(args, says, monkeypatch):
+    monkeypatch.delenv(config.DATABASE_URL_ENV, raising=False)
+    assert says in init(*args, ok=False)
+
+
+def test_an_unreachable_database_is_one_line_naming_database_url_and_no_password(monkeypatch, tmp_path):
+    monkeypatch.delenv(config.DATABASE_URL_ENV, raising=False)
+    out = init("--database-url", f"postgresql+psycopg://u:{PASSWORD}@127.0.0.1:1/db", ok=False)
+    assert "database_url: the store at postgresql+psycopg://u:***@127.0.0.1:1/db cannot be reached" in out
+    assert PASSWORD not in out
+    # the server's start meets the same line (FORGEFLOW_DATABASE_URL, as a service manager would set it)
+    monkeypatch.setenv(config.DATABASE_URL_ENV, f"postgresql+psycopg://u:{PASSWORD}@127.0.0.1:1/db")
+    result = runner.invoke(app, ["serve", "--port", "1"])
+    assert result.exit_code == 1 and "database_url" in result.stderr and PASSWORD not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_an_object_store_for_mlflow_needs_its_library(monkeypatch):
+    monkeypatch.delenv(config.DATABASE_URL_ENV, raising=False)
+    if config._installed("boto3"):
+        assert init("--mlflow-artifacts", "s3://bucket/mlruns")["mlflow_artifacts"] == "s3://bucket/mlruns"
+    else:
+        assert "mlflow_artifacts: MLflow reaches s3:// through boto3, which is not installed" in init(
+            "--mlflow-artifacts", "s3://bucket/mlruns", ok=False)
+
+
+def test_the_artifacts_root_holds_datasets_jobs_models_flows_and_mlflow_files(tmp_path, monkeypatch, database_url):
+    shared = tmp_path / "nfs"
+    info = init("--artifacts-root", str(shared))
+    assert info["artifacts_root"] == str(shared) and info["mlflow_artifacts"] == str(shared / "mlruns")
+    paths = Paths.current()
+    for folder in (paths.datasets, paths.jobs, paths.base_models, paths.flows, paths.mlruns):
+        assert folder.parent == shared or folder.parent.parent == shared
+    assert paths.db_url == database_url  # the store stays where it was
+
+
+def test_a_job_file_names_mlflow_without_its_password(tmp_path, monkeypatch):
+    """The runner writes the public URI into spec.json and hands the password to the worker's environment."""
+    monkeypatch.delenv(config.DATABASE_URL_ENV, raising=False)
+    ws = Workspace(Paths.current())
+    ws.configure(mlflow_uri=f"postgresql+psycopg://ml:{PASSWORD}@db.example:5432/mlflow",
+                 mlflow_artifacts=str(tmp_path / "runs"))
+    from forgeflow.training.hyperparams import resolve_hyperparameters
+    from forgeflow.training.runner import JobRunner
+
+    ws.ensure()
+    job = JobRunner(ws.store, ws.paths).submit(base_model="tiny", base_model_path="/m", training_data="/t.jsonl",
+                                               hyperparameters=resolve_hyperparameters({}))
+    spec = (job.job_dir / "spec.json").read_text()
+    assert PASSWORD not in spec
+    doc = json.loads(spec)
+    assert doc["mlflow_tracking_uri"] == "postgresql+psycopg://ml@db.example:5432/mlflow"
+    assert doc["mlflow_artifact_location"] == str(tmp_path / "runs")
+    assert config.password_env(ws.paths.mlflow_uri) == (doc["mlflow_tracking_uri"], {"PGPASSWORD": PASSWORD})
+    assert config.password_env("https://me:p%40ss@mlflow.example") == (
+        "https://mlflow.example", {"MLFLOW_TRACKING_USERNAME": "me", "MLFLOW_TRACKING_PASSWORD": "p@ss"})
