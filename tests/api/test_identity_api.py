@@ -22,8 +22,15 @@ def bearer(token: str) -> dict:
 
 
 @pytest.fixture
-async def two_servers(ws):
+def team_ws(database_url):
+    """A workspace on SQLite, and on Postgres."""
+    return Workspace.open()
+
+
+@pytest.fixture
+async def two_servers(team_ws):
     """Two apps over one workspace database, as two servers of a team share one store."""
+    ws = team_ws
     apps = [create_app(ws, background=False), create_app(Workspace.open(ws.paths), background=False)]
     async with apps[0].router.lifespan_context(apps[0]), apps[1].router.lifespan_context(apps[1]):
         clients = [httpx.AsyncClient(transport=httpx.ASGITransport(app=a), base_url="http://test") for a in apps]
@@ -89,7 +96,8 @@ async def test_users_manage_their_own_tokens_and_only_owners_others(api):
     assert (await api.get("/api/me", headers=as_alice)).status_code == 401
 
 
-async def test_a_revoked_or_expired_token_is_refused_at_once_by_every_server(ws, two_servers):
+async def test_a_revoked_or_expired_token_is_refused_at_once_by_every_server(team_ws, two_servers):
+    ws = team_ws
     one, two = two_servers
     ws.identity.create_user("carol", "contributor", created_by=None)
     made = ws.identity.create_token("carol")
@@ -106,7 +114,8 @@ async def test_a_revoked_or_expired_token_is_refused_at_once_by_every_server(ws,
         assert (await server.get("/api/jobs", headers=bearer(expired))).status_code == 401
 
 
-async def test_studio_signs_in_with_a_personal_token_and_revoking_it_ends_the_session(ws, two_servers):
+async def test_studio_signs_in_with_a_personal_token_and_revoking_it_ends_the_session(team_ws, two_servers):
+    ws = team_ws
     one, two = two_servers
     ws.identity.create_user("dana", "reader", created_by=None)
     made = ws.identity.create_token("dana")
