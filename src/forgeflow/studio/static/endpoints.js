@@ -1,6 +1,7 @@
 // Endpoints: the list and creating one; an endpoint's page has its deployments (state, instance health,
 // traffic with the 100% rule), a Consume tab (URI, keys, snippets) and the deployments' logs.
 
+import {can} from "./access.js";
 import {del, get, patch, post, seg} from "./api.js";
 import {
   badge, busy, button, clear, onSubmit, confirmDialog, empty, field, h, hashFor, kv, note, pageHead,
@@ -35,7 +36,7 @@ async function list(root, ctx) {
       {label: "Deployments", render: (ep) => (ep.deployments.length ? ep.deployments.join(", ") : h("span", {class: "muted"}, "none"))},
       {label: "Traffic", render: trafficText},
       {label: "Created", render: (ep) => timeEl(ep.created_at)},
-      {label: "", render: (ep) => (deploy ? h("a", {class: "btn btn-small btn-primary",
+      {label: "", render: (ep) => (deploy ? h("a", {class: "btn btn-small btn-primary", "data-needs": "contributor",
         href: `${hashFor("endpoints", ep.name)}?deploy=${encodeURIComponent(deploy)}`}, "Deploy here")
         : h("a", {class: "btn btn-small", href: hashFor("endpoints", ep.name, "consume")}, "Consume"))},
     ], eps, {empty: "No endpoints yet: create one, then add a deployment of a registered model."}));
@@ -49,7 +50,7 @@ function createForm(ctx, deploy) {
   const description = h("input", {type: "text", name: "description", placeholder: "optional"});
   const status = h("div", {class: "form-status"});
   const submit = h("button", {type: "submit", class: "btn btn-primary"}, "Create endpoint");
-  const form = h("form", {class: "card form", novalidate: true}, h("h2", {}, "New endpoint"),
+  const form = h("form", {class: "card form", novalidate: true, "data-needs": "contributor"}, h("h2", {}, "New endpoint"),
     field("Name", name, {name: "name", hint: "3-32 characters: a letter first, then letters, digits and dashes."}),
     field("Authentication", auth, {name: "auth_mode"}),
     field("Description", description, {name: "description"}),
@@ -81,9 +82,10 @@ async function endpointPage(root, ctx, name, tab) {
       toast(`Deleted ${name}`);
       location.hash = "#/endpoints";
     });
-  }, {kind: "danger"});
+  }, {kind: "danger", needs: "contributor"});
   root.append(pageHead(name, h("span", {}, h("a", {href: "#/endpoints"}, "Endpoints"), " / ", name),
-    h("a", {class: "btn", href: `#/playground?endpoint=${encodeURIComponent(name)}`}, "Open in playground"), remove));
+    h("a", {class: "btn", href: `#/playground?endpoint=${encodeURIComponent(name)}`, "data-needs": "contributor"},
+      "Open in playground"), remove));
   root.append(tabs([
     {id: "deployments", label: "Deployments", href: hashFor("endpoints", name)},
     {id: "consume", label: "Consume", href: hashFor("endpoints", name, "consume")},
@@ -104,13 +106,13 @@ async function deploymentsTab(root, ctx, ep, setEp) {
   let dirty = false;
   const trafficStatus = h("div", {class: "traffic-status"});
   const trafficError = h("div");
-  const saveTraffic = button("Save traffic", () => save(), {kind: "primary", testid: "save-traffic"});
-  const resetTraffic = button("Reset", () => { dirty = false; syncTraffic(); check(); }, {});
+  const saveTraffic = button("Save traffic", () => save(), {kind: "primary", testid: "save-traffic", needs: "contributor"});
+  const resetTraffic = button("Reset", () => { dirty = false; syncTraffic(); check(); }, {needs: "contributor"});
 
   function input(dep) {
     if (!trafficInputs.has(dep)) {
       const el = h("input", {type: "number", min: "0", max: "100", step: "1", class: "pct", "aria-label": `traffic to ${dep}`,
-        name: `traffic-${dep}`, on: {input: () => { dirty = true; check(); }}});
+        name: `traffic-${dep}`, readOnly: !can("contributor"), on: {input: () => { dirty = true; check(); }}});
       trafficInputs.set(dep, el);
     }
     return trafficInputs.get(dep);
@@ -185,7 +187,8 @@ async function deploymentsTab(root, ctx, ep, setEp) {
       {label: "Instances", render: instances},
       {label: "Traffic %", render: (d) => h("span", {class: "pct-cell"}, input(d.name), "%")},
       {label: "", render: (d) => h("span", {class: "row-actions"},
-        h("a", {class: "btn btn-small", href: `#/playground?endpoint=${encodeURIComponent(name)}&deployment=${encodeURIComponent(d.name)}`}, "Chat"),
+        h("a", {class: "btn btn-small", "data-needs": "contributor",
+          href: `#/playground?endpoint=${encodeURIComponent(name)}&deployment=${encodeURIComponent(d.name)}`}, "Chat"),
         h("a", {class: "btn btn-small", href: `${hashFor("endpoints", name, "logs")}?deployment=${encodeURIComponent(d.name)}`}, "Logs"),
         removeButton(d))},
     ], deps),
@@ -204,7 +207,7 @@ async function deploymentsTab(root, ctx, ep, setEp) {
         toast(`Deleting ${d.name}`);
         await refresh();
       }, trafficError);
-    }, {kind: "small"});
+    }, {kind: "small", needs: "contributor"});
     return b;
   }
 
@@ -255,7 +258,8 @@ async function deploymentForm(ctx, ep, refreshed) {
   });
   const status = h("div", {class: "form-status"});
   const submit = h("button", {type: "submit", class: "btn btn-primary"}, "Deploy");
-  const form = h("form", {class: "card form", id: "add-deployment", novalidate: true}, h("h2", {}, "Add a deployment"),
+  const form = h("form", {class: "card form", id: "add-deployment", novalidate: true, "data-needs": "contributor"},
+    h("h2", {}, "Add a deployment"),
     h("div", {class: "row"}, field("Name", name, {name: "name"}), field("Serves", kind, {})),
     modelField, flowField,
     h("div", {class: "row"}, field("Instances", count, {name: "instance_count"}), runtimeField,
