@@ -2,19 +2,21 @@
 settings) and their state. The service is the one writer of the `endpoints` and `deployments`
 rows: the supervisor reports what happened to instances through it (`Reports`), and the autoscaler it owns
 changes instance counts through it (`ScaleOwner`). The gateway reads
-endpoints through `config()`, an in-memory view rebuilt after every change, so a request costs no
+endpoints through `config()`, an in-memory view rebuilt after every change and at least every CONFIG_TTL_S (so a
+key, auth mode or allowed_users changed through another server is seen within that), so a request costs no
 database read or decryption, and asks `admission` whether a request may go ahead.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from forgeflow.errors import Conflict, InvalidInput, NotFound
+from forgeflow.errors import Conflict, Forbidden, InvalidInput, NotFound
 from forgeflow.inference.runtimes import check_runtime
 from forgeflow.names import check_deployment_name, check_endpoint_name
 from forgeflow.serving import specs
@@ -27,6 +29,7 @@ from forgeflow.serving.ray_placement import check_target
 from forgeflow.serving.records import Deployment, Key
 from forgeflow.serving.supervisor import DeploymentSupervisor
 from forgeflow.store.db import now
+from forgeflow.store.identity import check_user_name
 from forgeflow.store.secrets import new_key, same
 from forgeflow.store.states import DeploymentState
 from forgeflow.store.workspace import Workspace
@@ -36,6 +39,8 @@ MAX_DEPLOYMENTS = 20
 MAX_MIRROR_PERCENT = 50
 AUTH_MODES = ("key", "token")
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+CONFIG_TTL_S = 1.0  # the longest a server serves an endpoint's view after another server changed it
+_KEEP: Any = object()  # an update argument left out
 
 
 @dataclass
@@ -50,6 +55,8 @@ class EndpointConfig:
     mirror: dict[str, int]
     max_body_bytes: int | None
     deployments: dict[str, Deployment] = field(default_factory=dict)
+    allowed_users: list[str] | None = None  # token mode: users whose personal access tokens may call it too
+    loaded_at: float = field(default_factory=time.monotonic)
 
 
 class EndpointService:
@@ -90,7 +97,7 @@ class EndpointService:
     # -- the gateway's view ------------------------------------------------------
     def config(self, name: str) -> EndpointConfig:
         cfg = self._cache.get(name)
-        if cfg is None:
+        if cfg is None or time.monotonic() - cfg.loaded_at > CONFIG_TTL_S:
             version = self._version
             row = self._endpoint_row(name)
             deps = {d["name"]: Deployment.from_row(d) for d in self.store.select("deployments", {"endpoint": name})}
@@ -98,7 +105,8 @@ class EndpointService:
                                  primary=self.ws.secrets.decrypt(row["primary_key"]),
                                  secondary=self.ws.secrets.decrypt(row["secondary_key"]),
                                  traffic=row["traffic"] or {}, mirror=row.get("mirror_traffic") or {},
-                                 max_body_bytes=row.get("max_body_bytes"), deployments=deps)
+                                 max_body_bytes=row.get("max_body_bytes"), deployments=deps,
+                                 allowed_users=row.get("allowed_users"))
             with self._cache_lock:
                 if version == self._version:
                     self._cache[name] = cfg
@@ -111,21 +119,34 @@ class EndpointService:
 
     def authorize(self, name: str, presented: str | None) -> bool:
         """Key mode: either key, both compared every time so timing does not say which matched.
-        Token mode: an unexpired token signed for this endpoint."""
+        Token mode: an unexpired token signed for this endpoint, or, when the endpoint lists allowed_users, a live
+        personal access token of one of them (read from the store each time, so a revoked one fails at once); a
+        live personal token of anyone else is Forbidden (a known identity without access, as Azure answers)."""
         cfg = self.config(name)
         if cfg.auth_mode == "token":
-            return verify_token(cfg.primary, name, presented)
+            if verify_token(cfg.primary, name, presented):
+                return True
+            if cfg.allowed_users is None:
+                return False
+            principal = self.ws.identity.personal(presented)
+            if principal is not None and principal.user not in cfg.allowed_users:
+                raise Forbidden(f"user {principal.user!r} is not among the users endpoint {name!r} allows (a "
+                                f"contributor adds one with: forgeflow online-endpoint update --name {name} "
+                                "--allowed-users ...)")
+            return principal is not None
         ok_primary = same(presented, cfg.primary)
         ok_secondary = same(presented, cfg.secondary)
         return ok_primary or ok_secondary
 
     # -- endpoints -----------------------------------------------------------
     def create_endpoint(self, name: str, auth_mode: str = "key", description: str | None = None,
-                        max_body_bytes: int | None = None) -> dict:
+                        max_body_bytes: int | None = None, allowed_users: list[str] | None = None) -> dict:
         check_endpoint_name(name)
         if auth_mode not in AUTH_MODES:
             raise InvalidInput(f"auth_mode {auth_mode!r} is not supported: use 'key' or 'token'", field="auth_mode")
         _check_body_limit(max_body_bytes)
+        allowed_users = self._check_allowed_users(allowed_users)
+        _check_users_mode(allowed_users, auth_mode)
         if self.store.get("endpoints", name=name):
             raise Conflict(f"endpoint {name!r} already exists", field="name")
         box = self.ws.secrets
@@ -133,7 +154,7 @@ class EndpointService:
             "name": name, "auth_mode": auth_mode,
             "primary_key": box.encrypt(new_key()), "secondary_key": box.encrypt(new_key()),
             "traffic": {}, "mirror_traffic": {}, "max_body_bytes": max_body_bytes,
-            "description": description, "created_at": now(),
+            "description": description, "created_at": now(), "allowed_users": allowed_users,
         })
         self._changed(name)
         return self.show_endpoint(name)
@@ -159,6 +180,7 @@ class EndpointService:
             "traffic": row["traffic"],
             "mirror_traffic": row.get("mirror_traffic") or {},
             "max_body_bytes": row.get("max_body_bytes"),
+            "allowed_users": row.get("allowed_users"),
             "provisioning_state": state,
             "deployments": [d["name"] for d in deps],
             "description": row["description"],
@@ -183,10 +205,14 @@ class EndpointService:
 
     def update_endpoint(self, name: str, *, traffic: dict[str, int] | None = None,
                         mirror_traffic: dict[str, int] | None = None, description: str | None = None,
-                        max_body_bytes: int | None = None, auth_mode: str | None = None) -> dict:
+                        max_body_bytes: int | None = None, auth_mode: str | None = None,
+                        allowed_users: list[str] | None = _KEEP) -> dict:
+        """Change what is given; `allowed_users=None` clears the list, left out it stays."""
         row = self._endpoint_row(name)
         if auth_mode is not None and auth_mode not in AUTH_MODES:
             raise InvalidInput(f"auth_mode {auth_mode!r} is not supported: use 'key' or 'token'", field="auth_mode")
+        users = row.get("allowed_users") if allowed_users is _KEEP else self._check_allowed_users(allowed_users)
+        _check_users_mode(users, auth_mode or row["auth_mode"])
         new_traffic = row["traffic"] if traffic is None else traffic
         new_mirror = (row.get("mirror_traffic") or {}) if mirror_traffic is None else mirror_traffic
         known = {d["name"] for d in self.store.select("deployments", {"endpoint": name})}
@@ -205,7 +231,7 @@ class EndpointService:
             if new_traffic.get(dep):
                 raise InvalidInput(f"deployment {dep!r} takes live traffic, so it cannot also take mirrored traffic",
                                    field="mirror_traffic")
-        values: dict[str, Any] = {"traffic": dict(new_traffic), "mirror_traffic": mirrored}
+        values: dict[str, Any] = {"traffic": dict(new_traffic), "mirror_traffic": mirrored, "allowed_users": users}
         if description is not None:
             values["description"] = description
         if max_body_bytes is not None:
@@ -219,6 +245,19 @@ class EndpointService:
         self.store.update("endpoints", {"name": name}, values)
         self._changed(name)
         return self.show_endpoint(name)
+
+    def _check_allowed_users(self, users: list[str] | None) -> list[str] | None:
+        """allowed_users as stored: users that exist, each once."""
+        if users is None:
+            return None
+        if not isinstance(users, list) or len(users) > 1000:
+            raise InvalidInput("allowed_users must be a list of at most 1000 user names", field="allowed_users")
+        for user in users:
+            check_user_name(user, field="allowed_users")
+            if self.store.get("users", name=user) is None:
+                raise InvalidInput(f"allowed_users names {user!r}, who is not a user (see: forgeflow user list)",
+                                   field="allowed_users")
+        return list(dict.fromkeys(users))
 
     def credentials(self, name: str) -> dict:
         cfg = self.config(name)
@@ -438,6 +477,12 @@ def _check_flow_resources(runtime: str, resources: dict[str, Any]) -> None:
         raise InvalidInput(f"resources.gpus={resources['gpus']}: a flow deployment runs its flow on the CPU and "
                            "would never use a GPU reserved for it; leave resources.gpus at 0 (a model it calls "
                            "through a connection runs on its own deployment)", field="resources.gpus")
+
+
+def _check_users_mode(users: list[str] | None, auth_mode: str) -> None:
+    if users is not None and auth_mode != "token":
+        raise InvalidInput("allowed_users needs auth_mode 'token': a key names nobody (set auth_mode to token, or "
+                           "clear allowed_users)", field="allowed_users")
 
 
 def _check_body_limit(value: int | None) -> None:

@@ -104,6 +104,11 @@ class Store:
         with self.engine.connect() as conn:
             return [_decode(dict(r._mapping)) for r in conn.execute(sa.text(sql), dict(zip(names, values)))]
 
+    def query(self, sql: str, params: dict | None = None) -> list[dict]:
+        """A read the row helpers cannot express (a range, a limit), for the module that owns the table."""
+        with self.engine.connect() as conn:
+            return [_decode(dict(r._mapping)) for r in conn.execute(sa.text(sql), params or {})]
+
     # -- settings ------------------------------------------------------------
     def get_setting(self, key: str) -> str | None:
         row = self.get("settings", key=key)
