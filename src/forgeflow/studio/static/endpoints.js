@@ -48,18 +48,27 @@ function createForm(ctx, deploy) {
   const auth = h("select", {name: "auth_mode"}, h("option", {value: "key"}, "key: primary and secondary keys"),
     h("option", {value: "token"}, "token: expiring tokens"));
   const description = h("input", {type: "text", name: "description", placeholder: "optional"});
+  const users = h("input", {type: "text", name: "allowed_users", placeholder: "optional, e.g. alice, bob", autocomplete: "off",
+    spellcheck: "false"});
+  const usersField = field("Allowed users", users, {name: "allowed_users",
+    hint: "Besides the endpoint's own tokens, these users' personal access tokens may call it."});
+  usersField.hidden = true;
+  auth.addEventListener("change", () => { usersField.hidden = auth.value !== "token"; });
   const status = h("div", {class: "form-status"});
   const submit = h("button", {type: "submit", class: "btn btn-primary"}, "Create endpoint");
   const form = h("form", {class: "card form", novalidate: true, "data-needs": "contributor"}, h("h2", {}, "New endpoint"),
     field("Name", name, {name: "name", hint: "3-32 characters: a letter first, then letters, digits and dashes."}),
     field("Authentication", auth, {name: "auth_mode"}),
+    usersField,
     field("Description", description, {name: "description"}),
     status, h("div", {class: "actions"}, submit));
   onSubmit(form, status, (e) => {
     busy(submit, async () => {
       try {
+        const allowed = users.value.split(/[\s,]+/).filter(Boolean);
         const ep = await post("/endpoints", {name: name.value.trim(), auth_mode: auth.value,
-          description: description.value.trim() || null}, {signal: ctx.signal});
+          description: description.value.trim() || null,
+          ...(auth.value === "token" && allowed.length ? {allowed_users: allowed} : {})}, {signal: ctx.signal});
         toast(`Created endpoint ${ep.name}`);
         location.hash = hashFor("endpoints", ep.name) + (deploy ? `?deploy=${encodeURIComponent(deploy)}` : "");
       } catch (err) {
@@ -159,6 +168,7 @@ async function deploymentsTab(root, ctx, ep, setEp) {
     replace(summary, h("h2", {}, "Endpoint ", badge(ep.provisioning_state)), kv([
       ["Scoring URI", h("code", {class: "break"}, ep.scoring_uri)],
       ["Authentication", ep.auth_mode],
+      ep.allowed_users ? ["Allowed users", ep.allowed_users.join(", ")] : null,
       ["Live traffic", trafficText(ep)],
       mirror.length ? ["Mirrored", mirror.map(([d, p]) => `${d} ${p}%`).join(", ")] : null,
       ep.description ? ["Description", ep.description] : null,

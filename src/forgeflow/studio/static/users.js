@@ -37,16 +37,16 @@ export default async function users(root, ctx) {
   async function refresh() {
     const [list, tokens] = await Promise.all([get("/users", {signal: ctx.signal}), get("/tokens", {signal: ctx.signal})]);
     replace(usersCard, h("h2", {}, "Users"), table([
-      {label: "User", render: (u) => [h("b", {}, u.name), u.name === me.user ? h("span", {class: "muted small"}, " (you)") : null]},
+      {label: "User", render: (u) => h("span", {}, h("b", {}, u.name), u.name === me.user ? h("span", {class: "muted small"}, " (you)") : null)},
       {label: "Role", render: (u) => roleCell(u)},
-      {label: "Added", render: (u) => [timeEl(u.created_at), u.created_by ? h("span", {class: "muted small"}, ` by ${u.created_by}`) : null]},
+      {label: "Added", render: (u) => h("span", {}, timeEl(u.created_at), u.created_by ? h("span", {class: "muted small"}, ` by ${u.created_by}`) : null)},
       {label: "", render: (u) => h("span", {class: "row-actions"}, newTokenButton(u), removeButton(u))},
     ], list, {rowAttrs: (u) => ({"data-user": u.name})}));
     replace(tokensCard, h("h2", {}, can("owner") ? "Tokens" : "Your tokens"), table([
       {label: "Token", render: (t) => h("code", {}, t.id)},
-      {label: "User", render: (t) => [t.user, t.role ? h("span", {class: "muted small"}, ` ${t.role}`) : null]},
+      {label: "User", render: (t) => h("span", {}, t.user, t.role ? h("span", {class: "muted small"}, ` ${t.role}`) : null)},
       {label: "About", cls: "wrap", render: (t) => t.description || "–"},
-      {label: "Made", render: (t) => [timeEl(t.created_at), t.created_by ? h("span", {class: "muted small"}, ` by ${t.created_by}`) : null]},
+      {label: "Made", render: (t) => h("span", {}, timeEl(t.created_at), t.created_by ? h("span", {class: "muted small"}, ` by ${t.created_by}`) : null)},
       {label: "Expires", render: (t) => (t.expires_at ? h("span", {title: fmtTime(t.expires_at)}, fmtTime(t.expires_at)) : "never")},
       {label: "State", render: (t) => state(t)},
       {label: "", render: (t) => (live(t) ? revokeButton(t) : null)},
