@@ -29,8 +29,10 @@ export async function refreshMe() {
 
 /** A page or form the signed-in role may not use: say which role it needs instead of offering it. */
 export function needsNote(role, what) {
-  const who = me ? [h("b", {}, me.user), ` (${me.role})`] : "a role below it";
-  return h("div", {class: "alert alert-warn needs-role", role: "note", "data-testid": "needs-role"},
-    `${what} needs the ${role} role. You are signed in as `, who,
-    role === "owner" ? "." : "; ask an owner of this workspace for that role.");
+  const text = `${what} needs the ${role} role.`;
+  const body = me
+    ? [` You are signed in as `, h("b", {}, me.user), ` (${me.role}); an owner of this workspace can give it to you: `,
+      h("code", {}, `forgeflow user update ${me.user} --role ${role}`), "."]
+    : " An owner of this workspace can give it to you.";
+  return h("div", {class: "alert alert-warn needs-role", role: "note", "data-testid": "needs-role"}, text, body);
 }
