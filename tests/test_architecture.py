@@ -146,6 +146,9 @@ WRITERS = {
     "connections": {"forgeflow.store.connections"},
     "compute_targets": {"forgeflow.training.compute.targets"},
     "studio_sessions": {"forgeflow.store.sessions"},
+    "users": {"forgeflow.store.identity"},
+    "access_tokens": {"forgeflow.store.identity"},
+    "audit_log": {"forgeflow.store.audit"},
     "servers": {"forgeflow.store.leadership"},
     "deployment_instances": {"forgeflow.serving.instances"},
 }

@@ -15,7 +15,8 @@ from forgeflow.store.home import server_url
 
 
 def admin_token() -> str:
-    """FORGEFLOW_TOKEN, or the token of the local workspace (created on first use)."""
+    """The token the client sends: FORGEFLOW_TOKEN (a personal access token, or the owner token), else the owner
+    token of this machine's workspace (created on first use)."""
     token = os.environ.get("FORGEFLOW_TOKEN")
     if token:
         return token

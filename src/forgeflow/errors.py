@@ -5,6 +5,7 @@ the class the body names.
     ForgeflowError          a failure no subclass names                                 (500)
     ├── InvalidInput        bad name, bad value, malformed body or file                 (400)
     ├── Unauthorized        missing or wrong key / token / Studio session               (401)
+    ├── Forbidden           a known identity whose role (or grant) does not allow it    (403)
     ├── NotFound            no such job, model, endpoint, file, ...                     (404)
     ├── RequestTimeout      no answer in time: a flow run, a scoring call, the server   (408)
     ├── Conflict            already exists, wrong state for the action                  (409)
@@ -62,6 +63,10 @@ class Unauthorized(ForgeflowError):
     status_code = 401
 
 
+class Forbidden(ForgeflowError):
+    status_code = 403
+
+
 class NotFound(ForgeflowError):
     status_code = 404
 
@@ -94,8 +99,8 @@ class ServerUnavailable(ForgeflowError):
     status_code = 503
 
 
-_BY_NAME = {c.__name__: c for c in (InvalidInput, Unauthorized, NotFound, RequestTimeout, Conflict, PayloadTooLarge,
-                                    TooManyRequests, UpstreamError, InternalError, ServerUnavailable)}
+_BY_NAME = {c.__name__: c for c in (InvalidInput, Unauthorized, Forbidden, NotFound, RequestTimeout, Conflict,
+                                    PayloadTooLarge, TooManyRequests, UpstreamError, InternalError, ServerUnavailable)}
 
 
 def by_name(name: str, default: type[ForgeflowError] = ForgeflowError) -> type[ForgeflowError]:

@@ -109,9 +109,10 @@ class Browsing:
         self.errors: list[str] = []
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
 
-    def sign_in(self) -> None:
+    def sign_in(self, token: str | None = None) -> None:
+        """Sign in with `token` (a personal access token), or the owner token made at init."""
         self.page.goto(f"{self.studio.url}/signin")
-        self.page.fill("#token", self.studio.token)
+        self.page.fill("#token", token or self.studio.token)
         self.page.click("#submit")
         self.page.wait_for_url(f"{self.studio.url}/")
         self.page.locator(".page").first.wait_for()

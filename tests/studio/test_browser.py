@@ -126,7 +126,7 @@ def test_nothing_works_without_signing_in(browser, studio, shots):
 
         page.fill("#token", "ffa_not-the-token")
         page.click("#submit")
-        expect(page.locator("#error")).to_contain_text("not this workspace's token")
+        expect(page.locator("#error")).to_contain_text("Not signed in")
         expect(page).to_have_url(re.compile(r"/signin"))
         page.screenshot(path=str(shots / "signin-refused.png"))
 
@@ -431,7 +431,8 @@ def test_every_page_at_both_widths(wide, narrow, studio, tiny_model_dir):
     routes = {"overview": "#/", "datasets": "#/datasets", "dataset": "#/datasets/quill.jsonl", "jobs": "#/jobs",
               "job-new": "#/jobs/new", "job-page": f"#/jobs/{job['id']}", "models": "#/models", "endpoints": "#/endpoints",
               "endpoint-page": f"#/endpoints/{EP}", "endpoint-logs": f"#/endpoints/{EP}/logs", "connections": "#/connections",
-              "flows": "#/flows", "flow-page": "#/flows/chat-with-endpoint", "playground": f"#/playground?endpoint={EP}"}
+              "flows": "#/flows", "flow-page": "#/flows/chat-with-endpoint", "playground": f"#/playground?endpoint={EP}",
+              "activity": "#/activity", "users": "#/users"}
     for b, tag in ((wide, "wide"), (narrow, "narrow")):
         b.sign_in()
         for name, route in routes.items():

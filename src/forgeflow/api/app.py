@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from forgeflow import __version__, raycluster
-from forgeflow.api import compute, connections, datasets, endpoints, flows, jobs, models, token
+from forgeflow.api import audit, compute, connections, datasets, endpoints, flows, jobs, models, token, users
 from forgeflow.api.guard import Guard
 from forgeflow.errors import ForgeflowError, InternalError, InvalidInput, by_name
 from forgeflow.serving import gateway
@@ -141,7 +141,7 @@ def create_app(ws: Workspace | None = None, *, base_url: str = "http://127.0.0.1
         return [row | {"this": row["id"] == me} for row in servers(ws.store)]
 
     app.include_router(endpoints.metrics_router)
-    for module in (jobs, datasets, models, endpoints, connections, compute, flows, token):
+    for module in (jobs, datasets, models, endpoints, connections, compute, flows, token, users, audit):
         app.include_router(module.router, prefix="/api")
     app.include_router(pages.api)
     app.include_router(pages.router)
@@ -152,8 +152,8 @@ def create_app(ws: Workspace | None = None, *, base_url: str = "http://127.0.0.1
 
 
 LEADERSHIP_LOST_EXIT = 75  # EX_TEMPFAIL: start it again
-_HTTP_NAMES = {400: "InvalidInput", 401: "Unauthorized", 404: "NotFound", 405: "InvalidInput", 413: "PayloadTooLarge",
-               429: "TooManyRequests"}
+_HTTP_NAMES = {400: "InvalidInput", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 405: "InvalidInput",
+               413: "PayloadTooLarge", 429: "TooManyRequests"}
 
 
 def invalid_input(exc: RequestValidationError) -> InvalidInput:

@@ -5,15 +5,15 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from fastapi import APIRouter, Body, Depends, Query
+from fastapi import APIRouter, Body, Depends, Query, Request
 
 from forgeflow import raycluster
-from forgeflow.api.security import ADMIN, services
+from forgeflow.api.security import CONTRIBUTOR, READER, audit_target, services
 from forgeflow.errors import Conflict, InvalidInput, ServerUnavailable
 from forgeflow.training.compute.cluster_config import PROVIDERS, cluster_config, placeholders
 from forgeflow.training.compute.targets import ComputeTarget, validate_target
 
-router = APIRouter(dependencies=ADMIN, tags=["compute"])
+router = APIRouter(tags=["compute"])
 
 UPDATABLE = ("max_concurrent_jobs", "min_nodes", "max_nodes", "idle_time_before_scale_down", "description",
              "address", "size", "storage")
@@ -44,7 +44,7 @@ def live_cluster(row: dict, timeout_s: float, *, nodes: bool) -> dict[str, Any] 
     return {"reachable": True, **raycluster.summarize(cluster), **(cluster if nodes else {})}
 
 
-@router.get("/compute")
+@router.get("/compute", dependencies=READER)
 def list_compute(ff=Depends(services)) -> list[dict]:
     rows = ff.runner.targets.list()
     with ThreadPoolExecutor(max_workers=max(1, min(8, len(rows)))) as pool:
@@ -52,23 +52,25 @@ def list_compute(ff=Depends(services)) -> list[dict]:
     return [target_view(row, ff) | {"cluster": cluster} for row, cluster in zip(rows, clusters)]
 
 
-@router.get("/compute/{name}")
+@router.get("/compute/{name}", dependencies=READER)
 def show_compute(name: str, ff=Depends(services)) -> dict:
     row = ff.runner.targets.get(name)
     return target_view(row, ff) | {"cluster": live_cluster(row, SHOW_TIMEOUT_S, nodes=True)}
 
 
-@router.post("/compute", status_code=201)
-def create_compute(body: dict[str, Any] = Body(description=ComputeTarget.__doc__), ff=Depends(services)) -> dict:
+@router.post("/compute", status_code=201, dependencies=CONTRIBUTOR)
+def create_compute(request: Request, body: dict[str, Any] = Body(description=ComputeTarget.__doc__),
+                   ff=Depends(services)) -> dict:
     # A plain dict body so an unknown field is named with the list of valid ones (validate_target).
     target = validate_target(body)
+    audit_target(request, target.name)
     row = ff.runner.targets.create(target)
     # A target is kept even when its cluster does not answer yet (its cluster may be launched from the config
     # `compute cluster-config` writes for it); the answer says so, and `compute show` keeps saying so.
     return target_view(row, ff) | {"cluster": live_cluster(row, SHOW_TIMEOUT_S, nodes=False)}
 
 
-@router.patch("/compute/{name}")
+@router.patch("/compute/{name}", dependencies=CONTRIBUTOR)
 def update_compute(name: str, body: dict[str, Any] = Body(), ff=Depends(services)) -> dict:
     unknown = [k for k in body if k not in UPDATABLE]
     if unknown:
@@ -99,7 +101,7 @@ def check_unused(row: dict, target: ComputeTarget, ff) -> None:
                        "(--compute), or create a new target", field=changed[0])
 
 
-@router.get("/compute/{name}/cluster-config")
+@router.get("/compute/{name}/cluster-config", dependencies=READER)
 def get_cluster_config(name: str, provider: str = Query(..., description=f"One of {', '.join(PROVIDERS)}."),
                        ff=Depends(services)) -> dict:
     """The config that launches this ray target's cluster with Ray's autoscaler, scaled by the target's settings."""

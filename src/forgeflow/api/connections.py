@@ -1,17 +1,18 @@
-"""Connections for flows; secrets come back masked unless asked for by an admin client."""
+"""Connections for flows; secrets come back masked unless a contributor (or owner) asks for them."""
 
 from __future__ import annotations
 
 import math
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, BeforeValidator, Field
 from pydantic_core import PydanticCustomError
 
-from forgeflow.api.security import ADMIN, services
+from forgeflow.api.security import CONTRIBUTOR, READER, audit_target, current, require, services
+from forgeflow.store.identity import Role
 
-router = APIRouter(dependencies=ADMIN, tags=["connections"])
+router = APIRouter(tags=["connections"])
 
 
 def _finite(value: Any) -> Any:
@@ -31,12 +32,13 @@ class ConnectionBody(BaseModel):
     secrets: dict[str, Value] = Field(default_factory=dict)
 
 
-@router.post("/connections", status_code=201)
-def create(body: ConnectionBody, ff=Depends(services)) -> dict:
+@router.post("/connections", status_code=201, dependencies=CONTRIBUTOR)
+def create(body: ConnectionBody, request: Request, ff=Depends(services)) -> dict:
+    audit_target(request, body.name)
     return ff.connections.upsert(body.name, body.type, body.configs, body.secrets)
 
 
-@router.put("/connections/{name}")
+@router.put("/connections/{name}", dependencies=CONTRIBUTOR)
 def replace(name: str, body: ConnectionBody, ff=Depends(services)) -> dict:
     return ff.connections.upsert(name, body.type, body.configs, body.secrets, replace=True)
 
@@ -48,22 +50,25 @@ class ConnectionChanges(BaseModel):
     remove: list[str] = Field(default_factory=list, description="Fields to drop: configs.NAME, secrets.NAME or NAME.")
 
 
-@router.patch("/connections/{name}")
+@router.patch("/connections/{name}", dependencies=CONTRIBUTOR)
 def update(name: str, body: ConnectionChanges, ff=Depends(services)) -> dict:
     return ff.connections.update(name, body.configs, body.secrets, body.remove, body.type)
 
 
-@router.get("/connections")
+@router.get("/connections", dependencies=READER)
 def list_connections(ff=Depends(services)) -> list[dict]:
     return ff.connections.list()
 
 
-@router.get("/connections/{name}")
-def show(name: str, with_secrets: bool = False, ff=Depends(services)) -> dict:
+@router.get("/connections/{name}", dependencies=READER)
+def show(name: str, request: Request, with_secrets: bool = False, ff=Depends(services)) -> dict:
+    """The connection, secrets masked; `with_secrets` (contributor or owner) shows them (a flow run needs them)."""
+    if with_secrets:
+        require(current(request), Role.CONTRIBUTOR, "reading a connection's secrets")
     return ff.connections.show(name, with_secrets=with_secrets)
 
 
-@router.delete("/connections/{name}")
+@router.delete("/connections/{name}", dependencies=CONTRIBUTOR)
 def delete(name: str, ff=Depends(services)) -> dict:
     ff.connections.delete(name)
     return {"deleted": name}

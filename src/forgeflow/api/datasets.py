@@ -6,10 +6,10 @@ import pydantic
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
-from forgeflow.api.security import ADMIN, services
+from forgeflow.api.security import CONTRIBUTOR, READER, audit_target, services
 from forgeflow.data.library import DatasetLibrary
 
-router = APIRouter(dependencies=ADMIN, tags=["datasets"])
+router = APIRouter(tags=["datasets"])
 
 
 class PrepareRequest(pydantic.BaseModel, extra="forbid", allow_inf_nan=False):
@@ -24,31 +24,32 @@ def library(ff=Depends(services)) -> DatasetLibrary:
     return DatasetLibrary(ff.ws.paths.datasets)
 
 
-@router.get("/datasets")
+@router.get("/datasets", dependencies=READER)
 def list_datasets(lib: DatasetLibrary = Depends(library)) -> list[dict]:
     return lib.list()
 
 
-@router.post("/datasets/prepare", status_code=201)
-def prepare(body: PrepareRequest, lib: DatasetLibrary = Depends(library)) -> dict:
+@router.post("/datasets/prepare", status_code=201, dependencies=CONTRIBUTOR)
+def prepare(body: PrepareRequest, request: Request, lib: DatasetLibrary = Depends(library)) -> dict:
     """Split a dataset 80/20 (or `test_size`) into two workspace datasets, as `forgeflow data prepare` does."""
+    audit_target(request, body.prefix)
     size = int(body.test_size) if body.test_size >= 1 and body.test_size.is_integer() else body.test_size
     return lib.prepare(body.dataset, body.prefix, test_size=size, seed=body.seed, overwrite=body.overwrite)
 
 
-@router.get("/datasets/{name}")
+@router.get("/datasets/{name}", dependencies=READER)
 def show_dataset(name: str, lib: DatasetLibrary = Depends(library)) -> dict:
     """The dataset with its validation: every bad row with its line number (up to 200 problems)."""
     return lib.show(name)
 
 
-@router.get("/datasets/{name}/rows")
+@router.get("/datasets/{name}/rows", dependencies=READER)
 def dataset_rows(name: str, offset: int = Query(0, ge=0, le=2**53), limit: int = Query(20, ge=1, le=200),
                  lib: DatasetLibrary = Depends(library)) -> dict:
     return lib.rows(name, offset, limit)
 
 
-@router.put("/datasets/{name}", status_code=201)
+@router.put("/datasets/{name}", status_code=201, dependencies=CONTRIBUTOR)
 async def upload_dataset(name: str, request: Request, overwrite: bool = False,
                          lib: DatasetLibrary = Depends(library)) -> dict:
     """Upload a chat file (.jsonl, .json, .csv, .parquet) as the raw request body; answers with its validation."""
@@ -56,7 +57,7 @@ async def upload_dataset(name: str, request: Request, overwrite: bool = False,
     return await run_in_threadpool(lib.show, name)
 
 
-@router.delete("/datasets/{name}")
+@router.delete("/datasets/{name}", dependencies=CONTRIBUTOR)
 async def delete_dataset(name: str, lib: DatasetLibrary = Depends(library)) -> dict:
     await run_in_threadpool(lib.delete, name)
     return {"deleted": name}

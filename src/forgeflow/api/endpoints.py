@@ -6,17 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
 from forgeflow.api.guard import SCORING_MAX_BYTES
-from forgeflow.api.security import ADMIN, services
+from forgeflow.api.security import CONTRIBUTOR, READER, audit_target, services
 from forgeflow.errors import InvalidInput
 from forgeflow.serving.specs import FLOW_RUNTIME
 
-router = APIRouter(dependencies=ADMIN, tags=["endpoints"])
-metrics_router = APIRouter(dependencies=ADMIN, tags=["server"])  # mounted at the root, beside the gateway
+router = APIRouter(tags=["endpoints"])
+metrics_router = APIRouter(tags=["server"])  # mounted at the root, beside the gateway
 
 
 class EndpointCreate(BaseModel):
@@ -25,6 +25,8 @@ class EndpointCreate(BaseModel):
     description: str | None = None
     max_body_bytes: int | None = Field(None, ge=1024, le=SCORING_MAX_BYTES,
                                        description="Largest request body (bytes); the server default when unset.")
+    allowed_users: list[str] | None = Field(None, description="auth_mode 'token' only: users whose personal access "
+                                            "tokens may also call the endpoint (null: none).")
 
 
 class EndpointUpdate(BaseModel):
@@ -36,6 +38,8 @@ class EndpointUpdate(BaseModel):
                                        description="Largest request body in bytes.")
     auth_mode: str | None = Field(None, description="Switch between 'key' and 'token'; both keys are replaced, so "
                                   "no credential of the old mode keeps working.")
+    allowed_users: list[str] | None = Field(None, description="auth_mode 'token' only: users whose personal access "
+                                            "tokens may also call the endpoint; null clears the list.")
 
 
 class RegenerateKeys(BaseModel):
@@ -70,49 +74,54 @@ class DeploymentUpdate(BaseModel):
                                 "scale_settings.*, compute, resources.*.")
 
 
-@router.post("/endpoints", status_code=201)
-def create_endpoint(body: EndpointCreate, ff=Depends(services)) -> dict:
-    return ff.endpoints.create_endpoint(body.name, body.auth_mode, body.description, body.max_body_bytes)
+@router.post("/endpoints", status_code=201, dependencies=CONTRIBUTOR)
+def create_endpoint(body: EndpointCreate, request: Request, ff=Depends(services)) -> dict:
+    audit_target(request, body.name)
+    return ff.endpoints.create_endpoint(body.name, body.auth_mode, body.description, body.max_body_bytes,
+                                        allowed_users=body.allowed_users)
 
 
-@router.get("/endpoints")
+@router.get("/endpoints", dependencies=READER)
 def list_endpoints(ff=Depends(services)) -> list[dict]:
     return ff.endpoints.list_endpoints()
 
 
-@router.get("/endpoints/{name}")
+@router.get("/endpoints/{name}", dependencies=READER)
 def show_endpoint(name: str, ff=Depends(services)) -> dict:
     return ff.endpoints.show_endpoint(name)
 
 
-@router.patch("/endpoints/{name}")
+@router.patch("/endpoints/{name}", dependencies=CONTRIBUTOR)
 def update_endpoint(name: str, body: EndpointUpdate, ff=Depends(services)) -> dict:
+    # allowed_users given as null clears the list; left out, it stays as it is
+    users = {"allowed_users": body.allowed_users} if "allowed_users" in body.model_fields_set else {}
     return ff.endpoints.update_endpoint(name, traffic=body.traffic, mirror_traffic=body.mirror_traffic,
                                         description=body.description, max_body_bytes=body.max_body_bytes,
-                                        auth_mode=body.auth_mode)
+                                        auth_mode=body.auth_mode, **users)
 
 
-@router.delete("/endpoints/{name}")
+@router.delete("/endpoints/{name}", dependencies=CONTRIBUTOR)
 def delete_endpoint(name: str, ff=Depends(services)) -> dict:
     ff.endpoints.delete_endpoint(name)
     return {"deleted": name}
 
 
-@router.get("/endpoints/{name}/credentials")
+@router.get("/endpoints/{name}/credentials", dependencies=CONTRIBUTOR)
 def credentials(name: str, ff=Depends(services)) -> dict:
     return ff.endpoints.credentials(name)
 
 
-@router.post("/endpoints/{name}/regenerate-keys")
+@router.post("/endpoints/{name}/regenerate-keys", dependencies=CONTRIBUTOR)
 def regenerate_keys(name: str, body: RegenerateKeys, ff=Depends(services)) -> dict:
     """A new primary or secondary key; the old one fails at once."""
     return ff.endpoints.regenerate_keys(name, body.key_type)
 
 
-@router.post("/endpoints/{name}/deployments", status_code=201)
-def create_deployment(name: str, body: DeploymentCreate, ff=Depends(services)) -> dict:
+@router.post("/endpoints/{name}/deployments", status_code=201, dependencies=CONTRIBUTOR)
+def create_deployment(name: str, body: DeploymentCreate, request: Request, ff=Depends(services)) -> dict:
     from forgeflow.registry.resolve import resolve_model
 
+    audit_target(request, f"{name}/{body.name}")
     if bool(body.model) == bool(body.flow):
         raise InvalidInput("give exactly one of model or flow", field="model")
     runtime = body.runtime
@@ -129,17 +138,17 @@ def create_deployment(name: str, body: DeploymentCreate, ff=Depends(services)) -
                                           resources=body.resources)
 
 
-@router.get("/endpoints/{name}/deployments")
+@router.get("/endpoints/{name}/deployments", dependencies=READER)
 def list_deployments(name: str, ff=Depends(services)) -> list[dict]:
     return ff.endpoints.list_deployments(name)
 
 
-@router.get("/endpoints/{name}/deployments/{deployment}")
+@router.get("/endpoints/{name}/deployments/{deployment}", dependencies=READER)
 def show_deployment(name: str, deployment: str, ff=Depends(services)) -> dict:
     return ff.endpoints.show_deployment(name, deployment)
 
 
-@router.patch("/endpoints/{name}/deployments/{deployment}")
+@router.patch("/endpoints/{name}/deployments/{deployment}", dependencies=CONTRIBUTOR)
 def update_deployment(name: str, deployment: str, body: DeploymentUpdate, ff=Depends(services)) -> dict:
     """Change fields; a new model, runtime, instance count, compute or resources rolls instances without dropping
     requests."""
@@ -148,19 +157,19 @@ def update_deployment(name: str, deployment: str, body: DeploymentUpdate, ff=Dep
     return ff.endpoints.update_deployment(name, deployment, body.set, resolve=resolve_model)
 
 
-@router.delete("/endpoints/{name}/deployments/{deployment}")
+@router.delete("/endpoints/{name}/deployments/{deployment}", dependencies=CONTRIBUTOR)
 def delete_deployment(name: str, deployment: str, ff=Depends(services)) -> dict:
     ff.endpoints.delete_deployment(name, deployment)
     return {"deleted": deployment}
 
 
-@router.get("/endpoints/{name}/deployments/{deployment}/logs")
+@router.get("/endpoints/{name}/deployments/{deployment}/logs", dependencies=READER)
 def deployment_logs(name: str, deployment: str, lines: int = Query(100, ge=1, le=100_000),
                     ff=Depends(services)) -> dict:
     return {"text": ff.endpoints.deployment_logs(name, deployment, lines)}
 
 
-@metrics_router.get("/metrics", response_class=PlainTextResponse)
+@metrics_router.get("/metrics", response_class=PlainTextResponse, dependencies=READER)
 async def metrics(ff=Depends(services)) -> PlainTextResponse:
-    """Prometheus metrics per endpoint and deployment (needs the admin token as a bearer token)."""
+    """Prometheus metrics per endpoint and deployment (needs a token of any role as a bearer token)."""
     return PlainTextResponse(ff.endpoints.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -20,11 +20,11 @@ import pydantic
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
-from forgeflow.api.security import ADMIN, services
+from forgeflow.api.security import CONTRIBUTOR, READER, audit_target, services
 from forgeflow.errors import ForgeflowError, InvalidInput, UpstreamError, by_name, shorten
 from forgeflow.flows.catalog import EXAMPLES, FlowCatalog
 
-router = APIRouter(dependencies=ADMIN, tags=["flows"])
+router = APIRouter(tags=["flows"])
 _LINE_LIMIT = 16 << 20
 
 
@@ -44,29 +44,30 @@ def catalog(ff=Depends(services)) -> FlowCatalog:
     return FlowCatalog(ff.ws.paths.flows)
 
 
-@router.get("/flows")
+@router.get("/flows", dependencies=READER)
 def list_flows(cat: FlowCatalog = Depends(catalog)) -> list[dict]:
     return cat.list()
 
 
-@router.post("/flows", status_code=201)
-def add_flow(body: FlowAdd, cat: FlowCatalog = Depends(catalog)) -> dict:
+@router.post("/flows", status_code=201, dependencies=CONTRIBUTOR)
+def add_flow(body: FlowAdd, request: Request, cat: FlowCatalog = Depends(catalog)) -> dict:
+    audit_target(request, body.name)
     return cat.add(body.name, Path(body.path), overwrite=body.overwrite)
 
 
-@router.get("/flows/{name}")
+@router.get("/flows/{name}", dependencies=READER)
 def show_flow(name: str, cat: FlowCatalog = Depends(catalog)) -> dict:
     """Inputs, outputs, nodes and the edges between them (`inputs.X` -> node -> `outputs.Y`)."""
     return cat.show(name)
 
 
-@router.delete("/flows/{name}")
+@router.delete("/flows/{name}", dependencies=CONTRIBUTOR)
 def delete_flow(name: str, cat: FlowCatalog = Depends(catalog)) -> dict:
     cat.delete(name)
     return {"deleted": name}
 
 
-@router.post("/flows/{name}/test")
+@router.post("/flows/{name}/test", dependencies=CONTRIBUTOR)
 async def test_flow(name: str, body: FlowTest, request: Request, cat: FlowCatalog = Depends(catalog), ff=Depends(services)):
     """Run the flow once with `inputs`. JSON `{outputs, nodes, duration_s}`; with `stream`, server-sent events
     `{"output", "delta"}` as outputs stream, then `{"done": true, ...}` or `{"error", "message"}`."""

@@ -1,9 +1,15 @@
 """The guard in front of every route: pure ASGI middleware, so it acts before FastAPI reads a byte of a body.
 
 - Credentials before bodies. Control-plane routes (everything but scoring, health, sign-in and the Studio's
-  pages) need the admin token or a Studio session (api/security.py), checked from the headers alone; a request
-  without one is refused unread. A scoring request without any key is refused here too (saying nothing about
-  the endpoint); the gateway checks the key itself, also before reading.
+  pages) need a token (the owner token or a personal access token) or a Studio session (api/security.py),
+  checked from the headers alone; a request without one is refused unread, and the principal found is left in
+  the request's state for the route's role check. A scoring request without any key is refused here too (saying
+  nothing about the endpoint); the gateway checks the key itself, also before reading.
+- Every change is audited (store/audit.py): a control-plane request other than GET or HEAD that passed the
+  credential check, a sign-in or sign-out, and a refused credential, whatever the answer. The row is written
+  when the answer starts (so it is there before the client sees the answer) and names the route's template, the
+  target's name (from the path, or what the route named with `audit_target`), the principal, the client's
+  address and the status; never a body, a query string or a credential.
 - Every body has a cap: control plane CONTROL_MAX_BYTES, sign-in SIGN_IN_MAX_BYTES, dataset uploads the data
   library's own (larger) limit, scoring SCORING_MAX_BYTES (the gateway then applies the endpoint's
   `max_body_bytes`). A declared Content-Length over the cap is answered 413 at once; a chunked body is cut off
@@ -21,13 +27,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 
+from fastapi.routing import iter_route_contexts
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, HTTPConnection
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from forgeflow.api.security import CHECKED, check_admin, presents_credential
+from forgeflow.api.security import PRINCIPAL, TARGET, authenticate, presents_credential, services
 from forgeflow.data.library import max_upload_bytes
 from forgeflow.errors import ForgeflowError, InvalidInput, PayloadTooLarge, TooManyRequests, Unauthorized
 from forgeflow.serving.auth import presented_credential
@@ -38,8 +47,11 @@ CONTROL_MAX_BYTES = 4 * 1024 * 1024
 SIGN_IN_MAX_BYTES = 4096
 MAX_JSON_DEPTH = 64
 DRAIN_BYTES = 64 * 1024  # unread body the server may still discard to keep a connection alive
+SIGN_OUT = ("DELETE", "/api/session")
 
-# Reached without the admin credential: (method, path) pairs, and path prefixes for GET and HEAD.
+log = logging.getLogger("forgeflow.server")
+
+# Reached without a credential: (method, path) pairs, and path prefixes for GET and HEAD.
 PUBLIC = {("GET", "/api/health"), ("HEAD", "/api/health"), ("POST", "/api/session"), ("DELETE", "/api/session"),
           ("GET", "/"), ("HEAD", "/"), ("GET", "/signin"), ("HEAD", "/signin"), ("GET", "/openapi.json")}
 PUBLIC_PREFIXES = ("/studio/",)
@@ -47,7 +59,7 @@ _UPLOAD = re.compile(r"^/api/datasets/[^/]+$")
 
 
 def route_of(method: str, path: str) -> tuple[str, int]:
-    """The kind of route a request goes to (scoring, sign-in, public, upload or admin) and its body cap."""
+    """The kind of route a request goes to (scoring, sign-in, public, upload or control) and its body cap."""
     if path.startswith("/endpoints/"):
         return "scoring", SCORING_MAX_BYTES
     if (method, path) == ("POST", "/api/session"):
@@ -56,7 +68,7 @@ def route_of(method: str, path: str) -> tuple[str, int]:
         return "public", CONTROL_MAX_BYTES
     if method == "PUT" and _UPLOAD.match(path):
         return "upload", max_upload_bytes()
-    return "admin", CONTROL_MAX_BYTES
+    return "control", CONTROL_MAX_BYTES
 
 
 class JsonDepth:
@@ -130,15 +142,25 @@ class _Exchange:
         self.counts = self.kind == "sign-in" or presents_credential(self.conn)  # a 401 is a failed credential
         self.started = False  # a response has begun
         self.answered = False  # by this guard: what the app sends is dropped
+        method = scope["method"]
+        self.changes = ((self.kind in ("control", "upload") and method not in ("GET", "HEAD"))
+                        or self.kind == "sign-in" or (method, scope["path"]) == SIGN_OUT)
+        self.recorded = False  # the audit log has had its say about this request
 
     async def run(self) -> None:
-        if self.kind in ("admin", "upload"):
+        try:
+            await self._run()
+        finally:
+            await self.record(None)  # no answer went out (the client left): recorded without a status
+
+    async def _run(self) -> None:
+        if self.kind in ("control", "upload"):
             try:
-                await run_in_threadpool(check_admin, self.conn)
+                principal = await run_in_threadpool(authenticate, self.conn)
             except Unauthorized as exc:
                 await self.answer(exc)
                 return
-            self.scope.setdefault("state", {})[CHECKED] = True
+            self.scope.setdefault("state", {})[PRINCIPAL] = principal
         elif self.kind == "scoring" and not presented_credential(self.conn):
             await self.answer(Unauthorized("missing key: send 'Authorization: Bearer <key>' (see: forgeflow "
                                            "online-endpoint get-credentials)"))
@@ -153,6 +175,31 @@ class _Exchange:
         except ClientDisconnect:
             if not self.answered:
                 raise  # the client really left; otherwise it is the app meeting the end this guard made
+        except Exception:
+            await self.record(500)  # the server's error handler, outside this guard, answers 500
+            raise
+
+    async def record(self, status: int | None) -> None:
+        """Write this request's audit row once, if it is a change or a refused credential."""
+        if self.recorded:
+            return
+        self.recorded = True
+        refused = status == 401 and self.counts and self.kind != "scoring"
+        if not (self.changes or refused):
+            return
+        state = self.scope.get("state", {})
+        principal = state.get(PRINCIPAL)
+        template, params = _route(self.scope)
+        action = f"{self.scope['method']} {template}"
+        row = {"status": status, "client": self.client,
+               "target": state.get(TARGET) or "/".join(str(v) for v in params.values()) or None}
+        if principal is not None:
+            row |= {"user": principal.user, "role": principal.role,
+                    "detail": {"token_id": principal.token_id} if principal.token_id else None}
+        try:
+            await run_in_threadpool(services(self.conn).ws.audit.record, action, **row)
+        except Exception:  # the change is made and answered: a failed audit write is logged, not a failed request
+            log.exception("could not write the audit row for %s", action)
 
     def too_large(self) -> PayloadTooLarge:
         return PayloadTooLarge(f"the body is larger than {self.cap} bytes, the most this route takes")
@@ -221,8 +268,22 @@ class _Exchange:
 
     async def _out(self, message: Message) -> None:
         if message["type"] == "http.response.start":
+            await self.record(message["status"])
             self.started = True
             left = None if self.declared is None else self.declared - self.received
             if not self.complete and (left is None or left > DRAIN_BYTES):
                 message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
         await self._send(message)
+
+
+def _route(scope: Scope) -> tuple[str, dict]:
+    """The template of the route a request goes (or would go) to, with the router's prefix, and its path
+    parameters; the bare path when no route matches."""
+    partial = None
+    for route in iter_route_contexts(getattr(scope.get("app"), "routes", ())):
+        match, child = route.matches(scope)
+        if match is Match.FULL:
+            return route.path, child.get("path_params", {})
+        if match is Match.PARTIAL and partial is None:
+            partial = route.path, child.get("path_params", {})
+    return partial or (scope["path"], {})

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 
-from forgeflow.api.security import ADMIN, services
+from forgeflow.api.security import CONTRIBUTOR, READER, audit_target, services
 from forgeflow.errors import InvalidInput, NotFound
 from forgeflow.store.states import JobStatus
 from forgeflow.training.checkpoints import newest_checkpoint
@@ -14,7 +14,7 @@ from forgeflow.training.jobfile import JobRequest
 from forgeflow.training.jobs import Job
 from forgeflow.training.tracking import read_metrics
 
-router = APIRouter(dependencies=ADMIN, tags=["jobs"])
+router = APIRouter(tags=["jobs"])
 
 
 def _check_data_file(path: str | None, field: str) -> str | None:
@@ -48,8 +48,8 @@ def job_view(job: Job) -> dict:
     return out
 
 
-@router.post("/jobs", status_code=201)
-def create_job(body: JobRequest, ff=Depends(services)) -> dict:
+@router.post("/jobs", status_code=201, dependencies=CONTRIBUTOR)
+def create_job(body: JobRequest, request: Request, ff=Depends(services)) -> dict:
     from forgeflow.registry.resolve import resolve_model
     from forgeflow.training.hyperparams import resolve_hyperparameters
 
@@ -61,10 +61,11 @@ def create_job(body: JobRequest, ff=Depends(services)) -> dict:
     ref, path = resolve_model(body.model)
     job = ff.runner.submit(base_model=ref, base_model_path=str(path), training_data=training,
                            validation_data=validation, hyperparameters=hp, name=body.name, compute=body.compute)
+    audit_target(request, job.id)
     return job_view(job)
 
 
-@router.get("/hyperparameters")
+@router.get("/hyperparameters", dependencies=READER)
 def hyperparameters() -> list[dict]:
     """Every fine-tuning setting: name, group, type, default, description, valid values; `common` ones first."""
     from forgeflow.training.hyperparams import describe_hyperparameters
@@ -72,34 +73,34 @@ def hyperparameters() -> list[dict]:
     return describe_hyperparameters()
 
 
-@router.get("/jobs")
+@router.get("/jobs", dependencies=READER)
 def list_jobs(ff=Depends(services)) -> list[dict]:
     return [job_view(job) for job in ff.runner.list()]
 
 
-@router.get("/jobs/{job_id}")
+@router.get("/jobs/{job_id}", dependencies=READER)
 def show_job(job_id: str, ff=Depends(services)) -> dict:
     return job_view(ff.runner.get(job_id))
 
 
-@router.post("/jobs/{job_id}/cancel")
+@router.post("/jobs/{job_id}/cancel", dependencies=CONTRIBUTOR)
 def cancel_job(job_id: str, ff=Depends(services)) -> dict:
     return job_view(ff.runner.cancel(job_id))
 
 
-@router.post("/jobs/{job_id}/resume")
+@router.post("/jobs/{job_id}/resume", dependencies=CONTRIBUTOR)
 def resume_job(job_id: str, ff=Depends(services)) -> dict:
     """Queue a Failed or Canceled job again; its worker continues from the newest checkpoint."""
     return job_view(ff.runner.resume(job_id))
 
 
-@router.get("/jobs/{job_id}/metrics")
+@router.get("/jobs/{job_id}/metrics", dependencies=READER)
 def job_metrics(job_id: str, offset: int = Query(0, ge=0, le=2**53), ff=Depends(services)) -> list[dict]:
     """Metrics rows from row `offset` on (a follower asks only for rows it has not seen)."""
     return read_metrics(ff.runner.get(job_id).job_dir)[max(0, offset):]
 
 
-@router.get("/jobs/{job_id}/logs")
+@router.get("/jobs/{job_id}/logs", dependencies=READER)
 def job_logs(job_id: str, offset: int = Query(0, ge=0, le=2**53), ff=Depends(services)) -> dict:
     """Log text from byte `offset`; `next_offset` continues where this answer stops."""
     text, next_offset = ff.runner.log_text(job_id, offset)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
-from forgeflow.api.security import ADMIN, services
+from forgeflow.api.security import CONTRIBUTOR, READER, audit_target, services
 from forgeflow.errors import InvalidInput
 
-router = APIRouter(dependencies=ADMIN, tags=["models"])
+router = APIRouter(tags=["models"])
 
 
 class PullBody(BaseModel):
@@ -39,7 +39,7 @@ def _base_view(info) -> dict:
     return d
 
 
-@router.get("/models")
+@router.get("/models", dependencies=READER)
 def list_models(include_archived: bool = False) -> list[dict]:
     from forgeflow.registry import base_models, models
 
@@ -47,17 +47,19 @@ def list_models(include_archived: bool = False) -> list[dict]:
         v.to_dict() for v in models.list_models(include_archived=include_archived)]
 
 
-@router.post("/models/pull")
-def pull(body: PullBody) -> dict:
+@router.post("/models/pull", dependencies=CONTRIBUTOR)
+def pull(body: PullBody, request: Request) -> dict:
     from forgeflow.registry import base_models
 
+    audit_target(request, body.name)
     return _base_view(base_models.pull_base_model(body.name, force=body.force))
 
 
-@router.post("/models", status_code=201)
-def register(body: RegisterBody, ff=Depends(services)) -> dict:
+@router.post("/models", status_code=201, dependencies=CONTRIBUTOR)
+def register(body: RegisterBody, request: Request, ff=Depends(services)) -> dict:
     from forgeflow.registry import models
 
+    audit_target(request, body.name)
     if bool(body.from_job) == bool(body.path):
         raise InvalidInput("give exactly one of from_job or path", field="from_job")
     if body.from_job:
@@ -68,7 +70,7 @@ def register(body: RegisterBody, ff=Depends(services)) -> dict:
     return models.register(body.name, Path(body.path).expanduser(), description=body.description, tags=body.tags).to_dict()
 
 
-@router.get("/models/{name}")
+@router.get("/models/{name}", dependencies=READER)
 def show(name: str, version: str | None = None) -> dict:
     from forgeflow.registry import base_models, models
 
@@ -82,7 +84,7 @@ def _ref(name: str, version: str) -> str:
     return f"{name}:{version}"
 
 
-@router.patch("/models/{name}/versions/{version}")
+@router.patch("/models/{name}/versions/{version}", dependencies=CONTRIBUTOR)
 def update(name: str, version: str, body: UpdateBody) -> dict:
     from forgeflow.registry import models
 
@@ -90,7 +92,7 @@ def update(name: str, version: str, body: UpdateBody) -> dict:
                                  remove_tags=body.remove_tags).to_dict()
 
 
-@router.post("/models/{name}/versions/{version}/archive")
+@router.post("/models/{name}/versions/{version}/archive", dependencies=CONTRIBUTOR)
 def archive(name: str, version: str) -> dict:
     """Hide a version from lists and refuse new deployments of it; existing ones keep running."""
     from forgeflow.registry import models
@@ -98,14 +100,14 @@ def archive(name: str, version: str) -> dict:
     return models.set_archived(_ref(name, version), True).to_dict()
 
 
-@router.post("/models/{name}/versions/{version}/restore")
+@router.post("/models/{name}/versions/{version}/restore", dependencies=CONTRIBUTOR)
 def restore(name: str, version: str) -> dict:
     from forgeflow.registry import models
 
     return models.set_archived(_ref(name, version), False).to_dict()
 
 
-@router.get("/models/{name}/versions/{version}/files")
+@router.get("/models/{name}/versions/{version}/files", dependencies=READER)
 def files(name: str, version: str) -> dict:
     """The files of a version's model folder (relative path and size), for `model download`."""
     from forgeflow.registry import models
@@ -114,7 +116,7 @@ def files(name: str, version: str) -> dict:
     return {"name": mv.name, "version": mv.version, "files": listing, "total_bytes": sum(f["size"] for f in listing)}
 
 
-@router.get("/models/{name}/versions/{version}/files/{path:path}")
+@router.get("/models/{name}/versions/{version}/files/{path:path}", dependencies=READER)
 def file(name: str, version: str, path: str) -> FileResponse:
     from forgeflow.registry import models
 

@@ -18,6 +18,12 @@ endpoint_app = typer.Typer(help="Online endpoints: scoring URI, keys, traffic ac
 deployment_app = typer.Typer(help="Deployments of a model behind an online endpoint.", no_args_is_help=True)
 
 NameOpt = typer.Option(..., "--name", "-n", help="Endpoint name.")
+AllowedUsersOpt = typer.Option(None, "--allowed-users", help="USER,USER...: with --auth-mode token, these users' "
+                               "personal access tokens may call the endpoint too (anyone else's is refused, 403).")
+
+
+def _users(names: str | None) -> list[str] | None:
+    return None if names is None else [n.strip() for n in names.split(",") if n.strip()]
 
 
 @endpoint_app.command("create")
@@ -26,10 +32,12 @@ def ep_create(name: str = NameOpt,
               auth_mode: str = typer.Option("key", help="key (primary and secondary keys) or token (expiring tokens)."),
               description: str = typer.Option(None, help="Free text."),
               max_body_bytes: int = typer.Option(None, "--max-body-bytes", help="Largest request body; 413 past it."),
+              allowed_users: str = AllowedUsersOpt,
               json_out: bool = JsonOpt) -> None:
     """Create an endpoint with a primary and a secondary key (or signed tokens)."""
     ep = client().post("/api/endpoints", {"name": name, "auth_mode": auth_mode, "description": description,
-                                          "max_body_bytes": max_body_bytes})
+                                          "max_body_bytes": max_body_bytes,
+                                          "allowed_users": _users(allowed_users)})
     print_json(ep) if json_out else console.print(f"[green]created[/] endpoint {ep['name']}: {ep['scoring_uri']}")
 
 
@@ -64,9 +72,17 @@ def ep_update(name: str = NameOpt,
               description: str = typer.Option(None, help="Free text."),
               auth_mode: str = typer.Option(None, "--auth-mode", help="Switch to key or token auth: both keys are "
                                             "replaced, so no credential of the old mode keeps working."),
+              allowed_users: str = AllowedUsersOpt,
+              clear_allowed_users: bool = typer.Option(False, "--clear-allowed-users",
+                                                       help="No user's personal token may call the endpoint."),
               json_out: bool = JsonOpt) -> None:
-    """Change the traffic split (--traffic blue=90 green=10), the mirror, the body limit or the auth mode."""
+    """Change the traffic split (--traffic blue=90 green=10), the mirror, the body limit, the auth mode or the
+    users whose personal tokens may call it."""
     body: dict = {"description": description, "max_body_bytes": max_body_bytes, "auth_mode": auth_mode}
+    if allowed_users is not None and clear_allowed_users:
+        raise InvalidInput("give --allowed-users or --clear-allowed-users, not both", field="allowed_users")
+    if allowed_users is not None or clear_allowed_users:
+        body["allowed_users"] = _users(allowed_users)
     if traffic:
         body["traffic"] = _percentages(traffic, "--traffic")
     if mirror_traffic:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import typer
 
 from forgeflow import __version__
-from forgeflow.cli import compute, connections, data, endpoints, flows, jobs, models, quickstart, server, token
+from forgeflow.cli import (audit, compute, connections, data, endpoints, flows, jobs, models, quickstart, server, token,
+                           users)
 from forgeflow.cli.common import JsonOpt, command, console, print_json
 
 app = typer.Typer(
@@ -67,13 +68,15 @@ def _from_stdin(value: str | None) -> str | None:
     return sys.stdin.readline().strip() or None
 
 
-token_app = typer.Typer(help="The workspace admin token for the REST API.", no_args_is_help=True)
+token_app = typer.Typer(help="Tokens for the REST API and Studio: personal access tokens, and the owner token made "
+                        "at init.", no_args_is_help=True)
 
 
 @token_app.command("show")
 @command
 def token_show(json_out: bool = JsonOpt) -> None:
-    """Print the admin token (send it as 'Authorization: Bearer <token>')."""
+    """Print the token the CLI uses: FORGEFLOW_TOKEN, else the owner token of this machine's workspace (send it as
+    'Authorization: Bearer <token>')."""
     from forgeflow.client import admin_token
 
     tok = admin_token()
@@ -81,6 +84,9 @@ def token_show(json_out: bool = JsonOpt) -> None:
 
 
 token_app.command("rotate")(token.rotate)
+token_app.command("create")(token.create)
+token_app.command("list")(token.list_)
+token_app.command("revoke")(token.revoke)
 
 
 @app.command()
@@ -99,6 +105,9 @@ app.add_typer(endpoints.endpoint_app, name="online-endpoint")
 app.add_typer(endpoints.deployment_app, name="online-deployment")
 app.add_typer(connections.app, name="connection")
 app.add_typer(flows.app, name="flow")
+app.add_typer(users.app, name="user")
+app.add_typer(audit.app, name="audit")
+app.command("whoami")(users.whoami)
 app.command("quickstart")(quickstart.quickstart)
 
 

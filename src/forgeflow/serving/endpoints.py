@@ -2,18 +2,16 @@
 settings) and their state. The service is the one writer of the `endpoints` and `deployments`
 rows: the supervisor reports what happened to instances through it (`Reports`), and the autoscaler it owns
 changes instance counts through it (`ScaleOwner`). The gateway reads
-endpoints through `config()`, an in-memory view rebuilt after every change and at least every CONFIG_TTL_S (another
-server may have changed the endpoint), so a request seldom costs a database read or decryption, and asks
-`admission` whether a request may go ahead.
+endpoints through `config()`, an in-memory view rebuilt after every change and at least every CONFIG_TTL_S (so a
+key, auth mode or allowed_users changed through another server is seen within that), so a request costs no
+database read or decryption, and asks `admission` whether a request may go ahead.
 
-Of several servers on one database, only the leader runs the supervisor and the autoscaler (`lead`): a follower
-writes its changes to the store, which the leader reconciles its supervisor with every SYNC_S, and its gateway
-forwards to the instances the leader publishes (serving/instances.py).
+Of several servers on one database only the leader runs the supervisor and the autoscaler (`lead`); how a follower's
+changes and requests reach the leader's instances is serving/instances.py's.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -21,20 +19,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from forgeflow.errors import Conflict, InvalidInput, NotFound
+from forgeflow.errors import Conflict, Forbidden, InvalidInput, NotFound
 from forgeflow.inference.runtimes import check_runtime
 from forgeflow.names import check_deployment_name, check_endpoint_name
 from forgeflow.serving import specs
 from forgeflow.serving.admission import Admission
 from forgeflow.serving.auth import issue_token, verify_token
 from forgeflow.serving.autoscale import Autoscaler
-from forgeflow.serving.instances import InstanceBoard, reconcile
+from forgeflow.serving.instances import InstanceBoard, LeaderSync
 from forgeflow.serving.metrics import Metrics
 from forgeflow.serving.placement import Instance, Placement
 from forgeflow.serving.ray_placement import check_target
 from forgeflow.serving.records import Deployment, Key
 from forgeflow.serving.supervisor import DeploymentSupervisor
 from forgeflow.store.db import now
+from forgeflow.store.identity import check_user_name
 from forgeflow.store.secrets import new_key, same
 from forgeflow.store.states import DeploymentState
 from forgeflow.store.workspace import Workspace
@@ -44,10 +43,8 @@ MAX_DEPLOYMENTS = 20
 MAX_MIRROR_PERCENT = 50
 AUTH_MODES = ("key", "token")
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
-CONFIG_TTL_S = 1.0  # how long a change made through another server may go unseen by this one's gateway
-SYNC_S = 0.5
-
-log = logging.getLogger("forgeflow.deployments")
+CONFIG_TTL_S = 1.0  # the longest a server serves an endpoint's view after another server changed it
+_KEEP: Any = object()  # an update argument left out
 
 
 @dataclass
@@ -62,7 +59,8 @@ class EndpointConfig:
     mirror: dict[str, int]
     max_body_bytes: int | None
     deployments: dict[str, Deployment] = field(default_factory=dict)
-    read_at: float = field(default_factory=time.monotonic)
+    allowed_users: list[str] | None = None  # token mode: users whose personal access tokens may call it too
+    loaded_at: float = field(default_factory=time.monotonic)
 
 
 class EndpointService:
@@ -81,8 +79,7 @@ class EndpointService:
         self._version = 0  # bumped by every change, so a view read before a change is never cached after it
         self.board = InstanceBoard(ws.store, ws.secrets)
         self.leading = True  # runs the supervisor; False on a server that follows another (serving/instances.py)
-        self._sync_stop = threading.Event()
-        self._sync: threading.Thread | None = None
+        self._sync: LeaderSync | None = None
         self.metrics.gauge("forgeflow_pending_requests", lambda: {
             Metrics.labels(endpoint=e, deployment=d): float(n) for (e, d), n in self.admission.all_pending().items()})
         self.metrics.gauge("forgeflow_ready_instances", lambda: {
@@ -101,32 +98,16 @@ class EndpointService:
         self.autoscaler.start()
 
     def lead(self, server_id: str) -> None:
-        """This server now leads: bring every stored deployment up here (`start`), then publish its instances and
-        apply what other servers write to the store, every SYNC_S."""
-        self.board.clear()
+        """This server now leads: bring every stored deployment up here (`start`), then keep the supervisor in step
+        with the store and publish its instances (`LeaderSync`)."""
         self.leading = True
         self.start()
-        self._sync = threading.Thread(target=self._sync_loop, args=(server_id,), daemon=True,
-                                      name="forgeflow-deployments-sync")
-        self._sync.start()
-
-    def _sync_loop(self, server_id: str) -> None:
-        """The leader's pass: reconcile the supervisor with the store, then publish its instances."""
-        while not self._sync_stop.wait(SYNC_S):
-            try:
-                with self._deployments_lock:
-                    gone = reconcile(self.supervisor, map(Deployment.from_row, self.store.select("deployments")))
-                for key in gone:
-                    self.autoscaler.forget(key)
-                    self.placement.forget(*key)
-                self.board.publish(self.supervisor, server_id)
-            except Exception:  # a busy database must not end it for good
-                log.exception("reconciling deployments with the store failed")
+        self._sync = LeaderSync(self.supervisor, self.board, self._deployments_lock, self._stored, self._forget,
+                                server_id)
 
     def shutdown(self) -> None:
-        self._sync_stop.set()
         if self._sync is not None:
-            self._sync.join(10)
+            self._sync.stop()
         self.autoscaler.stop()
         self.supervisor.shutdown()
 
@@ -141,7 +122,7 @@ class EndpointService:
     # -- the gateway's view ------------------------------------------------------
     def config(self, name: str) -> EndpointConfig:
         cfg = self._cache.get(name)
-        if cfg is None or time.monotonic() - cfg.read_at > CONFIG_TTL_S:
+        if cfg is None or time.monotonic() - cfg.loaded_at > CONFIG_TTL_S:
             version = self._version
             row = self._endpoint_row(name)
             deps = {d["name"]: Deployment.from_row(d) for d in self.store.select("deployments", {"endpoint": name})}
@@ -149,7 +130,8 @@ class EndpointService:
                                  primary=self.ws.secrets.decrypt(row["primary_key"]),
                                  secondary=self.ws.secrets.decrypt(row["secondary_key"]),
                                  traffic=row["traffic"] or {}, mirror=row.get("mirror_traffic") or {},
-                                 max_body_bytes=row.get("max_body_bytes"), deployments=deps)
+                                 max_body_bytes=row.get("max_body_bytes"), deployments=deps,
+                                 allowed_users=row.get("allowed_users"))
             with self._cache_lock:
                 if version == self._version:
                     self._cache[name] = cfg
@@ -162,21 +144,34 @@ class EndpointService:
 
     def authorize(self, name: str, presented: str | None) -> bool:
         """Key mode: either key, both compared every time so timing does not say which matched.
-        Token mode: an unexpired token signed for this endpoint."""
+        Token mode: an unexpired token signed for this endpoint, or, when the endpoint lists allowed_users, a live
+        personal access token of one of them (read from the store each time, so a revoked one fails at once); a
+        live personal token of anyone else is Forbidden (a known identity without access, as Azure answers)."""
         cfg = self.config(name)
         if cfg.auth_mode == "token":
-            return verify_token(cfg.primary, name, presented)
+            if verify_token(cfg.primary, name, presented):
+                return True
+            if cfg.allowed_users is None:
+                return False
+            principal = self.ws.identity.personal(presented)
+            if principal is not None and principal.user not in cfg.allowed_users:
+                raise Forbidden(f"user {principal.user!r} is not among the users endpoint {name!r} allows (a "
+                                f"contributor adds one with: forgeflow online-endpoint update --name {name} "
+                                "--allowed-users ...)")
+            return principal is not None
         ok_primary = same(presented, cfg.primary)
         ok_secondary = same(presented, cfg.secondary)
         return ok_primary or ok_secondary
 
     # -- endpoints -----------------------------------------------------------
     def create_endpoint(self, name: str, auth_mode: str = "key", description: str | None = None,
-                        max_body_bytes: int | None = None) -> dict:
+                        max_body_bytes: int | None = None, allowed_users: list[str] | None = None) -> dict:
         check_endpoint_name(name)
         if auth_mode not in AUTH_MODES:
             raise InvalidInput(f"auth_mode {auth_mode!r} is not supported: use 'key' or 'token'", field="auth_mode")
-        _check_body_limit(max_body_bytes)
+        specs.check_body_limit(max_body_bytes)
+        allowed_users = self._check_allowed_users(allowed_users)
+        specs.check_users_mode(allowed_users, auth_mode)
         if self.store.get("endpoints", name=name):
             raise Conflict(f"endpoint {name!r} already exists", field="name")
         box = self.ws.secrets
@@ -184,7 +179,7 @@ class EndpointService:
             "name": name, "auth_mode": auth_mode,
             "primary_key": box.encrypt(new_key()), "secondary_key": box.encrypt(new_key()),
             "traffic": {}, "mirror_traffic": {}, "max_body_bytes": max_body_bytes,
-            "description": description, "created_at": now(),
+            "description": description, "created_at": now(), "allowed_users": allowed_users,
         })
         self._changed(name)
         return self.show_endpoint(name)
@@ -210,6 +205,7 @@ class EndpointService:
             "traffic": row["traffic"],
             "mirror_traffic": row.get("mirror_traffic") or {},
             "max_body_bytes": row.get("max_body_bytes"),
+            "allowed_users": row.get("allowed_users"),
             "provisioning_state": state,
             "deployments": [d["name"] for d in deps],
             "description": row["description"],
@@ -229,20 +225,23 @@ class EndpointService:
             self.store.delete("endpoints", {"name": name})
             self._changed(name)
         for key in deps:  # after: a change that won the lock first has logged its event by now
-            self.autoscaler.forget(key)
-            self.placement.forget(*key)
+            self._forget(key)
 
     def update_endpoint(self, name: str, *, traffic: dict[str, int] | None = None,
                         mirror_traffic: dict[str, int] | None = None, description: str | None = None,
-                        max_body_bytes: int | None = None, auth_mode: str | None = None) -> dict:
+                        max_body_bytes: int | None = None, auth_mode: str | None = None,
+                        allowed_users: list[str] | None = _KEEP) -> dict:
+        """Change what is given; `allowed_users=None` clears the list, left out it stays."""
         row = self._endpoint_row(name)
         if auth_mode is not None and auth_mode not in AUTH_MODES:
             raise InvalidInput(f"auth_mode {auth_mode!r} is not supported: use 'key' or 'token'", field="auth_mode")
+        users = row.get("allowed_users") if allowed_users is _KEEP else self._check_allowed_users(allowed_users)
+        specs.check_users_mode(users, auth_mode or row["auth_mode"])
         new_traffic = row["traffic"] if traffic is None else traffic
         new_mirror = (row.get("mirror_traffic") or {}) if mirror_traffic is None else mirror_traffic
         known = {d["name"] for d in self.store.select("deployments", {"endpoint": name})}
-        _check_split(name, new_traffic, known, "traffic")
-        _check_split(name, new_mirror, known, "mirror_traffic")
+        specs.check_split(name, new_traffic, known, "traffic")
+        specs.check_split(name, new_mirror, known, "mirror_traffic")
         total = sum(new_traffic.values())
         if total not in (0, 100):
             raise InvalidInput(f"traffic must add up to 100 (or 0), it adds up to {total}", field="traffic")
@@ -256,11 +255,11 @@ class EndpointService:
             if new_traffic.get(dep):
                 raise InvalidInput(f"deployment {dep!r} takes live traffic, so it cannot also take mirrored traffic",
                                    field="mirror_traffic")
-        values: dict[str, Any] = {"traffic": dict(new_traffic), "mirror_traffic": mirrored}
+        values: dict[str, Any] = {"traffic": dict(new_traffic), "mirror_traffic": mirrored, "allowed_users": users}
         if description is not None:
             values["description"] = description
         if max_body_bytes is not None:
-            _check_body_limit(max_body_bytes)
+            specs.check_body_limit(max_body_bytes)
             values["max_body_bytes"] = max_body_bytes
         if auth_mode is not None and auth_mode != row["auth_mode"]:
             # Fresh secrets: no key of the old mode keeps working, and no old key can sign tokens.
@@ -270,6 +269,19 @@ class EndpointService:
         self.store.update("endpoints", {"name": name}, values)
         self._changed(name)
         return self.show_endpoint(name)
+
+    def _check_allowed_users(self, users: list[str] | None) -> list[str] | None:
+        """allowed_users as stored: users that exist, each once."""
+        if users is None:
+            return None
+        if not isinstance(users, list) or len(users) > 1000:
+            raise InvalidInput("allowed_users must be a list of at most 1000 user names", field="allowed_users")
+        for user in users:
+            check_user_name(user, field="allowed_users")
+            if self.store.get("users", name=user) is None:
+                raise InvalidInput(f"allowed_users names {user!r}, who is not a user (see: forgeflow user list)",
+                                   field="allowed_users")
+        return list(dict.fromkeys(users))
 
     def credentials(self, name: str) -> dict:
         cfg = self.config(name)
@@ -418,9 +430,12 @@ class EndpointService:
     def delete_deployment(self, endpoint: str, name: str) -> None:
         with self._deployments_lock:  # no autoscaling change between the stop and the row going
             self._delete_deployment(endpoint, name)
-        # After: a change that won the lock first has logged its event by now, and none can follow.
-        self.autoscaler.forget((endpoint, name))
-        self.placement.forget(endpoint, name)
+        self._forget((endpoint, name))  # after: a change that won the lock first has logged its event by now
+
+    def _forget(self, key: Key) -> None:
+        """A deleted deployment: what the autoscaler and the placement keep of it goes."""
+        self.autoscaler.forget(key)
+        self.placement.forget(*key)
 
     def _delete_deployment(self, endpoint: str, name: str) -> None:
         self._deployment(endpoint, name)
@@ -460,8 +475,10 @@ class EndpointService:
 
     # -- what the autoscaler asks (ScaleOwner) ----------------------------------------------
     def autoscaled(self) -> list[Deployment]:
-        deps = (Deployment.from_row(row) for row in self.store.select("deployments"))
-        return [d for d in deps if d.autoscaled and d.state == DeploymentState.SUCCEEDED]
+        return [d for d in self._stored() if d.autoscaled and d.state == DeploymentState.SUCCEEDED]
+
+    def _stored(self) -> list[Deployment]:
+        return [Deployment.from_row(row) for row in self.store.select("deployments")]
 
     def scale_deployment(self, key: Key, expected: int, count: int) -> bool:
         with self._deployments_lock:
@@ -477,18 +494,3 @@ class EndpointService:
                 self.supervisor.scale(dep.replace(instance_count=count))
             self._write_deployment(key, {"instance_count": count})
         return True
-
-
-def _check_split(endpoint: str, split: dict[str, int], known: set[str], what: str) -> None:
-    for dep, pct in split.items():
-        if dep not in known:
-            raise InvalidInput(f"{what} names deployment {dep!r}, which endpoint {endpoint!r} does not have "
-                               f"(deployments: {', '.join(sorted(known)) or 'none'})", field=what)
-        if isinstance(pct, bool) or not isinstance(pct, int) or not 0 <= pct <= 100:
-            raise InvalidInput(f"{what} for {dep!r} must be a whole percentage 0-100, got {pct!r}", field=what)
-
-
-def _check_body_limit(value: int | None) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1024):
-        raise InvalidInput(f"max_body_bytes must be a whole number of bytes, at least 1024, got {value!r}",
-                           field="max_body_bytes")

@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from forgeflow.serving.placement import Instance
 from forgeflow.serving.records import Deployment, Key
@@ -29,6 +29,7 @@ from forgeflow.store.states import DeploymentState
 log = logging.getLogger("forgeflow.deployments")
 
 TABLE = "deployment_instances"
+SYNC_S = 0.5  # how often the leader reconciles and publishes
 READ_CACHE_S = 0.5
 UNREACHABLE_S = 2.0  # a follower that could not connect to an instance skips it this long (the leader's probes decide)
 # A stored deployment the leader does not run is started in these states: created or updated through a follower
@@ -164,3 +165,33 @@ class InstanceBoard:
             self._unreachable.pop(ident, None)
         self._known, self._by_key = known, by_key
         self._read_at = time.monotonic()
+
+
+class LeaderSync:
+    """The leader's pass, every SYNC_S on a thread of its own: reconcile the supervisor with the stored deployments
+    (under the endpoint service's deployments `lock`; `forget` drops what is kept of one deleted elsewhere), then
+    publish its instances. It starts from an empty board."""
+
+    def __init__(self, supervisor: DeploymentSupervisor, board: InstanceBoard, lock: threading.Lock,
+                 stored: Callable[[], list[Deployment]], forget: Callable[[Key], None], server_id: str) -> None:
+        self.supervisor, self.board, self.lock = supervisor, board, lock
+        self.stored, self.forget, self.server_id = stored, forget, server_id
+        self._stop = threading.Event()
+        board.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="forgeflow-deployments-sync")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(SYNC_S):
+            try:
+                with self.lock:
+                    gone = reconcile(self.supervisor, self.stored())
+                for key in gone:
+                    self.forget(key)
+                self.board.publish(self.supervisor, self.server_id)
+            except Exception:  # a busy database must not end it for good
+                log.exception("reconciling deployments with the store failed")

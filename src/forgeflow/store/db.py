@@ -105,6 +105,11 @@ class Store:
         with self.engine.connect() as conn:
             return [_decode(dict(r._mapping)) for r in conn.execute(sa.text(sql), dict(zip(names, values)))]
 
+    def query(self, sql: str, params: dict | None = None) -> list[dict]:
+        """A read the row helpers cannot express (a range, a limit), for the module that owns the table."""
+        with self.engine.connect() as conn:
+            return [_decode(dict(r._mapping)) for r in conn.execute(sa.text(sql), params or {})]
+
     def _fits(self, table: str, row: dict) -> dict:
         """Refuse, naming the column, a string Postgres would refuse (longer than its VARCHAR, or holding a NUL
         character), so a value is a 400 on both databases and never a driver error; SQLite alone would take it."""

@@ -1,9 +1,12 @@
-"""Studio sign-in sessions, kept server-side so that signing out or rotating the admin token ends them at once.
+"""Studio sign-in sessions, kept server-side so that signing out, revoking a token or rotating the owner token ends
+them at once.
 
-The browser holds a random session id in a cookie; the studio_sessions table (this class is its one writer)
-holds only the id's SHA-256, an expiry time and a tag of the admin token it was signed in with, so a copy of the
-database signs nobody in, and a sign-in racing a token rotation cannot outlive it (its tag names the old token). Every check reads the
-table, so a session ended by one server process (or by `forgeflow token rotate`) is refused by all of them.
+The browser holds a random session id in a cookie; the studio_sessions table (this class is its one writer) holds
+only the id's SHA-256, an expiry time, a tag of the token it was signed in with and, for a personal access token,
+that token's id. A copy of the database signs nobody in. A session signed in with the owner token lasts while that
+token is the workspace's (its tag names it, so a sign-in racing a rotation cannot outlive it); one signed in with a
+personal token lasts while that token is live (not revoked or expired, its user not removed), and takes its user's
+role as it is now. Every check reads the tables, so a session ended by one server process is refused by all.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import secrets
 import time
 
 from forgeflow.store.db import Store, now
+from forgeflow.store.identity import Identity, Principal
 
 TABLE = "studio_sessions"
 LIFETIME_S = 7 * 24 * 3600
@@ -24,32 +28,36 @@ def _digest(session_id: str) -> str:
     return hashlib.sha256(session_id.encode()).hexdigest()
 
 
-def _tag(admin_token: str) -> str:
-    return hashlib.sha256(f"studio-session-token:{admin_token}".encode()).hexdigest()
+def _tag(token: str) -> str:
+    return hashlib.sha256(f"studio-session-token:{token}".encode()).hexdigest()
 
 
 class Sessions:
     def __init__(self, store: Store) -> None:
         self.store = store
+        self.identity = Identity(store)
 
-    def start(self, admin_token: str, at: float | None = None) -> str:
-        """A new session id for someone who signed in with `admin_token`, valid for LIFETIME_S while that token is the
-        workspace's; sessions that have expired are cleared on the way."""
+    def start(self, token: str, token_id: str | None = None, at: float | None = None) -> str:
+        """A new session id for someone who signed in with `token` (the owner token, or the personal token
+        `token_id`), valid for LIFETIME_S while that token is; sessions that have expired are cleared on the way."""
         at = time.time() if at is None else at
         self.store.execute(f"DELETE FROM {TABLE} WHERE expires_at < :t", {"t": int(at)})
         session_id = secrets.token_urlsafe(32)
-        self.store.insert(TABLE, {"id_hash": _digest(session_id), "token_tag": _tag(admin_token), "created_at": now(),
-                                  "expires_at": int(at + LIFETIME_S)})
+        self.store.insert(TABLE, {"id_hash": _digest(session_id), "token_tag": _tag(token), "token_id": token_id,
+                                  "created_at": now(), "expires_at": int(at + LIFETIME_S)})
         return session_id
 
-    def valid(self, session_id: str | None, admin_token: str, at: float | None = None) -> bool:
-        """True for an id `start` made under the current `admin_token` that has not expired or been ended."""
+    def principal(self, session_id: str | None, owner_token: str, at: float | None = None) -> Principal | None:
+        """Who a session `start` made stands for, while it has not expired or been ended and its token is live."""
         if not session_id or len(session_id) > MAX_ID_CHARS:
-            return False
+            return None
         # The lookup is by the id's hash, so its timing tells nothing about the ids the table holds.
         row = self.store.get(TABLE, id_hash=_digest(session_id))
-        return (row is not None and row["expires_at"] >= (time.time() if at is None else at)
-                and hmac.compare_digest(row["token_tag"], _tag(admin_token)))
+        if row is None or row["expires_at"] < (time.time() if at is None else at):
+            return None
+        if row["token_id"] is not None:
+            return self.identity.by_token_id(row["token_id"], at)
+        return self.identity.owner() if hmac.compare_digest(row["token_tag"], _tag(owner_token)) else None
 
     def end(self, session_id: str | None) -> bool:
         """Sign one session out; False when there was no such session."""
@@ -57,6 +65,6 @@ class Sessions:
             return False
         return self.store.delete(TABLE, {"id_hash": _digest(session_id)}) > 0
 
-    def end_all(self) -> int:
-        """Sign everyone out (the admin token changed); how many sessions ended."""
-        return self.store.execute(f"DELETE FROM {TABLE}")
+    def end_owner_sessions(self) -> int:
+        """Sign out everyone who signed in with the owner token (it changed); how many sessions ended."""
+        return self.store.execute(f"DELETE FROM {TABLE} WHERE token_id IS NULL")

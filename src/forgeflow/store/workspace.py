@@ -1,4 +1,6 @@
-"""Opening (and creating) a workspace: home folders, the store, secrets, the admin token and Studio sessions."""
+"""Opening (and creating) a workspace: home folders, the store, secrets, the owner token (the admin token made at
+init: the credential of the workspace owner, store/identity.py), users and their tokens, the audit log and Studio
+sessions."""
 
 from __future__ import annotations
 
@@ -11,8 +13,10 @@ import sqlalchemy as sa
 
 from forgeflow.errors import ServerUnavailable
 from forgeflow.store import config
+from forgeflow.store.audit import AuditLog
 from forgeflow.store.db import Store
 from forgeflow.store.home import Paths
+from forgeflow.store.identity import Identity
 from forgeflow.store.secrets import SecretBox, new_key, write_private
 from forgeflow.store.sessions import Sessions
 
@@ -38,6 +42,7 @@ class Workspace:
         created = self.store.get_setting(ADMIN_TOKEN_SETTING) is None
         if created:
             self.store.set_setting(ADMIN_TOKEN_SETTING, self.secrets.encrypt(new_key("ffa_")))
+        self.identity.ensure_owner()
         self._ensure_mlflow_schema()
         return created
 
@@ -99,12 +104,21 @@ class Workspace:
     def sessions(self) -> Sessions:
         return Sessions(self.store)
 
+    @cached_property
+    def identity(self) -> Identity:
+        return Identity(self.store)
+
+    @cached_property
+    def audit(self) -> AuditLog:
+        return AuditLog(self.store)
+
     def admin_token(self) -> str:
         return self.secrets.decrypt(self.store.get_setting(ADMIN_TOKEN_SETTING) or "")
 
     def rotate_admin_token(self) -> dict:
-        """A new admin token: the old one and every Studio session stop working at once (in every server
-        process: they read the token and the sessions from the store on each request)."""
+        """A new owner token: the old one and every Studio session signed in with it stop working at once (in every
+        server process: they read the token and the sessions from the store on each request). Personal access
+        tokens and their sessions are not touched."""
         token = new_key("ffa_")
         self.store.set_setting(ADMIN_TOKEN_SETTING, self.secrets.encrypt(token))
-        return {"token": token, "sessions_ended": self.sessions.end_all()}
+        return {"token": token, "sessions_ended": self.sessions.end_owner_sessions()}

@@ -1,7 +1,8 @@
 """Studio's pages and sign-in routes.
 
-`/signin` is public and self-contained; `/` and `/studio/<file>` need a Studio session (see api/security.py).
-Signing out ends the session server-side, not only in this browser.
+`/signin` is public and self-contained; `/` and `/studio/<file>` need a Studio session (see api/security.py),
+signed in with the owner token or a personal access token. Signing out ends the session server-side, not only in
+this browser.
 Every page goes out with a Content-Security-Policy that allows only this origin's scripts plus the
 inline scripts of that very page (by hash), so text from the API can never run as code.
 """
@@ -19,7 +20,8 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from forgeflow import __version__
-from forgeflow.api.security import ADMIN, end_session, is_admin_token, services, start_session, studio_signed_in
+from forgeflow.api.security import (READER, current, end_session, services, start_session, studio_principal,
+                                    token_principal)
 from forgeflow.errors import NotFound, Unauthorized
 
 STATIC = Path(__file__).parent / "static"
@@ -33,7 +35,8 @@ api = APIRouter(prefix="/api", tags=["studio"])
 
 
 class SignIn(pydantic.BaseModel):
-    token: str = pydantic.Field(max_length=512, description="The workspace admin token (forgeflow token show).")
+    token: str = pydantic.Field(max_length=512, description="A personal access token (forgeflow token create), or "
+                                "the owner token (forgeflow token show).")
 
 
 @lru_cache(maxsize=32)
@@ -65,14 +68,14 @@ def signin_page() -> Response:
 
 @router.get("/", response_class=HTMLResponse)
 def studio_page(request: Request) -> Response:
-    if not studio_signed_in(request):
+    if studio_principal(request) is None:
         return RedirectResponse("/signin", status_code=303)
     return _file_response(STATIC / "index.html")
 
 
 @router.get("/studio/{name:path}")
 def studio_file(name: str, request: Request) -> Response:
-    if not studio_signed_in(request):
+    if studio_principal(request) is None:
         raise Unauthorized("sign in to Studio first: open /signin")
     path = (STATIC / name).resolve()
     if not path.is_relative_to(STATIC.resolve()) or not path.is_file() or path.name == "signin.html":
@@ -82,17 +85,19 @@ def studio_file(name: str, request: Request) -> Response:
 
 @api.post("/session")
 def sign_in(body: SignIn, request: Request, response: Response) -> dict:
-    """Exchange the admin token for a Studio session cookie (HttpOnly, SameSite=Strict)."""
+    """Exchange a token for a Studio session cookie (HttpOnly, SameSite=Strict); the answer says who signed in."""
     token = body.token.strip()
-    if not is_admin_token(request, token):
-        raise Unauthorized("wrong token: copy it from 'forgeflow token show'")
-    start_session(request, response, token)
-    return {"signed_in": True}
+    principal = token_principal(request, token)
+    if principal is None:
+        raise Unauthorized("wrong, expired or revoked token: use a personal access token (forgeflow token create) "
+                           "or the owner token (forgeflow token show)")
+    start_session(request, response, token, principal)
+    return {"signed_in": True} | principal.view()
 
 
-@api.get("/session", dependencies=ADMIN)
-def session(ff=Depends(services)) -> dict:
-    return {"signed_in": True, "version": __version__, "home": str(ff.ws.paths.root)}
+@api.get("/session", dependencies=READER)
+def session(request: Request, ff=Depends(services)) -> dict:
+    return {"signed_in": True, "version": __version__, "home": str(ff.ws.paths.root)} | current(request).view()
 
 
 @api.delete("/session")

@@ -1,5 +1,6 @@
 // REST access for Studio: the session cookie plus the CSRF header on every call, JSON errors turned
-// into ApiError, a 401 sends the browser to the sign-in page, and server-sent events read from a fetch body.
+// into ApiError, a 401 sends the browser to the sign-in page (which says why), a 403 makes the shell ask
+// /api/me again (the role may have changed meanwhile), and server-sent events read from a fetch body.
 
 export class ApiError extends Error {
   constructor(status, body) {
@@ -26,11 +27,22 @@ export function signInPath() {
   return "/signin?next=" + encodeURIComponent(next);
 }
 
+export const SIGNIN_REASON = "forgeflow.signin.reason";  // read by signin.html
+
 let leaving = false;
-export function toSignIn() {
+/** Back to the sign-in page; `reason` (the server's 401 message) is shown there. */
+export function toSignIn(reason) {
   if (leaving) return;
   leaving = true;
+  try {
+    if (reason) sessionStorage.setItem(SIGNIN_REASON, reason);
+  } catch { /* storage refused: the page just does not say why */ }
   location.assign(signInPath());
+}
+
+/** Tell the shell a call was refused for the role (it re-reads /api/me, so what the role lost is hidden). */
+function forbidden() {
+  window.dispatchEvent(new CustomEvent("forgeflow:forbidden"));
 }
 
 async function readBody(res) {
@@ -69,9 +81,11 @@ export async function api(method, path, {body, raw, signal, query} = {}) {
   }
   const data = await readBody(res);
   if (res.status === 401) {
-    toSignIn();
-    throw new ApiError(401, data);
+    const err = new ApiError(401, data);
+    toSignIn(err.message);
+    throw err;
   }
+  if (res.status === 403) forbidden();
   if (!res.ok) throw new ApiError(res.status, data);
   return data;
 }
@@ -123,8 +137,10 @@ function dataOf(block) {
 /** An error thrown from a non-2xx streaming answer (body read as JSON when it is JSON). */
 export async function streamError(res) {
   const data = await readBody(res);
-  if (res.status === 401 && !res.url.includes("/endpoints/")) toSignIn();
-  return new ApiError(res.status, data);
+  const err = new ApiError(res.status, data);
+  if (res.status === 401 && !res.url.includes("/endpoints/")) toSignIn(err.message);
+  if (res.status === 403 && !res.url.includes("/endpoints/")) forbidden();
+  return err;
 }
 
 /**

@@ -1,7 +1,9 @@
-// Studio shell: hash routing, one page module mounted at a time, and the session chrome.
+// Studio shell: hash routing, one page module mounted at a time, and the session chrome (who is signed in, with
+// which role; pages a role may not use say so instead of offering a form the server would refuse).
 
+import {can, needsNote, refreshMe, whoami} from "./access.js";
 import {ApiError, del, get, toSignIn} from "./api.js";
-import {errorBox, h, parseHash, replace, spinner} from "./dom.js";
+import {errorBox, fmtTime, h, pageHead, parseHash, replace, spinner} from "./dom.js";
 
 const ROUTES = {
   "": "./overview.js",
@@ -12,12 +14,25 @@ const ROUTES = {
   connections: "./connections.js",
   flows: "./flows.js",
   playground: "./playground.js",
+  activity: "./activity.js",
+  users: "./users.js",
 };
 
 const TITLES = {
   "": "Overview", datasets: "Datasets", jobs: "Fine-tuning", models: "Models", endpoints: "Endpoints",
-  connections: "Connections", flows: "Flows", playground: "Playground",
+  connections: "Connections", flows: "Flows", playground: "Playground", activity: "Activity", users: "Users",
 };
+
+/** Routes a role below the one named may not use (by "section" or "section/sub"): what, and the role it needs. */
+const NEEDS = {
+  "jobs/new": ["contributor", "Starting a fine-tuning job"],
+  playground: ["contributor", "The playground (it reads endpoint keys and runs flows)"],
+};
+const ME_EVERY_MS = 30_000;  // a revoked token or a changed role shows within this even on a page that does not poll
+
+function needOf(parts) {
+  return NEEDS[parts.slice(0, 2).join("/")] || NEEDS[parts[0] || ""] || null;
+}
 
 /** What a page gets: its route, an abort signal that fires when the user leaves, and polling. */
 class PageContext {
@@ -40,9 +55,10 @@ class PageContext {
         offline(null);
       } catch (e) {
         if (e.name === "AbortError" || (e instanceof ApiError && e.status === 401)) return;
-        if (e instanceof ApiError && e.status === 404) {  // what this page watches is gone: stop asking
+        if (e instanceof ApiError && (e.status === 404 || e.status === 403)) {  // gone, or no longer allowed: stop asking
           offline(null);
-          gone(e);
+          if (e.status === 404) gone(e);
+          else refused(e);
           return;
         }
         offline(e);
@@ -78,6 +94,13 @@ function gone(error) {
   if (main.querySelector(".gone")) return;
   main.prepend(h("div", {class: "alert alert-bad gone", role: "alert"},
     `${error.message} — it was deleted or renamed; live updates stopped. `, h("a", {href: "#/"}, "Back to the overview")));
+}
+
+/** A page whose live data the role may no longer read (its role changed meanwhile): the server's reason. */
+function refused(error) {
+  const main = document.getElementById("main");
+  if (main.querySelector(".refused")) return;
+  main.prepend(h("div", {class: "alert alert-bad refused", role: "alert"}, `${error.message} — live updates stopped.`));
 }
 
 let current = null;
@@ -117,6 +140,12 @@ async function route() {
     return;
   }
   delete main.dataset.route;
+  const need = needOf(parts);
+  if (need && !can(need[0])) {
+    replace(main, h("div", {class: "page", "data-page": section}, pageHead(TITLES[section]), needsNote(...need)));
+    main.dataset.route = parts.join("/");
+    return;
+  }
   replace(main, h("div", {class: "page loading"}, spinner("loading")));
   try {
     let mod;
@@ -147,6 +176,22 @@ async function session() {
   }
 }
 
+/** Ask who is signed in (again) and show it; a page the role just lost is drawn again as its note. */
+async function me() {
+  let changed;
+  try {
+    changed = await refreshMe();
+  } catch (e) {
+    if (!(e instanceof ApiError && e.status === 401)) console.warn(e);
+    return;
+  }
+  const who = whoami();
+  replace(document.getElementById("whoami"),
+    h("span", {class: "who-user", title: who.expires_at ? `token expires ${fmtTime(who.expires_at)}` : null}, who.user),
+    h("span", {class: "badge tone-off who-role", "data-testid": "role"}, who.role));
+  if (changed && current && needOf(current.route.parts)) route();
+}
+
 document.getElementById("signout").addEventListener("click", async () => {
   try { await del("/session"); } catch (e) { console.warn(e); }
   toSignIn();
@@ -158,5 +203,7 @@ window.addEventListener("hashchange", () => {
   window.scrollTo(0, 0);
 });
 
+window.addEventListener("forgeflow:forbidden", me);
+setInterval(me, ME_EVERY_MS);
 session();
-route();
+me().then(route);

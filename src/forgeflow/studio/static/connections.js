@@ -1,5 +1,6 @@
 // Connections: what flows use to reach an endpoint or an API. Secrets come back masked and are only written.
 
+import {can} from "./access.js";
 import {del, get, patch, post, seg} from "./api.js";
 import {
   busy, button, clear, clearErrors, onSubmit, confirmDialog, field, h, pageHead, replace, showError, table, timeEl, toast,
@@ -10,6 +11,7 @@ export default async function connections(root, ctx) {
   const listCard = h("section", {class: "card", "data-testid": "connections"});
   const [conns, eps] = await Promise.all([get("/connections", {signal: ctx.signal}), get("/endpoints", {signal: ctx.signal})]);
   const form = connectionForm(ctx, conns, eps);
+  form.element.dataset.needs = "contributor";
   root.append(h("div", {class: "grid-2 wide-left"}, listCard, form.element));
 
   function render(list) {
@@ -20,7 +22,7 @@ export default async function connections(root, ctx) {
       {label: "Secrets", cls: "wrap", render: (c) => pairs(c.secrets)},
       {label: "Updated", render: (c) => timeEl(c.updated_at || c.created_at)},
       {label: "", render: (c) => h("span", {class: "row-actions"},
-        button("Edit", () => form.edit(c), {kind: "small"}), removeButton(c))},
+        button("Edit", () => form.edit(c), {kind: "small", needs: "contributor"}), removeButton(c))},
     ], list, {empty: "No connections yet. The bundled flows expect one named custom-phi3 pointing at an endpoint."}));
   }
   function removeButton(c) {
@@ -32,7 +34,7 @@ export default async function connections(root, ctx) {
         toast(`Deleted ${c.name}`);
         render(await get("/connections"));
       });
-    }, {kind: "small"});
+    }, {kind: "small", needs: "contributor"});
     return b;
   }
   form.onSaved = async () => render(await get("/connections", {signal: ctx.signal}));
@@ -139,7 +141,7 @@ function connectionForm(ctx, existing, eps) {
     name.value = q.get("name");
     if (["custom", "open_ai", "azure_open_ai"].includes(q.get("type"))) type.value = q.get("type");
     title.textContent = `New connection ${q.get("name")}`;
-    if (eps.length === 1) { fromEp.value = eps[0].name; fill(); }
+    if (eps.length === 1 && can("contributor")) { fromEp.value = eps[0].name; fill(); }  // fill reads the key
     setTimeout(() => fromEp.focus(), 0);
   }
   return api;

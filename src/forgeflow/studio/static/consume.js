@@ -1,5 +1,6 @@
 // An endpoint's Consume tab (scoring URI, keys hidden until revealed, ready-to-paste snippets) and Logs tab.
 
+import {can} from "./access.js";
 import {get, post, seg} from "./api.js";
 import {busy, button, code, confirmDialog, copyButton, empty, errorBox, h, kv, replace, tabs, toast} from "./dom.js";
 
@@ -10,7 +11,7 @@ export async function consume(root, ctx, ep) {
   let creds = null;
   const shown = {primary: false, secondary: false};
   const errorSlot = h("div");
-  const keysCard = h("section", {class: "card", "data-testid": "keys"});
+  const keysCard = h("section", {class: "card", "data-testid": "keys", "data-needs": "contributor"});  // keys: contributor and up
   const snippetsCard = h("section", {class: "card"});
   let snippetTab = "curl";
   let route = "";
@@ -55,7 +56,8 @@ export async function consume(root, ctx, ep) {
   }
 
   function renderSnippets() {
-    const key = (shown.primary && keyOf("primary")) || (tokenMode ? "<token: press Reveal>" : "<primary key: press Reveal>");
+    const reveal = can("contributor") ? ": press Reveal" : "";
+    const key = (shown.primary && keyOf("primary")) || (tokenMode ? `<token${reveal}>` : `<primary key${reveal}>`);
     const text = snippet(snippetTab, ep, key, route);
     const routeSel = h("select", {"aria-label": "route", on: {change: (e) => { route = e.target.value; renderSnippets(); }}},
       h("option", {value: ""}, "by live traffic"), ep.deployments.map((d) => h("option", {value: d, selected: d === route}, `deployment ${d}`)));
@@ -64,7 +66,8 @@ export async function consume(root, ctx, ep) {
         snippetTab, (id) => { snippetTab = id; renderSnippets(); }),
       h("div", {class: "snippet"}, code(text, snippetTab === "curl" ? "shell" : "python"), h("div", {class: "snippet-copy"}, copyButton(text))),
       h("p", {class: "muted small"}, shown.primary ? "The snippet holds the revealed key: keep it private."
-        : "Reveal the primary key to paste a snippet that runs as is."));
+        : can("contributor") ? "Reveal the primary key to paste a snippet that runs as is."
+          : "Keys are shown to contributors and owners: ask one for a key to put in the snippet."));
   }
 
   root.append(h("div", {class: "grid-2"},

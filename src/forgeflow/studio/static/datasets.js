@@ -41,7 +41,7 @@ function uploadForm(ctx) {
   const status = h("div", {class: "form-status"});
   const submit = h("button", {type: "submit", class: "btn btn-primary"}, "Upload");
   const drop = h("div", {class: "dropzone"}, h("p", {}, "Drop a .jsonl, .json, .csv or .parquet file here, or choose one:"), file);
-  const form = h("form", {class: "card form", novalidate: true},
+  const form = h("form", {class: "card form", novalidate: true, "data-needs": "contributor"},
     h("h2", {}, "Upload a file"),
     field("File", drop, {name: "body"}),
     field("Dataset name", name, {name: "name", hint: "The file name in the workspace; jobs refer to it by path."}),
@@ -86,7 +86,7 @@ function prepareForm(ctx) {
   const testSize = h("input", {type: "number", name: "test_size", value: "0.2", step: "0.05", min: "0.01"});
   const status = h("div", {class: "form-status"});
   const submit = h("button", {type: "submit", class: "btn"}, "Prepare");
-  const form = h("form", {class: "card form", novalidate: true},
+  const form = h("form", {class: "card form", novalidate: true, "data-needs": "contributor"},
     h("h2", {}, "Prepare a train / test split"),
     field("Source", source, {name: "dataset", hint: "'sample' is the bundled chat dataset; a local file or folder also works."}),
     h("div", {class: "row"},
@@ -128,9 +128,10 @@ async function detail(root, ctx, name) {
       toast(`Deleted ${ds.name}`);
       location.hash = "#/datasets";
     });
-  }, {kind: "danger"});
+  }, {kind: "danger", needs: "contributor"});
   root.append(pageHead(ds.name, h("span", {}, h("a", {href: "#/datasets"}, "Datasets"), " / ", ds.name),
-    h("a", {class: "btn btn-primary", href: `#/jobs/new?training_data=${encodeURIComponent(ds.path)}`}, "Fine-tune with it"),
+    h("a", {class: "btn btn-primary", href: `#/jobs/new?training_data=${encodeURIComponent(ds.path)}`, "data-needs": "contributor"},
+      "Fine-tune with it"),
     del_));
 
   const problems = v.problems || [];

@@ -138,9 +138,10 @@ export function empty(text, ...actions) {
   return h("div", {class: "empty"}, h("p", {}, text), actions.length ? h("div", {class: "actions"}, actions) : null);
 }
 
-export function button(label, onClick, {kind = "", type = "button", title, disabled, testid} = {}) {
+/** A button; `needs` ("contributor" | "owner") hides it from lower roles (see access.js). */
+export function button(label, onClick, {kind = "", type = "button", title, disabled, testid, needs} = {}) {
   return h("button", {type, class: ["btn", kind && "btn-" + kind], title, disabled,
-    "data-testid": testid, on: onClick ? {click: onClick} : null}, label);
+    "data-testid": testid, "data-needs": needs, on: onClick ? {click: onClick} : null}, label);
 }
 
 export function link(label, href, cls) {

@@ -1,6 +1,7 @@
 // Endpoints: the list and creating one; an endpoint's page has its deployments (state, instance health,
 // traffic with the 100% rule), a Consume tab (URI, keys, snippets) and the deployments' logs.
 
+import {can} from "./access.js";
 import {del, get, patch, post, seg} from "./api.js";
 import {
   badge, busy, button, clear, onSubmit, confirmDialog, empty, field, h, hashFor, kv, note, pageHead,
@@ -35,7 +36,7 @@ async function list(root, ctx) {
       {label: "Deployments", render: (ep) => (ep.deployments.length ? ep.deployments.join(", ") : h("span", {class: "muted"}, "none"))},
       {label: "Traffic", render: trafficText},
       {label: "Created", render: (ep) => timeEl(ep.created_at)},
-      {label: "", render: (ep) => (deploy ? h("a", {class: "btn btn-small btn-primary",
+      {label: "", render: (ep) => (deploy ? h("a", {class: "btn btn-small btn-primary", "data-needs": "contributor",
         href: `${hashFor("endpoints", ep.name)}?deploy=${encodeURIComponent(deploy)}`}, "Deploy here")
         : h("a", {class: "btn btn-small", href: hashFor("endpoints", ep.name, "consume")}, "Consume"))},
     ], eps, {empty: "No endpoints yet: create one, then add a deployment of a registered model."}));
@@ -47,18 +48,27 @@ function createForm(ctx, deploy) {
   const auth = h("select", {name: "auth_mode"}, h("option", {value: "key"}, "key: primary and secondary keys"),
     h("option", {value: "token"}, "token: expiring tokens"));
   const description = h("input", {type: "text", name: "description", placeholder: "optional"});
+  const users = h("input", {type: "text", name: "allowed_users", placeholder: "optional, e.g. alice, bob", autocomplete: "off",
+    spellcheck: "false"});
+  const usersField = field("Allowed users", users, {name: "allowed_users",
+    hint: "Besides the endpoint's own tokens, these users' personal access tokens may call it."});
+  usersField.hidden = true;
+  auth.addEventListener("change", () => { usersField.hidden = auth.value !== "token"; });
   const status = h("div", {class: "form-status"});
   const submit = h("button", {type: "submit", class: "btn btn-primary"}, "Create endpoint");
-  const form = h("form", {class: "card form", novalidate: true}, h("h2", {}, "New endpoint"),
+  const form = h("form", {class: "card form", novalidate: true, "data-needs": "contributor"}, h("h2", {}, "New endpoint"),
     field("Name", name, {name: "name", hint: "3-32 characters: a letter first, then letters, digits and dashes."}),
     field("Authentication", auth, {name: "auth_mode"}),
+    usersField,
     field("Description", description, {name: "description"}),
     status, h("div", {class: "actions"}, submit));
   onSubmit(form, status, (e) => {
     busy(submit, async () => {
       try {
+        const allowed = users.value.split(/[\s,]+/).filter(Boolean);
         const ep = await post("/endpoints", {name: name.value.trim(), auth_mode: auth.value,
-          description: description.value.trim() || null}, {signal: ctx.signal});
+          description: description.value.trim() || null,
+          ...(auth.value === "token" && allowed.length ? {allowed_users: allowed} : {})}, {signal: ctx.signal});
         toast(`Created endpoint ${ep.name}`);
         location.hash = hashFor("endpoints", ep.name) + (deploy ? `?deploy=${encodeURIComponent(deploy)}` : "");
       } catch (err) {
@@ -81,9 +91,10 @@ async function endpointPage(root, ctx, name, tab) {
       toast(`Deleted ${name}`);
       location.hash = "#/endpoints";
     });
-  }, {kind: "danger"});
+  }, {kind: "danger", needs: "contributor"});
   root.append(pageHead(name, h("span", {}, h("a", {href: "#/endpoints"}, "Endpoints"), " / ", name),
-    h("a", {class: "btn", href: `#/playground?endpoint=${encodeURIComponent(name)}`}, "Open in playground"), remove));
+    h("a", {class: "btn", href: `#/playground?endpoint=${encodeURIComponent(name)}`, "data-needs": "contributor"},
+      "Open in playground"), remove));
   root.append(tabs([
     {id: "deployments", label: "Deployments", href: hashFor("endpoints", name)},
     {id: "consume", label: "Consume", href: hashFor("endpoints", name, "consume")},
@@ -104,13 +115,13 @@ async function deploymentsTab(root, ctx, ep, setEp) {
   let dirty = false;
   const trafficStatus = h("div", {class: "traffic-status"});
   const trafficError = h("div");
-  const saveTraffic = button("Save traffic", () => save(), {kind: "primary", testid: "save-traffic"});
-  const resetTraffic = button("Reset", () => { dirty = false; syncTraffic(); check(); }, {});
+  const saveTraffic = button("Save traffic", () => save(), {kind: "primary", testid: "save-traffic", needs: "contributor"});
+  const resetTraffic = button("Reset", () => { dirty = false; syncTraffic(); check(); }, {needs: "contributor"});
 
   function input(dep) {
     if (!trafficInputs.has(dep)) {
       const el = h("input", {type: "number", min: "0", max: "100", step: "1", class: "pct", "aria-label": `traffic to ${dep}`,
-        name: `traffic-${dep}`, on: {input: () => { dirty = true; check(); }}});
+        name: `traffic-${dep}`, readOnly: !can("contributor"), on: {input: () => { dirty = true; check(); }}});
       trafficInputs.set(dep, el);
     }
     return trafficInputs.get(dep);
@@ -157,6 +168,7 @@ async function deploymentsTab(root, ctx, ep, setEp) {
     replace(summary, h("h2", {}, "Endpoint ", badge(ep.provisioning_state)), kv([
       ["Scoring URI", h("code", {class: "break"}, ep.scoring_uri)],
       ["Authentication", ep.auth_mode],
+      ep.allowed_users ? ["Allowed users", ep.allowed_users.join(", ")] : null,
       ["Live traffic", trafficText(ep)],
       mirror.length ? ["Mirrored", mirror.map(([d, p]) => `${d} ${p}%`).join(", ")] : null,
       ep.description ? ["Description", ep.description] : null,
@@ -185,7 +197,8 @@ async function deploymentsTab(root, ctx, ep, setEp) {
       {label: "Instances", render: instances},
       {label: "Traffic %", render: (d) => h("span", {class: "pct-cell"}, input(d.name), "%")},
       {label: "", render: (d) => h("span", {class: "row-actions"},
-        h("a", {class: "btn btn-small", href: `#/playground?endpoint=${encodeURIComponent(name)}&deployment=${encodeURIComponent(d.name)}`}, "Chat"),
+        h("a", {class: "btn btn-small", "data-needs": "contributor",
+          href: `#/playground?endpoint=${encodeURIComponent(name)}&deployment=${encodeURIComponent(d.name)}`}, "Chat"),
         h("a", {class: "btn btn-small", href: `${hashFor("endpoints", name, "logs")}?deployment=${encodeURIComponent(d.name)}`}, "Logs"),
         removeButton(d))},
     ], deps),
@@ -204,7 +217,7 @@ async function deploymentsTab(root, ctx, ep, setEp) {
         toast(`Deleting ${d.name}`);
         await refresh();
       }, trafficError);
-    }, {kind: "small"});
+    }, {kind: "small", needs: "contributor"});
     return b;
   }
 
@@ -255,7 +268,8 @@ async function deploymentForm(ctx, ep, refreshed) {
   });
   const status = h("div", {class: "form-status"});
   const submit = h("button", {type: "submit", class: "btn btn-primary"}, "Deploy");
-  const form = h("form", {class: "card form", id: "add-deployment", novalidate: true}, h("h2", {}, "Add a deployment"),
+  const form = h("form", {class: "card form", id: "add-deployment", novalidate: true, "data-needs": "contributor"},
+    h("h2", {}, "Add a deployment"),
     h("div", {class: "row"}, field("Name", name, {name: "name"}), field("Serves", kind, {})),
     modelField, flowField,
     h("div", {class: "row"}, field("Instances", count, {name: "instance_count"}), runtimeField,

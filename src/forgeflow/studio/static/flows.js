@@ -16,7 +16,8 @@ export default async function flows(root, ctx) {
     {label: "Kind", render: (f) => (f.error ? badge("broken", "bad") : f.is_chat ? badge("chat", "busy") : badge("standard", "off"))},
     {label: "Source", render: (f) => f.source},
     {label: "About", cls: "wrap", render: (f) => (f.error ? h("span", {class: "bad-text"}, f.error) : h("span", {}, richText(f.description)))},
-    {label: "", render: (f) => (f.is_chat ? h("a", {class: "btn btn-small", href: `#/playground?flow=${encodeURIComponent(f.name)}`}, "Chat") : null)},
+    {label: "", render: (f) => (f.is_chat ? h("a", {class: "btn btn-small", href: `#/playground?flow=${encodeURIComponent(f.name)}`,
+      "data-needs": "contributor"}, "Chat") : null)},
   ], list, {empty: "No flows. Add a folder with flow.dag.yaml to the workspace's flows folder."})));
 }
 
@@ -24,7 +25,8 @@ async function flowPage(root, ctx, name) {
   const [flow, conns] = await Promise.all([get(`/flows/${seg(name)}`, {signal: ctx.signal}),
     get("/connections", {signal: ctx.signal})]);
   root.append(pageHead(name, h("span", {}, h("a", {href: "#/flows"}, "Flows"), " / ", name),
-    flow.chat ? h("a", {class: "btn btn-primary", href: `#/playground?flow=${encodeURIComponent(name)}`}, "Chat with it") : null));
+    flow.chat ? h("a", {class: "btn btn-primary", href: `#/playground?flow=${encodeURIComponent(name)}`, "data-needs": "contributor"},
+      "Chat with it") : null));
   if (flow.description) root.append(h("p", {class: "lead"}, richText(flow.description)));
   // an llm node names its connection; a python tool gets one as a literal input (`connection: custom-phi3`)
   for (const n of flow.nodes) n.connection = n.connection || literalConnection(n);
@@ -33,8 +35,9 @@ async function flowPage(root, ctx, name) {
   if (missing.length) {
     root.append(note(h("span", {}, `This flow uses the connection${missing.length > 1 ? "s" : ""} `,
       missing.map((m, i) => [i ? ", " : "", h("code", {}, m)]), ", which does not exist yet. ",
-      missing.map((m, i) => [i ? ", " : "", h("a", {href: `#/connections?name=${encodeURIComponent(m)}&type=${
-        encodeURIComponent(connectionType(flow, m))}`}, `Create ${m}`)]), " from an endpoint before running it."), "warn"));
+      h("span", {"data-needs": "contributor"}, missing.map((m, i) => [i ? ", " : "", h("a", {href: `#/connections?name=${
+        encodeURIComponent(m)}&type=${encodeURIComponent(connectionType(flow, m))}`}, `Create ${m}`)]),
+      " from an endpoint before running it.")), "warn"));
   }
   const dag = drawDag(flow);
   const graphCard = h("section", {class: "card", "data-testid": "dag"}, h("h2", {}, "Graph"), h("div", {class: "dag-wrap"}, dag.element));
@@ -90,7 +93,7 @@ function testCard(ctx, name, flow, dag) {
   let controller = null;
   const stop = button("Stop", () => controller && controller.abort(), {disabled: true});
   const run = h("button", {type: "submit", class: "btn btn-primary"}, "Run test");
-  const form = h("form", {class: "card form", novalidate: true}, h("h2", {}, "Test run"),
+  const form = h("form", {class: "card form", novalidate: true, "data-needs": "contributor"}, h("h2", {}, "Test run"),
     controls.map(([k, spec, el]) => field(h("span", {}, h("code", {}, k), spec.is_chat_input ? " (chat input)" : "",
       spec.is_chat_history ? " (chat history)" : ""), el, {name: k, hint: spec.description || null})),
     h("div", {class: "actions"}, stop, run), errorSlot, summary, outputs);

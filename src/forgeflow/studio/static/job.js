@@ -48,7 +48,7 @@ export default async function jobPage(root, ctx, id) {
         if (!await confirmDialog(`Cancel ${job.name || job.id}?`, {ok: "Cancel job", danger: true,
           detail: "It stops at the next step; Resume continues from its last checkpoint."})) return;
         await busy(b, async () => { job = await post(`/jobs/${seg(job.id)}/cancel`); render(); }, errorSlot);
-      }, {kind: "danger", testid: "cancel-job"});
+      }, {kind: "danger", testid: "cancel-job", needs: "contributor"});
       list.push(b);
     }
     if (job.status === "Failed" || job.status === "Canceled") {
@@ -59,14 +59,14 @@ export default async function jobPage(root, ctx, id) {
           render();
           follow();
         }, errorSlot);
-      }, {kind: "primary", testid: "resume-job"});
+      }, {kind: "primary", testid: "resume-job", needs: "contributor"});
       list.push(b);
     }
     if (job.status === "Completed") {
       list.push(h("a", {class: "btn btn-primary", href: `#/models?from_job=${encodeURIComponent(job.id)}`,
-        "data-testid": "register-job"}, "Register model"));
+        "data-testid": "register-job", "data-needs": "contributor"}, "Register model"));
     }
-    list.push(h("a", {class: "btn", href: `#/jobs/new?model=${encodeURIComponent(job.base_model)}&training_data=${
+    list.push(h("a", {class: "btn", "data-needs": "contributor", href: `#/jobs/new?model=${encodeURIComponent(job.base_model)}&training_data=${
       encodeURIComponent(job.training_data)}${job.validation_data ? "&validation_data=" + encodeURIComponent(job.validation_data) : ""}`},
     "New job like this"));
     replace(actions, list);

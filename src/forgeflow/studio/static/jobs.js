@@ -11,7 +11,7 @@ export default async function jobs(root, ctx) {
   if (id) return (await import("./job.js")).default(root, ctx, id);
 
   root.append(pageHead("Fine-tuning", "Jobs train a base model on your chat data; the list refreshes by itself.",
-    h("a", {class: "btn btn-primary", href: "#/jobs/new"}, "New fine-tuning job")));
+    h("a", {class: "btn btn-primary", href: "#/jobs/new", "data-needs": "contributor"}, "New fine-tuning job")));
   const host = h("section", {class: "card", "data-testid": "jobs"});
   root.append(host);
   ctx.poll(async () => {

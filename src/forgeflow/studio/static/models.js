@@ -1,6 +1,7 @@
 // Models: registered versions (with source job and settings), registering a completed job's output,
 // and the base-model catalog.
 
+import {can} from "./access.js";
 import {get, patch, post, seg} from "./api.js";
 import {
   badge, busy, button, clear, onSubmit, empty, errorBox, field, fmtBytes, fmtNum, fmtTime, h, hashFor, kv,
@@ -33,7 +34,8 @@ export default async function models(root, ctx) {
     {label: "Name", render: (m) => h("b", {}, m.name)},
     {label: "About", cls: "wrap", render: (m) => m.description || ""},
     {label: "State", render: (m) => (m.pulled ? badge("Ready", "ok") : badge("not pulled", "off"))},
-    {label: "", render: (m) => (m.pulled ? h("a", {class: "btn btn-small", href: `#/jobs/new?model=${encodeURIComponent(m.name)}`}, "Fine-tune")
+    {label: "", render: (m) => (m.pulled ? h("a", {class: "btn btn-small", href: `#/jobs/new?model=${encodeURIComponent(m.name)}`,
+      "data-needs": "contributor"}, "Fine-tune")
       : pullButton(m))},
   ], base, {empty: "The catalog is empty."}));
   root.append(regCard, h("div", {class: "grid-2"}, form, baseCard));
@@ -51,7 +53,8 @@ function versionTable(versions) {
     {label: "Train / val loss", render: (v) => (v.metrics ? `${fmtNum(v.metrics.train_loss)} / ${fmtNum(v.metrics.eval_loss)}` : "–")},
     {label: "Registered", render: (v) => timeEl(v.created_at)},
     {label: "", render: (v) => h("span", {class: "row-actions"},
-      v.archived ? badge("Archived") : h("a", {class: "btn btn-small", href: `#/endpoints?deploy=${encodeURIComponent(`${v.name}:${v.version}`)}`}, "Deploy"))},
+      v.archived ? badge("Archived") : h("a", {class: "btn btn-small", "data-needs": "contributor",
+        href: `#/endpoints?deploy=${encodeURIComponent(`${v.name}:${v.version}`)}`}, "Deploy"))},
   ], versions);
 }
 
@@ -63,7 +66,7 @@ function pullButton(m) {
       toast(`Pulled ${m.name}`);
       location.reload();
     });
-  }, {kind: "small"});
+  }, {kind: "small", needs: "contributor"});
   return b;
 }
 
@@ -84,7 +87,7 @@ function registerForm(ctx, jobs, existing) {
   });
   const status = h("div", {class: "form-status"});
   const submit = h("button", {type: "submit", class: "btn btn-primary"}, "Register");
-  const form = h("form", {class: "card form", id: "register", novalidate: true},
+  const form = h("form", {class: "card form", id: "register", novalidate: true, "data-needs": "contributor"},
     h("h2", {}, "Register a job's output"),
     field("Completed job", job, {name: "from_job"}),
     field("Model name", h("div", {}, name, names), {name: "name",
@@ -129,18 +132,19 @@ async function modelPage(root, ctx, name) {
       toast(v.archived ? "Restored" : "Archived: hidden from lists, no new deployments");
       location.reload();
     }, errorSlot);
-  }, {kind: v.archived ? "" : "danger"});
-  const desc = h("input", {type: "text", value: v.description || "", placeholder: "no description", "aria-label": "Description"});
+  }, {kind: v.archived ? "" : "danger", needs: "contributor"});
+  const desc = h("input", {type: "text", value: v.description || "", placeholder: "no description", "aria-label": "Description",
+    readOnly: !can("contributor")});
   const saveDesc = button("Save", async () => {
     await busy(saveDesc, async () => {
       await patch(`/models/${seg(name)}/versions/${seg(v.version)}`, {description: desc.value});
       toast("Saved");
     }, errorSlot);
-  }, {kind: "small"});
+  }, {kind: "small", needs: "contributor"});
 
   const info = h("section", {class: "card"},
     h("div", {class: "card-head"}, h("h2", {}, `Version ${v.version} `, v.archived ? badge("Archived") : null),
-      h("div", {class: "actions"}, v.archived ? null : h("a", {class: "btn btn-primary",
+      h("div", {class: "actions"}, v.archived ? null : h("a", {class: "btn btn-primary", "data-needs": "contributor",
         href: `#/endpoints?deploy=${encodeURIComponent(`${name}:${v.version}`)}`}, "Deploy"), archive)),
     errorSlot,
     kv([

@@ -52,7 +52,7 @@ export default async function overview(root, ctx) {
 
   recent.append(h("h2", {}, "Recent fine-tuning jobs"));
   if (jobs.error) recent.append(h("p", {class: "muted"}, jobs.error.message));
-  else if (!jobs.value.length) recent.append(h("p", {class: "muted"}, "None yet. ", h("a", {href: "#/jobs/new"}, "Start one"), "."));
+  else if (!jobs.value.length) recent.append(h("p", {class: "muted"}, "None yet. ", h("span", {"data-needs": "contributor"}, h("a", {href: "#/jobs/new"}, "Start one"), ".")));
   else {
     recent.append(h("ul", {class: "plain-list"}, jobs.value.slice(0, 5).map((j) =>
       h("li", {}, h("a", {href: `#/jobs/${encodeURIComponent(j.id)}`}, j.name || j.id), " ", badge(j.status), " ",

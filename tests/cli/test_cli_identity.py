@@ -1,0 +1,97 @@
+"""`forgeflow user`, `token`, `audit` and `whoami` against the real REST app in process, acting as the owner (the
+workspace's owner token) or as a user (FORGEFLOW_TOKEN set to their personal token)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from forgeflow.api.app import create_app
+from forgeflow.client import Client
+from forgeflow.store.workspace import Workspace
+
+pytestmark = pytest.mark.filterwarnings("ignore:You should not use the .timeout. argument")
+runner = CliRunner()
+
+
+@pytest.fixture
+def cli(monkeypatch):
+    """Run `forgeflow ...` with the client wired to an in-process app; the token is the client's own choice."""
+    from forgeflow.cli import audit, main, token, users
+
+    ws = Workspace.open()
+    app = create_app(ws, background=False)
+    with TestClient(app) as http:
+        def make_client():
+            c = Client("http://testserver")
+            c._http = http
+            return c
+
+        for module in (audit, token, users):
+            monkeypatch.setattr(module, "client", make_client)
+
+        def invoke(*args: str, ok: bool = True):
+            res = runner.invoke(main.app, list(args))
+            if ok:
+                assert res.exit_code == 0, res.output
+            return res
+
+        yield invoke
+
+
+def as_json(res) -> object:
+    return json.loads(res.stdout)
+
+
+def test_an_owner_adds_users_and_they_act_with_their_own_tokens(cli, monkeypatch):
+    made = as_json(cli("user", "create", "alice", "--role", "contributor", "--json"))
+    assert made["user"] == "alice" and made["role"] == "contributor" and made["token"].startswith("ffp_")
+    assert set(made) >= {"token", "user", "role", "id", "expires_at"}
+    plain = cli("user", "create", "bob", "--role", "reader", "--expires-in", "7")
+    bob_token = plain.stdout.strip()
+    assert bob_token.startswith("ffp_") and "\n" not in bob_token  # the secret alone on stdout, for scripts
+    assert [u["name"] for u in as_json(cli("user", "list", "--json"))] == ["alice", "bob", "owner"]
+    assert as_json(cli("user", "update", "bob", "--role", "contributor", "--json"))["role"] == "contributor"
+    assert as_json(cli("user", "show", "bob", "--json"))["role"] == "contributor"
+    assert as_json(cli("whoami", "--json"))["user"] == "owner"
+
+    monkeypatch.setenv("FORGEFLOW_TOKEN", made["token"])  # from here on, the CLI is alice
+    me = as_json(cli("whoami", "--json"))
+    assert (me["user"], me["role"], me["token_id"], me["expires_at"]) == ("alice", "contributor", made["id"],
+                                                                          made["expires_at"])
+    second = as_json(cli("token", "create", "--description", "ci", "--expires-in", "30", "--json"))
+    assert second["user"] == "alice" and second["description"] == "ci"
+    listed = as_json(cli("token", "list", "--json"))
+    assert {t["id"] for t in listed} == {made["id"], second["id"]}
+    assert made["token"] not in json.dumps(listed) and second["token"] not in json.dumps(listed)
+    res = cli("user", "delete", "bob", ok=False)
+    assert res.exit_code == 1 and "needs the owner role; you are contributor" in res.output
+    res = cli("token", "create", "--user", "bob", ok=False)
+    assert res.exit_code == 1 and "making a token for another user" in res.output
+    assert as_json(cli("token", "revoke", second["id"], "--json"))["revoked_at"]
+
+    monkeypatch.delenv("FORGEFLOW_TOKEN")  # the owner again
+    assert {t["user"] for t in as_json(cli("token", "list", "--json"))} == {"alice", "bob"}
+    assert as_json(cli("user", "delete", "bob", "--json")) == {"deleted": "bob", "tokens_revoked": 1}
+    res = cli("user", "delete", "owner", ok=False)
+    assert res.exit_code == 1 and "cannot be removed" in res.output
+    rows = as_json(cli("audit", "list", "--since", "1h", "--json"))
+    assert [(r["user"], r["action"]) for r in rows[:3]] == [
+        ("owner", "DELETE /api/users/{name}"), ("owner", "DELETE /api/users/{name}"),
+        ("alice", "DELETE /api/tokens/{token_id}")]
+    assert as_json(cli("audit", "list", "--user", "alice", "--limit", "1", "--json"))[0]["target"] == second["id"]
+    assert "alice" in cli("audit", "list", "--limit", "3").stdout  # the table
+    res = cli("audit", "list", "--since", "whenever", ok=False)
+    assert res.exit_code == 1 and "--since" not in res.output and "since" in res.output
+
+
+def test_the_owner_token_is_still_shown_and_rotated(cli):
+    ws = Workspace.open()
+    old = ws.admin_token()
+    assert cli("token", "show").stdout.strip() == old
+    rotated = as_json(cli("token", "rotate", "--json"))
+    assert rotated["token"] != old and rotated["token"] == ws.admin_token()
+    assert as_json(cli("whoami", "--json"))["role"] == "owner"
