@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException
 from forgeflow import __version__, raycluster
 from forgeflow.api import audit, compute, connections, datasets, endpoints, flows, jobs, models, token, users
 from forgeflow.api.guard import Guard
+from forgeflow.api.security import READER
 from forgeflow.errors import ForgeflowError, InternalError, InvalidInput, by_name
 from forgeflow.serving import gateway
 from forgeflow.serving.endpoints import EndpointService
@@ -134,7 +135,7 @@ def create_app(ws: Workspace | None = None, *, base_url: str = "http://127.0.0.1
         role = "leader" if lead is None or lead.leads else "follower"
         return {"status": "ok", "version": __version__, **ws.describe(), "role": role}  # passwords masked
 
-    @app.get("/api/servers", tags=["server"])
+    @app.get("/api/servers", tags=["server"], dependencies=READER)
     def list_servers() -> list[dict]:
         """Every server of this workspace's database, which one leads, and which one answered."""
         me = services.leadership.server_id if services.leadership else None
