@@ -149,6 +149,8 @@ WRITERS = {
     "users": {"forgeflow.store.identity"},
     "access_tokens": {"forgeflow.store.identity"},
     "audit_log": {"forgeflow.store.audit"},
+    "servers": {"forgeflow.store.leadership"},
+    "deployment_instances": {"forgeflow.serving.instances"},
 }
 
 

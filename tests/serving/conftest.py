@@ -1,3 +1,3 @@
 """Fixtures for the gateway tests (the harness lives in gateway_harness.py)."""
 
-from gateway_harness import gateway  # noqa: F401
+from gateway_harness import follower_gateway, gateway  # noqa: F401

@@ -7,6 +7,7 @@ import json
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,12 +76,11 @@ class Gateway:
         raise AssertionError(f"deployment {endpoint}/{name} did not settle: {dep}")
 
 
-@pytest.fixture
-def gateway(monkeypatch):
-    monkeypatch.setattr("forgeflow.api.app.LocalPlacement", FakePlacement)
+@contextmanager
+def _serving(ws: Workspace):
+    """A real app for the workspace on a free loopback port, served by uvicorn in a thread until the block ends."""
     from forgeflow.api.app import create_app
 
-    ws = Workspace.open()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     app = create_app(ws, base_url=url)
@@ -91,9 +91,25 @@ def gateway(monkeypatch):
     while not server.started:
         assert time.monotonic() < deadline and thread.is_alive(), "the test server did not start"
         time.sleep(0.02)
-    yield Gateway(url=url, app=app, ws=ws)
-    server.should_exit = True
-    thread.join(30)
+    try:
+        yield Gateway(url=url, app=app, ws=ws)
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+@pytest.fixture
+def gateway(monkeypatch):
+    monkeypatch.setattr("forgeflow.api.app.LocalPlacement", FakePlacement)
+    with _serving(Workspace.open()) as gw:
+        yield gw
+
+
+@pytest.fixture
+def follower_gateway(gateway):
+    """A second server on the gateway's workspace: `gateway` leads (it started first), this one follows."""
+    with _serving(Workspace.open(gateway.ws.paths)) as gw:
+        yield gw
 
 
 def post(gw: Gateway, endpoint: str, key: str, body=None, *, path: str = "score", headers: dict | None = None,

@@ -1,10 +1,15 @@
 """The forgeflow server app: REST control plane, job runner, deployment supervisor and scoring gateway in one
 process. This is the one composition root: it alone builds the services and mounts every router (the REST
-routers, the gateway's, the Studio's pages)."""
+routers, the gateway's, the Studio's pages).
+
+Several servers may share one database: each serves the API and the gateway, and the one that holds the leader
+lock (store/leadership.py) also runs the job runner's loop and the deployment supervisor. A follower that wins the
+lock starts them: the runner attaches to the workers still running, the supervisor starts every deployment."""
 
 from __future__ import annotations
 
 import logging
+import os
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -17,6 +22,7 @@ from starlette.exceptions import HTTPException
 from forgeflow import __version__, raycluster
 from forgeflow.api import audit, compute, connections, datasets, endpoints, flows, jobs, models, token, users
 from forgeflow.api.guard import Guard
+from forgeflow.api.security import READER
 from forgeflow.errors import ForgeflowError, InternalError, InvalidInput, by_name
 from forgeflow.serving import gateway
 from forgeflow.serving.endpoints import EndpointService
@@ -26,6 +32,7 @@ from forgeflow.serving.schemas import install_openapi
 from forgeflow.serving.supervisor import DeploymentSupervisor
 from forgeflow.serving.throttle import FailureLimiter
 from forgeflow.store.connections import ConnectionStore
+from forgeflow.store.leadership import Leadership, leader_lock, servers
 from forgeflow.store.workspace import Workspace
 from forgeflow.studio import pages
 from forgeflow.training.compute.targets import ComputeTargets
@@ -41,12 +48,14 @@ class Services:
     supervisor: DeploymentSupervisor
     endpoints: EndpointService
     connections: ConnectionStore
+    leadership: Leadership | None = None  # None: the background threads are off, nothing leads (unit tests)
     http: httpx.AsyncClient | None = None
 
 
 def create_app(ws: Workspace | None = None, *, base_url: str = "http://127.0.0.1:8765",
                background: bool = True) -> FastAPI:
-    """Build the app. `background=False` leaves the runner and supervisor threads off (unit tests)."""
+    """Build the app. `background=False` leaves the runner and supervisor threads off and contends for no
+    leadership (unit tests); changes still reach the supervisor directly."""
     ws = ws or Workspace.open()
     # A deployment runs where its compute target is: this machine, or the nodes of a Ray cluster.
     placement = TargetPlacement(LocalPlacement(ws.paths), ComputeTargets(ws.store).get, RayPlacement)
@@ -59,18 +68,36 @@ def create_app(ws: Workspace | None = None, *, base_url: str = "http://127.0.0.1
         connections=ConnectionStore(ws),
     )
 
+    def lead() -> None:
+        assert services.leadership is not None
+        services.runner.start()
+        services.endpoints.lead(services.leadership.server_id)
+
+    def lost() -> None:
+        """Another server may lead already: this one must not start a job or an instance a moment longer. It exits
+        at once (its instances end with it, its workers go on under the new leader) rather than unwind threads that
+        may still be writing; a service manager starts it again, as a follower."""
+        log.critical("leadership lost: exiting so that only the new leader runs jobs and deployments")
+        logging.shutdown()
+        os._exit(LEADERSHIP_LOST_EXIT)
+
+    if background:
+        services.leadership = Leadership(ws.store, leader_lock(ws.store), url=base_url, on_elected=lead, on_lost=lost)
+        services.endpoints.leading = False  # until elected: changes go through the store to the leader
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         services.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
-        if background:
-            services.runner.start()
-            services.endpoints.start()
+        if services.leadership is not None:
+            services.leadership.start()  # leads at once when no other server does
         try:
             yield
         finally:
-            if background:
+            if services.leadership is not None:
                 services.runner.stop()
             services.endpoints.shutdown()  # also the instances a deployment created without the background threads
+            if services.leadership is not None:
+                services.leadership.stop()  # after: a successor starts only once this server's instances are gone
             raycluster.disconnect()  # a Ray cluster's instances are stopped: stop being its driver
             await services.http.aclose()
 
@@ -103,7 +130,16 @@ def create_app(ws: Workspace | None = None, *, base_url: str = "http://127.0.0.1
 
     @app.get("/api/health", tags=["server"])
     def health() -> dict:
-        return {"status": "ok", "version": __version__, **ws.describe()}  # passwords masked
+        """Public: whether this server answers, and whether it leads (runs jobs and deployments)."""
+        lead = services.leadership
+        role = "leader" if lead is None or lead.leads else "follower"
+        return {"status": "ok", "version": __version__, **ws.describe(), "role": role}  # passwords masked
+
+    @app.get("/api/servers", tags=["server"], dependencies=READER)
+    def list_servers() -> list[dict]:
+        """Every server of this workspace's database, which one leads, and which one answered."""
+        me = services.leadership.server_id if services.leadership else None
+        return [row | {"this": row["id"] == me} for row in servers(ws.store)]
 
     app.include_router(endpoints.metrics_router)
     for module in (jobs, datasets, models, endpoints, connections, compute, flows, token, users, audit):
@@ -116,6 +152,7 @@ def create_app(ws: Workspace | None = None, *, base_url: str = "http://127.0.0.1
     return app
 
 
+LEADERSHIP_LOST_EXIT = 75  # EX_TEMPFAIL: start it again
 _HTTP_NAMES = {400: "InvalidInput", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 405: "InvalidInput",
                413: "PayloadTooLarge", 429: "TooManyRequests"}
 

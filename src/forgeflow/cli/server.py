@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 import typer
 
 from forgeflow.cli.common import JsonOpt, command, console, err_console, print_json
-from forgeflow.errors import Conflict, ServerUnavailable
+from forgeflow.errors import Conflict, ForgeflowError, ServerUnavailable
 from forgeflow.store.home import Paths, server_url
 
 app = typer.Typer(help="Run the forgeflow server (REST API, job runner, deployments, scoring gateway).",
@@ -122,18 +122,35 @@ def _run_foreground(host: str, port: int) -> None:
 @app.command("status")
 @command
 def status(json_out: bool = JsonOpt) -> None:
-    """Say whether a server answers at FORGEFLOW_URL (exit 1 when none does)."""
+    """Say whether a server answers at FORGEFLOW_URL, whether it leads (runs the jobs and the deployments), and
+    every server on its database (exit 1 when none answers)."""
+    from forgeflow.client import Client
+
     url = server_url()
     pid = _read_pid(Paths.current())
-    up = _healthy(url)
-    info = {"url": url, "running": up, "pid": pid}
+    try:
+        health = Client(url, token="").request("GET", "/api/health", auth=False, timeout=2.0)
+    except ForgeflowError:
+        health = None
+    info: dict = {"url": url, "running": health is not None, "pid": pid,
+                  "role": health.get("role") if health else None}
+    if health:
+        try:
+            info["servers"] = Client(url).get("/api/servers")
+        except ForgeflowError as e:  # e.g. no token for this server here: its own role is still known
+            info["servers_error"] = e.message
     if json_out:
         print_json(info)
-    elif up:
-        console.print(f"forgeflow server running at [bold]{url}[/]" + (f" (pid {pid})" if pid else ""))
+    elif health:
+        console.print(f"forgeflow server running at [bold]{url}[/]" + (f" (pid {pid})" if pid else "")
+                      + f", {info['role']}")
+        for srv in info.get("servers", []):
+            mark = "leader" if srv["leader"] else "follower" if srv["alive"] else "gone"
+            console.print(f"  {srv['url']}  {mark}  pid {srv['pid']} on {srv['host']}, heartbeat {srv['heartbeat_at']}"
+                          + ("  (this one)" if srv["this"] else ""))
     else:
         err_console.print(f"no forgeflow server answers at {url}: start one with 'forgeflow serve --detach'")
-    if not up:
+    if not health:
         raise typer.Exit(1)
 
 

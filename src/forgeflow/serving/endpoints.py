@@ -5,6 +5,9 @@ changes instance counts through it (`ScaleOwner`). The gateway reads
 endpoints through `config()`, an in-memory view rebuilt after every change and at least every CONFIG_TTL_S (so a
 key, auth mode or allowed_users changed through another server is seen within that), so a request costs no
 database read or decryption, and asks `admission` whether a request may go ahead.
+
+Of several servers on one database only the leader runs the supervisor and the autoscaler (`lead`); how a follower's
+changes and requests reach the leader's instances is serving/instances.py's.
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ from forgeflow.serving import specs
 from forgeflow.serving.admission import Admission
 from forgeflow.serving.auth import issue_token, verify_token
 from forgeflow.serving.autoscale import Autoscaler
+from forgeflow.serving.instances import InstanceBoard, LeaderSync
 from forgeflow.serving.metrics import Metrics
-from forgeflow.serving.placement import Placement
+from forgeflow.serving.placement import Instance, Placement
 from forgeflow.serving.ray_placement import check_target
 from forgeflow.serving.records import Deployment, Key
 from forgeflow.serving.supervisor import DeploymentSupervisor
@@ -73,6 +77,9 @@ class EndpointService:
         self._cache: dict[str, EndpointConfig] = {}
         self._cache_lock = threading.Lock()
         self._version = 0  # bumped by every change, so a view read before a change is never cached after it
+        self.board = InstanceBoard(ws.store, ws.secrets)
+        self.leading = True  # runs the supervisor; False on a server that follows another (serving/instances.py)
+        self._sync: LeaderSync | None = None
         self.metrics.gauge("forgeflow_pending_requests", lambda: {
             Metrics.labels(endpoint=e, deployment=d): float(n) for (e, d), n in self.admission.all_pending().items()})
         self.metrics.gauge("forgeflow_ready_instances", lambda: {
@@ -90,9 +97,27 @@ class EndpointService:
                 self.supervisor.launch(dep.replace(state=DeploymentState.CREATING, error=None))
         self.autoscaler.start()
 
+    def lead(self, server_id: str) -> None:
+        """This server now leads: bring every stored deployment up here (`start`), then keep the supervisor in step
+        with the store and publish its instances (`LeaderSync`)."""
+        self.leading = True
+        self.start()
+        self._sync = LeaderSync(self.supervisor, self.board, self._deployments_lock, self._stored, self._forget,
+                                server_id)
+
     def shutdown(self) -> None:
+        if self._sync is not None:
+            self._sync.stop()
         self.autoscaler.stop()
         self.supervisor.shutdown()
+
+    def ready_instances(self, key: Key) -> list[Instance]:
+        """Where the gateway may send a request: the supervisor's ready instances, or on a follower the leader's."""
+        return self.supervisor.ready_instances(*key) if self.leading else self.board.ready(key)
+
+    def mark_unready(self, inst: Instance) -> None:
+        """The gateway could not connect to the instance: route around it until a probe says otherwise."""
+        (self.supervisor.mark_unready if self.leading else self.board.mark_unreachable)(inst)
 
     # -- the gateway's view ------------------------------------------------------
     def config(self, name: str) -> EndpointConfig:
@@ -144,9 +169,9 @@ class EndpointService:
         check_endpoint_name(name)
         if auth_mode not in AUTH_MODES:
             raise InvalidInput(f"auth_mode {auth_mode!r} is not supported: use 'key' or 'token'", field="auth_mode")
-        _check_body_limit(max_body_bytes)
+        specs.check_body_limit(max_body_bytes)
         allowed_users = self._check_allowed_users(allowed_users)
-        _check_users_mode(allowed_users, auth_mode)
+        specs.check_users_mode(allowed_users, auth_mode)
         if self.store.get("endpoints", name=name):
             raise Conflict(f"endpoint {name!r} already exists", field="name")
         box = self.ws.secrets
@@ -200,8 +225,7 @@ class EndpointService:
             self.store.delete("endpoints", {"name": name})
             self._changed(name)
         for key in deps:  # after: a change that won the lock first has logged its event by now
-            self.autoscaler.forget(key)
-            self.placement.forget(*key)
+            self._forget(key)
 
     def update_endpoint(self, name: str, *, traffic: dict[str, int] | None = None,
                         mirror_traffic: dict[str, int] | None = None, description: str | None = None,
@@ -212,12 +236,12 @@ class EndpointService:
         if auth_mode is not None and auth_mode not in AUTH_MODES:
             raise InvalidInput(f"auth_mode {auth_mode!r} is not supported: use 'key' or 'token'", field="auth_mode")
         users = row.get("allowed_users") if allowed_users is _KEEP else self._check_allowed_users(allowed_users)
-        _check_users_mode(users, auth_mode or row["auth_mode"])
+        specs.check_users_mode(users, auth_mode or row["auth_mode"])
         new_traffic = row["traffic"] if traffic is None else traffic
         new_mirror = (row.get("mirror_traffic") or {}) if mirror_traffic is None else mirror_traffic
         known = {d["name"] for d in self.store.select("deployments", {"endpoint": name})}
-        _check_split(name, new_traffic, known, "traffic")
-        _check_split(name, new_mirror, known, "mirror_traffic")
+        specs.check_split(name, new_traffic, known, "traffic")
+        specs.check_split(name, new_mirror, known, "mirror_traffic")
         total = sum(new_traffic.values())
         if total not in (0, 100):
             raise InvalidInput(f"traffic must add up to 100 (or 0), it adds up to {total}", field="traffic")
@@ -235,7 +259,7 @@ class EndpointService:
         if description is not None:
             values["description"] = description
         if max_body_bytes is not None:
-            _check_body_limit(max_body_bytes)
+            specs.check_body_limit(max_body_bytes)
             values["max_body_bytes"] = max_body_bytes
         if auth_mode is not None and auth_mode != row["auth_mode"]:
             # Fresh secrets: no key of the old mode keeps working, and no old key can sign tokens.
@@ -298,7 +322,7 @@ class EndpointService:
         if runtime != specs.FLOW_RUNTIME:  # a flow folder is checked by the API layer
             check_runtime(runtime)
         checked_resources = specs.resources(resources)
-        _check_flow_resources(runtime, checked_resources)
+        specs.check_flow_resources(runtime, checked_resources)
         target = self._placement_target(specs.compute(specs.LOCAL_COMPUTE if compute is None else compute),
                                         resources or {})
         dep = Deployment(
@@ -309,9 +333,11 @@ class EndpointService:
             state=DeploymentState.CREATING, error=None, created_at=now(), updated_at=now(), scale_settings=scale,
             compute=target["name"], resources=checked_resources,
         )
-        self.store.insert("deployments", dep.row())
-        self._changed(endpoint)
-        self.supervisor.launch(dep)
+        with self._deployments_lock:  # the leader's reconcile pass must not launch it a second time
+            self.store.insert("deployments", dep.row())
+            self._changed(endpoint)
+            if self.leading:
+                self.supervisor.launch(dep)
         return self.show_deployment(endpoint, name)
 
     def update_deployment(self, endpoint: str, name: str, sets: dict[str, Any],
@@ -349,10 +375,11 @@ class EndpointService:
             new = new.replace(model_ref=ref, model_path=str(path))
         if new.runtime != old.runtime:
             check_runtime(new.runtime)
-        _check_flow_resources(new.runtime, new.resources)
+        specs.check_flow_resources(new.runtime, new.resources)
         self._write_deployment(new.key, new.spec() | {"state": new.state, "error": None,
                                                       "updated_at": new.updated_at})
-        self.supervisor.update(old, new)
+        if self.leading:
+            self.supervisor.update(old, new)
 
     def _placement_target(self, compute: str, given_resources: dict[str, Any]) -> dict:
         """The compute target, once it exists (404 naming `compute`) and can run the deployment. A local target
@@ -388,9 +415,10 @@ class EndpointService:
             "scale_settings": dep.scale_settings, "scale_events": self.autoscaler.events(dep.key),
             "compute": dep.compute, "resources": dep.resources,
             "provisioning_state": dep.state, "error": dep.error,
-            "instances": [{"index": i.index, **self.placement.describe(i), "ready": i.ready,
-                           "inflight": self.admission.in_flight(i), "restarts": i.restarts}
-                          for i in self.supervisor.instances(endpoint, name)],
+            "instances": [{"index": i.index, **(self.placement.describe(i) if self.leading else {"url": i.url}),
+                           "ready": i.ready, "inflight": self.admission.in_flight(i), "restarts": i.restarts}
+                          for i in (self.supervisor.instances(endpoint, name) if self.leading
+                                    else self.board.instances(dep.key))],
             "created_at": dep.created_at, "updated_at": dep.updated_at,
         }
 
@@ -402,9 +430,12 @@ class EndpointService:
     def delete_deployment(self, endpoint: str, name: str) -> None:
         with self._deployments_lock:  # no autoscaling change between the stop and the row going
             self._delete_deployment(endpoint, name)
-        # After: a change that won the lock first has logged its event by now, and none can follow.
-        self.autoscaler.forget((endpoint, name))
-        self.placement.forget(endpoint, name)
+        self._forget((endpoint, name))  # after: a change that won the lock first has logged its event by now
+
+    def _forget(self, key: Key) -> None:
+        """A deleted deployment: what the autoscaler and the placement keep of it goes."""
+        self.autoscaler.forget(key)
+        self.placement.forget(*key)
 
     def _delete_deployment(self, endpoint: str, name: str) -> None:
         self._deployment(endpoint, name)
@@ -444,8 +475,10 @@ class EndpointService:
 
     # -- what the autoscaler asks (ScaleOwner) ----------------------------------------------
     def autoscaled(self) -> list[Deployment]:
-        deps = (Deployment.from_row(row) for row in self.store.select("deployments"))
-        return [d for d in deps if d.autoscaled and d.state == DeploymentState.SUCCEEDED]
+        return [d for d in self._stored() if d.autoscaled and d.state == DeploymentState.SUCCEEDED]
+
+    def _stored(self) -> list[Deployment]:
+        return [Deployment.from_row(row) for row in self.store.select("deployments")]
 
     def scale_deployment(self, key: Key, expected: int, count: int) -> bool:
         with self._deployments_lock:
@@ -456,36 +489,8 @@ class EndpointService:
                 return False
             specs.instance_count(count, dep.scale_settings)
             # The pool first: when its instances cannot start, the row keeps the count the pool has, so the
-            # next wake or poll asks again.
-            self.supervisor.scale(dep.replace(instance_count=count))
+            # next wake or poll asks again. A follower's wake only writes the count, which the leader applies.
+            if self.leading:
+                self.supervisor.scale(dep.replace(instance_count=count))
             self._write_deployment(key, {"instance_count": count})
         return True
-
-
-def _check_split(endpoint: str, split: dict[str, int], known: set[str], what: str) -> None:
-    for dep, pct in split.items():
-        if dep not in known:
-            raise InvalidInput(f"{what} names deployment {dep!r}, which endpoint {endpoint!r} does not have "
-                               f"(deployments: {', '.join(sorted(known)) or 'none'})", field=what)
-        if isinstance(pct, bool) or not isinstance(pct, int) or not 0 <= pct <= 100:
-            raise InvalidInput(f"{what} for {dep!r} must be a whole percentage 0-100, got {pct!r}", field=what)
-
-
-def _check_flow_resources(runtime: str, resources: dict[str, Any]) -> None:
-    """A flow server runs on the CPU: GPUs reserved for it would sit idle, kept from every other job."""
-    if runtime == specs.FLOW_RUNTIME and resources.get("gpus"):
-        raise InvalidInput(f"resources.gpus={resources['gpus']}: a flow deployment runs its flow on the CPU and "
-                           "would never use a GPU reserved for it; leave resources.gpus at 0 (a model it calls "
-                           "through a connection runs on its own deployment)", field="resources.gpus")
-
-
-def _check_users_mode(users: list[str] | None, auth_mode: str) -> None:
-    if users is not None and auth_mode != "token":
-        raise InvalidInput("allowed_users needs auth_mode 'token': a key names nobody (set auth_mode to token, or "
-                           "clear allowed_users)", field="allowed_users")
-
-
-def _check_body_limit(value: int | None) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1024):
-        raise InvalidInput(f"max_body_bytes must be a whole number of bytes, at least 1024, got {value!r}",
-                           field="max_body_bytes")

@@ -8,6 +8,9 @@ Status codes follow Azure ML online endpoints: 400 bad body, 401 key, 404 no dep
 traffic, 408 past request_timeout_ms, 413 too large, 424 model server failed (reason in
 `ms-azureml-model-error-reason`), 429 too many pending (with Retry-After), 503 no ready instance.
 Every answer from a chosen deployment carries `azureml-model-deployment`.
+
+Every server of a database serves every endpoint: the leader forwards to its supervisor's instances, a follower
+to those the leader publishes (`EndpointService.ready_instances`). Admission counts are per server.
 """
 
 from __future__ import annotations
@@ -171,7 +174,7 @@ async def _forward(call: _Call, cfg: EndpointConfig, path: str, raw: bytes, stre
     timeout_s = dep.request_timeout_s
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s  # one for the whole request: waiting for a wake takes from the answer's time
-    ready = svc.supervisor.ready_instances(*dep.key)
+    ready = svc.ready_instances(dep.key)
     if not ready and (not dep.autoscaled or dep.state == DeploymentState.FAILED):
         return call.fail(ServerUnavailable(f"deployment {dep.name!r} has no ready instance (state {dep.state}); "
                                            "retry shortly"), RETRY)
@@ -199,7 +202,7 @@ async def _forward(call: _Call, cfg: EndpointConfig, path: str, raw: bytes, stre
                 resp = await asyncio.wait_for(client.send(req, stream=True), left)
             except httpx.ConnectError:
                 # Nothing reached the instance (it died since the last probe): try another one.
-                svc.supervisor.mark_unready(inst)
+                svc.mark_unready(inst)
                 ticket.unplace()  # while it waits, the dead instance must not count it (a drain waits for it)
                 ready = [i for i in ready if i is not inst and i.ready]
                 if not ready and dep.autoscaled:  # e.g. drained by a scale-in just now
@@ -251,7 +254,7 @@ async def _woken(request: Request, svc: EndpointService, dep: Deployment, deadli
     being updated. An instance that cannot be started is a 503 at once, with the reason."""
     loop = asyncio.get_running_loop()
     asked = -math.inf
-    while not (ready := svc.supervisor.ready_instances(*dep.key)):
+    while not (ready := svc.ready_instances(dep.key)):
         if await request.is_disconnected():
             raise _ClientLeft()
         moment = loop.time()
@@ -398,7 +401,7 @@ def _sse_tokens(line: bytes) -> tuple[int, dict | None]:
 def _mirror(call: _Call, cfg: EndpointConfig, deployment: str, path: str, raw: bytes) -> None:
     """Send a copy in the background; its answer is discarded and never reaches the caller."""
     svc, dep = call.svc, cfg.deployments[deployment]
-    ready = svc.supervisor.ready_instances(*dep.key)
+    ready = svc.ready_instances(dep.key)
     if not ready and dep.autoscaled and dep.state != DeploymentState.FAILED:
         # Scaled to zero (or waking): this copy is dropped, but the deployment is woken for the next ones.
         _background_task(_mirror_wake(svc, dep))

@@ -1,6 +1,6 @@
 """A deployment's settings: request settings, probes, scale settings, the compute target its instances run on and
 the resources each reserves there, their defaults, their validation, and `--set a.b=value` updates, named as
-`az ml online-deployment` names them.
+`az ml online-deployment` names them; and the checks of an endpoint's traffic split, body limit and allowed users.
 
 Probe times are in seconds (floats allowed, so tests can probe fast). Liveness asks "does the
 process answer HTTP at all" (a hung or stopped process does not); readiness asks "is the model
@@ -254,3 +254,32 @@ def apply_sets(spec: dict[str, Any], sets: dict[str, Any]) -> dict[str, Any]:
     out["instance_count"] = (instance_count(sets["instance_count"], scale_now) if "instance_count" in sets
                              else min(max(out["instance_count"], low), high))
     return out
+
+
+def check_flow_resources(runtime: str, resources: dict[str, Any]) -> None:
+    """A flow server runs on the CPU: GPUs reserved for it would sit idle, kept from every other job."""
+    if runtime == FLOW_RUNTIME and resources.get("gpus"):
+        raise InvalidInput(f"resources.gpus={resources['gpus']}: a flow deployment runs its flow on the CPU and "
+                           "would never use a GPU reserved for it; leave resources.gpus at 0 (a model it calls "
+                           "through a connection runs on its own deployment)", field="resources.gpus")
+
+
+def check_split(endpoint: str, split: dict[str, int], known: set[str], what: str) -> None:
+    for dep, pct in split.items():
+        if dep not in known:
+            raise InvalidInput(f"{what} names deployment {dep!r}, which endpoint {endpoint!r} does not have "
+                               f"(deployments: {', '.join(sorted(known)) or 'none'})", field=what)
+        if isinstance(pct, bool) or not isinstance(pct, int) or not 0 <= pct <= 100:
+            raise InvalidInput(f"{what} for {dep!r} must be a whole percentage 0-100, got {pct!r}", field=what)
+
+
+def check_body_limit(value: int | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1024):
+        raise InvalidInput(f"max_body_bytes must be a whole number of bytes, at least 1024, got {value!r}",
+                           field="max_body_bytes")
+
+
+def check_users_mode(users: list[str] | None, auth_mode: str) -> None:
+    if users is not None and auth_mode != "token":
+        raise InvalidInput("allowed_users needs auth_mode 'token': a key names nobody (set auth_mode to token, or "
+                           "clear allowed_users)", field="allowed_users")

@@ -142,6 +142,16 @@ class DeploymentSupervisor:
         with self._lock:
             return list(self._instances.get((endpoint, name), []))
 
+    def running(self) -> dict[Key, Deployment]:
+        """The spec each deployment it runs was last given (what the endpoint service reconciles with the store)."""
+        with self._lock:
+            return dict(self._specs)
+
+    def pools(self) -> list[tuple[Key, Instance]]:
+        """Every instance it keeps, placed or being placed, for publishing to the other servers."""
+        with self._lock:
+            return [(key, inst) for key, pool in self._instances.items() for inst in pool]
+
     def ready_counts(self) -> dict[Key, int]:
         with self._lock:
             keys = list(self._instances)
@@ -301,12 +311,15 @@ class DeploymentSupervisor:
             new_ones = [i for i in pool if i not in old]
             for inst in new_ones:
                 inst.retired, inst.ready = True, False
-            if self._current(key, gen):
+            current = self._current(key, gen)
+            if current:
                 self._instances[key] = [i for i in pool if i in old]
-                self._specs[key] = old_spec
-        self.placement.stop(new_ones)
-        if self._current(key, gen):
+        if current:  # the row first: the store never says Updating to a spec this supervisor has already undone
             self.reports.deployment_failed(key, f"update failed and was rolled back: {why}", restored=old_spec)
+            with self._lock:
+                if self._current(key, gen):
+                    self._specs[key] = old_spec
+        self.placement.stop(new_ones)
 
     def _drain(self, key: Key, inst: Instance, spec: Deployment) -> None:
         """Take an instance out of the pool, let its in-flight requests finish, then stop it."""
@@ -321,9 +334,13 @@ class DeploymentSupervisor:
         self.placement.stop([inst])
 
     def _fail(self, key: Key, reason: str) -> None:
+        """The row says Failed before the instances stop: the store never shows a deployment being created that
+        this supervisor no longer runs."""
         log.error("deployment %s/%s failed: %s", key[0], key[1], reason)
-        self.stop(*key)
-        self.reports.deployment_failed(key, reason)
+        try:
+            self.reports.deployment_failed(key, reason)
+        finally:
+            self.stop(*key)
 
 
 def _free_indexes(pool: list[Instance], n: int) -> list[int]:

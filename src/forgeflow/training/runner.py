@@ -7,6 +7,10 @@ address; the runner starts, polls, cancels and kills workers through their handl
 folders go under its `storage` (every node mounts it), others under the workspace's jobs folder. Workers outlive a
 server restart: on start the runner attaches to the ones still running and fails the ones that ended unseen, which
 `resume` can then continue. The worker owns `status.json`; the runner copies what it says into the store.
+
+Of several servers on one database only the leader runs the loop (store/leadership.py); any server takes requests.
+A job is claimed (Queued to Starting in one conditional write) before its worker starts, and a cancel through any
+server cancels a job only while it is still Queued, else asks the leader's loop to stop its worker.
 """
 
 from __future__ import annotations
@@ -180,10 +184,9 @@ class JobRunner:
             job = self.get(job_id)
             if job.status.terminal:
                 raise Conflict(f"job {job.id} is already {job.status}")
-            if job.status == JobStatus.QUEUED:
-                self._write(job.id, status=JobStatus.CANCELED, finished_at=now())
-            else:
-                self._write(job.id, status=JobStatus.CANCEL_REQUESTED)
+            if not (job.status == JobStatus.QUEUED
+                    and self._write(job.id, JobStatus.QUEUED, status=JobStatus.CANCELED, finished_at=now())):
+                self._write(job.id, status=JobStatus.CANCEL_REQUESTED)  # started meanwhile: the loop stops it
         self._wake.set()
         return self.get(job.id)
 
@@ -263,9 +266,13 @@ class JobRunner:
     def _launch(self, job: Job) -> bool:
         """Start the job's worker; False when its compute could not (the job is then Failed)."""
         self._prepare_tracking()
+        if not self._write(job.id, JobStatus.QUEUED, status=JobStatus.STARTING):
+            return False  # canceled through another server since this pass read it
         try:
             self._handles[job.id] = self._compute_of(job).start(job.job_dir, env=password_env(self.paths.mlflow_uri)[1])
         except ServerUnavailable as exc:  # its cluster is not up (yet): the job waits Queued and is tried again
+            if not self._write(job.id, JobStatus.STARTING, status=JobStatus.QUEUED):
+                self._write(job.id, status=JobStatus.CANCELED, finished_at=now())  # a cancel came meanwhile
             tries = self._waiting.get(job.id, (0, 0.0))[0]
             if not tries:
                 log.warning("job %s waits: %s", job.id, exc.message)
@@ -278,7 +285,7 @@ class JobRunner:
             log.warning("job %s could not start on %s: %s", job.id, job.compute, exc.message)
             return False
         self._waiting.pop(job.id, None)
-        self._write(job.id, status=JobStatus.STARTING, started_at=job.started_at or now())
+        self._write(job.id, started_at=job.started_at or now())
         log.info("job %s started on %s", job.id, job.compute)
         return True
 
@@ -332,6 +339,8 @@ class JobRunner:
                     mlflow_run_id=st.get("mlflow_run_id") or job.mlflow_run_id)
         log.info("job %s %s", job.id, status)
 
-    def _write(self, job_id: str, **values: Any) -> None:
-        """The one place a jobs row changes after it is inserted."""
-        self.store.update("jobs", {"id": job_id}, values)
+    def _write(self, job_id: str, expect: JobStatus | None = None, **values: Any) -> bool:
+        """The one place a jobs row changes after it is inserted. With `expect`, only while the job still has that
+        status (another server may have changed it since it was read); whether it changed."""
+        where = {"id": job_id} | ({"status": expect} if expect else {})
+        return bool(self.store.update("jobs", where, values))

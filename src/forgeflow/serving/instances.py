@@ -1,0 +1,197 @@
+"""What the leader runs, shared with the other servers of its database, and the store as the source of truth.
+
+Only the leading server runs a supervisor (store/leadership.py), yet every server's gateway serves every endpoint.
+The leader publishes its instances (address, readiness, restarts, and the instance's secret encrypted with the
+workspace key) in the `deployment_instances` table, which `InstanceBoard` alone writes; a follower's gateway
+forwards to the ready instances it reads there, read again at most every READ_CACHE_S so it follows restarts and
+rolling updates. The leader's own gateway keeps using the supervisor's memory.
+
+A change made through a follower (a deployment created, updated, scaled or deleted) is only written to the store;
+`reconcile`, run by the leader every poll, brings the supervisor to what the store says.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Iterable
+
+from forgeflow.serving.placement import Instance
+from forgeflow.serving.records import Deployment, Key
+from forgeflow.serving.supervisor import DeploymentSupervisor
+from forgeflow.store.db import Store, now
+from forgeflow.store.secrets import SecretBox
+from forgeflow.store.states import DeploymentState
+
+log = logging.getLogger("forgeflow.deployments")
+
+TABLE = "deployment_instances"
+SYNC_S = 0.5  # how often the leader reconciles and publishes
+READ_CACHE_S = 0.5
+UNREACHABLE_S = 2.0  # a follower that could not connect to an instance skips it this long (the leader's probes decide)
+# A stored deployment the leader does not run is started in these states: created or updated through a follower
+# (a failed one waits for its next update).
+STARTABLE = (DeploymentState.CREATING, DeploymentState.UPDATING)
+
+
+def reconcile(supervisor: DeploymentSupervisor, stored: Iterable[Deployment]) -> list[Key]:
+    """Bring the supervisor to the changes followers wrote: start a deployment created (or a failed one updated),
+    roll an update, apply an instance count a follower's wake wrote, stop what was deleted. The keys it stopped.
+
+    The leader's own changes reach its supervisor directly, under the endpoint service's deployments lock, which
+    the caller holds; the supervisor writes a failure (and a rollback's restored spec) before it acts on it, so
+    the store never shows a change the supervisor is merely undoing."""
+    running = supervisor.running()
+    wanted = {dep.key: dep for dep in stored}
+    for key, dep in wanted.items():
+        current = running.get(key)
+        if current is None:
+            if dep.state in STARTABLE:
+                log.info("deployment %s/%s was %s through another server: starting it", *key,
+                         "created" if dep.state == DeploymentState.CREATING else "updated")
+                supervisor.launch(dep)
+            continue
+        changed = {k for k, v in dep.spec().items() if _comparable(current.spec()[k]) != _comparable(v)}
+        if changed and dep.state == DeploymentState.UPDATING:
+            supervisor.update(current, dep)
+        elif changed == {"instance_count"} and dep.state == DeploymentState.SUCCEEDED:
+            supervisor.scale(dep)
+    gone = [key for key in running if key not in wanted]
+    for key in gone:
+        log.info("deployment %s/%s was deleted through another server: stopping its instances", *key)
+        supervisor.stop(*key)
+    return gone
+
+
+def _comparable(value):
+    """A spec value as the store gives it back (JSON has no tuples, and 1.0 reads back as 1)."""
+    if isinstance(value, dict):
+        return {k: _comparable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_comparable(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+class InstanceBoard:
+    """The one writer of `deployment_instances`: the leader publishes there, followers read from there."""
+
+    def __init__(self, store: Store, secrets: SecretBox) -> None:
+        self.store = store
+        self.secrets = secrets
+        self._ids: weakref.WeakKeyDictionary[Instance, tuple[str, str]] = weakref.WeakKeyDictionary()
+        self._published: dict[str, tuple] = {}
+        self._lock = threading.Lock()
+        self._read_at = -float("inf")
+        self._known: dict[str, Instance] = {}  # what a follower read, by id: the same object while it lasts
+        self._by_key: dict[Key, list[Instance]] = {}
+        self._unreachable: dict[str, float] = {}
+
+    # -- the leader ------------------------------------------------------------------
+    def clear(self) -> None:
+        """A new leader starts from an empty board: the instances of the server before it died with it."""
+        with self._lock:
+            self.store.execute(f"DELETE FROM {TABLE}")
+            self._published = {}
+
+    def publish(self, supervisor: DeploymentSupervisor, server_id: str) -> None:
+        """Write what changed since the last call: the supervisor's instances that have an address, whether each is
+        ready, its restarts."""
+        ready = {i for key in supervisor.running() for i in supervisor.ready_instances(*key)}
+        with self._lock:
+            seen: dict[str, tuple] = {}
+            for key, inst in supervisor.pools():
+                if not inst.url or inst.retired:
+                    continue
+                ident = self._ids.get(inst)
+                if ident is None:
+                    ident = self._ids[inst] = (uuid.uuid4().hex[:16], self.secrets.encrypt(inst.secret))
+                seen[ident[0]] = (key, inst.index, inst.url, int(inst in ready), inst.restarts, ident[1])
+            for gone in self._published.keys() - seen.keys():
+                self.store.delete(TABLE, {"id": gone})
+            for ident, state in seen.items():
+                old = self._published.get(ident)
+                if old == state:
+                    continue
+                (endpoint, name), index, url, is_ready, restarts, secret = state
+                if old is None:
+                    self.store.insert(TABLE, {"id": ident, "endpoint": endpoint, "deployment": name, "idx": index,
+                                              "url": url, "ready": is_ready, "secret": secret, "restarts": restarts,
+                                              "server_id": server_id, "updated_at": now()})
+                else:
+                    self.store.update(TABLE, {"id": ident}, {"url": url, "ready": is_ready, "restarts": restarts,
+                                                             "updated_at": now()})
+            self._published = seen
+
+    # -- a follower ------------------------------------------------------------------
+    def instances(self, key: Key) -> list[Instance]:
+        """The leader's instances of a deployment, as last published (at most READ_CACHE_S old)."""
+        with self._lock:
+            if time.monotonic() - self._read_at >= READ_CACHE_S:
+                self._read()
+            return list(self._by_key.get(key, ()))
+
+    def ready(self, key: Key) -> list[Instance]:
+        moment = time.monotonic()
+        return [i for i in self.instances(key)
+                if i.ready and self._unreachable.get(self._ident(i), 0.0) <= moment]
+
+    def mark_unreachable(self, inst: Instance) -> None:
+        """This server could not connect to it: skip it for a while, until the leader's probes have spoken."""
+        self._unreachable[self._ident(inst)] = time.monotonic() + UNREACHABLE_S
+
+    def _ident(self, inst: Instance) -> str:
+        ident = self._ids.get(inst)
+        return ident[0] if ident else ""
+
+    def _read(self) -> None:
+        rows = self.store.select(TABLE, order_by="idx")
+        known: dict[str, Instance] = {}
+        by_key: dict[Key, list[Instance]] = {}
+        for row in rows:
+            inst = self._known.get(row["id"])
+            if inst is None:
+                inst = Instance(index=row["idx"], url=row["url"], secret=self.secrets.decrypt(row["secret"]))
+                self._ids[inst] = (row["id"], row["secret"])
+            inst.url, inst.ready, inst.restarts = row["url"], bool(row["ready"]), row["restarts"]
+            known[row["id"]] = inst
+            by_key.setdefault((row["endpoint"], row["deployment"]), []).append(inst)
+        for ident in self._known.keys() - known.keys():
+            self._known[ident].retired = True
+            self._unreachable.pop(ident, None)
+        self._known, self._by_key = known, by_key
+        self._read_at = time.monotonic()
+
+
+class LeaderSync:
+    """The leader's pass, every SYNC_S on a thread of its own: reconcile the supervisor with the stored deployments
+    (under the endpoint service's deployments `lock`; `forget` drops what is kept of one deleted elsewhere), then
+    publish its instances. It starts from an empty board."""
+
+    def __init__(self, supervisor: DeploymentSupervisor, board: InstanceBoard, lock: threading.Lock,
+                 stored: Callable[[], list[Deployment]], forget: Callable[[Key], None], server_id: str) -> None:
+        self.supervisor, self.board, self.lock = supervisor, board, lock
+        self.stored, self.forget, self.server_id = stored, forget, server_id
+        self._stop = threading.Event()
+        board.clear()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="forgeflow-deployments-sync")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(SYNC_S):
+            try:
+                with self.lock:
+                    gone = reconcile(self.supervisor, self.stored())
+                for key in gone:
+                    self.forget(key)
+                self.board.publish(self.supervisor, self.server_id)
+            except Exception:  # a busy database must not end it for good
+                log.exception("reconciling deployments with the store failed")

@@ -1,0 +1,48 @@
+"""A follower (a second server on the workspace's database) serves every endpoint through the instances the leader
+publishes, and what is changed through it reaches the leader's supervisor through the store."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from gateway_harness import post, wait_until
+
+
+def _ready(gw, endpoint: str, name: str) -> list[dict]:
+    return [i for i in gw.svc.show_deployment(endpoint, name)["instances"] if i["ready"]]
+
+
+def test_changes_through_a_follower_reach_the_leader_and_the_follower_serves(gateway, follower_gateway):
+    leader, follower = gateway, follower_gateway
+    assert leader.app.state.ff.leadership.leads and not follower.app.state.ff.leadership.leads
+
+    key = follower.endpoint("fol-ep")
+    follower.deploy("fol-ep", "blue")  # the leader's reconcile pass starts it; the follower sees it succeed
+    follower.svc.update_endpoint("fol-ep", traffic={"blue": 100})
+    assert len(leader.svc.supervisor.ready_instances("fol-ep", "blue")) == 1
+    assert not follower.svc.supervisor.instances("fol-ep", "blue")  # a follower runs nothing itself
+    wait_until(lambda: _ready(follower, "fol-ep", "blue"), 10, "the follower to read the published instance")
+    assert post(follower, "fol-ep", key).status_code == 200
+    assert post(leader, "fol-ep", key).status_code == 200
+
+    follower.svc.update_deployment("fol-ep", "blue", {"instance_count": 2})
+    follower.wait("fol-ep", "blue")
+    assert len(leader.svc.supervisor.ready_instances("fol-ep", "blue")) == 2
+    wait_until(lambda: len(_ready(follower, "fol-ep", "blue")) == 2, 10, "the follower to see both instances")
+
+    # An instance the leader replaces: the follower forwards to its successor once it is ready.
+    victim = leader.svc.show_deployment("fol-ep", "blue")["instances"][0]
+    os.kill(victim["pid"], signal.SIGKILL)
+    wait_until(lambda: sorted(i["restarts"] for i in _ready(follower, "fol-ep", "blue")) == [0, 1], 30,
+               "the follower to see the replacement ready")
+    assert {post(follower, "fol-ep", key).status_code for _ in range(6)} == {200}
+
+    # A key replaced through the leader stops opening the endpoint on the follower within about a second.
+    leader.svc.regenerate_keys("fol-ep", "primary")
+    wait_until(lambda: post(follower, "fol-ep", key).status_code == 401, 5, "the follower to refuse the old key")
+
+    follower.svc.update_endpoint("fol-ep", traffic={})
+    follower.svc.delete_deployment("fol-ep", "blue")
+    wait_until(lambda: not leader.svc.supervisor.instances("fol-ep", "blue"), 10, "the leader to stop it")
+    wait_until(lambda: not follower.svc.board.instances(("fol-ep", "blue")), 10, "the follower to see it gone")

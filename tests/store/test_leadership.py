@@ -1,0 +1,109 @@
+"""Leadership among servers on one database: one contender wins, the others follow, and when the winner's lock goes
+(its process ended, its database session cut) another takes over."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import sqlalchemy as sa
+from waiting import wait_until
+
+from forgeflow.store.db import Store
+from forgeflow.store.leadership import LEADER_LOCK, AdvisoryLock, FileLock, Leadership, leader_lock, servers
+
+pytestmark = pytest.mark.integration
+
+
+class Contender:
+    """A Leadership with its own store and lock, as one server process has, recording what it was told."""
+
+    def __init__(self, url: str, name: str) -> None:
+        self.store = Store(url)
+        self.elected = threading.Event()
+        self.lost = threading.Event()
+        self.lead = Leadership(self.store, leader_lock(self.store), url=f"http://{name}",
+                               on_elected=self.elected.set, on_lost=self.lost.set, poll_s=0.1)
+
+    def stop(self) -> None:
+        self.lead.stop()
+        self.store.engine.dispose()
+
+
+@pytest.fixture
+def contenders():
+    made: list[Contender] = []
+
+    def make(url: str, name: str) -> Contender:
+        made.append(Contender(url, name))
+        return made[-1]
+
+    yield make
+    for c in made:
+        c.stop()
+
+
+def _one_leader(a: Contender, b: Contender) -> None:
+    rows = {s["url"]: s for s in servers(a.store)}
+    assert a.lead.leads and not b.lead.leads
+    assert rows["http://a"]["leader"] and not rows["http://b"]["leader"] and rows["http://b"]["alive"]
+
+
+def test_sqlite_one_of_two_leads_and_the_other_takes_over(tmp_path, contenders):
+    url = f"sqlite:///{tmp_path / 'forgeflow.db'}"
+    a = contenders(url, "a")
+    a.lead.start()
+    assert isinstance(a.lead.lock, FileLock) and a.elected.is_set()  # a lone server leads before it answers
+    b = contenders(url, "b")
+    b.lead.start()
+    _one_leader(a, b)
+    assert not b.elected.wait(0.5)  # it keeps trying, and keeps losing while a holds the lock
+    a.lead.stop()
+    wait_until(b.elected.is_set, 10, "the follower to take over")
+    assert b.lead.leads and not a.lost.is_set()
+    assert [s["url"] for s in servers(b.store) if s["leader"]] == ["http://b"]
+    assert "http://a" not in {s["url"] for s in servers(b.store)}  # a server that stops removes its row
+
+
+def test_the_file_lock_dies_with_its_holder(tmp_path):
+    path = tmp_path / "db.leader-lock"
+    first, second = FileLock(path), FileLock(path)
+    assert first.acquire() and first.held()
+    assert not second.acquire()
+    first.release()  # as the kernel does when the process that held it ends
+    assert second.acquire() and not first.held()
+    second.release()
+
+
+@pytest.mark.postgres
+def test_postgres_one_of_two_leads_and_the_other_takes_over(postgres, contenders):
+    url = postgres.new_database()
+    a = contenders(url, "a")
+    a.lead.start()
+    assert isinstance(a.lead.lock, AdvisoryLock) and a.elected.is_set()
+    b = contenders(url, "b")
+    b.lead.start()
+    _one_leader(a, b)
+    assert not b.elected.wait(0.5)
+    a.lead.stop()  # closes its lock's session
+    wait_until(b.elected.is_set, 10, "the follower to take over")
+    assert b.lead.leads and not a.lost.is_set()
+
+
+@pytest.mark.postgres
+def test_postgres_a_leader_whose_session_is_cut_steps_down_and_another_leads(postgres, contenders):
+    url = postgres.new_database()
+    a, b = contenders(url, "a"), contenders(url, "b")
+    a.lead.start()
+    b.lead.start()
+    _one_leader(a, b)
+    with sa.create_engine(url).connect() as admin:  # the database ends the leader's session, as a restart would
+        ended = admin.execute(sa.text(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND objsubid = 1 AND ((classid::bigint << 32) | objid::bigint) = :k"), {"k": LEADER_LOCK}).all()
+        assert ended == [(True,)]
+    wait_until(a.lost.is_set, 10, "the leader to notice its lock is gone")
+    assert not a.lead.leads
+    wait_until(b.elected.is_set, 10, "the other server to take over")
+    assert b.lead.leads
