@@ -20,6 +20,7 @@ pytestmark = pytest.mark.anyio
 EXCEPTIONS = {
     ("GET", "/api/endpoints/{name}/credentials"): Role.CONTRIBUTOR,  # endpoint keys are secrets
     ("POST", "/api/token/rotate"): Role.OWNER,  # the workspace's keys
+    ("GET", "/api/workspace"): Role.OWNER,  # where the database is, and as whom
     ("POST", "/api/users"): Role.OWNER,
     ("PATCH", "/api/users/{name}"): Role.OWNER,
     ("DELETE", "/api/users/{name}"): Role.OWNER,

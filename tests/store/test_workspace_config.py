@@ -52,10 +52,14 @@ def test_init_on_postgres_keeps_the_password_encrypted_and_shows_it_masked(postg
 
     from forgeflow.api.app import create_app
 
-    with TestClient(create_app(Workspace.open(), background=False)) as http:
+    ws = Workspace.open()
+    with TestClient(create_app(ws, background=False)) as http:
         health = http.get("/api/health").json()
-    assert health["database_url"] == info["database_url"] and PASSWORD not in json.dumps(health)
-    assert health["mlflow_tracking_uri"] == info["mlflow_tracking_uri"]
+        shown = http.get("/api/workspace", headers={"Authorization": f"Bearer {ws.admin_token()}"}).json()
+        anonymous = http.get("/api/workspace").status_code
+    assert "database_url" not in health and anonymous == 401  # the public health check names no database
+    assert shown["database_url"] == info["database_url"] and PASSWORD not in json.dumps(shown)
+    assert shown["mlflow_tracking_uri"] == info["mlflow_tracking_uri"]
     # MLflow's tables (its own `jobs`, `endpoints`, ...) live in the `mlflow` schema, forgeflow's in public
     from mlflow import MlflowClient
 

@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException
 from forgeflow import __version__, raycluster
 from forgeflow.api import audit, compute, connections, datasets, endpoints, flows, jobs, models, token, users
 from forgeflow.api.guard import Guard
-from forgeflow.api.security import READER
+from forgeflow.api.security import OWNER, READER
 from forgeflow.errors import ForgeflowError, InternalError, InvalidInput, by_name
 from forgeflow.serving import gateway
 from forgeflow.serving.endpoints import EndpointService
@@ -133,7 +133,13 @@ def create_app(ws: Workspace | None = None, *, base_url: str = "http://127.0.0.1
         """Public: whether this server answers, and whether it leads (runs jobs and deployments)."""
         lead = services.leadership
         role = "leader" if lead is None or lead.leads else "follower"
-        return {"status": "ok", "version": __version__, **ws.describe(), "role": role}  # passwords masked
+        return {"status": "ok", "version": __version__, "role": role}
+
+    @app.get("/api/workspace", tags=["server"], dependencies=OWNER)
+    def workspace() -> dict:
+        """Where this workspace keeps its state (database, MLflow, artifacts; passwords masked): for owners only,
+        since a database's host and user help an attacker."""
+        return ws.describe()
 
     @app.get("/api/servers", tags=["server"], dependencies=READER)
     def list_servers() -> list[dict]:

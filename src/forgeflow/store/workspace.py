@@ -61,7 +61,7 @@ class Workspace:
         self.__dict__.pop("store", None)
 
     def describe(self) -> dict:
-        """Where this workspace keeps its state, passwords masked: for `init` and /api/health."""
+        """Where this workspace keeps its state, passwords masked: for `init` and /api/workspace (owners)."""
         return {"home": str(self.paths.root), "database_url": config.mask(self.paths.db_url),
                 "mlflow_tracking_uri": config.mask(self.paths.mlflow_uri), "artifacts_root": str(self.paths.artifacts),
                 "mlflow_artifacts": config.mask(self.paths.mlflow_artifacts)}
