@@ -11,7 +11,9 @@ from typing import Any
 import httpx
 
 from forgeflow.errors import ForgeflowError, RequestTimeout, ServerUnavailable, from_dict
+from forgeflow.names import url_path
 from forgeflow.store.home import server_url
+
 
 
 def admin_token() -> str:
@@ -109,10 +111,11 @@ class Client:
     # -- the calls other code needs by name ------------------------------------
     def connection(self, name: str) -> dict:
         """A connection with its secrets decrypted (the flow runner's connection provider)."""
-        return self.get(f"/api/connections/{name}", params={"with_secrets": "true"})
+        return self.get(url_path("api", "connections", name), params={"with_secrets": "true"})
 
     def score(self, endpoint: str, body: Any, *, key: str, deployment: str | None = None, timeout: float = 300.0) -> Any:
         headers = {"Authorization": f"Bearer {key}"}
         if deployment:
             headers["azureml-model-deployment"] = deployment
-        return self.request("POST", f"/endpoints/{endpoint}/score", json=body, headers=headers, auth=False, timeout=timeout)
+        return self.request("POST", url_path("endpoints", endpoint, "score"), json=body, headers=headers, auth=False,
+                            timeout=timeout)

@@ -1,17 +1,18 @@
-"""Name rules shared by the CLI, the REST API and the store."""
+"""Name rules shared by the CLI, the REST API and the store, and the one way a name goes into a REST path."""
 
 from __future__ import annotations
 
 import re
+from urllib.parse import quote
 
 from forgeflow.errors import InvalidInput
 
-_ENDPOINT = re.compile(r"^[A-Za-z][A-Za-z0-9-]{2,31}$")
-_GENERIC = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_ENDPOINT = re.compile(r"[A-Za-z][A-Za-z0-9-]{2,31}")
+_GENERIC = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 def check_endpoint_name(name: str, field: str = "name") -> str:
-    if not _ENDPOINT.match(name or "") or name.endswith("-"):
+    if not _ENDPOINT.fullmatch(name or "") or name.endswith("-"):
         raise InvalidInput(
             f"invalid endpoint name {name!r}: use 3-32 characters, a letter first, then letters, digits and dashes "
             "(no trailing dash)",
@@ -21,7 +22,7 @@ def check_endpoint_name(name: str, field: str = "name") -> str:
 
 
 def check_deployment_name(name: str, field: str = "name") -> str:
-    if not _ENDPOINT.match(name or "") or name.endswith("-"):
+    if not _ENDPOINT.fullmatch(name or "") or name.endswith("-"):
         raise InvalidInput(
             f"invalid deployment name {name!r}: use 3-32 characters, a letter first, then letters, digits and dashes",
             field=field,
@@ -30,7 +31,7 @@ def check_deployment_name(name: str, field: str = "name") -> str:
 
 
 def check_name(name: str, what: str, field: str = "name") -> str:
-    if not _GENERIC.match(name or ""):
+    if not _GENERIC.fullmatch(name or ""):
         raise InvalidInput(
             f"invalid {what} name {name!r}: use up to 128 letters, digits, '.', '_' and '-', starting with a letter or digit",
             field=field,
@@ -69,3 +70,17 @@ def parse_assignments(items: list[str] | None, option: str, example: str) -> dic
                                field=option.lstrip("-").replace("-", "_"))
         out[name.strip()] = value
     return out
+
+
+def url_path(*segments: object) -> str:
+    """A REST path from its segments, each quoted whole (the one way the CLI and the client put a name in a path):
+    a name holding '?', '#' or '%', or one that is '.' or '..', stays one segment and never reaches another route
+    (`user delete ../tokens/ID`). A '/' is refused: the server decodes %2F before it routes, and no name holds one."""
+    return "".join("/" + _segment(str(s)) for s in segments)
+
+
+def _segment(text: str) -> str:
+    if "/" in text:
+        raise InvalidInput(f"{text!r} is no name: names never hold '/'")
+    # "." and ".." are dot segments a client library resolves away; spelled %2E they stay a name
+    return text.replace(".", "%2E") if text in (".", "..") else quote(text, safe="")

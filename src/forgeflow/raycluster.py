@@ -26,7 +26,7 @@ NAMESPACE = "forgeflow"
 # The label Ray's autoscaler gives each node it starts: the node type (a target's `size`) it was started as. Jobs
 # and instances of a target with a size run only on nodes carrying it.
 NODE_TYPE_LABEL = "ray.io/node-group"
-_HOST_PORT = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.\-]{0,252})?:\d{1,5}$")
+_HOST_PORT = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.\-]{0,252})?:\d{1,5}")
 _lock = threading.Lock()
 _clients: dict[str, Any] = {}
 _driver_address: str | None = None
@@ -43,11 +43,11 @@ def check_address(address: str | None) -> str:
     for scheme in ("ray://", "http://", "https://"):
         if value.startswith(scheme):
             rest = value[len(scheme):].rstrip("/")
-            if _HOST_PORT.match(rest) and 0 < int(rest.rsplit(":", 1)[1]) < 65536:
+            if _HOST_PORT.fullmatch(rest) and 0 < int(rest.rsplit(":", 1)[1]) < 65536:
                 return f"{scheme}{rest}"
             break
     else:
-        if _HOST_PORT.match(value) and 0 < int(value.rsplit(":", 1)[1]) < 65536:
+        if _HOST_PORT.fullmatch(value) and 0 < int(value.rsplit(":", 1)[1]) < 65536:
             return value
     raise InvalidInput(f"address {value!r} is not a Ray address: use head:6379 (GCS), ray://head:10001, "
                        "http://head:8265 (dashboard) or auto", field="address")

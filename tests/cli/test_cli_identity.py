@@ -95,3 +95,37 @@ def test_the_owner_token_is_still_shown_and_rotated(cli):
     rotated = as_json(cli("token", "rotate", "--json"))
     assert rotated["token"] != old and rotated["token"] == ws.admin_token()
     assert as_json(cli("whoami", "--json"))["role"] == "owner"
+
+
+def test_a_name_is_one_path_segment_however_it_is_spelled(cli):
+    """`user delete ../tokens/ID` once revoked token ID: every name the CLI puts in a path is quoted whole."""
+    made = as_json(cli("user", "create", "gina", "--role", "reader", "--json"))
+    for name in (f"../tokens/{made['id']}", "gina/", "..", ".", "gina?x=1", "gina#frag"):
+        res = cli("user", "delete", name, ok=False)
+        assert res.exit_code == 1 and "Traceback" not in res.output, (name, res.output)
+        res = cli("user", "show", name, ok=False)
+        assert res.exit_code == 1, name
+    res = cli("token", "revoke", "../users/gina", ok=False)
+    assert res.exit_code == 1
+    assert as_json(cli("user", "show", "gina", "--json"))["name"] == "gina"
+    assert as_json(cli("token", "list", "--user", "gina", "--json"))[0]["revoked_at"] is None
+
+
+def test_whoami_names_the_owner_token(cli):
+    assert "token_id: (owner token)" in cli("whoami").stdout
+
+
+def test_rotating_with_no_server_running_is_audited_as_local(monkeypatch):
+    monkeypatch.setenv("FORGEFLOW_URL", "http://127.0.0.1:9")  # nothing listens there
+    from forgeflow.cli import main
+
+    ws = Workspace.open()
+    old = ws.admin_token()
+    res = runner.invoke(main.app, ["token", "rotate", "--json"])
+    assert res.exit_code == 0, res.output
+    new = json.loads(res.stdout)["token"]
+    assert new != old and new == ws.admin_token()
+    rows = ws.audit.list()
+    assert [(r["user"], r["role"], r["action"], r["client"], r["detail"]) for r in rows] == [
+        ("owner", "owner", "POST /api/token/rotate", "local", {"token": "owner", "sessions_ended": 0})]
+    assert new not in json.dumps(rows) and old not in json.dumps(rows)

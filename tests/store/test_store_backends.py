@@ -1,5 +1,6 @@
 """The row helpers behave the same on SQLite and Postgres: duplicate keys are Conflicts (also when requests race),
-other integrity errors are not, integers past 64 bits are refused by name, JSON columns and ordering round-trip."""
+other integrity errors are not, integers past 64 bits are refused by name, JSON columns and ordering round-trip, a
+lookup by a value holding NUL (which Postgres' driver refuses to send) matches nothing."""
 
 from __future__ import annotations
 
@@ -117,3 +118,20 @@ def test_integer_columns_hold_64_bits_and_expiry_past_2038(store):
     store.insert("endpoints", {"name": "big", "auth_mode": "key", "primary_key": "p", "secondary_key": "s",
                                "traffic": {}, "created_at": "x", "max_body_bytes": 5 * 2**30})
     assert store.get("endpoints", name="big")["max_body_bytes"] == 5 * 2**30
+
+
+def test_a_lookup_by_a_value_holding_nul_matches_nothing(store):
+    store.insert("compute_targets", target("a"))
+    nul = "a\x00b"
+    assert store.get("compute_targets", name=nul) is None
+    assert store.select("compute_targets", {"name": nul}) == []
+    assert [r["name"] for r in store.select_in("compute_targets", "name", [nul, "a"])] == ["a"]
+    assert store.select_in("compute_targets", "name", [nul]) == []
+    assert store.update("compute_targets", {"name": nul}, {"description": "x"}) == 0
+    assert store.delete("compute_targets", {"name": nul}) == 0
+    with pytest.raises(InvalidInput, match="NUL") as exc:  # a hand-written statement: what it means is not guessed
+        store.query("SELECT * FROM compute_targets WHERE name >= :low", {"low": nul})
+    assert exc.value.field == "low"
+    with pytest.raises(InvalidInput):
+        store.execute("DELETE FROM compute_targets WHERE name <> :keep", {"keep": nul})
+    assert [r["name"] for r in store.select("compute_targets")] == ["a"]

@@ -154,3 +154,53 @@ def test_a_job_file_names_mlflow_without_its_password(tmp_path, monkeypatch):
     assert config.password_env(ws.paths.mlflow_uri) == (doc["mlflow_tracking_uri"], {"PGPASSWORD": PASSWORD})
     assert config.password_env("https://me:p%40ss@mlflow.example") == (
         "https://mlflow.example", {"MLFLOW_TRACKING_USERNAME": "me", "MLFLOW_TRACKING_PASSWORD": "p@ss"})
+
+
+# Each place a URL may hold a password, read as SQLAlchemy reads it: the user part's may hold '/', '?' or '#'
+# (urlsplit would end the host there), and libpq takes `password` and `sslpassword` from the query.
+PASSWORD_FORMS = [
+    ("postgresql+psycopg://alice:pa/ss@db.example:5432/ff", "pa/ss"),
+    ("postgresql+psycopg://alice:pa?ss@db.example/ff", "pa?ss"),
+    ("postgresql+psycopg://alice:pa#ss@db.example/ff?sslmode=require", "pa#ss"),
+    ("postgresql+psycopg://alice@db.example/ff?password=s3cret-q&sslmode=require", "s3cret-q"),
+    ("postgresql+psycopg://alice@db.example/ff?sslpassword=k3y-pass", "k3y-pass"),
+]
+
+
+@pytest.mark.parametrize(("url", "secret"), PASSWORD_FORMS)
+def test_every_password_form_is_masked_encrypted_and_handed_to_workers_by_environment(url, secret, monkeypatch):
+    monkeypatch.delenv(config.DATABASE_URL_ENV, raising=False)
+    assert secret not in config.mask(url) and "***" in config.mask(url)
+    ws = Workspace(Paths.current())
+    ws.configure(mlflow_uri=url)
+    assert secret not in ws.paths.config_file.read_text() and secret not in json.dumps(ws.describe())
+    back = sa.engine.make_url(Paths.current().mlflow_uri)  # decrypted in memory: what SQLAlchemy is given
+    assert back == sa.engine.make_url(url)
+    public, env = config.password_env(url)
+    assert secret not in public and secret in json.dumps(env)
+    worker = sa.engine.make_url(config.worker_uri(public, env))  # what a worker connects with: libpq adds PGPASSWORD
+    assert (worker.set(password=env["PGPASSWORD"]) if "PGPASSWORD" in env else worker) == sa.engine.make_url(url)
+    assert config.worker_uri(public, {}) == public
+
+
+@pytest.mark.parametrize("url", ["postgresql+psycopg://u:s3cr3t-pw@db:port/x", "postgresql+psycopg://u:s3cr3t-pw/x",
+                                 "sqlite://u:s3cr3t-pw@h/x", "postgresql+psycopg://u:s3cr3t-pw@/db"])
+def test_an_invalid_url_is_refused_without_repeating_its_password(url, monkeypatch):
+    monkeypatch.delenv(config.DATABASE_URL_ENV, raising=False)
+    out = init("--database-url", url, ok=False)
+    assert "database_url" in out and PASSWORD not in out
+
+
+@pytest.mark.postgres
+def test_a_password_holding_a_slash_never_reaches_the_file_or_health(postgres, monkeypatch, forgeflow_home):
+    monkeypatch.delenv(config.DATABASE_URL_ENV, raising=False)
+    url = postgres.new_database().replace("postgres@", "postgres:pa/ss-9z@")  # loopback is trusted: it connects
+    info = init("--database-url", url)
+    assert "pa/ss-9z" not in json.dumps(info) and info["database_url"].startswith("postgresql+psycopg://postgres:***@")
+    assert "pa/ss-9z" not in (forgeflow_home / config.CONFIG_FILE).read_text()
+    from fastapi.testclient import TestClient
+
+    from forgeflow.api.app import create_app
+
+    with TestClient(create_app(Workspace.open(), background=False)) as http:
+        assert "pa/ss-9z" not in http.get("/api/health").text

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, BeforeValidator, Field
 from pydantic_core import PydanticCustomError
 
-from forgeflow.api.security import CONTRIBUTOR, READER, audit_target, current, require, services
+from forgeflow.api.security import CONTRIBUTOR, READER, audit_secret_read, audit_target, current, require, services
 from forgeflow.store.identity import Role
 
 router = APIRouter(tags=["connections"])
@@ -65,6 +65,7 @@ def show(name: str, request: Request, with_secrets: bool = False, ff=Depends(ser
     """The connection, secrets masked; `with_secrets` (contributor or owner) shows them (a flow run needs them)."""
     if with_secrets:
         require(current(request), Role.CONTRIBUTOR, "reading a connection's secrets")
+        audit_secret_read(request, read="secrets")
     return ff.connections.show(name, with_secrets=with_secrets)
 
 

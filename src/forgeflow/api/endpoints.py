@@ -11,7 +11,7 @@ from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
 from forgeflow.api.guard import SCORING_MAX_BYTES
-from forgeflow.api.security import CONTRIBUTOR, READER, audit_target, services
+from forgeflow.api.security import CONTRIBUTOR, READER, audit_detail, audit_secret_read, audit_target, services
 from forgeflow.errors import InvalidInput
 from forgeflow.serving.specs import FLOW_RUNTIME
 
@@ -107,14 +107,18 @@ def delete_endpoint(name: str, ff=Depends(services)) -> dict:
 
 
 @router.get("/endpoints/{name}/credentials", dependencies=CONTRIBUTOR)
-def credentials(name: str, ff=Depends(services)) -> dict:
+def credentials(name: str, request: Request, ff=Depends(services)) -> dict:
+    """The endpoint's keys (or a fresh token): a read of secrets, so it is audited."""
+    audit_secret_read(request, read="credentials")
     return ff.endpoints.credentials(name)
 
 
 @router.post("/endpoints/{name}/regenerate-keys", dependencies=CONTRIBUTOR)
-def regenerate_keys(name: str, body: RegenerateKeys, ff=Depends(services)) -> dict:
+def regenerate_keys(name: str, body: RegenerateKeys, request: Request, ff=Depends(services)) -> dict:
     """A new primary or secondary key; the old one fails at once."""
-    return ff.endpoints.regenerate_keys(name, body.key_type)
+    keys = ff.endpoints.regenerate_keys(name, body.key_type)
+    audit_detail(request, key_type=body.key_type)  # which key, never the key
+    return keys
 
 
 @router.post("/endpoints/{name}/deployments", status_code=201, dependencies=CONTRIBUTOR)

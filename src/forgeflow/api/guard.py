@@ -6,10 +6,12 @@
   the request's state for the route's role check. A scoring request without any key is refused here too (saying
   nothing about the endpoint); the gateway checks the key itself, also before reading.
 - Every change is audited (store/audit.py): a control-plane request other than GET or HEAD that passed the
-  credential check, a sign-in or sign-out, and a refused credential, whatever the answer. The row is written
-  when the answer starts (so it is there before the client sees the answer) and names the route's template, the
-  target's name (from the path, or what the route named with `audit_target`), the principal, the client's
-  address and the status; never a body, a query string or a credential.
+  credential check, a read that hands out secrets (`audit_secret_read`), a sign-in, a sign-out that ended a
+  session, and a presented credential refused, whatever the answer (a request with no credential leaves no row).
+  The row is written when the answer starts (so it is there before the client sees the answer) and names the
+  route's template (or "(no such route)"), the target's name (from the path, or what the route named with
+  `audit_target`), what the route said with `audit_detail`, the principal, the client's address and the status;
+  never a body, a query string or a credential.
 - Every body has a cap: control plane CONTROL_MAX_BYTES, sign-in SIGN_IN_MAX_BYTES, dataset uploads the data
   library's own (larger) limit, scoring SCORING_MAX_BYTES (the gateway then applies the endpoint's
   `max_body_bytes`). A declared Content-Length over the cap is answered 413 at once; a chunked body is cut off
@@ -36,7 +38,8 @@ from starlette.requests import ClientDisconnect, HTTPConnection
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from forgeflow.api.security import PRINCIPAL, TARGET, authenticate, presents_credential, services
+from forgeflow.api.security import (DETAIL, PRINCIPAL, SECRET_READ, TARGET, authenticate, presents_credential,
+                                    services)
 from forgeflow.data.library import max_upload_bytes
 from forgeflow.errors import ForgeflowError, InvalidInput, PayloadTooLarge, TooManyRequests, Unauthorized
 from forgeflow.serving.auth import presented_credential
@@ -48,6 +51,8 @@ SIGN_IN_MAX_BYTES = 4096
 MAX_JSON_DEPTH = 64
 DRAIN_BYTES = 64 * 1024  # unread body the server may still discard to keep a connection alive
 SIGN_OUT = ("DELETE", "/api/session")
+NO_ROUTE = "(no such route)"
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 log = logging.getLogger("forgeflow.server")
 
@@ -55,7 +60,7 @@ log = logging.getLogger("forgeflow.server")
 PUBLIC = {("GET", "/api/health"), ("HEAD", "/api/health"), ("POST", "/api/session"), ("DELETE", "/api/session"),
           ("GET", "/"), ("HEAD", "/"), ("GET", "/signin"), ("HEAD", "/signin"), ("GET", "/openapi.json")}
 PUBLIC_PREFIXES = ("/studio/",)
-_UPLOAD = re.compile(r"^/api/datasets/[^/]+$")
+_UPLOAD = re.compile(r"/api/datasets/[^/]+")
 
 
 def route_of(method: str, path: str) -> tuple[str, int]:
@@ -66,7 +71,7 @@ def route_of(method: str, path: str) -> tuple[str, int]:
         return "sign-in", SIGN_IN_MAX_BYTES
     if (method, path) in PUBLIC or (method in ("GET", "HEAD") and path.startswith(PUBLIC_PREFIXES)):
         return "public", CONTROL_MAX_BYTES
-    if method == "PUT" and _UPLOAD.match(path):
+    if method == "PUT" and _UPLOAD.fullmatch(path):
         return "upload", max_upload_bytes()
     return "control", CONTROL_MAX_BYTES
 
@@ -154,6 +159,9 @@ class _Exchange:
             await self.record(None)  # no answer went out (the client left): recorded without a status
 
     async def _run(self) -> None:
+        if "\x00" in self.scope["path"]:  # no name holds one, and Postgres could not even be asked about it
+            await self.answer(InvalidInput("the path holds a NUL character (%00), which no name may", field="path"))
+            return
         if self.kind in ("control", "upload"):
             try:
                 principal = await run_in_threadpool(authenticate, self.conn)
@@ -184,18 +192,25 @@ class _Exchange:
         if self.recorded:
             return
         self.recorded = True
-        refused = status == 401 and self.counts and self.kind != "scoring"
-        if not (self.changes or refused):
-            return
         state = self.scope.get("state", {})
         principal = state.get(PRINCIPAL)
+        refused = status == 401 and self.counts and self.kind != "scoring"
+        # Recorded: a change whose credential passed (so a sign-in that succeeded, a sign-out that ended a session)
+        # and a presented credential refused (throttled, so bounded). A request with no credential at all is refused
+        # unread, counts as no failure and leaves no row: else anyone could fill the log without limit.
+        changes = self.changes or state.get(SECRET_READ, False)
+        if not (refused or (changes and principal is not None)):
+            return
         template, params = _route(self.scope)
-        action = f"{self.scope['method']} {template}"
+        action = f"{_method(self.scope['method'])} {template}"
         row = {"status": status, "client": self.client,
                "target": state.get(TARGET) or "/".join(str(v) for v in params.values()) or None}
+        detail = dict(state.get(DETAIL) or {})
         if principal is not None:
-            row |= {"user": principal.user, "role": principal.role,
-                    "detail": {"token_id": principal.token_id} if principal.token_id else None}
+            row |= {"user": principal.user, "role": principal.role}
+            if principal.token_id:
+                detail["token_id"] = principal.token_id
+        row["detail"] = detail or None
         try:
             await run_in_threadpool(services(self.conn).ws.audit.record, action, **row)
         except Exception:  # the change is made and answered: a failed audit write is logged, not a failed request
@@ -278,7 +293,7 @@ class _Exchange:
 
 def _route(scope: Scope) -> tuple[str, dict]:
     """The template of the route a request goes (or would go) to, with the router's prefix, and its path
-    parameters; the bare path when no route matches."""
+    parameters; NO_ROUTE when no route matches (the log never holds a path the client made up)."""
     partial = None
     for route in iter_route_contexts(getattr(scope.get("app"), "routes", ())):
         match, child = route.matches(scope)
@@ -286,4 +301,9 @@ def _route(scope: Scope) -> tuple[str, dict]:
             return route.path, child.get("path_params", {})
         if match is Match.PARTIAL and partial is None:
             partial = route.path, child.get("path_params", {})
-    return partial or (scope["path"], {})
+    return partial or (NO_ROUTE, {})
+
+
+def _method(method: str) -> str:
+    """The request's method as the log keeps it: one of HTTP's own, else a fixed word (any token is a method)."""
+    return method if method in METHODS else "OTHER"

@@ -32,6 +32,8 @@ COOKIE = "ff_studio"
 HEADER = "x-forgeflow-studio"
 PRINCIPAL = "forgeflow.principal"  # the request's principal, in its state, once a credential passed
 TARGET = "forgeflow.audit_target"  # what a change acted on, for the audit log, when no path parameter names it
+DETAIL = "forgeflow.audit_detail"  # what a change was (a new role, a token's id), for the audit log: never a secret
+SECRET_READ = "forgeflow.secret_read"  # a read that hands out secrets: audited like a change
 
 
 def services(request: HTTPConnection):
@@ -118,6 +120,18 @@ OWNER = [Depends(Needs(Role.OWNER))]
 def audit_target(request: Request, name: str) -> None:
     """Name what a change acts on for the audit log, where the route's path does not (a create's new name)."""
     request.scope.setdefault("state", {})[TARGET] = name
+
+
+def audit_detail(request: Request, **detail) -> None:
+    """Say what a change was, for the audit log (a new role, a token's id and expiry): never a secret."""
+    request.scope.setdefault("state", {}).setdefault(DETAIL, {}).update(detail)
+
+
+def audit_secret_read(request: Request, **detail) -> None:
+    """Have this read audited like a change: it hands out secrets (an endpoint's keys, a connection's), as Azure
+    logs a listKeys. `detail` says which, never the secrets themselves."""
+    request.scope.setdefault("state", {})[SECRET_READ] = True
+    audit_detail(request, **detail)
 
 
 def start_session(request: Request, response: Response, token: str, principal: Principal) -> None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from forgeflow.api.security import COOKIE, OWNER, READER, audit_target, current, require, services
+from forgeflow.api.security import COOKIE, OWNER, READER, audit_detail, audit_target, current, require, services
+from forgeflow.errors import NotFound
 from forgeflow.store.identity import DEFAULT_EXPIRY_DAYS, MAX_EXPIRY_DAYS, Role
 
 router = APIRouter(tags=["users"])
@@ -31,8 +32,10 @@ def create_token(body: TokenCreate, request: Request, ff=Depends(services)) -> d
     if user != me.user:
         require(me, Role.OWNER, "making a token for another user")
     audit_target(request, user)
-    return ff.ws.identity.create_token(user, expires_in_days=body.expires_in_days, description=body.description,
+    made = ff.ws.identity.create_token(user, expires_in_days=body.expires_in_days, description=body.description,
                                        created_by=me.user)
+    audit_detail(request, new_token_id=made["id"], expires_at=made["expires_at"])
+    return made
 
 
 @router.get("/tokens", dependencies=READER)
@@ -51,8 +54,14 @@ def list_tokens(request: Request, user: str | None = Query(None, max_length=64, 
 def revoke_token(token_id: str, request: Request, ff=Depends(services)) -> dict:
     """Revoke a token by id: it and every Studio session signed in with it stop working at once, on every server."""
     me = current(request)
-    if ff.ws.identity.token(token_id)["user"] != me.user:
-        require(me, Role.OWNER, "revoking another user's token")
+    try:
+        token = ff.ws.identity.token(token_id)
+    except NotFound:
+        token = None
+    if token is None or (token["user"] != me.user and not me.role.covers(Role.OWNER)):
+        # another user's token id is not the caller's to know: the same answer as for an id that does not exist
+        raise NotFound(f"no token with id {token_id!r} (see: forgeflow token list)", field="id")
+    audit_detail(request, user=token["user"])
     return ff.ws.identity.revoke(token_id)
 
 
@@ -61,6 +70,7 @@ def rotate(request: Request, response: Response, ff=Depends(services)) -> dict:
     """A new owner token, shown once: the old one and every Studio session signed in with it (this one too) stop
     working at once."""
     result = ff.ws.rotate_admin_token()
+    audit_detail(request, token="owner", sessions_ended=result["sessions_ended"])
     if COOKIE in request.cookies and current(request).token_id is None:
         response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict",
                                secure=request.url.scheme == "https")

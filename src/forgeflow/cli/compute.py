@@ -10,6 +10,7 @@ import yaml
 from rich.markup import escape
 
 from forgeflow.cli.common import JsonOpt, client, command, console, err_console, kv, print_json, table
+from forgeflow.names import url_path
 
 app = typer.Typer(help="Compute targets: this machine (local) or a Ray cluster (ray), where fine-tuning jobs and "
                        "deployments run.", no_args_is_help=True)
@@ -117,7 +118,7 @@ def list_(json_out: bool = JsonOpt) -> None:
 def show(name: str = typer.Argument("local", help="Target name."), json_out: bool = JsonOpt) -> None:
     """One compute target, its load and, for a Ray cluster, its nodes live: state, resources, what runs on each,
     and nodes the autoscaler is bringing up."""
-    row = client().get(f"/api/compute/{name}")
+    row = client().get(url_path("api", "compute", name))
     if json_out:
         return print_json(row)
     kv(row, [k for k in SETTINGS if row.get(k) is not None])
@@ -178,7 +179,7 @@ def update(
             "min_nodes": min_nodes, "max_nodes": max_nodes, "idle_time_before_scale_down": idle_time_before_scale_down,
             "description": description}
     body = {k: v for k, v in body.items() if v is not None} | {k: None for k in clear or ()}
-    row = client().patch(f"/api/compute/{name}", body)
+    row = client().patch(url_path("api", "compute", name), body)
     if json_out:
         return print_json(row)
     console.print(f"[green]updated[/] compute {escape(row['name'])} (max {row['max_concurrent_jobs']} concurrent "
@@ -198,7 +199,7 @@ def cluster_config(
     """Print the config that launches a ray target's cluster with Ray's autoscaler, its scale settings taken from
     the target (min/max nodes -> the worker type's min/max workers, idle time -> the idle timeout). Values forgeflow
     cannot know (machine types, images, regions, the shared volume) are `<FILL IN: ...>`: fill them in first."""
-    answer = client().get(f"/api/compute/{name}/cluster-config", params={"provider": provider})
+    answer = client().get(url_path("api", "compute", name, "cluster-config"), params={"provider": provider})
     if json_out:
         return print_json(answer)
     use = "kubectl apply -f FILE (needs the KubeRay operator)" if provider == "kuberay" else "ray up FILE"

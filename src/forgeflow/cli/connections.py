@@ -8,7 +8,7 @@ import typer
 
 from forgeflow.cli.common import JsonOpt, client, command, console, kv, print_json, table
 from forgeflow.errors import InvalidInput
-from forgeflow.names import parse_assignments
+from forgeflow.names import parse_assignments, url_path
 
 app = typer.Typer(help="Connections that flows use (endpoint + secret key, OpenAI, ...).", no_args_is_help=True)
 
@@ -59,14 +59,14 @@ def create(
     if name:
         conn["name"] = name
     if from_endpoint:
-        ep = c.get(f"/api/endpoints/{from_endpoint}")
+        ep = c.get(url_path("api", "endpoints", from_endpoint))
         conn["configs"]["endpoint"] = ep["scoring_uri"]
-        conn["secrets"]["key"] = c.get(f"/api/endpoints/{from_endpoint}/credentials")["primary_key"]
+        conn["secrets"]["key"] = c.get(url_path("api", "endpoints", from_endpoint, "credentials"))["primary_key"]
     apply_settings(conn, _settings(set_, ctx.args))
     if not conn.get("name"):
         raise InvalidInput("a connection needs a name: --name or `name:` in the file", field="name")
     body = {k: conn[k] for k in ("name", "type", "configs", "secrets")}
-    out = c.put(f"/api/connections/{conn['name']}", body) if update else c.post("/api/connections", body)
+    out = c.put(url_path("api", "connections", conn['name']), body) if update else c.post("/api/connections", body)
     print_json(out) if json_out else console.print(f"[green]saved[/] connection {out['name']} ({out['type']})")
 
 
@@ -89,14 +89,14 @@ def update_(
     if not name:
         raise InvalidInput("update needs --name (or --file with a name)", field="name")
     if not file:
-        changes["type"] = c.get(f"/api/connections/{name}")["type"]
+        changes["type"] = c.get(url_path("api", "connections", name))["type"]
     apply_settings(changes, _settings(set_, ctx.args))
     if not (changes["configs"] or changes["secrets"] or unset):
         raise InvalidInput("nothing to update: give --set, --unset or --file", field="set")
     body = {"configs": changes["configs"], "secrets": changes["secrets"], "remove": list(unset or [])}
     if file:
         body["type"] = changes["type"]
-    out = c.patch(f"/api/connections/{name}", body)
+    out = c.patch(url_path("api", "connections", name), body)
     print_json(out) if json_out else console.print(f"[green]updated[/] connection {out['name']} ({out['type']})")
 
 
@@ -118,7 +118,7 @@ def list_(json_out: bool = JsonOpt) -> None:
 @command
 def show(name: str = typer.Option(..., "--name", help="The connection."), json_out: bool = JsonOpt) -> None:
     """A connection, secrets shown as ******."""
-    out = client().get(f"/api/connections/{name}")
+    out = client().get(url_path("api", "connections", name))
     print_json(out) if json_out else kv(out)
 
 
@@ -126,5 +126,5 @@ def show(name: str = typer.Option(..., "--name", help="The connection."), json_o
 @command
 def delete(name: str = typer.Option(..., "--name", help="The connection."), json_out: bool = JsonOpt) -> None:
     """Delete a connection."""
-    out = client().delete(f"/api/connections/{name}")
+    out = client().delete(url_path("api", "connections", name))
     print_json(out) if json_out else console.print(f"deleted connection {name}")

@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 from forgeflow.client import Client
 from forgeflow.errors import Conflict
+from forgeflow.names import url_path
 
 CHUNK = 1 << 20
 
@@ -23,7 +24,7 @@ def download_version(c: Client, name: str, version: str, out: Path, *, quiet: bo
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise Conflict(f"{out} already exists and is not empty: choose another --out or remove it", field="out")
-    listing = c.get(f"/api/models/{name}/versions/{version}/files")
+    listing = c.get(url_path("api", "models", name, "versions", version, "files"))
     stage = out.parent / f".{out.name}.partial"
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
@@ -36,7 +37,8 @@ def download_version(c: Client, name: str, version: str, out: Path, *, quiet: bo
                 target = stage / f["path"]
                 target.parent.mkdir(parents=True, exist_ok=True)
                 bar.update(task, description=f"{name}:{version} {f['path']}")
-                path = f"/api/models/{name}/versions/{version}/files/{quote(f['path'])}"
+                files = url_path("api", "models", name, "versions", version, "files")
+                path = f"{files}/{quote(f['path'])}"  # a file's own path keeps its slashes
                 _fetch(c, path, target, lambda n: bar.advance(task, n))
         if out.exists():
             out.rmdir()

@@ -11,7 +11,7 @@ import typer
 
 from forgeflow.cli.common import JsonOpt, client, command, console, kv, print_json, table
 from forgeflow.errors import InvalidInput, NotFound
-from forgeflow.names import parse_assignments
+from forgeflow.names import parse_assignments, url_path
 from forgeflow.store.states import DeploymentState
 
 endpoint_app = typer.Typer(help="Online endpoints: scoring URI, keys, traffic across deployments.", no_args_is_help=True)
@@ -58,7 +58,7 @@ def ep_list(json_out: bool = JsonOpt) -> None:
 @command
 def ep_show(name: str = NameOpt, json_out: bool = JsonOpt) -> None:
     """Scoring URI, traffic, state and deployments of an endpoint."""
-    ep = client().get(f"/api/endpoints/{name}")
+    ep = client().get(url_path("api", "endpoints", name))
     print_json(ep) if json_out else kv(ep)
 
 
@@ -87,7 +87,7 @@ def ep_update(name: str = NameOpt,
         body["traffic"] = _percentages(traffic, "--traffic")
     if mirror_traffic:
         body["mirror_traffic"] = _percentages(mirror_traffic, "--mirror-traffic")
-    ep = client().patch(f"/api/endpoints/{name}", body)
+    ep = client().patch(url_path("api", "endpoints", name), body)
     if json_out:
         print_json(ep)
     else:
@@ -126,7 +126,7 @@ def ep_delete(name: str = NameOpt, yes: bool = typer.Option(False, "--yes", "-y"
     """Delete an endpoint, stopping its deployments."""
     if not yes and not json_out and not typer.confirm(f"Delete endpoint {name} and its deployments?", default=True):
         raise typer.Exit(1)
-    out = client().delete(f"/api/endpoints/{name}")
+    out = client().delete(url_path("api", "endpoints", name))
     print_json(out) if json_out else console.print(f"deleted endpoint {name}")
 
 
@@ -134,7 +134,7 @@ def ep_delete(name: str = NameOpt, yes: bool = typer.Option(False, "--yes", "-y"
 @command
 def ep_credentials(name: str = NameOpt, json_out: bool = JsonOpt) -> None:
     """The endpoint's primary and secondary keys, or a fresh expiring token (token auth)."""
-    keys = client().get(f"/api/endpoints/{name}/credentials")
+    keys = client().get(url_path("api", "endpoints", name, "credentials"))
     print_json(keys) if json_out else kv(keys)
 
 
@@ -144,7 +144,7 @@ def ep_regenerate(name: str = NameOpt,
                   key_type: str = typer.Option("primary", "--key-type", help="primary or secondary."),
                   json_out: bool = JsonOpt) -> None:
     """Replace the primary or secondary key; the old one fails at once."""
-    keys = client().post(f"/api/endpoints/{name}/regenerate-keys", {"key_type": key_type})
+    keys = client().post(url_path("api", "endpoints", name, "regenerate-keys"), {"key_type": key_type})
     print_json(keys) if json_out else console.print(f"regenerated the {key_type} key of {name}")
 
 
@@ -162,7 +162,7 @@ def ep_invoke(name: str = NameOpt,
     except ValueError as e:
         raise InvalidInput(f"{request_file} is not valid JSON: {e}") from None
     c = client()
-    creds = c.get(f"/api/endpoints/{name}/credentials")
+    creds = c.get(url_path("api", "endpoints", name, "credentials"))
     key = creds.get("primary_key") or creds["access_token"]
     out = c.score(name, body, key=key, deployment=deployment_name)
     print_json(out) if json_out else console.print(out.get("output", out) if isinstance(out, dict) else out, markup=False)
@@ -215,11 +215,11 @@ def dep_create(name: str = DepName, endpoint_name: str = EpName,
     for key, value in (("cpus", instance_cpus), ("gpus", instance_gpus), ("memory_mb", instance_memory)):
         if value is not None:
             body.setdefault("resources", {})[key] = value
-    dep = c.post(f"/api/endpoints/{endpoint_name}/deployments", body)
+    dep = c.post(url_path("api", "endpoints", endpoint_name, "deployments"), body)
     if not no_wait:
         dep = wait_ready(endpoint_name, name, quiet=json_out)
     if all_traffic and dep["provisioning_state"] == DeploymentState.SUCCEEDED:
-        c.patch(f"/api/endpoints/{endpoint_name}", {"traffic": {name: 100}})
+        c.patch(url_path("api", "endpoints", endpoint_name), {"traffic": {name: 100}})
     _report(dep, json_out)
 
 
@@ -228,7 +228,7 @@ def wait_ready(endpoint: str, name: str, *, quiet: bool = False, timeout_s: floa
     deadline = time.monotonic() + timeout_s
     with console.status(f"starting deployment {name} ...", spinner="dots") if not quiet else nullcontext():
         while True:
-            dep = c.get(f"/api/endpoints/{endpoint}/deployments/{name}")
+            dep = c.get(url_path("api", "endpoints", endpoint, "deployments", name))
             settled = dep["provisioning_state"] in (DeploymentState.SUCCEEDED, DeploymentState.FAILED)
             if settled or time.monotonic() > deadline:
                 return dep
@@ -239,7 +239,7 @@ def wait_ready(endpoint: str, name: str, *, quiet: bool = False, timeout_s: floa
 @command
 def dep_list(endpoint_name: str = EpName, json_out: bool = JsonOpt) -> None:
     """Deployments of an endpoint."""
-    rows = client().get(f"/api/endpoints/{endpoint_name}/deployments")
+    rows = client().get(url_path("api", "endpoints", endpoint_name, "deployments"))
     if json_out:
         print_json(rows)
         return
@@ -254,7 +254,7 @@ def dep_list(endpoint_name: str = EpName, json_out: bool = JsonOpt) -> None:
 @command
 def dep_show(name: str = DepName, endpoint_name: str = EpName, json_out: bool = JsonOpt) -> None:
     """A deployment's model, state, settings and instances, with where each runs (its node, on a cluster)."""
-    dep = client().get(f"/api/endpoints/{endpoint_name}/deployments/{name}")
+    dep = client().get(url_path("api", "endpoints", endpoint_name, "deployments", name))
     print_json(dep) if json_out else kv(dep)
 
 
@@ -268,7 +268,7 @@ def dep_update(name: str = DepName, endpoint_name: str = EpName,
                no_wait: bool = typer.Option(False, "--no-wait", help="Return at once instead of waiting for the roll-out."),
                json_out: bool = JsonOpt) -> None:
     """Change a deployment; new instances are ready before old ones stop, so no request is dropped."""
-    dep = client().patch(f"/api/endpoints/{endpoint_name}/deployments/{name}", {"set": parse_sets(sets)})
+    dep = client().patch(url_path("api", "endpoints", endpoint_name, "deployments", name), {"set": parse_sets(sets)})
     if not no_wait:
         dep = wait_ready(endpoint_name, name, quiet=json_out)
     _report(dep, json_out)
@@ -289,7 +289,7 @@ def _report(dep: dict, json_out: bool) -> None:
 @command
 def dep_delete(name: str = DepName, endpoint_name: str = EpName, json_out: bool = JsonOpt) -> None:
     """Stop and remove a deployment (it must take no traffic)."""
-    out = client().delete(f"/api/endpoints/{endpoint_name}/deployments/{name}")
+    out = client().delete(url_path("api", "endpoints", endpoint_name, "deployments", name))
     print_json(out) if json_out else console.print(f"deleted deployment {name}")
 
 
@@ -298,5 +298,6 @@ def dep_delete(name: str = DepName, endpoint_name: str = EpName, json_out: bool 
 def dep_logs(name: str = DepName, endpoint_name: str = EpName, lines: int = typer.Option(100, help="Lines per instance."),
              json_out: bool = JsonOpt) -> None:
     """The model-server log of each instance."""
-    out = client().get(f"/api/endpoints/{endpoint_name}/deployments/{name}/logs", params={"lines": lines})
+    out = client().get(url_path("api", "endpoints", endpoint_name, "deployments", name, "logs"),
+                       params={"lines": lines})
     print_json(out) if json_out else console.print(out["text"], markup=False, highlight=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from forgeflow.names import url_path
 from forgeflow.store.states import JobStatus
 
 TOKEN_KEYS = ("trained_tokens", "num_tokens")
@@ -113,8 +114,8 @@ def follow(c: Any, job_id: str, *, quiet: bool = False, show_logs: bool = False,
     with Progress(*columns, console=console, disable=quiet, transient=False) as bar:
         task = bar.add_task(f"{job_id} Queued", total=None, steps="", eta="", stats="")
         while True:
-            job = c.get(f"/api/jobs/{job_id}")
-            rows = c.get(f"/api/jobs/{job_id}/metrics", params={"offset": offset})
+            job = c.get(url_path("api", "jobs", job_id))
+            rows = c.get(url_path("api", "jobs", job_id, "metrics"), params={"offset": offset})
             offset += len(rows)
             watch.update(job, rows)
             done = JobStatus(job["status"]).terminal
@@ -123,7 +124,7 @@ def follow(c: Any, job_id: str, *, quiet: bool = False, show_logs: bool = False,
             bar.update(task, description=f"{job['id']} {job['status']}", total=total, completed=completed,
                        **watch.fields())
             if show_logs and not quiet:
-                logs = c.get(f"/api/jobs/{job_id}/logs", params={"offset": log_offset})
+                logs = c.get(url_path("api", "jobs", job_id, "logs"), params={"offset": log_offset})
                 log_offset = logs["next_offset"]
                 if logs["text"]:
                     bar.console.print(logs["text"].rstrip(), markup=False, highlight=False)

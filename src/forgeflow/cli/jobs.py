@@ -9,7 +9,7 @@ from typer.core import TyperCommand
 
 from forgeflow.cli.common import JsonOpt, client, command, console, kv, print_json, table
 from forgeflow.errors import InvalidInput
-from forgeflow.names import parse_assignments
+from forgeflow.names import parse_assignments, url_path
 from forgeflow.store.states import JobStatus
 
 app = typer.Typer(help="Fine-tuning jobs.", no_args_is_help=True)
@@ -111,7 +111,7 @@ def resume(job_id: str = typer.Argument(help="Job id or name."),
            stream_: bool = typer.Option(False, "--stream", help="Follow the job until it ends."),
            json_out: bool = JsonOpt) -> None:
     """Continue a Failed or Canceled job (or one whose worker died) from its last checkpoint."""
-    job = client().post(f"/api/jobs/{job_id}/resume")
+    job = client().post(url_path("api", "jobs", job_id, "resume"))
     if not json_out:
         ckpt = job.get("last_checkpoint")
         console.print(f"job [bold]{job['id']}[/] continues from {Path(ckpt).name if ckpt else 'the start (no checkpoint yet)'}")
@@ -141,8 +141,8 @@ def list_(json_out: bool = JsonOpt) -> None:
 def show(job_id: str = typer.Argument(help="Job id or name."), json_out: bool = JsonOpt) -> None:
     """Status, settings, losses, outputs and the log tail of a job."""
     c = client()
-    job = c.get(f"/api/jobs/{job_id}")
-    job["metrics_history"] = c.get(f"/api/jobs/{job_id}/metrics")
+    job = c.get(url_path("api", "jobs", job_id))
+    job["metrics_history"] = c.get(url_path("api", "jobs", job_id, "metrics"))
     if json_out:
         print_json(job)
         return
@@ -161,7 +161,7 @@ def show(job_id: str = typer.Argument(help="Job id or name."), json_out: bool = 
     for kind, path in (job.get("outputs") or {}).items():
         label = {"mlflow_model": "merged model (MLflow)", "adapter": "LoRA adapter"}.get(kind, kind)
         console.print(f"[bold]{label}[/]: {path}", highlight=False, soft_wrap=True)
-    text = c.get(f"/api/jobs/{job['id']}/logs")["text"]
+    text = c.get(url_path("api", "jobs", job['id'], "logs"))["text"]
     if text:
         console.print("[bold]log tail[/]:")
         console.print("\n".join(text.rstrip().splitlines()[-10:]), markup=False, highlight=False)
@@ -171,5 +171,5 @@ def show(job_id: str = typer.Argument(help="Job id or name."), json_out: bool = 
 @command
 def cancel(job_id: str = typer.Argument(help="Job id or name."), json_out: bool = JsonOpt) -> None:
     """Ask a queued or running job to stop; it ends Canceled with its logs kept."""
-    job = client().post(f"/api/jobs/{job_id}/cancel")
+    job = client().post(url_path("api", "jobs", job_id, "cancel"))
     print_json(job) if json_out else console.print(f"job {job['id']} {job['status']}")

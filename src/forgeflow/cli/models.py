@@ -9,7 +9,7 @@ import typer
 
 from forgeflow.cli.common import JsonOpt, client, command, console, kv, print_json, table
 from forgeflow.errors import InvalidInput
-from forgeflow.names import parse_assignments
+from forgeflow.names import parse_assignments, url_path
 
 app = typer.Typer(help="Base models and the model registry.", no_args_is_help=True)
 
@@ -74,7 +74,7 @@ def create(
 def show(ref: str = typer.Argument(help="NAME or NAME:VERSION (base models too)."), json_out: bool = JsonOpt) -> None:
     """Show a model: path, source job, base model, tags, description and the settings it was trained with."""
     name, _, version = ref.partition(":")
-    mv = client().get(f"/api/models/{name}", params={"version": version} if version else None)
+    mv = client().get(url_path("api", "models", name), params={"version": version} if version else None)
     if json_out:
         print_json(mv)
         return
@@ -87,7 +87,7 @@ def show(ref: str = typer.Argument(help="NAME or NAME:VERSION (base models too).
 
 
 def _version_path(name: str, version: str) -> str:
-    return f"/api/models/{name}/versions/{version}"
+    return url_path("api", "models", name, "versions", version)
 
 
 NameOpt = typer.Option(..., "--name", help="Registered model name.")

@@ -12,6 +12,7 @@ from urllib.parse import urlparse
 import typer
 
 from forgeflow.cli.common import client, command, console, print_json
+from forgeflow.names import url_path
 from forgeflow.store.home import Paths, server_url
 from forgeflow.store.states import JobStatus
 
@@ -74,21 +75,21 @@ def _deploy(c, model_ref: str) -> None:
     from forgeflow.errors import NotFound
 
     try:
-        c.get(f"/api/endpoints/{ENDPOINT}")
+        c.get(url_path("api", "endpoints", ENDPOINT))
     except NotFound:
         c.post("/api/endpoints", {"name": ENDPOINT})
         console.print(f"created endpoint {ENDPOINT}")
-    existing = {d["name"]: d for d in c.get(f"/api/endpoints/{ENDPOINT}/deployments")}
+    existing = {d["name"]: d for d in c.get(url_path("api", "endpoints", ENDPOINT, "deployments"))}
     wanted = {"blue": model_ref, "base": BASE_MODEL}
     for name, ref in wanted.items():
         dep = existing.get(name)
         if dep and dep["model"] != ref:
-            if c.get(f"/api/endpoints/{ENDPOINT}")["traffic"].get(name):
-                c.patch(f"/api/endpoints/{ENDPOINT}", {"traffic": {}})
-            c.delete(f"/api/endpoints/{ENDPOINT}/deployments/{name}")
+            if c.get(url_path("api", "endpoints", ENDPOINT))["traffic"].get(name):
+                c.patch(url_path("api", "endpoints", ENDPOINT), {"traffic": {}})
+            c.delete(url_path("api", "endpoints", ENDPOINT, "deployments", name))
             dep = None
         if dep is None:
-            c.post(f"/api/endpoints/{ENDPOINT}/deployments", {"name": name, "model": ref})
+            c.post(url_path("api", "endpoints", ENDPOINT, "deployments"), {"name": name, "model": ref})
     for name in wanted:
         dep = wait_ready(ENDPOINT, name)
         if dep["provisioning_state"] != "Succeeded":
@@ -96,7 +97,7 @@ def _deploy(c, model_ref: str) -> None:
 
             raise UpstreamError(f"deployment {name} failed: {dep.get('error')}")
         console.print(f"deployment {name} ({dep['model']}) ready")
-    c.patch(f"/api/endpoints/{ENDPOINT}", {"traffic": {"blue": 100, "base": 0}})
+    c.patch(url_path("api", "endpoints", ENDPOINT), {"traffic": {"blue": 100, "base": 0}})
 
 
 def _flow_dir() -> Path:
@@ -146,12 +147,12 @@ def quickstart(
 
     _step(6, f"deploy to online endpoint {ENDPOINT}")
     _deploy(c, f"{mv['name']}:{mv['version']}")
-    ep = c.get(f"/api/endpoints/{ENDPOINT}")
+    ep = c.get(url_path("api", "endpoints", ENDPOINT))
     console.print(f"scoring URI: {ep['scoring_uri']}")
 
     _step(7, "connect a flow and chat")
-    keys = c.get(f"/api/endpoints/{ENDPOINT}/credentials")
-    c.put(f"/api/connections/{CONNECTION}", {"name": CONNECTION, "type": "custom",
+    keys = c.get(url_path("api", "endpoints", ENDPOINT, "credentials"))
+    c.put(url_path("api", "connections", CONNECTION), {"name": CONNECTION, "type": "custom",
                                               "configs": {"endpoint": ep["scoring_uri"]}, "secrets": {"key": keys["primary_key"]}})
     body = score_body([{"role": "user", "content": SAMPLE_QUESTION}], temperature=0.0, do_sample=False,
                       max_new_tokens=64)

@@ -7,6 +7,7 @@ import typer
 
 from forgeflow.cli.common import JsonOpt, client, command, console, err_console, print_json, table
 from forgeflow.cli.users import print_new_token
+from forgeflow.names import url_path
 
 
 @command
@@ -41,7 +42,7 @@ def list_(
 def revoke(token_id: str = typer.Argument(..., help="The token's id (forgeflow token list)."),
            json_out: bool = JsonOpt) -> None:
     """Revoke a token: it, and every Studio session signed in with it, stop working at once on every server."""
-    row = client().delete(f"/api/tokens/{token_id}")
+    row = client().delete(url_path("api", "tokens", token_id))
     print_json(row) if json_out else console.print(f"revoked token {row['id']} of {row['user']}", highlight=False)
 
 
@@ -58,10 +59,14 @@ def rotate(json_out: bool = JsonOpt) -> None:
     if api.healthy():
         result = api.post("/api/token/rotate") | {"server": api.url}
     else:
+        from forgeflow.store.identity import OWNER_USER, Role
         from forgeflow.store.workspace import Workspace
 
         ws = Workspace.open()
         result = ws.rotate_admin_token() | {"server": None, "home": str(ws.paths.root)}
+        # No server saw this change, so no guard wrote its row: the audit log still says who did it and from where.
+        ws.audit.record("POST /api/token/rotate", status=200, user=OWNER_USER, role=Role.OWNER, client="local",
+                        detail={"token": "owner", "sessions_ended": result["sessions_ended"]})
     if json_out:
         print_json(result)
         return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from forgeflow.cli.common import JsonOpt, client, command, console, err_console, kv, print_json, table
+from forgeflow.names import url_path
 
 app = typer.Typer(help="Users of the workspace and their roles: reader (sees all but secrets, changes nothing), "
                   "contributor (creates and runs jobs, models, endpoints, flows, connections), owner (also users, "
@@ -51,7 +52,7 @@ def list_(json_out: bool = JsonOpt) -> None:
 @command
 def show(name: str = typer.Argument(..., help="The user."), json_out: bool = JsonOpt) -> None:
     """One user and their role."""
-    row = client().get(f"/api/users/{name}")
+    row = client().get(url_path("api", "users", name))
     print_json(row) if json_out else kv(row)
 
 
@@ -59,7 +60,7 @@ def show(name: str = typer.Argument(..., help="The user."), json_out: bool = Jso
 @command
 def update(name: str = typer.Argument(..., help="The user."), role: str = RoleOpt, json_out: bool = JsonOpt) -> None:
     """Give a user another role (owner only); their tokens and Studio sessions take it at their next request."""
-    row = client().patch(f"/api/users/{name}", {"role": role})
+    row = client().patch(url_path("api", "users", name), {"role": role})
     print_json(row) if json_out else console.print(f"user {row['name']} is now {row['role']}", highlight=False)
 
 
@@ -67,7 +68,7 @@ def update(name: str = typer.Argument(..., help="The user."), role: str = RoleOp
 @command
 def delete(name: str = typer.Argument(..., help="The user."), json_out: bool = JsonOpt) -> None:
     """Remove a user (owner only): every token of theirs is revoked at once, and their Studio sessions end."""
-    out = client().delete(f"/api/users/{name}")
+    out = client().delete(url_path("api", "users", name))
     if json_out:
         print_json(out)
         return
@@ -78,4 +79,7 @@ def delete(name: str = typer.Argument(..., help="The user."), json_out: bool = J
 def whoami(json_out: bool = JsonOpt) -> None:
     """Who the CLI acts as (FORGEFLOW_TOKEN, else this machine's owner token): user, role, token, expiry."""
     me = client().get("/api/me")
-    print_json(me) if json_out else kv(me, ["user", "role", "token_id", "expires_at_utc"])
+    if json_out:
+        print_json(me)
+        return
+    kv(me | {"token_id": me["token_id"] or "(owner token)"}, ["user", "role", "token_id", "expires_at_utc"])

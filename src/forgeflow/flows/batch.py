@@ -27,7 +27,7 @@ from forgeflow.flows.result import RunStatus
 from forgeflow.flows.runs import RunRecord, new_run_name, now
 from forgeflow.names import parse_assignments
 
-_EXPR = re.compile(r"^\$\{\s*(data|run\.outputs|run\.inputs)\.([^{}\s]+)\s*\}$")
+_EXPR = re.compile(r"\$\{\s*(data|run\.outputs|run\.inputs)\.([^{}\s]+)\s*\}")
 ProgressFn = Callable[[int, int, dict], None]
 
 
@@ -59,7 +59,7 @@ def parse_column_mapping(items: list[str] | None, flow: Flow) -> dict[str, Any]:
         if key not in flow.inputs:
             raise InvalidInput(f"--column-mapping {key}: the flow has no input {key!r} (inputs: {', '.join(flow.inputs)})",
                                field="column_mapping")
-        if value.startswith("${") and not _EXPR.match(value):
+        if value.startswith("${") and not _EXPR.fullmatch(value):
             raise InvalidInput(f"--column-mapping {key}={value}: use ${{data.COLUMN}}, ${{run.outputs.NAME}} "
                                f"or ${{run.inputs.NAME}}", field="column_mapping")
         mapping[key] = value
@@ -70,7 +70,7 @@ def line_inputs(flow: Flow, row: dict, base: dict | None, mapping: dict[str, Any
     """The flow inputs of one line: mapped values, else the row's column of the same name."""
     inputs = {name: row[name] for name in flow.inputs if name in row}
     for key, value in mapping.items():
-        m = _EXPR.match(value) if isinstance(value, str) else None
+        m = _EXPR.fullmatch(value) if isinstance(value, str) else None
         if m is None:
             inputs[key] = value
             continue

@@ -226,7 +226,7 @@ def make_connection(found: dict, annotation: Any) -> Any:
     return cls(name=name, **fields)
 
 
-_ENV = re.compile(r"^\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}$")
+_ENV = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 def resolve_env_refs(conn: dict, where: str) -> dict:
@@ -234,7 +234,7 @@ def resolve_env_refs(conn: dict, where: str) -> dict:
     def fix(section: str) -> dict:
         out = {}
         for key, value in (conn.get(section) or {}).items():
-            m = _ENV.match(value.strip()) if isinstance(value, str) else None
+            m = _ENV.fullmatch(value.strip()) if isinstance(value, str) else None
             if m:
                 if m.group(1) not in os.environ:
                     raise InvalidInput(f"{where}: {section}.{key} reads ${{env:{m.group(1)}}} but it is not set", field=key)

@@ -9,7 +9,7 @@ from typing import Any
 from forgeflow.errors import InvalidInput, NotFound
 from forgeflow.store.connections import TYPES
 from forgeflow.yamlfile import load_yaml
-_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_NAME = re.compile(r"[A-Za-z0-9_-]+")
 _IGNORED = {"$schema", "name", "type", "module"}
 _SECRET_FIELDS = {"api_key"}
 # Where a plain `--set NAME=VALUE` goes for the typed connections (Prompt flow's field names).
@@ -37,7 +37,7 @@ def parse_connection(raw: Any, source: str = "connection") -> dict:
     if not isinstance(raw, dict):
         raise InvalidInput(f"{source}: expected a mapping with name, type, configs, secrets")
     name = raw.get("name")
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise InvalidInput(
             f"{source}: name {name!r} must be letters, digits, '_' or '-' (e.g. custom-phi3)", field="name"
         )

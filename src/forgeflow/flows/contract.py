@@ -20,7 +20,7 @@ from forgeflow.errors import InvalidInput
 
 INPUT_TYPES = ("string", "int", "double", "bool", "list", "object")
 ANY = "any"  # internal type of un-annotated flex inputs: no coercion
-_REF = re.compile(r"^\$\{([^{}]*)\}$")
+_REF = re.compile(r"\$\{([^{}]*)\}")
 _MISSING = object()
 _REPR = reprlib.Repr()  # a wrong value as an error message shows it: never the whole of a huge one
 _REPR.maxstring = _REPR.maxother = 80
@@ -140,7 +140,7 @@ def parse_reference(value: Any, where: str) -> Reference | None:
     """A Reference when `value` is exactly `${...}`, else None (a literal)."""
     if not isinstance(value, str):
         return None
-    m = _REF.match(value.strip())
+    m = _REF.fullmatch(value.strip())
     if not m:
         return None
     parts = [p.strip() for p in m.group(1).split(".")]

@@ -26,7 +26,7 @@ from forgeflow.flows.rules import check_aggregation, check_chat_rules, parse_env
 
 DAG_FILES = ("flow.dag.yaml", "flow.dag.yml")
 NODE_TYPES = ("python", "llm", "prompt")
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def find_dag_file(flow_dir: Path) -> Path:
@@ -153,7 +153,7 @@ def load_dag(path: Path, raw: dict) -> Flow:
     variables, requirements, includes = parse_environment(raw, flow_dir, path)
     flow_inputs = {str(k): parse_input(str(k), v, path) for k, v in mapping(raw.get("inputs"), "inputs").items()}
     for name in flow_inputs:
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             raise InvalidInput(f"{path.name}: input name {name!r} must be a Python identifier", field=f"inputs.{name}")
     raw_nodes = raw.get("nodes") or []
     if not isinstance(raw_nodes, list):

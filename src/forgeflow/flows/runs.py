@@ -19,7 +19,7 @@ from forgeflow.errors import Conflict, InvalidInput, NotFound
 from forgeflow.flows.result import jsonable
 from forgeflow.store.home import home_dir
 
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 
 def runs_root() -> Path:
@@ -45,7 +45,7 @@ class RunRecord:
 
     @classmethod
     def create(cls, name: str, meta: dict) -> "RunRecord":
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             raise InvalidInput(f"invalid run name {name!r}: letters, digits, '_', '-', '.' up to 128", field="name")
         run_dir = runs_root() / name
         try:
@@ -61,7 +61,7 @@ class RunRecord:
     @classmethod
     def open(cls, name: str) -> "RunRecord":
         run_dir = runs_root() / name
-        if not _NAME.match(name or "") or not (run_dir / "meta.json").is_file():
+        if not _NAME.fullmatch(name or "") or not (run_dir / "meta.json").is_file():
             raise NotFound(f"no flow run named {name!r} (see: forgeflow flow run list)", field="run")
         return cls(name, run_dir)
 

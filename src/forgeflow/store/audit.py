@@ -18,31 +18,37 @@ from forgeflow.store.db import Store, now
 TABLE = "audit_log"
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
-_AGO = re.compile(r"^\s*(\d{1,6})\s*([smhdw])\s*$")
+_AGO = re.compile(r"\s*(\d{1,6})\s*([smhdw])\s*")  # used with fullmatch
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
 def since_time(text: str, at: datetime | None = None) -> str:
     """`--since` as the ISO-8601 UTC time rows are kept in: a span back from now (`30m`, `1h`, `2d`, `1w`) or a
     time (`2026-05-01`, `2026-05-01T12:00:00Z`; without a zone it is UTC)."""
-    match = _AGO.match(text or "")
-    if match:
-        moment = (at or datetime.now(timezone.utc)) - timedelta(**{_UNITS[match[2]]: int(match[1])})
-    else:
-        try:
-            moment = datetime.fromisoformat(text.strip())
-        except (ValueError, AttributeError):
-            raise InvalidInput(f"since {text!r} is neither a span back from now (30m, 1h, 2d, 1w) nor an ISO time "
-                               "(2026-05-01T12:00:00Z)", field="since") from None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc).isoformat(timespec="seconds")
+    match = _AGO.fullmatch(text or "")
+    try:
+        if match:
+            moment = (at or datetime.now(timezone.utc)) - timedelta(**{_UNITS[match[2]]: int(match[1])})
+        else:
+            try:
+                moment = datetime.fromisoformat(text.strip())
+            except (ValueError, AttributeError):
+                raise InvalidInput(f"since {text!r} is neither a span back from now (30m, 1h, 2d, 1w) nor an ISO "
+                                   "time (2026-05-01T12:00:00Z)", field="since") from None
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=timezone.utc)
+        return moment.astimezone(timezone.utc).isoformat(timespec="seconds")
+    except OverflowError:  # before year 1 or after 9999 once in UTC: no date Python (or the log) can hold
+        raise InvalidInput(f"since {text!r} reaches outside the years 1 to 9999 (in UTC): give a later span or an "
+                           "earlier time", field="since") from None
 
 
 def _text(value: str | None, limit: int) -> str | None:
-    """A value from a request (a path, a name) as the log keeps it: cut to its column, without NUL characters,
-    which Postgres cannot store."""
-    return None if value is None else value.replace("\x00", "")[:limit]
+    """A value from a request (a path, a name) as the log keeps it: cut to its column, without control characters
+    (NUL, which Postgres cannot store; a newline or an escape that would forge lines or colours where it is
+    shown)."""
+    return None if value is None else _CONTROL.sub("", value)[:limit]
 
 
 class AuditLog:

@@ -10,7 +10,8 @@ import importlib.util
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlsplit, urlunsplit
+from collections.abc import Mapping
+from urllib.parse import quote, unquote
 
 from forgeflow.errors import InvalidInput
 
@@ -21,6 +22,9 @@ DATABASE_URL_ENV = "FORGEFLOW_DATABASE_URL"
 MLFLOW_SCHEMA = "mlflow"
 POSTGRES = "postgresql+psycopg"
 MASK = "***"
+USER_PASSWORD = ""  # split_password's key for the password of a URL's user part
+QUERY_PASSWORDS = ("password", "sslpassword")  # query parameters libpq reads as passwords
+QUERY_PASSWORDS_ENV = "FORGEFLOW_URI_QUERY_PASSWORDS"  # a worker's: the query passwords of its MLflow URI, as JSON
 # Object stores MLflow can keep artifacts in, and the library it needs for each.
 OBJECT_STORES = {"s3": ("boto3", "boto3"), "gs": ("google.cloud.storage", "google-cloud-storage"),
                  "wasbs": ("azure.storage.blob", "azure-storage-blob")}
@@ -48,70 +52,134 @@ def load(config_file: Path, decrypt) -> WorkspaceConfig:
         return WorkspaceConfig()
     except ValueError:
         raise InvalidInput(f"{config_file} is not valid JSON: fix it or run forgeflow init again") from None
-    secrets = doc.get("passwords") or {}
+    passwords = doc.get("passwords") or {}
+    in_queries = doc.get("query_passwords") or {}
     values = {}
     for name in ("database_url", "mlflow_uri", "artifacts_root", "mlflow_artifacts"):
         value = doc.get(name)
-        if value and name in secrets:
-            value = with_password(value, decrypt(secrets[name]))
-        values[name] = value
+        found = {key: decrypt(v) for key, v in (in_queries.get(name) or {}).items()}
+        if name in passwords:
+            found[USER_PASSWORD] = unquote(decrypt(passwords[name]))  # kept percent-encoded, as in the URL
+        values[name] = with_passwords(value, found) if value and found else value
     return WorkspaceConfig(**values)
 
 
 def dump(config: WorkspaceConfig, encrypt) -> bytes:
-    """The file's bytes: URLs without their passwords, each password encrypted by `encrypt` under `passwords`."""
+    """The file's bytes: URLs without their passwords, each password encrypted by `encrypt`: the user part's under
+    `passwords`, a query parameter's (password, sslpassword) under `query_passwords`."""
     doc: dict = {}
-    passwords = {}
+    passwords, in_queries = {}, {}
     for name, value in asdict(config).items():
         if value is None:
             continue
-        public, password = split_password(value)
+        public, found = split_password(value)
         doc[name] = public
-        if password is not None:
-            passwords[name] = encrypt(password)
+        if USER_PASSWORD in found:
+            passwords[name] = encrypt(quote(found.pop(USER_PASSWORD), safe=""))
+        if found:
+            in_queries[name] = {key: encrypt(v) for key, v in found.items()}
     if passwords:
         doc["passwords"] = passwords
+    if in_queries:
+        doc["query_passwords"] = in_queries
     return (json.dumps(doc, indent=2) + "\n").encode()
 
 
-def split_password(url: str) -> tuple[str, str | None]:
-    """`url` without the password of its user part, and that password (still percent-encoded) or None."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url, None
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    user, colon, password = userinfo.partition(":")
-    if not colon:
-        return url, None
-    return urlunsplit(parts._replace(netloc=f"{user}@{hostport}")), password
+def _parse(url: str):
+    """`url` read as SQLAlchemy reads it (its password ends at the last '@' before the host, so it may hold '/',
+    '?' or '#'), or None when it is no URL SQLAlchemy can read."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url)
+    except (ArgumentError, ValueError, TypeError):
+        return None
 
 
-def with_password(url: str, password: str) -> str:
-    parts = urlsplit(url)
-    userinfo, _, hostport = parts.netloc.rpartition("@")
-    return urlunsplit(parts._replace(netloc=f"{userinfo}:{password}@{hostport}"))
+def split_password(url: str) -> tuple[str, dict[str, str]]:
+    """`url` without its passwords, and those passwords (decoded) by where they were: USER_PASSWORD for the user
+    part's, the parameter's name for a query's (QUERY_PASSWORDS). Read as SQLAlchemy reads the URL, so what the
+    database is sent as a password is what is taken out."""
+    parsed = _parse(url)
+    if parsed is None:
+        return url, {}
+    found = {key: _one(parsed.query[key]) for key in QUERY_PASSWORDS if key in parsed.query}
+    if parsed.password is not None:
+        found[USER_PASSWORD] = parsed.password
+    if not found:
+        return url, {}
+    return _render(parsed, password=None, query={k: v for k, v in parsed.query.items() if k not in found}), found
+
+
+def with_passwords(url: str, found: dict[str, str]) -> str:
+    """`url` (as split_password left it) with its passwords put back."""
+    parsed = _parse(url)
+    if parsed is None:
+        return url
+    query = dict(parsed.query) | {k: v for k, v in found.items() if k != USER_PASSWORD}
+    return _render(parsed, password=found.get(USER_PASSWORD, parsed.password), query=query)
+
+
+def _render(parsed, *, password: str | None, query: dict, hide: bool = False) -> str:
+    from sqlalchemy.engine import URL
+
+    return URL.create(parsed.drivername, parsed.username, password, parsed.host, parsed.port, parsed.database,
+                      query).render_as_string(hide_password=hide)
+
+
+def _one(value: str | tuple[str, ...]) -> str:
+    """A query parameter given twice counts as its last value, as libpq reads it."""
+    return value if isinstance(value, str) else value[-1]
 
 
 def mask(url: str | None) -> str | None:
-    """The URL as it may be shown: its password replaced by ***."""
+    """The URL as it may be shown: each password (the user part's, a query's) replaced by ***. A text that looks like
+    a URL (or a user part) that SQLAlchemy cannot read is shown by its scheme alone: where a password would be in it
+    cannot be told. A path is shown as it is."""
     if not url:
         return url
-    public, password = split_password(url)
-    return url if password is None else with_password(public, MASK)
+    parsed = _parse(url)
+    if parsed is None:
+        scheme, sep, _ = url.partition("://")
+        return f"{scheme}://{MASK}" if sep else MASK if "@" in url else url
+    secret = [key for key in QUERY_PASSWORDS if key in parsed.query]
+    if parsed.password is None and not secret:
+        return url
+    rest = {k: v for k, v in parsed.query.items() if k not in secret}
+    shown = _render(parsed, password=parsed.password, query=rest, hide=True)
+    # the masked parameters go last, unquoted, so they read *** rather than %2A%2A%2A
+    return shown + "".join(f"{'&' if rest or i else '?'}{key}={MASK}" for i, key in enumerate(secret))
 
 
 def password_env(uri: str) -> tuple[str, dict[str, str]]:
-    """`uri` without its password, and the environment that hands the password to a worker instead: PGPASSWORD
-    (libpq reads it) for Postgres, MLflow's MLFLOW_TRACKING_USERNAME/PASSWORD for an MLflow server."""
-    public, password = split_password(uri)
-    if password is None:
+    """`uri` without its passwords, and the environment that hands them to a worker instead: PGPASSWORD (libpq
+    reads it) for Postgres, MLflow's MLFLOW_TRACKING_USERNAME/PASSWORD for an MLflow server, and a query's
+    passwords (sslpassword has no variable of libpq's) in QUERY_PASSWORDS_ENV, which `worker_uri` puts back."""
+    public, found = split_password(uri)
+    if not found:
         return uri, {}
+    env: dict[str, str] = {}
+    in_query = {k: v for k, v in found.items() if k != USER_PASSWORD}
+    if in_query:
+        env[QUERY_PASSWORDS_ENV] = json.dumps(in_query)
+    password = found.get(USER_PASSWORD)
     if uri.startswith(("http://", "https://")):
-        parts = urlsplit(public)
-        user, _, hostport = parts.netloc.rpartition("@")
-        bare = urlunsplit(parts._replace(netloc=hostport))
-        return bare, {"MLFLOW_TRACKING_USERNAME": unquote(user), "MLFLOW_TRACKING_PASSWORD": unquote(password)}
-    return public, {"PGPASSWORD": unquote(password)}
+        parsed = _parse(public)
+        if password is not None:
+            env |= {"MLFLOW_TRACKING_USERNAME": parsed.username or "", "MLFLOW_TRACKING_PASSWORD": password}
+            public = _render(parsed._replace(username=None), password=None, query=dict(parsed.query))
+        return public, env
+    if password is not None:
+        env["PGPASSWORD"] = password
+    return public, env
+
+
+def worker_uri(public: str, environ: Mapping[str, str]) -> str:
+    """In a worker: the URI its job file names with the query passwords its environment holds put back (see
+    password_env; PGPASSWORD and MLflow's variables are read by libpq and MLflow themselves)."""
+    extra = environ.get(QUERY_PASSWORDS_ENV)
+    return with_passwords(public, json.loads(extra)) if extra else public
 
 
 def check_database_url(url: str, field: str = "database_url") -> str:
@@ -123,15 +191,20 @@ def check_database_url(url: str, field: str = "database_url") -> str:
         raise InvalidInput(f"{field}: {mask(url)!r} is not a URL: use sqlite:///FILE or "
                            f"{POSTGRES}://USER:PASSWORD@HOST:PORT/DATABASE", field=field)
     if scheme in ("postgres", "postgresql", POSTGRES):
-        if not urlsplit(url).hostname and "host=" not in url:
+        parsed = _parse(url)
+        if parsed is None:
+            raise InvalidInput(f"{field}: {mask(url)!r} is not a URL SQLAlchemy can read: use "
+                               f"{POSTGRES}://USER:PASSWORD@HOST:PORT/DATABASE (a '@' in the password as %40)",
+                               field=field)
+        if not parsed.host and "host" not in parsed.query:
             raise InvalidInput(f"{field}: {mask(url)!r} names no host: use "
                                f"{POSTGRES}://USER:PASSWORD@HOST:PORT/DATABASE", field=field)
-        if not urlsplit(url).path.strip("/"):
+        if not (parsed.database or "").strip("/"):
             raise InvalidInput(f"{field}: {mask(url)!r} names no database: add /DATABASE after the host", field=field)
         return f"{POSTGRES}://{rest}"
     if scheme == "sqlite":
         if not rest.startswith("//") or rest == "//":  # sqlite:////abs/path: three slashes, then the path's own
-            raise InvalidInput(f"{field}: {url!r} names no file by its absolute path: use sqlite:////PATH/FILE.db",
+            raise InvalidInput(f"{field}: {mask(url)!r} names no file by its absolute path: use sqlite:////PATH/FILE.db",
                                field=field)
         return url
     raise InvalidInput(f"{field}: unknown scheme {scheme!r}: forgeflow's store is sqlite:///FILE (the default) or "
@@ -142,7 +215,7 @@ def check_mlflow_uri(uri: str) -> str:
     """An MLflow tracking URI forgeflow can use: an MLflow server or a database URL."""
     uri = uri.strip()
     if uri.startswith(("http://", "https://")):
-        if not urlsplit(uri).hostname:
+        if not getattr(_parse(uri), "host", None):
             raise InvalidInput(f"mlflow_uri: {mask(uri)!r} names no host", field="mlflow_uri")
         return uri.rstrip("/")
     if uri.partition("://")[0] not in ("sqlite", "postgres", "postgresql", POSTGRES):

@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # the store (SQLAlchemy) loads only when a connection is read
 
 TYPES = ("custom", "open_ai", "azure_open_ai")
 MASK = "******"
-_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,127}$")
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,127}")
 
 
 class ConnectionStore:
@@ -24,7 +24,7 @@ class ConnectionStore:
         self.store = ws.store
 
     def upsert(self, name: str, type: str, configs: dict, secrets: dict, *, replace: bool = False) -> dict:
-        if not _NAME.match(name or ""):
+        if not _NAME.fullmatch(name or ""):
             raise InvalidInput(f"invalid connection name {name!r}: letters, digits, '_' and '-', up to 128", field="name")
         if type not in TYPES:
             raise InvalidInput(f"connection type {type!r} is not one of {', '.join(TYPES)}", field="type")

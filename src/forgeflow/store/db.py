@@ -66,6 +66,8 @@ class Store:
 
     def update(self, table: str, where: dict, values: dict) -> int:
         values = _encode(self._fits(table, values))
+        if _unmatchable(where.values()):
+            return 0
         sets = ", ".join(f"{k} = :v_{k}" for k in values)
         cond = " AND ".join(f"{k} = :w_{k}" for k in where)
         params = {f"v_{k}": v for k, v in values.items()} | {f"w_{k}": v for k, v in where.items()}
@@ -73,6 +75,8 @@ class Store:
             return conn.execute(sa.text(f"UPDATE {table} SET {sets} WHERE {cond}"), params).rowcount
 
     def delete(self, table: str, where: dict) -> int:
+        if _unmatchable(where.values()):
+            return 0
         cond = " AND ".join(f"{k} = :{k}" for k in where)
         with self._lock, self.engine.begin() as conn:
             return conn.execute(sa.text(f"DELETE FROM {table} WHERE {cond}"), where).rowcount
@@ -80,6 +84,8 @@ class Store:
     def select(self, table: str, where: dict | None = None, order_by: str | None = None) -> list[dict]:
         sql = f"SELECT * FROM {table}"
         where = where or {}
+        if _unmatchable(where.values()):
+            return []
         if where:
             sql += " WHERE " + " AND ".join(f"{k} = :{k}" for k in where)
         if order_by:
@@ -89,6 +95,7 @@ class Store:
 
     def execute(self, sql: str, params: dict | None = None) -> int:
         """A write the row helpers cannot express (a range delete), for the module that owns the table; rows touched."""
+        _storable(params)
         with self._lock, self.engine.begin() as conn:
             return conn.execute(sa.text(sql), params or {}).rowcount
 
@@ -97,7 +104,7 @@ class Store:
         return rows[0] if rows else None
 
     def select_in(self, table: str, column: str, values: Iterable[str]) -> list[dict]:
-        values = list(values)
+        values = [v for v in values if not _unmatchable([v])]
         if not values:
             return []
         names = [f"p{i}" for i in range(len(values))]
@@ -107,6 +114,7 @@ class Store:
 
     def query(self, sql: str, params: dict | None = None) -> list[dict]:
         """A read the row helpers cannot express (a range, a limit), for the module that owns the table."""
+        _storable(params)
         with self.engine.connect() as conn:
             return [_decode(dict(r._mapping)) for r in conn.execute(sa.text(sql), params or {})]
 
@@ -147,6 +155,21 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.close()
+
+
+def _unmatchable(values: Iterable[Any]) -> bool:
+    """Whether an equality condition on these values matches no row: a string holding a NUL character cannot be
+    stored (see Store._fits), and Postgres' driver refuses to send one at all, so the lookup is answered here."""
+    return any(isinstance(v, str) and "\x00" in v for v in values)
+
+
+def _storable(params: dict | None) -> None:
+    """Refuse, naming it, a parameter of a hand-written statement that holds a NUL character: what such a statement
+    means for a value no row can hold (a range, an inequality) is not this module's to guess, and Postgres' driver
+    would fail on it."""
+    for k, v in (params or {}).items():
+        if isinstance(v, str) and "\x00" in v:
+            raise InvalidInput(f"{k}: the NUL character (\\x00) is not allowed", field=k)
 
 
 def _encode(row: dict) -> dict:

@@ -37,7 +37,7 @@ TOKEN_PREFIX = "ffp_"
 MAX_TOKEN_CHARS = 256  # a presented token longer than any this module makes is refused without hashing it
 DEFAULT_EXPIRY_DAYS = 90
 MAX_EXPIRY_DAYS = 365  # no token lives forever: a script's token is renewed at least once a year
-_USER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9._@-]{0,63}$")
+_USER_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._@-]{0,63}")
 
 
 class Role(StrEnum):
@@ -75,7 +75,7 @@ def check_role(role: str, field: str = "role") -> Role:
 
 
 def check_user_name(name: str, field: str = "name") -> str:
-    if not isinstance(name, str) or not _USER_NAME.match(name):
+    if not isinstance(name, str) or not _USER_NAME.fullmatch(name):
         raise InvalidInput(f"invalid user name {name!r}: use up to 64 letters, digits, '.', '_', '@' and '-', "
                            "starting with a letter", field=field)
     return name

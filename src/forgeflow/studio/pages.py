@@ -23,6 +23,7 @@ from forgeflow import __version__
 from forgeflow.api.security import (READER, current, end_session, services, start_session, studio_principal,
                                     token_principal)
 from forgeflow.errors import NotFound, Unauthorized
+from forgeflow.store.identity import Role
 
 STATIC = Path(__file__).parent / "static"
 TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
@@ -97,7 +98,11 @@ def sign_in(body: SignIn, request: Request, response: Response) -> dict:
 
 @api.get("/session", dependencies=READER)
 def session(request: Request, ff=Depends(services)) -> dict:
-    return {"signed_in": True, "version": __version__, "home": str(ff.ws.paths.root)} | current(request).view()
+    """Who is signed in; the server's home folder only for an owner (where a server keeps its files is no
+    reader's business)."""
+    me = current(request)
+    home = {"home": str(ff.ws.paths.root)} if me.role.covers(Role.OWNER) else {}
+    return {"signed_in": True, "version": __version__} | home | me.view()
 
 
 @api.delete("/session")

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from forgeflow.store.config import worker_uri
 from forgeflow.store.states import JobStatus
 from forgeflow.training.jobs import JobSpec
 
@@ -156,7 +157,7 @@ class MlflowRun:
         """A new run in the job's experiment, its hyperparameters logged as params under their flat names."""
         from mlflow.tracking import MlflowClient
 
-        client = MlflowClient(tracking_uri=spec.mlflow_tracking_uri)
+        client = MlflowClient(tracking_uri=worker_uri(spec.mlflow_tracking_uri, os.environ))
         experiment = client.get_experiment_by_name(spec.mlflow_experiment)
         if experiment is not None:
             experiment_id = experiment.experiment_id
@@ -184,7 +185,7 @@ class MlflowRun:
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
-        client = MlflowClient(tracking_uri=spec.mlflow_tracking_uri)
+        client = MlflowClient(tracking_uri=worker_uri(spec.mlflow_tracking_uri, os.environ))
         try:
             client.get_run(run_id)
             client.update_run(run_id, status="RUNNING")
