@@ -6,13 +6,11 @@ import json
 import stat
 
 import pytest
-from fastapi.testclient import TestClient
 from flow_fixtures import fresh_shim  # noqa: F401 - autouse
+from in_process import in_process_cli
 from typer.testing import CliRunner
 
-from forgeflow.api.app import create_app
 from forgeflow.cli import flows as cli_flows
-from forgeflow.client import Client
 from forgeflow.errors import NotFound
 from forgeflow.processes import free_port
 from forgeflow.store.connections import ConnectionStore, local_connection_lookup
@@ -24,25 +22,10 @@ runner = CliRunner()
 
 @pytest.fixture
 def cli(monkeypatch):
-    """Run `forgeflow connection ...` with its client wired to an in-process app."""
-    from forgeflow.cli import connections, main
+    """Run `forgeflow connection ...` through an in-process app, as the owner."""
+    from forgeflow.cli import connections
 
-    ws = Workspace.open()
-    app = create_app(ws, background=False)
-    with TestClient(app) as http:
-        def make_client():
-            c = Client("http://testserver", token=ws.admin_token())
-            c._http = http
-            return c
-
-        monkeypatch.setattr(connections, "client", make_client)
-
-        def invoke(*args: str, ok: bool = True):
-            res = runner.invoke(main.app, ["connection", *args])
-            if ok:
-                assert res.exit_code == 0, res.output
-            return res
-
+    with in_process_cli(monkeypatch, (connections,), prefix=("connection",), token=lambda ws: ws.admin_token()) as invoke:
         yield invoke
 
 

@@ -6,11 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from fastapi.testclient import TestClient
+from in_process import in_process_cli
 from typer.testing import CliRunner
 
-from forgeflow.api.app import create_app
-from forgeflow.client import Client
 from forgeflow.store.workspace import Workspace
 
 pytestmark = pytest.mark.filterwarnings("ignore:You should not use the .timeout. argument")
@@ -19,26 +17,10 @@ runner = CliRunner()
 
 @pytest.fixture
 def cli(monkeypatch):
-    """Run `forgeflow ...` with the client wired to an in-process app; the token is the client's own choice."""
-    from forgeflow.cli import audit, main, token, users
+    """Run `forgeflow ...` through an in-process app; the token is the client's own choice."""
+    from forgeflow.cli import audit, token, users
 
-    ws = Workspace.open()
-    app = create_app(ws, background=False)
-    with TestClient(app) as http:
-        def make_client():
-            c = Client("http://testserver")
-            c._http = http
-            return c
-
-        for module in (audit, token, users):
-            monkeypatch.setattr(module, "client", make_client)
-
-        def invoke(*args: str, ok: bool = True):
-            res = runner.invoke(main.app, list(args))
-            if ok:
-                assert res.exit_code == 0, res.output
-            return res
-
+    with in_process_cli(monkeypatch, (audit, token, users)) as invoke:
         yield invoke
 
 
