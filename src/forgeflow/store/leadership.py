@@ -40,7 +40,9 @@ TABLE = "servers"
 # The advisory lock key of the leader (any fixed 64-bit number: "forgeldr" in ASCII, apart from migrate.py's).
 LEADER_LOCK = 0x666F7267656C6472
 POLL_S = 1.0
-STALE_S = 30.0  # a heartbeat this old belongs to a server that is gone
+STALE_S = 30.0  # a heartbeat this old belongs to a server that is gone: its row is deleted
+# A server is alive while its heartbeat is younger than about three polls (plus the second its timestamp drops).
+ALIVE_S = 3 * POLL_S + 1.0
 
 
 class Lock(Protocol):
@@ -91,7 +93,11 @@ class AdvisoryLock:
         # Keepalives bound how long a cut network goes unnoticed; the lock's session is never in a transaction.
         self._engine = sa.create_engine(url, poolclass=NullPool, connect_args={
             "connect_timeout": 5, "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 1,
-            "keepalives_count": 3, "tcp_user_timeout": 10_000, "options": "-c statement_timeout=5000"})
+            "keepalives_count": 3, "tcp_user_timeout": 10_000,
+            # The server side too: a leader whose machine died (no FIN, no RST) loses its session, and so the lock,
+            # within seconds rather than after the system's two-hour TCP keepalive.
+            "options": "-c statement_timeout=5000 -c tcp_keepalives_idle=5 -c tcp_keepalives_interval=1 "
+                       "-c tcp_keepalives_count=3"})
         self.key = key
         self._conn: sa.Connection | None = None
 
@@ -203,21 +209,31 @@ class Leadership:
                 log.exception("leadership poll failed")
 
     def _contend(self) -> None:
+        """Take the lock if free; this server leads only once its row says so and what it leads has started. A
+        write that fails (the database restarted under a pooled connection) lets the lock go again, so the lock
+        is never held by a server that runs nothing: the next poll tries again."""
         if self._stop.is_set() or not self.lock.acquire():
             return
-        self._leads = True
+        try:
+            self.store.execute(f"UPDATE {TABLE} SET is_leader = 0 WHERE id <> :me", {"me": self.server_id})
+            self.store.update(TABLE, {"id": self.server_id}, {"is_leader": 1, "heartbeat_at": now()})
+        except Exception:
+            self.lock.release()
+            raise
         log.info("this server (%s, %s) leads: it runs the job runner and the deployment supervisor",
                  self.server_id, self.url)
-        self.store.execute(f"UPDATE {TABLE} SET is_leader = 0 WHERE id <> :me", {"me": self.server_id})
-        self.store.update(TABLE, {"id": self.server_id}, {"is_leader": 1, "heartbeat_at": now()})
         try:
             self.on_elected()
         except Exception:
             if self._thread is None:  # at start: the server does not start
+                self.lock.release()
                 raise
             # A leader that cannot run what it leads would hold the lock for nothing: it stops as if it lost it.
             log.exception("this server won leadership but could not start the job runner and the supervisor")
             self._lose()
+            self.lock.release()
+            return
+        self._leads = True
 
     def _lose(self) -> None:
         """Leadership is over for this server: it contends no more (a server that lost its lock exits)."""
@@ -245,7 +261,7 @@ def servers(store: Store) -> list[dict]:
     moment = datetime.now(timezone.utc).timestamp()
     out = []
     for row in rows:
-        alive = moment - datetime.fromisoformat(row["heartbeat_at"]).timestamp() < STALE_S
+        alive = moment - datetime.fromisoformat(row["heartbeat_at"]).timestamp() < ALIVE_S
         out.append({"id": row["id"], "url": row["url"], "pid": row["pid"], "host": row["host"],
                     "started_at": row["started_at"], "heartbeat_at": row["heartbeat_at"], "alive": alive,
                     "leader": bool(row["is_leader"]) and alive})
