@@ -161,3 +161,35 @@ def test_resume_rules_and_bookkeeping(ws, tiny_model_dir, data):
     finally:
         alive.kill()
         alive.wait()
+
+
+def _running_job(ws, job_id: str) -> Path:
+    job_dir = ws.paths.jobs / job_id
+    job_dir.mkdir(parents=True)
+    ws.store.insert("jobs", {"id": job_id, "name": job_id, "type": "finetuning", "status": "Running",
+                             "compute": "local", "base_model": "m", "base_model_path": "/m", "training_data": "/d",
+                             "hyperparameters": {}, "job_dir": str(job_dir), "created_at": "2026-01-01T00:00:00+00:00"})
+    return job_dir
+
+
+def test_a_cancel_through_another_server_never_turns_a_job_that_ended_meanwhile_into_canceled(ws):
+    """Two servers on one store: a follower reads the job Running, the leader's loop then sees it Completed; the
+    follower's cancel must not overwrite that (409, the job stays Completed)."""
+    leader = JobRunner(ws.store, ws.paths)
+    job_dir = _running_job(ws, "ft-raced")
+
+    class Follower(JobRunner):
+        def get(self, job_id: str) -> Job:
+            job = super().get(job_id)  # read Running; the worker finishes and the leader records it
+            if job.status == JobStatus.RUNNING:
+                (job_dir / "status.json").write_text(json.dumps({"status": "Completed", "metrics": {"loss": 1.0}}))
+                leader.tick()
+            return job
+
+    with pytest.raises(Conflict, match="ended meanwhile: it is Completed"):
+        Follower(ws.store, ws.paths).cancel("ft-raced")
+    leader.tick()
+    assert leader.get("ft-raced").status == JobStatus.COMPLETED
+
+    _running_job(ws, "ft-running")  # still running: the cancel is asked of the leader's loop
+    assert JobRunner(ws.store, ws.paths).cancel("ft-running").status == JobStatus.CANCEL_REQUESTED

@@ -186,7 +186,12 @@ class JobRunner:
                 raise Conflict(f"job {job.id} is already {job.status}")
             if not (job.status == JobStatus.QUEUED
                     and self._write(job.id, JobStatus.QUEUED, status=JobStatus.CANCELED, finished_at=now())):
-                self._write(job.id, status=JobStatus.CANCEL_REQUESTED)  # started meanwhile: the loop stops it
+                # Started meanwhile: the loop stops it. Only while it still runs: the leader may have finished it
+                # since this server read it, and a Completed job must not turn Canceled.
+                if not any(self._write(job.id, active, status=JobStatus.CANCEL_REQUESTED)
+                           for active in (JobStatus.STARTING, JobStatus.RUNNING, JobStatus.FINALIZING,
+                                          JobStatus.CANCEL_REQUESTED)):
+                    raise Conflict(f"job {job.id} ended meanwhile: it is {self.get(job.id).status}")
         self._wake.set()
         return self.get(job.id)
 
