@@ -46,3 +46,21 @@ def test_changes_through_a_follower_reach_the_leader_and_the_follower_serves(gat
     follower.svc.delete_deployment("fol-ep", "blue")
     wait_until(lambda: not leader.svc.supervisor.instances("fol-ep", "blue"), 10, "the leader to stop it")
     wait_until(lambda: not follower.svc.board.instances(("fol-ep", "blue")), 10, "the follower to see it gone")
+
+
+def test_a_deployment_deleted_and_created_again_through_a_follower_starts_anew(gateway, follower_gateway):
+    """Both changes land between two of the leader's passes: the leader sees a row being created under a name it
+    runs already, and must start the new deployment rather than leave it Creating for ever."""
+    leader, follower = gateway, follower_gateway
+    key = follower.endpoint("again-ep")
+    follower.deploy("again-ep", "blue", {"output": "first"})
+    old = [i["pid"] for i in leader.svc.show_deployment("again-ep", "blue")["instances"]]
+    with leader.svc._deployments_lock:  # hold the leader's pass off until both changes are written
+        follower.svc.delete_deployment("again-ep", "blue")
+        follower.deploy("again-ep", "blue", {"output": "second"}, wait=False)
+    follower.wait("again-ep", "blue", timeout=15)
+    new = [i["pid"] for i in leader.svc.show_deployment("again-ep", "blue")["instances"]]
+    assert new and not set(new) & set(old)
+    follower.svc.update_endpoint("again-ep", traffic={"blue": 100})
+    wait_until(lambda: post(follower, "again-ep", key).status_code == 200, 10, "the follower to serve it")
+    assert "second" in post(follower, "again-ep", key).text

@@ -38,8 +38,8 @@ STARTABLE = (DeploymentState.CREATING, DeploymentState.UPDATING)
 
 
 def reconcile(supervisor: DeploymentSupervisor, stored: Iterable[Deployment]) -> list[Key]:
-    """Bring the supervisor to the changes followers wrote: start a deployment created (or a failed one updated),
-    roll an update, apply an instance count a follower's wake wrote, stop what was deleted. The keys it stopped.
+    """Bring the supervisor to the changes followers wrote: start a deployment created (or a failed one updated, or
+    one deleted and created again), roll an update, apply an instance count a follower's wake wrote, stop what was deleted. The keys it stopped.
 
     The leader's own changes reach its supervisor directly, under the endpoint service's deployments lock, which
     the caller holds; the supervisor writes a failure (and a rollback's restored spec) before it acts on it, so
@@ -55,7 +55,11 @@ def reconcile(supervisor: DeploymentSupervisor, stored: Iterable[Deployment]) ->
                 supervisor.launch(dep)
             continue
         changed = {k for k, v in dep.spec().items() if _comparable(current.spec()[k]) != _comparable(v)}
-        if changed and dep.state == DeploymentState.UPDATING:
+        if _recreated(current, dep, changed):
+            log.info("deployment %s/%s was deleted and created again through another server: starting it anew",
+                     *key)
+            supervisor.launch(dep)  # stops the old instances first
+        elif changed and dep.state == DeploymentState.UPDATING:
             supervisor.update(current, dep)
         elif changed == {"instance_count"} and dep.state == DeploymentState.SUCCEEDED:
             supervisor.scale(dep)
@@ -64,6 +68,15 @@ def reconcile(supervisor: DeploymentSupervisor, stored: Iterable[Deployment]) ->
         log.info("deployment %s/%s was deleted through another server: stopping its instances", *key)
         supervisor.stop(*key)
     return gone
+
+
+def _recreated(running: Deployment, stored: Deployment, changed: set[str]) -> bool:
+    """The stored row is another deployment of the same name than the one running (deleted and created again
+    between two passes): it was created at another time, or it is being created while what runs was created
+    already or is being updated, or it is being created with another spec than the creation running."""
+    if stored.state != DeploymentState.CREATING:
+        return stored.created_at != running.created_at
+    return stored.created_at != running.created_at or running.state != DeploymentState.CREATING or bool(changed)
 
 
 def _comparable(value):

@@ -27,6 +27,7 @@ import httpx
 from forgeflow.serving.admission import Admission
 from forgeflow.serving.placement import Instance, Placement
 from forgeflow.serving.records import Deployment, Key
+from forgeflow.store.states import DeploymentState
 
 log = logging.getLogger("forgeflow.deployments")
 
@@ -143,7 +144,8 @@ class DeploymentSupervisor:
             return list(self._instances.get((endpoint, name), []))
 
     def running(self) -> dict[Key, Deployment]:
-        """The spec each deployment it runs was last given (what the endpoint service reconciles with the store)."""
+        """The spec each deployment it runs was last given (what the endpoint service reconciles with the store);
+        a launched one's state turns Succeeded once its instances all were ready."""
         with self._lock:
             return dict(self._specs)
 
@@ -266,6 +268,9 @@ class DeploymentSupervisor:
                                 f"{self.placement.log_tail(pending[0]) if pending else ''}")
             return
         self.reports.deployment_succeeded(key)
+        with self._lock:  # after the row: what it runs says Succeeded only once the store does
+            if self._current(key, gen) and key in self._specs:
+                self._specs[key] = self._specs[key].replace(state=DeploymentState.SUCCEEDED)
 
     def _await_instance(self, key: Key, gen: int, inst: Instance) -> str | None:
         """Wait for one new instance; None when ready, else why not."""
