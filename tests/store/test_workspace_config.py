@@ -105,9 +105,12 @@ def test_a_bad_choice_is_one_line_naming_the_field(args, says, monkeypatch):
 
 def test_an_unreachable_database_is_one_line_naming_database_url_and_no_password(monkeypatch, tmp_path):
     monkeypatch.delenv(config.DATABASE_URL_ENV, raising=False)
+    init("--artifacts-root", str(tmp_path / "artifacts"))
+    saved = Paths.current().config_file.read_text()
     out = init("--database-url", f"postgresql+psycopg://u:{PASSWORD}@127.0.0.1:1/db", ok=False)
     assert "database_url: the store at postgresql+psycopg://u:***@127.0.0.1:1/db cannot be reached" in out
     assert PASSWORD not in out
+    assert Paths.current().config_file.read_text() == saved  # nothing saved: the workspace keeps its store
     # the server's start meets the same line (FORGEFLOW_DATABASE_URL, as a service manager would set it)
     monkeypatch.setenv(config.DATABASE_URL_ENV, f"postgresql+psycopg://u:{PASSWORD}@127.0.0.1:1/db")
     result = runner.invoke(app, ["serve", "--port", "1"])

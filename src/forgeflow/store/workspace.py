@@ -55,8 +55,13 @@ class Workspace:
         if not values:
             return
         self.paths.root.mkdir(parents=True, exist_ok=True)
-        merged = dataclasses.replace(self.paths.config, **values)
-        write_private(self.paths.config_file, config.dump(merged, self.secrets.encrypt))
+        new_store = _open_store(values["database_url"]) if "database_url" in values else None
+        try:  # a database that cannot be reached is not saved: the workspace keeps the one it had
+            merged = dataclasses.replace(self.paths.config, **values)
+            write_private(self.paths.config_file, config.dump(merged, self.secrets.encrypt))
+        finally:
+            if new_store is not None:
+                new_store.engine.dispose()
         self.paths = Paths(self.paths.root)
         self.__dict__.pop("store", None)
 
@@ -68,15 +73,7 @@ class Workspace:
 
     @cached_property
     def store(self) -> Store:
-        url = self.paths.db_url
-        try:
-            return Store(url)
-        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-            reason = (str(exc.orig or exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ServerUnavailable(
-                f"database_url: the store at {config.mask(url)} cannot be reached ({reason}); start the database or "
-                f"choose another with FORGEFLOW_DATABASE_URL or forgeflow init --database-url URL",
-                field="database_url") from None
+        return _open_store(self.paths.db_url)
 
     def _ensure_mlflow_schema(self) -> None:
         """MLflow on the store's Postgres database lives in a schema of its own, which must exist before MLflow
@@ -122,3 +119,15 @@ class Workspace:
         token = new_key("ffa_")
         self.store.set_setting(ADMIN_TOKEN_SETTING, self.secrets.encrypt(token))
         return {"token": token, "sessions_ended": self.sessions.end_owner_sessions()}
+
+
+def _open_store(url: str) -> Store:
+    """The store at `url` (schema brought up to date), or a 503 naming database_url without its password."""
+    try:
+        return Store(url)
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        reason = (str(exc.orig or exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ServerUnavailable(
+            f"database_url: the store at {config.mask(url)} cannot be reached ({reason}); start the database or "
+            f"choose another with FORGEFLOW_DATABASE_URL or forgeflow init --database-url URL",
+            field="database_url") from None
