@@ -157,3 +157,29 @@ def test_a_job_file_names_mlflow_without_its_password(tmp_path, monkeypatch):
     assert config.password_env(ws.paths.mlflow_uri) == (doc["mlflow_tracking_uri"], {"PGPASSWORD": PASSWORD})
     assert config.password_env("https://me:p%40ss@mlflow.example") == (
         "https://mlflow.example", {"MLFLOW_TRACKING_USERNAME": "me", "MLFLOW_TRACKING_PASSWORD": "p@ss"})
+
+
+_FIRST_USE = """
+import sys
+from mlflow import MlflowClient
+from forgeflow.store.workspace import Workspace
+ws = Workspace.open()
+client = MlflowClient(tracking_uri=ws.paths.mlflow_uri, registry_uri=ws.paths.mlflow_uri)
+client.search_experiments(max_results=1)
+client.search_registered_models(max_results=1)
+"""
+
+
+@pytest.mark.postgres
+def test_processes_that_first_use_mlflow_on_a_fresh_postgres_database_together_all_succeed(postgres, tmp_path):
+    """Servers and workers starting together on a new database: MLflow's tables are made once, under forgeflow's
+    migration lock, instead of each process racing through MLflow's own migrations."""
+    import subprocess
+    import sys
+
+    url = postgres.new_database()
+    env = dict(os.environ, FORGEFLOW_DATABASE_URL=url, PYTHONPATH=os.pathsep.join(sys.path))
+    procs = [subprocess.Popen([sys.executable, "-c", _FIRST_USE], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, env=env | {"FORGEFLOW_HOME": str(tmp_path / f"home{i}")}) for i in range(4)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], "\n".join(o[-1500:] for o in outputs)

@@ -12,7 +12,7 @@ from functools import cached_property
 import sqlalchemy as sa
 
 from forgeflow.errors import ServerUnavailable
-from forgeflow.store import config
+from forgeflow.store import config, migrate
 from forgeflow.store.audit import AuditLog
 from forgeflow.store.db import Store
 from forgeflow.store.home import Paths
@@ -76,8 +76,10 @@ class Workspace:
         return _open_store(self.paths.db_url)
 
     def _ensure_mlflow_schema(self) -> None:
-        """MLflow on the store's Postgres database lives in a schema of its own, which must exist before MLflow
-        creates its tables there (servers starting together may race to create it: either wins)."""
+        """MLflow on the store's Postgres database lives in a schema of its own: the schema and MLflow's tables are
+        created here, once, under forgeflow's migration lock. MLflow creates them on first use otherwise, and
+        processes that first use it together (servers, workers) race through its migrations and fail. (An MLflow
+        database chosen at init is MLflow's own business, and may be down while the workspace opens.)"""
         uri = self.paths.mlflow_uri
         if not uri.startswith(config.POSTGRES):
             return
@@ -86,10 +88,19 @@ class Workspace:
             return
         engine = sa.create_engine(url)
         try:
-            with engine.begin() as conn:
-                conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {config.MLFLOW_SCHEMA}"))
-        except sa.exc.IntegrityError:
-            pass
+            if not _has_mlflow_tables(engine):
+                with engine.connect() as conn:
+                    conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": migrate.MIGRATION_LOCK})
+                    try:
+                        conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {config.MLFLOW_SCHEMA}"))
+                        conn.commit()
+                        if not _has_mlflow_tables(engine):
+                            from mlflow import MlflowClient  # slow to import: only when its tables are missing
+
+                            MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments(max_results=1)
+                    finally:
+                        conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": migrate.MIGRATION_LOCK})
+                        conn.commit()
         finally:
             engine.dispose()
 
@@ -131,3 +142,10 @@ def _open_store(url: str) -> Store:
             f"database_url: the store at {config.mask(url)} cannot be reached ({reason}); start the database or "
             f"choose another with FORGEFLOW_DATABASE_URL or forgeflow init --database-url URL",
             field="database_url") from None
+
+
+def _has_mlflow_tables(engine: sa.Engine) -> bool:
+    """MLflow's tables are there (its version table and its newest ones) where its search_path points."""
+    with engine.connect() as conn:
+        inspector = sa.inspect(conn)
+        return all(inspector.has_table(t) for t in ("alembic_version", "experiments", "registered_models"))
