@@ -193,3 +193,37 @@ def test_a_cancel_through_another_server_never_turns_a_job_that_ended_meanwhile_
 
     _running_job(ws, "ft-running")  # still running: the cancel is asked of the leader's loop
     assert JobRunner(ws.store, ws.paths).cancel("ft-running").status == JobStatus.CANCEL_REQUESTED
+
+
+def test_a_worker_on_another_host_is_followed_by_its_status_not_judged_by_a_pid_here(ws):
+    """A new leader on another machine (job folders on shared storage) cannot see the worker's pid: it keeps the job
+    running while the worker writes its status, and fails it only once the status has gone stale for long."""
+    import os
+
+    from forgeflow.training.compute.local import FOREIGN_STALE_S
+
+    job_dir = _running_job(ws, "ft-elsewhere")
+    (job_dir / "worker.pid").write_text("4242 another-host.example\n")  # no such pid here: it runs over there
+    (job_dir / "status.json").write_text(json.dumps({"status": "Running", "step": 3, "max_steps": 10}))
+    runner = JobRunner(ws.store, ws.paths)
+    runner._recover()  # what a new leader does first
+    runner.tick()
+    job = runner.get("ft-elsewhere")
+    assert job.status == JobStatus.RUNNING and job.progress["step"] == 3
+    with pytest.raises(Conflict, match="still running"):
+        runner.resume("ft-elsewhere")
+
+    long_ago = time.time() - FOREIGN_STALE_S - 5
+    for name in ("status.json", "worker.pid"):
+        os.utime(job_dir / name, (long_ago, long_ago))
+    runner.tick()
+    job = runner.get("ft-elsewhere")
+    assert job.status == JobStatus.FAILED
+    assert "pid 4242 on host another-host.example" in job.error and "wrote no status for 120 s" in job.error
+
+    # the worker finished over there: its own status ends the job
+    job_dir = _running_job(ws, "ft-done-elsewhere")
+    (job_dir / "worker.pid").write_text("4242 another-host.example\n")
+    (job_dir / "status.json").write_text(json.dumps({"status": "Completed", "metrics": {"loss": 0.5}}))
+    runner.tick()
+    assert runner.get("ft-done-elsewhere").status == JobStatus.COMPLETED

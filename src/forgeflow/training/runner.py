@@ -308,7 +308,8 @@ class JobRunner:
                 handle.kill()
         if handle is None or ended is not None:
             self._handles.pop(job.id, None)
-            self._finish(job, st, exit_status=ended.exit_status if ended else None)
+            self._finish(job, st, exit_status=ended.exit_status if ended else None,
+                         reason=ended.reason if ended else None)
             return
         values: dict[str, Any] = {}
         if st.get("status") == JobStatus.RUNNING and job.status == JobStatus.STARTING:
@@ -321,7 +322,8 @@ class JobRunner:
         if values:
             self._write(job.id, **values)
 
-    def _finish(self, job: Job, st: dict[str, Any], exit_status: int | None = None) -> None:
+    def _finish(self, job: Job, st: dict[str, Any], exit_status: int | None = None,
+                reason: str | None = None) -> None:
         reported = st.get("status")
         if job.status == JobStatus.CANCEL_REQUESTED:
             status = JobStatus.CANCELED
@@ -331,7 +333,8 @@ class JobRunner:
             status = JobStatus.FAILED
         error = st.get("error")
         if status == JobStatus.FAILED and not error:
-            error = "the worker process ended" if exit_status is None else f"the worker exited with code {exit_status}"
+            error = (reason or "the worker process ended" if exit_status is None
+                     else f"the worker exited with code {exit_status}")
             tail = log_tail(worker_log(job.job_dir), 5, 600)
             if tail:
                 error += ": " + tail
