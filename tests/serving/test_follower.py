@@ -64,3 +64,59 @@ def test_a_deployment_deleted_and_created_again_through_a_follower_starts_anew(g
     follower.svc.update_endpoint("again-ep", traffic={"blue": 100})
     wait_until(lambda: post(follower, "again-ep", key).status_code == 200, 10, "the follower to serve it")
     assert "second" in post(follower, "again-ep", key).text
+
+
+def test_steady_load_through_a_follower_keeps_an_autoscaled_deployment_up_until_it_stops(gateway, follower_gateway):
+    """The leader's autoscaler counts the requests that come through followers (published with their heartbeats):
+    a min_instances=0 deployment loaded only through a follower is not scaled in, and still goes to zero once the
+    load stops."""
+    import json
+    import threading
+    import time
+
+    from gateway_harness import FAST_LIVENESS, FAST_PROBES
+
+    leader, follower = gateway, follower_gateway
+    key = follower.endpoint("busy-ep")
+    follower.svc.create_deployment(
+        "busy-ep", "blue", "fake:1", json.dumps({"delay": 0.2}),
+        request_settings={"max_concurrent_requests_per_instance": 4}, liveness_probe=FAST_LIVENESS,
+        readiness_probe=FAST_PROBES, scale_settings={"type": "target_utilization", "min_instances": 0,
+                                                     "max_instances": 2, "polling_interval": 0.5,
+                                                     "idle_time_before_scale_down": 2})
+    follower.wait("busy-ep", "blue")
+    follower.svc.update_endpoint("busy-ep", traffic={"blue": 100})
+    wait_until(lambda: post(follower, "busy-ep", key).status_code == 200, 10, "the follower to serve it")
+
+    codes: list[int] = []
+    stop = time.monotonic() + 8  # four times idle_time_before_scale_down
+    def load() -> None:
+        while time.monotonic() < stop:
+            codes.append(post(follower, "busy-ep", key).status_code)
+    clients = [threading.Thread(target=load) for _ in range(2)]
+    for c in clients:
+        c.start()
+    for c in clients:
+        c.join()
+    events = leader.svc.show_deployment("busy-ep", "blue")["scale_events"]
+    assert not [e for e in events if e["to"] < e["from"]], events  # never scaled in under load
+    assert codes and set(codes) == {200}
+
+    wait_until(lambda: leader.svc.show_deployment("busy-ep", "blue")["instance_count"] == 0, 20,
+               "the idle deployment to scale to zero")
+    assert not leader.svc.supervisor.instances("busy-ep", "blue")
+
+
+def test_a_follower_on_another_host_does_not_forward_to_the_leaders_loopback(gateway, follower_gateway):
+    """A local placement's instances listen on the leader's 127.0.0.1: a follower on another machine would reach
+    its own loopback (with the instance's secret). It answers 503 and says what to do instead."""
+    leader, follower = gateway, follower_gateway
+    key = follower.endpoint("far-ep")
+    follower.deploy("far-ep", "blue")
+    follower.svc.update_endpoint("far-ep", traffic={"blue": 100})
+    wait_until(lambda: post(follower, "far-ep", key).status_code == 200, 10, "the follower to serve it")
+    follower.ws.store.execute("UPDATE deployment_instances SET host = 'leader-host.example'")  # as published there
+    wait_until(lambda: post(follower, "far-ep", key).status_code == 503, 5, "the follower to stop forwarding")
+    answer = post(follower, "far-ep", key).json()
+    assert "instances listen on the leader's loopback" in answer["message"] and "Ray target" in answer["message"]
+    assert post(leader, "far-ep", key).status_code == 200  # the leader reaches them

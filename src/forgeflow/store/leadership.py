@@ -13,12 +13,14 @@ have a successor, so it must stop acting at once: `on_lost` is called, and the s
 
 The `servers` table (this module is its one writer) says who runs: each server's row is written when it starts,
 its heartbeat every poll, and removed when it stops; the leader marks itself and clears rows whose heartbeat
-stopped long ago (a server that was killed).
+stopped long ago (a server that was killed). With its heartbeat each server writes its gateway's load (`load`,
+JSON), which the leader reads with `gateway_loads`: requests through followers count for its autoscaler too.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import socket
@@ -155,8 +157,10 @@ class Leadership:
     """This server's place among the servers of one database: it leads while it holds `lock`."""
 
     def __init__(self, store: Store, lock: Lock, *, url: str, on_elected: Callable[[], None],
-                 on_lost: Callable[[], None], poll_s: float = POLL_S) -> None:
+                 on_lost: Callable[[], None], poll_s: float = POLL_S,
+                 load: Callable[[], dict] | None = None) -> None:
         self.store = store
+        self.load = load
         self.lock = lock
         self.url = url
         self.on_elected = on_elected
@@ -243,6 +247,8 @@ class Leadership:
 
     def _heartbeat(self) -> None:
         values = {"heartbeat_at": now(), "is_leader": int(self._leads)}
+        if self.load is not None:
+            values["gateway_load"] = json.dumps(self.load())
         if not self.store.update(TABLE, {"id": self.server_id}, values):  # removed as stale after a long pause
             self.store.insert(TABLE, {"id": self.server_id, "url": self.url, "pid": os.getpid(),
                                       "host": socket.gethostname(), "started_at": values["heartbeat_at"], **values})
@@ -266,3 +272,11 @@ def servers(store: Store) -> list[dict]:
                     "started_at": row["started_at"], "heartbeat_at": row["heartbeat_at"], "alive": alive,
                     "leader": bool(row["is_leader"]) and alive})
     return out
+
+
+def gateway_loads(store: Store, exclude: str) -> list[dict]:
+    """The gateway loads the live servers other than `exclude` published (a dead server's requests are gone)."""
+    moment = datetime.now(timezone.utc).timestamp()
+    return [json.loads(row["gateway_load"]) for row in store.select(TABLE)
+            if row["id"] != exclude and row.get("gateway_load")
+            and moment - datetime.fromisoformat(row["heartbeat_at"]).timestamp() < ALIVE_S]
