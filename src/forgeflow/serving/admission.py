@@ -57,8 +57,10 @@ class Admission:
     def snapshot(self) -> dict[str, Any]:
         """This server's load, for the others: per deployment [endpoint, name, pending, last request's unix time],
         per instance address the requests in flight."""
-        return {"deployments": [[e, d, self._pending.get((e, d), 0), at] for (e, d), at in self._last_at.items()],
-                "in_flight": {i.url: n for i, n in self._in_flight.items() if i.url}}
+        # Read from the heartbeat's thread while the event loop counts: copies first (one step each under the GIL).
+        last_at, in_flight = list(self._last_at.items()), list(self._in_flight.items())
+        return {"deployments": [[e, d, self._pending.get((e, d), 0), at] for (e, d), at in last_at],
+                "in_flight": {i.url: n for i, n in in_flight if i.url}}
 
     def set_others(self, snapshots: list[dict[str, Any]]) -> None:
         """What the other live servers published (the leader's view of their gateways)."""
