@@ -49,6 +49,19 @@ def postgres():
     pg.stop()
 
 
+@pytest.fixture
+def private_postgres():
+    """A Postgres cluster of this test alone, for a test that restarts it (the session's serves every other test)."""
+    from pg_harness import PostgresMissing, start_postgres
+
+    try:
+        pg = start_postgres()
+    except PostgresMissing as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield pg
+    pg.stop()
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def database_url(request, forgeflow_home, monkeypatch) -> str:
     """The store of this test, once on SQLite (the workspace's default file) and once on a fresh Postgres database;

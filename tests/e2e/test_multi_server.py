@@ -127,3 +127,27 @@ def test_a_leader_whose_database_session_ends_exits_and_the_follower_leads(forge
         assert ended == [(True,)]
         assert leader.proc.wait(30) == LEADERSHIP_LOST_EXIT
         wait_until(lambda: _role(follower) == "leader", 30, "the follower to take over", interval=0.2)
+
+
+@pytest.mark.postgres
+def test_after_a_database_restart_the_new_leader_runs_jobs_and_serves(forgeflow_home, private_postgres, monkeypatch,
+                                                                      tiny_model_dir, tmp_path):
+    """The database restarts (every session cut, the leader's lock with it): the old leader exits, the other server
+    leads, and it really runs what it leads: a job queued then completes and the endpoint answers through it."""
+    monkeypatch.setenv("FORGEFLOW_DATABASE_URL", private_postgres.new_database())
+    with _pair(forgeflow_home) as (leader, follower):
+        follower.cli("online-endpoint", "create", "--name", "ms-ep")
+        dep = follower.cli_json("online-deployment", "create", "--name", "blue", "--endpoint-name", "ms-ep",
+                                "--model", str(tiny_model_dir), "--all-traffic")
+        assert dep["provisioning_state"] == "Succeeded", dep
+        private_postgres.sql("CHECKPOINT")  # the cluster commits asynchronously: keep what was written
+        private_postgres.restart()
+        assert leader.proc.wait(30) == LEADERSHIP_LOST_EXIT
+        wait_until(lambda: _role(follower) == "leader", 30, "the follower to take over", interval=0.2)
+        key = follower.cli_json("online-endpoint", "get-credentials", "--name", "ms-ep")["primary_key"]
+        job = follower.cli_json("job", "create", "--model", str(tiny_model_dir), "--training-data",
+                                str(_rows(tmp_path / "train.jsonl")), "--set", "max_steps=5")
+        wait_until(lambda: _score(follower, key) == 200, 180, "the endpoint to answer again", interval=0.5)
+        done = wait_until(lambda: (j := follower.cli_json("job", "show", job["id"]))["status"] in
+                          (JobStatus.COMPLETED, JobStatus.FAILED) and j, 300, "the job to finish", interval=1.0)
+        assert done["status"] == JobStatus.COMPLETED, done

@@ -34,7 +34,7 @@ def test_killed_worker_fails_the_job_and_keeps_its_log(live_server, tmp_path, ti
         time.sleep(0.5)
     else:
         pytest.fail(f"job never ran: {shown}")
-    pid = int((Path(shown["job_dir"]) / "worker.pid").read_text())  # where local compute records its worker
+    pid = int((Path(shown["job_dir"]) / "worker.pid").read_text().split()[0])  # where local compute records its worker
     os.killpg(pid, signal.SIGKILL)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -60,3 +60,24 @@ def test_a_ticket_unplaced_from_a_dead_instance_stays_pending_and_counts_on_no_i
     ticket.release()
     ticket.unplace()
     assert admission.in_flight(fresh) == 0 and admission.pending(KEY) == 0
+
+
+def test_what_a_server_publishes_is_what_the_leader_adds_up():
+    """A follower's snapshot (pending and last request per deployment, in flight per instance address) read by the
+    leader: another server's requests count, and a server that had one lately counts at least one."""
+    import json
+    import time
+
+    follower, leader = Admission(), Admission()
+    ticket = follower.admit(KEY, SETTINGS, 1)
+    ticket.place(_instances(1))
+    busy = json.loads(json.dumps(follower.snapshot()))  # as it travels through the servers table
+    assert busy["in_flight"] == {"http://127.0.0.1:9000": 1}
+    ticket.release()
+    idle = json.loads(json.dumps(follower.snapshot()))
+    assert leader.others_in_flight("http://127.0.0.1:9000") is None  # no other server: drains need not wait
+    leader.set_others([busy, idle])
+    assert leader.others_in_flight("http://127.0.0.1:9000") == 1
+    assert leader.others_pending(KEY, since=time.time() - 5) == 2  # one pending, one had a request lately
+    assert leader.others_pending(KEY, since=time.time() + 5) == 1  # only the pending one
+    assert leader.others_pending(("ep", "green"), since=0) == 0

@@ -46,3 +46,77 @@ def test_changes_through_a_follower_reach_the_leader_and_the_follower_serves(gat
     follower.svc.delete_deployment("fol-ep", "blue")
     wait_until(lambda: not leader.svc.supervisor.instances("fol-ep", "blue"), 10, "the leader to stop it")
     wait_until(lambda: not follower.svc.board.instances(("fol-ep", "blue")), 10, "the follower to see it gone")
+
+
+def test_a_deployment_deleted_and_created_again_through_a_follower_starts_anew(gateway, follower_gateway):
+    """Both changes land between two of the leader's passes: the leader sees a row being created under a name it
+    runs already, and must start the new deployment rather than leave it Creating for ever."""
+    leader, follower = gateway, follower_gateway
+    key = follower.endpoint("again-ep")
+    follower.deploy("again-ep", "blue", {"output": "first"})
+    old = [i["pid"] for i in leader.svc.show_deployment("again-ep", "blue")["instances"]]
+    with leader.svc._deployments_lock:  # hold the leader's pass off until both changes are written
+        follower.svc.delete_deployment("again-ep", "blue")
+        follower.deploy("again-ep", "blue", {"output": "second"}, wait=False)
+    follower.wait("again-ep", "blue", timeout=15)
+    new = [i["pid"] for i in leader.svc.show_deployment("again-ep", "blue")["instances"]]
+    assert new and not set(new) & set(old)
+    follower.svc.update_endpoint("again-ep", traffic={"blue": 100})
+    wait_until(lambda: post(follower, "again-ep", key).status_code == 200, 10, "the follower to serve it")
+    assert "second" in post(follower, "again-ep", key).text
+
+
+def test_steady_load_through_a_follower_keeps_an_autoscaled_deployment_up_until_it_stops(gateway, follower_gateway):
+    """The leader's autoscaler counts the requests that come through followers (published with their heartbeats):
+    a min_instances=0 deployment loaded only through a follower is not scaled in, and still goes to zero once the
+    load stops."""
+    import json
+    import threading
+    import time
+
+    from gateway_harness import FAST_LIVENESS, FAST_PROBES
+
+    leader, follower = gateway, follower_gateway
+    key = follower.endpoint("busy-ep")
+    follower.svc.create_deployment(
+        "busy-ep", "blue", "fake:1", json.dumps({"delay": 0.2}),
+        request_settings={"max_concurrent_requests_per_instance": 4}, liveness_probe=FAST_LIVENESS,
+        readiness_probe=FAST_PROBES, scale_settings={"type": "target_utilization", "min_instances": 0,
+                                                     "max_instances": 2, "polling_interval": 0.5,
+                                                     "idle_time_before_scale_down": 2})
+    follower.wait("busy-ep", "blue")
+    follower.svc.update_endpoint("busy-ep", traffic={"blue": 100})
+    wait_until(lambda: post(follower, "busy-ep", key).status_code == 200, 10, "the follower to serve it")
+
+    codes: list[int] = []
+    stop = time.monotonic() + 8  # four times idle_time_before_scale_down
+    def load() -> None:
+        while time.monotonic() < stop:
+            codes.append(post(follower, "busy-ep", key).status_code)
+    clients = [threading.Thread(target=load) for _ in range(2)]
+    for c in clients:
+        c.start()
+    for c in clients:
+        c.join()
+    events = leader.svc.show_deployment("busy-ep", "blue")["scale_events"]
+    assert not [e for e in events if e["to"] < e["from"]], events  # never scaled in under load
+    assert codes and set(codes) == {200}
+
+    wait_until(lambda: leader.svc.show_deployment("busy-ep", "blue")["instance_count"] == 0, 20,
+               "the idle deployment to scale to zero")
+    assert not leader.svc.supervisor.instances("busy-ep", "blue")
+
+
+def test_a_follower_on_another_host_does_not_forward_to_the_leaders_loopback(gateway, follower_gateway):
+    """A local placement's instances listen on the leader's 127.0.0.1: a follower on another machine would reach
+    its own loopback (with the instance's secret). It answers 503 and says what to do instead."""
+    leader, follower = gateway, follower_gateway
+    key = follower.endpoint("far-ep")
+    follower.deploy("far-ep", "blue")
+    follower.svc.update_endpoint("far-ep", traffic={"blue": 100})
+    wait_until(lambda: post(follower, "far-ep", key).status_code == 200, 10, "the follower to serve it")
+    follower.ws.store.execute("UPDATE deployment_instances SET host = 'leader-host.example'")  # as published there
+    wait_until(lambda: post(follower, "far-ep", key).status_code == 503, 5, "the follower to stop forwarding")
+    answer = post(follower, "far-ep", key).json()
+    assert "instances listen on the leader's loopback" in answer["message"] and "Ray target" in answer["message"]
+    assert post(leader, "far-ep", key).status_code == 200  # the leader reaches them

@@ -105,9 +105,12 @@ def test_a_bad_choice_is_one_line_naming_the_field(args, says, monkeypatch):
 
 def test_an_unreachable_database_is_one_line_naming_database_url_and_no_password(monkeypatch, tmp_path):
     monkeypatch.delenv(config.DATABASE_URL_ENV, raising=False)
+    init("--artifacts-root", str(tmp_path / "artifacts"))
+    saved = Paths.current().config_file.read_text()
     out = init("--database-url", f"postgresql+psycopg://u:{PASSWORD}@127.0.0.1:1/db", ok=False)
     assert "database_url: the store at postgresql+psycopg://u:***@127.0.0.1:1/db cannot be reached" in out
     assert PASSWORD not in out
+    assert Paths.current().config_file.read_text() == saved  # nothing saved: the workspace keeps its store
     # the server's start meets the same line (FORGEFLOW_DATABASE_URL, as a service manager would set it)
     monkeypatch.setenv(config.DATABASE_URL_ENV, f"postgresql+psycopg://u:{PASSWORD}@127.0.0.1:1/db")
     result = runner.invoke(app, ["serve", "--port", "1"])
@@ -204,3 +207,29 @@ def test_a_password_holding_a_slash_never_reaches_the_file_or_health(postgres, m
 
     with TestClient(create_app(Workspace.open(), background=False)) as http:
         assert "pa/ss-9z" not in http.get("/api/health").text
+
+
+_FIRST_USE = """
+import sys
+from mlflow import MlflowClient
+from forgeflow.store.workspace import Workspace
+ws = Workspace.open()
+client = MlflowClient(tracking_uri=ws.paths.mlflow_uri, registry_uri=ws.paths.mlflow_uri)
+client.search_experiments(max_results=1)
+client.search_registered_models(max_results=1)
+"""
+
+
+@pytest.mark.postgres
+def test_processes_that_first_use_mlflow_on_a_fresh_postgres_database_together_all_succeed(postgres, tmp_path):
+    """Servers and workers starting together on a new database: MLflow's tables are made once, under forgeflow's
+    migration lock, instead of each process racing through MLflow's own migrations."""
+    import subprocess
+    import sys
+
+    url = postgres.new_database()
+    env = dict(os.environ, FORGEFLOW_DATABASE_URL=url, PYTHONPATH=os.pathsep.join(sys.path))
+    procs = [subprocess.Popen([sys.executable, "-c", _FIRST_USE], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, env=env | {"FORGEFLOW_HOME": str(tmp_path / f"home{i}")}) for i in range(4)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], "\n".join(o[-1500:] for o in outputs)

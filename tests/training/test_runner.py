@@ -161,3 +161,69 @@ def test_resume_rules_and_bookkeeping(ws, tiny_model_dir, data):
     finally:
         alive.kill()
         alive.wait()
+
+
+def _running_job(ws, job_id: str) -> Path:
+    job_dir = ws.paths.jobs / job_id
+    job_dir.mkdir(parents=True)
+    ws.store.insert("jobs", {"id": job_id, "name": job_id, "type": "finetuning", "status": "Running",
+                             "compute": "local", "base_model": "m", "base_model_path": "/m", "training_data": "/d",
+                             "hyperparameters": {}, "job_dir": str(job_dir), "created_at": "2026-01-01T00:00:00+00:00"})
+    return job_dir
+
+
+def test_a_cancel_through_another_server_never_turns_a_job_that_ended_meanwhile_into_canceled(ws):
+    """Two servers on one store: a follower reads the job Running, the leader's loop then sees it Completed; the
+    follower's cancel must not overwrite that (409, the job stays Completed)."""
+    leader = JobRunner(ws.store, ws.paths)
+    job_dir = _running_job(ws, "ft-raced")
+
+    class Follower(JobRunner):
+        def get(self, job_id: str) -> Job:
+            job = super().get(job_id)  # read Running; the worker finishes and the leader records it
+            if job.status == JobStatus.RUNNING:
+                (job_dir / "status.json").write_text(json.dumps({"status": "Completed", "metrics": {"loss": 1.0}}))
+                leader.tick()
+            return job
+
+    with pytest.raises(Conflict, match="ended meanwhile: it is Completed"):
+        Follower(ws.store, ws.paths).cancel("ft-raced")
+    leader.tick()
+    assert leader.get("ft-raced").status == JobStatus.COMPLETED
+
+    _running_job(ws, "ft-running")  # still running: the cancel is asked of the leader's loop
+    assert JobRunner(ws.store, ws.paths).cancel("ft-running").status == JobStatus.CANCEL_REQUESTED
+
+
+def test_a_worker_on_another_host_is_followed_by_its_status_not_judged_by_a_pid_here(ws):
+    """A new leader on another machine (job folders on shared storage) cannot see the worker's pid: it keeps the job
+    running while the worker writes its status, and fails it only once the status has gone stale for long."""
+    import os
+
+    from forgeflow.training.compute.local import FOREIGN_STALE_S
+
+    job_dir = _running_job(ws, "ft-elsewhere")
+    (job_dir / "worker.pid").write_text("4242 another-host.example\n")  # no such pid here: it runs over there
+    (job_dir / "status.json").write_text(json.dumps({"status": "Running", "step": 3, "max_steps": 10}))
+    runner = JobRunner(ws.store, ws.paths)
+    runner._recover()  # what a new leader does first
+    runner.tick()
+    job = runner.get("ft-elsewhere")
+    assert job.status == JobStatus.RUNNING and job.progress["step"] == 3
+    with pytest.raises(Conflict, match="still running"):
+        runner.resume("ft-elsewhere")
+
+    long_ago = time.time() - FOREIGN_STALE_S - 5
+    for name in ("status.json", "worker.pid"):
+        os.utime(job_dir / name, (long_ago, long_ago))
+    runner.tick()
+    job = runner.get("ft-elsewhere")
+    assert job.status == JobStatus.FAILED
+    assert "pid 4242 on host another-host.example" in job.error and "wrote no status for 120 s" in job.error
+
+    # the worker finished over there: its own status ends the job
+    job_dir = _running_job(ws, "ft-done-elsewhere")
+    (job_dir / "worker.pid").write_text("4242 another-host.example\n")
+    (job_dir / "status.json").write_text(json.dumps({"status": "Completed", "metrics": {"loss": 0.5}}))
+    runner.tick()
+    assert runner.get("ft-done-elsewhere").status == JobStatus.COMPLETED

@@ -82,7 +82,8 @@ def create_app(ws: Workspace | None = None, *, base_url: str = "http://127.0.0.1
         os._exit(LEADERSHIP_LOST_EXIT)
 
     if background:
-        services.leadership = Leadership(ws.store, leader_lock(ws.store), url=base_url, on_elected=lead, on_lost=lost)
+        services.leadership = Leadership(ws.store, leader_lock(ws.store), url=base_url, on_elected=lead, on_lost=lost,
+                                         load=endpoint_service.admission.snapshot)
         services.endpoints.leading = False  # until elected: changes go through the store to the leader
 
     @asynccontextmanager

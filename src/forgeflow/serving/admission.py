@@ -5,12 +5,18 @@ admitted request goes to the ready instance with the fewest in flight (ties at r
 its place until its `Ticket` is released, exactly once, however the request ends.
 
 Counters change only on the gateway's event loop; the supervisor and the metrics only read them.
+
+Of several servers on one database each counts its own requests; each publishes them (`snapshot`, written on its
+`servers` row with its heartbeat), and the leader, whose autoscaler and drains must count every server's requests,
+is told what the others published (`set_others`).
 """
 
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Sequence
+from typing import Any
 
 from forgeflow.serving.placement import Instance
 from forgeflow.serving.records import Key
@@ -25,9 +31,12 @@ class Admission:
     def __init__(self) -> None:
         self._pending: dict[Key, int] = {}
         self._in_flight: dict[Instance, int] = {}
+        self._last_at: dict[Key, float] = {}  # when a request for the deployment last came (unix time)
+        self._others: list[dict[str, Any]] = []  # what the other servers published (`snapshot`)
 
     def admit(self, key: Key, request_settings: dict, ready_count: int) -> Ticket | None:
         """A place for one more request to the deployment, or None when it has as many as it takes."""
+        self._last_at[key] = time.time()
         pending = self._pending.get(key, 0)
         if pending >= limit(request_settings, ready_count):
             return None
@@ -43,6 +52,35 @@ class Admission:
 
     def in_flight(self, inst: Instance) -> int:
         return self._in_flight.get(inst, 0)
+
+    # -- several servers -------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """This server's load, for the others: per deployment [endpoint, name, pending, last request's unix time],
+        per instance address the requests in flight."""
+        # Read from the heartbeat's thread while the event loop counts: copies first (one step each under the GIL).
+        last_at, in_flight = list(self._last_at.items()), list(self._in_flight.items())
+        return {"deployments": [[e, d, self._pending.get((e, d), 0), at] for (e, d), at in last_at],
+                "in_flight": {i.url: n for i, n in in_flight if i.url}}
+
+    def set_others(self, snapshots: list[dict[str, Any]]) -> None:
+        """What the other live servers published (the leader's view of their gateways)."""
+        self._others = snapshots
+
+    def others_pending(self, key: Key, since: float) -> int:
+        """The requests other servers have pending for the deployment; a server that had a request since `since`
+        (unix time) counts at least one, as its load is published only every heartbeat."""
+        total = 0
+        for snap in self._others:
+            for endpoint, name, pending, at in snap.get("deployments", ()):
+                if (endpoint, name) == key:
+                    total += max(int(pending), int(at >= since))
+        return total
+
+    def others_in_flight(self, url: str) -> int | None:
+        """The requests other servers have in flight on the instance at `url`; None when there is no other server."""
+        if not self._others:
+            return None
+        return sum(int(snap.get("in_flight", {}).get(url, 0)) for snap in self._others)
 
     def _enter(self, ready: Sequence[Instance]) -> Instance:
         least = min(self._in_flight.get(i, 0) for i in ready)

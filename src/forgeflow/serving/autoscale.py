@@ -2,8 +2,9 @@
 its load needs, between `min_instances` and `max_instances`.
 
 One thread, owned by the endpoint service, polls each autoscaled deployment every `polling_interval` seconds: it
-reads the requests pending at the gateway (admission's count: queued or in flight, and those waiting for a first
-instance) and the mean latency of the requests its instances answered since the last poll (metrics), decides a count
+reads the requests pending at the gateways (admission's count: queued or in flight, and those waiting for a first
+instance; on several servers, what the others published too, and one for a server that had a request lately) and
+the mean latency of the requests its instances answered since the last poll (metrics), decides a count
 (`decide`, a pure function) and applies it the way an instance_count change goes: the endpoint service writes
 the row and the supervisor starts or drains instances. Scaling out happens at once; scaling in waits until the
 load has wanted fewer instances for `idle_time_before_scale_down` seconds, and then keeps as many as the busiest
@@ -36,6 +37,7 @@ log = logging.getLogger("forgeflow.deployments")
 EVENTS_KEPT = 20
 LATENCY = "forgeflow_instance_request_duration_seconds"  # the gateway's own fast refusals left out
 WAKE_REASON = "a request arrived while scaled to zero"
+OTHERS_LAG_S = 3.0  # how late another server's published load may be (its heartbeat, then the leader's read)
 
 
 @dataclass(frozen=True)
@@ -154,8 +156,11 @@ class Autoscaler:
         self._answered[key] = (total, answered)
         latency = (total - last_total) / (answered - last_answered) if answered > last_answered else None
         slots = int(dep.request_settings.get("max_concurrent_requests_per_instance", 1))
+        # Requests through the other servers count too (their load comes with their heartbeats, a little late).
+        since = time.time() - dep.scale_settings["polling_interval"] - OTHERS_LAG_S
+        pending = self.admission.pending(key) + self.admission.others_pending(key, since)
         with self._lock:
-            decision = decide(dep.scale_settings, dep.instance_count, self.admission.pending(key), slots, latency,
+            decision = decide(dep.scale_settings, dep.instance_count, pending, slots, latency,
                               self._calm.get(key), now)
             if decision.calm is None:
                 self._calm.pop(key, None)

@@ -1,10 +1,11 @@
 """What the leader runs, shared with the other servers of its database, and the store as the source of truth.
 
 Only the leading server runs a supervisor (store/leadership.py), yet every server's gateway serves every endpoint.
-The leader publishes its instances (address, readiness, restarts, and the instance's secret encrypted with the
-workspace key) in the `deployment_instances` table, which `InstanceBoard` alone writes; a follower's gateway
-forwards to the ready instances it reads there, read again at most every READ_CACHE_S so it follows restarts and
-rolling updates. The leader's own gateway keeps using the supervisor's memory.
+The leader publishes its instances (address, readiness, restarts, its host, and the instance's secret encrypted
+with the workspace key) in the `deployment_instances` table, which `InstanceBoard` alone writes; a follower's
+gateway forwards to the ready instances it reads there, read again at most every READ_CACHE_S so it follows
+restarts and rolling updates; a follower on another host skips instances on the leader's loopback. The leader's
+own gateway keeps using the supervisor's memory.
 
 A change made through a follower (a deployment created, updated, scaled or deleted) is only written to the store;
 `reconcile`, run by the leader every poll, brings the supervisor to what the store says.
@@ -13,16 +14,20 @@ A change made through a follower (a deployment created, updated, scaled or delet
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterable
+from urllib.parse import urlsplit
 
+from forgeflow.errors import ServerUnavailable
 from forgeflow.serving.placement import Instance
 from forgeflow.serving.records import Deployment, Key
 from forgeflow.serving.supervisor import DeploymentSupervisor
 from forgeflow.store.db import Store, now
+from forgeflow.store.leadership import gateway_loads
 from forgeflow.store.secrets import SecretBox
 from forgeflow.store.states import DeploymentState
 
@@ -38,8 +43,9 @@ STARTABLE = (DeploymentState.CREATING, DeploymentState.UPDATING)
 
 
 def reconcile(supervisor: DeploymentSupervisor, stored: Iterable[Deployment]) -> list[Key]:
-    """Bring the supervisor to the changes followers wrote: start a deployment created (or a failed one updated),
-    roll an update, apply an instance count a follower's wake wrote, stop what was deleted. The keys it stopped.
+    """Bring the supervisor to the changes followers wrote: start a deployment created (or a failed one updated, or
+    one deleted and created again), roll an update, apply an instance count a follower's wake wrote, stop what was
+    deleted. The keys it stopped.
 
     The leader's own changes reach its supervisor directly, under the endpoint service's deployments lock, which
     the caller holds; the supervisor writes a failure (and a rollback's restored spec) before it acts on it, so
@@ -55,7 +61,11 @@ def reconcile(supervisor: DeploymentSupervisor, stored: Iterable[Deployment]) ->
                 supervisor.launch(dep)
             continue
         changed = {k for k, v in dep.spec().items() if _comparable(current.spec()[k]) != _comparable(v)}
-        if changed and dep.state == DeploymentState.UPDATING:
+        if _recreated(current, dep, changed):
+            log.info("deployment %s/%s was deleted and created again through another server: starting it anew",
+                     *key)
+            supervisor.launch(dep)  # stops the old instances first
+        elif changed and dep.state == DeploymentState.UPDATING:
             supervisor.update(current, dep)
         elif changed == {"instance_count"} and dep.state == DeploymentState.SUCCEEDED:
             supervisor.scale(dep)
@@ -64,6 +74,15 @@ def reconcile(supervisor: DeploymentSupervisor, stored: Iterable[Deployment]) ->
         log.info("deployment %s/%s was deleted through another server: stopping its instances", *key)
         supervisor.stop(*key)
     return gone
+
+
+def _recreated(running: Deployment, stored: Deployment, changed: set[str]) -> bool:
+    """The stored row is another deployment of the same name than the one running (deleted and created again
+    between two passes): it was created at another time, or it is being created while what runs was created
+    already or is being updated, or it is being created with another spec than the creation running."""
+    if stored.state != DeploymentState.CREATING:
+        return stored.created_at != running.created_at
+    return stored.created_at != running.created_at or running.state != DeploymentState.CREATING or bool(changed)
 
 
 def _comparable(value):
@@ -90,6 +109,8 @@ class InstanceBoard:
         self._known: dict[str, Instance] = {}  # what a follower read, by id: the same object while it lasts
         self._by_key: dict[Key, list[Instance]] = {}
         self._unreachable: dict[str, float] = {}
+        self._host = socket.gethostname()
+        self._elsewhere: set[str] = set()  # ids of instances on another host's loopback: not reachable from here
 
     # -- the leader ------------------------------------------------------------------
     def clear(self) -> None:
@@ -121,7 +142,7 @@ class InstanceBoard:
                 if old is None:
                     self.store.insert(TABLE, {"id": ident, "endpoint": endpoint, "deployment": name, "idx": index,
                                               "url": url, "ready": is_ready, "secret": secret, "restarts": restarts,
-                                              "server_id": server_id, "updated_at": now()})
+                                              "server_id": server_id, "updated_at": now(), "host": self._host})
                 else:
                     self.store.update(TABLE, {"id": ident}, {"url": url, "ready": is_ready, "restarts": restarts,
                                                              "updated_at": now()})
@@ -136,9 +157,17 @@ class InstanceBoard:
             return list(self._by_key.get(key, ()))
 
     def ready(self, key: Key) -> list[Instance]:
+        """The ready instances this server can reach; a 503 saying why when every one listens on the loopback of the
+        leader's host, another host than this one."""
         moment = time.monotonic()
-        return [i for i in self.instances(key)
-                if i.ready and self._unreachable.get(self._ident(i), 0.0) <= moment]
+        instances = self.instances(key)
+        reachable = [i for i in instances if self._ident(i) not in self._elsewhere]
+        if instances and not reachable:
+            raise ServerUnavailable(
+                f"deployment {key[1]!r} of endpoint {key[0]!r}: this deployment's instances listen on the leader's "
+                f"loopback (the leader runs on another host than this server, {self._host}); place it on a Ray "
+                "target to serve it from other machines, or send its requests to the leading server")
+        return [i for i in reachable if i.ready and self._unreachable.get(self._ident(i), 0.0) <= moment]
 
     def mark_unreachable(self, inst: Instance) -> None:
         """This server could not connect to it: skip it for a while, until the leader's probes have spoken."""
@@ -152,25 +181,34 @@ class InstanceBoard:
         rows = self.store.select(TABLE, order_by="idx")
         known: dict[str, Instance] = {}
         by_key: dict[Key, list[Instance]] = {}
+        elsewhere: set[str] = set()
         for row in rows:
             inst = self._known.get(row["id"])
             if inst is None:
                 inst = Instance(index=row["idx"], url=row["url"], secret=self.secrets.decrypt(row["secret"]))
                 self._ids[inst] = (row["id"], row["secret"])
             inst.url, inst.ready, inst.restarts = row["url"], bool(row["ready"]), row["restarts"]
+            if row.get("host") not in (None, self._host) and _loopback(row["url"]):
+                elsewhere.add(row["id"])
             known[row["id"]] = inst
             by_key.setdefault((row["endpoint"], row["deployment"]), []).append(inst)
         for ident in self._known.keys() - known.keys():
             self._known[ident].retired = True
             self._unreachable.pop(ident, None)
-        self._known, self._by_key = known, by_key
+        self._known, self._by_key, self._elsewhere = known, by_key, elsewhere
         self._read_at = time.monotonic()
+
+
+def _loopback(url: str) -> bool:
+    """An address only its own host reaches (a local placement's instances listen on 127.0.0.1)."""
+    host = urlsplit(url).hostname or ""
+    return host == "localhost" or host == "::1" or host.startswith("127.")
 
 
 class LeaderSync:
     """The leader's pass, every SYNC_S on a thread of its own: reconcile the supervisor with the stored deployments
-    (under the endpoint service's deployments `lock`; `forget` drops what is kept of one deleted elsewhere), then
-    publish its instances. It starts from an empty board."""
+    (under the endpoint service's deployments `lock`; `forget` drops what is kept of one deleted elsewhere), publish
+    its instances, and read the load the other servers' gateways published. It starts from an empty board."""
 
     def __init__(self, supervisor: DeploymentSupervisor, board: InstanceBoard, lock: threading.Lock,
                  stored: Callable[[], list[Deployment]], forget: Callable[[Key], None], server_id: str) -> None:
@@ -193,5 +231,7 @@ class LeaderSync:
                 for key in gone:
                     self.forget(key)
                 self.board.publish(self.supervisor, self.server_id)
+                # The other servers' gateways: their requests count for the autoscaler and for drains.
+                self.supervisor.admission.set_others(gateway_loads(self.board.store, self.server_id))
             except Exception:  # a busy database must not end it for good
                 log.exception("reconciling deployments with the store failed")

@@ -27,10 +27,14 @@ import httpx
 from forgeflow.serving.admission import Admission
 from forgeflow.serving.placement import Instance, Placement
 from forgeflow.serving.records import Deployment, Key
+from forgeflow.store.states import DeploymentState
 
 log = logging.getLogger("forgeflow.deployments")
 
 READY_TIMEOUT_S = float(os.environ.get("FORGEFLOW_READY_TIMEOUT_S", "600"))
+# How long other servers may still send to an instance retired here: the leader publishes it gone, they read the
+# board again, and what they have in flight comes with their next heartbeat.
+HANDOFF_S = 3.0
 
 
 class Reports(Protocol):
@@ -143,7 +147,8 @@ class DeploymentSupervisor:
             return list(self._instances.get((endpoint, name), []))
 
     def running(self) -> dict[Key, Deployment]:
-        """The spec each deployment it runs was last given (what the endpoint service reconciles with the store)."""
+        """The spec each deployment it runs was last given (what the endpoint service reconciles with the store);
+        a launched one's state turns Succeeded once its instances all were ready."""
         with self._lock:
             return dict(self._specs)
 
@@ -266,6 +271,9 @@ class DeploymentSupervisor:
                                 f"{self.placement.log_tail(pending[0]) if pending else ''}")
             return
         self.reports.deployment_succeeded(key)
+        with self._lock:  # after the row: what it runs says Succeeded only once the store does
+            if self._current(key, gen) and key in self._specs:
+                self._specs[key] = self._specs[key].replace(state=DeploymentState.SUCCEEDED)
 
     def _await_instance(self, key: Key, gen: int, inst: Instance) -> str | None:
         """Wait for one new instance; None when ready, else why not."""
@@ -328,10 +336,19 @@ class DeploymentSupervisor:
             if inst in pool:
                 pool.remove(inst)
             inst.retired, inst.ready = True, False
-        limit = time.monotonic() + spec.request_timeout_s + 1
-        while self.admission.in_flight(inst) > 0 and time.monotonic() < limit:
+        start = time.monotonic()
+        limit = start + spec.request_timeout_s + 1
+        while self._busy(inst, start) and time.monotonic() < limit:
             time.sleep(0.05)
         self.placement.stop([inst])
+
+    def _busy(self, inst: Instance, retired_at: float) -> bool:
+        """Requests may still reach a retired instance: this server's in flight, and when other servers share the
+        database, theirs: those they have in flight, and any they send until they read it retired."""
+        if self.admission.in_flight(inst) > 0:
+            return True
+        others = self.admission.others_in_flight(inst.url)
+        return others is not None and (others > 0 or time.monotonic() - retired_at < HANDOFF_S)
 
     def _fail(self, key: Key, reason: str) -> None:
         """The row says Failed before the instances stop: the store never shows a deployment being created that

@@ -39,7 +39,7 @@ class Store:
         kwargs: dict[str, Any] = {}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
-        self.engine = sa.create_engine(url, **kwargs)
+        self.engine = sa.create_engine(url, pool_pre_ping=True, **kwargs)  # a restarted database: reconnect
         if url.startswith("sqlite"):
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         self._lock = threading.RLock()

@@ -13,12 +13,14 @@ have a successor, so it must stop acting at once: `on_lost` is called, and the s
 
 The `servers` table (this module is its one writer) says who runs: each server's row is written when it starts,
 its heartbeat every poll, and removed when it stops; the leader marks itself and clears rows whose heartbeat
-stopped long ago (a server that was killed).
+stopped long ago (a server that was killed). With its heartbeat each server writes its gateway's load (`load`,
+JSON), which the leader reads with `gateway_loads`: requests through followers count for its autoscaler too.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import socket
@@ -40,7 +42,9 @@ TABLE = "servers"
 # The advisory lock key of the leader (any fixed 64-bit number: "forgeldr" in ASCII, apart from migrate.py's).
 LEADER_LOCK = 0x666F7267656C6472
 POLL_S = 1.0
-STALE_S = 30.0  # a heartbeat this old belongs to a server that is gone
+STALE_S = 30.0  # a heartbeat this old belongs to a server that is gone: its row is deleted
+# A server is alive while its heartbeat is younger than about three polls (plus the second its timestamp drops).
+ALIVE_S = 3 * POLL_S + 1.0
 
 
 class Lock(Protocol):
@@ -91,7 +95,11 @@ class AdvisoryLock:
         # Keepalives bound how long a cut network goes unnoticed; the lock's session is never in a transaction.
         self._engine = sa.create_engine(url, poolclass=NullPool, connect_args={
             "connect_timeout": 5, "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 1,
-            "keepalives_count": 3, "tcp_user_timeout": 10_000, "options": "-c statement_timeout=5000"})
+            "keepalives_count": 3, "tcp_user_timeout": 10_000,
+            # The server side too: a leader whose machine died (no FIN, no RST) loses its session, and so the lock,
+            # within seconds rather than after the system's two-hour TCP keepalive.
+            "options": "-c statement_timeout=5000 -c tcp_keepalives_idle=5 -c tcp_keepalives_interval=1 "
+                       "-c tcp_keepalives_count=3"})
         self.key = key
         self._conn: sa.Connection | None = None
 
@@ -149,8 +157,10 @@ class Leadership:
     """This server's place among the servers of one database: it leads while it holds `lock`."""
 
     def __init__(self, store: Store, lock: Lock, *, url: str, on_elected: Callable[[], None],
-                 on_lost: Callable[[], None], poll_s: float = POLL_S) -> None:
+                 on_lost: Callable[[], None], poll_s: float = POLL_S,
+                 load: Callable[[], dict] | None = None) -> None:
         self.store = store
+        self.load = load
         self.lock = lock
         self.url = url
         self.on_elected = on_elected
@@ -203,21 +213,31 @@ class Leadership:
                 log.exception("leadership poll failed")
 
     def _contend(self) -> None:
+        """Take the lock if free; this server leads only once its row says so and what it leads has started. A
+        write that fails (the database restarted under a pooled connection) lets the lock go again, so the lock
+        is never held by a server that runs nothing: the next poll tries again."""
         if self._stop.is_set() or not self.lock.acquire():
             return
-        self._leads = True
+        try:
+            self.store.execute(f"UPDATE {TABLE} SET is_leader = 0 WHERE id <> :me", {"me": self.server_id})
+            self.store.update(TABLE, {"id": self.server_id}, {"is_leader": 1, "heartbeat_at": now()})
+        except Exception:
+            self.lock.release()
+            raise
         log.info("this server (%s, %s) leads: it runs the job runner and the deployment supervisor",
                  self.server_id, self.url)
-        self.store.execute(f"UPDATE {TABLE} SET is_leader = 0 WHERE id <> :me", {"me": self.server_id})
-        self.store.update(TABLE, {"id": self.server_id}, {"is_leader": 1, "heartbeat_at": now()})
         try:
             self.on_elected()
         except Exception:
             if self._thread is None:  # at start: the server does not start
+                self.lock.release()
                 raise
             # A leader that cannot run what it leads would hold the lock for nothing: it stops as if it lost it.
             log.exception("this server won leadership but could not start the job runner and the supervisor")
             self._lose()
+            self.lock.release()
+            return
+        self._leads = True
 
     def _lose(self) -> None:
         """Leadership is over for this server: it contends no more (a server that lost its lock exits)."""
@@ -227,6 +247,8 @@ class Leadership:
 
     def _heartbeat(self) -> None:
         values = {"heartbeat_at": now(), "is_leader": int(self._leads)}
+        if self.load is not None:
+            values["gateway_load"] = json.dumps(self.load())
         if not self.store.update(TABLE, {"id": self.server_id}, values):  # removed as stale after a long pause
             self.store.insert(TABLE, {"id": self.server_id, "url": self.url, "pid": os.getpid(),
                                       "host": socket.gethostname(), "started_at": values["heartbeat_at"], **values})
@@ -245,8 +267,16 @@ def servers(store: Store) -> list[dict]:
     moment = datetime.now(timezone.utc).timestamp()
     out = []
     for row in rows:
-        alive = moment - datetime.fromisoformat(row["heartbeat_at"]).timestamp() < STALE_S
+        alive = moment - datetime.fromisoformat(row["heartbeat_at"]).timestamp() < ALIVE_S
         out.append({"id": row["id"], "url": row["url"], "pid": row["pid"], "host": row["host"],
                     "started_at": row["started_at"], "heartbeat_at": row["heartbeat_at"], "alive": alive,
                     "leader": bool(row["is_leader"]) and alive})
     return out
+
+
+def gateway_loads(store: Store, exclude: str) -> list[dict]:
+    """The gateway loads the live servers other than `exclude` published (a dead server's requests are gone)."""
+    moment = datetime.now(timezone.utc).timestamp()
+    return [json.loads(row["gateway_load"]) for row in store.select(TABLE)
+            if row["id"] != exclude and row.get("gateway_load")
+            and moment - datetime.fromisoformat(row["heartbeat_at"]).timestamp() < ALIVE_S]

@@ -12,7 +12,7 @@ from functools import cached_property
 import sqlalchemy as sa
 
 from forgeflow.errors import ServerUnavailable
-from forgeflow.store import config
+from forgeflow.store import config, migrate
 from forgeflow.store.audit import AuditLog
 from forgeflow.store.db import Store
 from forgeflow.store.home import Paths
@@ -55,8 +55,13 @@ class Workspace:
         if not values:
             return
         self.paths.root.mkdir(parents=True, exist_ok=True)
-        merged = dataclasses.replace(self.paths.config, **values)
-        write_private(self.paths.config_file, config.dump(merged, self.secrets.encrypt))
+        new_store = _open_store(values["database_url"]) if "database_url" in values else None
+        try:  # a database that cannot be reached is not saved: the workspace keeps the one it had
+            merged = dataclasses.replace(self.paths.config, **values)
+            write_private(self.paths.config_file, config.dump(merged, self.secrets.encrypt))
+        finally:
+            if new_store is not None:
+                new_store.engine.dispose()
         self.paths = Paths(self.paths.root)
         self.__dict__.pop("store", None)
 
@@ -68,19 +73,13 @@ class Workspace:
 
     @cached_property
     def store(self) -> Store:
-        url = self.paths.db_url
-        try:
-            return Store(url)
-        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-            reason = (str(exc.orig or exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise ServerUnavailable(
-                f"database_url: the store at {config.mask(url)} cannot be reached ({reason}); start the database or "
-                f"choose another with FORGEFLOW_DATABASE_URL or forgeflow init --database-url URL",
-                field="database_url") from None
+        return _open_store(self.paths.db_url)
 
     def _ensure_mlflow_schema(self) -> None:
-        """MLflow on the store's Postgres database lives in a schema of its own, which must exist before MLflow
-        creates its tables there (servers starting together may race to create it: either wins)."""
+        """MLflow on the store's Postgres database lives in a schema of its own: the schema and MLflow's tables are
+        created here, once, under forgeflow's migration lock. MLflow creates them on first use otherwise, and
+        processes that first use it together (servers, workers) race through its migrations and fail. (An MLflow
+        database chosen at init is MLflow's own business, and may be down while the workspace opens.)"""
         uri = self.paths.mlflow_uri
         if not uri.startswith(config.POSTGRES):
             return
@@ -89,10 +88,19 @@ class Workspace:
             return
         engine = sa.create_engine(url)
         try:
-            with engine.begin() as conn:
-                conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {config.MLFLOW_SCHEMA}"))
-        except sa.exc.IntegrityError:
-            pass
+            if not _has_mlflow_tables(engine):
+                with engine.connect() as conn:
+                    conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": migrate.MIGRATION_LOCK})
+                    try:
+                        conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {config.MLFLOW_SCHEMA}"))
+                        conn.commit()
+                        if not _has_mlflow_tables(engine):
+                            from mlflow import MlflowClient  # slow to import: only when its tables are missing
+
+                            MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments(max_results=1)
+                    finally:
+                        conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": migrate.MIGRATION_LOCK})
+                        conn.commit()
         finally:
             engine.dispose()
 
@@ -122,3 +130,22 @@ class Workspace:
         token = new_key("ffa_")
         self.store.set_setting(ADMIN_TOKEN_SETTING, self.secrets.encrypt(token))
         return {"token": token, "sessions_ended": self.sessions.end_owner_sessions()}
+
+
+def _open_store(url: str) -> Store:
+    """The store at `url` (schema brought up to date), or a 503 naming database_url without its password."""
+    try:
+        return Store(url)
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        reason = (str(exc.orig or exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ServerUnavailable(
+            f"database_url: the store at {config.mask(url)} cannot be reached ({reason}); start the database or "
+            f"choose another with FORGEFLOW_DATABASE_URL or forgeflow init --database-url URL",
+            field="database_url") from None
+
+
+def _has_mlflow_tables(engine: sa.Engine) -> bool:
+    """MLflow's tables are there (its version table and its newest ones) where its search_path points."""
+    with engine.connect() as conn:
+        inspector = sa.inspect(conn)
+        return all(inspector.has_table(t) for t in ("alembic_version", "experiments", "registered_models"))

@@ -186,7 +186,12 @@ class JobRunner:
                 raise Conflict(f"job {job.id} is already {job.status}")
             if not (job.status == JobStatus.QUEUED
                     and self._write(job.id, JobStatus.QUEUED, status=JobStatus.CANCELED, finished_at=now())):
-                self._write(job.id, status=JobStatus.CANCEL_REQUESTED)  # started meanwhile: the loop stops it
+                # Started meanwhile: the loop stops it. Only while it still runs: the leader may have finished it
+                # since this server read it, and a Completed job must not turn Canceled.
+                if not any(self._write(job.id, active, status=JobStatus.CANCEL_REQUESTED)
+                           for active in (JobStatus.STARTING, JobStatus.RUNNING, JobStatus.FINALIZING,
+                                          JobStatus.CANCEL_REQUESTED)):
+                    raise Conflict(f"job {job.id} ended meanwhile: it is {self.get(job.id).status}")
         self._wake.set()
         return self.get(job.id)
 
@@ -303,7 +308,8 @@ class JobRunner:
                 handle.kill()
         if handle is None or ended is not None:
             self._handles.pop(job.id, None)
-            self._finish(job, st, exit_status=ended.exit_status if ended else None)
+            self._finish(job, st, exit_status=ended.exit_status if ended else None,
+                         reason=ended.reason if ended else None)
             return
         values: dict[str, Any] = {}
         if st.get("status") == JobStatus.RUNNING and job.status == JobStatus.STARTING:
@@ -316,7 +322,8 @@ class JobRunner:
         if values:
             self._write(job.id, **values)
 
-    def _finish(self, job: Job, st: dict[str, Any], exit_status: int | None = None) -> None:
+    def _finish(self, job: Job, st: dict[str, Any], exit_status: int | None = None,
+                reason: str | None = None) -> None:
         reported = st.get("status")
         if job.status == JobStatus.CANCEL_REQUESTED:
             status = JobStatus.CANCELED
@@ -326,7 +333,8 @@ class JobRunner:
             status = JobStatus.FAILED
         error = st.get("error")
         if status == JobStatus.FAILED and not error:
-            error = "the worker process ended" if exit_status is None else f"the worker exited with code {exit_status}"
+            error = (reason or "the worker process ended" if exit_status is None
+                     else f"the worker exited with code {exit_status}")
             tail = log_tail(worker_log(job.job_dir), 5, 600)
             if tail:
                 error += ": " + tail

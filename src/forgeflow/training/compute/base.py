@@ -21,9 +21,11 @@ CANCEL_GRACE_S = 15.0
 
 @dataclass(frozen=True)
 class Ended:
-    """How a worker ended: its exit status, or None when the compute could not learn it (it ended unseen)."""
+    """How a worker ended: its exit status, or None when the compute could not learn it (it ended unseen); `reason`
+    says why the compute judged it ended when it could not see it end."""
 
     exit_status: int | None
+    reason: str | None = None
 
 
 class WorkerHandle(Protocol):
