@@ -39,6 +39,10 @@ def _score(server: LiveServer, key: str) -> int:
         return 0
 
 
+def _me(server: LiveServer, token: str) -> int:
+    return httpx.get(f"{server.url}/api/me", headers={"Authorization": f"Bearer {token}"}, timeout=10).status_code
+
+
 def _rows(path, n=8):
     row = {"messages": [{"role": "user", "content": "Who founded Quillfeather?"},
                         {"role": "assistant", "content": "Ysolde Marrowick founded it in 2009."}]}
@@ -84,6 +88,13 @@ def test_either_server_serves_and_the_follower_takes_over_from_a_killed_leader(t
     key = follower.cli_json("online-endpoint", "get-credentials", "--name", "ms-ep")["primary_key"]
     assert _score(leader, key) == 200 and _score(follower, key) == 200  # memory on one, the published table on the other
 
+    # A user made through the leader acts through the follower; the token revoked through the follower is refused
+    # by the leader at once (every server reads tokens from the database on each request).
+    dana = leader.cli_json("user", "create", "dana", "--role", "reader")
+    assert _me(follower, dana["token"]) == 200
+    follower.cli("token", "revoke", dana["id"])
+    assert _me(leader, dana["token"]) == 401 and _me(follower, dana["token"]) == 401
+
     # Keys changed through the leader stop working on the follower too, soon.
     fresh = leader.cli_json("online-endpoint", "regenerate-keys", "--name", "ms-ep", "--key-type", "primary")
     wait_until(lambda: _score(follower, key) == 401, 10, "the follower to refuse the replaced key", interval=0.2)
@@ -107,6 +118,9 @@ def test_either_server_serves_and_the_follower_takes_over_from_a_killed_leader(t
     assert done["progress"]["step"] == MAX_STEPS
     dep = follower.cli_json("online-deployment", "show", "--name", "blue", "--endpoint-name", "ms-ep")
     assert dep["provisioning_state"] == "Succeeded" and [i["ready"] for i in dep["instances"]] == [True], dep
+    # The job's MLflow run and the registry live in the workspace's database (on Postgres: its `mlflow` schema).
+    model = follower.cli_json("model", "create", "--name", "ms-model", "--from-job", job["id"])
+    assert follower.cli_json("model", "show", "ms-model:1")["version"] == model["version"] == "1"
 
 
 @pytest.mark.postgres
