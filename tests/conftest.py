@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -34,32 +35,34 @@ def loopback_ray():
     ray.shutdown()
 
 
+@contextmanager
+def _throwaway_postgres():
+    from pg_harness import PostgresMissing, start_postgres
+
+    try:
+        pg = start_postgres()
+    except PostgresMissing as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield pg
+    finally:
+        pg.stop()
+
+
 @pytest.fixture(scope="session")
 def postgres():
     """One real Postgres cluster for the whole run (Debian's postgresql package, a temporary directory, a loopback
     port): `.url` is its `forgeflow` database, `.new_database()` a fresh empty one, `.restart()` / `.kill()` stop
     it as a crash would. Without the package the test fails and says how to install it: never a silent skip."""
-    from pg_harness import PostgresMissing, start_postgres
-
-    try:
-        pg = start_postgres()
-    except PostgresMissing as exc:
-        pytest.fail(str(exc), pytrace=False)
-    yield pg
-    pg.stop()
+    with _throwaway_postgres() as pg:
+        yield pg
 
 
 @pytest.fixture
 def private_postgres():
     """A Postgres cluster of this test alone, for a test that restarts it (the session's serves every other test)."""
-    from pg_harness import PostgresMissing, start_postgres
-
-    try:
-        pg = start_postgres()
-    except PostgresMissing as exc:
-        pytest.fail(str(exc), pytrace=False)
-    yield pg
-    pg.stop()
+    with _throwaway_postgres() as pg:
+        yield pg
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
