@@ -1,5 +1,7 @@
 import os
 import stat
+import subprocess
+import sys
 
 import pytest
 
@@ -29,6 +31,22 @@ def test_migrations_apply_once(database_url):
     assert [r["version_num"] for r in store.select(migrate.VERSION_TABLE)] == [migrate.revisions()[-1]]
 
 
+def test_the_head_read_from_file_names_is_alembics_head():
+    from alembic.script import ScriptDirectory
+
+    assert migrate.HEAD == ScriptDirectory.from_config(migrate._config()).get_current_head() == migrate.revisions()[-1]
+
+
+def test_opening_an_up_to_date_workspace_does_not_import_alembic(database_url):
+    """Every CLI command that reads the owner token opens the workspace: Alembic is loaded only to migrate."""
+    Workspace.open()
+    code = ("import sys; from forgeflow.store.workspace import Workspace; ws = Workspace.open(); ws.admin_token(); "
+            "assert 'alembic' not in sys.modules, 'alembic imported'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_connection_secrets_encrypted_and_masked(database_url, stored_text):
     ws = Workspace.open()
     conns = ConnectionStore(ws)
@@ -52,3 +70,16 @@ def test_same_is_constant_time_compare():
     assert not same("abc", "abd")
     assert not same(None, "abc")
     assert not same("", "")
+
+
+def test_an_update_can_expect_one_of_several_values(database_url):
+    """A tuple or set in `where` is one conditional write (`IN`): it changes only rows still in one of them."""
+    store = Store(database_url)
+    for key, value in (("a", "Running"), ("b", "Starting"), ("c", "Completed")):
+        store.insert("settings", {"key": key, "value": value})
+    assert store.update("settings", {"value": {"Starting", "Running", "bad\x00"}}, {"value": "CancelRequested"}) == 2
+    assert store.update("settings", {"key": ("c",), "value": ("Running", "Starting")}, {"value": "x"}) == 0
+    assert store.update("settings", {"value": set()}, {"value": "x"}) == 0
+    assert store.update("settings", {"value": ("\x00",)}, {"value": "x"}) == 0
+    assert {r["key"]: r["value"] for r in store.select("settings") if r["key"] in ("a", "b", "c")} == {
+        "a": "CancelRequested", "b": "CancelRequested", "c": "Completed"}

@@ -210,11 +210,10 @@ def test_a_password_holding_a_slash_never_reaches_the_file_or_health(postgres, m
 
 
 _FIRST_USE = """
-import sys
-from mlflow import MlflowClient
+from forgeflow.registry import models
 from forgeflow.store.workspace import Workspace
-ws = Workspace.open()
-client = MlflowClient(tracking_uri=ws.paths.mlflow_uri, registry_uri=ws.paths.mlflow_uri)
+Workspace.open()
+client = models.client()
 client.search_experiments(max_results=1)
 client.search_registered_models(max_results=1)
 """
@@ -223,7 +222,8 @@ client.search_registered_models(max_results=1)
 @pytest.mark.postgres
 def test_processes_that_first_use_mlflow_on_a_fresh_postgres_database_together_all_succeed(postgres, tmp_path):
     """Servers and workers starting together on a new database: MLflow's tables are made once, under forgeflow's
-    migration lock, instead of each process racing through MLflow's own migrations."""
+    migration lock, by the first use of MLflow in each process (here the registry's client), instead of each
+    process racing through MLflow's own migrations."""
     import subprocess
     import sys
 

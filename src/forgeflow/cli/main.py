@@ -48,6 +48,7 @@ def init(
     ws.configure(database_url=_from_stdin(database_url), mlflow_uri=_from_stdin(mlflow_uri),
                  artifacts_root=artifacts_root, mlflow_artifacts=mlflow_artifacts)
     created = ws.ensure()
+    ws.ensure_mlflow()
     info = {"created": created, **ws.describe()}
     if json_out:
         print_json(info)

@@ -101,6 +101,7 @@ def _run_foreground(host: str, port: int) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ws = Workspace.open()
+    ws.ensure_mlflow()
     if _healthy(f"http://{host}:{port}"):
         raise Conflict(f"a server already answers at http://{host}:{port}")
     ws.paths.server_pid.write_text(f"{os.getpid()} http://{host}:{port}\n")

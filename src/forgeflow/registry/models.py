@@ -53,6 +53,9 @@ class ModelVersion:
 def _client(uri: str):
     from mlflow import MlflowClient
 
+    from forgeflow.store.workspace import ensure_mlflow_tables
+
+    ensure_mlflow_tables(uri)  # the first use of MLflow in this process: its tables, made once on Postgres
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 

@@ -25,7 +25,7 @@ INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 
 JSON_COLUMNS = {"hyperparameters", "progress", "metrics", "traffic", "request_settings", "configs",
                 "mirror_traffic", "liveness_probe", "readiness_probe", "resources", "scale_settings",
-                "detail", "allowed_users"}
+                "detail", "allowed_users", "gateway_load"}
 
 
 def now() -> str:
@@ -39,7 +39,9 @@ class Store:
         kwargs: dict[str, Any] = {}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
-        self.engine = sa.create_engine(url, pool_pre_ping=True, **kwargs)  # a restarted database: reconnect
+        else:  # a restarted database server: reconnect (a SQLite file has no server to lose)
+            kwargs["pool_pre_ping"] = True
+        self.engine = sa.create_engine(url, **kwargs)
         if url.startswith("sqlite"):
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         self._lock = threading.RLock()
@@ -65,12 +67,26 @@ class Store:
             raise _exists(table, row) from None
 
     def update(self, table: str, where: dict, values: dict) -> int:
+        """Set `values` on the rows matching `where`: a column equal to a value, or one of a tuple, set or frozenset
+        of values (`column IN (...)`: one conditional write where a row may be in any of several states)."""
         values = _encode(self._fits(table, values))
-        if _unmatchable(where.values()):
-            return 0
+        params = {f"v_{k}": v for k, v in values.items()}
+        conds = []
+        for k, v in where.items():
+            if isinstance(v, (tuple, set, frozenset)):
+                v = [one for one in v if not _unmatchable([one])]
+                if not v:
+                    return 0
+                names = [f"w_{k}_{i}" for i in range(len(v))]
+                conds.append(f"{k} IN ({', '.join(':' + n for n in names)})")
+                params |= dict(zip(names, v))
+            elif _unmatchable([v]):
+                return 0
+            else:
+                conds.append(f"{k} = :w_{k}")
+                params[f"w_{k}"] = v
         sets = ", ".join(f"{k} = :v_{k}" for k in values)
-        cond = " AND ".join(f"{k} = :w_{k}" for k in where)
-        params = {f"v_{k}": v for k, v in values.items()} | {f"w_{k}": v for k, v in where.items()}
+        cond = " AND ".join(conds)
         with self._lock, self.engine.begin() as conn:
             return conn.execute(sa.text(f"UPDATE {table} SET {sets} WHERE {cond}"), params).rowcount
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from forgeflow.store.config import (CONFIG_FILE, DATABASE_URL_ENV, MLFLOW_SCHEMA, POSTGRES, WorkspaceConfig,
                                     check_database_url, load)
-from forgeflow.store.secrets import SecretBox
 
 DEFAULT_URL = "http://127.0.0.1:8765"
 
@@ -40,6 +39,8 @@ class Paths:
     @cached_property
     def config(self) -> WorkspaceConfig:
         """The choices saved by `forgeflow init` (read once per Paths; a server reads them when it starts)."""
+        from forgeflow.store.secrets import SecretBox  # cryptography: only where a saved password is read
+
         return load(self.config_file, lambda token: SecretBox(self.secret_key).decrypt(token))
 
     @property

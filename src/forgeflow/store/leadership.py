@@ -20,7 +20,6 @@ JSON), which the leader reads with `gateway_loads`: requests through followers c
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import socket
@@ -29,7 +28,7 @@ import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
@@ -178,10 +177,7 @@ class Leadership:
     def start(self) -> None:
         """Register this server and contend once at once (a lone server leads before it answers), then every
         poll_s in the background."""
-        at = now()
-        self.store.insert(TABLE, {"id": self.server_id, "url": self.url, "pid": os.getpid(),
-                                  "host": socket.gethostname(), "started_at": at, "heartbeat_at": at,
-                                  "is_leader": 0})
+        self._register(heartbeat_at=now(), is_leader=0)
         self._contend()
         self._thread = threading.Thread(target=self._run, name="forgeflow-leadership", daemon=True)
         self._thread.start()
@@ -245,21 +241,21 @@ class Leadership:
         self._stop.set()
         self.on_lost()
 
+    def _register(self, **values: Any) -> None:
+        """This server's row, started now with `values` (its heartbeat and leader flag, maybe its load)."""
+        self.store.insert(TABLE, {"id": self.server_id, "url": self.url, "pid": os.getpid(),
+                                  "host": socket.gethostname(), "started_at": values["heartbeat_at"], **values})
+
     def _heartbeat(self) -> None:
         values = {"heartbeat_at": now(), "is_leader": int(self._leads)}
         if self.load is not None:
-            values["gateway_load"] = json.dumps(self.load())
+            values["gateway_load"] = self.load()
         if not self.store.update(TABLE, {"id": self.server_id}, values):  # removed as stale after a long pause
-            self.store.insert(TABLE, {"id": self.server_id, "url": self.url, "pid": os.getpid(),
-                                      "host": socket.gethostname(), "started_at": values["heartbeat_at"], **values})
+            self._register(**values)
         if self._leads:
             cutoff = datetime.fromtimestamp(datetime.now(timezone.utc).timestamp() - STALE_S, timezone.utc)
             self.store.execute(f"DELETE FROM {TABLE} WHERE heartbeat_at < :t",
                                {"t": cutoff.isoformat(timespec="seconds")})
-
-    def servers(self) -> list[dict]:
-        return servers(self.store)
-
 
 def servers(store: Store) -> list[dict]:
     """Every server that has a row, oldest first, each with `alive` (its heartbeat is recent) and `leader`."""
@@ -277,6 +273,6 @@ def servers(store: Store) -> list[dict]:
 def gateway_loads(store: Store, exclude: str) -> list[dict]:
     """The gateway loads the live servers other than `exclude` published (a dead server's requests are gone)."""
     moment = datetime.now(timezone.utc).timestamp()
-    return [json.loads(row["gateway_load"]) for row in store.select(TABLE)
+    return [row["gateway_load"] for row in store.select(TABLE)
             if row["id"] != exclude and row.get("gateway_load")
             and moment - datetime.fromisoformat(row["heartbeat_at"]).timestamp() < ALIVE_S]

@@ -43,7 +43,6 @@ class Workspace:
         if created:
             self.store.set_setting(ADMIN_TOKEN_SETTING, self.secrets.encrypt(new_key("ffa_")))
         self.identity.ensure_owner()
-        self._ensure_mlflow_schema()
         return created
 
     def configure(self, **choices: str | None) -> None:
@@ -75,34 +74,9 @@ class Workspace:
     def store(self) -> Store:
         return _open_store(self.paths.db_url)
 
-    def _ensure_mlflow_schema(self) -> None:
-        """MLflow on the store's Postgres database lives in a schema of its own: the schema and MLflow's tables are
-        created here, once, under forgeflow's migration lock. MLflow creates them on first use otherwise, and
-        processes that first use it together (servers, workers) race through its migrations and fail. (An MLflow
-        database chosen at init is MLflow's own business, and may be down while the workspace opens.)"""
-        uri = self.paths.mlflow_uri
-        if not uri.startswith(config.POSTGRES):
-            return
-        url = sa.engine.make_url(uri)
-        if f"search_path={config.MLFLOW_SCHEMA}" not in str(url.query.get("options", "")):
-            return
-        engine = sa.create_engine(url)
-        try:
-            if not _has_mlflow_tables(engine):
-                with engine.connect() as conn:
-                    conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": migrate.MIGRATION_LOCK})
-                    try:
-                        conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {config.MLFLOW_SCHEMA}"))
-                        conn.commit()
-                        if not _has_mlflow_tables(engine):
-                            from mlflow import MlflowClient  # slow to import: only when its tables are missing
-
-                            MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments(max_results=1)
-                    finally:
-                        conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": migrate.MIGRATION_LOCK})
-                        conn.commit()
-        finally:
-            engine.dispose()
+    def ensure_mlflow(self) -> None:
+        """MLflow's tables, made now (see ensure_mlflow_tables): at init and when a server starts."""
+        ensure_mlflow_tables(self.paths.mlflow_uri)
 
     @cached_property
     def secrets(self) -> SecretBox:
@@ -142,6 +116,36 @@ def _open_store(url: str) -> Store:
             f"database_url: the store at {config.mask(url)} cannot be reached ({reason}); start the database or "
             f"choose another with FORGEFLOW_DATABASE_URL or forgeflow init --database-url URL",
             field="database_url") from None
+
+
+def ensure_mlflow_tables(uri: str) -> None:
+    """MLflow on the store's Postgres database lives in a schema of its own: the schema and MLflow's tables are
+    created here, once, under forgeflow's migration lock. MLflow creates them on first use otherwise, and
+    processes that first use it together (servers, workers) race through its migrations and fail. Called before
+    the first use of MLflow in a process (init, a server's start, the job runner, the registry's client), not
+    on every open of the workspace. (An MLflow database chosen at init is MLflow's own business.)"""
+    if not uri.startswith(config.POSTGRES):
+        return
+    url = sa.engine.make_url(uri)
+    if f"search_path={config.MLFLOW_SCHEMA}" not in str(url.query.get("options", "")):
+        return
+    engine = sa.create_engine(url)
+    try:
+        if not _has_mlflow_tables(engine):
+            with engine.connect() as conn:
+                conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": migrate.MIGRATION_LOCK})
+                try:
+                    conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {config.MLFLOW_SCHEMA}"))
+                    conn.commit()
+                    if not _has_mlflow_tables(engine):
+                        from mlflow import MlflowClient  # slow to import: only when its tables are missing
+
+                        MlflowClient(tracking_uri=uri, registry_uri=uri).search_experiments(max_results=1)
+                finally:
+                    conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": migrate.MIGRATION_LOCK})
+                    conn.commit()
+    finally:
+        engine.dispose()
 
 
 def _has_mlflow_tables(engine: sa.Engine) -> bool:

@@ -21,6 +21,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from forgeflow.store.config import password_env
 from forgeflow.store.db import Store, now
 from forgeflow.store.home import Paths
 from forgeflow.store.states import JobStatus
+from forgeflow.store.workspace import ensure_mlflow_tables
 from forgeflow.training.checkpoints import newest_checkpoint
 from forgeflow.training.compute.base import CANCEL_GRACE_S, Compute, WorkerHandle, worker_log
 from forgeflow.training.compute.local import LocalCompute
@@ -44,6 +46,8 @@ log = logging.getLogger("forgeflow.jobs")
 PROGRESS_KEYS = ("step", "max_steps", "epoch", "updated_at", "eta_s")
 # A queued job whose cluster does not answer is tried again after 1, 2, 4 ... seconds, at most this often.
 RETRY_MAX_S = 60.0
+# A job whose worker was started and has not ended: a cancel asks the loop to stop it.
+RUNNING_STATES = frozenset({JobStatus.STARTING, JobStatus.RUNNING, JobStatus.FINALIZING, JobStatus.CANCEL_REQUESTED})
 
 
 def new_job_id() -> str:
@@ -166,7 +170,7 @@ class JobRunner:
             job_id=job_id, name=name or job_id, base_model=base_model, base_model_path=base_model_path,
             training_data=training_data, validation_data=validation_data, hyperparameters=hyperparameters,
             # the job file never holds a password: the worker gets it in its environment (see _launch)
-            compute=target["name"], mlflow_tracking_uri=password_env(self.paths.mlflow_uri)[0],
+            compute=target["name"], mlflow_tracking_uri=self._tracking[0],
             mlflow_artifact_location=self.paths.mlflow_artifacts,
         )
         spec.write(job_dir)
@@ -188,9 +192,7 @@ class JobRunner:
                     and self._write(job.id, JobStatus.QUEUED, status=JobStatus.CANCELED, finished_at=now())):
                 # Started meanwhile: the loop stops it. Only while it still runs: the leader may have finished it
                 # since this server read it, and a Completed job must not turn Canceled.
-                if not any(self._write(job.id, active, status=JobStatus.CANCEL_REQUESTED)
-                           for active in (JobStatus.STARTING, JobStatus.RUNNING, JobStatus.FINALIZING,
-                                          JobStatus.CANCEL_REQUESTED)):
+                if not self._write(job.id, RUNNING_STATES, status=JobStatus.CANCEL_REQUESTED):
                     raise Conflict(f"job {job.id} ended meanwhile: it is {self.get(job.id).status}")
         self._wake.set()
         return self.get(job.id)
@@ -258,6 +260,11 @@ class JobRunner:
             self._handles[job.id] = handle
         return handle
 
+    @cached_property
+    def _tracking(self) -> tuple[str, dict[str, str]]:
+        """MLflow's URI for a job file (no password) and the environment that hands a worker its password."""
+        return password_env(self.paths.mlflow_uri)
+
     def _prepare_tracking(self) -> None:
         """Create MLflow's tracking database once, here: workers that start together on a fresh
         workspace would otherwise race each other through MLflow's schema migrations and fail."""
@@ -265,6 +272,7 @@ class JobRunner:
             return
         from mlflow import MlflowClient
 
+        ensure_mlflow_tables(self.paths.mlflow_uri)  # on the store's Postgres: under its migration lock
         MlflowClient(tracking_uri=self.paths.mlflow_uri).search_experiments(max_results=1)
         self._tracking_ready = True
 
@@ -274,7 +282,7 @@ class JobRunner:
         if not self._write(job.id, JobStatus.QUEUED, status=JobStatus.STARTING):
             return False  # canceled through another server since this pass read it
         try:
-            self._handles[job.id] = self._compute_of(job).start(job.job_dir, env=password_env(self.paths.mlflow_uri)[1])
+            self._handles[job.id] = self._compute_of(job).start(job.job_dir, env=self._tracking[1])
         except ServerUnavailable as exc:  # its cluster is not up (yet): the job waits Queued and is tried again
             if not self._write(job.id, JobStatus.STARTING, status=JobStatus.QUEUED):
                 self._write(job.id, status=JobStatus.CANCELED, finished_at=now())  # a cancel came meanwhile
@@ -347,8 +355,9 @@ class JobRunner:
                     mlflow_run_id=st.get("mlflow_run_id") or job.mlflow_run_id)
         log.info("job %s %s", job.id, status)
 
-    def _write(self, job_id: str, expect: JobStatus | None = None, **values: Any) -> bool:
+    def _write(self, job_id: str, expect: JobStatus | frozenset[JobStatus] | None = None, **values: Any) -> bool:
         """The one place a jobs row changes after it is inserted. With `expect`, only while the job still has that
-        status (another server may have changed it since it was read); whether it changed."""
+        status (or one of those statuses: another server may have changed it since it was read); whether it
+        changed."""
         where = {"id": job_id} | ({"status": expect} if expect else {})
         return bool(self.store.update("jobs", where, values))
