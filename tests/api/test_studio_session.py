@@ -30,11 +30,11 @@ def test_sessions_are_kept_server_side_as_hashes(ws):
     sessions, token = Sessions(ws.store), ws.admin_token()
 
     def valid(session_id, at=1001):
-        return sessions.principal(session_id, token, at=at) is not None
+        return sessions.principal(session_id, lambda: token, at=at) is not None
 
     first, second = sessions.start(token, at=1000), sessions.start(token, at=1000)
     assert first != second and valid(first) and valid(second)
-    assert sessions.principal(first, token, at=1001) == ws.identity.owner()
+    assert sessions.principal(first, ws.admin_token, at=1001) == ws.identity.owner()
     assert not valid(first, at=1000 + LIFETIME_S + 1)  # expired
     stored = {r["id_hash"] for r in ws.store.select("studio_sessions")}
     assert first not in stored and second not in stored and len(stored) == 2  # only hashes are kept
@@ -51,8 +51,8 @@ def test_a_sign_in_racing_a_token_rotation_does_not_outlive_it(ws):
     old = ws.admin_token()
     ws.rotate_admin_token()  # between the sign-in's token check and its session insert
     late = Sessions(ws.store).start(old)
-    assert Sessions(ws.store).principal(late, ws.admin_token()) is None
-    assert Sessions(ws.store).principal(Sessions(ws.store).start(ws.admin_token()), ws.admin_token()) is not None
+    assert Sessions(ws.store).principal(late, ws.admin_token) is None
+    assert Sessions(ws.store).principal(Sessions(ws.store).start(ws.admin_token()), ws.admin_token) is not None
 
 
 async def test_pages_need_a_session(browser):

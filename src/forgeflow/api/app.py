@@ -90,6 +90,7 @@ def create_app(ws: Workspace | None = None, *, base_url: str = "http://127.0.0.1
     async def lifespan(app: FastAPI):
         services.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
         if services.leadership is not None:
+            services.endpoints.follow()  # until elected
             services.leadership.start()  # leads at once when no other server does
         try:
             yield

@@ -120,6 +120,20 @@ class Guard:
     def __init__(self, app: ASGIApp, throttle: FailureLimiter | None = None) -> None:
         self.app = app
         self.throttle = throttle or FailureLimiter()
+        self._templates: dict[int, str | None] | None = None  # a route's template with its router's prefix, by id
+
+    def route(self, scope: Scope) -> tuple[str, dict]:
+        """The template of the route a request went (or would go) to, with the router's prefix, and its path
+        parameters. A request the router saw names its route in the scope; one this guard refused before routing
+        is matched against the routes here."""
+        route = scope.get("route")
+        if route is not None and "path_params" in scope:
+            if self._templates is None:
+                self._templates = _templates(scope["app"])
+            template = self._templates.get(id(route))
+            if template is not None:
+                return template, scope["path_params"]
+        return _route(scope)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -201,7 +215,7 @@ class _Exchange:
         changes = self.changes or state.get(SECRET_READ, False)
         if not (refused or (changes and principal is not None)):
             return
-        template, params = _route(self.scope)
+        template, params = self.guard.route(self.scope)
         action = f"{_method(self.scope['method'])} {template}"
         row = {"status": status, "client": self.client,
                "target": state.get(TARGET) or "/".join(str(v) for v in params.values()) or None}
@@ -289,6 +303,16 @@ class _Exchange:
             if not self.complete and (left is None or left > DRAIN_BYTES):
                 message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
         await self._send(message)
+
+
+def _templates(app) -> dict[int, str | None]:
+    """Each route's template with the prefix it was included under (None for a route included under two, which
+    only matching can tell apart)."""
+    found: dict[int, str | None] = {}
+    for route in iter_route_contexts(getattr(app, "routes", ())):
+        key = id(route.original_route)
+        found[key] = route.path if found.get(key, route.path) == route.path else None
+    return found
 
 
 def _route(scope: Scope) -> tuple[str, dict]:

@@ -56,7 +56,7 @@ def studio_principal(request: HTTPConnection) -> Principal | None:
     """The principal of a Studio browser session that has not ended (the CSRF header is checked by authenticate)."""
     ws = services(request).ws
     session_id = request.cookies.get(COOKIE)
-    return ws.sessions.principal(session_id, ws.admin_token()) if session_id else None
+    return ws.sessions.principal(session_id, ws.admin_token) if session_id else None
 
 
 def presents_credential(request: HTTPConnection) -> bool:

@@ -55,8 +55,7 @@ def create_user(body: UserCreate, request: Request, ff=Depends(services)) -> dic
 @router.patch("/users/{name}", dependencies=OWNER)
 def update_user(name: str, body: UserUpdate, request: Request, ff=Depends(services)) -> dict:
     """A new role, in force from the user's next request (their tokens and sessions take it at once)."""
-    before = ff.ws.identity.user(name)["role"]
-    after = ff.ws.identity.set_role(name, body.role)
+    before, after = ff.ws.identity.set_role(name, body.role)
     audit_detail(request, role=after["role"], previous_role=before)
     return after
 

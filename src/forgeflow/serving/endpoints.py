@@ -2,9 +2,11 @@
 settings) and their state. The service is the one writer of the `endpoints` and `deployments`
 rows: the supervisor reports what happened to instances through it (`Reports`), and the autoscaler it owns
 changes instance counts through it (`ScaleOwner`). The gateway reads
-endpoints through `config()`, an in-memory view rebuilt after every change and at least every CONFIG_TTL_S (so a
-key, auth mode or allowed_users changed through another server is seen within that), so a request costs no
-database read or decryption, and asks `admission` whether a request may go ahead.
+endpoints through `view()`, an in-memory view rebuilt after every change and at least every CONFIG_TTL_S (so a
+key, auth mode or allowed_users changed through another server is seen within that): a request reads memory, and
+the one that finds the view stale waits for its rebuild (a database read and decryption) on a worker thread, never
+on the event loop. Only a user's personal access token (allowed_users, serving/access.py) is looked up in the
+store at every request. The gateway asks `admission` whether a request may go ahead.
 
 Of several servers on one database only the leader runs the supervisor and the autoscaler (`lead`); how a follower's
 changes and requests reach the leader's instances is serving/instances.py's.
@@ -15,26 +17,27 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from forgeflow.errors import Conflict, Forbidden, InvalidInput, NotFound
+from starlette.concurrency import run_in_threadpool
+
+from forgeflow.errors import Conflict, InvalidInput, NotFound
 from forgeflow.inference.runtimes import check_runtime
 from forgeflow.names import check_deployment_name, check_endpoint_name
 from forgeflow.serving import specs
+from forgeflow.serving.access import check_allowed_users
 from forgeflow.serving.admission import Admission
-from forgeflow.serving.auth import issue_token, verify_token
+from forgeflow.serving.auth import issue_token
 from forgeflow.serving.autoscale import Autoscaler
 from forgeflow.serving.instances import InstanceBoard, LeaderSync
 from forgeflow.serving.metrics import Metrics
 from forgeflow.serving.placement import Instance, Placement
 from forgeflow.serving.ray_placement import check_target
-from forgeflow.serving.records import Deployment, Key
+from forgeflow.serving.records import Deployment, EndpointConfig, Key
 from forgeflow.serving.supervisor import DeploymentSupervisor
 from forgeflow.store.db import now
-from forgeflow.store.identity import check_user_name
-from forgeflow.store.secrets import new_key, same
+from forgeflow.store.secrets import new_key
 from forgeflow.store.states import DeploymentState
 from forgeflow.store.workspace import Workspace
 from forgeflow.training.compute.targets import ComputeTargets
@@ -45,22 +48,6 @@ AUTH_MODES = ("key", "token")
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 CONFIG_TTL_S = 1.0  # the longest a server serves an endpoint's view after another server changed it
 _KEEP: Any = object()  # an update argument left out
-
-
-@dataclass
-class EndpointConfig:
-    """What the gateway needs about one endpoint, decrypted once."""
-
-    name: str
-    auth_mode: str
-    primary: str
-    secondary: str
-    traffic: dict[str, int]
-    mirror: dict[str, int]
-    max_body_bytes: int | None
-    deployments: dict[str, Deployment] = field(default_factory=dict)
-    allowed_users: list[str] | None = None  # token mode: users whose personal access tokens may call it too
-    loaded_at: float = field(default_factory=time.monotonic)
 
 
 class EndpointService:
@@ -76,6 +63,7 @@ class EndpointService:
         self._deployments_lock = threading.Lock()  # an update and an autoscaling change read and write one count
         self._cache: dict[str, EndpointConfig] = {}
         self._cache_lock = threading.Lock()
+        self._loading = threading.Lock()
         self._version = 0  # bumped by every change, so a view read before a change is never cached after it
         self.board = InstanceBoard(ws.store, ws.secrets)
         self.leading = True  # runs the supervisor; False on a server that follows another (serving/instances.py)
@@ -101,11 +89,19 @@ class EndpointService:
         """This server now leads: bring every stored deployment up here (`start`), then keep the supervisor in step
         with the store and publish its instances (`LeaderSync`)."""
         self.leading = True
+        self.board.unfollow()
         self.start()
         self._sync = LeaderSync(self.supervisor, self.board, self._deployments_lock, self._stored, self._forget,
                                 server_id)
 
+    def follow(self) -> None:
+        """This server follows another: its gateway forwards to the instances the leader publishes, read on a
+        thread of their own until it leads."""
+        self.leading = False
+        self.board.follow()
+
     def shutdown(self) -> None:
+        self.board.unfollow()
         if self._sync is not None:
             self._sync.stop()
         self.autoscaler.stop()
@@ -121,47 +117,40 @@ class EndpointService:
 
     # -- the gateway's view ------------------------------------------------------
     def config(self, name: str) -> EndpointConfig:
+        """The endpoint's view, rebuilt from the store when older than CONFIG_TTL_S (blocking: see `view`)."""
+        cfg = self._fresh(name)
+        if cfg is None:
+            with self._loading:  # one rebuild at a time: requests that found it stale together then find it fresh
+                cfg = self._fresh(name) or self._load(name)
+        return cfg
+
+    async def view(self, name: str) -> EndpointConfig:
+        """`config` for the gateway: from memory while fresh, else rebuilt on a worker thread."""
+        return self._fresh(name) or await run_in_threadpool(self.config, name)
+
+    def _fresh(self, name: str) -> EndpointConfig | None:
         cfg = self._cache.get(name)
-        if cfg is None or time.monotonic() - cfg.loaded_at > CONFIG_TTL_S:
-            version = self._version
-            row = self._endpoint_row(name)
-            deps = {d["name"]: Deployment.from_row(d) for d in self.store.select("deployments", {"endpoint": name})}
-            cfg = EndpointConfig(name=name, auth_mode=row["auth_mode"],
-                                 primary=self.ws.secrets.decrypt(row["primary_key"]),
-                                 secondary=self.ws.secrets.decrypt(row["secondary_key"]),
-                                 traffic=row["traffic"] or {}, mirror=row.get("mirror_traffic") or {},
-                                 max_body_bytes=row.get("max_body_bytes"), deployments=deps,
-                                 allowed_users=row.get("allowed_users"))
-            with self._cache_lock:
-                if version == self._version:
-                    self._cache[name] = cfg
+        return cfg if cfg is not None and time.monotonic() - cfg.loaded_at <= CONFIG_TTL_S else None
+
+    def _load(self, name: str) -> EndpointConfig:
+        version = self._version
+        row = self._endpoint_row(name)
+        deps = {d["name"]: Deployment.from_row(d) for d in self.store.select("deployments", {"endpoint": name})}
+        cfg = EndpointConfig(name=name, auth_mode=row["auth_mode"],
+                             primary=self.ws.secrets.decrypt(row["primary_key"]),
+                             secondary=self.ws.secrets.decrypt(row["secondary_key"]),
+                             traffic=row["traffic"] or {}, mirror=row.get("mirror_traffic") or {},
+                             max_body_bytes=row.get("max_body_bytes"), deployments=deps,
+                             allowed_users=row.get("allowed_users"))
+        with self._cache_lock:
+            if version == self._version:
+                self._cache[name] = cfg
         return cfg
 
     def _changed(self, name: str) -> None:
         with self._cache_lock:
             self._version += 1
             self._cache.pop(name, None)
-
-    def authorize(self, name: str, presented: str | None) -> bool:
-        """Key mode: either key, both compared every time so timing does not say which matched.
-        Token mode: an unexpired token signed for this endpoint, or, when the endpoint lists allowed_users, a live
-        personal access token of one of them (read from the store each time, so a revoked one fails at once); a
-        live personal token of anyone else is Forbidden (a known identity without access, as Azure answers)."""
-        cfg = self.config(name)
-        if cfg.auth_mode == "token":
-            if verify_token(cfg.primary, name, presented):
-                return True
-            if cfg.allowed_users is None:
-                return False
-            principal = self.ws.identity.personal(presented)
-            if principal is not None and principal.user not in cfg.allowed_users:
-                raise Forbidden(f"user {principal.user!r} is not among the users endpoint {name!r} allows (a "
-                                f"contributor adds one with: forgeflow online-endpoint update --name {name} "
-                                "--allowed-users ...)")
-            return principal is not None
-        ok_primary = same(presented, cfg.primary)
-        ok_secondary = same(presented, cfg.secondary)
-        return ok_primary or ok_secondary
 
     # -- endpoints -----------------------------------------------------------
     def create_endpoint(self, name: str, auth_mode: str = "key", description: str | None = None,
@@ -170,7 +159,7 @@ class EndpointService:
         if auth_mode not in AUTH_MODES:
             raise InvalidInput(f"auth_mode {auth_mode!r} is not supported: use 'key' or 'token'", field="auth_mode")
         specs.check_body_limit(max_body_bytes)
-        allowed_users = self._check_allowed_users(allowed_users)
+        allowed_users = check_allowed_users(self.ws.identity, allowed_users)
         specs.check_users_mode(allowed_users, auth_mode)
         if self.store.get("endpoints", name=name):
             raise Conflict(f"endpoint {name!r} already exists", field="name")
@@ -235,7 +224,8 @@ class EndpointService:
         row = self._endpoint_row(name)
         if auth_mode is not None and auth_mode not in AUTH_MODES:
             raise InvalidInput(f"auth_mode {auth_mode!r} is not supported: use 'key' or 'token'", field="auth_mode")
-        users = row.get("allowed_users") if allowed_users is _KEEP else self._check_allowed_users(allowed_users)
+        users = (row.get("allowed_users") if allowed_users is _KEEP
+                 else check_allowed_users(self.ws.identity, allowed_users))
         specs.check_users_mode(users, auth_mode or row["auth_mode"])
         new_traffic = row["traffic"] if traffic is None else traffic
         new_mirror = (row.get("mirror_traffic") or {}) if mirror_traffic is None else mirror_traffic
@@ -269,19 +259,6 @@ class EndpointService:
         self.store.update("endpoints", {"name": name}, values)
         self._changed(name)
         return self.show_endpoint(name)
-
-    def _check_allowed_users(self, users: list[str] | None) -> list[str] | None:
-        """allowed_users as stored: users that exist, each once."""
-        if users is None:
-            return None
-        if not isinstance(users, list) or len(users) > 1000:
-            raise InvalidInput("allowed_users must be a list of at most 1000 user names", field="allowed_users")
-        for user in users:
-            check_user_name(user, field="allowed_users")
-            if self.store.get("users", name=user) is None:
-                raise InvalidInput(f"allowed_users names {user!r}, who is not a user (see: forgeflow user list)",
-                                   field="allowed_users")
-        return list(dict.fromkeys(users))
 
     def credentials(self, name: str) -> dict:
         cfg = self.config(name)

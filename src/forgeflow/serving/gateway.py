@@ -34,13 +34,13 @@ from forgeflow.chat import (ChatCompletionRequest, ScoreRequest, ScoreResponse, 
                             parse_score_request)
 from forgeflow.errors import (ForgeflowError, InvalidInput, NotFound, PayloadTooLarge, RequestTimeout,
                               ServerUnavailable, TooManyRequests, Unauthorized, UpstreamError)
-from forgeflow.serving import routing
+from forgeflow.serving import access, routing
 from forgeflow.serving.admission import Ticket
 from forgeflow.serving.auth import presented_credential
-from forgeflow.serving.endpoints import DEFAULT_MAX_BODY_BYTES, EndpointConfig, EndpointService
+from forgeflow.serving.endpoints import DEFAULT_MAX_BODY_BYTES, EndpointService
 from forgeflow.serving.metrics import Metrics
 from forgeflow.serving.placement import Instance
-from forgeflow.serving.records import Deployment
+from forgeflow.serving.records import Deployment, EndpointConfig
 from forgeflow.serving.schemas import ChatCompletion, ErrorBody, ModelList, OpenAIError, body_of, error_responses
 from forgeflow.store.states import DeploymentState
 
@@ -120,15 +120,15 @@ async def _read_body(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def _authorized_config(call: _Call, endpoint: str, request: Request) -> EndpointConfig:
+async def _authorized_config(call: _Call, endpoint: str, request: Request) -> EndpointConfig:
     """The endpoint's configuration once the presented key opens it. An unknown endpoint answers like a wrong key,
     so names cannot be probed apart from keys (and the guard limits failed keys per address)."""
     try:
-        cfg = call.svc.config(endpoint)
+        cfg = await call.svc.view(endpoint)
     except NotFound:
         cfg = None
     call.known = cfg is not None
-    if cfg is None or not call.svc.authorize(endpoint, presented_credential(request)):
+    if cfg is None or not await access.authorize(call.svc.ws.identity, cfg, presented_credential(request)):
         raise Unauthorized(f"missing or wrong key for endpoint {endpoint!r}, or no such endpoint: send "
                            f"'Authorization: Bearer <key>' (see: forgeflow online-endpoint get-credentials --name "
                            f"{endpoint})")
@@ -138,7 +138,7 @@ def _authorized_config(call: _Call, endpoint: str, request: Request) -> Endpoint
 async def _handle(request: Request, endpoint: str, path: str, parse: Callable[[Any], Any], openai: bool) -> Response:
     call = _Call(request, endpoint, openai)
     try:
-        cfg = _authorized_config(call, endpoint, request)
+        cfg = await _authorized_config(call, endpoint, request)
         limit = max_body_bytes(cfg)
         raw = await _read_body(request, limit)
         if raw is None:
@@ -473,7 +473,7 @@ async def models(endpoint: str, request: Request) -> Response:
     """The endpoint's deployments, as OpenAI models."""
     call = _Call(request, endpoint, openai=True)
     try:
-        cfg = _authorized_config(call, endpoint, request)
+        cfg = await _authorized_config(call, endpoint, request)
     except ForgeflowError as e:
         return call.fail(e)
     data = [{"id": name, "object": "model", "owned_by": "forgeflow", "root": d.model_ref}

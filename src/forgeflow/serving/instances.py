@@ -3,9 +3,9 @@
 Only the leading server runs a supervisor (store/leadership.py), yet every server's gateway serves every endpoint.
 The leader publishes its instances (address, readiness, restarts, its host, and the instance's secret encrypted
 with the workspace key) in the `deployment_instances` table, which `InstanceBoard` alone writes; a follower's
-gateway forwards to the ready instances it reads there, read again at most every READ_CACHE_S so it follows
-restarts and rolling updates; a follower on another host skips instances on the leader's loopback. The leader's
-own gateway keeps using the supervisor's memory.
+gateway forwards to the ready instances it reads there, read again every READ_CACHE_S on a thread of its own
+(`follow`) so it follows restarts and rolling updates while a request reads only memory; a follower on another host
+skips instances on the leader's loopback. The leader's own gateway keeps using the supervisor's memory.
 
 A change made through a follower (a deployment created, updated, scaled or deleted) is only written to the store;
 `reconcile`, run by the leader every poll, brings the supervisor to what the store says.
@@ -111,6 +111,8 @@ class InstanceBoard:
         self._unreachable: dict[str, float] = {}
         self._host = socket.gethostname()
         self._elsewhere: set[str] = set()  # ids of instances on another host's loopback: not reachable from here
+        self._reader: threading.Thread | None = None
+        self._stop_reading = threading.Event()
 
     # -- the leader ------------------------------------------------------------------
     def clear(self) -> None:
@@ -149,11 +151,35 @@ class InstanceBoard:
             self._published = seen
 
     # -- a follower ------------------------------------------------------------------
-    def instances(self, key: Key) -> list[Instance]:
-        """The leader's instances of a deployment, as last published (at most READ_CACHE_S old)."""
-        with self._lock:
-            if time.monotonic() - self._read_at >= READ_CACHE_S:
+    def follow(self) -> None:
+        """Read the board every READ_CACHE_S on a thread of its own (a follower's gateway then reads memory only),
+        until `unfollow`."""
+        if self._reader is None:
+            self._stop_reading.clear()
+            self._reader = threading.Thread(target=self._follow, daemon=True, name="forgeflow-instances-read")
+            self._reader.start()
+
+    def unfollow(self) -> None:
+        if self._reader is not None:
+            self._stop_reading.set()
+            self._reader.join(10)
+            self._reader = None
+
+    def _follow(self) -> None:
+        while True:
+            try:
                 self._read()
+            except Exception:  # a busy database must not end it for good: the last board stays until it answers
+                log.exception("reading the leader's instances from the store failed")
+            if self._stop_reading.wait(READ_CACHE_S):
+                return
+
+    def instances(self, key: Key) -> list[Instance]:
+        """The leader's instances of a deployment, as last published (at most READ_CACHE_S old); read here when no
+        thread follows the board."""
+        if self._reader is None and time.monotonic() - self._read_at >= READ_CACHE_S:
+            self._read()
+        with self._lock:
             return list(self._by_key.get(key, ()))
 
     def ready(self, key: Key) -> list[Instance]:
@@ -178,7 +204,11 @@ class InstanceBoard:
         return ident[0] if ident else ""
 
     def _read(self) -> None:
-        rows = self.store.select(TABLE, order_by="idx")
+        rows = self.store.select(TABLE, order_by="idx")  # outside the lock: a request never waits for the database
+        with self._lock:
+            self._apply(rows)
+
+    def _apply(self, rows: list[dict]) -> None:
         known: dict[str, Instance] = {}
         by_key: dict[Key, list[Instance]] = {}
         elsewhere: set[str] = set()

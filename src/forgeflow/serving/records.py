@@ -1,9 +1,10 @@
 """A deployment as its row in the `deployments` table says: the endpoint service writes it, the
-supervisor, the placement and the gateway read it."""
+supervisor, the placement and the gateway read it. And the gateway's view of an endpoint (`EndpointConfig`)."""
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,3 +76,19 @@ class Deployment:
     @property
     def request_timeout_s(self) -> float:
         return self.request_settings.get("request_timeout_ms", 90_000) / 1000
+
+
+@dataclass
+class EndpointConfig:
+    """What the gateway needs about one endpoint, decrypted once."""
+
+    name: str
+    auth_mode: str
+    primary: str
+    secondary: str
+    traffic: dict[str, int]
+    mirror: dict[str, int]
+    max_body_bytes: int | None
+    deployments: dict[str, Deployment] = field(default_factory=dict)
+    allowed_users: list[str] | None = None  # token mode: users whose personal access tokens may call it too
+    loaded_at: float = field(default_factory=time.monotonic)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 
 from forgeflow.errors import NotFound
-from forgeflow.serving.endpoints import EndpointConfig
+from forgeflow.serving.records import EndpointConfig
 
 
 def choose_deployment(cfg: EndpointConfig, header: str | None, model: str | None = None) -> tuple[str, bool]:

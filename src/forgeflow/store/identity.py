@@ -12,7 +12,8 @@ authenticates nobody and the lookup's timing says nothing about stored tokens. I
 The owner token made at `init` (kept encrypted in settings, see store/workspace.py) is the credential of the user
 OWNER_USER, the workspace owner, whose row `ensure_owner` keeps: that user cannot be deleted or demoted, so the
 workspace always has an owner. Every check reads the tables: a token revoked or a role changed by one server is
-seen by every server at the next request (no cache).
+seen by every server at the next request (no cache). A check is one query: the token joined with its user
+(PRINCIPAL_FROM/PRINCIPAL_COLUMNS, which store/sessions.py joins to a session too).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import hashlib
 import re
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import StrEnum
@@ -38,6 +39,12 @@ MAX_TOKEN_CHARS = 256  # a presented token longer than any this module makes is 
 DEFAULT_EXPIRY_DAYS = 90
 MAX_EXPIRY_DAYS = 365  # no token lives forever: a script's token is renewed at least once a year
 _USER_NAME = re.compile(r"[A-Za-z][A-Za-z0-9._@-]{0,63}")
+# What a principal is read from, in one query: a token `t` with its user `u` (see `live`).
+PRINCIPAL_FROM = f"{TOKENS} t JOIN {USERS} u ON u.name = t.user_name"
+PRINCIPAL_COLUMNS = ("t.id AS token_id, t.expires_at AS token_expires_at, t.revoked_at AS token_revoked_at, "
+                     "u.name AS user_name, u.role AS user_role")
+# A token as lists show it, with its user's role (None once the user is removed).
+_TOKEN_VIEW = f"SELECT t.*, u.role AS role FROM {TOKENS} t LEFT JOIN {USERS} u ON u.name = t.user_name"
 
 
 class Role(StrEnum):
@@ -89,9 +96,9 @@ def _utc(seconds: int | None) -> str | None:
     return None if seconds is None else datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="seconds")
 
 
-def _token_view(row: dict, role: str | None) -> dict:
+def _token_view(row: dict) -> dict:
     """A token as lists show it: never its secret, nor its hash."""
-    return {"id": row["id"], "user": row["user_name"], "role": role, "description": row["description"],
+    return {"id": row["id"], "user": row["user_name"], "role": row["role"], "description": row["description"],
             "created_at": row["created_at"], "created_by": row["created_by"], "expires_at": row["expires_at"],
             "expires_at_utc": _utc(row["expires_at"]), "revoked_at": row["revoked_at"]}
 
@@ -119,20 +126,25 @@ class Identity:
     def users(self) -> list[dict]:
         return self.store.select(USERS, order_by="name")
 
+    def existing(self, names: Iterable[str]) -> set[str]:
+        """Which of `names` are users, in one query."""
+        return {row["name"] for row in self.store.select_in(USERS, "name", names)}
+
     def create_user(self, name: str, role: str, created_by: str | None) -> dict:
         check_user_name(name)
         self.store.insert(USERS, {"name": name, "role": check_role(role), "created_at": now(),
                                   "created_by": created_by})
         return self.user(name)
 
-    def set_role(self, name: str, role: str) -> dict:
+    def set_role(self, name: str, role: str) -> tuple[str, dict]:
+        """Give a user a new role: the role they had, and their row now."""
         new = check_role(role)
-        self.user(name)
+        row = self.user(name)
         if name == OWNER_USER and new != Role.OWNER:
             raise Conflict(f"user {OWNER_USER!r} holds the workspace's owner token (forgeflow token show) and stays "
                            "an owner: it is the owner the workspace always has", field="role")
         self.store.update(USERS, {"name": name}, {"role": new})
-        return self.user(name)
+        return row["role"], row | {"role": str(new)}
 
     def delete_user(self, name: str) -> int:
         """Remove a user; every token of theirs is revoked (and so every Studio session signed in with one).
@@ -165,23 +177,25 @@ class Identity:
         return {"token": token} | self.token(token_id) | {"role": row["role"]}
 
     def token(self, token_id: str) -> dict:
-        row = self.store.get(TOKENS, id=token_id)
-        if row is None:
+        rows = [] if _unstorable(token_id) else self.store.query(f"{_TOKEN_VIEW} WHERE t.id = :id", {"id": token_id})
+        if not rows:
             raise NotFound(f"no token with id {token_id!r} (see: forgeflow token list)", field="id")
-        user = self.store.get(USERS, name=row["user_name"])
-        return _token_view(row, user["role"] if user else None)
+        return _token_view(rows[0])
 
     def tokens(self, user: str | None = None) -> list[dict]:
         """Tokens (all, or one user's), oldest first; revoked and expired ones too, marked as such."""
-        roles = {u["name"]: u["role"] for u in self.users()}
-        rows = self.store.select(TOKENS, {"user_name": user} if user else None, order_by="created_at, id")
-        return [_token_view(row, roles.get(row["user_name"])) for row in rows]
+        if user and _unstorable(user):
+            return []
+        where = " WHERE t.user_name = :u" if user else ""
+        rows = self.store.query(f"{_TOKEN_VIEW}{where} ORDER BY t.created_at, t.id", {"u": user} if user else None)
+        return [_token_view(row) for row in rows]
 
     def revoke(self, token_id: str) -> dict:
         """Revoke a token: it is refused at the next request on every server, with every session signed in with
         it. Revoking a revoked token changes nothing."""
-        if self.token(token_id)["revoked_at"] is None:
-            self.store.update(TOKENS, {"id": token_id}, {"revoked_at": now()})
+        if not _unstorable(token_id):
+            self.store.execute(f"UPDATE {TOKENS} SET revoked_at = :t WHERE id = :id AND revoked_at IS NULL",
+                               {"t": now(), "id": token_id})
         return self.token(token_id)
 
     # -- authentication --------------------------------------------------------------
@@ -199,21 +213,25 @@ class Identity:
         """The principal of a live personal access token, looked up by its hash; None for anything else."""
         if not token or len(token) > MAX_TOKEN_CHARS or not token.startswith(TOKEN_PREFIX):
             return None
-        return self._live(self.store.get(TOKENS, token_hash=_digest(token)), at)
-
-    def by_token_id(self, token_id: str, at: float | None = None) -> Principal | None:
-        """The principal of a token that is still live (a Studio session signed in with it asks each request)."""
-        return self._live(self.store.get(TOKENS, id=token_id), at)
+        rows = self.store.query(f"SELECT {PRINCIPAL_COLUMNS} FROM {PRINCIPAL_FROM} WHERE t.token_hash = :h",
+                                {"h": _digest(token)})
+        return live(rows[0] if rows else None, at)
 
     def owner(self) -> Principal:
         return Principal(OWNER_USER, Role.OWNER)
 
-    def _live(self, row: dict | None, at: float | None) -> Principal | None:
-        if row is None or row["revoked_at"] is not None:
-            return None
-        if row["expires_at"] is not None and row["expires_at"] <= (time.time() if at is None else at):
-            return None
-        user = self.store.get(USERS, name=row["user_name"])
-        if user is None:
-            return None
-        return Principal(user["name"], Role(user["role"]), row["id"], row["expires_at"])
+
+def live(row: dict | None, at: float | None = None) -> Principal | None:
+    """The principal of a row read with PRINCIPAL_COLUMNS, while its token is live: not revoked, not expired, its
+    user not removed (an outer join leaves the user's columns empty)."""
+    if row is None or row["user_name"] is None or row["token_revoked_at"] is not None:
+        return None
+    expires_at = row["token_expires_at"]
+    if expires_at is not None and expires_at <= (time.time() if at is None else at):
+        return None
+    return Principal(row["user_name"], Role(row["user_role"]), row["token_id"], expires_at)
+
+
+def _unstorable(value: str) -> bool:
+    """An id holding a NUL character names no row (none can hold one), and the store refuses to send it."""
+    return "\x00" in value

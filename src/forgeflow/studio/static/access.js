@@ -1,6 +1,7 @@
 // Who is signed in and what their role may do. Controls a role may not use carry `data-needs="contributor"` or
-// `data-needs="owner"`; one rule in style.css hides them, keyed on <html data-role>, which is set from /api/me here.
-// Until /api/me has answered no role is set, so nothing gated shows.
+// `data-needs="owner"`; one rule in style.css hides them, keyed on <html data-role>, which is set here from
+// /api/session (the caller as /api/me tells it, with the server's version). Until it has answered no role is set, so
+// nothing gated shows.
 
 import {get} from "./api.js";
 import {h} from "./dom.js";
@@ -8,7 +9,8 @@ import {h} from "./dom.js";
 const RANK = {reader: 0, contributor: 1, owner: 2};
 let me = null;
 
-/** The signed-in user as /api/me reports it ({user, role, token_id, expires_at}), or null before it answered. */
+/** The signed-in user as /api/session reports it ({user, role, token_id, expires_at, version}), or null before it
+ * answered. */
 export function whoami() {
   return me;
 }
@@ -20,7 +22,7 @@ export function can(role) {
 
 /** Ask the server again who this session is; resolves true when the role changed. */
 export async function refreshMe() {
-  const next = await get("/me");
+  const next = await get("/session");
   const changed = !me || me.role !== next.role || me.user !== next.user;
   me = next;
   document.documentElement.dataset.role = next.role;

@@ -1,6 +1,6 @@
 // REST access for Studio: the session cookie plus the CSRF header on every call, JSON errors turned
 // into ApiError, a 401 sends the browser to the sign-in page (which says why), a 403 makes the shell ask
-// /api/me again (the role may have changed meanwhile), and server-sent events read from a fetch body.
+// /api/session again (the role may have changed meanwhile), and server-sent events read from a fetch body.
 
 export class ApiError extends Error {
   constructor(status, body) {
@@ -40,7 +40,7 @@ export function toSignIn(reason) {
   location.assign(signInPath());
 }
 
-/** Tell the shell a call was refused for the role (it re-reads /api/me, so what the role lost is hidden). */
+/** Tell the shell a call was refused for the role (it re-reads /api/session, so what the role lost is hidden). */
 function forbidden() {
   window.dispatchEvent(new CustomEvent("forgeflow:forbidden"));
 }

@@ -167,15 +167,6 @@ async function route() {
   }
 }
 
-async function session() {
-  try {
-    const s = await get("/session");
-    document.getElementById("version").textContent = "v" + s.version;
-  } catch (e) {
-    if (!(e instanceof ApiError && e.status === 401)) console.warn(e);
-  }
-}
-
 /** Ask who is signed in (again) and show it; a page the role just lost is drawn again as its note. */
 async function me() {
   let changed;
@@ -186,6 +177,7 @@ async function me() {
     return;
   }
   const who = whoami();
+  document.getElementById("version").textContent = "v" + who.version;
   replace(document.getElementById("whoami"),
     h("span", {class: "who-user", title: who.expires_at ? `token expires ${fmtTime(who.expires_at)}` : null}, who.user),
     h("span", {class: "badge tone-off who-role", "data-testid": "role"}, who.role));
@@ -205,5 +197,4 @@ window.addEventListener("hashchange", () => {
 
 window.addEventListener("forgeflow:forbidden", me);
 setInterval(me, ME_EVERY_MS);
-session();
 me().then(route);
