@@ -318,3 +318,18 @@ def test_qlora_on_cpu_fails_before_loading_the_model(tmp_path, tiny_model_dir, m
     status = read_status(job_dir)
     assert status["status"] == "Failed"
     assert status["error"].startswith("quantization=4bit (QLoRA) needs a CUDA GPU"), status
+
+
+def test_a_start_writes_nothing_once_a_newer_start_claimed_the_record_even_between_its_checks(tmp_path):
+    """A worker asks whether it was superseded once per step; a status or metrics row it writes later in that step,
+    after a newer start claimed the job, must not land either (the claim and each write exclude each other)."""
+    older = Attempt.begin(JobFiles(tmp_path), threading.Event())
+    older.files.write_status(JobStatus.RUNNING, step=3)
+    older.files.append_metrics({"step": 3, "train_loss": 1.0})
+    assert not older.is_set()  # its check for this step: still current
+    newer = Attempt.begin(JobFiles(tmp_path), threading.Event())
+    newer.files.write_status(JobStatus.RUNNING, step=0)
+    older.files.write_status(JobStatus.RUNNING, step=4)  # later in the same step
+    older.files.append_metrics({"step": 4, "train_loss": 0.9})
+    assert read_status(tmp_path)["step"] == 0 and [r["step"] for r in read_metrics(tmp_path)] == [3]
+    assert older.is_set() and not newer.is_set()

@@ -1,20 +1,24 @@
 """What a training job records: JOB_DIR/status.json, JOB_DIR/metrics.jsonl and an MLflow run, and which start of
 the job (`Attempt`) may record it.
 
-status.json is rewritten atomically (tmp file + os.replace) so the job runner never reads half a file.
+status.json is rewritten atomically (tmp file + os.replace) so the job runner never reads half a file. A start's
+writes and a newer start's claim exclude each other (a file lock in the job folder), so a worker whose start was
+superseded between two of its steps writes nothing after the newer start claimed the record.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from forgeflow.store.config import worker_uri
 from forgeflow.store.states import JobStatus
@@ -36,6 +40,7 @@ class JobFiles:
     def __init__(self, job_dir: Path, *, record: bool = True) -> None:
         self.job_dir = Path(job_dir)
         self.record = record
+        self.attempt_id: str | None = None  # set by the Attempt that owns these files: it must still be current
         self.status_path = self.job_dir / "status.json"
         self.metrics_path = self.job_dir / "metrics.jsonl"
         self.state: dict[str, Any] = {
@@ -55,31 +60,64 @@ class JobFiles:
                 raise ValueError(f"a worker does not report status {status!r}")
             self.state["status"] = status
         self.state.update(fields, updated_at=now_iso())
-        if not self.record:
-            return self.state
-        tmp = self.status_path.with_name(f".status.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.state, indent=2) + "\n")
-        os.replace(tmp, self.status_path)
+        with self._owned() as mine:
+            if mine:
+                tmp = self.status_path.with_name(f".status.{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(self.state, indent=2) + "\n")
+                os.replace(tmp, self.status_path)
         return self.state
+
+    @contextmanager
+    def _owned(self) -> Iterator[bool]:
+        """Whether this process may write the record now; a newer start cannot claim it until the write is done."""
+        if not self.record:
+            yield False
+            return
+        if self.attempt_id is None:
+            yield True
+            return
+        with _attempt_lock(self.job_dir, fcntl.LOCK_SH):
+            self.record = _current_attempt(self.job_dir) == self.attempt_id
+            yield self.record
 
     def drop_metrics_after(self, step: int) -> None:
         """Forget rows past `step` (a resumed job logs those steps again); -1 forgets every row."""
-        if not self.record or not self.metrics_path.exists():
+        if not self.metrics_path.exists():
             return
-        kept = [row for row in read_metrics(self.job_dir) if step >= 0 and row.get("step", 0) <= step]
-        tmp = self.metrics_path.with_name(f".metrics.{os.getpid()}.tmp")
-        tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
-        os.replace(tmp, self.metrics_path)
+        with self._owned() as mine:
+            if mine:
+                kept = [row for row in read_metrics(self.job_dir) if step >= 0 and row.get("step", 0) <= step]
+                tmp = self.metrics_path.with_name(f".metrics.{os.getpid()}.tmp")
+                tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
+                os.replace(tmp, self.metrics_path)
 
     def append_metrics(self, row: dict[str, Any]) -> None:
-        if not self.record:
-            return
-        with self.metrics_path.open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        with self._owned() as mine:
+            if mine:
+                with self.metrics_path.open("a") as fh:
+                    fh.write(json.dumps(row) + "\n")
 
 
 ATTEMPT_FILE = "attempt.json"
+ATTEMPT_LOCK = ".attempt.lock"
 CANCEL_FILE = "cancel.requested"
+
+
+@contextmanager
+def _attempt_lock(job_dir: Path, mode: int) -> Iterator[None]:
+    with open(job_dir / ATTEMPT_LOCK, "a") as lock:
+        fcntl.flock(lock, mode)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _current_attempt(job_dir: Path) -> str | None:
+    try:
+        return json.loads((job_dir / ATTEMPT_FILE).read_text())["attempt"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 class Attempt:
@@ -93,6 +131,7 @@ class Attempt:
         self.files = files
         self.id = attempt_id
         self.event = event or threading.Event()
+        files.attempt_id = attempt_id
 
     @classmethod
     def begin(cls, files: JobFiles, event: threading.Event) -> Attempt:
@@ -101,15 +140,13 @@ class Attempt:
         (files.job_dir / CANCEL_FILE).unlink(missing_ok=True)
         tmp = files.job_dir / f".{ATTEMPT_FILE}.{os.getpid()}.tmp"
         tmp.write_text(json.dumps({"attempt": attempt.id}))
-        os.replace(tmp, files.job_dir / ATTEMPT_FILE)
+        with _attempt_lock(files.job_dir, fcntl.LOCK_EX):  # after any write of an older start in progress
+            os.replace(tmp, files.job_dir / ATTEMPT_FILE)
         return attempt
 
     @property
     def superseded(self) -> bool:
-        try:
-            current = json.loads((self.files.job_dir / ATTEMPT_FILE).read_text())["attempt"]
-        except (OSError, ValueError, KeyError, TypeError):
-            current = None
+        current = _current_attempt(self.files.job_dir)
         if current != self.id:
             self.files.record = False
         return current != self.id
