@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 from gateway_harness import post, wait_until
 
@@ -120,3 +121,17 @@ def test_a_follower_on_another_host_does_not_forward_to_the_leaders_loopback(gat
     answer = post(follower, "far-ep", key).json()
     assert "instances listen on the leader's loopback" in answer["message"] and "Ray target" in answer["message"]
     assert post(leader, "far-ep", key).status_code == 200  # the leader reaches them
+
+
+def test_a_follower_serves_a_deployment_as_soon_as_it_is_ready_before_its_copy_of_the_board_catches_up(
+        gateway, follower_gateway, monkeypatch):
+    """The follower's copy of the leader's board is refreshed every READ_CACHE_S; a request that finds no ready
+    instance reads it once more before answering 503, so `create` returning Succeeded means served, everywhere."""
+    follower = follower_gateway
+    monkeypatch.setattr("forgeflow.serving.instances.READ_CACHE_S", 3600.0)
+    time.sleep(1.0)  # the reader's current wait ends; its next one outlasts the test
+    key = follower.endpoint("new-ep")
+    follower.deploy("new-ep", "blue")
+    follower.svc.update_endpoint("new-ep", traffic={"blue": 100})
+    assert not follower.svc.board.instances(("new-ep", "blue"))  # its copy has not seen the instance yet
+    assert post(follower, "new-ep", key).status_code == 200

@@ -111,6 +111,11 @@ class EndpointService:
         """Where the gateway may send a request: the supervisor's ready instances, or on a follower the leader's."""
         return self.supervisor.ready_instances(*key) if self.leading else self.board.ready(key)
 
+    def ready_instances_now(self, key: Key) -> list[Instance]:
+        """`ready_instances`, on a follower after reading the leader's board again (blocking): for a request that
+        found none, since the board may lag the leader by READ_CACHE_S."""
+        return self.supervisor.ready_instances(*key) if self.leading else self.board.refresh(key)
+
     def mark_unready(self, inst: Instance) -> None:
         """The gateway could not connect to the instance: route around it until a probe says otherwise."""
         (self.supervisor.mark_unready if self.leading else self.board.mark_unreachable)(inst)
@@ -439,6 +444,8 @@ class EndpointService:
 
     # -- what the supervisor reports (Reports) ------------------------------------------
     def deployment_succeeded(self, key: Key) -> None:
+        if self._sync is not None:  # followers find its instances the moment they read Succeeded
+            self._sync.publish()
         self._write_deployment(key, {"state": DeploymentState.SUCCEEDED, "error": None})
 
     def deployment_failed(self, key: Key, reason: str, *, restored: Deployment | None = None) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from forgeflow import jsonbody
 from forgeflow.chat import (ChatCompletionRequest, ScoreRequest, ScoreResponse, parse_chat_completion_request,
@@ -175,6 +176,8 @@ async def _forward(call: _Call, cfg: EndpointConfig, path: str, raw: bytes, stre
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s  # one for the whole request: waiting for a wake takes from the answer's time
     ready = svc.ready_instances(dep.key)
+    if not ready and not svc.leading:  # a follower's copy of the leader's board may lag: read it once more
+        ready = await run_in_threadpool(svc.ready_instances_now, dep.key)
     if not ready and (not dep.autoscaled or dep.state == DeploymentState.FAILED):
         return call.fail(ServerUnavailable(f"deployment {dep.name!r} has no ready instance (state {dep.state}); "
                                            "retry shortly"), RETRY)

@@ -36,6 +36,7 @@ log = logging.getLogger("forgeflow.deployments")
 TABLE = "deployment_instances"
 SYNC_S = 0.5  # how often the leader reconciles and publishes
 READ_CACHE_S = 0.5
+REFRESH_MIN_S = 0.1  # a follower that finds no ready instance reads the board again, at most this often
 UNREACHABLE_S = 2.0  # a follower that could not connect to an instance skips it this long (the leader's probes decide)
 # A stored deployment the leader does not run is started in these states: created or updated through a follower
 # (a failed one waits for its next update).
@@ -195,6 +196,14 @@ class InstanceBoard:
                 "target to serve it from other machines, or send its requests to the leading server")
         return [i for i in reachable if i.ready and self._unreachable.get(self._ident(i), 0.0) <= moment]
 
+    def refresh(self, key: Key) -> list[Instance]:
+        """`ready` after reading the board again (blocking: call it off the event loop), unless it was read within
+        REFRESH_MIN_S: a deployment that just became ready is served at once, and a flood of requests for one that
+        has no instance costs the database at most one read per REFRESH_MIN_S."""
+        if time.monotonic() - self._read_at >= REFRESH_MIN_S:
+            self._read()
+        return self.ready(key)
+
     def mark_unreachable(self, inst: Instance) -> None:
         """This server could not connect to it: skip it for a while, until the leader's probes have spoken."""
         self._unreachable[self._ident(inst)] = time.monotonic() + UNREACHABLE_S
@@ -253,6 +262,10 @@ class LeaderSync:
         self._stop.set()
         self._thread.join(10)
 
+    def publish(self) -> None:
+        """Publish now, not at the next pass (a deployment is about to read Succeeded: followers must find it)."""
+        self.board.publish(self.supervisor, self.server_id)
+
     def _run(self) -> None:
         while not self._stop.wait(SYNC_S):
             try:
@@ -260,7 +273,7 @@ class LeaderSync:
                     gone = reconcile(self.supervisor, self.stored())
                 for key in gone:
                     self.forget(key)
-                self.board.publish(self.supervisor, self.server_id)
+                self.publish()
                 # The other servers' gateways: their requests count for the autoscaler and for drains.
                 self.supervisor.admission.set_others(gateway_loads(self.board.store, self.server_id))
             except Exception:  # a busy database must not end it for good
