@@ -36,22 +36,60 @@ _STOP_RULE = f"must be a non-empty string or a list of at most {MAX_STOPS} of th
 
 @dataclass(frozen=True)
 class Sampling:
-    """How the next token is picked: greedy, or temperature / nucleus sampling with an optional seed."""
+    """How the next token is picked: greedy, or temperature / nucleus / top-k sampling with an optional seed;
+    OpenAI's penalties and logit bias apply either way (to the logits before the pick)."""
 
     greedy: bool = True
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int | None = None
+    top_k: int = 0  # 0: no top-k cut
+    frequency_penalty: float = 0.0  # minus penalty x (times the token was generated so far)
+    presence_penalty: float = 0.0  # minus penalty once a token was generated at all
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit), bias in [-100, 100]
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    """OpenAI's `response_format`: the answer is JSON (`json_object`) or JSON matching `schema`
+    (`json_schema`), enforced by a grammar while decoding, never checked afterwards."""
+
+    kind: Literal["json_object", "json_schema"]
+    schema: dict[str, Any] | None = None
+    name: str | None = None
+    strict: bool = False
+
+
+@dataclass(frozen=True)
+class Tools:
+    """OpenAI's `tools` and `tool_choice`: function definitions (`{"type": "function", "function": {...}}`)
+    rendered through the model's chat template; `choice` is "auto", "required", "none" or a function's name.
+    A call is generated under a grammar built from the chosen functions' parameter schemas."""
+
+    definitions: tuple[dict[str, Any], ...]
+    choice: str = "auto"
+    parallel: bool = True
 
 
 @dataclass(frozen=True)
 class ChatRequest:
-    """One validated chat request, as every runtime receives it."""
+    """One validated chat request, as every runtime receives it.
 
-    messages: list[dict[str, str]]
+    `messages` are chat turns for the model's template: role (system, user, assistant, tool; OpenAI's
+    `developer` arrives as system), content as a string (text parts joined), and for tool turns
+    `tool_calls` (an assistant's calls, OpenAI's shape) or `tool_call_id` (a tool's result).
+    `prompt` is set instead of messages for a raw completion (`/v1/completions`): the text is encoded
+    as it is, with no chat template. `logprobs` None asks for none; k >= 0 asks for each generated
+    token's log-probability and the k most likely alternatives."""
+
+    messages: list[dict[str, Any]]
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     sampling: Sampling = Sampling()
     stop: tuple[str, ...] = ()
+    output: OutputFormat | None = None
+    tools: Tools | None = None
+    logprobs: int | None = None
+    prompt: str | None = None
 
 
 def chat_request(

@@ -25,13 +25,36 @@ CHATML_TEMPLATE = (
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log-probability under the model (its raw logits, before penalties or
+    grammar), and the `top` most likely alternatives at that step as (token text, logprob) pairs."""
+
+    token: str
+    logprob: float
+    bytes: tuple[int, ...]
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A function call the model generated (under the tools grammar), in OpenAI's terms."""
+
+    id: str
+    name: str
+    arguments: str  # a JSON object, as text
+
+
+@dataclass(frozen=True)
 class GenerationResult:
-    """The assistant text and token accounting for one request."""
+    """The assistant text and token accounting for one request. finish_reason is "stop", "length" or
+    "tool_calls" (then `tool_calls` holds the calls and `text` whatever came before them)."""
 
     text: str
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str
+    logprobs: tuple[TokenLogprob, ...] | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
 
     @property
     def total_tokens(self) -> int:
@@ -40,10 +63,12 @@ class GenerationResult:
 
 @dataclass(frozen=True)
 class StreamEvent:
-    """One step of a stream: a text delta (maybe empty), and on the last event the whole result."""
+    """One step of a stream: a text delta (maybe empty) with the log-probabilities of the tokens it
+    covers (when asked for), and on the last event the whole result."""
 
     text: str
     result: GenerationResult | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 class Runtime(Protocol):
