@@ -89,3 +89,34 @@ def test_an_endpoint_answers_at_path_score_on_its_port_and_host_name(live_server
     s.cli("online-endpoint", "delete", "--name", "azure-ep", "--yes")
     wait_until(lambda: _closed(new_url), timeout=30, what=f"port {moved} closing with its endpoint")
     assert httpx.get(f"{s.url}/api/health", timeout=10).status_code == 200
+
+
+def test_a_second_server_on_the_host_takes_the_port_over_when_the_first_is_gone(forgeflow_home, tiny_model_dir):
+    """Every server listens on every endpoint's port, but two on one host cannot both bind it: the one that came
+    second logs that and keeps trying, and serves the port once the first is gone."""
+    from live_server import LiveServer
+
+    first, second = LiveServer.on_loopback(forgeflow_home), LiveServer.on_loopback(forgeflow_home)
+    log = forgeflow_home / "test-server.log"  # both servers write here
+    try:
+        first.start()
+        port = free_port()
+        first.cli("online-endpoint", "create", "--name", "pair-ep", "--set", f"port={port}")
+        dep = first.cli_json("online-deployment", "create", "--name", "blue", "--endpoint-name", "pair-ep",
+                             "--model", str(tiny_model_dir), "--all-traffic")
+        assert dep["provisioning_state"] == "Succeeded", dep
+        key = first.cli_json("online-endpoint", "get-credentials", "--name", "pair-ep")["primary_key"]
+        url = f"http://127.0.0.1:{port}/score"
+        wait_until(lambda: _answers(url, key), timeout=30, what="the first server answering on the port")
+
+        second.start()
+        wait_until(lambda: f"cannot listen on port {port} for endpoint pair-ep" in log.read_text(), timeout=30,
+                   what="the second server saying it cannot bind the port")
+        assert _score(f"{second.url}/endpoints/pair-ep/score", key).status_code == 200  # it serves all the same
+
+        first.proc.kill()  # the leader, holding the port, goes without a word
+        first.proc.wait(10)
+        wait_until(lambda: _answers(url, key), timeout=180, what="the second server answering on the port")
+    finally:
+        second.stop()
+        first.stop()
