@@ -16,6 +16,12 @@ import pytest
 
 from forgeflow.flows import compat
 
+# A flow of the project's own laid out as Prompt flow's chat-math-variant is: an llm node with three variants
+# (use_variants, node_variants, default_variant_id; connection open_ai_connection, deployment_name and model
+# gpt-4, api chat) and a python node after it.
+VARIANT_FLOW = Path(__file__).resolve().parent / "flows" / "prompt_variants"
+VARIANT_EVAL_FLOW = VARIANT_FLOW.with_name("prompt_variants_eval")  # scores a VARIANT_FLOW run; logs metrics
+
 
 @pytest.fixture(autouse=True)
 def fresh_shim():
@@ -155,3 +161,15 @@ def llm_server(monkeypatch):
     server = FakeLLMServer()
     yield server
     server.close()
+
+
+def variant_connection(server, key: str | None = None):
+    """The `open_ai_connection` VARIANT_FLOW names, pointed at an OpenAI-compatible server (its `base`)."""
+
+    def provide(name: str) -> dict | None:
+        if name != "open_ai_connection":
+            return None
+        return {"name": name, "type": "open_ai", "configs": {"base_url": server.base + "/v1"},
+                "secrets": {"api_key": key or server.key}}
+
+    return provide

@@ -86,7 +86,8 @@ def write_rows(path, rows):
 
 def test_run_group_is_pinned():
     root = typer.main.get_command(app)
-    assert set(root.commands["flow"].commands["run"].commands) == {"show", "show-details", "show-metrics", "resume", "list"}
+    assert set(root.commands["flow"].commands["run"].commands) == {"show", "show-details", "show-metrics", "resume", "list",
+                                                                     "compare"}
 
 
 def test_batch_keeps_every_line_and_its_error(answer_flow, tmp_path):

@@ -60,8 +60,8 @@ def test_streamed_chunks_are_printed_then_stored_as_text(make_flow, monkeypatch)
     flow = make_flow(CHAT_DAG, {"reply.py": REPLY_PY})
     seen = []
 
-    def fake_call(flow_dir, inputs, *, connection_provider=None, stream=False):
-        assert stream is True
+    def fake_call(flow_dir, inputs, *, connection_provider=None, stream=False, variant=None):
+        assert stream is True and variant is None
         seen.append(json.loads(json.dumps(inputs["chat_history"])))
         return FlowResult(outputs={"answer": iter(["chunk-1 ", "chunk-2 ", inputs["question"]])},
                           node_results={}, duration_s=0.0, inputs=dict(inputs))

@@ -17,12 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import pydantic
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
 from forgeflow.api.security import CONTRIBUTOR, READER, audit_target, services
 from forgeflow.errors import ForgeflowError, InvalidInput, UpstreamError, by_name, shorten
+from forgeflow.flows.batch import compare, summary
 from forgeflow.flows.catalog import EXAMPLES, FlowCatalog
+from forgeflow.flows.loader import load_flow
+from forgeflow.flows.runs import RunRecord
 
 router = APIRouter(tags=["flows"])
 _LINE_LIMIT = 16 << 20
@@ -38,6 +41,8 @@ class FlowTest(pydantic.BaseModel, extra="forbid", allow_inf_nan=False):
     inputs: dict[str, Any] = pydantic.Field(default_factory=dict, description="Flow inputs by name.")
     stream: bool = pydantic.Field(False, description="Answer server-sent events: output chunks, then the result.")
     timeout_s: float = pydantic.Field(300, gt=0, le=3600, description="Kill the run after this many seconds.")
+    variant: str | None = pydantic.Field(None, description="Run this node variant instead of the node's default: "
+                                                           "'${NODE.VARIANT_ID}', e.g. '${chat.variant_1}'.")
 
 
 def catalog(ff=Depends(services)) -> FlowCatalog:
@@ -73,6 +78,8 @@ async def test_flow(name: str, body: FlowTest, request: Request, cat: FlowCatalo
     `{"output", "delta"}` as outputs stream, then `{"done": true, ...}` or `{"error", "message"}`."""
     path = cat.path(name)
     _check_finite(body.inputs)
+    if body.variant:
+        load_flow(path, body.variant)  # an unknown node or variant is a 400 here, before a process starts
     events = _run(path, body, ff.ws.paths.root, request)
     if body.stream:
         async def sse() -> AsyncIterator[bytes]:
@@ -88,6 +95,27 @@ async def test_flow(name: str, body: FlowTest, request: Request, cat: FlowCatalo
     finally:
         await events.aclose()  # stops the process now, not when the generator is collected
     raise ForgeflowError("the flow run ended without a result")
+
+
+@router.get("/flow-runs", dependencies=READER)
+def list_runs() -> list[dict]:
+    """Batch runs (`forgeflow flow run`), oldest first: status, flow, variant, base run, lines."""
+    keys = ("status", "flow", "variant", "run", "total_lines", "created_at")
+    return [{"name": r.name, **{k: r.meta().get(k) for k in keys}} for r in RunRecord.all()]
+
+
+@router.get("/flow-runs/compare", dependencies=READER)
+def compare_runs(runs: list[str] = Query(default=[], description="Run names: repeat it, or NAME,NAME.")) -> dict:
+    """Runs side by side, as `forgeflow flow run compare`: `{"metrics": [names], "runs": [{name, variant, base_run,
+    status, total_lines, completed_lines, failed_lines, metrics}]}`; an evaluation run's variant is its base run's."""
+    return compare([n for item in runs for n in item.split(",") if n.strip()])
+
+
+@router.get("/flow-runs/{name}", dependencies=READER)
+def show_run(name: str) -> dict:
+    """A batch run's status, flow, variant, data, line counts and metrics."""
+    record = RunRecord.open(name)
+    return {**summary(record), "metrics": record.metrics()}
 
 
 def _check_finite(inputs: dict[str, Any]) -> None:
@@ -115,7 +143,7 @@ async def _run(path: Path, body: FlowTest, home: Path, request: Request) -> Asyn
         sys.executable, "-m", "forgeflow.flows.oneshot", stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=env, limit=_LINE_LIMIT,
         start_new_session=True)
-    request_doc = {"flow": str(path), "inputs": body.inputs, "stream": body.stream,
+    request_doc = {"flow": str(path), "inputs": body.inputs, "stream": body.stream, "variant": body.variant,
                    "keep_details": not path.is_relative_to(EXAMPLES)}
     proc.stdin.write(json.dumps(request_doc).encode())
     await proc.stdin.drain()

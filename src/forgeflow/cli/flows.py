@@ -14,6 +14,9 @@ from forgeflow.errors import InvalidInput, ServerUnavailable
 from forgeflow.flows.result import RunStatus
 from forgeflow.names import parse_assignments
 
+VARIANT_HELP = ("Run this variant of a node instead of its default: '${NODE.VARIANT_ID}', e.g. '${chat.variant_1}' "
+                "(quote it: the shell expands ${...}).")
+
 app = typer.Typer(help="Prompt flow style flows (flow.dag.yaml) with Python tools and connections.", no_args_is_help=True)
 
 
@@ -65,17 +68,20 @@ def test(
     flow: Path = typer.Option(..., "--flow", help="The flow folder (holding flow.dag.yaml)."),
     inputs: list[str] = typer.Option(None, "--inputs", help="NAME=VALUE ... or a JSON file of inputs."),
     node: str = typer.Option(None, "--node", help="Run only this node, its inputs taken from --inputs."),
+    variant: str = typer.Option(None, "--variant", help=VARIANT_HELP),
     json_out: bool = JsonOpt,
 ) -> None:
     """Run a flow once; print its outputs and per-node timings, keep details under FLOW/.forgeflow/."""
     from forgeflow.flows.executor import run_flow, write_details
 
-    result = run_flow(flow, _inputs(inputs), connection_provider=connection_lookup(), node=node)
+    result = run_flow(flow, _inputs(inputs), connection_provider=connection_lookup(), node=node, variant=variant)
     details = write_details(flow, result)
     if json_out:
         print_json({"outputs": result.outputs, "nodes": result.node_results, "duration_s": result.duration_s,
-                    "details": str(details)})
+                    "variant": result.variant, "details": str(details)})
         return
+    if result.variant:
+        console.print(f"[dim]variant {result.variant}[/]", highlight=False)
     for k, v in result.outputs.items():
         console.print(f"[bold]{k}[/]: {v if isinstance(v, str) else json.dumps(v)}", highlight=False, soft_wrap=True)
     rows = [{"node": n, "status": r.get("status"), "seconds": f"{r.get('duration_s', 0):.3f}"} for n, r in result.node_results.items()]
@@ -88,6 +94,7 @@ def test(
 def chat(
     flow: Path = typer.Option(..., "--flow", help="A chat flow folder (is_chat_input / is_chat_output)."),
     inputs: list[str] = typer.Option(None, "--inputs", help="Other inputs, NAME=VALUE ... or a JSON file."),
+    variant: str = typer.Option(None, "--variant", help=VARIANT_HELP),
     json_out: bool = JsonOpt,
 ) -> None:
     """Chat in the terminal (type `exit` or Ctrl-D to quit); answers stream as they are written."""
@@ -95,7 +102,7 @@ def chat(
 
     from forgeflow.flows.chat import ChatSession, chat_loop
 
-    session = ChatSession(flow, connection_provider=connection_lookup(), inputs=_inputs(inputs))
+    session = ChatSession(flow, connection_provider=connection_lookup(), inputs=_inputs(inputs), variant=variant)
     interactive = sys.stdin.isatty()
 
     def read(prompt: str) -> str:
@@ -145,8 +152,8 @@ def serve(
 
 
 run_app = typer.Typer(
-    help="Batch runs: `flow run --flow DIR --data rows.jsonl` starts one; show / show-details / "
-         "show-metrics / resume / list NAME work on stored runs.",
+    help="Batch runs: `flow run --flow DIR --data rows.jsonl [--variant '${node.variant_id}']` starts one; show / "
+         "show-details / show-metrics / resume / list / compare work on stored runs.",
     invoke_without_command=True,
 )
 app.add_typer(run_app, name="run")
@@ -200,8 +207,9 @@ def run(
         None, "--column-mapping",
         help="INPUT=${data.COLUMN}, INPUT=${run.outputs.NAME} (with --run) or INPUT=literal; repeatable."),
     base_run: str = typer.Option(None, "--run", help="A base run whose lines ${run.outputs.x} reads (evaluations)."),
-    name: str = typer.Option(None, "--name", help="Name of the new run (default: FLOW_<timestamp>)."),
+    name: str = typer.Option(None, "--name", help="Name of the new run (default: FLOW[_VARIANT]_<timestamp>)."),
     workers: int = typer.Option(4, "--workers", help="Lines run at the same time."),
+    variant: str = typer.Option(None, "--variant", help=VARIANT_HELP),
     json_out: bool = JsonOpt,
 ) -> None:
     """Run a flow over a data file in parallel, keeping every line's result and error under the home."""
@@ -209,12 +217,15 @@ def run(
         return
     if flow is None:
         raise InvalidInput("flow run needs --flow DIR and --data FILE (or a sub-command: show, show-details, "
-                           "show-metrics, resume, list)", field="flow")
+                           "show-metrics, resume, list, compare)", field="flow")
     from forgeflow.flows.batch import start_run
 
-    record = start_run(flow, data=data, column_mapping=column_mapping, base_run=base_run, name=name, workers=workers)
+    record = start_run(flow, data=data, column_mapping=column_mapping, base_run=base_run, name=name, workers=workers,
+                       variant=variant)
     if not json_out:
-        console.print(f"run [bold]{record.name}[/] ({record.meta()['total_lines'] or 'base run'} lines)", highlight=False)
+        meta = record.meta()
+        shown = f", variant {meta['variant']}" if meta.get("variant") else ""
+        console.print(f"run [bold]{record.name}[/] ({meta['total_lines'] or 'base run'} lines{shown})", highlight=False)
     _execute(record, workers, json_out)
 
 
@@ -226,7 +237,8 @@ def run_show(name: str = typer.Argument(..., help="The run's name."), json_out: 
     from forgeflow.flows.runs import RunRecord
 
     out = summary(RunRecord.open(name))
-    print_json(out) if json_out else kv(out, ["name", "status", "flow", "data", "run", "column_mapping", "total_lines",
+    print_json(out) if json_out else kv(out, ["name", "status", "flow", "variant", "data", "run", "column_mapping",
+                                             "total_lines",
                                              "completed_lines", "failed_lines", "duration_s", "created_at",
                                              "finished_at", "aggregation", "run_dir"])
 
@@ -289,7 +301,37 @@ def run_list(json_out: bool = JsonOpt) -> None:
     """Stored batch runs, oldest first."""
     from forgeflow.flows.runs import RunRecord
 
-    rows = [{"name": r.name, **{k: r.meta().get(k) for k in ("status", "flow", "total_lines", "created_at")}}
-            for r in RunRecord.all()]
-    print_json(rows) if json_out else table(rows, [("name", "name"), ("status", "status"), ("total_lines", "lines"),
+    rows = [{"name": r.name, **{k: r.meta().get(k) for k in ("status", "flow", "variant", "run", "total_lines",
+                                                               "created_at")}} for r in RunRecord.all()]
+    print_json(rows) if json_out else table(rows, [("name", "name"), ("status", "status"), ("variant", "variant"),
+                                                    ("run", "base run"), ("total_lines", "lines"),
                                                     ("created_at", "created"), ("flow", "flow")])
+
+
+@run_app.command("compare")
+@command
+def run_compare(
+    names: list[str] = typer.Argument(..., help="The runs to compare: one per variant, or the evaluation runs over "
+                                                "them (NAME ... or NAME,NAME)."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Runs side by side: each run's variant, line counts and metrics (Prompt flow's prompt tuning)."""
+    from forgeflow.flows.batch import compare
+
+    out = compare([n for item in names for n in item.split(",") if n.strip()])
+    if json_out:
+        print_json(out)
+        return
+    runs = out["runs"]
+
+    def cell(value) -> str:
+        return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+    rows = [{"what": "variant", **{str(i): r["variant"] or "default" for i, r in enumerate(runs)}},
+            {"what": "base run", **{str(i): r["base_run"] for i, r in enumerate(runs)}},
+            {"what": "status", **{str(i): r["status"] for i, r in enumerate(runs)}},
+            {"what": "lines", **{str(i): f"{r['completed_lines']} completed, {r['failed_lines']} failed"
+                                 for i, r in enumerate(runs)}}]
+    rows += [{"what": m, **{str(i): cell(r["metrics"][m]) if m in r["metrics"] else "" for i, r in enumerate(runs)}}
+             for m in out["metrics"]]
+    table(rows, [("what", "run"), *[(str(i), r["name"]) for i, r in enumerate(runs)]])

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from forgeflow.errors import ForgeflowError, InvalidInput, NotFound, shorten
-from forgeflow.flows.contract import ConnectionProvider, Flow
+from forgeflow.flows.contract import ConnectionProvider, Flow, variant_label
 from forgeflow.flows.executor import has_aggregation, run_aggregation, run_flow
 from forgeflow.flows.loader import load_flow
 from forgeflow.flows.result import RunStatus
@@ -134,7 +134,7 @@ class BatchRun:
     def execute(self) -> dict:
         """Run every line not finished yet, then aggregation; returns the final meta."""
         meta = self.record.meta()
-        flow = load_flow(meta["flow"])
+        flow = load_flow(meta["flow"], meta.get("variant"))
         rows = _rows(meta)
         base = {line["line_number"]: line for line in RunRecord.open(meta["run"]).lines()} if meta.get("run") else {}
         mapping = meta.get("column_mapping") or {}
@@ -211,9 +211,13 @@ def _rows(meta: dict) -> list[dict]:
 
 
 def start_run(flow_dir: Path, *, data: Path | None, column_mapping: list[str] | None = None,
-              base_run: str | None = None, name: str | None = None, workers: int = 4) -> RunRecord:
-    """Validate the arguments and create the run's record (status NotStarted)."""
-    flow = load_flow(flow_dir)
+              base_run: str | None = None, name: str | None = None, workers: int = 4,
+              variant: str | None = None) -> RunRecord:
+    """Validate the arguments and create the run's record (status NotStarted).
+
+    `variant` (`${node.variant_id}`) runs every line with that node variant: one run per variant, then `compare`.
+    """
+    flow = load_flow(flow_dir, variant)
     if data is None and base_run is None:
         raise InvalidInput("a batch run needs --data FILE (or --run BASE to run over a base run's lines)", field="data")
     if base_run:
@@ -223,9 +227,9 @@ def start_run(flow_dir: Path, *, data: Path | None, column_mapping: list[str] | 
     meta = {
         "flow": str(flow.dir), "data": str(Path(data).resolve()) if data else None, "run": base_run,
         "column_mapping": mapping, "workers": workers, "status": RunStatus.NOT_STARTED, "created_at": now(),
-        "total_lines": len(rows) if rows is not None else None,
+        "total_lines": len(rows) if rows is not None else None, "variant": variant_label(flow),
     }
-    return RunRecord.create(name or new_run_name(flow.dir), meta)
+    return RunRecord.create(name or new_run_name(flow.dir, flow.variant[1] if flow.variant else None), meta)
 
 
 def resumable(record: RunRecord) -> None:
@@ -245,3 +249,31 @@ def summary(record: RunRecord) -> dict:
     failed = sum(1 for line in lines if line["status"] != RunStatus.COMPLETED)
     return {**meta, "finished_lines": len(lines), "completed_lines": len(lines) - failed, "failed_lines": failed,
             "run_dir": str(record.dir)}
+
+
+def compare(names: list[str]) -> dict:
+    """Runs side by side: each run's variant (an evaluation run's is its base run's), line counts and metrics.
+
+    Prompt flow's way to tune a prompt: a batch run per variant, an evaluation run over each, then their
+    aggregated metrics compared. `metrics` lists every metric name any of the runs logged, in first-seen order.
+    """
+    if not names:
+        raise InvalidInput("name at least one run to compare (see: forgeflow flow run list)", field="runs")
+    runs, metric_names = [], {}
+    for name in dict.fromkeys(names):
+        record = RunRecord.open(name)
+        meta = summary(record)
+        base = meta.get("run")
+        base_variant = None
+        if base:
+            try:
+                base_variant = RunRecord.open(base).meta().get("variant")
+            except NotFound:
+                base_variant = None  # the base run was deleted: its variant is unknown
+        metrics = record.metrics()
+        metric_names.update(dict.fromkeys(metrics))
+        runs.append({"name": name, "flow": meta.get("flow"), "status": meta.get("status"),
+                     "variant": meta.get("variant") or base_variant, "base_run": base,
+                     "total_lines": meta.get("total_lines"), "completed_lines": meta["completed_lines"],
+                     "failed_lines": meta["failed_lines"], "metrics": metrics})
+    return {"metrics": list(metric_names), "runs": runs}

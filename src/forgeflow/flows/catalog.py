@@ -150,7 +150,8 @@ def _description(path: Path) -> str:
 
 
 def describe(flow: Flow) -> dict[str, Any]:
-    """Inputs, outputs, nodes and edges (`${inputs.x}` -> node, node -> node, node -> output)."""
+    """Inputs, outputs, nodes and edges (`${inputs.x}` -> node, node -> node, node -> output); a node with
+    variants lists them and names its default."""
     inputs = {i.name: {"type": i.type, "default": i.default if i.has_default else None, "required": i.required,
                        "is_chat_input": i.is_chat_input, "is_chat_history": i.is_chat_history,
                        "description": i.description} for i in flow.inputs.values()}
@@ -163,10 +164,14 @@ def describe(flow: Flow) -> dict[str, Any]:
         if connection is None and node.type == "python" and node.path is not None:
             literal = {k: v for k, v in node.inputs.items() if isinstance(v, str) and not v.startswith("${")}
             connection = next((literal[p] for p in _connection_params(node.path) if p in literal), None)
+        choices = flow.node_variants.get(name)
         nodes.append({"name": name, "type": node.type, "source": node.path.name if node.path else None,
                       "inputs": {k: str(v) for k, v in node.inputs.items()}, "connection": connection,
                       "api": node.api, "aggregation": node.aggregation,
-                      "activate_when": str(node.activate_when) if node.activate_when else None})
+                      "activate_when": str(node.activate_when) if node.activate_when else None,
+                      "variant": node.variant, "default_variant": choices.default if choices else None,
+                      "variants": {vid: {"source": v.path.name if v.path else None} for vid, v in
+                                   choices.variants.items()} if choices else None})
         seen = set()
         for ref in node.references():
             source = f"inputs.{ref.name}" if ref.kind == "inputs" else ref.name

@@ -41,12 +41,14 @@ def drain(outputs: dict, on_chunk: Callable[[str, str], None] | None = None) -> 
 
 
 class ChatSession:
-    """One conversation with a chat flow; `history` is Prompt flow's `[{"inputs", "outputs"}]`."""
+    """One conversation with a chat flow (a node variant in place of its default when `variant` names one);
+    `history` is Prompt flow's `[{"inputs", "outputs"}]`."""
 
     def __init__(self, flow_dir: Path, *, connection_provider: ConnectionProvider | None = None,
-                 inputs: dict | None = None) -> None:
+                 inputs: dict | None = None, variant: str | None = None) -> None:
         self.flow_dir = Path(flow_dir)
-        flow = load_flow(self.flow_dir)
+        self.variant = variant
+        flow = load_flow(self.flow_dir, variant)
         self.input_name = chat_input_name(flow)
         self.output_name = chat_output_name(flow)
         self.history_name = chat_history_name(flow)
@@ -62,7 +64,7 @@ class ChatSession:
         inputs = {**self.extra, self.input_name: text}
         if self.history_name:
             inputs[self.history_name] = [dict(turn) for turn in self.history]
-        result = run_flow(self.flow_dir, inputs, connection_provider=self.provider, stream=True)
+        result = run_flow(self.flow_dir, inputs, connection_provider=self.provider, stream=True, variant=self.variant)
         shown = []
 
         def chunk(name: str, part: str) -> None:

@@ -21,6 +21,7 @@ from forgeflow.errors import InvalidInput
 INPUT_TYPES = ("string", "int", "double", "bool", "list", "object")
 ANY = "any"  # internal type of un-annotated flex inputs: no coercion
 _REF = re.compile(r"\$\{([^{}]*)\}")
+_VARIANT = re.compile(r"\$\{\s*([^.{}\s]+)\.([^{}\s]+)\s*\}")
 _MISSING = object()
 _REPR = reprlib.Repr()  # a wrong value as an error message shows it: never the whole of a huge one
 _REPR.maxstring = _REPR.maxother = 80
@@ -94,10 +95,22 @@ class Node:
     timeout: float | None = None
     retries: int = 0
     retry_delay: float = 1.0
+    variant: str | None = None  # the variant id this definition came from (`node_variants`), if any
 
     def references(self) -> list[Reference]:
         refs = [v for v in self.inputs.values() if isinstance(v, Reference)]
         return refs + ([self.activate_when] if self.activate_when else [])
+
+
+@dataclass
+class NodeVariants:
+    """A node's variants (`node_variants.<node>` of a DAG): each a whole definition of the node, keyed by variant id.
+
+    The node itself only says `use_variants: true`; `default` runs unless a run picks another (`${node.variant}`).
+    """
+
+    default: str
+    variants: dict[str, Node]
 
 
 @dataclass
@@ -117,6 +130,8 @@ class Flow:
     spec: Any = None  # what a flex or prompty flow needs to run (its FlexSpec / PromptySpec)
     consumed: frozenset[str] = frozenset()  # nodes whose output another node reads
     deps: dict[str, frozenset[str]] = field(default_factory=dict)  # node -> nodes it reads
+    node_variants: dict[str, NodeVariants] = field(default_factory=dict)  # nodes with `use_variants: true`
+    variant: tuple[str, str] | None = None  # (node, variant id) a run picked; None: every node's default
 
     def __post_init__(self) -> None:
         if not self.import_roots:
@@ -152,6 +167,20 @@ def parse_reference(value: Any, where: str) -> Reference | None:
         f"{where}: bad reference {value!r}; use ${{inputs.<name>}} or ${{<node>.output[.<field>...]}}",
         field=where,
     )
+
+
+def parse_variant(spec: str) -> tuple[str, str]:
+    """(node, variant id) of Prompt flow's `${node.variant_id}` (quotes around it allowed), else InvalidInput."""
+    text = str(spec).strip().strip("'\"")
+    m = _VARIANT.fullmatch(text)
+    if not m:
+        raise InvalidInput(f"variant {spec!r}: write ${{NODE.VARIANT_ID}}, e.g. '${{chat.variant_1}}'", field="variant")
+    return m.group(1), m.group(2)
+
+
+def variant_label(flow: Flow) -> str | None:
+    """The `${node.variant_id}` a flow runs with, or None when every node runs its default."""
+    return "${%s.%s}" % flow.variant if flow.variant else None
 
 
 def coerce_value(value: Any, type_: str, where: str) -> Any:

@@ -26,7 +26,8 @@ from typing import Any
 
 from forgeflow.errors import ForgeflowError, InvalidInput, NotFound, UpstreamError
 from forgeflow.flows import compat, flex, prompty
-from forgeflow.flows.contract import ConnectionProvider, Flow, FlowKind, Node, Reference, coerce_value, resolve_inputs
+from forgeflow.flows.contract import (ConnectionProvider, Flow, FlowKind, Node, Reference, coerce_value, resolve_inputs,
+                                      variant_label)
 from forgeflow.flows.loader import load_flow
 from forgeflow.flows.nodes.prompt import run_llm, run_prompt
 from forgeflow.flows.nodes.python import call_tool, load_tool
@@ -265,15 +266,17 @@ def run_flow(
     stream: bool = False,
     aggregate: bool = True,
     init: dict[str, Any] | None = None,
+    variant: str | None = None,
 ) -> FlowResult:
     """Run a flow (or one node of it, like `pf flow test --node`) and return its results.
 
     `stream=True` leaves outputs that stream as `StreamingOutput` iterators; `aggregate=False`
     skips aggregation nodes (a batch runs them once via `run_aggregation`); `init` holds a flex
-    class entry's constructor arguments. On failure the raised error carries `.result` (the
-    partial FlowResult) and, for tool errors, `.details` (the traceback).
+    class entry's constructor arguments; `variant` (`${node.variant_id}`) runs that node variant
+    instead of the node's default. On failure the raised error carries `.result` (the partial
+    FlowResult) and, for tool errors, `.details` (the traceback).
     """
-    flow = load_flow(flow_dir)
+    flow = load_flow(flow_dir, variant)
     if flow.kind == FlowKind.FLEX:
         return flex.run_flex(flow, inputs, connection_provider, stream=stream, init=init)
     if flow.kind == FlowKind.PROMPTY:
@@ -283,7 +286,8 @@ def run_flow(
         raise NotFound(f"no node {node!r} in {flow.path.name} (nodes: {', '.join(flow.nodes)})", field="node")
     check_requirements(flow.requirements)
     resolved = dict(inputs) if node is not None else resolve_inputs(flow, inputs)
-    result = FlowResult(outputs={}, node_results={}, duration_s=0.0, inputs=resolved, node=node)
+    result = FlowResult(outputs={}, node_results={}, duration_s=0.0, inputs=resolved, node=node,
+                        variant=variant_label(flow))
     run = _Run(flow, result, connection_provider, stream, _line_value, single=node is not None)
     run.given = resolved
     with _recorded(flow, result, started):
@@ -359,6 +363,7 @@ def run_aggregation(
     *,
     connection_provider: ConnectionProvider | None = None,
     init: dict[str, Any] | None = None,
+    variant: str | None = None,
 ) -> FlowResult:
     """Run the aggregation nodes once over a batch's successful lines (FlowResults or their dicts).
 
@@ -366,7 +371,7 @@ def run_aggregation(
     line nodes; `outputs` maps aggregation node names to their outputs, `metrics` holds the
     `log_metric` calls.
     """
-    flow = load_flow(flow_dir)
+    flow = load_flow(flow_dir, variant)
     if flow.kind == FlowKind.FLEX:
         return flex.aggregate(flow, lines, connection_provider, init)
     started = time.perf_counter()

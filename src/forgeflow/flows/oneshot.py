@@ -1,6 +1,6 @@
 """Run a flow once in its own process and report on stdout as JSON lines (the server's flow test runs).
 
-    echo '{"flow": "DIR", "inputs": {...}, "stream": true}' | python -m forgeflow.flows.oneshot
+    echo '{"flow": "DIR", "inputs": {...}, "stream": true, "variant": "${node.variant_id}"}' | python -m forgeflow.flows.oneshot
 
 Prints `{"output": NAME, "delta": TEXT}` for each chunk of a streaming output, then one
 `{"done": true, "outputs": {...}, "nodes": {...}, "duration_s": S, "details": PATH}` or
@@ -43,11 +43,11 @@ def run(request: dict[str, Any]) -> int:
 
     flow = Path(request["flow"])
     result = run_flow(flow, request.get("inputs") or {}, connection_provider=local_connection_lookup(),
-                      stream=bool(request.get("stream")))
+                      stream=bool(request.get("stream")), variant=request.get("variant"))
     result.outputs = drain(result.outputs, lambda name, chunk: _emit({"output": name, "delta": chunk}))
     details = write_details(flow, result) if request.get("keep_details", True) else None
     _emit({"done": True, "outputs": jsonable(result.outputs), "nodes": result.to_dict()["node_results"],
-           "duration_s": result.duration_s, "details": str(details) if details else None})
+           "duration_s": result.duration_s, "variant": result.variant, "details": str(details) if details else None})
     return 0
 
 

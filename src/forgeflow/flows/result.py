@@ -103,6 +103,7 @@ class FlowResult:
     metrics: list[dict] = field(default_factory=list)
     status: RunStatus = RunStatus.COMPLETED
     node: str | None = None
+    variant: str | None = None  # the `${node.variant_id}` run in place of a node's default
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe form (what `write_details` stores and `run_aggregation` accepts back)."""
@@ -115,5 +116,6 @@ class FlowResult:
                 "metrics": self.metrics,
                 "status": self.status,
                 "node": self.node,
+                "variant": self.variant,
             }
         )

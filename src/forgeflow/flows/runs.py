@@ -20,6 +20,7 @@ from forgeflow.flows.result import jsonable
 from forgeflow.store.home import home_dir
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+RESERVED = frozenset({"compare"})  # a REST route beside the runs' own: /api/flow-runs/compare
 
 
 def runs_root() -> Path:
@@ -30,9 +31,11 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def new_run_name(flow_dir: Path) -> str:
-    """`<flow folder>_<UTC timestamp>`, like Prompt flow's default run names."""
+def new_run_name(flow_dir: Path, variant_id: str | None = None) -> str:
+    """`<flow folder>[_<variant id>]_<UTC timestamp>`, like Prompt flow's default run names."""
     stem = re.sub(r"[^A-Za-z0-9_-]", "_", Path(flow_dir).resolve().name)[:60] or "flow"
+    if variant_id:
+        stem += "_" + (re.sub(r"[^A-Za-z0-9_-]", "_", variant_id)[:40] or "variant")
     return f"{stem}_{datetime.now(timezone.utc).strftime('%Y%m%d_%H%M%S_%f')}"
 
 
@@ -47,6 +50,8 @@ class RunRecord:
     def create(cls, name: str, meta: dict) -> "RunRecord":
         if not _NAME.fullmatch(name):
             raise InvalidInput(f"invalid run name {name!r}: letters, digits, '_', '-', '.' up to 128", field="name")
+        if name in RESERVED:
+            raise InvalidInput(f"run name {name!r} is reserved (GET /api/flow-runs/{name}); choose another", field="name")
         run_dir = runs_root() / name
         try:
             run_dir.mkdir(parents=True)
