@@ -33,6 +33,13 @@ class RegisterBody(BaseModel):
     tags: dict[str, str] = Field(default_factory=dict)
 
 
+class ExportBody(BaseModel, extra="forbid"):
+    format: str = Field(description="gguf, safetensors (a Hugging Face checkpoint folder) or mlflow (MLflow's "
+                                    "transformers flavor, loadable without forgeflow).")
+    quantize: str | None = Field(None, description="GGUF weights: f16 (the default), q8_0 or q4_k_m (needs "
+                                                   "llama-cpp-python on the server). Only with format gguf.")
+
+
 def _base_view(info) -> dict:
     d = info.to_dict()
     d["kind"] = "base"
@@ -121,3 +128,13 @@ def file(name: str, version: str, path: str) -> FileResponse:
     from forgeflow.registry import models
 
     return FileResponse(models.version_file(_ref(name, version), path), media_type="application/octet-stream")
+
+
+@router.post("/models/{name}/versions/{version}/export", dependencies=READER)
+def export(name: str, version: str, body: ExportBody) -> dict:
+    """Which of the version's files make an export in `format`, each with its path under the client's output folder;
+    a GGUF is made (once per type, cached beside the weights) before it is listed. The client downloads the files
+    with the route above, so the server writes nothing but that cache."""
+    from forgeflow.registry.export import plan_export
+
+    return plan_export(_ref(name, version), body.format, body.quantize)
