@@ -65,8 +65,8 @@ async def api(versions):
             yield c
 
 
-async def export(api, version: str, **body):
-    return await api.post(f"/api/models/quill/versions/{version}/export", json=body)
+async def export(api, version: str, **params):
+    return await api.get(f"/api/models/quill/versions/{version}/export", params=params)
 
 
 async def test_which_files_make_each_format(api, versions):
@@ -100,7 +100,8 @@ async def test_bad_exports_name_their_field(api, versions, monkeypatch, tmp_path
     import json
 
     for body, field in (({"format": "onnx"}, "format"), ({"format": "safetensors", "quantize": "q8_0"}, "quantize"),
-                        ({"format": "gguf", "quantize": "q2_k"}, "quantize"), ({"format": "gguf", "to": "/x"}, "to")):
+                        ({"format": "gguf", "quantize": "q2_k"}, "quantize"), ({"format": "gguf", "to": "/x"}, "to"),
+                        ({}, "format")):
         r = await export(api, "1", **body)
         assert r.status_code == 400 and r.json()["field"] == field, (body, r.json())
     assert (await export(api, "9", format="gguf")).status_code == 404
@@ -109,13 +110,13 @@ async def test_bad_exports_name_their_field(api, versions, monkeypatch, tmp_path
     config = other / "config.json"
     config.write_text(json.dumps({**json.loads(config.read_text()), "architectures": ["GPT2LMHeadModel"]}))
     models.register("other", other)
-    r = await api.post("/api/models/other/versions/1/export", json={"format": "gguf"})
+    r = await api.get("/api/models/other/versions/1/export", params={"format": "gguf"})
     assert r.status_code == 400 and r.json()["field"] == "format" and "format safetensors or mlflow" in r.json()["message"]
 
     fresh = shutil.copytree(versions / "v3", tmp_path / "fresh")
     models.register("fresh", fresh)
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # as where llama-cpp-python is not installed
-    r = await api.post("/api/models/fresh/versions/1/export", json={"format": "gguf", "quantize": "q4_k_m"})
+    r = await api.get("/api/models/fresh/versions/1/export", params={"format": "gguf", "quantize": "q4_k_m"})
     assert r.status_code == 400 and r.json()["field"] == "quantize" and "llama-cpp-python" in r.json()["message"]
     assert not list(fresh.glob("forgeflow-q4_k_m*"))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
@@ -31,13 +31,6 @@ class RegisterBody(BaseModel):
     path: str | None = Field(None, description="A local Hugging Face or MLflow model folder to register.")
     description: str | None = None
     tags: dict[str, str] = Field(default_factory=dict)
-
-
-class ExportBody(BaseModel, extra="forbid"):
-    format: str = Field(description="gguf, safetensors (a Hugging Face checkpoint folder) or mlflow (MLflow's "
-                                    "transformers flavor, loadable without forgeflow).")
-    quantize: str | None = Field(None, description="GGUF weights: f16 (the default), q8_0 or q4_k_m (needs "
-                                                   "llama-cpp-python on the server). Only with format gguf.")
 
 
 def _base_view(info) -> dict:
@@ -130,11 +123,20 @@ def file(name: str, version: str, path: str) -> FileResponse:
     return FileResponse(models.version_file(_ref(name, version), path), media_type="application/octet-stream")
 
 
-@router.post("/models/{name}/versions/{version}/export", dependencies=READER)
-def export(name: str, version: str, body: ExportBody) -> dict:
-    """Which of the version's files make an export in `format`, each with its path under the client's output folder;
-    a GGUF is made (once per type, cached beside the weights) before it is listed. The client downloads the files
-    with the route above, so the server writes nothing but that cache."""
+@router.get("/models/{name}/versions/{version}/export", dependencies=READER)
+def export(
+    name: str, version: str, request: Request,
+    format: str = Query(description="gguf, safetensors (a Hugging Face checkpoint folder) or mlflow (MLflow's "
+                                    "transformers flavor, loadable without forgeflow)."),
+    quantize: str | None = Query(None, description="GGUF weights: f16 (the default), q8_0 or q4_k_m (needs "
+                                                   "llama-cpp-python on the server). Only with format gguf."),
+) -> dict:
+    """Which of the version's files make an export in `format`, each with its path under the client's output folder.
+    A read: the GGUF it lists is made on first use and cached beside the weights (one file per type, as the
+    llamacpp runtime caches it); the client downloads the files with the route above."""
     from forgeflow.registry.export import plan_export
 
-    return plan_export(_ref(name, version), body.format, body.quantize)
+    for key in request.query_params:
+        if key not in ("format", "quantize"):
+            raise InvalidInput(f"unknown parameter {key!r}: an export takes format and quantize", field=key)
+    return plan_export(_ref(name, version), format, quantize)

@@ -171,7 +171,8 @@ def export(
                                field="model")
         version = mv["version"]
     with console.status(f"preparing {name}:{version} as {fmt} ...", spinner="dots"):
-        plan = c.post(f"{_version_path(name, version)}/export", {"format": fmt, "quantize": quantize}, timeout=3600)
+        params = {"format": fmt, **({"quantize": quantize} if quantize else {})}
+        plan = c.get(f"{_version_path(name, version)}/export", params=params, timeout=3600)
     if plan["convert"] == "mlflow":
         _checkpoint_to_mlflow(c, plan, out, quiet=json_out)
     else:
