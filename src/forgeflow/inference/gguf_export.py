@@ -46,7 +46,10 @@ def cached_gguf(model_dir: Path, out_type: str = "f16") -> Path:
     if not weights:
         raise NotFound(f"{model_dir} has no safetensors weights to export to GGUF")
     stamp = max(int(p.stat().st_mtime_ns) for p in weights)
-    source = cached_gguf(model_dir, "f16") if out_type in QUANTIZED_TYPES else None  # before taking the lock
+    source = None
+    if out_type in QUANTIZED_TYPES:
+        _quantizer(out_type)  # before minutes of f16 export, not after
+        source = cached_gguf(model_dir, "f16")  # before taking the lock
     target = model_dir / f"forgeflow-{out_type}.gguf"
     stamp_file = target.with_suffix(".stamp")
     with open(model_dir / ".forgeflow-gguf.lock", "w") as lock:
@@ -71,12 +74,7 @@ def quantize_gguf(source: Path, out: Path, out_type: str) -> Path:
     type's block size fall back to a type that fits, as llama.cpp's `llama-quantize` does)."""
     if out_type not in QUANTIZED_TYPES:
         raise InvalidInput(f"quantize to one of {', '.join(QUANTIZED_TYPES)}, got {out_type!r}", field="quantize")
-    try:
-        import llama_cpp
-    except ImportError:
-        raise InvalidInput(f"quantize {out_type} needs llama.cpp's quantizer from llama-cpp-python, which is not "
-                           "installed where the model is: pip install 'forgeflow[llamacpp]', or export f16 or q8_0",
-                           field="quantize") from None
+    llama_cpp = _quantizer(out_type)
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{out_type.upper()}")
     params.nthread = max(1, len(os.sched_getaffinity(0)) // 2)
@@ -91,6 +89,17 @@ def quantize_gguf(source: Path, out: Path, out_type: str) -> Path:
     if failed:
         raise ForgeflowError(f"llama.cpp could not quantize {source} to {out_type} (its log on the server says why)")
     return Path(out)
+
+
+def _quantizer(out_type: str) -> Any:
+    """llama-cpp-python, whose bindings carry llama.cpp's quantizer."""
+    try:
+        import llama_cpp
+    except ImportError:
+        raise InvalidInput(f"quantize {out_type} needs llama.cpp's quantizer from llama-cpp-python, which is not "
+                           "installed where the model is: pip install 'forgeflow[llamacpp]', or export f16 or q8_0",
+                           field="quantize") from None
+    return llama_cpp
 
 
 def unsupported_reason(config: dict) -> str | None:
