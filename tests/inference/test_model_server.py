@@ -72,7 +72,7 @@ def test_generator_loads_an_mlflow_model_folder(tmp_path, tiny_model_dir):
 
     saved = save_chat_model(tiny_model_dir, tmp_path / "mlflow_model")
     generator = ChatGenerator(saved)
-    assert generator.model_dir == saved / "artifacts" / "model"
+    assert generator.model_dir == saved / "model"
     answer = generator.generate(chat_request([{"role": "user", "content": "hi"}], max_new_tokens=2))
     assert answer.completion_tokens >= 1
 

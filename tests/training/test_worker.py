@@ -112,7 +112,7 @@ def test_run_job_end_to_end(tmp_path, tiny_model_dir, mlflow_uri):
     assert (job_dir / "outputs" / "adapter" / "adapter_config.json").is_file()
     assert not (job_dir / "outputs" / ".merged").exists()
     hf_dir = hf_model_dir(model_dir)
-    assert hf_dir == model_dir / "artifacts" / "model"
+    assert hf_dir == model_dir / "model"
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
@@ -121,3 +121,22 @@ def file(name: str, version: str, path: str) -> FileResponse:
     from forgeflow.registry import models
 
     return FileResponse(models.version_file(_ref(name, version), path), media_type="application/octet-stream")
+
+
+@router.get("/models/{name}/versions/{version}/export", dependencies=READER)
+def export(
+    name: str, version: str, request: Request,
+    format: str = Query(description="gguf, safetensors (a Hugging Face checkpoint folder) or mlflow (MLflow's "
+                                    "transformers flavor, loadable without forgeflow)."),
+    quantize: str | None = Query(None, description="GGUF weights: f16 (the default), q8_0 or q4_k_m (needs "
+                                                   "llama-cpp-python on the server). Only with format gguf."),
+) -> dict:
+    """Which of the version's files make an export in `format`, each with its path under the client's output folder.
+    A read: the GGUF it lists is made on first use and cached beside the weights (one file per type, as the
+    llamacpp runtime caches it); the client downloads the files with the route above."""
+    from forgeflow.registry.export import plan_export
+
+    for key in request.query_params:
+        if key not in ("format", "quantize"):
+            raise InvalidInput(f"unknown parameter {key!r}: an export takes format and quantize", field=key)
+    return plan_export(_ref(name, version), format, quantize)

@@ -1,5 +1,5 @@
 """`forgeflow model`: base models (pull) and the registry - create (from a job or a folder), list, show,
-update, archive/restore, download."""
+update, archive/restore, download, export (GGUF, safetensors, MLflow)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from forgeflow.cli.common import JsonOpt, client, command, console, kv, print_json, table
-from forgeflow.errors import InvalidInput
+from forgeflow.errors import Conflict, InvalidInput
 from forgeflow.names import parse_assignments, url_path
 
 app = typer.Typer(help="Base models and the model registry.", no_args_is_help=True)
@@ -144,3 +144,57 @@ def download(
     result = download_version(client(), name, version, out.expanduser().resolve(), quiet=json_out, console=console)
     print_json(result) if json_out else console.print(
         f"[green]downloaded[/] {name}:{version} ({result['files']} files, {result['bytes'] / 1e6:.1f} MB) to {result['path']}")
+
+
+@app.command("export")
+@command
+def export(
+    ref: str = typer.Argument(help="NAME:VERSION of a registered model (NAME alone: its latest version)."),
+    fmt: str = typer.Option(..., "--format", help="gguf (llama.cpp), safetensors (a Hugging Face checkpoint folder) "
+                                                   "or mlflow (MLflow's transformers flavor, loads without forgeflow)."),
+    quantize: str = typer.Option(None, "--quantize", help="gguf only: f16 (default), q8_0 or q4_k_m."),
+    out: Path = typer.Option(..., "--out", help="Folder to create with the export."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Export a version for use outside forgeflow: a GGUF for llama.cpp, a safetensors checkpoint, or an MLflow model."""
+    from forgeflow.cli.download import download_files
+
+    out = out.expanduser().resolve()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise Conflict(f"{out} already exists and is not empty: choose another --out or remove it", field="out")
+    c = client()
+    name, _, version = ref.partition(":")
+    if not version:
+        mv = c.get(url_path("api", "models", name))
+        if mv.get("kind") == "base":
+            raise InvalidInput(f"{name} is a base model; export works on registered versions (forgeflow model list)",
+                               field="model")
+        version = mv["version"]
+    with console.status(f"preparing {name}:{version} as {fmt} ...", spinner="dots"):
+        params = {"format": fmt, **({"quantize": quantize} if quantize else {})}
+        plan = c.get(f"{_version_path(name, version)}/export", params=params, timeout=3600)
+    if plan["convert"] == "mlflow":
+        _checkpoint_to_mlflow(c, plan, out, quiet=json_out)
+    else:
+        download_files(c, name, version, plan["files"], out, quiet=json_out, console=console)
+    result = {"name": name, "version": version, "format": fmt, "quantize": plan["quantize"], "path": str(out),
+              "files": len(plan["files"]), "bytes": plan["total_bytes"]}
+    print_json(result) if json_out else console.print(
+        f"[green]exported[/] {name}:{version} as {fmt}{' ' + plan['quantize'] if plan['quantize'] else ''} to {out}")
+
+
+def _checkpoint_to_mlflow(c, plan: dict, out: Path, *, quiet: bool) -> None:
+    """A version kept as a bare checkpoint (or in forgeflow's older pyfunc layout): download it, save it here."""
+    import tempfile
+
+    from forgeflow.cli.download import download_files
+    from forgeflow.registry.mlflow_format import save_chat_model
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
+        checkpoint = download_files(c, plan["name"], plan["version"], plan["files"], Path(tmp) / "checkpoint",
+                                    quiet=quiet, console=console)
+        if out.exists():
+            out.rmdir()
+        with console.status("saving in MLflow format ...", spinner="dots"):
+            save_chat_model(checkpoint, out)

@@ -3,32 +3,53 @@
 Written with the `gguf` package's GGUFWriter, so no llama.cpp checkout is needed: the
 llama-cpp-python wheel ships no converter. Weights go out as f16 or q8_0 (norms stay f32); the
 q and k projections are permuted from HF's half-split rotary layout to GGML's interleaved one.
-The tokenizer goes in as a GPT-2 style BPE vocabulary with its merges, special tokens and chat
-template. `cached_gguf` writes the file once next to the model and reuses it while the weights
-are unchanged.
+Smaller types (q4_k_m) are made from the f16 file by llama.cpp's own quantizer, which
+llama-cpp-python exposes (`llama_model_quantize`). The tokenizer goes in as a GPT-2 style BPE
+vocabulary with its merges, special tokens, pre-tokenizer name and chat template, so llama.cpp
+on its own (its tokenizer, its chat formatter) reads the same prompt tokens forgeflow's
+`llamacpp` runtime feeds it. `cached_gguf` writes each type once next to the model and reuses it
+while the weights are unchanged.
 """
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import json
+import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
-from forgeflow.errors import InvalidInput, NotFound
+from forgeflow.errors import ForgeflowError, InvalidInput, NotFound
 
-OUT_TYPES = ("f16", "q8_0")
+OUT_TYPES = ("f16", "q8_0")  # written here
+QUANTIZED_TYPES = ("q4_k_m",)  # made from the f16 file by llama.cpp's quantizer
+GGUF_TYPES = OUT_TYPES + QUANTIZED_TYPES
 ARCHITECTURES = ("LlamaForCausalLM",)
+_CACHE = re.compile(r"^(forgeflow-[a-z0-9_]+\.(gguf|stamp|gguf\.\d+\.partial)|\.forgeflow-gguf\.lock)$")
+
+
+def is_cache_file(name: str) -> bool:
+    """Whether a file in a model folder is one of the GGUF files (and their stamps, lock, partial writes) that
+    `cached_gguf` keeps there: derived from the weights, not part of the model."""
+    return bool(_CACHE.match(name))
 
 
 def cached_gguf(model_dir: Path, out_type: str = "f16") -> Path:
     """The GGUF of `model_dir` (an HF folder), exported on first use; safe when instances race."""
     model_dir = Path(model_dir)
+    if out_type not in GGUF_TYPES:
+        raise InvalidInput(f"GGUF type must be one of {', '.join(GGUF_TYPES)}, got {out_type!r}", field="gguf_type")
     weights = sorted(model_dir.glob("*.safetensors"))
     if not weights:
         raise NotFound(f"{model_dir} has no safetensors weights to export to GGUF")
     stamp = max(int(p.stat().st_mtime_ns) for p in weights)
+    source = None
+    if out_type in QUANTIZED_TYPES:
+        _quantizer(out_type)  # before minutes of f16 export, not after
+        source = cached_gguf(model_dir, "f16")  # before taking the lock
     target = model_dir / f"forgeflow-{out_type}.gguf"
     stamp_file = target.with_suffix(".stamp")
     with open(model_dir / ".forgeflow-gguf.lock", "w") as lock:
@@ -37,12 +58,59 @@ def cached_gguf(model_dir: Path, out_type: str = "f16") -> Path:
             return target
         partial = target.with_name(target.name + f".{os.getpid()}.partial")
         try:
-            export_gguf(model_dir, partial, out_type)
+            if source is not None:
+                quantize_gguf(source, partial, out_type)
+            else:
+                export_gguf(model_dir, partial, out_type)
             os.replace(partial, target)
         finally:
             partial.unlink(missing_ok=True)
         stamp_file.write_text(str(stamp))
     return target
+
+
+def quantize_gguf(source: Path, out: Path, out_type: str) -> Path:
+    """Quantize an f16 GGUF file to `out_type` with llama.cpp's quantizer (tensors whose rows do not fit the
+    type's block size fall back to a type that fits, as llama.cpp's `llama-quantize` does)."""
+    if out_type not in QUANTIZED_TYPES:
+        raise InvalidInput(f"quantize to one of {', '.join(QUANTIZED_TYPES)}, got {out_type!r}", field="quantize")
+    llama_cpp = _quantizer(out_type)
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{out_type.upper()}")
+    params.nthread = max(1, len(os.sched_getaffinity(0)) // 2)
+    # llama.cpp logs a line per tensor (and per fallback) through llama-cpp-python's logger: keep its errors only
+    log = logging.getLogger("llama-cpp-python")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        failed = llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), ctypes.byref(params))
+    finally:
+        log.setLevel(level)
+    if failed:
+        raise ForgeflowError(f"llama.cpp could not quantize {source} to {out_type} (its log on the server says why)")
+    return Path(out)
+
+
+def _quantizer(out_type: str) -> Any:
+    """llama-cpp-python, whose bindings carry llama.cpp's quantizer."""
+    try:
+        import llama_cpp
+    except ImportError:
+        raise InvalidInput(f"quantize {out_type} needs llama.cpp's quantizer from llama-cpp-python, which is not "
+                           "installed where the model is: pip install 'forgeflow[llamacpp]', or export f16 or q8_0",
+                           field="quantize") from None
+    return llama_cpp
+
+
+def unsupported_reason(config: dict) -> str | None:
+    """Why a model with this config.json cannot be written as GGUF here, or None when it can."""
+    arch = (config.get("architectures") or ["?"])[0]
+    if arch not in ARCHITECTURES:
+        return f"GGUF export supports {', '.join(ARCHITECTURES)} models (SmolLM2, Llama); this model is {arch}"
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    if rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
+        return f"GGUF export does not handle rope scaling {rope.get('rope_type')!r} yet"
+    return None
 
 
 def export_gguf(model_dir: Path, out: Path, out_type: str = "f16") -> Path:
@@ -52,13 +120,9 @@ def export_gguf(model_dir: Path, out: Path, out_type: str = "f16") -> Path:
     if out_type not in OUT_TYPES:
         raise InvalidInput(f"GGUF type must be one of {', '.join(OUT_TYPES)}, got {out_type!r}", field="gguf_type")
     config = json.loads((Path(model_dir) / "config.json").read_text())
-    arch = (config.get("architectures") or ["?"])[0]
-    if arch not in ARCHITECTURES:
-        raise InvalidInput(f"GGUF export supports {', '.join(ARCHITECTURES)} models (SmolLM2, Llama); "
-                           f"this model is {arch}: serve it with runtime 'transformers'", field="runtime")
+    if problem := unsupported_reason(config):
+        raise InvalidInput(f"{problem}: serve it with runtime 'transformers'", field="runtime")
     rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
-    if rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
-        raise InvalidInput(f"GGUF export does not handle rope scaling {rope.get('rope_type')!r} yet", field="runtime")
 
     heads, kv_heads = config["num_attention_heads"], config.get("num_key_value_heads", config["num_attention_heads"])
     hidden = config["hidden_size"]
@@ -177,8 +241,10 @@ def _add_tokenizer(writer: Any, model_dir: Path, vocab_rows: int) -> None:
 
 
 def _pre_tokenizer(spec: dict) -> str:
-    """llama.cpp's name for the pre-tokenizer. forgeflow tokenizes prompts with the HF tokenizer, so
-    this only matters to other programs that read the file."""
+    """llama.cpp's name for the pre-tokenizer: how llama.cpp's own tokenizer splits text before BPE. forgeflow's
+    runtime tokenizes with the HF tokenizer; other programs that read the file (llama.cpp itself) use this, so it
+    must name the split the HF tokenizer makes. SmolLM2's and GPT-2's are recognised; others get llama.cpp's
+    default and may split some text differently."""
     parts = spec.get("pretokenizers", [spec])
     types = [p.get("type") for p in parts]
     if "Digits" in types and "ByteLevel" in types:

@@ -194,14 +194,21 @@ def set_archived(ref: str, archived: bool) -> ModelVersion:
 
 
 def version_files(ref: str) -> tuple[ModelVersion, list[dict[str, Any]]]:
-    """The files of a version's model folder, relative paths and sizes, for download."""
+    """The files of a version's model folder, relative paths and sizes, for download (without the GGUF files the
+    llamacpp runtime caches there)."""
     mv = get_version(ref)
     root = Path(mv.path)
     if not root.is_dir():
         raise NotFound(f"model {mv.ref}: its folder {root} is gone", field="model")
-    files = [{"path": p.relative_to(root).as_posix(), "size": p.stat().st_size}
-             for p in sorted(root.rglob("*")) if p.is_file()]
+    files = [{"path": p.relative_to(root).as_posix(), "size": p.stat().st_size} for p in model_files(root)]
     return mv, files
+
+
+def model_files(folder: Path) -> list[Path]:
+    """The files of a model folder, without the GGUF files forgeflow caches in it."""
+    from forgeflow.inference.gguf_export import is_cache_file
+
+    return [p for p in sorted(Path(folder).rglob("*")) if p.is_file() and not is_cache_file(p.name)]
 
 
 def version_file(ref: str, relpath: str) -> Path:

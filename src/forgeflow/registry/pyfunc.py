@@ -1,7 +1,10 @@
-"""The MLflow pyfunc of a forgeflow chat model: messages in, the assistant's text out.
+"""The MLflow pyfunc that forgeflow wrote before it saved models with MLflow's transformers flavor: messages in,
+the assistant's text out. Kept so a model folder written then (its python_model.pkl names this class) still
+loads with `mlflow.pyfunc.load_model` where forgeflow is installed; new models need no forgeflow at all
+(registry/mlflow_format.py).
 
-It answers through the same runtime and chat contract the model server uses, so a model loaded
-with `mlflow.pyfunc.load_model` behaves exactly like its deployment.
+It answers through the same runtime and chat contract the model server uses, so such a model behaves exactly
+like its deployment.
 """
 
 from __future__ import annotations
