@@ -51,6 +51,11 @@ def test_the_azure_inference_client_on_the_endpoints_base_url(deployed, tiny_mod
     with pytest.raises(HttpResponseError, match="safe_prompt") as refused:
         client.complete(messages=messages, max_tokens=6, model_extras={"safe_prompt": True})
     assert refused.value.status_code == 400 and refused.value.error.target == "safe_prompt"
+    # the instance's own refusal (a prompt past the model's context) comes back in Azure's shape
+    with pytest.raises(HttpResponseError) as too_long:
+        client.complete(messages=[UserMessage(content="word " * 2000)], max_tokens=6)
+    assert too_long.value.status_code == 400 and too_long.value.error.code == "InvalidInput"
+    assert too_long.value.error.message
 
 
 def test_a_burst_of_ten_from_the_async_openai_client_queues_and_succeeds(deployed):
@@ -67,3 +72,12 @@ def test_a_burst_of_ten_from_the_async_openai_client_queues_and_succeeds(deploye
     failed = [a for a in answers if isinstance(a, Exception)]
     assert not failed, failed
     assert all(a.choices[0].finish_reason in ("stop", "length") and a.usage.completion_tokens >= 1 for a in answers)
+
+    # the deployment as a model, and the instance's own refusal in OpenAI's shape
+    client = openai.OpenAI(api_key=key, base_url=shown["openai_base_url"], max_retries=0, timeout=60)
+    assert client.models.retrieve("blue").id == "blue"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4")
+    with pytest.raises(openai.BadRequestError) as too_long:  # past the model's context
+        client.chat.completions.create(model="blue", messages=[{"role": "user", "content": "word " * 2000}])
+    assert too_long.value.body["code"] == "InvalidInput" and too_long.value.body["message"]

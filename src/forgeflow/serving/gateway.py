@@ -22,8 +22,8 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from forgeflow.chat import (ChatCompletionRequest, ScoreRequest, ScoreResponse, parse_chat_completion_request,
-                            parse_score_request)
+from forgeflow.chat import (ChatCompletionRequest, CompletionRequest, ScoreRequest, ScoreResponse,
+                            parse_chat_completion_request, parse_completion_request, parse_score_request)
 from forgeflow.errors import ForgeflowError, InvalidInput, NotFound
 from forgeflow.serving import azure_inference
 from forgeflow.serving.forwarding import ERRORS, Call, authorized_config, handle
@@ -54,11 +54,11 @@ async def chat_completions(endpoint: str, request: Request) -> Response:
 
 
 @router.post("/endpoints/{endpoint}/v1/completions", tags=["openai"], response_model=Completion,
-             responses=error_responses(OpenAIError, ERRORS))
+             responses=error_responses(OpenAIError, ERRORS), openapi_extra=body_of(CompletionRequest))
 async def completions(endpoint: str, request: Request) -> Response:
     """OpenAI text completions: the `prompt` is encoded as it is, without the chat template (llama-index's
     `OpenAILike` and lm-eval's `local-completions` call it). Routed like chat completions."""
-    return await handle(request, endpoint, "/v1/completions", _parse_completion, Dialect.OPENAI)
+    return await handle(request, endpoint, "/v1/completions", parse_completion_request, Dialect.OPENAI)
 
 
 @router.get("/endpoints/{endpoint}/v1/models", tags=["openai"], response_model=ModelList, **_MODELS_DOC)
@@ -119,19 +119,3 @@ def _unix(stamp: str) -> int:
         return int(datetime.fromisoformat(stamp).timestamp())
     except (TypeError, ValueError):
         return 0
-
-
-class _CompletionBody:
-    """What the gateway reads of a /v1/completions body to route it: the instance validates the rest."""
-
-    def __init__(self, body: Any) -> None:
-        if not isinstance(body, dict):
-            raise InvalidInput("the request body must be a JSON object")
-        self.model, self.stream = body.get("model"), body.get("stream", False)
-        if self.model is not None and not isinstance(self.model, str):
-            raise InvalidInput("model must be a string", field="model")
-        if not isinstance(self.stream, bool):
-            raise InvalidInput("stream must be true or false", field="stream")
-
-
-_parse_completion = _CompletionBody

@@ -22,7 +22,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from forgeflow.chat import ChatCompletionRequest, ScoreRequest, ScoreResponse
+from forgeflow.chat import ChatCompletionRequest, CompletionRequest, ScoreRequest, ScoreResponse
 from forgeflow.errors import ForgeflowError
 
 AZURE_PATHS = ("/chat/completions", "/info")  # Azure AI model inference, on the endpoint's base URL
@@ -189,7 +189,7 @@ def install_openapi(app: FastAPI) -> None:
             return app.openapi_schema
         doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         _, defs = models_json_schema([(ScoreRequest, "validation"), (ChatCompletionRequest, "validation"),
-                                      (ScoreResponse, "serialization")],
+                                      (CompletionRequest, "validation"), (ScoreResponse, "serialization")],
                                      ref_template="#/components/schemas/{model}")
         doc.setdefault("components", {}).setdefault("schemas", {}).update(defs.get("$defs", {}))
         app.openapi_schema = doc
