@@ -4,7 +4,9 @@ routers, the gateway's, the Studio's pages).
 
 Several servers may share one database: each serves the API and the gateway, and the one that holds the leader
 lock (store/leadership.py) also runs the job runner's loop and the deployment supervisor. A follower that wins the
-lock starts them: the runner attaches to the workers still running, the supervisor starts every deployment."""
+lock starts them: the runner attaches to the workers still running, the supervisor starts every deployment.
+Every server also serves each endpoint at Azure-style URLs: on its host name, and on its own port, which every
+server listens on (api/endpoint_addresses.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import logging
 import os
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import httpx
 from fastapi import FastAPI, Request
@@ -21,10 +24,12 @@ from starlette.exceptions import HTTPException
 
 from forgeflow import __version__, raycluster
 from forgeflow.api import audit, compute, connections, datasets, endpoints, flows, jobs, models, token, users
+from forgeflow.api.endpoint_addresses import EndpointRouting, PortListeners
 from forgeflow.api.guard import Guard
 from forgeflow.api.security import OWNER, READER
 from forgeflow.errors import ForgeflowError, InternalError, InvalidInput, by_name
 from forgeflow.serving import gateway
+from forgeflow.serving.endpoint_hosts import EndpointAddresses
 from forgeflow.serving.endpoints import EndpointService
 from forgeflow.serving.placement import LocalPlacement, TargetPlacement
 from forgeflow.serving.ray_placement import RayPlacement
@@ -48,24 +53,30 @@ class Services:
     supervisor: DeploymentSupervisor
     endpoints: EndpointService
     connections: ConnectionStore
+    addresses: EndpointAddresses
     leadership: Leadership | None = None  # None: the background threads are off, nothing leads (unit tests)
     http: httpx.AsyncClient | None = None
+    ports: PortListeners | None = None  # None: this server listens on no endpoint's own port
 
 
 def create_app(ws: Workspace | None = None, *, base_url: str = "http://127.0.0.1:8765",
-               background: bool = True) -> FastAPI:
+               background: bool = True, endpoint_domain: str | None = None,
+               endpoint_ports: bool | None = None) -> FastAPI:
     """Build the app. `background=False` leaves the runner and supervisor threads off and contends for no
-    leadership (unit tests); changes still reach the supervisor directly."""
+    leadership (unit tests); changes still reach the supervisor directly. `endpoint_domain`: what endpoints' host
+    names end in (serving/endpoint_hosts.py); `endpoint_ports`: listen on the endpoints' own ports too, at
+    base_url's host (by default when `background`)."""
     ws = ws or Workspace.open()
     # A deployment runs where its compute target is: this machine, or the nodes of a Ray cluster.
     placement = TargetPlacement(LocalPlacement(ws.paths), ComputeTargets(ws.store).get, RayPlacement)
-    endpoint_service = EndpointService(ws, placement, base_url)
+    endpoint_service = EndpointService(ws, placement, base_url, endpoint_domain)
     services = Services(
         ws=ws,
         runner=JobRunner(ws.store, ws.paths),
         supervisor=endpoint_service.supervisor,
         endpoints=endpoint_service,
         connections=ConnectionStore(ws),
+        addresses=EndpointAddresses(endpoint_service.addresses),
     )
 
     def lead() -> None:
@@ -92,9 +103,13 @@ def create_app(ws: Workspace | None = None, *, base_url: str = "http://127.0.0.1
         if services.leadership is not None:
             services.endpoints.follow()  # until elected
             services.leadership.start()  # leads at once when no other server does
+        if services.ports is not None:
+            await services.ports.start()  # followers too: every server serves every endpoint
         try:
             yield
         finally:
+            if services.ports is not None:
+                await services.ports.stop()  # first: the requests in flight there finish while instances run
             if services.leadership is not None:
                 services.runner.stop()
             services.endpoints.shutdown()  # also the instances a deployment created without the background threads
@@ -157,6 +172,10 @@ def create_app(ws: Workspace | None = None, *, base_url: str = "http://127.0.0.1
     install_openapi(app)
     # Outside every route: credentials, body caps and the limit on failed credentials act before a body is read.
     app.add_middleware(Guard, throttle=FailureLimiter())
+    # Outside the guard, so that it sees a request on an endpoint's host name or port as /endpoints/NAME/...
+    app.add_middleware(EndpointRouting, addresses=services.addresses, domain=endpoint_service.domain)
+    if background if endpoint_ports is None else endpoint_ports:
+        services.ports = PortListeners(app, urlsplit(base_url).hostname or "127.0.0.1", services.addresses)
     return app
 
 

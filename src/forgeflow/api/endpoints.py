@@ -17,6 +17,8 @@ from forgeflow.serving.specs import FLOW_RUNTIME
 
 router = APIRouter(tags=["endpoints"])
 metrics_router = APIRouter(tags=["server"])  # mounted at the root, beside the gateway
+_PORT_DOC = ("A port of its own (1-65535), on which every server also listens: http://HOST:PORT/score is then this "
+             "endpoint's scoring URL, its path exactly /score as Azure's (port_scoring_uri).")
 
 
 class EndpointCreate(BaseModel):
@@ -27,6 +29,7 @@ class EndpointCreate(BaseModel):
                                        description="Largest request body (bytes); the server default when unset.")
     allowed_users: list[str] | None = Field(None, description="auth_mode 'token' only: users whose personal access "
                                             "tokens may also call the endpoint (null: none).")
+    port: int | None = Field(None, strict=True, description=_PORT_DOC)
 
 
 class EndpointUpdate(BaseModel):
@@ -40,6 +43,7 @@ class EndpointUpdate(BaseModel):
                                   "no credential of the old mode keeps working.")
     allowed_users: list[str] | None = Field(None, description="auth_mode 'token' only: users whose personal access "
                                             "tokens may also call the endpoint; null clears the list.")
+    port: int | None = Field(None, strict=True, description=_PORT_DOC + " Null: none; left out, it stays.")
 
 
 class RegenerateKeys(BaseModel):
@@ -78,7 +82,7 @@ class DeploymentUpdate(BaseModel):
 def create_endpoint(body: EndpointCreate, request: Request, ff=Depends(services)) -> dict:
     audit_target(request, body.name)
     return ff.endpoints.create_endpoint(body.name, body.auth_mode, body.description, body.max_body_bytes,
-                                        allowed_users=body.allowed_users)
+                                        allowed_users=body.allowed_users, port=body.port)
 
 
 @router.get("/endpoints", dependencies=READER)
@@ -93,11 +97,11 @@ def show_endpoint(name: str, ff=Depends(services)) -> dict:
 
 @router.patch("/endpoints/{name}", dependencies=CONTRIBUTOR)
 def update_endpoint(name: str, body: EndpointUpdate, ff=Depends(services)) -> dict:
-    # allowed_users given as null clears the list; left out, it stays as it is
-    users = {"allowed_users": body.allowed_users} if "allowed_users" in body.model_fields_set else {}
+    # allowed_users or port given as null clears it; left out, it stays as it is
+    given = {k: getattr(body, k) for k in ("allowed_users", "port") if k in body.model_fields_set}
     return ff.endpoints.update_endpoint(name, traffic=body.traffic, mirror_traffic=body.mirror_traffic,
                                         description=body.description, max_body_bytes=body.max_body_bytes,
-                                        auth_mode=body.auth_mode, **users)
+                                        auth_mode=body.auth_mode, **given)
 
 
 @router.delete("/endpoints/{name}", dependencies=CONTRIBUTOR)

@@ -20,6 +20,10 @@ deployment_app = typer.Typer(help="Deployments of a model behind an online endpo
 NameOpt = typer.Option(..., "--name", "-n", help="Endpoint name.")
 AllowedUsersOpt = typer.Option(None, "--allowed-users", help="USER,USER...: with --auth-mode token, these users' "
                                "personal access tokens may call the endpoint too (anyone else's is refused, 403).")
+EndpointSetOpt = typer.Option(None, "--set", help="FIELD=VALUE: port=PORT gives the endpoint a port of its own, on "
+                              "which every server also listens, so http://HOST:PORT/score is its scoring URL with "
+                              "the path exactly /score, as Azure's (port=null: none).")
+ENDPOINT_SETTABLE = ("port",)  # the endpoint's fields that have no option of their own
 
 
 def _users(names: str | None) -> list[str] | None:
@@ -33,12 +37,28 @@ def ep_create(name: str = NameOpt,
               description: str = typer.Option(None, help="Free text."),
               max_body_bytes: int = typer.Option(None, "--max-body-bytes", help="Largest request body; 413 past it."),
               allowed_users: str = AllowedUsersOpt,
+              sets: list[str] = EndpointSetOpt,
               json_out: bool = JsonOpt) -> None:
     """Create an endpoint with a primary and a secondary key (or signed tokens)."""
     ep = client().post("/api/endpoints", {"name": name, "auth_mode": auth_mode, "description": description,
                                           "max_body_bytes": max_body_bytes,
-                                          "allowed_users": _users(allowed_users)})
-    print_json(ep) if json_out else console.print(f"[green]created[/] endpoint {ep['name']}: {ep['scoring_uri']}")
+                                          "allowed_users": _users(allowed_users)} | _endpoint_sets(sets))
+    if json_out:
+        print_json(ep)
+        return
+    console.print(f"[green]created[/] endpoint {ep['name']}: {ep['scoring_uri']}")
+    if ep.get("port_scoring_uri"):
+        console.print(f"also at {ep['port_scoring_uri']}")
+
+
+def _endpoint_sets(items: list[str] | None) -> dict:
+    """An endpoint's `--set FIELD=VALUE` pairs, as body fields."""
+    sets = parse_sets(items)
+    for key in sets:
+        if key not in ENDPOINT_SETTABLE:
+            raise InvalidInput(f"--set {key}: not an endpoint field --set sets; settable are "
+                               f"{', '.join(ENDPOINT_SETTABLE)} (the others have options of their own)", field=key)
+    return sets
 
 
 @endpoint_app.command("list")
@@ -75,10 +95,12 @@ def ep_update(name: str = NameOpt,
               allowed_users: str = AllowedUsersOpt,
               clear_allowed_users: bool = typer.Option(False, "--clear-allowed-users",
                                                        help="No user's personal token may call the endpoint."),
+              sets: list[str] = EndpointSetOpt,
               json_out: bool = JsonOpt) -> None:
-    """Change the traffic split (--traffic blue=90 green=10), the mirror, the body limit, the auth mode or the
-    users whose personal tokens may call it."""
+    """Change the traffic split (--traffic blue=90 green=10), the mirror, the body limit, the auth mode, the
+    users whose personal tokens may call it, or its own port (--set port=9001)."""
     body: dict = {"description": description, "max_body_bytes": max_body_bytes, "auth_mode": auth_mode}
+    body |= _endpoint_sets(sets)
     if allowed_users is not None and clear_allowed_users:
         raise InvalidInput("give --allowed-users or --clear-allowed-users, not both", field="allowed_users")
     if allowed_users is not None or clear_allowed_users:
@@ -92,7 +114,7 @@ def ep_update(name: str = NameOpt,
         print_json(ep)
     else:
         console.print(f"endpoint {name} traffic: {ep['traffic']} mirror: {ep['mirror_traffic']}"
-                      f" auth: {ep['auth_mode']}")
+                      f" auth: {ep['auth_mode']}" + (f" port: {ep['port']}" if ep.get("port") else ""))
         if auth_mode:
             console.print(f"new credentials: forgeflow online-endpoint get-credentials --name {name}")
 

@@ -40,7 +40,7 @@ def _healthy(url: str) -> bool:
     return Client(url, token="").healthy()
 
 
-def start_detached(host: str, port: int, timeout_s: float = 90.0) -> dict:
+def start_detached(host: str, port: int, timeout_s: float = 90.0, endpoint_domain: str | None = None) -> dict:
     """Start a server in the background and wait until it answers."""
     from forgeflow.store.workspace import Workspace
 
@@ -49,8 +49,9 @@ def start_detached(host: str, port: int, timeout_s: float = 90.0) -> dict:
     if _healthy(url):
         return {"url": url, "pid": _read_pid(ws.paths), "started": False}
     log = open(ws.paths.server_log, "ab")
+    domain = [] if endpoint_domain is None else ["--endpoint-domain", endpoint_domain]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "forgeflow.cli.main", "serve", "--host", host, "--port", str(port)],
+        [sys.executable, "-m", "forgeflow.cli.main", "serve", "--host", host, "--port", str(port), *domain],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         env=dict(os.environ, FORGEFLOW_URL=url),
     )
@@ -72,15 +73,23 @@ def serve(
     host: str = typer.Option(None, help="Interface to bind (default from FORGEFLOW_URL, else 127.0.0.1)."),
     port: int = typer.Option(None, help="Port (default from FORGEFLOW_URL, else 8765)."),
     detach: bool = typer.Option(False, "--detach", "-d", help="Run in the background and return once it answers."),
+    endpoint_domain: str = typer.Option(None, "--endpoint-domain", help="A request whose Host is NAME.DOMAIN is "
+                                        "for endpoint NAME, at paths such as /score, as Azure's endpoint hosts "
+                                        "(for wildcard DNS or a reverse proxy; default from "
+                                        "FORGEFLOW_ENDPOINT_DOMAIN, else localhost; '' turns it off)."),
     json_out: bool = JsonOpt,
 ) -> None:
-    """Run the server in the foreground (Ctrl-C stops it), or in the background with --detach."""
+    """Run the server in the foreground (Ctrl-C stops it), or in the background with --detach. It also listens on
+    every endpoint's own port (online-endpoint update --set port=PORT)."""
     if ctx.invoked_subcommand:
         return
     dhost, dport = _default_host_port()
     host, port = host or dhost, port or dport
+    from forgeflow.serving.endpoint_hosts import check_domain
+
+    domain = check_domain(endpoint_domain)
     if detach:
-        info = start_detached(host, port)
+        info = start_detached(host, port, endpoint_domain=domain)
         if json_out:
             print_json(info)
         else:
@@ -88,10 +97,10 @@ def serve(
             console.print(f"{verb} forgeflow server at [bold]{info['url']}[/] (pid {info['pid']})")
             console.print(f"Studio: open [bold]{info['url']}/[/] and sign in with the token from 'forgeflow token show'")
         return
-    _run_foreground(host, port)
+    _run_foreground(host, port, domain)
 
 
-def _run_foreground(host: str, port: int) -> None:
+def _run_foreground(host: str, port: int, endpoint_domain: str) -> None:
     import logging
 
     import uvicorn
@@ -108,7 +117,7 @@ def _run_foreground(host: str, port: int) -> None:
     console.print(f"forgeflow server at [bold]http://{host}:{port}[/]; Studio: open [bold]http://{host}:{port}/[/] "
                   "and sign in with the token from 'forgeflow token show'. Ctrl-C stops it.")
     try:
-        app = create_app(ws, base_url=f"http://{host}:{port}")
+        app = create_app(ws, base_url=f"http://{host}:{port}", endpoint_domain=endpoint_domain)
         # proxy_headers off: uvicorn would otherwise take the client's address and scheme from X-Forwarded-* sent
         # by any local client, which would choose its own address for the failed-credential limit.
         uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=10, proxy_headers=False)

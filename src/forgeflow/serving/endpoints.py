@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from forgeflow.errors import Conflict, InvalidInput, NotFound
 from forgeflow.inference.runtimes import check_runtime
 from forgeflow.names import check_deployment_name, check_endpoint_name
-from forgeflow.serving import specs
+from forgeflow.serving import endpoint_hosts, specs
 from forgeflow.serving.access import check_allowed_users
 from forgeflow.serving.admission import Admission
 from forgeflow.serving.auth import issue_token
@@ -37,13 +37,13 @@ from forgeflow.serving.ray_placement import check_target
 from forgeflow.serving.records import Deployment, EndpointConfig, Key
 from forgeflow.serving.supervisor import DeploymentSupervisor
 from forgeflow.store.db import now
+from forgeflow.store.leadership import servers
 from forgeflow.store.secrets import new_key
 from forgeflow.store.states import DeploymentState
 from forgeflow.store.workspace import Workspace
 from forgeflow.training.compute.targets import ComputeTargets
 
 MAX_DEPLOYMENTS = 20
-MAX_MIRROR_PERCENT = 50
 AUTH_MODES = ("key", "token")
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 CONFIG_TTL_S = 1.0  # the longest a server serves an endpoint's view after another server changed it
@@ -51,11 +51,14 @@ _KEEP: Any = object()  # an update argument left out
 
 
 class EndpointService:
-    def __init__(self, ws: Workspace, placement: Placement, base_url: str) -> None:
+    def __init__(self, ws: Workspace, placement: Placement, base_url: str, domain: str | None = None) -> None:
+        """`domain`: what endpoints' host names end in (serving/endpoint_hosts.py; FORGEFLOW_ENDPOINT_DOMAIN or
+        `localhost` when not given)."""
         self.ws = ws
         self.store = ws.store
         self.placement = placement
         self.base_url = base_url.rstrip("/")
+        self.domain = endpoint_hosts.check_domain(domain)
         self.metrics = Metrics()
         self.admission = Admission()
         self.supervisor = DeploymentSupervisor(placement, self, self.admission)
@@ -159,7 +162,8 @@ class EndpointService:
 
     # -- endpoints -----------------------------------------------------------
     def create_endpoint(self, name: str, auth_mode: str = "key", description: str | None = None,
-                        max_body_bytes: int | None = None, allowed_users: list[str] | None = None) -> dict:
+                        max_body_bytes: int | None = None, allowed_users: list[str] | None = None,
+                        port: int | None = None) -> dict:
         check_endpoint_name(name)
         if auth_mode not in AUTH_MODES:
             raise InvalidInput(f"auth_mode {auth_mode!r} is not supported: use 'key' or 'token'", field="auth_mode")
@@ -168,13 +172,15 @@ class EndpointService:
         specs.check_users_mode(allowed_users, auth_mode)
         if self.store.get("endpoints", name=name):
             raise Conflict(f"endpoint {name!r} already exists", field="name")
+        port = self._free_port(name, port)
         box = self.ws.secrets
-        self.store.insert("endpoints", {
-            "name": name, "auth_mode": auth_mode,
-            "primary_key": box.encrypt(new_key()), "secondary_key": box.encrypt(new_key()),
-            "traffic": {}, "mirror_traffic": {}, "max_body_bytes": max_body_bytes,
-            "description": description, "created_at": now(), "allowed_users": allowed_users,
-        })
+        with endpoint_hosts.port_clash(port, lambda: self.store.get("endpoints", name=name) is None):
+            self.store.insert("endpoints", {
+                "name": name, "auth_mode": auth_mode,
+                "primary_key": box.encrypt(new_key()), "secondary_key": box.encrypt(new_key()),
+                "traffic": {}, "mirror_traffic": {}, "max_body_bytes": max_body_bytes,
+                "description": description, "created_at": now(), "allowed_users": allowed_users, "port": port,
+            })
         self._changed(name)
         return self.show_endpoint(name)
 
@@ -196,6 +202,7 @@ class EndpointService:
             "auth_mode": row["auth_mode"],
             "scoring_uri": f"{self.base_url}/endpoints/{name}/score",
             "openai_base_url": f"{self.base_url}/endpoints/{name}/v1",
+            **endpoint_hosts.scoring_urls(self.base_url, self.domain, name, row.get("port")),
             "traffic": row["traffic"],
             "mirror_traffic": row.get("mirror_traffic") or {},
             "max_body_bytes": row.get("max_body_bytes"),
@@ -205,6 +212,18 @@ class EndpointService:
             "description": row["description"],
             "created_at": row["created_at"],
         }
+
+    def addresses(self) -> dict[str, int | None]:
+        """Every endpoint's name and its own port (None: none), for the servers' host and port routing."""
+        return {row["name"]: row.get("port") for row in self.store.select("endpoints")}
+
+    def _free_port(self, name: str, port: Any) -> int | None:
+        """`port` checked, and free: no other endpoint has it, and no live server of the workspace listens there."""
+        port = endpoint_hosts.check_port(port)
+        if port is not None:
+            urls = [self.base_url] + [s["url"] for s in servers(self.store) if s["alive"]]
+            endpoint_hosts.check_port_free(port, name, self.store.select("endpoints"), urls)
+        return port
 
     def list_endpoints(self) -> list[dict]:
         return [self.show_endpoint(r["name"]) for r in self.store.select("endpoints", order_by="created_at")]
@@ -224,8 +243,8 @@ class EndpointService:
     def update_endpoint(self, name: str, *, traffic: dict[str, int] | None = None,
                         mirror_traffic: dict[str, int] | None = None, description: str | None = None,
                         max_body_bytes: int | None = None, auth_mode: str | None = None,
-                        allowed_users: list[str] | None = _KEEP) -> dict:
-        """Change what is given; `allowed_users=None` clears the list, left out it stays."""
+                        allowed_users: list[str] | None = _KEEP, port: int | None = _KEEP) -> dict:
+        """Change what is given; `allowed_users=None` or `port=None` clears it, left out it stays."""
         row = self._endpoint_row(name)
         if auth_mode is not None and auth_mode not in AUTH_MODES:
             raise InvalidInput(f"auth_mode {auth_mode!r} is not supported: use 'key' or 'token'", field="auth_mode")
@@ -235,22 +254,10 @@ class EndpointService:
         new_traffic = row["traffic"] if traffic is None else traffic
         new_mirror = (row.get("mirror_traffic") or {}) if mirror_traffic is None else mirror_traffic
         known = {d["name"] for d in self.store.select("deployments", {"endpoint": name})}
-        specs.check_split(name, new_traffic, known, "traffic")
-        specs.check_split(name, new_mirror, known, "mirror_traffic")
-        total = sum(new_traffic.values())
-        if total not in (0, 100):
-            raise InvalidInput(f"traffic must add up to 100 (or 0), it adds up to {total}", field="traffic")
-        mirrored = {k: v for k, v in new_mirror.items() if v > 0}
-        if len(mirrored) > 1:
-            raise InvalidInput("mirror_traffic can name one deployment only", field="mirror_traffic")
-        for dep, pct in mirrored.items():
-            if pct > MAX_MIRROR_PERCENT:
-                raise InvalidInput(f"mirror_traffic for {dep!r} is {pct}%: at most {MAX_MIRROR_PERCENT}%",
-                                   field="mirror_traffic")
-            if new_traffic.get(dep):
-                raise InvalidInput(f"deployment {dep!r} takes live traffic, so it cannot also take mirrored traffic",
-                                   field="mirror_traffic")
+        mirrored = specs.check_traffic(name, new_traffic, new_mirror, known)
         values: dict[str, Any] = {"traffic": dict(new_traffic), "mirror_traffic": mirrored, "allowed_users": users}
+        if port is not _KEEP:
+            values["port"] = self._free_port(name, port)
         if description is not None:
             values["description"] = description
         if max_body_bytes is not None:
@@ -261,7 +268,8 @@ class EndpointService:
             box = self.ws.secrets
             values |= {"auth_mode": auth_mode, "primary_key": box.encrypt(new_key()),
                        "secondary_key": box.encrypt(new_key())}
-        self.store.update("endpoints", {"name": name}, values)
+        with endpoint_hosts.port_clash(values.get("port")):  # another server gave it to another endpoint meanwhile
+            self.store.update("endpoints", {"name": name}, values)
         self._changed(name)
         return self.show_endpoint(name)
 

@@ -15,6 +15,7 @@ from typing import Any
 from forgeflow.errors import InvalidInput
 
 MAX_INSTANCES = 8
+MAX_MIRROR_PERCENT = 50
 # The largest scoring body the server takes (api/guard.py's cap): the most an endpoint's max_body_bytes may be,
 # and what every instance is started to accept, since the gateway forwards the body as it came.
 SCORING_MAX_BYTES = 64 * 1024 * 1024
@@ -283,6 +284,27 @@ def check_split(endpoint: str, split: dict[str, int], known: set[str], what: str
                                f"(deployments: {', '.join(sorted(known)) or 'none'})", field=what)
         if isinstance(pct, bool) or not isinstance(pct, int) or not 0 <= pct <= 100:
             raise InvalidInput(f"{what} for {dep!r} must be a whole percentage 0-100, got {pct!r}", field=what)
+
+
+def check_traffic(endpoint: str, traffic: dict[str, int], mirror: dict[str, int], known: set[str]) -> dict[str, int]:
+    """Check an endpoint's traffic split (totals 0 or 100) and mirror (one deployment that takes no live traffic, at
+    most MAX_MIRROR_PERCENT); the mirror without its zero entries."""
+    check_split(endpoint, traffic, known, "traffic")
+    check_split(endpoint, mirror, known, "mirror_traffic")
+    total = sum(traffic.values())
+    if total not in (0, 100):
+        raise InvalidInput(f"traffic must add up to 100 (or 0), it adds up to {total}", field="traffic")
+    mirrored = {k: v for k, v in mirror.items() if v > 0}
+    if len(mirrored) > 1:
+        raise InvalidInput("mirror_traffic can name one deployment only", field="mirror_traffic")
+    for dep, pct in mirrored.items():
+        if pct > MAX_MIRROR_PERCENT:
+            raise InvalidInput(f"mirror_traffic for {dep!r} is {pct}%: at most {MAX_MIRROR_PERCENT}%",
+                               field="mirror_traffic")
+        if traffic.get(dep):
+            raise InvalidInput(f"deployment {dep!r} takes live traffic, so it cannot also take mirrored traffic",
+                               field="mirror_traffic")
+    return mirrored
 
 
 def check_body_limit(value: int | None) -> None:

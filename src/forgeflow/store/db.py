@@ -68,7 +68,8 @@ class Store:
 
     def update(self, table: str, where: dict, values: dict) -> int:
         """Set `values` on the rows matching `where`: a column equal to a value, or one of a tuple, set or frozenset
-        of values (`column IN (...)`: one conditional write where a row may be in any of several states)."""
+        of values (`column IN (...)`: one conditional write where a row may be in any of several states). A value
+        a unique index refuses is a Conflict."""
         values = _encode(self._fits(table, values))
         params = {f"v_{k}": v for k, v in values.items()}
         conds = []
@@ -87,8 +88,15 @@ class Store:
                 params[f"w_{k}"] = v
         sets = ", ".join(f"{k} = :v_{k}" for k in values)
         cond = " AND ".join(conds)
-        with self._lock, self.engine.begin() as conn:
-            return conn.execute(sa.text(f"UPDATE {table} SET {sets} WHERE {cond}"), params).rowcount
+        try:
+            with self._lock, self.engine.begin() as conn:
+                return conn.execute(sa.text(f"UPDATE {table} SET {sets} WHERE {cond}"), params).rowcount
+        except sa.exc.IntegrityError as exc:
+            if not _duplicate_key(exc):
+                raise
+            noun = NOUNS.get(table, table.rstrip("s").replace("_", " "))
+            raise Conflict(f"another {noun} already has a value this change gives (one that must be unique): "
+                           "read it again and pick another") from None
 
     def delete(self, table: str, where: dict) -> int:
         if _unmatchable(where.values()):
