@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import asyncio
 
+import httpx
 import openai
 import pytest
 from azure.ai.inference import ChatCompletionsClient
 from azure.ai.inference.models import SystemMessage, UserMessage
 from azure.core.credentials import AzureKeyCredential
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
+from waiting import wait_until
+
+from forgeflow.processes import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -29,7 +33,7 @@ def deployed(live_server, tiny_model_dir):
 
 
 def test_the_azure_inference_client_on_the_endpoints_base_url(deployed, tiny_model_dir):
-    _, shown, key = deployed
+    s, shown, key = deployed
     base = shown["scoring_uri"].removesuffix("/score")
     client = ChatCompletionsClient(endpoint=base, credential=AzureKeyCredential(key))
     messages = [SystemMessage(content="Answer briefly."), UserMessage(content="Who founded Microsoft?")]
@@ -57,6 +61,23 @@ def test_the_azure_inference_client_on_the_endpoints_base_url(deployed, tiny_mod
     assert too_long.value.status_code == 400 and too_long.value.error.code == "InvalidInput"
     assert too_long.value.error.message
 
+    # on a port of the endpoint's own, the base URL is the port's (Azure's shape: the host, then /score)
+    s.cli("online-endpoint", "update", "--name", "az-ep", "--set", f"port={free_port()}")
+    port_base = s.cli_json("online-endpoint", "show", "--name", "az-ep")["port_scoring_uri"].removesuffix("/score")
+    wait_until(lambda: _listening(port_base), timeout=30, what="the endpoint's own port")
+    on_port = ChatCompletionsClient(endpoint=port_base, credential=AzureKeyCredential(key))
+    assert on_port.get_model_info().model_name == tiny_model_dir.name
+    assert on_port.complete(messages=messages, max_tokens=6, temperature=0).choices[0].message.content == \
+        out.choices[0].message.content
+
+
+def _listening(url: str) -> bool:
+    try:
+        httpx.get(f"{url}/info", timeout=5)
+    except httpx.ConnectError:
+        return False
+    return True
+
 
 def test_a_burst_of_ten_from_the_async_openai_client_queues_and_succeeds(deployed):
     _, shown, key = deployed
@@ -76,6 +97,9 @@ def test_a_burst_of_ten_from_the_async_openai_client_queues_and_succeeds(deploye
     # the deployment as a model, and the instance's own refusal in OpenAI's shape
     client = openai.OpenAI(api_key=key, base_url=shown["openai_base_url"], max_retries=0, timeout=60)
     assert client.models.retrieve("blue").id == "blue"
+    # a raw prompt, its model named as a Prompt flow file would: served by the traffic split
+    done = client.completions.create(model="gpt-3.5-turbo-instruct", prompt="Once upon a time", max_tokens=4)
+    assert isinstance(done.choices[0].text, str) and 1 <= done.usage.completion_tokens <= 4
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("gpt-4")
     with pytest.raises(openai.BadRequestError) as too_long:  # past the model's context
