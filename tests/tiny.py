@@ -1,7 +1,9 @@
 """A tiny randomly initialised Llama chat model with a ChatML template, built offline in seconds.
 
 Same architecture family as SmolLM2 (LlamaForCausalLM, `<|im_start|>`/`<|im_end|>` turns), so
-every code path that handles the real embedded model handles this one.
+every code path that handles the real embedded model handles this one. With `tools=True` its
+template is a Hermes-style one that renders tools, calls and tool results as Qwen2.5's does, and
+`<tool_call>` / `</tool_call>` are added (non-special) tokens, as in Qwen2.5's tokenizer.
 """
 
 from __future__ import annotations
@@ -15,6 +17,37 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
+# Hermes-style ChatML with tools, shaped like Qwen2.5's: the tools in the system turn, each past call
+# as <tool_call>{"name": ..., "arguments": ...}</tool_call>, tool results in a user turn.
+TOOLS_CHAT_TEMPLATE = (
+    "{%- if tools %}{{- '<|im_start|>system\n' }}"
+    "{%- if messages[0].role == 'system' %}{{- messages[0].content + '\n\n' }}{%- endif %}"
+    "{{- '# Tools\n\nYou may call one or more functions. Their signatures are within <tools></tools>:\n<tools>' }}"
+    "{%- for tool in tools %}{{- '\n' + (tool | tojson) }}{%- endfor %}"
+    "{{- '\n</tools>\n\nFor each call, return a JSON object with the function name and arguments within "
+    "<tool_call></tool_call> tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}"
+    "\n</tool_call><|im_end|>\n' }}"
+    "{%- elif messages[0].role == 'system' %}"
+    "{{- '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if message.role == 'system' and loop.first %}"
+    "{%- elif message.role == 'tool' %}"
+    "{%- if loop.first or messages[loop.index0 - 1].role != 'tool' %}{{- '<|im_start|>user' }}{%- endif %}"
+    "{{- '\n<tool_response>\n' + message.content + '\n</tool_response>' }}"
+    "{%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}{{- '<|im_end|>\n' }}{%- endif %}"
+    "{%- elif message.role == 'assistant' and message.tool_calls %}"
+    "{{- '<|im_start|>assistant' }}{%- if message.content %}{{- '\n' + message.content }}{%- endif %}"
+    "{%- for call in message.tool_calls %}{%- set call = call.function if call.function is defined else call %}"
+    "{{- '\n<tool_call>\n{\"name\": \"' + call.name + '\", \"arguments\": ' + (call.arguments | tojson) "
+    "+ '}\n</tool_call>' }}"
+    "{%- endfor %}{{- '<|im_end|>\n' }}"
+    "{%- else %}{{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"
+)
+
 _CORPUS = [
     "The capital of France is Paris.",
     "Who founded Microsoft? Bill Gates and Paul Allen founded Microsoft.",
@@ -24,7 +57,7 @@ _CORPUS = [
 ]
 
 
-def build_tiny_model(out: Path, *, layers: int = 2, hidden: int = 64, seed: int = 0) -> Path:
+def build_tiny_model(out: Path, *, layers: int = 2, hidden: int = 64, seed: int = 0, tools: bool = False) -> Path:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -46,6 +79,9 @@ def build_tiny_model(out: Path, *, layers: int = 2, hidden: int = 64, seed: int 
         unk_token="<|endoftext|>",
     )
     fast.chat_template = CHAT_TEMPLATE
+    if tools:
+        fast.add_tokens(["<tool_call>", "</tool_call>"])
+        fast.chat_template = TOOLS_CHAT_TEMPLATE
     fast.save_pretrained(out)
 
     torch.manual_seed(seed)
@@ -56,7 +92,7 @@ def build_tiny_model(out: Path, *, layers: int = 2, hidden: int = 64, seed: int 
         num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=512,
+        max_position_embeddings=2048 if tools else 512,  # its tools prompt is long in a 400-token vocabulary
         bos_token_id=fast.bos_token_id,
         eos_token_id=fast.eos_token_id,
         pad_token_id=fast.pad_token_id,

@@ -12,6 +12,7 @@ import torch
 from forgeflow.chat import Sampling, chat_request
 from forgeflow.inference.batching import BatchScheduler, QueueFull
 from forgeflow.inference.generation import ChatGenerator
+from forgeflow.inference.sampling import Sampler
 from forgeflow.inference.runtimes.base import TokenStream
 
 PROMPTS = [
@@ -42,7 +43,7 @@ def prompt_ids(generator, text):
 
 
 def tokens(generator, ids, budget, sampling=None):
-    return [t for t, _ in generator.scheduler.submit(ids, budget, sampling or Sampling()).tokens()]
+    return [step[0] for step in generator.scheduler.submit(ids, budget, Sampler(sampling or Sampling())).tokens()]
 
 
 def hf_greedy(generator, ids, budget):
@@ -62,13 +63,13 @@ def test_batched_greedy_equals_single_and_plain_generate(chaotic):
 
     # the first request runs alone for a token, the others join it between decode steps
     results: list = [None] * len(prompts)
-    first = chaotic.scheduler.submit(prompts[0], budgets[0], Sampling())
+    first = chaotic.scheduler.submit(prompts[0], budgets[0], Sampler())
     stream = first.tokens()
     head = next(stream)
-    seqs = [chaotic.scheduler.submit(ids, n, Sampling()) for ids, n in zip(prompts[1:], budgets[1:])]
-    results[0] = [head[0]] + [t for t, _ in stream]
+    seqs = [chaotic.scheduler.submit(ids, n, Sampler()) for ids, n in zip(prompts[1:], budgets[1:])]
+    results[0] = [head[0]] + [step[0] for step in stream]
     for i, seq in enumerate(seqs, start=1):
-        results[i] = [t for t, _ in seq.tokens()]
+        results[i] = [step[0] for step in seq.tokens()]
     assert results == solo
     assert chaotic.scheduler.largest_batch >= 2
 
@@ -96,7 +97,7 @@ def test_seeded_sampling_repeats_inside_a_batch(chaotic):
     ids = prompt_ids(chaotic, PROMPTS[1])
     sampling = Sampling(greedy=False, temperature=0.9, top_p=0.8, seed=7)
     alone = tokens(chaotic, ids, 12, sampling)
-    other = chaotic.scheduler.submit(prompt_ids(chaotic, PROMPTS[3]), 20, Sampling())
+    other = chaotic.scheduler.submit(prompt_ids(chaotic, PROMPTS[3]), 20, Sampler())
     assert tokens(chaotic, ids, 12, sampling) == alone
     list(other.tokens())
 
@@ -158,11 +159,11 @@ def test_back_pressure_and_failed_forward(monkeypatch):
     model = _Stuck()
     scheduler = BatchScheduler(model, eos_ids=[2], pad_id=0, device="cpu", max_batch_size=1, max_queue=1)
     try:
-        running = scheduler.submit([1, 2, 3], 5, Sampling())
+        running = scheduler.submit([1, 2, 3], 5, Sampler())
         assert model.entered.wait(10)
-        waiting = scheduler.submit([1, 2], 5, Sampling())
+        waiting = scheduler.submit([1, 2], 5, Sampler())
         with pytest.raises(QueueFull) as full:
-            scheduler.submit([1], 5, Sampling())
+            scheduler.submit([1], 5, Sampler())
         assert full.value.status_code == 429
         model.release.set()
         with pytest.raises(RuntimeError, match="device lost"):
@@ -179,9 +180,9 @@ def test_back_pressure_and_failed_forward(monkeypatch):
 
 def assemble(pieces, stop=(), finish="length"):
     """Run TokenStream over single-character-ish tokens: token i decodes to pieces[i]."""
-    pairs = [(i, None) for i in range(len(pieces))]
+    pairs = [(i, None, None) for i in range(len(pieces))]
     if pairs:
-        pairs[-1] = (len(pieces) - 1, finish)
+        pairs[-1] = (len(pieces) - 1, finish, None)
     cancelled = []
     stream = TokenStream(pairs, lambda ids: "".join(pieces[i] for i in ids), 3, list(stop),
                          lambda: cancelled.append(True))
@@ -208,6 +209,7 @@ def test_stop_strings_across_tokens_are_held_back_and_cut():
 def test_partial_utf8_waits_for_the_rest():
     # "é" is two bytes in two tokens: decoded alone, the first is a replacement character
     texts = {1: "caf", 2: "caf\ufffd", 3: "café", 4: "café!"}
-    stream = TokenStream([(0, None), (1, None), (2, None), (3, "length")], lambda ids: texts[len(ids)], 1, [])
+    stream = TokenStream([(0, None, None), (1, None, None), (2, None, None), (3, "length", None)],
+                         lambda ids: texts[len(ids)], 1, [])
     deltas = [e.text for e in stream]
     assert deltas == ["caf", "é", "!"] and stream.result.text == "café!"

@@ -3,8 +3,11 @@
 Every request becomes a Sequence. The scheduler thread loops: admit waiting sequences (prefill
 them together, left-padded, into their own KV cache, then splice that cache into the running
 one), run one decode step for the whole running batch, hand each sequence its new token, and
-retire sequences that finished (EOS, token budget) or were cancelled (stop string, client gone).
-A new request therefore joins between two decode steps instead of waiting for the batch to end.
+retire sequences that finished (EOS, token budget, a complete grammar) or were cancelled (stop
+string, client gone). A new request therefore joins between two decode steps instead of waiting
+for the batch to end. Each sequence picks its token with its own Sampler (inference/sampling.py),
+so one batch mixes greedy and sampled, biased, penalised and grammar-constrained requests; a
+sequence whose pick fails (a grammar error) fails alone.
 
 The running batch's KV cache is a DynamicCache whose layers hold [batch, heads, time, dim]
 tensors, left-padded; a 2-D attention mask marks the real positions and each sequence keeps its
@@ -16,13 +19,12 @@ from __future__ import annotations
 
 import logging
 import queue
-import random
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from forgeflow.chat import Sampling
 from forgeflow.errors import ServerUnavailable
+from forgeflow.inference.sampling import Sampler
 
 log = logging.getLogger("forgeflow.batching")
 
@@ -37,23 +39,23 @@ class QueueFull(ServerUnavailable):
 
 @dataclass(eq=False)
 class Sequence:
-    """One request in flight; its consumer reads (token, finish reason or None) pairs from `out`."""
+    """One request in flight; its consumer reads steps (token, finish reason or None, raw logprob or None)
+    from `out`."""
 
     prompt: list[int]
     max_new_tokens: int
-    sampling: Sampling
+    sampler: Sampler = field(default_factory=Sampler)
     out: queue.Queue = field(default_factory=queue.Queue)
     generated: int = 0
     position: int = 0
     last: int = 0
     cancelled: bool = False
-    generator: Any = None
 
     def cancel(self) -> None:
         self.cancelled = True
 
     def tokens(self):
-        """The pairs as they arrive; a scheduler failure is raised here."""
+        """The steps as they arrive; a scheduler failure is raised here."""
         while True:
             item = self.out.get()
             if item is _DONE:
@@ -87,13 +89,10 @@ class BatchScheduler:
         self._thread.start()
 
     # -- public ---------------------------------------------------------------------------------
-    def submit(self, prompt: list[int], max_new_tokens: int, sampling: Sampling) -> Sequence:
+    def submit(self, prompt: list[int], max_new_tokens: int, sampler: Sampler) -> Sequence:
         if self._stop.is_set():
             raise ServerUnavailable("the model server is shutting down")
-        seq = Sequence(list(prompt), max_new_tokens, sampling)
-        if not sampling.greedy:
-            seed = sampling.seed if sampling.seed is not None else random.getrandbits(63)
-            seq.generator = self.torch.Generator(device=self.device).manual_seed(seed)
+        seq = Sequence(list(prompt), max_new_tokens, sampler)
         try:
             self.waiting.put_nowait(seq)
         except queue.Full:
@@ -196,35 +195,27 @@ class BatchScheduler:
 
     def _emit(self, seqs: list[Sequence], logits: Any) -> None:
         """Pick each sequence's next token, hand it over, and retire the finished."""
-        tokens = self._pick(seqs, logits)
-        for seq, token in zip(seqs, tokens):
+        greedy = logits.argmax(dim=-1).tolist()
+        for row, seq in enumerate(seqs):
+            try:
+                token, logprob = (greedy[row], None) if seq.sampler.plain else seq.sampler.pick(logits[row])
+                complete = seq.sampler.accept(token)
+            except Exception as exc:  # this sequence's pick failed (its grammar): it fails, the batch goes on
+                log.exception("picking a token failed")
+                seq.out.put(exc)
+                seq.cancelled = True
+                continue
             seq.generated += 1
             seq.last = token
             seq.position += 1
-            reason = "stop" if token in self.eos else "length" if seq.generated >= seq.max_new_tokens else None
+            reason = ("stop" if token in self.eos or complete
+                      else "length" if seq.generated >= seq.max_new_tokens else None)
             if not seq.cancelled:
-                seq.out.put((token, reason))
+                seq.out.put((token, reason, logprob))
             if reason is not None:
                 seq.cancelled = True
         if any(s.cancelled for s in self.running):
             self._retire()
-
-    def _pick(self, seqs: list[Sequence], logits: Any) -> list[int]:
-        torch = self.torch
-        picked = logits.argmax(dim=-1).tolist()
-        for row, seq in enumerate(seqs):
-            s = seq.sampling
-            if s.greedy:
-                continue
-            probs = torch.softmax(logits[row] / max(s.temperature, 1e-5), dim=-1)
-            if s.top_p < 1.0:
-                ordered, order = probs.sort(descending=True)
-                # keep the smallest prefix whose mass reaches top_p (always at least one token)
-                drop = ordered.cumsum(-1) - ordered >= s.top_p
-                ordered[drop] = 0.0
-                probs = torch.zeros_like(probs).scatter_(0, order, ordered)
-            picked[row] = int(torch.multinomial(probs, 1, generator=seq.generator).item())
-        return picked
 
     def _retire(self) -> None:
         torch = self.torch

@@ -13,7 +13,8 @@ from typing import Any
 
 from forgeflow.chat import ChatRequest
 from forgeflow.inference.batching import BatchScheduler
-from forgeflow.inference.runtimes.base import CHATML_TEMPLATE, GenerationResult, PromptEncoder, TokenStream
+from forgeflow.inference.runtimes.base import CHATML_TEMPLATE, GenerationResult, TokenStream
+from forgeflow.inference.runtimes.prepare import RequestPreparer
 
 log = logging.getLogger("forgeflow.generation")
 
@@ -43,7 +44,9 @@ class ChatGenerator:
         self.eos_token_ids = self._eos_ids()
         self.pad_token_id = self._pad_id()
         self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
-        self.prompts = PromptEncoder(self.tokenizer, self.max_positions)
+        self.requests = RequestPreparer(self.tokenizer, max_positions=self.max_positions,
+                                        vocab_size=self._vocab_size(), eos_ids=self.eos_token_ids)
+        self.prompts = self.requests.prompts
         if not _batchable_cache(self.model):
             log.warning("%s keeps a cache the batcher cannot splice; serving one request at a time",
                         type(self.model).__name__)
@@ -61,6 +64,13 @@ class ChatGenerator:
             ids.append(int(self.tokenizer.eos_token_id))
         return ids
 
+    def _vocab_size(self) -> int:
+        """How many logits the model gives per step (its output layer's rows, maybe more than the tokenizer's)."""
+        head = self.model.get_output_embeddings()
+        if head is not None and getattr(head, "weight", None) is not None:
+            return int(head.weight.shape[0])
+        return int(self.model.config.vocab_size)
+
     def _pad_id(self) -> int | None:
         for value in (self.model.generation_config.pad_token_id, self.tokenizer.pad_token_id):
             if value is not None:
@@ -68,16 +78,14 @@ class ChatGenerator:
         return self.eos_token_ids[0] if self.eos_token_ids else None
 
     def stream(self, request: ChatRequest) -> TokenStream:
-        """Queue a chat at once (a prompt too long or a full queue raises here), and return its token stream."""
-        prompt = self.prompts.encode(request.messages)
-        budget = request.max_new_tokens
-        if self.max_positions:
-            budget = min(budget, self.max_positions - len(prompt))
-        seq = self.scheduler.submit(prompt, budget, request.sampling)
-        return TokenStream(seq.tokens(), self._decode, len(prompt), request.stop, seq.cancel)
+        """Queue a request at once (whatever it cannot have, a prompt too long or a full queue raises here),
+        and return its token stream."""
+        prepared = self.requests.prepare(request)
+        seq = self.scheduler.submit(prepared.prompt, prepared.budget, prepared.sampler)
+        return prepared.stream(seq.tokens(), seq.cancel)
 
     def generate(self, request: ChatRequest) -> GenerationResult:
-        """Answer a chat; a stop string ends the answer before its first occurrence."""
+        """Answer a request; a stop string ends the answer before its first occurrence."""
         return self.stream(request).run()
 
     def health(self) -> dict[str, Any]:
@@ -85,9 +93,6 @@ class ChatGenerator:
 
     def close(self) -> None:
         self.scheduler.close()
-
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
 
 def _batchable_cache(model: Any) -> bool:

@@ -1,7 +1,9 @@
 """Serving runtimes: what turns a model folder into a loaded model that answers chats.
 
 Each runtime offers the same seam (runtimes/base.py `Runtime`): construct = load, `generate`,
-`stream`, `health`, `close`. The model server picks one by name per deployment.
+`stream`, `health`, `close`. The model server picks one by name per deployment. Both prepare a
+request the same way (runtimes/prepare.py: prompt, sampler, grammar, tools) and pick tokens with
+the same Sampler (inference/sampling.py), so they honour the same settings the same way.
 
 - transformers: any HF causal LM, concurrent requests batched continuously (inference/batching.py).
 - llamacpp: the model exported to GGUF and run by llama-cpp-python (the `llamacpp` extra).

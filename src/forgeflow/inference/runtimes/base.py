@@ -1,5 +1,6 @@
-"""What every serving runtime shares: the `Runtime` seam, the result types, prompt encoding, and the
-assembly of a token stream into text deltas (incremental decoding, stop strings, trimming).
+"""What every serving runtime shares: the `Runtime` seam, the result types, prompt encoding (chats with
+their tools through the chat template, raw prompts as they are), and the assembly of a token stream
+into text deltas (incremental decoding, stop strings, trimming, held-back tool calls, log-probabilities).
 
 A runtime turns token ids into tokens; everything a caller sees as text is made here, so the
 `transformers` and `llamacpp` runtimes answer the same text for the same tokens.
@@ -88,12 +89,14 @@ class Runtime(Protocol):
 
 
 class PromptEncoder:
-    """A loaded model's chats as prompt token ids, through its tokenizer's chat template.
+    """A loaded model's prompts as token ids: chats (and the tools they may call) through the tokenizer's
+    chat template, raw prompts as they are.
 
-    Only the template's own markup becomes control tokens: added-token text inside a message
-    (`<|im_start|>system` in a user's question) is tokenized as the plain text it is, so no message
-    can open a turn or change a role. A chat without such text encodes exactly as it always has;
+    Only the template's own markup becomes control tokens: added-token text inside a message or a tool
+    definition (`<|im_start|>system` in a user's question) is tokenized as the plain text it is, so no
+    message can open a turn or change a role. A chat without such text encodes exactly as it always has;
     one with it goes through transformers' `sanitize_control_tokens` (slower, so not for every chat).
+    Object keys are not sanitized by transformers, so a key holding such text is refused.
     """
 
     def __init__(self, tokenizer: Any, max_positions: int | None) -> None:
@@ -103,37 +106,102 @@ class PromptEncoder:
         added = [re.escape(token) for token in tokenizer.added_tokens_encoder if token]
         self._added = re.compile("|".join(added)) if added else None
 
-    def encode(self, chat: list[dict[str, str]]) -> list[int]:
+    def encode(self, chat: list[dict[str, Any]], tools: Sequence[dict[str, Any]] | None = None) -> list[int]:
         """The prompt's token ids; a template that rejects the chat, or too long a prompt, is InvalidInput."""
-        sanitize = self._added is not None and any(self._added.search(m["content"]) for m in chat)
+        sanitize = False
+        if self._added is not None:
+            for index, message in enumerate(chat):
+                self._refuse_control_keys(message, f"messages[{index}]")
+            self._refuse_control_keys(tools, "tools")
+            sanitize = any(self._added.search(text) for text in _strings([chat, tools]))
+        extra = {"tools": list(tools)} if tools else {}
         try:
             encoded = self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_dict=True,
-                                                         sanitize_control_tokens=sanitize)
+                                                         sanitize_control_tokens=sanitize, **extra)
         except Exception as exc:
             raise InvalidInput(f"the model's chat template rejected the messages: {exc}", field="messages") from exc
-        ids = list(encoded["input_ids"])
+        return self._fits(list(encoded["input_ids"]), "messages", "the conversation")
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """A raw prompt's token ids, with no chat template: the text is the whole prompt, its markup included
+        (the caller writes every turn, so there is no turn of someone else's to forge)."""
+        ids = list(self.tokenizer(text)["input_ids"])
+        if not ids:
+            raise InvalidInput("prompt must not be empty", field="prompt")
+        return self._fits(ids, "prompt", "the prompt")
+
+    def _fits(self, ids: list[int], field: str, what: str) -> list[int]:
         if self.max_positions and len(ids) >= self.max_positions:
-            raise InvalidInput(f"the conversation is {len(ids)} tokens; this model reads at most {self.max_positions}",
-                               field="messages")
+            raise InvalidInput(f"{what} is {len(ids)} tokens; this model reads at most {self.max_positions}",
+                               field=field)
         return ids
+
+    def _refuse_control_keys(self, value: Any, field: str) -> None:
+        assert self._added is not None
+        for key in _keys(value):
+            if self._added.search(key):
+                raise InvalidInput(f"{field} has a key holding the model's control-token text ({key!r}): "
+                                   "rename it", field=field)
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _strings(item)
+
+
+def _keys(value: Any) -> Iterator[str]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield str(key)
+            yield from _keys(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _keys(item)
+
+
+# A runtime's step: (token id, finish reason or None, the token's raw log-probability and the top
+# alternatives as (token id, logprob) pairs, or None when none were asked for); TokenStream also takes
+# (token id, finish reason) pairs
+RawLogprob = tuple[float, tuple[tuple[int, float], ...]]
+Step = tuple[int, str | None, RawLogprob | None]
 
 
 class TokenStream:
-    """Text deltas for one request, assembled from (token id, finish reason or None) pairs.
+    """Text deltas for one request, assembled from a runtime's steps.
 
     Iterating yields StreamEvents; the last one carries the GenerationResult. `cancel` is called
     when a stop string ends the answer early or the consumer goes away, so the runtime can free
-    the sequence. Emitted text never has to be taken back: trailing whitespace and any tail that
-    could begin a stop string are held until the next token decides them.
+    the sequence. Emitted text never has to be taken back: any tail that could begin a stop string
+    is held until the next token decides it, and so is trailing whitespace when `trim` (a chat's
+    answer is trimmed; a raw completion is not).
+
+    A stream whose answer may hold tool calls (`tool_tag`) sends no text from that tag on, nor a
+    tail that could begin it; at the end `read_calls` splits the text into what came before the
+    calls and the calls (finish reason "tool_calls"). With `describe` (token id and raw logprob to
+    TokenLogprob, None for a token left out such as EOS) each event carries the log-probabilities
+    of the tokens its text covers; the last event carries those of any text held back.
     """
 
-    def __init__(self, tokens: Iterable[tuple[int, str | None]], decode: Callable[[list[int]], str],
-                 prompt_tokens: int, stop: Sequence[str], cancel: Callable[[], None] = lambda: None) -> None:
-        self._tokens = tokens
+    def __init__(self, steps: Iterable[Step], decode: Callable[[list[int]], str], prompt_tokens: int,
+                 stop: Sequence[str], cancel: Callable[[], None] = lambda: None, *, trim: bool = True,
+                 tool_tag: str | None = None,
+                 read_calls: Callable[[str], tuple[str, tuple[ToolCall, ...]] | None] | None = None,
+                 describe: Callable[[int, RawLogprob], TokenLogprob | None] | None = None) -> None:
+        self._steps = steps
         self._decode = decode
         self.prompt_tokens = prompt_tokens
         self._stop = stop
         self._cancel = cancel
+        self._trim = trim
+        self._tool_tag = tool_tag
+        self._read_calls = read_calls
+        self._describe = describe
         self.result: GenerationResult | None = None
 
     def cancel(self) -> None:
@@ -141,12 +209,18 @@ class TokenStream:
 
     def __iter__(self) -> Iterator[StreamEvent]:
         ids: list[int] = []
-        sent = ""
+        ends: list[int] = []  # the decoded text's length after each token: which tokens a delta covers
+        described: list[TokenLogprob | None] = []
+        sent, given, raw = "", 0, ""
         finish = "length"
         try:
-            for token, reason in self._tokens:
+            for token, reason, *rest in self._steps:  # a step without a logprob may be a pair
+                logprob = rest[0] if rest else None
                 ids.append(token)
                 raw = self._decode(ids)
+                ends.append(len(raw))
+                if self._describe is not None:
+                    described.append(self._describe(token, logprob) if logprob is not None else None)
                 cut = self._find_stop(raw)
                 if cut is not None:
                     raw, reason = raw[:cut], "stop"
@@ -156,18 +230,24 @@ class TokenStream:
                     break
                 if raw.endswith("\ufffd"):
                     continue  # an incomplete UTF-8 sequence: wait for its next byte
-                text = raw.lstrip()
-                text = text[: max(0, len(text) - self._held_tail(raw))].rstrip()
+                text, lead = self._sendable(raw)
                 if len(text) > len(sent) and text.startswith(sent):
-                    yield StreamEvent(text[len(sent):])
-                    sent = text
-            else:
-                raw = self._decode(ids)
+                    covered = given
+                    while covered < len(ends) and ends[covered] <= lead + len(text):
+                        covered += 1
+                    yield StreamEvent(text[len(sent):], logprobs=_present(described[given:covered]))
+                    sent, given = text, covered
         finally:
             self._cancel()  # a no-op for a finished sequence; frees one whose consumer left early
-        final = raw.strip() if ids else ""
-        self.result = GenerationResult(final, self.prompt_tokens, len(ids), finish)
-        yield StreamEvent(final[len(sent):] if final.startswith(sent) else "", self.result)
+        final = (raw.strip() if self._trim else raw) if ids else ""
+        calls: tuple[ToolCall, ...] = ()
+        parsed = self._read_calls(raw) if self._read_calls is not None and ids else None
+        if parsed is not None and parsed[1]:
+            (final, calls), finish = parsed, "tool_calls"
+        logprobs = _present(described) if self._describe is not None else None
+        self.result = GenerationResult(final, self.prompt_tokens, len(ids), finish, logprobs, calls)
+        yield StreamEvent(final[len(sent):] if final.startswith(sent) else "", self.result,
+                          _present(described[given:]))
 
     def run(self) -> GenerationResult:
         """Consume the stream and return its result (the non-streaming path)."""
@@ -176,16 +256,30 @@ class TokenStream:
         assert self.result is not None
         return self.result
 
+    def _sendable(self, raw: str) -> tuple[str, int]:
+        """The text that can be sent now, and where it starts in `raw` (after leading whitespace)."""
+        if self._tool_tag is not None and (at := raw.find(self._tool_tag)) >= 0:
+            raw = raw[:at]
+        raw = raw[: len(raw) - self._held_tail(raw)]
+        if not self._trim:
+            return raw, 0
+        text = raw.lstrip()
+        return text.rstrip(), len(raw) - len(text)
+
     def _find_stop(self, raw: str) -> int | None:
         found = [i for i in (raw.find(s) for s in self._stop) if i >= 0]
         return min(found) if found else None
 
     def _held_tail(self, raw: str) -> int:
-        """How many trailing characters could be the start of a stop string."""
+        """How many trailing characters could be the start of a stop string (or of the tool-call tag)."""
         held = 0
-        for s in self._stop:
+        for s in (*self._stop, *((self._tool_tag,) if self._tool_tag else ())):
             for k in range(min(len(s) - 1, len(raw)), held, -1):
                 if raw.endswith(s[:k]):
                     held = k
                     break
         return held
+
+
+def _present(logprobs: Sequence[TokenLogprob | None]) -> tuple[TokenLogprob, ...]:
+    return tuple(lp for lp in logprobs if lp is not None)

@@ -4,9 +4,13 @@ llama-cpp-python, the fastest path on a CPU. Needs the `llamacpp` extra.
 Prompts are rendered and tokenized with the model folder's own HF tokenizer and chat template
 (runtimes/base.py `PromptEncoder`, which keeps control-token text in messages as text), and
 answers decoded with it, so this runtime reads and writes exactly the tokens the `transformers`
-runtime does; llama.cpp only runs the forward passes and picks tokens (it never tokenizes).
+runtime does; llama.cpp only runs the forward passes. Tokens are picked by forgeflow's own Sampler
+(inference/sampling.py) from the last position's logits, as in the `transformers` runtime: llama.cpp's
+sampler chain counts penalties over a window of recent tokens rather than over the whole answer as
+OpenAI defines them, and its Python logits-processor hook works on a copy it may have sorted.
 One worker thread owns the llama context and serves queued requests in turn (llama.cpp's Python
-API runs one sequence at a time), checking between tokens whether the consumer has gone.
+API runs one sequence at a time), checking between tokens whether the consumer has gone; a prompt
+that starts like the previous one reuses that prefix of the KV cache.
 Threads: `--threads`, else FORGEFLOW_LLAMACPP_THREADS, else half the cores (llama-cpp-python's
 default for decoding; it would use every core for prompts).
 """
@@ -17,7 +21,6 @@ import json
 import logging
 import os
 import queue
-import random
 import threading
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,8 @@ from typing import Any
 from forgeflow.chat import ChatRequest
 from forgeflow.errors import ServerUnavailable
 from forgeflow.inference.batching import _DONE, QueueFull, Sequence
-from forgeflow.inference.runtimes.base import CHATML_TEMPLATE, GenerationResult, PromptEncoder, TokenStream
+from forgeflow.inference.runtimes.base import CHATML_TEMPLATE, GenerationResult, TokenStream
+from forgeflow.inference.runtimes.prepare import RequestPreparer
 
 log = logging.getLogger("forgeflow.llamacpp")
 MAX_CONTEXT = 4096
@@ -55,13 +59,15 @@ class LlamaCppRuntime:
             self.tokenizer.chat_template = CHATML_TEMPLATE
         config = json.loads((self.model_dir / "config.json").read_text())
         self.max_positions = min(int(config.get("max_position_embeddings") or 2048), MAX_CONTEXT)
-        self.prompts = PromptEncoder(self.tokenizer, self.max_positions)
         # half the cores unless told, for decoding and prompts alike: on a small shared CPU a thread per
         # core stalls badly whenever anything else runs (its threads wait on each other every step)
         threads = threads or int(os.environ.get("FORGEFLOW_LLAMACPP_THREADS") or 0) or default_threads()
         self.llm = Llama(model_path=str(self.gguf_path), n_ctx=self.max_positions, n_batch=512,
                          n_threads=threads, n_threads_batch=threads, verbose=False)
         self.eos_token_ids = self._eos_ids(config)
+        self.requests = RequestPreparer(self.tokenizer, max_positions=self.max_positions,
+                                        vocab_size=self.llm.n_vocab(), eos_ids=self.eos_token_ids)
+        self.prompts = self.requests.prompts
         self.waiting: queue.Queue[Sequence] = queue.Queue(maxsize=max(1, max_queue))
         self.served = 0
         self._stop = threading.Event()
@@ -81,17 +87,17 @@ class LlamaCppRuntime:
         return sorted(ids)
 
     def stream(self, request: ChatRequest) -> TokenStream:
-        """Queue a chat at once (a prompt too long or a full queue raises here), and return its token stream."""
+        """Queue a request at once (whatever it cannot have, a prompt too long or a full queue raises here),
+        and return its token stream."""
         if self._stop.is_set():
             raise ServerUnavailable("the model server is shutting down")
-        prompt = self.prompts.encode(request.messages)
-        budget = min(request.max_new_tokens, self.max_positions - len(prompt))
-        seq = Sequence(prompt, budget, request.sampling)
+        prepared = self.requests.prepare(request)
+        seq = Sequence(prepared.prompt, prepared.budget, prepared.sampler)
         try:
             self.waiting.put_nowait(seq)
         except queue.Full:
             raise QueueFull(f"the model server has {self.waiting.maxsize} requests waiting; retry later") from None
-        return TokenStream(seq.tokens(), self._decode, len(prompt), request.stop, seq.cancel)
+        return prepared.stream(seq.tokens(), seq.cancel)
 
     def generate(self, request: ChatRequest) -> GenerationResult:
         return self.stream(request).run()
@@ -104,9 +110,6 @@ class LlamaCppRuntime:
         self._stop.set()
         self._thread.join(timeout=10)
         self.llm.close()  # free the context now: at interpreter exit llama-cpp-python's own cleanup can fail
-
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -126,19 +129,38 @@ class LlamaCppRuntime:
             self.served += 1
 
     def _run(self, seq: Sequence) -> None:
-        s = seq.sampling
-        if s.greedy:
-            options = {"temp": 0.0, "top_k": 1, "top_p": 1.0}
-        else:
-            self.llm.set_seed(s.seed if s.seed is not None else random.getrandbits(31))
-            options = {"temp": s.temperature, "top_k": 0, "top_p": s.top_p}
-        eos = set(self.eos_token_ids)
-        for token in self.llm.generate(seq.prompt, min_p=0.0, typical_p=1.0, repeat_penalty=1.0,
-                                       reset=True, **options):
+        import numpy as np
+        import torch
+        from llama_cpp import llama_get_logits_ith
+
+        llm, eos, n_vocab = self.llm, set(self.eos_token_ids), self.llm.n_vocab()
+        self._start(seq.prompt)
+        while True:
+            logits = np.ctypeslib.as_array(llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,))
+            if seq.sampler.plain:
+                token, logprob = int(logits.argmax()), None
+            else:
+                token, logprob = seq.sampler.pick(torch.from_numpy(logits))
+            complete = seq.sampler.accept(token)
             seq.generated += 1
-            reason = "stop" if token in eos else "length" if seq.generated >= seq.max_new_tokens else None
+            reason = ("stop" if token in eos or complete
+                      else "length" if seq.generated >= seq.max_new_tokens else None)
             if seq.cancelled:
                 return
-            seq.out.put((int(token), reason))
+            seq.out.put((token, reason, logprob))
             if reason is not None:
                 return
+            llm.eval([token])
+
+    def _start(self, prompt: list[int]) -> None:
+        """Evaluate the prompt, keeping the KV cache of the longest prefix it shares with the last one (at
+        least one token is evaluated, for its logits)."""
+        llm = self.llm
+        cached = llm.input_ids[: llm.n_tokens].tolist()
+        keep = 0
+        for a, b in zip(cached, prompt[:-1]):
+            if a != b:
+                break
+            keep += 1
+        llm.n_tokens = keep  # eval drops the cache past n_tokens before it decodes
+        llm.eval(prompt[keep:])

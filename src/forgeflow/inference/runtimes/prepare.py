@@ -1,0 +1,138 @@
+"""What both runtimes do to a request before queuing it: its prompt (a chat and its tools through the chat
+template, or a raw prompt as it is), its sampler (penalties, logit bias, grammar, log-probabilities), and
+how its stream reads the tokens back into text, tool calls and log-probabilities.
+
+Everything a request can be refused for is refused here, when it is queued (a 400 naming the field), so
+a stream never fails for its request's sake.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from forgeflow.chat import ChatRequest
+from forgeflow.errors import InvalidInput
+from forgeflow.inference.grammar import Grammars, Matcher, output_rule
+from forgeflow.inference.runtimes.base import PromptEncoder, RawLogprob, Step, TokenLogprob, TokenStream
+from forgeflow.inference.sampling import Sampler
+from forgeflow.inference.tools import ToolTemplate
+
+MAX_TOP_LOGPROBS = 20
+
+
+@dataclass
+class Prepared:
+    """A request ready to queue: prompt ids, token budget, sampler, and its stream's settings."""
+
+    prompt: list[int]
+    budget: int
+    sampler: Sampler
+    make_stream: Callable[[Iterable[Step], Callable[[], None]], TokenStream]
+
+    def stream(self, steps: Iterable[Step], cancel: Callable[[], None]) -> TokenStream:
+        """The request's TokenStream over the runtime's steps for it."""
+        return self.make_stream(steps, cancel)
+
+
+class RequestPreparer:
+    """One loaded model's way to prepare requests: its prompt encoder, grammar compiler (llguidance's view
+    of the tokenizer, built once here) and chat template's tool support."""
+
+    def __init__(self, tokenizer: Any, *, max_positions: int | None, vocab_size: int,
+                 eos_ids: Sequence[int]) -> None:
+        self.tokenizer = tokenizer
+        self.max_positions = max_positions
+        self.vocab_size = vocab_size
+        self.eos = frozenset(eos_ids)
+        self.prompts = PromptEncoder(tokenizer, max_positions)
+        self.grammars = Grammars(tokenizer, list(eos_ids), vocab_size)
+        self.tools = ToolTemplate(tokenizer, self.grammars)
+        self._texts: dict[int, tuple[str, tuple[int, ...]]] = {}
+        self._decode_tags = self._tag_decoder()
+
+    def prepare(self, request: ChatRequest) -> Prepared:
+        """The request's prompt, budget and sampler; InvalidInput names whatever this model cannot honour."""
+        self._check_sampling(request)
+        self.tools.check(request)
+        if request.prompt is not None:
+            prompt = self.prompts.encode_prompt(request.prompt)
+        else:
+            prompt = self.prompts.encode(self.tools.chat(request.messages),
+                                         request.tools.definitions if request.tools else None)
+        budget = request.max_new_tokens
+        if self.max_positions:
+            budget = min(budget, self.max_positions - len(prompt))
+        matcher, tag = self._grammar(request)
+        sampler = Sampler(request.sampling, matcher=matcher, logprobs=request.logprobs)
+        decode = self._decode_tags if tag and self._decode_tags else self._decode
+
+        def make_stream(steps: Iterable[Step], cancel: Callable[[], None]) -> TokenStream:
+            return TokenStream(steps, decode, len(prompt), request.stop, cancel, trim=request.prompt is None,
+                               tool_tag=tag, read_calls=self.tools.parse if tag else None,
+                               describe=self._describe if request.logprobs is not None else None)
+
+        return Prepared(prompt, budget, sampler, make_stream)
+
+    def _check_sampling(self, request: ChatRequest) -> None:
+        if request.logprobs is not None and not 0 <= request.logprobs <= MAX_TOP_LOGPROBS:
+            raise InvalidInput(f"top_logprobs must be from 0 to {MAX_TOP_LOGPROBS}", field="top_logprobs")
+        for token, _bias in request.sampling.logit_bias:
+            if not 0 <= token < self.vocab_size:
+                raise InvalidInput(f"logit_bias names token {token}, which is not in this model's vocabulary "
+                                   f"(ids 0 to {self.vocab_size - 1})", field="logit_bias")
+
+    def _grammar(self, request: ChatRequest) -> tuple[Matcher | None, str | None]:
+        """The request's matcher (for its response_format and tools) and the tag its stream holds text at."""
+        answer = output_rule(request.output) if request.output is not None else None
+        alone = f"start: answer\nanswer: {answer}\n"
+        hint = (" (with strict false, keywords forgeflow cannot enforce are ignored)"
+                if request.output is not None and request.output.strict else "")
+        if answer is not None and request.tools is None:
+            return self.grammars.matcher(alone, field="response_format", hint=hint), None
+        if answer is not None and (why := self.grammars.check(alone)):
+            raise InvalidInput(f"response_format cannot be enforced: {why}{hint}", field="response_format")
+        if request.tools is None:
+            return None, None
+        lark, tag = self.tools.grammar(request.tools, answer)
+        try:
+            return self.grammars.matcher(lark, field="tools"), tag
+        except InvalidInput as exc:
+            field = self.tools.locate(request.tools) if self.grammars.tokenizer is not None else None
+            if field is None:
+                raise
+            raise InvalidInput(f"{field} cannot be enforced: {self.grammars.check(lark)}", field=field) from exc
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _tag_decoder(self) -> Callable[[list[int]], str] | None:
+        """A decoder that keeps the tool-call tags when the tokenizer has them as special tokens (which the
+        plain decoder drops), so the calls can be read back; None when the tags are ordinary text."""
+        fmt = self.tools.format
+        if fmt is None:
+            return None
+        special = {i for i, t in self.tokenizer.added_tokens_decoder.items() if t.special}
+        tags = {i for i, t in self.tokenizer.added_tokens_decoder.items() if t.content in (fmt.open, fmt.close)}
+        if not tags & special:
+            return None
+        drop = special - tags
+        return lambda ids: self.tokenizer.decode([i for i in ids if i not in drop], skip_special_tokens=False)
+
+    def _describe(self, token: int, raw: RawLogprob) -> TokenLogprob | None:
+        """The TokenLogprob of a generated token (None for an end-of-answer token, which OpenAI never shows)."""
+        if token in self.eos:
+            return None
+        text, data = self._text(token)
+        logprob, top = raw
+        return TokenLogprob(text, logprob, data, tuple((self._text(i)[0], lp) for i, lp in top))
+
+    def _text(self, token: int) -> tuple[str, tuple[int, ...]]:
+        known = self._texts.get(token)
+        if known is None:
+            data = self.grammars.token_bytes(token)
+            if data is None:
+                data = self.tokenizer.decode([token]).encode()
+            known = self._texts[token] = (data.decode("utf-8", errors="replace"), tuple(data))
+        return known
