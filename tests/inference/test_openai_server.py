@@ -108,7 +108,7 @@ def test_n_choices_are_sequences_of_their_own():
 
     async def check(client):
         answer = (await client.post(CHAT, json={"messages": [USER], "n": 3, "seed": 40, "model": "blue"})).json()
-        assert [r.sampling.seed for r in runtime.requests] == [40, 41, 42]
+        assert sorted(r.sampling.seed for r in runtime.requests) == [40, 41, 42]  # queued from worker threads
         assert answer["object"] == "chat.completion" and answer["model"] == "blue" and answer["created"] > 0
         assert [c["index"] for c in answer["choices"]] == [0, 1, 2]
         assert [c["message"]["content"] for c in answer["choices"]] == ["seed40 ok", "seed41 ok", "seed42 ok"]
@@ -210,7 +210,7 @@ def test_completions_in_the_legacy_shape():
 
 
 def test_models_and_every_v1_error_in_openai_shape():
-    runtime = Scripted(refuse=lambda request: bool(request.sampling.logit_bias))
+    runtime = Scripted(refuse=lambda request: bool(request.sampling.logit_bias) or request.sampling.seed == 666)
 
     async def check(client):
         card = (await client.get("/v1/models/tiny")).json()
@@ -236,6 +236,9 @@ def test_models_and_every_v1_error_in_openai_shape():
         assert (await client.post(CHAT, json={**biased, "stream": True})).status_code == 400
         score = await client.post("/score", json={"input_data": {"input_string": [USER]}, "params": {"foo": 1}})
         assert score.status_code == 400 and score.json()["field"] == "params.foo"  # /score keeps its shape
+        refused = await client.post("/score", json={"input_data": {"input_string": [USER]}, "params": {"seed": 666}})
+        assert refused.status_code == 400 and refused.json()["error"] == "InvalidInput"
+        assert "vocabulary" in refused.json()["message"]
 
     serve(runtime, check)
 

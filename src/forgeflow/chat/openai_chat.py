@@ -58,11 +58,19 @@ class ToolCallIn(Closed):
     function: FunctionCall
 
 
+class TextPart(Closed):
+    """A part of a message's content; text is the only kind forgeflow's models read."""
+
+    type: Literal["text"]
+    text: Text
+
+
 class OpenAIMessage(Closed):
-    """One chat turn. `content` arrives as a string or a list of `{"type": "text", "text": ...}` parts."""
+    """One chat turn. `content` arrives as a string or a list of text parts, joined with newlines on arrival
+    (so it is a string from then on)."""
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | None = None
+    content: str | list[TextPart] | None = None
     tool_calls: list[ToolCallIn] | None = None
     tool_call_id: Annotated[str, StringConstraints(strict=True, min_length=1)] | None = None
 
@@ -116,8 +124,8 @@ class OpenAIMessage(Closed):
 
     def plain(self) -> dict[str, Any]:
         """The turn as the chat template gets it (developer is a system turn)."""
-        turn: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role,
-                                "content": self.content or ""}
+        content = self.content if isinstance(self.content, str) else ""  # parts were joined on arrival
+        turn: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role, "content": content}
         if self.tool_calls:
             turn["tool_calls"] = [call.model_dump() for call in self.tool_calls]
         if self.tool_call_id is not None:

@@ -98,14 +98,27 @@ class AzureError(BaseModel):
     error: AzureErrorDetail
 
 
+class ToolCallFunction(BaseModel):
+    name: str
+    arguments: str  # a JSON object, as text
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: str = "function"
+    function: ToolCallFunction
+
+
 class AssistantMessage(BaseModel):
     role: str = "assistant"
-    content: str
+    content: str | None  # null when the answer is tool calls alone (finish_reason "tool_calls")
+    tool_calls: list[ToolCall] | None = None
 
 
 class Choice(BaseModel):
     index: int
     message: AssistantMessage
+    logprobs: dict[str, Any] | None = None  # {"content": [{"token", "logprob", "bytes", "top_logprobs"}]}
     finish_reason: str | None = None
 
 
