@@ -4,9 +4,10 @@
     python fake_model_server.py PORT NAME CONFIG_JSON
 
 CONFIG_JSON keys: output (text answered, default NAME), delay (seconds per answer), fail (answer
-500), load (seconds before /health is 200; -1 never), chunks (stream chunk count), chunk_delay,
-die_after (stream that many chunks, then the process dies). GET /count answers how many scoring
-requests arrived.
+500), refuse ([status, body]: answer that instead), load (seconds before /health is 200; -1 never), chunks
+(stream chunk count), chunk_delay, die_after (stream that many chunks, then the process dies). GET /count
+answers how many scoring requests arrived. /v1/completions answers text completions; a chat answer echoes
+some parameters it received (`echo`) and the names of all of them (`received`).
 
 Like a real instance it answers only its gateway (the secret in FORGEFLOW_INSTANCE_SECRET as a bearer
 token, its own Host) and exits when its lifeline pipe (FORGEFLOW_LIFELINE_FD) closes.
@@ -79,16 +80,26 @@ class Handler(BaseHTTPRequestHandler):
         time.sleep(CONFIG.get("delay", 0))
         if CONFIG.get("fail"):
             return self._json(500, {"error": "UpstreamError", "message": "generation failed: boom"})
+        if CONFIG.get("refuse"):
+            status, answer = CONFIG["refuse"]
+            return self._json(status, answer)
         text = CONFIG.get("output", NAME)
         usage = {"x-forgeflow-prompt-tokens": "3", "x-forgeflow-completion-tokens": "2"}
         if self.path == "/score":
             return self._json(200, {"output": text}, usage)
+        completion = self.path == "/v1/completions"
         if not body.get("stream"):
+            if completion:
+                return self._json(200, {
+                    "id": "cmpl-fake", "object": "text_completion", "created": int(time.time()), "model": NAME,
+                    "choices": [{"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}],
+                    "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}, usage)
             return self._json(200, {
                 "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": NAME,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
                 "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
-                "echo": {k: body.get(k) for k in ("max_tokens", "temperature", "top_p", "seed", "stop")}}, usage)
+                "echo": {k: body.get(k) for k in ("max_tokens", "temperature", "top_p", "seed", "stop")},
+                "received": sorted(body)}, usage)
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
         self.send_header("transfer-encoding", "chunked")
@@ -97,6 +108,9 @@ class Handler(BaseHTTPRequestHandler):
         for i in range(n):
             event = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
                      "model": NAME, "choices": [{"index": 0, "delta": {"content": f"{text}{i} "}, "finish_reason": None}]}
+            if completion:
+                event |= {"object": "text_completion", "choices": [{"index": 0, "text": f"{text}{i} ",
+                                                                   "finish_reason": None}]}
             self._chunk(f"data: {json.dumps(event)}\n\n".encode())
             if i + 1 == CONFIG.get("die_after"):
                 os._exit(1)

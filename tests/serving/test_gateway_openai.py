@@ -171,7 +171,7 @@ def test_a_stream_never_started_still_gives_back_its_place():
     """The client can go before the response even starts iterating: the release must still run, once."""
     import asyncio
 
-    from forgeflow.serving.gateway import _RelayResponse
+    from forgeflow.serving.forwarding import _RelayResponse
 
     started, released = [], []
 

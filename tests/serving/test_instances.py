@@ -18,7 +18,7 @@ import pytest
 from gateway_harness import CHAT, FAST_PROBES, FakePlacement, post, wait_until
 
 from forgeflow.processes import LIFELINE_FD_ENV, pid_alive, start_time
-from forgeflow.serving.gateway import _relay
+from forgeflow.serving.forwarding import _relay
 from forgeflow.serving.metrics import Metrics
 from forgeflow.serving.placement import LocalPlacement
 from forgeflow.serving.records import Deployment

@@ -12,6 +12,8 @@
   route's template (or "(no such route)"), the target's name (from the path, or what the route named with
   `audit_target`), what the route said with `audit_detail`, the principal, the client's address and the status;
   never a body, a query string or a credential.
+- A refusal on an endpoint's route is in that route's dialect (serving/schemas.py): OpenAI's shape under /v1,
+  Azure's on the Azure AI model inference routes, forgeflow's own on /score.
 - Every body has a cap: control plane CONTROL_MAX_BYTES, sign-in SIGN_IN_MAX_BYTES, dataset uploads the data
   library's own (larger) limit, scoring SCORING_MAX_BYTES (the gateway then applies the endpoint's
   `max_body_bytes`). A declared Content-Length over the cap is answered 413 at once; a chunked body is cut off
@@ -43,6 +45,7 @@ from forgeflow.api.security import (DETAIL, PRINCIPAL, SECRET_READ, TARGET, auth
 from forgeflow.data.library import max_upload_bytes
 from forgeflow.errors import ForgeflowError, InvalidInput, PayloadTooLarge, TooManyRequests, Unauthorized
 from forgeflow.serving.auth import presented_credential
+from forgeflow.serving.schemas import dialect_of, error_body
 from forgeflow.serving.specs import SCORING_MAX_BYTES
 from forgeflow.serving.throttle import FailureLimiter
 
@@ -289,10 +292,10 @@ class _Exchange:
         await self._out({"type": "http.response.body", "body": data})
 
     def _shape(self, exc: ForgeflowError) -> dict:
-        """Errors on an endpoint's OpenAI routes in OpenAI's shape, as the gateway answers them; else the tree's."""
-        if self.kind == "scoring" and "/v1/" in self.scope["path"]:
-            return {"error": {"message": exc.message, "param": exc.field, "code": type(exc).__name__,
-                              "type": "invalid_request_error"}}
+        """Errors on an endpoint's routes in the shape of the route's dialect (OpenAI's under /v1, Azure's on the
+        Azure AI model inference routes), as the gateway answers them; else the tree's."""
+        if self.kind == "scoring":
+            return error_body(dialect_of(self.scope["path"]), exc)
         return exc.to_dict()
 
     async def _out(self, message: Message) -> None:

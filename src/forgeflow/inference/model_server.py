@@ -1,4 +1,4 @@
-"""One model-server process: a model loaded once, answering the Azure /score contract and OpenAI chat.
+"""One model-server process: a model loaded once, answering the Azure /score contract and OpenAI's API.
 
     python -m forgeflow.inference.model_server --model-dir DIR --port P [--host 127.0.0.1] [--name NAME]
         [--runtime transformers|llamacpp] [--max-batch-size 8] [--max-queue 64] [--gguf-type f16|q8_0]
@@ -10,38 +10,33 @@ It exits when the server that started it is gone (its lifeline pipe closes). The
 loads in the background: /health answers 503 "loading" until it is ready, and the process prints
 `READY <port>` on stdout once the model is loaded and the socket is listening.
 
-`"stream": true` on /v1/chat/completions answers server-sent events: OpenAI chat.completion.chunk
-objects as tokens are decoded, ending `data: [DONE]`. GET /stats reports the runtime's queue.
+The OpenAI routes (/v1/chat/completions, /v1/completions, /v1/models) are `openai_server`'s; every
+error on a /v1 path has OpenAI's shape, on /score forgeflow's `{"error", "message", "field"}`. A runtime
+that refuses a request's value (a ValueError) answers 400, not 500. GET /stats reports the runtime's queue.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import socket
 import sys
-import time
-import uuid
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from forgeflow import jsonbody
-from forgeflow.chat import (
-    DEFAULT_MAX_NEW_TOKENS,
-    ChatRequest,
-    parse_chat_completion_request,
-    parse_score_request,
-)
-from forgeflow.errors import ForgeflowError, ServerUnavailable, UpstreamError
+from forgeflow.chat import DEFAULT_MAX_NEW_TOKENS, ChatRequest, parse_score_request
+from forgeflow.errors import ForgeflowError, InternalError, InvalidInput, NotFound, ServerUnavailable, UpstreamError
 from forgeflow.inference.instance_guard import DEFAULT_MAX_BODY_BYTES, InstanceGuard, allowed_hosts
-from forgeflow.inference.runtimes.base import GenerationResult, Runtime, TokenStream
+from forgeflow.inference.openai_server import OpenAIServing, openai_error, openai_router
+from forgeflow.inference.runtimes.base import GenerationResult, Runtime
 from forgeflow.processes import INSTANCE_SECRET_ENV, exit_with_parent, take_instance_secret
 
 
@@ -99,21 +94,30 @@ def create_app(
     async def read_json(request: Request) -> Any:
         return jsonbody.loads(await request.body())
 
-    async def run(call: Callable[[ChatRequest], Any], request: ChatRequest) -> Any:
-        """`generate` or `stream` in a worker thread; what is not a ForgeflowError is a failed generation."""
-        try:
-            return await run_in_threadpool(call, request)
-        except ForgeflowError:
-            raise
-        except Exception as exc:
-            raise _GenerationFailed(f"generation failed: {type(exc).__name__}: {exc}") from exc
-
-    @app.exception_handler(ForgeflowError)
-    async def forgeflow_error(_request: Request, exc: ForgeflowError) -> JSONResponse:
+    def error_body(request: Request, exc: ForgeflowError) -> dict[str, Any]:
+        """OpenAI's shape on its paths, forgeflow's elsewhere (/score keeps its contract)."""
+        if request.url.path.startswith("/v1/"):
+            return openai_error(exc)
         body = {"error": type(exc).__name__, "message": exc.message, "field": exc.field}
         if isinstance(exc, _GenerationFailed):
             body["error"] = "UpstreamError"
-        return JSONResponse(body, status_code=exc.status_code)
+        return body
+
+    @app.exception_handler(ForgeflowError)
+    async def forgeflow_error(request: Request, exc: ForgeflowError) -> JSONResponse:
+        return JSONResponse(error_body(request, exc), status_code=exc.status_code)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """A path or method the instance does not serve, in the shape of the path's API."""
+        kind = NotFound if exc.status_code == 404 else ForgeflowError
+        error = kind(f"{request.method} {request.url.path}: {exc.detail}", status_code=exc.status_code)
+        return JSONResponse(error_body(request, error), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        error = InternalError(f"the model server failed: {type(exc).__name__}: {exc}")
+        return JSONResponse(error_body(request, error), status_code=500)
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -127,7 +131,7 @@ def create_app(
     async def score(request: Request) -> JSONResponse:
         body = parse_score_request(await read_json(request))
         runtime = ready()
-        result = await run(runtime.generate, body.to_request(default_max_new_tokens=default_max_new_tokens))
+        result = await run_generation(runtime.generate, body.to_request(default_max_new_tokens=default_max_new_tokens))
         return JSONResponse({"output": result.text}, headers=_usage_headers(result))
 
     @app.get("/stats")
@@ -135,81 +139,23 @@ def create_app(
         runtime = state.runtime
         return {"name": name, "ready": runtime is not None, **(runtime.health() if runtime else {})}
 
-    @app.get("/v1/models")
-    async def models() -> dict:
-        return {"object": "list", "data": [{"id": name, "object": "model", "owned_by": "forgeflow"}]}
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Any:
-        body = parse_chat_completion_request(await read_json(request))
-        runtime = ready()
-        chat = body.to_request(default_max_new_tokens=default_max_new_tokens)
-        if body.stream:
-            # queued before answering 200, so a bad request (a prompt too long) is still a 400
-            stream = await run(runtime.stream, chat)
-            return StreamingResponse(
-                sse_chunks(stream, body.model or name, body.include_usage), media_type="text/event-stream",
-                headers={"cache-control": "no-cache", "x-accel-buffering": "no",
-                         "x-forgeflow-prompt-tokens": str(stream.prompt_tokens)},
-            )
-        result = await run(runtime.generate, chat)
-        answer = {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body.model or name,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": result.text},
-                    "finish_reason": result.finish_reason,
-                }
-            ],
-            "usage": {
-                "prompt_tokens": result.prompt_tokens,
-                "completion_tokens": result.completion_tokens,
-                "total_tokens": result.prompt_tokens + result.completion_tokens,
-            },
-        }
-        return JSONResponse(answer, headers=_usage_headers(result))
-
+    app.include_router(openai_router(OpenAIServing(name=name, ready=ready, run=run_generation,
+                                                   default_max_new_tokens=default_max_new_tokens)))
     return app
 
 
-async def sse_chunks(stream: TokenStream, model: str, include_usage: bool):
-    """OpenAI chat.completion.chunk events for a runtime's TokenStream, ending `data: [DONE]`."""
-    base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk",
-            "created": int(time.time()), "model": model}
-    extra = {"usage": None} if include_usage else {}
-
-    def chunk(delta: dict, finish: str | None = None) -> str:
-        body = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
-        return f"data: {json.dumps(body)}\n\n"
-
-    events = iter(stream)
-    result = None
+async def run_generation(call: Callable[[ChatRequest], Any], request: ChatRequest) -> Any:
+    """`generate` or `stream` in a worker thread. A ValueError is the runtime refusing what the request asks
+    (a token id past the vocabulary, a prompt past the context): a 400; anything else not a ForgeflowError is
+    a failed generation."""
     try:
-        yield chunk({"role": "assistant", "content": ""})
-        while result is None:
-            event = await run_in_threadpool(next, events, None)
-            if event is None:
-                break
-            if event.text:
-                yield chunk({"content": event.text})
-            result = event.result
-        if result is None:
-            raise RuntimeError("the runtime ended the stream without a result")
-        yield chunk({}, result.finish_reason)
-        if include_usage:
-            usage = {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-                     "total_tokens": result.prompt_tokens + result.completion_tokens}
-            yield f"data: {json.dumps({**base, 'choices': [], 'usage': usage})}\n\n"
-    except Exception as exc:  # headers are sent: report in-band, as OpenAI does
-        message = exc.message if isinstance(exc, ForgeflowError) else f"{type(exc).__name__}: {exc}"
-        yield f"data: {json.dumps({'error': {'message': f'generation failed: {message}', 'type': 'server_error'}})}\n\n"
-    finally:
-        stream.cancel()  # the client may have gone: free the sequence
-    yield "data: [DONE]\n\n"
+        return await run_in_threadpool(call, request)
+    except ForgeflowError:
+        raise
+    except ValueError as exc:
+        raise InvalidInput(f"the model cannot take this request: {exc}") from exc
+    except Exception as exc:
+        raise _GenerationFailed(f"generation failed: {type(exc).__name__}: {exc}") from exc
 
 
 class _GenerationFailed(ForgeflowError):

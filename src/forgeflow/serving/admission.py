@@ -20,11 +20,12 @@ from typing import Any
 
 from forgeflow.serving.placement import Instance
 from forgeflow.serving.records import Key
+from forgeflow.serving.specs import max_concurrent
 
 
 def limit(request_settings: dict, ready_count: int) -> int:
     """How many requests a deployment may have pending."""
-    return 2 * int(request_settings.get("max_concurrent_requests_per_instance", 1)) * ready_count
+    return 2 * max_concurrent(request_settings) * ready_count
 
 
 class Admission:

@@ -26,6 +26,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from forgeflow.serving import specs
 from forgeflow.serving.admission import Admission
 from forgeflow.serving.metrics import Metrics
 from forgeflow.serving.records import Deployment, Key
@@ -155,7 +156,7 @@ class Autoscaler:
         last_total, last_answered = self._answered.get(key, (total, answered))
         self._answered[key] = (total, answered)
         latency = (total - last_total) / (answered - last_answered) if answered > last_answered else None
-        slots = int(dep.request_settings.get("max_concurrent_requests_per_instance", 1))
+        slots = specs.max_concurrent(dep.request_settings)
         # Requests through the other servers count too (their load comes with their heartbeats, a little late).
         since = time.time() - dep.scale_settings["polling_interval"] - OTHERS_LAG_S
         pending = self.admission.pending(key) + self.admission.others_pending(key, since)

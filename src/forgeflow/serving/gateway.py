@@ -1,485 +1,121 @@
-"""The scoring gateway: checks the endpoint's key or token, bounds and validates the body, picks a
-deployment (header, OpenAI `model`, or traffic split; mirror copies on the side) and a ready
-instance, admits or refuses the request, and forwards it, passing streams through chunk by chunk. A request
-for an autoscaled deployment with no ready instance (scaled to zero, or its instance still starting) wakes one
-and waits for it, up to request_timeout_ms, instead of failing.
+"""The scoring gateway's routes: what each client of an endpoint calls, on top of the forwarding core
+(serving/forwarding.py), which checks the key, validates, routes, admits and forwards.
 
-Status codes follow Azure ML online endpoints: 400 bad body, 401 key, 404 no deployment with
-traffic, 408 past request_timeout_ms, 413 too large, 424 model server failed (reason in
-`ms-azureml-model-error-reason`), 429 too many pending (with Retry-After), 503 no ready instance.
-Every answer from a chosen deployment carries `azureml-model-deployment`.
+    POST /endpoints/NAME/score                  Azure ML online endpoint scoring (and a flow deployment's inputs)
+    POST /endpoints/NAME/v1/chat/completions    OpenAI chat completions, streaming included
+    POST /endpoints/NAME/v1/completions         OpenAI text completions (the prompt as it is, no chat template)
+    GET  /endpoints/NAME/v1/models[/ID]         the endpoint's deployments as OpenAI models
+    POST /endpoints/NAME/chat/completions       Azure AI model inference (serving/azure_inference.py)
+    GET  /endpoints/NAME/info                   Azure AI model inference's model info
 
-Every server of a database serves every endpoint: the leader forwards to its supervisor's instances, a follower
-to those the leader publishes (`EndpointService.ready_instances`). Admission counts are per server.
+A deployment is picked by the `azureml-model-deployment` header, else by a request's `model` when it names a
+deployment, else by the endpoint's traffic split: a `model` that names no deployment (Prompt flow files name
+models such as gpt-4) is served by the traffic split, not refused. Every error on /v1 is in OpenAI's shape, on the
+Azure AI model inference routes in Azure's, on /score in forgeflow's own (`schemas.error_body`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import logging
-import math
-import os
-import time
-import uuid
-from collections.abc import AsyncIterator, Callable
+from datetime import datetime
 from typing import Any
 
-import httpx
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
-from starlette.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
 
-from forgeflow import jsonbody
-from forgeflow.chat import (ChatCompletionRequest, ScoreRequest, ScoreResponse, parse_chat_completion_request,
-                            parse_score_request)
-from forgeflow.errors import (ForgeflowError, InvalidInput, NotFound, PayloadTooLarge, RequestTimeout,
-                              ServerUnavailable, TooManyRequests, Unauthorized, UpstreamError)
-from forgeflow.serving import access, routing
-from forgeflow.serving.admission import Ticket
-from forgeflow.serving.auth import presented_credential
-from forgeflow.serving.endpoints import DEFAULT_MAX_BODY_BYTES, EndpointService
-from forgeflow.serving.metrics import Metrics
-from forgeflow.serving.placement import Instance
-from forgeflow.serving.records import Deployment, EndpointConfig
-from forgeflow.serving.schemas import ChatCompletion, ErrorBody, ModelList, OpenAIError, body_of, error_responses
-from forgeflow.store.states import DeploymentState
-
-DEPLOYMENT_HEADER = "azureml-model-deployment"
-REASON_HEADER = "ms-azureml-model-error-reason"
-RETRY = {"Retry-After": "1"}
-_ERRORS = {400: "body malformed (names the field)", 401: "missing or wrong key or token", 404: "no such endpoint or "
-           "deployment, or none with traffic", 408: "past request_timeout_ms", 413: "body over the size limit",
-           424: "the model server failed", 429: "too many pending requests", 503: "no ready instance"}
+from forgeflow.chat import (ChatCompletionRequest, CompletionRequest, ScoreRequest, ScoreResponse,
+                            parse_chat_completion_request, parse_completion_request, parse_score_request)
+from forgeflow.errors import ForgeflowError, InvalidInput, NotFound
+from forgeflow.serving import azure_inference
+from forgeflow.serving.forwarding import ERRORS, Call, authorized_config, handle
+from forgeflow.serving.records import Deployment
+from forgeflow.serving.schemas import (ChatCompletion, Completion, Dialect, ErrorBody, ModelCard, ModelList,
+                                       OpenAIError, body_of, dialect_of, error_body, error_responses)
 
 router = APIRouter()
-log = logging.getLogger("forgeflow.gateway")
 
-
-def max_body_bytes(cfg: EndpointConfig) -> int:
-    """The endpoint's own limit, else FORGEFLOW_MAX_BODY_BYTES, else 1 MiB."""
-    return cfg.max_body_bytes or int(os.environ.get("FORGEFLOW_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))
-
-
-class _Call:
-    """One request through the gateway: what it needs for the answer and for the metrics."""
-
-    def __init__(self, request: Request, endpoint: str, openai: bool) -> None:
-        self.request = request
-        self.endpoint = endpoint
-        self.openai = openai
-        self.svc: EndpointService = request.app.state.ff.endpoints
-        self.started = time.perf_counter()
-        self.deployment: str | None = None
-        self.known = False  # only existing endpoints get metric series
-        self.by_instance = False  # an instance answered (not the gateway itself): its latency counts for scaling
-
-    def headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        h = {"x-request-id": uuid.uuid4().hex}
-        if self.deployment:
-            h[DEPLOYMENT_HEADER] = self.deployment
-        return h | (extra or {})
-
-    def fail(self, exc: ForgeflowError, headers: dict | None = None) -> Response:
-        """The error answer, in OpenAI's shape on the OpenAI routes."""
-        status = exc.status_code
-        if self.openai:
-            body: dict[str, Any] = {"error": {"message": exc.message, "param": exc.field, "code": type(exc).__name__,
-                                              "type": "invalid_request_error" if status < 500 else "server_error"}}
-        else:
-            body = exc.to_dict()
-        self.record(status)
-        return JSONResponse(body, status_code=status, headers=self.headers(headers))
-
-    def record(self, status: int, completion_tokens: int | None = None, prompt_tokens: int | None = None) -> None:
-        if not self.known:
-            return
-        m = self.svc.metrics
-        labels = Metrics.labels(endpoint=self.endpoint, deployment=self.deployment)
-        m.inc("forgeflow_requests_total", labels + (("code", str(status)),))
-        took = time.perf_counter() - self.started
-        m.observe("forgeflow_request_duration_seconds", labels, took)
-        if self.by_instance:
-            m.observe("forgeflow_instance_request_duration_seconds", labels, took)
-        if completion_tokens:
-            m.inc("forgeflow_generated_tokens_total", labels, completion_tokens)
-        if prompt_tokens:
-            m.inc("forgeflow_prompt_tokens_total", labels, prompt_tokens)
-
-
-async def _read_body(request: Request, limit: int) -> bytes | None:
-    """The body, or None once it is over the limit (read no further than that)."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        return None
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def _authorized_config(call: _Call, endpoint: str, request: Request) -> EndpointConfig:
-    """The endpoint's configuration once the presented key opens it. An unknown endpoint answers like a wrong key,
-    so names cannot be probed apart from keys (and the guard limits failed keys per address)."""
-    try:
-        cfg = await call.svc.view(endpoint)
-    except NotFound:
-        cfg = None
-    call.known = cfg is not None
-    if cfg is None or not await access.authorize(call.svc.ws.identity, cfg, presented_credential(request)):
-        raise Unauthorized(f"missing or wrong key for endpoint {endpoint!r}, or no such endpoint: send "
-                           f"'Authorization: Bearer <key>' (see: forgeflow online-endpoint get-credentials --name "
-                           f"{endpoint})")
-    return cfg
-
-
-async def _handle(request: Request, endpoint: str, path: str, parse: Callable[[Any], Any], openai: bool) -> Response:
-    call = _Call(request, endpoint, openai)
-    try:
-        cfg = await _authorized_config(call, endpoint, request)
-        limit = max_body_bytes(cfg)
-        raw = await _read_body(request, limit)
-        if raw is None:
-            raise PayloadTooLarge(f"the body is larger than {limit} bytes")
-        body = jsonbody.loads(raw)
-        # A flow deployment takes its flow's inputs on /score, so the chat contract is checked
-        # only once the chosen deployment is known to serve a model.
-        serves_flows = any(d.serves_flow for d in cfg.deployments.values())
-        parsed = parse(body) if openai or not serves_flows else None
-        model = parsed.model if isinstance(parsed, ChatCompletionRequest) else None
-        call.deployment, by_traffic = routing.choose_deployment(cfg, request.headers.get(DEPLOYMENT_HEADER), model)
-        if serves_flows:
-            if not cfg.deployments[call.deployment].serves_flow:
-                parsed = parsed or parse(body)
-            elif openai:
-                raise InvalidInput(f"deployment {call.deployment!r} serves a flow: send the flow's inputs to /score")
-            elif not isinstance(body, dict):
-                raise InvalidInput("the body must be a JSON object of the flow's inputs")
-        if by_traffic:
-            mirror = routing.choose_mirror(cfg, call.deployment)
-            if mirror:
-                _mirror(call, cfg, mirror, path, raw)
-        stream = bool(getattr(parsed, "stream", False))
-        return await _forward(call, cfg, path, raw, stream)
-    except ForgeflowError as e:
-        return call.fail(e)
-
-
-async def _forward(call: _Call, cfg: EndpointConfig, path: str, raw: bytes, stream: bool) -> Response:
-    svc = call.svc
-    assert call.deployment is not None
-    dep = cfg.deployments[call.deployment]
-    timeout_s = dep.request_timeout_s
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s  # one for the whole request: waiting for a wake takes from the answer's time
-    ready = svc.ready_instances(dep.key)
-    if not ready and not svc.leading:  # a follower's copy of the leader's board may lag: read it once more
-        ready = await run_in_threadpool(svc.ready_instances_now, dep.key)
-    if not ready and (not dep.autoscaled or dep.state == DeploymentState.FAILED):
-        return call.fail(ServerUnavailable(f"deployment {dep.name!r} has no ready instance (state {dep.state}); "
-                                           "retry shortly"), RETRY)
-    # While an autoscaled deployment wakes, it takes the requests one instance would.
-    ticket = svc.admission.admit(dep.key, dep.request_settings, len(ready) or 1)
-    if ticket is None:
-        return call.fail(TooManyRequests(
-            f"deployment {dep.name!r} already has {svc.admission.pending(dep.key)} pending requests, the most it "
-            f"takes (2 x max_concurrent_requests_per_instance "
-            f"{dep.request_settings.get('max_concurrent_requests_per_instance', 1)} x {len(ready) or 1} ready "
-            f"instances); retry later or raise it with: forgeflow online-deployment update "
-            f"--set request_settings.max_concurrent_requests_per_instance=N"), RETRY)
-    handed_over = False
-    try:
-        if not ready:
-            ready = await _woken(call.request, svc, dep, deadline)
-        client: httpx.AsyncClient = call.request.app.state.ff.http
-        while True:
-            inst = ticket.place(ready)
-            left = max(deadline - loop.time(), 0.001)
-            try:
-                req = client.build_request("POST", f"{inst.url}{path}", content=raw,
-                                           headers={"content-type": "application/json", **inst.auth},
-                                           timeout=left)
-                resp = await asyncio.wait_for(client.send(req, stream=True), left)
-            except httpx.ConnectError:
-                # Nothing reached the instance (it died since the last probe): try another one.
-                svc.mark_unready(inst)
-                ticket.unplace()  # while it waits, the dead instance must not count it (a drain waits for it)
-                ready = [i for i in ready if i is not inst and i.ready]
-                if not ready and dep.autoscaled:  # e.g. drained by a scale-in just now
-                    ready = await _woken(call.request, svc, dep, deadline)
-                if not ready:
-                    return call.fail(ServerUnavailable(f"deployment {dep.name!r} has no ready instance; retry shortly"),
-                                     RETRY)
-                continue
-            except (asyncio.TimeoutError, httpx.TimeoutException):
-                return call.fail(_too_slow(timeout_s))
-            except httpx.HTTPError as e:
-                failed = UpstreamError(f"the model server of deployment {dep.name!r} failed: {type(e).__name__}")
-                return call.fail(failed, {REASON_HEADER: "model_server_unreachable"})
-            break
-        if stream and resp.status_code == 200 and resp.headers.get("content-type", "").startswith("text/event-stream"):
-            handed_over = True
-            call.by_instance = True
-            done = _Release(call, resp, ticket)
-            return _RelayResponse(_relay(call, resp, done, timeout_s), done, media_type="text/event-stream",
-                                  headers=call.headers({"cache-control": "no-cache"}))
-        try:
-            content = await asyncio.wait_for(resp.aread(), max(deadline - loop.time(), 0.001))
-        except (asyncio.TimeoutError, httpx.TimeoutException):
-            return call.fail(_too_slow(timeout_s))
-        except httpx.HTTPError as e:
-            return call.fail(UpstreamError(f"the model server failed while answering: {type(e).__name__}"),
-                             {REASON_HEADER: "model_server_unreachable"})
-        finally:
-            await resp.aclose()
-        return _answer(call, resp, content)
-    except ServerUnavailable as e:  # no instance woke in time, or none could be started
-        return call.fail(e, RETRY)
-    except _ClientLeft:
-        call.record(499)
-        return Response(status_code=499)
-    finally:
-        if not handed_over:
-            ticket.release()
-
-
-class _ClientLeft(Exception):
-    """The client went away while its request waited for an instance."""
-
-
-async def _woken(request: Request, svc: EndpointService, dep: Deployment, deadline: float) -> list[Instance]:
-    """The ready instances of an autoscaled deployment that had none, once there are: one is woken if it is
-    scaled to zero, and the request waits for it until its deadline (request_timeout_ms after it arrived), or
-    until its client leaves. The wake is asked again each second, as a deployment cannot scale while it is
-    being updated. An instance that cannot be started is a 503 at once, with the reason."""
-    loop = asyncio.get_running_loop()
-    asked = -math.inf
-    while not (ready := svc.ready_instances(dep.key)):
-        if await request.is_disconnected():
-            raise _ClientLeft()
-        moment = loop.time()
-        if moment >= deadline:
-            raise ServerUnavailable(
-                f"deployment {dep.name!r} had no ready instance and none became ready within request_timeout_ms="
-                f"{int(dep.request_timeout_s * 1000)} (an autoscaled deployment starts one when it has none); retry "
-                f"shortly, or keep one running with: forgeflow online-deployment update --name {dep.name} "
-                f"--endpoint-name {dep.endpoint} --set scale_settings.min_instances=1")
-        if moment - asked >= 1.0:
-            asked = moment
-            await _wake(svc, dep)
-        await asyncio.sleep(0.05)
-    return ready
-
-
-async def _wake(svc: EndpointService, dep: Deployment) -> None:
-    """Ask for an instance of a deployment scaled to zero (off the event loop: it starts a process or an
-    actor); a failure to start one is a 503 that says why."""
-    try:
-        await asyncio.to_thread(svc.autoscaler.wake, dep.key)
-    except Exception as e:  # the placement's own failure (a target gone, a program that cannot start)
-        log.warning("could not wake deployment %s/%s: %s", dep.endpoint, dep.name, e)
-        reason = e.message if isinstance(e, ForgeflowError) else f"{type(e).__name__}: {e}"
-        raise ServerUnavailable(f"deployment {dep.name!r} is scaled to zero and no instance could be started: "
-                                f"{reason}; retry shortly (see: forgeflow online-deployment get-logs --name "
-                                f"{dep.name} --endpoint-name {dep.endpoint})") from e
-
-
-def _too_slow(timeout_s: float) -> RequestTimeout:
-    return RequestTimeout(f"the model did not answer within request_timeout_ms={int(timeout_s * 1000)}")
-
-
-def _answer(call: _Call, resp: httpx.Response, content: bytes) -> Response:
-    call.by_instance = True
-    if resp.status_code == 503:
-        return call.fail(ServerUnavailable("the instance is not ready (model loading); retry shortly"), RETRY)
-    if resp.status_code == 401:  # not the caller's key: the instance refused ours (another process on its port)
-        return call.fail(UpstreamError("the model server refused the gateway's instance key; retry shortly"),
-                         {REASON_HEADER: "model_server_refused", **RETRY})
-    if resp.status_code >= 500:
-        try:
-            reason = json.loads(content).get("message", content.decode(errors="replace"))
-        except (ValueError, AttributeError):
-            reason = content.decode(errors="replace")
-        return call.fail(UpstreamError(f"the model server failed: {reason}"[:1000]), {REASON_HEADER: "model_error"})
-    extra = {h: resp.headers[h] for h in ("x-forgeflow-prompt-tokens", "x-forgeflow-completion-tokens",
-                                          "x-forgeflow-finish-reason") if h in resp.headers}
-    call.record(resp.status_code, _int(extra.get("x-forgeflow-completion-tokens")),
-                _int(extra.get("x-forgeflow-prompt-tokens")))
-    return Response(content, status_code=resp.status_code, media_type="application/json", headers=call.headers(extra))
-
-
-class _Release:
-    """Give back what a relayed stream holds (the upstream response, its admission ticket) exactly
-    once: when the stream ends, breaks, or the client leaves before it even started."""
-
-    def __init__(self, call: _Call, resp: httpx.Response, ticket: Ticket) -> None:
-        self.call, self.resp, self.ticket = call, resp, ticket
-        self.status, self.tokens, self.usage = 499, 0, None  # 499: the client went away first
-        self.done = False
-
-    async def __call__(self) -> None:
-        if self.done:
-            return
-        self.done = True
-        self.ticket.release()
-        try:
-            await self.resp.aclose()
-        finally:
-            usage = self.usage
-            self.call.record(self.status, usage.get("completion_tokens") if usage else self.tokens,
-                             usage.get("prompt_tokens") if usage else None)
-
-
-class _RelayResponse(StreamingResponse):
-    def __init__(self, content: AsyncIterator[bytes], release: _Release, **kwargs) -> None:
-        super().__init__(content, **kwargs)
-        self.release = release
-
-    async def __call__(self, scope, receive, send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self.release()
-
-
-async def _relay(call: _Call, resp: httpx.Response, release: _Release, timeout_s: float) -> AsyncIterator[bytes]:
-    """Pass a server-sent-event stream through as its events complete, timing the first chunk and counting
-    tokens (the final `usage` when the server sends one, else one per content chunk).
-
-    When the upstream breaks off (the instance died, or was silent past request_timeout_ms), the status is
-    already sent: the client gets an error event and no `data: [DONE]`, so it knows the answer is incomplete
-    (OpenAI's clients raise it), and the request counts as a 424 (or 408). A half-received event is dropped,
-    never passed on. Events end with an empty line (LF line ends), as the model and flow servers write them."""
-    m, labels = call.svc.metrics, Metrics.labels(endpoint=call.endpoint, deployment=call.deployment)
-    first, pending = True, b""
-    try:
-        async for chunk in resp.aiter_raw():
-            if first:
-                first = False
-                m.observe("forgeflow_time_to_first_token_seconds", labels, time.perf_counter() - call.started)
-            pending += chunk
-            cut = pending.rfind(b"\n\n")
-            if cut < 0:
-                continue
-            events, pending = pending[:cut + 2], pending[cut + 2:]
-            for line in events.split(b"\n"):
-                n, u = _sse_tokens(line)
-                release.tokens += n
-                release.usage = u or release.usage
-            yield events
-        if pending:
-            yield pending
-        release.status = 200
-    except httpx.HTTPError as e:
-        broken = _too_slow(timeout_s) if isinstance(e, httpx.TimeoutException) else UpstreamError(
-            f"the model server of deployment {call.deployment!r} broke off the stream ({type(e).__name__}): "
-            "the answer is incomplete")
-        release.status = broken.status_code
-        yield _error_event(broken)
-    finally:
-        await release()
-
-
-def _error_event(exc: ForgeflowError) -> bytes:
-    """The event OpenAI's streams send when an answer fails after its first chunk."""
-    error = {"message": exc.message, "type": "server_error", "param": None, "code": type(exc).__name__}
-    return f"data: {json.dumps({'error': error})}\n\n".encode()
-
-
-def _sse_tokens(line: bytes) -> tuple[int, dict | None]:
-    if not line.startswith(b"data:") or b"[DONE]" in line:
-        return 0, None
-    try:
-        event = json.loads(line[5:])
-    except ValueError:
-        return 0, None
-    usage = event.get("usage") if isinstance(event, dict) else None
-    content = any((c.get("delta") or {}).get("content") for c in event.get("choices") or [] if isinstance(c, dict))
-    return int(content), usage if isinstance(usage, dict) else None
-
-
-def _mirror(call: _Call, cfg: EndpointConfig, deployment: str, path: str, raw: bytes) -> None:
-    """Send a copy in the background; its answer is discarded and never reaches the caller."""
-    svc, dep = call.svc, cfg.deployments[deployment]
-    ready = svc.ready_instances(dep.key)
-    if not ready and dep.autoscaled and dep.state != DeploymentState.FAILED:
-        # Scaled to zero (or waking): this copy is dropped, but the deployment is woken for the next ones.
-        _background_task(_mirror_wake(svc, dep))
-        return
-    ticket = svc.admission.admit(dep.key, dep.request_settings, len(ready))
-    if ticket is None:
-        return  # a mirror never queues up behind its limit (nor goes where no instance is ready)
-    client: httpx.AsyncClient = call.request.app.state.ff.http
-    inst = ticket.place(ready)
-
-    async def send() -> None:
-        code = "error"
-        try:
-            resp = await client.post(f"{inst.url}{path}", content=raw,
-                                     headers={"content-type": "application/json", **inst.auth},
-                                     timeout=dep.request_timeout_s)
-            code = str(resp.status_code)
-        except httpx.HTTPError:
-            pass
-        finally:
-            ticket.release()
-            svc.metrics.inc("forgeflow_mirrored_requests_total",
-                            Metrics.labels(endpoint=call.endpoint, deployment=deployment, code=code))
-
-    _background_task(send())
-
-
-async def _mirror_wake(svc: EndpointService, dep: Deployment) -> None:
-    try:
-        await _wake(svc, dep)
-    except ServerUnavailable:
-        pass  # logged by _wake; the next mirrored copy asks again
-
-
-def _background_task(work) -> None:
-    task = asyncio.get_running_loop().create_task(work)
-    _background.add(task)
-    task.add_done_callback(_background.discard)
-
-
-_background: set[asyncio.Task] = set()
-
-
-def _int(value: str | None) -> int | None:
-    return int(value) if value and value.isdigit() else None
-
-
-_SCORE_DOC = {"responses": error_responses(ErrorBody, _ERRORS), "openapi_extra": body_of(ScoreRequest)}
-_CHAT_DOC = {"responses": error_responses(OpenAIError, _ERRORS), "openapi_extra": body_of(ChatCompletionRequest)}
+_SCORE_DOC = {"responses": error_responses(ErrorBody, ERRORS), "openapi_extra": body_of(ScoreRequest)}
+_CHAT_DOC = {"responses": error_responses(OpenAIError, ERRORS), "openapi_extra": body_of(ChatCompletionRequest)}
+_MODELS_DOC = {"responses": error_responses(OpenAIError, {401: ERRORS[401], 404: "no such deployment"})}
 
 
 @router.post("/endpoints/{endpoint}/score", tags=["scoring"], response_model=ScoreResponse, **_SCORE_DOC)
 async def score(endpoint: str, request: Request) -> Response:
     """Azure ML online-endpoint scoring: `{"input_data": {"input_string": [...], "parameters": {...}}}`
     answers `{"output": "..."}`. Send `azureml-model-deployment: NAME` to pick a deployment."""
-    return await _handle(request, endpoint, "/score", parse_score_request, openai=False)
+    return await handle(request, endpoint, "/score", parse_score_request, Dialect.SCORE)
 
 
 @router.post("/endpoints/{endpoint}/v1/chat/completions", tags=["openai"], response_model=ChatCompletion, **_CHAT_DOC)
 async def chat_completions(endpoint: str, request: Request) -> Response:
     """OpenAI chat completions on the same endpoint and key; `"stream": true` answers server-sent
-    events ending `data: [DONE]`. A `model` naming a deployment routes to it."""
-    return await _handle(request, endpoint, "/v1/chat/completions", parse_chat_completion_request, openai=True)
+    events ending `data: [DONE]`. A `model` naming a deployment routes to it; any other `model` is served by
+    the endpoint's traffic split."""
+    return await handle(request, endpoint, "/v1/chat/completions", parse_chat_completion_request, Dialect.OPENAI)
 
 
-@router.get("/endpoints/{endpoint}/v1/models", tags=["openai"], response_model=ModelList,
-            responses=error_responses(OpenAIError, {401: _ERRORS[401], 404: "no such endpoint"}))
+@router.post("/endpoints/{endpoint}/v1/completions", tags=["openai"], response_model=Completion,
+             responses=error_responses(OpenAIError, ERRORS), openapi_extra=body_of(CompletionRequest))
+async def completions(endpoint: str, request: Request) -> Response:
+    """OpenAI text completions: the `prompt` is encoded as it is, without the chat template (llama-index's
+    `OpenAILike` and lm-eval's `local-completions` call it). Routed like chat completions."""
+    return await handle(request, endpoint, "/v1/completions", parse_completion_request, Dialect.OPENAI)
+
+
+@router.get("/endpoints/{endpoint}/v1/models", tags=["openai"], response_model=ModelList, **_MODELS_DOC)
 async def models(endpoint: str, request: Request) -> Response:
     """The endpoint's deployments, as OpenAI models."""
-    call = _Call(request, endpoint, openai=True)
+    call = Call(request, endpoint, Dialect.OPENAI)
     try:
-        cfg = await _authorized_config(call, endpoint, request)
+        cfg = await authorized_config(call)
     except ForgeflowError as e:
         return call.fail(e)
-    data = [{"id": name, "object": "model", "owned_by": "forgeflow", "root": d.model_ref}
-            for name, d in sorted(cfg.deployments.items())]
-    return JSONResponse({"object": "list", "data": data})
+    return JSONResponse({"object": "list", "data": [_card(d) for _, d in sorted(cfg.deployments.items())]})
 
+
+@router.get("/endpoints/{endpoint}/v1/models/{model:path}", tags=["openai"], response_model=ModelCard, **_MODELS_DOC)
+async def model(endpoint: str, model: str, request: Request) -> Response:
+    """One deployment, as an OpenAI model; a name that is no deployment of the endpoint is a 404."""
+    call = Call(request, endpoint, Dialect.OPENAI)
+    try:
+        cfg = await authorized_config(call)
+        if model not in cfg.deployments:
+            raise NotFound(f"endpoint {endpoint!r} has no deployment {model!r}; its models are its deployments: "
+                           f"{', '.join(sorted(cfg.deployments)) or 'none yet'} (a request's `model` that names none "
+                           "is served by the traffic split)", field="model")
+    except ForgeflowError as e:
+        return call.fail(e)
+    return JSONResponse(_card(cfg.deployments[model]))
+
+
+router.include_router(azure_inference.router)
+
+_ROUTES = {"/score": "POST", "/v1/chat/completions": "POST", "/v1/completions": "POST", "/v1/models": "GET",
+           "/chat/completions": "POST", "/info": "GET"}
+
+
+@router.api_route("/endpoints/{endpoint}/{rest:path}", include_in_schema=False,
+                  methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
+async def unknown(endpoint: str, rest: str, request: Request) -> Response:
+    """What no route above serves: a 404, or a 405 for a known route asked with another method, in the dialect
+    of the path (OpenAI's shape under /v1, so its clients show the message)."""
+    path = f"/{rest}"
+    method = _ROUTES.get(path) or ("GET" if path.startswith("/v1/models/") else None)
+    if method:
+        exc: ForgeflowError = InvalidInput(f"{request.method} is not allowed on {path}: use {method}",
+                                           status_code=405)
+        return JSONResponse(error_body(dialect_of(path), exc), status_code=405, headers={"Allow": method})
+    exc = NotFound(f"endpoint {endpoint!r} serves no {path}: its routes are {', '.join(_ROUTES)} and "
+                   "/v1/models/{id}")
+    return JSONResponse(error_body(dialect_of(path), exc), status_code=404)
+
+
+def _card(dep: Deployment) -> dict[str, Any]:
+    return {"id": dep.name, "object": "model", "created": _unix(dep.created_at), "owned_by": "forgeflow",
+            "root": dep.model_ref}
+
+
+def _unix(stamp: str) -> int:
+    try:
+        return int(datetime.fromisoformat(stamp).timestamp())
+    except (TypeError, ValueError):
+        return 0

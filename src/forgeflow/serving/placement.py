@@ -32,7 +32,7 @@ from typing import Protocol
 from forgeflow.processes import (INSTANCE_SECRET_ENV, LIFELINE_FD_ENV, cmdline, free_port, log_tail, pid_alive,
                                  start_time)
 from forgeflow.serving.records import Deployment
-from forgeflow.serving.specs import LOCAL_COMPUTE, SCORING_MAX_BYTES
+from forgeflow.serving.specs import LOCAL_COMPUTE, MAX_PENDING_PER_INSTANCE, SCORING_MAX_BYTES
 from forgeflow.store.home import Paths
 from forgeflow.store.secrets import new_key, write_private
 
@@ -100,12 +100,14 @@ class LocalInstance(Instance):
 
 def instance_command(dep: Deployment, port: int, host: str = "127.0.0.1", python: str = sys.executable) -> list[str]:
     """What an instance runs: the model server, or forgeflow.flows.serve for a flow; either takes any body the
-    gateway may forward (an endpoint's own limit can be raised without restarting its instances). An instance
-    that reserved GPUs on its node runs its model on them."""
+    gateway may forward (an endpoint's own limit can be raised without restarting its instances), and a model server
+    queues as many requests as the gateway may send it. An instance that reserved GPUs on its node runs its model
+    on them."""
     if dep.serves_flow:
         program = ["forgeflow.flows.serve", "--flow", dep.model_path]
     else:
-        program = ["forgeflow.inference.model_server", "--model-dir", dep.model_path, "--runtime", dep.runtime]
+        program = ["forgeflow.inference.model_server", "--model-dir", dep.model_path, "--runtime", dep.runtime,
+                   "--max-queue", str(MAX_PENDING_PER_INSTANCE)]
         if dep.resources.get("gpus"):
             program += ["--device", "cuda"]
     return [python, "-m", *program, "--host", host, "--port", str(port), "--name", dep.name,

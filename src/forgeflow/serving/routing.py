@@ -1,7 +1,8 @@
 """Which deployment serves a request (the instance and admission are serving.admission's).
 
-- Deployment: the `azureml-model-deployment` header wins; then an OpenAI `model` that names a
-  deployment; else a weighted draw over the live traffic split.
+- Deployment: the `azureml-model-deployment` header wins; then a request's `model` that names a
+  deployment; else a weighted draw over the live traffic split (a `model` that names no deployment, such
+  as the gpt-4 a Prompt flow file names, is served by the traffic split too).
 - Mirror: with the mirror percentage, a copy goes to the mirror deployment (traffic-routed
   requests only, as Azure does).
 """
@@ -17,18 +18,35 @@ from forgeflow.serving.records import EndpointConfig
 def choose_deployment(cfg: EndpointConfig, header: str | None, model: str | None = None) -> tuple[str, bool]:
     """The deployment to serve, and whether traffic rules (not the caller) chose it."""
     if header:
-        if header not in cfg.deployments:
-            raise NotFound(f"endpoint {cfg.name!r} has no deployment {header!r}", field="azureml-model-deployment")
-        return header, False
+        return _named(cfg, header), False
     if model and model in cfg.deployments:
         return model, False
+    live = _live(cfg)
+    if len(live) == 1:
+        return live[0][0], True
+    return random.choices([n for n, _ in live], weights=[p for _, p in live])[0], True
+
+
+def main_deployment(cfg: EndpointConfig, header: str | None) -> str:
+    """The deployment that speaks for the endpoint (Azure AI model inference's model info): the header's, else
+    the one with the most traffic (of equals, the first by name), so the answer does not change between calls."""
+    if header:
+        return _named(cfg, header)
+    return min(_live(cfg), key=lambda live: (-live[1], live[0]))[0]
+
+
+def _named(cfg: EndpointConfig, header: str) -> str:
+    if header not in cfg.deployments:
+        raise NotFound(f"endpoint {cfg.name!r} has no deployment {header!r}", field="azureml-model-deployment")
+    return header
+
+
+def _live(cfg: EndpointConfig) -> list[tuple[str, int]]:
     live = [(name, pct) for name, pct in cfg.traffic.items() if pct > 0 and name in cfg.deployments]
     if not live:
         raise NotFound(f"endpoint {cfg.name!r} has no deployment with traffic: set it with "
                        f"forgeflow online-endpoint update --name {cfg.name} --traffic NAME=100")
-    if len(live) == 1:
-        return live[0][0], True
-    return random.choices([n for n, _ in live], weights=[p for _, p in live])[0], True
+    return live
 
 
 def choose_mirror(cfg: EndpointConfig, served_by: str) -> str | None:

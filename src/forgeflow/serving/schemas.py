@@ -1,11 +1,20 @@
-"""Response bodies of the endpoint routes, for the OpenAPI document (`/openapi.json`).
+"""Response bodies of the endpoint routes, for the OpenAPI document (`/openapi.json`), and the error shape of
+each route's dialect.
 
 Requests are validated by the chat contract (`forgeflow.chat`, so a 400 names the field and the body
 limit is checked before parsing); these models only describe what the routes answer.
+
+An endpoint speaks three dialects, and every error a route answers (the guard's, the gateway's, one an instance
+answered) is in its dialect's shape, so each client shows the message:
+
+    score   Azure ML's /score         {"error": CLASS, "message": ..., "field": ...}        (forgeflow's own)
+    openai  /v1/...                   {"error": {"message", "type", "param", "code"}}       (OpenAI's clients)
+    azure   /chat/completions, /info  {"error": {"code", "message", "status", "target"?}}  (azure-core's reading)
 """
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
 
 from fastapi import FastAPI
@@ -13,7 +22,46 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from forgeflow.chat import ChatCompletionRequest, ScoreRequest, ScoreResponse
+from forgeflow.chat import ChatCompletionRequest, CompletionRequest, ScoreRequest, ScoreResponse
+from forgeflow.errors import ForgeflowError
+
+AZURE_PATHS = ("/chat/completions", "/info")  # Azure AI model inference, on the endpoint's base URL
+
+
+class Dialect(StrEnum):
+    """Which API a scoring route speaks, and so the shape of its errors."""
+
+    SCORE = "score"
+    OPENAI = "openai"
+    AZURE = "azure"
+
+
+def dialect_of(path: str) -> Dialect:
+    """The dialect of a scoring path: `/endpoints/NAME/v1/...` is OpenAI's, `/endpoints/NAME/chat/completions` and
+    `/endpoints/NAME/info` Azure AI model inference's, anything else Azure ML's /score. A path without the
+    `/endpoints/NAME` prefix (an endpoint reached on a host or port of its own) is read the same way."""
+    if path.startswith("/endpoints/"):
+        path = "/" + path[len("/endpoints/"):].partition("/")[2]
+    if path == "/v1" or path.startswith("/v1/"):
+        return Dialect.OPENAI
+    if path in AZURE_PATHS:
+        return Dialect.AZURE
+    return Dialect.SCORE
+
+
+def error_body(dialect: Dialect, exc: ForgeflowError) -> dict[str, Any]:
+    """The JSON body of an error in the dialect's shape."""
+    status = exc.status_code
+    if dialect == Dialect.OPENAI:
+        kind = "server_error" if status >= 500 or status in (408, 424) else "invalid_request_error"
+        return {"error": {"message": exc.message, "type": kind, "param": exc.field, "code": type(exc).__name__}}
+    if dialect == Dialect.AZURE:
+        # azure-core's HttpResponseError reads code and message (shown as "(code) message") and target
+        error: dict[str, Any] = {"code": type(exc).__name__, "message": exc.message, "status": status}
+        if exc.field:
+            error["target"] = exc.field
+        return {"error": error}
+    return exc.to_dict()
 
 
 class ErrorBody(BaseModel):
@@ -37,14 +85,40 @@ class OpenAIError(BaseModel):
     error: OpenAIErrorDetail
 
 
+class AzureErrorDetail(BaseModel):
+    code: str
+    message: str
+    status: int
+    target: str | None = None
+
+
+class AzureError(BaseModel):
+    """An error on the Azure AI model inference routes (azure-core shows "(code) message")."""
+
+    error: AzureErrorDetail
+
+
+class ToolCallFunction(BaseModel):
+    name: str
+    arguments: str  # a JSON object, as text
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: str = "function"
+    function: ToolCallFunction
+
+
 class AssistantMessage(BaseModel):
     role: str = "assistant"
-    content: str
+    content: str | None  # null when the answer is tool calls alone (finish_reason "tool_calls")
+    tool_calls: list[ToolCall] | None = None
 
 
 class Choice(BaseModel):
     index: int
     message: AssistantMessage
+    logprobs: dict[str, Any] | None = None  # {"content": [{"token", "logprob", "bytes", "top_logprobs"}]}
     finish_reason: str | None = None
 
 
@@ -66,11 +140,41 @@ class ChatCompletion(BaseModel):
     usage: Usage
 
 
+class TextChoice(BaseModel):
+    index: int
+    text: str
+    finish_reason: str | None = None
+    logprobs: dict[str, Any] | None = None
+
+
+class Completion(BaseModel):
+    """A text completion (`/v1/completions`: the prompt as it is, no chat template). With `"stream": true`, server-sent
+    events of `text_completion` objects ending with `data: [DONE]`."""
+
+    id: str
+    object: str = "text_completion"
+    created: int
+    model: str
+    choices: list[TextChoice]
+    usage: Usage
+
+
 class ModelCard(BaseModel):
+    """A deployment as an OpenAI model: pass its id as `model` to route to it."""
+
     id: str
     object: str = "model"
+    created: int
     owned_by: str = "forgeflow"
     root: str | None = None
+
+
+class ModelInfo(BaseModel):
+    """Azure AI model inference's `GET /info`: the model of the deployment that serves the endpoint's requests."""
+
+    model_name: str
+    model_type: str = "chat-completion"
+    model_provider_name: str = "forgeflow"
 
 
 class ModelList(BaseModel):
@@ -98,7 +202,7 @@ def install_openapi(app: FastAPI) -> None:
             return app.openapi_schema
         doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         _, defs = models_json_schema([(ScoreRequest, "validation"), (ChatCompletionRequest, "validation"),
-                                      (ScoreResponse, "serialization")],
+                                      (CompletionRequest, "validation"), (ScoreResponse, "serialization")],
                                      ref_template="#/components/schemas/{model}")
         doc.setdefault("components", {}).setdefault("schemas", {}).update(defs.get("$defs", {}))
         app.openapi_schema = doc

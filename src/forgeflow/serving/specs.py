@@ -20,12 +20,19 @@ MAX_MIRROR_PERCENT = 50
 # and what every instance is started to accept, since the gateway forwards the body as it came.
 SCORING_MAX_BYTES = 64 * 1024 * 1024
 FLOW_RUNTIME = "flow"  # a deployment of a flow folder, served by forgeflow.flows.serve instead of a model server
-DEFAULT_REQUEST_SETTINGS = {"request_timeout_ms": 90_000, "max_concurrent_requests_per_instance": 1}
+# Eight requests at once per instance, what the transformers runtime decodes in one batch (its --max-batch-size);
+# llama.cpp queues them in the instance. The gateway lets 2 x this many pending per instance, a 429 past that.
+DEFAULT_MAX_CONCURRENT = 8
+DEFAULT_REQUEST_SETTINGS = {"request_timeout_ms": 90_000, "max_concurrent_requests_per_instance": DEFAULT_MAX_CONCURRENT}
 DEFAULT_LIVENESS = {"initial_delay": 5.0, "period": 5.0, "timeout": 5.0, "failure_threshold": 3, "success_threshold": 1}
 DEFAULT_READINESS = {"initial_delay": 0.0, "period": 1.0, "timeout": 5.0, "failure_threshold": 3, "success_threshold": 1}
 PROBES = {"liveness_probe": DEFAULT_LIVENESS, "readiness_probe": DEFAULT_READINESS}
 # Upper bounds: an hour per request, and far more than any instance serves at once.
 MAX_REQUEST_SETTINGS = {"request_timeout_ms": 3_600_000, "max_concurrent_requests_per_instance": 1000}
+# The most requests one gateway lets pending on one instance at the largest setting: the queue every model server
+# is started with, so the instance never refuses what the gateway admitted, whatever the setting is changed to
+# (a change of request settings takes effect without restarting instances).
+MAX_PENDING_PER_INSTANCE = 2 * MAX_REQUEST_SETTINGS["max_concurrent_requests_per_instance"]
 MAX_PROBE_SECONDS = 3600
 MAX_THRESHOLD = 1000
 # Where instances run: `local` is this machine; another compute target (a Ray cluster) places each instance on
@@ -65,6 +72,11 @@ def request_settings(given: dict[str, Any] | None, base: dict[str, Any] | None =
                                f"got {value!r}", field=f"request_settings.{key}")
         out[key] = value
     return out
+
+
+def max_concurrent(settings: dict[str, Any]) -> int:
+    """A deployment's max_concurrent_requests_per_instance (the default for settings stored without it)."""
+    return int(settings.get("max_concurrent_requests_per_instance", DEFAULT_MAX_CONCURRENT))
 
 
 def probe(kind: str, given: dict[str, Any] | None, base: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -1,0 +1,296 @@
+"""The OpenAI surface of a model instance: POST /v1/chat/completions and /v1/completions (with `n` choices,
+log-probabilities, tool calls, streaming), GET /v1/models and /v1/models/{id}, and OpenAI's error shape
+`{"error": {"message", "type", "param", "code"}}` for every error on a /v1 path.
+
+Each choice of `n` is its own sequence in the runtime, all queued before the answer starts (so a request the
+runtime refuses is still a 400) and decoded together. Streams interleave the choices' chunks by `index`;
+a choice's tool calls come as one `tool_calls` delta after its text, then its `finish_reason`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from contextlib import aclosing
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from forgeflow import jsonbody
+from forgeflow.chat import (ChatCompletionRequest, ChatRequest, CompletionRequest,
+                            parse_chat_completion_request, parse_completion_request)
+from forgeflow.errors import ForgeflowError, InternalError, NotFound
+from forgeflow.inference.runtimes.base import GenerationResult, Runtime, StreamEvent, TokenLogprob, TokenStream
+
+Run = Callable[[Callable[[ChatRequest], Any], ChatRequest], Awaitable[Any]]
+
+
+def openai_error(exc: ForgeflowError) -> dict[str, Any]:
+    """An error in OpenAI's shape; `param` is the field at fault, `code` the kind of error."""
+    kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    return {"error": {"message": exc.message, "type": kind, "param": exc.field, "code": type(exc).__name__}}
+
+
+class OpenAIServing:
+    """Answers the OpenAI routes for one loaded model. `ready` returns the runtime (or raises while it loads);
+    `run` calls the runtime in a worker thread, turning its failures into ForgeflowErrors."""
+
+    def __init__(self, *, name: str, ready: Callable[[], Runtime], run: Run, default_max_new_tokens: int) -> None:
+        self.name = name
+        self.ready = ready
+        self.run = run
+        self.default_max_new_tokens = default_max_new_tokens
+        self.created = int(time.time())
+
+    def model_card(self) -> dict[str, Any]:
+        return {"id": self.name, "object": "model", "created": self.created, "owned_by": "forgeflow"}
+
+    async def answer(self, body: ChatCompletionRequest | CompletionRequest) -> Any:
+        runtime = self.ready()
+        requests = body.to_requests(default_max_new_tokens=self.default_max_new_tokens)
+        shape = _Chat(body) if isinstance(body, ChatCompletionRequest) else _Text(body)
+        model = body.model or self.name
+        if body.stream:
+            streams = await self._queued(runtime, requests)
+            return StreamingResponse(
+                _sse(shape, model, streams, body.include_usage), media_type="text/event-stream",
+                headers={"cache-control": "no-cache", "x-accel-buffering": "no",
+                         "x-forgeflow-prompt-tokens": str(streams[0].prompt_tokens)})
+        results: list[GenerationResult] = list(await asyncio.gather(*(self.run(runtime.generate, r)
+                                                                        for r in requests)))
+        answer = {"id": shape.id(), "object": shape.object, "created": int(time.time()), "model": model,
+                  "choices": [shape.choice(i, result) for i, result in enumerate(results)],
+                  "usage": _usage(results)}
+        return JSONResponse(answer, headers=_usage_headers(results))
+
+    async def _queued(self, runtime: Runtime, requests: Sequence[ChatRequest]) -> list[TokenStream]:
+        """Every choice queued in the runtime, or none: a refusal cancels those already queued."""
+        streams: list[TokenStream] = []
+        try:
+            for request in requests:
+                streams.append(await self.run(runtime.stream, request))
+        except BaseException:
+            for stream in streams:
+                stream.cancel()
+            raise
+        return streams
+
+
+def openai_router(serving: OpenAIServing) -> APIRouter:
+    """The /v1 routes of a model instance."""
+    router = APIRouter()
+
+    @router.get("/v1/models")
+    async def models() -> dict:
+        return {"object": "list", "data": [serving.model_card()]}
+
+    @router.get("/v1/models/{model_id:path}")
+    async def model(model_id: str) -> dict:
+        if model_id != serving.name:
+            raise NotFound(f"this instance serves the model {serving.name!r}, not {model_id!r}", field="model")
+        return serving.model_card()
+
+    @router.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        return await serving.answer(parse_chat_completion_request(jsonbody.loads(await request.body())))
+
+    @router.post("/v1/completions")
+    async def completions(request: Request) -> Any:
+        return await serving.answer(parse_completion_request(jsonbody.loads(await request.body())))
+
+    return router
+
+
+# -- the shapes of the two answers --------------------------------------------------------------------------
+
+
+class _Chat:
+    """chat.completion objects: a message per choice, logprobs as `{"content": [...]}`."""
+
+    object = "chat.completion"
+    chunk_object = "chat.completion.chunk"
+
+    def __init__(self, body: ChatCompletionRequest) -> None:
+        self.logprobs = body.logprobs
+
+    @staticmethod
+    def id() -> str:
+        return f"chatcmpl-{uuid.uuid4().hex}"
+
+    def choice(self, index: int, result: GenerationResult) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": result.text}
+        if result.tool_calls:
+            message["content"] = result.text or None
+            message["tool_calls"] = [_tool_call(call) for call in result.tool_calls]
+        return {"index": index, "message": message, "logprobs": self._logprobs(_logprobs_of(result, self.logprobs)),
+                "finish_reason": result.finish_reason}
+
+    def opening(self, index: int) -> dict[str, Any] | None:
+        return {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+
+    def delta(self, index: int, event: StreamEvent, _offset: int) -> dict[str, Any]:
+        return {"index": index, "delta": {"content": event.text} if event.text else {},
+                "logprobs": self._logprobs(event.logprobs), "finish_reason": None}
+
+    def closing(self, index: int, result: GenerationResult) -> list[dict[str, Any]]:
+        last = []
+        if result.tool_calls:
+            calls = [{"index": i, **_tool_call(call)} for i, call in enumerate(result.tool_calls)]
+            last.append({"index": index, "delta": {"tool_calls": calls}, "logprobs": None, "finish_reason": None})
+        last.append({"index": index, "delta": {}, "logprobs": None, "finish_reason": result.finish_reason})
+        return last
+
+    def _logprobs(self, tokens: Sequence[TokenLogprob] | None) -> dict[str, Any] | None:
+        if not self.logprobs:
+            return None
+        return {"content": [{"token": t.token, "logprob": t.logprob, "bytes": list(t.bytes),
+                             "top_logprobs": [{"token": alt, "logprob": lp, "bytes": list(alt.encode())}
+                                              for alt, lp in t.top]} for t in tokens or ()],
+                "refusal": None}
+
+
+class _Text:
+    """text_completion objects: text per choice, logprobs in the legacy shape (tokens, token_logprobs,
+    top_logprobs, text_offset)."""
+
+    object = "text_completion"
+    chunk_object = "text_completion"
+
+    def __init__(self, body: CompletionRequest) -> None:
+        self.logprobs = body.logprobs is not None
+
+    @staticmethod
+    def id() -> str:
+        return f"cmpl-{uuid.uuid4().hex}"
+
+    def choice(self, index: int, result: GenerationResult) -> dict[str, Any]:
+        return {"index": index, "text": result.text, "finish_reason": result.finish_reason,
+                "logprobs": self._logprobs(_logprobs_of(result, self.logprobs), 0)}
+
+    def opening(self, index: int) -> None:
+        return None
+
+    def delta(self, index: int, event: StreamEvent, offset: int) -> dict[str, Any]:
+        return {"index": index, "text": event.text, "logprobs": self._logprobs(event.logprobs, offset),
+                "finish_reason": None}
+
+    def closing(self, index: int, result: GenerationResult) -> list[dict[str, Any]]:
+        return [{"index": index, "text": "", "logprobs": None, "finish_reason": result.finish_reason}]
+
+    def _logprobs(self, tokens: Sequence[TokenLogprob] | None, offset: int) -> dict[str, Any] | None:
+        if not self.logprobs:
+            return None
+        tokens = tokens or ()
+        offsets = []
+        for t in tokens:
+            offsets.append(offset)
+            offset += len(t.token)
+        return {"tokens": [t.token for t in tokens], "token_logprobs": [t.logprob for t in tokens],
+                "top_logprobs": [dict(t.top) for t in tokens], "text_offset": offsets}
+
+
+def _logprobs_of(result: GenerationResult, asked: bool | None) -> tuple[TokenLogprob, ...] | None:
+    if asked and result.logprobs is None:
+        raise InternalError("the runtime answered without the log-probabilities the request asked for")
+    return result.logprobs
+
+
+def _tool_call(call: Any) -> dict[str, Any]:
+    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+
+
+def _usage(results: Sequence[GenerationResult]) -> dict[str, int]:
+    """The prompt counts once (every choice reads the same one); the completions add up."""
+    prompt, completion = results[0].prompt_tokens, sum(r.completion_tokens for r in results)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _usage_headers(results: Sequence[GenerationResult]) -> dict[str, str]:
+    usage = _usage(results)
+    return {"x-forgeflow-prompt-tokens": str(usage["prompt_tokens"]),
+            "x-forgeflow-completion-tokens": str(usage["completion_tokens"]),
+            "x-forgeflow-finish-reason": str(results[0].finish_reason)}
+
+
+# -- streaming -------------------------------------------------------------------------------------------------
+
+
+async def _sse(shape: _Chat | _Text, model: str, streams: list[TokenStream],
+               include_usage: bool) -> AsyncIterator[str]:
+    """Server-sent events for the choices' streams, interleaved as their tokens come, ending `data: [DONE]`.
+    A failure after the first event is reported in-band, as OpenAI does (the status is already sent)."""
+    base = {"id": shape.id(), "object": shape.chunk_object, "created": int(time.time()), "model": model}
+    extra = {"usage": None} if include_usage else {}
+
+    def event(choice: dict[str, Any]) -> str:
+        return f"data: {json.dumps({**base, 'choices': [choice], **extra})}\n\n"
+
+    results: list[GenerationResult | None] = [None] * len(streams)
+    offsets = [0] * len(streams)
+    try:
+        for index in range(len(streams)):
+            opening = shape.opening(index)
+            if opening:
+                yield event(opening)
+        async with aclosing(_interleaved(streams)) as steps:
+            async for index, step in steps:
+                if step.text or step.logprobs:
+                    yield event(shape.delta(index, step, offsets[index]))
+                    offsets[index] += len(step.text)
+                if step.result is not None:
+                    results[index] = step.result
+                    for closing in shape.closing(index, step.result):
+                        yield event(closing)
+        done = [r for r in results if r is not None]
+        if len(done) < len(streams):
+            raise RuntimeError("the runtime ended a stream without a result")
+        if include_usage:
+            yield f"data: {json.dumps({**base, 'choices': [], 'usage': _usage(done)})}\n\n"
+    except Exception as exc:  # headers are sent: report in-band, as OpenAI does
+        message = exc.message if isinstance(exc, ForgeflowError) else f"{type(exc).__name__}: {exc}"
+        error = {"message": f"generation failed: {message}", "type": "server_error", "param": None, "code": None}
+        yield f"data: {json.dumps({'error': error})}\n\n"
+    finally:
+        for stream in streams:
+            stream.cancel()  # the client may have gone: free the sequences
+    yield "data: [DONE]\n\n"
+
+
+async def _interleaved(streams: list[TokenStream]) -> AsyncIterator[tuple[int, StreamEvent]]:
+    """(choice index, event) pairs from every stream, in the order they arrive; each stream is read in a worker
+    thread. A stream that fails raises here."""
+    if len(streams) == 1:  # the common case: no queue, no task
+        events = iter(streams[0])
+        while (step := await run_in_threadpool(next, events, None)) is not None:
+            yield 0, step
+        return
+    queue: asyncio.Queue[tuple[int, StreamEvent | None, BaseException | None]] = asyncio.Queue()
+
+    async def pump(index: int, stream: TokenStream) -> None:
+        events = iter(stream)
+        try:
+            while (step := await run_in_threadpool(next, events, None)) is not None:
+                queue.put_nowait((index, step, None))
+            queue.put_nowait((index, None, None))
+        except Exception as exc:
+            queue.put_nowait((index, None, exc))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        running = len(tasks)
+        while running:
+            index, step, failure = await queue.get()
+            if failure is not None:
+                raise failure
+            if step is None:
+                running -= 1
+                continue
+            yield index, step
+    finally:
+        for task in tasks:
+            task.cancel()

@@ -1,0 +1,483 @@
+"""The gateway's forwarding core, under every scoring route (serving/gateway.py): checks the endpoint's key or
+token, bounds and validates the body, picks a deployment (header, request's `model`, or traffic split; mirror
+copies on the side) and a ready instance, admits or refuses the request, and forwards it, passing streams
+through chunk by chunk. A request for an autoscaled deployment with no ready instance (scaled to zero, or its
+instance still starting) wakes one and waits for it, up to request_timeout_ms, instead of failing.
+
+Status codes follow Azure ML online endpoints: 400 bad body, 401 key, 404 no deployment with
+traffic, 408 past request_timeout_ms, 413 too large, 424 model server failed (reason in
+`ms-azureml-model-error-reason`), 429 too many pending (with Retry-After), 503 no ready instance.
+Every answer from a chosen deployment carries `azureml-model-deployment`. Errors are in the route's dialect
+(`schemas.error_body`), those an instance answered included.
+
+Every server of a database serves every endpoint: the leader forwards to its supervisor's instances, a follower
+to those the leader publishes (`EndpointService.ready_instances`). Admission counts are per server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from forgeflow import jsonbody
+from forgeflow.errors import (Conflict, Forbidden, ForgeflowError, InvalidInput, NotFound, PayloadTooLarge,
+                              RequestTimeout, ServerUnavailable, TooManyRequests, Unauthorized, UpstreamError, by_name)
+from forgeflow.serving import access, routing, specs
+from forgeflow.serving.admission import Ticket
+from forgeflow.serving.auth import presented_credential
+from forgeflow.serving.endpoints import DEFAULT_MAX_BODY_BYTES, EndpointService
+from forgeflow.serving.metrics import Metrics
+from forgeflow.serving.placement import Instance
+from forgeflow.serving.records import Deployment, EndpointConfig
+from forgeflow.serving.schemas import Dialect, error_body
+from forgeflow.store.states import DeploymentState
+
+DEPLOYMENT_HEADER = "azureml-model-deployment"
+REASON_HEADER = "ms-azureml-model-error-reason"
+RETRY = {"Retry-After": "1"}
+ERRORS = {400: "body malformed (names the field)", 401: "missing or wrong key or token", 404: "no such endpoint or "
+          "deployment, or none with traffic", 408: "past request_timeout_ms", 413: "body over the size limit",
+          424: "the model server failed", 429: "too many pending requests", 503: "no ready instance"}
+# Rewrites a parsed body before it is validated and forwarded (None: forward it as it came); raises InvalidInput.
+Adapt = Callable[[Request, Any], Any]
+
+log = logging.getLogger("forgeflow.gateway")
+
+
+def max_body_bytes(cfg: EndpointConfig) -> int:
+    """The endpoint's own limit, else FORGEFLOW_MAX_BODY_BYTES, else 1 MiB."""
+    return cfg.max_body_bytes or int(os.environ.get("FORGEFLOW_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))
+
+
+class Call:
+    """One request through the gateway: what it needs for the answer and for the metrics."""
+
+    def __init__(self, request: Request, endpoint: str, dialect: Dialect) -> None:
+        self.request = request
+        self.endpoint = endpoint
+        self.dialect = dialect
+        self.svc: EndpointService = request.app.state.ff.endpoints
+        self.started = time.perf_counter()
+        self.deployment: str | None = None
+        self.known = False  # only existing endpoints get metric series
+        self.by_instance = False  # an instance answered (not the gateway itself): its latency counts for scaling
+
+    def headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        h = {"x-request-id": uuid.uuid4().hex}
+        if self.deployment:
+            h[DEPLOYMENT_HEADER] = self.deployment
+        return h | (extra or {})
+
+    def fail(self, exc: ForgeflowError, headers: dict | None = None) -> Response:
+        """The error answer, in the route's dialect."""
+        self.record(exc.status_code)
+        return JSONResponse(error_body(self.dialect, exc), status_code=exc.status_code, headers=self.headers(headers))
+
+    def record(self, status: int, completion_tokens: int | None = None, prompt_tokens: int | None = None) -> None:
+        if not self.known:
+            return
+        m = self.svc.metrics
+        labels = Metrics.labels(endpoint=self.endpoint, deployment=self.deployment)
+        m.inc("forgeflow_requests_total", labels + (("code", str(status)),))
+        took = time.perf_counter() - self.started
+        m.observe("forgeflow_request_duration_seconds", labels, took)
+        if self.by_instance:
+            m.observe("forgeflow_instance_request_duration_seconds", labels, took)
+        if completion_tokens:
+            m.inc("forgeflow_generated_tokens_total", labels, completion_tokens)
+        if prompt_tokens:
+            m.inc("forgeflow_prompt_tokens_total", labels, prompt_tokens)
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The body, or None once it is over the limit (read no further than that)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def authorized_config(call: Call) -> EndpointConfig:
+    """The endpoint's configuration once the presented key opens it. An unknown endpoint answers like a wrong key,
+    so names cannot be probed apart from keys (and the guard limits failed keys per address)."""
+    endpoint = call.endpoint
+    try:
+        cfg = await call.svc.view(endpoint)
+    except NotFound:
+        cfg = None
+    call.known = cfg is not None
+    if cfg is None or not await access.authorize(call.svc.ws.identity, cfg, presented_credential(call.request)):
+        raise Unauthorized(f"missing or wrong key for endpoint {endpoint!r}, or no such endpoint: send "
+                           f"'Authorization: Bearer <key>' or 'api-key: <key>' (see: forgeflow online-endpoint "
+                           f"get-credentials --name {endpoint})")
+    return cfg
+
+
+async def handle(request: Request, endpoint: str, path: str, parse: Callable[[Any], Any], dialect: Dialect,
+                 adapt: Adapt | None = None) -> Response:
+    """Serve one scoring request: `path` is the instance's route it goes to, `parse` validates the body (raising
+    InvalidInput naming the field) and its result's `model` and `stream` say where it goes and how it comes back.
+    Only /score reaches a flow deployment, with the flow's inputs."""
+    call = Call(request, endpoint, dialect)
+    try:
+        cfg = await authorized_config(call)
+        limit = max_body_bytes(cfg)
+        raw = await _read_body(request, limit)
+        if raw is None:
+            raise PayloadTooLarge(f"the body is larger than {limit} bytes")
+        body = jsonbody.loads(raw)
+        if adapt is not None and (changed := adapt(request, body)) is not None:
+            body, raw = changed, json.dumps(changed).encode()
+        # A flow deployment takes its flow's inputs on /score, so the chat contract is checked
+        # only once the chosen deployment is known to serve a model.
+        scoring = dialect == Dialect.SCORE
+        serves_flows = any(d.serves_flow for d in cfg.deployments.values())
+        parsed = parse(body) if not scoring or not serves_flows else None
+        model = getattr(parsed, "model", None)
+        call.deployment, by_traffic = routing.choose_deployment(cfg, request.headers.get(DEPLOYMENT_HEADER),
+                                                                model if isinstance(model, str) else None)
+        if serves_flows:
+            if not cfg.deployments[call.deployment].serves_flow:
+                parsed = parsed or parse(body)
+            elif not scoring:
+                raise InvalidInput(f"deployment {call.deployment!r} serves a flow: send the flow's inputs to /score")
+            elif not isinstance(body, dict):
+                raise InvalidInput("the body must be a JSON object of the flow's inputs")
+        if by_traffic:
+            mirror = routing.choose_mirror(cfg, call.deployment)
+            if mirror:
+                _mirror(call, cfg, mirror, path, raw)
+        stream = getattr(parsed, "stream", False) is True
+        return await _forward(call, cfg, path, raw, stream)
+    except ForgeflowError as e:
+        return call.fail(e)
+
+
+async def _forward(call: Call, cfg: EndpointConfig, path: str, raw: bytes, stream: bool) -> Response:
+    svc = call.svc
+    assert call.deployment is not None
+    dep = cfg.deployments[call.deployment]
+    timeout_s = dep.request_timeout_s
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s  # one for the whole request: waiting for a wake takes from the answer's time
+    ready = svc.ready_instances(dep.key)
+    if not ready and not svc.leading:  # a follower's copy of the leader's board may lag: read it once more
+        ready = await run_in_threadpool(svc.ready_instances_now, dep.key)
+    if not ready and (not dep.autoscaled or dep.state == DeploymentState.FAILED):
+        return call.fail(ServerUnavailable(f"deployment {dep.name!r} has no ready instance (state {dep.state}); "
+                                           "retry shortly"), RETRY)
+    # While an autoscaled deployment wakes, it takes the requests one instance would.
+    ticket = svc.admission.admit(dep.key, dep.request_settings, len(ready) or 1)
+    if ticket is None:
+        return call.fail(TooManyRequests(
+            f"deployment {dep.name!r} already has {svc.admission.pending(dep.key)} pending requests, the most it "
+            f"takes (2 x max_concurrent_requests_per_instance {specs.max_concurrent(dep.request_settings)} x "
+            f"{len(ready) or 1} ready instances); retry later or raise it with: forgeflow online-deployment update "
+            f"--set request_settings.max_concurrent_requests_per_instance=N"), RETRY)
+    handed_over = False
+    try:
+        if not ready:
+            ready = await _woken(call.request, svc, dep, deadline)
+        client: httpx.AsyncClient = call.request.app.state.ff.http
+        while True:
+            inst = ticket.place(ready)
+            left = max(deadline - loop.time(), 0.001)
+            try:
+                req = client.build_request("POST", f"{inst.url}{path}", content=raw,
+                                           headers={"content-type": "application/json", **inst.auth},
+                                           timeout=left)
+                resp = await asyncio.wait_for(client.send(req, stream=True), left)
+            except httpx.ConnectError:
+                # Nothing reached the instance (it died since the last probe): try another one.
+                svc.mark_unready(inst)
+                ticket.unplace()  # while it waits, the dead instance must not count it (a drain waits for it)
+                ready = [i for i in ready if i is not inst and i.ready]
+                if not ready and dep.autoscaled:  # e.g. drained by a scale-in just now
+                    ready = await _woken(call.request, svc, dep, deadline)
+                if not ready:
+                    return call.fail(ServerUnavailable(f"deployment {dep.name!r} has no ready instance; retry shortly"),
+                                     RETRY)
+                continue
+            except (asyncio.TimeoutError, httpx.TimeoutException):
+                return call.fail(_too_slow(timeout_s))
+            except httpx.HTTPError as e:
+                failed = UpstreamError(f"the model server of deployment {dep.name!r} failed: {type(e).__name__}")
+                return call.fail(failed, {REASON_HEADER: "model_server_unreachable"})
+            break
+        if stream and resp.status_code == 200 and resp.headers.get("content-type", "").startswith("text/event-stream"):
+            handed_over = True
+            call.by_instance = True
+            done = _Release(call, resp, ticket)
+            return _RelayResponse(_relay(call, resp, done, timeout_s), done, media_type="text/event-stream",
+                                  headers=call.headers({"cache-control": "no-cache"}))
+        try:
+            content = await asyncio.wait_for(resp.aread(), max(deadline - loop.time(), 0.001))
+        except (asyncio.TimeoutError, httpx.TimeoutException):
+            return call.fail(_too_slow(timeout_s))
+        except httpx.HTTPError as e:
+            return call.fail(UpstreamError(f"the model server failed while answering: {type(e).__name__}"),
+                             {REASON_HEADER: "model_server_unreachable"})
+        finally:
+            await resp.aclose()
+        return _answer(call, resp, content)
+    except ServerUnavailable as e:  # no instance woke in time, or none could be started
+        return call.fail(e, RETRY)
+    except _ClientLeft:
+        call.record(499)
+        return Response(status_code=499)
+    finally:
+        if not handed_over:
+            ticket.release()
+
+
+class _ClientLeft(Exception):
+    """The client went away while its request waited for an instance."""
+
+
+async def _woken(request: Request, svc: EndpointService, dep: Deployment, deadline: float) -> list[Instance]:
+    """The ready instances of an autoscaled deployment that had none, once there are: one is woken if it is
+    scaled to zero, and the request waits for it until its deadline (request_timeout_ms after it arrived), or
+    until its client leaves. The wake is asked again each second, as a deployment cannot scale while it is
+    being updated. An instance that cannot be started is a 503 at once, with the reason."""
+    loop = asyncio.get_running_loop()
+    asked = -math.inf
+    while not (ready := svc.ready_instances(dep.key)):
+        if await request.is_disconnected():
+            raise _ClientLeft()
+        moment = loop.time()
+        if moment >= deadline:
+            raise ServerUnavailable(
+                f"deployment {dep.name!r} had no ready instance and none became ready within request_timeout_ms="
+                f"{int(dep.request_timeout_s * 1000)} (an autoscaled deployment starts one when it has none); retry "
+                f"shortly, or keep one running with: forgeflow online-deployment update --name {dep.name} "
+                f"--endpoint-name {dep.endpoint} --set scale_settings.min_instances=1")
+        if moment - asked >= 1.0:
+            asked = moment
+            await _wake(svc, dep)
+        await asyncio.sleep(0.05)
+    return ready
+
+
+async def _wake(svc: EndpointService, dep: Deployment) -> None:
+    """Ask for an instance of a deployment scaled to zero (off the event loop: it starts a process or an
+    actor); a failure to start one is a 503 that says why."""
+    try:
+        await asyncio.to_thread(svc.autoscaler.wake, dep.key)
+    except Exception as e:  # the placement's own failure (a target gone, a program that cannot start)
+        log.warning("could not wake deployment %s/%s: %s", dep.endpoint, dep.name, e)
+        reason = e.message if isinstance(e, ForgeflowError) else f"{type(e).__name__}: {e}"
+        raise ServerUnavailable(f"deployment {dep.name!r} is scaled to zero and no instance could be started: "
+                                f"{reason}; retry shortly (see: forgeflow online-deployment get-logs --name "
+                                f"{dep.name} --endpoint-name {dep.endpoint})") from e
+
+
+def _too_slow(timeout_s: float) -> RequestTimeout:
+    return RequestTimeout(f"the model did not answer within request_timeout_ms={int(timeout_s * 1000)}")
+
+
+def _answer(call: Call, resp: httpx.Response, content: bytes) -> Response:
+    call.by_instance = True
+    if resp.status_code == 401:  # not the caller's key: the instance refused ours (another process on its port)
+        return call.fail(UpstreamError("the model server refused the gateway's instance key; retry shortly"),
+                         {REASON_HEADER: "model_server_refused", **RETRY})
+    if resp.status_code == 503:
+        reason = _upstream_error(503, content).message
+        return call.fail(ServerUnavailable(f"the instance is not ready: {reason}; retry shortly"), RETRY)
+    if resp.status_code >= 500:
+        reason = _upstream_error(resp.status_code, content).message
+        return call.fail(UpstreamError(f"the model server failed: {reason}"[:1000]), {REASON_HEADER: "model_error"})
+    if resp.status_code >= 400:  # the instance's refusal (a field it cannot honour), in this route's dialect
+        return call.fail(_upstream_error(resp.status_code, content), RETRY if resp.status_code == 429 else None)
+    extra = {h: resp.headers[h] for h in ("x-forgeflow-prompt-tokens", "x-forgeflow-completion-tokens",
+                                          "x-forgeflow-finish-reason") if h in resp.headers}
+    call.record(resp.status_code, _int(extra.get("x-forgeflow-completion-tokens")),
+                _int(extra.get("x-forgeflow-prompt-tokens")))
+    return Response(content, status_code=resp.status_code, media_type="application/json", headers=call.headers(extra))
+
+
+def _upstream_error(status: int, content: bytes) -> ForgeflowError:
+    """An instance's error answer as the exception it stands for, whichever shape it came in: forgeflow's
+    (`{"error": CLASS, "message", "field"}`), OpenAI's or Azure's (`{"error": {...}}`), FastAPI's
+    (`{"detail": ...}`), or not JSON at all."""
+    kind = _BY_STATUS.get(status, ForgeflowError)
+    try:
+        body = json.loads(content)
+    except ValueError:
+        body = None
+    message, name, field = content.decode(errors="replace") or f"the model server answered {status}", None, None
+    if isinstance(body, dict):
+        inner = body.get("error")
+        if isinstance(inner, dict) and inner.get("message"):
+            message, name, field = inner["message"], inner.get("code"), inner.get("param") or inner.get("target")
+        elif body.get("message"):
+            message, name, field = body["message"], body.get("error"), body.get("field")
+        elif isinstance(body.get("detail"), str):
+            message = body["detail"]
+    return by_name(str(name), kind)(str(message), field=field if isinstance(field, str) else None, status_code=status)
+
+
+_BY_STATUS = {c.status_code: c for c in (InvalidInput, Unauthorized, Forbidden, NotFound, RequestTimeout, Conflict,
+                                         PayloadTooLarge, TooManyRequests)}
+
+
+class _Release:
+    """Give back what a relayed stream holds (the upstream response, its admission ticket) exactly
+    once: when the stream ends, breaks, or the client leaves before it even started."""
+
+    def __init__(self, call: Call, resp: httpx.Response, ticket: Ticket) -> None:
+        self.call, self.resp, self.ticket = call, resp, ticket
+        self.status, self.tokens, self.usage = 499, 0, None  # 499: the client went away first
+        self.done = False
+
+    async def __call__(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.ticket.release()
+        try:
+            await self.resp.aclose()
+        finally:
+            usage = self.usage
+            self.call.record(self.status, usage.get("completion_tokens") if usage else self.tokens,
+                             usage.get("prompt_tokens") if usage else None)
+
+
+class _RelayResponse(StreamingResponse):
+    def __init__(self, content: AsyncIterator[bytes], release: _Release, **kwargs) -> None:
+        super().__init__(content, **kwargs)
+        self.release = release
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.release()
+
+
+async def _relay(call: Call, resp: httpx.Response, release: _Release, timeout_s: float) -> AsyncIterator[bytes]:
+    """Pass a server-sent-event stream through as its events complete, timing the first chunk and counting
+    tokens (the final `usage` when the server sends one, else one per content chunk).
+
+    When the upstream breaks off (the instance died, or was silent past request_timeout_ms), the status is
+    already sent: the client gets an error event and no `data: [DONE]`, so it knows the answer is incomplete
+    (OpenAI's clients raise it), and the request counts as a 424 (or 408). A half-received event is dropped,
+    never passed on. Events end with an empty line (LF line ends), as the model and flow servers write them."""
+    m, labels = call.svc.metrics, Metrics.labels(endpoint=call.endpoint, deployment=call.deployment)
+    first, pending = True, b""
+    try:
+        async for chunk in resp.aiter_raw():
+            if first:
+                first = False
+                m.observe("forgeflow_time_to_first_token_seconds", labels, time.perf_counter() - call.started)
+            pending += chunk
+            cut = pending.rfind(b"\n\n")
+            if cut < 0:
+                continue
+            events, pending = pending[:cut + 2], pending[cut + 2:]
+            for line in events.split(b"\n"):
+                n, u = _sse_tokens(line)
+                release.tokens += n
+                release.usage = u or release.usage
+            yield events
+        if pending:
+            yield pending
+        release.status = 200
+    except httpx.HTTPError as e:
+        broken = _too_slow(timeout_s) if isinstance(e, httpx.TimeoutException) else UpstreamError(
+            f"the model server of deployment {call.deployment!r} broke off the stream ({type(e).__name__}): "
+            "the answer is incomplete")
+        release.status = broken.status_code
+        yield _error_event(broken)
+    finally:
+        await release()
+
+
+def _error_event(exc: ForgeflowError) -> bytes:
+    """The event OpenAI's streams send when an answer fails after its first chunk."""
+    error = {"message": exc.message, "type": "server_error", "param": None, "code": type(exc).__name__}
+    return f"data: {json.dumps({'error': error})}\n\n".encode()
+
+
+def _sse_tokens(line: bytes) -> tuple[int, dict | None]:
+    if not line.startswith(b"data:") or b"[DONE]" in line:
+        return 0, None
+    try:
+        event = json.loads(line[5:])
+    except ValueError:
+        return 0, None
+    if not isinstance(event, dict):
+        return 0, None
+    usage = event.get("usage")
+    # a chat chunk's delta.content, a text completion chunk's text
+    content = any((c.get("delta") if isinstance(c.get("delta"), dict) else {}).get("content") or c.get("text")
+                  for c in event.get("choices") or [] if isinstance(c, dict))
+    return int(content), usage if isinstance(usage, dict) else None
+
+
+def _mirror(call: Call, cfg: EndpointConfig, deployment: str, path: str, raw: bytes) -> None:
+    """Send a copy in the background; its answer is discarded and never reaches the caller."""
+    svc, dep = call.svc, cfg.deployments[deployment]
+    ready = svc.ready_instances(dep.key)
+    if not ready and dep.autoscaled and dep.state != DeploymentState.FAILED:
+        # Scaled to zero (or waking): this copy is dropped, but the deployment is woken for the next ones.
+        _background_task(_mirror_wake(svc, dep))
+        return
+    ticket = svc.admission.admit(dep.key, dep.request_settings, len(ready))
+    if ticket is None:
+        return  # a mirror never queues up behind its limit (nor goes where no instance is ready)
+    client: httpx.AsyncClient = call.request.app.state.ff.http
+    inst = ticket.place(ready)
+
+    async def send() -> None:
+        code = "error"
+        try:
+            resp = await client.post(f"{inst.url}{path}", content=raw,
+                                     headers={"content-type": "application/json", **inst.auth},
+                                     timeout=dep.request_timeout_s)
+            code = str(resp.status_code)
+        except httpx.HTTPError:
+            pass
+        finally:
+            ticket.release()
+            svc.metrics.inc("forgeflow_mirrored_requests_total",
+                            Metrics.labels(endpoint=call.endpoint, deployment=deployment, code=code))
+
+    _background_task(send())
+
+
+async def _mirror_wake(svc: EndpointService, dep: Deployment) -> None:
+    try:
+        await _wake(svc, dep)
+    except ServerUnavailable:
+        pass  # logged by _wake; the next mirrored copy asks again
+
+
+def _background_task(work) -> None:
+    task = asyncio.get_running_loop().create_task(work)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+_background: set[asyncio.Task] = set()
+
+
+def _int(value: str | None) -> int | None:
+    return int(value) if value and value.isdigit() else None

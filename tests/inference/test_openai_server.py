@@ -1,0 +1,267 @@
+"""The OpenAI surface of a model instance, with a scripted runtime: what is under test is the server's
+translation (n choices as n sequences, logprobs and tool calls in OpenAI's shapes, interleaved streams, the
+legacy completions shape, OpenAI's error shape on /v1 and 400 for a value the runtime refuses)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+
+from forgeflow.chat import ChatRequest
+from forgeflow.inference.model_server import create_app
+from forgeflow.inference.runtimes.base import GenerationResult, StreamEvent, TokenLogprob, ToolCall
+
+USER = {"role": "user", "content": "What is the capital of France?"}
+CHAT = "/v1/chat/completions"
+TOOL = {"type": "function", "function": {"name": "capital", "parameters": {
+    "type": "object", "properties": {"country": {"type": "string"}}, "required": ["country"]}}}
+
+
+class ScriptedStream:
+    """A runtime's token stream whose tokens follow from its request: "Par" "is" "." (or "seed<N>" " ok" when
+    seeded), each with a logprob and its alternatives when asked; a tool call when tools are offered."""
+
+    def __init__(self, runtime: Scripted, request: ChatRequest) -> None:
+        self.runtime, self.request = runtime, request
+        self.prompt_tokens = 5
+        seed = request.sampling.seed
+        self.pieces = ["Par", "is", "."] if seed is None else [f"seed{seed}", " ok"]
+        self.calls = ()
+        if request.tools and request.tools.choice != "none":
+            chosen = request.tools.choice if request.tools.choice not in ("auto", "required") else \
+                request.tools.definitions[0]["function"]["name"]
+            self.pieces, self.calls = [], (ToolCall(f"call_{len(runtime.requests) - 1}", chosen, '{"country": "France"}'),)
+
+    def _logprob(self, index: int, piece: str) -> TokenLogprob:
+        alternatives = (("Rome", -2.5), ("Berlin", -3.0), ("Oslo", -4.0))[: self.request.logprobs or 0]
+        return TokenLogprob(piece, -0.25 * (index + 1), tuple(piece.encode()), alternatives)
+
+    def __iter__(self):
+        asked = self.request.logprobs is not None
+        logprobs = tuple(self._logprob(i, p) for i, p in enumerate(self.pieces))
+        for i, piece in enumerate(self.pieces):
+            yield StreamEvent(piece, None, (logprobs[i],) if asked else ())
+        finish = "tool_calls" if self.calls else "stop"
+        result = GenerationResult("".join(self.pieces), self.prompt_tokens, len(self.pieces) + len(self.calls), finish,
+                                  logprobs if asked else None, self.calls)
+        yield StreamEvent("", result)
+
+    def cancel(self) -> None:
+        self.runtime.cancelled += 1
+
+    def run(self) -> GenerationResult:
+        return [e for e in self][-1].result
+
+
+class Scripted:
+    """A runtime that records the requests it got; `refuse` makes `stream` raise ValueError for some of them, as a
+    runtime does for a value it cannot take."""
+
+    name = "scripted"
+
+    def __init__(self, refuse=lambda request: False) -> None:
+        self.requests: list[ChatRequest] = []
+        self.cancelled = 0
+        self.refuse = refuse
+
+    def stream(self, request):
+        if self.refuse(request):
+            raise ValueError("logit_bias names token 99999, past this model's vocabulary of 400")
+        self.requests.append(request)
+        return ScriptedStream(self, request)
+
+    def generate(self, request):
+        return self.stream(request).run()
+
+    def health(self):
+        return {"runtime": self.name}
+
+    def close(self):
+        pass
+
+
+def serve(runtime, check):
+    async def main():
+        app = create_app(lambda: runtime, name="tiny", default_max_new_tokens=7)
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://model") as client:
+                for _ in range(200):
+                    if (await client.get("/health")).status_code == 200:
+                        break
+                    await asyncio.sleep(0.01)
+                return await check(client)
+
+    return asyncio.run(main())
+
+
+def events(response) -> list[dict]:
+    assert response.status_code == 200, response.text
+    assert response.text.endswith("data: [DONE]\n\n"), response.text[-300:]
+    blocks = [b for b in response.text.split("\n\n") if b]
+    return [json.loads(b[len("data: "):]) for b in blocks[:-1]]
+
+
+def test_n_choices_are_sequences_of_their_own():
+    runtime = Scripted()
+
+    async def check(client):
+        answer = (await client.post(CHAT, json={"messages": [USER], "n": 3, "seed": 40, "model": "blue"})).json()
+        assert sorted(r.sampling.seed for r in runtime.requests) == [40, 41, 42]  # queued from worker threads
+        assert answer["object"] == "chat.completion" and answer["model"] == "blue" and answer["created"] > 0
+        assert [c["index"] for c in answer["choices"]] == [0, 1, 2]
+        assert [c["message"]["content"] for c in answer["choices"]] == ["seed40 ok", "seed41 ok", "seed42 ok"]
+        assert all(c["logprobs"] is None and c["finish_reason"] == "stop" for c in answer["choices"])
+        assert answer["usage"] == {"prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11}
+
+        runtime.requests.clear()
+        streamed = events(await client.post(CHAT, json={"messages": [USER], "n": 2, "seed": 7, "stream": True,
+                                                        "stream_options": {"include_usage": True}}))
+        assert len({c["id"] for c in streamed}) == 1
+        assert all(c["object"] == "chat.completion.chunk" for c in streamed)
+        for index in (0, 1):
+            mine = [c["choices"][0] for c in streamed if c["choices"] and c["choices"][0]["index"] == index]
+            assert mine[0]["delta"] == {"role": "assistant", "content": ""}
+            assert "".join(c["delta"].get("content", "") for c in mine) == f"seed{7 + index} ok"
+            assert [c["finish_reason"] for c in mine if c["finish_reason"]] == ["stop"]
+        assert streamed[-1]["choices"] == [] and streamed[-1]["usage"]["completion_tokens"] == 4
+        assert runtime.cancelled >= 2  # every choice's sequence is let go once the stream ends
+
+    serve(runtime, check)
+
+
+def test_logprobs_in_openai_shapes():
+    runtime = Scripted()
+
+    async def check(client):
+        answer = (await client.post(CHAT, json={"messages": [USER], "logprobs": True, "top_logprobs": 2})).json()
+        assert runtime.requests[-1].logprobs == 2
+        content = answer["choices"][0]["logprobs"]["content"]
+        assert [t["token"] for t in content] == ["Par", "is", "."]
+        assert content[0] == {"token": "Par", "logprob": -0.25, "bytes": list(b"Par"), "top_logprobs": [
+            {"token": "Rome", "logprob": -2.5, "bytes": list(b"Rome")},
+            {"token": "Berlin", "logprob": -3.0, "bytes": list(b"Berlin")}]}
+        plain = (await client.post(CHAT, json={"messages": [USER], "logprobs": True})).json()
+        assert runtime.requests[-1].logprobs == 0
+        assert plain["choices"][0]["logprobs"]["content"][2]["top_logprobs"] == []
+        assert (await client.post(CHAT, json={"messages": [USER], "logprobs": False})).json()["choices"][0][
+            "logprobs"] is None
+        assert runtime.requests[-1].logprobs is None
+
+        streamed = events(await client.post(CHAT, json={"messages": [USER], "logprobs": True, "top_logprobs": 1,
+                                                        "stream": True}))
+        tokens = [t for c in streamed for t in (c["choices"][0]["logprobs"] or {}).get("content", [])]
+        assert [(t["token"], t["logprob"]) for t in tokens] == [("Par", -0.25), ("is", -0.5), (".", -0.75)]
+        assert all(len(t["top_logprobs"]) == 1 for t in tokens)
+
+    serve(runtime, check)
+
+
+def test_tool_calls_in_openai_shapes():
+    runtime = Scripted()
+    body = {"messages": [USER], "tools": [TOOL], "tool_choice": "required"}
+
+    async def check(client):
+        answer = (await client.post(CHAT, json=body)).json()
+        assert runtime.requests[-1].tools.choice == "required"
+        choice = answer["choices"][0]
+        assert choice["finish_reason"] == "tool_calls"
+        assert choice["message"] == {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_0", "type": "function", "function": {"name": "capital", "arguments": '{"country": "France"}'}}]}
+
+        streamed = events(await client.post(CHAT, json={**body, "stream": True}))
+        deltas = [c["choices"][0] for c in streamed]
+        calls = [d["delta"]["tool_calls"] for d in deltas if "tool_calls" in d["delta"]]
+        assert calls == [[{"index": 0, "id": "call_1", "type": "function",
+                           "function": {"name": "capital", "arguments": '{"country": "France"}'}}]]
+        assert deltas[-1] == {"index": 0, "delta": {}, "logprobs": None, "finish_reason": "tool_calls"}
+
+        none = (await client.post(CHAT, json={**body, "tool_choice": "none"})).json()
+        assert none["choices"][0]["message"] == {"role": "assistant", "content": "Paris."}
+
+    serve(runtime, check)
+
+
+def test_completions_in_the_legacy_shape():
+    runtime = Scripted()
+
+    async def check(client):
+        answer = (await client.post("/v1/completions", json={"prompt": "The capital of France is", "logprobs": 1,
+                                                              "n": 2})).json()
+        assert runtime.requests[-1].prompt == "The capital of France is" and runtime.requests[-1].messages == []
+        assert runtime.requests[-1].max_new_tokens == 16  # OpenAI's default, not the chat default of 7
+        assert answer["object"] == "text_completion" and answer["id"].startswith("cmpl-")
+        assert [c["text"] for c in answer["choices"]] == ["Paris.", "Paris."]
+        assert answer["choices"][0]["logprobs"] == {
+            "tokens": ["Par", "is", "."], "token_logprobs": [-0.25, -0.5, -0.75],
+            "top_logprobs": [{"Rome": -2.5}] * 3, "text_offset": [0, 3, 5]}
+        assert answer["usage"] == {"prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11}
+
+        streamed = events(await client.post("/v1/completions", json={"prompt": ["Hi"], "stream": True, "logprobs": 0,
+                                                                     "stream_options": {"include_usage": True}}))
+        assert all(c["object"] == "text_completion" for c in streamed)
+        choices = [c["choices"][0] for c in streamed if c["choices"]]
+        assert "".join(c["text"] for c in choices) == "Paris."
+        assert [o for c in choices if c["logprobs"] for o in c["logprobs"]["text_offset"]] == [0, 3, 5]
+        assert choices[-1]["finish_reason"] == "stop" and streamed[-1]["usage"]["total_tokens"] == 8
+
+    serve(runtime, check)
+
+
+def test_models_and_every_v1_error_in_openai_shape():
+    runtime = Scripted(refuse=lambda request: bool(request.sampling.logit_bias) or request.sampling.seed == 666)
+
+    async def check(client):
+        card = (await client.get("/v1/models/tiny")).json()
+        assert card["id"] == "tiny" and card["object"] == "model" and card["created"] > 0
+        assert (await client.get("/v1/models")).json()["data"] == [card]
+
+        def openai_error(response, status, param=None):
+            assert response.status_code == status, response.text
+            error = response.json()["error"]
+            assert set(error) == {"message", "type", "param", "code"} and error["param"] == param
+            assert error["type"] == ("invalid_request_error" if status < 500 else "server_error")
+            return error
+
+        openai_error(await client.get("/v1/models/gpt-4"), 404, "model")
+        openai_error(await client.post(CHAT, json={"messages": [USER], "audio": {"voice": "alloy"}}), 400, "audio")
+        openai_error(await client.post("/v1/completions", json={"prompt": [1, 2]}), 400, "prompt")
+        openai_error(await client.post(CHAT, content=b"{nope"), 400)
+        openai_error(await client.get("/v1/embeddings"), 404)
+        openai_error(await client.get(CHAT), 405)
+        # a value only the runtime can judge (a token id past the vocabulary) is a 400, on every route
+        biased = {"messages": [USER], "logit_bias": {"99999": 5}}
+        assert "vocabulary" in openai_error(await client.post(CHAT, json=biased), 400)["message"]
+        assert (await client.post(CHAT, json={**biased, "stream": True})).status_code == 400
+        score = await client.post("/score", json={"input_data": {"input_string": [USER]}, "params": {"foo": 1}})
+        assert score.status_code == 400 and score.json()["field"] == "params.foo"  # /score keeps its shape
+        refused = await client.post("/score", json={"input_data": {"input_string": [USER]}, "params": {"seed": 666}})
+        assert refused.status_code == 400 and refused.json()["error"] == "InvalidInput"
+        assert "vocabulary" in refused.json()["message"]
+
+    serve(runtime, check)
+
+
+def test_a_refused_choice_lets_the_queued_ones_go():
+    runtime = Scripted(refuse=lambda request: request.sampling.seed == 2)
+
+    async def check(client):
+        refused = await client.post(CHAT, json={"messages": [USER], "n": 3, "seed": 1, "stream": True})
+        assert refused.status_code == 400 and refused.json()["error"]["type"] == "invalid_request_error"
+        assert [r.sampling.seed for r in runtime.requests] == [1] and runtime.cancelled == 1
+
+    serve(runtime, check)
+
+
+def test_a_runtime_that_drops_asked_logprobs_is_a_server_error():
+    class Forgetful(Scripted):
+        def generate(self, request):
+            result = super().generate(request)
+            return GenerationResult(result.text, result.prompt_tokens, result.completion_tokens, "stop")
+
+    async def check(client):
+        answer = await client.post(CHAT, json={"messages": [USER], "logprobs": True})
+        assert answer.status_code == 500 and answer.json()["error"]["type"] == "server_error"
+
+    serve(Forgetful(), check)
