@@ -2,9 +2,10 @@
 deployment of the tiny model: every field forgeflow takes does what OpenAI's does, and every one it cannot
 honour is an `openai.BadRequestError` whose `param` names it.
 
-The chat calls go through the endpoint's gateway (`openai_base_url`). The items the gateway does not route yet
-(`/v1/completions`, `GET /v1/models/{id}`) are asked of the deployment's instance itself, with the instance's
-secret as the API key: the instance answers them in OpenAI's shapes, and the gateway forwards bodies as they are.
+The chat calls go through the endpoint's gateway (`openai_base_url`); `/v1/completions` and `GET /v1/models/{id}`
+are asked of the deployment's instance itself, with the instance's secret as the API key, to check the instance's
+own answers. The tools and JSON tests use the tiny model with a tools template; a second deployment keeps the plain
+template, which has no tool support.
 """
 
 from __future__ import annotations
@@ -13,9 +14,13 @@ import asyncio
 import json
 from collections import Counter
 
+from pathlib import Path
+
 import openai
 import pytest
 from live_server import LiveServer
+from pydantic import BaseModel, Field
+from tiny import build_tiny_model
 
 pytestmark = pytest.mark.integration
 
@@ -31,23 +36,45 @@ def _instance_secret(pid: int) -> str:
     raise AssertionError("the instance has no secret in its environment")
 
 
+def _tools_model(out: Path) -> Path:
+    """The tiny model with a tools template (Hermes-style, as Qwen2.5's) and larger random weights, so its greedy
+    choices are decisive and vary with the prompt."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    build_tiny_model(out, tools=True)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" not in name:
+                param.normal_(0, 0.1)
+    model.save_pretrained(out)
+    return out
+
+
 @pytest.fixture(scope="module")
 def target(tmp_path_factory, tiny_model_dir):
-    """A live server with endpoint `oai` serving deployment `blue` (the tiny model)."""
+    """A live server with endpoint `oai`: deployment `blue` (all traffic) serves the tiny model with a tools
+    template, `green` (no traffic, reached by header) the plain tiny model, whose template has no tools."""
     server = LiveServer.on_loopback(tmp_path_factory.mktemp("openai-home"))
+    model_dir = _tools_model(tmp_path_factory.mktemp("tools-model"))
     server.start()
     try:
         server.cli("online-endpoint", "create", "--name", "oai")
         # eight requests at once per instance: what the transformers runtime decodes in one batch
         dep = server.cli_json("online-deployment", "create", "--name", "blue", "--endpoint-name", "oai",
-                              "--model", str(tiny_model_dir), "--all-traffic",
+                              "--model", str(model_dir), "--all-traffic",
                               "--set", "request_settings.max_concurrent_requests_per_instance=8")
         assert dep["provisioning_state"] == "Succeeded", dep
+        green = server.cli_json("online-deployment", "create", "--name", "green", "--endpoint-name", "oai",
+                                "--model", str(tiny_model_dir))
+        assert green["provisioning_state"] == "Succeeded", green
         key = server.cli_json("online-endpoint", "get-credentials", "--name", "oai")["primary_key"]
         base_url = server.cli_json("online-endpoint", "show", "--name", "oai")["openai_base_url"]
         instance = dep["instances"][0]
         yield {"key": key, "base_url": base_url, "instance_url": f"{instance['url']}/v1",
-               "instance_key": _instance_secret(instance["pid"])}
+               "instance_key": _instance_secret(instance["pid"]), "model_dir": model_dir}
     finally:
         server.stop()
 
@@ -192,3 +219,169 @@ def test_ten_concurrent_async_requests_all_succeed(target):
     assert len(answers) == 10 and all(a.choices[0].finish_reason in ("stop", "length") for a in answers)
     assert Counter(a.id for a in answers).most_common(1)[0][1] == 1
     json.dumps([a.model_dump() for a in answers])  # every answer is a well-formed ChatCompletion
+
+
+# -- decoding under a grammar, log-probabilities, bias and penalties ------------------------------------------
+
+# Strings are bounded: a random model under a grammar ends a string only when its length says so.
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "The weather in a city", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string", "maxLength": 8}}, "required": ["city"],
+    "additionalProperties": False}}}
+TIME = {"type": "function", "function": {"name": "get_time", "description": "The time in a timezone", "parameters": {
+    "type": "object", "properties": {"zone": {"type": "string", "maxLength": 8}}, "required": ["zone"],
+    "additionalProperties": False}}}
+BUDGET = 200  # tokens enough for a bounded JSON answer
+
+
+class Person(BaseModel):
+    name: str = Field(max_length=8)
+    age: int = Field(ge=0, le=120)
+
+
+def _arguments(call) -> dict:
+    arguments = json.loads(call.function.arguments)
+    assert isinstance(arguments, dict)
+    return arguments
+
+
+def test_json_schema_strict_parses_and_matches(client):
+    parsed = client.chat.completions.parse(model="blue", messages=[USER], response_format=Person, max_tokens=BUDGET,
+                                           seed=1)
+    person = parsed.choices[0].message.parsed
+    assert isinstance(person, Person)
+    assert set(json.loads(parsed.choices[0].message.content)) == {"name", "age"}
+
+    async def json_mode():
+        async with openai.AsyncOpenAI(api_key=client.api_key, base_url=client.base_url, max_retries=0) as aclient:
+            return await aclient.chat.completions.create(model="blue", messages=[USER], max_tokens=300, seed=2,
+                                                         response_format={"type": "json_object"})
+
+    assert isinstance(json.loads(asyncio.run(json_mode()).choices[0].message.content), dict)
+
+
+def test_langchain_structured_output(target):
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(base_url=target["base_url"], api_key=target["key"], model="blue", max_tokens=BUDGET, seed=1,
+                     max_retries=0)
+    assert isinstance(llm.with_structured_output(Person).invoke("Who are you?"), Person)
+    assert isinstance(llm.with_structured_output(Person, method="function_calling").invoke("Who are you?"), Person)
+
+
+def test_tool_choice_required_auto_named_and_none(client):
+    ask = {"model": "blue", "messages": [{"role": "user", "content": "Weather in Paris?"}], "max_tokens": BUDGET,
+           "seed": 4, "tools": [WEATHER, TIME]}
+    required = client.chat.completions.create(**ask, tool_choice="required").choices[0]
+    assert required.finish_reason == "tool_calls" and required.message.tool_calls
+    for call in required.message.tool_calls:
+        assert call.type == "function" and call.id
+        wanted = {"get_weather": "city", "get_time": "zone"}[call.function.name]
+        assert set(_arguments(call)) == {wanted} and isinstance(_arguments(call)[wanted], str)
+
+    named = client.chat.completions.create(**ask, tool_choice={"type": "function", "function": {"name": "get_time"}})
+    calls = named.choices[0].message.tool_calls
+    assert [c.function.name for c in calls] == ["get_time"] and isinstance(_arguments(calls[0])["zone"], str)
+
+    single = client.chat.completions.create(**ask, tool_choice="required", parallel_tool_calls=False)
+    assert len(single.choices[0].message.tool_calls) == 1
+
+    none = client.chat.completions.create(**ask, tool_choice="none").choices[0]
+    assert not none.message.tool_calls and none.finish_reason in ("stop", "length")
+
+    auto = client.chat.completions.create(**ask).choices[0]  # the model decides; a call it makes parses
+    assert (auto.finish_reason == "tool_calls") == bool(auto.message.tool_calls)
+    for call in auto.message.tool_calls or ():
+        _arguments(call)
+
+    streamed = client.chat.completions.create(**ask, tool_choice="required", stream=True)
+    deltas, finish = [], None
+    for chunk in streamed:
+        for choice in chunk.choices:
+            deltas += choice.delta.tool_calls or []
+            finish = choice.finish_reason or finish
+    assert finish == "tool_calls" and [d.function.name for d in deltas] == [
+        c.function.name for c in required.message.tool_calls]
+
+
+def test_a_tool_result_round_trip(client, target):
+    from langchain_core.messages import HumanMessage, ToolMessage
+    from langchain_openai import ChatOpenAI
+
+    question = {"role": "user", "content": "Weather in Paris?"}
+    asked = client.chat.completions.create(model="blue", messages=[question], tools=[WEATHER], max_tokens=BUDGET,
+                                           tool_choice="required", parallel_tool_calls=False, seed=5).choices[0].message
+    call = asked.tool_calls[0]
+    answer = client.chat.completions.create(model="blue", max_tokens=12, seed=5, tools=[WEATHER], messages=[
+        question, asked, {"role": "tool", "tool_call_id": call.id, "content": "Sunny, 21 C"}]).choices[0]
+    assert answer.finish_reason in ("stop", "length", "tool_calls")
+
+    llm = ChatOpenAI(base_url=target["base_url"], api_key=target["key"], model="blue", max_tokens=BUDGET, seed=5,
+                     max_retries=0).bind_tools([WEATHER], tool_choice="required", parallel_tool_calls=False)
+    ai = llm.invoke([HumanMessage("Weather in Paris?")])
+    assert ai.tool_calls[0]["name"] == "get_weather" and isinstance(ai.tool_calls[0]["args"]["city"], str)
+    again = llm.bind(tool_choice="none").invoke([HumanMessage("Weather in Paris?"), ai,
+                                                  ToolMessage("Sunny", tool_call_id=ai.tool_calls[0]["id"])])
+    assert not again.tool_calls
+
+
+def test_tools_on_a_model_whose_template_has_none_are_refused(client):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="green", messages=[USER], tools=[WEATHER], max_tokens=4,
+                                       extra_headers={"azureml-model-deployment": "green"})
+    assert caught.value.param == "tools"
+
+
+def _tokens(answer) -> list[str]:
+    return [t.token for t in answer.choices[0].logprobs.content]
+
+
+def test_logprobs(client):
+    greedy = client.chat.completions.create(model="blue", messages=[USER], temperature=0, max_tokens=8, logprobs=True,
+                                            top_logprobs=3)
+    content = greedy.choices[0].logprobs.content
+    assert len(content) == greedy.usage.completion_tokens
+    for token in content:
+        assert 1 <= len(token.top_logprobs) <= 3 and token.logprob <= 0
+        assert [t.logprob for t in token.top_logprobs] == sorted((t.logprob for t in token.top_logprobs), reverse=True)
+        assert (token.token, token.logprob) == (token.top_logprobs[0].token, token.top_logprobs[0].logprob)
+    sampled = client.chat.completions.create(model="blue", messages=[USER], seed=9, max_tokens=8, logprobs=True,
+                                             top_logprobs=1)
+    assert all(t.logprob <= t.top_logprobs[0].logprob + 1e-6 for t in sampled.choices[0].logprobs.content)
+    streamed = client.chat.completions.create(model="blue", messages=[USER], temperature=0, max_tokens=8,
+                                              logprobs=True, top_logprobs=3, stream=True)
+    assert [t.token for c in streamed if c.choices and c.choices[0].logprobs
+            for t in c.choices[0].logprobs.content] == _tokens(greedy)
+
+
+def test_logit_bias_and_penalties(client, target):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(target["model_dir"])
+    forced = tokenizer.encode("Paris", add_special_tokens=False)[0]
+    answer = client.chat.completions.create(model="blue", messages=[USER], temperature=0, max_tokens=5,
+                                            logit_bias={str(forced): 100}, logprobs=True)
+    assert _tokens(answer) == [tokenizer.decode([forced])] * 5
+
+    plain = client.chat.completions.create(model="blue", messages=[USER], temperature=0, max_tokens=8, logprobs=True)
+    single = next(t for t in _tokens(plain) if len(tokenizer.encode(t, add_special_tokens=False)) == 1)
+    banned = tokenizer.encode(single, add_special_tokens=False)[0]
+    without = client.chat.completions.create(model="blue", messages=[USER], temperature=0, max_tokens=8,
+                                             logit_bias={str(banned): -100}, logprobs=True)
+    assert single not in _tokens(without)
+
+    repeating = client.chat.completions.create(model="blue", messages=[USER], temperature=0, max_tokens=24,
+                                               logprobs=True, logit_bias={str(forced): 5})
+    assert Counter(_tokens(repeating)).most_common(1)[0][1] >= 3, _tokens(repeating)
+    penalized = client.chat.completions.create(model="blue", messages=[USER], temperature=0, max_tokens=24,
+                                               logprobs=True, logit_bias={str(forced): 5}, frequency_penalty=2,
+                                               presence_penalty=2)
+    assert Counter(_tokens(penalized)).most_common(1)[0][1] < Counter(_tokens(repeating)).most_common(1)[0][1]
+
+
+def test_completions_logprobs_on_the_instance(instance):
+    done = instance.completions.create(model="blue", prompt="The capital of France is", max_tokens=5, temperature=0,
+                                       logprobs=2)
+    logprobs = done.choices[0].logprobs
+    assert len(logprobs.tokens) == len(logprobs.token_logprobs) == len(logprobs.text_offset) == \
+        done.usage.completion_tokens
+    assert all(len(top) <= 2 for top in logprobs.top_logprobs)

@@ -10,9 +10,9 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from forgeflow.chat.request import ChatRequest, Sampling, per_choice
+from forgeflow.chat.request import ChatRequest, Sampling, per_choice, sampling_for
 from forgeflow.chat.wire import (Closed, Flag, Penalty, Seed, Stops, Text, TopK, TopP, check_logit_bias,
-                                 known_fields, openai_sampling)
+                                 known_fields)
 
 MAX_CHOICES = 8
 OPENAI_RULES = {"temperature": "must be a number from 0 to 2"}  # OpenAI's range, narrower than the Azure body's
@@ -64,9 +64,9 @@ class OpenAIBody(Closed):
 
     def sampling(self) -> Sampling:
         """OpenAI's defaults: temperature 1, so sampling unless asked for temperature 0."""
-        return openai_sampling(self.temperature, self.top_p, self.seed, top_k=self.top_k,
-                               frequency_penalty=self.frequency_penalty, presence_penalty=self.presence_penalty,
-                               logit_bias=check_logit_bias(self.logit_bias))
+        return sampling_for(self.temperature, self.top_p, self.seed, top_k=self.top_k,
+                            frequency_penalty=self.frequency_penalty, presence_penalty=self.presence_penalty,
+                            logit_bias=check_logit_bias(self.logit_bias))
 
     def to_requests(self, **defaults: Any) -> list[ChatRequest]:
         """One request per choice (`n`), each its own sequence; seeded ones with seed + i."""

@@ -93,18 +93,28 @@ def chat_request(
     chat = _check_messages(messages)
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise InvalidInput("max_new_tokens must be at least 1", field="max_new_tokens")
-    return ChatRequest(chat, max_new_tokens, _sampling(temperature, top_p, do_sample, seed), _check_stop(stop))
+    sample = do_sample if do_sample is not None else bool(temperature)
+    return ChatRequest(chat, max_new_tokens, sampling_for(temperature, top_p, seed, do_sample=sample),
+                       _check_stop(stop))
 
 
-def _sampling(temperature: float | None, top_p: float | None, do_sample: bool | None, seed: int | None) -> Sampling:
-    sample = bool(do_sample) if do_sample is not None else bool(temperature)
-    if temperature is not None and temperature <= 0:
-        sample = False
+def sampling_for(temperature: float | None, top_p: float | None, seed: int | None, *, top_k: int | None = None,
+             frequency_penalty: float | None = None, presence_penalty: float | None = None,
+             logit_bias: tuple[tuple[int, float], ...] | None = None, do_sample: bool | None = None) -> Sampling:
+    """The one sampling rule. Unset temperature is OpenAI's default, 1; sampling unless the temperature is 0 or
+    `do_sample` is false (the Azure body and `chat_request` pass it, on when a positive temperature is given).
+    Top-k -1 and 0 both mean no cut; penalties and bias apply to greedy decoding too."""
+    temperature = 1.0 if temperature is None else float(temperature)
+    sample = temperature > 0 if do_sample is None else bool(do_sample) and temperature > 0
     return Sampling(
         greedy=not sample,
-        temperature=float(temperature) if sample and temperature else 1.0,
+        temperature=temperature if sample else 1.0,
         top_p=float(top_p) if sample and top_p is not None else 1.0,
         seed=seed,
+        top_k=max(top_k or 0, 0) if sample else 0,
+        frequency_penalty=frequency_penalty or 0.0,
+        presence_penalty=presence_penalty or 0.0,
+        logit_bias=logit_bias or (),
     )
 
 

@@ -18,9 +18,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from forgeflow.chat.request import DEFAULT_MAX_NEW_TOKENS, ChatRequest, Role
+from forgeflow.chat.request import DEFAULT_MAX_NEW_TOKENS, ChatRequest, Role, sampling_for
 from forgeflow.chat.wire import (Closed, Flag, NewTokens, Penalty, Seed, Stops, Temperature, Text, TopK, TopP,
-                                 known_fields, openai_sampling, parse, refuse, stops)
+                                 known_fields, parse, refuse, stops)
 
 
 class ChatMessage(Closed):
@@ -93,10 +93,10 @@ class ScoreRequest(Closed):
 
     def to_request(self, *, default_max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> ChatRequest:
         p = {**self.input_data.parameters.given(), **(self.params.given() if self.params else {})}
-        sampling = openai_sampling(p.get("temperature"), p.get("top_p"), p.get("seed"), top_k=p.get("top_k"),
-                                   frequency_penalty=p.get("frequency_penalty"),
-                                   presence_penalty=p.get("presence_penalty"),
-                                   do_sample=p.get("do_sample", bool(p.get("temperature"))))
+        sampling = sampling_for(p.get("temperature"), p.get("top_p"), p.get("seed"), top_k=p.get("top_k"),
+                                frequency_penalty=p.get("frequency_penalty"),
+                                presence_penalty=p.get("presence_penalty"),
+                                do_sample=p.get("do_sample", bool(p.get("temperature"))))
         length = p.get("max_new_tokens") or p.get("max_tokens") or default_max_new_tokens
         messages = [{"role": m.role, "content": m.content} for m in self.input_data.input_string]
         return ChatRequest(messages, length, sampling, stops(p.get("stop")))

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError
 
-from forgeflow.chat.request import MAX_NEW_TOKENS, MAX_STOPS, Sampling
+from forgeflow.chat.request import MAX_NEW_TOKENS, MAX_STOPS
 from forgeflow.errors import InvalidInput
 
 Temperature = Annotated[float, Field(ge=0, strict=True, allow_inf_nan=False)]
@@ -64,26 +64,6 @@ def check_logit_bias(value: Any) -> tuple[tuple[int, float], ...] | None:
             raise refuse("must be a number from -100 to 100", key)
         biases.append((int(key), float(bias)))
     return tuple(biases)
-
-
-def openai_sampling(temperature: float | None, top_p: float | None, seed: int | None, *, top_k: int | None = None,
-                    frequency_penalty: float | None = None, presence_penalty: float | None = None,
-                    logit_bias: tuple[tuple[int, float], ...] | None = None,
-                    do_sample: bool | None = None) -> Sampling:
-    """The sampling a body asks for. OpenAI's default temperature is 1, so sampling unless it is 0 (the Azure body
-    passes its own rule through `do_sample`); top-k -1 and 0 both mean no cut."""
-    temperature = 1.0 if temperature is None else temperature
-    sample = temperature > 0 if do_sample is None else do_sample and temperature > 0
-    return Sampling(
-        greedy=not sample,
-        temperature=temperature if sample else 1.0,
-        top_p=top_p if sample and top_p is not None else 1.0,
-        seed=seed,
-        top_k=max(top_k or 0, 0) if sample else 0,
-        frequency_penalty=frequency_penalty or 0.0,
-        presence_penalty=presence_penalty or 0.0,
-        logit_bias=logit_bias or (),
-    )
 
 
 # -- validation errors that name the field ----------------------------------------------------------
