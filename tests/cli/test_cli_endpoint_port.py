@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from endpoint_ports import free_endpoint_ports
 from in_process import in_process_cli
 from typer.testing import CliRunner
-
-from forgeflow.processes import free_port
 
 pytestmark = pytest.mark.filterwarnings("ignore:You should not use the .timeout. argument")
 
@@ -23,7 +22,7 @@ def cli(monkeypatch):
 
 
 def test_a_port_is_set_shown_moved_and_cleared(cli):
-    port, other = free_port(), free_port()
+    port, other = free_endpoint_ports(2)
     out = cli("create", "--name", "port-ep", "--set", f"port={port}").stdout
     assert f"http://127.0.0.1:{port}/score" in out
     shown = json.loads(cli("show", "--name", "port-ep", "--json").stdout)
@@ -40,6 +39,7 @@ def test_a_port_is_set_shown_moved_and_cleared(cli):
 
 def test_bad_sets_name_the_field(cli):
     for args, word in ((("--set", "port=70000"), "65535"), (("--set", "port=abc"), "port"),
+                       (("--set", "port=40000"), "9000-9999"), (("--set", "port=80"), "--endpoint-ports"),
                        (("--set", "traffic=1"), "settable are port")):
         res = cli("create", "--name", "bad-ep", *args, ok=False)
         assert res.exit_code != 0 and word in res.output, res.output
@@ -50,3 +50,11 @@ def test_serve_refuses_a_domain_that_is_no_dns_name():
 
     res = CliRunner().invoke(app, ["serve", "--endpoint-domain", "not a domain"])
     assert res.exit_code != 0 and "endpoint domain" in res.output
+
+
+def test_serve_refuses_a_port_range_it_cannot_read():
+    from forgeflow.cli.main import app
+
+    for bad in ("9100-9000", "0-80", "ports"):
+        res = CliRunner().invoke(app, ["serve", "--endpoint-ports", bad])
+        assert res.exit_code != 0 and "--endpoint-ports" in res.output, res.output

@@ -4,13 +4,13 @@ langchain-community's AzureMLChatOnlineEndpoint, which insists on that path, ans
 
 from __future__ import annotations
 
+import socket
 import warnings
 
 import httpx
 import pytest
+from endpoint_ports import free_endpoint_ports
 from waiting import wait_until
-
-from forgeflow.processes import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -37,6 +37,14 @@ def _closed(url: str) -> bool:
     return False
 
 
+def _raw_status(port: int, request_line: str, hosts: tuple[str, ...]) -> int:
+    """The status a request with these Host headers gets, sent as raw bytes (HTTP clients send one Host)."""
+    head = f"{request_line} HTTP/1.1\r\n" + "".join(f"Host: {h}\r\n" for h in hosts) + "Connection: close\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(head.encode())
+        return int(sock.makefile("rb").readline().split()[1])
+
+
 def test_an_endpoint_answers_at_path_score_on_its_port_and_host_name(live_server, tiny_model_dir):
     with warnings.catch_warnings():  # langchain-community's notices about its own future
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -44,7 +52,7 @@ def test_an_endpoint_answers_at_path_score_on_its_port_and_host_name(live_server
                                                                       CustomOpenAIChatContentFormatter)
 
     s = live_server
-    port = free_port()
+    port, moved = free_endpoint_ports(2)
     s.cli("online-endpoint", "create", "--name", "azure-ep", "--set", f"port={port}")
     dep = s.cli_json("online-deployment", "create", "--name", "blue", "--endpoint-name", "azure-ep",
                      "--model", str(tiny_model_dir), "--all-traffic")
@@ -68,6 +76,10 @@ def test_an_endpoint_answers_at_path_score_on_its_port_and_host_name(live_server
     r = _score(f"{s.url}/score", key, headers={"Host": f"azure-ep.localhost:{main_port}"})
     assert r.status_code == 200 and isinstance(r.json()["output"], str)
     assert _score(f"{s.url}/score", None, headers={"Host": "azure-ep.localhost"}).status_code == 401
+    # two Host headers (RFC 9112 3.2): a 400 in either order, neither the control plane nor the endpoint
+    for hosts in ((f"127.0.0.1:{main_port}", "azure-ep.localhost"), ("azure-ep.localhost", f"127.0.0.1:{main_port}")):
+        assert _raw_status(main_port, "GET /api/health", hosts) == 400
+        assert _raw_status(port, "GET /info", hosts) == 400
 
     chat = AzureMLChatOnlineEndpoint(endpoint_url=url, endpoint_api_type="dedicated", endpoint_api_key=key,
                                      content_formatter=CustomOpenAIChatContentFormatter(),
@@ -78,8 +90,6 @@ def test_an_endpoint_answers_at_path_score_on_its_port_and_host_name(live_server
     assert isinstance(chat.invoke("Who founded Microsoft?", stop=["\n"]).content, str)
 
     # A new port: the old one closes, the new one answers; deleting the endpoint closes it.
-    moved = free_port()
-    assert moved != port
     s.cli("online-endpoint", "update", "--name", "azure-ep", "--set", f"port={moved}")
     new_url = f"http://127.0.0.1:{moved}/score"
     wait_until(lambda: _answers(new_url, key), timeout=30, what=f"endpoint azure-ep answering on port {moved}")
@@ -100,7 +110,7 @@ def test_a_second_server_on_the_host_takes_the_port_over_when_the_first_is_gone(
     log = forgeflow_home / "test-server.log"  # both servers write here
     try:
         first.start()
-        port = free_port()
+        port = free_endpoint_ports()[0]
         first.cli("online-endpoint", "create", "--name", "pair-ep", "--set", f"port={port}")
         dep = first.cli_json("online-deployment", "create", "--name", "blue", "--endpoint-name", "pair-ep",
                              "--model", str(tiny_model_dir), "--all-traffic")

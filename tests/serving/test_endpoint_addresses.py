@@ -10,13 +10,13 @@ import time
 
 import httpx
 import pytest
+from endpoint_ports import free_endpoint_port, free_endpoint_ports
 from gateway_harness import FAST_LIVENESS, FAST_PROBES, SCORE, FakePlacement
 
 from forgeflow.api import endpoint_addresses
 from forgeflow.api.app import create_app
 from forgeflow.errors import Conflict, InvalidInput
-from forgeflow.processes import free_port
-from forgeflow.serving.endpoint_hosts import check_domain, check_port, host_label, scoring_urls
+from forgeflow.serving.endpoint_hosts import check_domain, check_port, check_port_range, host_label, scoring_urls
 from forgeflow.store.workspace import Workspace
 
 pytestmark = pytest.mark.anyio
@@ -45,20 +45,127 @@ def test_domain_and_port_are_checked_naming_the_field(monkeypatch):
     with pytest.raises(InvalidInput) as err:
         check_domain("bad domain")
     assert err.value.field == "endpoint_domain"
-    assert check_port(None) is None and check_port(9001) == 9001 and check_port(9001.0) == 9001
+    ports = range(9000, 10000)
+    assert check_port(None, ports) is None and check_port(9001, ports) == 9001 and check_port(9001.0, ports) == 9001
     for bad in (0, 65536, -1, True, "9001", 1.5):
         with pytest.raises(InvalidInput) as err:
-            check_port(bad)
+            check_port(bad, ports)
         assert err.value.field == "port"
 
 
+def test_a_port_outside_the_servers_range_is_refused_saying_the_range_and_how_to_change_it(monkeypatch):
+    for outside in (22, 5432, 8265, 40000, 8999, 10000):
+        with pytest.raises(InvalidInput) as err:
+            check_port(outside, range(9000, 10000))
+        assert err.value.field == "port"
+        assert "9000-9999" in err.value.message and "--endpoint-ports" in err.value.message, err.value.message
+    assert check_port(443, check_port_range("443")) == 443  # a range the operator chose is theirs
+
+
+def test_the_port_range_is_checked_and_comes_from_the_option_the_environment_or_the_default(monkeypatch):
+    monkeypatch.delenv("FORGEFLOW_ENDPOINT_PORTS", raising=False)
+    default = check_port_range(None)
+    assert default == range(9000, 10000)
+    assert default.start >= 1024 and not set(default) & set(range(32768, 61000))  # not Linux's ephemeral ports
+    assert check_port_range(" 9100-9199 ") == range(9100, 9200) and check_port_range("9100") == range(9100, 9101)
+    monkeypatch.setenv("FORGEFLOW_ENDPOINT_PORTS", "20000-20099")
+    assert check_port_range(None) == range(20000, 20100)
+    for bad in ("", "0-10", "9100-9000", "abc", "9000-70000", "9000-", "-9000", "1-2-3"):
+        with pytest.raises(InvalidInput) as err:
+            check_port_range(bad)
+        assert err.value.field == "endpoint_ports" and "--endpoint-ports" in err.value.message, bad
+
+
 def test_show_gives_the_azure_style_urls():
-    urls = scoring_urls("http://127.0.0.1:8765", "localhost", "My-Ep", 9001)
+    urls = scoring_urls("http://127.0.0.1:8765", "localhost", "My-Ep", 9001, ["My-Ep", "other-ep"])
     assert urls == {"port": 9001, "host_scoring_uri": "http://my-ep.localhost:8765/score",
-                    "port_scoring_uri": "http://127.0.0.1:9001/score"}
-    assert scoring_urls("http://[::1]:8765", "", "my-ep", None) == {
-        "port": None, "host_scoring_uri": None, "port_scoring_uri": None}
-    assert scoring_urls("http://[::1]:8765", "x.io", "my-ep", 81)["port_scoring_uri"] == "http://[::1]:81/score"
+                    "host_scoring_uri_note": None, "port_scoring_uri": "http://127.0.0.1:9001/score"}
+    off = scoring_urls("http://[::1]:8765", "", "my-ep", None, ["my-ep"])
+    assert off["host_scoring_uri"] is None and off["port_scoring_uri"] is None
+    assert "--endpoint-domain" in off["host_scoring_uri_note"]
+    assert scoring_urls("http://[::1]:8765", "x.io", "my-ep", 81, ["my-ep"])["port_scoring_uri"] == "http://[::1]:81/score"
+
+
+def test_of_names_equal_but_for_case_one_has_the_host_name_and_show_says_so_for_the_other():
+    names = ["EP-One", "Ep-One", "other-ep"]
+    assert scoring_urls("http://127.0.0.1:8765", "localhost", "EP-One", None, names)["host_scoring_uri"] == \
+        "http://ep-one.localhost:8765/score"
+    shadowed = scoring_urls("http://127.0.0.1:8765", "localhost", "Ep-One", None, names)
+    assert shadowed["host_scoring_uri"] is None
+    assert "'EP-One'" in shadowed["host_scoring_uri_note"] and "case" in shadowed["host_scoring_uri_note"]
+    with_lower = ["EP-One", "ep-one"]  # the lowercase name, when there is one, keeps the host name
+    assert scoring_urls("http://h:1", "localhost", "ep-one", None, with_lower)["host_scoring_uri"] is not None
+    assert scoring_urls("http://h:1", "localhost", "EP-One", None, with_lower)["host_scoring_uri"] is None
+
+
+async def test_shadowed_endpoints_are_shown_without_a_host_name_and_the_host_routes_to_the_one_shown():
+    ws = Workspace.open()
+    app = create_app(ws, background=False)
+    async with app.router.lifespan_context(app):
+        svc = app.state.ff.endpoints
+        svc.create_endpoint("EP-One")
+        svc.create_endpoint("Ep-One")
+        shown = {ep["name"]: ep for ep in svc.list_endpoints()}
+        assert shown["EP-One"]["host_scoring_uri"] == "http://ep-one.localhost:8765/score"
+        assert shown["Ep-One"]["host_scoring_uri"] is None and "EP-One" in shown["Ep-One"]["host_scoring_uri_note"]
+        assert svc.show_endpoint("Ep-One") == shown["Ep-One"]
+        keys = {name: svc.credentials(name)["primary_key"] for name in shown}
+        async with _client(app, "ep-one.localhost") as c:
+            r = await c.post("/score", json=SCORE, headers={"Authorization": f"Bearer {keys['EP-One']}"})
+            assert r.status_code == 404 and "no deployment with traffic" in r.text, r.text  # EP-One's: reached
+            r = await c.post("/score", json=SCORE, headers={"Authorization": f"Bearer {keys['Ep-One']}"})
+            assert r.status_code == 401  # Ep-One's key is no credential of EP-One's
+
+
+async def test_the_servers_own_host_name_is_never_taken_for_an_endpoints():
+    """A server at forge-srv.example.com with --endpoint-domain example.com: its own host falls under the domain,
+    so requests to it keep reaching the server; an endpoint named like it has no host name, and show says why."""
+    ws = Workspace.open()
+    app = create_app(ws, base_url="http://forge-srv.example.com:8765", background=False, endpoint_domain="example.com")
+    admin = {"Authorization": f"Bearer {ws.admin_token()}"}
+    async with app.router.lifespan_context(app):
+        svc = app.state.ff.endpoints
+        svc.create_endpoint("forge-srv")
+        svc.create_endpoint("other-ep")
+        key = svc.credentials("other-ep")["primary_key"]
+        for host in ("forge-srv.example.com:8765", "FORGE-SRV.example.com."):
+            async with _client(app, host) as c:
+                r = await c.get("/api/endpoints", headers=admin)
+                assert r.status_code == 200 and {e["name"] for e in r.json()} == {"forge-srv", "other-ep"}, r.text
+                assert (await c.get("/api/health")).json()["status"] == "ok"
+        async with _client(app, "other-ep.example.com:8765") as c:  # the other endpoints' host names still route
+            r = await c.post("/score", json=SCORE, headers={"Authorization": f"Bearer {key}"})
+            assert r.status_code == 404 and "no deployment with traffic" in r.text, r.text
+        shown = svc.show_endpoint("forge-srv")
+        assert shown["host_scoring_uri"] is None and "server's own" in shown["host_scoring_uri_note"]
+        assert svc.show_endpoint("other-ep")["host_scoring_uri"] == "http://other-ep.example.com:8765/score"
+
+
+async def test_a_request_with_two_host_headers_is_refused_before_it_is_routed(served):
+    """RFC 9112 3.2: more than one Host is a 400, whichever comes first; never the control plane for one of them,
+    an endpoint for the other. On the server's port and on an endpoint's own, through the real HTTP server too."""
+    app, key, ws = served
+    admin = {"Authorization": f"Bearer {ws.admin_token()}"}
+    async with _client(app, "127.0.0.1") as c:
+        for hosts in (("127.0.0.1:8765", "host-ep.localhost"), ("host-ep.localhost", "127.0.0.1:8765")):
+            for method, path, headers in (("GET", "/api/endpoints", admin),
+                                          ("POST", "/score", {"Authorization": f"Bearer {key}"})):
+                raw = [("Host", h) for h in hosts] + list(headers.items())
+                r = await c.request(method, path, headers=raw, json=SCORE if method == "POST" else None)
+                assert r.status_code == 400, (hosts, path, r.text)
+                assert r.json()["field"] == "host" and "Host" in r.json()["message"]
+    ff = app.state.ff
+    port = free_endpoint_port()
+    ff.endpoints.update_endpoint("host-ep", port=port)
+    await ff.ports.sync()
+    request = (f"POST /score HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nHost: other.localhost\r\n"
+               f"Authorization: Bearer {key}\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}").encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    assert b'"field":"host"' in answer.replace(b" ", b"")
 
 
 @pytest.fixture
@@ -151,9 +258,9 @@ async def _refused(port: int) -> bool:
 
 
 async def test_a_port_per_endpoint_opens_moves_and_closes_with_the_endpoint(served):
-    app, key, _ = served
+    app, key, ws = served
     ff = app.state.ff
-    port, other = free_port(), free_port()
+    port, other = free_endpoint_ports(2)
     shown = ff.endpoints.update_endpoint("host-ep", port=port)
     assert shown["port"] == port and shown["port_scoring_uri"] == f"http://127.0.0.1:{port}/score"
     await ff.ports.sync()
@@ -167,8 +274,9 @@ async def test_a_port_per_endpoint_opens_moves_and_closes_with_the_endpoint(serv
     with pytest.raises(Conflict) as err:  # unique across endpoints
         ff.endpoints.update_endpoint("second-ep", port=port)
     assert err.value.field == "port"
-    with pytest.raises(Conflict):  # not the server's own port
-        ff.endpoints.update_endpoint("second-ep", port=8765)
+    wide = create_app(ws, background=False, endpoint_port_range="8000-9999").state.ff.endpoints
+    with pytest.raises(Conflict):  # not the server's own port, even in the range
+        wide.update_endpoint("second-ep", port=8765)
 
     ff.endpoints.update_endpoint("host-ep", port=other)  # a new port: the old one closes
     await ff.ports.sync()
@@ -190,10 +298,10 @@ async def test_a_port_per_endpoint_opens_moves_and_closes_with_the_endpoint(serv
 async def test_a_port_that_cannot_be_bound_is_logged_and_tried_again(served, caplog):
     app, key, _ = served
     ff = app.state.ff
+    port = free_endpoint_port()
     holder = socket.socket()
-    holder.bind(("127.0.0.1", 0))
+    holder.bind(("127.0.0.1", port))
     holder.listen()
-    port = holder.getsockname()[1]
     ff.endpoints.update_endpoint("host-ep", port=port)
     await ff.ports.sync()
     assert ff.ports.listening() == {} and port in ff.ports.failures()
@@ -212,10 +320,10 @@ async def test_two_servers_on_one_host_one_listens_the_other_takes_over(served):
     listens once the first stops."""
     app, key, _ = served
     ff = app.state.ff
-    port = free_port()
+    port = free_endpoint_port()
     ff.endpoints.update_endpoint("host-ep", port=port)
     await ff.ports.sync()
-    second = endpoint_addresses.PortListeners(app, "127.0.0.1", ff.addresses)
+    second = endpoint_addresses.PortListeners(app, "127.0.0.1", ff.addresses, ff.endpoints.ports)
     await second.sync()
     assert second.listening() == {} and port in second.failures()
     await ff.ports.stop()
@@ -231,7 +339,7 @@ def test_two_servers_giving_one_port_at_once_is_a_conflict_on_both_databases(dat
     """The store's unique index settles a race the check before the write cannot see (another server wrote the
     same port in between): a 409 naming `port`, never a 500, on create and on update."""
     svc = create_app(Workspace.open(), background=False).state.ff.endpoints
-    port = free_port()
+    port = free_endpoint_port()
     svc.create_endpoint("first-ep", port=port)
     svc.create_endpoint("second-ep")
     monkeypatch.setattr("forgeflow.serving.endpoint_hosts.check_port_free", lambda *a: None)  # the race's blind spot
@@ -242,7 +350,7 @@ def test_two_servers_giving_one_port_at_once_is_a_conflict_on_both_databases(dat
         assert err.value.field == "port" and str(port) in err.value.message
     assert svc.addresses() == {"first-ep": port, "second-ep": None}
     with pytest.raises(Conflict) as err:  # a name taken is still said as such
-        svc.create_endpoint("first-ep", port=free_port())
+        svc.create_endpoint("first-ep", port=free_endpoint_port())
     assert err.value.field == "name"
 
 
@@ -251,11 +359,11 @@ async def test_the_rest_api_sets_keeps_and_clears_a_port_and_refuses_bad_ones():
     app = create_app(ws, background=False)
     admin = {"Authorization": f"Bearer {ws.admin_token()}"}
     async with app.router.lifespan_context(app), _client(app, "127.0.0.1") as c:
-        for bad in ("70000", "0", "true", "\"9001\"", "1.5", "NaN", "1e999"):
+        for bad in ("70000", "0", "true", "\"9001\"", "1.5", "NaN", "1e999", "22", "5432", "40000"):
             r = await c.post("/api/endpoints", content='{"name": "rest-ep", "port": %s}' % bad,
                              headers=admin | {"content-type": "application/json"})
             assert r.status_code == 400 and r.json()["field"] == "port", (bad, r.text)
-        port = free_port()
+        port = free_endpoint_port()
         r = await c.post("/api/endpoints", json={"name": "rest-ep", "port": port}, headers=admin)
         assert r.status_code == 201 and r.json()["port_scoring_uri"] == f"http://127.0.0.1:{port}/score"
         r = await c.patch("/api/endpoints/rest-ep", json={"description": "kept"}, headers=admin)
@@ -264,3 +372,21 @@ async def test_the_rest_api_sets_keeps_and_clears_a_port_and_refuses_bad_ones():
         assert r.json()["port"] is None and r.json()["port_scoring_uri"] is None
         r = await c.get("/api/endpoints/rest-ep", headers=admin)
         assert r.json()["host_scoring_uri"] == "http://rest-ep.localhost:8765/score"
+
+
+async def test_the_range_is_the_serving_servers_own(served):
+    """A server started with another range takes ports in it and refuses the default's; and never listens on a
+    port outside its own range, whichever server gave it."""
+    app, _, ws = served
+    admin = {"Authorization": f"Bearer {ws.admin_token()}"}
+    other = create_app(ws, background=False, endpoint_port_range="20000-20099")
+    async with other.router.lifespan_context(other), _client(other, "127.0.0.1") as c:
+        r = await c.post("/api/endpoints", json={"name": "range-ep", "port": 20050}, headers=admin)
+        assert r.status_code == 201 and r.json()["port"] == 20050, r.text
+        r = await c.patch("/api/endpoints/range-ep", json={"port": 9001}, headers=admin)
+        assert r.status_code == 400 and r.json()["field"] == "port" and "20000-20099" in r.json()["message"]
+    ff = app.state.ff
+    await ff.ports.sync()
+    assert 20050 not in ff.ports.listening() and "--endpoint-ports" in ff.ports.failures()[20050]
+    await ff.ports.sync()  # said once, not tried again
+    assert ff.ports.failures()[20050].startswith("outside")

@@ -61,15 +61,15 @@ class Services:
 
 def create_app(ws: Workspace | None = None, *, base_url: str = "http://127.0.0.1:8765",
                background: bool = True, endpoint_domain: str | None = None,
-               endpoint_ports: bool | None = None) -> FastAPI:
+               endpoint_ports: bool | None = None, endpoint_port_range: str | None = None) -> FastAPI:
     """Build the app. `background=False` leaves the runner and supervisor threads off and contends for no
     leadership (unit tests); changes still reach the supervisor directly. `endpoint_domain`: what endpoints' host
-    names end in (serving/endpoint_hosts.py); `endpoint_ports`: listen on the endpoints' own ports too, at
-    base_url's host (by default when `background`)."""
+    names end in; `endpoint_port_range`: the ports endpoints may have, FIRST-LAST (serving/endpoint_hosts.py);
+    `endpoint_ports`: listen on the endpoints' own ports too, at base_url's host (by default when `background`)."""
     ws = ws or Workspace.open()
     # A deployment runs where its compute target is: this machine, or the nodes of a Ray cluster.
     placement = TargetPlacement(LocalPlacement(ws.paths), ComputeTargets(ws.store).get, RayPlacement)
-    endpoint_service = EndpointService(ws, placement, base_url, endpoint_domain)
+    endpoint_service = EndpointService(ws, placement, base_url, endpoint_domain, endpoint_port_range)
     services = Services(
         ws=ws,
         runner=JobRunner(ws.store, ws.paths),
@@ -173,9 +173,11 @@ def create_app(ws: Workspace | None = None, *, base_url: str = "http://127.0.0.1
     # Outside every route: credentials, body caps and the limit on failed credentials act before a body is read.
     app.add_middleware(Guard, throttle=FailureLimiter())
     # Outside the guard, so that it sees a request on an endpoint's host name or port as /endpoints/NAME/...
-    app.add_middleware(EndpointRouting, addresses=services.addresses, domain=endpoint_service.domain)
+    app.add_middleware(EndpointRouting, addresses=services.addresses, domain=endpoint_service.domain,
+                       base_url=base_url)
     if background if endpoint_ports is None else endpoint_ports:
-        services.ports = PortListeners(app, urlsplit(base_url).hostname or "127.0.0.1", services.addresses)
+        services.ports = PortListeners(app, urlsplit(base_url).hostname or "127.0.0.1", services.addresses,
+                                       endpoint_service.ports)
     return app
 
 

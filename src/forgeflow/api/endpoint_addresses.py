@@ -4,15 +4,18 @@ endpoint's host name or own port as `/endpoints/NAME/<path>`, and the listeners 
 The middleware sits outside api/guard.py, so the guard sees the rewritten path: credentials, body caps, the
 failed-credential limit and the error shapes apply exactly as on `/endpoints/NAME/...`. A request on an endpoint's
 host name or port reaches that endpoint's routes only (`/score`, `/v1/...`, and whatever else the gateway serves
-under `/endpoints/NAME/`), never the control plane or another endpoint.
+under `/endpoints/NAME/`), never the control plane or another endpoint. A request with more than one Host header
+is refused first (400, RFC 9112 section 3.2), on every port: which one names the request is anybody's guess, and a
+proxy in front may have judged by the other. The server's own host name is never taken for an endpoint's.
 
 `PortListeners` keeps one listener per endpoint port in this server's own event loop, serving the same app: each
 is a uvicorn `Server` started on a socket bound here, with lifespan off and no signal handlers of its own (the
 server `forgeflow serve` runs owns the signals and the app's lifespan, which starts and stops these). The table
 is read every TABLE_TTL_S, so an endpoint given a port on any server is listened on by every server within about a
 second, and a port taken away stops being listened on (requests in flight there finish first). A port this
-server cannot bind (another program, or another forgeflow server on this host, holds it; a port below 1024
-without the right to bind it) is logged, never fatal, and tried again every RETRY_S.
+server cannot bind (another program, or another forgeflow server on this host, holds it) is logged, never fatal,
+and tried again every RETRY_S; a port outside this server's range (another server, started with another
+--endpoint-ports, gave it) is logged once and never bound.
 """
 
 from __future__ import annotations
@@ -20,15 +23,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import socket
 import time
 
 import uvicorn
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from forgeflow.serving.endpoint_hosts import EndpointAddresses, host_label
+from forgeflow.errors import InvalidInput
+from forgeflow.serving.endpoint_hosts import EndpointAddresses, describe_ports, host_label, own_label
 
 ENDPOINT_SCOPE_KEY = "forgeflow.endpoint"  # set by a port's listener: the endpoint its requests are for
 RETRY_S = 5.0  # how often a port that could not be bound is tried again
@@ -39,15 +45,22 @@ log = logging.getLogger("forgeflow.server")
 
 class EndpointRouting:
     """ASGI middleware: a request for an endpoint's host name (`NAME.DOMAIN`) or that came in on its port is served
-    as `/endpoints/NAME/<path>`."""
+    as `/endpoints/NAME/<path>`; one with several Host headers is refused. `base_url`: the server's own address,
+    whose host name stays the server's even when it falls under the domain."""
 
-    def __init__(self, app: ASGIApp, addresses: EndpointAddresses, domain: str) -> None:
+    def __init__(self, app: ASGIApp, addresses: EndpointAddresses, domain: str, base_url: str) -> None:
         self.app = app
         self.addresses = addresses
         self.domain = domain
+        self.own_label = own_label(base_url, domain)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] in ("http", "websocket"):
+            hosts = sum(1 for key, _ in scope["headers"] if key.lower() == b"host")
+            if hosts > 1:
+                await _refuse(scope, receive, send, InvalidInput(
+                    f"the request has {hosts} Host headers: send exactly one (RFC 9112 section 3.2)", field="host"))
+                return
             name = scope.get(ENDPOINT_SCOPE_KEY) or await self._by_host(scope)
             if name is not None:
                 prefix = f"/endpoints/{name}"
@@ -57,7 +70,7 @@ class EndpointRouting:
 
     async def _by_host(self, scope: Scope) -> str | None:
         label = host_label(Headers(scope=scope).get("host"), self.domain)
-        if label is None:
+        if label is None or label == self.own_label:
             return None
         if self.addresses.stale:
             try:
@@ -65,6 +78,14 @@ class EndpointRouting:
             except Exception:  # the store did not answer: route by the table as last read; the gateway says more
                 log.exception("could not read the endpoints' names and ports")
         return self.addresses.name_for(label)
+
+
+async def _refuse(scope: Scope, receive: Receive, send: Send, error: InvalidInput) -> None:
+    """Answer `error` as JSON in the tree's shape (the request is routed nowhere yet); a WebSocket is closed."""
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008, "reason": error.message})  # the server answers 403
+        return
+    await JSONResponse(error.to_dict(), status_code=error.status_code)(scope, receive, send)
 
 
 class _PortApp:
@@ -89,12 +110,14 @@ class _Listener:
 
 
 class PortListeners:
-    """This server's listeners on the endpoints' own ports, kept in step with the table of `addresses`."""
+    """This server's listeners on the endpoints' own ports in its range `allowed`, kept in step with the table of
+    `addresses`."""
 
-    def __init__(self, app: ASGIApp, host: str, addresses: EndpointAddresses) -> None:
+    def __init__(self, app: ASGIApp, host: str, addresses: EndpointAddresses, allowed: range) -> None:
         self.app = app
         self.host = host
         self.addresses = addresses
+        self.allowed = allowed
         self._open: dict[int, _Listener] = {}
         self._failed: dict[int, tuple[float, str]] = {}  # port -> (when to try again, what went wrong)
         self._closing: set[asyncio.Task] = set()
@@ -159,6 +182,13 @@ class PortListeners:
                 await self._listen(port, name)
 
     async def _listen(self, port: int, name: str) -> None:
+        if port not in self.allowed:
+            ports = describe_ports(self.allowed)
+            log.error("not listening on port %d for endpoint %s: it is outside this server's endpoint ports (%s); "
+                      "give the endpoint a port in that range (forgeflow online-endpoint update --name %s --set "
+                      "port=PORT), or start this server with --endpoint-ports including it", port, name, ports, name)
+            self._failed[port] = (math.inf, f"outside this server's --endpoint-ports {ports}")
+            return
         try:
             sock = _bind(self.host, port)
         except OSError as exc:

@@ -17,7 +17,8 @@ from forgeflow.serving.specs import FLOW_RUNTIME
 
 router = APIRouter(tags=["endpoints"])
 metrics_router = APIRouter(tags=["server"])  # mounted at the root, beside the gateway
-_PORT_DOC = ("A port of its own (1-65535), on which every server also listens: http://HOST:PORT/score is then this "
+_PORT_DOC = ("A port of its own, in the range of the server that takes the request (forgeflow serve --endpoint-ports, "
+             "9000-9999 by default), on which every server also listens: http://HOST:PORT/score is then this "
              "endpoint's scoring URL, its path exactly /score as Azure's (port_scoring_uri).")
 
 

@@ -20,9 +20,10 @@ deployment_app = typer.Typer(help="Deployments of a model behind an online endpo
 NameOpt = typer.Option(..., "--name", "-n", help="Endpoint name.")
 AllowedUsersOpt = typer.Option(None, "--allowed-users", help="USER,USER...: with --auth-mode token, these users' "
                                "personal access tokens may call the endpoint too (anyone else's is refused, 403).")
-EndpointSetOpt = typer.Option(None, "--set", help="FIELD=VALUE: port=PORT gives the endpoint a port of its own, on "
-                              "which every server also listens, so http://HOST:PORT/score is its scoring URL with "
-                              "the path exactly /score, as Azure's (port=null: none).")
+EndpointSetOpt = typer.Option(None, "--set", help="FIELD=VALUE: port=PORT gives the endpoint a port of its own (in "
+                              "the servers' --endpoint-ports, 9000-9999 by default), on which every server also "
+                              "listens, so http://HOST:PORT/score is its scoring URL with the path exactly /score, "
+                              "as Azure's (port=null: none).")
 ENDPOINT_SETTABLE = ("port",)  # the endpoint's fields that have no option of their own
 
 

@@ -40,7 +40,8 @@ def _healthy(url: str) -> bool:
     return Client(url, token="").healthy()
 
 
-def start_detached(host: str, port: int, timeout_s: float = 90.0, endpoint_domain: str | None = None) -> dict:
+def start_detached(host: str, port: int, timeout_s: float = 90.0, endpoint_domain: str | None = None,
+                   endpoint_ports: str | None = None) -> dict:
     """Start a server in the background and wait until it answers."""
     from forgeflow.store.workspace import Workspace
 
@@ -50,6 +51,7 @@ def start_detached(host: str, port: int, timeout_s: float = 90.0, endpoint_domai
         return {"url": url, "pid": _read_pid(ws.paths), "started": False}
     log = open(ws.paths.server_log, "ab")
     domain = [] if endpoint_domain is None else ["--endpoint-domain", endpoint_domain]
+    domain += [] if endpoint_ports is None else ["--endpoint-ports", endpoint_ports]
     proc = subprocess.Popen(
         [sys.executable, "-m", "forgeflow.cli.main", "serve", "--host", host, "--port", str(port), *domain],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
@@ -76,20 +78,26 @@ def serve(
     endpoint_domain: str = typer.Option(None, "--endpoint-domain", help="A request whose Host is NAME.DOMAIN is "
                                         "for endpoint NAME, at paths such as /score, as Azure's endpoint hosts "
                                         "(for wildcard DNS or a reverse proxy; default from "
-                                        "FORGEFLOW_ENDPOINT_DOMAIN, else localhost; '' turns it off)."),
+                                        "FORGEFLOW_ENDPOINT_DOMAIN, else localhost; '' turns it off). The "
+                                        "server's own host name stays the server's."),
+    endpoint_ports: str = typer.Option(None, "--endpoint-ports", help="FIRST-LAST: the ports endpoints may be "
+                                       "given (--set port=PORT), on which this server listens (default from "
+                                       "FORGEFLOW_ENDPOINT_PORTS, else 9000-9999; keep it clear of the ephemeral "
+                                       "ports, 32768-60999 on Linux)."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Run the server in the foreground (Ctrl-C stops it), or in the background with --detach. It also listens on
-    every endpoint's own port (online-endpoint update --set port=PORT)."""
+    every endpoint's own port (online-endpoint update --set port=PORT) in its --endpoint-ports."""
     if ctx.invoked_subcommand:
         return
     dhost, dport = _default_host_port()
     host, port = host or dhost, port or dport
-    from forgeflow.serving.endpoint_hosts import check_domain
+    from forgeflow.serving.endpoint_hosts import check_domain, check_port_range, describe_ports
 
     domain = check_domain(endpoint_domain)
+    ports = describe_ports(check_port_range(endpoint_ports))
     if detach:
-        info = start_detached(host, port, endpoint_domain=domain)
+        info = start_detached(host, port, endpoint_domain=domain, endpoint_ports=ports)
         if json_out:
             print_json(info)
         else:
@@ -97,10 +105,10 @@ def serve(
             console.print(f"{verb} forgeflow server at [bold]{info['url']}[/] (pid {info['pid']})")
             console.print(f"Studio: open [bold]{info['url']}/[/] and sign in with the token from 'forgeflow token show'")
         return
-    _run_foreground(host, port, domain)
+    _run_foreground(host, port, domain, ports)
 
 
-def _run_foreground(host: str, port: int, endpoint_domain: str) -> None:
+def _run_foreground(host: str, port: int, endpoint_domain: str, endpoint_ports: str) -> None:
     import logging
 
     import uvicorn
@@ -117,7 +125,8 @@ def _run_foreground(host: str, port: int, endpoint_domain: str) -> None:
     console.print(f"forgeflow server at [bold]http://{host}:{port}[/]; Studio: open [bold]http://{host}:{port}/[/] "
                   "and sign in with the token from 'forgeflow token show'. Ctrl-C stops it.")
     try:
-        app = create_app(ws, base_url=f"http://{host}:{port}", endpoint_domain=endpoint_domain)
+        app = create_app(ws, base_url=f"http://{host}:{port}", endpoint_domain=endpoint_domain,
+                         endpoint_port_range=endpoint_ports)
         # proxy_headers off: uvicorn would otherwise take the client's address and scheme from X-Forwarded-* sent
         # by any local client, which would choose its own address for the failed-credential limit.
         uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=10, proxy_headers=False)

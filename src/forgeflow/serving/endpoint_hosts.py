@@ -10,6 +10,14 @@ A request that arrives either way is served as `/endpoints/NAME/<its path>` woul
 gateway. This module holds the rules (the domain, the port setting, which endpoint a Host header names, the URLs
 `online-endpoint show` gives) and `EndpointAddresses`, the table of names and ports a server routes by; the
 middleware and the listeners are api/endpoint_addresses.py's.
+
+Like the domain, the ports endpoints may have are each server's own choice (`forgeflow serve --endpoint-ports`,
+FORGEFLOW_ENDPOINT_PORTS, 9000-9999 by default): a port is checked against the range of the server that receives
+the request setting it, and a server listens only on the ports in its range. The default is above the ports that
+need root, below Linux's ephemeral ports (32768-60999, where processes.free_port finds the model instances' ports),
+and clear of the ports of Postgres (5432), MLflow (5000), Ray (6379, 8265, 10001 and its workers' 10002-19999) and
+forgeflow's own server (8765). Host names ignore case, so of endpoint names equal but for case one has the host
+name (host_owners); a name whose host name is the server's own has none: requests there stay the server's.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,6 +35,8 @@ from forgeflow.errors import Conflict, InvalidInput
 
 DEFAULT_DOMAIN = "localhost"
 DOMAIN_ENV = "FORGEFLOW_ENDPOINT_DOMAIN"
+DEFAULT_PORTS = "9000-9999"
+PORTS_ENV = "FORGEFLOW_ENDPOINT_PORTS"
 MAX_PORT = 65535
 TABLE_TTL_S = 1.0  # the longest a server routes by a table another server's change made stale
 _LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
@@ -45,8 +55,25 @@ def check_domain(domain: str | None = None) -> str:
     return value
 
 
-def check_port(value: Any) -> int | None:
-    """An endpoint's own port: a whole number from 1 to 65535, or None for none."""
+def check_port_range(spec: str | None = None) -> range:
+    """The ports endpoints may have on this server: `FIRST-LAST` or one port (given, else FORGEFLOW_ENDPOINT_PORTS,
+    else DEFAULT_PORTS)."""
+    value = (spec if spec is not None else os.environ.get(PORTS_ENV, DEFAULT_PORTS)).strip()
+    first, dash, last = value.partition("-")
+    last = last if dash else first
+    if not (first.isdigit() and last.isdigit() and 1 <= int(first) <= int(last) <= MAX_PORT):
+        raise InvalidInput(f"--endpoint-ports {value!r}: give the ports endpoints may have as FIRST-LAST, from 1 to "
+                           f"{MAX_PORT}, e.g. --endpoint-ports {DEFAULT_PORTS} (or {PORTS_ENV})",
+                           field="endpoint_ports")
+    return range(int(first), int(last) + 1)
+
+
+def describe_ports(ports: range) -> str:
+    return f"{ports.start}-{ports.stop - 1}" if len(ports) > 1 else str(ports.start)
+
+
+def check_port(value: Any, ports: range) -> int | None:
+    """An endpoint's own port: a whole number in `ports` (the server's range), or None for none."""
     if value is None:
         return None
     if isinstance(value, float) and value.is_integer():  # 9001.0: a JSON number may come as a float
@@ -54,6 +81,10 @@ def check_port(value: Any) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PORT:
         raise InvalidInput(f"port must be a whole number from 1 to {MAX_PORT} (or null: no port of its own), "
                            f"got {value!r}", field="port")
+    if value not in ports:
+        raise InvalidInput(f"port {value} is outside the ports this server gives endpoints ({describe_ports(ports)}):"
+                           " pick one in that range, or start the servers with --endpoint-ports FIRST-LAST (or "
+                           f"{PORTS_ENV}) to allow others", field="port")
     return value
 
 
@@ -83,17 +114,44 @@ def host_label(host: str | None, domain: str) -> str | None:
     return label
 
 
-def scoring_urls(base_url: str, domain: str, name: str, port: int | None) -> dict[str, Any]:
+def own_label(base_url: str, domain: str) -> str | None:
+    """The label of the server's own host name when that falls under the domain (ml.example.com under
+    example.com): a host name no endpoint may have, or every request to the server would go to that endpoint."""
+    return host_label(urlsplit(base_url).hostname, domain)
+
+
+def host_owners(names: Iterable[str]) -> dict[str, str]:
+    """Lowercased name -> the endpoint whose host name it is: of names equal but for case, the lowercase one when
+    there is one, else the first in sorted order."""
+    names, owners = sorted(names), {}
+    for name in names:
+        owners.setdefault(name.lower(), name)
+    return owners | {name: name for name in names if name == name.lower()}
+
+
+def scoring_urls(base_url: str, domain: str, name: str, port: int | None, names: Iterable[str]) -> dict[str, Any]:
     """The endpoint's Azure-style scoring URLs (path exactly `/score`) beside its `scoring_uri`: on its host name
-    (None when host names are off) and on its own port (None when it has none)."""
+    and on its own port (None when it has none). `names`: every endpoint's, for the host name's owner; when the
+    endpoint has no host name, `host_scoring_uri` is None and `host_scoring_uri_note` says why."""
     parts = urlsplit(base_url)
     scheme, hostname = parts.scheme or "http", parts.hostname or "127.0.0.1"
     if ":" in hostname:
         hostname = f"[{hostname}]"
     server_port = f":{parts.port}" if parts.port else ""
+    label, note = name.lower(), None
+    owner = host_owners(names).get(label, name)
+    if not domain:
+        note = "host names are off: the server runs with --endpoint-domain ''"
+    elif label == own_label(base_url, domain):
+        note = (f"{label}.{domain} is the server's own host name, which stays the server's: use scoring_uri or "
+                "port_scoring_uri, or start the servers with another --endpoint-domain")
+    elif owner != name:
+        note = (f"{label}.{domain} is endpoint {owner!r}'s host name (host names ignore case): use scoring_uri or "
+                f"port_scoring_uri, or a name that differs from {owner!r} by more than case")
     return {
         "port": port,
-        "host_scoring_uri": f"{scheme}://{name.lower()}.{domain}{server_port}/score" if domain else None,
+        "host_scoring_uri": None if note else f"{scheme}://{label}.{domain}{server_port}/score",
+        "host_scoring_uri_note": note,
         "port_scoring_uri": f"{scheme}://{hostname}:{port}/score" if port else None,
     }
 
@@ -105,7 +163,7 @@ class EndpointAddresses:
     def __init__(self, read: Callable[[], dict[str, int | None]], ttl_s: float = TABLE_TTL_S) -> None:
         self._read = read
         self.ttl_s = ttl_s
-        self._names: dict[str, str] = {}  # lowercased name -> name
+        self._names: dict[str, str] = {}  # lowercased name -> the endpoint whose host name it is
         self._ports: dict[int, str] = {}
         self._loaded_at: float | None = None
         self._loading = threading.Lock()
@@ -121,11 +179,7 @@ class EndpointAddresses:
             if not force and not self.stale:
                 return
             table = self._read()
-            names: dict[str, str] = {}
-            for name in sorted(table):  # two names equal but for case: the lowercase one keeps its host name
-                names.setdefault(name.lower(), name)
-            names |= {name: name for name in table if name == name.lower()}
-            self._names, self._loaded_at = names, time.monotonic()
+            self._names, self._loaded_at = host_owners(table), time.monotonic()
             self._ports = {port: name for name, port in table.items() if port}
 
     def name_for(self, label: str) -> str:

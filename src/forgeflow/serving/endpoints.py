@@ -51,14 +51,16 @@ _KEEP: Any = object()  # an update argument left out
 
 
 class EndpointService:
-    def __init__(self, ws: Workspace, placement: Placement, base_url: str, domain: str | None = None) -> None:
-        """`domain`: what endpoints' host names end in (serving/endpoint_hosts.py; FORGEFLOW_ENDPOINT_DOMAIN or
-        `localhost` when not given)."""
+    def __init__(self, ws: Workspace, placement: Placement, base_url: str, domain: str | None = None,
+                 ports: str | None = None) -> None:
+        """`domain`: what endpoints' host names end in; `ports`: the ports endpoints may have, FIRST-LAST
+        (serving/endpoint_hosts.py; from the environment or the defaults when not given)."""
         self.ws = ws
         self.store = ws.store
         self.placement = placement
         self.base_url = base_url.rstrip("/")
         self.domain = endpoint_hosts.check_domain(domain)
+        self.ports = endpoint_hosts.check_port_range(ports)
         self.metrics = Metrics()
         self.admission = Admission()
         self.supervisor = DeploymentSupervisor(placement, self, self.admission)
@@ -190,7 +192,8 @@ class EndpointService:
             raise NotFound(f"no endpoint named {name!r} (see: forgeflow online-endpoint list)", field="name")
         return row
 
-    def show_endpoint(self, name: str) -> dict:
+    def show_endpoint(self, name: str, names: list[str] | None = None) -> dict:
+        """`names`: every endpoint's (read here when not given), for whose its host name is."""
         row = self._endpoint_row(name)
         deps = self.list_deployments(name)
         states = {d["provisioning_state"] for d in deps}
@@ -202,7 +205,8 @@ class EndpointService:
             "auth_mode": row["auth_mode"],
             "scoring_uri": f"{self.base_url}/endpoints/{name}/score",
             "openai_base_url": f"{self.base_url}/endpoints/{name}/v1",
-            **endpoint_hosts.scoring_urls(self.base_url, self.domain, name, row.get("port")),
+            **endpoint_hosts.scoring_urls(self.base_url, self.domain, name, row.get("port"),
+                                          self.addresses() if names is None else names),
             "traffic": row["traffic"],
             "mirror_traffic": row.get("mirror_traffic") or {},
             "max_body_bytes": row.get("max_body_bytes"),
@@ -219,14 +223,15 @@ class EndpointService:
 
     def _free_port(self, name: str, port: Any) -> int | None:
         """`port` checked, and free: no other endpoint has it, and no live server of the workspace listens there."""
-        port = endpoint_hosts.check_port(port)
+        port = endpoint_hosts.check_port(port, self.ports)
         if port is not None:
             urls = [self.base_url] + [s["url"] for s in servers(self.store) if s["alive"]]
             endpoint_hosts.check_port_free(port, name, self.store.select("endpoints"), urls)
         return port
 
     def list_endpoints(self) -> list[dict]:
-        return [self.show_endpoint(r["name"]) for r in self.store.select("endpoints", order_by="created_at")]
+        names = [r["name"] for r in self.store.select("endpoints", order_by="created_at")]
+        return [self.show_endpoint(name, names) for name in names]
 
     def delete_endpoint(self, name: str) -> None:
         with self._deployments_lock:  # no autoscaling change between the stop and the rows going
