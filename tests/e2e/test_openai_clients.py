@@ -2,10 +2,11 @@
 deployment of the tiny model: every field forgeflow takes does what OpenAI's does, and every one it cannot
 honour is an `openai.BadRequestError` whose `param` names it.
 
-The chat calls go through the endpoint's gateway (`openai_base_url`); `/v1/completions` and `GET /v1/models/{id}`
-are asked of the deployment's instance itself, with the instance's secret as the API key, to check the instance's
-own answers. The tools and JSON tests use the tiny model with a tools template; a second deployment keeps the plain
-template, which has no tool support.
+Every call goes through the endpoint's gateway (`openai_base_url`) with the endpoint's key, as a client's would:
+chat and text completions and `GET /v1/models/{id}`. The deployment takes the default request settings, so the
+burst of ten concurrent requests exercises the default `max_concurrent_requests_per_instance`. The tools and JSON
+tests use the tiny model with a tools template; a second deployment keeps the plain template, which has no tool
+support.
 """
 
 from __future__ import annotations
@@ -25,15 +26,6 @@ from tiny import build_tiny_model
 pytestmark = pytest.mark.integration
 
 USER = {"role": "user", "content": "What is the capital of France?"}
-
-
-def _instance_secret(pid: int) -> str:
-    """The secret an instance was started with, as its owner can read it."""
-    with open(f"/proc/{pid}/environ", "rb") as f:
-        for item in f.read().split(b"\0"):
-            if item.startswith(b"FORGEFLOW_INSTANCE_SECRET="):
-                return item.split(b"=", 1)[1].decode()
-    raise AssertionError("the instance has no secret in its environment")
 
 
 def _tools_model(out: Path) -> Path:
@@ -62,19 +54,15 @@ def target(tmp_path_factory, tiny_model_dir):
     server.start()
     try:
         server.cli("online-endpoint", "create", "--name", "oai")
-        # eight requests at once per instance: what the transformers runtime decodes in one batch
         dep = server.cli_json("online-deployment", "create", "--name", "blue", "--endpoint-name", "oai",
-                              "--model", str(model_dir), "--all-traffic",
-                              "--set", "request_settings.max_concurrent_requests_per_instance=8")
+                              "--model", str(model_dir), "--all-traffic")
         assert dep["provisioning_state"] == "Succeeded", dep
         green = server.cli_json("online-deployment", "create", "--name", "green", "--endpoint-name", "oai",
                                 "--model", str(tiny_model_dir))
         assert green["provisioning_state"] == "Succeeded", green
         key = server.cli_json("online-endpoint", "get-credentials", "--name", "oai")["primary_key"]
         base_url = server.cli_json("online-endpoint", "show", "--name", "oai")["openai_base_url"]
-        instance = dep["instances"][0]
-        yield {"key": key, "base_url": base_url, "instance_url": f"{instance['url']}/v1",
-               "instance_key": _instance_secret(instance["pid"]), "model_dir": model_dir}
+        yield {"key": key, "base_url": base_url, "model_dir": model_dir}
     finally:
         server.stop()
 
@@ -82,11 +70,6 @@ def target(tmp_path_factory, tiny_model_dir):
 @pytest.fixture(scope="module")
 def client(target) -> openai.OpenAI:
     return openai.OpenAI(api_key=target["key"], base_url=target["base_url"], max_retries=0, timeout=120)
-
-
-@pytest.fixture(scope="module")
-def instance(target) -> openai.OpenAI:
-    return openai.OpenAI(api_key=target["instance_key"], base_url=target["instance_url"], max_retries=0, timeout=120)
 
 
 def _seeded(client, **fields):
@@ -143,30 +126,30 @@ def test_langchain_chat_and_stream(target):
     assert streamed == answer.content
 
 
-def test_completions_and_models_on_the_instance(instance):
-    card = instance.models.retrieve("blue")
+def test_completions_and_models_through_the_gateway(client):
+    card = client.models.retrieve("blue")
     assert card.id == "blue" and card.object == "model" and card.created > 0
     with pytest.raises(openai.NotFoundError):
-        instance.models.retrieve("gpt-4")
+        client.models.retrieve("gpt-4")
 
-    done = instance.completions.create(model="blue", prompt="The capital of France is", max_tokens=6, seed=3)
+    done = client.completions.create(model="blue", prompt="The capital of France is", max_tokens=6, seed=3)
     assert done.object == "text_completion" and done.created > 0
     assert done.choices[0].text and done.choices[0].finish_reason in ("stop", "length")
     assert 0 < done.usage.completion_tokens <= 6
-    again = instance.completions.create(model="blue", prompt=["The capital of France is"], max_tokens=6,
+    again = client.completions.create(model="blue", prompt=["The capital of France is"], max_tokens=6,
                                         seed=3)
     assert again.choices[0].text == done.choices[0].text
-    streamed = instance.completions.create(model="blue", prompt="The capital of France is", max_tokens=6,
+    streamed = client.completions.create(model="blue", prompt="The capital of France is", max_tokens=6,
                                            seed=3, stream=True)
     assert "".join(c.choices[0].text for c in streamed if c.choices) == done.choices[0].text
-    two = instance.completions.create(model="blue", prompt="Once", max_tokens=6, n=2, seed=5)
+    two = client.completions.create(model="blue", prompt="Once", max_tokens=6, n=2, seed=5)
     assert [c.index for c in two.choices] == [0, 1]
 
     with pytest.raises(openai.BadRequestError) as caught:
-        instance.completions.create(model="blue", prompt="x", suffix="y")
+        client.completions.create(model="blue", prompt="x", suffix="y")
     assert caught.value.param == "suffix"
     with pytest.raises(openai.BadRequestError) as caught:
-        instance.completions.create(model="blue", prompt=[1, 2, 3])
+        client.completions.create(model="blue", prompt=[1, 2, 3])
     assert caught.value.param == "prompt"
 
 
@@ -378,8 +361,8 @@ def test_logit_bias_and_penalties(client, target):
     assert Counter(_tokens(penalized)).most_common(1)[0][1] < Counter(_tokens(repeating)).most_common(1)[0][1]
 
 
-def test_completions_logprobs_on_the_instance(instance):
-    done = instance.completions.create(model="blue", prompt="The capital of France is", max_tokens=5, temperature=0,
+def test_completions_logprobs_through_the_gateway(client):
+    done = client.completions.create(model="blue", prompt="The capital of France is", max_tokens=5, temperature=0,
                                        logprobs=2)
     logprobs = done.choices[0].logprobs
     assert len(logprobs.tokens) == len(logprobs.token_logprobs) == len(logprobs.text_offset) == \

@@ -1,6 +1,11 @@
 from __future__ import annotations
 
+import json
+
 import pytest
+from flow_fixtures import JsonHandler, Loopback, no_proxy
+
+from forgeflow.chat import parse_chat_completion_request, parse_score_request
 
 from forgeflow.errors import InvalidInput, NotFound, UpstreamError
 from forgeflow.flows.executor import run_flow
@@ -259,3 +264,145 @@ def test_flow_inputs_cannot_open_roles(make_flow, llm_server, tmp_path):
     run_flow(path, {"q": INJECTION}, connection_provider=provider(llm_server))
     assert llm_server.requests[-1]["body"]["messages"] == [
         {"role": "system", "content": "Be kind."}, {"role": "user", "content": INJECTION}]
+
+
+# -- every input of Prompt flow's llm tool is sent or refused by name, never dropped ---------------------------
+
+PARAMS_FLOW = """
+inputs:
+  question: {type: string}
+outputs:
+  answer: {type: string, reference: '${chat.output}'}
+nodes:
+- name: chat
+  type: llm
+  source: {type: code, path: ask.jinja2}
+  inputs:
+    deployment_name: tiny-chat
+    question: ${inputs.question}
+INPUTS
+  connection: CONN
+  api: chat
+"""
+ASK = {"ask.jinja2": "user:\n{{ question }}\n"}
+# as a Prompt flow DAG writes them: numbers as strings, lists and objects as YAML or as JSON in a string
+SCORED_INPUTS = {"max_tokens": "'12'", "temperature": "'0.5'", "top_p": "0.9", "top_k": "'5'", "seed": "'7'",
+                 "stop": """'["END", "\\n\\n"]'""", "frequency_penalty": "'0.5'", "presence_penalty": "0.25",
+                 "response_format": "{type: text}", "n": "'1'", "logit_bias": "''", "tools": "[]", "user": "''"}
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+
+def params_flow(make_flow, inputs: dict[str, str], name: str = "params"):
+    lines = "".join(f"    {key}: {value}\n" for key, value in inputs.items())
+    return make_flow(PARAMS_FLOW.replace("INPUTS\n", lines), ASK, name=name)
+
+
+def test_scoring_connection_sends_every_parameter_the_score_body_takes(make_flow, llm_server):
+    run_flow(params_flow(make_flow, SCORED_INPUTS), {"question": "q"}, connection_provider=provider(llm_server, "custom"))
+    body = llm_server.requests[-1]["body"]
+    assert body["input_data"]["parameters"] == {
+        "max_new_tokens": 12, "temperature": 0.5, "top_p": 0.9, "top_k": 5, "seed": 7, "stop": ["END", "\n\n"],
+        "frequency_penalty": 0.5, "presence_penalty": 0.25}
+    # what the endpoint's own /score contract makes of it: every parameter honoured
+    request = parse_score_request(body).to_request()
+    assert request.max_new_tokens == 12 and request.stop == ("END", "\n\n")
+    assert (request.sampling.temperature, request.sampling.top_p, request.sampling.top_k, request.sampling.seed,
+            request.sampling.frequency_penalty, request.sampling.presence_penalty) == (0.5, 0.9, 5, 7, 0.5, 0.25)
+
+
+NOT_SCORED = [
+    ("response_format", "{type: json_object}"),
+    ("tools", json.dumps([WEATHER])),
+    ("tool_choice", "auto"),
+    ("functions", json.dumps([WEATHER["function"]])),
+    ("function_call", "{name: get_weather}"),
+    ("logit_bias", "{'50256': -100}"),
+    ("user", "dana"),
+]
+
+
+@pytest.mark.parametrize(("key", "value"), NOT_SCORED, ids=[k for k, _ in NOT_SCORED])
+def test_scoring_connection_refuses_what_the_score_body_cannot_take(make_flow, llm_server, key, value):
+    with pytest.raises(InvalidInput) as info:
+        run_flow(params_flow(make_flow, {key: value}), {"question": "q"},
+                 connection_provider=provider(llm_server, "custom"))
+    assert info.value.field == f"chat.inputs.{key}" and "node 'chat'" in info.value.message
+    assert "open_ai connection" in info.value.message or "remove it" in info.value.message
+    assert llm_server.requests == []
+
+
+@pytest.mark.parametrize("kind", ["open_ai", "custom"])
+def test_n_above_one_is_refused_on_every_connection(make_flow, llm_server, kind):
+    with pytest.raises(InvalidInput, match="outputs one answer: set n to 1") as info:
+        run_flow(params_flow(make_flow, {"n": "'3'"}), {"question": "q"}, connection_provider=provider(llm_server, kind))
+    assert info.value.field == "chat.inputs.n" and llm_server.requests == []
+
+
+def test_openai_connection_sends_every_input(make_flow, llm_server):
+    inputs = {**SCORED_INPUTS, "response_format": "{type: json_object}", "logit_bias": "{'50256': -100}",
+              "user": "dana", "tool_choice": "'{\"type\": \"function\", \"function\": {\"name\": \"get_weather\"}}'",
+              "tools": json.dumps([WEATHER])}
+    run_flow(params_flow(make_flow, inputs), {"question": "q"}, connection_provider=provider(llm_server))
+    body = llm_server.requests[-1]["body"]
+    assert {k: v for k, v in body.items() if k not in ("model", "messages")} == {
+        "max_tokens": 12, "temperature": 0.5, "top_p": 0.9, "top_k": 5, "seed": 7, "stop": ["END", "\n\n"],
+        "frequency_penalty": 0.5, "presence_penalty": 0.25, "response_format": {"type": "json_object"}, "n": 1,
+        "logit_bias": {"50256": -100}, "user": "dana", "tools": [WEATHER],
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}
+    # a forgeflow endpoint's /v1 takes that body whole
+    request = parse_chat_completion_request(body).to_request()
+    assert request.tools is not None and request.tools.choice == "get_weather" and request.sampling.top_k == 5
+    assert request.sampling.logit_bias == ((50256, -100.0),) and request.output.kind == "json_object"
+
+    legacy = {"functions": json.dumps([WEATHER["function"]]), "function_call": "{name: get_weather}"}
+    run_flow(params_flow(make_flow, legacy, name="legacy"), {"question": "q"}, connection_provider=provider(llm_server))
+    body = llm_server.requests[-1]["body"]
+    assert body["functions"] == [WEATHER["function"]] and body["function_call"] == {"name": "get_weather"}
+
+
+def test_bad_input_values_name_the_input(make_flow, llm_server):
+    for key, value in (("max_tokens", "'lots'"), ("seed", "'1.5'"), ("temperature", "warm"), ("tools", "'[{'")):
+        with pytest.raises(InvalidInput) as info:
+            run_flow(params_flow(make_flow, {key: value}, name=key), {"question": "q"},
+                     connection_provider=provider(llm_server))
+        assert info.value.field == f"chat.inputs.{key}"
+    assert llm_server.requests == []
+    run_flow(params_flow(make_flow, {"max_tokens": "inf", "stop": "'[END]'"}, name="inf"), {"question": "q"},
+             connection_provider=provider(llm_server))
+    body = llm_server.requests[-1]["body"]
+    assert "max_tokens" not in body and body["stop"] == "[END]"  # Prompt flow's "no limit"; a plain stop string
+
+
+class ToolCallServer(Loopback):
+    """An OpenAI-compatible server whose assistant always calls get_weather."""
+
+    CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+
+    def __init__(self) -> None:
+        self.requests = []
+        server = self
+
+        class Handler(JsonHandler):
+            def do_POST(self) -> None:
+                server.requests.append(json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0)))))
+                self._reply(200, {"choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+                    "role": "assistant", "content": None, "tool_calls": [ToolCallServer.CALL]}}]})
+
+        self.base = self._serve(Handler)
+
+
+def test_with_tools_the_answer_is_the_assistant_message(make_flow, monkeypatch):
+    no_proxy(monkeypatch)
+    server = ToolCallServer()
+    try:
+        flow_dir = params_flow(make_flow, {"tools": json.dumps([WEATHER]), "tool_choice": "auto"})
+        conn = {"name": "CONN", "type": "open_ai", "configs": {"base_url": server.base + "/v1"},
+                "secrets": {"api_key": "k"}}
+        for stream in (False, True):  # the call is never streamed: the tool calls would be lost in a text stream
+            result = run_flow(flow_dir, {"question": "weather?"}, connection_provider=lambda n: conn, stream=stream)
+            assert result.outputs["answer"] == {"role": "assistant", "content": None,
+                                                "tool_calls": [ToolCallServer.CALL]}
+            assert server.requests[-1]["tools"] == [WEATHER] and "stream" not in server.requests[-1]
+    finally:
+        server.close()

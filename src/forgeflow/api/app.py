@@ -33,7 +33,7 @@ from forgeflow.serving.endpoint_hosts import EndpointAddresses
 from forgeflow.serving.endpoints import EndpointService
 from forgeflow.serving.placement import LocalPlacement, TargetPlacement
 from forgeflow.serving.ray_placement import RayPlacement
-from forgeflow.serving.schemas import install_openapi
+from forgeflow.serving.schemas import dialect_of, error_body, install_openapi
 from forgeflow.serving.supervisor import DeploymentSupervisor
 from forgeflow.serving.throttle import FailureLimiter
 from forgeflow.store.connections import ConnectionStore
@@ -138,9 +138,13 @@ def create_app(ws: Workspace | None = None, *, base_url: str = "http://127.0.0.1
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        """A failure nothing expected: a 500 in the shape of the route's dialect, so an endpoint's clients show it
+        (OpenAI's under /v1, Azure's on the Azure AI model inference routes, else the tree's). This handler runs
+        outside EndpointRouting, so a request on an endpoint's host name or port has its bare path here, which
+        `dialect_of` reads the same way."""
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return await _domain_error(request, InternalError(
-            f"unexpected server error ({type(exc).__name__}); see {ws.paths.server_log}"))
+        error = InternalError(f"unexpected server error ({type(exc).__name__}); see {ws.paths.server_log}")
+        return JSONResponse(error_body(dialect_of(request.url.path), error), status_code=error.status_code)
 
     # Starlette tries routes in order: scoring requests are the hot path, so the gateway goes first.
     app.include_router(gateway.router)

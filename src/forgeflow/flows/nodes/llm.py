@@ -7,7 +7,12 @@
 - `custom` with an `endpoint`: an Azure ML / forgeflow scoring URI, `{"input_data": {"input_string":
   messages, "parameters": ...}}` -> `{"output": text}`, `Authorization: Bearer <key>`.
 
-429/502/503/504 answers are retried with exponential backoff, honouring `Retry-After`.
+Every API parameter of Prompt flow's llm tool (PARAMETERS) is sent, or refused by its input's name, never
+dropped: an OpenAI-style server gets them all (and judges them); the scoring body takes those in SCORE_NAMES and
+refuses the rest (NOT_SCORED). An llm node answers one text, so `n` above 1 is refused on every connection.
+With `tools` (or the older `functions`) the answer is the assistant's message, `tool_calls` included, as Prompt
+flow's llm tool gives it, and the call is not streamed. 429/502/503/504 answers are retried with exponential
+backoff, honouring `Retry-After`.
 """
 
 from __future__ import annotations
@@ -29,9 +34,29 @@ MAX_ATTEMPTS = 4
 BACKOFF_S = 1.0
 MAX_BACKOFF_S = 30.0
 REQUEST_TIMEOUT_S = 300.0
-PARAMETERS = ("max_tokens", "temperature", "top_p", "stop", "presence_penalty", "frequency_penalty",
-              "seed", "response_format", "logit_bias", "user", "n", "tools", "tool_choice")
+PARAMETERS = ("max_tokens", "temperature", "top_p", "top_k", "stop", "presence_penalty", "frequency_penalty",
+              "seed", "response_format", "logit_bias", "user", "n", "tools", "tool_choice", "functions",
+              "function_call")
 SETTINGS = ("model", "deployment_name", "stream", "connection", "api")
+SCORE_NAMES = {  # an input the scoring body takes -> its name in input_data.parameters
+    "max_tokens": "max_new_tokens", "temperature": "temperature", "top_p": "top_p", "top_k": "top_k",
+    "seed": "seed", "stop": "stop", "frequency_penalty": "frequency_penalty", "presence_penalty": "presence_penalty",
+}
+_TO_V1 = "use an open_ai connection whose base_url is the endpoint's openai_base_url (its /v1), which takes it"
+NOT_SCORED = {  # an input the scoring body has no place for -> why, and what to do instead
+    "response_format": f"the scoring body answers plain text only; {_TO_V1}",
+    "tools": f"the scoring body cannot offer tools; {_TO_V1}",
+    "tool_choice": f"the scoring body cannot offer tools; {_TO_V1}",
+    "functions": f"the scoring body cannot offer functions; {_TO_V1} as tools",
+    "function_call": f"the scoring body cannot offer functions; {_TO_V1} as tool_choice",
+    "logit_bias": f"the scoring body has no logit_bias; {_TO_V1}",
+    "user": "the scoring body has no place for an end user's id; remove it",
+}
+_MESSAGE_ANSWER = ("tools", "functions")  # with these the answer is the assistant's message, not its text
+_INTEGERS = ("max_tokens", "n", "seed", "top_k")
+_NUMBERS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
+_JSON = {"stop": "[", "response_format": "{", "logit_bias": "{", "tools": "[", "tool_choice": "{", "functions": "[",
+         "function_call": "{"}  # inputs written as JSON in a string, by how that JSON starts
 _client: httpx.Client | None = None
 _client_lock = threading.Lock()
 
@@ -45,45 +70,83 @@ def client() -> httpx.Client:
     return _client
 
 
-def _coerce(key: str, value: Any) -> Any:
+def _field(at: str, key: str) -> str:
+    """An input's name as errors give it: `NODE.inputs.KEY` for an llm node."""
+    return f"{at}.{key}" if at else key
+
+
+def _coerce(key: str, value: Any, at: str = "") -> Any:
     """Prompt flow DAGs often write numbers as strings ('128', '0.2', ''); read them as values."""
     if not isinstance(value, str):
         return value
     text = value.strip()
     if text == "" or text.lower() in ("none", "null"):
         return None
-    if key in ("max_tokens", "n", "seed"):
+    field = _field(at, key)
+    if key in _INTEGERS:
+        if key == "max_tokens" and text.lower() == "inf":
+            return None  # Prompt flow's "no limit": the server's default length
         try:
-            return int(float(text))
+            return int(text)
         except ValueError:
-            raise InvalidInput(f"{key} must be an integer, got {value!r}", field=key) from None
-    if key in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
+            pass
+        try:
+            number = float(text)
+            if number.is_integer():
+                return int(number)
+        except (ValueError, OverflowError):
+            pass
+        raise InvalidInput(f"{field} must be an integer, got {value!r}", field=field)
+    if key in _NUMBERS:
         try:
             return float(text)
         except ValueError:
-            raise InvalidInput(f"{key} must be a number, got {value!r}", field=key) from None
-    if key == "stop" and text.startswith("["):
-        return json.loads(text)
-    if key in ("response_format", "logit_bias") and text.startswith("{"):
-        return json.loads(text)
+            raise InvalidInput(f"{field} must be a number, got {value!r}", field=field) from None
+    if text.startswith(_JSON.get(key, "\0")):
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            if key == "stop":
+                return value  # a stop string that merely starts with "["
+            raise InvalidInput(f"{field} is not valid JSON ({exc}); write it as a YAML list or mapping",
+                               field=field) from None
     if text.lower() in ("true", "false"):
         return text.lower() == "true"
     return value
 
 
-def split_inputs(inputs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """(API parameters, settings like model/stream, template variables) of an llm node's inputs."""
+def split_inputs(inputs: dict[str, Any], at: str = "") -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(API parameters, settings like model/stream, template variables) of an llm node's inputs; `at` names the
+    inputs in errors (`NODE.inputs`). A parameter left empty (Prompt flow's default '', [] or {}) is not set."""
     params, settings, variables = {}, {}, {}
     for key, value in inputs.items():
         if key in PARAMETERS:
-            value = _coerce(key, value)
-            if value is not None:
+            value = _coerce(key, value, at)
+            if value is not None and value != [] and value != {}:
                 params[key] = value
         elif key in SETTINGS:
-            settings[key] = _coerce(key, value)
+            settings[key] = _coerce(key, value, at)
         else:
             variables[key] = value
     return params, settings, variables
+
+
+def _check_params(params: dict[str, Any], scoring: bool, where: str, at: str) -> None:
+    """Refuse, by the input's name, a parameter the call cannot honour, so none is dropped on the way."""
+    n = params.get("n")
+    if n is not None and n != 1:
+        field = _field(at, "n")
+        raise InvalidInput(f"{where}: {field} is {n!r}, but an llm node outputs one answer: set n to 1 (run the "
+                           "flow again, or a batch run over several lines, for more answers)", field=field)
+    if not scoring:
+        return
+    for key, value in params.items():
+        if key == "response_format" and value in ({"type": "text"}, "text"):
+            continue  # plain text is what the scoring body answers
+        if key in NOT_SCORED:
+            field = _field(at, key)
+            raise InvalidInput(f"{where}: {field} cannot be sent over a scoring connection (a custom connection "
+                               f"with an endpoint): {NOT_SCORED[key]}", field=field)
 
 
 def _request(method: str, url: str, *, headers: dict, body: dict, stream: bool, where: str) -> httpx.Response:
@@ -151,27 +214,31 @@ def _target(conn: dict, settings: dict, where: str) -> tuple[str, str, dict, dic
     )
 
 
-def chat(conn: dict, messages: list[dict], params: dict, settings: dict, *, stream: bool, where: str) -> str | Iterator[str]:
-    """Send `messages`; the answer's text, or an iterator of text chunks when streaming."""
+def chat(conn: dict, messages: list[dict], params: dict, settings: dict, *, stream: bool, where: str,
+         at: str = "") -> str | dict | Iterator[str]:
+    """Send `messages`; the answer's text, or an iterator of text chunks when streaming, or the assistant's
+    message (a dict with `tool_calls`) when `tools` or `functions` were given. `at` names the inputs in errors."""
     if not messages:
         raise InvalidInput(f"{where}: the template rendered no messages", field=where)
     kind, url, headers, extra = _target(conn, settings, where)
+    _check_params(params, kind == "scoring", where, at)
     if kind == "scoring":
-        body = score_body(messages, temperature=params.get("temperature"), top_p=params.get("top_p"),
-                          max_new_tokens=params.get("max_tokens"))
+        body = score_body(messages, **{SCORE_NAMES[k]: v for k, v in params.items() if k in SCORE_NAMES})
         resp = _request("POST", url, headers=headers, body=body, stream=False, where=where)
         data = resp.json()
         text = data.get("output") if isinstance(data, dict) else data[0] if isinstance(data, list) and data else data
         return iter([str(text)]) if stream else str(text)
     body = {**extra, "messages": messages, **params}
-    if stream:
+    message_answer = any(k in params for k in _MESSAGE_ANSWER)
+    if stream and not message_answer:
         body["stream"] = True
         resp = _request("POST", url, headers=headers, body=body, stream=True, where=where)
         return _sse_chunks(resp, where)
     resp = _request("POST", url, headers=headers, body=body, stream=False, where=where)
     try:
-        return resp.json()["choices"][0]["message"].get("content") or ""
-    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        message = resp.json()["choices"][0]["message"]
+        return dict(message) if message_answer else message.get("content") or ""
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
         raise UpstreamError(f"{where}: unexpected chat completion body: {resp.text[:300]}", field=where) from exc
 
 

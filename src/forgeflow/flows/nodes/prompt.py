@@ -19,9 +19,10 @@ def run_prompt(node: Any, kwargs: dict[str, Any]) -> str:
 def run_llm(node: Any, kwargs: dict[str, Any], provider: ConnectionProvider | None, *, stream: bool) -> Any:
     """The answer text, or an iterator of chunks when streaming was asked for."""
     where = f"node {node.name!r}"
-    params, settings, variables = llm.split_inputs(kwargs)
+    params, settings, variables = llm.split_inputs(kwargs, f"{node.name}.inputs")
     template, names = templates.load_template(node.path, where)
     templates.check_variables(names, set(variables), where, f"{node.name}.inputs")
     messages = templates.to_messages(templates.render(template, variables, where))
     conn = fetch_connection(node.connection, provider, where, f"{node.name}.connection")
-    return llm.chat(conn, messages, params, settings, stream=stream or bool(settings.get("stream")), where=where)
+    return llm.chat(conn, messages, params, settings, stream=stream or bool(settings.get("stream")), where=where,
+                    at=f"{node.name}.inputs")
