@@ -138,3 +138,18 @@ def test_prompty_with_stored_connection(tmp_path, llm_server):
     assert run_flow(path, {"q": "hello"}, connection_provider=provider).outputs == {"output": "echo: user=hello"}
     with pytest.raises(NotFound, match="connection 'ep' not found"):
         run_flow(path, {"q": "hello"}, connection_provider=lambda n: None)
+
+
+def test_prompty_parameters_are_sent_or_refused_by_name(tmp_path, llm_server, monkeypatch):
+    """A model.parameters key forgeflow cannot send is a 400 naming it, never dropped; the others reach the body."""
+    monkeypatch.setenv("FF_PROMPTY_KEY", llm_server.key)
+    path = tmp_path / "p.prompty"
+    base = PROMPTY.replace("BASE", llm_server.base + "/v1")
+    path.write_text(base.replace("max_tokens: 32", "max_tokens: 32\n    seed: 7\n    stop: ['###']"))
+    run_flow(path, {})
+    body = llm_server.requests[-1]["body"]
+    assert body["seed"] == 7 and body["stop"] == ["###"]
+    path.write_text(base.replace("max_tokens: 32", "max_tokens: 32\n    logprobs: true"))
+    with pytest.raises(InvalidInput, match="model.parameters.logprobs") as refused:
+        run_flow(path, {})
+    assert refused.value.field == "model.parameters.logprobs"

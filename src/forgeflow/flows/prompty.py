@@ -118,9 +118,14 @@ def run_prompty(flow: Flow, inputs: dict, provider: ConnectionProvider | None, *
         templates.check_variables(spec.variables, set(resolved), where, "inputs")
         messages = templates.to_messages(templates.render(spec.template, resolved, where))
         conn, settings = _connection(spec, provider, where)
-        params, extra, _ = llm.split_inputs(spec.parameters)
+        params, extra, unknown = llm.split_inputs(spec.parameters, at="model.parameters")
+        if unknown:  # never dropped on the way: a parameter the call cannot send is refused by its name
+            key = sorted(unknown)[0]
+            raise InvalidInput(f"{where}: model.parameters.{key} is not a parameter forgeflow can send; use one of "
+                               f"{', '.join(llm.PARAMETERS + llm.SETTINGS)}", field=f"model.parameters.{key}")
         settings = {**settings, **{k: v for k, v in extra.items() if v is not None}}
-        out = llm.chat(conn, messages, params, settings, stream=stream or bool(settings.get("stream")), where=where)
+        out = llm.chat(conn, messages, params, settings, stream=stream or bool(settings.get("stream")), where=where,
+                       at="model.parameters")
         out = settle(out, stream, lambda text: entry.__setitem__("output", text))
         entry.update(output=out, status=RunStatus.COMPLETED)
         result.outputs = {"output": out}
