@@ -58,9 +58,23 @@ def test_n_choices_take_seed_plus_i():
 def test_accepted_fields_that_change_nothing_forgeflow_does():
     """An opaque user id, the one service tier, no storing, text output, and OpenAI's null fields are accepted."""
     assert chat(user="u-1", safety_identifier="s-1", service_tier="auto", store=False, modalities=["text"],
-                parallel_tool_calls=True, stream_options={"include_usage": True, "include_obfuscation": False},
+                stream=True, stream_options={"include_usage": True, "include_obfuscation": False},
                 audio=None, metadata=None, reasoning_effort=None, functions=None, prediction=None,
                 response_format={"type": "text"}) == chat()
+
+
+@pytest.mark.parametrize("parse", [parse_chat_completion_request, parse_completion_request])
+def test_null_is_not_set_for_every_field(parse):
+    """OpenAI's fields are nullable and openai-python sends null for an explicit None (`n=None`,
+    `max_tokens=None`): every null field takes its default, as if it were left out."""
+    base = {"messages": [USER]} if parse is parse_chat_completion_request else {"prompt": "Once upon a time"}
+    model = type(parse(base))
+    nulls = {name: None for name in model.model_fields if name not in base}
+    assert {"n", "max_tokens", "temperature", "stream", "stream_options", "logprobs"} <= set(nulls)
+    assert parse({**base, **nulls}).to_requests() == parse(base).to_requests()
+    for name in nulls:
+        assert parse({**base, name: None}).to_requests() == parse(base).to_requests(), name
+    assert parse({**base, "stream": True, "stream_options": {"include_usage": None}}).include_usage is False
 
 
 def test_messages_content_parts_and_roles():
@@ -99,7 +113,10 @@ def test_messages_content_parts_and_roles():
     ([{"role": "user", "content": [{"type": "text", "text": "a", "cache_control": {}}]}],
      "messages[0].content[0].cache_control"),
     ([{"role": "user", "content": [{"type": "text", "text": 5}]}], "messages[0].content[0].text"),
-    ([{"role": "user", "content": "x", "name": "dana"}], "messages[0].name"),
+    ([{"role": "user", "content": "x", "name": "Dana Scully"}], "messages[0].name"),
+    ([{"role": "user", "content": "x", "name": 7}], "messages[0].name"),
+    ([{"role": "assistant", "content": None, "tool_calls": [CALL]},
+      {"role": "tool", "content": "x", "tool_call_id": "call_1", "name": "get_weather"}], "messages[1].name"),
     ([{"role": "assistant", "content": "x", "refusal": "I cannot"}], "messages[0].refusal"),
     ([{"role": "assistant", "content": "x", "audio": {"id": "a"}}], "messages[0].audio"),
     ([{"role": "assistant", "content": None, "function_call": {"name": "f", "arguments": "{}"}}],
@@ -143,7 +160,21 @@ def test_tools_and_tool_choice_become_the_tools():
     bare = chat(tools=[{"type": "function", "function": {"name": "now", "parameters": {}}}]).tools
     assert bare.definitions == ({"type": "function", "function": {"name": "now", "parameters": {
         "type": "object", "properties": {}}}},)
-    assert chat(tool_choice="auto").tools is None and chat(tools=[]).tools is None
+    assert chat(tools=[]).tools is None and chat(tools=None, tool_choice=None).tools is None
+
+
+def test_a_message_name_reaches_the_chat_template():
+    """LangGraph (AIMessage.name) and AutoGen name the participants; the name goes into the turn the template
+    renders (templates that use it show it), on system, developer, user and assistant messages."""
+    request = parse_chat_completion_request({"messages": [
+        {"role": "developer", "content": "Be brief.", "name": "rules"},
+        {"role": "user", "content": "Hi", "name": "alice"},
+        {"role": "assistant", "content": "Hello", "name": "research_agent"},
+        {"role": "user", "content": "Bye", "name": None}]}).to_request()
+    assert request.messages == [{"role": "system", "content": "Be brief.", "name": "rules"},
+                                {"role": "user", "content": "Hi", "name": "alice"},
+                                {"role": "assistant", "content": "Hello", "name": "research_agent"},
+                                {"role": "user", "content": "Bye"}]
 
 
 def test_logprobs_ask_for_k_alternatives():
@@ -206,6 +237,13 @@ def test_logprobs_ask_for_k_alternatives():
     ({"tools": [TOOL, TOOL]}, "tools[1].function.name"),
     ({"tools": [TOOL] * 129}, "tools"),
     ({"tool_choice": "required"}, "tool_choice"),
+    ({"tool_choice": "auto"}, "tool_choice"),
+    ({"tool_choice": "none", "tools": []}, "tool_choice"),
+    ({"tool_choice": {"type": "function", "function": {"name": "get_weather"}}}, "tool_choice"),
+    ({"parallel_tool_calls": False}, "parallel_tool_calls"),
+    ({"stream_options": {"include_usage": True}}, "stream_options"),
+    ({"stream": False, "stream_options": {"include_usage": False}}, "stream_options"),
+    ({"model": "m" * 257}, "model"),
     ({"tool_choice": "always", "tools": [TOOL]}, "tool_choice"),
     ({"tool_choice": {"type": "function", "function": {"name": "other"}}, "tools": [TOOL]}, "tool_choice.function.name"),
     ({"tool_choice": {"type": "allowed_tools", "allowed_tools": {}}, "tools": [TOOL]}, "tool_choice.type"),
@@ -291,11 +329,13 @@ def _sent_by(call) -> dict:
 
 def test_the_bodies_official_clients_send_parse():
     import openai
-    from langchain_core.messages import ToolMessage
+    from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
     from langchain_openai import ChatOpenAI
     from pydantic import BaseModel
 
     class Person(BaseModel):
+        """A person the text names (LangChain sends this as the schema's description)."""
+
         name: str
 
     def lc(http):
@@ -311,8 +351,19 @@ def test_the_bodies_official_clients_send_parse():
                                                ToolMessage("done", tool_call_id="c1")])),
         _sent_by(lambda http: openai.OpenAI(base_url="http://x/v1", api_key="k", http_client=http)
                  .chat.completions.parse(model="m", messages=[USER], response_format=Person)),
+        _sent_by(lambda http: lc(http).invoke([HumanMessage("hi", name="alice"),
+                                               AIMessage("hello", name="research_agent")])),
+        _sent_by(lambda http: openai.OpenAI(base_url="http://x/v1", api_key="k", http_client=http)
+                 .chat.completions.create(model="m", messages=[USER], n=None, temperature=None, stop=None)),
     ]
     for body in bodies:
         parse_chat_completion_request(body).to_request()
     assert bodies[1]["response_format"]["json_schema"]["strict"] is True
+    assert bodies[1]["response_format"]["json_schema"]["schema"]["description"].startswith("A person")
+    assert [m.get("name") for m in parse_chat_completion_request(bodies[7]).to_request().messages] == [
+        "alice", "research_agent"]
+    assert bodies[8]["n"] is None and parse_chat_completion_request(bodies[8]).n == 1
+    completion = _sent_by(lambda http: openai.OpenAI(base_url="http://x/v1", api_key="k", http_client=http)
+                          .completions.create(model="m", prompt="Once", max_tokens=None, n=None))
+    assert completion["max_tokens"] is None and parse_completion_request(completion).to_request().max_new_tokens == 16
     assert bodies[5]["messages"][-1] == {"content": "done", "role": "tool", "tool_call_id": "c1"}

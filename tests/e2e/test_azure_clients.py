@@ -9,12 +9,11 @@ import httpx
 import openai
 import pytest
 from azure.ai.inference import ChatCompletionsClient
-from azure.ai.inference.models import SystemMessage, UserMessage
+from azure.ai.inference.models import ModelType, SystemMessage, UserMessage
 from azure.core.credentials import AzureKeyCredential
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
+from endpoint_ports import free_endpoint_port
 from waiting import wait_until
-
-from forgeflow.processes import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +46,7 @@ def test_the_azure_inference_client_on_the_endpoints_base_url(deployed, tiny_mod
 
     info = client.get_model_info()
     assert info.model_name == tiny_model_dir.name
-    assert (info.model_type, info.model_provider_name) == ("chat-completion", "forgeflow")
+    assert (info.model_type, info.model_provider_name) == (ModelType.CHAT_COMPLETION, "forgeflow")
 
     with pytest.raises(ClientAuthenticationError, match="missing or wrong key"):
         ChatCompletionsClient(endpoint=base, credential=AzureKeyCredential("not-the-key")).complete(messages=messages)
@@ -62,7 +61,7 @@ def test_the_azure_inference_client_on_the_endpoints_base_url(deployed, tiny_mod
     assert too_long.value.error.message
 
     # on a port of the endpoint's own, the base URL is the port's (Azure's shape: the host, then /score)
-    s.cli("online-endpoint", "update", "--name", "az-ep", "--set", f"port={free_port()}")
+    s.cli("online-endpoint", "update", "--name", "az-ep", "--set", f"port={free_endpoint_port()}")
     port_base = s.cli_json("online-endpoint", "show", "--name", "az-ep")["port_scoring_uri"].removesuffix("/score")
     wait_until(lambda: _listening(port_base), timeout=30, what="the endpoint's own port")
     on_port = ChatCompletionsClient(endpoint=port_base, credential=AzureKeyCredential(key))

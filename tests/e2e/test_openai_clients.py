@@ -174,7 +174,11 @@ UNSUPPORTED = [
     ({"extra_body": {"best_of": 2}}, "best_of"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}]},
      "messages[0].content[0].type"),
-    ({"messages": [{"role": "user", "content": "hi", "name": "dana"}]}, "messages[0].name"),
+    ({"messages": [{"role": "user", "content": "hi", "name": "Dana Scully"}]}, "messages[0].name"),
+    ({"tool_choice": "auto"}, "tool_choice"),
+    ({"parallel_tool_calls": False}, "parallel_tool_calls"),
+    ({"stream_options": {"include_usage": True}}, "stream_options"),
+    ({"model": "m" * 257}, "model"),
     ({"messages": [{"role": "tool", "content": "42", "tool_call_id": "call_9"}]}, "messages[0].tool_call_id"),
 ]
 
@@ -183,11 +187,21 @@ UNSUPPORTED = [
 def test_what_forgeflow_cannot_honour_is_a_bad_request_naming_it(client, fields, param):
     fields = {"messages": [USER], "max_tokens": 2, **fields}
     with pytest.raises(openai.BadRequestError) as caught:
-        result = client.chat.completions.create(model="blue", **fields)
+        result = client.chat.completions.create(**{"model": "blue", **fields})
         if fields.get("stream"):
             list(result)
     assert caught.value.status_code == 400 and caught.value.param == param, caught.value.body
     assert caught.value.body["type"] == "invalid_request_error"
+
+
+def test_null_fields_take_their_defaults_and_message_names_are_taken(client):
+    """openai-python sends null for an explicit None; LangGraph and AutoGen name a message's participant."""
+    out = client.chat.completions.create(model="blue", messages=[{"role": "user", "content": "hi", "name": "alice"}],
+                                         n=None, max_tokens=None, max_completion_tokens=3, temperature=None,
+                                         stop=None, seed=None, stream=None, tools=None, tool_choice=None)
+    assert len(out.choices) == 1 and out.usage.completion_tokens <= 3
+    done = client.completions.create(model="blue", prompt="Once", max_tokens=None, n=None, temperature=0)
+    assert len(done.choices) == 1 and done.usage.completion_tokens <= 16
 
 
 def test_ten_concurrent_async_requests_all_succeed(target):

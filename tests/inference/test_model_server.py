@@ -183,10 +183,17 @@ def test_app_scores_and_validates(generator):
 
 
 def _sse(text: str) -> list:
+    """The data events of a complete stream (the usage comment for the gateway left out)."""
     assert text.endswith("data: [DONE]\n\n"), text[-200:]
-    events = [block for block in text.split("\n\n") if block]
+    events = [block for block in text.split("\n\n") if block and not block.startswith(": forgeflow-usage ")]
     assert all(e.startswith("data: ") for e in events)
     return [json.loads(e[len("data: "):]) for e in events[:-1]]
+
+
+def _usage_comment(text: str) -> dict | None:
+    comments = [b for b in text.split("\n\n") if b.startswith(": forgeflow-usage ")]
+    assert len(comments) <= 1
+    return json.loads(comments[0].removeprefix(": forgeflow-usage ")) if comments else None
 
 
 def test_chat_streams_server_sent_events(generator):
@@ -209,8 +216,11 @@ def test_chat_streams_server_sent_events(generator):
         assert chunks[-1]["choices"] == [] and chunks[-1]["usage"] == plain["usage"]
         assert all(c["usage"] is None for c in chunks[:-1])
 
-        no_usage = _sse((await client.post("/v1/chat/completions", json={**body, "stream": True})).text)
+        assert _usage_comment(streamed.text) is None  # the client asked for the usage chunk: no comment
+        without = (await client.post("/v1/chat/completions", json={**body, "stream": True})).text
+        no_usage = _sse(without)
         assert all("usage" not in c for c in no_usage) and no_usage[-1]["choices"][0]["finish_reason"]
+        assert _usage_comment(without) == plain["usage"]  # for the gateway's token metrics
 
         for bad, field in (({"stop": 3}, "stop"), ({"stop": ["a"] * 5}, "stop"),
                            ({"stream_options": {"include_usage": "yes"}}, "stream_options.include_usage"),
@@ -451,3 +461,18 @@ def test_real_process_exits_when_the_model_cannot_load(tmp_path):
     assert done.returncode == 1
     assert "READY" not in done.stdout
     assert "failed to load" in done.stderr
+
+
+def test_a_message_name_reaches_a_template_that_uses_it(tiny_model_dir):
+    """A message's `name` is in the turn the chat template renders: a template that uses it shows it."""
+    from transformers import AutoTokenizer
+
+    from forgeflow.chat import parse_chat_completion_request
+    from forgeflow.inference.runtimes.base import PromptEncoder
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.chat_template = ("{% for m in messages %}{{ m.role }}{% if m.name %} ({{ m.name }}){% endif %}: "
+                               "{{ m.content }}\n{% endfor %}")
+    request = parse_chat_completion_request({"messages": [{"role": "user", "content": "hi", "name": "alice"},
+                                                          {"role": "user", "content": "yo"}]}).to_request()
+    assert tokenizer.decode(PromptEncoder(tokenizer, None).encode(request.messages)) == "user (alice): hi\nuser: yo\n"

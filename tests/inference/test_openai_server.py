@@ -97,9 +97,10 @@ def serve(runtime, check):
 
 
 def events(response) -> list[dict]:
+    """The data events of a complete stream (the usage comment for the gateway left out)."""
     assert response.status_code == 200, response.text
     assert response.text.endswith("data: [DONE]\n\n"), response.text[-300:]
-    blocks = [b for b in response.text.split("\n\n") if b]
+    blocks = [b for b in response.text.split("\n\n") if b and not b.startswith(": forgeflow-usage ")]
     return [json.loads(b[len("data: "):]) for b in blocks[:-1]]
 
 
@@ -244,21 +245,102 @@ def test_models_and_every_v1_error_in_openai_shape():
 
 
 def test_a_refused_choice_lets_the_queued_ones_go():
+    """Streamed or not, every choice is queued before any is read: one refused (a full queue, a value the model
+    cannot take) lets the queued ones go instead of leaving them generating to max_tokens."""
     runtime = Scripted(refuse=lambda request: request.sampling.seed == 2)
 
     async def check(client):
-        refused = await client.post(CHAT, json={"messages": [USER], "n": 3, "seed": 1, "stream": True})
-        assert refused.status_code == 400 and refused.json()["error"]["type"] == "invalid_request_error"
-        assert [r.sampling.seed for r in runtime.requests] == [1] and runtime.cancelled == 1
+        for stream in (True, False):
+            runtime.requests.clear()
+            runtime.cancelled = 0
+            refused = await client.post(CHAT, json={"messages": [USER], "n": 3, "seed": 1, "stream": stream})
+            assert refused.status_code == 400 and refused.json()["error"]["type"] == "invalid_request_error"
+            assert [r.sampling.seed for r in runtime.requests] == [1] and runtime.cancelled == 1, stream
+
+    serve(runtime, check)
+
+
+class FailingStream(ScriptedStream):
+    """Its first token, then the runtime fails."""
+
+    def __iter__(self):
+        yield next(super().__iter__())
+        raise RuntimeError("the device fell over")
+
+
+class Failing(Scripted):
+    """A runtime whose stream for seed 2 fails after its first token."""
+
+    def stream(self, request):
+        if request.sampling.seed != 2:
+            return super().stream(request)
+        self.requests.append(request)
+        return FailingStream(self, request)
+
+
+def test_a_choice_failing_mid_way_lets_the_others_go():
+    runtime = Failing()
+
+    async def check(client):
+        failed = await client.post(CHAT, json={"messages": [USER], "n": 3, "seed": 1})
+        assert failed.status_code == 500 and "the device fell over" in failed.json()["error"]["message"]
+        assert runtime.cancelled >= 3  # every choice's sequence is let go
+
+    serve(runtime, check)
+
+
+def test_a_failed_stream_ends_with_an_error_event_and_no_done():
+    """ARCHITECTURE: a failed stream ends with an error event and no [DONE], so no client takes the part it got for
+    the whole answer."""
+    runtime = Failing()
+
+    async def check(client):
+        answer = await client.post(CHAT, json={"messages": [USER], "seed": 2, "stream": True})
+        assert answer.status_code == 200
+        blocks = [b for b in answer.text.split("\n\n") if b]
+        assert "[DONE]" not in answer.text and not any(b.startswith(":") for b in blocks)
+        error = json.loads(blocks[-1].removeprefix("data: "))["error"]
+        assert error["type"] == "server_error" and "the device fell over" in error["message"]
+        assert json.loads(blocks[1].removeprefix("data: "))["choices"][0]["delta"] == {"content": "seed2"}
+
+    serve(runtime, check)
+
+
+def test_unpaired_surrogates_are_400_on_every_route():
+    """JSON's escapes can write a lone UTF-16 surrogate, which is no Unicode: as a key (quoted by the error), the
+    model name (echoed in the answer) or a prompt (given to the tokenizer) it is a 400, not a 500."""
+    runtime = Scripted()
+    content = '{"role": "user", "content": "hi"}'
+    bodies = {CHAT: ['{"messages": [%s], "\\ud800": 1}' % content,
+                     '{"messages": [%s], "model": "\\ud800"}' % content,
+                     '{"messages": [{"role": "user", "content": "hi \\udfff"}], "stream": true}'],
+              "/v1/completions": ['{"prompt": "\\ud800"}'],
+              "/score": ['{"input_data": {"input_string": [{"role": "user", "content": "\\ud800"}]}}']}
+
+    async def check(client):
+        for path, raws in bodies.items():
+            for raw in raws:
+                answer = await client.post(path, content=raw.encode(), headers={"content-type": "application/json"})
+                assert answer.status_code == 400, (path, raw, answer.text)
+                message = answer.json()["error"]["message"] if path != "/score" else answer.json()["message"]
+                assert "send valid Unicode" in message
+        assert runtime.requests == []
+        fine = await client.post(CHAT, content=('{"messages": [%s], "model": "\\ud83d\\ude00"}' % content).encode())
+        assert fine.status_code == 200 and fine.json()["model"] == "\U0001F600"  # a paired surrogate is an emoji
 
     serve(runtime, check)
 
 
 def test_a_runtime_that_drops_asked_logprobs_is_a_server_error():
-    class Forgetful(Scripted):
-        def generate(self, request):
-            result = super().generate(request)
+    class ForgetfulStream(ScriptedStream):
+        def run(self):
+            result = super().run()
             return GenerationResult(result.text, result.prompt_tokens, result.completion_tokens, "stop")
+
+    class Forgetful(Scripted):
+        def stream(self, request):
+            self.requests.append(request)
+            return ForgetfulStream(self, request)
 
     async def check(client):
         answer = await client.post(CHAT, json={"messages": [USER], "logprobs": True})

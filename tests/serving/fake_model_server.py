@@ -5,7 +5,9 @@
 
 CONFIG_JSON keys: output (text answered, default NAME), delay (seconds per answer), fail (answer
 500), refuse ([status, body]: answer that instead), load (seconds before /health is 200; -1 never), chunks
-(stream chunk count), chunk_delay, die_after (stream that many chunks, then the process dies). GET /count
+(stream chunk count), chunk_delay, die_after (stream that many chunks, then the process dies), fail_after
+(stream that many chunks, then an error event and no [DONE], as an instance whose generation failed),
+no_usage (a stream carries no token counts at all, only the prompt-tokens header). GET /count
 answers how many scoring requests arrived. /v1/completions answers text completions; a chat answer echoes
 some parameters it received (`echo`) and the names of all of them (`received`).
 
@@ -103,6 +105,7 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
         self.send_header("transfer-encoding", "chunked")
+        self.send_header("x-forgeflow-prompt-tokens", "3")
         self.end_headers()
         n = CONFIG.get("chunks", 3)
         for i in range(n):
@@ -114,11 +117,23 @@ class Handler(BaseHTTPRequestHandler):
             self._chunk(f"data: {json.dumps(event)}\n\n".encode())
             if i + 1 == CONFIG.get("die_after"):
                 os._exit(1)
+            if i + 1 == CONFIG.get("fail_after"):
+                error = {"message": "generation failed: boom", "type": "server_error", "param": None,
+                         "code": "UpstreamError"}
+                self._chunk(f"data: {json.dumps({'error': error})}\n\n".encode())
+                self._chunk(b"")
+                return
             time.sleep(CONFIG.get("chunk_delay", 0))
+        # as an instance: the usage chunk when the client asked for it, else the usage comment for the gateway
+        usage = {"prompt_tokens": 3, "completion_tokens": n, "total_tokens": n + 3}
         final = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()), "model": NAME,
-                 "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-                 "usage": {"prompt_tokens": 3, "completion_tokens": n, "total_tokens": n + 3}}
-        self._chunk(f"data: {json.dumps(final)}\n\ndata: [DONE]\n\n".encode())
+                 "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+        tail = ""
+        if (body.get("stream_options") or {}).get("include_usage"):
+            final["usage"] = usage
+        elif not CONFIG.get("no_usage"):
+            tail = f": forgeflow-usage {json.dumps(usage)}\n\n"
+        self._chunk(f"data: {json.dumps(final)}\n\n{tail}data: [DONE]\n\n".encode())
         self._chunk(b"")
 
     def _chunk(self, data: bytes) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 from azure.ai.inference import ChatCompletionsClient
-from azure.ai.inference.models import UserMessage
+from azure.ai.inference.models import ModelType, UserMessage
 from azure.core.credentials import AzureKeyCredential
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
 from gateway_harness import CHAT
@@ -42,7 +42,8 @@ def test_the_azure_inference_client_completes_streams_and_reads_the_model_info(g
              if u.choices and u.choices[0].delta.content]
     assert "".join(parts) == "hello0 hello1 hello2 "
     info = client.get_model_info()
-    assert (info.model_name, info.model_type, info.model_provider_name) == ("fake:1", "chat-completion", "forgeflow")
+    assert (info.model_name, info.model_type, info.model_provider_name) == ("fake:1", ModelType.CHAT_COMPLETION,
+                                                                            "forgeflow")
 
     bad = ChatCompletionsClient(endpoint=_base(gateway, "az-ep"), credential=AzureKeyCredential("wrong"))
     with pytest.raises(ClientAuthenticationError, match="missing or wrong key"):
@@ -55,6 +56,34 @@ def test_the_azure_inference_client_completes_streams_and_reads_the_model_info(g
     assert refused.value.status_code == 400 and refused.value.error.target == "safe_prompt"
     with pytest.raises(ResourceNotFoundError, match="purple"):
         client.complete(messages=[UserMessage(content="hi")], headers={"azureml-model-deployment": "purple"})
+
+
+def test_a_stream_that_fails_mid_way_raises_in_the_azure_client(gateway):
+    """azure-ai-inference skips an event with no choices, so the error event alone would make a failed stream look
+    complete: the gateway closes the connection before the body's end, and azure-core raises."""
+    key = gateway.endpoint("azfail-ep")
+    gateway.deploy("azfail-ep", "blue", {"output": "tok", "chunks": 5, "fail_after": 2})
+    gateway.deploy("azfail-ep", "dies", {"output": "tok", "chunks": 5, "die_after": 2})
+    gateway.svc.update_endpoint("azfail-ep", traffic={"blue": 100})
+    client = ChatCompletionsClient(endpoint=_base(gateway, "azfail-ep"), credential=AzureKeyCredential(key))
+    for deployment in ("blue", "dies"):  # the instance's error event, and the gateway's when the instance dies
+        got = []
+        with pytest.raises(HttpResponseError):
+            for update in client.complete(messages=[UserMessage(content="hi")], stream=True,
+                                          headers={"azureml-model-deployment": deployment}):
+                got.extend(c.delta.content for c in update.choices if c.delta.content)
+        assert got == ["tok0 ", "tok1 "]
+    # what reached the client before the connection closed: the error event, in OpenAI's shape
+    with httpx.stream("POST", f"{_base(gateway, 'azfail-ep')}/chat/completions", json={"messages": MESSAGES,
+                      "stream": True}, headers={"api-key": key}, timeout=30) as r:
+        received = b""
+        with pytest.raises(httpx.RemoteProtocolError):
+            for chunk in r.iter_raw():
+                received += chunk
+    assert b'"generation failed: boom"' in received and b"[DONE]" not in received
+    metrics = httpx.get(f"{gateway.url}/metrics", headers=gateway.admin).text
+    assert 'forgeflow_requests_total{endpoint="azfail-ep",deployment="blue",code="424"} 2' in metrics
+    assert 'forgeflow_requests_total{endpoint="azfail-ep",deployment="dies",code="424"} 1' in metrics
 
 
 def test_extra_parameters_are_refused_dropped_or_passed_as_the_header_says(gateway, monkeypatch):
@@ -97,7 +126,7 @@ def test_model_info_follows_the_header_else_the_most_traffic(gateway):
     for _ in range(5):
         r = httpx.get(info, params={"api-version": "2024-05-01-preview"}, headers=auth)
         assert r.status_code == 200 and r.headers["azureml-model-deployment"] == "green"
-    assert r.json() == {"model_name": "fake:1", "model_type": "chat-completion", "model_provider_name": "forgeflow"}
+    assert r.json() == {"model_name": "fake:1", "model_type": "chat_completion", "model_provider_name": "forgeflow"}
     r = httpx.get(info, headers=auth | {"azureml-model-deployment": "blue"})
     assert r.headers["azureml-model-deployment"] == "blue"
     assert _azure_error(httpx.get(info, headers=auth | {"azureml-model-deployment": "red"}), 404)["target"] == \

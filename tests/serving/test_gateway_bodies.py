@@ -32,3 +32,36 @@ def test_an_unknown_endpoint_answers_like_a_wrong_key(gateway):
         assert wrong.status_code == missing.status_code == 401
     r = httpx.get(f"{gateway.url}/endpoints/no-such-ep/v1/models", headers={"Authorization": f"Bearer {key}"})
     assert r.status_code == 401
+
+
+def test_unpaired_surrogates_are_400_in_each_routes_shape(gateway):
+    """A lone UTF-16 surrogate written with JSON's escapes, as a key (quoted by the refusal), the model name or a
+    message, is a 400 saying to send valid Unicode on every route, not a 500 when the answer cannot be encoded."""
+    key = gateway.endpoint("utf-ep")
+    gateway.deploy("utf-ep", "blue")
+    gateway.svc.update_endpoint("utf-ep", traffic={"blue": 100})
+    message = '{"role": "user", "content": "hi"}'
+    chat = ['{"messages": [%s], "\\ud800": 1}' % message, '{"messages": [%s], "model": "\\ud800"}' % message,
+            '{"messages": [{"role": "user", "content": "\\udfff"}], "stream": true}']
+    routes = {"v1/chat/completions": chat, "chat/completions": chat,
+              "v1/completions": ['{"prompt": "x", "model": "\\udbff"}'],
+              "score": ['{"input_data": {"input_string": [{"role": "user", "content": "\\ud800"}]}}']}
+    for path, raws in routes.items():
+        for raw in raws:
+            r = httpx.post(f"{gateway.url}/endpoints/utf-ep/{path}", content=raw.encode(), timeout=30,
+                           headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+            assert r.status_code == 400, (path, raw, r.text)
+            error = r.json()["error"]
+            message_text = error["message"] if isinstance(error, dict) else r.json()["message"]
+            assert "send valid Unicode" in message_text, (path, r.text)
+
+
+def test_a_model_name_is_capped_as_it_is_echoed_in_every_chunk(gateway):
+    """`model` comes back in every chunk of a stream: a long one is a 400 naming it, not a huge answer."""
+    key = gateway.endpoint("long-ep")
+    gateway.deploy("long-ep", "blue")
+    gateway.svc.update_endpoint("long-ep", traffic={"blue": 100})
+    body = {"messages": [{"role": "user", "content": "hi"}], "model": "m" * 100_000, "n": 4, "stream": True}
+    r = post(gateway, "long-ep", key, body, path="v1/chat/completions")
+    assert r.status_code == 400 and r.json()["error"]["param"] == "model", r.text[:300]
+    assert post(gateway, "long-ep", key, {**body, "model": "m" * 256}, path="v1/chat/completions").status_code == 200

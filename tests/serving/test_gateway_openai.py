@@ -171,7 +171,7 @@ def test_a_stream_never_started_still_gives_back_its_place():
     """The client can go before the response even starts iterating: the release must still run, once."""
     import asyncio
 
-    from forgeflow.serving.forwarding import _RelayResponse
+    from forgeflow.serving.relay import RelayResponse
 
     started, released = [], []
 
@@ -188,10 +188,100 @@ def test_a_stream_never_started_still_gives_back_its_place():
     async def send(message):
         raise OSError("client gone")
 
-    response = _RelayResponse(body(), release, media_type="text/event-stream")
+    response = RelayResponse(body(), release, media_type="text/event-stream")
     scope = {"type": "http", "asgi": {"spec_version": "2.4"}}
     try:
         asyncio.run(response(scope, receive, send))
     except Exception:
         pass
     assert released == [True] and started == []
+
+
+def _metric(gateway, name: str, endpoint: str, deployment: str, code: str | None = None) -> str | None:
+    labels = f'endpoint="{endpoint}",deployment="{deployment}"' + (f',code="{code}"' if code else "")
+    for line in httpx.get(f"{gateway.url}/metrics", headers=gateway.admin).text.splitlines():
+        if line.startswith(f"{name}{{{labels}}} "):
+            return line.split()[-1]
+    return None
+
+
+def test_streamed_token_counts_come_from_the_instance(gateway):
+    """The instance's usage comment gives the token counts when the client asked for no usage chunk, and never
+    reaches the client (the Azure client raises on a line that is not `data:`); a stream with no counts at all
+    takes the prompt's from the instance's header."""
+    key = gateway.endpoint("count-ep")
+    gateway.deploy("count-ep", "blue", {"output": "tok", "chunks": 4})
+    gateway.deploy("count-ep", "bare", {"output": "tok", "chunks": 3, "no_usage": True})
+    gateway.svc.update_endpoint("count-ep", traffic={"blue": 100})
+    streamed = post(gateway, "count-ep", key, CHAT | {"stream": True}, path="v1/chat/completions")
+    assert streamed.status_code == 200 and streamed.text.endswith("data: [DONE]\n\n")
+    assert "forgeflow-usage" not in streamed.text
+    assert all(b.startswith("data: ") for b in streamed.text.split("\n\n") if b)
+    assert _metric(gateway, "forgeflow_generated_tokens_total", "count-ep", "blue") == "4"
+    assert _metric(gateway, "forgeflow_prompt_tokens_total", "count-ep", "blue") == "3"
+    bare = post(gateway, "count-ep", key, CHAT | {"stream": True}, path="v1/chat/completions",
+                headers={"azureml-model-deployment": "bare"})
+    assert bare.status_code == 200 and bare.text.endswith("data: [DONE]\n\n")
+    assert _metric(gateway, "forgeflow_generated_tokens_total", "count-ep", "bare") == "3"  # one per content chunk
+    assert _metric(gateway, "forgeflow_prompt_tokens_total", "count-ep", "bare") == "3"
+
+
+def test_a_stream_that_fails_mid_way_is_no_success(gateway):
+    """The instance's error event passes through with no [DONE] after it, the openai client raises it, and the
+    request counts as a 424, not a 200."""
+    key = gateway.endpoint("fail-ep")
+    gateway.deploy("fail-ep", "blue", {"output": "tok", "chunks": 5, "fail_after": 2})
+    gateway.svc.update_endpoint("fail-ep", traffic={"blue": 100})
+    streamed = post(gateway, "fail-ep", key, CHAT | {"stream": True}, path="v1/chat/completions")
+    assert streamed.status_code == 200 and "[DONE]" not in streamed.text
+    last = json.loads(streamed.text.strip().split("\n\n")[-1].removeprefix("data: "))
+    assert last["error"]["message"] == "generation failed: boom"
+    shown = httpx.get(f"{gateway.url}/api/endpoints/fail-ep", headers=gateway.admin).json()
+    client = openai.OpenAI(api_key=key, base_url=shown["openai_base_url"], max_retries=0)
+    with pytest.raises(openai.APIError, match="boom"):
+        for _ in client.chat.completions.create(model="blue", messages=[{"role": "user", "content": "hi"}],
+                                                stream=True):
+            pass
+    assert _metric(gateway, "forgeflow_requests_total", "fail-ep", "blue", "424") == "2"
+    assert _metric(gateway, "forgeflow_requests_total", "fail-ep", "blue", "200") is None
+
+
+def test_either_kind_of_error_event_marks_a_relayed_stream_failed():
+    """An instance's OpenAI-shaped error event and a flow server's `event: error` both make the request a 424."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from forgeflow.errors import RequestTimeout
+    from forgeflow.serving.metrics import Metrics
+    from forgeflow.serving.relay import Release, relay
+    from forgeflow.serving.schemas import Dialect
+
+    class Upstream:
+        headers = {"x-forgeflow-prompt-tokens": "7"}
+
+        def __init__(self, tail: bytes) -> None:
+            self.tail = tail
+
+        async def aiter_raw(self):
+            yield b'data: {"answer": "a"}\n\n' + self.tail
+
+        async def aclose(self):
+            pass
+
+    class Ticket:
+        def release(self):
+            pass
+
+    for tail in (b'data: {"error": {"message": "boom", "type": "server_error"}}\n\n',
+                 b'event: error\ndata: {"error": "UpstreamError", "message": "boom"}\n\n', b"data: [DONE]\n\n"):
+        recorded = []
+        call = SimpleNamespace(svc=SimpleNamespace(metrics=Metrics()), endpoint="e", deployment="d",
+                               started=time.perf_counter(), dialect=Dialect.SCORE,
+                               record=lambda *args: recorded.append(args))
+        done = Release(call, Upstream(tail), Ticket())
+
+        async def collect():
+            return b"".join([chunk async for chunk in relay(call, done.resp, done, RequestTimeout("slow"))])
+
+        assert asyncio.run(collect()).endswith(tail)
+        assert recorded == [(200 if tail.endswith(b"[DONE]\n\n") else 424, 0, 7)], tail

@@ -17,11 +17,13 @@ import openai
 import pytest
 from gateway_harness import CHAT, FAST_PROBES, FakePlacement, post, wait_until
 
+from forgeflow.errors import RequestTimeout
 from forgeflow.processes import LIFELINE_FD_ENV, pid_alive, start_time
-from forgeflow.serving.forwarding import _relay
 from forgeflow.serving.metrics import Metrics
 from forgeflow.serving.placement import LocalPlacement
 from forgeflow.serving.records import Deployment
+from forgeflow.serving.relay import relay
+from forgeflow.serving.schemas import Dialect
 from forgeflow.serving.specs import FLOW_RUNTIME, SCORING_MAX_BYTES
 from forgeflow.store.home import Paths
 from forgeflow.store.states import DeploymentState
@@ -193,17 +195,17 @@ def test_a_half_received_event_is_never_passed_on():
             raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
 
     class Release:
-        tokens, usage, status, calls = 0, None, 499, 0
+        tokens, usage, status, calls, failed = 0, None, 499, 0, False
 
         async def __call__(self):
             self.calls += 1
 
     done = Release()
     call = SimpleNamespace(svc=SimpleNamespace(metrics=Metrics()), endpoint="e", deployment="d",
-                           started=time.perf_counter())
+                           started=time.perf_counter(), dialect=Dialect.OPENAI)
 
     async def collect():
-        return [chunk async for chunk in _relay(call, Cut(), done, 5.0)]
+        return [chunk async for chunk in relay(call, Cut(), done, RequestTimeout("too slow"))]
 
     out = b"".join(asyncio.run(collect()))
     events = out.decode().split("\n\n")

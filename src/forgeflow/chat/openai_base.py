@@ -1,7 +1,8 @@
 """What OpenAI's chat and completions bodies share: the sampling fields, `n`, streaming options, and the rule
 that every field forgeflow cannot honour is refused by name, as OpenAI refuses an "Unrecognized request
 argument". A field OpenAI defines but forgeflow cannot honour is taken only as null (its "not set"), and the
-400 says why; a name OpenAI does not define is refused whatever its value.
+400 says why; a name OpenAI does not define is refused whatever its value. Null is "not set" for every field
+(openai-python sends null for an explicit None), so a null field takes its default.
 """
 
 from __future__ import annotations
@@ -12,16 +13,18 @@ from pydantic import Field, field_validator, model_validator
 
 from forgeflow.chat.request import ChatRequest, Sampling, per_choice, sampling_for
 from forgeflow.chat.wire import (Closed, Flag, Penalty, Seed, Stops, Text, TopK, TopP, check_logit_bias,
-                                 known_fields)
+                                 known_fields, refuse)
 
 MAX_CHOICES = 8
-OPENAI_RULES = {"temperature": "must be a number from 0 to 2"}  # OpenAI's range, narrower than the Azure body's
+MAX_MODEL_NAME = 256  # `model` is echoed in every chunk of a stream: a long one would multiply the answer
+OPENAI_RULES = {"temperature": "must be a number from 0 to 2",  # OpenAI's range, narrower than the Azure body's
+                "model": f"must be a string of at most {MAX_MODEL_NAME} characters"}
 
 
 class StreamOptions(Closed):
     """OpenAI's stream_options: include_usage adds a last chunk with the token counts."""
 
-    include_usage: Flag = False
+    include_usage: Flag | None = False
     include_obfuscation: Literal[False] | None = Field(None, description="false only: no obfuscation padding")
 
 
@@ -30,8 +33,8 @@ class OpenAIBody(Closed):
 
     unsupported: ClassVar[dict[str, str]] = {}  # OpenAI's fields forgeflow cannot honour: why, for the 400
 
-    model: Text | None = Field(None, description="a deployment or adapter of the endpoint; other names fall back "
-                                                 "to the endpoint's traffic split")
+    model: Annotated[str, Field(strict=True, max_length=MAX_MODEL_NAME)] | None = Field(
+        None, description="a deployment of the endpoint; any other name is served by the endpoint's traffic split")
     temperature: Annotated[float, Field(ge=0, le=2, strict=True, allow_inf_nan=False)] | None = None
     top_p: TopP | None = None
     top_k: TopK | None = Field(None, description="sample from the k most likely tokens (0 or -1: all)")
@@ -49,8 +52,15 @@ class OpenAIBody(Closed):
     @model_validator(mode="before")
     @classmethod
     def _known_fields(cls, data: Any) -> Any:
-        return known_fields(cls, data, cls.unsupported, "is not a parameter forgeflow takes here (OpenAI answers "
-                                                        "'Unrecognized request argument'); remove it")
+        known = known_fields(cls, data, cls.unsupported, "is not a parameter forgeflow takes here (OpenAI answers "
+                                                         "'Unrecognized request argument'); remove it")
+        return {k: v for k, v in known.items() if v is not None} if isinstance(known, dict) else known
+
+    @model_validator(mode="after")
+    def _stream_options_with_stream(self) -> OpenAIBody:
+        if self.stream_options is not None and not self.stream:
+            raise refuse("is only allowed when stream is true", "stream_options")
+        return self
 
     @field_validator("logit_bias", mode="before")
     @classmethod

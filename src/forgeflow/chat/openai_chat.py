@@ -3,8 +3,9 @@
 Messages: roles system, developer (a system turn), user, assistant (with `tool_calls`, content then may be
 null) and tool (a result, naming its call by `tool_call_id`); content is a string or a list of text parts,
 joined with newlines. `response_format` (`text`, `json_object`, `json_schema`) and `tools` / `tool_choice`
-become the request's `OutputFormat` and `Tools`, which the runtime enforces with a grammar. Image, audio and
-file parts, a message's `name`, and OpenAI's fields no runtime here can honour are 400s naming the field.
+become the request's `OutputFormat` and `Tools`, which the runtime enforces with a grammar. A message's `name`
+goes into the turn the chat template renders (a template that uses it shows it to the model, as vLLM does). Image,
+audio and file parts, and OpenAI's fields no runtime here can honour are 400s naming the field.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ _TEXT_ONLY = "it serves text models; send the content as a string or as text par
 _PARTS = {"image_url": _TEXT_ONLY, "input_audio": _TEXT_ONLY, "file": _TEXT_ONLY,
           "refusal": "send the assistant's text as a string"}
 _MESSAGE_FIELDS = {  # OpenAI's message fields forgeflow cannot honour (null is taken as not set)
-    "name": "the chat template has no place for a participant's name: put it in the content",
     "refusal": "send the assistant's text as content",
     "audio": "forgeflow serves text models",
     "function_call": "OpenAI deprecated it: send tool_calls",
@@ -73,6 +73,7 @@ class OpenAIMessage(Closed):
     content: str | list[TextPart] | None = None
     tool_calls: list[ToolCallIn] | None = None
     tool_call_id: Annotated[str, StringConstraints(strict=True, min_length=1)] | None = None
+    name: Name | None = Field(None, description="the participant's name, given to the chat template")
 
     @model_validator(mode="before")
     @classmethod
@@ -116,6 +117,8 @@ class OpenAIMessage(Closed):
             raise refuse("only an assistant message carries tool_calls", "tool_calls")
         if self.role != "tool" and self.tool_call_id is not None:
             raise refuse("only a tool message carries tool_call_id", "tool_call_id")
+        if self.role == "tool" and self.name is not None:
+            raise refuse("is not taken on a tool message (its tool_call_id names the call it answers)", "name")
         if self.role == "tool" and self.tool_call_id is None:
             raise refuse("is required: the id of the call this message answers", "tool_call_id")
         if self.content is None and not (self.role == "assistant" and self.tool_calls):
@@ -130,6 +133,8 @@ class OpenAIMessage(Closed):
             turn["tool_calls"] = [call.model_dump() for call in self.tool_calls]
         if self.tool_call_id is not None:
             turn["tool_call_id"] = self.tool_call_id
+        if self.name is not None:
+            turn["name"] = self.name
         return turn
 
 
@@ -284,15 +289,17 @@ class ChatCompletionRequest(OpenAIBody):
                 raise refuse("is defined twice", "tools", index, "function", "name")
             names.add(tool.function.name)
         choice = self.tool_choice
+        if not names:  # OpenAI refuses both without tools, rather than ignoring them
+            for field in ("tool_choice", "parallel_tool_calls"):
+                if getattr(self, field) is not None:
+                    raise refuse("is only allowed when tools are given: define the functions in tools, or leave "
+                                 f"{field} out", field)
         if isinstance(choice, NamedToolChoice):
             if choice.function.name not in names:
                 raise refuse("names no function in tools", "tool_choice", "function", "name")
             if choice.function.name in TOOL_CHOICES:
                 raise refuse("cannot be chosen by name, as it reads as that tool_choice: rename the function",
                              "tool_choice", "function", "name")
-        elif choice == "required" and not names:
-            raise refuse("is required, which needs tools: define the functions in tools, or leave tool_choice out",
-                         "tool_choice")
 
     def to_request(self, *, default_max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> ChatRequest:
         tools = None

@@ -14,7 +14,7 @@ ROLES: tuple[str, ...] = get_args(Role)
 DEFAULT_MAX_NEW_TOKENS = 256
 MAX_NEW_TOKENS = 4096
 MAX_STOPS = 4
-_STOP_RULE = f"must be a non-empty string or a list of at most {MAX_STOPS} of them"
+STOP_RULE = f"must be a non-empty string or a list of at most {MAX_STOPS} of them"
 
 
 # -- the typed request ------------------------------------------------------------------------------
@@ -62,7 +62,8 @@ class ChatRequest:
     """One validated chat request, as every runtime receives it.
 
     `messages` are chat turns for the model's template: role (system, user, assistant, tool; OpenAI's
-    `developer` arrives as system), content as a string (text parts joined), and for tool turns
+    `developer` arrives as system), content as a string (text parts joined), the participant's `name` when
+    the client gave one (for the templates that use it), and for tool turns
     `tool_calls` (an assistant's calls, OpenAI's shape) or `tool_call_id` (a tool's result).
     `prompt` is set instead of messages for a raw completion (`/v1/completions`): the text is encoded
     as it is, with no chat template. `logprobs` None asks for none; k >= 0 asks for each generated
@@ -123,7 +124,7 @@ def _check_stop(stop: str | Sequence[str] | None) -> tuple[str, ...]:
         return ()
     stops = (stop,) if isinstance(stop, str) else tuple(stop)
     if len(stops) > MAX_STOPS or not all(isinstance(s, str) and s for s in stops):
-        raise InvalidInput(f"stop {_STOP_RULE}", field="stop")
+        raise InvalidInput(f"stop {STOP_RULE}", field="stop")
     return stops
 
 

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError
 
-from forgeflow.chat.request import MAX_NEW_TOKENS, MAX_STOPS
+from forgeflow.chat.request import MAX_NEW_TOKENS, MAX_STOPS, STOP_RULE
 from forgeflow.errors import InvalidInput
 
 Temperature = Annotated[float, Field(ge=0, strict=True, allow_inf_nan=False)]
@@ -29,7 +29,6 @@ Stops = Stop | Annotated[list[Stop], Field(max_length=MAX_STOPS)]
 Text = Annotated[str, Field(strict=True)]
 MAX_LOGIT_BIAS = 300
 
-STOP_RULE = f"must be a non-empty string or a list of at most {MAX_STOPS} of them"
 NEW_TOKENS_RULE = f"must be an integer from 1 to {MAX_NEW_TOKENS}"
 
 
@@ -71,7 +70,7 @@ def check_logit_bias(value: Any) -> tuple[tuple[int, float], ...] | None:
 _RULES = {  # by the field's own name (or a dotted tail of its path, tried first)
     "temperature": "must be a number >= 0",
     "top_p": "must be a number > 0 and <= 1",
-    "top_k": "must be an integer >= 0 (0 or -1: no top-k cut)",
+    "top_k": "must be an integer >= -1 (0 or -1: no top-k cut)",
     "do_sample": "must be true or false",
     "max_new_tokens": NEW_TOKENS_RULE,
     "max_tokens": NEW_TOKENS_RULE,

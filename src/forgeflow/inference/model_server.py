@@ -32,11 +32,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from forgeflow import jsonbody
-from forgeflow.chat import DEFAULT_MAX_NEW_TOKENS, ChatRequest, parse_score_request
+from forgeflow.chat import DEFAULT_MAX_NEW_TOKENS, openai_error, parse_score_request
 from forgeflow.errors import ForgeflowError, InternalError, InvalidInput, NotFound, ServerUnavailable, UpstreamError
 from forgeflow.inference.instance_guard import DEFAULT_MAX_BODY_BYTES, InstanceGuard, allowed_hosts
-from forgeflow.inference.openai_server import OpenAIServing, openai_error, openai_router
-from forgeflow.inference.runtimes.base import GenerationResult, Runtime
+from forgeflow.inference.openai_server import OpenAIServing, openai_router, usage_headers
+from forgeflow.inference.runtimes.base import Runtime
 from forgeflow.processes import INSTANCE_SECRET_ENV, exit_with_parent, take_instance_secret
 
 
@@ -132,7 +132,7 @@ def create_app(
         body = parse_score_request(await read_json(request))
         runtime = ready()
         result = await run_generation(runtime.generate, body.to_request(default_max_new_tokens=default_max_new_tokens))
-        return JSONResponse({"output": result.text}, headers=_usage_headers(result))
+        return JSONResponse({"output": result.text}, headers=usage_headers([result]))
 
     @app.get("/stats")
     async def stats() -> dict:
@@ -144,12 +144,12 @@ def create_app(
     return app
 
 
-async def run_generation(call: Callable[[ChatRequest], Any], request: ChatRequest) -> Any:
-    """`generate` or `stream` in a worker thread. A ValueError is the runtime refusing what the request asks
-    (a token id past the vocabulary, a prompt past the context): a 400; anything else not a ForgeflowError is
-    a failed generation."""
+async def run_generation(call: Callable[[Any], Any], argument: Any) -> Any:
+    """`generate` or `stream` (or the reading of a queued stream) in a worker thread. A ValueError is the runtime
+    refusing what the request asks (a token id past the vocabulary, a prompt past the context): a 400; anything
+    else not a ForgeflowError is a failed generation."""
     try:
-        return await run_in_threadpool(call, request)
+        return await run_in_threadpool(call, argument)
     except ForgeflowError:
         raise
     except ValueError as exc:
@@ -160,14 +160,6 @@ async def run_generation(call: Callable[[ChatRequest], Any], request: ChatReques
 
 class _GenerationFailed(ForgeflowError):
     status_code = 500
-
-
-def _usage_headers(result: GenerationResult) -> dict[str, str]:
-    return {
-        "x-forgeflow-prompt-tokens": str(result.prompt_tokens),
-        "x-forgeflow-completion-tokens": str(result.completion_tokens),
-        "x-forgeflow-finish-reason": str(result.finish_reason),
-    }
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -3,8 +3,10 @@ log-probabilities, tool calls, streaming), GET /v1/models and /v1/models/{id}, a
 `{"error": {"message", "type", "param", "code"}}` for every error on a /v1 path.
 
 Each choice of `n` is its own sequence in the runtime, all queued before the answer starts (so a request the
-runtime refuses is still a 400) and decoded together. Streams interleave the choices' chunks by `index`;
-a choice's tool calls come as one `tool_calls` delta after its text, then its `finish_reason`.
+runtime refuses is still a 400, and a refused choice lets the queued ones go) and decoded together. Streams
+interleave the choices' chunks by `index`; a choice's tool calls come as one `tool_calls` delta after its text,
+then its `finish_reason`. A stream that fails after its first chunk ends with an error event and no `[DONE]`;
+one that does not ask for the usage chunk ends with the usage comment its gateway reads for the token metrics.
 """
 
 from __future__ import annotations
@@ -22,18 +24,14 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from forgeflow import jsonbody
-from forgeflow.chat import (ChatCompletionRequest, ChatRequest, CompletionRequest,
-                            parse_chat_completion_request, parse_completion_request)
-from forgeflow.errors import ForgeflowError, InternalError, NotFound
+from forgeflow.chat import (ChatCompletionRequest, ChatRequest, CompletionRequest, error_event,
+                            parse_chat_completion_request, parse_completion_request, usage_comment)
+from forgeflow.errors import ForgeflowError, InternalError, NotFound, UpstreamError
 from forgeflow.inference.runtimes.base import GenerationResult, Runtime, StreamEvent, TokenLogprob, TokenStream
 
-Run = Callable[[Callable[[ChatRequest], Any], ChatRequest], Awaitable[Any]]
-
-
-def openai_error(exc: ForgeflowError) -> dict[str, Any]:
-    """An error in OpenAI's shape; `param` is the field at fault, `code` the kind of error."""
-    kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-    return {"error": {"message": exc.message, "type": kind, "param": exc.field, "code": type(exc).__name__}}
+# Calls a runtime's function with one argument (a request, or a queued stream to read to its end) in a worker
+# thread, turning its failures into ForgeflowErrors.
+Run = Callable[[Callable[[Any], Any], Any], Awaitable[Any]]
 
 
 class OpenAIServing:
@@ -61,12 +59,16 @@ class OpenAIServing:
                 _sse(shape, model, streams, body.include_usage), media_type="text/event-stream",
                 headers={"cache-control": "no-cache", "x-accel-buffering": "no",
                          "x-forgeflow-prompt-tokens": str(streams[0].prompt_tokens)})
-        results: list[GenerationResult] = list(await asyncio.gather(*(self.run(runtime.generate, r)
-                                                                        for r in requests)))
+        streams = await self._queued(runtime, requests)
+        try:
+            results: list[GenerationResult] = list(await asyncio.gather(*(self.run(_read, s) for s in streams)))
+        finally:
+            for stream in streams:
+                stream.cancel()  # a no-op for a finished one; a failed choice lets the others go
         answer = {"id": shape.id(), "object": shape.object, "created": int(time.time()), "model": model,
                   "choices": [shape.choice(i, result) for i, result in enumerate(results)],
                   "usage": _usage(results)}
-        return JSONResponse(answer, headers=_usage_headers(results))
+        return JSONResponse(answer, headers=usage_headers(results))
 
     async def _queued(self, runtime: Runtime, requests: Sequence[ChatRequest]) -> list[TokenStream]:
         """Every choice queued in the runtime, or none: a refusal cancels those already queued."""
@@ -210,7 +212,12 @@ def _usage(results: Sequence[GenerationResult]) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def _usage_headers(results: Sequence[GenerationResult]) -> dict[str, str]:
+def _read(stream: TokenStream) -> GenerationResult:
+    return stream.run()
+
+
+def usage_headers(results: Sequence[GenerationResult]) -> dict[str, str]:
+    """The token counts and finish reason of an answer, for the gateway's metrics."""
     usage = _usage(results)
     return {"x-forgeflow-prompt-tokens": str(usage["prompt_tokens"]),
             "x-forgeflow-completion-tokens": str(usage["completion_tokens"]),
@@ -223,7 +230,8 @@ def _usage_headers(results: Sequence[GenerationResult]) -> dict[str, str]:
 async def _sse(shape: _Chat | _Text, model: str, streams: list[TokenStream],
                include_usage: bool) -> AsyncIterator[str]:
     """Server-sent events for the choices' streams, interleaved as their tokens come, ending `data: [DONE]`.
-    A failure after the first event is reported in-band, as OpenAI does (the status is already sent)."""
+    A failure after the first event is reported in-band, as OpenAI does (the status is already sent), and the
+    stream then ends without `[DONE]`, so the answer does not look complete."""
     base = {"id": shape.id(), "object": shape.chunk_object, "created": int(time.time()), "model": model}
     extra = {"usage": None} if include_usage else {}
 
@@ -251,10 +259,12 @@ async def _sse(shape: _Chat | _Text, model: str, streams: list[TokenStream],
             raise RuntimeError("the runtime ended a stream without a result")
         if include_usage:
             yield f"data: {json.dumps({**base, 'choices': [], 'usage': _usage(done)})}\n\n"
+        else:
+            yield usage_comment(_usage(done))
     except Exception as exc:  # headers are sent: report in-band, as OpenAI does
         message = exc.message if isinstance(exc, ForgeflowError) else f"{type(exc).__name__}: {exc}"
-        error = {"message": f"generation failed: {message}", "type": "server_error", "param": None, "code": None}
-        yield f"data: {json.dumps({'error': error})}\n\n"
+        yield error_event(UpstreamError(f"generation failed: {message}"))
+        return
     finally:
         for stream in streams:
             stream.cancel()  # the client may have gone: free the sequences

@@ -2,11 +2,13 @@
 `ChatCompletionsClient(endpoint=<base URL>, credential=AzureKeyCredential(key))` calls it:
 
     POST /endpoints/NAME/chat/completions?api-version=...   OpenAI's chat body and answer, streaming included
-    GET  /endpoints/NAME/info?api-version=...               {"model_name", "model_type": "chat-completion",
+    GET  /endpoints/NAME/info?api-version=...               {"model_name", "model_type": "chat_completion",
                                                               "model_provider_name": "forgeflow"}
 
 The key is read as that client sends it (`Authorization: Bearer <key>`, and `api-key: <key>`); any api-version is
 taken, as the body is the same in each. Errors are in Azure's shape, which azure-core shows as "(code) message".
+A stream that fails after its first chunk ends with OpenAI's error event, and the connection is closed before
+the body's end: the client skips an event with no choices, but azure-core raises on an incomplete body.
 
 Parameters. Azure's request has its own set (AZURE_CHAT_PARAMETERS); anything else in the body is an extra
 parameter, handled as the `extra-parameters` header says, as Azure does:
@@ -40,7 +42,7 @@ AZURE_CHAT_PARAMETERS = frozenset({"messages", "model", "stream", "frequency_pen
                                    "tool_choice", "seed"})
 EXTRA_HEADER = "extra-parameters"
 ERROR, DROP, PASS_THROUGH = "error", "drop", "pass-through"
-MODEL_TYPE = "chat-completion"
+MODEL_TYPE = "chat_completion"  # azure-ai-inference's ModelType.CHAT_COMPLETION
 PROVIDER = "forgeflow"
 
 router = APIRouter(tags=["azure"])
@@ -62,7 +64,8 @@ _PARAMETERS = [
              openapi_extra=body_of(ChatCompletionRequest) | {"parameters": _PARAMETERS})
 async def chat_completions(endpoint: str, request: Request) -> Response:
     """Azure AI model inference chat completions: OpenAI's chat body and answer (`"stream": true` answers
-    server-sent events ending `data: [DONE]`), routed like /v1/chat/completions."""
+    server-sent events ending `data: [DONE]`; a failed stream's connection is closed before its end, so the
+    client raises), routed like /v1/chat/completions."""
     return await handle(request, endpoint, "/v1/chat/completions", parse_chat_completion_request, Dialect.AZURE,
                         adapt=extra_parameters)
 

@@ -1,8 +1,8 @@
 """The gateway's forwarding core, under every scoring route (serving/gateway.py): checks the endpoint's key or
 token, bounds and validates the body, picks a deployment (header, request's `model`, or traffic split; mirror
 copies on the side) and a ready instance, admits or refuses the request, and forwards it, passing streams
-through chunk by chunk. A request for an autoscaled deployment with no ready instance (scaled to zero, or its
-instance still starting) wakes one and waits for it, up to request_timeout_ms, instead of failing.
+through event by event (serving/relay.py). A request for an autoscaled deployment with no ready instance (scaled
+to zero, or its instance still starting) wakes one and waits for it, up to request_timeout_ms, instead of failing.
 
 Status codes follow Azure ML online endpoints: 400 bad body, 401 key, 404 no deployment with
 traffic, 408 past request_timeout_ms, 413 too large, 424 model server failed (reason in
@@ -23,24 +23,24 @@ import math
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from forgeflow import jsonbody
 from forgeflow.errors import (Conflict, Forbidden, ForgeflowError, InvalidInput, NotFound, PayloadTooLarge,
                               RequestTimeout, ServerUnavailable, TooManyRequests, Unauthorized, UpstreamError, by_name)
 from forgeflow.serving import access, routing, specs
-from forgeflow.serving.admission import Ticket
 from forgeflow.serving.auth import presented_credential
 from forgeflow.serving.endpoints import DEFAULT_MAX_BODY_BYTES, EndpointService
 from forgeflow.serving.metrics import Metrics
 from forgeflow.serving.placement import Instance
 from forgeflow.serving.records import Deployment, EndpointConfig
+from forgeflow.serving.relay import Release, RelayResponse, header_int, relay
 from forgeflow.serving.schemas import Dialect, error_body
 from forgeflow.store.states import DeploymentState
 
@@ -225,9 +225,9 @@ async def _forward(call: Call, cfg: EndpointConfig, path: str, raw: bytes, strea
         if stream and resp.status_code == 200 and resp.headers.get("content-type", "").startswith("text/event-stream"):
             handed_over = True
             call.by_instance = True
-            done = _Release(call, resp, ticket)
-            return _RelayResponse(_relay(call, resp, done, timeout_s), done, media_type="text/event-stream",
-                                  headers=call.headers({"cache-control": "no-cache"}))
+            done = Release(call, resp, ticket)
+            return RelayResponse(relay(call, resp, done, _too_slow(timeout_s)), done,
+                                 media_type="text/event-stream", headers=call.headers({"cache-control": "no-cache"}))
         try:
             content = await asyncio.wait_for(resp.aread(), max(deadline - loop.time(), 0.001))
         except (asyncio.TimeoutError, httpx.TimeoutException):
@@ -308,8 +308,8 @@ def _answer(call: Call, resp: httpx.Response, content: bytes) -> Response:
         return call.fail(_upstream_error(resp.status_code, content), RETRY if resp.status_code == 429 else None)
     extra = {h: resp.headers[h] for h in ("x-forgeflow-prompt-tokens", "x-forgeflow-completion-tokens",
                                           "x-forgeflow-finish-reason") if h in resp.headers}
-    call.record(resp.status_code, _int(extra.get("x-forgeflow-completion-tokens")),
-                _int(extra.get("x-forgeflow-prompt-tokens")))
+    call.record(resp.status_code, header_int(extra.get("x-forgeflow-completion-tokens")),
+                header_int(extra.get("x-forgeflow-prompt-tokens")))
     return Response(content, status_code=resp.status_code, media_type="application/json", headers=call.headers(extra))
 
 
@@ -336,100 +336,6 @@ def _upstream_error(status: int, content: bytes) -> ForgeflowError:
 
 _BY_STATUS = {c.status_code: c for c in (InvalidInput, Unauthorized, Forbidden, NotFound, RequestTimeout, Conflict,
                                          PayloadTooLarge, TooManyRequests)}
-
-
-class _Release:
-    """Give back what a relayed stream holds (the upstream response, its admission ticket) exactly
-    once: when the stream ends, breaks, or the client leaves before it even started."""
-
-    def __init__(self, call: Call, resp: httpx.Response, ticket: Ticket) -> None:
-        self.call, self.resp, self.ticket = call, resp, ticket
-        self.status, self.tokens, self.usage = 499, 0, None  # 499: the client went away first
-        self.done = False
-
-    async def __call__(self) -> None:
-        if self.done:
-            return
-        self.done = True
-        self.ticket.release()
-        try:
-            await self.resp.aclose()
-        finally:
-            usage = self.usage
-            self.call.record(self.status, usage.get("completion_tokens") if usage else self.tokens,
-                             usage.get("prompt_tokens") if usage else None)
-
-
-class _RelayResponse(StreamingResponse):
-    def __init__(self, content: AsyncIterator[bytes], release: _Release, **kwargs) -> None:
-        super().__init__(content, **kwargs)
-        self.release = release
-
-    async def __call__(self, scope, receive, send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self.release()
-
-
-async def _relay(call: Call, resp: httpx.Response, release: _Release, timeout_s: float) -> AsyncIterator[bytes]:
-    """Pass a server-sent-event stream through as its events complete, timing the first chunk and counting
-    tokens (the final `usage` when the server sends one, else one per content chunk).
-
-    When the upstream breaks off (the instance died, or was silent past request_timeout_ms), the status is
-    already sent: the client gets an error event and no `data: [DONE]`, so it knows the answer is incomplete
-    (OpenAI's clients raise it), and the request counts as a 424 (or 408). A half-received event is dropped,
-    never passed on. Events end with an empty line (LF line ends), as the model and flow servers write them."""
-    m, labels = call.svc.metrics, Metrics.labels(endpoint=call.endpoint, deployment=call.deployment)
-    first, pending = True, b""
-    try:
-        async for chunk in resp.aiter_raw():
-            if first:
-                first = False
-                m.observe("forgeflow_time_to_first_token_seconds", labels, time.perf_counter() - call.started)
-            pending += chunk
-            cut = pending.rfind(b"\n\n")
-            if cut < 0:
-                continue
-            events, pending = pending[:cut + 2], pending[cut + 2:]
-            for line in events.split(b"\n"):
-                n, u = _sse_tokens(line)
-                release.tokens += n
-                release.usage = u or release.usage
-            yield events
-        if pending:
-            yield pending
-        release.status = 200
-    except httpx.HTTPError as e:
-        broken = _too_slow(timeout_s) if isinstance(e, httpx.TimeoutException) else UpstreamError(
-            f"the model server of deployment {call.deployment!r} broke off the stream ({type(e).__name__}): "
-            "the answer is incomplete")
-        release.status = broken.status_code
-        yield _error_event(broken)
-    finally:
-        await release()
-
-
-def _error_event(exc: ForgeflowError) -> bytes:
-    """The event OpenAI's streams send when an answer fails after its first chunk."""
-    error = {"message": exc.message, "type": "server_error", "param": None, "code": type(exc).__name__}
-    return f"data: {json.dumps({'error': error})}\n\n".encode()
-
-
-def _sse_tokens(line: bytes) -> tuple[int, dict | None]:
-    if not line.startswith(b"data:") or b"[DONE]" in line:
-        return 0, None
-    try:
-        event = json.loads(line[5:])
-    except ValueError:
-        return 0, None
-    if not isinstance(event, dict):
-        return 0, None
-    usage = event.get("usage")
-    # a chat chunk's delta.content, a text completion chunk's text
-    content = any((c.get("delta") if isinstance(c.get("delta"), dict) else {}).get("content") or c.get("text")
-                  for c in event.get("choices") or [] if isinstance(c, dict))
-    return int(content), usage if isinstance(usage, dict) else None
 
 
 def _mirror(call: Call, cfg: EndpointConfig, deployment: str, path: str, raw: bytes) -> None:
@@ -477,7 +383,3 @@ def _background_task(work) -> None:
 
 
 _background: set[asyncio.Task] = set()
-
-
-def _int(value: str | None) -> int | None:
-    return int(value) if value and value.isdigit() else None

@@ -22,7 +22,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from forgeflow.chat import ChatCompletionRequest, CompletionRequest, ScoreRequest, ScoreResponse
+from forgeflow.chat import ChatCompletionRequest, CompletionRequest, ScoreRequest, ScoreResponse, openai_error
 from forgeflow.errors import ForgeflowError
 
 AZURE_PATHS = ("/chat/completions", "/info")  # Azure AI model inference, on the endpoint's base URL
@@ -51,13 +51,11 @@ def dialect_of(path: str) -> Dialect:
 
 def error_body(dialect: Dialect, exc: ForgeflowError) -> dict[str, Any]:
     """The JSON body of an error in the dialect's shape."""
-    status = exc.status_code
     if dialect == Dialect.OPENAI:
-        kind = "server_error" if status >= 500 or status in (408, 424) else "invalid_request_error"
-        return {"error": {"message": exc.message, "type": kind, "param": exc.field, "code": type(exc).__name__}}
+        return openai_error(exc)
     if dialect == Dialect.AZURE:
         # azure-core's HttpResponseError reads code and message (shown as "(code) message") and target
-        error: dict[str, Any] = {"code": type(exc).__name__, "message": exc.message, "status": status}
+        error: dict[str, Any] = {"code": type(exc).__name__, "message": exc.message, "status": exc.status_code}
         if exc.field:
             error["target"] = exc.field
         return {"error": error}
@@ -130,7 +128,8 @@ class Usage(BaseModel):
 
 class ChatCompletion(BaseModel):
     """A chat completion. With `"stream": true` the answer is instead `text/event-stream` of
-    `chat.completion.chunk` objects, one per `data:` line, ending with `data: [DONE]`."""
+    `chat.completion.chunk` objects, one per `data:` line, ending with `data: [DONE]` (a stream that fails
+    after its first chunk ends with an `{"error": {...}}` event instead)."""
 
     id: str
     object: str = "chat.completion"
@@ -173,7 +172,7 @@ class ModelInfo(BaseModel):
     """Azure AI model inference's `GET /info`: the model of the deployment that serves the endpoint's requests."""
 
     model_name: str
-    model_type: str = "chat-completion"
+    model_type: str = "chat_completion"  # azure-ai-inference's ModelType.CHAT_COMPLETION
     model_provider_name: str = "forgeflow"
 
 

@@ -30,8 +30,9 @@ PROBES = {"liveness_probe": DEFAULT_LIVENESS, "readiness_probe": DEFAULT_READINE
 # Upper bounds: an hour per request, and far more than any instance serves at once.
 MAX_REQUEST_SETTINGS = {"request_timeout_ms": 3_600_000, "max_concurrent_requests_per_instance": 1000}
 # The most requests one gateway lets pending on one instance at the largest setting: the queue every model server
-# is started with, so the instance never refuses what the gateway admitted, whatever the setting is changed to
-# (a change of request settings takes effect without restarting instances).
+# is started with, so a change of request settings takes effect without restarting instances. The instance can
+# still answer 429 to what one gateway admitted: a request with n choices queues n sequences, and every server
+# of the database admits against its own count.
 MAX_PENDING_PER_INSTANCE = 2 * MAX_REQUEST_SETTINGS["max_concurrent_requests_per_instance"]
 MAX_PROBE_SECONDS = 3600
 MAX_THRESHOLD = 1000
