@@ -259,7 +259,7 @@ def test_json_schema_strict_parses_and_matches(client):
 def test_langchain_structured_output(target):
     from langchain_openai import ChatOpenAI
 
-    llm = ChatOpenAI(base_url=target["base_url"], api_key=target["key"], model="blue", max_tokens=BUDGET, seed=1,
+    llm = ChatOpenAI(base_url=target["base_url"], api_key=target["key"], model="blue", max_tokens=BUDGET, seed=2,
                      max_retries=0)
     assert isinstance(llm.with_structured_output(Person).invoke("Who are you?"), Person)
     assert isinstance(llm.with_structured_output(Person, method="function_calling").invoke("Who are you?"), Person)

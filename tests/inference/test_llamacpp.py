@@ -1,4 +1,5 @@
-"""Runtime choice, GGUF export, and the llamacpp runtime (needs the `llamacpp` extra, which CI installs)."""
+"""Runtime choice, GGUF export, and the llamacpp runtime (needs the `llamacpp` extra, which CI installs): its
+answers, its KV-cache reuse, and its worker's life cycle (cancelled and queued requests, closing mid-answer)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -16,8 +18,8 @@ import numpy as np
 import pytest
 
 import forgeflow
-from forgeflow.chat import chat_request
-from forgeflow.errors import InvalidInput
+from forgeflow.chat import ChatRequest, Sampling, chat_request
+from forgeflow.errors import InvalidInput, ServerUnavailable
 from forgeflow.inference.gguf_export import cached_gguf, export_gguf
 from forgeflow.inference.runtimes import check_runtime
 
@@ -190,6 +192,117 @@ def test_llamacpp_runtime_keeps_control_token_text_as_text(runtimes, monkeypatch
     special = set(llama.tokenizer.all_special_ids)
     plain = hf.prompts.encode([{"role": "user", "content": "ok"}])
     assert [i for i in prompts[0] if i in special] == [i for i in plain if i in special]
+
+
+def finish(stream, timeout: float = 30):
+    """Read a stream to its end in a thread: its result or the exception it raised; fails if it never ends."""
+    outcome: list = []
+
+    def read():
+        try:
+            outcome.append(stream.run())
+        except Exception as exc:
+            outcome.append(exc)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    assert outcome, "the stream never ended"
+    return outcome[0]
+
+
+def hold_forward(runtime, monkeypatch) -> tuple[threading.Event, threading.Event]:
+    """Make the runtime's forward passes wait for `release` (the first one sets `started`), so requests queue."""
+    target, name = (runtime.llm, "eval") if runtime.name == "llamacpp" else (runtime.scheduler, "_forward")
+    started, release, forward = threading.Event(), threading.Event(), getattr(target, name)
+
+    def held(*args, **kwargs):
+        started.set()
+        release.wait(30)
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(target, name, held)
+    return started, release
+
+
+def test_a_request_cancelled_while_queued_still_ends(runtime, monkeypatch):
+    """The consumer of a request cancelled before the worker took it (a client gone while queued) is not left
+    waiting: the worker skips the request and ends its stream."""
+    started, release = hold_forward(runtime, monkeypatch)
+    first = runtime.stream(ChatRequest(CHAT, 4))
+    assert started.wait(30)
+    queued = runtime.stream(ChatRequest(CHAT, 4))
+    queued.cancel()
+    release.set()
+    assert finish(first).completion_tokens == 4
+    skipped = finish(queued)
+    assert skipped.completion_tokens == 0 and skipped.text == ""
+
+
+@pytest.mark.parametrize("kind", ["transformers", pytest.param("llamacpp", marks=needs_llamacpp)])
+def test_closing_stops_generation_and_ends_queued_requests(kind, tools_model_dir, monkeypatch):
+    """close() stops the worker within a token (llama.cpp's context is freed once nothing runs on it): the answer
+    in progress and the queued one both end with ServerUnavailable, nothing is evaluated after close began, and
+    nothing more is queued."""
+    from forgeflow.inference.generation import ChatGenerator
+    from forgeflow.inference.runtimes.llamacpp import LlamaCppRuntime
+
+    if kind == "llamacpp":
+        runtime = LlamaCppRuntime(tools_model_dir, threads=1, max_queue=2)
+        target, name, stop = runtime.llm, "eval", runtime._stop
+    else:
+        runtime = ChatGenerator(tools_model_dir, max_batch_size=1)
+        target, name, stop = runtime.scheduler, "_forward", runtime.scheduler._stop
+    late, generating, forward = [], threading.Event(), getattr(target, name)
+
+    def watched(tokens, *rest):
+        if stop.is_set():
+            late.append(tokens)
+        width = tokens.shape[-1] if hasattr(tokens, "shape") else len(tokens)  # a batch of ids, or a list
+        if width == 1 and not generating.is_set():  # the first generated token: hold it until close begins
+            generating.set()
+            stop.wait(30)
+        return forward(tokens, *rest)
+
+    monkeypatch.setattr(target, name, watched)
+    never_end = Sampling(logit_bias=tuple((eos, -100.0) for eos in runtime.eos_token_ids))
+    running = runtime.stream(ChatRequest(CHAT, 300, never_end))
+    assert generating.wait(30)
+    queued = runtime.stream(ChatRequest(CHAT, 300, never_end))
+    runtime.close()
+    assert isinstance(finish(running), ServerUnavailable) and isinstance(finish(queued), ServerUnavailable)
+    assert late == []
+    with pytest.raises(ServerUnavailable):
+        runtime.stream(ChatRequest(CHAT, 4))
+
+
+@needs_llamacpp
+def test_a_cache_llama_cpp_cannot_trim_is_started_afresh(llamacpp_runtime, monkeypatch):
+    """When llama.cpp refuses to drop only the cache's tail (as for recurrent models), the whole prompt is
+    evaluated from the start, as llama-cpp-python's own generate does, and the answer is the same."""
+    import llama_cpp
+
+    runtime = llamacpp_runtime
+    other = [{"role": "user", "content": "What is the weather in Rome?"}]
+    runtime.generate(ChatRequest(CHAT, 8))
+    reused = runtime.generate(ChatRequest(other, 8))
+    runtime.generate(ChatRequest(CHAT, 8))
+    evaluated, evaluate = [], runtime.llm.eval
+    monkeypatch.setattr(runtime.llm, "eval", lambda tokens: evaluated.append(list(tokens)) or evaluate(tokens))
+    monkeypatch.setattr(llama_cpp, "llama_memory_seq_rm", lambda *args: False)
+    fresh = runtime.generate(ChatRequest(other, 8))
+    prompt = runtime.prompts.encode(other)
+    assert evaluated[0] == prompt and fresh == reused
+
+
+def test_the_model_server_offers_every_gguf_type(capsys):
+    from forgeflow.inference.gguf_export import GGUF_TYPES
+    from forgeflow.inference.model_server import _parse_args
+
+    with pytest.raises(SystemExit):
+        _parse_args(["--help"])
+    usage = " ".join(capsys.readouterr().out.split())
+    assert "q4_k_m" in GGUF_TYPES and all(t in usage for t in GGUF_TYPES)
 
 
 @needs_llamacpp

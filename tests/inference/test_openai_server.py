@@ -235,6 +235,12 @@ def test_models_and_every_v1_error_in_openai_shape():
         biased = {"messages": [USER], "logit_bias": {"99999": 5}}
         assert "vocabulary" in openai_error(await client.post(CHAT, json=biased), 400)["message"]
         assert (await client.post(CHAT, json={**biased, "stream": True})).status_code == 400
+        # values that would overflow the sampler are the contract's 400s, never a runtime's 5xx
+        for hostile, param in (({"frequency_penalty": 1e308}, "frequency_penalty"), ({"seed": 2**64}, "seed"),
+                               ({"presence_penalty": -3}, "presence_penalty"),
+                               ({"logit_bias": {"5": 1e6}}, "logit_bias.5")):
+            for route, body in ((CHAT, {"messages": [USER]}), ("/v1/completions", {"prompt": "Hi"})):
+                openai_error(await client.post(route, json={**body, **hostile}), 400, param)
         score = await client.post("/score", json={"input_data": {"input_string": [USER]}, "params": {"foo": 1}})
         assert score.status_code == 400 and score.json()["field"] == "params.foo"  # /score keeps its shape
         refused = await client.post("/score", json={"input_data": {"input_string": [USER]}, "params": {"seed": 666}})

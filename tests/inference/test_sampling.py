@@ -5,17 +5,23 @@ each request as if it ran alone."""
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 import threading
 from collections import Counter
 from dataclasses import replace
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from forgeflow.chat import ChatRequest, OutputFormat, Sampling
+import forgeflow
+from forgeflow.chat import ChatRequest, OutputFormat, Sampling, chat_request
 from forgeflow.errors import InvalidInput
-from forgeflow.inference.sampling import Sampler
+from forgeflow.inference.sampling import CANDIDATES, LOGPROB_FLOOR, Sampler, distribution
 
 CHAT = [{"role": "user", "content": "Who founded Microsoft?"}]
 SCHEMA = {"type": "object", "properties": {"founder": {"type": "string", "maxLength": 10},
@@ -50,7 +56,7 @@ def reference(hf, prompt: list[int], budget: int, *, bias=(), frequency=0.0, pre
 
 
 def test_the_sampler_applies_penalties_bias_and_top_k():
-    logits = torch.tensor([0.0, 2.0, 1.9, -1.0])
+    logits = np.array([0.0, 2.0, 1.9, -1.0], dtype=np.float32)
     penalized = Sampler(Sampling(presence_penalty=0.5))
     assert penalized.pick(logits)[0] == 1
     penalized.accept(1)
@@ -68,9 +74,125 @@ def test_the_sampler_applies_penalties_bias_and_top_k():
              for seed in range(40)}
     assert drawn == {1, 2}
     token, (logprob, top) = Sampler(logprobs=2).pick(logits)
-    expected = torch.log_softmax(logits, -1)
+    expected = torch.log_softmax(torch.from_numpy(logits), -1)
     assert token == 1 and logprob == pytest.approx(float(expected[1]))
     assert [t for t, _ in top] == [1, 2] and top[1][1] == pytest.approx(float(expected[2]))
+
+
+def nucleus_by_full_sort(scores: np.ndarray, temperature: float, top_k: int, top_p: float) -> np.ndarray:
+    """A draw's probabilities the plain way: softmax over the whole vocabulary, top-k at the k-th value, and top-p
+    over every token sorted (the smallest prefix whose mass reaches top_p)."""
+    scores = scores / temperature
+    if 0 < top_k < len(scores):
+        scores = np.where(scores < np.sort(scores)[-top_k], -np.inf, scores)
+    probs = np.exp(scores - scores.max())
+    probs /= probs.sum()
+    if top_p < 1:
+        order = np.argsort(-probs, kind="stable")
+        ordered = probs[order]
+        probs[order[np.cumsum(ordered) - ordered >= top_p]] = 0.0
+    return probs / probs.sum()
+
+
+def test_top_p_on_a_candidate_set_is_the_full_sorts_distribution():
+    """Top-p ranks a bounded candidate set, and the whole vocabulary only when the nucleus is wider: the tokens
+    and their probabilities are those of sorting everything, for peaked, flat and grammar-masked logits."""
+    rng = np.random.default_rng(0)
+    n = 49152
+    peaked, flat = rng.normal(size=n) * 4, rng.normal(size=n) * 0.5
+    masked = np.where(rng.random(n) < 0.99, -np.inf, rng.normal(size=n))
+    widths = []
+    for scores in (peaked, flat, masked):
+        for temperature, top_k, top_p in ((1.0, 0, 0.9), (0.7, 0, 0.95), (1.0, 50, 0.9), (1.3, 1000, 0.8),
+                                          (1.0, 0, 1.0), (0.5, 20, 1.0)):
+            ids, weights = distribution(scores, Sampling(greedy=False, temperature=temperature, top_k=top_k,
+                                                         top_p=top_p))
+            got = np.zeros(n)
+            got[slice(None) if ids is None else ids] = weights
+            np.testing.assert_allclose(got / got.sum(), nucleus_by_full_sort(scores, temperature, top_k, top_p),
+                                       rtol=1e-9, atol=1e-15)
+            widths.append(np.count_nonzero(got))
+    nuclei = [w for w in widths if w < n]  # every way of finding the nucleus ran: candidates, wider, all
+    assert min(nuclei) < CANDIDATES and any(CANDIDATES < w < CANDIDATES * 16 for w in nuclei)
+    assert max(nuclei) > CANDIDATES * 16
+
+
+def test_a_seeded_draw_follows_the_distribution():
+    logits = np.log(np.array([0.5, 0.3, 0.15, 0.05], dtype=np.float32))
+    drawn = Counter(Sampler(Sampling(greedy=False, seed=seed)).pick(logits)[0] for seed in range(4000))
+    assert [drawn[t] / 4000 for t in range(4)] == pytest.approx([0.5, 0.3, 0.15, 0.05], abs=0.025)
+    again = Sampler(Sampling(greedy=False, top_p=0.9, seed=7))
+    once = Sampler(Sampling(greedy=False, top_p=0.9, seed=7))
+    assert [again.pick(logits)[0] for _ in range(20)] == [once.pick(logits)[0] for _ in range(20)]
+
+
+def test_picking_a_token_needs_no_torch():
+    """The llamacpp runtime's sampling is numpy on its own thread: torch's thread pool, which competed with
+    llama.cpp's threads at every token, is never used (here it cannot even be imported)."""
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import numpy as np\n"
+        "from forgeflow.chat import Sampling\n"
+        "from forgeflow.inference.sampling import Sampler\n"
+        "sampler = Sampler(Sampling(greedy=False, top_p=0.9, top_k=40, frequency_penalty=0.5, presence_penalty=0.2,"
+        " logit_bias=((3, 5.0),), seed=1), logprobs=3)\n"
+        "logits = np.random.default_rng(0).normal(size=49152).astype(np.float32)\n"
+        "for _ in range(3):\n"
+        "    token, (logprob, top) = sampler.pick(logits)\n"
+        "    sampler.accept(token)\n"
+        "assert len(top) == 3 and logprob < 0\n"
+    )
+    src = str(Path(forgeflow.__file__).resolve().parents[1])
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": src},
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+def test_logits_that_are_not_finite_never_fail_a_pick():
+    """A broken model's NaN is impossible and its +inf certain; logprobs stay JSON numbers (OpenAI's -9999 floor)."""
+    logits = np.array([np.nan, 1.0, np.inf, -np.inf, 0.5], dtype=np.float32)
+    for sampling in (Sampling(), Sampling(greedy=False, seed=1), Sampling(greedy=False, top_k=2, top_p=0.5, seed=2),
+                     Sampling(frequency_penalty=float("inf"), presence_penalty=-1e308)):
+        sampler = Sampler(sampling, logprobs=3)
+        token, (logprob, top) = sampler.pick(logits)
+        assert token == 2
+        json.dumps([logprob, top], allow_nan=False)
+        sampler.accept(token)
+        token, described = sampler.pick(logits)
+        assert token in ((1, 2) if sampler.penalized else (2,))
+        json.dumps(described, allow_nan=False)
+    for sampling in (Sampling(), Sampling(greedy=False, seed=3, top_p=0.5)):
+        token, (logprob, top) = Sampler(sampling, logprobs=2).pick(np.full(5, np.nan, dtype=np.float32))
+        assert 0 <= token < 5 and logprob == LOGPROB_FLOOR and [lp for _, lp in top] == [LOGPROB_FLOOR] * 2
+
+
+@pytest.mark.parametrize(("sampling", "field"), [
+    (Sampling(greedy=False, seed=2**64), "seed"),
+    (Sampling(seed=-(2**63) - 1), "seed"),
+    (Sampling(frequency_penalty=1e308), "frequency_penalty"),
+    (Sampling(presence_penalty=float("nan")), "presence_penalty"),
+    (Sampling(presence_penalty=-2.5), "presence_penalty"),
+    (Sampling(logit_bias=((5, 1e6),)), "logit_bias"),
+    (Sampling(logit_bias=((5, float("-inf")),)), "logit_bias"),
+    (Sampling(greedy=False, temperature=float("inf")), "temperature"),
+    (Sampling(greedy=False, temperature=-1.0), "temperature"),
+    (Sampling(greedy=False, top_p=0.0), "top_p"),
+    (Sampling(greedy=False, top_p=1.5), "top_p"),
+    (Sampling(greedy=False, top_k=-1), "top_k"),
+])
+def test_settings_out_of_range_are_refused_when_queued(transformers_runtime, sampling, field):
+    """Python callers build requests without the HTTP contract: the runtime refuses what would overflow the
+    sampler or its seed, naming the field, before anything is queued."""
+    with pytest.raises(InvalidInput) as refused:
+        transformers_runtime.stream(ChatRequest(CHAT, 4, sampling))
+    assert refused.value.field == field
+
+
+def test_chat_request_refuses_what_it_would_turn_greedy():
+    for temperature in (-0.5, float("nan"), float("inf")):
+        with pytest.raises(InvalidInput) as refused:
+            chat_request(CHAT, temperature=temperature)
+        assert refused.value.field == "temperature"
 
 
 def test_logit_bias_and_penalties_change_the_answer_as_predicted(runtime, transformers_runtime):

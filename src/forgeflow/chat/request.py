@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal, get_args
@@ -94,6 +95,9 @@ def chat_request(
     chat = _check_messages(messages)
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise InvalidInput("max_new_tokens must be at least 1", field="max_new_tokens")
+    if temperature is not None and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
+                                    or not 0 <= temperature < math.inf):  # else it would turn greedy unseen
+        raise InvalidInput("temperature must be a finite number >= 0", field="temperature")
     sample = do_sample if do_sample is not None else bool(temperature)
     return ChatRequest(chat, max_new_tokens, sampling_for(temperature, top_p, seed, do_sample=sample),
                        _check_stop(stop))

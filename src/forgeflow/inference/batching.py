@@ -85,18 +85,20 @@ class BatchScheduler:
         self.steps = 0
         self.largest_batch = 0
         self._stop = threading.Event()
+        self._accepting = threading.Lock()  # no request is queued once close has begun
         self._thread = threading.Thread(target=self._loop, name="forgeflow-batcher", daemon=True)
         self._thread.start()
 
     # -- public ---------------------------------------------------------------------------------
     def submit(self, prompt: list[int], max_new_tokens: int, sampler: Sampler) -> Sequence:
-        if self._stop.is_set():
-            raise ServerUnavailable("the model server is shutting down")
         seq = Sequence(list(prompt), max_new_tokens, sampler)
-        try:
-            self.waiting.put_nowait(seq)
-        except queue.Full:
-            raise QueueFull(f"the model server has {self.waiting.maxsize} requests waiting; retry later") from None
+        with self._accepting:
+            if self._stop.is_set():
+                raise ServerUnavailable("the model server is shutting down")
+            try:
+                self.waiting.put_nowait(seq)
+            except queue.Full:
+                raise QueueFull(f"the model server has {self.waiting.maxsize} requests waiting; retry later") from None
         return seq
 
     def stats(self) -> dict[str, int]:
@@ -104,7 +106,8 @@ class BatchScheduler:
                 "largest_batch": self.largest_batch, "max_batch_size": self.max_batch_size}
 
     def close(self) -> None:
-        self._stop.set()
+        with self._accepting:
+            self._stop.set()
         self._thread.join(timeout=10)
 
     # -- the loop -------------------------------------------------------------------------------
@@ -113,6 +116,9 @@ class BatchScheduler:
             fresh: list[Sequence] = []
             try:
                 fresh = self._take(block=not self.running)
+                for seq in fresh:
+                    if seq.cancelled:  # cancelled while queued: its end still goes to whoever reads it
+                        seq.out.put(_DONE)
                 fresh = [s for s in fresh if not s.cancelled]
                 if fresh:
                     self._prefill(fresh)
@@ -124,6 +130,11 @@ class BatchScheduler:
                     seq.out.put(exc)
                     seq.out.put(_DONE)
                 self.running, self.cache, self.mask = [], None, None
+        while True:  # nothing is queued after close began: end what runs and what waits
+            try:
+                self.running.append(self.waiting.get_nowait())
+            except queue.Empty:
+                break
         for seq in self.running:
             seq.out.put(ServerUnavailable("the model server is shutting down"))
             seq.out.put(_DONE)
@@ -196,9 +207,10 @@ class BatchScheduler:
     def _emit(self, seqs: list[Sequence], logits: Any) -> None:
         """Pick each sequence's next token, hand it over, and retire the finished."""
         greedy = logits.argmax(dim=-1).tolist()
+        host = logits.cpu().numpy() if not all(s.sampler.plain for s in seqs) else None  # the Sampler's numpy
         for row, seq in enumerate(seqs):
             try:
-                token, logprob = (greedy[row], None) if seq.sampler.plain else seq.sampler.pick(logits[row])
+                token, logprob = (greedy[row], None) if seq.sampler.plain else seq.sampler.pick(host[row])
                 complete = seq.sampler.accept(token)
             except Exception as exc:  # this sequence's pick failed (its grammar): it fails, the batch goes on
                 log.exception("picking a token failed")

@@ -8,10 +8,14 @@ step the matcher says which tokens may come next (EOS only where the grammar is 
 consumes the token that was picked.
 
 Every grammar is written in llguidance's Lark dialect, a JSON schema as a `%json` rule, so an answer
-format and tool calls combine into one grammar. JSON allows at most 32 whitespace characters in a row
-(enough for pretty printing), so a model cannot loop on whitespace until its budget runs out. A schema
-sent with `strict: false` is compiled leniently: keywords llguidance does not support are ignored
-rather than refused.
+format and tool calls combine into one grammar. Between JSON tokens the grammar allows one space, or a
+newline and at most 20 spaces or tabs of indentation (enough for pretty printing), so a model cannot
+loop on whitespace until its budget runs out.
+
+`strict: true` is a guarantee: a schema with anything llguidance cannot enforce is refused (a 400
+naming the field) when the request is queued. `strict: false` is best effort, as OpenAI's non-strict
+mode guarantees nothing: the schema is compiled leniently, keywords llguidance does not support are
+not enforced, and the rest is. The schema `false` matches nothing and is refused either way.
 """
 
 from __future__ import annotations
@@ -34,12 +38,12 @@ ANY_OBJECT: dict[str, Any] = {"type": "object"}
 
 
 def json_rule(schema: Any, *, strict: bool) -> str:
-    """A Lark `%json` fragment that matches JSON valid against `schema`."""
+    """A Lark `%json` fragment that matches JSON valid against `schema` (an object, or `true`: any JSON)."""
     options: dict[str, Any] = {"whitespace_pattern": WHITESPACE}
     if not strict:
         options["lenient"] = True
-    if isinstance(schema, bool):  # JSON schema's `true` (anything) and `false` (nothing)
-        schema = {} if schema else {"not": {}}
+    if schema is True:
+        schema = {}
     return "%json " + json.dumps({**schema, "x-guidance": options})
 
 
@@ -47,6 +51,9 @@ def output_rule(output: OutputFormat) -> str:
     """The Lark fragment for a `response_format`: any JSON object, or JSON matching the schema."""
     if output.kind == "json_object":
         return json_rule(ANY_OBJECT, strict=True)
+    if output.schema is False:
+        raise InvalidInput("response_format.json_schema.schema is `false`, which no answer can match: send a "
+                           "schema an answer can satisfy (`true` or {} allows any JSON)", field="response_format")
     return json_rule(output.schema if output.schema is not None else {}, strict=output.strict)
 
 

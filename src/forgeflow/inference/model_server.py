@@ -1,7 +1,7 @@
 """One model-server process: a model loaded once, answering the Azure /score contract and OpenAI's API.
 
     python -m forgeflow.inference.model_server --model-dir DIR --port P [--host 127.0.0.1] [--name NAME]
-        [--runtime transformers|llamacpp] [--max-batch-size 8] [--max-queue 64] [--gguf-type f16|q8_0]
+        [--runtime transformers|llamacpp] [--max-batch-size 8] [--max-queue 64] [--gguf-type f16|q8_0|q4_k_m]
 
 It listens on loopback only and answers only its gateway, which does endpoint auth, traffic and limits:
 every request needs the secret the placement passed in FORGEFLOW_INSTANCE_SECRET (as a bearer token),
@@ -34,6 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from forgeflow import jsonbody
 from forgeflow.chat import DEFAULT_MAX_NEW_TOKENS, openai_error, parse_score_request
 from forgeflow.errors import ForgeflowError, InternalError, InvalidInput, NotFound, ServerUnavailable, UpstreamError
+from forgeflow.inference.gguf_export import GGUF_TYPES
 from forgeflow.inference.instance_guard import DEFAULT_MAX_BODY_BYTES, InstanceGuard, allowed_hosts
 from forgeflow.inference.openai_server import OpenAIServing, openai_router, usage_headers
 from forgeflow.inference.runtimes.base import Runtime
@@ -174,7 +175,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runtime", default="transformers", help="transformers or llamacpp (vllm is planned)")
     parser.add_argument("--max-batch-size", type=int, default=8, help="transformers: sequences decoded together")
     parser.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond it get 429")
-    parser.add_argument("--gguf-type", default="f16", help="llamacpp: GGUF weights, f16 or q8_0")
+    parser.add_argument("--gguf-type", default="f16",
+                        help=f"llamacpp: GGUF weights, one of {', '.join(GGUF_TYPES)} (made once, kept with the model)")
     parser.add_argument("--threads", type=int, default=None, help="llamacpp: CPU threads (default: llama-cpp-python's, half the cores)")
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
                         help="larger request bodies get 413")

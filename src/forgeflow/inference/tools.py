@@ -83,6 +83,11 @@ class ToolTemplate:
         if self.format is None:
             raise InvalidInput("this model's chat template writes tool calls in a format forgeflow cannot read; "
                                f"known formats: {KNOWN_FORMATS}", field="tools")
+        for index, definition in enumerate(tools.definitions):
+            if _function(definition).get("parameters") is False:
+                raise InvalidInput(f"tools[{index}].function.parameters is `false`, which no arguments can match: "
+                                   "send the function's parameter schema (or {} for any arguments)",
+                                   field=f"tools[{index}].function.parameters")
         names = [_function(d).get("name") for d in tools.definitions]
         if tools.choice not in ("auto", "required", "none") and tools.choice not in names:
             raise InvalidInput(f"tool_choice names {tools.choice!r}, which is not among the tools "
@@ -136,28 +141,29 @@ class ToolTemplate:
                 return f"tools[{index}].function.parameters"
         return None
 
-    def parse(self, text: str) -> tuple[str, tuple[ToolCall, ...]] | None:
-        """The text before the calls and the calls, or None when `text` holds no complete calls."""
+    def parse(self, text: str) -> tuple[str, tuple[ToolCall, ...], bool]:
+        """The text before the calls, the complete calls, and whether they end cleanly (False when the text
+        after them is not a call: one cut short by the token budget)."""
         assert self.format is not None
         start = text.find(self.format.open)
         if start < 0:
-            return None
-        decoder, calls, pos = json.JSONDecoder(), [], start
+            return text, (), True
+        head, decoder, calls, pos = text[:start].strip(), json.JSONDecoder(), [], start
         while pos < len(text):
             if not text.startswith(self.format.open, pos):
-                return None
+                return head, tuple(calls), False
             try:
                 call, pos = decoder.raw_decode(text, _skip_space(text, pos + len(self.format.open)))
             except ValueError:
-                return None
+                return head, tuple(calls), False
             pos = _skip_space(text, pos)
             if not (text.startswith(self.format.close, pos) and isinstance(call, dict)
                     and isinstance(call.get("name"), str) and isinstance(call.get("arguments"), dict)):
-                return None
+                return head, tuple(calls), False
             calls.append(ToolCall(f"call_{secrets.token_hex(12)}", call["name"],
                                   json.dumps(call["arguments"], ensure_ascii=False)))
             pos = _skip_space(text, pos + len(self.format.close))
-        return text[:start].strip(), tuple(calls)
+        return head, tuple(calls), True
 
     def _tag(self, tag: str) -> str:
         return tag if self.special_tags else json.dumps(tag)

@@ -182,8 +182,13 @@ class TokenStream:
     answer is trimmed; a raw completion is not).
 
     A stream whose answer may hold tool calls (`tool_tag`) sends no text from that tag on, nor a
-    tail that could begin it; at the end `read_calls` splits the text into what came before the
-    calls and the calls (finish reason "tool_calls"). With `describe` (token id and raw logprob to
+    tail that could begin it, and its stop strings apply only to the text before the tag (a stop
+    string never cuts a call). At the end `read_calls` splits the text into what came before the
+    calls, the complete calls, and whether they end cleanly. The answer's text is only what came
+    before the tag: call markup is never text. All calls complete: finish reason "tool_calls".
+    A call cut short by the token budget: the complete calls before it, finish reason "length"
+    (as OpenAI reports a call cut by max_tokens; clients that act on `tool_calls` get the complete
+    ones, and "length" tells them the answer was cut). With `describe` (token id and raw logprob to
     TokenLogprob, None for a token left out such as EOS) each event carries the log-probabilities
     of the tokens its text covers; the last event carries those of any text held back.
     """
@@ -191,7 +196,7 @@ class TokenStream:
     def __init__(self, steps: Iterable[Step], decode: Callable[[list[int]], str], prompt_tokens: int,
                  stop: Sequence[str], cancel: Callable[[], None] = lambda: None, *, trim: bool = True,
                  tool_tag: str | None = None,
-                 read_calls: Callable[[str], tuple[str, tuple[ToolCall, ...]] | None] | None = None,
+                 read_calls: Callable[[str], tuple[str, tuple[ToolCall, ...], bool]] | None = None,
                  describe: Callable[[int, RawLogprob], TokenLogprob | None] | None = None) -> None:
         self._steps = steps
         self._decode = decode
@@ -221,7 +226,7 @@ class TokenStream:
                 ends.append(len(raw))
                 if self._describe is not None:
                     described.append(self._describe(token, logprob) if logprob is not None else None)
-                cut = self._find_stop(raw)
+                cut = self._find_stop(raw, final=reason is not None)
                 if cut is not None:
                     raw, reason = raw[:cut], "stop"
                     self._cancel()
@@ -239,11 +244,12 @@ class TokenStream:
                     sent, given = text, covered
         finally:
             self._cancel()  # a no-op for a finished sequence; frees one whose consumer left early
-        final = (raw.strip() if self._trim else raw) if ids else ""
         calls: tuple[ToolCall, ...] = ()
-        parsed = self._read_calls(raw) if self._read_calls is not None and ids else None
-        if parsed is not None and parsed[1]:
-            (final, calls), finish = parsed, "tool_calls"
+        if self._tool_tag is not None and self._read_calls is not None and self._tool_tag in raw:
+            raw, calls, whole = self._read_calls(raw)
+            if calls and whole:
+                finish = "tool_calls"
+        final = (raw.strip() if self._trim else raw) if ids else ""
         logprobs = _present(described) if self._describe is not None else None
         self.result = GenerationResult(final, self.prompt_tokens, len(ids), finish, logprobs, calls)
         yield StreamEvent(final[len(sent):] if final.startswith(sent) else "", self.result,
@@ -266,9 +272,25 @@ class TokenStream:
         text = raw.lstrip()
         return text.rstrip(), len(raw) - len(text)
 
-    def _find_stop(self, raw: str) -> int | None:
-        found = [i for i in (raw.find(s) for s in self._stop) if i >= 0]
+    def _find_stop(self, raw: str, *, final: bool) -> int | None:
+        """Where the first stop string starts in the text before the tool tag (before a tail that may still
+        become the tag, unless no token follows)."""
+        end = len(raw)
+        if self._tool_tag is not None:
+            at = raw.find(self._tool_tag)
+            if at >= 0:
+                end = at
+            elif not final:
+                end -= self._partial_tag(raw)
+        found = [i for i in (raw.find(s, 0, end) for s in self._stop) if i >= 0]
         return min(found) if found else None
+
+    def _partial_tag(self, raw: str) -> int:
+        assert self._tool_tag is not None
+        for k in range(min(len(self._tool_tag) - 1, len(raw)), 0, -1):
+            if raw.endswith(self._tool_tag[:k]):
+                return k
+        return 0
 
     def _held_tail(self, raw: str) -> int:
         """How many trailing characters could be the start of a stop string (or of the tool-call tag)."""

@@ -9,8 +9,9 @@ runtime does; llama.cpp only runs the forward passes. Tokens are picked by forge
 sampler chain counts penalties over a window of recent tokens rather than over the whole answer as
 OpenAI defines them, and its Python logits-processor hook works on a copy it may have sorted.
 One worker thread owns the llama context and serves queued requests in turn (llama.cpp's Python
-API runs one sequence at a time), checking between tokens whether the consumer has gone; a prompt
-that starts like the previous one reuses that prefix of the KV cache.
+API runs one sequence at a time), checking between tokens (and between prompt batches) whether the
+consumer has gone or the server is closing; a prompt that starts like the previous one reuses that
+prefix of the KV cache. The Sampler works on one thread in numpy, so llama.cpp's threads keep the cores.
 Threads: `--threads`, else FORGEFLOW_LLAMACPP_THREADS, else half the cores (llama-cpp-python's
 default for decoding; it would use every core for prompts).
 """
@@ -71,6 +72,7 @@ class LlamaCppRuntime:
         self.waiting: queue.Queue[Sequence] = queue.Queue(maxsize=max(1, max_queue))
         self.served = 0
         self._stop = threading.Event()
+        self._accepting = threading.Lock()  # no request is queued once close has begun
         self._thread = threading.Thread(target=self._loop, name="forgeflow-llamacpp", daemon=True)
         self._thread.start()
 
@@ -89,14 +91,15 @@ class LlamaCppRuntime:
     def stream(self, request: ChatRequest) -> TokenStream:
         """Queue a request at once (whatever it cannot have, a prompt too long or a full queue raises here),
         and return its token stream."""
-        if self._stop.is_set():
-            raise ServerUnavailable("the model server is shutting down")
         prepared = self.requests.prepare(request)
         seq = Sequence(prepared.prompt, prepared.budget, prepared.sampler)
-        try:
-            self.waiting.put_nowait(seq)
-        except queue.Full:
-            raise QueueFull(f"the model server has {self.waiting.maxsize} requests waiting; retry later") from None
+        with self._accepting:
+            if self._stop.is_set():
+                raise ServerUnavailable("the model server is shutting down")
+            try:
+                self.waiting.put_nowait(seq)
+            except queue.Full:
+                raise QueueFull(f"the model server has {self.waiting.maxsize} requests waiting; retry later") from None
         return prepared.stream(seq.tokens(), seq.cancel)
 
     def generate(self, request: ChatRequest) -> GenerationResult:
@@ -107,8 +110,14 @@ class LlamaCppRuntime:
                 "gguf": self.gguf_path.name}
 
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
+        """Stop the worker (it stops within a token or a prompt batch), end every request still queued, and
+        free the context once nothing runs on it."""
+        with self._accepting:
+            self._stop.set()
+        self._thread.join(timeout=60)
+        if self._thread.is_alive():  # a forward pass that never returns: freeing its context would crash
+            log.error("llama.cpp is still running after 60 s; its context is left to the process's exit")
+            return
         self.llm.close()  # free the context now: at interpreter exit llama-cpp-python's own cleanup can fail
 
     def _loop(self) -> None:
@@ -117,20 +126,27 @@ class LlamaCppRuntime:
                 seq = self.waiting.get(timeout=0.1)
             except queue.Empty:
                 continue
-            if seq.cancelled:
-                continue
-            try:
-                self._run(seq)
-            except Exception as exc:
-                log.exception("llama.cpp generation failed")
-                seq.out.put(exc)
-                self.llm.reset()
+            if not seq.cancelled:  # one cancelled while queued still gets its end, for whoever reads it
+                try:
+                    self._run(seq)
+                    self.served += 1
+                except ServerUnavailable as exc:  # closing mid-answer
+                    seq.out.put(exc)
+                except Exception as exc:
+                    log.exception("llama.cpp generation failed")
+                    seq.out.put(exc)
+                    self.llm.reset()
             seq.out.put(_DONE)
-            self.served += 1
+        while True:  # nothing is queued after close began: end what is waiting
+            try:
+                seq = self.waiting.get_nowait()
+            except queue.Empty:
+                return
+            seq.out.put(ServerUnavailable("the model server is shutting down"))
+            seq.out.put(_DONE)
 
     def _run(self, seq: Sequence) -> None:
         import numpy as np
-        import torch
         from llama_cpp import llama_get_logits_ith
 
         llm, eos, n_vocab = self.llm, set(self.eos_token_ids), self.llm.n_vocab()
@@ -140,7 +156,7 @@ class LlamaCppRuntime:
             if seq.sampler.plain:
                 token, logprob = int(logits.argmax()), None
             else:
-                token, logprob = seq.sampler.pick(torch.from_numpy(logits))
+                token, logprob = seq.sampler.pick(logits)
             complete = seq.sampler.accept(token)
             seq.generated += 1
             reason = ("stop" if token in eos or complete
@@ -150,11 +166,19 @@ class LlamaCppRuntime:
             seq.out.put((token, reason, logprob))
             if reason is not None:
                 return
+            self._check_open()
             llm.eval([token])
 
     def _start(self, prompt: list[int]) -> None:
-        """Evaluate the prompt, keeping the KV cache of the longest prefix it shares with the last one (at
-        least one token is evaluated, for its logits)."""
+        """Evaluate the prompt, keeping the KV cache of the longest prefix it shares with the last one.
+
+        At least the prompt's last token is evaluated, for its logits, even when the whole prompt is cached
+        (its logits then come from a batch of one token rather than the whole prompt; llama.cpp's results
+        depend slightly on the batch, so log-probabilities can differ from a cold run's by about 1e-3).
+        When llama.cpp cannot drop only the cache's tail (recurrent or hybrid models), it starts afresh, as
+        llama-cpp-python's own generate does."""
+        import llama_cpp
+
         llm = self.llm
         cached = llm.input_ids[: llm.n_tokens].tolist()
         keep = 0
@@ -162,5 +186,14 @@ class LlamaCppRuntime:
             if a != b:
                 break
             keep += 1
-        llm.n_tokens = keep  # eval drops the cache past n_tokens before it decodes
-        llm.eval(prompt[keep:])
+        if keep and not llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(llm.ctx), -1, keep, -1):
+            keep = 0
+            llm.reset()
+        llm.n_tokens = keep
+        for start in range(keep, len(prompt), llm.n_batch):
+            self._check_open()
+            llm.eval(prompt[start: start + llm.n_batch])
+
+    def _check_open(self) -> None:
+        if self._stop.is_set():
+            raise ServerUnavailable("the model server is shutting down; retry on another instance")

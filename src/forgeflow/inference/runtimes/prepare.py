@@ -8,6 +8,7 @@ a stream never fails for its request's sake.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -76,12 +77,27 @@ class RequestPreparer:
         return Prepared(prompt, budget, sampler, make_stream)
 
     def _check_sampling(self, request: ChatRequest) -> None:
+        """The bounds of the HTTP contract (chat/wire.py), again for requests built in Python: a value out of
+        range would overflow the sampler's arithmetic or its generator's seed."""
         if request.logprobs is not None and not 0 <= request.logprobs <= MAX_TOP_LOGPROBS:
             raise InvalidInput(f"top_logprobs must be from 0 to {MAX_TOP_LOGPROBS}", field="top_logprobs")
-        for token, _bias in request.sampling.logit_bias:
-            if not 0 <= token < self.vocab_size:
+        s = request.sampling
+        if not s.greedy:
+            _number(s.temperature, "temperature", 0, math.inf, "a finite number >= 0")
+            _number(s.top_p, "top_p", 0, 1, "a number > 0 and <= 1")
+            if s.top_p <= 0:
+                raise InvalidInput("top_p must be a number > 0 and <= 1", field="top_p")
+            if not _integer(s.top_k) or s.top_k < 0:
+                raise InvalidInput("top_k must be an integer >= 0 (0: no top-k cut)", field="top_k")
+        if s.seed is not None and (not _integer(s.seed) or not -(2**63) <= s.seed < 2**63):
+            raise InvalidInput("seed must be an integer that fits in 64 bits (signed)", field="seed")
+        _number(s.frequency_penalty, "frequency_penalty", -2, 2, "a number from -2 to 2")
+        _number(s.presence_penalty, "presence_penalty", -2, 2, "a number from -2 to 2")
+        for token, bias in s.logit_bias:
+            if not _integer(token) or not 0 <= token < self.vocab_size:
                 raise InvalidInput(f"logit_bias names token {token}, which is not in this model's vocabulary "
                                    f"(ids 0 to {self.vocab_size - 1})", field="logit_bias")
+            _number(bias, "logit_bias", -100, 100, f"a map of token ids to biases from -100 to 100 (token {token})")
 
     def _grammar(self, request: ChatRequest) -> tuple[Matcher | None, str | None]:
         """The request's matcher (for its response_format and tools) and the tag its stream holds text at."""
@@ -136,3 +152,14 @@ class RequestPreparer:
                 data = self.tokenizer.decode([token]).encode()
             known = self._texts[token] = (data.decode("utf-8", errors="replace"), tuple(data))
         return known
+
+
+def _number(value: Any, field: str, low: float, high: float, rule: str) -> None:
+    """Refuse a value that is not a finite number from `low` to `high`, naming the field."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or not low <= value <= high):
+        raise InvalidInput(f"{field} must be {rule}", field=field)
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
