@@ -102,6 +102,16 @@ def test_a_schema_that_matches_nothing_is_refused_by_name(transformers_runtime):
     assert tool.value.field == "tools[1].function.parameters"
 
 
+def test_a_schema_no_answer_can_satisfy_is_a_400_not_a_failed_generation(runtime):
+    """A schema that compiles but recurses without end is refused naming the field, when queued or at the step
+    where the grammar gives out; never a generation failure (a 5xx)."""
+    for schema in ({"$ref": "#"}, {"$ref": "#/definitions/a", "definitions": {"a": {"$ref": "#/definitions/a"}}},
+                   {"type": "object", "properties": {"a": {"$ref": "#/properties/a"}}, "required": ["a"]}):
+        with pytest.raises(InvalidInput) as refused:
+            runtime.generate(ask(runtime, output=OutputFormat("json_schema", schema, "loop", strict=True)))
+        assert refused.value.field == "response_format", schema
+
+
 def test_required_tool_choice_yields_valid_calls(runtime):
     result = runtime.generate(ask(runtime, tools=Tools((WEATHER, CLOCK), "required")))
     assert result.finish_reason == "tool_calls" and result.tool_calls and result.text == ""

@@ -83,9 +83,11 @@ class Grammars:
             raise InvalidInput(f"{field} needs constrained decoding, which this model's tokenizer does not support "
                                f"({self.unavailable}): use a model with a fast (tokenizers) tokenizer", field=field)
         matcher = LLMatcher(self.tokenizer, LLMatcher.grammar_from_lark(lark), log_level=0)
+        if not matcher.is_error():
+            matcher.compute_bitmask()  # a grammar that compiles but no answer can begin (`{"$ref": "#"}`) fails here
         if matcher.is_error():
             raise InvalidInput(f"{field} cannot be enforced: {_first_line(matcher.get_error())}{hint}", field=field)
-        return Matcher(matcher, self.vocab_size)
+        return Matcher(matcher, self.vocab_size, field)
 
     def check(self, lark: str) -> str | None:
         """Why llguidance rejects the grammar, or None when it accepts it (used to find which part is at fault)."""
@@ -114,16 +116,19 @@ class Grammars:
 class Matcher:
     """One request's grammar state: which tokens may come next, advanced by each token picked."""
 
-    def __init__(self, matcher: Any, vocab_size: int) -> None:
+    def __init__(self, matcher: Any, vocab_size: int, field: str = "response_format") -> None:
         self._matcher = matcher
         self.vocab_size = vocab_size
+        self.field = field
 
     def allowed(self) -> np.ndarray:
-        """A boolean mask over the model's vocabulary of the tokens the grammar allows next."""
+        """A boolean mask over the model's vocabulary of the tokens the grammar allows next. A grammar that
+        reaches a state no answer can leave (a schema that recurses without end) is the request's 400."""
         bits = np.frombuffer(self._matcher.compute_bitmask(), dtype=np.uint8)
         mask = np.unpackbits(bits, bitorder="little").astype(bool)
         if self._matcher.is_error():
-            raise RuntimeError(f"the grammar failed: {_first_line(self._matcher.get_error())}")
+            raise InvalidInput(f"{self.field} cannot be satisfied: {_first_line(self._matcher.get_error())}",
+                               field=self.field)
         if len(mask) >= self.vocab_size:
             return mask[: self.vocab_size]
         return np.concatenate([mask, np.zeros(self.vocab_size - len(mask), dtype=bool)])
