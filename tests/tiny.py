@@ -103,3 +103,20 @@ def build_tiny_model(out: Path, *, layers: int = 2, hidden: int = 64, seed: int 
     model.generation_config.pad_token_id = fast.pad_token_id
     model.save_pretrained(out)
     return out
+
+
+def vary_weights(model_dir: Path, *, seed: int) -> Path:
+    """Give the model folder's weights (all but the norms) a larger random spread, in place, so its greedy
+    choices are decisive (a batch's padding or llama.cpp's f16 weights do not flip them) and vary with the
+    prompt, where the default initialisation answers nearly the same whatever it is asked."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" not in name:
+                param.normal_(0, 0.1)
+    model.save_pretrained(model_dir)
+    return model_dir

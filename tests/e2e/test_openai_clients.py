@@ -21,7 +21,7 @@ import openai
 import pytest
 from live_server import LiveServer
 from pydantic import BaseModel, ConfigDict, Field
-from tiny import build_tiny_model
+from tiny import build_tiny_model, vary_weights
 
 pytestmark = pytest.mark.integration
 
@@ -31,18 +31,8 @@ USER = {"role": "user", "content": "What is the capital of France?"}
 def _tools_model(out: Path) -> Path:
     """The tiny model with a tools template (Hermes-style, as Qwen2.5's) and larger random weights, so its greedy
     choices are decisive and vary with the prompt."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     build_tiny_model(out, tools=True)
-    model = AutoModelForCausalLM.from_pretrained(out)
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" not in name:
-                param.normal_(0, 0.1)
-    model.save_pretrained(out)
-    return out
+    return vary_weights(out, seed=3)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-from tiny import build_tiny_model
+from tiny import build_tiny_model, vary_weights
 
 needs_llamacpp = pytest.mark.skipif(
     importlib.util.find_spec("llama_cpp") is None,
@@ -19,18 +19,8 @@ needs_llamacpp = pytest.mark.skipif(
 def tools_model_dir(tmp_path_factory) -> Path:
     """The tiny model with a Hermes-style tools template and larger random weights, so its greedy choices are
     decisive (a batch's padding or llama.cpp's f16 weights do not flip them) and vary with the prompt."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     out = build_tiny_model(tmp_path_factory.mktemp("tools-model"), tools=True)
-    model = AutoModelForCausalLM.from_pretrained(out)
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" not in name:
-                param.normal_(0, 0.1)
-    model.save_pretrained(out)
-    return out
+    return vary_weights(out, seed=3)
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from tiny import vary_weights
 
 import forgeflow
 from forgeflow.chat import ChatRequest, Sampling, chat_request
@@ -33,19 +34,9 @@ CHAT = [{"role": "user", "content": "What is the capital of France?"}]
 @pytest.fixture(scope="module")
 def varied_model(tiny_model_dir, tmp_path_factory) -> Path:
     """A copy of the tiny model with larger random weights, so greedy answers vary with the prompt."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     out = tmp_path_factory.mktemp("varied-model")
     shutil.copytree(tiny_model_dir, out, dirs_exist_ok=True)
-    model = AutoModelForCausalLM.from_pretrained(out)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" not in name:
-                param.normal_(0, 0.1)
-    model.save_pretrained(out)
-    return out
+    return vary_weights(out, seed=1)
 
 
 def test_runtime_choice():

@@ -7,24 +7,15 @@ import shutil
 from pathlib import Path
 
 import pytest
+from tiny import vary_weights
 
 
 @pytest.fixture(scope="session")
 def varied_model(tiny_model_dir, tmp_path_factory) -> Path:
     """The tiny model with larger random weights, so greedy answers vary with the prompt."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     out = tmp_path_factory.mktemp("varied-model")
     shutil.copytree(tiny_model_dir, out, dirs_exist_ok=True)
-    model = AutoModelForCausalLM.from_pretrained(out)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "norm" not in name:
-                param.normal_(0, 0.1)
-    model.save_pretrained(out)
-    return out
+    return vary_weights(out, seed=1)
 
 
 @pytest.fixture(scope="session")

@@ -65,6 +65,18 @@ class Sequence:
             yield item
 
 
+def enqueue(waiting: queue.Queue, seq: Sequence, accepting: threading.Lock, stop: threading.Event) -> None:
+    """Queue a sequence for a runtime's loop: 503 once the runtime is closing (under `accepting`, so nothing
+    joins after close drained the queue), 429 when the queue is full."""
+    with accepting:
+        if stop.is_set():
+            raise ServerUnavailable("the model server is shutting down")
+        try:
+            waiting.put_nowait(seq)
+        except queue.Full:
+            raise QueueFull(f"the model server has {waiting.maxsize} requests waiting; retry later") from None
+
+
 class BatchScheduler:
     """Owns the model's forward passes. Thread-safe `submit`; `close` stops the thread."""
 
@@ -92,13 +104,7 @@ class BatchScheduler:
     # -- public ---------------------------------------------------------------------------------
     def submit(self, prompt: list[int], max_new_tokens: int, sampler: Sampler) -> Sequence:
         seq = Sequence(list(prompt), max_new_tokens, sampler)
-        with self._accepting:
-            if self._stop.is_set():
-                raise ServerUnavailable("the model server is shutting down")
-            try:
-                self.waiting.put_nowait(seq)
-            except queue.Full:
-                raise QueueFull(f"the model server has {self.waiting.maxsize} requests waiting; retry later") from None
+        enqueue(self.waiting, seq, self._accepting, self._stop)
         return seq
 
     def stats(self) -> dict[str, int]:

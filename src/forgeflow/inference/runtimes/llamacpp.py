@@ -28,7 +28,7 @@ from typing import Any
 
 from forgeflow.chat import ChatRequest
 from forgeflow.errors import ServerUnavailable
-from forgeflow.inference.batching import _DONE, QueueFull, Sequence
+from forgeflow.inference.batching import _DONE, Sequence, enqueue
 from forgeflow.inference.runtimes.base import CHATML_TEMPLATE, GenerationResult, TokenStream
 from forgeflow.inference.runtimes.prepare import RequestPreparer
 
@@ -93,13 +93,7 @@ class LlamaCppRuntime:
         and return its token stream."""
         prepared = self.requests.prepare(request)
         seq = Sequence(prepared.prompt, prepared.budget, prepared.sampler)
-        with self._accepting:
-            if self._stop.is_set():
-                raise ServerUnavailable("the model server is shutting down")
-            try:
-                self.waiting.put_nowait(seq)
-            except queue.Full:
-                raise QueueFull(f"the model server has {self.waiting.maxsize} requests waiting; retry later") from None
+        enqueue(self.waiting, seq, self._accepting, self._stop)
         return prepared.stream(seq.tokens(), seq.cancel)
 
     def generate(self, request: ChatRequest) -> GenerationResult:
