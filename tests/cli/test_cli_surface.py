@@ -23,6 +23,7 @@ SURFACE = {
     "connection": {"create", "update", "list", "show", "delete"},
     "flow": {"test", "chat", "serve", "run"},
 }
+NESTED = {("flow", "run"): {"compare", "list", "resume", "show", "show-details", "show-metrics"}}
 
 
 def _walk(cmd, prefix=()):
@@ -36,6 +37,8 @@ def test_command_tree_is_pinned():
     assert set(root.commands) == set(SURFACE)
     for name, subs in SURFACE.items():
         assert set(getattr(root.commands[name], "commands", {}) or {}) == (subs or set()), name
+    for (group, name), subs in NESTED.items():
+        assert set(root.commands[group].commands[name].commands) == subs, (group, name)
 
 
 def test_every_command_explains_itself_and_has_json():

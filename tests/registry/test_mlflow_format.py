@@ -107,7 +107,13 @@ def test_the_layout_earlier_versions_wrote_still_loads(tiny_model_dir, tmp_path,
         assert generator.model_dir == old / "artifacts" / "model"
     finally:
         generator.close()
-    assert isinstance(mlflow.pyfunc.load_model(str(old)).predict(HI, params={"max_new_tokens": 2}), str)
+    loaded = mlflow.pyfunc.load_model(str(old))
+    assert isinstance(loaded.predict(HI, params={"max_new_tokens": 2}), str)
+    # a setting it cannot honour is refused by name, never dropped; Azure's max_tokens is max_new_tokens
+    assert isinstance(loaded.predict({"messages": HI, "parameters": {"max_tokens": 2}}), str)
+    with pytest.raises(InvalidInput, match="params.num_beams") as refused:
+        loaded.predict({"messages": HI, "params": {"num_beams": 4}})
+    assert refused.value.field == "params.num_beams"
 
 
 def test_errors(tmp_path, tiny_model_dir, saved_model):

@@ -78,7 +78,8 @@ def ep_list(json_out: bool = JsonOpt) -> None:
 @endpoint_app.command("show")
 @command
 def ep_show(name: str = NameOpt, json_out: bool = JsonOpt) -> None:
-    """Scoring URI, traffic, state and deployments of an endpoint."""
+    """Scoring URI (and the Azure-style port_scoring_uri and host_scoring_uri), traffic, state and deployments of an
+    endpoint."""
     ep = client().get(url_path("api", "endpoints", name))
     print_json(ep) if json_out else kv(ep)
 

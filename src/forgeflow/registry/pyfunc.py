@@ -38,7 +38,14 @@ class ChatModel(mlflow.pyfunc.PythonModel):
 
     def chat(self, messages: list[dict], params: dict | None = None) -> str:
         """Generate the assistant's next message for one conversation (greedy unless asked to sample)."""
-        kwargs = {k: v for k, v in (params or {}).items() if k in GENERATION_KEYS and v is not None}
+        params = dict(params or {})
+        if "max_tokens" in params:  # Azure's chat models take either name
+            params.setdefault("max_new_tokens", params.pop("max_tokens"))
+        unknown = sorted(k for k in params if k not in GENERATION_KEYS)
+        if unknown:  # never ignored: a setting this model cannot honour is refused by name
+            raise InvalidInput(f"params.{unknown[0]} is not a generation setting this model takes; use "
+                               f"{', '.join(GENERATION_KEYS)} or max_tokens", field=f"params.{unknown[0]}")
+        kwargs = {k: v for k, v in params.items() if v is not None}
         if "max_new_tokens" in kwargs:
             kwargs["max_new_tokens"] = int(kwargs["max_new_tokens"])
         kwargs["do_sample"] = bool(kwargs.get("do_sample", False))
@@ -55,7 +62,7 @@ def _conversations(model_input: Any) -> tuple[list[list[dict]], bool, dict]:
     if isinstance(model_input, dict):
         body = model_input.get("input_data", model_input)
         messages = body.get("messages", body.get("input_string"))
-        params = body.get("params") or body.get("parameters") or {}
+        params = {**(body.get("parameters") or {}), **(body.get("params") or {})}
         if messages is None:
             raise InvalidInput("input needs 'messages' (a list of {role, content})", field="messages")
         return [_messages(messages)], True, dict(params)
