@@ -120,3 +120,23 @@ def vary_weights(model_dir: Path, *, seed: int) -> Path:
                 param.normal_(0, 0.1)
     model.save_pretrained(model_dir)
     return model_dir
+
+
+def build_tiny_adapter(model_dir: Path, out: Path, *, seed: int, r: int = 8) -> Path:
+    """A PEFT LoRA adapter for the model in `model_dir` (q, k, v, o, gate, up, down projections) with random,
+    decisive weights, so the base with it answers differently from the base alone and from another seed's."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    config = LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, task_type="CAUSAL_LM",
+                        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    peft_model = get_peft_model(model, config)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name:
+                param.normal_(0, 0.2)
+    peft_model.save_pretrained(out)
+    return out

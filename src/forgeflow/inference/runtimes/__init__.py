@@ -36,8 +36,13 @@ def check_runtime(name: str) -> str:
 
 
 def load_runtime(name: str, model_dir: str | Path, *, device: str = "cpu", max_batch_size: int = 8,
-                 max_queue: int = 64, gguf_type: str = "f16", threads: int | None = None) -> Runtime:
-    """Load the model folder with the named runtime (blocking: this is where weights are read)."""
+                 max_queue: int = 64, gguf_type: str = "f16", threads: int | None = None,
+                 adapters: dict[str, Path] | None = None, max_adapters: int = 8,
+                 prefix_cache: bool = True) -> Runtime:
+    """Load the model folder with the named runtime (blocking: this is where weights are read). With `adapters`
+    (name -> PEFT LoRA folder, inference/adapters.py) the folder is their base model, loaded once; at most
+    `max_adapters` of them are held loaded. `prefix_cache` keeps the KV cache of earlier prompts for later
+    ones that start the same way (a chat's next turn, a shared system prompt)."""
     check_runtime(name)
     if name == "llamacpp":
         from forgeflow.inference.runtimes.llamacpp import LlamaCppRuntime

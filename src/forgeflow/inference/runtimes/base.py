@@ -75,13 +75,15 @@ class StreamEvent:
 class Runtime(Protocol):
     """A loaded model that answers chats: the one seam between the model server and a runtime.
     Loading is the constructor; `close` frees it. `generate` and `stream` take a request already
-    validated by the chat contract and queue it at once (errors raise there, not mid-stream)."""
+    validated by the chat contract and queue it at once (errors raise there, not mid-stream).
+    `adapter` names one of the LoRA adapters the runtime was loaded with (inference/adapters.py); None is the
+    model itself (an instance with adapters resolves every request to one of them first)."""
 
     name: str
 
-    def generate(self, request: ChatRequest) -> GenerationResult: ...
+    def generate(self, request: ChatRequest, adapter: str | None = None) -> GenerationResult: ...
 
-    def stream(self, request: ChatRequest) -> TokenStream: ...
+    def stream(self, request: ChatRequest, adapter: str | None = None) -> TokenStream: ...
 
     def health(self) -> dict[str, Any]: ...
 
