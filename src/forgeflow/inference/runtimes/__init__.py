@@ -47,7 +47,10 @@ def load_runtime(name: str, model_dir: str | Path, *, device: str = "cpu", max_b
     if name == "llamacpp":
         from forgeflow.inference.runtimes.llamacpp import LlamaCppRuntime
 
-        return LlamaCppRuntime(model_dir, gguf_type=gguf_type, threads=threads, max_queue=max_queue)
+        return LlamaCppRuntime(model_dir, gguf_type=gguf_type, threads=threads, max_queue=max_queue,
+                               max_batch_size=max_batch_size, adapters=adapters, max_adapters=max_adapters,
+                               prefix_cache=prefix_cache)
     from forgeflow.inference.generation import ChatGenerator
 
-    return ChatGenerator(model_dir, device=device, max_batch_size=max_batch_size, max_queue=max_queue)
+    return ChatGenerator(model_dir, device=device, max_batch_size=max_batch_size, max_queue=max_queue,
+                         adapters=adapters, max_adapters=max_adapters, prefix_cache=prefix_cache)
