@@ -45,6 +45,7 @@ class Sequence:
     prompt: list[int]
     max_new_tokens: int
     sampler: Sampler = field(default_factory=Sampler)
+    adapter: str | None = None  # the LoRA adapter it runs with (inference/adapters.py); None: the model itself
     out: queue.Queue = field(default_factory=queue.Queue)
     generated: int = 0
     position: int = 0
