@@ -273,3 +273,24 @@ def test_a_request_the_kv_cache_has_no_room_for_waits_its_turn(tools_model_dir, 
         assert [ids_of(first), ids_of(second)] == solo
     finally:
         runtime.close()
+
+
+def test_a_failed_decode_fails_its_requests_and_the_context_recovers(llamacpp_runtime, monkeypatch):
+    from forgeflow.errors import ForgeflowError
+
+    runtime = llamacpp_runtime
+    request = chat_request(chat(TEXTS[3]), temperature=0, max_new_tokens=12)
+    alone = ids_of(submit(runtime, request)[1])
+    decode, failed = runtime.engine.decode, []
+
+    def fails_once(entries):
+        if not failed:
+            failed.append(entries)
+            return -1  # llama.cpp's "invalid batch"
+        return decode(entries)
+
+    monkeypatch.setattr(runtime.engine, "decode", fails_once)
+    with pytest.raises(ForgeflowError, match="failed to decode"):
+        ids_of(submit(runtime, request)[1])
+    assert ids_of(submit(runtime, request)[1]) == alone
+    assert runtime.health()["running"] == 0

@@ -66,6 +66,9 @@ class LlamaCppRuntime:
 
         if max_batch_size < 1:
             raise InvalidInput(f"max_batch_size must be at least 1, got {max_batch_size}", field="max_batch_size")
+        self.adapters: LoadedAdapters[Any] = LoadedAdapters(  # the worker loads them, once the engine is up
+            lambda name: self.engine.load_adapter(self.lora_files[name]),
+            lambda name, handle: self.engine.free_adapter(handle), max_loaded=max_adapters)
         self.model_dir = hf_model_dir(Path(model_dir))
         self.gguf_path = cached_gguf(self.model_dir, gguf_type)
         # converted now, so a bad adapter stops the start rather than a request
@@ -82,9 +85,6 @@ class LlamaCppRuntime:
         n_ctx = min(self.max_positions * max_batch_size, max(self.max_positions, MAX_SHARED_CONTEXT))
         self.engine = LlamaEngine(self.gguf_path, n_ctx=n_ctx, n_batch=N_BATCH, n_seq=max_batch_size,
                                   threads=threads)
-        self.adapters: LoadedAdapters[Any] = LoadedAdapters(
-            lambda name: self.engine.load_adapter(self.lora_files[name]),
-            lambda name, handle: self.engine.free_adapter(handle), max_loaded=max_adapters)
         self.slots = SlotTable(self.engine, max_batch_size, prefix_cache=prefix_cache)
         self.eos_token_ids = self._eos_ids(config)
         self.requests = RequestPreparer(self.tokenizer, max_positions=self.max_positions,
