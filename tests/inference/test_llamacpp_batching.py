@@ -294,3 +294,18 @@ def test_a_failed_decode_fails_its_requests_and_the_context_recovers(llamacpp_ru
         ids_of(submit(runtime, request)[1])
     assert ids_of(submit(runtime, request)[1]) == alone
     assert runtime.health()["running"] == 0
+
+
+def test_an_adapter_llama_cpp_cannot_carry_is_refused_by_name(tools_model_dir, adapters, tmp_path):
+    import json
+    import shutil
+
+    from forgeflow.inference.gguf_lora import cached_gguf_lora
+
+    dora = tmp_path / "dora"
+    shutil.copytree(adapters["tuned-1:1"], dora, ignore=shutil.ignore_patterns("forgeflow-*", ".forgeflow-*"))
+    spec = json.loads((dora / "adapter_config.json").read_text())
+    (dora / "adapter_config.json").write_text(json.dumps({**spec, "use_dora": True}))
+    with pytest.raises(InvalidInput, match="use_dora.*transformers") as refused:
+        cached_gguf_lora(dora, tools_model_dir)
+    assert refused.value.field == "runtime" and not list(dora.glob("forgeflow-lora.gguf*"))

@@ -107,4 +107,8 @@ def _pairs(adapter_dir: Path) -> list[tuple[int, str, Any, Any]]:
             found.setdefault((int(layer), module), {})[part[0]] = f.get_tensor(key).float().numpy()
     if not found:
         raise InvalidInput(f"adapter {adapter_dir.name} holds no LoRA weights", field="adapter")
+    for (layer, module), ab in found.items():
+        if len(ab) != 2:
+            raise InvalidInput(f"adapter {adapter_dir.name}: layer {layer}'s {module} lacks its lora_A or lora_B "
+                               "weight; save the adapter again with PEFT", field="adapter")
     return [(layer, module, ab["A"], ab["B"]) for (layer, module), ab in sorted(found.items())]
