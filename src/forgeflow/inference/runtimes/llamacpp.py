@@ -210,7 +210,7 @@ class LlamaCppRuntime:
         room = N_BATCH - sum(1 for s in self.slots.running() if len(s.feed) == 1)
         for slot in sorted(self.slots.running(), key=lambda s: len(s.feed)):
             if len(slot.feed) == 1:
-                chunk = slot.feed
+                chunk = slot.feed[:1]
             elif room > 0:
                 chunk, room = slot.feed[:room], room - min(room, len(slot.feed))
             else:
