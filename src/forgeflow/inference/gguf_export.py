@@ -42,26 +42,36 @@ def cached_gguf(model_dir: Path, out_type: str = "f16") -> Path:
     model_dir = Path(model_dir)
     if out_type not in GGUF_TYPES:
         raise InvalidInput(f"GGUF type must be one of {', '.join(GGUF_TYPES)}, got {out_type!r}", field="gguf_type")
-    weights = sorted(model_dir.glob("*.safetensors"))
-    if not weights:
-        raise NotFound(f"{model_dir} has no safetensors weights to export to GGUF")
-    stamp = max(int(p.stat().st_mtime_ns) for p in weights)
     source = None
     if out_type in QUANTIZED_TYPES:
         _quantizer(out_type)  # before minutes of f16 export, not after
         source = cached_gguf(model_dir, "f16")  # before taking the lock
-    target = model_dir / f"forgeflow-{out_type}.gguf"
+
+    def write(partial: Path) -> None:
+        if source is not None:
+            quantize_gguf(source, partial, out_type)
+        else:
+            export_gguf(model_dir, partial, out_type)
+
+    return cached_file(model_dir, f"forgeflow-{out_type}.gguf", write)
+
+
+def cached_file(folder: Path, name: str, write: Any) -> Path:
+    """`folder/name`, written by `write(partial_path)` when missing or older than the folder's safetensors
+    weights (a stamp file records which); instances racing for it wait on a lock file, and the first writes."""
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        raise NotFound(f"{folder} has no safetensors weights to export to GGUF")
+    stamp = max(int(p.stat().st_mtime_ns) for p in weights)
+    target = folder / name
     stamp_file = target.with_suffix(".stamp")
-    with open(model_dir / ".forgeflow-gguf.lock", "w") as lock:
+    with open(folder / ".forgeflow-gguf.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second instance waits for the first one's export
         if target.exists() and stamp_file.exists() and stamp_file.read_text().strip() == str(stamp):
             return target
         partial = target.with_name(target.name + f".{os.getpid()}.partial")
         try:
-            if source is not None:
-                quantize_gguf(source, partial, out_type)
-            else:
-                export_gguf(model_dir, partial, out_type)
+            write(partial)
             os.replace(partial, target)
         finally:
             partial.unlink(missing_ok=True)

@@ -1,19 +1,22 @@
-"""The `llamacpp` runtime: the model exported to GGUF (inference/gguf_export.py) and run by
-llama-cpp-python, the fastest path on a CPU. Needs the `llamacpp` extra.
+"""The `llamacpp` runtime: the model exported to GGUF (inference/gguf_export.py) and run by llama.cpp through
+llama-cpp-python's low-level bindings, the fastest path on a CPU. Needs the `llamacpp` extra.
+
+Continuous batching: one worker thread owns the llama.cpp context (runtimes/llamacpp_engine.py) and up to
+`max_batch_size` requests run in it at once, each in a slot (a llama.cpp sequence id, runtimes/llamacpp_slots.py).
+Every step is one llama_decode holding the last picked token of each running request and a chunk of the prompts
+of requests that just joined (at most n_batch tokens, so a long prompt delays the others by a chunk, not by all
+of it); requests join between steps and leave when they end, are cancelled (a stop string, a client gone) or
+fail. A new request reuses the KV of the longest prefix it shares with what a slot caches (a chat's next turn, a
+shared system prompt); `prefix_cache=False` turns that off. With LoRA adapters (`adapters={name: PEFT folder}`,
+`model_dir` the base) each adapter is converted to a GGUF LoRA file (inference/gguf_lora.py) and loaded on first
+use; llama.cpp applies adapters per context, so a step decodes each adapter's requests in a call of its own.
 
 Prompts are rendered and tokenized with the model folder's own HF tokenizer and chat template
-(runtimes/base.py `PromptEncoder`, which keeps control-token text in messages as text), and
-answers decoded with it, so this runtime reads and writes exactly the tokens the `transformers`
-runtime does; llama.cpp only runs the forward passes. Tokens are picked by forgeflow's own Sampler
-(inference/sampling.py) from the last position's logits, as in the `transformers` runtime: llama.cpp's
-sampler chain counts penalties over a window of recent tokens rather than over the whole answer as
-OpenAI defines them, and its Python logits-processor hook works on a copy it may have sorted.
-One worker thread owns the llama context and serves queued requests in turn (llama.cpp's Python
-API runs one sequence at a time), checking between tokens (and between prompt batches) whether the
-consumer has gone or the server is closing; a prompt that starts like the previous one reuses that
-prefix of the KV cache. The Sampler works on one thread in numpy, so llama.cpp's threads keep the cores.
-Threads: `--threads`, else FORGEFLOW_LLAMACPP_THREADS, else half the cores (llama-cpp-python's
-default for decoding; it would use every core for prompts).
+(runtimes/base.py `PromptEncoder`), and answers decoded with it, so this runtime reads and writes exactly the
+tokens the `transformers` runtime does; llama.cpp only runs the forward passes. Each request's tokens are picked
+by its own forgeflow Sampler (inference/sampling.py) from its logits, as in the `transformers` runtime: llama.cpp's
+sampler chain counts penalties over a window of recent tokens rather than over the whole answer as OpenAI
+defines them. Threads: `--threads`, else FORGEFLOW_LLAMACPP_THREADS, else half the cores.
 """
 
 from __future__ import annotations
@@ -23,17 +26,22 @@ import logging
 import os
 import queue
 import threading
+from collections import deque
 from pathlib import Path
 from typing import Any
 
 from forgeflow.chat import ChatRequest
-from forgeflow.errors import ServerUnavailable
+from forgeflow.errors import ForgeflowError, InvalidInput, ServerUnavailable
+from forgeflow.inference.adapters import DEFAULT_MAX_LOADED, LoadedAdapters
 from forgeflow.inference.batching import _DONE, Sequence, enqueue
 from forgeflow.inference.runtimes.base import CHATML_TEMPLATE, GenerationResult, TokenStream
+from forgeflow.inference.runtimes.llamacpp_slots import Slot, SlotTable
 from forgeflow.inference.runtimes.prepare import RequestPreparer
 
 log = logging.getLogger("forgeflow.llamacpp")
-MAX_CONTEXT = 4096
+MAX_CONTEXT = 4096  # per request
+MAX_SHARED_CONTEXT = 8192  # cells of the KV cache the running requests share, when more than one request's
+N_BATCH = 512
 
 
 def default_threads() -> int:
@@ -41,20 +49,31 @@ def default_threads() -> int:
 
 
 class LlamaCppRuntime:
-    """A GGUF model in llama.cpp, answering chats one at a time from a bounded queue."""
+    """A GGUF model in llama.cpp, answering up to `max_batch_size` chats together from a bounded queue."""
 
     name = "llamacpp"
 
     def __init__(self, model_dir: str | Path, *, gguf_type: str = "f16", threads: int | None = None,
-                 max_queue: int = 64) -> None:
-        from llama_cpp import Llama
+                 max_queue: int = 64, max_batch_size: int = 8, adapters: dict[str, Path] | None = None,
+                 max_adapters: int = DEFAULT_MAX_LOADED, prefix_cache: bool = True) -> None:
         from transformers import AutoTokenizer
 
+        from forgeflow.inference.adapters import AdapterCatalog
         from forgeflow.inference.gguf_export import cached_gguf
+        from forgeflow.inference.gguf_lora import cached_gguf_lora
         from forgeflow.inference.model_folder import hf_model_dir
+        from forgeflow.inference.runtimes.llamacpp_engine import LlamaEngine
 
+        if max_batch_size < 1:
+            raise InvalidInput(f"max_batch_size must be at least 1, got {max_batch_size}", field="max_batch_size")
+        self.adapters: LoadedAdapters[Any] = LoadedAdapters(  # the worker loads them, once the engine is up
+            lambda name: self.engine.load_adapter(self.lora_files[name]),
+            lambda name, handle: self.engine.free_adapter(handle), max_loaded=max_adapters)
         self.model_dir = hf_model_dir(Path(model_dir))
         self.gguf_path = cached_gguf(self.model_dir, gguf_type)
+        # converted now, so a bad adapter stops the start rather than a request
+        self.lora_files = {name: cached_gguf_lora(path, self.model_dir)
+                           for name, path in AdapterCatalog(adapters).paths.items()}
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
         if not self.tokenizer.chat_template:
             self.tokenizer.chat_template = CHATML_TEMPLATE
@@ -63,21 +82,26 @@ class LlamaCppRuntime:
         # half the cores unless told, for decoding and prompts alike: on a small shared CPU a thread per
         # core stalls badly whenever anything else runs (its threads wait on each other every step)
         threads = threads or int(os.environ.get("FORGEFLOW_LLAMACPP_THREADS") or 0) or default_threads()
-        self.llm = Llama(model_path=str(self.gguf_path), n_ctx=self.max_positions, n_batch=512,
-                         n_threads=threads, n_threads_batch=threads, verbose=False)
+        n_ctx = min(self.max_positions * max_batch_size, max(self.max_positions, MAX_SHARED_CONTEXT))
+        self.engine = LlamaEngine(self.gguf_path, n_ctx=n_ctx, n_batch=N_BATCH, n_seq=max_batch_size,
+                                  threads=threads)
+        self.slots = SlotTable(self.engine, max_batch_size, prefix_cache=prefix_cache)
         self.eos_token_ids = self._eos_ids(config)
         self.requests = RequestPreparer(self.tokenizer, max_positions=self.max_positions,
-                                        vocab_size=self.llm.n_vocab(), eos_ids=self.eos_token_ids)
+                                        vocab_size=self.engine.n_vocab, eos_ids=self.eos_token_ids)
         self.prompts = self.requests.prompts
         self.waiting: queue.Queue[Sequence] = queue.Queue(maxsize=max(1, max_queue))
+        self.held: deque[Sequence] = deque()  # taken from the queue, waiting for room in the KV cache
         self.served = 0
+        self.steps = 0
+        self.largest_batch = 0
         self._stop = threading.Event()
         self._accepting = threading.Lock()  # no request is queued once close has begun
         self._thread = threading.Thread(target=self._loop, name="forgeflow-llamacpp", daemon=True)
         self._thread.start()
 
     def _eos_ids(self, config: dict) -> list[int]:
-        ids = {int(self.llm.token_eos())}
+        ids = {self.engine.eos}
         gen_path = self.model_dir / "generation_config.json"
         configured = json.loads(gen_path.read_text()).get("eos_token_id") if gen_path.exists() else None
         configured = configured if configured is not None else config.get("eos_token_id")
@@ -88,105 +112,178 @@ class LlamaCppRuntime:
             ids.add(int(self.tokenizer.eos_token_id))
         return sorted(ids)
 
-    def stream(self, request: ChatRequest) -> TokenStream:
-        """Queue a request at once (whatever it cannot have, a prompt too long or a full queue raises here),
-        and return its token stream."""
+    def stream(self, request: ChatRequest, adapter: str | None = None) -> TokenStream:
+        """Queue a request at once (whatever it cannot have, a prompt too long, an adapter not served here or a
+        full queue raises here), and return its token stream."""
+        if adapter is not None and adapter not in self.lora_files:
+            served = ", ".join(self.lora_files) or "none"
+            raise InvalidInput(f"model {adapter!r} is not an adapter served here (served: {served}); name one of "
+                               "them, or none for the base model", field="model")
         prepared = self.requests.prepare(request)
-        seq = Sequence(prepared.prompt, prepared.budget, prepared.sampler)
+        seq = Sequence(prepared.prompt, prepared.budget, prepared.sampler, adapter=adapter)
         enqueue(self.waiting, seq, self._accepting, self._stop)
         return prepared.stream(seq.tokens(), seq.cancel)
 
-    def generate(self, request: ChatRequest) -> GenerationResult:
-        return self.stream(request).run()
+    def generate(self, request: ChatRequest, adapter: str | None = None) -> GenerationResult:
+        return self.stream(request, adapter).run()
 
     def health(self) -> dict[str, Any]:
-        return {"runtime": self.name, "waiting": self.waiting.qsize(), "served": self.served,
-                "gguf": self.gguf_path.name}
+        slots = self.slots.stats()
+        return {"runtime": self.name, "waiting": self.waiting.qsize() + len(self.held),
+                "running": slots.pop("running"), "served": self.served, "gguf": self.gguf_path.name,
+                "steps": self.steps, "largest_batch": self.largest_batch, "kv_cells": self.engine.n_ctx,
+                **slots, "prefix_cache": self.slots.prefix_cache, "adapters": self.adapters.stats()}
 
     def close(self) -> None:
-        """Stop the worker (it stops within a token or a prompt batch), end every request still queued, and
-        free the context once nothing runs on it."""
+        """Stop the worker (it stops within a step), end every request running or queued, and free the context
+        once nothing runs on it."""
         with self._accepting:
             self._stop.set()
         self._thread.join(timeout=60)
         if self._thread.is_alive():  # a forward pass that never returns: freeing its context would crash
             log.error("llama.cpp is still running after 60 s; its context is left to the process's exit")
             return
-        self.llm.close()  # free the context now: at interpreter exit llama-cpp-python's own cleanup can fail
+        self.adapters.clear()
+        self.engine.close()  # free the context now, not at interpreter exit
 
+    # -- the worker -------------------------------------------------------------------------------
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                seq = self.waiting.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            if not seq.cancelled:  # one cancelled while queued still gets its end, for whoever reads it
-                try:
-                    self._run(seq)
-                    self.served += 1
-                except ServerUnavailable as exc:  # closing mid-answer
-                    seq.out.put(exc)
-                except Exception as exc:
-                    log.exception("llama.cpp generation failed")
-                    seq.out.put(exc)
-                    self.llm.reset()
-            seq.out.put(_DONE)
+                self._admit()
+                if self.slots.running():
+                    self._step()
+            except ServerUnavailable:  # closing mid-step
+                break
+            except Exception as exc:  # a bug or a broken context: fail what runs, start the cache afresh
+                log.exception("llama.cpp step failed")
+                for slot in self.slots.running():
+                    self._end(slot, exc)
+                self.engine.clear()
+                for slot in self.slots.slots:
+                    slot.cached = []
+        closing = ServerUnavailable("the model server is shutting down; retry on another instance")
+        for slot in self.slots.running():
+            self._end(slot, closing)
         while True:  # nothing is queued after close began: end what is waiting
             try:
-                seq = self.waiting.get_nowait()
+                self.held.append(self.waiting.get_nowait())
             except queue.Empty:
-                return
-            seq.out.put(ServerUnavailable("the model server is shutting down"))
+                break
+        for seq in self.held:
+            seq.out.put(closing)
             seq.out.put(_DONE)
 
-    def _run(self, seq: Sequence) -> None:
-        import numpy as np
-        from llama_cpp import llama_get_logits_ith
+    def _admit(self) -> None:
+        """Take waiting requests into idle slots while the KV cache has room for them."""
+        while self.slots.idle():
+            if self.held:
+                seq = self.held.popleft()
+            else:
+                try:
+                    seq = self.waiting.get(timeout=0.1) if not self.slots.running() else self.waiting.get_nowait()
+                except queue.Empty:
+                    return
+            if seq.cancelled:  # cancelled while queued: its end still goes to whoever reads it
+                seq.out.put(_DONE)
+                continue
+            if not self.slots.fits(seq):
+                self.held.appendleft(seq)  # it runs once running requests end
+                return
+            try:
+                if seq.adapter is not None:
+                    self.adapters.acquire(seq.adapter)
+            except Exception as exc:
+                log.exception("loading adapter %s failed", seq.adapter)
+                seq.out.put(exc)
+                seq.out.put(_DONE)
+                continue
+            self.slots.place(seq)
 
-        llm, eos, n_vocab = self.llm, set(self.eos_token_ids), self.llm.n_vocab()
-        self._start(seq.prompt)
-        while True:
-            logits = np.ctypeslib.as_array(llama_get_logits_ith(llm.ctx, -1), shape=(n_vocab,))
+    def _step(self) -> None:
+        """One decode of every running request (a token each, or a chunk of its prompt), a llama_decode per
+        adapter, then a pick for every request that has logits."""
+        for slot in self.slots.running():
+            if slot.seq.cancelled:
+                self._end(slot)
+        groups: dict[str | None, list[tuple[Slot, list[int]]]] = {}
+        room = N_BATCH - sum(1 for s in self.slots.running() if len(s.feed) == 1)
+        for slot in sorted(self.slots.running(), key=lambda s: len(s.feed)):
+            if len(slot.feed) == 1:
+                chunk = slot.feed[:1]
+            elif room > 0:
+                chunk, room = slot.feed[:room], room - min(room, len(slot.feed))
+            else:
+                continue
+            groups.setdefault(slot.adapter, []).append((slot, chunk))
+        for adapter, items in groups.items():
+            self._check_open()
+            self._decode(adapter, items)
+        self.steps += 1
+        self.largest_batch = max(self.largest_batch, sum(len(items) for items in groups.values()))
+
+    def _decode(self, adapter: str | None, items: list[tuple[Slot, list[int]]]) -> None:
+        engine = self.engine
+        engine.use_adapter(self.adapters.acquire(adapter) if adapter is not None else None)
+        if adapter is not None:
+            self.adapters.release(adapter)  # held by its requests; this use only looked up the handle
+        entries, picks = [], []
+        for slot, chunk in items:
+            done = len(chunk) == len(slot.feed)
+            for j, token in enumerate(chunk):
+                last = done and j == len(chunk) - 1
+                if last:
+                    picks.append((slot, len(entries)))
+                entries.append((token, len(slot.cached) + j, slot.seq_id, last))
+        status = engine.decode(entries)
+        if status != 0:
+            error: Exception = (ServerUnavailable("the model server's KV cache is full; retry later") if status == 1
+                                else ForgeflowError(f"llama.cpp failed to decode (status {status})"))
+            log.error("llama_decode returned %s for %d requests", status, len(items))
+            for slot, _ in items:
+                self.slots.drop(slot)
+                self._end(slot, error)
+            return
+        for slot, chunk in items:
+            slot.cached.extend(chunk)
+            del slot.feed[: len(chunk)]
+        for slot, index in picks:
+            self._pick(slot, engine.logits(index))
+
+    def _pick(self, slot: Slot, logits: Any) -> None:
+        seq = slot.seq
+        try:
             if seq.sampler.plain:
                 token, logprob = int(logits.argmax()), None
             else:
                 token, logprob = seq.sampler.pick(logits)
             complete = seq.sampler.accept(token)
-            seq.generated += 1
-            reason = ("stop" if token in eos or complete
-                      else "length" if seq.generated >= seq.max_new_tokens else None)
-            if seq.cancelled:
-                return
-            seq.out.put((token, reason, logprob))
-            if reason is not None:
-                return
-            self._check_open()
-            llm.eval([token])
+        except Exception as exc:  # this request's pick failed (its grammar): it fails, the others go on
+            log.exception("picking a token failed")
+            self._end(slot, exc)
+            return
+        seq.generated += 1
+        reason = ("stop" if token in self.eos_token_ids or complete
+                  else "length" if seq.generated >= seq.max_new_tokens else None)
+        if seq.cancelled:
+            self._end(slot)
+            return
+        seq.out.put((token, reason, logprob))
+        if reason is not None:
+            self._end(slot)
+        else:
+            slot.feed = [token]
 
-    def _start(self, prompt: list[int]) -> None:
-        """Evaluate the prompt, keeping the KV cache of the longest prefix it shares with the last one.
-
-        At least the prompt's last token is evaluated, for its logits, even when the whole prompt is cached
-        (its logits then come from a batch of one token rather than the whole prompt; llama.cpp's results
-        depend slightly on the batch, so log-probabilities can differ from a cold run's by about 1e-3).
-        When llama.cpp cannot drop only the cache's tail (recurrent or hybrid models), it starts afresh, as
-        llama-cpp-python's own generate does."""
-        import llama_cpp
-
-        llm = self.llm
-        cached = llm.input_ids[: llm.n_tokens].tolist()
-        keep = 0
-        for a, b in zip(cached, prompt[:-1]):
-            if a != b:
-                break
-            keep += 1
-        if keep and not llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(llm.ctx), -1, keep, -1):
-            keep = 0
-            llm.reset()
-        llm.n_tokens = keep
-        for start in range(keep, len(prompt), llm.n_batch):
-            self._check_open()
-            llm.eval(prompt[start: start + llm.n_batch])
+    def _end(self, slot: Slot, error: BaseException | None = None) -> None:
+        seq = slot.seq
+        if error is not None:
+            seq.out.put(error)
+        else:
+            self.served += 1
+        seq.out.put(_DONE)
+        if seq.adapter is not None:
+            self.adapters.release(seq.adapter)
+        self.slots.release(slot)
 
     def _check_open(self) -> None:
         if self._stop.is_set():

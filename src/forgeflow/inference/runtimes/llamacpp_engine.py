@@ -1,0 +1,131 @@
+"""One llama.cpp model and context, driven through llama.cpp's own batch API by llama-cpp-python's low-level
+bindings: a batch holds tokens of several sequences (llama.cpp sequence ids), each at its own position; the KV
+cache is unified, so sequences share all of its cells and a prefix copied between sequences shares them too.
+LoRA adapters (GGUF LoRA files, inference/gguf_lora.py) load beside the model and apply per context, so a
+caller decodes each adapter's sequences in a call of their own. Only the runtime's worker thread calls this.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from forgeflow.errors import ForgeflowError
+
+_backend = threading.Lock()
+_backend_ready = False
+
+
+def _init_backend() -> Any:
+    global _backend_ready
+    import llama_cpp
+
+    with _backend:
+        if not _backend_ready:
+            llama_cpp.llama_backend_init()
+            quiet = logging.getLogger("llama-cpp-python")  # llama.cpp's log, which prints each graph it plans
+            if quiet.level == logging.NOTSET:
+                quiet.setLevel(logging.ERROR)
+            _backend_ready = True
+    return llama_cpp
+
+
+class LlamaEngine:
+    """A GGUF model with a context of `n_ctx` cells shared by up to `n_seq` sequences."""
+
+    def __init__(self, gguf_path: Path, *, n_ctx: int, n_batch: int, n_seq: int, threads: int) -> None:
+        lc = _init_backend()
+        self.lc = lc
+        self.n_batch = n_batch
+        model_params = lc.llama_model_default_params()
+        self.model = lc.llama_model_load_from_file(str(gguf_path).encode(), model_params)
+        if not self.model:
+            raise ForgeflowError(f"llama.cpp could not load {gguf_path} (its log on the server says why)")
+        params = lc.llama_context_default_params()
+        params.n_ctx, params.n_batch, params.n_ubatch = n_ctx, n_batch, n_batch
+        params.n_seq_max = n_seq
+        params.kv_unified = True
+        params.n_threads, params.n_threads_batch = threads, threads
+        params.no_perf = True
+        # as llama-cpp-python's Llama (and so `model export`'s users) runs it: llama.cpp's CPU flash attention
+        # rounds differently, enough to flip a close greedy choice of a quantized model
+        params.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        self.ctx = lc.llama_init_from_model(self.model, params)
+        if not self.ctx:
+            lc.llama_model_free(self.model)
+            raise ForgeflowError(f"llama.cpp could not make a context of {n_ctx} cells for {gguf_path}")
+        self.n_ctx = lc.llama_n_ctx(self.ctx)
+        self.memory = lc.llama_get_memory(self.ctx)
+        self.batch = lc.llama_batch_init(n_batch, 0, 1)
+        vocab = lc.llama_model_get_vocab(self.model)
+        self.n_vocab = lc.llama_vocab_n_tokens(vocab)
+        self.eos = int(lc.llama_vocab_eos(vocab))
+        self.adapter: Any = None  # the adapter the context applies now
+
+    def decode(self, entries: list[tuple[int, int, int, bool]]) -> int:
+        """One llama_decode of (token, position, sequence id, wants logits) entries; llama.cpp's status
+        (0 ok, 1 no room in the KV cache, other: failed)."""
+        batch = self.batch
+        for i, (token, pos, seq_id, logits) in enumerate(entries):
+            batch.token[i] = token
+            batch.pos[i] = pos
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = seq_id
+            batch.logits[i] = logits
+        batch.n_tokens = len(entries)
+        return int(self.lc.llama_decode(self.ctx, batch))
+
+    def logits(self, index: int) -> Any:
+        """The logits of the last decode's entry `index` (a view, valid until the next decode)."""
+        import numpy as np
+
+        return np.ctypeslib.as_array(self.lc.llama_get_logits_ith(self.ctx, index), shape=(self.n_vocab,))
+
+    def forget(self, seq_id: int, start: int = 0) -> bool:
+        """Drop a sequence's cells from position `start` on; False when llama.cpp cannot drop only a tail
+        (recurrent models), in which case the caller forgets the whole sequence."""
+        return bool(self.lc.llama_memory_seq_rm(self.memory, seq_id, start if start > 0 else -1, -1))
+
+    def share(self, source: int, target: int, length: int) -> None:
+        """Give `target` the cells of `source`'s first `length` positions (shared, not copied, in a unified
+        cache)."""
+        self.lc.llama_memory_seq_cp(self.memory, source, target, 0, length)
+
+    def clear(self) -> None:
+        self.lc.llama_memory_clear(self.memory, True)
+
+    def load_adapter(self, path: Path) -> Any:
+        handle = self.lc.llama_adapter_lora_init(self.model, str(path).encode())
+        if not handle:
+            raise ForgeflowError(f"llama.cpp could not load the LoRA adapter {path} (its log on the server says why)")
+        return handle
+
+    def free_adapter(self, handle: Any) -> None:
+        if self.adapter is not None and ctypes.cast(self.adapter, ctypes.c_void_p).value == \
+                ctypes.cast(handle, ctypes.c_void_p).value:
+            self.use_adapter(None)
+        self.lc.llama_adapter_lora_free(handle)
+
+    def use_adapter(self, handle: Any) -> None:
+        """Apply this adapter (scale 1: the file's alpha / rank is PEFT's scale) or none to what is decoded next."""
+        if handle is self.adapter:
+            return
+        lc = self.lc
+        if handle is None:
+            failed = lc.llama_set_adapters_lora(self.ctx, None, 0, None)
+        else:
+            adapters = (lc.llama_adapter_lora_p_ctypes * 1)(handle)
+            failed = lc.llama_set_adapters_lora(self.ctx, adapters, 1, (ctypes.c_float * 1)(1.0))
+        if failed:
+            raise ForgeflowError("llama.cpp could not apply the LoRA adapter to its context")
+        self.adapter = handle
+
+    def close(self) -> None:
+        """Free the batch, the context and the model (which frees the adapters still loaded)."""
+        lc = self.lc
+        lc.llama_batch_free(self.batch)
+        lc.llama_free(self.ctx)
+        lc.llama_model_free(self.model)

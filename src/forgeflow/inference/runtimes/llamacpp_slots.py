@@ -1,0 +1,113 @@
+"""The `llamacpp` runtime's slots: one llama.cpp sequence id each, holding a running request or, once idle, the
+tokens its KV cells still cache. A new request takes the idle slot whose cache shares the longest prefix with
+its prompt (a chat's next turn), else the least recently used idle slot, and copies a longer shared prefix from
+any other slot (a system prompt many users share), as llama.cpp's own server reuses its slots. Cached prefixes
+are keyed by adapter: KV computed under one LoRA adapter is not the KV of another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from forgeflow.inference.batching import Sequence
+
+
+@dataclass(eq=False)
+class Slot:
+    seq_id: int
+    cached: list[int] = field(default_factory=list)  # the tokens at positions 0.. of this sequence's KV cells
+    adapter: str | None = None
+    seq: Sequence | None = None
+    feed: list[int] = field(default_factory=list)  # tokens to decode next: the prompt's rest, or the last pick
+    used: int = 0  # when it last ended a request (least recently used idle slots are taken first)
+
+    @property
+    def need(self) -> int:
+        """Cells this slot may hold by its request's end."""
+        if self.seq is None:
+            return len(self.cached)
+        return len(self.seq.prompt) + self.seq.max_new_tokens
+
+
+def shared_prefix(cached: list[int], prompt: list[int]) -> int:
+    """How many leading tokens `prompt` shares with `cached`; the prompt's last token is always left to
+    evaluate, for its logits."""
+    n = 0
+    for a, b in zip(cached, prompt[:-1]):
+        if a != b:
+            break
+        n += 1
+    return n
+
+
+class SlotTable:
+    """The slots of one context of `n_ctx` cells, and the prefix cache over them."""
+
+    def __init__(self, engine: Any, n_slots: int, *, prefix_cache: bool) -> None:
+        self.engine = engine
+        self.slots = [Slot(i) for i in range(n_slots)]
+        self.prefix_cache = prefix_cache
+        self.reused = 0  # prompt tokens whose KV came from the cache
+        self.hits = 0  # requests that reused some
+        self._clock = 0
+
+    def running(self) -> list[Slot]:
+        return [s for s in self.slots if s.seq is not None]
+
+    def idle(self) -> list[Slot]:
+        return [s for s in self.slots if s.seq is None]
+
+    def fits(self, seq: Sequence) -> bool:
+        """Whether `seq` can run beside the running requests without the KV cache running out (cached idle
+        prefixes are let go, least recently used first, to make room)."""
+        running = sum(s.need for s in self.running())
+        need = len(seq.prompt) + seq.max_new_tokens
+        if running and running + need > self.engine.n_ctx:
+            return False
+        for slot in sorted(self.idle(), key=lambda s: s.used):
+            if running + need + sum(s.need for s in self.idle()) <= self.engine.n_ctx:
+                break
+            self.drop(slot)
+        return True
+
+    def place(self, seq: Sequence) -> Slot:
+        """Give `seq` an idle slot (there must be one), its KV holding the longest cached prefix it can reuse."""
+        idle = self.idle()
+        prompt, adapter = seq.prompt, seq.adapter
+
+        def share(slot: Slot) -> int:
+            return shared_prefix(slot.cached, prompt) if self.prefix_cache and slot.adapter == adapter else 0
+
+        slot = max(idle, key=lambda s: (share(s), -s.used))
+        if share(slot) == 0:
+            slot = min(idle, key=lambda s: s.used)
+        keep = share(slot)
+        trimmed = self.engine.forget(slot.seq_id, keep)
+        if not trimmed:  # llama.cpp keeps no partial sequences of this model (recurrent): start afresh
+            self.engine.forget(slot.seq_id)
+            keep = 0
+        donor = max((s for s in self.slots if s is not slot), key=share, default=None)
+        if trimmed and donor is not None and share(donor) > keep:
+            self.engine.forget(slot.seq_id)
+            keep = share(donor)
+            self.engine.share(donor.seq_id, slot.seq_id, keep)
+        slot.cached, slot.feed, slot.adapter, slot.seq = prompt[:keep], prompt[keep:], adapter, seq
+        self.reused += keep
+        self.hits += keep > 0
+        return slot
+
+    def release(self, slot: Slot) -> None:
+        """The slot's request ended: it goes idle, its cache kept for a later request."""
+        self._clock += 1
+        slot.seq, slot.feed, slot.used = None, [], self._clock
+
+    def drop(self, slot: Slot) -> None:
+        """Forget a slot's cached tokens (its cells are freed)."""
+        self.engine.forget(slot.seq_id)
+        slot.cached = []
+
+    def stats(self) -> dict[str, int]:
+        return {"slots": len(self.slots), "running": len(self.running()),
+                "cached_tokens": sum(len(s.cached) for s in self.idle()),
+                "prefix_hits": self.hits, "prefix_tokens_reused": self.reused}
