@@ -147,3 +147,14 @@ def test_concurrent_streams_with_adapters_all_finish(tools_model_dir, adapter_di
         assert generator.health()["adapters"]["in_use"] == {}
     finally:
         generator.close()
+
+
+def test_the_prefix_cache_keeps_each_adapters_kv_apart(tools_model_dir, adapter_dirs, expected):
+    generator = ChatGenerator(tools_model_dir, adapters=adapter_dirs, prefix_cache=True)
+    try:
+        names = ["tuned-a:1", "tuned-b:1", None, "tuned-a:1", "tuned-b:1", None]
+        assert [run_together(generator, [name])[0] for name in names] == [expected[name] for name in names]
+        stats = generator.health()["prefix_cache"]
+        assert stats["hits"] == 3 and stats["entries"] == 3  # each repeat reuses its own adapter's prompt
+    finally:
+        generator.close()
