@@ -54,6 +54,12 @@ def test_a_longer_sequence_replaces_its_prefix_and_a_held_one_is_not_added_twice
     assert cache.stats()["entries"] == 1 and cache.stats()["tokens"] == 64
     cache.add(None, turn1, kv_for(turn1))  # already inside turn 2's entry
     assert cache.stats()["entries"] == 1 and cache.stats()["tokens"] == 64
+    other = list(range(40)) + [500] * 30  # shares 2.5 blocks with turn 2 but is no prefix of it, nor it of this
+    cache.add(None, other, kv_for(other))
+    assert cache.stats()["entries"] == 2
+    longer = other + [600] * 10
+    cache.add(None, longer, kv_for(longer))  # replaces `other` (not block-aligned), keeps turn 2
+    assert cache.stats()["entries"] == 2 and cache.stats()["tokens"] == 64 + 80
 
 
 def test_the_bound_in_tokens_is_kept_least_recently_used_first():

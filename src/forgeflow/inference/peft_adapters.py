@@ -66,6 +66,9 @@ class PeftAdapters:
     def _unload(self, name: str, _handle: str) -> None:
         if self.peft is not None and name in self.peft.peft_config:
             if len(self.peft.peft_config) > 1:
+                if name in self.peft.active_adapters:  # rows name their adapter; the active one only matters to PEFT
+                    other = next(n for n in self.peft.peft_config if n != name)
+                    self.peft.set_adapter(other, inference_mode=True)
                 self.peft.delete_adapter(name)
             else:
                 # PEFT cannot forward with no adapter: unwrap the base instead of deleting the last one

@@ -74,12 +74,20 @@ class PrefixCache:
         kv = [(k[:, :, :len(tokens)], v[:, :, :len(tokens)]) for k, v in kv]
         keys = _block_keys(adapter, tokens)
         with self._lock:
+            for entry in self._index.get(keys[-1], {}).values():
+                if entry.tokens[:len(tokens)] == tokens:  # already held, as much or more
+                    self._entries.move_to_end(id(entry))
+                    return
+            seen: set[int] = set()
             for key in keys:
                 for entry in list(self._index.get(key, {}).values()):
-                    if entry.tokens[:len(tokens)] == tokens:  # already held, as much or more
-                        self._entries.move_to_end(id(entry))
-                        return
-                    if tokens[:len(entry.tokens)] == entry.tokens:
+                    if id(entry) in seen:
+                        continue
+                    seen.add(id(entry))
+                    # a kept prefix of this sequence: its last block is this one's, and its tail matches
+                    blocks = len(entry.keys)
+                    if (len(entry.tokens) <= len(tokens) and entry.keys[-1] == keys[blocks - 1]
+                            and tokens[blocks * BLOCK:len(entry.tokens)] == entry.tokens[blocks * BLOCK:]):
                         self._drop(entry)
             entry = _Entry(adapter, tokens, kv, keys)
             self._entries[id(entry)] = entry
