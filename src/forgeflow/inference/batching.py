@@ -188,7 +188,7 @@ class BatchScheduler:
                 break
         return taken
 
-    def _forward(self, seqs: list[Sequence], input_ids: Any, mask: Any, positions: Any, cache: Any) -> Any:
+    def _forward(self, input_ids: Any, mask: Any, positions: Any, cache: Any, seqs: list[Sequence]) -> Any:
         inputs = dict(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
                       use_cache=True, logits_to_keep=1)
         with self.torch.inference_mode():
@@ -235,7 +235,7 @@ class BatchScheduler:
         mask = torch.ones((1, len(seq.prompt)), dtype=torch.long, device=self.device)
         seq.reused = reused
         seq.position = len(seq.prompt) - 1
-        logits = self._forward([seq], ids, mask, positions, cache)
+        logits = self._forward(ids, mask, positions, cache, [seq])
         self._merge([seq], cache, mask)
         self._emit([seq], logits)
 
@@ -253,7 +253,7 @@ class BatchScheduler:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         ids, mask, positions = ids.to(self.device), mask.to(self.device), positions.to(self.device)
         cache = DynamicCache(config=self.model.config)
-        logits = self._forward(seqs, ids, mask, positions, cache)
+        logits = self._forward(ids, mask, positions, cache, seqs)
         self._merge(seqs, cache, mask)
         self._emit(seqs, logits)
 
@@ -275,7 +275,7 @@ class BatchScheduler:
         positions = torch.tensor([[s.position] for s in self.running], device=self.device)
         self.mask = torch.cat([self.mask, torch.ones((len(self.running), 1), dtype=self.mask.dtype,
                                                      device=self.device)], dim=1)
-        logits = self._forward(self.running, ids, self.mask, positions, self.cache)
+        logits = self._forward(ids, self.mask, positions, self.cache, self.running)
         self.steps += 1
         self.largest_batch = max(self.largest_batch, len(self.running))
         self._emit(self.running, logits)
