@@ -108,7 +108,8 @@ def test_turn_two_of_a_chat_answers_as_without_the_cache(cached, uncached):
         chat += [{"role": "assistant", "content": with_cache.text},
                  {"role": "user", "content": f"And question {turn} about the lamps?"}]
     stats = cached.health()["prefix_cache"]
-    assert stats["hits"] >= 2 and stats["reused_tokens"] > 2 * len(SYSTEM) // 8
+    system = len(cached.tokenizer.apply_chat_template(chat[:1], return_dict=True)["input_ids"])
+    assert stats["hits"] >= 2 and stats["reused_tokens"] >= 2 * system  # turns 2 and 3 reused at least that
 
 
 def test_token_for_token_with_the_kept_answer(cached, uncached):

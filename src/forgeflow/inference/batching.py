@@ -328,7 +328,6 @@ class BatchScheduler:
             layer.keys = layer.keys.index_select(0, index)[:, :, start:, :]
             layer.values = layer.values.index_select(0, index)[:, :, start:, :]
 
-
     def _keep_prefix(self, row: int, seq: Sequence) -> None:
         """Leave a retiring sequence's computed KV (prompt, then what it generated) to the prefix cache."""
         if self.prefix_cache is None:
