@@ -13,6 +13,12 @@ The running batch's KV cache is a DynamicCache whose layers hold [batch, heads, 
 tensors, left-padded; a 2-D attention mask marks the real positions and each sequence keeps its
 own position ids, so a padded row computes what it would alone. Columns that only padding uses
 are trimmed when sequences retire.
+
+With LoRA adapters (inference/peft_adapters.py) one forward mixes them: each row runs with its sequence's
+adapter, acquired when the sequence joins the batch and released when it leaves, so loading and letting
+adapters go happen on this thread between forwards. With a prefix cache (inference/prefix_cache.py) a
+retiring sequence leaves the KV it computed behind, and a new one whose prompt starts with kept tokens
+(under the same adapter) starts from a copy of their KV and prefills only the rest.
 """
 
 from __future__ import annotations
@@ -23,7 +29,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from forgeflow.errors import ServerUnavailable
+from forgeflow.errors import InvalidInput, ServerUnavailable
+from forgeflow.inference.peft_adapters import PeftAdapters
+from forgeflow.inference.prefix_cache import PrefixCache
 from forgeflow.inference.sampling import Sampler
 
 log = logging.getLogger("forgeflow.batching")
@@ -46,6 +54,9 @@ class Sequence:
     max_new_tokens: int
     sampler: Sampler = field(default_factory=Sampler)
     adapter: str | None = None  # the LoRA adapter it runs with (inference/adapters.py); None: the model itself
+    output: list[int] = field(default_factory=list)  # the tokens generated so far
+    reused: int = 0  # prompt tokens whose KV came from the prefix cache
+    holds_adapter: bool = False
     out: queue.Queue = field(default_factory=queue.Queue)
     generated: int = 0
     position: int = 0
@@ -82,11 +93,14 @@ class BatchScheduler:
     """Owns the model's forward passes. Thread-safe `submit`; `close` stops the thread."""
 
     def __init__(self, model: Any, *, eos_ids: list[int], pad_id: int | None, device: str,
-                 max_batch_size: int = 8, max_queue: int = 64) -> None:
+                 max_batch_size: int = 8, max_queue: int = 64, adapters: PeftAdapters | None = None,
+                 prefix_cache: PrefixCache | None = None) -> None:
         import torch
 
         self.torch = torch
         self.model = model
+        self.adapters = adapters
+        self.prefix_cache = prefix_cache
         self.eos = set(eos_ids)
         self.pad_id = pad_id if pad_id is not None else (eos_ids[0] if eos_ids else 0)
         self.device = device
@@ -103,8 +117,13 @@ class BatchScheduler:
         self._thread.start()
 
     # -- public ---------------------------------------------------------------------------------
-    def submit(self, prompt: list[int], max_new_tokens: int, sampler: Sampler) -> Sequence:
-        seq = Sequence(list(prompt), max_new_tokens, sampler)
+    def submit(self, prompt: list[int], max_new_tokens: int, sampler: Sampler,
+               adapter: str | None = None) -> Sequence:
+        if adapter is not None and self.adapters is None:
+            raise InvalidInput(f"model {adapter!r}: this instance serves no adapters", field="model")
+        if self.adapters is not None:
+            self.adapters.check(adapter)
+        seq = Sequence(list(prompt), max_new_tokens, sampler, adapter=adapter)
         enqueue(self.waiting, seq, self._accepting, self._stop)
         return seq
 
@@ -134,6 +153,7 @@ class BatchScheduler:
             except Exception as exc:  # a failed forward fails the requests in it, not the server
                 log.exception("batch step failed")
                 for seq in {*self.running, *fresh}:
+                    self._release(seq)
                     seq.out.put(exc)
                     seq.out.put(_DONE)
                 self.running, self.cache, self.mask = [], None, None
@@ -143,8 +163,13 @@ class BatchScheduler:
             except queue.Empty:
                 break
         for seq in self.running:
+            self._release(seq)
             seq.out.put(ServerUnavailable("the model server is shutting down"))
             seq.out.put(_DONE)
+        if self.adapters is not None:
+            self.adapters.close()
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()
 
     def _take(self, *, block: bool) -> list[Sequence]:
         room = self.max_batch_size - len(self.running)
@@ -163,14 +188,58 @@ class BatchScheduler:
                 break
         return taken
 
-    def _forward(self, input_ids: Any, mask: Any, positions: Any, cache: Any) -> Any:
+    def _forward(self, input_ids: Any, mask: Any, positions: Any, cache: Any, seqs: list[Sequence]) -> Any:
+        inputs = dict(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
+                      use_cache=True, logits_to_keep=1)
         with self.torch.inference_mode():
-            out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                             cache=cache, use_cache=True, logits_to_keep=1)
+            if self.adapters is not None:
+                out = self.adapters.forward([s.adapter for s in seqs], **inputs)
+            else:
+                out = self.model(**inputs)
         return out.logits[:, -1, :].float()
 
     def _prefill(self, seqs: list[Sequence]) -> None:
-        """Run the new prompts together (left-padded) and splice their cache into the batch."""
+        """Run the new prompts and splice their cache into the batch: those with a kept prefix one by one from
+        a copy of its KV, the others together (left-padded)."""
+        joining = []
+        for seq in seqs:
+            try:
+                self._acquire(seq)
+            except Exception as exc:  # its adapter would not load: it fails alone
+                log.exception("loading adapter %s failed", seq.adapter)
+                seq.out.put(exc)
+                seq.out.put(_DONE)
+                continue
+            joining.append(seq)
+        cold = []
+        for seq in joining:
+            reused, kv = self.prefix_cache.find(seq.adapter, seq.prompt) if self.prefix_cache else (0, [])
+            if reused:
+                self._prefill_from(seq, reused, kv)
+            else:
+                cold.append(seq)
+        if cold:
+            self._prefill_cold(cold)
+
+    def _prefill_from(self, seq: Sequence, reused: int, kv: list[tuple[Any, Any]]) -> None:
+        """Start a sequence's cache from a copy of its prompt's first `reused` tokens' KV and run the rest."""
+        from transformers import DynamicCache
+
+        torch = self.torch
+        cache = DynamicCache(config=self.model.config)
+        for layer, (keys, values) in enumerate(kv):
+            cache.update(keys.to(self.device), values.to(self.device), layer)  # concatenation: a copy
+        rest = seq.prompt[reused:]
+        ids = torch.tensor([rest], device=self.device)
+        positions = torch.arange(reused, len(seq.prompt), device=self.device).unsqueeze(0)
+        mask = torch.ones((1, len(seq.prompt)), dtype=torch.long, device=self.device)
+        seq.reused = reused
+        seq.position = len(seq.prompt) - 1
+        logits = self._forward(ids, mask, positions, cache, [seq])
+        self._merge([seq], cache, mask)
+        self._emit([seq], logits)
+
+    def _prefill_cold(self, seqs: list[Sequence]) -> None:
         from transformers import DynamicCache
 
         torch = self.torch
@@ -184,7 +253,7 @@ class BatchScheduler:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         ids, mask, positions = ids.to(self.device), mask.to(self.device), positions.to(self.device)
         cache = DynamicCache(config=self.model.config)
-        logits = self._forward(ids, mask, positions, cache)
+        logits = self._forward(ids, mask, positions, cache, seqs)
         self._merge(seqs, cache, mask)
         self._emit(seqs, logits)
 
@@ -206,7 +275,7 @@ class BatchScheduler:
         positions = torch.tensor([[s.position] for s in self.running], device=self.device)
         self.mask = torch.cat([self.mask, torch.ones((len(self.running), 1), dtype=self.mask.dtype,
                                                      device=self.device)], dim=1)
-        logits = self._forward(ids, self.mask, positions, self.cache)
+        logits = self._forward(ids, self.mask, positions, self.cache, self.running)
         self.steps += 1
         self.largest_batch = max(self.largest_batch, len(self.running))
         self._emit(self.running, logits)
@@ -225,6 +294,7 @@ class BatchScheduler:
                 seq.cancelled = True
                 continue
             seq.generated += 1
+            seq.output.append(token)
             seq.last = token
             seq.position += 1
             reason = ("stop" if token in self.eos or complete
@@ -239,8 +309,10 @@ class BatchScheduler:
     def _retire(self) -> None:
         torch = self.torch
         keep = [i for i, s in enumerate(self.running) if not s.cancelled]
-        for i, seq in enumerate(self.running):
+        for row, seq in enumerate(self.running):
             if seq.cancelled:
+                self._keep_prefix(row, seq)
+                self._release(seq)
                 seq.out.put(_DONE)
         if not keep:
             self.running, self.cache, self.mask = [], None, None
@@ -255,6 +327,26 @@ class BatchScheduler:
         for layer in self.cache.layers:
             layer.keys = layer.keys.index_select(0, index)[:, :, start:, :]
             layer.values = layer.values.index_select(0, index)[:, :, start:, :]
+
+    def _keep_prefix(self, row: int, seq: Sequence) -> None:
+        """Leave a retiring sequence's computed KV (prompt, then what it generated) to the prefix cache."""
+        if self.prefix_cache is None:
+            return
+        columns = self.mask[row].nonzero().squeeze(-1)
+        computed = (seq.prompt + seq.output)[:columns.numel()]
+        kv = [(layer.keys[row:row + 1].index_select(2, columns), layer.values[row:row + 1].index_select(2, columns))
+              for layer in self.cache.layers]  # index_select copies: nothing stays tied to the batch's tensors
+        self.prefix_cache.add(seq.adapter, computed, kv)
+
+    def _acquire(self, seq: Sequence) -> None:
+        if self.adapters is not None and seq.adapter is not None and not seq.holds_adapter:
+            self.adapters.loaded.acquire(seq.adapter)
+            seq.holds_adapter = True
+
+    def _release(self, seq: Sequence) -> None:
+        if seq.holds_adapter:
+            seq.holds_adapter = False
+            self.adapters.loaded.release(seq.adapter)
 
 
 def _left_pad(tensor: Any, width: int, dim: int) -> Any:

@@ -2,7 +2,9 @@
 
 Requests are not served one at a time: each becomes a sequence in a BatchScheduler
 (inference/batching.py), which decodes every running sequence in one shared forward pass and
-admits new ones between decode steps.
+admits new ones between decode steps. With `adapters` the model folder is their base, loaded once, and
+each request runs with the LoRA adapter it names (inference/peft_adapters.py), one batch mixing them; the
+prefix cache (inference/prefix_cache.py) lets a prompt that starts like an earlier one prefill only the rest.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from forgeflow.chat import ChatRequest
+from forgeflow.inference.adapters import DEFAULT_MAX_LOADED
 from forgeflow.inference.batching import BatchScheduler
+from forgeflow.inference.peft_adapters import PeftAdapters
+from forgeflow.inference.prefix_cache import DEFAULT_MAX_TOKENS, PrefixCache
 from forgeflow.inference.runtimes.base import CHATML_TEMPLATE, GenerationResult, TokenStream
 from forgeflow.inference.runtimes.prepare import RequestPreparer
 
@@ -25,7 +30,9 @@ class ChatGenerator:
     name = "transformers"
 
     def __init__(self, model_dir: str | Path, device: str = "cpu", *, max_batch_size: int = 8,
-                 max_queue: int = 64) -> None:
+                 max_queue: int = 64, adapters: dict[str, Path] | None = None,
+                 max_adapters: int = DEFAULT_MAX_LOADED, prefix_cache: bool = True,
+                 prefix_cache_tokens: int = DEFAULT_MAX_TOKENS) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -41,6 +48,7 @@ class ChatGenerator:
             self.tokenizer.chat_template = CHATML_TEMPLATE
         self.model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=dtype).to(device)
         self.model.eval()
+        self.adapters = PeftAdapters(self.model, adapters, max_loaded=max_adapters) if adapters else None
         self.eos_token_ids = self._eos_ids()
         self.pad_token_id = self._pad_id()
         self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
@@ -50,9 +58,11 @@ class ChatGenerator:
         if not _batchable_cache(self.model):
             log.warning("%s keeps a cache the batcher cannot splice; serving one request at a time",
                         type(self.model).__name__)
-            max_batch_size = 1
+            max_batch_size, prefix_cache = 1, False
+        self.prefix_cache = PrefixCache(prefix_cache_tokens) if prefix_cache else None
         self.scheduler = BatchScheduler(self.model, eos_ids=self.eos_token_ids, pad_id=self.pad_token_id,
-                                        device=device, max_batch_size=max_batch_size, max_queue=max_queue)
+                                        device=device, max_batch_size=max_batch_size, max_queue=max_queue,
+                                        adapters=self.adapters, prefix_cache=self.prefix_cache)
 
     def _eos_ids(self) -> list[int]:
         ids: list[int] = []
@@ -77,19 +87,24 @@ class ChatGenerator:
                 return int(value)
         return self.eos_token_ids[0] if self.eos_token_ids else None
 
-    def stream(self, request: ChatRequest) -> TokenStream:
-        """Queue a request at once (whatever it cannot have, a prompt too long or a full queue raises here),
-        and return its token stream."""
+    def stream(self, request: ChatRequest, adapter: str | None = None) -> TokenStream:
+        """Queue a request at once (whatever it cannot have, a prompt too long, an adapter not served or a full
+        queue raises here), and return its token stream. `adapter` names one of the adapters this runtime
+        was loaded with; None is the model folder itself."""
         prepared = self.requests.prepare(request)
-        seq = self.scheduler.submit(prepared.prompt, prepared.budget, prepared.sampler)
+        seq = self.scheduler.submit(prepared.prompt, prepared.budget, prepared.sampler, adapter=adapter)
         return prepared.stream(seq.tokens(), seq.cancel)
 
-    def generate(self, request: ChatRequest) -> GenerationResult:
+    def generate(self, request: ChatRequest, adapter: str | None = None) -> GenerationResult:
         """Answer a request; a stop string ends the answer before its first occurrence."""
-        return self.stream(request).run()
+        return self.stream(request, adapter).run()
 
     def health(self) -> dict[str, Any]:
-        return {"runtime": self.name, **self.scheduler.stats()}
+        health: dict[str, Any] = {"runtime": self.name, **self.scheduler.stats()}
+        health["prefix_cache"] = self.prefix_cache.stats() if self.prefix_cache else None
+        if self.adapters is not None:
+            health["adapters"] = self.adapters.stats()
+        return health
 
     def close(self) -> None:
         self.scheduler.close()

@@ -1,0 +1,76 @@
+"""LoRA adapters beside one base model in the `transformers` runtime, through PEFT.
+
+The base is loaded once; the first adapter used wraps it in a PeftModel, later ones load into that wrapper,
+and the least recently used one not in use is deleted past the limit (inference/adapters.py LoadedAdapters).
+One forward serves rows of different adapters: PEFT's `adapter_names` names each row's adapter, BASE for
+none. Loading and deleting happen only on the batch scheduler's thread, between forwards, so no adapter goes
+away under a forward that uses it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from forgeflow.errors import InvalidInput
+from forgeflow.inference.adapters import DEFAULT_MAX_LOADED, AdapterCatalog, LoadedAdapters
+
+BASE = "__base__"  # PEFT's name for a row that runs without an adapter
+
+
+class PeftAdapters:
+    """The adapters an instance serves, loaded on demand beside the base model, and the forward that mixes
+    them."""
+
+    def __init__(self, base: Any, adapters: dict[str, Path], *, max_loaded: int = DEFAULT_MAX_LOADED) -> None:
+        self.base = base
+        self.catalog = AdapterCatalog(adapters)
+        self.peft: Any = None  # the PeftModel, from the first load on
+        self.loaded: LoadedAdapters[str] = LoadedAdapters(self._load, self._unload, max_loaded=max_loaded)
+
+    @property
+    def names(self) -> list[str]:
+        return self.catalog.names
+
+    def check(self, adapter: str | None) -> None:
+        """400 naming `model` for an adapter this instance does not serve."""
+        if adapter is not None and adapter not in self.catalog.paths:
+            served = ", ".join(self.names) or "none"
+            raise InvalidInput(f"model {adapter!r} is not served by this instance; it serves {served}",
+                               field="model")
+
+    def forward(self, adapters: list[str | None], **inputs: Any) -> Any:
+        """One forward of the base model where row i runs with `adapters[i]` (None: the base alone)."""
+        if self.peft is None:
+            return self.base(**inputs)
+        return self.peft(**inputs, adapter_names=[a or BASE for a in adapters])
+
+    def stats(self) -> dict[str, Any]:
+        return {"served": self.names, **self.loaded.stats()}
+
+    def close(self) -> None:
+        self.loaded.clear()
+
+    def _load(self, name: str) -> str:
+        from peft import PeftModel
+
+        path = self.catalog.paths[name]
+        if self.peft is None:
+            self.peft = PeftModel.from_pretrained(self.base, path, adapter_name=name)
+            self.peft.eval()
+        else:
+            self.peft.load_adapter(path, adapter_name=name)
+            self.peft.eval()
+        return name
+
+    def _unload(self, name: str, _handle: str) -> None:
+        if self.peft is not None and name in self.peft.peft_config:
+            if len(self.peft.peft_config) > 1:
+                if name in self.peft.active_adapters:  # rows name their adapter; the active one only matters to PEFT
+                    other = next(n for n in self.peft.peft_config if n != name)
+                    self.peft.set_adapter(other, inference_mode=True)
+                self.peft.delete_adapter(name)
+            else:
+                # PEFT cannot forward with no adapter: unwrap the base instead of deleting the last one
+                self.base = self.peft.unload()
+                self.peft = None
