@@ -55,7 +55,7 @@ def test_the_transformers_runtime_runs_the_escaped_prompt(generator, monkeypatch
     """issue 10, finding 7: what the transformers runtime queues for the model is the escaped prompt."""
     queued = []
     submit = generator.scheduler.submit
-    monkeypatch.setattr(generator.scheduler, "submit", lambda prompt, *a: queued.append(prompt) or submit(prompt, *a))
+    monkeypatch.setattr(generator.scheduler, "submit", lambda prompt, *a, **kw: queued.append(prompt) or submit(prompt, *a, **kw))
     result = generator.generate(chat_request(chat(EVIL), temperature=0, max_new_tokens=2))
     assert queued == [generator.prompts.encode(chat(EVIL))] and result.prompt_tokens == len(queued[0])
     tok = generator.tokenizer
