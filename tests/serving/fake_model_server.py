@@ -7,7 +7,8 @@ CONFIG_JSON keys: output (text answered, default NAME), delay (seconds per answe
 500), refuse ([status, body]: answer that instead), load (seconds before /health is 200; -1 never), chunks
 (stream chunk count), chunk_delay, die_after (stream that many chunks, then the process dies), fail_after
 (stream that many chunks, then an error event and no [DONE], as an instance whose generation failed),
-no_usage (a stream carries no token counts at all, only the prompt-tokens header). GET /count
+no_usage (a stream carries no token counts at all, only the prompt-tokens header), headers (/score answers the
+headers it got, but its credential, as `headers`). GET /count
 answers how many scoring requests arrived. /v1/completions answers text completions; a chat answer echoes
 some parameters it received (`echo`) and the names of all of them (`received`).
 
@@ -88,6 +89,9 @@ class Handler(BaseHTTPRequestHandler):
         text = CONFIG.get("output", NAME)
         usage = {"x-forgeflow-prompt-tokens": "3", "x-forgeflow-completion-tokens": "2"}
         if self.path == "/score":
+            if CONFIG.get("headers"):  # which of the client's headers reached the instance
+                seen = {k.lower(): v for k, v in self.headers.items() if k.lower() != "authorization"}
+                return self._json(200, {"output": text, "headers": seen}, usage)
             return self._json(200, {"output": text}, usage)
         completion = self.path == "/v1/completions"
         if not body.get("stream"):

@@ -114,7 +114,7 @@ def test_rolling_update_drops_no_request(gateway):
     v2 = json.dumps({"output": "v2", "delay": 0.02, "load": 0.5})
     with Load(gateway, "roll-ep", key) as load:
         wait_until(lambda: len(load.codes) > 10, what="load")
-        gateway.svc.update_deployment("roll-ep", "blue", {"model": "fake:2"}, resolve=lambda ref: (ref, Path(v2)))
+        gateway.svc.update_deployment("roll-ep", "blue", {"model": "fake:2"}, resolve=lambda ref: (ref, Path(v2), {}))
         assert gateway.svc.show_deployment("roll-ep", "blue")["provisioning_state"] == "Updating"
         with pytest.raises(Conflict):
             gateway.svc.update_deployment("roll-ep", "blue", {"instance_count": 3})
@@ -164,7 +164,7 @@ def test_a_failed_update_rolls_back_and_keeps_serving(gateway):
 
     sup.READY_TIMEOUT_S, saved = 1.5, sup.READY_TIMEOUT_S
     try:
-        gateway.svc.update_deployment("back-ep", "blue", {"model": "fake:bad"}, resolve=lambda ref: (ref, Path(broken)))
+        gateway.svc.update_deployment("back-ep", "blue", {"model": "fake:bad"}, resolve=lambda ref: (ref, Path(broken), {}))
         dep = wait_until(lambda: (d := gateway.svc.show_deployment("back-ep", "blue"))["provisioning_state"] != "Updating" and d,
                     what="the update to end")
     finally:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from forgeflow.api.guard import SCORING_MAX_BYTES
 from forgeflow.api.security import CONTRIBUTOR, READER, audit_detail, audit_secret_read, audit_target, services
 from forgeflow.errors import InvalidInput
+from forgeflow.serving import specs
 from forgeflow.serving.specs import FLOW_RUNTIME
 
 router = APIRouter(tags=["endpoints"])
@@ -53,7 +54,12 @@ class RegenerateKeys(BaseModel):
 
 class DeploymentCreate(BaseModel):
     name: str = Field(description="Deployment name, e.g. blue.")
-    model: str | None = Field(None, description="Registered model name:version, or a base model name.")
+    model: Any = Field(None, json_schema_extra={"anyOf": [{"type": "string"}, {"type": "array",
+                                                                            "items": {"type": "string"}},
+                                                          {"type": "null"}]},
+                       description="Registered model name:version, or a base model name; or "
+                                          "a list of registered LoRA fine-tunes of one base model, served together "
+                                          "on that base (a request's `model` picks one).")
     flow: str | None = Field(None, description="A flow folder (flow.dag.yaml) to serve instead of a model.")
     instance_count: int | None = Field(None, description="Model-server processes behind the gateway: 1 by default; "
                                        "with autoscaling, from min_instances to max_instances (default "
@@ -71,12 +77,15 @@ class DeploymentCreate(BaseModel):
     resources: dict[str, Any] | None = Field(None, description="What each instance reserves on its node (cluster "
                                              "targets only): cpus (default 1), gpus (default 0), memory_mb (default "
                                              "0, none reserved).")
+    gguf_type: str | None = Field(None, description="Runtime llamacpp: the GGUF weights served, f16, q8_0 or q4_k_m "
+                                  "(the default).")
 
 
 class DeploymentUpdate(BaseModel):
     set: dict[str, Any] = Field(description="FIELD.PATH -> value, as `az ml online-deployment update --set`: model, "
                                 "instance_count, runtime, request_settings.*, liveness_probe.*, readiness_probe.*, "
-                                "scale_settings.*, compute, resources.*.")
+                                "scale_settings.*, compute, resources.*, gguf_type; model may be a list of "
+                                "fine-tunes of one base (it replaces the list).")
 
 
 @router.post("/endpoints", status_code=201, dependencies=CONTRIBUTOR)
@@ -128,23 +137,23 @@ def regenerate_keys(name: str, body: RegenerateKeys, request: Request, ff=Depend
 
 @router.post("/endpoints/{name}/deployments", status_code=201, dependencies=CONTRIBUTOR)
 def create_deployment(name: str, body: DeploymentCreate, request: Request, ff=Depends(services)) -> dict:
-    from forgeflow.registry.resolve import resolve_model
+    from forgeflow.registry.resolve import resolve_models
 
     audit_target(request, f"{name}/{body.name}")
-    if bool(body.model) == bool(body.flow):
+    if (body.model is None) == (not body.flow):
         raise InvalidInput("give exactly one of model or flow", field="model")
     runtime = body.runtime
     if body.flow:
         from forgeflow.flows.loader import load_flow
 
         flow = load_flow(Path(body.flow).expanduser().resolve())
-        ref, path, runtime = f"flow:{flow.dir}", flow.dir, FLOW_RUNTIME
+        ref, path, adapters, runtime = f"flow:{flow.dir}", flow.dir, {}, FLOW_RUNTIME
     else:
-        ref, path = resolve_model(body.model)
+        ref, path, adapters = resolve_models(specs.model_refs(body.model))
     return ff.endpoints.create_deployment(name, body.name, ref, path, body.instance_count, runtime,
                                           body.request_settings, body.liveness_probe, body.readiness_probe,
                                           scale_settings=body.scale_settings, compute=body.compute,
-                                          resources=body.resources)
+                                          resources=body.resources, gguf_type=body.gguf_type, adapters=adapters)
 
 
 @router.get("/endpoints/{name}/deployments", dependencies=READER)
@@ -159,11 +168,11 @@ def show_deployment(name: str, deployment: str, ff=Depends(services)) -> dict:
 
 @router.patch("/endpoints/{name}/deployments/{deployment}", dependencies=CONTRIBUTOR)
 def update_deployment(name: str, deployment: str, body: DeploymentUpdate, ff=Depends(services)) -> dict:
-    """Change fields; a new model, runtime, instance count, compute or resources rolls instances without dropping
-    requests."""
-    from forgeflow.registry.resolve import resolve_model
+    """Change fields; a new model (or list of fine-tunes), GGUF type, runtime, instance count, compute or resources
+    rolls instances without dropping requests."""
+    from forgeflow.registry.resolve import resolve_models
 
-    return ff.endpoints.update_deployment(name, deployment, body.set, resolve=resolve_model)
+    return ff.endpoints.update_deployment(name, deployment, body.set, resolve=resolve_models)
 
 
 @router.delete("/endpoints/{name}/deployments/{deployment}", dependencies=CONTRIBUTOR)

@@ -199,7 +199,9 @@ EpName = typer.Option(..., "--endpoint-name", "-e", help="Endpoint name.")
 @deployment_app.command("create")
 @command
 def dep_create(name: str = DepName, endpoint_name: str = EpName,
-               model: str = typer.Option(None, "--model", help="Registered NAME:VERSION, or a base model name."),
+               model: list[str] = typer.Option(None, "--model", help="Registered NAME:VERSION, or a base model "
+                                               "name. Repeat it to serve several LoRA fine-tunes of one base model "
+                                               "on one deployment (a request's `model` picks one)."),
                flow: Path = typer.Option(None, "--flow", help="Serve a flow folder (flow.dag.yaml) instead of a model; "
                                                               "/score then takes the flow's inputs."),
                instance_count: int = typer.Option(None, "--instance-count", help="Model-server processes (default 1; "
@@ -220,21 +222,27 @@ def dep_create(name: str = DepName, endpoint_name: str = EpName,
                                                                  "or autoscaling: "
                                                                  "scale_settings.type=target_utilization "
                                                                  "scale_settings.min_instances=0 "
-                                                                 "scale_settings.max_instances=3."),
+                                                                 "scale_settings.max_instances=3, "
+                                                                 "gguf_type=q8_0 (runtime llamacpp: f16, q8_0 or "
+                                                                 "q4_k_m, the default)."),
                no_wait: bool = typer.Option(False, "--no-wait", help="Return at once instead of waiting until it is ready."),
                json_out: bool = JsonOpt) -> None:
     """Deploy a model (or a flow) to an endpoint; waits until its instances answer."""
     if bool(model) == bool(flow):
         raise InvalidInput("give exactly one of --model or --flow")
     c = client()
-    body: dict = {"name": name, "model": model, "flow": str(flow.expanduser().resolve()) if flow else None,
+    body: dict = {"name": name, "model": _models(model), "flow": str(flow.expanduser().resolve()) if flow else None,
                   "instance_count": instance_count, "runtime": runtime, "compute": compute}
     for path, value in parse_sets(sets).items():
         top, _, sub = path.partition(".")
+        if path == "gguf_type":
+            body["gguf_type"] = value
+            continue
         if top not in ("request_settings", "liveness_probe", "readiness_probe", "scale_settings", "resources") \
                 or not sub:
             raise InvalidInput(f"--set {path}: at create time set request_settings.*, liveness_probe.*, "
-                               "readiness_probe.*, scale_settings.* or resources.*; other fields have their own options")
+                               "readiness_probe.*, scale_settings.*, resources.* or gguf_type; other fields have "
+                               "their own options")
         body.setdefault(top, {})[sub] = value
     for key, value in (("cpus", instance_cpus), ("gpus", instance_gpus), ("memory_mb", instance_memory)):
         if value is not None:
@@ -245,6 +253,13 @@ def dep_create(name: str = DepName, endpoint_name: str = EpName,
     if all_traffic and dep["provisioning_state"] == DeploymentState.SUCCEEDED:
         c.patch(url_path("api", "endpoints", endpoint_name), {"traffic": {name: 100}})
     _report(dep, json_out)
+
+
+def _models(model: list[str] | None) -> str | list[str] | None:
+    """One --model as the string it is; several as the list of fine-tunes to serve on their base."""
+    if not model:
+        return None
+    return model[0] if len(model) == 1 else list(model)
 
 
 def wait_ready(endpoint: str, name: str, *, quiet: bool = False, timeout_s: float = 900) -> dict:
@@ -268,6 +283,8 @@ def dep_list(endpoint_name: str = EpName, json_out: bool = JsonOpt) -> None:
         print_json(rows)
         return
     for r in rows:
+        if isinstance(r["model"], list):
+            r["model"] = ", ".join(r["model"])
         r["ready"] = f"{sum(1 for i in r['instances'] if i['ready'])}/{r['instance_count']}" + (
             " (scaled to zero)" if r["instance_count"] == 0 else "")
     table(rows, [("name", "name"), ("model", "model"), ("provisioning_state", "state"), ("ready", "ready"),
@@ -285,14 +302,24 @@ def dep_show(name: str = DepName, endpoint_name: str = EpName, json_out: bool = 
 @deployment_app.command("update")
 @command
 def dep_update(name: str = DepName, endpoint_name: str = EpName,
-               sets: list[str] = typer.Option(..., "--set", help="FIELD=VALUE, any field: model=NAME:2, instance_count=2, "
+               sets: list[str] = typer.Option(None, "--set", help="FIELD=VALUE, any field: model=NAME:2, instance_count=2, "
                                                                 "request_settings.max_concurrent_requests_per_instance=4, "
                                                                  "scale_settings.max_instances=3, compute=NAME, "
-                                                                 "resources.cpus=2, ..."),
+                                                                 "resources.cpus=2, gguf_type=q8_0, ..."),
+               model: list[str] = typer.Option(None, "--model", help="The model(s) to serve instead, as on create: "
+                                               "repeat it for several fine-tunes of one base (the list replaces "
+                                               "the one served, e.g. to add an adapter)."),
                no_wait: bool = typer.Option(False, "--no-wait", help="Return at once instead of waiting for the roll-out."),
                json_out: bool = JsonOpt) -> None:
     """Change a deployment; new instances are ready before old ones stop, so no request is dropped."""
-    dep = client().patch(url_path("api", "endpoints", endpoint_name, "deployments", name), {"set": parse_sets(sets)})
+    changes = parse_sets(sets)
+    if model:
+        if "model" in changes:
+            raise InvalidInput("give the model once: --model, or --set model=...", field="model")
+        changes["model"] = _models(model)
+    if not changes:
+        raise InvalidInput("nothing to update: pass --set FIELD=VALUE or --model", field="set")
+    dep = client().patch(url_path("api", "endpoints", endpoint_name, "deployments", name), {"set": changes})
     if not no_wait:
         dep = wait_ready(endpoint_name, name, quiet=json_out)
     _report(dep, json_out)

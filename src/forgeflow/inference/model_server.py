@@ -2,6 +2,11 @@
 
     python -m forgeflow.inference.model_server --model-dir DIR --port P [--host 127.0.0.1] [--name NAME]
         [--runtime transformers|llamacpp] [--max-batch-size 8] [--max-queue 64] [--gguf-type f16|q8_0|q4_k_m]
+        [--adapter NAME:VERSION=PATH ...] [--max-adapters 8] [--no-prefix-cache]
+
+With `--adapter` (one per registered fine-tune) --model-dir is their base model, loaded once, and a request picks
+its LoRA adapter by its `model` on the OpenAI routes, by the `x-forgeflow-model` header on /score (the first
+adapter when it names none of them; inference/adapters.py).
 
 It listens on loopback only and answers only its gateway, which does endpoint auth, traffic and limits:
 every request needs the secret the placement passed in FORGEFLOW_INSTANCE_SECRET (as a bearer token),
@@ -12,7 +17,8 @@ loads in the background: /health answers 503 "loading" until it is ready, and th
 
 The OpenAI routes (/v1/chat/completions, /v1/completions, /v1/models) are `openai_server`'s; every
 error on a /v1 path has OpenAI's shape, on /score forgeflow's `{"error", "message", "field"}`. A runtime
-that refuses a request's value (a ValueError) answers 400, not 500. GET /stats reports the runtime's queue.
+that refuses a request's value (a ValueError) answers 400, not 500. GET /stats reports the runtime's queue (and
+its adapters' loads and evictions, as the runtime reports them).
 """
 
 from __future__ import annotations
@@ -34,9 +40,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from forgeflow import jsonbody
 from forgeflow.chat import DEFAULT_MAX_NEW_TOKENS, openai_error, parse_score_request
 from forgeflow.errors import ForgeflowError, InternalError, InvalidInput, NotFound, ServerUnavailable, UpstreamError
+from forgeflow.inference.adapters import DEFAULT_MAX_LOADED, MODEL_HEADER, AdapterCatalog, parse_adapter_arg
 from forgeflow.inference.gguf_export import GGUF_TYPES
 from forgeflow.inference.instance_guard import DEFAULT_MAX_BODY_BYTES, InstanceGuard, allowed_hosts
-from forgeflow.inference.openai_server import OpenAIServing, openai_router, usage_headers
+from forgeflow.inference.openai_server import OpenAIServing, openai_router, runtime_call, usage_headers
 from forgeflow.inference.runtimes.base import Runtime
 from forgeflow.processes import INSTANCE_SECRET_ENV, exit_with_parent, take_instance_secret
 
@@ -55,10 +62,13 @@ def create_app(
     default_max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     on_loaded: Callable[[], None] | None = None,
     on_failed: Callable[[str], None] | None = None,
+    catalog: AdapterCatalog | None = None,
 ) -> FastAPI:
     """The model-server app; runtime_factory runs once, in a worker thread, at startup. Each body is
-    parsed once, here, and the runtime gets the typed request."""
+    parsed once, here, and the runtime gets the typed request. `catalog`: the adapters the runtime was loaded
+    with, which requests pick from."""
     state = _State()
+    catalog = catalog or AdapterCatalog()
 
     async def load() -> None:
         try:
@@ -131,17 +141,20 @@ def create_app(
     @app.post("/score")
     async def score(request: Request) -> JSONResponse:
         body = parse_score_request(await read_json(request))
+        adapter = catalog.resolve(request.headers.get(MODEL_HEADER))
         runtime = ready()
-        result = await run_generation(runtime.generate, body.to_request(default_max_new_tokens=default_max_new_tokens))
+        result = await run_generation(runtime_call(runtime.generate, adapter),
+                                      body.to_request(default_max_new_tokens=default_max_new_tokens))
         return JSONResponse({"output": result.text}, headers=usage_headers([result]))
 
     @app.get("/stats")
     async def stats() -> dict:
         runtime = state.runtime
-        return {"name": name, "ready": runtime is not None, **(runtime.health() if runtime else {})}
+        return {"name": name, "ready": runtime is not None, **({"adapters": catalog.names} if catalog.names else {}),
+                **(runtime.health() if runtime else {})}
 
     app.include_router(openai_router(OpenAIServing(name=name, ready=ready, run=run_generation,
-                                                   default_max_new_tokens=default_max_new_tokens)))
+                                                   default_max_new_tokens=default_max_new_tokens, catalog=catalog)))
     return app
 
 
@@ -173,14 +186,36 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
                         help="default when a request sets none")
     parser.add_argument("--runtime", default="transformers", help="transformers or llamacpp (vllm is planned)")
-    parser.add_argument("--max-batch-size", type=int, default=8, help="transformers: sequences decoded together")
+    parser.add_argument("--max-batch-size", type=int, default=8, help="sequences decoded together")
     parser.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond it get 429")
     parser.add_argument("--gguf-type", default="f16",
                         help=f"llamacpp: GGUF weights, one of {', '.join(GGUF_TYPES)} (made once, kept with the model)")
     parser.add_argument("--threads", type=int, default=None, help="llamacpp: CPU threads (default: llama-cpp-python's, half the cores)")
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
                         help="larger request bodies get 413")
+    parser.add_argument("--adapter", action="append", default=[], metavar="NAME:VERSION=PATH",
+                        help="a LoRA adapter (PEFT folder) of the base model in --model-dir; repeat for several, the "
+                             "first is the default")
+    parser.add_argument("--max-adapters", type=int, default=DEFAULT_MAX_LOADED,
+                        help="adapters held loaded at once; the least recently used beyond it are let go")
+    parser.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
+                        help="do not reuse the KV cache of earlier prompts that start the same way")
     return parser.parse_args(argv)
+
+
+def adapters_of(args: argparse.Namespace) -> dict[str, Path]:
+    """The `--adapter` flags as name -> folder, in order; a name given twice is refused."""
+    adapters: dict[str, Path] = {}
+    for value in args.adapter:
+        name, path = parse_adapter_arg(value)
+        if name in adapters:
+            raise InvalidInput(f"--adapter {name} is given twice", field="adapter")
+        adapters[name] = path
+    if args.max_adapters < 1:
+        raise InvalidInput(f"--max-adapters must be at least 1, got {args.max_adapters}", field="max_adapters")
+    if args.max_batch_size < 1:
+        raise InvalidInput(f"--max-batch-size must be at least 1, got {args.max_batch_size}", field="max_batch_size")
+    return adapters
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,6 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     from forgeflow.inference.runtimes import load_runtime
 
     args = _parse_args(argv)
+    try:
+        catalog = AdapterCatalog(adapters_of(args))
+    except ForgeflowError as exc:
+        print(f"model server: {exc.message}", file=sys.stderr, flush=True)
+        return 2
     exit_with_parent()
     secret = take_instance_secret()
     if not secret:
@@ -218,8 +258,11 @@ def main(argv: list[str] | None = None) -> int:
 
     app = create_app(
         lambda: load_runtime(args.runtime, args.model_dir, device=args.device, max_batch_size=args.max_batch_size,
-                             max_queue=args.max_queue, gguf_type=args.gguf_type, threads=args.threads),
+                             max_queue=args.max_queue, gguf_type=args.gguf_type, threads=args.threads,
+                             adapters=catalog.paths or None, max_adapters=args.max_adapters,
+                             prefix_cache=args.prefix_cache),
         name=args.name or args.model_dir.name,
+        catalog=catalog,
         default_max_new_tokens=args.max_new_tokens,
         on_loaded=loaded,
         on_failed=failed,

@@ -1,6 +1,8 @@
 """The OpenAI surface of a model instance: POST /v1/chat/completions and /v1/completions (with `n` choices,
 log-probabilities, tool calls, streaming), GET /v1/models and /v1/models/{id}, and OpenAI's error shape
-`{"error": {"message", "type", "param", "code"}}` for every error on a /v1 path.
+`{"error": {"message", "type", "param", "code"}}` for every error on a /v1 path. On an instance serving several
+fine-tunes of one base, a request's `model` picks the LoRA adapter (inference/adapters.py), the answer's `model`
+names it, and /v1/models lists each adapter by its NAME:VERSION after the deployment's own card.
 
 Each choice of `n` is its own sequence in the runtime, all queued before the answer starts (so a request the
 runtime refuses is still a 400, and a refused choice lets the queued ones go) and decoded together. Streams
@@ -12,6 +14,7 @@ one that does not ask for the usage chunk ends with the usage comment its gatewa
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 import uuid
@@ -27,6 +30,7 @@ from forgeflow import jsonbody
 from forgeflow.chat import (ChatCompletionRequest, ChatRequest, CompletionRequest, error_event,
                             parse_chat_completion_request, parse_completion_request, usage_comment)
 from forgeflow.errors import ForgeflowError, InternalError, NotFound, UpstreamError
+from forgeflow.inference.adapters import AdapterCatalog
 from forgeflow.inference.runtimes.base import GenerationResult, Runtime, StreamEvent, TokenLogprob, TokenStream
 
 # Calls a runtime's function with one argument (a request, or a queued stream to read to its end) in a worker
@@ -38,28 +42,34 @@ class OpenAIServing:
     """Answers the OpenAI routes for one loaded model. `ready` returns the runtime (or raises while it loads);
     `run` calls the runtime in a worker thread, turning its failures into ForgeflowErrors."""
 
-    def __init__(self, *, name: str, ready: Callable[[], Runtime], run: Run, default_max_new_tokens: int) -> None:
+    def __init__(self, *, name: str, ready: Callable[[], Runtime], run: Run, default_max_new_tokens: int,
+                 catalog: AdapterCatalog | None = None) -> None:
         self.name = name
         self.ready = ready
         self.run = run
         self.default_max_new_tokens = default_max_new_tokens
+        self.catalog = catalog or AdapterCatalog()
         self.created = int(time.time())
 
-    def model_card(self) -> dict[str, Any]:
-        return {"id": self.name, "object": "model", "created": self.created, "owned_by": "forgeflow"}
+    def model_cards(self) -> list[dict[str, Any]]:
+        """The deployment (its default model), then each adapter it serves by its NAME:VERSION."""
+        card = {"id": self.name, "object": "model", "created": self.created, "owned_by": "forgeflow"}
+        return [card] + [{**card, "id": name, "parent": self.name} for name in self.catalog.names]
 
     async def answer(self, body: ChatCompletionRequest | CompletionRequest) -> Any:
+        adapter = self.catalog.resolve(body.model)  # a served name's other version: 404; an ambiguous name: 400
         runtime = self.ready()
         requests = body.to_requests(default_max_new_tokens=self.default_max_new_tokens)
         shape = _Chat(body) if isinstance(body, ChatCompletionRequest) else _Text(body)
-        model = body.model or self.name
+        model = adapter or body.model or self.name
+        stream = runtime_call(runtime.stream, adapter)
         if body.stream:
-            streams = await self._queued(runtime, requests)
+            streams = await self._queued(stream, requests)
             return StreamingResponse(
                 _sse(shape, model, streams, body.include_usage), media_type="text/event-stream",
                 headers={"cache-control": "no-cache", "x-accel-buffering": "no",
                          "x-forgeflow-prompt-tokens": str(streams[0].prompt_tokens)})
-        streams = await self._queued(runtime, requests)
+        streams = await self._queued(stream, requests)
         try:
             results: list[GenerationResult] = list(await asyncio.gather(*(self.run(_read, s) for s in streams)))
         finally:
@@ -70,12 +80,13 @@ class OpenAIServing:
                   "usage": _usage(results)}
         return JSONResponse(answer, headers=usage_headers(results))
 
-    async def _queued(self, runtime: Runtime, requests: Sequence[ChatRequest]) -> list[TokenStream]:
+    async def _queued(self, stream: Callable[[ChatRequest], TokenStream],
+                      requests: Sequence[ChatRequest]) -> list[TokenStream]:
         """Every choice queued in the runtime, or none: a refusal cancels those already queued."""
         streams: list[TokenStream] = []
         try:
             for request in requests:
-                streams.append(await self.run(runtime.stream, request))
+                streams.append(await self.run(stream, request))
         except BaseException:
             for stream in streams:
                 stream.cancel()
@@ -89,13 +100,14 @@ def openai_router(serving: OpenAIServing) -> APIRouter:
 
     @router.get("/v1/models")
     async def models() -> dict:
-        return {"object": "list", "data": [serving.model_card()]}
+        return {"object": "list", "data": serving.model_cards()}
 
     @router.get("/v1/models/{model_id:path}")
     async def model(model_id: str) -> dict:
-        if model_id != serving.name:
-            raise NotFound(f"this instance serves the model {serving.name!r}, not {model_id!r}", field="model")
-        return serving.model_card()
+        cards = {card["id"]: card for card in serving.model_cards()}
+        if model_id not in cards:
+            raise NotFound(f"this instance serves {', '.join(cards)}, not {model_id!r}", field="model")
+        return cards[model_id]
 
     @router.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
@@ -194,6 +206,11 @@ class _Text:
             offset += len(t.token)
         return {"tokens": [t.token for t in tokens], "token_logprobs": [t.logprob for t in tokens],
                 "top_logprobs": [dict(t.top) for t in tokens], "text_offset": offsets}
+
+
+def runtime_call(call: Callable[..., Any], adapter: str | None) -> Callable[[ChatRequest], Any]:
+    """A runtime's `stream` or `generate` bound to the adapter a request picked (None: the model itself)."""
+    return call if adapter is None else functools.partial(call, adapter=adapter)
 
 
 def _logprobs_of(result: GenerationResult, asked: bool | None) -> tuple[TokenLogprob, ...] | None:

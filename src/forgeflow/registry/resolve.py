@@ -1,10 +1,12 @@
-"""Turn what a user types for a model (a catalog name, a folder, `name:version`) into a folder."""
+"""Turn what a user types for a model (a catalog name, a folder, `name:version`, or a list of registered fine-tunes
+of one base) into a folder (and the fine-tunes' LoRA adapters)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from forgeflow.errors import Conflict, NotFound
+from forgeflow.errors import Conflict, InvalidInput, NotFound
+from forgeflow.yamlfile import load_yaml
 
 
 def resolve_model(ref: str) -> tuple[str, Path]:
@@ -29,3 +31,74 @@ def resolve_model(ref: str) -> tuple[str, Path]:
         raise Conflict(f"model {version.name}:{version.version} is archived; restore it first with: forgeflow model restore "
                        f"--name {version.name} --version {version.version}", field="model")
     return f"{version.name}:{version.version}", hf_model_dir(Path(version.path))
+
+
+def resolve_models(model: str | list[str]) -> tuple[str, Path, dict[str, str]]:
+    """A deployment's `model` as (model reference, model folder, adapters). One reference is `resolve_model`'s,
+    with no adapters. A list names registered fine-tunes of one base model, served as LoRA adapters beside it: the
+    reference and folder are then the base model's, and adapters maps each `NAME:VERSION` to its adapter folder.
+    A version with no LoRA adapter (a full fine-tune) or on another base than the first is a 400 naming `model`."""
+    if isinstance(model, str):
+        ref, path = resolve_model(model)
+        return ref, path, {}
+    adapters: dict[str, str] = {}
+    base: tuple[str, Path] | None = None
+    for given in model:
+        version = _live_version(given)
+        if version.ref in adapters:
+            raise InvalidInput(f"model lists {version.ref} twice ({given!r} names it too)", field="model")
+        adapter = version_adapter(Path(version.path))
+        if adapter is None:
+            raise InvalidInput(f"model {version.ref} has no LoRA adapter (its folder has no adapter/"
+                               "adapter_config.json), so it cannot share a base model with others: deploy it alone "
+                               f"(--model {version.ref}), or list only LoRA fine-tunes", field="model")
+        name = version.base_model or _metadata_base(Path(version.path))
+        if not name:
+            raise InvalidInput(f"model {version.ref} does not record its base model, so forgeflow cannot load the "
+                               f"base its adapter belongs to: deploy it alone (--model {version.ref})", field="model")
+        folder = _base_folder(name, version.ref)
+        if base is None:
+            base = (name, folder)
+        elif folder != base[1]:
+            raise InvalidInput(f"the models listed do not share one base model: {version.ref} is a fine-tune of "
+                               f"{name}, {next(iter(adapters))} of {base[0]}; one deployment serves fine-tunes of "
+                               "one base (deploy the others on another deployment)", field="model")
+        adapters[version.ref] = str(adapter)
+    assert base is not None
+    return base[0], base[1], adapters
+
+
+def version_adapter(folder: Path) -> Path | None:
+    """The LoRA adapter a registered model folder keeps beside its merged weights (`adapter/`), if any."""
+    adapter = Path(folder) / "adapter"
+    return adapter.resolve() if (adapter / "adapter_config.json").is_file() else None
+
+
+def _live_version(ref: str):
+    from forgeflow.registry import models
+
+    version = models.get_version(ref)
+    if version.archived:
+        raise Conflict(f"model {version.ref} is archived; restore it first with: forgeflow model restore "
+                       f"--name {version.name} --version {version.version}", field="model")
+    return version
+
+
+def _metadata_base(folder: Path) -> str | None:
+    """The base model an MLflow model folder's `metadata` names (forgeflow writes it when it saves a fine-tune)."""
+    mlmodel = folder / "MLmodel"
+    if not mlmodel.is_file():
+        return None
+    spec = load_yaml(mlmodel.read_text(), str(mlmodel)) or {}
+    metadata = spec.get("metadata") if isinstance(spec, dict) else None
+    base = metadata.get("base_model") if isinstance(metadata, dict) else None
+    return base if isinstance(base, str) and base else None
+
+
+def _base_folder(name: str, ref: str) -> Path:
+    from forgeflow.registry import base_models
+
+    try:
+        return base_models.resolve_base_model(name).resolve()
+    except NotFound as e:
+        raise NotFound(f"model {ref}: its base model cannot be loaded: {e.message}", field="model") from e

@@ -14,22 +14,21 @@ changes and requests reach the leader's instances is serving/instances.py's.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
 from forgeflow.errors import Conflict, InvalidInput, NotFound
-from forgeflow.inference.runtimes import check_runtime
 from forgeflow.names import check_deployment_name, check_endpoint_name
 from forgeflow.serving import endpoint_hosts, specs
 from forgeflow.serving.access import check_allowed_users
 from forgeflow.serving.admission import Admission
 from forgeflow.serving.auth import issue_token
 from forgeflow.serving.autoscale import Autoscaler
+from forgeflow.serving.changes import Resolve, changed_deployment, new_deployment
 from forgeflow.serving.instances import InstanceBoard, LeaderSync
 from forgeflow.serving.metrics import Metrics
 from forgeflow.serving.placement import Instance, Placement
@@ -295,39 +294,26 @@ class EndpointService:
         return self.credentials(name)
 
     # -- deployments -----------------------------------------------------------
-    def create_deployment(self, endpoint: str, name: str, model_ref: str, model_path: Path,
+    def create_deployment(self, endpoint: str, name: str, model_ref: str, model_path: str | os.PathLike,
                           instance_count: int | None = None, runtime: str = "transformers",
                           request_settings: dict[str, Any] | None = None,
                           liveness_probe: dict[str, Any] | None = None,
                           readiness_probe: dict[str, Any] | None = None,
                           scale_settings: dict[str, Any] | None = None, compute: str | None = None,
-                          resources: dict[str, Any] | None = None) -> dict:
-        """instance_count defaults to 1, or to max(min_instances, 1) when it autoscales: a deployment is seen to
-        come up once even if it may scale to zero later."""
+                          resources: dict[str, Any] | None = None, gguf_type: str | None = None,
+                          adapters: dict[str, str] | None = None) -> dict:
+        """The model as the API layer found it: its reference and folder, or with `adapters` (NAME:VERSION ->
+        LoRA adapter folder) the base model's (serving/changes.py)."""
         self._endpoint_row(endpoint)
         check_deployment_name(name)
         if self.store.get("deployments", endpoint=endpoint, name=name):
             raise Conflict(f"deployment {name!r} already exists on endpoint {endpoint!r}", field="name")
         if len(self.store.select("deployments", {"endpoint": endpoint})) >= MAX_DEPLOYMENTS:
             raise Conflict(f"endpoint {endpoint!r} already has {MAX_DEPLOYMENTS} deployments, the most it can have")
-        scale = specs.scale_settings(scale_settings)
-        if instance_count is None:
-            instance_count = max(specs.instance_range(scale)[0], 1)
-        specs.instance_count(instance_count, scale)
-        if runtime != specs.FLOW_RUNTIME:  # a flow folder is checked by the API layer
-            check_runtime(runtime)
-        checked_resources = specs.resources(resources)
-        specs.check_flow_resources(runtime, checked_resources)
-        target = self._placement_target(specs.compute(specs.LOCAL_COMPUTE if compute is None else compute),
-                                        resources or {})
-        dep = Deployment(
-            endpoint=endpoint, name=name, model_ref=model_ref, model_path=str(model_path), runtime=runtime,
-            instance_count=int(instance_count), request_settings=specs.request_settings(request_settings),
-            liveness_probe=specs.probe("liveness_probe", liveness_probe),
-            readiness_probe=specs.probe("readiness_probe", readiness_probe),
-            state=DeploymentState.CREATING, error=None, created_at=now(), updated_at=now(), scale_settings=scale,
-            compute=target["name"], resources=checked_resources,
-        )
+        dep = new_deployment(endpoint, name, (model_ref, model_path, adapters or {}),
+                             instance_count=instance_count, runtime=runtime, request_settings=request_settings, liveness_probe=liveness_probe,
+                             readiness_probe=readiness_probe, scale_settings=scale_settings, compute=compute,
+                             resources=resources, gguf_type=gguf_type, target=self._placement_target)
         with self._deployments_lock:  # the leader's reconcile pass must not launch it a second time
             self.store.insert("deployments", dep.row())
             self._changed(endpoint)
@@ -336,41 +322,17 @@ class EndpointService:
         return self.show_deployment(endpoint, name)
 
     def update_deployment(self, endpoint: str, name: str, sets: dict[str, Any],
-                          resolve: Callable[[str], tuple[str, Path]] | None = None) -> dict:
+                          resolve: Resolve | None = None) -> dict:
         """Change any field with `path=value` pairs; processes roll only when they must."""
         with self._deployments_lock:  # an autoscaling change reads and writes the same count
             self._update_deployment(endpoint, name, sets, resolve)
         return self.show_deployment(endpoint, name)
 
-    def _update_deployment(self, endpoint: str, name: str, sets: dict[str, Any],
-                           resolve: Callable[[str], tuple[str, Path]] | None) -> None:
+    def _update_deployment(self, endpoint: str, name: str, sets: dict[str, Any], resolve: Resolve | None) -> None:
         old = self._deployment(endpoint, name)
         if old.state in (DeploymentState.CREATING, DeploymentState.UPDATING):
             raise Conflict(f"deployment {name!r} is {old.state}: wait until it settles, then update it")
-        if not sets:
-            raise InvalidInput("nothing to update: pass --set FIELD=VALUE", field="set")
-        spec = {"model": old.model_ref, "instance_count": old.instance_count, "runtime": old.runtime,
-                "request_settings": old.request_settings, "liveness_probe": old.liveness_probe,
-                "readiness_probe": old.readiness_probe, "scale_settings": old.scale_settings, "compute": old.compute,
-                "resources": old.resources}
-        new_spec = specs.apply_sets(spec, sets)
-        given = {k.partition(".")[2]: v for k, v in sets.items() if k.startswith("resources.")}
-        given |= sets["resources"] if isinstance(sets.get("resources"), dict) else {}
-        if given or new_spec["compute"] != old.compute:  # where instances run changes: check the new place
-            target = self._placement_target(new_spec["compute"], given)
-            new_spec["compute"] = target["name"]
-            if target["type"] == "local":
-                new_spec["resources"] = specs.resources(None)  # this machine reserves nothing for an instance
-        new = old.replace(**{k: new_spec[k] for k in spec if k != "model"},
-                          state=DeploymentState.UPDATING, error=None, updated_at=now())
-        if new_spec["model"] != spec["model"]:
-            if resolve is None:
-                raise InvalidInput("the model cannot be changed here", field="model")
-            ref, path = resolve(new_spec["model"])
-            new = new.replace(model_ref=ref, model_path=str(path))
-        if new.runtime != old.runtime:
-            check_runtime(new.runtime)
-        specs.check_flow_resources(new.runtime, new.resources)
+        new = changed_deployment(old, sets, resolve, self._placement_target)
         self._write_deployment(new.key, new.spec() | {"state": new.state, "error": None,
                                                       "updated_at": new.updated_at})
         if self.leading:
@@ -404,8 +366,11 @@ class EndpointService:
     def show_deployment(self, endpoint: str, name: str) -> dict:
         dep = self._deployment(endpoint, name)
         return {
-            "name": dep.name, "endpoint_name": dep.endpoint, "model": dep.model_ref, "model_path": dep.model_path,
-            "runtime": dep.runtime, "instance_count": dep.instance_count, "request_settings": dep.request_settings,
+            "name": dep.name, "endpoint_name": dep.endpoint,
+            **({"model": dep.models, "base_model": dep.model_ref, "adapters": dep.adapters} if dep.adapters
+               else {"model": dep.model_ref}),
+            "model_path": dep.model_path, "runtime": dep.runtime, "gguf_type": dep.gguf_type,
+            "instance_count": dep.instance_count, "request_settings": dep.request_settings,
             "liveness_probe": dep.liveness_probe, "readiness_probe": dep.readiness_probe,
             "scale_settings": dep.scale_settings, "scale_events": self.autoscaler.events(dep.key),
             "compute": dep.compute, "resources": dep.resources,

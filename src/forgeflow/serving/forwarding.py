@@ -1,6 +1,7 @@
 """The gateway's forwarding core, under every scoring route (serving/gateway.py): checks the endpoint's key or
-token, bounds and validates the body, picks a deployment (header, request's `model`, or traffic split; mirror
-copies on the side) and a ready instance, admits or refuses the request, and forwards it, passing streams
+token, bounds and validates the body, picks a deployment (header, request's `model` or on /score the
+`x-forgeflow-model` header naming a deployment or a fine-tune it serves, or traffic split; mirror copies on the
+side) and a ready instance, admits or refuses the request, and forwards it, passing streams
 through event by event (serving/relay.py). A request for an autoscaled deployment with no ready instance (scaled
 to zero, or its instance still starting) wakes one and waits for it, up to request_timeout_ms, instead of failing.
 
@@ -34,6 +35,7 @@ from starlette.concurrency import run_in_threadpool
 from forgeflow import jsonbody
 from forgeflow.errors import (Conflict, Forbidden, ForgeflowError, InvalidInput, NotFound, PayloadTooLarge,
                               RequestTimeout, ServerUnavailable, TooManyRequests, Unauthorized, UpstreamError, by_name)
+from forgeflow.inference.adapters import MODEL_HEADER
 from forgeflow.serving import access, routing, specs
 from forgeflow.serving.auth import presented_credential
 from forgeflow.serving.endpoints import DEFAULT_MAX_BODY_BYTES, EndpointService
@@ -152,8 +154,9 @@ async def handle(request: Request, endpoint: str, path: str, parse: Callable[[An
         serves_flows = any(d.serves_flow for d in cfg.deployments.values())
         parsed = parse(body) if not scoring or not serves_flows else None
         model = getattr(parsed, "model", None)
-        call.deployment, by_traffic = routing.choose_deployment(cfg, request.headers.get(DEPLOYMENT_HEADER),
-                                                                model if isinstance(model, str) else None)
+        if not isinstance(model, str):  # /score names a fine-tune in a header; OpenAI's and Azure's bodies by model
+            model = request.headers.get(MODEL_HEADER)
+        call.deployment, by_traffic = routing.choose_deployment(cfg, request.headers.get(DEPLOYMENT_HEADER), model)
         if serves_flows:
             if not cfg.deployments[call.deployment].serves_flow:
                 parsed = parsed or parse(body)
@@ -202,8 +205,7 @@ async def _forward(call: Call, cfg: EndpointConfig, path: str, raw: bytes, strea
             left = max(deadline - loop.time(), 0.001)
             try:
                 req = client.build_request("POST", f"{inst.url}{path}", content=raw,
-                                           headers={"content-type": "application/json", **inst.auth},
-                                           timeout=left)
+                                           headers=_instance_headers(call.request, inst), timeout=left)
                 resp = await asyncio.wait_for(client.send(req, stream=True), left)
             except httpx.ConnectError:
                 # Nothing reached the instance (it died since the last probe): try another one.
@@ -338,6 +340,16 @@ _BY_STATUS = {c.status_code: c for c in (InvalidInput, Unauthorized, Forbidden, 
                                          PayloadTooLarge, TooManyRequests)}
 
 
+def _instance_headers(request: Request, inst: Instance) -> dict[str, str]:
+    """What an instance gets besides the body: its own credentials, and of the client's headers only the
+    fine-tune a /score request names (MODEL_HEADER)."""
+    headers = {"content-type": "application/json", **inst.auth}
+    model = request.headers.get(MODEL_HEADER)
+    if model:
+        headers[MODEL_HEADER] = model
+    return headers
+
+
 def _mirror(call: Call, cfg: EndpointConfig, deployment: str, path: str, raw: bytes) -> None:
     """Send a copy in the background; its answer is discarded and never reaches the caller."""
     svc, dep = call.svc, cfg.deployments[deployment]
@@ -355,8 +367,7 @@ def _mirror(call: Call, cfg: EndpointConfig, deployment: str, path: str, raw: by
     async def send() -> None:
         code = "error"
         try:
-            resp = await client.post(f"{inst.url}{path}", content=raw,
-                                     headers={"content-type": "application/json", **inst.auth},
+            resp = await client.post(f"{inst.url}{path}", content=raw, headers=_instance_headers(call.request, inst),
                                      timeout=dep.request_timeout_s)
             code = str(resp.status_code)
         except httpx.HTTPError:

@@ -4,12 +4,14 @@
     POST /endpoints/NAME/score                  Azure ML online endpoint scoring (and a flow deployment's inputs)
     POST /endpoints/NAME/v1/chat/completions    OpenAI chat completions, streaming included
     POST /endpoints/NAME/v1/completions         OpenAI text completions (the prompt as it is, no chat template)
-    GET  /endpoints/NAME/v1/models[/ID]         the endpoint's deployments as OpenAI models
+    GET  /endpoints/NAME/v1/models[/ID]         the endpoint's deployments and the fine-tunes they serve, as OpenAI
+                                                models
     POST /endpoints/NAME/chat/completions       Azure AI model inference (serving/azure_inference.py)
     GET  /endpoints/NAME/info                   Azure AI model inference's model info
 
 A deployment is picked by the `azureml-model-deployment` header, else by a request's `model` when it names a
-deployment, else by the endpoint's traffic split: a `model` that names no deployment (Prompt flow files name
+deployment or a fine-tune exactly one deployment serves (on /score, the `x-forgeflow-model` header), else by the
+endpoint's traffic split: a `model` that names no deployment (Prompt flow files name
 models such as gpt-4) is served by the traffic split, not refused. Every error on /v1 is in OpenAI's shape, on the
 Azure AI model inference routes in Azure's, on /score in forgeflow's own (`schemas.error_body`).
 """
@@ -63,28 +65,30 @@ async def completions(endpoint: str, request: Request) -> Response:
 
 @router.get("/endpoints/{endpoint}/v1/models", tags=["openai"], response_model=ModelList, **_MODELS_DOC)
 async def models(endpoint: str, request: Request) -> Response:
-    """The endpoint's deployments, as OpenAI models."""
+    """The endpoint's deployments, and the fine-tunes each serves on its base, as OpenAI models."""
     call = Call(request, endpoint, Dialect.OPENAI)
     try:
         cfg = await authorized_config(call)
     except ForgeflowError as e:
         return call.fail(e)
-    return JSONResponse({"object": "list", "data": [_card(d) for _, d in sorted(cfg.deployments.items())]})
+    return JSONResponse({"object": "list", "data": [card for _, d in sorted(cfg.deployments.items())
+                                                    for card in _cards(d)]})
 
 
 @router.get("/endpoints/{endpoint}/v1/models/{model:path}", tags=["openai"], response_model=ModelCard, **_MODELS_DOC)
 async def model(endpoint: str, model: str, request: Request) -> Response:
-    """One deployment, as an OpenAI model; a name that is no deployment of the endpoint is a 404."""
+    """One deployment or fine-tune, as an OpenAI model; a name the endpoint does not serve is a 404."""
     call = Call(request, endpoint, Dialect.OPENAI)
     try:
         cfg = await authorized_config(call)
-        if model not in cfg.deployments:
-            raise NotFound(f"endpoint {endpoint!r} has no deployment {model!r}; its models are its deployments: "
-                           f"{', '.join(sorted(cfg.deployments)) or 'none yet'} (a request's `model` that names none "
-                           "is served by the traffic split)", field="model")
+        cards = {card["id"]: card for _, d in sorted(cfg.deployments.items()) for card in _cards(d)}
+        if model not in cards:
+            raise NotFound(f"endpoint {endpoint!r} serves no model {model!r}; its models are its deployments and "
+                           f"the fine-tunes they serve: {', '.join(cards) or 'none yet'} (a request's `model` that "
+                           "names none is served by the traffic split)", field="model")
     except ForgeflowError as e:
         return call.fail(e)
-    return JSONResponse(_card(cfg.deployments[model]))
+    return JSONResponse(cards[model])
 
 
 router.include_router(azure_inference.router)
@@ -109,9 +113,13 @@ async def unknown(endpoint: str, rest: str, request: Request) -> Response:
     return JSONResponse(error_body(dialect_of(path), exc), status_code=404)
 
 
-def _card(dep: Deployment) -> dict[str, Any]:
-    return {"id": dep.name, "object": "model", "created": _unix(dep.created_at), "owned_by": "forgeflow",
-            "root": dep.model_ref}
+def _cards(dep: Deployment) -> list[dict[str, Any]]:
+    """A deployment as an OpenAI model, then each fine-tune it serves on its base (id NAME:VERSION, `parent` the
+    deployment)."""
+    created = _unix(dep.created_at)
+    card = {"id": dep.name, "object": "model", "created": created, "owned_by": "forgeflow", "root": dep.model_ref}
+    return [card] + [{"id": ref, "object": "model", "created": created, "owned_by": "forgeflow",
+                      "root": dep.model_ref, "parent": dep.name} for ref in dep.adapters]
 
 
 def _unix(stamp: str) -> int:

@@ -102,12 +102,16 @@ def instance_command(dep: Deployment, port: int, host: str = "127.0.0.1", python
     """What an instance runs: the model server, or forgeflow.flows.serve for a flow; either takes any body the
     gateway may forward (an endpoint's own limit can be raised without restarting its instances), and a model server
     queues as many requests as the gateway may send it. An instance that reserved GPUs on its node runs its model
-    on them."""
+    on them; one serving several fine-tunes loads their base once, with one `--adapter` each."""
     if dep.serves_flow:
         program = ["forgeflow.flows.serve", "--flow", dep.model_path]
     else:
         program = ["forgeflow.inference.model_server", "--model-dir", dep.model_path, "--runtime", dep.runtime,
                    "--max-queue", str(MAX_PENDING_PER_INSTANCE)]
+        if dep.gguf_type:
+            program += ["--gguf-type", dep.gguf_type]
+        for ref, adapter in dep.adapters.items():  # the model folder is then their base model's
+            program += ["--adapter", f"{ref}={adapter}"]
         if dep.resources.get("gpus"):
             program += ["--device", "cuda"]
     return [python, "-m", *program, "--host", host, "--port", str(port), "--name", dep.name,

@@ -99,9 +99,10 @@ class InstanceHost:
         ip = ray.util.get_node_ip_address()
         context = ray.get_runtime_context()
         where = {"node_ip": ip, "node_id": context.get_node_id(), "actor_id": context.get_actor_id(), "pid": None}
-        if not Path(dep.model_path).exists():
-            return where | {"error": f"{dep.model_path} does not exist on node {ip}: a model or flow deployed to a "
-                                     "cluster must be on storage every node mounts at the same path"}
+        for path in (dep.model_path, *dep.adapters.values()):  # a fine-tune's adapter travels like its base
+            if not Path(path).exists():
+                return where | {"error": f"{path} does not exist on node {ip}: a model or flow deployed to a "
+                                         "cluster must be on storage every node mounts at the same path"}
         port = free_port(ip)
         argv = instance_command(dep, port, host=ip, python=sys.executable)
         read_end, self.lifeline = os.pipe()

@@ -13,7 +13,7 @@ from forgeflow.store.states import DeploymentState
 
 Key = tuple[str, str]  # (endpoint, deployment)
 SPEC_FIELDS = ("model_ref", "model_path", "runtime", "instance_count", "request_settings", "liveness_probe",
-               "readiness_probe", "scale_settings", "compute", "resources")
+               "readiness_probe", "scale_settings", "compute", "resources", "adapters", "gguf_type")
 
 
 @dataclass(frozen=True)
@@ -35,11 +35,17 @@ class Deployment:
     compute: str = specs.LOCAL_COMPUTE  # the compute target its instances run on: `local` is this machine
     # what each instance reserves on its node ({"cpus", "gpus", "memory_mb"}); only a cluster target reserves it
     resources: dict[str, int | float] = field(default_factory=lambda: dict(specs.DEFAULT_RESOURCES))
+    # Several fine-tunes of one base: registered NAME:VERSION -> its LoRA adapter folder, in the order given (the
+    # first is the default); model_path is then the base model's folder and model_ref the base model. Empty: one
+    # model, model_path its merged folder.
+    adapters: dict[str, str] = field(default_factory=dict)
+    gguf_type: str | None = None  # llamacpp's GGUF weights; None: the model server's own default (f16)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Deployment:
-        """A stored row; probes and scale settings saved before they were settable read as the defaults, and a
-        deployment saved before it could run elsewhere as one on `local`."""
+        """A stored row; probes and scale settings saved before they were settable read as the defaults, a
+        deployment saved before it could run elsewhere as one on `local`, and one saved before adapters or GGUF
+        types as one model with the model server's GGUF default."""
         values = {f.name: row.get(f.name) for f in dataclasses.fields(cls)}
         return cls(**values | {
             "state": DeploymentState(row["state"]),
@@ -48,6 +54,7 @@ class Deployment:
             "scale_settings": specs.scale_settings(None, row.get("scale_settings")),
             "compute": row.get("compute") or specs.LOCAL_COMPUTE,
             "resources": specs.resources(None, row.get("resources")),
+            "adapters": dict(row.get("adapters") or {}),
         })
 
     def row(self) -> dict[str, Any]:
@@ -59,6 +66,11 @@ class Deployment:
 
     def replace(self, **changes: Any) -> Deployment:
         return dataclasses.replace(self, **changes)
+
+    @property
+    def models(self) -> list[str]:
+        """The registered models it serves: its adapters' names, or its one model."""
+        return list(self.adapters) or [self.model_ref]
 
     @property
     def key(self) -> Key:

@@ -1,8 +1,9 @@
 """Which deployment serves a request (the instance and admission are serving.admission's).
 
 - Deployment: the `azureml-model-deployment` header wins; then a request's `model` that names a
-  deployment; else a weighted draw over the live traffic split (a `model` that names no deployment, such
-  as the gpt-4 a Prompt flow file names, is served by the traffic split too).
+  deployment; then a `model` naming a fine-tune (`NAME` or `NAME:VERSION`) that exactly one deployment serves
+  as an adapter on its base; else a weighted draw over the live traffic split (a `model` that names no
+  deployment, such as the gpt-4 a Prompt flow file names, is served by the traffic split too).
 - Mirror: with the mirror percentage, a copy goes to the mirror deployment (traffic-routed
   requests only, as Azure does).
 """
@@ -11,7 +12,8 @@ from __future__ import annotations
 
 import random
 
-from forgeflow.errors import NotFound
+from forgeflow.errors import ForgeflowError, NotFound
+from forgeflow.inference.adapters import match_adapter
 from forgeflow.serving.records import EndpointConfig
 
 
@@ -21,10 +23,26 @@ def choose_deployment(cfg: EndpointConfig, header: str | None, model: str | None
         return _named(cfg, header), False
     if model and model in cfg.deployments:
         return model, False
+    if model and (serving := _serving_adapter(cfg, model)):
+        return serving, False
     live = _live(cfg)
     if len(live) == 1:
         return live[0][0], True
     return random.choices([n for n, _ in live], weights=[p for _, p in live])[0], True
+
+
+def _serving_adapter(cfg: EndpointConfig, model: str) -> str | None:
+    """The one deployment whose adapters include the fine-tune `model` names, if exactly one does. A version its
+    deployment does not serve matches none here: the traffic split's instance then says which it serves."""
+    found = []
+    for name, dep in cfg.deployments.items():
+        if dep.adapters:
+            try:
+                if match_adapter(model, list(dep.adapters)):
+                    found.append(name)
+            except ForgeflowError:
+                continue
+    return found[0] if len(found) == 1 else None
 
 
 def main_deployment(cfg: EndpointConfig, header: str | None) -> str:

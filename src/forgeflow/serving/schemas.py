@@ -159,13 +159,15 @@ class Completion(BaseModel):
 
 
 class ModelCard(BaseModel):
-    """A deployment as an OpenAI model: pass its id as `model` to route to it."""
+    """A deployment, or a fine-tune one serves on its base, as an OpenAI model: pass its id as `model` to route to
+    it."""
 
     id: str
     object: str = "model"
     created: int
     owned_by: str = "forgeflow"
     root: str | None = None
+    parent: str | None = None  # a fine-tune's deployment
 
 
 class ModelInfo(BaseModel):

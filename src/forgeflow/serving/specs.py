@@ -43,7 +43,12 @@ DEFAULT_RESOURCES = {"cpus": 1, "gpus": 0, "memory_mb": 0}  # memory_mb 0: no me
 MAX_RESOURCES = {"cpus": 1024, "gpus": 64, "memory_mb": 16 * 1024 * 1024}
 # Fields `online-deployment update --set` may change; `model` is resolved by the API layer.
 SETTABLE = ("model", "instance_count", "runtime", "request_settings", "liveness_probe", "readiness_probe",
-            "scale_settings", "compute", "resources")
+            "scale_settings", "compute", "resources", "gguf_type")
+# The GGUF weights a llamacpp deployment serves when it names none: 4-bit k-quants, about twice f16's single-stream
+# speed on a CPU (bench/README.md); f16 and q8_0 on request (inference/gguf_export.py's GGUF_TYPES).
+DEFAULT_GGUF_TYPE = "q4_k_m"
+GGUF_RUNTIMES = ("llamacpp",)
+MAX_ADAPTERS = 64  # fine-tunes one deployment serves on its base model
 # Scale settings, named as Azure ML's TargetUtilizationScaleSettings (plus the compute cluster's
 # idle_time_before_scale_down). `default` keeps instance_count instances; `target_utilization` keeps the requests
 # pending at the gateway (queued or in flight) near target_utilization_percentage of the instances' request slots
@@ -222,7 +227,7 @@ def apply_sets(spec: dict[str, Any], sets: dict[str, Any]) -> dict[str, Any]:
     """Apply `path=value` changes to a deployment spec, as `az ml ... update --set` does.
 
     spec holds model, instance_count, runtime, request_settings, liveness_probe, readiness_probe, scale_settings,
-    compute, resources.
+    compute, resources, gguf_type. `model` may be a list (several fine-tunes of one base).
     A path names a top-level field or one key below it; a whole object may be set at once. Scale settings are
     checked together once every change is in (min and max may move in one update); instance_count then must lie
     within them, and when not set it is brought within them.
@@ -257,6 +262,10 @@ def apply_sets(spec: dict[str, Any], sets: dict[str, Any]) -> dict[str, Any]:
             continue  # checked below, against the scale settings this update ends with
         elif top == "compute":
             out[top] = compute(value)
+        elif top == "model":
+            out[top] = model_refs(value)
+        elif top == "gguf_type":
+            out[top] = value  # checked against the runtime the update ends with, by the endpoint service
         else:
             if not isinstance(value, str) or not value:
                 raise InvalidInput(f"--set {path}: {top} must be a non-empty string", field=path)
@@ -268,6 +277,41 @@ def apply_sets(spec: dict[str, Any], sets: dict[str, Any]) -> dict[str, Any]:
     out["instance_count"] = (instance_count(sets["instance_count"], scale_now) if "instance_count" in sets
                              else min(max(out["instance_count"], low), high))
     return out
+
+
+def gguf_type(value: Any, runtime: str) -> str | None:
+    """The GGUF type a deployment serves: given, or DEFAULT_GGUF_TYPE on a runtime that serves GGUF; None on one
+    that does not (where giving one is a 400 naming gguf_type)."""
+    from forgeflow.inference.gguf_export import GGUF_TYPES
+
+    if runtime not in GGUF_RUNTIMES:
+        if value is not None:
+            raise InvalidInput(f"gguf_type={value!r} applies to runtime llamacpp, which serves GGUF weights; runtime "
+                               f"{runtime!r} serves the model's own weights: leave gguf_type out, or use --runtime "
+                               "llamacpp", field="gguf_type")
+        return None
+    if value is None:
+        return DEFAULT_GGUF_TYPE
+    if value not in GGUF_TYPES:
+        raise InvalidInput(f"gguf_type must be one of {', '.join(GGUF_TYPES)}, got {value!r}", field="gguf_type")
+    return value
+
+
+def model_refs(value: Any) -> str | list[str]:
+    """A deployment's `model`: one reference, or a list of registered versions (several fine-tunes of one base,
+    at most MAX_ADAPTERS); a list of one is that one reference."""
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    if isinstance(value, list) and value and all(isinstance(v, str) and v.strip() for v in value):
+        refs = [v.strip() for v in value]
+        if len(refs) > MAX_ADAPTERS:
+            raise InvalidInput(f"model lists {len(refs)} models: one deployment serves at most {MAX_ADAPTERS} "
+                               "fine-tunes of its base; spread them over several deployments", field="model")
+        if len(set(refs)) < len(refs):
+            raise InvalidInput(f"model lists a model twice: {', '.join(refs)}", field="model")
+        return refs[0] if len(refs) == 1 else refs
+    raise InvalidInput(f"model must be a model's name (NAME:VERSION, a base model or a folder) or a list of "
+                       f"registered NAME:VERSION fine-tunes of one base model, got {value!r}", field="model")
 
 
 def check_flow_resources(runtime: str, resources: dict[str, Any]) -> None:

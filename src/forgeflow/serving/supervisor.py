@@ -86,14 +86,15 @@ class DeploymentSupervisor:
         threading.Thread(target=self._await_created, args=(key, gen), daemon=True).start()
 
     def update(self, old: Deployment, new: Deployment) -> None:
-        """Apply a changed spec: settings at once; a new model, runtime, compute target or resources rolls
-        every instance; a new instance_count adds or drains instances."""
+        """Apply a changed spec: settings at once; a new model (or list of adapters), GGUF type, runtime, compute
+        target or resources rolls every instance; a new instance_count adds or drains instances."""
         key = new.key
         with self._lock:
             self._specs[key] = new
             gen = self._generation.get(key, 0)
-        roll = ((old.model_path, old.model_ref, old.runtime, old.compute, old.resources)
-                != (new.model_path, new.model_ref, new.runtime, new.compute, new.resources))
+        roll = ((old.model_path, old.model_ref, old.adapters, old.gguf_type, old.runtime, old.compute, old.resources)
+                != (new.model_path, new.model_ref, new.adapters, new.gguf_type, new.runtime, new.compute,
+                    new.resources))
         if not roll and old.instance_count == new.instance_count:
             self.reports.deployment_succeeded(key)
             return

@@ -25,7 +25,7 @@ INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 
 JSON_COLUMNS = {"hyperparameters", "progress", "metrics", "traffic", "request_settings", "configs",
                 "mirror_traffic", "liveness_probe", "readiness_probe", "resources", "scale_settings",
-                "detail", "allowed_users", "gateway_load"}
+                "detail", "allowed_users", "gateway_load", "adapters"}
 
 
 def now() -> str:

@@ -1,0 +1,67 @@
+"""The gateway in front of a deployment serving several fine-tunes of one base (fake model servers): a request
+naming a fine-tune goes to the deployment serving it, /score's model header reaches the instance (and no other
+client header does), /v1/models lists the fine-tunes, and a new model list rolls the deployment."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+from gateway_harness import CHAT, FAST_LIVENESS, FAST_PROBES, SCORE, post
+
+from forgeflow.inference.adapters import MODEL_HEADER
+
+ADAPTERS = {"tuned-a:1": "/m/tuned-a/1/adapter", "tuned-b:3": "/m/tuned-b/3/adapter"}
+
+
+def _deploy(gateway, endpoint: str, name: str, config: dict, adapters: dict | None = None) -> dict:
+    gateway.svc.create_deployment(endpoint, name, "base" if adapters else "fake:1", json.dumps(config),
+                                  liveness_probe=FAST_LIVENESS, readiness_probe=FAST_PROBES, adapters=adapters)
+    return gateway.wait(endpoint, name)
+
+
+def test_a_fine_tunes_name_routes_to_its_deployment_and_the_model_header_reaches_it(gateway):
+    key = gateway.endpoint("ft-ep")
+    _deploy(gateway, "ft-ep", "blue", {"output": "B", "headers": True})
+    shown = _deploy(gateway, "ft-ep", "green", {"output": "G", "headers": True}, ADAPTERS)
+    assert shown["model"] == ["tuned-a:1", "tuned-b:3"] and shown["adapters"] == ADAPTERS
+    assert shown["base_model"] == "base" and shown["gguf_type"] is None
+    gateway.svc.update_endpoint("ft-ep", traffic={"blue": 100})
+
+    for model in ("tuned-a", "tuned-a:1", "tuned-b:3"):
+        r = post(gateway, "ft-ep", key, CHAT | {"model": model}, path="v1/chat/completions")
+        assert r.status_code == 200 and r.headers["azureml-model-deployment"] == "green", model
+    r = post(gateway, "ft-ep", key, CHAT | {"model": "gpt-4"}, path="v1/chat/completions")
+    assert r.headers["azureml-model-deployment"] == "blue"
+
+    r = post(gateway, "ft-ep", key, headers={MODEL_HEADER: "tuned-b:3", "x-private": "not for the instance"})
+    assert r.status_code == 200 and r.headers["azureml-model-deployment"] == "green"
+    seen = r.json()["headers"]
+    assert seen[MODEL_HEADER] == "tuned-b:3" and "x-private" not in seen
+    r = post(gateway, "ft-ep", key, headers={"x-private": "not for the instance"})
+    assert r.json()["output"] == "B" and MODEL_HEADER not in r.json()["headers"]
+    assert "x-private" not in r.json()["headers"]
+
+
+def test_the_endpoints_models_list_the_fine_tunes_and_a_new_list_rolls_the_deployment(gateway):
+    key = gateway.endpoint("list-ep")
+    _deploy(gateway, "list-ep", "green", {"output": "G"}, ADAPTERS)
+    auth = {"Authorization": f"Bearer {key}"}
+    models = httpx.get(f"{gateway.url}/endpoints/list-ep/v1/models", headers=auth).json()["data"]
+    assert [m["id"] for m in models] == ["green", "tuned-a:1", "tuned-b:3"]
+    assert all(m["parent"] == "green" for m in models[1:])
+    card = httpx.get(f"{gateway.url}/endpoints/list-ep/v1/models/tuned-b:3", headers=auth).json()
+    assert card["id"] == "tuned-b:3" and card["parent"] == "green"
+    missing = httpx.get(f"{gateway.url}/endpoints/list-ep/v1/models/tuned-c:1", headers=auth)
+    assert missing.status_code == 404 and "tuned-a:1" in missing.json()["error"]["message"]
+
+    more = ADAPTERS | {"tuned-c:1": "/m/tuned-c/1/adapter"}
+    gateway.svc.update_deployment("list-ep", "green", {"model": list(more)},
+                                  resolve=lambda refs: ("base", json.dumps({"output": "G2"}), more))
+    shown = gateway.wait("list-ep", "green")
+    assert shown["model"] == list(more)
+    gateway.svc.update_endpoint("list-ep", traffic={"green": 100})
+    r = post(gateway, "list-ep", key, SCORE)
+    assert r.json()["output"] == "G2"  # the new instances serve it
+    models = httpx.get(f"{gateway.url}/endpoints/list-ep/v1/models", headers=auth).json()["data"]
+    assert [m["id"] for m in models] == ["green", *more]
