@@ -1,13 +1,15 @@
 """Gateway overhead alone: the same request straight to a model server and through forgeflow's gateway.
 
-    .venv/bin/python bench/gateway_overhead.py [--requests 1500] [--http h11|httptools] [--loop asyncio|uvloop]
+    .venv/bin/python bench/gateway_overhead.py [--requests 1500] [--route score|openai] [--http h11|httptools]
+        [--loop asyncio|uvloop]
 
 The model server is the test suite's fake (tests/serving/fake_model_server.py: a standard-library HTTP server
 that answers at once), so what is measured is the gateway's own work: HTTP parsing, routing, auth, admission,
 the hop to the instance and back. A separate client process sends the requests sequentially over one
 keep-alive connection with TCP_NODELAY, first all direct, then all through the gateway; it prints both p50s
 and their difference. `--http` / `--loop` pick uvicorn's parser and event loop (default: what uvicorn picks,
-httptools and uvloop when installed).
+httptools and uvloop when installed). `--route openai` sends a 1-token OpenAI chat completion to
+/v1/chat/completions (the gateway then parses the chat contract) instead of a /score body.
 """
 
 from __future__ import annotations
@@ -49,6 +51,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1500)
     parser.add_argument("--http", default="auto", help="uvicorn HTTP implementation: auto, h11, httptools")
     parser.add_argument("--loop", default="auto", help="uvicorn event loop: auto, asyncio, uvloop")
+    parser.add_argument("--route", default="score", choices=("score", "openai"),
+                        help="score: /score with a score body; openai: /v1/chat/completions")
+    parser.add_argument("--delay-ms", type=float, default=0.0,
+                        help="the fake model server waits this long before answering, as a model would")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     os.environ["FORGEFLOW_HOME"] = tempfile.mkdtemp(prefix="ff-bench-gw-")
@@ -76,28 +82,32 @@ def main() -> None:
     try:
         gw = Gateway(url=f"http://127.0.0.1:{port}", app=app, ws=ws)
         key = gw.endpoint("bench-ep")
-        gw.deploy("bench-ep", "blue", {"output": "x"})
+        gw.deploy("bench-ep", "blue", {"output": "x", "delay": args.delay_ms / 1000})
         gw.svc.update_endpoint("bench-ep", traffic={"blue": 100})
         instance = app.state.ff.supervisor.ready_instances("bench-ep", "blue")[0]
-        body = json.dumps(score_body([{"role": "user", "content": "hi"}], max_new_tokens=1))
+        messages = [{"role": "user", "content": "hi"}]
+        if args.route == "openai":
+            body, route = json.dumps({"messages": messages, "max_tokens": 1, "temperature": 0}), "/v1/chat/completions"
+        else:
+            body, route = json.dumps(score_body(messages, max_new_tokens=1)), "/score"
 
         def p50(target_port: int, path: str, auth: str) -> float:
             out = subprocess.run([sys.executable, "-c", CLIENT, "127.0.0.1", str(target_port), path, auth,
                                   str(args.requests), body], capture_output=True, text=True, check=True)
             return float(out.stdout)
 
-        direct = p50(instance.port, "/score", instance.secret)  # the instance answers only with its secret
-        through = p50(port, "/endpoints/bench-ep/score", key)
+        direct = p50(instance.port, route, instance.secret)  # the instance answers only with its secret
+        through = p50(port, f"/endpoints/bench-ep{route}", key)
     finally:
         server.should_exit = True
         thread.join(30)
-    report = {"requests": args.requests, "http": args.http, "loop": args.loop, "direct_p50_ms": round(direct, 3),
+    report = {"requests": args.requests, "route": args.route, "delay_ms": args.delay_ms, "http": args.http, "loop": args.loop, "direct_p50_ms": round(direct, 3),
               "gateway_p50_ms": round(through, 3), "overhead_p50_ms": round(through - direct, 3)}
     if args.json:
         print(json.dumps(report))
     else:
         print(f"direct p50 {direct:.3f} ms, through the gateway {through:.3f} ms: overhead {through - direct:.3f} ms "
-              f"(uvicorn http={args.http} loop={args.loop}, {args.requests} requests)")
+              f"(route {args.route}, model delay {args.delay_ms} ms, uvicorn http={args.http} loop={args.loop}, {args.requests} requests)")
 
 
 if __name__ == "__main__":
