@@ -41,8 +41,8 @@ from typing import Any
 
 from forgeflow import raycluster
 from forgeflow.errors import Conflict, InvalidInput, ServerUnavailable
-from forgeflow.processes import INSTANCE_SECRET_ENV, LIFELINE_FD_ENV, free_port
-from forgeflow.serving.placement import Instance, instance_command, terminate
+from forgeflow.processes import free_port
+from forgeflow.serving.placement import Instance, instance_command, instance_env, terminate
 from forgeflow.serving.records import Deployment, Key
 
 log = logging.getLogger("forgeflow.deployments")
@@ -106,8 +106,7 @@ class InstanceHost:
         port = free_port(ip)
         argv = instance_command(dep, port, host=ip, python=sys.executable)
         read_end, self.lifeline = os.pipe()
-        env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false",
-                   **{INSTANCE_SECRET_ENV: secret, LIFELINE_FD_ENV: str(read_end)})
+        env = instance_env(dep, secret, read_end)
         try:  # stdout and stderr: this actor's own, the log file Ray keeps for it
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env,
                                          pass_fds=(read_end,))
