@@ -177,7 +177,7 @@ def test_exported_gguf_answers_in_plain_llama_cpp_as_the_runtime_does(versions, 
     plan = plan_export("quill:1", "gguf", gguf_type)
     exported = shutil.copy(versions / "v1" / plan["files"][0]["path"], tmp_path / plan["files"][0]["target"])
     runtime = LlamaCppRuntime(versions / "v1", gguf_type=gguf_type, max_queue=2)
-    plain = Llama(model_path=str(exported), n_ctx=512, verbose=False)  # its own tokenizer and chat template
+    plain = Llama(model_path=str(exported), n_ctx=512, flash_attn=True, verbose=False)  # its own tokenizer and chat template
     try:
         theirs = recorded(plain, monkeypatch)
         texts = {same_answer(runtime, plain, chat, 16, theirs)[0].text for chat in CHATS}
@@ -205,7 +205,7 @@ def test_the_real_embedded_model_answers_the_same_in_plain_llama_cpp(tmp_path, m
     models.register("smol", folder)
     plan = plan_export("smol:1", "gguf")
     runtime = LlamaCppRuntime(folder, max_queue=2)
-    plain = Llama(model_path=str(folder / Path(plan["files"][0]["path"]).name), n_ctx=1024, verbose=False)
+    plain = Llama(model_path=str(folder / Path(plan["files"][0]["path"]).name), n_ctx=1024, flash_attn=True, verbose=False)
     try:
         theirs = recorded(plain, monkeypatch)
         for chat in ([{"role": "user", "content": "What is the capital of France? Answer in 12 words, as of 2024."}],
