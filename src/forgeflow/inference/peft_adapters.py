@@ -4,8 +4,9 @@ The base is loaded once; the first adapter used wraps it in a PeftModel, later o
 and the least recently used one not in use is deleted past the limit (inference/adapters.py LoadedAdapters).
 One forward serves rows of different adapters: batched LoRA (inference/batched_lora.py) adds each row's
 adapter delta in one gather and two batched matmuls per layer; with `batched=False`, PEFT's own mixed-batch
-forward (`adapter_names`, BASE for none) does, looping over the adapters in every layer. Loading and deleting happen only on the batch scheduler's thread, between forwards, so no adapter goes
-away under a forward that uses it.
+forward (`adapter_names`, BASE for none) does, looping over the adapters in every layer. Loading and deleting
+happen only on the batch scheduler's thread, between forwards, so no adapter goes away under a forward that
+uses it.
 """
 
 from __future__ import annotations
@@ -94,8 +95,6 @@ class PeftAdapters:
                 self._restack()
             else:
                 # PEFT cannot forward with no adapter: unwrap the base instead of deleting the last one
-                if self.lora is not None:
-                    self.lora.close()
-                    self.lora = None
                 self.base = self.peft.unload()
                 self.peft = None
+                self._restack()
