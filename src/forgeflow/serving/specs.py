@@ -13,6 +13,7 @@ import copy
 from typing import Any
 
 from forgeflow.errors import InvalidInput
+from forgeflow.inference.gguf_export import DEFAULT_TYPE
 
 MAX_INSTANCES = 8
 MAX_MIRROR_PERCENT = 50
@@ -46,7 +47,7 @@ SETTABLE = ("model", "instance_count", "runtime", "request_settings", "liveness_
             "scale_settings", "compute", "resources", "gguf_type")
 # The GGUF weights a llamacpp deployment serves when it names none: 4-bit k-quants, about twice f16's single-stream
 # speed on a CPU (bench/README.md); f16 and q8_0 on request (inference/gguf_export.py's GGUF_TYPES).
-DEFAULT_GGUF_TYPE = "q4_k_m"
+DEFAULT_GGUF_TYPE = DEFAULT_TYPE
 GGUF_RUNTIMES = ("llamacpp",)
 MAX_ADAPTERS = 64  # fine-tunes one deployment serves on its base model
 # Scale settings, named as Azure ML's TargetUtilizationScaleSettings (plus the compute cluster's
