@@ -83,3 +83,13 @@ async def test_a_gguf_type_the_runtime_cannot_serve_is_refused_naming_gguf_type(
         r = await api.post("/api/endpoints/gguf-ep/deployments", json={"name": "blue", "model": "tuned-a:1", **fields})
         assert r.status_code == 400 and r.json()["field"] == "gguf_type", r.text
     assert (await api.get("/api/endpoints/gguf-ep/deployments")).json() == []
+
+
+async def test_a_field_a_deployment_does_not_have_is_refused_naming_it(api, registered):
+    await api.post("/api/endpoints", json={"name": "extra-ep"})
+    r = await api.post("/api/endpoints/extra-ep/deployments", json={"name": "blue", "model": "tuned-a:1",
+                                                                    "quantization": "q8_0"})
+    assert r.status_code == 400 and r.json()["field"] == "quantization", r.text
+    assert (await api.get("/api/endpoints/extra-ep/deployments")).json() == []
+    r = await api.patch("/api/endpoints/extra-ep/deployments/blue", json={"set": {}, "adapters": ["tuned-b:1"]})
+    assert r.status_code == 400 and r.json()["field"] == "adapters", r.text
