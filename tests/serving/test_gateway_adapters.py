@@ -14,8 +14,9 @@ from forgeflow.inference.adapters import MODEL_HEADER
 ADAPTERS = {"tuned-a:1": "/m/tuned-a/1/adapter", "tuned-b:3": "/m/tuned-b/3/adapter"}
 
 
-def _deploy(gateway, endpoint: str, name: str, config: dict, adapters: dict | None = None) -> dict:
-    gateway.svc.create_deployment(endpoint, name, "base" if adapters else "fake:1", json.dumps(config),
+def _deploy(gateway, endpoint: str, name: str, config: dict, adapters: dict | None = None,
+            ref: str = "fake:1") -> dict:
+    gateway.svc.create_deployment(endpoint, name, "base" if adapters else ref, json.dumps(config),
                                   liveness_probe=FAST_LIVENESS, readiness_probe=FAST_PROBES, adapters=adapters)
     return gateway.wait(endpoint, name)
 
@@ -65,3 +66,21 @@ def test_the_endpoints_models_list_the_fine_tunes_and_a_new_list_rolls_the_deplo
     assert r.json()["output"] == "G2"  # the new instances serve it
     models = httpx.get(f"{gateway.url}/endpoints/list-ep/v1/models", headers=auth).json()["data"]
     assert [m["id"] for m in models] == ["green", *more]
+
+
+def test_a_fine_tune_deployed_alone_or_on_two_deployments_routes_and_lists_as_routing_does(gateway):
+    key = gateway.endpoint("one-ep")
+    _deploy(gateway, "one-ep", "blue", {"output": "A"}, ref="tuned-a:1")  # merged, alone
+    _deploy(gateway, "one-ep", "green", {"output": "G"}, {"tuned-b:1": "/m/b", "tuned-c:1": "/m/c"})
+    _deploy(gateway, "one-ep", "teal", {"output": "T"}, {"tuned-c:1": "/m/c"})
+    gateway.svc.update_endpoint("one-ep", traffic={"green": 100})
+    for model, deployment in (("tuned-a:1", "blue"), ("tuned-a", "blue"), ("azureml:tuned-a:1", "blue"),
+                              ("tuned-a@latest", "blue"), ("tuned-b:1", "green"), (" tuned-b:1 ", "green")):
+        r = post(gateway, "one-ep", key, CHAT | {"model": model}, path="v1/chat/completions")
+        assert r.status_code == 200 and r.headers["azureml-model-deployment"] == deployment, model
+
+    auth = {"Authorization": f"Bearer {key}"}
+    models = httpx.get(f"{gateway.url}/endpoints/one-ep/v1/models", headers=auth).json()["data"]
+    assert [m["id"] for m in models] == ["blue", "green", "teal", "tuned-a:1", "tuned-b:1", "tuned-c:1"]
+    parents = {m["id"]: m.get("parent") for m in models[3:]}
+    assert parents == {"tuned-a:1": "blue", "tuned-b:1": "green", "tuned-c:1": None}  # two serve tuned-c:1

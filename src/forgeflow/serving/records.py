@@ -4,6 +4,7 @@ supervisor, the placement and the gateway read it. And the gateway's view of an 
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,7 +12,8 @@ from typing import Any
 from forgeflow.serving import specs
 from forgeflow.store.states import DeploymentState
 
-Key = tuple[str, str]  # (endpoint, deployment)
+Key = tuple[str, str]
+_REGISTERED = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*:[0-9]+")  # a registered version's canonical reference  # (endpoint, deployment)
 SPEC_FIELDS = ("model_ref", "model_path", "runtime", "instance_count", "request_settings", "liveness_probe",
                "readiness_probe", "scale_settings", "compute", "resources", "adapters", "gguf_type")
 
@@ -71,6 +73,14 @@ class Deployment:
     def models(self) -> list[str]:
         """The registered models it serves: its adapters' names, or its one model."""
         return list(self.adapters) or [self.model_ref]
+
+    @property
+    def registered_models(self) -> list[str]:
+        """The registered versions (`NAME:VERSION`) it serves, which a request's `model` may name: its adapters',
+        or its one model's when that is a registered version (not a catalog model, a folder or a flow)."""
+        if self.adapters:
+            return list(self.adapters)
+        return [self.model_ref] if _REGISTERED.fullmatch(self.model_ref or "") and not self.serves_flow else []
 
     @property
     def key(self) -> Key:
