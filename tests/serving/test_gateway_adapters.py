@@ -84,3 +84,16 @@ def test_a_fine_tune_deployed_alone_or_on_two_deployments_routes_and_lists_as_ro
     assert [m["id"] for m in models] == ["blue", "green", "teal", "tuned-a:1", "tuned-b:1", "tuned-c:1"]
     parents = {m["id"]: m.get("parent") for m in models[3:]}
     assert parents == {"tuned-a:1": "blue", "tuned-b:1": "green", "tuned-c:1": None}  # two serve tuned-c:1
+
+
+def test_a_model_header_that_names_no_model_is_a_400_naming_it_in_the_routes_dialect(gateway):
+    key = gateway.endpoint("hdr-ep")
+    _deploy(gateway, "hdr-ep", "green", {"output": "G"}, ADAPTERS)
+    gateway.svc.update_endpoint("hdr-ep", traffic={"green": 100})
+    for value in ("tuned-\u00e9:1".encode(), b"tuned a:1", b"../etc"):
+        r = post(gateway, "hdr-ep", key, headers={MODEL_HEADER: value})
+        assert r.status_code == 400 and r.json()["field"] == MODEL_HEADER, (value, r.text)
+        r = post(gateway, "hdr-ep", key, CHAT, path="v1/chat/completions", headers={MODEL_HEADER: value})
+        assert r.status_code == 400 and r.json()["error"]["param"] == MODEL_HEADER, (value, r.text)
+    r = post(gateway, "hdr-ep", key, CHAT, path="chat/completions", headers={MODEL_HEADER: "tuned-b:3"})
+    assert r.status_code == 200 and r.headers["azureml-model-deployment"] == "green"
