@@ -97,3 +97,27 @@ def test_a_model_header_that_names_no_model_is_a_400_naming_it_in_the_routes_dia
         assert r.status_code == 400 and r.json()["error"]["param"] == MODEL_HEADER, (value, r.text)
     r = post(gateway, "hdr-ep", key, CHAT, path="chat/completions", headers={MODEL_HEADER: "tuned-b:3"})
     assert r.status_code == 200 and r.headers["azureml-model-deployment"] == "green"
+
+
+def _pids(gateway, endpoint: str, name: str) -> set[int]:
+    return {i["pid"] for i in gateway.svc.show_deployment(endpoint, name)["instances"]}
+
+
+def test_a_new_default_fine_tune_rolls_through_either_server_and_a_change_of_nothing_settles(gateway,
+                                                                                              follower_gateway):
+    """The first adapter is the default, so the same fine-tunes in another order are a new deployment."""
+    leader, follower = gateway, follower_gateway
+    follower.endpoint("order-ep")
+    _deploy(follower, "order-ep", "green", {"output": "G"}, ADAPTERS)
+    for server, order in ((leader, ["tuned-b:3", "tuned-a:1"]), (follower, ["tuned-a:1", "tuned-b:3"])):
+        before = _pids(leader, "order-ep", "green")
+        server.svc.update_deployment("order-ep", "green", {"model": order},
+                                     resolve=lambda refs: ("base", json.dumps({"output": "G"}),
+                                                           {ref: ADAPTERS[ref] for ref in refs}))
+        shown = server.wait("order-ep", "green", timeout=15)
+        assert shown["model"] == order and list(shown["adapters"]) == order
+        assert not _pids(leader, "order-ep", "green") & before  # rolled
+    before = _pids(leader, "order-ep", "green")
+    follower.svc.update_deployment("order-ep", "green", {"instance_count": 1})  # nothing changes
+    follower.wait("order-ep", "green", timeout=15)
+    assert _pids(leader, "order-ep", "green") == before
