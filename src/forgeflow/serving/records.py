@@ -41,13 +41,13 @@ class Deployment:
     # first is the default); model_path is then the base model's folder and model_ref the base model. Empty: one
     # model, model_path its merged folder.
     adapters: dict[str, str] = field(default_factory=dict)
-    gguf_type: str | None = None  # llamacpp's GGUF weights; None: the model server's own default (f16)
+    gguf_type: str | None = None  # llamacpp's GGUF weights; None off llamacpp
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Deployment:
         """A stored row; probes and scale settings saved before they were settable read as the defaults, a
         deployment saved before it could run elsewhere as one on `local`, and one saved before adapters or GGUF
-        types as one model with the model server's GGUF default."""
+        types as one model, on llamacpp of the f16 weights it was served (the model server's default then)."""
         values = {f.name: row.get(f.name) for f in dataclasses.fields(cls)}
         return cls(**values | {
             "state": DeploymentState(row["state"]),
@@ -57,6 +57,7 @@ class Deployment:
             "compute": row.get("compute") or specs.LOCAL_COMPUTE,
             "resources": specs.resources(None, row.get("resources")),
             "adapters": dict(row.get("adapters") or {}),
+            "gguf_type": row.get("gguf_type") or (specs.LEGACY_GGUF_TYPE if row.get("runtime") == "llamacpp" else None),
         })
 
     def row(self) -> dict[str, Any]:
