@@ -54,6 +54,17 @@ def test_fine_tunes_of_one_base_resolve_to_the_base_folder_and_their_adapters(re
     assert caught.value.field == "model" and "base model" in caught.value.message
 
 
+def test_a_list_of_fine_tunes_lists_the_registry_once(registered, monkeypatch):
+    calls = []
+    listing = models.list_models
+    monkeypatch.setattr(models, "list_models", lambda **kw: calls.append(kw) or listing(**kw))
+    assert list(resolve_models(["tuned-a:1", "tuned-b:1"])[2]) == ["tuned-a:1", "tuned-b:1"]
+    assert len(calls) == 1
+    with pytest.raises(InvalidInput) as caught:
+        resolve_models([])
+    assert caught.value.field == "model"
+
+
 REFUSED = [
     (["tuned-a:1", "other:1"], "do not share one base model"),
     (["tuned-a:1", "full:1"], "has no LoRA adapter"),

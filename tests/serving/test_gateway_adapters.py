@@ -51,6 +51,8 @@ def test_the_endpoints_models_list_the_fine_tunes_and_a_new_list_rolls_the_deplo
     models = httpx.get(f"{gateway.url}/endpoints/list-ep/v1/models", headers=auth).json()["data"]
     assert [m["id"] for m in models] == ["green", "tuned-a:1", "tuned-b:3"]
     assert all(m["parent"] == "green" for m in models[1:])
+    info = httpx.get(f"{gateway.url}/endpoints/list-ep/info", headers=auth | {"azureml-model-deployment": "green"})
+    assert info.json()["model_name"] == "tuned-a:1"  # the default fine-tune, not the base
     card = httpx.get(f"{gateway.url}/endpoints/list-ep/v1/models/tuned-b:3", headers=auth).json()
     assert card["id"] == "tuned-b:3" and card["parent"] == "green"
     missing = httpx.get(f"{gateway.url}/endpoints/list-ep/v1/models/tuned-c:1", headers=auth)
