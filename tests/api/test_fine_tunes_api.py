@@ -54,6 +54,17 @@ def test_fine_tunes_of_one_base_resolve_to_the_base_folder_and_their_adapters(re
     assert caught.value.field == "model" and "base model" in caught.value.message
 
 
+def test_a_list_of_fine_tunes_lists_the_registry_once(registered, monkeypatch):
+    calls = []
+    listing = models.list_models
+    monkeypatch.setattr(models, "list_models", lambda **kw: calls.append(kw) or listing(**kw))
+    assert list(resolve_models(["tuned-a:1", "tuned-b:1"])[2]) == ["tuned-a:1", "tuned-b:1"]
+    assert len(calls) == 1
+    with pytest.raises(InvalidInput) as caught:
+        resolve_models([])
+    assert caught.value.field == "model"
+
+
 REFUSED = [
     (["tuned-a:1", "other:1"], "do not share one base model"),
     (["tuned-a:1", "full:1"], "has no LoRA adapter"),
@@ -83,3 +94,13 @@ async def test_a_gguf_type_the_runtime_cannot_serve_is_refused_naming_gguf_type(
         r = await api.post("/api/endpoints/gguf-ep/deployments", json={"name": "blue", "model": "tuned-a:1", **fields})
         assert r.status_code == 400 and r.json()["field"] == "gguf_type", r.text
     assert (await api.get("/api/endpoints/gguf-ep/deployments")).json() == []
+
+
+async def test_a_field_a_deployment_does_not_have_is_refused_naming_it(api, registered):
+    await api.post("/api/endpoints", json={"name": "extra-ep"})
+    r = await api.post("/api/endpoints/extra-ep/deployments", json={"name": "blue", "model": "tuned-a:1",
+                                                                    "quantization": "q8_0"})
+    assert r.status_code == 400 and r.json()["field"] == "quantization", r.text
+    assert (await api.get("/api/endpoints/extra-ep/deployments")).json() == []
+    r = await api.patch("/api/endpoints/extra-ep/deployments/blue", json={"set": {}, "adapters": ["tuned-b:1"]})
+    assert r.status_code == 400 and r.json()["field"] == "adapters", r.text

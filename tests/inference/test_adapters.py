@@ -36,6 +36,15 @@ def test_match_adapter_unserved_version_is_404_and_ambiguous_name_400():
     assert ambiguous.value.field == "model" and "tuned-a:1" in str(ambiguous.value)
 
 
+def test_match_adapter_reads_model_references_as_deploying_does():
+    assert match_adapter("azureml:tuned-b:3", NAMES) == "tuned-b:3"
+    assert match_adapter(" tuned-a:1 ", NAMES) == "tuned-a:1"
+    assert match_adapter("tuned-a@latest", NAMES) == "tuned-a:2"  # the highest served
+    assert match_adapter("azureml:tuned-b@latest", NAMES) == "tuned-b:3"
+    for other in ("gpt-4", "tuned-a@stable", "tuned-a:beta", "ghost@latest"):
+        assert match_adapter(other, NAMES) is None, other  # no reference to a served model: names none
+
+
 def test_parse_adapter_arg():
     assert parse_adapter_arg("tuned-a:1=/models/a/adapter") == ("tuned-a:1", Path("/models/a/adapter"))
     for bad in ["tuned-a:1", "=/x", "tuned-a:1=", "tuned-a=/x"]:

@@ -103,6 +103,11 @@ def test_a_requests_model_or_header_picks_the_adapter_and_the_answer_names_it(ad
         assert (await c.post("/score", json=SCORE, headers={MODEL_HEADER: "tuned-b:3"})).status_code == 200
         assert (await c.post("/score", json=SCORE)).status_code == 200
         assert runtime.adapters == ["tuned-b:3", "tuned-a:1", "tuned-a:1", "tuned-b:3", "tuned-a:1"]
+        # a body without `model` (an Azure client's): the header the gateway forwards picks
+        answer = await c.post("/v1/chat/completions", json={"messages": [USER]}, headers={MODEL_HEADER: "tuned-b"})
+        assert answer.json()["model"] == "tuned-b:3" and runtime.adapters.pop() == "tuned-b:3"
+        answer = await c.post("/v1/completions", json={"prompt": "x"}, headers={MODEL_HEADER: "tuned-b:3"})
+        assert answer.json()["model"] == "tuned-b:3" and runtime.adapters.pop() == "tuned-b:3"
         missing = await c.post("/v1/chat/completions", json={"model": "tuned-a:2", "messages": [USER]})
         assert missing.status_code == 404 and missing.json()["error"]["param"] == "model"
         missing = await c.post("/score", json=SCORE, headers={MODEL_HEADER: "tuned-b:1"})

@@ -203,7 +203,7 @@ async def test_a_host_name_per_endpoint_serves_its_routes_through_the_guard(serv
         r = await c.post("/v1/chat/completions", headers=auth,
                          json={"model": "any", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "H"
-        assert [m["id"] for m in (await c.get("/v1/models", headers=auth)).json()["data"]] == ["blue"]
+        assert [m["id"] for m in (await c.get("/v1/models", headers=auth)).json()["data"]] == ["blue", "fake:1"]
         # the guard saw /endpoints/host-ep/score: no key is its 401, a body past the endpoint's cap its 413
         assert (await c.post("/score", json=SCORE)).status_code == 401
         big = SCORE | {"pad": "x" * 5000}

@@ -14,8 +14,9 @@ from forgeflow.inference.adapters import MODEL_HEADER
 ADAPTERS = {"tuned-a:1": "/m/tuned-a/1/adapter", "tuned-b:3": "/m/tuned-b/3/adapter"}
 
 
-def _deploy(gateway, endpoint: str, name: str, config: dict, adapters: dict | None = None) -> dict:
-    gateway.svc.create_deployment(endpoint, name, "base" if adapters else "fake:1", json.dumps(config),
+def _deploy(gateway, endpoint: str, name: str, config: dict, adapters: dict | None = None,
+            ref: str = "fake:1") -> dict:
+    gateway.svc.create_deployment(endpoint, name, "base" if adapters else ref, json.dumps(config),
                                   liveness_probe=FAST_LIVENESS, readiness_probe=FAST_PROBES, adapters=adapters)
     return gateway.wait(endpoint, name)
 
@@ -50,6 +51,8 @@ def test_the_endpoints_models_list_the_fine_tunes_and_a_new_list_rolls_the_deplo
     models = httpx.get(f"{gateway.url}/endpoints/list-ep/v1/models", headers=auth).json()["data"]
     assert [m["id"] for m in models] == ["green", "tuned-a:1", "tuned-b:3"]
     assert all(m["parent"] == "green" for m in models[1:])
+    info = httpx.get(f"{gateway.url}/endpoints/list-ep/info", headers=auth | {"azureml-model-deployment": "green"})
+    assert info.json()["model_name"] == "tuned-a:1"  # the default fine-tune, not the base
     card = httpx.get(f"{gateway.url}/endpoints/list-ep/v1/models/tuned-b:3", headers=auth).json()
     assert card["id"] == "tuned-b:3" and card["parent"] == "green"
     missing = httpx.get(f"{gateway.url}/endpoints/list-ep/v1/models/tuned-c:1", headers=auth)
@@ -65,3 +68,58 @@ def test_the_endpoints_models_list_the_fine_tunes_and_a_new_list_rolls_the_deplo
     assert r.json()["output"] == "G2"  # the new instances serve it
     models = httpx.get(f"{gateway.url}/endpoints/list-ep/v1/models", headers=auth).json()["data"]
     assert [m["id"] for m in models] == ["green", *more]
+
+
+def test_a_fine_tune_deployed_alone_or_on_two_deployments_routes_and_lists_as_routing_does(gateway):
+    key = gateway.endpoint("one-ep")
+    _deploy(gateway, "one-ep", "blue", {"output": "A"}, ref="tuned-a:1")  # merged, alone
+    _deploy(gateway, "one-ep", "green", {"output": "G"}, {"tuned-b:1": "/m/b", "tuned-c:1": "/m/c"})
+    _deploy(gateway, "one-ep", "teal", {"output": "T"}, {"tuned-c:1": "/m/c"})
+    gateway.svc.update_endpoint("one-ep", traffic={"green": 100})
+    for model, deployment in (("tuned-a:1", "blue"), ("tuned-a", "blue"), ("azureml:tuned-a:1", "blue"),
+                              ("tuned-a@latest", "blue"), ("tuned-b:1", "green"), (" tuned-b:1 ", "green")):
+        r = post(gateway, "one-ep", key, CHAT | {"model": model}, path="v1/chat/completions")
+        assert r.status_code == 200 and r.headers["azureml-model-deployment"] == deployment, model
+
+    auth = {"Authorization": f"Bearer {key}"}
+    models = httpx.get(f"{gateway.url}/endpoints/one-ep/v1/models", headers=auth).json()["data"]
+    assert [m["id"] for m in models] == ["blue", "green", "teal", "tuned-a:1", "tuned-b:1", "tuned-c:1"]
+    parents = {m["id"]: m.get("parent") for m in models[3:]}
+    assert parents == {"tuned-a:1": "blue", "tuned-b:1": "green", "tuned-c:1": None}  # two serve tuned-c:1
+
+
+def test_a_model_header_that_names_no_model_is_a_400_naming_it_in_the_routes_dialect(gateway):
+    key = gateway.endpoint("hdr-ep")
+    _deploy(gateway, "hdr-ep", "green", {"output": "G"}, ADAPTERS)
+    gateway.svc.update_endpoint("hdr-ep", traffic={"green": 100})
+    for value in ("tuned-\u00e9:1".encode(), b"tuned a:1", b"../etc"):
+        r = post(gateway, "hdr-ep", key, headers={MODEL_HEADER: value})
+        assert r.status_code == 400 and r.json()["field"] == MODEL_HEADER, (value, r.text)
+        r = post(gateway, "hdr-ep", key, CHAT, path="v1/chat/completions", headers={MODEL_HEADER: value})
+        assert r.status_code == 400 and r.json()["error"]["param"] == MODEL_HEADER, (value, r.text)
+    r = post(gateway, "hdr-ep", key, CHAT, path="chat/completions", headers={MODEL_HEADER: "tuned-b:3"})
+    assert r.status_code == 200 and r.headers["azureml-model-deployment"] == "green"
+
+
+def _pids(gateway, endpoint: str, name: str) -> set[int]:
+    return {i["pid"] for i in gateway.svc.show_deployment(endpoint, name)["instances"]}
+
+
+def test_a_new_default_fine_tune_rolls_through_either_server_and_a_change_of_nothing_settles(gateway,
+                                                                                              follower_gateway):
+    """The first adapter is the default, so the same fine-tunes in another order are a new deployment."""
+    leader, follower = gateway, follower_gateway
+    follower.endpoint("order-ep")
+    _deploy(follower, "order-ep", "green", {"output": "G"}, ADAPTERS)
+    for server, order in ((leader, ["tuned-b:3", "tuned-a:1"]), (follower, ["tuned-a:1", "tuned-b:3"])):
+        before = _pids(leader, "order-ep", "green")
+        server.svc.update_deployment("order-ep", "green", {"model": order},
+                                     resolve=lambda refs: ("base", json.dumps({"output": "G"}),
+                                                           {ref: ADAPTERS[ref] for ref in refs}))
+        shown = server.wait("order-ep", "green", timeout=15)
+        assert shown["model"] == order and list(shown["adapters"]) == order
+        assert not _pids(leader, "order-ep", "green") & before  # rolled
+    before = _pids(leader, "order-ep", "green")
+    follower.svc.update_deployment("order-ep", "green", {"instance_count": 1})  # nothing changes
+    follower.wait("order-ep", "green", timeout=15)
+    assert _pids(leader, "order-ep", "green") == before

@@ -118,7 +118,7 @@ def test_the_openai_client_works_with_the_key_and_base_url(gateway):
     parts = [c.choices[0].delta.content for c in client.chat.completions.create(
         model="blue", messages=[{"role": "user", "content": "hi"}], stream=True) if c.choices and c.choices[0].delta.content]
     assert "".join(parts) == "hello0 hello1 hello2 "
-    assert [m.id for m in client.models.list()] == ["blue"]
+    assert [m.id for m in client.models.list()] == ["blue", "fake:1"]  # the deployment, its registered model
     bad = openai.OpenAI(api_key="wrong", base_url=shown["openai_base_url"], max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         bad.chat.completions.create(model="blue", messages=[{"role": "user", "content": "hi"}])

@@ -48,14 +48,16 @@ def test_text_completions_are_forwarded_and_routed_like_chat(gateway):
     assert bad.value.body["param"] == "stream"
 
 
-def test_one_model_is_a_deployment_and_anything_else_a_404(gateway):
+def test_one_model_is_a_deployment_and_its_registered_model_and_anything_else_a_404(gateway):
     key = gateway.endpoint("card-ep")
     gateway.deploy("card-ep", "blue")
     gateway.svc.update_endpoint("card-ep", traffic={"blue": 100})
     client = _client(gateway, "card-ep", key)
     card = client.models.retrieve("blue")
     assert card.id == "blue" and card.owned_by == "forgeflow" and card.created > 1_600_000_000
-    assert [m.created for m in client.models.list()] == [card.created]
+    listed = client.models.list().data
+    assert [(m.id, m.created) for m in listed] == [("blue", card.created), ("fake:1", card.created)]
+    assert listed[1].model_extra["parent"] == "blue"  # a request naming it goes to blue
     for name in ("gpt-4", "org/model"):
         with pytest.raises(openai.NotFoundError) as missing:
             client.models.retrieve(name)

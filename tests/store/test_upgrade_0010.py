@@ -1,11 +1,13 @@
 """Revision 0010 (several fine-tunes on one deployment, the GGUF type) upgrades a store at 0009 in place: a
-deployment stored before reads as the one model it was, with the model server's GGUF default."""
+deployment stored before reads as the one model it was, on llamacpp of the f16 weights it was served."""
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import command
 
+from forgeflow.inference.model_server import _parse_args
+from forgeflow.serving.placement import instance_command
 from forgeflow.serving.records import Deployment
 from forgeflow.store import migrate
 from forgeflow.store.db import Store
@@ -28,7 +30,10 @@ def test_a_deployment_stored_at_0009_reads_as_one_model_after_the_upgrade(tmp_pa
 
     store = Store(url)  # opening it finds it up to date
     dep = Deployment.from_row(store.get("deployments", endpoint="ep", name="blue"))
-    assert (dep.model_ref, dep.models, dep.adapters, dep.gguf_type) == ("tiny-chat:1", ["tiny-chat:1"], {}, None)
+    # llamacpp served f16 then, and still does: the model server's default, now named
+    assert (dep.model_ref, dep.models, dep.adapters, dep.gguf_type) == ("tiny-chat:1", ["tiny-chat:1"], {}, "f16")
+    argv = instance_command(dep, 9000)
+    assert argv[argv.index("--gguf-type") + 1] == _parse_args(["--model-dir", "/m", "--port", "0"]).gguf_type
 
     # the new columns take what a deployment of several fine-tunes stores
     adapters = {"tuned-a:1": "/m/a/adapter", "tuned-b:3": "/m/b/adapter"}

@@ -52,7 +52,7 @@ class RegenerateKeys(BaseModel):
     key_type: str = Field("primary", description="primary or secondary.")
 
 
-class DeploymentCreate(BaseModel):
+class DeploymentCreate(BaseModel, extra="forbid"):
     name: str = Field(description="Deployment name, e.g. blue.")
     model: Any = Field(None, json_schema_extra={"anyOf": [{"type": "string"}, {"type": "array",
                                                                             "items": {"type": "string"}},
@@ -81,7 +81,7 @@ class DeploymentCreate(BaseModel):
                                   "(the default).")
 
 
-class DeploymentUpdate(BaseModel):
+class DeploymentUpdate(BaseModel, extra="forbid"):
     set: dict[str, Any] = Field(description="FIELD.PATH -> value, as `az ml online-deployment update --set`: model, "
                                 "instance_count, runtime, request_settings.*, liveness_probe.*, readiness_probe.*, "
                                 "scale_settings.*, compute, resources.*, gguf_type; model may be a list of "

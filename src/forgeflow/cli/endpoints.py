@@ -302,10 +302,10 @@ def dep_show(name: str = DepName, endpoint_name: str = EpName, json_out: bool = 
 @deployment_app.command("update")
 @command
 def dep_update(name: str = DepName, endpoint_name: str = EpName,
-               sets: list[str] = typer.Option(None, "--set", help="FIELD=VALUE, any field: model=NAME:2, instance_count=2, "
-                                                                "request_settings.max_concurrent_requests_per_instance=4, "
-                                                                 "scale_settings.max_instances=3, compute=NAME, "
-                                                                 "resources.cpus=2, gguf_type=q8_0, ..."),
+               sets: list[str] = typer.Option(None, "--set", help="FIELD=VALUE, any field: model=NAME:2, "
+                                              "instance_count=2, request_settings.max_concurrent_requests_per_instance=4, "
+                                              "scale_settings.max_instances=3, compute=NAME, resources.cpus=2, "
+                                              "gguf_type=q8_0, ..."),
                model: list[str] = typer.Option(None, "--model", help="The model(s) to serve instead, as on create: "
                                                "repeat it for several fine-tunes of one base (the list replaces "
                                                "the one served, e.g. to add an adapter)."),

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from forgeflow.errors import InvalidInput, NotFound
+from forgeflow.names import parse_model_ref
 
 MODEL_HEADER = "x-forgeflow-model"  # /score's way to name an adapter (OpenAI and Azure AI inference use `model`)
 DEFAULT_MAX_LOADED = 8
@@ -37,19 +38,28 @@ def parse_adapter_arg(value: str) -> tuple[str, Path]:
 
 def match_adapter(model: str | None, names: list[str]) -> str | None:
     """The adapter among `names` (each `NAME:VERSION`) that a request's `model` names, or None when it names
-    none of them. `NAME` alone matches when exactly one version of it is among `names`; a version of a served
-    name that is not served is a 404, and a name served in several versions a 400 asking for one."""
+    none of them. `model` is read as a deploy command reads a model reference (`azureml:NAME:VERSION`,
+    `NAME@latest`, spaces around it); one that is no model reference (`gpt-4o-mini:beta`) names none. `NAME`
+    alone matches when exactly one version of it is among `names`, `NAME@latest` the highest served; a version
+    of a served name that is not served is a 404, and a name served in several versions a 400 asking for one."""
     if not model or not names:
         return None
     if model in names:
         return model
-    name, _, version = model.partition(":")
-    versions = [n for n in names if n.partition(":")[0] == name]
+    try:
+        name, version = parse_model_ref(model)
+    except InvalidInput:
+        return None  # not a model reference: a model served elsewhere (gpt-4) or a deployment's name
+    versions = [n for n in names if n.rpartition(":")[0] == name]
     if not versions:
         return None
     if version:
+        if f"{name}:{version}" in versions:
+            return f"{name}:{version}"
         raise NotFound(f"model {model!r} is not served here: {name} is served as {', '.join(versions)}",
                        field="model")
+    if "@" in model:  # NAME@latest: the highest version served
+        return max(versions, key=lambda n: int(n.rpartition(":")[2]) if n.rpartition(":")[2].isdigit() else -1)
     if len(versions) > 1:
         raise InvalidInput(f"model {name!r} is served in several versions: name one of {', '.join(versions)}",
                            field="model")

@@ -1,8 +1,9 @@
 """The OpenAI surface of a model instance: POST /v1/chat/completions and /v1/completions (with `n` choices,
 log-probabilities, tool calls, streaming), GET /v1/models and /v1/models/{id}, and OpenAI's error shape
 `{"error": {"message", "type", "param", "code"}}` for every error on a /v1 path. On an instance serving several
-fine-tunes of one base, a request's `model` picks the LoRA adapter (inference/adapters.py), the answer's `model`
-names it, and /v1/models lists each adapter by its NAME:VERSION after the deployment's own card.
+fine-tunes of one base, a request's `model` (else the `x-forgeflow-model` header the gateway forwards) picks
+the LoRA adapter (inference/adapters.py), the answer's `model` names it, and /v1/models lists each adapter by
+its NAME:VERSION after the deployment's own card.
 
 Each choice of `n` is its own sequence in the runtime, all queued before the answer starts (so a request the
 runtime refuses is still a 400, and a refused choice lets the queued ones go) and decoded together. Streams
@@ -30,7 +31,7 @@ from forgeflow import jsonbody
 from forgeflow.chat import (ChatCompletionRequest, ChatRequest, CompletionRequest, error_event,
                             parse_chat_completion_request, parse_completion_request, usage_comment)
 from forgeflow.errors import ForgeflowError, InternalError, NotFound, UpstreamError
-from forgeflow.inference.adapters import AdapterCatalog
+from forgeflow.inference.adapters import MODEL_HEADER, AdapterCatalog
 from forgeflow.inference.runtimes.base import GenerationResult, Runtime, StreamEvent, TokenLogprob, TokenStream
 
 # Calls a runtime's function with one argument (a request, or a queued stream to read to its end) in a worker
@@ -56,8 +57,11 @@ class OpenAIServing:
         card = {"id": self.name, "object": "model", "created": self.created, "owned_by": "forgeflow"}
         return [card] + [{**card, "id": name, "parent": self.name} for name in self.catalog.names]
 
-    async def answer(self, body: ChatCompletionRequest | CompletionRequest) -> Any:
-        adapter = self.catalog.resolve(body.model)  # a served name's other version: 404; an ambiguous name: 400
+    async def answer(self, body: ChatCompletionRequest | CompletionRequest, named: str | None = None) -> Any:
+        """The answer to one request; its `model`, else the MODEL_HEADER the gateway forwards (`named`), picks
+        the adapter."""
+        # a served name's other version: 404; an ambiguous name: 400
+        adapter = self.catalog.resolve(body.model or named)
         runtime = self.ready()
         requests = body.to_requests(default_max_new_tokens=self.default_max_new_tokens)
         shape = _Chat(body) if isinstance(body, ChatCompletionRequest) else _Text(body)
@@ -111,11 +115,13 @@ def openai_router(serving: OpenAIServing) -> APIRouter:
 
     @router.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
-        return await serving.answer(parse_chat_completion_request(jsonbody.loads(await request.body())))
+        return await serving.answer(parse_chat_completion_request(jsonbody.loads(await request.body())),
+                                    request.headers.get(MODEL_HEADER))
 
     @router.post("/v1/completions")
     async def completions(request: Request) -> Any:
-        return await serving.answer(parse_completion_request(jsonbody.loads(await request.body())))
+        return await serving.answer(parse_completion_request(jsonbody.loads(await request.body())),
+                                    request.headers.get(MODEL_HEADER))
 
     return router
 

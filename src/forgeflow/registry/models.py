@@ -148,9 +148,15 @@ def list_models(*, include_archived: bool = False) -> list[ModelVersion]:
 def get_version(ref: str) -> ModelVersion:
     """`name:version` (archived or not) or `name` (latest version not archived) -> that version;
     NotFound names what exists."""
+    return find_version(ref, list_models(include_archived=True))
+
+
+def find_version(ref: str, listed: list[ModelVersion]) -> ModelVersion:
+    """`get_version` among versions already listed (`list_models(include_archived=True)`), so looking up several
+    lists the registry once."""
     name, version = parse_model_ref(ref)
     check_name(name, "model", field="model")
-    versions = [v for v in list_models(include_archived=True) if v.name == name]
+    versions = [v for v in listed if v.name == name]
     if not versions:
         raise NotFound(f"no registered model named {name!r} (see: forgeflow model list)", field="model")
     if version is None:

@@ -41,10 +41,13 @@ def resolve_models(model: str | list[str]) -> tuple[str, Path, dict[str, str]]:
     if isinstance(model, str):
         ref, path = resolve_model(model)
         return ref, path, {}
+    from forgeflow.registry import models
+
     adapters: dict[str, str] = {}
     base: tuple[str, Path] | None = None
+    listed = models.list_models(include_archived=True)
     for given in model:
-        version = _live_version(given)
+        version = _live_version(given, listed)
         if version.ref in adapters:
             raise InvalidInput(f"model lists {version.ref} twice ({given!r} names it too)", field="model")
         adapter = version_adapter(Path(version.path))
@@ -64,7 +67,9 @@ def resolve_models(model: str | list[str]) -> tuple[str, Path, dict[str, str]]:
                                f"{name}, {next(iter(adapters))} of {base[0]}; one deployment serves fine-tunes of "
                                "one base (deploy the others on another deployment)", field="model")
         adapters[version.ref] = str(adapter)
-    assert base is not None
+    if base is None:
+        raise InvalidInput("model is an empty list: name a model, or the registered fine-tunes of one base model",
+                           field="model")
     return base[0], base[1], adapters
 
 
@@ -74,10 +79,10 @@ def version_adapter(folder: Path) -> Path | None:
     return adapter.resolve() if (adapter / "adapter_config.json").is_file() else None
 
 
-def _live_version(ref: str):
+def _live_version(ref: str, listed: list):
     from forgeflow.registry import models
 
-    version = models.get_version(ref)
+    version = models.find_version(ref, listed)
     if version.archived:
         raise Conflict(f"model {version.ref} is archived; restore it first with: forgeflow model restore "
                        f"--name {version.name} --version {version.version}", field="model")

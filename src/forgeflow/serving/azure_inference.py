@@ -74,7 +74,8 @@ async def chat_completions(endpoint: str, request: Request) -> Response:
             responses=error_responses(AzureError, {401: ERRORS[401], 404: ERRORS[404]}))
 async def info(endpoint: str, request: Request) -> Response:
     """The model behind the endpoint: that of the deployment the header names, else of the one with the most
-    traffic. `model_name` is the deployed model (a registered `name:version`, a catalog name or a folder's name)."""
+    traffic. `model_name` is the deployed model (a registered `name:version`, a catalog name or a folder's name; of
+    several fine-tunes, the default one)."""
     call = Call(request, endpoint, Dialect.AZURE)
     try:
         cfg = await authorized_config(call)
@@ -85,7 +86,9 @@ async def info(endpoint: str, request: Request) -> Response:
                                "/score", field=DEPLOYMENT_HEADER)
     except ForgeflowError as e:
         return call.fail(e)
-    return JSONResponse({"model_name": PurePath(dep.model_ref).name, "model_type": MODEL_TYPE,
+    # several fine-tunes on one base: the default one (the first), which a request naming none gets
+    name = next(iter(dep.adapters)) if dep.adapters else PurePath(dep.model_ref).name
+    return JSONResponse({"model_name": name, "model_type": MODEL_TYPE,
                          "model_provider_name": PROVIDER}, headers=call.headers())
 
 

@@ -311,9 +311,10 @@ class EndpointService:
         if len(self.store.select("deployments", {"endpoint": endpoint})) >= MAX_DEPLOYMENTS:
             raise Conflict(f"endpoint {endpoint!r} already has {MAX_DEPLOYMENTS} deployments, the most it can have")
         dep = new_deployment(endpoint, name, (model_ref, model_path, adapters or {}),
-                             instance_count=instance_count, runtime=runtime, request_settings=request_settings, liveness_probe=liveness_probe,
-                             readiness_probe=readiness_probe, scale_settings=scale_settings, compute=compute,
-                             resources=resources, gguf_type=gguf_type, target=self._placement_target)
+                             instance_count=instance_count, runtime=runtime, request_settings=request_settings,
+                             liveness_probe=liveness_probe, readiness_probe=readiness_probe,
+                             scale_settings=scale_settings, compute=compute, resources=resources, gguf_type=gguf_type,
+                             target=self._placement_target)
         with self._deployments_lock:  # the leader's reconcile pass must not launch it a second time
             self.store.insert("deployments", dep.row())
             self._changed(endpoint)

@@ -1,6 +1,6 @@
 """The gateway's forwarding core, under every scoring route (serving/gateway.py): checks the endpoint's key or
-token, bounds and validates the body, picks a deployment (header, request's `model` or on /score the
-`x-forgeflow-model` header naming a deployment or a fine-tune it serves, or traffic split; mirror copies on the
+token, bounds and validates the body, picks a deployment (header, request's `model` or, when the body names none,
+the `x-forgeflow-model` header naming a deployment or a fine-tune it serves, or traffic split; mirror copies on the
 side) and a ready instance, admits or refuses the request, and forwards it, passing streams
 through event by event (serving/relay.py). A request for an autoscaled deployment with no ready instance (scaled
 to zero, or its instance still starting) wakes one and waits for it, up to request_timeout_ms, instead of failing.
@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -75,6 +76,7 @@ class Call:
         self.deployment: str | None = None
         self.known = False  # only existing endpoints get metric series
         self.by_instance = False  # an instance answered (not the gateway itself): its latency counts for scaling
+        self.model_header: str | None = None  # the client's MODEL_HEADER, once checked: the instance gets it too
 
     def headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         h = {"x-request-id": uuid.uuid4().hex}
@@ -146,6 +148,7 @@ async def handle(request: Request, endpoint: str, path: str, parse: Callable[[An
         if raw is None:
             raise PayloadTooLarge(f"the body is larger than {limit} bytes")
         body = jsonbody.loads(raw)
+        call.model_header = _model_header(request)
         if adapt is not None and (changed := adapt(request, body)) is not None:
             body, raw = changed, json.dumps(changed).encode()
         # A flow deployment takes its flow's inputs on /score, so the chat contract is checked
@@ -154,8 +157,8 @@ async def handle(request: Request, endpoint: str, path: str, parse: Callable[[An
         serves_flows = any(d.serves_flow for d in cfg.deployments.values())
         parsed = parse(body) if not scoring or not serves_flows else None
         model = getattr(parsed, "model", None)
-        if not isinstance(model, str):  # /score names a fine-tune in a header; OpenAI's and Azure's bodies by model
-            model = request.headers.get(MODEL_HEADER)
+        if not isinstance(model, str):  # a body without `model` (/score's always) may name it in the header
+            model = call.model_header
         call.deployment, by_traffic = routing.choose_deployment(cfg, request.headers.get(DEPLOYMENT_HEADER), model)
         if serves_flows:
             if not cfg.deployments[call.deployment].serves_flow:
@@ -205,7 +208,7 @@ async def _forward(call: Call, cfg: EndpointConfig, path: str, raw: bytes, strea
             left = max(deadline - loop.time(), 0.001)
             try:
                 req = client.build_request("POST", f"{inst.url}{path}", content=raw,
-                                           headers=_instance_headers(call.request, inst), timeout=left)
+                                           headers=_instance_headers(call, inst), timeout=left)
                 resp = await asyncio.wait_for(client.send(req, stream=True), left)
             except httpx.ConnectError:
                 # Nothing reached the instance (it died since the last probe): try another one.
@@ -340,13 +343,28 @@ _BY_STATUS = {c.status_code: c for c in (InvalidInput, Unauthorized, Forbidden, 
                                          PayloadTooLarge, TooManyRequests)}
 
 
-def _instance_headers(request: Request, inst: Instance) -> dict[str, str]:
+def _model_header(request: Request) -> str | None:
+    """The client's MODEL_HEADER (a deployment or registered fine-tune it names), or None without one; a value
+    that is no such name (not ASCII, or not a model reference) is a 400 naming the header."""
+    value = request.headers.get(MODEL_HEADER)
+    if value is None:
+        return None
+    if not value.isascii() or not _MODEL_NAME.fullmatch(value.strip()):
+        raise InvalidInput(f"header {MODEL_HEADER} must name a deployment or a registered model (NAME, "
+                           f"NAME:VERSION or NAME@latest, in ASCII letters, digits and . _ - : @), got {value!r}",
+                           field=MODEL_HEADER)
+    return value.strip()
+
+
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,255}")
+
+
+def _instance_headers(call: Call, inst: Instance) -> dict[str, str]:
     """What an instance gets besides the body: its own credentials, and of the client's headers only the
-    fine-tune a /score request names (MODEL_HEADER)."""
+    fine-tune MODEL_HEADER names (the instance's pick when the body names no `model`)."""
     headers = {"content-type": "application/json", **inst.auth}
-    model = request.headers.get(MODEL_HEADER)
-    if model:
-        headers[MODEL_HEADER] = model
+    if call.model_header:
+        headers[MODEL_HEADER] = call.model_header
     return headers
 
 
@@ -367,7 +385,7 @@ def _mirror(call: Call, cfg: EndpointConfig, deployment: str, path: str, raw: by
     async def send() -> None:
         code = "error"
         try:
-            resp = await client.post(f"{inst.url}{path}", content=raw, headers=_instance_headers(call.request, inst),
+            resp = await client.post(f"{inst.url}{path}", content=raw, headers=_instance_headers(call, inst),
                                      timeout=dep.request_timeout_s)
             code = str(resp.status_code)
         except httpx.HTTPError:

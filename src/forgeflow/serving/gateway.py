@@ -27,9 +27,9 @@ from fastapi.responses import JSONResponse, Response
 from forgeflow.chat import (ChatCompletionRequest, CompletionRequest, ScoreRequest, ScoreResponse,
                             parse_chat_completion_request, parse_completion_request, parse_score_request)
 from forgeflow.errors import ForgeflowError, InvalidInput, NotFound
-from forgeflow.serving import azure_inference
+from forgeflow.serving import azure_inference, routing
 from forgeflow.serving.forwarding import ERRORS, Call, authorized_config, handle
-from forgeflow.serving.records import Deployment
+from forgeflow.serving.records import EndpointConfig
 from forgeflow.serving.schemas import (ChatCompletion, Completion, Dialect, ErrorBody, ModelCard, ModelList,
                                        OpenAIError, body_of, dialect_of, error_body, error_responses)
 
@@ -71,8 +71,7 @@ async def models(endpoint: str, request: Request) -> Response:
         cfg = await authorized_config(call)
     except ForgeflowError as e:
         return call.fail(e)
-    return JSONResponse({"object": "list", "data": [card for _, d in sorted(cfg.deployments.items())
-                                                    for card in _cards(d)]})
+    return JSONResponse({"object": "list", "data": _cards(cfg)})
 
 
 @router.get("/endpoints/{endpoint}/v1/models/{model:path}", tags=["openai"], response_model=ModelCard, **_MODELS_DOC)
@@ -81,7 +80,7 @@ async def model(endpoint: str, model: str, request: Request) -> Response:
     call = Call(request, endpoint, Dialect.OPENAI)
     try:
         cfg = await authorized_config(call)
-        cards = {card["id"]: card for _, d in sorted(cfg.deployments.items()) for card in _cards(d)}
+        cards = {card["id"]: card for card in _cards(cfg)}
         if model not in cards:
             raise NotFound(f"endpoint {endpoint!r} serves no model {model!r}; its models are its deployments and "
                            f"the fine-tunes they serve: {', '.join(cards) or 'none yet'} (a request's `model` that "
@@ -113,13 +112,23 @@ async def unknown(endpoint: str, rest: str, request: Request) -> Response:
     return JSONResponse(error_body(dialect_of(path), exc), status_code=404)
 
 
-def _cards(dep: Deployment) -> list[dict[str, Any]]:
-    """A deployment as an OpenAI model, then each fine-tune it serves on its base (id NAME:VERSION, `parent` the
-    deployment)."""
-    created = _unix(dep.created_at)
-    card = {"id": dep.name, "object": "model", "created": created, "owned_by": "forgeflow", "root": dep.model_ref}
-    return [card] + [{"id": ref, "object": "model", "created": created, "owned_by": "forgeflow",
-                      "root": dep.model_ref, "parent": dep.name} for ref in dep.adapters]
+def _cards(cfg: EndpointConfig) -> list[dict[str, Any]]:
+    """The endpoint's deployments as OpenAI models (by name), then each registered fine-tune they serve, once (id
+    NAME:VERSION; `parent` the deployment a request naming it goes to, left out when several serve it and the
+    traffic split decides)."""
+    deployments = [d for _, d in sorted(cfg.deployments.items())]
+    cards = [{"id": d.name, "object": "model", "created": _unix(d.created_at), "owned_by": "forgeflow",
+              "root": d.model_ref} for d in deployments]
+    listed = {d.name for d in deployments}
+    for dep in deployments:
+        for ref in dep.registered_models:
+            if ref in listed:
+                continue
+            listed.add(ref)
+            parent = routing.serving_model(cfg, ref)
+            cards.append({"id": ref, "object": "model", "created": _unix(dep.created_at), "owned_by": "forgeflow",
+                          "root": dep.model_ref, **({"parent": parent} if parent else {})})
+    return cards
 
 
 def _unix(stamp: str) -> int:

@@ -61,13 +61,13 @@ def reconcile(supervisor: DeploymentSupervisor, stored: Iterable[Deployment]) ->
                          "created" if dep.state == DeploymentState.CREATING else "updated")
                 supervisor.launch(dep)
             continue
-        changed = {k for k, v in dep.spec().items() if _comparable(current.spec()[k]) != _comparable(v)}
+        changed = {k for k, v in dep.spec().items() if _comparable(current.spec()[k], k) != _comparable(v, k)}
         if _recreated(current, dep, changed):
             log.info("deployment %s/%s was deleted and created again through another server: starting it anew",
                      *key)
             supervisor.launch(dep)  # stops the old instances first
-        elif changed and dep.state == DeploymentState.UPDATING:
-            supervisor.update(current, dep)
+        elif dep.state == DeploymentState.UPDATING and (changed or current.state == DeploymentState.SUCCEEDED):
+            supervisor.update(current, dep)  # with nothing changed (and no roll running) it only settles the row
         elif changed == {"instance_count"} and dep.state == DeploymentState.SUCCEEDED:
             supervisor.scale(dep)
     gone = [key for key in running if key not in wanted]
@@ -86,8 +86,11 @@ def _recreated(running: Deployment, stored: Deployment, changed: set[str]) -> bo
     return stored.created_at != running.created_at or running.state != DeploymentState.CREATING or bool(changed)
 
 
-def _comparable(value):
-    """A spec value as the store gives it back (JSON has no tuples, and 1.0 reads back as 1)."""
+def _comparable(value, field: str = ""):
+    """A spec value as the store gives it back (JSON has no tuples, and 1.0 reads back as 1). The adapters' order
+    counts (the first is the default), so they compare as a list of pairs."""
+    if field == "adapters" and isinstance(value, dict):
+        return [[k, _comparable(v)] for k, v in value.items()]
     if isinstance(value, dict):
         return {k: _comparable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

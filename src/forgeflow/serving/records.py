@@ -4,6 +4,7 @@ supervisor, the placement and the gateway read it. And the gateway's view of an 
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,7 +12,8 @@ from typing import Any
 from forgeflow.serving import specs
 from forgeflow.store.states import DeploymentState
 
-Key = tuple[str, str]  # (endpoint, deployment)
+Key = tuple[str, str]
+_REGISTERED = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*:[0-9]+")  # a registered version's canonical reference  # (endpoint, deployment)
 SPEC_FIELDS = ("model_ref", "model_path", "runtime", "instance_count", "request_settings", "liveness_probe",
                "readiness_probe", "scale_settings", "compute", "resources", "adapters", "gguf_type")
 
@@ -39,13 +41,13 @@ class Deployment:
     # first is the default); model_path is then the base model's folder and model_ref the base model. Empty: one
     # model, model_path its merged folder.
     adapters: dict[str, str] = field(default_factory=dict)
-    gguf_type: str | None = None  # llamacpp's GGUF weights; None: the model server's own default (f16)
+    gguf_type: str | None = None  # llamacpp's GGUF weights; None off llamacpp
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Deployment:
         """A stored row; probes and scale settings saved before they were settable read as the defaults, a
         deployment saved before it could run elsewhere as one on `local`, and one saved before adapters or GGUF
-        types as one model with the model server's GGUF default."""
+        types as one model, on llamacpp of the f16 weights it was served (the model server's default then)."""
         values = {f.name: row.get(f.name) for f in dataclasses.fields(cls)}
         return cls(**values | {
             "state": DeploymentState(row["state"]),
@@ -55,6 +57,7 @@ class Deployment:
             "compute": row.get("compute") or specs.LOCAL_COMPUTE,
             "resources": specs.resources(None, row.get("resources")),
             "adapters": dict(row.get("adapters") or {}),
+            "gguf_type": row.get("gguf_type") or (specs.LEGACY_GGUF_TYPE if row.get("runtime") == "llamacpp" else None),
         })
 
     def row(self) -> dict[str, Any]:
@@ -71,6 +74,14 @@ class Deployment:
     def models(self) -> list[str]:
         """The registered models it serves: its adapters' names, or its one model."""
         return list(self.adapters) or [self.model_ref]
+
+    @property
+    def registered_models(self) -> list[str]:
+        """The registered versions (`NAME:VERSION`) it serves, which a request's `model` may name: its adapters',
+        or its one model's when that is a registered version (not a catalog model, a folder or a flow)."""
+        if self.adapters:
+            return list(self.adapters)
+        return [self.model_ref] if _REGISTERED.fullmatch(self.model_ref or "") and not self.serves_flow else []
 
     @property
     def key(self) -> Key:

@@ -1,9 +1,10 @@
 """Which deployment serves a request (the instance and admission are serving.admission's).
 
 - Deployment: the `azureml-model-deployment` header wins; then a request's `model` that names a
-  deployment; then a `model` naming a fine-tune (`NAME` or `NAME:VERSION`) that exactly one deployment serves
-  as an adapter on its base; else a weighted draw over the live traffic split (a `model` that names no
-  deployment, such as the gpt-4 a Prompt flow file names, is served by the traffic split too).
+  deployment; then a `model` naming a registered fine-tune (`NAME`, `NAME:VERSION`, `NAME@latest`) that
+  exactly one deployment serves, as an adapter on its base or as its one model; else a weighted draw over the
+  live traffic split (a `model` that names no deployment, such as the gpt-4 a Prompt flow file names, is served
+  by the traffic split too).
 - Mirror: with the mirror percentage, a copy goes to the mirror deployment (traffic-routed
   requests only, as Azure does).
 """
@@ -23,7 +24,7 @@ def choose_deployment(cfg: EndpointConfig, header: str | None, model: str | None
         return _named(cfg, header), False
     if model and model in cfg.deployments:
         return model, False
-    if model and (serving := _serving_adapter(cfg, model)):
+    if model and (serving := serving_model(cfg, model)):
         return serving, False
     live = _live(cfg)
     if len(live) == 1:
@@ -31,17 +32,17 @@ def choose_deployment(cfg: EndpointConfig, header: str | None, model: str | None
     return random.choices([n for n, _ in live], weights=[p for _, p in live])[0], True
 
 
-def _serving_adapter(cfg: EndpointConfig, model: str) -> str | None:
-    """The one deployment whose adapters include the fine-tune `model` names, if exactly one does. A version its
-    deployment does not serve matches none here: the traffic split's instance then says which it serves."""
+def serving_model(cfg: EndpointConfig, model: str) -> str | None:
+    """The one deployment serving the registered fine-tune `model` names (as an adapter on its base or as its one
+    model), if exactly one does. A version its deployment does not serve matches none here: the traffic split's
+    instance then says which it serves."""
     found = []
     for name, dep in cfg.deployments.items():
-        if dep.adapters:
-            try:
-                if match_adapter(model, list(dep.adapters)):
-                    found.append(name)
-            except ForgeflowError:
-                continue
+        try:
+            if match_adapter(model, dep.registered_models):
+                found.append(name)
+        except ForgeflowError:
+            continue
     return found[0] if len(found) == 1 else None
 
 

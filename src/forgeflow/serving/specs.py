@@ -48,6 +48,7 @@ SETTABLE = ("model", "instance_count", "runtime", "request_settings", "liveness_
 # The GGUF weights a llamacpp deployment serves when it names none: 4-bit k-quants, about twice f16's single-stream
 # speed on a CPU (bench/README.md); f16 and q8_0 on request (inference/gguf_export.py's GGUF_TYPES).
 DEFAULT_GGUF_TYPE = DEFAULT_TYPE
+LEGACY_GGUF_TYPE = "f16"  # what llamacpp deployments stored before gguf_type was recorded serve (a NULL column)
 GGUF_RUNTIMES = ("llamacpp",)
 MAX_ADAPTERS = 64  # fine-tunes one deployment serves on its base model
 # Scale settings, named as Azure ML's TargetUtilizationScaleSettings (plus the compute cluster's

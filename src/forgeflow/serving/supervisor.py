@@ -92,11 +92,14 @@ class DeploymentSupervisor:
         with self._lock:
             self._specs[key] = new
             gen = self._generation.get(key, 0)
-        roll = ((old.model_path, old.model_ref, old.adapters, old.gguf_type, old.runtime, old.compute, old.resources)
-                != (new.model_path, new.model_ref, new.adapters, new.gguf_type, new.runtime, new.compute,
-                    new.resources))
+        # the adapters' order counts: the first is the default
+        roll = ((old.model_path, old.model_ref, list(old.adapters.items()), old.gguf_type, old.runtime, old.compute,
+                 old.resources)
+                != (new.model_path, new.model_ref, list(new.adapters.items()), new.gguf_type, new.runtime,
+                    new.compute, new.resources))
         if not roll and old.instance_count == new.instance_count:
             self.reports.deployment_succeeded(key)
+            self._settled(key, gen)
             return
         threading.Thread(target=self._roll, args=(key, gen, old, new, roll), daemon=True,
                          name=f"forgeflow-roll-{key[0]}-{key[1]}").start()
@@ -272,9 +275,7 @@ class DeploymentSupervisor:
                                 f"{self.placement.log_tail(pending[0]) if pending else ''}")
             return
         self.reports.deployment_succeeded(key)
-        with self._lock:  # after the row: what it runs says Succeeded only once the store does
-            if self._current(key, gen) and key in self._specs:
-                self._specs[key] = self._specs[key].replace(state=DeploymentState.SUCCEEDED)
+        self._settled(key, gen)  # after the row: what it runs says Succeeded only once the store does
 
     def _await_instance(self, key: Key, gen: int, inst: Instance) -> str | None:
         """Wait for one new instance; None when ready, else why not."""
@@ -312,6 +313,14 @@ class DeploymentSupervisor:
             self._drain(key, inst, new)
         if self._current(key, gen):
             self.reports.deployment_succeeded(key)
+            self._settled(key, gen)
+
+    def _settled(self, key: Key, gen: int) -> None:
+        """After the row says Succeeded, what it runs says so too (an update through another server that changes
+        nothing is then only a row to settle: endpoint service's reconcile)."""
+        with self._lock:
+            if self._current(key, gen) and key in self._specs:
+                self._specs[key] = self._specs[key].replace(state=DeploymentState.SUCCEEDED)
 
     def _rollback(self, key: Key, gen: int, old: list[Instance], old_spec: Deployment, why: str) -> None:
         log.error("deployment %s/%s update failed: %s", key[0], key[1], why)

@@ -192,7 +192,8 @@ async function deploymentsTab(root, ctx, ep, setEp) {
       h("span", {class: "muted small"}, "state and instance health refresh by themselves")),
     deps.length ? [table([
       {label: "Deployment", render: (d) => h("b", {}, d.name)},
-      {label: "Serves", render: (d) => h("span", {class: "ellipsis", title: d.model_path || ""}, d.model || d.model_ref || "–")},
+      {label: "Serves", render: (d) => h("span", {class: "ellipsis", title: d.model_path || ""},
+        (Array.isArray(d.model) ? d.model.join(", ") : d.model) || d.model_ref || "–")},
       {label: "State", cls: "wrap-sm", render: (d) => [badge(d.provisioning_state), d.error ? h("div", {class: "small bad-text"}, d.error) : null]},
       {label: "Instances", render: instances},
       {label: "Traffic %", render: (d) => h("span", {class: "pct-cell"}, input(d.name), "%")},
