@@ -308,9 +308,12 @@ class BatchScheduler:
 
     def _retire(self) -> None:
         torch = self.torch
-        keep = [i for i, s in enumerate(self.running) if not s.cancelled]
+        # the flags are read once: a cancel from another thread between two reads would retire a sequence
+        # that stays in the batch
+        cancelled = [s.cancelled for s in self.running]
+        keep = [i for i, gone in enumerate(cancelled) if not gone]
         for row, seq in enumerate(self.running):
-            if seq.cancelled:
+            if cancelled[row]:
                 self._keep_prefix(row, seq)
                 self._release(seq)
                 seq.out.put(_DONE)
