@@ -116,6 +116,44 @@ def test_a_shared_system_prompt_is_copied_from_another_slot(llamacpp_runtime):
     assert got == runtime.generate(second)
 
 
+def test_another_chat_sharing_a_little_copies_it_and_leaves_the_first_chats_history(tools_model_dir):
+    """Chat B shares only the template's opening with chat A's idle slot: it takes the other slot (copying what
+    it shares), so A's next turn still reuses all of A's history."""
+    from forgeflow.inference.runtimes.llamacpp import LlamaCppRuntime
+
+    runtime = LlamaCppRuntime(tools_model_dir, threads=1, max_batch_size=2)
+    try:
+        turns = chat("What is the capital of France? Tell me about its rivers, bridges and old streets.")
+        answer = runtime.generate(chat_request(turns, temperature=0, max_new_tokens=12))
+        runtime.generate(chat_request(chat("What is"), temperature=0, max_new_tokens=4))  # chat B
+        turns = [*turns, {"role": "assistant", "content": answer.text}, {"role": "user", "content": "why?"}]
+        before = runtime.health()["prefix_tokens_reused"]
+        runtime.generate(chat_request(turns, temperature=0, max_new_tokens=4))
+        assert runtime.health()["prefix_tokens_reused"] - before > len(runtime.prompts.encode(turns[:1]))
+    finally:
+        runtime.close()
+
+
+def test_a_turn_whose_cache_and_answer_fill_the_context_still_reuses_its_prefix(tools_model_dir, monkeypatch):
+    """Room is made by letting go of other slots' caches, never the prefix the request itself reuses (counted
+    once, as part of its own need)."""
+    from forgeflow.inference.runtimes import llamacpp
+
+    monkeypatch.setattr(llamacpp, "MAX_SHARED_CONTEXT", 0)  # the cells of one longest request only
+    runtime = llamacpp.LlamaCppRuntime(tools_model_dir, threads=1, max_batch_size=2)
+    try:
+        turns = chat("What is the capital of France?")
+        answer = runtime.generate(chat_request(turns, temperature=0, max_new_tokens=8))
+        turns = [*turns, {"role": "assistant", "content": answer.text}, {"role": "user", "content": "why?"}]
+        before = runtime.health()["prefix_tokens_reused"]
+        events = iter(runtime.stream(chat_request(turns, temperature=0, max_new_tokens=100000)))  # all the rest
+        next(events)
+        events.close()
+        assert runtime.health()["prefix_tokens_reused"] - before >= len(runtime.prompts.encode(turns[:1]))
+    finally:
+        runtime.close()
+
+
 def test_close_ends_running_requests(tools_model_dir):
     from forgeflow.inference.runtimes.llamacpp import LlamaCppRuntime
 
