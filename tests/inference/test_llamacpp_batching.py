@@ -73,10 +73,12 @@ def test_a_consumer_that_leaves_frees_its_slot(llamacpp_runtime):
     events = iter(runtime.stream(ChatRequest(chat("tell me a story"), 1000, never_end)))
     next(events)
     assert runtime.health()["running"] >= 1
+    served = runtime.health()["served"]
     events.close()  # the client went away
     wait_for(lambda: runtime.health()["running"] == 0, "freed the slot")
     request = chat_request(chat("hi"), temperature=0, max_new_tokens=5)
     assert runtime.generate(request).completion_tokens > 0
+    assert runtime.health()["served"] == served + 1  # the answer that ended, not the one left
 
 
 def test_a_chats_next_turn_reuses_its_prefix_with_the_same_answer(llamacpp_runtime, tools_model_dir):
@@ -347,3 +349,56 @@ def test_an_adapter_llama_cpp_cannot_carry_is_refused_by_name(tools_model_dir, a
     with pytest.raises(InvalidInput, match="use_dora.*transformers") as refused:
         cached_gguf_lora(dora, tools_model_dir)
     assert refused.value.field == "runtime" and not list(dora.glob("forgeflow-lora.gguf*"))
+
+
+def test_a_request_whose_admission_fails_ends_with_the_error_and_releases_its_adapter(adapter_runtime,
+                                                                                     monkeypatch):
+
+    from forgeflow.inference.batching import _DONE
+
+    runtime, place = adapter_runtime, adapter_runtime.slots.place
+
+    def fails_once(seq):
+        monkeypatch.setattr(runtime.slots, "place", place)
+        raise RuntimeError("no slot")
+
+    monkeypatch.setattr(runtime.slots, "place", fails_once)
+    _, seq = submit(runtime, chat_request(chat("hi"), temperature=0, max_new_tokens=4), "tuned-1:1")
+    steps = [seq.out.get(timeout=60), seq.out.get(timeout=60)]  # never blocks forever, as its client would
+    assert isinstance(steps[0], RuntimeError) and steps[1] is _DONE
+    assert runtime.health()["adapters"]["in_use"] == {}
+    assert runtime.generate(chat_request(chat("hi"), temperature=0, max_new_tokens=4), "tuned-1:1").text
+
+
+def test_health_lists_the_adapters_served(adapter_runtime):
+    assert adapter_runtime.health()["adapters"]["served"] == ["tuned-1:1", "tuned-2:1"]
+
+
+def test_a_failed_start_frees_the_engine_and_closing_twice_is_safe(tools_model_dir, monkeypatch):
+    from forgeflow.inference.runtimes import llamacpp
+    from forgeflow.inference.runtimes.llamacpp_engine import LlamaEngine
+
+    closed, close = [], LlamaEngine.close
+
+    def counted(engine):
+        closed.append(engine)
+        close(engine)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("slots")
+
+    monkeypatch.setattr(LlamaEngine, "close", counted)
+    monkeypatch.setattr(llamacpp, "SlotTable", broken)
+    with pytest.raises(RuntimeError, match="slots"):
+        llamacpp.LlamaCppRuntime(tools_model_dir, threads=1, max_batch_size=1)
+    assert len(closed) == 1
+    closed[0].close()  # freed already: nothing happens (a second free would crash the process)
+    assert closed[0].ctx is None
+
+
+def test_more_sequences_than_llama_cpp_has_is_refused_by_name(tools_model_dir):
+    from forgeflow.inference.runtimes.llamacpp import LlamaCppRuntime
+
+    with pytest.raises(InvalidInput, match="max_batch_size") as refused:
+        LlamaCppRuntime(tools_model_dir, max_batch_size=257)
+    assert refused.value.field == "max_batch_size"
