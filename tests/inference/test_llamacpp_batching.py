@@ -402,3 +402,52 @@ def test_more_sequences_than_llama_cpp_has_is_refused_by_name(tools_model_dir):
     with pytest.raises(InvalidInput, match="max_batch_size") as refused:
         LlamaCppRuntime(tools_model_dir, max_batch_size=257)
     assert refused.value.field == "max_batch_size"
+
+
+def edited_adapter(source, out, config=None, tensors=None):
+    """A copy of the adapter in `source` with adapter_config.json keys set (None: removed) and tensors changed."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(source, out, ignore=shutil.ignore_patterns("forgeflow-*", ".forgeflow-*"))
+    spec = json.loads((out / "adapter_config.json").read_text())
+    for key, value in (config or {}).items():
+        spec.pop(key) if value is None else spec.__setitem__(key, value)
+    (out / "adapter_config.json").write_text(json.dumps(spec))
+    weights = load_file(str(out / "adapter_model.safetensors"))
+    for part, change in (tensors or {}).items():
+        key = next(k for k in weights if part in k)
+        weights[key] = change(weights[key])
+    save_file(weights, str(out / "adapter_model.safetensors"))
+    return out
+
+
+@pytest.mark.parametrize("config, tensors, refused", [
+    ({"lora_alpha": 0}, None, "lora_alpha 0"),
+    ({"r": None}, None, "rank r"),
+    ({"fan_in_fan_out": True}, None, "fan_in_fan_out"),
+    ({"layer_replication": [[0, 2]]}, None, "layer_replication"),
+    (None, {"layers.0.self_attn.k_proj.lora_B": lambda b: b.repeat(2, 1)}, "k_proj has lora_A"),
+    (None, {"layers.1.mlp.down_proj.lora_A": lambda a: a[:, :-1].contiguous()}, "down_proj has lora_A"),
+])
+def test_an_adapter_that_does_not_fit_the_base_is_refused_when_converted(tools_model_dir, adapters, tmp_path,
+                                                                        config, tensors, refused):
+    from forgeflow.inference.gguf_lora import cached_gguf_lora
+
+    bad = edited_adapter(adapters["tuned-1:1"], tmp_path / "bad", config, tensors)
+    with pytest.raises(InvalidInput, match=refused) as error:
+        cached_gguf_lora(bad, tools_model_dir)
+    assert error.value.field == "adapter"
+
+
+def test_an_adapter_without_lora_alpha_gets_peft_default(tools_model_dir, adapters, tmp_path):
+    import gguf
+
+    from forgeflow.inference.gguf_lora import cached_gguf_lora
+
+    rank_4 = build_tiny_adapter(tools_model_dir, tmp_path / "rank-4", seed=1, r=4)
+    plain = edited_adapter(rank_4, tmp_path / "plain", {"lora_alpha": None})
+    reader = gguf.GGUFReader(str(cached_gguf_lora(plain, tools_model_dir)))
+    assert reader.fields["adapter.lora.alpha"].contents() == 8.0
