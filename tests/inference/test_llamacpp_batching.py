@@ -451,3 +451,21 @@ def test_an_adapter_without_lora_alpha_gets_peft_default(tools_model_dir, adapte
     plain = edited_adapter(rank_4, tmp_path / "plain", {"lora_alpha": None})
     reader = gguf.GGUFReader(str(cached_gguf_lora(plain, tools_model_dir)))
     assert reader.fields["adapter.lora.alpha"].contents() == 8.0
+
+
+def test_an_edited_adapter_config_converts_again(tools_model_dir, adapters, tmp_path):
+    import json
+    import os
+
+    import gguf
+
+    from forgeflow.inference.gguf_lora import cached_gguf_lora
+
+    adapter = edited_adapter(adapters["tuned-1:1"], tmp_path / "edited")
+    cached_gguf_lora(adapter, tools_model_dir)
+    config = adapter / "adapter_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "lora_alpha": 4}))
+    later = max(p.stat().st_mtime_ns for p in adapter.iterdir()) + 10**9
+    os.utime(config, ns=(later, later))
+    reader = gguf.GGUFReader(str(cached_gguf_lora(adapter, tools_model_dir)))
+    assert reader.fields["adapter.lora.alpha"].contents() == 4.0
