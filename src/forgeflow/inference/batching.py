@@ -31,7 +31,7 @@ from typing import Any
 
 from forgeflow.errors import InvalidInput, ServerUnavailable
 from forgeflow.inference.peft_adapters import PeftAdapters
-from forgeflow.inference.prefix_cache import PrefixCache
+from forgeflow.inference.prefix_cache import BLOCK, PrefixCache
 from forgeflow.inference.sampling import Sampler
 
 log = logging.getLogger("forgeflow.batching")
@@ -333,7 +333,7 @@ class BatchScheduler:
 
     def _keep_prefix(self, row: int, seq: Sequence) -> None:
         """Leave a retiring sequence's computed KV (prompt, then what it generated) to the prefix cache."""
-        if self.prefix_cache is None:
+        if self.prefix_cache is None or len(seq.prompt) + len(seq.output) < BLOCK:  # too short to be kept
             return
         columns = self.mask[row].nonzero().squeeze(-1)
         computed = (seq.prompt + seq.output)[:columns.numel()]
