@@ -158,3 +158,38 @@ def test_the_prefix_cache_keeps_each_adapters_kv_apart(tools_model_dir, adapter_
         assert stats["hits"] == 3 and stats["entries"] == 3  # each repeat reuses its own adapter's prompt
     finally:
         generator.close()
+
+
+def test_batched_lora_gives_peft_mixed_batch_logits(tools_model_dir, tmp_path):
+    """Batched LoRA (adapters of different ranks, a row without one) equals PEFT's own mixed-batch forward,
+    also after an adapter is evicted and another loads in its place."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from forgeflow.inference.peft_adapters import BASE, PeftAdapters
+
+    dirs = {name: build_tiny_adapter(tools_model_dir, tmp_path / name, seed=seed, r=r)
+            for name, seed, r in [("a:1", 1, 4), ("b:1", 2, 8), ("c:1", 3, 2)]}
+    tokenizer = AutoTokenizer.from_pretrained(tools_model_dir)
+    batch = tokenizer([QUESTION, "An unrelated prompt, of another kind", "hello " * 6], return_tensors="pt",
+                      padding=True)
+    reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tools_model_dir), dirs["a:1"],
+                                          adapter_name="a:1").eval()
+    for name in ["b:1", "c:1"]:
+        reference.load_adapter(dirs[name], adapter_name=name)
+    reference.eval()
+    served = PeftAdapters(AutoModelForCausalLM.from_pretrained(tools_model_dir).eval(), dirs, max_loaded=2)
+    with torch.no_grad():
+        for rows in (["a:1", "b:1", None], ["c:1", "b:1", None], ["b:1"] * 3, [None] * 3):
+            for name in rows:  # the second batch evicts a:1 to load c:1
+                if name is not None:
+                    served.loaded.acquire(name)
+            expected_logits = reference(**batch, adapter_names=[r or BASE for r in rows]).logits
+            got = served.forward(rows, **batch).logits
+            assert served.lora is not None
+            torch.testing.assert_close(got, expected_logits, atol=1e-5, rtol=0)
+            for name in rows:
+                if name is not None:
+                    served.loaded.release(name)
+        assert sorted(served.loaded.loaded()) == ["b:1", "c:1"]
+    served.close()

@@ -70,11 +70,13 @@ async def export(api, version: str, **params):
 
 
 async def test_which_files_make_each_format(api, versions):
-    r = await export(api, "1", format="gguf")
+    r = await export(api, "1", format="gguf")  # q4_k_m unless told, as a llamacpp deployment serves
     plan = r.json()
-    assert r.status_code == 200 and plan["quantize"] == "f16" and plan["convert"] is None
-    assert plan["files"] == [{"path": "model/forgeflow-f16.gguf", "target": "quill-1-f16.gguf",
-                              "size": (versions / "v1" / "model" / "forgeflow-f16.gguf").stat().st_size}]
+    assert r.status_code == 200 and plan["quantize"] == "q4_k_m" and plan["convert"] is None
+    assert plan["files"] == [{"path": "model/forgeflow-q4_k_m.gguf", "target": "quill-1-q4_k_m.gguf",
+                              "size": (versions / "v1" / "model" / "forgeflow-q4_k_m.gguf").stat().st_size}]
+    r = await export(api, "1", format="gguf", quantize="f16")
+    assert r.status_code == 200 and r.json()["files"][0]["target"] == "quill-1-f16.gguf"
 
     plan = (await export(api, "1", format="safetensors")).json()
     targets = {f["target"] for f in plan["files"]}
@@ -203,7 +205,7 @@ def test_the_real_embedded_model_answers_the_same_in_plain_llama_cpp(tmp_path, m
     Workspace.open()
     folder = Path(pull_base_model(SMOLLM2).path)
     models.register("smol", folder)
-    plan = plan_export("smol:1", "gguf")
+    plan = plan_export("smol:1", "gguf", "f16")  # the weights the runtime below serves
     runtime = LlamaCppRuntime(folder, max_queue=2)
     plain = Llama(model_path=str(folder / Path(plan["files"][0]["path"]).name), n_ctx=1024, flash_attn=True, verbose=False)
     try:

@@ -128,7 +128,7 @@ def export(
     name: str, version: str, request: Request,
     format: str = Query(description="gguf, safetensors (a Hugging Face checkpoint folder) or mlflow (MLflow's "
                                     "transformers flavor, loadable without forgeflow)."),
-    quantize: str | None = Query(None, description="GGUF weights: f16 (the default), q8_0 or q4_k_m (needs "
+    quantize: str | None = Query(None, description="GGUF weights: f16, q8_0 or q4_k_m (the default; needs "
                                                    "llama-cpp-python on the server). Only with format gguf."),
 ) -> dict:
     """Which of the version's files make an export in `format`, each with its path under the client's output folder.

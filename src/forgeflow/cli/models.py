@@ -152,7 +152,7 @@ def export(
     ref: str = typer.Argument(help="NAME:VERSION of a registered model (NAME alone: its latest version)."),
     fmt: str = typer.Option(..., "--format", help="gguf (llama.cpp), safetensors (a Hugging Face checkpoint folder) "
                                                    "or mlflow (MLflow's transformers flavor, loads without forgeflow)."),
-    quantize: str = typer.Option(None, "--quantize", help="gguf only: f16 (default), q8_0 or q4_k_m."),
+    quantize: str = typer.Option(None, "--quantize", help="gguf only: f16, q8_0 or q4_k_m (the default: made by llama.cpp's quantizer, so it needs llama-cpp-python; f16 and q8_0 do not)."),
     out: Path = typer.Option(..., "--out", help="Folder to create with the export."),
     json_out: bool = JsonOpt,
 ) -> None:

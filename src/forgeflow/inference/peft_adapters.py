@@ -2,9 +2,11 @@
 
 The base is loaded once; the first adapter used wraps it in a PeftModel, later ones load into that wrapper,
 and the least recently used one not in use is deleted past the limit (inference/adapters.py LoadedAdapters).
-One forward serves rows of different adapters: PEFT's `adapter_names` names each row's adapter, BASE for
-none. Loading and deleting happen only on the batch scheduler's thread, between forwards, so no adapter goes
-away under a forward that uses it.
+One forward serves rows of different adapters: batched LoRA (inference/batched_lora.py) adds each row's
+adapter delta in one gather and two batched matmuls per layer; with `batched=False`, PEFT's own mixed-batch
+forward (`adapter_names`, BASE for none) does, looping over the adapters in every layer. Loading and deleting
+happen only on the batch scheduler's thread, between forwards, so no adapter goes away under a forward that
+uses it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 from forgeflow.errors import InvalidInput
 from forgeflow.inference.adapters import DEFAULT_MAX_LOADED, AdapterCatalog, LoadedAdapters
+from forgeflow.inference.batched_lora import BatchedLora
 
 BASE = "__base__"  # PEFT's name for a row that runs without an adapter
 
@@ -22,10 +25,13 @@ class PeftAdapters:
     """The adapters an instance serves, loaded on demand beside the base model, and the forward that mixes
     them."""
 
-    def __init__(self, base: Any, adapters: dict[str, Path], *, max_loaded: int = DEFAULT_MAX_LOADED) -> None:
+    def __init__(self, base: Any, adapters: dict[str, Path], *, max_loaded: int = DEFAULT_MAX_LOADED,
+                 batched: bool = True) -> None:
         self.base = base
         self.catalog = AdapterCatalog(adapters)
         self.peft: Any = None  # the PeftModel, from the first load on
+        self.batched = batched
+        self.lora: BatchedLora | None = None  # the batched path's hooks, while batched and adapters are loaded
         self.loaded: LoadedAdapters[str] = LoadedAdapters(self._load, self._unload, max_loaded=max_loaded)
 
     @property
@@ -43,7 +49,22 @@ class PeftAdapters:
         """One forward of the base model where row i runs with `adapters[i]` (None: the base alone)."""
         if self.peft is None:
             return self.base(**inputs)
-        return self.peft(**inputs, adapter_names=[a or BASE for a in adapters])
+        if self.lora is None:
+            return self.peft(**inputs, adapter_names=[a or BASE for a in adapters])
+        with self.lora.rows(adapters, inputs["input_ids"].device):
+            return self.peft(**inputs)
+
+    def use_batched(self, batched: bool) -> None:
+        """Switch between batched LoRA and PEFT's own mixed-batch forward (between forwards only)."""
+        self.batched = batched
+        self._restack()
+
+    def _restack(self) -> None:
+        if self.lora is not None:
+            self.lora.close()
+            self.lora = None
+        if self.batched and self.peft is not None:
+            self.lora = BatchedLora(self.peft)
 
     def stats(self) -> dict[str, Any]:
         return {"served": self.names, **self.loaded.stats()}
@@ -61,6 +82,7 @@ class PeftAdapters:
         else:
             self.peft.load_adapter(path, adapter_name=name)
             self.peft.eval()
+        self._restack()
         return name
 
     def _unload(self, name: str, _handle: str) -> None:
@@ -70,7 +92,9 @@ class PeftAdapters:
                     other = next(n for n in self.peft.peft_config if n != name)
                     self.peft.set_adapter(other, inference_mode=True)
                 self.peft.delete_adapter(name)
+                self._restack()
             else:
                 # PEFT cannot forward with no adapter: unwrap the base instead of deleting the last one
                 self.base = self.peft.unload()
                 self.peft = None
+                self._restack()

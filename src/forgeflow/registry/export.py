@@ -23,7 +23,7 @@ FORMATS = ("gguf", "safetensors", "mlflow")
 def plan_export(ref: str, fmt: str, quantize: str | None = None) -> dict[str, Any]:
     """What `model export` downloads for version `ref`: {name, version, format, quantize, files: [{path, size,
     target}], total_bytes, convert}; `path` is relative to the version's folder, `target` to the output folder."""
-    from forgeflow.inference.gguf_export import GGUF_TYPES, cached_gguf, unsupported_reason
+    from forgeflow.inference.gguf_export import DEFAULT_TYPE, GGUF_TYPES, cached_gguf, unsupported_reason
     from forgeflow.inference.model_folder import hf_model_dir, mlmodel_flavors
     from forgeflow.registry.models import get_version, model_files
 
@@ -41,7 +41,7 @@ def plan_export(ref: str, fmt: str, quantize: str | None = None) -> dict[str, An
     hf = hf_model_dir(root).resolve()
     convert = None
     if fmt == "gguf":
-        quantize = quantize or "f16"
+        quantize = quantize or DEFAULT_TYPE
         if problem := unsupported_reason(json.loads((hf / "config.json").read_text())):
             raise InvalidInput(f"{problem}: export it with format safetensors or mlflow", field="format")
         files = [(cached_gguf(hf, quantize), f"{mv.name}-{mv.version}-{quantize}.gguf")]

@@ -13,6 +13,7 @@ import copy
 from typing import Any
 
 from forgeflow.errors import InvalidInput
+from forgeflow.inference.gguf_export import DEFAULT_TYPE
 
 MAX_INSTANCES = 8
 MAX_MIRROR_PERCENT = 50
@@ -20,8 +21,8 @@ MAX_MIRROR_PERCENT = 50
 # and what every instance is started to accept, since the gateway forwards the body as it came.
 SCORING_MAX_BYTES = 64 * 1024 * 1024
 FLOW_RUNTIME = "flow"  # a deployment of a flow folder, served by forgeflow.flows.serve instead of a model server
-# Eight requests at once per instance, what the transformers runtime decodes in one batch (its --max-batch-size);
-# llama.cpp queues them in the instance. The gateway lets 2 x this many pending per instance, a 429 past that.
+# Eight requests at once per instance, what either runtime decodes in one batch (the model server's
+# --max-batch-size). The gateway lets 2 x this many pending per instance, a 429 past that.
 DEFAULT_MAX_CONCURRENT = 8
 DEFAULT_REQUEST_SETTINGS = {"request_timeout_ms": 90_000, "max_concurrent_requests_per_instance": DEFAULT_MAX_CONCURRENT}
 DEFAULT_LIVENESS = {"initial_delay": 5.0, "period": 5.0, "timeout": 5.0, "failure_threshold": 3, "success_threshold": 1}
@@ -46,7 +47,7 @@ SETTABLE = ("model", "instance_count", "runtime", "request_settings", "liveness_
             "scale_settings", "compute", "resources", "gguf_type")
 # The GGUF weights a llamacpp deployment serves when it names none: 4-bit k-quants, about twice f16's single-stream
 # speed on a CPU (bench/README.md); f16 and q8_0 on request (inference/gguf_export.py's GGUF_TYPES).
-DEFAULT_GGUF_TYPE = "q4_k_m"
+DEFAULT_GGUF_TYPE = DEFAULT_TYPE
 GGUF_RUNTIMES = ("llamacpp",)
 MAX_ADAPTERS = 64  # fine-tunes one deployment serves on its base model
 # Scale settings, named as Azure ML's TargetUtilizationScaleSettings (plus the compute cluster's
