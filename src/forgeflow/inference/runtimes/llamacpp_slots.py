@@ -60,17 +60,22 @@ class SlotTable:
         return [s for s in self.slots if s.seq is None]
 
     def fits(self, seq: Sequence) -> bool:
-        """Whether `seq` can run beside the running requests without the KV cache running out (cached idle
-        prefixes are let go, least recently used first, to make room; never the ones `seq` will reuse)."""
+        """Whether `seq` can run beside the running requests without the KV cache running out. Cached idle
+        prefixes are let go to make room, least recently used first and the one `seq` would copy last; the
+        prefix kept in its own slot counts once, as part of its need."""
         slot, donor, reused = self._choose(seq)
         running = sum(s.need for s in self.running())
-        # cells shared with the donor are held already; the prefix kept in its own slot is part of its need
-        need = len(seq.prompt) + seq.max_new_tokens - (reused if donor is not None else 0)
-        if running and running + need > self.engine.n_ctx:
+        need = len(seq.prompt) + seq.max_new_tokens
+
+        def shared() -> int:  # cells it would share with the donor, while the donor still holds them
+            return reused if donor is not None and len(donor.cached) >= reused else 0
+
+        if running and running + need - (shared() if donor is not None and donor.seq is not None else 0) \
+                > self.engine.n_ctx:
             return False
         others = [s for s in self.idle() if s is not slot]
-        for candidate in sorted((s for s in others if s is not donor), key=lambda s: s.used):
-            if running + need + sum(s.need for s in others) <= self.engine.n_ctx:
+        for candidate in sorted(others, key=lambda s: (s is donor, s.used)):
+            if running + need - shared() + sum(s.need for s in others) <= self.engine.n_ctx:
                 break
             self.drop(candidate)
         return True
