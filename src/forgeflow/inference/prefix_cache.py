@@ -3,10 +3,10 @@ prompt starting with the same tokens (a chat's next turn, a system prompt shared
 the rest.
 
 Entries are (adapter, tokens, per-layer keys and values), least recently used let go past a bound on the
-bytes their keys and values hold (DEFAULT_MAX_BYTES, 256 MiB: a bound in tokens would mean 1.5 GB for 32k tokens
-of SmolLM2-135M's float32 KV and 13 GB of SmolLM2-1.7B's). They are found as vLLM finds its blocks: each full block of BLOCK tokens of an entry is indexed
-by a hash chained over the blocks before it, a prompt walks its own block hashes as deep as they are indexed,
-and the match then extends token by token along the entry found. Tokens are compared, not only hashed, so a
+bytes their keys and values hold (DEFAULT_MAX_BYTES, 256 MiB: a bound in tokens would mean 1.5 GB for 32k
+tokens of SmolLM2-135M's float32 KV and 13 GB of SmolLM2-1.7B's). They are found as vLLM finds its blocks: each
+full block of BLOCK tokens of an entry is indexed by a hash chained over the blocks before it, a prompt walks its
+own block hashes as deep as they are indexed, and the match then extends token by token along the entry found. Tokens are compared, not only hashed, so a
 hash collision costs a miss, never a wrong answer. The scheduler's thread is the only caller of `find` and
 `add`; `stats` may be read from any thread.
 """

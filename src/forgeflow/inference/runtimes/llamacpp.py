@@ -144,7 +144,8 @@ class LlamaCppRuntime:
         return {"runtime": self.name, "waiting": self.waiting.qsize() + len(self.held),
                 "running": slots.pop("running"), "served": self.served, "gguf": self.gguf_path.name,
                 "steps": self.steps, "largest_batch": self.largest_batch, "kv_cells": self.engine.n_ctx,
-                **slots, "prefix_cache": self.slots.prefix_cache, "adapters": {"served": list(self.lora_files), **self.adapters.stats()}}
+                **slots, "prefix_cache": self.slots.prefix_cache,
+                "adapters": {"served": list(self.lora_files), **self.adapters.stats()}}
 
     def close(self) -> None:
         """Stop the worker (it stops within a step), end every request running or queued, and free the context
