@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from forgeflow.chat import Sampling, chat_request
-from forgeflow.inference.batching import BatchScheduler, QueueFull
+from forgeflow.inference.batching import BatchScheduler, QueueFull, Sequence
 from forgeflow.inference.generation import ChatGenerator
 from forgeflow.inference.sampling import Sampler
 from forgeflow.inference.runtimes.base import TokenStream
@@ -173,6 +173,41 @@ def test_back_pressure_and_failed_forward(monkeypatch):
     finally:
         model.release.set()
         scheduler.close()
+
+
+class _CancelledBetweenReads(Sequence):
+    """A sequence a client cancels just after the scheduler first looks at it."""
+
+    reads = 0
+
+    @property
+    def cancelled(self) -> bool:
+        self.reads += 1
+        return self.reads > 1
+
+    @cancelled.setter
+    def cancelled(self, value: bool) -> None:
+        pass
+
+
+def test_a_cancel_while_retiring_never_retires_a_sequence_that_stays(monkeypatch):
+    """_retire decides once which sequences leave: a sequence it ends (its _DONE sent, its adapter released) is
+    never one it keeps in the batch."""
+    from types import SimpleNamespace
+
+    import transformers
+
+    monkeypatch.setattr(transformers, "DynamicCache", lambda config=None: None)
+    scheduler = BatchScheduler(_Stuck(), eos_ids=[2], pad_id=0, device="cpu")
+    scheduler.close()  # its thread stopped: the test drives _retire itself
+    racing, finished = _CancelledBetweenReads([1, 2], 4), Sequence([3, 4], 4, cancelled=True)
+    scheduler.running = [racing, finished]
+    scheduler.mask = torch.ones(2, 3, dtype=torch.long)
+    layer = SimpleNamespace(keys=torch.zeros(2, 1, 3, 2), values=torch.zeros(2, 1, 3, 2))
+    scheduler.cache = SimpleNamespace(layers=[layer])
+    scheduler._retire()
+    ended = [seq for seq in (racing, finished) if not seq.out.empty()]
+    assert ended == [finished] and scheduler.running == [racing]
 
 
 # -- text assembly ---------------------------------------------------------------------------------

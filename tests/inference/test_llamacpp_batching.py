@@ -73,10 +73,12 @@ def test_a_consumer_that_leaves_frees_its_slot(llamacpp_runtime):
     events = iter(runtime.stream(ChatRequest(chat("tell me a story"), 1000, never_end)))
     next(events)
     assert runtime.health()["running"] >= 1
+    served = runtime.health()["served"]
     events.close()  # the client went away
     wait_for(lambda: runtime.health()["running"] == 0, "freed the slot")
     request = chat_request(chat("hi"), temperature=0, max_new_tokens=5)
     assert runtime.generate(request).completion_tokens > 0
+    assert runtime.health()["served"] == served + 1  # the answer that ended, not the one left
 
 
 def test_a_chats_next_turn_reuses_its_prefix_with_the_same_answer(llamacpp_runtime, tools_model_dir):
@@ -114,6 +116,44 @@ def test_a_shared_system_prompt_is_copied_from_another_slot(llamacpp_runtime):
     busy.close()
     assert runtime.health()["prefix_tokens_reused"] - before >= len(runtime.prompts.encode([system]))
     assert got == runtime.generate(second)
+
+
+def test_another_chat_sharing_a_little_copies_it_and_leaves_the_first_chats_history(tools_model_dir):
+    """Chat B shares only the template's opening with chat A's idle slot: it takes the other slot (copying what
+    it shares), so A's next turn still reuses all of A's history."""
+    from forgeflow.inference.runtimes.llamacpp import LlamaCppRuntime
+
+    runtime = LlamaCppRuntime(tools_model_dir, threads=1, max_batch_size=2)
+    try:
+        turns = chat("What is the capital of France? Tell me about its rivers, bridges and old streets.")
+        answer = runtime.generate(chat_request(turns, temperature=0, max_new_tokens=12))
+        runtime.generate(chat_request(chat("What is"), temperature=0, max_new_tokens=4))  # chat B
+        turns = [*turns, {"role": "assistant", "content": answer.text}, {"role": "user", "content": "why?"}]
+        before = runtime.health()["prefix_tokens_reused"]
+        runtime.generate(chat_request(turns, temperature=0, max_new_tokens=4))
+        assert runtime.health()["prefix_tokens_reused"] - before > len(runtime.prompts.encode(turns[:1]))
+    finally:
+        runtime.close()
+
+
+def test_a_turn_whose_cache_and_answer_fill_the_context_still_reuses_its_prefix(tools_model_dir, monkeypatch):
+    """Room is made by letting go of other slots' caches, never the prefix the request itself reuses (counted
+    once, as part of its own need)."""
+    from forgeflow.inference.runtimes import llamacpp
+
+    monkeypatch.setattr(llamacpp, "MAX_SHARED_CONTEXT", 0)  # the cells of one longest request only
+    runtime = llamacpp.LlamaCppRuntime(tools_model_dir, threads=1, max_batch_size=2)
+    try:
+        turns = chat("What is the capital of France?")
+        answer = runtime.generate(chat_request(turns, temperature=0, max_new_tokens=8))
+        turns = [*turns, {"role": "assistant", "content": answer.text}, {"role": "user", "content": "why?"}]
+        before = runtime.health()["prefix_tokens_reused"]
+        events = iter(runtime.stream(chat_request(turns, temperature=0, max_new_tokens=100000)))  # all the rest
+        next(events)
+        events.close()
+        assert runtime.health()["prefix_tokens_reused"] - before >= len(runtime.prompts.encode(turns[:1]))
+    finally:
+        runtime.close()
 
 
 def test_close_ends_running_requests(tools_model_dir):
@@ -309,3 +349,123 @@ def test_an_adapter_llama_cpp_cannot_carry_is_refused_by_name(tools_model_dir, a
     with pytest.raises(InvalidInput, match="use_dora.*transformers") as refused:
         cached_gguf_lora(dora, tools_model_dir)
     assert refused.value.field == "runtime" and not list(dora.glob("forgeflow-lora.gguf*"))
+
+
+def test_a_request_whose_admission_fails_ends_with_the_error_and_releases_its_adapter(adapter_runtime,
+                                                                                     monkeypatch):
+
+    from forgeflow.inference.batching import _DONE
+
+    runtime, place = adapter_runtime, adapter_runtime.slots.place
+
+    def fails_once(seq):
+        monkeypatch.setattr(runtime.slots, "place", place)
+        raise RuntimeError("no slot")
+
+    monkeypatch.setattr(runtime.slots, "place", fails_once)
+    _, seq = submit(runtime, chat_request(chat("hi"), temperature=0, max_new_tokens=4), "tuned-1:1")
+    steps = [seq.out.get(timeout=60), seq.out.get(timeout=60)]  # never blocks forever, as its client would
+    assert isinstance(steps[0], RuntimeError) and steps[1] is _DONE
+    assert runtime.health()["adapters"]["in_use"] == {}
+    assert runtime.generate(chat_request(chat("hi"), temperature=0, max_new_tokens=4), "tuned-1:1").text
+
+
+def test_health_lists_the_adapters_served(adapter_runtime):
+    assert adapter_runtime.health()["adapters"]["served"] == ["tuned-1:1", "tuned-2:1"]
+
+
+def test_a_failed_start_frees_the_engine_and_closing_twice_is_safe(tools_model_dir, monkeypatch):
+    from forgeflow.inference.runtimes import llamacpp
+    from forgeflow.inference.runtimes.llamacpp_engine import LlamaEngine
+
+    closed, close = [], LlamaEngine.close
+
+    def counted(engine):
+        closed.append(engine)
+        close(engine)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("slots")
+
+    monkeypatch.setattr(LlamaEngine, "close", counted)
+    monkeypatch.setattr(llamacpp, "SlotTable", broken)
+    with pytest.raises(RuntimeError, match="slots"):
+        llamacpp.LlamaCppRuntime(tools_model_dir, threads=1, max_batch_size=1)
+    assert len(closed) == 1
+    closed[0].close()  # freed already: nothing happens (a second free would crash the process)
+    assert closed[0].ctx is None
+
+
+def test_more_sequences_than_llama_cpp_has_is_refused_by_name(tools_model_dir):
+    from forgeflow.inference.runtimes.llamacpp import LlamaCppRuntime
+
+    with pytest.raises(InvalidInput, match="max_batch_size") as refused:
+        LlamaCppRuntime(tools_model_dir, max_batch_size=257)
+    assert refused.value.field == "max_batch_size"
+
+
+def edited_adapter(source, out, config=None, tensors=None):
+    """A copy of the adapter in `source` with adapter_config.json keys set (None: removed) and tensors changed."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(source, out, ignore=shutil.ignore_patterns("forgeflow-*", ".forgeflow-*"))
+    spec = json.loads((out / "adapter_config.json").read_text())
+    for key, value in (config or {}).items():
+        spec.pop(key) if value is None else spec.__setitem__(key, value)
+    (out / "adapter_config.json").write_text(json.dumps(spec))
+    weights = load_file(str(out / "adapter_model.safetensors"))
+    for part, change in (tensors or {}).items():
+        key = next(k for k in weights if part in k)
+        weights[key] = change(weights[key])
+    save_file(weights, str(out / "adapter_model.safetensors"))
+    return out
+
+
+@pytest.mark.parametrize("config, tensors, refused", [
+    ({"lora_alpha": 0}, None, "lora_alpha 0"),
+    ({"r": None}, None, "rank r"),
+    ({"fan_in_fan_out": True}, None, "fan_in_fan_out"),
+    ({"layer_replication": [[0, 2]]}, None, "layer_replication"),
+    (None, {"layers.0.self_attn.k_proj.lora_B": lambda b: b.repeat(2, 1)}, "k_proj has lora_A"),
+    (None, {"layers.1.mlp.down_proj.lora_A": lambda a: a[:, :-1].contiguous()}, "down_proj has lora_A"),
+])
+def test_an_adapter_that_does_not_fit_the_base_is_refused_when_converted(tools_model_dir, adapters, tmp_path,
+                                                                        config, tensors, refused):
+    from forgeflow.inference.gguf_lora import cached_gguf_lora
+
+    bad = edited_adapter(adapters["tuned-1:1"], tmp_path / "bad", config, tensors)
+    with pytest.raises(InvalidInput, match=refused) as error:
+        cached_gguf_lora(bad, tools_model_dir)
+    assert error.value.field == "adapter"
+
+
+def test_an_adapter_without_lora_alpha_gets_peft_default(tools_model_dir, adapters, tmp_path):
+    import gguf
+
+    from forgeflow.inference.gguf_lora import cached_gguf_lora
+
+    rank_4 = build_tiny_adapter(tools_model_dir, tmp_path / "rank-4", seed=1, r=4)
+    plain = edited_adapter(rank_4, tmp_path / "plain", {"lora_alpha": None})
+    reader = gguf.GGUFReader(str(cached_gguf_lora(plain, tools_model_dir)))
+    assert reader.fields["adapter.lora.alpha"].contents() == 8.0
+
+
+def test_an_edited_adapter_config_converts_again(tools_model_dir, adapters, tmp_path):
+    import json
+    import os
+
+    import gguf
+
+    from forgeflow.inference.gguf_lora import cached_gguf_lora
+
+    adapter = edited_adapter(adapters["tuned-1:1"], tmp_path / "edited")
+    cached_gguf_lora(adapter, tools_model_dir)
+    config = adapter / "adapter_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "lora_alpha": 4}))
+    later = max(p.stat().st_mtime_ns for p in adapter.iterdir()) + 10**9
+    os.utime(config, ns=(later, later))
+    reader = gguf.GGUFReader(str(cached_gguf_lora(adapter, tools_model_dir)))
+    assert reader.fields["adapter.lora.alpha"].contents() == 4.0

@@ -116,6 +116,7 @@ def test_a_requests_model_or_header_picks_the_adapter_and_the_answer_names_it(ad
         listed = (await c.get("/v1/models")).json()["data"]
         assert [m["id"] for m in listed] == ["ft", "tuned-a:1", "tuned-b:3"]
         assert (await c.get("/v1/models/tuned-b:3")).json()["parent"] == "ft"
+        assert (await c.get("/v1/models/tuned-a")).json()["id"] == "tuned-a:1"  # as a request's model names it
         assert (await c.get("/v1/models/tuned-c:1")).status_code == 404
         assert (await c.get("/stats")).json()["adapters"] == ["tuned-a:1", "tuned-b:3"]
 

@@ -1,6 +1,6 @@
 """The prefix cache: a prompt that starts like an earlier sequence (a chat's next turn, a shared system
 prompt) prefills only the rest and answers exactly as without the cache; the store finds the longest kept
-prefix under the same adapter, leaves the last prompt token to run, and keeps to its bound in tokens."""
+prefix under the same adapter, leaves the last prompt token to run, and keeps to its bound in bytes."""
 
 from __future__ import annotations
 
@@ -17,6 +17,9 @@ from forgeflow.inference.sampling import Sampler
 SYSTEM = "You are the assistant of a small shop. Answer in one short sentence and name the shop when you can."
 
 
+TOKEN_BYTES = 2 * 2 * 4  # kv_for's keys and values per token: 2 layers, float32
+
+
 def kv_for(tokens, layers=2):
     """Per-layer keys and values whose entries record their token, so a cut or a mix-up shows."""
     t = torch.tensor(tokens, dtype=torch.float32).view(1, 1, -1, 1)
@@ -27,7 +30,7 @@ def kv_for(tokens, layers=2):
 
 
 def test_finds_the_longest_kept_prefix_and_leaves_the_last_token():
-    cache = PrefixCache(max_tokens=1000)
+    cache = PrefixCache(max_bytes=1000 * TOKEN_BYTES)
     short, long = list(range(40)), list(range(40)) + list(range(100, 140))
     cache.add(None, short, kv_for(short))
     cache.add("a:1", long, kv_for(long))
@@ -47,7 +50,7 @@ def test_finds_the_longest_kept_prefix_and_leaves_the_last_token():
 
 
 def test_a_longer_sequence_replaces_its_prefix_and_a_held_one_is_not_added_twice():
-    cache = PrefixCache(max_tokens=1000)
+    cache = PrefixCache(max_bytes=1000 * TOKEN_BYTES)
     turn1, turn2 = list(range(32)), list(range(64))
     cache.add(None, turn1, kv_for(turn1))
     cache.add(None, turn2, kv_for(turn2))
@@ -62,20 +65,21 @@ def test_a_longer_sequence_replaces_its_prefix_and_a_held_one_is_not_added_twice
     assert cache.stats()["entries"] == 2 and cache.stats()["tokens"] == 64 + 80
 
 
-def test_the_bound_in_tokens_is_kept_least_recently_used_first():
-    cache = PrefixCache(max_tokens=100)
+def test_the_bound_in_bytes_is_kept_least_recently_used_first():
+    cache = PrefixCache(max_bytes=100 * TOKEN_BYTES)
     seqs = [[n * 1000 + i for i in range(40)] for n in range(3)]
     cache.add(None, seqs[0], kv_for(seqs[0]))
     cache.add(None, seqs[1], kv_for(seqs[1]))
     assert cache.find(None, seqs[0] + [1])[0] == 40  # seqs[0] is now the most recently used
     cache.add(None, seqs[2], kv_for(seqs[2]))
     stats = cache.stats()
-    assert stats["tokens"] <= 100 and stats["entries"] == 2 and stats["evictions"] == 1
+    assert stats["bytes"] <= 100 * TOKEN_BYTES and stats["entries"] == 2 and stats["evictions"] == 1
+    assert stats["bytes"] == stats["tokens"] * TOKEN_BYTES
     assert cache.find(None, seqs[1] + [1]) == (0, [])
     assert cache.find(None, seqs[0] + [1])[0] == 40 and cache.find(None, seqs[2] + [1])[0] == 40
     too_long = list(range(5000, 5300))
     cache.add(None, too_long, kv_for(too_long))  # kept cut to the bound
-    assert cache.stats()["tokens"] <= 100 and cache.find(None, too_long)[0] == 100
+    assert cache.stats()["bytes"] <= 100 * TOKEN_BYTES and cache.find(None, too_long)[0] == 100
 
 
 # -- the runtime -------------------------------------------------------------------------------------------

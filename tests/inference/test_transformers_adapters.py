@@ -193,3 +193,45 @@ def test_batched_lora_gives_peft_mixed_batch_logits(tools_model_dir, tmp_path):
                     served.loaded.release(name)
         assert sorted(served.loaded.loaded()) == ["b:1", "c:1"]
     served.close()
+
+
+def broken_copy(adapter_dir, out):
+    """The adapter with its first layer's k_proj lora_B twice as tall as the base model's k_proj."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(adapter_dir, out)
+    weights = load_file(str(out / "adapter_model.safetensors"))
+    key = next(k for k in weights if "layers.0.self_attn.k_proj.lora_B" in k)
+    weights[key] = weights[key].repeat(2, 1)
+    save_file(weights, str(out / "adapter_model.safetensors"))
+    return out
+
+
+def test_an_adapter_that_does_not_fit_the_base_stops_the_start(tools_model_dir, adapter_dirs, tmp_path):
+    bad = broken_copy(adapter_dirs["tuned-b:1"], tmp_path / "bad")
+    with pytest.raises(InvalidInput, match="k_proj.*not trained on this base model") as refused:
+        ChatGenerator(tools_model_dir, adapters={"tuned-a:1": adapter_dirs["tuned-a:1"], "bad:1": bad})
+    assert refused.value.field == "adapter"
+
+
+def test_a_failed_first_load_leaves_the_base_as_it_was(tools_model_dir, adapter_dirs, expected, tmp_path):
+    """An adapter damaged after the start fails its requests, and the base model answers as before: PEFT's
+    half-done wrapping is taken off."""
+    import shutil
+
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    later = tmp_path / "later"
+    shutil.copytree(adapter_dirs["tuned-a:1"], later)
+    generator = ChatGenerator(tools_model_dir, adapters={"later:1": later})
+    try:
+        broken_copy(adapter_dirs["tuned-a:1"], tmp_path / "broken")
+        shutil.copy(tmp_path / "broken" / "adapter_model.safetensors", later / "adapter_model.safetensors")
+        with pytest.raises(RuntimeError, match="size mismatch"):
+            run_together(generator, ["later:1"])
+        assert not any(isinstance(m, BaseTunerLayer) for m in generator.model.modules())
+        assert run_together(generator, [None]) == [expected[None]]
+    finally:
+        generator.close()

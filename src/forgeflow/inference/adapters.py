@@ -86,6 +86,10 @@ class AdapterCatalog:
             return None
         return match_adapter(model, self.names) or self.names[0]
 
+    def match(self, model: str | None) -> str | None:
+        """The served adapter `model` names (`NAME` alone for its one version served), or None."""
+        return match_adapter(model, self.names)
+
 
 class LoadedAdapters(Generic[H]):
     """Which adapters are loaded in a runtime: `acquire` loads one on first use (through `load`) and marks it in

@@ -31,7 +31,7 @@ from typing import Any
 
 from forgeflow.errors import InvalidInput, ServerUnavailable
 from forgeflow.inference.peft_adapters import PeftAdapters
-from forgeflow.inference.prefix_cache import PrefixCache
+from forgeflow.inference.prefix_cache import BLOCK, PrefixCache
 from forgeflow.inference.sampling import Sampler
 
 log = logging.getLogger("forgeflow.batching")
@@ -308,9 +308,12 @@ class BatchScheduler:
 
     def _retire(self) -> None:
         torch = self.torch
-        keep = [i for i, s in enumerate(self.running) if not s.cancelled]
+        # the flags are read once: a cancel from another thread between two reads would retire a sequence
+        # that stays in the batch
+        cancelled = [s.cancelled for s in self.running]
+        keep = [i for i, gone in enumerate(cancelled) if not gone]
         for row, seq in enumerate(self.running):
-            if seq.cancelled:
+            if cancelled[row]:
                 self._keep_prefix(row, seq)
                 self._release(seq)
                 seq.out.put(_DONE)
@@ -330,7 +333,7 @@ class BatchScheduler:
 
     def _keep_prefix(self, row: int, seq: Sequence) -> None:
         """Leave a retiring sequence's computed KV (prompt, then what it generated) to the prefix cache."""
-        if self.prefix_cache is None:
+        if self.prefix_cache is None or len(seq.prompt) + len(seq.output) < BLOCK:  # too short to be kept
             return
         columns = self.mask[row].nonzero().squeeze(-1)
         computed = (seq.prompt + seq.output)[:columns.numel()]

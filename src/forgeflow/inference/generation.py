@@ -17,7 +17,7 @@ from forgeflow.chat import ChatRequest
 from forgeflow.inference.adapters import DEFAULT_MAX_LOADED
 from forgeflow.inference.batching import BatchScheduler
 from forgeflow.inference.peft_adapters import PeftAdapters
-from forgeflow.inference.prefix_cache import DEFAULT_MAX_TOKENS, PrefixCache
+from forgeflow.inference.prefix_cache import DEFAULT_MAX_BYTES, PrefixCache
 from forgeflow.inference.runtimes.base import CHATML_TEMPLATE, GenerationResult, TokenStream
 from forgeflow.inference.runtimes.prepare import RequestPreparer
 
@@ -32,7 +32,7 @@ class ChatGenerator:
     def __init__(self, model_dir: str | Path, device: str = "cpu", *, max_batch_size: int = 8,
                  max_queue: int = 64, adapters: dict[str, Path] | None = None,
                  max_adapters: int = DEFAULT_MAX_LOADED, prefix_cache: bool = True,
-                 prefix_cache_tokens: int = DEFAULT_MAX_TOKENS) -> None:
+                 prefix_cache_bytes: int = DEFAULT_MAX_BYTES) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -59,7 +59,7 @@ class ChatGenerator:
             log.warning("%s keeps a cache the batcher cannot splice; serving one request at a time",
                         type(self.model).__name__)
             max_batch_size, prefix_cache = 1, False
-        self.prefix_cache = PrefixCache(prefix_cache_tokens) if prefix_cache else None
+        self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache else None
         self.scheduler = BatchScheduler(self.model, eos_ids=self.eos_token_ids, pad_id=self.pad_token_id,
                                         device=device, max_batch_size=max_batch_size, max_queue=max_queue,
                                         adapters=self.adapters, prefix_cache=self.prefix_cache)

@@ -61,11 +61,13 @@ def cached_gguf(model_dir: Path, out_type: str = "f16") -> Path:
 
 def cached_file(folder: Path, name: str, write: Any) -> Path:
     """`folder/name`, written by `write(partial_path)` when missing or older than the folder's safetensors
-    weights (a stamp file records which); instances racing for it wait on a lock file, and the first writes."""
+    weights or its config.json / adapter_config.json (a stamp file records which); instances racing for it wait
+    on a lock file, and the first writes."""
     weights = sorted(folder.glob("*.safetensors"))
     if not weights:
         raise NotFound(f"{folder} has no safetensors weights to export to GGUF")
-    stamp = max(int(p.stat().st_mtime_ns) for p in weights)
+    configs = [p for p in (folder / "config.json", folder / "adapter_config.json") if p.is_file()]
+    stamp = max(int(p.stat().st_mtime_ns) for p in weights + configs)
     target = folder / name
     stamp_file = target.with_suffix(".stamp")
     with open(folder / ".forgeflow-gguf.lock", "w") as lock:

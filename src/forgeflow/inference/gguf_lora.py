@@ -20,6 +20,7 @@ from forgeflow.errors import InvalidInput, NotFound
 from forgeflow.inference.gguf_export import _rope_permute, cached_file, unsupported_reason
 
 LORA_FILE = "forgeflow-lora.gguf"
+PEFT_DEFAULT_ALPHA = 8  # PEFT's LoraConfig.lora_alpha when adapter_config.json names none
 _MODULES = {  # PEFT module path inside a decoder layer -> GGUF base tensor name
     "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
     "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
@@ -50,6 +51,7 @@ def export_gguf_lora(adapter_dir: Path, base_dir: Path, out: Path) -> Path:
     heads = base["num_attention_heads"]
     kv_heads = base.get("num_key_value_heads", heads)
     pairs = _pairs(adapter_dir)
+    _check_shapes(pairs, base, adapter_dir)
 
     writer = gguf.GGUFWriter(str(out), "llama")
     writer.add_string("general.type", "adapter")
@@ -81,8 +83,44 @@ def _alpha(spec: dict, adapter_dir: Path) -> float:
         if spec.get(key):
             raise InvalidInput(f"adapter {adapter_dir.name} uses {key}, which llama.cpp's LoRA format cannot carry: "
                                "serve it with runtime 'transformers'", field="runtime")
-    r, alpha = int(spec["r"]), float(spec.get("lora_alpha", spec["r"]))
+    for key in ("layer_replication", "fan_in_fan_out"):
+        if spec.get(key):
+            raise InvalidInput(f"adapter {adapter_dir.name} uses {key}, which the llamacpp runtime cannot apply: serve "
+                               "it with runtime 'transformers', or train it without", field="adapter")
+    try:
+        r = int(spec["r"])
+        alpha = float(spec.get("lora_alpha", PEFT_DEFAULT_ALPHA))
+    except (KeyError, TypeError, ValueError):
+        raise InvalidInput(f"adapter {adapter_dir.name}'s adapter_config.json needs a whole-number rank r (and a "
+                           "number lora_alpha, if any); save the adapter again with PEFT", field="adapter") from None
+    if r < 1 or alpha == 0:  # llama.cpp reads an alpha of 0 as "no alpha" and would apply the product unscaled
+        raise InvalidInput(f"adapter {adapter_dir.name} has r {r} and lora_alpha {alpha:g}: a LoRA adapter needs a "
+                           "rank of at least 1 and a non-zero alpha; fix its adapter_config.json", field="adapter")
     return alpha * math.sqrt(r) if spec.get("use_rslora") else alpha
+
+
+def _check_shapes(pairs: list[tuple[int, str, Any, Any]], base: dict, adapter_dir: Path) -> None:
+    """Each lora_A / lora_B must fit the base model's projection it modifies (an adapter of another base, or a
+    damaged file, is refused here rather than failing in llama.cpp on first use)."""
+    hidden, layers = int(base["hidden_size"]), int(base["num_hidden_layers"])
+    heads = int(base["num_attention_heads"])
+    head_dim = int(base.get("head_dim") or hidden // heads)
+    q, kv = heads * head_dim, int(base.get("num_key_value_heads", heads)) * head_dim
+    inner = int(base.get("intermediate_size") or 0)
+    sizes = {"self_attn.q_proj": (hidden, q), "self_attn.k_proj": (hidden, kv), "self_attn.v_proj": (hidden, kv),
+             "self_attn.o_proj": (q, hidden), "mlp.gate_proj": (hidden, inner), "mlp.up_proj": (hidden, inner),
+             "mlp.down_proj": (inner, hidden)}  # (in, out) features
+    for layer, module, a, b in pairs:
+        fan_in, fan_out = sizes[module]
+        if layer >= layers:
+            problem = f"has a layer {layer}, and the base model has {layers} layers"
+        elif a.ndim != 2 or b.ndim != 2 or a.shape[1] != fan_in or b.shape[0] != fan_out or a.shape[0] != b.shape[1]:
+            problem = (f"layer {layer}'s {module} has lora_A {list(a.shape)} and lora_B {list(b.shape)}, where the "
+                       f"base model needs [r, {fan_in}] and [{fan_out}, r]")
+        else:
+            continue
+        raise InvalidInput(f"adapter {adapter_dir.name} {problem}: it was not trained on this base model; deploy it "
+                           "with its own base", field="adapter")
 
 
 def _pairs(adapter_dir: Path) -> list[tuple[int, str, Any, Any]]:

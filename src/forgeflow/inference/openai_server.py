@@ -109,6 +109,7 @@ def openai_router(serving: OpenAIServing) -> APIRouter:
     @router.get("/v1/models/{model_id:path}")
     async def model(model_id: str) -> dict:
         cards = {card["id"]: card for card in serving.model_cards()}
+        model_id = serving.catalog.match(model_id) or model_id  # `tuned-a`: its one version served
         if model_id not in cards:
             raise NotFound(f"this instance serves {', '.join(cards)}, not {model_id!r}", field="model")
         return cards[model_id]

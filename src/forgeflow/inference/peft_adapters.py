@@ -29,6 +29,8 @@ class PeftAdapters:
                  batched: bool = True) -> None:
         self.base = base
         self.catalog = AdapterCatalog(adapters)
+        for name, path in self.catalog.paths.items():  # at start, not as a 400 on every request using it
+            _check_fits(base, name, Path(path))
         self.peft: Any = None  # the PeftModel, from the first load on
         self.batched = batched
         self.lora: BatchedLora | None = None  # the batched path's hooks, while batched and adapters are loaded
@@ -77,7 +79,11 @@ class PeftAdapters:
 
         path = self.catalog.paths[name]
         if self.peft is None:
-            self.peft = PeftModel.from_pretrained(self.base, path, adapter_name=name)
+            try:
+                self.peft = PeftModel.from_pretrained(self.base, path, adapter_name=name)
+            except Exception:
+                _remove_lora_layers(self.base)  # PEFT injects them before it loads the weights
+                raise
             self.peft.eval()
         else:
             self.peft.load_adapter(path, adapter_name=name)
@@ -98,3 +104,47 @@ class PeftAdapters:
                 self.base = self.peft.unload()
                 self.peft = None
                 self._restack()
+
+
+def _check_fits(base: Any, name: str, path: Path) -> None:
+    """Refuse an adapter whose LoRA weights do not fit the base model's layers (trained on another base, or
+    damaged), by reading the tensors' shapes from its file rather than loading it."""
+    from safetensors import safe_open
+
+    weights = path / "adapter_model.safetensors"
+    if not weights.is_file():
+        if (path / "adapter_model.bin").is_file():
+            return  # PEFT's older pickle format: checked when it loads
+        raise InvalidInput(f"adapter {name}: {path} has no adapter_model.safetensors; save it again with PEFT",
+                           field="adapter")
+    modules = dict(base.named_modules())
+    with safe_open(str(weights), framework="pt") as f:
+        for key in f.keys():  # noqa: SIM118 - safe_open is not a dict
+            head, _, part = key.rpartition(".lora_")
+            if part not in ("A.weight", "B.weight"):
+                continue  # embeddings' LoRA, DoRA magnitudes, modules_to_save: PEFT checks them as it loads
+            target = head.removeprefix("base_model.model.")
+            module = modules.get(target)
+            shape = list(f.get_slice(key).get_shape())
+            if module is None:
+                problem = f"modifies {target}, which the base model does not have"
+            elif not hasattr(module, "in_features"):
+                continue
+            elif (part == "A.weight" and shape[-1] != module.in_features) or \
+                    (part == "B.weight" and shape[0] != module.out_features):
+                problem = (f"has {key} of shape {shape}, where {target} takes {module.in_features} and gives "
+                           f"{module.out_features} features")
+            else:
+                continue
+            raise InvalidInput(f"adapter {name} {problem}: it was not trained on this base model; deploy it with "
+                               "its own base", field="adapter")
+
+
+def _remove_lora_layers(base: Any) -> None:
+    """Put back the base layers PEFT wrapped in LoRA layers (after a load that failed half way)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for path, module in list(base.named_modules()):
+        if isinstance(module, BaseTunerLayer):
+            parent, _, child = path.rpartition(".")
+            setattr(base.get_submodule(parent) if parent else base, child, module.get_base_layer())

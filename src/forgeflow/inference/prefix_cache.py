@@ -3,9 +3,10 @@ prompt starting with the same tokens (a chat's next turn, a system prompt shared
 the rest.
 
 Entries are (adapter, tokens, per-layer keys and values), least recently used let go past a bound on the
-tokens held. They are found as vLLM finds its blocks: each full block of BLOCK tokens of an entry is indexed
-by a hash chained over the blocks before it, a prompt walks its own block hashes as deep as they are indexed,
-and the match then extends token by token along the entry found. Tokens are compared, not only hashed, so a
+bytes their keys and values hold (DEFAULT_MAX_BYTES, 256 MiB: a bound in tokens would mean 1.5 GB for 32k
+tokens of SmolLM2-135M's float32 KV and 13 GB of SmolLM2-1.7B's). They are found as vLLM finds its blocks: each
+full block of BLOCK tokens of an entry is indexed by a hash chained over the blocks before it, a prompt walks its
+own block hashes as deep as they are indexed, and the match then extends token by token along the entry found. Tokens are compared, not only hashed, so a
 hash collision costs a miss, never a wrong answer. The scheduler's thread is the only caller of `find` and
 `add`; `stats` may be read from any thread.
 """
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 BLOCK = 16  # tokens per indexed block: a prompt reuses whole blocks, then whatever of the found entry matches
-DEFAULT_MAX_TOKENS = 32768
+DEFAULT_MAX_BYTES = 256 * 2**20  # ~5,800 tokens of SmolLM2-135M's float32 KV, ~680 of SmolLM2-1.7B's
 
 
 @dataclass(eq=False)
@@ -27,17 +28,18 @@ class _Entry:
     tokens: tuple[int, ...]
     kv: list[tuple[Any, Any]]  # per layer: keys, values as [1, heads, len(tokens), dim]
     keys: list[tuple[str | None, int]]
+    nbytes: int
 
 
 class PrefixCache:
-    """An LRU store of finished sequences' KV, bounded by `max_tokens` tokens in all."""
+    """An LRU store of finished sequences' KV, bounded by `max_bytes` bytes of keys and values in all."""
 
-    def __init__(self, max_tokens: int = DEFAULT_MAX_TOKENS) -> None:
-        self.max_tokens = max(0, int(max_tokens))
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self.max_bytes = max(0, int(max_bytes))
         self._entries: OrderedDict[int, _Entry] = OrderedDict()  # least recently used first
         self._index: dict[tuple[str | None, int], dict[int, _Entry]] = {}
         self._lock = threading.Lock()
-        self.tokens = 0
+        self.tokens = self.bytes = 0
         self.lookups = self.hits = self.reused_tokens = self.evictions = 0
 
     def find(self, adapter: str | None, prompt: list[int]) -> tuple[int, list[tuple[Any, Any]]]:
@@ -66,12 +68,14 @@ class PrefixCache:
 
     def add(self, adapter: str | None, tokens: list[int], kv: list[tuple[Any, Any]]) -> None:
         """Keep a finished sequence's KV (`kv` per layer as [1, heads, len(tokens), dim], not shared with a
-        running batch). An entry that is a prefix of it is dropped; one that already holds it is only
-        refreshed."""
-        tokens = tuple(tokens[:self.max_tokens])
+        running batch), cut to the bound if it is longer. An entry that is a prefix of it is dropped; one that
+        already holds it is only refreshed."""
+        per_token = sum(_nbytes(k[:, :, :1]) + _nbytes(v[:, :, :1]) for k, v in kv)
+        tokens = tuple(tokens[:self.max_bytes // per_token if per_token else 0])
         if len(tokens) < BLOCK:
             return
-        kv = [(k[:, :, :len(tokens)], v[:, :, :len(tokens)]) for k, v in kv]
+        if any(k.shape[2] > len(tokens) for k, _ in kv):  # copies: a view would hold on to all of it
+            kv = [(k[:, :, :len(tokens)].clone(), v[:, :, :len(tokens)].clone()) for k, v in kv]
         keys = _block_keys(adapter, tokens)
         with self._lock:
             for entry in self._index.get(keys[-1], {}).values():
@@ -89,12 +93,13 @@ class PrefixCache:
                     if (len(entry.tokens) <= len(tokens) and entry.keys[-1] == keys[blocks - 1]
                             and tokens[blocks * BLOCK:len(entry.tokens)] == entry.tokens[blocks * BLOCK:]):
                         self._drop(entry)
-            entry = _Entry(adapter, tokens, kv, keys)
+            entry = _Entry(adapter, tokens, kv, keys, per_token * len(tokens))
             self._entries[id(entry)] = entry
             for key in keys:
                 self._index.setdefault(key, {})[id(entry)] = entry
             self.tokens += len(tokens)
-            while self.tokens > self.max_tokens and self._entries:
+            self.bytes += entry.nbytes
+            while self.bytes > self.max_bytes and self._entries:
                 self._drop(next(iter(self._entries.values())))
                 self.evictions += 1
 
@@ -102,17 +107,19 @@ class PrefixCache:
         with self._lock:
             self._entries.clear()
             self._index.clear()
-            self.tokens = 0
+            self.tokens = self.bytes = 0
 
     def stats(self) -> dict[str, int]:
         with self._lock:
-            return {"entries": len(self._entries), "tokens": self.tokens, "max_tokens": self.max_tokens,
+            return {"entries": len(self._entries), "tokens": self.tokens, "bytes": self.bytes,
+                    "max_bytes": self.max_bytes,
                     "lookups": self.lookups, "hits": self.hits, "reused_tokens": self.reused_tokens,
                     "evictions": self.evictions}
 
     def _drop(self, entry: _Entry) -> None:
         del self._entries[id(entry)]
         self.tokens -= len(entry.tokens)
+        self.bytes -= entry.nbytes
         for key in entry.keys:
             held = self._index.get(key)
             if held is not None:
@@ -136,3 +143,7 @@ def _common_prefix(stored: tuple[int, ...], prompt: list[int], limit: int) -> in
         if stored[i] != prompt[i]:
             return i
     return n
+
+
+def _nbytes(tensor: Any) -> int:
+    return tensor.numel() * tensor.element_size()

@@ -41,6 +41,8 @@ from forgeflow.inference.runtimes.prepare import RequestPreparer
 log = logging.getLogger("forgeflow.llamacpp")
 MAX_CONTEXT = 4096  # per request
 MAX_SHARED_CONTEXT = 8192  # cells of the KV cache the running requests share, when more than one request's
+# MAX_CONTEXT fits in it: more running requests than fit at their longest wait for room (SlotTable.fits)
+MAX_SEQUENCES = 256  # llama.cpp's most sequences in one context (LLAMA_MAX_SEQ)
 N_BATCH = 512
 
 
@@ -64,8 +66,9 @@ class LlamaCppRuntime:
         from forgeflow.inference.model_folder import hf_model_dir
         from forgeflow.inference.runtimes.llamacpp_engine import LlamaEngine
 
-        if max_batch_size < 1:
-            raise InvalidInput(f"max_batch_size must be at least 1, got {max_batch_size}", field="max_batch_size")
+        if not 1 <= max_batch_size <= MAX_SEQUENCES:
+            raise InvalidInput(f"max_batch_size must be from 1 to {MAX_SEQUENCES} (llama.cpp's most sequences in one "
+                               f"context), got {max_batch_size}", field="max_batch_size")
         self.adapters: LoadedAdapters[Any] = LoadedAdapters(  # the worker loads them, once the engine is up
             lambda name: self.engine.load_adapter(self.lora_files[name]),
             lambda name, handle: self.engine.free_adapter(handle), max_loaded=max_adapters)
@@ -85,6 +88,14 @@ class LlamaCppRuntime:
         n_ctx = min(self.max_positions * max_batch_size, max(self.max_positions, MAX_SHARED_CONTEXT))
         self.engine = LlamaEngine(self.gguf_path, n_ctx=n_ctx, n_batch=N_BATCH, n_seq=max_batch_size,
                                   threads=threads)
+        try:
+            self._start(config, max_batch_size, max_queue, prefix_cache)
+        except BaseException:
+            self.engine.close()
+            raise
+
+    def _start(self, config: dict, max_batch_size: int, max_queue: int, prefix_cache: bool) -> None:
+        """Everything after the engine is up, then the worker thread."""
         self.slots = SlotTable(self.engine, max_batch_size, prefix_cache=prefix_cache)
         self.eos_token_ids = self._eos_ids(config)
         self.requests = RequestPreparer(self.tokenizer, max_positions=self.max_positions,
@@ -95,6 +106,7 @@ class LlamaCppRuntime:
         self.served = 0
         self.steps = 0
         self.largest_batch = 0
+        self._current: str | None = None  # the adapter the context applies now
         self._stop = threading.Event()
         self._accepting = threading.Lock()  # no request is queued once close has begun
         self._thread = threading.Thread(target=self._loop, name="forgeflow-llamacpp", daemon=True)
@@ -132,7 +144,8 @@ class LlamaCppRuntime:
         return {"runtime": self.name, "waiting": self.waiting.qsize() + len(self.held),
                 "running": slots.pop("running"), "served": self.served, "gguf": self.gguf_path.name,
                 "steps": self.steps, "largest_batch": self.largest_batch, "kv_cells": self.engine.n_ctx,
-                **slots, "prefix_cache": self.slots.prefix_cache, "adapters": self.adapters.stats()}
+                **slots, "prefix_cache": self.slots.prefix_cache,
+                "adapters": {"served": list(self.lora_files), **self.adapters.stats()}}
 
     def close(self) -> None:
         """Stop the worker (it stops within a step), end every request running or queued, and free the context
@@ -187,18 +200,21 @@ class LlamaCppRuntime:
             if seq.cancelled:  # cancelled while queued: its end still goes to whoever reads it
                 seq.out.put(_DONE)
                 continue
-            if not self.slots.fits(seq):
-                self.held.appendleft(seq)  # it runs once running requests end
-                return
+            acquired = False
             try:
+                if not self.slots.fits(seq):
+                    self.held.appendleft(seq)  # it runs once running requests end
+                    return
                 if seq.adapter is not None:
                     self.adapters.acquire(seq.adapter)
-            except Exception as exc:
-                log.exception("loading adapter %s failed", seq.adapter)
+                    acquired = True
+                self.slots.place(seq)
+            except Exception as exc:  # its adapter failed to load, or a bug: this request fails, the others go on
+                log.exception("admitting a request (adapter %s) failed", seq.adapter)
+                if acquired:
+                    self.adapters.release(seq.adapter)
                 seq.out.put(exc)
                 seq.out.put(_DONE)
-                continue
-            self.slots.place(seq)
 
     def _step(self) -> None:
         """One decode of every running request (a token each, or a chunk of its prompt), a llama_decode per
@@ -216,7 +232,9 @@ class LlamaCppRuntime:
             else:
                 continue
             groups.setdefault(slot.adapter, []).append((slot, chunk))
-        for adapter, items in groups.items():
+        # the adapter the context applies now first: llama.cpp re-plans its graph at each switch
+        for adapter in sorted(groups, key=lambda name: name != self._current):
+            items = groups[adapter]
             self._check_open()
             self._decode(adapter, items)
         self.steps += 1
@@ -225,6 +243,7 @@ class LlamaCppRuntime:
     def _decode(self, adapter: str | None, items: list[tuple[Slot, list[int]]]) -> None:
         engine = self.engine
         engine.use_adapter(self.adapters.acquire(adapter) if adapter is not None else None)
+        self._current = adapter
         if adapter is not None:
             self.adapters.release(adapter)  # held by its requests; this use only looked up the handle
         entries, picks = [], []
@@ -270,16 +289,16 @@ class LlamaCppRuntime:
             return
         seq.out.put((token, reason, logprob))
         if reason is not None:
-            self._end(slot)
+            self._end(slot, completed=True)
         else:
             slot.feed = [token]
 
-    def _end(self, slot: Slot, error: BaseException | None = None) -> None:
+    def _end(self, slot: Slot, error: BaseException | None = None, *, completed: bool = False) -> None:
+        """End the slot's request: with `error` it fails; `completed` (a finish reason) counts it as served."""
         seq = slot.seq
         if error is not None:
             seq.out.put(error)
-        else:
-            self.served += 1
+        self.served += completed
         seq.out.put(_DONE)
         if seq.adapter is not None:
             self.adapters.release(seq.adapter)

@@ -125,8 +125,13 @@ class LlamaEngine:
         self.adapter = handle
 
     def close(self) -> None:
-        """Free the batch, the context and the model (which frees the adapters still loaded)."""
+        """Free the batch, the context and the model (which frees the adapters still loaded); a second call does
+        nothing (freeing twice would crash the process)."""
+        if self.ctx is None:
+            return
         lc = self.lc
         lc.llama_batch_free(self.batch)
         lc.llama_free(self.ctx)
         lc.llama_model_free(self.model)
+        self.batch = self.ctx = self.model = self.memory = None
+        self.adapter = None

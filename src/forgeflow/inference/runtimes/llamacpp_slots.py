@@ -1,7 +1,8 @@
 """The `llamacpp` runtime's slots: one llama.cpp sequence id each, holding a running request or, once idle, the
 tokens its KV cells still cache. A new request takes the idle slot whose cache shares the longest prefix with
-its prompt (a chat's next turn), else the least recently used idle slot, and copies a longer shared prefix from
-any other slot (a system prompt many users share), as llama.cpp's own server reuses its slots. Cached prefixes
+its prompt (a chat's next turn) when that is at least half of the slot's cache, else the least recently used idle
+slot, and copies a longer shared prefix from any other slot (a system prompt many users share), as llama.cpp's own
+server reuses its slots. Cached prefixes
 are keyed by adapter: KV computed under one LoRA adapter is not the KV of another.
 """
 
@@ -59,20 +60,46 @@ class SlotTable:
         return [s for s in self.slots if s.seq is None]
 
     def fits(self, seq: Sequence) -> bool:
-        """Whether `seq` can run beside the running requests without the KV cache running out (cached idle
-        prefixes are let go, least recently used first, to make room)."""
+        """Whether `seq` can run beside the running requests without the KV cache running out. Cached idle
+        prefixes are let go to make room, least recently used first and the one `seq` would copy last; the
+        prefix kept in its own slot counts once, as part of its need."""
+        slot, donor, reused = self._choose(seq)
         running = sum(s.need for s in self.running())
         need = len(seq.prompt) + seq.max_new_tokens
-        if running and running + need > self.engine.n_ctx:
+
+        def shared() -> int:  # cells it would share with the donor, while the donor still holds them
+            return reused if donor is not None and len(donor.cached) >= reused else 0
+
+        if running and running + need - (shared() if donor is not None and donor.seq is not None else 0) \
+                > self.engine.n_ctx:
             return False
-        for slot in sorted(self.idle(), key=lambda s: s.used):
-            if running + need + sum(s.need for s in self.idle()) <= self.engine.n_ctx:
+        others = [s for s in self.idle() if s is not slot]
+        for candidate in sorted(others, key=lambda s: (s is donor, s.used)):
+            if running + need - shared() + sum(s.need for s in others) <= self.engine.n_ctx:
                 break
-            self.drop(slot)
+            self.drop(candidate)
         return True
 
     def place(self, seq: Sequence) -> Slot:
         """Give `seq` an idle slot (there must be one), its KV holding the longest cached prefix it can reuse."""
+        prompt = seq.prompt
+        slot, donor, keep = self._choose(seq)
+        if donor is not None:
+            self.engine.forget(slot.seq_id)
+            self.engine.share(donor.seq_id, slot.seq_id, keep)
+        elif not self.engine.forget(slot.seq_id, keep):  # llama.cpp keeps no partial sequences of this model
+            self.engine.forget(slot.seq_id)  # (recurrent): start afresh
+            keep = 0
+        slot.cached, slot.feed, slot.adapter, slot.seq = prompt[:keep], prompt[keep:], seq.adapter, seq
+        self.reused += keep
+        self.hits += keep > 0
+        return slot
+
+    def _choose(self, seq: Sequence) -> tuple[Slot, Slot | None, int]:
+        """The idle slot `seq` takes, the other slot it copies a longer shared prefix from (None if none), and
+        how many prompt tokens it reuses. The idle slot sharing most is taken only when that share is at least
+        half of what it caches (llama.cpp server's rule), so a request that shares a system prompt with another
+        chat copies it rather than cutting that chat's history; else the least recently used idle slot."""
         idle = self.idle()
         prompt, adapter = seq.prompt, seq.adapter
 
@@ -80,22 +107,13 @@ class SlotTable:
             return shared_prefix(slot.cached, prompt) if self.prefix_cache and slot.adapter == adapter else 0
 
         slot = max(idle, key=lambda s: (share(s), -s.used))
-        if share(slot) == 0:
+        if share(slot) == 0 or share(slot) < len(slot.cached) // 2:
             slot = min(idle, key=lambda s: s.used)
         keep = share(slot)
-        trimmed = self.engine.forget(slot.seq_id, keep)
-        if not trimmed:  # llama.cpp keeps no partial sequences of this model (recurrent): start afresh
-            self.engine.forget(slot.seq_id)
-            keep = 0
         donor = max((s for s in self.slots if s is not slot), key=share, default=None)
-        if trimmed and donor is not None and share(donor) > keep:
-            self.engine.forget(slot.seq_id)
-            keep = share(donor)
-            self.engine.share(donor.seq_id, slot.seq_id, keep)
-        slot.cached, slot.feed, slot.adapter, slot.seq = prompt[:keep], prompt[keep:], adapter, seq
-        self.reused += keep
-        self.hits += keep > 0
-        return slot
+        if donor is not None and share(donor) > keep:
+            return slot, donor, share(donor)
+        return slot, None, keep
 
     def release(self, slot: Slot) -> None:
         """The slot's request ended: it goes idle, its cache kept for a later request."""
