@@ -155,14 +155,18 @@ def test_llamacpp_runtime_frees_a_left_stream_and_bounds_its_queue(runtimes):
     from forgeflow.inference.batching import QueueFull
 
     llama, _ = runtimes
-    streams = [llama.stream(chat_request(CHAT, temperature=0, max_new_tokens=400)) for _ in range(2)]
-    with pytest.raises(QueueFull):  # max_queue=2, and the worker has had at most one of them
-        for _ in range(3):
-            streams.append(llama.stream(chat_request(CHAT, temperature=0, max_new_tokens=400)))
-    for stream in streams:
-        events = iter(stream)
-        next(events)
-        events.close()
+    streams = []
+    try:
+        # max_queue=2: the worker holds at most its 8 slots and one request waiting for room, so one of
+        # slots + held + queue + 1 requests finds the queue full, however fast the worker takes them
+        with pytest.raises(QueueFull):
+            for _ in range(len(llama.slots.slots) + 1 + 2 + 1):
+                streams.append(llama.stream(chat_request(CHAT, temperature=0, max_new_tokens=400)))
+    finally:
+        for stream in streams:
+            events = iter(stream)
+            next(events)
+            events.close()
     assert llama.generate(chat_request(CHAT, temperature=0, max_new_tokens=3)).completion_tokens == 3
 
 
