@@ -14,8 +14,9 @@ Parts (`--parts`, comma-separated; `all` by default):
 - llama-server: llama.cpp's `llama-server --parallel 8 -cb` on the same GGUF and threads, 1 and 8 clients, the same
   requests as forgeflow's;
 - prefix: time to first token of turn 5 of a chat, model servers with and without `--no-prefix-cache`;
-- adapters: resident memory of a model server holding 8 adapters of the base (each used once) over one serving the
-  merged fine-tune; aggregate tokens/s at 8 clients spread over the 8 adapters over all on one;
+- adapters: resident memory of a model server holding 8 adapters of the base over one serving the merged
+  fine-tune, each after the same load of 8 clients (the adapters' spread over all 8, then all on one); aggregate
+  tokens/s at 8 clients spread over the 8 adapters over all on one (and the merged fine-tune's, for reference);
 - overhead: 1-token request straight to a model server and through the gateway (p50 difference), and
   bench/gateway_overhead.py (the gateway alone in front of the test suite's fake model server).
 
@@ -266,8 +267,9 @@ class Bench:
             for rt, (single, many) in self.adapters.items():
                 spread = run_clients(many.chat_url, many.headers, 8, n, mt, models=self.refs)
                 alone = run_clients(many.chat_url, many.headers, 8, n, mt, models=self.refs[:1])
-                run_clients(single.chat_url, single.headers, 1, 1, 8)
-                out |= {f"adapters_{rt}_spread_tok_s": spread["aggregate_tokens_per_s"],
+                merged = run_clients(single.chat_url, single.headers, 8, n, mt)  # the same load, so both hold
+                out |= {f"adapters_{rt}_merged_tok_s": merged["aggregate_tokens_per_s"],  # batches' memory alike
+                        f"adapters_{rt}_spread_tok_s": spread["aggregate_tokens_per_s"],
                         f"adapters_{rt}_one_tok_s": alone["aggregate_tokens_per_s"],
                         f"adapters_{rt}_rss_8_mb": engines.rss_mb(many.proc.pid),
                         f"adapters_{rt}_rss_1_mb": engines.rss_mb(single.proc.pid)}

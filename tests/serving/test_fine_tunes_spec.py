@@ -127,19 +127,11 @@ def test_rows_from_before_read_as_one_model_with_the_servers_gguf_default():
     assert stored.models == ["tuned-a:1", "tuned-b:3"] and stored.gguf_type == "q8_0"
 
 
-def test_llamacpp_instances_get_sleeping_openmp_threads_unless_the_operator_chose(monkeypatch):
+def test_an_instance_inherits_the_servers_environment_with_its_secret_and_lifeline(monkeypatch):
     from forgeflow.processes import INSTANCE_SECRET_ENV, LIFELINE_FD_ENV
     from forgeflow.serving.placement import instance_env
 
-    class Dep:
-        runtime = "llamacpp"
-
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    env = instance_env(Dep(), "s3cret", 7)
-    assert env["OMP_WAIT_POLICY"] == "passive"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "passive")  # an operator's choice for oversubscribed cores reaches it
+    env = instance_env("s3cret", 7)
     assert env[INSTANCE_SECRET_ENV] == "s3cret" and env[LIFELINE_FD_ENV] == "7"
-    Dep.runtime = "transformers"
-    assert "OMP_WAIT_POLICY" not in instance_env(Dep(), "s3cret", 7)
-    monkeypatch.setenv("OMP_WAIT_POLICY", "active")
-    Dep.runtime = "llamacpp"
-    assert instance_env(Dep(), "s3cret", 7)["OMP_WAIT_POLICY"] == "active"
+    assert env["OMP_WAIT_POLICY"] == "passive" and env["TOKENIZERS_PARALLELISM"] == "false"

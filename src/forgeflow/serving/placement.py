@@ -118,16 +118,12 @@ def instance_command(dep: Deployment, port: int, host: str = "127.0.0.1", python
             "--max-body-bytes", str(SCORING_MAX_BYTES)]
 
 
-def instance_env(dep: Deployment, secret: str, lifeline_fd: int) -> dict[str, str]:
-    """An instance's environment: this process's, its secret and lifeline, and for llama.cpp OpenMP threads
-    that sleep rather than spin between steps (unless the operator set OMP_WAIT_POLICY): spinning threads on a
-    CPU they share with the gateway, other instances or anything else stall every step whenever the cores
-    are busy (OpenMP reads it when it starts, so it goes in before the program runs)."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false",
-               **{INSTANCE_SECRET_ENV: secret, LIFELINE_FD_ENV: str(lifeline_fd)})
-    if dep.runtime == "llamacpp":
-        env.setdefault("OMP_WAIT_POLICY", "passive")
-    return env
+def instance_env(secret: str, lifeline_fd: int) -> dict[str, str]:
+    """An instance's environment: this process's (an operator's OMP_WAIT_POLICY or GOMP_SPINCOUNT for llama.cpp's
+    OpenMP threads included: OpenMP's own adaptive waits are fastest on cores the instance has to itself, passive
+    waits hold up when the cores are oversubscribed, bench/README.md), its secret and its lifeline."""
+    return dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false",
+                **{INSTANCE_SECRET_ENV: secret, LIFELINE_FD_ENV: str(lifeline_fd)})
 
 
 class LocalPlacement:
@@ -151,7 +147,7 @@ class LocalPlacement:
         argv = self.command(dep, port)
         secret = new_key()
         read_end, lifeline = os.pipe()  # both ends close-on-exec: only this instance inherits the read end
-        env = instance_env(dep, secret, read_end)
+        env = instance_env(secret, read_end)
         try:
             with open(log_path, "ab") as logf:
                 proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

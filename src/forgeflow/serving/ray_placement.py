@@ -106,7 +106,7 @@ class InstanceHost:
         port = free_port(ip)
         argv = instance_command(dep, port, host=ip, python=sys.executable)
         read_end, self.lifeline = os.pipe()
-        env = instance_env(dep, secret, read_end)
+        env = instance_env(secret, read_end)
         try:  # stdout and stderr: this actor's own, the log file Ray keeps for it
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env,
                                          pass_fds=(read_end,))
