@@ -84,9 +84,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64, help="tokens decoded per measurement")
     parser.add_argument("--threads", type=int, default=2, help="llama.cpp threads")
     parser.add_argument("--steps", type=int, default=8, help="steps of the cached fine-tune (finetuned.py)")
-    parser.add_argument("--omp-wait-policy", default="passive",
-                        help="OMP_WAIT_POLICY for llama.cpp (default passive: spinning threads collapse on a shared "
-                             "machine; '' leaves OpenMP's default)")
+    parser.add_argument("--omp-wait-policy", default="",
+                        help="OMP_WAIT_POLICY for llama.cpp ('' by default: OpenMP's own, as instances run; passive "
+                             "on a machine busy with other work, where spinning threads collapse)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.omp_wait_policy:  # read when llama.cpp's OpenMP starts, so before the first model loads
