@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -53,7 +54,23 @@ def parse_batched_bench(text: str) -> dict[int, float]:
     return out
 
 
-class LlamaServer:
+class _Served:
+    """A server process the bench started: its OpenAI chat URL, and stopping it."""
+
+    url: str
+    proc: subprocess.Popen
+    log: Any
+
+    @property
+    def chat_url(self) -> str:
+        return f"{self.url}/v1/chat/completions"
+
+    def stop(self) -> None:
+        stop(self.proc)
+        self.log.close()
+
+
+class LlamaServer(_Served):
     """llama.cpp's own server on a GGUF file, `--parallel` slots decoded together (continuous batching)."""
 
     def __init__(self, binary: Path, gguf: Path, *, threads: int, parallel: int, ctx_per_slot: int = 1024,
@@ -67,16 +84,8 @@ class LlamaServer:
             stdout=self.log, stderr=subprocess.STDOUT)
         wait_ready(f"{self.url}/health", {}, self.proc, "llama-server")
 
-    @property
-    def chat_url(self) -> str:
-        return f"{self.url}/v1/chat/completions"
 
-    def stop(self) -> None:
-        stop(self.proc)
-        self.log.close()
-
-
-class ModelServer:
+class ModelServer(_Served):
     """forgeflow's model server, started by the bench with its own secret."""
 
     def __init__(self, model_dir: Path, runtime: str, *extra: str, log: Path | None = None) -> None:
@@ -91,14 +100,6 @@ class ModelServer:
              runtime, "--port", str(self.port), "--name", "direct", *extra],
             env={**os.environ, INSTANCE_SECRET_ENV: secret}, stdout=self.log, stderr=subprocess.STDOUT)
         wait_ready(f"{self.url}/health", self.headers, self.proc, "the model server")
-
-    @property
-    def chat_url(self) -> str:
-        return f"{self.url}/v1/chat/completions"
-
-    def stop(self) -> None:
-        stop(self.proc)
-        self.log.close()
 
 
 def model_server_flags() -> str:
