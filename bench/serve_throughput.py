@@ -307,7 +307,7 @@ def main() -> None:
         if "llamacpp" in runtimes:
             from forgeflow.inference.gguf_export import cached_gguf
 
-            gguf = cached_gguf(model_dir, "f16")  # exported once here; the llamacpp deployment reuses it
+            gguf = cached_gguf(model_dir, "f16")  # exported once here; the llamacpp deployment (told f16) reuses it
         server = Server(home)
         server.cli("online-endpoint", "create", "--name", ENDPOINT)
         key = server.cli("online-endpoint", "get-credentials", "--name", ENDPOINT)["primary_key"]
@@ -315,7 +315,8 @@ def main() -> None:
             say(f"deploying {runtime}")
             server.cli("online-deployment", "create", "--name", DEPLOYMENT[runtime], "--endpoint-name", ENDPOINT,
                        "--model", SMOLLM2, "--runtime", runtime,
-                       "--set", "request_settings.max_concurrent_requests_per_instance=16")
+                       "--set", "request_settings.max_concurrent_requests_per_instance=16",
+                       *(["--set", "gguf_type=f16"] if runtime == "llamacpp" else []))  # as the plain run and direct
         gateway = f"{server.url}/endpoints/{ENDPOINT}/v1/chat/completions"
         for runtime in runtimes:
             headers = {"Authorization": f"Bearer {key}", "azureml-model-deployment": DEPLOYMENT[runtime]}

@@ -204,3 +204,13 @@ def test_a_flow_deployment_reserving_gpus_is_refused_naming_the_resource(gateway
                                       resources={"gpus": 1})
     assert e.value.field == "resources.gpus" and "flow deployment runs its flow on the CPU" in e.value.message
     assert gateway.svc.list_deployments("flow-gpu-ep") == []
+
+
+def test_a_llamacpp_deployment_reserving_gpus_is_refused_naming_the_resource(gateway, tmp_path):
+    """llama.cpp runs on the CPU here: a GPU reserved for it would sit idle, so the spec says so instead."""
+    gateway.endpoint("llama-gpu-ep")
+    with pytest.raises(InvalidInput) as e:
+        gateway.svc.create_deployment("llama-gpu-ep", "blue", "tiny:1", tmp_path, runtime="llamacpp",
+                                      resources={"gpus": 1})
+    assert e.value.field == "resources.gpus" and "llamacpp runtime decodes on the CPU" in e.value.message
+    assert gateway.svc.list_deployments("llama-gpu-ep") == []

@@ -3,8 +3,8 @@ which are loaded.
 
 An instance started with adapters (`--adapter tuned-a:1=PATH`, one per registered version) loads its base
 model once; each adapter is a PEFT LoRA folder (a registered version's `adapter/`). A request picks one by
-its `model` (OpenAI: `tuned-a:1`, or `tuned-a` when one version of that name is served) or, on `/score`, the
-`x-forgeflow-model` header; anything else (no model, the deployment's name, a name served nowhere here) gets
+its `model` (OpenAI: `tuned-a:1`, or `tuned-a` when one version of that name is served) or, when the body names no
+`model` (always on `/score`), the `x-forgeflow-model` header; anything else (no model, the deployment's name, a name served nowhere here) gets
 the first adapter listed, as the gateway serves a `model` naming no deployment by its traffic split.
 Adapters load on first use and the least recently used one not in use is let go past `max_loaded`.
 """
@@ -20,7 +20,7 @@ from typing import Any, Generic, TypeVar
 from forgeflow.errors import InvalidInput, NotFound
 from forgeflow.names import parse_model_ref
 
-MODEL_HEADER = "x-forgeflow-model"  # /score's way to name an adapter (OpenAI and Azure AI inference use `model`)
+MODEL_HEADER = "x-forgeflow-model"  # names a fine-tune when the body names no `model` (/score's way; any route)
 DEFAULT_MAX_LOADED = 8
 
 H = TypeVar("H")

@@ -27,8 +27,8 @@ from forgeflow.errors import ForgeflowError, InvalidInput, NotFound
 OUT_TYPES = ("f16", "q8_0")  # written here
 QUANTIZED_TYPES = ("q4_k_m",)  # made from the f16 file by llama.cpp's quantizer
 GGUF_TYPES = OUT_TYPES + QUANTIZED_TYPES
-# What a llamacpp deployment serves and `model export` writes unless told: on a CPU it decodes ~1.5-2x f16's
-# speed for a validation-loss cost of a few hundredths (bench/README.md, gguf_levels.py).
+# What a llamacpp deployment serves and `model export` writes unless told: on a CPU it decodes ~1.4x f16's speed
+# for +0.05 validation loss (+1.7%; bench/README.md, gguf_levels.py).
 DEFAULT_TYPE = "q4_k_m"
 ARCHITECTURES = ("LlamaForCausalLM",)
 _CACHE = re.compile(r"^(forgeflow-[a-z0-9_]+\.(gguf|stamp|gguf\.\d+\.partial)|\.forgeflow-gguf\.lock)$")

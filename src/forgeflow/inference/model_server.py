@@ -5,7 +5,7 @@
         [--adapter NAME:VERSION=PATH ...] [--max-adapters 8] [--no-prefix-cache]
 
 With `--adapter` (one per registered fine-tune) --model-dir is their base model, loaded once, and a request picks
-its LoRA adapter by its `model` on the OpenAI routes, by the `x-forgeflow-model` header on /score (the first
+its LoRA adapter by its `model`, else (on any route, /score always) by the `x-forgeflow-model` header the gateway forwards (the first
 adapter when it names none of them; inference/adapters.py).
 
 It listens on loopback only and answers only its gateway, which does endpoint auth, traffic and limits:
@@ -190,7 +190,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond it get 429")
     parser.add_argument("--gguf-type", default="f16",
                         help=f"llamacpp: GGUF weights, one of {', '.join(GGUF_TYPES)} (made once, kept with the model)")
-    parser.add_argument("--threads", type=int, default=None, help="llamacpp: CPU threads (default: llama-cpp-python's, half the cores)")
+    parser.add_argument("--threads", type=int, default=None, help="llamacpp: CPU threads (default: FORGEFLOW_LLAMACPP_THREADS, else half the cores)")
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
                         help="larger request bodies get 413")
     parser.add_argument("--adapter", action="append", default=[], metavar="NAME:VERSION=PATH",

@@ -41,7 +41,7 @@ def new_deployment(endpoint: str, name: str, resolved: Resolved, *, instance_cou
     if runtime != specs.FLOW_RUNTIME:  # a flow folder is checked by the API layer
         check_runtime(runtime)
     checked_resources = specs.resources(resources)
-    specs.check_flow_resources(runtime, checked_resources)
+    specs.check_gpus_used(runtime, checked_resources)
     place = target(specs.compute(specs.LOCAL_COMPUTE if compute is None else compute), resources or {})
     ref, path, adapters = resolved
     return Deployment(
@@ -89,5 +89,5 @@ def changed_deployment(old: Deployment, sets: dict[str, Any], resolve: Resolve |
         gguf = specs.gguf_type(None, new.runtime)
     else:
         gguf = old.gguf_type
-    specs.check_flow_resources(new.runtime, new.resources)
+    specs.check_gpus_used(new.runtime, new.resources)
     return new.replace(gguf_type=gguf)

@@ -10,7 +10,7 @@
     GET  /endpoints/NAME/info                   Azure AI model inference's model info
 
 A deployment is picked by the `azureml-model-deployment` header, else by a request's `model` when it names a
-deployment or a fine-tune exactly one deployment serves (on /score, the `x-forgeflow-model` header), else by the
+deployment or a fine-tune exactly one deployment serves (when the body names none, as /score's never does, the `x-forgeflow-model` header, on any route), else by the
 endpoint's traffic split: a `model` that names no deployment (Prompt flow files name
 models such as gpt-4) is served by the traffic split, not refused. Every error on /v1 is in OpenAI's shape, on the
 Azure AI model inference routes in Azure's, on /score in forgeflow's own (`schemas.error_body`).

@@ -21,8 +21,8 @@ MAX_MIRROR_PERCENT = 50
 # and what every instance is started to accept, since the gateway forwards the body as it came.
 SCORING_MAX_BYTES = 64 * 1024 * 1024
 FLOW_RUNTIME = "flow"  # a deployment of a flow folder, served by forgeflow.flows.serve instead of a model server
-# Eight requests at once per instance, what either runtime decodes in one batch (the model server's
-# --max-batch-size). The gateway lets 2 x this many pending per instance, a 429 past that.
+# Eight requests at once per instance by default: what either runtime decodes in one batch (the model server's
+# --max-batch-size, which instances run at its default of 8); a larger setting queues the rest in the instance. The gateway lets 2 x this many pending per instance, a 429 past that.
 DEFAULT_MAX_CONCURRENT = 8
 DEFAULT_REQUEST_SETTINGS = {"request_timeout_ms": 90_000, "max_concurrent_requests_per_instance": DEFAULT_MAX_CONCURRENT}
 DEFAULT_LIVENESS = {"initial_delay": 5.0, "period": 5.0, "timeout": 5.0, "failure_threshold": 3, "success_threshold": 1}
@@ -45,8 +45,8 @@ MAX_RESOURCES = {"cpus": 1024, "gpus": 64, "memory_mb": 16 * 1024 * 1024}
 # Fields `online-deployment update --set` may change; `model` is resolved by the API layer.
 SETTABLE = ("model", "instance_count", "runtime", "request_settings", "liveness_probe", "readiness_probe",
             "scale_settings", "compute", "resources", "gguf_type")
-# The GGUF weights a llamacpp deployment serves when it names none: 4-bit k-quants, about twice f16's single-stream
-# speed on a CPU (bench/README.md); f16 and q8_0 on request (inference/gguf_export.py's GGUF_TYPES).
+# The GGUF weights a llamacpp deployment serves when it names none: k-quants, ~1.4x f16's single-stream decoding on a
+# CPU for +1.7% validation loss (bench/README.md, gguf_levels.py); f16 and q8_0 on request (gguf_export's GGUF_TYPES).
 DEFAULT_GGUF_TYPE = DEFAULT_TYPE
 LEGACY_GGUF_TYPE = "f16"  # what llamacpp deployments stored before gguf_type was recorded serve (a NULL column)
 GGUF_RUNTIMES = ("llamacpp",)
@@ -316,12 +316,17 @@ def model_refs(value: Any) -> str | list[str]:
                        f"registered NAME:VERSION fine-tunes of one base model, got {value!r}", field="model")
 
 
-def check_flow_resources(runtime: str, resources: dict[str, Any]) -> None:
-    """A flow server runs on the CPU: GPUs reserved for it would sit idle, kept from every other job."""
+def check_gpus_used(runtime: str, resources: dict[str, Any]) -> None:
+    """A flow server, and forgeflow's llama.cpp runtime, run on the CPU: GPUs reserved for them would sit idle,
+    kept from every other job."""
     if runtime == FLOW_RUNTIME and resources.get("gpus"):
         raise InvalidInput(f"resources.gpus={resources['gpus']}: a flow deployment runs its flow on the CPU and "
                            "would never use a GPU reserved for it; leave resources.gpus at 0 (a model it calls "
                            "through a connection runs on its own deployment)", field="resources.gpus")
+    if runtime == "llamacpp" and resources.get("gpus"):
+        raise InvalidInput(f"resources.gpus={resources['gpus']}: the llamacpp runtime decodes on the CPU and would "
+                           "never use a GPU reserved for it; use --runtime transformers for a GPU, or leave "
+                           "resources.gpus at 0", field="resources.gpus")
 
 
 def check_split(endpoint: str, split: dict[str, int], known: set[str], what: str) -> None:
