@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from forgeflow.api.app import create_app
+from forgeflow.inference.gguf_export import is_cache_file
 from forgeflow.registry import models
 from forgeflow.registry.mlflow_format import save_chat_model
 from forgeflow.store.workspace import Workspace
@@ -115,7 +116,9 @@ async def test_bad_exports_name_their_field(api, versions, monkeypatch, tmp_path
     r = await api.get("/api/models/other/versions/1/export", params={"format": "gguf"})
     assert r.status_code == 400 and r.json()["field"] == "format" and "format safetensors or mlflow" in r.json()["message"]
 
-    fresh = shutil.copytree(versions / "v3", tmp_path / "fresh")
+    # without the GGUF caches a runtime may have left in the session's model folder
+    fresh = shutil.copytree(versions / "v3", tmp_path / "fresh",
+                            ignore=lambda _folder, names: [n for n in names if is_cache_file(n)])
     models.register("fresh", fresh)
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # as where llama-cpp-python is not installed
     r = await api.get("/api/models/fresh/versions/1/export", params={"format": "gguf", "quantize": "q4_k_m"})

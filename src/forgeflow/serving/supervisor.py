@@ -35,6 +35,7 @@ READY_TIMEOUT_S = float(os.environ.get("FORGEFLOW_READY_TIMEOUT_S", "600"))
 # How long other servers may still send to an instance retired here: the leader publishes it gone, they read the
 # board again, and what they have in flight comes with their next heartbeat.
 HANDOFF_S = 3.0
+DRAIN_GRACE_S = 0.5  # the least time a retired instance is kept before it is stopped (see _drain)
 
 
 class Reports(Protocol):
@@ -348,7 +349,9 @@ class DeploymentSupervisor:
             inst.retired, inst.ready = True, False
         start = time.monotonic()
         limit = start + spec.request_timeout_s + 1
-        while self._busy(inst, start) and time.monotonic() < limit:
+        # a request the gateway's loop placed from a list of ready instances read just before the retirement
+        # counts as in flight only once placed: a short grace lets it show before "not busy" is believed
+        while (time.monotonic() - start < DRAIN_GRACE_S or self._busy(inst, start)) and time.monotonic() < limit:
             time.sleep(0.05)
         self.placement.stop([inst])
 
