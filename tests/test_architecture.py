@@ -21,9 +21,10 @@ RANKS: dict[str, int] = {
     "registry": 5,
     "training": 6,
     "serving": 7, "flows": 7,
-    "api": 8,
-    "studio": 9, "client": 9,
-    "cli": 10,
+    "evaluation": 8,
+    "api": 9,
+    "studio": 10, "client": 10,
+    "cli": 11,
 }
 # The composition root mounts every router and page; it is the one module allowed to name the top layer.
 COMPOSITION_ROOT = "forgeflow.api.app"

@@ -22,6 +22,9 @@ RESERVED = "forgeflow."
 TAG_BASE, TAG_JOB, TAG_HP, TAG_METRICS, TAG_ARCHIVED = (
     "forgeflow.base_model", "forgeflow.source_job", "forgeflow.hyperparameters", "forgeflow.metrics", "forgeflow.archived"
 )
+# The newest evaluation of the version against its baseline: job id, baseline ref, data, both sides' aggregate
+# metrics with their intervals (JSON); the rows stay in the evaluation job's folder and its MLflow run's artifact.
+TAG_EVALUATION = "forgeflow.evaluation"
 
 
 @dataclass
@@ -37,6 +40,8 @@ class ModelVersion:
     hyperparameters: dict[str, Any] | None = None
     metrics: dict[str, Any] | None = None
     archived: bool = False
+    aliases: list[str] = field(default_factory=list)
+    evaluation: dict[str, Any] | None = None
     run_id: str | None = None
     created_at: int | None = None
     updated_at: int | None = None
@@ -126,6 +131,8 @@ def _to_version(mv) -> ModelVersion:
         hyperparameters=_json_tag(tags, TAG_HP),
         metrics=_json_tag(tags, TAG_METRICS),
         archived=tags.pop(TAG_ARCHIVED, "") == "true",
+        aliases=sorted(getattr(mv, "aliases", None) or []),
+        evaluation=_json_tag(tags, TAG_EVALUATION),
         description=mv.description or None,
         tags=tags,
         run_id=mv.run_id or None,

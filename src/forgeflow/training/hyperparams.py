@@ -2,7 +2,7 @@
 
 Users see Azure's flat names (`--set lora_r=8`, the REST body's `hyperparameters: {...}`, the YAML job file);
 `resolve_hyperparameters` turns those into a `Hyperparameters` object of groups (LoRA, optimization, data,
-memory, evaluation, checkpointing, scaling), naming the field that is wrong. The docstring under each field is its one
+memory, evaluation, checkpointing, scaling, method), naming the field that is wrong. The docstring under each field is its one
 description: `GET /api/hyperparameters` and `forgeflow job create --help` show it.
 """
 
@@ -126,6 +126,8 @@ class EvalArgs(_Group):
     """Evaluations without improvement before stopping."""
     early_stopping_threshold: float = Field(0.0, ge=0)
     """Smallest decrease of eval_loss that counts."""
+    evaluate_against_base: bool = False
+    """On completion, evaluate the fine-tune against its base model on the validation data (an evaluation job)."""
 
     @pydantic.model_validator(mode="after")
     def _early_stopping_evaluates(self) -> EvalArgs:
@@ -152,6 +154,21 @@ class ScalingArgs(_Group):
     """Data-parallel workers (alias num_nodes_finetune), gradients averaged; above 1 needs a ray compute target."""
 
 
+class MethodArgs(_Group):
+    """Method"""
+
+    method: Literal["sft", "dpo"] = "sft"
+    """sft: supervised fine-tuning on chat rows; dpo: direct preference optimization on prompt/chosen/rejected rows."""
+    beta: Annotated[float | None, Words] = Field(None, gt=0)
+    """DPO's beta, how far the policy may move from the reference model (0.1 when not given); dpo only."""
+
+    @pydantic.model_validator(mode="after")
+    def _beta_is_dpo(self) -> MethodArgs:
+        if self.beta is not None and self.method != "dpo":
+            raise ValueError("beta is DPO's setting and needs method=dpo")
+        return self
+
+
 class Hyperparameters(pydantic.BaseModel, extra="forbid", frozen=True):
     """Settings of one chat-completion fine-tuning job; defaults suit a CPU LoRA run."""
 
@@ -162,6 +179,7 @@ class Hyperparameters(pydantic.BaseModel, extra="forbid", frozen=True):
     evaluation: EvalArgs = Field(default_factory=EvalArgs)
     checkpointing: CheckpointArgs = Field(default_factory=CheckpointArgs)
     scaling: ScalingArgs = Field(default_factory=ScalingArgs)
+    method: MethodArgs = Field(default_factory=MethodArgs)
 
     def to_dict(self) -> dict[str, Any]:
         """Azure's flat names -> JSON values: what the job row, spec.json and the MLflow run's params hold."""
@@ -244,13 +262,13 @@ def describe_hyperparameters() -> list[dict[str, Any]]:
             kind = "choice"
         elif annotation in (int, int | None):
             kind = "integer"
-        elif annotation is float:
+        elif annotation in (float, float | None):
             kind = "number"
         else:
             kind, choices = "string", []
         out.append({"name": name, "group": GROUPS[GROUP_OF[name]].__doc__, "type": kind, "default": info.default,
                     "description": info.description, "choices": choices or None,
-                    "nullable": annotation in (int | None, bool | str | None), "valid": _expectation(name),
+                    "nullable": annotation in (int | None, float | None, bool | str | None), "valid": _expectation(name),
                     "common": name in COMMON})
     return sorted(out, key=lambda d: (not d["common"], COMMON.index(d["name"]) if d["common"] else 0))
 
@@ -282,4 +300,4 @@ def _expectation(name: str, parse_error: bool = False) -> str:
         text += f" below {bounds['Lt'].lt}"
     if isinstance(bounds.get("Le"), annotated_types.Le):
         text += f" up to {bounds['Le'].le}"
-    return text + (" or none" if annotation == int | None else "")
+    return text + (" or none" if annotation in (int | None, float | None) else "")

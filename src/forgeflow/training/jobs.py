@@ -1,5 +1,6 @@
-"""The records of a fine-tuning job: `Job`, a row of the jobs table as the job runner (its one writer) hands it
-out, and `JobSpec`, the job file JOB_DIR/spec.json the runner writes and the training worker reads."""
+"""The records of a job: `Job`, a row of the jobs table as the job runner (its one writer) hands it out; `JobSpec`,
+the fine-tuning job file JOB_DIR/spec.json the runner writes and the training worker reads; `EvaluationSpec`, an
+evaluation job's JOB_DIR/evaluation.json, read by the evaluation worker."""
 
 from __future__ import annotations
 
@@ -118,3 +119,72 @@ def write_json(path: Path, doc: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.runner.tmp")
     tmp.write_text(json.dumps(doc, indent=2))
     os.replace(tmp, path)
+
+
+# -- evaluation jobs -----------------------------------------------------------------------------------------------
+# A job's `type` says which program its worker runs (started by module name, never imported from here).
+JOB_PROGRAMS = {"finetuning": "forgeflow.training.worker", "evaluation": "forgeflow.evaluation.worker"}
+EVALUATION_FILE = "evaluation.json"
+EVALUATION_METRICS = ("loss", "exact_match", "f1", "rouge_l", "judge")
+DEFAULT_EVALUATION_METRICS = ("loss", "exact_match", "f1", "rouge_l")
+
+
+@dataclass(frozen=True)
+class EvaluatedModel:
+    """One side of an evaluation: what the user named (canonical: `name:version`, a base model's catalog name or a
+    folder) and the Hugging Face folder it loads from (with `adapter/` when it is a LoRA fine-tune)."""
+
+    ref: str
+    path: str
+
+
+@dataclass(frozen=True)
+class EvaluationSpec:
+    """What an evaluation job computes, as JOB_DIR/evaluation.json holds it (the runner writes it, the evaluation
+    worker reads it; validated at the edge that made it).
+
+    The worker writes status.json like a training worker (status, step = rows done of max_steps = rows), each finished
+    row to rows.jsonl (so `resume` skips them), and result.json at the end, which is what `model evaluate --json`
+    prints: {"job", "data", "model": {"ref", "metrics": {"f1": 0.71, "f1_ci": [lo, hi], ...}}, "baseline": {...} or
+    null, "comparison": {metric: {"delta", "delta_ci", "better", "worse", "same"}}, "rows": [{"line", "question",
+    "reference", "model": {"answer", metric: value...}, "baseline": {...}, "change": "better" | "worse" | "same"}]}."""
+
+    job_id: str
+    name: str
+    model: EvaluatedModel
+    baseline: EvaluatedModel | None
+    data: str
+    mlflow_tracking_uri: str
+    metrics: tuple[str, ...] = DEFAULT_EVALUATION_METRICS
+    judge_flow: str | None = None
+    judge_connection: str | None = None
+    max_new_tokens: int = 128
+    max_rows: int | None = None
+    batch_size: int = 8
+    seed: int = 0
+    confidence: float = 0.95
+    source_job: str | None = None
+    compute: str = "local"
+    resume: bool = False
+
+    def write(self, job_dir: Path) -> None:
+        write_json(Path(job_dir) / EVALUATION_FILE, dataclasses.asdict(self) | {"metrics": list(self.metrics)})
+
+    @classmethod
+    def read(cls, job_dir: Path) -> EvaluationSpec:
+        path = Path(job_dir) / EVALUATION_FILE
+        try:
+            doc = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise NotFound(f"{path} is missing; the job runner writes it before starting the worker") from None
+        except json.JSONDecodeError as exc:
+            raise InvalidInput(f"{path} is not valid JSON: {exc}") from None
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(doc) - names)
+        if unknown:
+            raise InvalidInput(f"{path}: unknown field {unknown[0]!r}", field=unknown[0])
+        for side in ("model", "baseline"):
+            if isinstance(doc.get(side), dict):
+                doc[side] = EvaluatedModel(**doc[side])
+        doc["metrics"] = tuple(doc.get("metrics") or DEFAULT_EVALUATION_METRICS)
+        return cls(**doc)
