@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from forgeflow.errors import InvalidInput
+from forgeflow.inference.chat_model import load_chat_model
 from forgeflow.training.masking import IGNORE_INDEX, assistant_spans, render
 
 
@@ -55,26 +55,14 @@ class Scorer:
     """One model loaded for evaluation: its loss on reference answers and its greedy answers."""
 
     def __init__(self, path: str | Path, device: str = "auto") -> None:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from forgeflow.inference.model_folder import hf_model_dir
-        from forgeflow.inference.runtimes.base import CHATML_TEMPLATE
-
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = device
-        self.model_dir = hf_model_dir(Path(path))
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        if not self.tokenizer.chat_template:  # as the runtimes serve such a model
-            self.tokenizer.chat_template = CHATML_TEMPLATE
-        dtype = torch.float32 if device == "cpu" else torch.bfloat16
-        self.model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=dtype).to(device)
-        self.model.eval()
-        self.eos_ids = _eos_ids(self.model, self.tokenizer)
-        pad = self.tokenizer.pad_token_id
-        self.pad_id = int(pad) if pad is not None else self.eos_ids[0]
-        self.max_positions = int(getattr(self.model.config, "max_position_embeddings", 0) or 0) or None
+        loaded = load_chat_model(path, device)
+        if not loaded.eos_token_ids:
+            raise InvalidInput("the model names no end-of-sequence token (generation_config.eos_token_id or the "
+                               "tokenizer's eos_token): add one to the model folder", field="model")
+        self.device, self.model_dir, self.tokenizer, self.model = (loaded.device, loaded.model_dir, loaded.tokenizer,
+                                                                   loaded.model)
+        self.eos_ids, self.max_positions = loaded.eos_token_ids, loaded.max_positions
+        self.pad_id = loaded.pad_token_id if loaded.pad_token_id is not None else loaded.eos_token_ids[0]
 
     def losses(self, rows: list[Row]) -> list[tuple[float, int]]:
         """(mean cross-entropy over the reference answer's tokens, how many tokens) for each row, in one batch.
@@ -151,15 +139,3 @@ class Scorer:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-
-
-def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
-    ids: list[int] = []
-    configured = model.generation_config.eos_token_id
-    for value in [*(configured if isinstance(configured, (list, tuple)) else [configured]), tokenizer.eos_token_id]:
-        if value is not None and int(value) not in ids:
-            ids.append(int(value))
-    if not ids:
-        raise InvalidInput("the model names no end-of-sequence token (generation_config.eos_token_id or the "
-                           "tokenizer's eos_token): add one to the model folder", field="model")
-    return ids

@@ -16,9 +16,10 @@ from typing import Any
 from forgeflow.chat import ChatRequest
 from forgeflow.inference.adapters import DEFAULT_MAX_LOADED
 from forgeflow.inference.batching import BatchScheduler
+from forgeflow.inference.chat_model import load_chat_model
 from forgeflow.inference.peft_adapters import PeftAdapters
 from forgeflow.inference.prefix_cache import DEFAULT_MAX_BYTES, PrefixCache
-from forgeflow.inference.runtimes.base import CHATML_TEMPLATE, GenerationResult, TokenStream
+from forgeflow.inference.runtimes.base import GenerationResult, TokenStream
 from forgeflow.inference.runtimes.prepare import RequestPreparer
 
 log = logging.getLogger("forgeflow.generation")
@@ -33,25 +34,12 @@ class ChatGenerator:
                  max_queue: int = 64, adapters: dict[str, Path] | None = None,
                  max_adapters: int = DEFAULT_MAX_LOADED, prefix_cache: bool = True,
                  prefix_cache_bytes: int = DEFAULT_MAX_BYTES) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from forgeflow.inference.model_folder import hf_model_dir
-
-        self.model_dir = hf_model_dir(Path(model_dir))
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = device
-        dtype = torch.float32 if device == "cpu" else torch.bfloat16
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        if not self.tokenizer.chat_template:
-            self.tokenizer.chat_template = CHATML_TEMPLATE
-        self.model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=dtype).to(device)
-        self.model.eval()
+        loaded = load_chat_model(model_dir, device)
+        self.model_dir, self.device, self.tokenizer, self.model = (loaded.model_dir, loaded.device, loaded.tokenizer,
+                                                                   loaded.model)
         self.adapters = PeftAdapters(self.model, adapters, max_loaded=max_adapters) if adapters else None
-        self.eos_token_ids = self._eos_ids()
-        self.pad_token_id = self._pad_id()
-        self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
+        self.eos_token_ids, self.pad_token_id = loaded.eos_token_ids, loaded.pad_token_id
+        self.max_positions = loaded.max_positions
         self.requests = RequestPreparer(self.tokenizer, max_positions=self.max_positions,
                                         vocab_size=self._vocab_size(), eos_ids=self.eos_token_ids)
         self.prompts = self.requests.prompts
@@ -64,28 +52,12 @@ class ChatGenerator:
                                         device=device, max_batch_size=max_batch_size, max_queue=max_queue,
                                         adapters=self.adapters, prefix_cache=self.prefix_cache)
 
-    def _eos_ids(self) -> list[int]:
-        ids: list[int] = []
-        configured = self.model.generation_config.eos_token_id
-        for value in configured if isinstance(configured, (list, tuple)) else [configured]:
-            if value is not None and value not in ids:
-                ids.append(int(value))
-        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in ids:
-            ids.append(int(self.tokenizer.eos_token_id))
-        return ids
-
     def _vocab_size(self) -> int:
         """How many logits the model gives per step (its output layer's rows, maybe more than the tokenizer's)."""
         head = self.model.get_output_embeddings()
         if head is not None and getattr(head, "weight", None) is not None:
             return int(head.weight.shape[0])
         return int(self.model.config.vocab_size)
-
-    def _pad_id(self) -> int | None:
-        for value in (self.model.generation_config.pad_token_id, self.tokenizer.pad_token_id):
-            if value is not None:
-                return int(value)
-        return self.eos_token_ids[0] if self.eos_token_ids else None
 
     def stream(self, request: ChatRequest, adapter: str | None = None) -> TokenStream:
         """Queue a request at once (whatever it cannot have, a prompt too long, an adapter not served or a full
