@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from forgeflow.errors import Conflict, InvalidInput, NotFound
+from forgeflow.names import parse_model_ref
 from forgeflow.yamlfile import load_yaml
 
 
@@ -91,8 +92,8 @@ def _refuse_archived(version, given: str) -> None:
     if not version.archived:
         return
     how = f"restore it first with: forgeflow model restore --name {version.name} --version {version.version}"
-    if "@" in given and not given.strip().endswith("@latest"):
-        alias = given.rsplit("@", 1)[1].strip()
+    alias = parse_model_ref(given).alias
+    if alias:
         how += f", or move the alias: forgeflow model update --name {version.name} --version N --set-alias {alias}"
         raise Conflict(f"model {given.strip()} names {version.ref}, which is archived; {how}", field="model")
     raise Conflict(f"model {version.ref} is archived; {how}", field="model")

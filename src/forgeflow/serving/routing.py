@@ -3,9 +3,9 @@
 - Deployment: the `azureml-model-deployment` header wins; then a request's `model` that names a
   deployment; then a `model` naming a registered fine-tune (`NAME`, `NAME:VERSION`, `NAME@latest`) that
   exactly one deployment serves, as an adapter on its base or as its one model (a served fine-tune's alias,
-  `NAME@champion`, is a 400: a deployment is pinned to the version its alias named when it was made); else a weighted draw over the
-  live traffic split (a `model` that names no deployment, such as the gpt-4 a Prompt flow file names, is served
-  by the traffic split too).
+  `NAME@champion`, is a 400: a deployment is pinned to the version its alias named when it was made); else a
+  weighted draw over the live traffic split (a `model` that names no deployment, such as the gpt-4 a Prompt flow
+  file names, is served by the traffic split too).
 - Mirror: with the mirror percentage, a copy goes to the mirror deployment (traffic-routed
   requests only, as Azure does).
 """
