@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 from urllib.parse import quote
 
 from forgeflow.errors import InvalidInput
@@ -39,22 +40,56 @@ def check_name(name: str, what: str, field: str = "name") -> str:
     return name
 
 
-def parse_model_ref(ref: str) -> tuple[str, str | None]:
-    """`name:3`, `name@latest`, `azureml:name:3` or `name` -> (name, version or None for latest)."""
+LATEST = "latest"  # `NAME@latest`: the newest live version, never an alias anyone sets
+_ALIAS = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+_VERSION_ALIAS = re.compile(r"[vV][0-9]+")  # MLflow keeps `v3` for version 3
+
+
+class ModelRef(NamedTuple):
+    """A model reference read: `version` set for `NAME:VERSION`, `alias` for `NAME@ALIAS`, neither for `NAME` or
+    `NAME@latest` (the newest live version)."""
+
+    name: str
+    version: str | None = None
+    alias: str | None = None
+
+
+def check_alias(alias: str, field: str = "alias") -> str:
+    """A registry alias (`champion`): 1-64 letters, digits, '_' and '-', a letter first; not `latest` (`@latest`
+    already means the newest live version) nor `v` and a number (MLflow keeps those for versions)."""
+    alias = alias or ""
+    if alias.lower() == LATEST:
+        raise InvalidInput(f"alias {alias!r} is reserved: NAME@latest is always the newest live version; choose "
+                           "another name, e.g. champion", field=field)
+    if _VERSION_ALIAS.fullmatch(alias):
+        raise InvalidInput(f"alias {alias!r} is reserved: MLflow keeps v<number> for versions (use NAME:VERSION); "
+                           "choose another name, e.g. champion", field=field)
+    if not _ALIAS.fullmatch(alias):
+        raise InvalidInput(f"invalid alias {alias!r}: use 1-64 letters, digits, '_' and '-', a letter first "
+                           "(e.g. champion)", field=field)
+    return alias
+
+
+def parse_model_ref(ref: str) -> ModelRef:
+    """`name:3`, `name@champion`, `name@latest`, `azureml:name:3` or `name`, read as a `ModelRef` (the registry
+    finds which version an alias names)."""
     ref = (ref or "").strip()
     if ref.startswith("azureml:"):
         ref = ref[len("azureml:"):]
     if "@" in ref:
         name, label = ref.split("@", 1)
-        if label != "latest":
-            raise InvalidInput(f"model reference {ref!r}: only the label @latest is known", field="model")
-        return name, None
+        if label == LATEST:
+            return ModelRef(name)
+        try:
+            return ModelRef(name, alias=check_alias(label, field="model"))
+        except InvalidInput as e:
+            raise InvalidInput(f"model reference {ref!r}: {e.message}", field="model") from e
     if ":" in ref:
         name, version = ref.rsplit(":", 1)
         if not version.isdigit():
             raise InvalidInput(f"model reference {ref!r}: the version after ':' must be a number", field="model")
-        return name, version
-    return ref, None
+        return ModelRef(name, version)
+    return ModelRef(ref)
 
 
 def parse_assignments(items: list[str] | None, option: str, example: str) -> dict[str, str]:

@@ -104,3 +104,40 @@ async def test_a_field_a_deployment_does_not_have_is_refused_naming_it(api, regi
     assert (await api.get("/api/endpoints/extra-ep/deployments")).json() == []
     r = await api.patch("/api/endpoints/extra-ep/deployments/blue", json={"set": {}, "adapters": ["tuned-b:1"]})
     assert r.status_code == 400 and r.json()["field"] == "adapters", r.text
+
+
+@pytest.fixture
+def stop_instances(app):
+    """A created deployment starts its instances even without the background threads: stop them after the test."""
+    yield
+    app.state.ff.supervisor.shutdown()
+
+
+def test_an_alias_in_a_list_of_fine_tunes_resolves_to_the_version_it_names(registered):
+    models.update_version("tuned-b:1", set_aliases=["champion"])
+    assert list(resolve_models(["tuned-a:1", "tuned-b@champion"])[2]) == ["tuned-a:1", "tuned-b:1"]
+    with pytest.raises(InvalidInput) as caught:
+        resolve_models(["tuned-b:1", "tuned-b@champion"])
+    assert caught.value.field == "model" and "twice" in caught.value.message
+
+
+async def test_a_deployment_of_an_alias_is_pinned_to_the_version_it_named(api, registered, tiny_model_dir, adapters,
+                                                                          stop_instances):
+    await api.post("/api/endpoints", json={"name": "alias-ep"})
+    models.update_version("tuned-a:1", set_aliases=["champion"])
+    r = await api.post("/api/endpoints/alias-ep/deployments", json={"name": "blue", "model": "tuned-a@champion"})
+    assert r.status_code == 201 and r.json()["model"] == "tuned-a:1", r.text
+
+    second = models.register("tuned-a", _fine_tune(registered / "v2", tiny_model_dir, "tuned-a", adapters[1]),
+                             base_model=str(tiny_model_dir))
+    models.update_version(second.ref, set_aliases=["champion"])  # the alias moves; the deployment stays
+    assert (await api.get("/api/endpoints/alias-ep/deployments/blue")).json()["model"] == "tuned-a:1"
+
+    r = await api.post("/api/endpoints/alias-ep/deployments", json={"name": "green", "model": "tuned-a@ghost"})
+    assert r.status_code == 404 and r.json()["field"] == "model" and "champion -> tuned-a:2" in r.json()["message"]
+    models.set_archived("tuned-a:2", True)
+    r = await api.post("/api/endpoints/alias-ep/deployments", json={"name": "green", "model": "tuned-a@champion"})
+    assert r.status_code == 409 and r.json()["field"] == "model", r.text
+    assert "tuned-a:2, which is archived" in r.json()["message"] and "--set-alias champion" in r.json()["message"]
+    r = await api.post("/api/endpoints/alias-ep/deployments", json={"name": "green", "model": "tuned-a@latest"})
+    assert r.status_code == 201 and r.json()["model"] == "tuned-a:1", r.text  # the newest live version

@@ -41,8 +41,18 @@ def test_match_adapter_reads_model_references_as_deploying_does():
     assert match_adapter(" tuned-a:1 ", NAMES) == "tuned-a:1"
     assert match_adapter("tuned-a@latest", NAMES) == "tuned-a:2"  # the highest served
     assert match_adapter("azureml:tuned-b@latest", NAMES) == "tuned-b:3"
-    for other in ("gpt-4", "tuned-a@stable", "tuned-a:beta", "ghost@latest"):
+    for other in ("gpt-4", "ghost@stable", "tuned-a:beta", "ghost@latest", "tuned-a@v1"):
         assert match_adapter(other, NAMES) is None, other  # no reference to a served model: names none
+
+
+def test_an_alias_of_a_served_fine_tune_is_a_400_asking_for_its_version():
+    """A deployment is pinned to the version an alias named when it was made: per request, an alias (which may
+    have moved since) is refused, naming the versions served, never served by the default adapter."""
+    for model in ("tuned-a@champion", "azureml:tuned-a@challenger"):
+        with pytest.raises(InvalidInput) as caught:
+            match_adapter(model, NAMES)
+        assert caught.value.field == "model" and "NAME:VERSION" in caught.value.message
+        assert "tuned-a:1, tuned-a:2" in caught.value.message
 
 
 def test_parse_adapter_arg():

@@ -80,6 +80,12 @@ def test_a_fine_tune_deployed_alone_or_on_two_deployments_routes_and_lists_as_ro
                               ("tuned-a@latest", "blue"), ("tuned-b:1", "green"), (" tuned-b:1 ", "green")):
         r = post(gateway, "one-ep", key, CHAT | {"model": model}, path="v1/chat/completions")
         assert r.status_code == 200 and r.headers["azureml-model-deployment"] == deployment, model
+    # an alias of a served fine-tune: a 400 naming model in the route's dialect, never the traffic split's draw
+    r = post(gateway, "one-ep", key, CHAT | {"model": "tuned-a@champion"}, path="v1/chat/completions")
+    assert r.status_code == 400 and r.json()["error"]["param"] == "model", r.text
+    assert "tuned-a:1" in r.json()["error"]["message"] and "NAME:VERSION" in r.json()["error"]["message"]
+    r = post(gateway, "one-ep", key, headers={MODEL_HEADER: "tuned-c@champion"})
+    assert r.status_code == 400 and r.json()["field"] == "model" and "tuned-c:1" in r.json()["message"], r.text
 
     auth = {"Authorization": f"Bearer {key}"}
     models = httpx.get(f"{gateway.url}/endpoints/one-ep/v1/models", headers=auth).json()["data"]

@@ -268,6 +268,10 @@ def test_register_deploy_and_set_traffic(wide, studio, tiny_model_dir):
     expect(page.locator(".card-head h2").first).to_contain_text("Version")
     expect(page.locator(".kv").first).to_contain_text(job["id"])
     version = page.locator(".tabs .tab.active").inner_text().lstrip("v")
+    r = studio.api("PATCH", f"/models/{MODEL}/versions/{version}", json={"set_aliases": ["champion"]})
+    assert r.status_code == 200, r.text
+    page.reload()
+    expect(page.locator(".kv").first).to_contain_text("@champion")  # the version's aliases
     wide.shot("model")
 
     # Deploy -> choose (here: create) an endpoint -> the deployment form arrives filled in

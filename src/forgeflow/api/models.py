@@ -23,6 +23,9 @@ class UpdateBody(BaseModel, extra="forbid"):
     description: str | None = Field(None, description="New description (unchanged when absent).")
     set_tags: dict[str, str] = Field(default_factory=dict, description="Tags to add or change.")
     remove_tags: list[str] = Field(default_factory=list, description="Tags to remove.")
+    set_aliases: list[str] = Field(default_factory=list, description="Aliases to put on this version (an alias "
+                                   "names one version of the model: one on another version moves here).")
+    remove_aliases: list[str] = Field(default_factory=list, description="Aliases to take off this version.")
 
 
 class RegisterBody(BaseModel):
@@ -72,11 +75,16 @@ def register(body: RegisterBody, request: Request, ff=Depends(services)) -> dict
 
 @router.get("/models/{name}", dependencies=READER)
 def show(name: str, version: str | None = None) -> dict:
+    """A base model, or a registered version: `name` alone (its newest live version), `name@alias` (the version
+    the alias names), or `name` with `version`."""
     from forgeflow.registry import base_models, models
 
     for info in base_models.list_base_models():
         if info.name == name and version is None:
             return _base_view(info)
+    if version is not None and "@" in name:
+        raise InvalidInput(f"{name!r} names a version by its alias: leave out version, or name the model alone",
+                           field="version")
     return models.get_version(f"{name}:{version}" if version else name).to_dict()
 
 
@@ -89,7 +97,8 @@ def update(name: str, version: str, body: UpdateBody) -> dict:
     from forgeflow.registry import models
 
     return models.update_version(_ref(name, version), description=body.description, set_tags=body.set_tags,
-                                 remove_tags=body.remove_tags).to_dict()
+                                 remove_tags=body.remove_tags, set_aliases=body.set_aliases,
+                                 remove_aliases=body.remove_aliases).to_dict()
 
 
 @router.post("/models/{name}/versions/{version}/archive", dependencies=CONTRIBUTOR)

@@ -200,8 +200,10 @@ EpName = typer.Option(..., "--endpoint-name", "-e", help="Endpoint name.")
 @command
 def dep_create(name: str = DepName, endpoint_name: str = EpName,
                model: list[str] = typer.Option(None, "--model", help="Registered NAME:VERSION, or a base model "
-                                               "name. Repeat it to serve several LoRA fine-tunes of one base model "
-                                               "on one deployment (a request's `model` picks one)."),
+                                               "name. NAME@ALIAS (champion) deploys the version the alias names "
+                                               "now: the deployment stays on it when the alias moves. Repeat it to "
+                                               "serve several LoRA fine-tunes of one base model on one deployment "
+                                               "(a request's `model` picks one)."),
                flow: Path = typer.Option(None, "--flow", help="Serve a flow folder (flow.dag.yaml) instead of a model; "
                                                               "/score then takes the flow's inputs."),
                instance_count: int = typer.Option(None, "--instance-count", help="Model-server processes (default 1; "

@@ -1,5 +1,5 @@
 """`forgeflow model`: base models (pull) and the registry - create (from a job or a folder), list, show,
-update, archive/restore, download, export (GGUF, safetensors, MLflow)."""
+update (description, tags, aliases), archive/restore, download, export (GGUF, safetensors, MLflow)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import typer
 
 from forgeflow.cli.common import JsonOpt, client, command, console, kv, print_json, table
 from forgeflow.errors import Conflict, InvalidInput
-from forgeflow.names import parse_assignments, url_path
+from forgeflow.names import parse_assignments, parse_model_ref, url_path
 
 app = typer.Typer(help="Base models and the model registry.", no_args_is_help=True)
 
@@ -47,8 +47,9 @@ def list_(include_archived: bool = typer.Option(False, "--include-archived", hel
             r["state"] = "archived" if r.get("archived") else "registered"
         r["from"] = r.get("source_job") or r.get("base_model") or r.get("source") or ""
         r["tag_text"] = ", ".join(f"{k}={v}" for k, v in (r.get("tags") or {}).items())
-    table(rows, [("ref", "model"), ("kind", "kind"), ("state", "state"), ("from", "from"), ("base_model", "base"),
-                 ("tag_text", "tags"), ("description", "description")])
+        r["alias_text"] = ", ".join(r.get("aliases") or [])
+    table(rows, [("ref", "model"), ("kind", "kind"), ("state", "state"), ("alias_text", "aliases"), ("from", "from"),
+                 ("base_model", "base"), ("tag_text", "tags"), ("description", "description")])
 
 
 @app.command("create")
@@ -71,19 +72,28 @@ def create(
 
 @app.command("show")
 @command
-def show(ref: str = typer.Argument(help="NAME or NAME:VERSION (base models too)."), json_out: bool = JsonOpt) -> None:
-    """Show a model: path, source job, base model, tags, description and the settings it was trained with."""
-    name, _, version = ref.partition(":")
-    mv = client().get(url_path("api", "models", name), params={"version": version} if version else None)
+def show(ref: str = typer.Argument(help="NAME, NAME:VERSION or NAME@ALIAS (base models too)."),
+         json_out: bool = JsonOpt) -> None:
+    """Show a model: path, source job, base model, aliases, tags, description and the settings it was trained with."""
+    mv = _get(client(), ref)
     if json_out:
         print_json(mv)
         return
+    if "aliases" in mv:
+        mv["aliases"] = ", ".join(mv["aliases"]) or None
     kv(mv, [k for k in mv if k not in ("hyperparameters", "tags", "metrics")])
     for key in ("tags", "metrics", "hyperparameters"):
         if mv.get(key):
             label = "settings" if key == "hyperparameters" else key
             console.print(f"[bold]{label}[/]: " + ", ".join(f"{k}={v}" for k, v in mv[key].items()),
                           highlight=False, soft_wrap=True)
+
+
+def _get(c, ref: str) -> dict:
+    """A base model or registered version by NAME, NAME:VERSION or NAME@ALIAS (read by the server)."""
+    name, version, alias = parse_model_ref(ref)
+    return c.get(url_path("api", "models", f"{name}@{alias}" if alias else name),
+                 params={"version": version} if version else None)
 
 
 def _version_path(name: str, version: str) -> str:
@@ -102,15 +112,23 @@ def update(
     description: str = typer.Option(None, "--description", help="New description."),
     set_tag: list[str] = typer.Option(None, "--set-tag", help="A tag KEY=VALUE to add or change (repeatable)."),
     remove_tag: list[str] = typer.Option(None, "--remove-tag", help="A tag KEY to remove (repeatable)."),
+    set_alias: list[str] = typer.Option(None, "--set-alias", help="An alias to put on this version, e.g. champion "
+                                        "(repeatable). An alias names one version: set on another, it moves here. "
+                                        "NAME@ALIAS then names this version wherever a model is asked for."),
+    remove_alias: list[str] = typer.Option(None, "--remove-alias", help="An alias to take off this version "
+                                           "(repeatable)."),
     json_out: bool = JsonOpt,
 ) -> None:
-    """Change a version's description and tags."""
+    """Change a version's description, tags and aliases (MLflow's registered-model aliases)."""
     tags = parse_assignments(set_tag, "--set-tag", "stage=prod")
-    if description is None and not tags and not remove_tag:
-        raise InvalidInput("nothing to change: give --description, --set-tag KEY=VALUE or --remove-tag KEY")
-    mv = client().patch(_version_path(name, version), {"description": description, "set_tags": tags,
-                                                       "remove_tags": list(remove_tag or [])})
-    print_json(mv) if json_out else console.print(f"[green]updated[/] {mv['name']}:{mv['version']}")
+    if description is None and not tags and not remove_tag and not set_alias and not remove_alias:
+        raise InvalidInput("nothing to change: give --description, --set-tag KEY=VALUE, --remove-tag KEY, "
+                           "--set-alias ALIAS or --remove-alias ALIAS")
+    mv = client().patch(_version_path(name, version), {
+        "description": description, "set_tags": tags, "remove_tags": list(remove_tag or []),
+        "set_aliases": list(set_alias or []), "remove_aliases": list(remove_alias or [])})
+    aliases = f" (aliases: {', '.join(mv['aliases'])})" if mv.get("aliases") else ""
+    print_json(mv) if json_out else console.print(f"[green]updated[/] {mv['name']}:{mv['version']}{aliases}")
 
 
 @app.command("archive")
@@ -134,14 +152,17 @@ def restore(name: str = NameOpt, version: str = VersionOpt, json_out: bool = Jso
 @command
 def download(
     name: str = NameOpt,
-    version: str = VersionOpt,
+    version: str = typer.Option(..., "--version", help="Version number, or an alias (champion): the version it names."),
     out: Path = typer.Option(..., "--out", help="Folder to create with the model's files (MLflow model format)."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Copy a version's model folder from the server into --out, with a progress bar."""
     from forgeflow.cli.download import download_version
 
-    result = download_version(client(), name, version, out.expanduser().resolve(), quiet=json_out, console=console)
+    c = client()
+    if not version.isdigit():
+        version = _get(c, f"{name}@{version}")["version"]
+    result = download_version(c, name, version, out.expanduser().resolve(), quiet=json_out, console=console)
     print_json(result) if json_out else console.print(
         f"[green]downloaded[/] {name}:{version} ({result['files']} files, {result['bytes'] / 1e6:.1f} MB) to {result['path']}")
 
@@ -149,7 +170,8 @@ def download(
 @app.command("export")
 @command
 def export(
-    ref: str = typer.Argument(help="NAME:VERSION of a registered model (NAME alone: its latest version)."),
+    ref: str = typer.Argument(help="NAME:VERSION or NAME@ALIAS of a registered model (NAME alone: its latest "
+                                   "version)."),
     fmt: str = typer.Option(..., "--format", help="gguf (llama.cpp), safetensors (a Hugging Face checkpoint folder) "
                                                    "or mlflow (MLflow's transformers flavor, loads without forgeflow)."),
     quantize: str = typer.Option(None, "--quantize", help="gguf only: f16, q8_0 or q4_k_m (the default: made by llama.cpp's quantizer, so it needs llama-cpp-python; f16 and q8_0 do not)."),
@@ -163,9 +185,9 @@ def export(
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise Conflict(f"{out} already exists and is not empty: choose another --out or remove it", field="out")
     c = client()
-    name, _, version = ref.partition(":")
+    name, version, _ = parse_model_ref(ref)
     if not version:
-        mv = c.get(url_path("api", "models", name))
+        mv = _get(c, ref)
         if mv.get("kind") == "base":
             raise InvalidInput(f"{name} is a base model; export works on registered versions (forgeflow model list)",
                                field="model")

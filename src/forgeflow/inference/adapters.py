@@ -41,18 +41,23 @@ def match_adapter(model: str | None, names: list[str]) -> str | None:
     none of them. `model` is read as a deploy command reads a model reference (`azureml:NAME:VERSION`,
     `NAME@latest`, spaces around it); one that is no model reference (`gpt-4o-mini:beta`) names none. `NAME`
     alone matches when exactly one version of it is among `names`, `NAME@latest` the highest served; a version
-    of a served name that is not served is a 404, and a name served in several versions a 400 asking for one."""
+    of a served name that is not served is a 404, and a name served in several versions, or a served name's
+    alias (`tuned@champion`), a 400 asking for NAME:VERSION."""
     if not model or not names:
         return None
     if model in names:
         return model
     try:
-        name, version = parse_model_ref(model)
+        name, version, alias = parse_model_ref(model)
     except InvalidInput:
         return None  # not a model reference: a model served elsewhere (gpt-4) or a deployment's name
     versions = [n for n in names if n.rpartition(":")[0] == name]
     if not versions:
         return None
+    if alias:  # resolved when a deployment is created, never per request: the alias may have moved since
+        raise InvalidInput(f"model {model!r} names a registry alias, which is read when a deployment is created, "
+                           f"not per request: name the version, as NAME:VERSION ({name} is served here as "
+                           f"{', '.join(versions)})", field="model")
     if version:
         if f"{name}:{version}" in versions:
             return f"{name}:{version}"

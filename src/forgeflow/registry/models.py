@@ -3,7 +3,9 @@ SQLite in the home, the store's Postgres database in a schema of its own, or an 
 
 A registered version's `source` is a folder in MLflow model format (a job's output) or a
 local Hugging Face model folder registered by path. forgeflow's own facts about a version (base
-model, source job, resolved hyperparameters, final metrics, archived) are `forgeflow.*` tags.
+model, source job, resolved hyperparameters, final metrics, archived) are `forgeflow.*` tags. Aliases
+(`champion`) are MLflow's registered-model aliases: each names one version of a model, and `NAME@ALIAS` reads
+as that version wherever a model reference is taken (a deployment records the version it named then).
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from forgeflow.errors import InvalidInput, NotFound
-from forgeflow.names import check_name, parse_model_ref
+from forgeflow.errors import Conflict, InvalidInput, NotFound
+from forgeflow.names import check_alias, check_name, parse_model_ref
 from forgeflow.store.home import Paths
 
 RESERVED = "forgeflow."
@@ -142,30 +144,53 @@ def _to_version(mv) -> ModelVersion:
 
 
 def list_models(*, include_archived: bool = False) -> list[ModelVersion]:
-    """Every registered version, oldest first per name; archived ones only when asked."""
+    """Every registered version, oldest first per name, with its aliases; archived ones only when asked."""
     c = client()
     out: list[ModelVersion] = []
-    for rm in c.search_registered_models():
-        for mv in c.search_model_versions(f"name='{rm.name}'"):
-            out.append(_to_version(mv))
+    for rm in _pages(c.search_registered_models):
+        # a search's versions carry no aliases (MLflow fills them only on a get): the model's own map has them
+        aliases: dict[str, list[str]] = {}
+        for alias, version in (rm.aliases or {}).items():
+            aliases.setdefault(str(version), []).append(alias)
+        for mv in _pages(c.search_model_versions, filter_string=f"name='{rm.name}'"):
+            version = _to_version(mv)
+            version.aliases = sorted(set(version.aliases) | set(aliases.get(version.version, [])))
+            out.append(version)
     out = [v for v in out if include_archived or not v.archived]
     return sorted(out, key=lambda v: (v.name, int(v.version)))
 
 
+def _pages(search, **kwargs) -> list:
+    """Every result of an MLflow search, page after page (a registry search answers at most 100 at a time)."""
+    out, token = [], None
+    while True:
+        page = search(page_token=token, **kwargs)
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
+
+
 def get_version(ref: str) -> ModelVersion:
-    """`name:version` (archived or not) or `name` (latest version not archived) -> that version;
-    NotFound names what exists."""
+    """`name:version` (archived or not), `name@alias` (the version carrying it, archived or not) or `name` /
+    `name@latest` (latest version not archived) -> that version; NotFound names what exists."""
     return find_version(ref, list_models(include_archived=True))
 
 
 def find_version(ref: str, listed: list[ModelVersion]) -> ModelVersion:
     """`get_version` among versions already listed (`list_models(include_archived=True)`), so looking up several
     lists the registry once."""
-    name, version = parse_model_ref(ref)
+    name, version, alias = parse_model_ref(ref)
     check_name(name, "model", field="model")
     versions = [v for v in listed if v.name == name]
     if not versions:
         raise NotFound(f"no registered model named {name!r} (see: forgeflow model list)", field="model")
+    if alias:
+        for v in versions:
+            if alias in v.aliases:
+                return v
+        raise NotFound(f"model {name!r} has no alias {alias!r} (its aliases: {_alias_list(versions)}); set it "
+                       f"with: forgeflow model update --name {name} --version N --set-alias {alias}", field="model")
     if version is None:
         live = [v for v in versions if not v.archived]
         if not live:
@@ -179,20 +204,59 @@ def find_version(ref: str, listed: list[ModelVersion]) -> ModelVersion:
     raise NotFound(f"model {name!r} has no version {version} (versions: {have})", field="model")
 
 
+def _alias_list(versions: list[ModelVersion]) -> str:
+    return ", ".join(f"{a} -> {v.ref}" for v in versions for a in v.aliases) or "none"
+
+
 def update_version(ref: str, *, description: str | None = None, set_tags: dict[str, str] | None = None,
-                   remove_tags: list[str] | None = None) -> ModelVersion:
-    """Change a version's description and user tags (forgeflow.* tags are not the user's to change)."""
-    mv = get_version(ref)
+                   remove_tags: list[str] | None = None, set_aliases: list[str] | None = None,
+                   remove_aliases: list[str] | None = None) -> ModelVersion:
+    """Change a version's description, user tags (forgeflow.* tags are not the user's to change) and aliases. An
+    alias names one version of a model: setting it on this one moves it here from any other. Everything is checked
+    before anything changes."""
+    listed = list_models(include_archived=True)
+    mv = find_version(ref, listed)
+    tags = check_user_tags(set_tags or {})
+    removed_tags = list(check_user_tags({k: "" for k in remove_tags or []}))
+    for key in removed_tags:
+        if key not in mv.tags:
+            raise NotFound(f"model {mv.ref} has no tag {key!r} (tags: {', '.join(mv.tags) or 'none'})", field="tags")
+    added, removed = _check_alias_changes(mv, [v for v in listed if v.name == mv.name], set_aliases or [],
+                                          remove_aliases or [])
     c = client()
     if description is not None:
         c.update_model_version(mv.name, mv.version, description=description)
-    for key, value in check_user_tags(set_tags or {}).items():
+    for key, value in tags.items():
         c.set_model_version_tag(mv.name, mv.version, key, value)
-    for key in check_user_tags({k: "" for k in remove_tags or []}):
-        if key not in mv.tags:
-            raise NotFound(f"model {mv.ref} has no tag {key!r} (tags: {', '.join(mv.tags) or 'none'})", field="tags")
+    for key in removed_tags:
         c.delete_model_version_tag(mv.name, mv.version, key)
+    for alias in added:
+        c.set_registered_model_alias(mv.name, alias, mv.version)
+    for alias in removed:
+        c.delete_registered_model_alias(mv.name, alias)
     return get_version(mv.ref)
+
+
+def _check_alias_changes(mv: ModelVersion, versions: list[ModelVersion], added: list[str],
+                         removed: list[str]) -> tuple[list[str], list[str]]:
+    """The aliases to set on `mv` and to take off it, checked: valid names, none both set and removed, none set on
+    an archived version (a deployment of it would be refused), each removed one carried by `mv`."""
+    added = list(dict.fromkeys(check_alias(a.strip()) for a in added))
+    removed = list(dict.fromkeys(check_alias(a.strip()) for a in removed))
+    both = sorted(set(added) & set(removed))
+    if both:
+        raise InvalidInput(f"alias {both[0]!r} is both set and removed: give it once", field="alias")
+    if added and mv.archived:
+        raise Conflict(f"model {mv.ref} is archived, so an alias cannot name it: restore it first (forgeflow model "
+                       f"restore --name {mv.name} --version {mv.version}) or set the alias on a live version",
+                       field="version")
+    for alias in removed:
+        if alias not in mv.aliases:
+            elsewhere = next((v.ref for v in versions if alias in v.aliases), None)
+            where = f"; {alias} names {elsewhere}" if elsewhere else ""
+            raise NotFound(f"model {mv.ref} has no alias {alias!r} (its aliases: {', '.join(mv.aliases) or 'none'}"
+                           f"{where})", field="alias")
+    return added, removed
 
 
 def set_archived(ref: str, archived: bool) -> ModelVersion:

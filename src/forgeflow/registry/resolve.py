@@ -1,11 +1,13 @@
-"""Turn what a user types for a model (a catalog name, a folder, `name:version`, or a list of registered fine-tunes
-of one base) into a folder (and the fine-tunes' LoRA adapters)."""
+"""Turn what a user types for a model (a catalog name, a folder, `name:version`, `name@alias`, or a list of registered
+fine-tunes of one base) into a folder (and the fine-tunes' LoRA adapters). An alias is read once, here: what is
+deployed from `name@alias` is the `name:version` the alias named then."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from forgeflow.errors import Conflict, InvalidInput, NotFound
+from forgeflow.names import parse_model_ref
 from forgeflow.yamlfile import load_yaml
 
 
@@ -23,14 +25,12 @@ def resolve_model(ref: str) -> tuple[str, Path]:
     try:
         version = models.get_version(ref)
     except NotFound as e:
-        if ":" in ref:
+        if ":" in ref or "@" in ref:
             raise
         raise NotFound(f"no model {ref!r}: not a base model ({', '.join(sorted(catalog))}), "
                        "not a registered model and not a folder (see: forgeflow model list)", field="model") from e
-    if version.archived:
-        raise Conflict(f"model {version.name}:{version.version} is archived; restore it first with: forgeflow model restore "
-                       f"--name {version.name} --version {version.version}", field="model")
-    return f"{version.name}:{version.version}", hf_model_dir(Path(version.path))
+    _refuse_archived(version, ref)
+    return version.ref, hf_model_dir(Path(version.path))
 
 
 def resolve_models(model: str | list[str]) -> tuple[str, Path, dict[str, str]]:
@@ -83,10 +83,20 @@ def _live_version(ref: str, listed: list):
     from forgeflow.registry import models
 
     version = models.find_version(ref, listed)
-    if version.archived:
-        raise Conflict(f"model {version.ref} is archived; restore it first with: forgeflow model restore "
-                       f"--name {version.name} --version {version.version}", field="model")
+    _refuse_archived(version, ref)
     return version
+
+
+def _refuse_archived(version, given: str) -> None:
+    """An archived version is deployed no more (running deployments keep it); an alias still naming one says so."""
+    if not version.archived:
+        return
+    how = f"restore it first with: forgeflow model restore --name {version.name} --version {version.version}"
+    alias = parse_model_ref(given).alias
+    if alias:
+        how += f", or move the alias: forgeflow model update --name {version.name} --version N --set-alias {alias}"
+        raise Conflict(f"model {given.strip()} names {version.ref}, which is archived; {how}", field="model")
+    raise Conflict(f"model {version.ref} is archived; {how}", field="model")
 
 
 def _metadata_base(folder: Path) -> str | None:

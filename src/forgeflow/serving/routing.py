@@ -2,9 +2,10 @@
 
 - Deployment: the `azureml-model-deployment` header wins; then a request's `model` that names a
   deployment; then a `model` naming a registered fine-tune (`NAME`, `NAME:VERSION`, `NAME@latest`) that
-  exactly one deployment serves, as an adapter on its base or as its one model; else a weighted draw over the
-  live traffic split (a `model` that names no deployment, such as the gpt-4 a Prompt flow file names, is served
-  by the traffic split too).
+  exactly one deployment serves, as an adapter on its base or as its one model (a served fine-tune's alias,
+  `NAME@champion`, is a 400: a deployment is pinned to the version its alias named when it was made); else a
+  weighted draw over the live traffic split (a `model` that names no deployment, such as the gpt-4 a Prompt flow
+  file names, is served by the traffic split too).
 - Mirror: with the mirror percentage, a copy goes to the mirror deployment (traffic-routed
   requests only, as Azure does).
 """
@@ -35,7 +36,10 @@ def choose_deployment(cfg: EndpointConfig, header: str | None, model: str | None
 def serving_model(cfg: EndpointConfig, model: str) -> str | None:
     """The one deployment serving the registered fine-tune `model` names (as an adapter on its base or as its one
     model), if exactly one does. A version its deployment does not serve matches none here: the traffic split's
-    instance then says which it serves."""
+    instance then says which it serves. An alias of a fine-tune served here (`tuned@champion`) is a 400 naming
+    `model` (never a draw by the traffic split, which could serve another model)."""
+    if "@" in model:
+        match_adapter(model, [ref for dep in cfg.deployments.values() for ref in dep.registered_models])
     found = []
     for name, dep in cfg.deployments.items():
         try:

@@ -1,4 +1,4 @@
-// Models: registered versions (with source job and settings), registering a completed job's output,
+// Models: registered versions (with aliases, source job and settings), registering a completed job's output,
 // and the base-model catalog.
 
 import {can} from "./access.js";
@@ -48,6 +48,7 @@ export default async function models(root, ctx) {
 function versionTable(versions) {
   return table([
     {label: "Version", render: (v) => h("a", {href: `${hashFor("models", v.name)}?version=${encodeURIComponent(v.version)}`}, `v${v.version}`)},
+    {label: "Aliases", render: (v) => aliasTags(v)},
     {label: "Source job", render: (v) => (v.source_job ? h("a", {href: hashFor("jobs", v.source_job)}, v.source_job) : "–")},
     {label: "Base model", render: (v) => h("span", {title: v.base_model || ""}, shortModel(v.base_model))},
     {label: "Train / val loss", render: (v) => (v.metrics ? `${fmtNum(v.metrics.train_loss)} / ${fmtNum(v.metrics.eval_loss)}` : "–")},
@@ -56,6 +57,11 @@ function versionTable(versions) {
       v.archived ? badge("Archived") : h("a", {class: "btn btn-small", "data-needs": "contributor",
         href: `#/endpoints?deploy=${encodeURIComponent(`${v.name}:${v.version}`)}`}, "Deploy"))},
   ], versions);
+}
+
+// An alias (champion) names one version; NAME@ALIAS deploys the version it names then.
+function aliasTags(v) {
+  return (v.aliases || []).length ? v.aliases.map((a) => h("span", {class: "tag", title: `${v.name}@${a}`}, `@${a}`)) : "–";
 }
 
 function pullButton(m) {
@@ -151,6 +157,7 @@ async function modelPage(root, ctx, name) {
       ["Description", h("span", {class: "inline-edit"}, desc, saveDesc)],
       ["Source job", v.source_job ? h("a", {href: hashFor("jobs", v.source_job)}, v.source_job) : "–"],
       ["Base model", h("span", {title: v.base_model || ""}, v.base_model || "–")],
+      ["Aliases", aliasTags(v)],
       ["Registered", fmtTime(v.created_at)],
       ["MLflow run", v.run_id ? h("code", {}, v.run_id) : "–"],
       ["Path", h("code", {class: "break"}, v.path)],
