@@ -49,7 +49,7 @@ class ChatGenerator:
             max_batch_size, prefix_cache = 1, False
         self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache else None
         self.scheduler = BatchScheduler(self.model, eos_ids=self.eos_token_ids, pad_id=self.pad_token_id,
-                                        device=device, max_batch_size=max_batch_size, max_queue=max_queue,
+                                        device=self.device, max_batch_size=max_batch_size, max_queue=max_queue,
                                         adapters=self.adapters, prefix_cache=self.prefix_cache)
 
     def _vocab_size(self) -> int:

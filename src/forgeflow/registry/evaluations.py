@@ -18,7 +18,7 @@ MAX_SUMMARY_CHARS = 5000
 def record_evaluation(ref: str, summary: dict[str, Any], *, mlflow_uri: str | None = None) -> models.ModelVersion:
     """Store `summary` on the registered version `ref` (`name:version`), replacing an earlier evaluation's.
     `mlflow_uri` names the registry (a worker's job file's); by default the workspace's."""
-    name, version = parse_model_ref(ref)
+    name, version, _ = parse_model_ref(ref)
     if version is None:
         raise InvalidInput(f"model {ref!r}: an evaluation is recorded on one version; name it as NAME:VERSION",
                            field="model")
