@@ -45,23 +45,26 @@ class _CreateCommand(TyperCommand):
 @command
 def create(
     file: Path = typer.Option(None, "--file", "-f", help="YAML job file (type, model, training_data, validation_data, "
-                              "hyperparameters, name, compute); flags below override it."),
+                              "hyperparameters, method, name, compute); flags below override it."),
     type: str = typer.Option(None, "--type", help="Job type (finetuning)."),
     model: str = typer.Option(None, "--model", help="Base model: catalog name, folder, or registered NAME:VERSION."),
-    training_data: Path = typer.Option(None, "--training-data", help="Training chat JSONL."),
-    validation_data: Path = typer.Option(None, "--validation-data", help="Validation chat JSONL."),
+    training_data: Path = typer.Option(None, "--training-data", help="Training JSONL: chat rows, or preference rows "
+                                       "(prompt, chosen, rejected) with --method dpo."),
+    validation_data: Path = typer.Option(None, "--validation-data", help="Validation JSONL, shaped as the training data."),
+    method: str = typer.Option(None, "--method", help="sft (supervised, the default) or dpo (direct preference "
+                               "optimization); the same as --set method=..."),
     set_: list[str] = typer.Option(None, "--set", help="A hyperparameter, NAME=VALUE (repeatable), e.g. learning_rate=2e-4; all are listed below."),
     name: str = typer.Option(None, "--name", help="Display name."),
     compute: str = typer.Option(None, "--compute", help="Compute target to queue on (default local; see: forgeflow compute list)."),
     stream_: bool = typer.Option(False, "--stream", help="Follow the job with a progress bar until it ends."),
     json_out: bool = JsonOpt,
 ) -> None:
-    """Queue a chat-completion fine-tuning job (LoRA by default)."""
+    """Queue a chat-completion fine-tuning job (LoRA by default), supervised or on preferences (--method dpo)."""
     from forgeflow.training.jobfile import job_body
 
     flags = {"type": type, "model": model, "training_data": _abs(training_data),
              "validation_data": _abs(validation_data), "name": name, "compute": compute}
-    body = job_body(file, flags, parse_assignments(set_, "--set", "learning_rate=2e-4"))
+    body = job_body(file, flags, parse_assignments(set_, "--set", "learning_rate=2e-4"), method)
     if body.get("type", "finetuning") != "finetuning":
         raise InvalidInput(f"type {body['type']!r}: only 'finetuning' exists", field="type")
     job = client().post("/api/jobs", body)
