@@ -218,7 +218,7 @@ def job_body(
 def _named_source(exc: InvalidInput, file: Path | None, sets: dict[str, str], method: str | None) -> InvalidInput:
     """The error of a hyperparameter, said of the option (`--method`, `--set`) or the file that gave it."""
     if exc.field == "method" and method is not None:
-        return InvalidInput(f"--method {method}: {exc.message}", field="method")
+        return InvalidInput(f"--method {method}: {exc.message.removeprefix(f'method={method}: ')}", field="method")
     if exc.field in sets:
         given = f"{exc.field}={sets[exc.field]}"
         message = exc.message if exc.message.startswith(f"{given}: ") else f"{given}: {exc.message}"
