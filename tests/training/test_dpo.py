@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -144,56 +145,58 @@ def test_method_on_the_command_line_and_in_the_job_file(tmp_path):
         job_body(job, {}, {})
 
 
-def test_rest_and_cli_take_the_method_and_refuse_the_wrong_shape(tmp_path, tiny_model_dir, monkeypatch):
+@contextmanager
+def rest_and_cli(monkeypatch):
+    """`(http, invoke)`: a TestClient of a real app on the test's workspace (its runner starts no workers) with the
+    owner token, and `invoke(*args)` running the forgeflow CLI against it."""
     from forgeflow.api.app import create_app
     from forgeflow.cli import jobs as cli_jobs
     from forgeflow.cli import main
     from forgeflow.client import Client
     from forgeflow.store.workspace import Workspace
 
-    prefs = write_jsonl(tmp_path / "prefs.jsonl", PAIRS)
-    chat = write_jsonl(tmp_path / "chat.jsonl", [CHAT])
     ws = Workspace.open()
-    with TestClient(create_app(ws, background=False)) as http:  # the runner does not start workers here
-        auth = {"Authorization": f"Bearer {ws.admin_token()}"}
-        body = {"model": str(tiny_model_dir), "training_data": str(prefs)}
-
-        def post(**changes):
-            return http.post("/api/jobs", json=body | changes, headers=auth)
-
-        for changes, field, words in [
-            ({"training_data": str(chat), "hyperparameters": {"method": "dpo"}}, "training_data",
-             "is not valid preference data for method dpo: line 1: this is a chat row"),
-            ({}, "training_data", "is not valid chat data for method sft: line 1: missing 'messages': this is a "
-                                  "preference row"),
-            ({"hyperparameters": {"method": "dpo", "validation_data": 1}}, "validation_data", "unknown hyperparameter"),
-            ({"hyperparameters": {"beta": 0.2}}, "beta", "beta is DPO's setting and needs method=dpo"),
-            ({"hyperparameters": {"method": "dpo", "packing": True}}, "packing", "DPO never packs rows"),
-        ]:
-            r = post(**changes)
-            assert r.status_code == 400 and r.json()["field"] == field and words in r.json()["message"], r.json()
-        created = post(hyperparameters={"method": "dpo", "packing": False, "beta": 0.5})
-        assert created.status_code == 201, created.json()
-        assert created.json()["hyperparameters"] | {"method": "dpo", "beta": 0.5, "packing": False} == \
-            created.json()["hyperparameters"]
-
+    with TestClient(create_app(ws, background=False), headers={"Authorization": f"Bearer {ws.admin_token()}"}) as http:
         def make_client():
             c = Client("http://testserver", token=ws.admin_token())
             c._http = http
             return c
 
         monkeypatch.setattr(cli_jobs, "client", make_client)
-        runner = CliRunner()
-        res = runner.invoke(main.app, ["job", "create", "--method", "dpo", "--model", str(tiny_model_dir),
-                                       "--training-data", str(prefs), "--json"])
+        yield http, lambda *args: CliRunner().invoke(main.app, list(args))
+
+
+def test_rest_and_cli_take_the_method_and_refuse_the_wrong_shape(tmp_path, tiny_model_dir, monkeypatch):
+    prefs = write_jsonl(tmp_path / "prefs.jsonl", PAIRS)
+    chat = write_jsonl(tmp_path / "chat.jsonl", [CHAT])
+    body = {"model": str(tiny_model_dir), "training_data": str(prefs)}
+    with rest_and_cli(monkeypatch) as (http, invoke):
+        for changes, field, words in [
+            ({"training_data": str(chat), "hyperparameters": {"method": "dpo"}}, "training_data",
+             "is not valid preference data for method dpo: line 1: this is a chat row"),
+            ({}, "training_data", "is not valid chat data for method sft: line 1: missing 'messages': this is a "
+                                  "preference row"),
+            ({"hyperparameters": {"beta": 0.2}}, "beta", "beta is DPO's setting and needs method=dpo"),
+            ({"hyperparameters": {"method": "dpo", "packing": True}}, "packing", "DPO never packs rows"),
+            ({"hyperparameters": {"method": "ppo"}}, "method", "method must be one of sft, dpo"),
+        ]:
+            r = http.post("/api/jobs", json=body | changes)
+            assert r.status_code == 400 and r.json()["field"] == field and words in r.json()["message"], r.json()
+        created = http.post("/api/jobs", json=body | {"hyperparameters": {"method": "dpo", "packing": False,
+                                                                            "beta": 0.5}})
+        assert created.status_code == 201, created.json()
+        hp = created.json()["hyperparameters"]
+        assert (hp["method"], hp["beta"], hp["packing"], hp["lora_r"]) == ("dpo", 0.5, False, 8)
+
+        res = invoke("job", "create", "--method", "dpo", "--model", str(tiny_model_dir), "--training-data",
+                     str(prefs), "--json")
         assert res.exit_code == 0, res.output
         job = json.loads(res.output)
         assert job["hyperparameters"]["method"] == "dpo" and job["hyperparameters"]["beta"] == 0.1
         assert json.loads(Path(job["job_dir"], "spec.json").read_text())["hyperparameters"]["packing"] is False
-        res = runner.invoke(main.app, ["job", "create", "--method", "dpo", "--model", str(tiny_model_dir),
-                                       "--training-data", str(chat)])
+        res = invoke("job", "create", "--method", "dpo", "--model", str(tiny_model_dir), "--training-data", str(chat))
         assert res.exit_code != 0 and "is not valid preference data for method dpo" in res.output
-        assert "--method" in runner.invoke(main.app, ["job", "create", "--help"]).output
+        assert "--method" in invoke("job", "create", "--help").output
 
 
 # -- training -----------------------------------------------------------------------------------------------------
@@ -219,7 +222,8 @@ def answer_margin(model_dir: Path, rows: list[dict]) -> float:
     return sum(margins) / len(margins)
 
 
-def test_a_dpo_job_through_the_runner_raises_the_chosen_over_rejected_margin(ws, tmp_path, tiny_model_dir):
+def test_a_dpo_job_through_the_runner_raises_the_chosen_over_rejected_margin(ws, tmp_path, tiny_model_dir,
+                                                                               monkeypatch):
     from mlflow.tracking import MlflowClient
 
     from forgeflow.training.hyperparams import resolve_hyperparameters
@@ -269,6 +273,11 @@ def test_a_dpo_job_through_the_runner_raises_the_chosen_over_rejected_margin(ws,
     pairs = list(iter_preferences(train))
     before, after = answer_margin(tiny_model_dir, pairs), answer_margin(hf_model_dir(outputs / "mlflow_model"), pairs)
     assert after - before > 1.0, (before, after)
+
+    with rest_and_cli(monkeypatch) as (_, invoke):
+        shown = invoke("job", "show", job.id)
+    assert shown.exit_code == 0, shown.output
+    assert "margin" in shown.output and "eval margin" in shown.output
 
 
 def test_sigterm_cancels_and_resume_continues_from_the_checkpoint(tmp_path, tiny_model_dir, mlflow_uri, capsys):

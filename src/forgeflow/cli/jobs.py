@@ -155,12 +155,14 @@ def show(job_id: str = typer.Argument(help="Job id or name."), json_out: bool = 
     console.print("[bold]settings[/]: " + ", ".join(f"{k}={v}" for k, v in hp.items()), highlight=False, soft_wrap=True)
     hist = [m for m in job["metrics_history"] if "train_loss" in m or "eval_loss" in m]
     if hist:
+        columns = [("step", "step"), ("train_loss", "train loss"), ("eval_loss", "eval loss"), ("learning_rate", "lr")]
+        if any("rewards_margins" in m or "eval_rewards_margins" in m for m in hist):  # a DPO job's reward margins
+            columns[3:3] = [("rewards_margins", "margin"), ("eval_rewards_margins", "eval margin")]
         for m in hist:
-            for k in ("train_loss", "eval_loss", "learning_rate"):
+            for k, _ in columns[1:]:
                 if isinstance(m.get(k), float):
                     m[k] = f"{m[k]:.4g}"
-        table(hist[-15:], [("step", "step"), ("train_loss", "train loss"), ("eval_loss", "eval loss"),
-                           ("learning_rate", "lr")], title="losses (latest)")
+        table(hist[-15:], columns, title="losses (latest)")
     for kind, path in (job.get("outputs") or {}).items():
         label = {"mlflow_model": "merged model (MLflow)", "adapter": "LoRA adapter"}.get(kind, kind)
         console.print(f"[bold]{label}[/]: {path}", highlight=False, soft_wrap=True)

@@ -14,6 +14,7 @@ model saved as the same MLflow model folder (finetune.py).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,8 @@ def train_preferences(
     from datasets import Dataset
     from transformers import AutoTokenizer, EarlyStoppingCallback, PrinterCallback, set_seed
 
+    # TRL asks the model a name transformers 5 deprecated, at every reference pass: noise in worker.log.
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     if any_worker(cancel.is_set()):
         return JobStatus.CANCELED, {}
     job_dir = files.job_dir
