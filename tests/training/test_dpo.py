@@ -274,10 +274,14 @@ def test_a_dpo_job_through_the_runner_raises_the_chosen_over_rejected_margin(ws,
     before, after = answer_margin(tiny_model_dir, pairs), answer_margin(hf_model_dir(outputs / "mlflow_model"), pairs)
     assert after - before > 1.0, (before, after)
 
-    with rest_and_cli(monkeypatch) as (_, invoke):
+    with rest_and_cli(monkeypatch) as (http, invoke):
         shown = invoke("job", "show", job.id)
+        registered = http.post("/api/models", json={"name": "tiny-dpo", "from_job": job.id})
     assert shown.exit_code == 0, shown.output
     assert "margin" in shown.output and "eval margin" in shown.output
+    assert registered.status_code == 201, registered.json()
+    version = registered.json()  # the registry takes the DPO job's model, settings and margins as any job's
+    assert version["hyperparameters"]["method"] == "dpo" and version["metrics"]["eval_rewards_margins"] > 0.5
 
 
 def test_sigterm_cancels_and_resume_continues_from_the_checkpoint(tmp_path, tiny_model_dir, mlflow_uri, capsys):
