@@ -320,3 +320,16 @@ def test_sigterm_cancels_and_resume_continues_from_the_checkpoint(tmp_path, tiny
     tokens = [r["trained_tokens"] for r in read_metrics(job_dir) if "train_loss" in r]
     assert tokens == sorted(tokens) and len(set(tokens)) == len(tokens)  # the counts carried on past the resume
     assert (job_dir / "outputs" / "mlflow_model" / "MLmodel").is_file()
+
+
+def test_a_full_fine_tune_trains_against_a_copy_of_the_base(tmp_path, tiny_model_dir, mlflow_uri, capsys):
+    train = write_jsonl(tmp_path / "train.jsonl", PAIRS, repeat=2)
+    job_dir = make_job(tmp_path, tiny_model_dir, mlflow_uri, train=train, validation=None, method="dpo",
+                       apply_lora=False, max_steps=4, logging_steps=1, learning_rate=1e-3, beta=0.2)
+    assert run_job(job_dir) == 0
+    assert "(DPO, beta 0.2, full fine-tune" in capsys.readouterr().out
+    assert read_status(job_dir)["status"] == "Completed"
+    margins = [r["rewards_margins"] for r in read_metrics(job_dir) if "rewards_margins" in r]
+    assert margins[0] == 0 and margins[-1] > margins[0]  # the reference is the untrained base
+    assert (job_dir / "outputs" / "mlflow_model" / "MLmodel").is_file()
+    assert not (job_dir / "outputs" / "adapter").exists()
