@@ -10,27 +10,30 @@ from forgeflow.api.security import CONTRIBUTOR, READER, audit_target, services
 from forgeflow.errors import InvalidInput, NotFound
 from forgeflow.store.states import JobStatus
 from forgeflow.training.checkpoints import newest_checkpoint
-from forgeflow.training.jobfile import JobRequest
+from forgeflow.training.jobfile import JobRequest, check_method
 from forgeflow.training.jobs import Job
 from forgeflow.training.tracking import read_metrics
 
 router = APIRouter(tags=["jobs"])
 
 
-def _check_data_file(path: str | None, field: str) -> str | None:
-    """The absolute path of a data file the request names, which must exist and hold valid chat rows."""
+def _check_data_file(path: str | None, field: str, method: str) -> str | None:
+    """The absolute path of a data file the request names, which must exist and hold valid rows for the job's
+    method: chat rows (sft) or preference rows (dpo)."""
     if path is None:
         return None
     p = Path(path).expanduser().resolve()
     if not p.is_file():
         raise NotFound(f"{field.replace('_', ' ')} file {p} does not exist", field=field)
-    from forgeflow.data.validate import validate_file
+    from forgeflow.data.validate import METHODS, validate_file
 
-    report = validate_file(p, max_problems=3)
+    report = validate_file(p, max_problems=3, method=method)
     if report.problems:
         first = "; ".join(str(problem) for problem in report.problems[:3])
-        raise InvalidInput(f"{field.replace('_', ' ')} {p} is not valid chat data: {first} "
-                           f"(see: forgeflow data validate {p})", field=field)
+        shape = METHODS[method][1]
+        hint = f" (see: forgeflow data validate {p})" if method == "sft" else ""
+        raise InvalidInput(f"{field.replace('_', ' ')} {p} is not valid {shape} data for method {method}: {first}"
+                           f"{hint}", field=field)
     return str(p)
 
 
@@ -55,9 +58,9 @@ def create_job(body: JobRequest, request: Request, ff=Depends(services)) -> dict
 
     if body.type != "finetuning":
         raise InvalidInput(f"job type {body.type!r} is not supported: use 'finetuning'", field="type")
-    hp = resolve_hyperparameters(body.hyperparameters)
-    training = _check_data_file(body.training_data, "training_data")
-    validation = _check_data_file(body.validation_data, "validation_data")
+    hp = check_method(resolve_hyperparameters(body.hyperparameters))
+    training = _check_data_file(body.training_data, "training_data", hp.method.method)
+    validation = _check_data_file(body.validation_data, "validation_data", hp.method.method)
     ref, path = resolve_model(body.model)
     job = ff.runner.submit(base_model=ref, base_model_path=str(path), training_data=training,
                            validation_data=validation, hyperparameters=hp, name=body.name, compute=body.compute)

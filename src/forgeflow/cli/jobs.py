@@ -45,23 +45,26 @@ class _CreateCommand(TyperCommand):
 @command
 def create(
     file: Path = typer.Option(None, "--file", "-f", help="YAML job file (type, model, training_data, validation_data, "
-                              "hyperparameters, name, compute); flags below override it."),
+                              "hyperparameters, method, name, compute); flags below override it."),
     type: str = typer.Option(None, "--type", help="Job type (finetuning)."),
     model: str = typer.Option(None, "--model", help="Base model: catalog name, folder, or registered NAME:VERSION."),
-    training_data: Path = typer.Option(None, "--training-data", help="Training chat JSONL."),
-    validation_data: Path = typer.Option(None, "--validation-data", help="Validation chat JSONL."),
+    training_data: Path = typer.Option(None, "--training-data", help="Training JSONL: chat rows, or preference rows "
+                                       "(prompt, chosen, rejected) with --method dpo."),
+    validation_data: Path = typer.Option(None, "--validation-data", help="Validation JSONL, shaped as the training data."),
+    method: str = typer.Option(None, "--method", help="sft (supervised, the default) or dpo (direct preference "
+                               "optimization); the same as --set method=..."),
     set_: list[str] = typer.Option(None, "--set", help="A hyperparameter, NAME=VALUE (repeatable), e.g. learning_rate=2e-4; all are listed below."),
     name: str = typer.Option(None, "--name", help="Display name."),
     compute: str = typer.Option(None, "--compute", help="Compute target to queue on (default local; see: forgeflow compute list)."),
     stream_: bool = typer.Option(False, "--stream", help="Follow the job with a progress bar until it ends."),
     json_out: bool = JsonOpt,
 ) -> None:
-    """Queue a chat-completion fine-tuning job (LoRA by default)."""
+    """Queue a chat-completion fine-tuning job (LoRA by default), supervised or on preferences (--method dpo)."""
     from forgeflow.training.jobfile import job_body
 
     flags = {"type": type, "model": model, "training_data": _abs(training_data),
              "validation_data": _abs(validation_data), "name": name, "compute": compute}
-    body = job_body(file, flags, parse_assignments(set_, "--set", "learning_rate=2e-4"))
+    body = job_body(file, flags, parse_assignments(set_, "--set", "learning_rate=2e-4"), method)
     if body.get("type", "finetuning") != "finetuning":
         raise InvalidInput(f"type {body['type']!r}: only 'finetuning' exists", field="type")
     job = client().post("/api/jobs", body)
@@ -152,12 +155,14 @@ def show(job_id: str = typer.Argument(help="Job id or name."), json_out: bool = 
     console.print("[bold]settings[/]: " + ", ".join(f"{k}={v}" for k, v in hp.items()), highlight=False, soft_wrap=True)
     hist = [m for m in job["metrics_history"] if "train_loss" in m or "eval_loss" in m]
     if hist:
+        columns = [("step", "step"), ("train_loss", "train loss"), ("eval_loss", "eval loss"), ("learning_rate", "lr")]
+        if any("rewards_margins" in m or "eval_rewards_margins" in m for m in hist):  # a DPO job's reward margins
+            columns[3:3] = [("rewards_margins", "margin"), ("eval_rewards_margins", "eval margin")]
         for m in hist:
-            for k in ("train_loss", "eval_loss", "learning_rate"):
+            for k, _ in columns[1:]:
                 if isinstance(m.get(k), float):
                     m[k] = f"{m[k]:.4g}"
-        table(hist[-15:], [("step", "step"), ("train_loss", "train loss"), ("eval_loss", "eval loss"),
-                           ("learning_rate", "lr")], title="losses (latest)")
+        table(hist[-15:], columns, title="losses (latest)")
     for kind, path in (job.get("outputs") or {}).items():
         label = {"mlflow_model": "merged model (MLflow)", "adapter": "LoRA adapter"}.get(kind, kind)
         console.print(f"[bold]{label}[/]: {path}", highlight=False, soft_wrap=True)

@@ -1,13 +1,18 @@
-"""Check chat files row by row before training: every bad row is reported with its line number.
+"""Check training files row by row before training: every bad row is reported with its line number.
 
 Formats: JSON Lines (any extension other than the ones below), a ``.json`` array of objects
 (positions reported as ``item N``; a ``.json`` file that is not one array is read as JSON Lines),
-``.csv`` with a ``messages`` column holding JSON, and ``.parquet`` (``row N``). Blank lines in
+``.csv`` with a ``messages`` column holding JSON (preference data: ``prompt``, ``chosen`` and
+``rejected`` columns, each plain text or JSON), and ``.parquet`` (``row N``). Blank lines in
 JSON Lines are skipped and counted in ``blank_lines``, never reported as problems.
 
-A row is good when it is an object whose ``messages`` is a non-empty list of objects with
-``role`` in system/user/assistant and a non-empty string ``content``; ``system`` may only come
-first, and the last message is from the assistant (so at least one assistant turn exists).
+The training method picks the row shape (`METHODS`). A chat row (sft) is good when it is an object
+whose ``messages`` is a non-empty list of objects with ``role`` in system/user/assistant and a
+non-empty string ``content``; ``system`` may only come first, and the last message is from the
+assistant (so at least one assistant turn exists). A preference row (dpo) has ``prompt`` (a string,
+one user message, or a list of messages ending with a user turn) and ``chosen`` and ``rejected``
+(each a string or a list of assistant messages), the shapes TRL's conversational preference
+datasets use; chosen and rejected must differ.
 """
 
 from __future__ import annotations
@@ -101,37 +106,24 @@ class ValidationReport:
         }
 
 
+PREFERENCE_KEYS = ("prompt", "chosen", "rejected")
+
+
 def check_messages(row: Any) -> list[str]:
     """Every reason `row` is not a valid chat record (empty when it is)."""
     if not isinstance(row, dict):
         return [f"expected a JSON object, got {_type(row)}"]
     if "messages" not in row:
+        if all(key in row for key in PREFERENCE_KEYS):
+            return ["missing 'messages': this is a preference row (prompt, chosen, rejected), which method dpo "
+                    "trains on; supervised fine-tuning (method sft) needs chat rows with 'messages'"]
         return ["missing 'messages'"]
     messages = row["messages"]
     if not isinstance(messages, list):
         return [f"'messages' must be a list, got {_type(messages)}"]
     if not messages:
         return ["'messages' is empty"]
-    reasons: list[str] = []
-    for i, message in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(message, dict):
-            reasons.append(f"{where} must be an object, got {_type(message)}")
-            continue
-        role = message.get("role")
-        if "role" not in message:
-            reasons.append(f"{where} has no 'role'")
-        elif role not in ROLES:
-            reasons.append(f"{where}.role {role!r} is not one of {', '.join(ROLES)}")
-        elif role == "system" and i > 0:
-            reasons.append(f"{where}.role 'system' is only allowed as the first message")
-        content = message.get("content")
-        if "content" not in message:
-            reasons.append(f"{where} has no 'content'")
-        elif not isinstance(content, str):
-            reasons.append(f"{where}.content must be a string, got {_type(content)}")
-        elif not content.strip():
-            reasons.append(f"{where}.content is empty")
+    reasons = [reason for i, message in enumerate(messages) for reason in _message_reasons(message, f"messages[{i}]", i)]
     roles = [m.get("role") for m in messages if isinstance(m, dict)]
     if "assistant" not in roles:
         reasons.append("no assistant message")
@@ -140,22 +132,117 @@ def check_messages(row: Any) -> list[str]:
     return reasons
 
 
-def validate_file(path: Path, *, tokenizer: Any = None, max_problems: int | None = None) -> ValidationReport:
-    """Check every row of a chat file; with `tokenizer`, lengths are chat-template token counts."""
+def check_preference(row: Any) -> list[str]:
+    """Every reason `row` is not a valid preference record (empty when it is)."""
+    if not isinstance(row, dict):
+        return [f"expected a JSON object, got {_type(row)}"]
+    missing = [key for key in PREFERENCE_KEYS if key not in row]
+    if missing and "messages" in row:
+        return ["this is a chat row ('messages'); method dpo trains on preference rows with 'prompt', 'chosen' and "
+                "'rejected' (chat rows train with method sft)"]
+    if missing:
+        return [f"missing {', '.join(repr(key) for key in missing)}: a preference row has 'prompt', 'chosen' and "
+                "'rejected'"]
+    reasons = _prompt_reasons(row["prompt"])
+    reasons += _answer_reasons(row["chosen"], "chosen") + _answer_reasons(row["rejected"], "rejected")
+    if not reasons and preference_row(row)["chosen"] == preference_row(row)["rejected"]:
+        reasons.append("'chosen' and 'rejected' are the same answer: nothing to prefer")
+    return reasons
+
+
+def preference_row(row: dict[str, Any]) -> dict[str, list[dict[str, str]]]:
+    """A valid preference row in TRL's conversational shape: a string prompt becomes one user message, a string
+    answer one assistant message; only role and content are kept."""
+
+    def turns(value: Any, role: str) -> list[dict[str, str]]:
+        if isinstance(value, str):
+            return [{"role": role, "content": value}]
+        return [{"role": m["role"], "content": m["content"]} for m in value]
+
+    return {"prompt": turns(row["prompt"], "user"), "chosen": turns(row["chosen"], "assistant"),
+            "rejected": turns(row["rejected"], "assistant")}
+
+
+# What each training method trains on: its row check and the name of that shape in messages.
+METHODS = {"sft": (check_messages, "chat"), "dpo": (check_preference, "preference")}
+
+
+def _prompt_reasons(prompt: Any) -> list[str]:
+    if isinstance(prompt, str):
+        return [] if prompt.strip() else ["'prompt' is empty"]
+    if not isinstance(prompt, list):
+        return [f"'prompt' must be a string or a list of messages, got {_type(prompt)}"]
+    if not prompt:
+        return ["'prompt' is an empty list"]
+    reasons = [reason for i, message in enumerate(prompt) for reason in _message_reasons(message, f"prompt[{i}]", i)]
+    last = prompt[-1]
+    if not reasons and last.get("role") != "user":
+        reasons.append(f"prompt's last message is from {last.get('role')!r}, expected 'user' (the answers reply to it)")
+    return reasons
+
+
+def _answer_reasons(answer: Any, key: str) -> list[str]:
+    if isinstance(answer, str):
+        return [] if answer.strip() else [f"'{key}' is empty"]
+    if not isinstance(answer, list):
+        return [f"'{key}' must be a string or a list of assistant messages, got {_type(answer)}"]
+    if not answer:
+        return [f"'{key}' is an empty list"]
+    reasons = []
+    for i, message in enumerate(answer):
+        found = _message_reasons(message, f"{key}[{i}]", i)
+        if not found and message["role"] != "assistant":
+            found = [f"{key}[{i}].role must be 'assistant', got {message['role']!r}"]
+        reasons += found
+    return reasons
+
+
+def _message_reasons(message: Any, where: str, index: int) -> list[str]:
+    if not isinstance(message, dict):
+        return [f"{where} must be an object, got {_type(message)}"]
+    reasons = []
+    role, content = message.get("role"), message.get("content")
+    if "role" not in message:
+        reasons.append(f"{where} has no 'role'")
+    elif role not in ROLES:
+        reasons.append(f"{where}.role {role!r} is not one of {', '.join(ROLES)}")
+    elif role == "system" and index > 0:
+        reasons.append(f"{where}.role 'system' is only allowed as the first message")
+    if "content" not in message:
+        reasons.append(f"{where} has no 'content'")
+    elif not isinstance(content, str):
+        reasons.append(f"{where}.content must be a string, got {_type(content)}")
+    elif not content.strip():
+        reasons.append(f"{where}.content is empty")
+    return reasons
+
+
+def _check(method: str) -> Any:
+    if method not in METHODS:
+        raise InvalidInput(f"method {method!r} is not one of {', '.join(METHODS)}", field="method")
+    return METHODS[method][0]
+
+
+def validate_file(
+    path: Path, *, tokenizer: Any = None, max_problems: int | None = None, method: str = "sft"
+) -> ValidationReport:
+    """Check every row of a training file for `method` (sft: chat rows, dpo: preference rows); with `tokenizer`,
+    lengths are chat-template token counts (a preference row: its prompt with the longer answer)."""
     path = Path(path)
+    check = _check(method)
     report = ValidationReport(path=path, length_unit="tokens" if tokenizer is not None else "chars")
     lengths: list[int] = []
-    for number, unit, row in _rows(path, report):
+    for number, unit, row in _rows(path, report, method):
         report.rows += 1
-        reasons = check_messages(row) if not isinstance(row, _Unparsed) else [row.reason]
+        reasons = check(row) if not isinstance(row, _Unparsed) else [row.reason]
         if not reasons:
-            messages = row["messages"]
+            conversations = [row["messages"]] if method == "sft" else _conversations(preference_row(row))
             try:
-                lengths.append(_length(messages, tokenizer))
+                lengths.append(max(_length(messages, tokenizer) for messages in conversations))
             except Exception as exc:  # a chat template may reject a conversation (e.g. role order)
                 reasons = [f"chat template failed: {exc}"]
             else:
-                report.turns += len(messages)
+                report.turns += len(conversations[0])
         if reasons:
             report.bad_rows += 1
             for reason in reasons:
@@ -186,6 +273,27 @@ def numbered_conversations(path: Path) -> Iterator[tuple[int, list[dict[str, str
         yield number, row["messages"]
 
 
+def iter_preferences(path: Path, field: str = "training_data") -> Iterator[dict[str, list[dict[str, str]]]]:
+    """Yield each preference row in TRL's conversational shape (`preference_row`); raise InvalidInput naming the
+    first bad row and `field`."""
+    path = Path(path)
+    rows = 0
+    for number, unit, row in _rows(path, ValidationReport(path=path), "dpo"):
+        reasons = check_preference(row) if not isinstance(row, _Unparsed) else [row.reason]
+        if reasons:
+            raise InvalidInput(f"{path}: {unit} {number}: {reasons[0]}", field=field)
+        rows += 1
+        yield preference_row(row)
+    if rows == 0:
+        raise InvalidInput(f"{path} has no rows; it needs one JSON object with 'prompt', 'chosen' and 'rejected' per "
+                           "line", field=field)
+
+
+def _conversations(row: dict[str, list[dict[str, str]]]) -> list[list[dict[str, str]]]:
+    """A preference row as the two conversations it compares: the prompt with each answer."""
+    return [row["prompt"] + row["chosen"], row["prompt"] + row["rejected"]]
+
+
 def preview_rows(path: Path, offset: int = 0, limit: int = 20) -> tuple[list[dict[str, Any]], int]:
     """Rows `offset` .. `offset + limit` as `{"line", "unit", "messages"}` or `{"line", "unit", "error"}`,
     and the number of rows in the file (blank JSONL lines are not rows)."""
@@ -212,16 +320,16 @@ class _Unparsed:
         self.reason = reason
 
 
-def _rows(path: Path, report: ValidationReport) -> Iterator[tuple[int, str, Any]]:
+def _rows(path: Path, report: ValidationReport, method: str = "sft") -> Iterator[tuple[int, str, Any]]:
     if not path.exists():
         raise NotFound(f"{path}: no such file")
     if path.is_dir():
         raise InvalidInput(f"{path}: is a directory; give a .jsonl file (e.g. train_data.jsonl)")
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        yield from _csv_rows(path)
+        yield from _csv_rows(path, method)
     elif suffix == ".parquet":
-        yield from _parquet_rows(path)
+        yield from _parquet_rows(path, method)
     elif suffix == ".json" and (items := _json_array(path)) is not None:
         for i, item in enumerate(items, start=1):
             yield i, "item", item
@@ -256,10 +364,14 @@ def _json_array(path: Path) -> list[Any] | None:
     return data if isinstance(data, list) else None
 
 
-def _csv_rows(path: Path) -> Iterator[tuple[int, str, Any]]:
+def _csv_rows(path: Path, method: str) -> Iterator[tuple[int, str, Any]]:
     with path.open("r", encoding="utf-8", errors="replace", newline="") as f:
         reader = csv.DictReader(f)
-        if reader.fieldnames is None or "messages" not in reader.fieldnames:
+        if method == "dpo":
+            if reader.fieldnames is None or not set(PREFERENCE_KEYS) <= set(reader.fieldnames):
+                raise InvalidInput(f"{path}: CSV needs 'prompt', 'chosen' and 'rejected' columns (text, or messages "
+                                   "as JSON)")
+        elif reader.fieldnames is None or "messages" not in reader.fieldnames:
             raise InvalidInput(f"{path}: CSV needs a 'messages' column holding each conversation as JSON")
         while True:
             number = reader.line_num + 1
@@ -267,10 +379,10 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, str, Any]]:
                 record = next(reader)
             except StopIteration:
                 return
-            yield number, "line", _decode_messages_field(record)
+            yield number, "line", _decode_fields(record, method)
 
 
-def _parquet_rows(path: Path) -> Iterator[tuple[int, str, Any]]:
+def _parquet_rows(path: Path, method: str) -> Iterator[tuple[int, str, Any]]:
     import pyarrow.parquet as pq
 
     try:
@@ -278,19 +390,23 @@ def _parquet_rows(path: Path) -> Iterator[tuple[int, str, Any]]:
     except Exception as exc:
         raise InvalidInput(f"{path}: cannot read as parquet: {exc}") from exc
     for i, record in enumerate(table.to_pylist(), start=1):
-        yield i, "row", _decode_messages_field(record)
+        yield i, "row", _decode_fields(record, method)
 
 
-def _decode_messages_field(record: dict[str, Any]) -> Any:
-    """CSV (and some parquet) files keep `messages` as a JSON string."""
-    value = record.get("messages")
-    if isinstance(value, str):
+def _decode_fields(record: dict[str, Any], method: str) -> Any:
+    """CSV (and some parquet) files keep `messages` as a JSON string; a preference field is JSON when it holds a
+    list of messages (it starts with '[') and plain text otherwise."""
+    keys = ("messages",) if method == "sft" else PREFERENCE_KEYS
+    for key in keys:
+        value = record.get(key)
+        if not isinstance(value, str) or (method == "dpo" and not value.lstrip().startswith("[")):
+            continue
         try:
-            record = {**record, "messages": json.loads(value)}
+            record = {**record, key: json.loads(value)}
         except json.JSONDecodeError as exc:
-            return _Unparsed(f"'messages' is not valid JSON ({exc.msg} at column {exc.colno})")
+            return _Unparsed(f"'{key}' is not valid JSON ({exc.msg} at column {exc.colno})")
         except RecursionError:
-            return _Unparsed("'messages' is JSON nested too deeply to read")
+            return _Unparsed(f"'{key}' is JSON nested too deeply to read")
     return record
 
 

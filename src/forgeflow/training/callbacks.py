@@ -1,4 +1,5 @@
-"""Trainer callbacks of the worker: progress to status.json / metrics.jsonl / MLflow / stdout, and cancel."""
+"""Trainer callbacks of the worker (supervised and DPO): progress to status.json / metrics.jsonl / MLflow / stdout,
+and cancel."""
 
 from __future__ import annotations
 
@@ -15,7 +16,14 @@ SUMMARY_KEYS = ("train_runtime", "train_samples_per_second", "train_steps_per_se
 # The latest of these are kept in status.json's `metrics` while the job runs.
 LIVE_KEYS = (
     "train_loss", "eval_loss", "learning_rate", "trained_tokens", "loss_tokens", "train_tokens_per_second",
-    "peak_memory_mb", "truncated_conversations", "train_conversations",
+    "peak_memory_mb", "truncated_conversations", "train_conversations", "train_pairs", "truncated_pairs",
+    "rewards_margins", "rewards_accuracies", "eval_rewards_margins", "eval_rewards_accuracies",
+)
+# The latest of these, with train_runtime, are the job's final metrics.
+FINAL_KEYS = (
+    "train_loss", "eval_loss", "trained_tokens", "loss_tokens", "train_tokens_per_second", "peak_memory_mb",
+    "rewards_chosen", "rewards_rejected", "rewards_margins", "rewards_accuracies", "eval_rewards_chosen",
+    "eval_rewards_rejected", "eval_rewards_margins", "eval_rewards_accuracies",
 )
 
 
@@ -37,10 +45,10 @@ class ProgressCallback(TrainerCallback):
         logs = {k: v for k, v in (logs or {}).items() if is_finite_number(v)}
         if any(k in logs for k in SUMMARY_KEYS):
             # The end-of-training summary: its train_loss is the run average, not a point on the curve.
-            self.summary.update({k: float(v) for k, v in logs.items() if k != "epoch"})
+            self.summary.update({metric_name(k): float(v) for k, v in logs.items() if k != "epoch"})
             self._mlflow({f"summary_{k}" if k == "train_loss" else k: v for k, v in self.summary.items()}, state)
             return
-        values = {("train_loss" if k == "loss" else k): float(v) for k, v in logs.items() if k != "epoch"}
+        values = {metric_name(k): float(v) for k, v in logs.items() if k != "epoch"}
         eta_s = values.pop("eta_s", None)
         if not values:
             return
@@ -60,6 +68,13 @@ class ProgressCallback(TrainerCallback):
         self._mlflow(values, state)
         shown = " ".join(f"{k}={_fmt(v)}" for k, v in values.items())
         print(f"step {state.global_step}/{state.max_steps} epoch {_epoch(state):.2f} {shown}", flush=True)
+
+    def final_metrics(self) -> dict[str, float]:
+        """The newest value of each FINAL_KEYS metric logged, and the run's train_runtime."""
+        metrics = {key: self.last[key] for key in FINAL_KEYS if key in self.last}
+        if "train_runtime" in self.summary:
+            metrics["train_runtime"] = self.summary["train_runtime"]
+        return metrics
 
     def _mlflow(self, values: dict[str, float], state: Any) -> None:
         if self.run is not None and self.files.record:
@@ -84,6 +99,13 @@ class CancelCallback(TrainerCallback):
         if any_worker(self.attempt.is_set()):
             control.should_training_stop = True
         return control
+
+
+def metric_name(key: str) -> str:
+    """A trainer's log key as forgeflow records it: `loss` is train_loss, and TRL's grouped names such as
+    `rewards/margins` or `eval_logps/chosen` become rewards_margins and eval_logps_chosen (one word per metric in
+    metrics.jsonl, status.json and the MLflow run)."""
+    return "train_loss" if key == "loss" else key.replace("/", "_")
 
 
 def _epoch(state: Any) -> float:

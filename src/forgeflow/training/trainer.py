@@ -1,4 +1,5 @@
-"""The forgeflow Trainer: loss only where labels exist, token counts, throughput and memory in every log.
+"""The forgeflow Trainer: loss only where labels exist; and `JobMetrics`, which every forgeflow trainer (this one,
+dpo.py's) shares: token counts, throughput and memory in every log, token counts kept in each checkpoint.
 
 `compute_loss` runs the decoder, then the output head only on positions whose next token has a label:
 for a 135M model the vocabulary projection is a large share of the work, and prompt and padding
@@ -30,52 +31,25 @@ from forgeflow.training.parallel import summed
 _LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 
 
-class ForgeflowTrainer(Trainer):
-    """transformers' Trainer with forgeflow's loss and metrics; expects PackedCollator batches."""
+class JobMetrics:
+    """What every forgeflow trainer adds to transformers' Trainer (put it first among the bases): token counts,
+    throughput, ETA and peak memory in each training log, and the token counts carried in every checkpoint so a
+    resumed job keeps counting. A subclass calls `count_tokens` with each training micro-batch's tokens as it
+    computes its loss."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # Our loss divides by the number of label tokens in the whole accumulated batch itself.
-        self.model_accepts_loss_kwargs = True
-        self.loss_is_scaled_for_ga = True
-        self.full_logits = False  # the benchmark's switch to measure what label-only logits save
         self.trained_tokens = 0
         self.loss_tokens = 0
         self._session_tokens = 0
         self._session_start: float | None = None
         self._session_start_step = 0
 
-    # -- loss -------------------------------------------------------------------
-    def compute_loss(
-        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
-    ) -> Any:
-        real = inputs.pop("num_tokens", None)
-        inputs.pop("num_loss_tokens", None)
-        labels = inputs.pop("labels")
-        if model.training and real is not None:
-            self.trained_tokens += int(real)
-            self._session_tokens += int(real)
-        targets = labels[:, 1:]
-        keep = targets != IGNORE_INDEX
-        if model.training:
-            self.loss_tokens += int(keep.sum())
-        unwrapped = self.accelerator.unwrap_model(model)
-        head_model = _causal_lm(unwrapped)
-        decoder = head_model.get_decoder() if hasattr(head_model, "get_decoder") else None
-        full = self.full_logits or decoder is None or unwrapped is not model
-        if full or any(getattr(head_model.config, k, None) for k in _LOGIT_POSTPROCESSING):
-            logits = model(**inputs, use_cache=False).logits[:, :-1][keep]
-        else:
-            hidden = decoder(**inputs, use_cache=False).last_hidden_state
-            logits = head_model.get_output_embeddings()(hidden[:, :-1][keep])
-        loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
-        count = num_items_in_batch if num_items_in_batch is not None else keep.sum()
-        loss = loss / torch.clamp(torch.as_tensor(count, device=loss.device), min=1)
-        if num_items_in_batch is not None and self.args.average_tokens_across_devices and self.args.world_size > 1:
-            # `count` is every worker's label tokens and DDP averages the workers' gradients: scaled back up by the
-            # number of workers, the gradient and the logged loss (the workers' mean) are those of the whole batch.
-            loss = loss * self.args.world_size
-        return (loss, {"loss": loss}) if return_outputs else loss
+    def count_tokens(self, trained: int, loss: int) -> None:
+        """Add one training micro-batch's token counts."""
+        self.trained_tokens += trained
+        self._session_tokens += trained
+        self.loss_tokens += loss
 
     # -- metrics ----------------------------------------------------------------
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -122,6 +96,46 @@ class ForgeflowTrainer(Trainer):
             return
         self.trained_tokens = int(saved.get("trained_tokens", 0))
         self.loss_tokens = int(saved.get("loss_tokens", 0))
+
+
+class ForgeflowTrainer(JobMetrics, Trainer):
+    """transformers' Trainer with forgeflow's loss and metrics; expects PackedCollator batches."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Our loss divides by the number of label tokens in the whole accumulated batch itself.
+        self.model_accepts_loss_kwargs = True
+        self.loss_is_scaled_for_ga = True
+        self.full_logits = False  # the benchmark's switch to measure what label-only logits save
+
+    # -- loss -------------------------------------------------------------------
+    def compute_loss(
+        self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+    ) -> Any:
+        real = inputs.pop("num_tokens", None)
+        inputs.pop("num_loss_tokens", None)
+        labels = inputs.pop("labels")
+        targets = labels[:, 1:]
+        keep = targets != IGNORE_INDEX
+        if model.training:
+            self.count_tokens(int(real) if real is not None else 0, int(keep.sum()))
+        unwrapped = self.accelerator.unwrap_model(model)
+        head_model = _causal_lm(unwrapped)
+        decoder = head_model.get_decoder() if hasattr(head_model, "get_decoder") else None
+        full = self.full_logits or decoder is None or unwrapped is not model
+        if full or any(getattr(head_model.config, k, None) for k in _LOGIT_POSTPROCESSING):
+            logits = model(**inputs, use_cache=False).logits[:, :-1][keep]
+        else:
+            hidden = decoder(**inputs, use_cache=False).last_hidden_state
+            logits = head_model.get_output_embeddings()(hidden[:, :-1][keep])
+        loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+        count = num_items_in_batch if num_items_in_batch is not None else keep.sum()
+        loss = loss / torch.clamp(torch.as_tensor(count, device=loss.device), min=1)
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices and self.args.world_size > 1:
+            # `count` is every worker's label tokens and DDP averages the workers' gradients: scaled back up by the
+            # number of workers, the gradient and the logged loss (the workers' mean) are those of the whole batch.
+            loss = loss * self.args.world_size
+        return (loss, {"loss": loss}) if return_outputs else loss
 
 
 def _causal_lm(model: Any) -> Any:
