@@ -1,5 +1,5 @@
 """`forgeflow model`: base models (pull) and the registry - create (from a job or a folder), list, show,
-update, archive/restore, download, export (GGUF, safetensors, MLflow)."""
+update, archive/restore, download, export (GGUF, safetensors, MLflow), evaluate (cli/evaluate.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from forgeflow.cli.common import JsonOpt, client, command, console, kv, print_json, table
+from forgeflow.cli.evaluate import evaluate
 from forgeflow.errors import Conflict, InvalidInput
 from forgeflow.names import parse_assignments, url_path
 
@@ -198,3 +199,6 @@ def _checkpoint_to_mlflow(c, plan: dict, out: Path, *, quiet: bool) -> None:
             out.rmdir()
         with console.status("saving in MLflow format ...", spinner="dots"):
             save_chat_model(checkpoint, out)
+
+
+app.command("evaluate")(evaluate)
