@@ -7,15 +7,13 @@ in the jobs list like a fine-tune (progress, cancel, resume); its result is GET 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import pydantic
 from fastapi import APIRouter, Depends, Request
 from pydantic import Field
-from pydantic_core import PydanticCustomError
 
 from forgeflow.api.jobs import check_data_file, job_view
 from forgeflow.api.security import CONTRIBUTOR, READER, audit_target, services
+from forgeflow.chat.wire import Closed
 from forgeflow.errors import ForgeflowError, InvalidInput, NotFound
 from forgeflow.training.jobs import DEFAULT_EVALUATION_METRICS, EVALUATION_METRICS, EvaluatedModel
 
@@ -31,8 +29,9 @@ def default_judge_flow() -> Path:
     return EXAMPLES / "judge-answer"
 
 
-class EvaluationRequest(pydantic.BaseModel):
-    """The body of POST /api/evaluations (and what `forgeflow model evaluate` sends)."""
+class EvaluationRequest(Closed):
+    """The body of POST /api/evaluations (and what `forgeflow model evaluate` sends); a key it does not list is a
+    400 naming it."""
 
     model: str = Field(description="The model evaluated: NAME:VERSION, a base model's name, NAME@ALIAS or a folder.")
     baseline: str | None = Field(None, description="The model it is compared with, on the same rows (same forms).")
@@ -46,18 +45,6 @@ class EvaluationRequest(pydantic.BaseModel):
     max_rows: int | None = Field(None, gt=0, le=10**9, description="Evaluate only the first N rows.")
     compute: str = Field("local", description="Compute target to run on (see: forgeflow compute list).")
     name: str | None = Field(None, max_length=200, description="Display name of the job.")
-
-    @pydantic.model_validator(mode="before")
-    @classmethod
-    def _known_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            unknown = [k for k in data if k not in cls.model_fields]
-            if unknown:
-                raise PydanticCustomError(
-                    "unknown_field", "unknown field {name}: valid fields are {valid}",
-                    {"name": repr(unknown[0]), "valid": ", ".join(cls.model_fields)},
-                )
-        return data
 
 
 def _model(ref: str, field: str) -> EvaluatedModel:
