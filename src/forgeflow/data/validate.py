@@ -172,12 +172,18 @@ def validate_file(path: Path, *, tokenizer: Any = None, max_problems: int | None
 
 def iter_conversations(path: Path) -> Iterator[list[dict[str, str]]]:
     """Yield each row's `messages`; raise InvalidInput naming the first bad row."""
+    for _number, messages in numbered_conversations(path):
+        yield messages
+
+
+def numbered_conversations(path: Path) -> Iterator[tuple[int, list[dict[str, str]]]]:
+    """Yield (line or item number, `messages`) for each row; raise InvalidInput naming the first bad row."""
     path = Path(path)
     for number, unit, row in _rows(path, ValidationReport(path=path)):
         reasons = check_messages(row) if not isinstance(row, _Unparsed) else [row.reason]
         if reasons:
             raise InvalidInput(f"{path}: {unit} {number}: {reasons[0]}", field="messages")
-        yield row["messages"]
+        yield number, row["messages"]
 
 
 def preview_rows(path: Path, offset: int = 0, limit: int = 20) -> tuple[list[dict[str, Any]], int]:

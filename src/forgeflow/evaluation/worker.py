@@ -1,0 +1,258 @@
+"""The evaluation worker: one process per evaluation job, `python -m forgeflow.evaluation.worker JOB_DIR`.
+
+Reads JOB_DIR/evaluation.json (`training.jobs.EvaluationSpec`, written by the job runner) and scores the model,
+then the baseline, on the same rows of a chat file: the loss of each reference answer, greedy answers scored
+against it (exact match, token F1, ROUGE-L) and by a judge flow (judge.py). Each finished row is appended to
+JOB_DIR/rows.jsonl, so a resumed job (`"resume": true`) skips the rows already done; at the end JOB_DIR/result.json
+holds per-row and aggregate metrics with confidence intervals and the paired comparison (report.py). Progress goes
+to JOB_DIR/status.json as a training worker's does (step = rows done of both sides), an MLflow run in experiment
+"forgeflow-evaluation" gets the aggregates (`model.<metric>`, `baseline.<metric>`) and result.json, and a
+registered model version gets the summary in its TAG_EVALUATION tag. SIGTERM stops at the next batch of rows:
+status Canceled, exit 0. Any error (a bad data row, a model that does not load): status Failed, exit 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from forgeflow.evaluation.metrics import GENERATION_METRICS, generation_scores
+from forgeflow.evaluation.report import build_result, registry_summary
+from forgeflow.evaluation.scoring import Row, Scorer, read_rows
+from forgeflow.store.states import JobStatus
+from forgeflow.training.jobs import EvaluationSpec, write_json
+from forgeflow.training.tracking import Attempt, JobFiles, MlflowRun, _create_experiment, read_status
+from forgeflow.training.worker import check_version, one_line_error, quiet_environment, stop_on_sigterm
+
+MLFLOW_EXPERIMENT = "forgeflow-evaluation"
+ROWS_FILE = "rows.jsonl"
+RESULT_FILE = "result.json"
+
+
+def run_job(job_dir: Path) -> int:
+    """Run the evaluation in JOB_DIR to its end; returns the exit code (0 done, canceled or superseded, 1 failed)."""
+    quiet_environment()
+    files = JobFiles(Path(job_dir))
+    previous = read_status(files.job_dir) or {}
+    attempt = Attempt.begin(files, threading.Event())
+    files.write_status(JobStatus.RUNNING, error=None)
+    restore = stop_on_sigterm(attempt.event)
+    run: MlflowRun | None = None
+    try:
+        check_version()
+        spec = EvaluationSpec.read(files.job_dir)
+        if spec.resume and previous.get("mlflow_run_id"):
+            run = MlflowRun.reopen(spec, previous["mlflow_run_id"])  # type: ignore[arg-type]
+        if run is None:
+            run = start_run(spec)
+        files.write_status(mlflow_run_id=run.run_id)
+        rows = read_rows(Path(spec.data), spec.max_rows)
+        status = evaluate(spec, files, rows, attempt)
+        if attempt.superseded:
+            print("stopped: a newer start of this job took over its folder", flush=True)
+            return 0
+        if status == JobStatus.COMPLETED:
+            result = build_result(spec, rows, read_done(files.job_dir))
+            write_json(files.job_dir / RESULT_FILE, result)
+            finish(spec, run, result, files)
+        files.write_status(status)
+        print(f"job {status.lower()}", flush=True)
+        run.end(status)
+        return 0
+    except Exception as exc:
+        traceback.print_exc()
+        if attempt.superseded:
+            print("stopped: a newer start of this job took over its folder", flush=True)
+            return 0
+        files.write_status(JobStatus.FAILED, error=one_line_error(exc))
+        if run is not None and files.record:
+            try:
+                run.end(JobStatus.FAILED)
+            except Exception:
+                traceback.print_exc()
+        return 1
+    finally:
+        restore()
+
+
+def start_run(spec: EvaluationSpec) -> MlflowRun:
+    """A new MLflow run for the job in the evaluation experiment, its settings logged as params."""
+    from mlflow.entities import Param
+    from mlflow.tracking import MlflowClient
+
+    from forgeflow.store.config import worker_uri
+
+    client = MlflowClient(tracking_uri=worker_uri(spec.mlflow_tracking_uri, os.environ))
+    experiment = client.get_experiment_by_name(MLFLOW_EXPERIMENT)
+    if experiment is not None:
+        experiment_id = experiment.experiment_id
+    else:
+        experiment_id = _create_experiment(client, MLFLOW_EXPERIMENT, _artifact_location(spec))
+    name = spec.name or spec.job_id or "evaluation"
+    tags = {"forgeflow.job_id": spec.job_id, "forgeflow.model": spec.model.ref, "mlflow.runName": name}
+    if spec.baseline is not None:
+        tags["forgeflow.baseline"] = spec.baseline.ref
+    created = client.create_run(experiment_id, tags=tags, run_name=name)
+    params = {"model": spec.model.ref, "baseline": spec.baseline.ref if spec.baseline else "", "data": spec.data,
+              "metrics": ",".join(spec.metrics), "max_new_tokens": spec.max_new_tokens,
+              "max_rows": spec.max_rows or "", "seed": spec.seed, "confidence": spec.confidence,
+              "judge_flow": spec.judge_flow or "", "judge_connection": spec.judge_connection or ""}
+    client.log_batch(created.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    return MlflowRun(client, created.info.run_id)
+
+
+def _artifact_location(spec: EvaluationSpec) -> str | None:
+    """Where a new evaluation experiment keeps its artifacts: the job file's choice, else the workspace's."""
+    location = getattr(spec, "mlflow_artifact_location", None)
+    if location is None:
+        from forgeflow.store.home import Paths
+
+        location = Paths.current().mlflow_artifacts
+    return str(Path(location).resolve()) if location and "://" not in location else location
+
+
+def sides(spec: EvaluationSpec) -> list[tuple[str, Any]]:
+    return [("model", spec.model)] + ([("baseline", spec.baseline)] if spec.baseline is not None else [])
+
+
+def read_done(job_dir: Path) -> dict[tuple[str, int], dict[str, Any]]:
+    """The rows finished so far, by (side, row index); a line still being written is skipped."""
+    done: dict[tuple[str, int], dict[str, Any]] = {}
+    try:
+        lines = (Path(job_dir) / ROWS_FILE).read_text().splitlines()
+    except OSError:
+        return done
+    for line in lines:
+        try:
+            entry = json.loads(line)
+            done[(entry["side"], int(entry["index"]))] = entry
+        except (ValueError, KeyError, TypeError):
+            continue
+    return done
+
+
+def evaluate(spec: EvaluationSpec, files: JobFiles, rows: list[Row], cancel: Attempt) -> JobStatus:
+    """Score every row not yet in rows.jsonl on each side; Canceled when asked to stop between batches."""
+    rows_path = files.job_dir / ROWS_FILE
+    if not spec.resume:
+        rows_path.unlink(missing_ok=True)
+    done = read_done(files.job_dir)
+    total = len(rows) * len(sides(spec))
+    finished = sum(1 for key in done if key[1] < len(rows))
+    files.write_status(JobStatus.RUNNING, step=finished, max_steps=total)
+    print(f"evaluating {len(rows)} rows of {spec.data} on {', '.join(s.ref for _, s in sides(spec))} "
+          f"({', '.join(spec.metrics)}); {finished} of {total} already done", flush=True)
+    judge = _judge(spec) if "judge" in spec.metrics else None
+    started, counted = time.monotonic(), 0
+    for side, model in sides(spec):
+        todo = [i for i in range(len(rows)) if (side, i) not in done]
+        if not todo:
+            continue
+        if cancel.is_set():
+            return JobStatus.CANCELED
+        print(f"loading {model.ref} ({side})", flush=True)
+        scorer = _load(model)
+        try:
+            for at in range(0, len(todo), spec.batch_size):
+                if cancel.is_set():
+                    return JobStatus.CANCELED
+                batch = [rows[i] for i in todo[at: at + spec.batch_size]]
+                entries = score_batch(spec, scorer, batch, judge)
+                with rows_path.open("a") as fh:
+                    for i, entry in zip(todo[at: at + spec.batch_size], entries):
+                        fh.write(json.dumps({"side": side, "index": i, **entry}) + "\n")
+                finished += len(batch)
+                counted += len(batch)
+                eta = (time.monotonic() - started) / counted * (total - finished)
+                files.write_status(JobStatus.RUNNING, step=finished, max_steps=total, eta_s=round(eta, 1))
+                print(f"rows {finished}/{total}", flush=True)
+        finally:
+            scorer.close()
+    return JobStatus.COMPLETED
+
+
+def _load(model: Any) -> Scorer:
+    from forgeflow.errors import ForgeflowError, InvalidInput
+
+    try:
+        return Scorer(model.path)
+    except ForgeflowError as exc:
+        raise type(exc)(f"model {model.ref}: {exc.message}", field="model") from exc
+    except (OSError, ValueError) as exc:
+        raise InvalidInput(f"model {model.ref} does not load from {model.path}: {one_line_error(exc)}; check that "
+                           "the folder holds a complete Hugging Face checkpoint", field="model") from exc
+
+
+def _judge(spec: EvaluationSpec) -> Any:
+    """The judge for this job: its flow checked (and the connection looked up) before any row is scored."""
+    from forgeflow.evaluation.judge import DEFAULT_JUDGE_FLOW, judge_answers, judge_flow
+    from forgeflow.store.connections import local_connection_lookup
+
+    flow_dir = Path(spec.judge_flow) if spec.judge_flow else DEFAULT_JUDGE_FLOW
+    judge_flow(flow_dir, spec.judge_connection)
+    provider = local_connection_lookup()
+
+    def judge(items: list[dict]) -> list[float | None]:
+        return judge_answers(flow_dir, items, connection=spec.judge_connection, connection_provider=provider)
+
+    return judge
+
+
+def score_batch(spec: EvaluationSpec, scorer: Scorer, batch: list[Row], judge: Any) -> list[dict[str, Any]]:
+    """Each row's answer and metrics on one side (what rows.jsonl keeps of it)."""
+    entries: list[dict[str, Any]] = [{"line": row.line} for row in batch]
+    if "loss" in spec.metrics:
+        for entry, (loss, tokens) in zip(entries, scorer.losses(batch)):
+            entry.update(loss=loss, loss_tokens=tokens)
+    if any(m in spec.metrics for m in (*GENERATION_METRICS, "judge")):
+        answers = scorer.generate(batch, spec.max_new_tokens)
+        for entry, row, answer in zip(entries, batch, answers):
+            entry.update(answer=answer, **generation_scores(answer, row.reference, spec.metrics))
+        if judge is not None:
+            items = [{"question": r.question, "answer": a, "reference": r.reference} for r, a in zip(batch, answers)]
+            for entry, score in zip(entries, judge(items)):
+                entry["judge"] = score
+    return entries
+
+
+def finish(spec: EvaluationSpec, run: MlflowRun, result: dict[str, Any], files: JobFiles) -> None:
+    """The aggregates to MLflow (and result.json as an artifact), to status.json, and onto a registered version."""
+    values: dict[str, float] = {}
+    for side in ("model", "baseline"):
+        for name, value in ((result.get(side) or {}).get("metrics") or {}).items():
+            if isinstance(value, (int, float)):
+                values[f"{side}.{name}"] = value
+    run.log_metrics(values, step=0)
+    run.client.log_artifact(run.run_id, str(files.job_dir / RESULT_FILE))
+    files.write_status(metrics=values)
+    if _is_registered_version(spec.model.ref):
+        from forgeflow.registry.evaluations import record_evaluation
+        from forgeflow.store.config import worker_uri
+
+        summary = registry_summary(result, finished_at=files.state["updated_at"])
+        record_evaluation(spec.model.ref, summary, mlflow_uri=worker_uri(spec.mlflow_tracking_uri, os.environ))
+        print(f"recorded the evaluation on {spec.model.ref}", flush=True)
+
+
+def _is_registered_version(ref: str) -> bool:
+    """`name:version` (a registered model version), not a folder or a base model's catalog name."""
+    name, _, version = ref.rpartition(":")
+    return bool(name) and version.isdigit() and not Path(ref).exists()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m forgeflow.evaluation.worker JOB_DIR", file=sys.stderr)
+        return 2
+    return run_job(Path(args[0]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
