@@ -89,6 +89,9 @@ async def test_data_is_validated_with_line_numbers(api, body, tmp_path):
     bad.write_text(json.dumps(QA) + "\n" + json.dumps({"messages": [{"role": "user", "content": ""}]}) + "\n")
     await refused(api, body | {"data": str(bad)}, 400, "data", "line 2")
     await refused(api, body | {"data": str(tmp_path / "missing.jsonl")}, 404, "data", "does not exist")
+    alone = tmp_path / "alone.jsonl"
+    alone.write_text(json.dumps(QA) + "\n" + json.dumps({"messages": QA["messages"][1:]}) + "\n")
+    await refused(api, body | {"data": str(alone)}, 400, "data", "line 2", "reference answer")
 
 
 async def test_a_judge_needs_a_connection_that_exists_and_a_flow(api, body, tmp_path):

@@ -29,6 +29,7 @@ from forgeflow.api.endpoint_addresses import EndpointRouting, PortListeners
 from forgeflow.api.guard import Guard
 from forgeflow.api.security import OWNER, READER
 from forgeflow.errors import ForgeflowError, InternalError, InvalidInput, by_name
+from forgeflow.evaluation.report import registry_summary
 from forgeflow.serving import gateway
 from forgeflow.serving.endpoint_hosts import EndpointAddresses
 from forgeflow.serving.endpoints import EndpointService
@@ -73,7 +74,7 @@ def create_app(ws: Workspace | None = None, *, base_url: str = "http://127.0.0.1
     endpoint_service = EndpointService(ws, placement, base_url, endpoint_domain, endpoint_port_range)
     services = Services(
         ws=ws,
-        runner=JobRunner(ws.store, ws.paths),
+        runner=JobRunner(ws.store, ws.paths, summarize=registry_summary),
         supervisor=endpoint_service.supervisor,
         endpoints=endpoint_service,
         connections=ConnectionStore(ws),

@@ -15,18 +15,13 @@ from forgeflow.api.jobs import check_data_file, job_view
 from forgeflow.api.security import CONTRIBUTOR, READER, audit_target, services
 from forgeflow.chat.wire import Closed
 from forgeflow.errors import ForgeflowError, InvalidInput, NotFound
+from forgeflow.evaluation.judge import DEFAULT_JUDGE_FLOW, judge_flow
+from forgeflow.evaluation.scoring import read_rows
 from forgeflow.training.jobs import DEFAULT_EVALUATION_METRICS, EVALUATION_METRICS, EvaluatedModel
 
 router = APIRouter(tags=["evaluations"])
 
 JUDGE = "judge"
-
-
-def default_judge_flow() -> Path:
-    """The bundled LLM-as-judge flow used when `judge` is asked for without a flow of one's own."""
-    from forgeflow.flows.catalog import EXAMPLES
-
-    return EXAMPLES / "judge-answer"
 
 
 class EvaluationRequest(Closed):
@@ -87,14 +82,14 @@ def _judge(body: EvaluationRequest, metrics: tuple[str, ...], ff) -> tuple[str |
     except NotFound:
         raise NotFound(f"no connection {body.judge_connection!r} for the judge: create it with forgeflow connection "
                        "create, or name one from forgeflow connection list", field="judge_connection") from None
-    flow = Path(body.judge_flow).expanduser().resolve() if body.judge_flow else default_judge_flow()
+    flow = Path(body.judge_flow).expanduser().resolve() if body.judge_flow else DEFAULT_JUDGE_FLOW
     if not flow.is_dir():
         raise NotFound(f"judge flow folder {flow} does not exist", field="judge_flow")
-    from forgeflow.flows.loader import load_flow
-
     try:
-        load_flow(flow)
+        judge_flow(flow, body.judge_connection)
     except ForgeflowError as exc:
+        if exc.field == "judge_flow":
+            raise
         raise InvalidInput(f"judge flow {flow}: {exc.message}", field="judge_flow") from None
     return str(flow), body.judge_connection
 
@@ -106,6 +101,10 @@ def create_evaluation(body: EvaluationRequest, request: Request, ff=Depends(serv
     model = _model(body.model, "model")
     baseline = _model(body.baseline, "baseline") if body.baseline else None
     data = check_data_file(body.data, "data")
+    try:
+        read_rows(Path(data), body.max_rows)  # what the worker reads: a prompt before each reference answer
+    except InvalidInput as exc:
+        raise InvalidInput(exc.message, field="data") from None
     judge_flow, judge_connection = _judge(body, metrics, ff)
     job = ff.runner.submit_evaluation(
         model=model, baseline=baseline, data=data, metrics=metrics, judge_flow=judge_flow,

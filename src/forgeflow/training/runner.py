@@ -26,6 +26,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -65,8 +66,12 @@ def new_job_id(prefix: str = "ft") -> str:
 class JobRunner:
     """Starts queued jobs, follows running ones, and handles cancel and resume requests."""
 
-    def __init__(self, store: Store, paths: Paths, *, local: Compute | None = None, poll_s: float = 0.5) -> None:
+    def __init__(self, store: Store, paths: Paths, *, local: Compute | None = None, poll_s: float = 0.5,
+                 summarize: Callable[..., dict[str, Any]] | None = None) -> None:
         self.store = store
+        # What a model version keeps of an evaluation's result.json (the evaluation layer's, handed in by the
+        # composition root: it sits above this one); None: evaluations are not carried onto versions.
+        self.summarize = summarize
         self.paths = paths
         self.targets = ComputeTargets(store)
         self.local: Compute = local or LocalCompute()  # what runs the jobs of `local` type targets
@@ -457,7 +462,11 @@ class JobRunner:
         """Put a completed evaluation's summary on a registered model version (the registry's evaluation tag)."""
         from forgeflow.registry.evaluations import record_evaluation
 
-        record_evaluation(version_ref, self.evaluation_result(evaluation.id))
+        if self.summarize is None:
+            raise ForgeflowError(f"this job runner records no evaluation on a model version ({version_ref})")
+        summary = self.summarize(self.evaluation_result(evaluation.id), finished_at=evaluation.finished_at or now())
+        record_evaluation(version_ref, summary)
+        log.info("evaluation %s recorded on %s", evaluation.id, version_ref)
 
     def _write(self, job_id: str, expect: JobStatus | frozenset[JobStatus] | None = None, **values: Any) -> bool:
         """The one place a jobs row changes after it is inserted. With `expect`, only while the job still has that
