@@ -98,7 +98,7 @@ def test_an_evaluation_is_a_job_whose_worker_is_the_evaluation_program(runner, c
     runner.tick()
     running = runner.get(job.id)
     assert running.status == JobStatus.RUNNING and running.progress["step"] == 2
-    with pytest.raises(Conflict, match=r"is Running \(2/4 rows done\)"):
+    with pytest.raises(Conflict, match=r"is Running \(2 of 4 rows scored\)"):
         runner.evaluation_result(job.id)
 
     result = {"job": job.id, "model": {"ref": "tuned:2", "metrics": {"f1": 0.5}}, "baseline": None, "rows": []}
@@ -125,11 +125,11 @@ def test_a_failed_evaluation_resumes_with_its_own_job_file(runner, compute):
     compute.started[job.job_dir][1].ended = Ended(1)
     runner.tick()
     failed = runner.get(job.id)
-    assert failed.status == JobStatus.FAILED and "continue after the rows it finished" in failed.error
+    assert failed.status == JobStatus.FAILED and "continue after the rows it scored" in failed.error
 
     resumed = runner.resume(job.id)
     assert resumed.status == JobStatus.QUEUED and EvaluationSpec.read(job.job_dir).resume
-    assert "after the 2 rows it finished" in (job.job_dir / "worker.log").read_text()
+    assert "after the 2 rows it scored" in (job.job_dir / "worker.log").read_text()
     runner.tick()
     assert compute.started[job.job_dir][0] == "forgeflow.evaluation.worker"
     assert runner.cancel(job.id).status == JobStatus.CANCEL_REQUESTED

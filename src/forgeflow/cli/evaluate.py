@@ -59,7 +59,7 @@ def evaluate(
 
     if not json_out:
         console.print(f"evaluation [bold]{job['id']}[/] queued on {job['compute']}")
-    job = follow(c, job["id"], quiet=json_out, console=console, unit="row")
+    job = follow(c, job["id"], quiet=json_out, console=console, unit="scored")
     if job["status"] != JobStatus.COMPLETED:
         raise UpstreamError(f"evaluation {job['id']} {job['status']}" + (f": {job['error']}" if job.get("error")
                             else "") + f" (continue it with: forgeflow job resume {job['id']})", field="job")

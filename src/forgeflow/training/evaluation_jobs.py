@@ -17,7 +17,7 @@ ROWS_FILE = "rows.jsonl"
 
 
 def rows_done(job_dir: Path) -> int:
-    """How many rows an evaluation job has finished (what its resume skips)."""
+    """How many rows an evaluation job has scored, each model's apart (what its resume skips)."""
     try:
         with open(Path(job_dir) / ROWS_FILE, "rb") as f:
             return sum(1 for line in f if line.strip())
@@ -31,7 +31,7 @@ def read_result(job: Job) -> dict[str, Any]:
         raise NotFound(f"job {job.id} is a {job.type} job, not an evaluation (see: forgeflow job list)", field="job")
     if job.status != JobStatus.COMPLETED:
         p = job.progress or {}
-        done = f" ({p.get('step') or 0}/{p['max_steps']} rows done)" if p.get("max_steps") else ""
+        done = f" ({p.get('step') or 0} of {p['max_steps']} rows scored)" if p.get("max_steps") else ""
         hint = (f"continue it with: forgeflow job resume {job.id}" if job.status.terminal
                 else f"follow it with: forgeflow job stream {job.id}")
         raise Conflict(f"evaluation {job.id} is {job.status}{done}: its result is there once it is Completed; "

@@ -274,7 +274,7 @@ class JobRunner:
             checkpoint = newest_checkpoint(job.job_dir / "checkpoints")
             start = checkpoint.name if checkpoint else "the start (no checkpoint yet)"
             if job.type == "evaluation":
-                start = f"after the {rows_done(job.job_dir)} rows it finished"
+                start = f"after the {rows_done(job.job_dir)} rows it scored"
             with open(worker_log(job.job_dir), "a") as f:
                 f.write(f"\n--- {now()} resumed from {start} after {job.status} ---\n")
             self._handles.pop(job.id, None)
@@ -405,7 +405,7 @@ class JobRunner:
         if status == JobStatus.FAILED and newest_checkpoint(job.job_dir / "checkpoints") is not None:
             error += f" (continue from its last checkpoint with: forgeflow job resume {job.id})"
         elif status == JobStatus.FAILED and job.type == "evaluation" and rows_done(job.job_dir):
-            error += f" (continue after the rows it finished with: forgeflow job resume {job.id})"
+            error += f" (continue after the rows it scored with: forgeflow job resume {job.id})"
         self._cancel_sent.pop(job.id, None)
         progress = {k: st.get(k) for k in PROGRESS_KEYS if k in st and k != "eta_s"}
         self._write(job.id, status=status, error=error if status == JobStatus.FAILED else None, finished_at=now(),
