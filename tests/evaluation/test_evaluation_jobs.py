@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from forgeflow.api.app import create_app
 from forgeflow.cli import evaluate as evaluate_cli
+from forgeflow.cli import jobs as jobs_cli
 from forgeflow.client import Client
 from forgeflow.store.workspace import Workspace
 
@@ -135,6 +136,7 @@ def test_the_cli_waits_for_the_result_or_returns_the_job(server, tiny_model_dir,
         return c
 
     monkeypatch.setattr(evaluate_cli, "client", client)
+    monkeypatch.setattr(jobs_cli, "client", client)
     cli = CliRunner()
     data = chat_file(tmp_path / "test.jsonl")
     args = ["model", "evaluate", "--model", str(tiny_model_dir), "--baseline", str(tiny_model_dir), "--data",
@@ -156,6 +158,8 @@ def test_the_cli_waits_for_the_result_or_returns_the_job(server, tiny_model_dir,
         shown = cli.invoke(main.app, args)
         assert shown.exit_code == 0, shown.output
         assert "exact_match" in shown.output and "delta" in shown.output and "no row got worse" in shown.output
+        listed = cli.invoke(main.app, ["job", "show", result["job"]])
+        assert listed.exit_code == 0 and "type: evaluation" in listed.output and "exact_match" in listed.output
     finally:
         runner.stop()
     refused = cli.invoke(main.app, [*args, "--metrics", "f1,bleu"])

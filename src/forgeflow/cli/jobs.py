@@ -161,8 +161,12 @@ def show(job_id: str = typer.Argument(help="Job id or name."), json_out: bool = 
                            ("learning_rate", "lr")], title="losses (latest)")
     for kind, path in (job.get("outputs") or {}).items():
         label = {"mlflow_model": "merged model (MLflow)", "adapter": "LoRA adapter",
-                 "result": "evaluation result (forgeflow model evaluate prints it)"}.get(kind, kind)
+                 "result": "evaluation result"}.get(kind, kind)
         console.print(f"[bold]{label}[/]: {path}", highlight=False, soft_wrap=True)
+    if job.get("type") == "evaluation" and job["status"] == JobStatus.COMPLETED:
+        from forgeflow.cli.evaluate import show_result
+
+        show_result(c.evaluation(job["id"]))
     text = c.get(url_path("api", "jobs", job['id'], "logs"))["text"]
     if text:
         console.print("[bold]log tail[/]:")
