@@ -121,3 +121,10 @@ async def test_numbers_and_compute_out_of_range(api, body):
 
 async def test_the_result_of_what_is_not_an_evaluation(api):
     assert (await api.get("/api/evaluations/ev-nothing")).status_code == 404
+
+
+async def test_evaluate_against_base_without_validation_data_is_refused_at_submit(api, data, tiny_model_dir):
+    r = await api.post("/api/jobs", json={"model": str(tiny_model_dir), "training_data": str(data),
+                                          "hyperparameters": {"evaluate_against_base": True}})
+    assert r.status_code == 400 and r.json()["field"] == "evaluate_against_base"
+    assert "validation" in r.json()["message"] and (await api.get("/api/jobs")).json() == []
