@@ -119,3 +119,12 @@ class Client:
             headers["azureml-model-deployment"] = deployment
         return self.request("POST", url_path("endpoints", endpoint, "score"), json=body, headers=headers, auth=False,
                             timeout=timeout)
+
+    # -- evaluations -----------------------------------------------------------
+    def evaluate(self, body: dict[str, Any]) -> dict:
+        """Queue an evaluation job (POST /api/evaluations); the answer is the job."""
+        return self.post("/api/evaluations", body)
+
+    def evaluation(self, job_id: str) -> dict:
+        """A Completed evaluation's result (result.json); Conflict, naming its status, while it runs."""
+        return self.get(url_path("api", "evaluations", job_id))

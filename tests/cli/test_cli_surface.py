@@ -14,7 +14,7 @@ SURFACE = {
     "token": {"show", "rotate", "create", "list", "revoke"},
     "user": {"create", "list", "show", "update", "delete"},
     "audit": {"list"},
-    "model": {"pull", "list", "create", "show", "update", "archive", "restore", "download", "export"},
+    "model": {"pull", "list", "create", "show", "update", "archive", "restore", "download", "export", "evaluate"},
     "data": {"prepare", "validate"},
     "job": {"create", "list", "show", "stream", "cancel", "resume"},
     "compute": {"list", "show", "create", "update", "cluster-config"},

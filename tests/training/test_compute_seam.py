@@ -38,13 +38,15 @@ class FakeCompute:
     def __init__(self) -> None:
         self.started: dict[Path, FakeWorker] = {}
         self.running: dict[Path, FakeWorker] = {}
+        self.programs: dict[Path, str] = {}
 
     def check(self, hp: Hyperparameters) -> None:
         if hp.memory.precision == "fp16":
             raise InvalidInput("precision=fp16 is not here", field="precision")
 
-    def start(self, job_dir: Path, env: dict[str, str] | None = None) -> FakeWorker:
+    def start(self, job_dir: Path, env: dict[str, str] | None = None, program: str = "") -> FakeWorker:
         worker = self.started[job_dir] = self.running[job_dir] = FakeWorker()
+        self.programs[job_dir] = program
         return worker
 
     def attach(self, job_dir: Path) -> FakeWorker | None:

@@ -23,11 +23,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from forgeflow import __version__, raycluster
-from forgeflow.api import audit, compute, connections, datasets, endpoints, flows, jobs, models, token, users
+from forgeflow.api import (audit, compute, connections, datasets, endpoints, evaluations, flows, jobs, models, token,
+                           users)
 from forgeflow.api.endpoint_addresses import EndpointRouting, PortListeners
 from forgeflow.api.guard import Guard
 from forgeflow.api.security import OWNER, READER
 from forgeflow.errors import ForgeflowError, InternalError, InvalidInput, by_name
+from forgeflow.evaluation.report import registry_summary
 from forgeflow.serving import gateway
 from forgeflow.serving.endpoint_hosts import EndpointAddresses
 from forgeflow.serving.endpoints import EndpointService
@@ -72,7 +74,7 @@ def create_app(ws: Workspace | None = None, *, base_url: str = "http://127.0.0.1
     endpoint_service = EndpointService(ws, placement, base_url, endpoint_domain, endpoint_port_range)
     services = Services(
         ws=ws,
-        runner=JobRunner(ws.store, ws.paths),
+        runner=JobRunner(ws.store, ws.paths, summarize=registry_summary),
         supervisor=endpoint_service.supervisor,
         endpoints=endpoint_service,
         connections=ConnectionStore(ws),
@@ -169,7 +171,7 @@ def create_app(ws: Workspace | None = None, *, base_url: str = "http://127.0.0.1
         return [row | {"this": row["id"] == me} for row in servers(ws.store)]
 
     app.include_router(endpoints.metrics_router)
-    for module in (jobs, datasets, models, endpoints, connections, compute, flows, token, users, audit):
+    for module in (jobs, evaluations, datasets, models, endpoints, connections, compute, flows, token, users, audit):
         app.include_router(module.router, prefix="/api")
     app.include_router(pages.api)
     app.include_router(pages.router)

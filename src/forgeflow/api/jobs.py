@@ -1,4 +1,5 @@
-"""Fine-tuning jobs."""
+"""Jobs: fine-tuning jobs made here, evaluation jobs (api/evaluations.py) listed, followed, canceled and resumed
+here too."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from forgeflow.api.security import CONTRIBUTOR, READER, audit_target, services
 from forgeflow.errors import InvalidInput, NotFound
 from forgeflow.store.states import JobStatus
 from forgeflow.training.checkpoints import newest_checkpoint
+from forgeflow.training.evaluation_jobs import RESULT_FILE
 from forgeflow.training.jobfile import JobRequest, check_method
 from forgeflow.training.jobs import Job
 from forgeflow.training.tracking import read_metrics
@@ -17,9 +19,9 @@ from forgeflow.training.tracking import read_metrics
 router = APIRouter(tags=["jobs"])
 
 
-def _check_data_file(path: str | None, field: str, method: str) -> str | None:
-    """The absolute path of a data file the request names, which must exist and hold valid rows for the job's
-    method: chat rows (sft) or preference rows (dpo)."""
+def check_data_file(path: str | None, field: str, method: str = "sft") -> str | None:
+    """The absolute path of a data file the request names, which must exist and hold valid rows for the method:
+    chat rows (sft, and evaluations) or preference rows (dpo)."""
     if path is None:
         return None
     p = Path(path).expanduser().resolve()
@@ -41,13 +43,18 @@ def job_view(job: Job) -> dict:
     """A job as the API shows it: its record, the outputs that exist and the newest checkpoint."""
     out = job.to_dict()
     outputs = {}
-    if job.status == JobStatus.COMPLETED:
+    if job.type == "evaluation":
+        if job.status == JobStatus.COMPLETED:
+            outputs["result"] = str(job.job_dir / RESULT_FILE)  # GET /api/evaluations/{id} answers it
+    elif job.status == JobStatus.COMPLETED:
         outputs["mlflow_model"] = str(job.job_dir / "outputs" / "mlflow_model")
         if (job.job_dir / "outputs" / "adapter").is_dir():
             outputs["adapter"] = str(job.job_dir / "outputs" / "adapter")
     out["outputs"] = outputs
     checkpoint = newest_checkpoint(job.job_dir / "checkpoints")
     out["last_checkpoint"] = str(checkpoint) if checkpoint else None
+    # a fine-tune with evaluate_against_base: the evaluation of it against its base model (api/evaluations.py)
+    out["evaluation_job"] = (job.metrics or {}).get("evaluation_job") if job.type == "finetuning" else None
     return out
 
 
@@ -59,8 +66,8 @@ def create_job(body: JobRequest, request: Request, ff=Depends(services)) -> dict
     if body.type != "finetuning":
         raise InvalidInput(f"job type {body.type!r} is not supported: use 'finetuning'", field="type")
     hp = check_method(resolve_hyperparameters(body.hyperparameters))
-    training = _check_data_file(body.training_data, "training_data", hp.method.method)
-    validation = _check_data_file(body.validation_data, "validation_data", hp.method.method)
+    training = check_data_file(body.training_data, "training_data", hp.method.method)
+    validation = check_data_file(body.validation_data, "validation_data", hp.method.method)
     ref, path = resolve_model(body.model)
     job = ff.runner.submit(base_model=ref, base_model_path=str(path), training_data=training,
                            validation_data=validation, hyperparameters=hp, name=body.name, compute=body.compute)

@@ -67,9 +67,13 @@ def register(body: RegisterBody, request: Request, ff=Depends(services)) -> dict
         raise InvalidInput("give exactly one of from_job or path", field="from_job")
     if body.from_job:
         job = ff.runner.get(body.from_job)
-        return models.register(body.name, job.output_model(), base_model=job.base_model, source_job=job.id,
-                               run_id=job.mlflow_run_id, description=body.description, tags=body.tags,
-                               hyperparameters=job.hyperparameters, metrics=job.metrics).to_dict()
+        mv = models.register(body.name, job.output_model(), base_model=job.base_model, source_job=job.id,
+                             run_id=job.mlflow_run_id, description=body.description, tags=body.tags,
+                             hyperparameters=job.hyperparameters,
+                             metrics={k: v for k, v in (job.metrics or {}).items() if k != "evaluation_job"})
+        if ff.runner.carry_evaluation(job, mv.ref):  # evaluate_against_base: the evidence goes with the version
+            mv = models.get_version(mv.ref)
+        return mv.to_dict()
     return models.register(body.name, Path(body.path).expanduser(), description=body.description, tags=body.tags).to_dict()
 
 

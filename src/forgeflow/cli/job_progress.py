@@ -1,4 +1,4 @@
-"""The live progress bar of `job create --stream` / `job stream` / `job resume --stream`.
+"""The live progress bar of `job create --stream` / `job stream` / `job resume --stream` / `model evaluate`.
 
 `JobWatch` turns what the server says (the job row, new metrics rows) into what the bar shows:
 step/max_steps, ETA (the worker's `eta_s`, else an estimate from the step rate this client saw),
@@ -76,8 +76,8 @@ class JobWatch:
                 return (rows[-1][key] - rows[0][key]) / (rows[-1]["timestamp"] - rows[0]["timestamp"])
         return None
 
-    def fields(self) -> dict[str, str]:
-        """Text for the bar's columns."""
+    def fields(self, unit: str = "step") -> dict[str, str]:
+        """Text for the bar's columns; `unit` is what the job counts (an evaluation counts rows)."""
         eta = self.eta_s()
         loss = self.last("train_loss")
         eval_loss = self.last("eval_loss")
@@ -90,7 +90,7 @@ class JobWatch:
             parts.append(f"eval {eval_loss:.4f}")
         if speed is not None:
             parts.append(f"{speed:,.0f} tok/s")
-        return {"steps": f"step {steps}", "eta": f"ETA {format_duration(eta)}" if eta is not None else "ETA -",
+        return {"steps": f"{unit} {steps}", "eta": f"ETA {format_duration(eta)}" if eta is not None else "ETA -",
                 "stats": "  ".join(parts)}
 
 
@@ -102,7 +102,7 @@ def format_duration(seconds: float) -> str:
 
 
 def follow(c: Any, job_id: str, *, quiet: bool = False, show_logs: bool = False, console: Any = None,
-           poll_s: float = 1.0) -> dict[str, Any]:
+           poll_s: float = 1.0, unit: str = "step") -> dict[str, Any]:
     """Show the bar until the job ends; returns the final job row."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -122,7 +122,7 @@ def follow(c: Any, job_id: str, *, quiet: bool = False, show_logs: bool = False,
             total = watch.max_steps
             completed = total if done and job["status"] == JobStatus.COMPLETED and total else watch.step
             bar.update(task, description=f"{job['id']} {job['status']}", total=total, completed=completed,
-                       **watch.fields())
+                       **watch.fields(unit))
             if show_logs and not quiet:
                 logs = c.get(url_path("api", "jobs", job_id, "logs"), params={"offset": log_offset})
                 log_offset = logs["next_offset"]

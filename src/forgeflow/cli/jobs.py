@@ -1,4 +1,5 @@
-"""`forgeflow job`: fine-tuning jobs - create (flags or a YAML file), list, show, stream, cancel, resume."""
+"""`forgeflow job`: fine-tuning jobs - create (flags or a YAML file), list, show, stream, cancel, resume; evaluation
+jobs (forgeflow model evaluate) are listed, followed, canceled and resumed here too."""
 
 from __future__ import annotations
 
@@ -135,7 +136,7 @@ def list_(json_out: bool = JsonOpt) -> None:
         m = j.get("metrics") or {}
         j["train_loss"] = f"{m['train_loss']:.4f}" if isinstance(m.get("train_loss"), (int, float)) else ""
         j["eval_loss"] = f"{m['eval_loss']:.4f}" if isinstance(m.get("eval_loss"), (int, float)) else ""
-    table(jobs, [("id", "id"), ("name", "name"), ("status", "status"), ("compute", "compute"), ("base_model", "model"), ("steps", "steps"),
+    table(jobs, [("id", "id"), ("name", "name"), ("type", "type"), ("status", "status"), ("compute", "compute"), ("base_model", "model"), ("steps", "steps"),
                  ("train_loss", "train loss"), ("eval_loss", "eval loss"), ("created_at", "created")])
 
 
@@ -149,7 +150,7 @@ def show(job_id: str = typer.Argument(help="Job id or name."), json_out: bool = 
     if json_out:
         print_json(job)
         return
-    kv(job, ["id", "name", "status", "compute", "base_model", "training_data", "validation_data", "created_at",
+    kv(job, ["id", "name", "type", "status", "compute", "base_model", "training_data", "validation_data", "created_at",
              "started_at", "finished_at", "error", "progress", "metrics", "mlflow_run_id", "last_checkpoint"])
     hp = job.get("hyperparameters") or {}
     console.print("[bold]settings[/]: " + ", ".join(f"{k}={v}" for k, v in hp.items()), highlight=False, soft_wrap=True)
@@ -164,8 +165,13 @@ def show(job_id: str = typer.Argument(help="Job id or name."), json_out: bool = 
                     m[k] = f"{m[k]:.4g}"
         table(hist[-15:], columns, title="losses (latest)")
     for kind, path in (job.get("outputs") or {}).items():
-        label = {"mlflow_model": "merged model (MLflow)", "adapter": "LoRA adapter"}.get(kind, kind)
+        label = {"mlflow_model": "merged model (MLflow)", "adapter": "LoRA adapter",
+                 "result": "evaluation result"}.get(kind, kind)
         console.print(f"[bold]{label}[/]: {path}", highlight=False, soft_wrap=True)
+    if job.get("type") == "evaluation" and job["status"] == JobStatus.COMPLETED:
+        from forgeflow.cli.evaluate import show_result
+
+        show_result(c.evaluation(job["id"]))
     text = c.get(url_path("api", "jobs", job['id'], "logs"))["text"]
     if text:
         console.print("[bold]log tail[/]:")

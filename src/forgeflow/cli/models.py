@@ -1,5 +1,6 @@
 """`forgeflow model`: base models (pull) and the registry - create (from a job or a folder), list, show,
-update (description, tags, aliases), archive/restore, download, export (GGUF, safetensors, MLflow)."""
+update (description, tags, aliases), archive/restore, download, export (GGUF, safetensors, MLflow), evaluate
+(cli/evaluate.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import typer
 
 from forgeflow.cli.common import JsonOpt, client, command, console, kv, print_json, table
+from forgeflow.cli.evaluate import evaluate
 from forgeflow.errors import Conflict, InvalidInput
 from forgeflow.names import parse_assignments, parse_model_ref, url_path
 
@@ -220,3 +222,6 @@ def _checkpoint_to_mlflow(c, plan: dict, out: Path, *, quiet: bool) -> None:
             out.rmdir()
         with console.status("saving in MLflow format ...", spinner="dots"):
             save_chat_model(checkpoint, out)
+
+
+app.command("evaluate")(evaluate)

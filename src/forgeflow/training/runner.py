@@ -1,4 +1,4 @@
-"""The job runner: queues fine-tuning jobs per compute target and follows each running job's worker.
+"""The job runner: queues jobs (fine-tuning and evaluation) per compute target and follows each running job's worker.
 
 Each target runs at most its `max_concurrent_jobs` at once; the rest wait Queued, oldest first. The runner is the
 one writer of the jobs table: everything else reads jobs through it. Where a worker runs is the business of
@@ -7,6 +7,11 @@ address; the runner starts, polls, cancels and kills workers through their handl
 folders go under its `storage` (every node mounts it), others under the workspace's jobs folder. Workers outlive a
 server restart: on start the runner attaches to the ones still running and fails the ones that ended unseen, which
 `resume` can then continue. The worker owns `status.json`; the runner copies what it says into the store.
+
+A job's `type` picks the program its worker runs (jobs.JOB_PROGRAMS): a fine-tuning job's worker reads spec.json,
+an evaluation job's evaluation.json. A fine-tuning job with `evaluate_against_base` queues, on completion, an
+evaluation of its output against its base model on its validation data, linked from its metrics as
+`evaluation_job`; that evaluation's summary goes onto the model versions registered from the job.
 
 Of several servers on one database only the leader runs the loop (store/leadership.py); any server takes requests.
 A job is claimed (Queued to Starting in one conditional write) before its worker starts, and a cancel through any
@@ -21,11 +26,12 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from forgeflow.errors import Conflict, ForgeflowError, NotFound, ServerUnavailable
+from forgeflow.errors import Conflict, ForgeflowError, InvalidInput, NotFound, ServerUnavailable
 from forgeflow.processes import log_tail
 from forgeflow.store.config import password_env
 from forgeflow.store.db import Store, now
@@ -38,7 +44,9 @@ from forgeflow.training.compute.local import LocalCompute
 from forgeflow.training.compute.ray import RayCompute
 from forgeflow.training.compute.targets import ComputeTargets
 from forgeflow.training.hyperparams import Hyperparameters
-from forgeflow.training.jobs import Job, JobSpec, write_json
+from forgeflow.training.evaluation_jobs import against_base, read_result, rows_done
+from forgeflow.training.jobs import (JOB_PROGRAMS, EvaluatedModel, EvaluationSpec, Job, JobSpec,
+                                     write_json)
 from forgeflow.training.tracking import read_status
 
 log = logging.getLogger("forgeflow.jobs")
@@ -50,15 +58,20 @@ RETRY_MAX_S = 60.0
 RUNNING_STATES = frozenset({JobStatus.STARTING, JobStatus.RUNNING, JobStatus.FINALIZING, JobStatus.CANCEL_REQUESTED})
 
 
-def new_job_id() -> str:
-    return "ft-" + uuid.uuid4().hex[:10]
+def new_job_id(prefix: str = "ft") -> str:
+    """`ft-...` for a fine-tuning job, `ev-...` for an evaluation."""
+    return f"{prefix}-" + uuid.uuid4().hex[:10]
 
 
 class JobRunner:
     """Starts queued jobs, follows running ones, and handles cancel and resume requests."""
 
-    def __init__(self, store: Store, paths: Paths, *, local: Compute | None = None, poll_s: float = 0.5) -> None:
+    def __init__(self, store: Store, paths: Paths, *, local: Compute | None = None, poll_s: float = 0.5,
+                 summarize: Callable[..., dict[str, Any]] | None = None) -> None:
         self.store = store
+        # What a model version keeps of an evaluation's result.json (the evaluation layer's, handed in by the
+        # composition root: it sits above this one); None: evaluations are not carried onto versions.
+        self.summarize = summarize
         self.paths = paths
         self.targets = ComputeTargets(store)
         self.local: Compute = local or LocalCompute()  # what runs the jobs of `local` type targets
@@ -153,19 +166,14 @@ class JobRunner:
     def submit(self, *, base_model: str, base_model_path: str, training_data: str, hyperparameters: Hyperparameters,
                validation_data: str | None = None, name: str | None = None, compute: str = "local") -> Job:
         """Queue a job; the hyperparameters come validated from the edge (CLI, REST body, job file)."""
+        if hyperparameters.evaluation.evaluate_against_base and not validation_data:
+            raise InvalidInput("evaluate_against_base=true evaluates the fine-tune against its base model on the "
+                               "validation data, and this job has none: give --validation-data (a held-out chat "
+                               "JSONL) or leave evaluate_against_base off", field="evaluate_against_base")
         target = self.targets.get(compute)
         self._compute(target).check(hyperparameters)
         job_id = new_job_id()
-        job_dir = (Path(target["storage"]) / "jobs" if target.get("storage") else self.paths.jobs) / job_id
-        try:
-            job_dir.mkdir(parents=True)
-        except OSError as exc:
-            if not target.get("storage"):
-                raise
-            raise ServerUnavailable(
-                f"compute target {target['name']!r}: its storage {target['storage']} cannot hold job folders "
-                f"({exc.strerror or exc}); mount it on this server (and every node) or change it with: forgeflow "
-                f"compute update --name {target['name']} --storage DIR", field="storage") from None
+        job_dir = self._job_dir(target, job_id)
         spec = JobSpec(
             job_id=job_id, name=name or job_id, base_model=base_model, base_model_path=base_model_path,
             training_data=training_data, validation_data=validation_data, hyperparameters=hyperparameters,
@@ -183,6 +191,48 @@ class JobRunner:
         self._wake.set()
         return self.get(job_id)
 
+    def submit_evaluation(self, *, model: EvaluatedModel, data: str, baseline: EvaluatedModel | None = None,
+                          metrics: tuple[str, ...] | None = None, judge_flow: str | None = None,
+                          judge_connection: str | None = None, max_new_tokens: int = 128,
+                          max_rows: int | None = None, name: str | None = None, compute: str = "local",
+                          source_job: str | None = None) -> Job:
+        """Queue an evaluation of `model` (against `baseline`) on the chat rows of `data`, validated at the edge.
+        Its row reads like a fine-tuning job's: the model in base_model, the data in training_data, the baseline's
+        reference in validation_data and the evaluation's settings in hyperparameters."""
+        target = self.targets.get(compute)
+        job_id = new_job_id("ev")
+        job_dir = self._job_dir(target, job_id)
+        spec = EvaluationSpec(
+            job_id=job_id, name=name or job_id, model=model, baseline=baseline, data=data,
+            mlflow_tracking_uri=self._tracking[0], judge_flow=judge_flow, judge_connection=judge_connection,
+            max_new_tokens=max_new_tokens, max_rows=max_rows, source_job=source_job, compute=target["name"],
+            **({"metrics": tuple(metrics)} if metrics else {}))
+        spec.write(job_dir)
+        settings = {"metrics": list(spec.metrics), "judge_flow": judge_flow, "judge_connection": judge_connection,
+                    "max_new_tokens": max_new_tokens, "max_rows": max_rows, "source_job": source_job}
+        self.store.insert("jobs", {
+            "id": job_id, "name": spec.name, "type": "evaluation", "status": JobStatus.QUEUED,
+            "compute": spec.compute, "base_model": model.ref, "base_model_path": model.path,
+            "training_data": data, "validation_data": baseline.ref if baseline else None,
+            "hyperparameters": settings, "job_dir": str(job_dir), "created_at": now(),
+        })
+        self._wake.set()
+        return self.get(job_id)
+
+    def _job_dir(self, target: dict[str, Any], job_id: str) -> Path:
+        """A new job's folder: under the target's storage (every node mounts it), else the workspace's jobs."""
+        job_dir = (Path(target["storage"]) / "jobs" if target.get("storage") else self.paths.jobs) / job_id
+        try:
+            job_dir.mkdir(parents=True)
+        except OSError as exc:
+            if not target.get("storage"):
+                raise
+            raise ServerUnavailable(
+                f"compute target {target['name']!r}: its storage {target['storage']} cannot hold job folders "
+                f"({exc.strerror or exc}); mount it on this server (and every node) or change it with: forgeflow "
+                f"compute update --name {target['name']} --storage DIR", field="storage") from None
+        return job_dir
+
     def cancel(self, job_id: str) -> Job:
         with self._lock:
             job = self.get(job_id)
@@ -199,19 +249,22 @@ class JobRunner:
 
     def resume(self, job_id: str) -> Job:
         """Queue a Failed or Canceled job (or one whose worker is gone) again, continuing from its newest
-        checkpoint: the worker reads `"resume": true` in spec.json. Logs and metrics are appended to."""
+        checkpoint (an evaluation: after the rows it finished): the worker reads `"resume": true` in its job file.
+        Logs and metrics are appended to."""
         with self._lock:
             job = self.get(job_id)
             if job.status == JobStatus.COMPLETED:
-                raise Conflict(f"job {job.id} is Completed: there is nothing to resume (register its model with: "
-                               f"forgeflow model create --name NAME --from-job {job.id})")
+                then = (f"read its result with: forgeflow job show {job.id}" if job.type == "evaluation" else
+                        f"register its model with: forgeflow model create --name NAME --from-job {job.id}")
+                raise Conflict(f"job {job.id} is Completed: there is nothing to resume ({then})")
             if job.status == JobStatus.QUEUED:
                 raise Conflict(f"job {job.id} is already Queued")
             handle = self._attach(job) if job.active else None
             if handle is not None and handle.poll() is None:
                 raise Conflict(f"job {job.id} is {job.status} and its worker is still running; "
                                f"cancel it first with: forgeflow job cancel {job.id}")
-            dataclasses.replace(JobSpec.read(job.job_dir), resume=True).write(job.job_dir)
+            spec_type = EvaluationSpec if job.type == "evaluation" else JobSpec
+            dataclasses.replace(spec_type.read(job.job_dir), resume=True).write(job.job_dir)
             # The old status.json says Failed/Canceled, which must not be read as the new worker's end;
             # its MLflow run id stays, so the worker continues the same run.
             st = read_status(job.job_dir) or {}
@@ -220,6 +273,8 @@ class JobRunner:
                        st | {"status": JobStatus.QUEUED, "error": None, "mlflow_run_id": run_id})
             checkpoint = newest_checkpoint(job.job_dir / "checkpoints")
             start = checkpoint.name if checkpoint else "the start (no checkpoint yet)"
+            if job.type == "evaluation":
+                start = f"after the {rows_done(job.job_dir)} rows it scored"
             with open(worker_log(job.job_dir), "a") as f:
                 f.write(f"\n--- {now()} resumed from {start} after {job.status} ---\n")
             self._handles.pop(job.id, None)
@@ -282,7 +337,8 @@ class JobRunner:
         if not self._write(job.id, JobStatus.QUEUED, status=JobStatus.STARTING):
             return False  # canceled through another server since this pass read it
         try:
-            self._handles[job.id] = self._compute_of(job).start(job.job_dir, env=self._tracking[1])
+            self._handles[job.id] = self._compute_of(job).start(job.job_dir, env=self._tracking[1],
+                                                                program=JOB_PROGRAMS[job.type])
         except ServerUnavailable as exc:  # its cluster is not up (yet): the job waits Queued and is tried again
             if not self._write(job.id, JobStatus.STARTING, status=JobStatus.QUEUED):
                 self._write(job.id, status=JobStatus.CANCELED, finished_at=now())  # a cancel came meanwhile
@@ -348,12 +404,69 @@ class JobRunner:
                 error += ": " + tail
         if status == JobStatus.FAILED and newest_checkpoint(job.job_dir / "checkpoints") is not None:
             error += f" (continue from its last checkpoint with: forgeflow job resume {job.id})"
+        elif status == JobStatus.FAILED and job.type == "evaluation" and rows_done(job.job_dir):
+            error += f" (continue after the rows it scored with: forgeflow job resume {job.id})"
         self._cancel_sent.pop(job.id, None)
         progress = {k: st.get(k) for k in PROGRESS_KEYS if k in st and k != "eta_s"}
         self._write(job.id, status=status, error=error if status == JobStatus.FAILED else None, finished_at=now(),
                     metrics=st.get("metrics") or job.metrics, progress=progress or job.progress,
                     mlflow_run_id=st.get("mlflow_run_id") or job.mlflow_run_id)
         log.info("job %s %s", job.id, status)
+        if status == JobStatus.COMPLETED:
+            self._after_completion(self.get(job.id))
+
+    def _after_completion(self, job: Job) -> None:
+        """What a completed job sets off: a fine-tune's evaluation against its base, an evaluation's summary on the
+        versions registered from the fine-tune it evaluated. A failure here leaves the job Completed and says why in
+        its log."""
+        try:
+            if job.type == "finetuning" and job.hyperparameters.get("evaluate_against_base"):
+                self._evaluate_against_base(job)
+            elif job.type == "evaluation" and job.hyperparameters.get("source_job"):
+                from forgeflow.registry import models
+
+                for version in models.list_models(include_archived=True):
+                    if version.source_job == job.hyperparameters["source_job"]:
+                        self.record_evaluation(job, version.ref)
+        except Exception as exc:  # the job itself succeeded; what follows it must not fail the loop
+            message = exc.message if isinstance(exc, ForgeflowError) else repr(exc)
+            log.warning("job %s: after completion: %s", job.id, message)
+            with open(worker_log(job.job_dir), "a") as f:
+                f.write(f"\n--- {now()} after completion: {message} ---\n")
+
+    def _evaluate_against_base(self, job: Job) -> None:
+        """Queue the evaluation of a completed fine-tune against its base model on its validation data, once."""
+        if (job.metrics or {}).get("evaluation_job") or not job.validation_data:
+            return
+        evaluation = self.submit_evaluation(**against_base(job))
+        self._write(job.id, metrics=(job.metrics or {}) | {"evaluation_job": evaluation.id})
+        log.info("job %s: evaluation %s against its base queued", job.id, evaluation.id)
+
+    def evaluation_result(self, job_id: str) -> dict[str, Any]:
+        """The result.json of a Completed evaluation job (Conflict, with its status, while it is not)."""
+        return read_result(self.get(job_id))
+
+    def carry_evaluation(self, job: Job, version_ref: str) -> bool:
+        """A version registered from fine-tuning `job` gets the summary of the job's evaluation against its base,
+        when that has completed (else its completion puts it there); whether it did."""
+        evaluation_id = (job.metrics or {}).get("evaluation_job")
+        if not evaluation_id:
+            return False
+        evaluation = self.get(evaluation_id)
+        if evaluation.status != JobStatus.COMPLETED:
+            return False
+        self.record_evaluation(evaluation, version_ref)
+        return True
+
+    def record_evaluation(self, evaluation: Job, version_ref: str) -> None:
+        """Put a completed evaluation's summary on a registered model version (the registry's evaluation tag)."""
+        from forgeflow.registry.evaluations import record_evaluation
+
+        if self.summarize is None:
+            raise ForgeflowError(f"this job runner records no evaluation on a model version ({version_ref})")
+        summary = self.summarize(self.evaluation_result(evaluation.id), finished_at=evaluation.finished_at or now())
+        record_evaluation(version_ref, summary)
+        log.info("evaluation %s recorded on %s", evaluation.id, version_ref)
 
     def _write(self, job_id: str, expect: JobStatus | frozenset[JobStatus] | None = None, **values: Any) -> bool:
         """The one place a jobs row changes after it is inserted. With `expect`, only while the job still has that
@@ -361,3 +474,4 @@ class JobRunner:
         changed."""
         where = {"id": job_id} | ({"status": expect} if expect else {})
         return bool(self.store.update("jobs", where, values))
+

@@ -1,10 +1,12 @@
-// One fine-tuning job: live loss curves, learning rate, tokens/s, ETA, the log tail, Cancel / Resume.
+// One job: live loss curves, learning rate, tokens/s, ETA, the log tail, Cancel / Resume. An evaluation job shows
+// its result side by side instead of curves; a fine-tune evaluated against its base shows that evaluation.
 
 import {get, post, seg} from "./api.js";
 import {lineChart} from "./chart.js";
 import {
   badge, busy, button, confirmDialog, errorBox, fmtDuration, fmtNum, fmtTime, h, hashFor, kv, replace, toast,
 } from "./dom.js";
+import {showResult} from "./evaluation.js";
 import {FINAL, elapsed, shortModel} from "./jobs.js";
 
 const LOG_KEEP = 400; // lines of log kept on screen
@@ -15,6 +17,7 @@ export default async function jobPage(root, ctx, id) {
   const metrics = [];
   let logText = "";
   let logOffset = 0;
+  const isEval = job.type === "evaluation";
 
   const title = h("span", {}, job.name || job.id);
   const statusSlot = h("span", {class: "head-badge"});
@@ -32,8 +35,15 @@ export default async function jobPage(root, ctx, id) {
   const logPre = h("pre", {class: "log", "data-testid": "job-log", tabindex: "0"});
   const logCard = h("section", {class: "card"}, h("div", {class: "card-head"}, h("h2", {}, "Log"),
     h("span", {class: "muted small"}, "the worker's output, newest at the bottom")), logPre);
-  root.append(head, errorSlot, stats, lossHost, h("div", {class: "grid-2"}, lrHost, tpsHost),
+  const evalHost = h("section", {class: "card", "data-testid": "evaluation-result"});
+  const curves = [lossHost, h("div", {class: "grid-2"}, lrHost, tpsHost)];
+  root.append(head, errorSlot, stats, ...(isEval ? [evalHost] : [evalHost, ...curves]),
     h("div", {class: "grid-2"}, details, logCard));
+  evalHost.hidden = true;
+  if (!isEval && job.evaluation_job) {
+    evalHost.hidden = false;  // evaluate_against_base: its evaluation runs after the fine-tune, so keep asking
+    ctx.poll(async () => !(await showResult(evalHost, job.evaluation_job, "Base vs fine-tuned", ctx.signal)), 3000);
+  }
 
   const loss = lineChart(lossHost, {xLabel: "step", xInteger: true, height: 240, emptyText: "The curve appears with the first logged step."});
   const lr = lineChart(lrHost, {xLabel: "step", xInteger: true, height: 160, emptyText: "No steps logged yet."});
@@ -62,11 +72,11 @@ export default async function jobPage(root, ctx, id) {
       }, {kind: "primary", testid: "resume-job", needs: "contributor"});
       list.push(b);
     }
-    if (job.status === "Completed") {
+    if (job.status === "Completed" && !isEval) {
       list.push(h("a", {class: "btn btn-primary", href: `#/models?from_job=${encodeURIComponent(job.id)}`,
         "data-testid": "register-job", "data-needs": "contributor"}, "Register model"));
     }
-    list.push(h("a", {class: "btn", "data-needs": "contributor", href: `#/jobs/new?model=${encodeURIComponent(job.base_model)}&training_data=${
+    if (!isEval) list.push(h("a", {class: "btn", "data-needs": "contributor", href: `#/jobs/new?model=${encodeURIComponent(job.base_model)}&training_data=${
       encodeURIComponent(job.training_data)}${job.validation_data ? "&validation_data=" + encodeURIComponent(job.validation_data) : ""}`},
     "New job like this"));
     replace(actions, list);
@@ -87,15 +97,16 @@ export default async function jobPage(root, ctx, id) {
     const stat = (label, value, extra) => h("div", {class: "stat"}, h("span", {class: "stat-label"}, label),
       h("span", {class: "stat-value"}, value), extra || null);
     replace(stats,
-      stat("Step", p.max_steps ? `${p.step || 0} / ${p.max_steps}` : "–", frac === null ? null
+      stat(isEval ? "Scored" : "Step", p.max_steps ? `${p.step || 0} / ${p.max_steps}` : "–", frac === null ? null
         : h("div", {class: "bar"}, h("span", {style: {width: (frac * 100).toFixed(1) + "%"}}))),
       stat("Epoch", p.epoch !== undefined && p.epoch !== null ? fmtNum(p.epoch, 3) : "–"),
       stat("ETA", running && p.eta_s !== undefined && p.eta_s !== null ? fmtDuration(p.eta_s) : (job.status === "Completed" ? "done" : "–")),
       stat(FINAL.has(job.status) ? "Duration" : "Elapsed", fmtDuration(elapsed(job))),
-      stat("Train loss", fmtNum(latest("train_loss"))),
-      stat("Val. loss", fmtNum(latest("eval_loss"))),
-      stat("Learn. rate", fmtNum(latest("learning_rate"), 3)),
-      stat("Tokens / s", latest("train_tokens_per_second") !== undefined ? fmtNum(Math.round(latest("train_tokens_per_second"))) : "–"));
+      isEval ? null : [
+        stat("Train loss", fmtNum(latest("train_loss"))),
+        stat("Val. loss", fmtNum(latest("eval_loss"))),
+        stat("Learn. rate", fmtNum(latest("learning_rate"), 3)),
+        stat("Tokens / s", latest("train_tokens_per_second") !== undefined ? fmtNum(Math.round(latest("train_tokens_per_second"))) : "–")]);
 
     // one point per step: a resumed job logs again from its checkpoint's step, and the newer value wins
     const pts = (key) => {
@@ -113,9 +124,10 @@ export default async function jobPage(root, ctx, id) {
     const hp = job.hyperparameters || {};
     replace(details, h("h2", {}, "Details"), kv([
       ["Job ID", h("code", {}, job.id)],
-      ["Base model", h("span", {title: job.base_model}, shortModel(job.base_model))],
-      ["Training data", dataLink(job.training_data)],
-      ["Validation data", job.validation_data ? dataLink(job.validation_data) : "none"],
+      [isEval ? "Model" : "Base model", h("span", {title: job.base_model}, shortModel(job.base_model))],
+      [isEval ? "Data" : "Training data", dataLink(job.training_data)],
+      isEval ? ["Baseline", job.validation_data ? shortModel(job.validation_data) : "none"]
+        : ["Validation data", job.validation_data ? dataLink(job.validation_data) : "none"],
       ["Compute", job.compute],
       ["Created", fmtTime(job.created_at)],
       ["Started", fmtTime(job.started_at)],
@@ -153,6 +165,10 @@ export default async function jobPage(root, ctx, id) {
     logOffset = log.next_offset;
     appendLog(log.text);
     render();
+    if (isEval && job.status === "Completed" && evalHost.hidden) {
+      evalHost.hidden = false;
+      await showResult(evalHost, job.id, "Result", ctx.signal);
+    }
     return !FINAL.has(job.status);
   }
 

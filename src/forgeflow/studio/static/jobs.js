@@ -1,4 +1,4 @@
-// Fine-tuning: the jobs list with live status; `#/jobs/new` is the form, `#/jobs/ID` a job's page.
+// Fine-tuning: the jobs list (fine-tunes and evaluations) with live status; `#/jobs/new` is the form, `#/jobs/ID` a job's page.
 
 import {get} from "./api.js";
 import {badge, fmtDuration, h, hashFor, pageHead, replace, table, timeEl, toDate} from "./dom.js";
@@ -18,7 +18,8 @@ export default async function jobs(root, ctx) {
     const rows = await get("/jobs", {signal: ctx.signal});
     replace(host, table([
       {label: "Job", render: (j) => h("a", {href: hashFor("jobs", j.id)}, h("b", {}, j.name || j.id),
-        j.name ? h("span", {class: "muted small"}, " " + j.id) : null)},
+        j.name ? h("span", {class: "muted small"}, " " + j.id) : null,
+        j.type === "evaluation" ? h("span", {class: "tag"}, " evaluation") : null)},
       {label: "Status", render: (j) => badge(j.status)},
       {label: "Progress", render: progressCell},
       {label: "Base model", render: (j) => h("span", {class: "ellipsis", title: j.base_model}, shortModel(j.base_model))},

@@ -1,5 +1,5 @@
-// Models: registered versions (with aliases, source job and settings), registering a completed job's output,
-// and the base-model catalog.
+// Models: registered versions (with aliases, source job, settings and newest evaluation), registering a completed
+// job's output, and the base-model catalog.
 
 import {can} from "./access.js";
 import {get, patch, post, seg} from "./api.js";
@@ -7,6 +7,7 @@ import {
   badge, busy, button, clear, onSubmit, empty, errorBox, field, fmtBytes, fmtNum, fmtTime, h, hashFor, kv,
   pageHead, replace, showError, table, timeEl, toast,
 } from "./dom.js";
+import {summaryCard} from "./evaluation.js";
 import {shortModel} from "./jobs.js";
 
 export default async function models(root, ctx) {
@@ -170,7 +171,8 @@ async function modelPage(root, ctx, name) {
     v.metrics ? kv(Object.entries(v.metrics).map(([k, x]) => [h("code", {}, k), fmtNum(x)]))
       : h("p", {class: "muted"}, "None recorded."));
   const files = h("section", {class: "card"}, h("h2", {}, "Files"));
-  root.append(info, h("div", {class: "grid-2"}, settings, h("div", {class: "stack"}, metrics, files)));
+  root.append(...[info, v.evaluation ? summaryCard(v.evaluation) : null,
+    h("div", {class: "grid-2"}, settings, h("div", {class: "stack"}, metrics, files))].filter(Boolean));
   try {
     const listing = await get(`/models/${seg(name)}/versions/${seg(v.version)}/files`, {signal: ctx.signal});
     files.append(table([

@@ -1,7 +1,8 @@
 """The compute seam: "run this job" somewhere, without the job runner knowing where.
 
-A compute starts the training worker of one job folder (`python -m forgeflow.training.worker JOB_DIR`, which
-reads JOB_DIR/spec.json and writes JOB_DIR/status.json) and hands back a `WorkerHandle`. A handle outlives
+A compute starts the worker program of one job folder (`python -m PROGRAM JOB_DIR`: the job type's program,
+jobs.JOB_PROGRAMS, e.g. `forgeflow.training.worker`, which reads JOB_DIR/spec.json, or `forgeflow.evaluation.worker`,
+which reads JOB_DIR/evaluation.json; both write JOB_DIR/status.json) and hands back a `WorkerHandle`. A handle outlives
 no server: after a restart the runner asks the compute to `attach` to the job's worker again. The worker's
 output always lands in `worker_log(JOB_DIR)`, so logs read the same whatever ran the job.
 """
@@ -13,10 +14,12 @@ from pathlib import Path
 from typing import Protocol
 
 from forgeflow.training.hyperparams import Hyperparameters
+from forgeflow.training.jobs import JOB_PROGRAMS
 
 # A worker asked to cancel stops at the next step boundary (saving nothing half-written); a step of a small
 # model on CPU takes a second or two, so past this grace the worker is stuck and is killed.
 CANCEL_GRACE_S = 15.0
+TRAINING_PROGRAM = JOB_PROGRAMS["finetuning"]
 
 
 @dataclass(frozen=True)
@@ -47,9 +50,10 @@ class Compute(Protocol):
     def check(self, hp: Hyperparameters) -> None:
         """Refuse settings this compute cannot run, when the job is submitted (InvalidInput naming the field)."""
 
-    def start(self, job_dir: Path, env: dict[str, str] | None = None) -> WorkerHandle:
-        """Start the worker of the job in `job_dir`, with `env` added to its environment (credentials that must not
-        be written into the job folder, such as the MLflow database's password)."""
+    def start(self, job_dir: Path, env: dict[str, str] | None = None,
+              program: str = TRAINING_PROGRAM) -> WorkerHandle:
+        """Start `program` (a module name) on the job in `job_dir`, with `env` added to its environment (credentials
+        that must not be written into the job folder, such as the MLflow database's password)."""
 
     def attach(self, job_dir: Path) -> WorkerHandle | None:
         """The worker of `job_dir` if it still runs (started by an earlier server), else None."""

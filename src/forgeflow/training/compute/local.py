@@ -23,7 +23,7 @@ from pathlib import Path
 
 from forgeflow.errors import InvalidInput
 from forgeflow.processes import pid_alive
-from forgeflow.training.compute.base import Ended, worker_log
+from forgeflow.training.compute.base import TRAINING_PROGRAM, Ended, worker_log
 from forgeflow.training.hyperparams import Hyperparameters, check_hardware
 
 log = logging.getLogger("forgeflow.jobs")
@@ -109,12 +109,13 @@ class LocalCompute:
                                field="instance_count")
         check_hardware(hp)
 
-    def start(self, job_dir: Path, env: dict[str, str] | None = None) -> LocalWorker:
+    def start(self, job_dir: Path, env: dict[str, str] | None = None,
+              program: str = TRAINING_PROGRAM) -> LocalWorker:
         job_dir = Path(job_dir)
         env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false") | (env or {})
         with open(worker_log(job_dir), "ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "forgeflow.training.worker", str(job_dir)],
+                [sys.executable, "-m", program, str(job_dir)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env,
             )
         (job_dir / PID_FILE).write_text(f"{proc.pid} {socket.gethostname()}\n")

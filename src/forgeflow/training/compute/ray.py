@@ -4,7 +4,7 @@ Submission API (the dashboard; this server needs no driver connection for jobs).
 The entrypoint runs on a worker node of the cluster (it asks for a CPU, which a head started with `--num-cpus=0`
 does not offer): `python -m forgeflow.training.worker JOB_DIR` for one training worker (with a GPU when the cluster
 has one), `python -m forgeflow.training.distributed JOB_DIR` (Ray Train, data-parallel) when `instance_count` is
-above 1. Its output goes straight to worker_log(JOB_DIR), and it writes status.json, metrics and checkpoints there:
+above 1, and another job type's program (`forgeflow.evaluation.worker`) as one worker the same way. Its output goes straight to worker_log(JOB_DIR), and it writes status.json, metrics and checkpoints there:
 the job folder lives on the target's `storage`, which every node mounts at the same path, so a resumed job continues
 from its newest checkpoint on whichever node it lands. The base model, the data files and the MLflow tracking store
 named in the job file must be reachable from the nodes too.
@@ -36,10 +36,10 @@ from forgeflow import __version__
 from forgeflow.errors import InvalidInput, UpstreamError
 from forgeflow.raycluster import (NODE_TYPE_LABEL, check_address, check_reachable, forget, node_type_resources,
                                   submission_client, unreachable)
-from forgeflow.training.compute.base import CANCEL_GRACE_S, Ended, worker_log
+from forgeflow.training.compute.base import CANCEL_GRACE_S, TRAINING_PROGRAM, Ended, worker_log
 from forgeflow.training.distributed import CLUSTER_ENV, NODE_TYPE_ENV, TRAIN_ENV
 from forgeflow.training.hyperparams import Hyperparameters
-from forgeflow.training.jobs import JobSpec, write_json
+from forgeflow.training.jobs import EvaluationSpec, JobSpec, write_json
 from forgeflow.training.worker import VERSION_ENV
 
 log = logging.getLogger("forgeflow.jobs")
@@ -125,12 +125,16 @@ class RayCompute:
     def check(self, hp: Hyperparameters) -> None:
         """Nothing to refuse here: the hardware a job needs is checked where it runs, on the cluster's nodes."""
 
-    def start(self, job_dir: Path, env: dict[str, str] | None = None) -> RayWorker:
+    def start(self, job_dir: Path, env: dict[str, str] | None = None,
+              program: str = TRAINING_PROGRAM) -> RayWorker:
         """Submit the job; `env` travels in the job's runtime_env (kept by the cluster, not in the job folder)."""
         job_dir = Path(job_dir)
-        spec = JobSpec.read(job_dir)
-        workers = spec.hyperparameters.scaling.instance_count
-        module = "forgeflow.training.worker" if workers == 1 else "forgeflow.training.distributed"
+        if program == TRAINING_PROGRAM:
+            spec: JobSpec | EvaluationSpec = JobSpec.read(job_dir)
+            workers = spec.hyperparameters.scaling.instance_count
+            module = program if workers == 1 else "forgeflow.training.distributed"
+        else:
+            spec, workers, module = EvaluationSpec.read(job_dir), 1, program
         python = shlex.split(os.environ.get(PYTHON_ENV) or "python")
         command = shlex.join([*python, "-m", module, str(job_dir)])
         entrypoint = f"{command} >> {shlex.quote(str(worker_log(job_dir)))} 2>&1"

@@ -1,0 +1,121 @@
+"""Evaluations: a model against its baseline on held-out chat rows, run as a job (type `evaluation`).
+
+The body is validated here, once, before anything is queued: both models resolve, the data holds valid chat rows
+(a problem named with its line), every metric is known, and a judge has a flow and a connection. The job then shows
+in the jobs list like a fine-tune (progress, cancel, resume); its result is GET /api/evaluations/{job}."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import Field
+
+from forgeflow.api.jobs import check_data_file, job_view
+from forgeflow.api.security import CONTRIBUTOR, READER, audit_target, services
+from forgeflow.chat.wire import Closed
+from forgeflow.errors import ForgeflowError, InvalidInput, NotFound
+from forgeflow.evaluation.judge import DEFAULT_JUDGE_FLOW, judge_flow
+from forgeflow.evaluation.scoring import read_rows
+from forgeflow.training.jobs import DEFAULT_EVALUATION_METRICS, EVALUATION_METRICS, EvaluatedModel
+
+router = APIRouter(tags=["evaluations"])
+
+JUDGE = "judge"
+
+
+class EvaluationRequest(Closed):
+    """The body of POST /api/evaluations (and what `forgeflow model evaluate` sends); a key it does not list is a
+    400 naming it."""
+
+    model: str = Field(description="The model evaluated: NAME:VERSION, a base model's name, NAME@ALIAS or a folder.")
+    baseline: str | None = Field(None, description="The model it is compared with, on the same rows (same forms).")
+    data: str = Field(description="Held-out chat JSONL: each row's last assistant message is the reference answer.")
+    metrics: list[str] | None = Field(None, description="Any of loss, exact_match, f1, rouge_l, judge (default: all "
+                                                        "but judge).")
+    judge_flow: str | None = Field(None, description="A Prompt-flow-style evaluation flow folder scoring an answer "
+                                                     "(default: the bundled judge-answer flow).")
+    judge_connection: str | None = Field(None, description="The connection the judge flow's model is reached by.")
+    max_new_tokens: int = Field(128, gt=0, le=4096, description="Tokens generated per answer.")
+    max_rows: int | None = Field(None, gt=0, le=10**9, description="Evaluate only the first N rows.")
+    compute: str = Field("local", description="Compute target to run on (see: forgeflow compute list).")
+    name: str | None = Field(None, max_length=200, description="Display name of the job.")
+
+
+def _model(ref: str, field: str) -> EvaluatedModel:
+    """A model reference resolved to the folder its worker loads, an error naming `field` (model or baseline)."""
+    from forgeflow.registry.resolve import resolve_model
+
+    try:
+        canonical, path = resolve_model(ref)
+    except ForgeflowError as exc:
+        if exc.field == field:
+            raise
+        raise type(exc)(f"{field} {ref!r}: {exc.message}", field=field) from None
+    return EvaluatedModel(canonical, str(path))
+
+
+def _metrics(given: list[str] | None) -> tuple[str, ...]:
+    if given is None:
+        return DEFAULT_EVALUATION_METRICS
+    names = [str(m).strip() for m in given]
+    unknown = [m for m in names if m not in EVALUATION_METRICS]
+    if unknown or not names:
+        what = f"unknown metric {unknown[0]!r}" if unknown else "metrics is empty"
+        raise InvalidInput(f"{what}: valid metrics are {', '.join(EVALUATION_METRICS)}", field="metrics")
+    return tuple(dict.fromkeys(names))
+
+
+def _judge(body: EvaluationRequest, metrics: tuple[str, ...], ff) -> tuple[str | None, str | None]:
+    """The judge's flow folder and connection, checked; neither may be given without the judge metric."""
+    if JUDGE not in metrics:
+        for field in ("judge_flow", "judge_connection"):
+            if getattr(body, field) is not None:
+                raise InvalidInput(f"{field} is only used by the judge metric, which this evaluation does not ask "
+                                   f"for: add judge to metrics, or leave {field} out", field=field)
+        return None, None
+    if not body.judge_connection:
+        raise InvalidInput("the judge metric needs judge_connection: the connection (forgeflow connection list) "
+                           "whose model scores the answers", field="judge_connection")
+    try:
+        ff.connections.show(body.judge_connection)
+    except NotFound:
+        raise NotFound(f"no connection {body.judge_connection!r} for the judge: create it with forgeflow connection "
+                       "create, or name one from forgeflow connection list", field="judge_connection") from None
+    flow = Path(body.judge_flow).expanduser().resolve() if body.judge_flow else DEFAULT_JUDGE_FLOW
+    if not flow.is_dir():
+        raise NotFound(f"judge flow folder {flow} does not exist", field="judge_flow")
+    try:
+        judge_flow(flow, body.judge_connection)
+    except ForgeflowError as exc:
+        if exc.field == "judge_flow":
+            raise
+        raise InvalidInput(f"judge flow {flow}: {exc.message}", field="judge_flow") from None
+    return str(flow), body.judge_connection
+
+
+@router.post("/evaluations", status_code=201, dependencies=CONTRIBUTOR)
+def create_evaluation(body: EvaluationRequest, request: Request, ff=Depends(services)) -> dict:
+    """Queue an evaluation job; the answer is the job (follow it at /api/jobs/{id})."""
+    metrics = _metrics(body.metrics)
+    model = _model(body.model, "model")
+    baseline = _model(body.baseline, "baseline") if body.baseline else None
+    data = check_data_file(body.data, "data")
+    try:
+        read_rows(Path(data), body.max_rows)  # what the worker reads: a prompt before each reference answer
+    except InvalidInput as exc:
+        raise InvalidInput(exc.message, field="data") from None
+    judge_flow, judge_connection = _judge(body, metrics, ff)
+    job = ff.runner.submit_evaluation(
+        model=model, baseline=baseline, data=data, metrics=metrics, judge_flow=judge_flow,
+        judge_connection=judge_connection, max_new_tokens=body.max_new_tokens, max_rows=body.max_rows,
+        name=body.name, compute=body.compute)
+    audit_target(request, job.id)
+    return job_view(job)
+
+
+@router.get("/evaluations/{job_id}", dependencies=READER)
+def show_evaluation(job_id: str, ff=Depends(services)) -> dict:
+    """The result of a Completed evaluation (result.json: both models' metrics with intervals, the comparison and
+    every row); 409 naming its status while it has none."""
+    return ff.runner.evaluation_result(job_id)
