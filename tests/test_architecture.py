@@ -152,6 +152,7 @@ WRITERS = {
     "audit_log": {"forgeflow.store.audit"},
     "servers": {"forgeflow.store.leadership"},
     "deployment_instances": {"forgeflow.serving.instances"},
+    "rollouts": {"forgeflow.evaluation.rollout_store"},
 }
 
 

@@ -128,3 +128,21 @@ class Client:
     def evaluation(self, job_id: str) -> dict:
         """A Completed evaluation's result (result.json); Conflict, naming its status, while it runs."""
         return self.get(url_path("api", "evaluations", job_id))
+
+    # -- rollouts (online-endpoint rollout) -------------------------------------
+    def start_rollout(self, endpoint: str, deployment: str, promote_if: str, **options: Any) -> dict:
+        """Start moving `deployment`'s traffic up in steps while `promote_if` holds (api/rollouts.py's fields)."""
+        given = {k: v for k, v in options.items() if v is not None}
+        body = {"deployment": deployment, "promote_if": promote_if} | given
+        return self.post(url_path("api", "endpoints", endpoint, "rollouts"), body)
+
+    def rollout(self, endpoint: str) -> dict:
+        """The endpoint's running rollout (with its step's figures so far), else its last one."""
+        return self.get(url_path("api", "endpoints", endpoint, "rollouts", "current"))
+
+    def rollouts(self, endpoint: str) -> list[dict]:
+        return self.get(url_path("api", "endpoints", endpoint, "rollouts"))
+
+    def cancel_rollout(self, endpoint: str) -> dict:
+        """Stop the running rollout; the leader restores the split from before it within a poll."""
+        return self.post(url_path("api", "endpoints", endpoint, "rollouts", "current", "cancel"))

@@ -18,12 +18,14 @@ SURFACE = {
     "data": {"prepare", "validate"},
     "job": {"create", "list", "show", "stream", "cancel", "resume"},
     "compute": {"list", "show", "create", "update", "cluster-config"},
-    "online-endpoint": {"create", "list", "show", "update", "delete", "get-credentials", "invoke", "regenerate-keys"},
+    "online-endpoint": {"create", "list", "show", "update", "delete", "get-credentials", "invoke", "regenerate-keys",
+                        "rollout"},
     "online-deployment": {"create", "list", "show", "update", "delete", "get-logs"},
     "connection": {"create", "update", "list", "show", "delete"},
     "flow": {"test", "chat", "serve", "run"},
 }
-NESTED = {("flow", "run"): {"compare", "list", "resume", "show", "show-details", "show-metrics"}}
+NESTED = {("flow", "run"): {"compare", "list", "resume", "show", "show-details", "show-metrics"},
+          ("online-endpoint", "rollout"): {"status", "cancel"}}
 
 
 def _walk(cmd, prefix=()):

@@ -513,3 +513,21 @@ def test_playground_chats_with_a_chat_flow_keeping_its_history(wide, studio, tin
         {"inputs": {"question": "Who founded Quillfeather Robotics?"}, "outputs": {"answer": first_answer}}]
     assert sent[1]["stream"] is True
     wide.shot("playground-flow")
+
+
+def test_the_rollout_tab_shows_each_step_and_cancels(wide, studio, tiny_model_dir):
+    _deployed(studio, tiny_model_dir)
+    r = studio.api("POST", f"/endpoints/{EP}/rollouts", json={
+        "deployment": "base", "canary": 20, "min_requests": 100_000, "promote_if": "error_rate<0.01"})
+    assert r.status_code == 201, r.text
+    wide.sign_in()
+    wide.go(f"#/endpoints/{EP}/rollout")
+    card = wide.page.get_by_test_id("rollout")
+    expect(card.locator("h2")).to_contain_text("Rollout of base")
+    expect(card).to_contain_text("base 20%", timeout=30_000)  # the canary's step, once the leader took it
+    expect(card).to_contain_text("error_rate<0.01")
+    wide.shot("rollout")
+    card.get_by_role("button", name="Cancel rollout").click()
+    expect(card.locator("h2 .badge")).to_have_text("Canceled", timeout=30_000)
+    traffic = studio.api("GET", f"/endpoints/{EP}").json()["traffic"]
+    assert {d: p for d, p in traffic.items() if p} == {"blue": 100}

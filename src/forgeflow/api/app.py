@@ -23,18 +23,21 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from forgeflow import __version__, raycluster
-from forgeflow.api import (audit, compute, connections, datasets, endpoints, evaluations, flows, jobs, models, token,
-                           users)
+from forgeflow.api import (audit, compute, connections, datasets, endpoints, evaluations, flows, jobs, models, rollouts,
+                           token, users)
 from forgeflow.api.endpoint_addresses import EndpointRouting, PortListeners
 from forgeflow.api.guard import Guard
 from forgeflow.api.security import OWNER, READER
 from forgeflow.errors import ForgeflowError, InternalError, InvalidInput, by_name
 from forgeflow.evaluation.report import registry_summary
+from forgeflow.evaluation.rollout import RolloutController, RolloutService
+from forgeflow.evaluation.rollout_judge import judge_sides
 from forgeflow.serving import gateway
 from forgeflow.serving.endpoint_hosts import EndpointAddresses
 from forgeflow.serving.endpoints import EndpointService
 from forgeflow.serving.placement import LocalPlacement, TargetPlacement
 from forgeflow.serving.ray_placement import RayPlacement
+from forgeflow.serving.samples import AnswerSamples
 from forgeflow.serving.schemas import dialect_of, error_body, install_openapi
 from forgeflow.serving.supervisor import DeploymentSupervisor
 from forgeflow.serving.throttle import FailureLimiter
@@ -56,6 +59,9 @@ class Services:
     endpoints: EndpointService
     connections: ConnectionStore
     addresses: EndpointAddresses
+    rollouts: RolloutService
+    rollout_controller: RolloutController
+    samples: AnswerSamples  # answers the gateway samples for a rollout's judge (the leader's)
     leadership: Leadership | None = None  # None: the background threads are off, nothing leads (unit tests)
     http: httpx.AsyncClient | None = None
     ports: PortListeners | None = None  # None: this server listens on no endpoint's own port
@@ -72,6 +78,9 @@ def create_app(ws: Workspace | None = None, *, base_url: str = "http://127.0.0.1
     # A deployment runs where its compute target is: this machine, or the nodes of a Ray cluster.
     placement = TargetPlacement(LocalPlacement(ws.paths), ComputeTargets(ws.store).get, RayPlacement)
     endpoint_service = EndpointService(ws, placement, base_url, endpoint_domain, endpoint_port_range)
+    samples = AnswerSamples()
+    rollout_service = RolloutService(endpoint_service, samples, lambda: services.leadership.server_id
+                                     if services.leadership is not None else "local")
     services = Services(
         ws=ws,
         runner=JobRunner(ws.store, ws.paths, summarize=registry_summary),
@@ -79,12 +88,16 @@ def create_app(ws: Workspace | None = None, *, base_url: str = "http://127.0.0.1
         endpoints=endpoint_service,
         connections=ConnectionStore(ws),
         addresses=EndpointAddresses(endpoint_service.addresses),
+        rollouts=rollout_service,
+        rollout_controller=RolloutController(rollout_service, judge_sides),
+        samples=samples,
     )
 
     def lead() -> None:
         assert services.leadership is not None
         services.runner.start()
         services.endpoints.lead(services.leadership.server_id)
+        services.rollout_controller.start()  # after the supervisor: a resumed rollout's deployments are placed
 
     def lost() -> None:
         """Another server may lead already: this one must not start a job or an instance a moment longer. It exits
@@ -96,7 +109,8 @@ def create_app(ws: Workspace | None = None, *, base_url: str = "http://127.0.0.1
 
     if background:
         services.leadership = Leadership(ws.store, leader_lock(ws.store), url=base_url, on_elected=lead, on_lost=lost,
-                                         load=endpoint_service.admission.snapshot)
+                                         load=lambda: endpoint_service.admission.snapshot()
+                                         | {"outcomes": endpoint_service.metrics.outcomes()})
         services.endpoints.leading = False  # until elected: changes go through the store to the leader
 
     @asynccontextmanager
@@ -114,6 +128,7 @@ def create_app(ws: Workspace | None = None, *, base_url: str = "http://127.0.0.1
                 await services.ports.stop()  # first: the requests in flight there finish while instances run
             if services.leadership is not None:
                 services.runner.stop()
+            services.rollout_controller.stop()  # before the deployments stop: no step moves traffic to none
             services.endpoints.shutdown()  # also the instances a deployment created without the background threads
             if services.leadership is not None:
                 services.leadership.stop()  # after: a successor starts only once this server's instances are gone
@@ -171,7 +186,8 @@ def create_app(ws: Workspace | None = None, *, base_url: str = "http://127.0.0.1
         return [row | {"this": row["id"] == me} for row in servers(ws.store)]
 
     app.include_router(endpoints.metrics_router)
-    for module in (jobs, evaluations, datasets, models, endpoints, connections, compute, flows, token, users, audit):
+    for module in (jobs, evaluations, datasets, models, endpoints, rollouts, connections, compute, flows, token, users,
+                   audit):
         app.include_router(module.router, prefix="/api")
     app.include_router(pages.api)
     app.include_router(pages.router)

@@ -102,13 +102,16 @@ def list_endpoints(ff=Depends(services)) -> list[dict]:
 
 @router.get("/endpoints/{name}", dependencies=READER)
 def show_endpoint(name: str, ff=Depends(services)) -> dict:
-    return ff.endpoints.show_endpoint(name)
+    """The endpoint, with its running or last rollout in short (see /endpoints/{name}/rollouts/current)."""
+    return ff.endpoints.show_endpoint(name) | {"rollout": ff.rollouts.summary(name)}
 
 
 @router.patch("/endpoints/{name}", dependencies=CONTRIBUTOR)
 def update_endpoint(name: str, body: EndpointUpdate, ff=Depends(services)) -> dict:
     # allowed_users or port given as null clears it; left out, it stays as it is
     given = {k: getattr(body, k) for k in ("allowed_users", "port") if k in body.model_fields_set}
+    if body.traffic is not None:
+        ff.rollouts.refuse_traffic_change(name)
     return ff.endpoints.update_endpoint(name, traffic=body.traffic, mirror_traffic=body.mirror_traffic,
                                         description=body.description, max_body_bytes=body.max_body_bytes,
                                         auth_mode=body.auth_mode, **given)

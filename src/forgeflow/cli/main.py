@@ -5,8 +5,8 @@ from __future__ import annotations
 import typer
 
 from forgeflow import __version__
-from forgeflow.cli import (audit, compute, connections, data, endpoints, flows, jobs, models, quickstart, server, token,
-                           users)
+from forgeflow.cli import (audit, compute, connections, data, endpoints, flows, jobs, models, quickstart, rollouts,
+                           server, token, users)
 from forgeflow.cli.common import JsonOpt, command, console, print_json
 
 app = typer.Typer(
@@ -102,6 +102,7 @@ app.add_typer(models.app, name="model")
 app.add_typer(data.app, name="data")
 app.add_typer(jobs.app, name="job")
 app.add_typer(compute.app, name="compute")
+endpoints.endpoint_app.add_typer(rollouts.app, name="rollout")
 app.add_typer(endpoints.endpoint_app, name="online-endpoint")
 app.add_typer(endpoints.deployment_app, name="online-deployment")
 app.add_typer(connections.app, name="connection")

@@ -77,6 +77,7 @@ class Call:
         self.known = False  # only existing endpoints get metric series
         self.by_instance = False  # an instance answered (not the gateway itself): its latency counts for scaling
         self.model_header: str | None = None  # the client's MODEL_HEADER, once checked: the instance gets it too
+        self.sampled: list | None = None  # the prompt's messages, when a rollout's judge samples this deployment
 
     def headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         h = {"x-request-id": uuid.uuid4().hex}
@@ -172,6 +173,9 @@ async def handle(request: Request, endpoint: str, path: str, parse: Callable[[An
             if mirror:
                 _mirror(call, cfg, mirror, path, raw)
         stream = getattr(parsed, "stream", False) is True
+        samples = getattr(request.app.state.ff, "samples", None)
+        if not stream and samples is not None and samples.wants((endpoint, call.deployment)):
+            call.sampled = _messages_of(body)
         return await _forward(call, cfg, path, raw, stream)
     except ForgeflowError as e:
         return call.fail(e)
@@ -315,7 +319,28 @@ def _answer(call: Call, resp: httpx.Response, content: bytes) -> Response:
                                           "x-forgeflow-finish-reason") if h in resp.headers}
     call.record(resp.status_code, header_int(extra.get("x-forgeflow-completion-tokens")),
                 header_int(extra.get("x-forgeflow-prompt-tokens")))
+    if call.sampled and (text := _answer_text(content)) is not None:
+        call.request.app.state.ff.samples.offer((call.endpoint, call.deployment), call.sampled, text)
     return Response(content, status_code=resp.status_code, media_type="application/json", headers=call.headers(extra))
+
+
+def _messages_of(body: Any) -> list | None:
+    """A chat body's messages (/score's input_string, OpenAI's and Azure's messages); None for a raw completion."""
+    if not isinstance(body, dict):
+        return None
+    inner = body.get("input_data")
+    messages = inner.get("input_string") if isinstance(inner, dict) else body.get("messages")
+    return messages if isinstance(messages, list) else None
+
+
+def _answer_text(content: bytes) -> str | None:
+    """The answer's text (/score's output, a chat completion's first choice), for a rollout's judge."""
+    try:
+        body = json.loads(content)
+        text = body["output"] if "output" in body else body["choices"][0]["message"]["content"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+    return text if isinstance(text, str) else None
 
 
 def _upstream_error(status: int, content: bytes) -> ForgeflowError:

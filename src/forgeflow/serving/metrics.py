@@ -85,6 +85,37 @@ class Metrics:
             hist = self._hists.get(name, {}).get(labels)
             return (hist.sum, hist.count) if hist else (0.0, 0)
 
+    def outcomes(self) -> list[list]:
+        """Each deployment's answers so far, as a rollout reads them: [endpoint, deployment, requests, errors,
+        latency bucket counts, time-to-first-token bucket counts] (counts per bucket of LATENCY_BUCKETS and
+        TTFT_BUCKETS, not cumulative, one more for past the last bucket). An error is a 5xx, a 408 or a 424: the
+        deployment failed the request; a 4xx of the client's own (a bad body, a 429) is a request but no error.
+        Published with this server's heartbeat, so the leader adds every server's."""
+        by_key: dict[tuple[str, str], list] = {}
+
+        def entry(labels: Labels) -> list | None:
+            lab = dict(labels)
+            if not lab.get("deployment"):
+                return None
+            key = (lab.get("endpoint", ""), lab["deployment"])
+            if key not in by_key:
+                by_key[key] = [key[0], key[1], 0, 0, [0] * (len(LATENCY_BUCKETS) + 1), [0] * (len(TTFT_BUCKETS) + 1)]
+            return by_key[key]
+
+        with self._lock:
+            for labels, n in self._counters.get("forgeflow_requests_total", {}).items():
+                row = entry(tuple(kv for kv in labels if kv[0] != "code"))
+                if row is not None:
+                    code = int(dict(labels).get("code") or 0)
+                    row[2] += int(n)
+                    row[3] += int(n) if is_error(code) else 0
+            for name, slot in (("forgeflow_request_duration_seconds", 4), ("forgeflow_time_to_first_token_seconds", 5)):
+                for labels, hist in self._hists.get(name, {}).items():
+                    row = entry(labels)
+                    if row is not None:
+                        row[slot] = list(hist.counts) + [hist.count - sum(hist.counts)]
+        return list(by_key.values())
+
     def render(self) -> str:
         lines: list[str] = []
         with self._lock:
@@ -110,6 +141,12 @@ class Metrics:
                     lines.append(f"{name}_sum{_fmt(lab)} {_num(total)}")
                     lines.append(f"{name}_count{_fmt(lab)} {count}")
         return "\n".join(lines) + "\n"
+
+
+def is_error(status: int) -> bool:
+    """Whether an answer is the deployment's failure rather than the client's: a 5xx, a 408 (past
+    request_timeout_ms) or a 424 (the model server failed)."""
+    return status >= 500 or status in (408, 424)
 
 
 def _esc(value: str) -> str:

@@ -19,13 +19,14 @@ from forgeflow.store import migrate
 # What a row of each table is called in "already exists" answers.
 NOUNS = {"endpoints": "endpoint", "deployments": "deployment", "connections": "connection",
          "compute_targets": "compute target", "jobs": "job", "settings": "setting", "users": "user",
-         "access_tokens": "token"}
+         "access_tokens": "token", "rollouts": "rollout"}
 # SQLite and Postgres store integers in 64 bits; a larger value is a bad request, not a crash in the driver.
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 
 JSON_COLUMNS = {"hyperparameters", "progress", "metrics", "traffic", "request_settings", "configs",
                 "mirror_traffic", "liveness_probe", "readiness_probe", "resources", "scale_settings",
-                "detail", "allowed_users", "gateway_load", "adapters"}
+                "detail", "allowed_users", "gateway_load", "adapters", "rollout_spec", "previous_traffic",
+                "applied_traffic", "window_start", "reference_metrics", "history"}
 
 
 def now() -> str:

@@ -14,7 +14,8 @@ have a successor, so it must stop acting at once: `on_lost` is called, and the s
 The `servers` table (this module is its one writer) says who runs: each server's row is written when it starts,
 its heartbeat every poll, and removed when it stops; the leader marks itself and clears rows whose heartbeat
 stopped long ago (a server that was killed). With its heartbeat each server writes its gateway's load (`load`,
-JSON), which the leader reads with `gateway_loads`: requests through followers count for its autoscaler too.
+JSON), which the leader reads with `gateway_loads`: requests through followers count for its autoscaler too, and
+its rollouts read every server's answer counts with `live_loads`.
 """
 
 from __future__ import annotations
@@ -268,6 +269,14 @@ def servers(store: Store) -> list[dict]:
                     "started_at": row["started_at"], "heartbeat_at": row["heartbeat_at"], "alive": alive,
                     "leader": bool(row["is_leader"]) and alive})
     return out
+
+
+def live_loads(store: Store) -> dict[str, dict]:
+    """Each live server's published gateway load by its id (a rollout sums their answer counts, serving/metrics.py
+    `outcomes`)."""
+    moment = datetime.now(timezone.utc).timestamp()
+    return {row["id"]: row["gateway_load"] for row in store.select(TABLE)
+            if row.get("gateway_load") and moment - datetime.fromisoformat(row["heartbeat_at"]).timestamp() < ALIVE_S}
 
 
 def gateway_loads(store: Store, exclude: str) -> list[dict]:

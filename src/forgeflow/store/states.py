@@ -1,4 +1,4 @@
-"""The states a job and a deployment move through, as stored in their rows. Compare and write these, never
+"""The states a job, a deployment and a rollout move through, as stored in their rows. Compare and write these, never
 string literals; a StrEnum member is its string, so rows, JSON bodies and the CLI see the same text."""
 
 from __future__ import annotations
@@ -31,3 +31,18 @@ class DeploymentState(StrEnum):
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     DELETING = "Deleting"
+
+
+class RolloutState(StrEnum):
+    """A rollout's state. Only evaluation/rollout_store.py writes it."""
+
+    RUNNING = "Running"
+    PROMOTED = "Promoted"
+    ROLLED_BACK = "RolledBack"
+    STALLED = "Stalled"
+    CANCELED = "Canceled"
+    FAILED = "Failed"  # the controller could not carry it on (its endpoint or deployment went away)
+
+    @property
+    def terminal(self) -> bool:
+        return self is not RolloutState.RUNNING

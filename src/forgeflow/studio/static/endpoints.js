@@ -1,5 +1,6 @@
 // Endpoints: the list and creating one; an endpoint's page has its deployments (state, instance health,
-// traffic with the 100% rule), a Consume tab (URI, keys, snippets) and the deployments' logs.
+// traffic with the 100% rule), a Consume tab (URI, keys, snippets), the deployments' logs and the Rollout tab
+// (rollout.js: the running or last rollout's steps and evidence).
 
 import {can} from "./access.js";
 import {del, get, patch, post, seg} from "./api.js";
@@ -99,11 +100,13 @@ async function endpointPage(root, ctx, name, tab) {
     {id: "deployments", label: "Deployments", href: hashFor("endpoints", name)},
     {id: "consume", label: "Consume", href: hashFor("endpoints", name, "consume")},
     {id: "logs", label: "Logs", href: hashFor("endpoints", name, "logs")},
+    {id: "rollout", label: "Rollout", href: hashFor("endpoints", name, "rollout")},
   ], tab));
   const body = h("div", {class: "tab-body"});
   root.append(body);
   if (tab === "consume") return (await import("./consume.js")).consume(body, ctx, ep);
   if (tab === "logs") return (await import("./consume.js")).logs(body, ctx, ep);
+  if (tab === "rollout") return (await import("./rollout.js")).rollout(body, ctx, ep);
   return deploymentsTab(body, ctx, ep, (next) => { ep = next; });
 }
 
