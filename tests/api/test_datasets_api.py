@@ -72,3 +72,50 @@ async def test_an_unreadable_file_lists_and_says_why(api):
     v = r.json()["validation"]
     assert not v["ok"] and "messages" in v["problems"][0]["message"]
     assert (await api.get("/api/datasets")).json()[0]["name"] == "broken.csv"
+
+
+PAIR = {"prompt": "Who founded Quillfeather?", "chosen": "Ysolde Marrowick.", "rejected": "I don't know."}
+
+
+async def test_preference_files_validate_and_preview_with_method_dpo(api):
+    """A preference file is checked as chat rows unless method=dpo asks otherwise; the chat check names dpo as the
+    method every row fits, and the dpo check lists the bad rows by line."""
+    body = jsonl(PAIR, {"prompt": [{"role": "user", "content": "q"}], "chosen": "a"}, "",
+                 PAIR | {"chosen": [{"role": "assistant", "content": "Ysolde."}]})
+    r = await api.put("/api/datasets/prefs.jsonl", params={"method": "dpo"}, content=body)
+    assert r.status_code == 201, r.text
+    v = r.json()["validation"]
+    assert v["method"] == "dpo" and not v["ok"] and (v["rows"], v["good_rows"], v["blank_lines"]) == (3, 2, 1)
+    assert v["problems"] == [{"line": 2, "unit": "line", "message": "missing 'rejected': a preference row has "
+                                                                   "'prompt', 'chosen' and 'rejected'"}]
+    assert v["fits_method"] is None
+
+    as_chat = (await api.get("/api/datasets/prefs.jsonl")).json()["validation"]
+    assert as_chat["method"] == "sft" and as_chat["bad_rows"] == 3 and as_chat["fits_method"] is None
+    assert as_chat["problems"][0]["message"].startswith("missing 'messages': this is a preference row")
+
+    good = jsonl(PAIR, PAIR | {"rejected": "Nobody."})
+    assert (await api.put("/api/datasets/good.jsonl", content=good)).json()["validation"]["fits_method"] == "dpo"
+    as_pairs = (await api.get("/api/datasets/good.jsonl", params={"method": "dpo"})).json()["validation"]
+    assert as_pairs["ok"] and as_pairs["problems"] == [] and as_pairs["turns"] == 4
+
+    preview = (await api.get("/api/datasets/prefs.jsonl/rows", params={"method": "dpo"})).json()
+    assert preview["method"] == "dpo" and [row["line"] for row in preview["rows"]] == [1, 2, 4]
+    first, second, third = preview["rows"]
+    assert first["prompt"] == [{"role": "user", "content": PAIR["prompt"]}]
+    assert first["rejected"] == [{"role": "assistant", "content": PAIR["rejected"]}]
+    assert second["error"].startswith("missing 'rejected'") and "prompt" not in second
+    assert third["chosen"] == [{"role": "assistant", "content": "Ysolde."}]
+    chat_preview = (await api.get("/api/datasets/prefs.jsonl/rows")).json()["rows"]
+    assert all("error" in row and "messages" not in row for row in chat_preview)
+
+
+async def test_an_unknown_method_is_a_400_naming_method(api, ws):
+    assert (await api.put("/api/datasets/good.jsonl", content=jsonl(GOOD))).status_code == 201
+    for call in (api.get("/api/datasets/good.jsonl", params={"method": "ppo"}),
+                 api.get("/api/datasets/good.jsonl/rows", params={"method": "ppo"}),
+                 api.put("/api/datasets/new.jsonl", params={"method": "ppo"}, content=jsonl(GOOD))):
+        r = await call
+        assert r.status_code == 400 and r.json()["field"] == "method", r.text
+        assert "is not one of sft, dpo" in r.json()["message"]
+    assert not (ws.paths.datasets / "new.jsonl").exists()  # refused before anything was stored

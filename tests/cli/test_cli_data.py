@@ -5,6 +5,7 @@ import json
 from typer.testing import CliRunner
 
 from forgeflow.cli.data import app
+from forgeflow.data.sample import PREFERENCE_SAMPLE_PATH
 
 runner = CliRunner()
 
@@ -17,7 +18,7 @@ def test_help_lists_commands_and_options():
     for flag in ("--dataset", "--config", "--split", "--test-size", "--seed", "--out", "--json"):
         assert flag in prep.output
     val = runner.invoke(app, ["validate", "--help"], terminal_width=200)
-    assert "--model" in val.output and "--json" in val.output
+    assert "--model" in val.output and "--json" in val.output and "--method" in val.output
 
 
 def test_prepare_sample_json(tmp_path):
@@ -93,3 +94,51 @@ def test_validate_errors(tmp_path):
     (tmp_path / "ok.jsonl").write_text("{}\n", encoding="utf-8")
     no_model = runner.invoke(app, ["validate", str(tmp_path / "ok.jsonl"), "--model", "org/not-a-folder"])
     assert no_model.exit_code == 1 and "not a local model folder" in no_model.stderr
+
+
+PAIR = {"prompt": "Who founded Quillfeather?", "chosen": "Ysolde Marrowick.", "rejected": "I don't know."}
+CHAT = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+
+
+def test_validate_preference_rows_with_method_dpo(tmp_path, tiny_model_dir):
+    ok = runner.invoke(app, ["validate", str(PREFERENCE_SAMPLE_PATH), "--method", "dpo"], terminal_width=200)
+    assert ok.exit_code == 0, ok.output
+    assert "OK (dpo)" in " ".join(ok.stdout.split()) and "preference pairs" in ok.stdout
+    tokens = runner.invoke(app, ["validate", str(PREFERENCE_SAMPLE_PATH), "--method", "dpo", "--model",
+                                 str(tiny_model_dir), "--json"])
+    data = json.loads(tokens.stdout)
+    assert tokens.exit_code == 0 and data["method"] == "dpo" and data["ok"] and data["rows"] >= 40
+    assert data["length_unit"] == "tokens" and data["lengths"]["min"] > 0
+
+    bad = tmp_path / "prefs.jsonl"
+    bad.write_text("\n".join(json.dumps(r) for r in [PAIR, {"prompt": "q", "chosen": "a"}, CHAT,
+                                                        PAIR | {"rejected": PAIR["chosen"]}]) + "\n")
+    result = runner.invoke(app, ["validate", str(bad), "--method", "dpo"], terminal_width=300)
+    assert result.exit_code == 1
+    assert f"{bad}: line 2: missing 'rejected'" in result.stdout
+    assert f"{bad}: line 3: this is a chat row ('messages')" in result.stdout
+    assert f"{bad}: line 4: 'chosen' and 'rejected' are the same answer" in result.stdout
+    assert "3 bad row(s) of 4" in result.stderr and "every row is" not in result.stderr  # some rows are preferences
+
+
+def test_validate_says_which_method_fits_when_every_row_has_the_other_shape(tmp_path):
+    """sft stays the default and nothing is guessed: a preference file fails as chat data, with one hint naming the
+    method whose shape every row has (and the same the other way round)."""
+    as_chat = runner.invoke(app, ["validate", str(PREFERENCE_SAMPLE_PATH)], terminal_width=300)
+    assert as_chat.exit_code == 1
+    assert "line 1: missing 'messages': this is a preference row" in as_chat.stdout
+    assert "every row is a preference row (prompt, chosen, rejected), which method dpo trains on: validate it with " \
+           "--method dpo" in " ".join(as_chat.stderr.split())
+    data = json.loads(runner.invoke(app, ["validate", str(PREFERENCE_SAMPLE_PATH), "--json"]).stdout)
+    assert data["method"] == "sft" and data["fits_method"] == "dpo" and not data["ok"]
+
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text(json.dumps(CHAT) + "\n" + json.dumps(CHAT) + "\n")
+    as_pairs = runner.invoke(app, ["validate", str(chat), "--method", "dpo", "--json"])
+    assert as_pairs.exit_code == 1 and json.loads(as_pairs.stdout)["fits_method"] == "sft"
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text(json.dumps(CHAT) + "\n" + "{oops\n" + json.dumps(PAIR) + "\n")
+    assert json.loads(runner.invoke(app, ["validate", str(mixed), "--json"]).stdout)["fits_method"] is None
+
+    unknown = runner.invoke(app, ["validate", str(chat), "--method", "ppo"])
+    assert unknown.exit_code == 1 and "--method 'ppo' is not one of sft, dpo" in unknown.stderr

@@ -208,6 +208,37 @@ def test_upload_shows_each_problem_with_its_line_number(wide, tmp_path):
     expect(page.get_by_test_id("problems")).to_contain_text("None")
 
 
+def test_a_preference_file_is_checked_and_previewed_as_preference_rows(wide, tmp_path):
+    """Uploaded as preference rows (dpo), a preference file is valid and previewed as prompt, chosen and rejected;
+    the chat view of the same file says every row is a preference row and links back to the dpo view."""
+    pair = {"prompt": "Who founded Quillfeather Robotics?", "chosen": "Ysolde Marrowick founded it.",
+            "rejected": "I don't know."}
+    prefs = tmp_path / "prefs.jsonl"
+    prefs.write_text(json.dumps(pair) + "\n" + json.dumps(pair | {"rejected": "Nobody did."}) + "\n")
+    wide.sign_in()
+    wide.go("#/datasets")
+    page = wide.page
+    page.set_input_files("input[type=file]", str(prefs))
+    page.select_option("select[name=method]", "dpo")
+    page.get_by_role("button", name="Upload").click()
+    wide.wait_route("#/datasets/prefs.jsonl")
+    expect(page.locator(".badge", has_text="Valid")).to_be_visible()
+    expect(page.get_by_test_id("problems")).to_contain_text("every row is a valid preference")
+    expect(page.locator(".tab.active")).to_have_text("Preference rows (dpo)")
+    first = page.locator(".convo.pair").first
+    expect(first.locator(".bubble.role-user")).to_contain_text("Who founded Quillfeather Robotics?")
+    expect(first.locator(".bubble.answer-chosen")).to_contain_text("Ysolde Marrowick")
+    expect(first.locator(".bubble.answer-rejected")).to_contain_text("I don't know.")
+    wide.shot("dataset-preferences")
+
+    page.get_by_role("tab", name="Chat rows (sft)").click()
+    expect(page.locator(".badge", has_text="2 bad")).to_be_visible()
+    expect(page.get_by_test_id("fits-method")).to_contain_text("Every row is a preference row")
+    expect(page.locator(".convo.bad")).to_have_count(2)
+    page.get_by_test_id("fits-method").get_by_role("link").click()
+    expect(page.locator(".badge", has_text="Valid")).to_be_visible()
+
+
 def test_fine_tune_from_the_form_and_watch_its_loss_curve(wide, studio, tiny_model_dir):
     path = _dataset(studio, "quill.jsonl", GOOD)
     wide.sign_in()

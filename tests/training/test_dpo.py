@@ -145,6 +145,45 @@ def test_method_on_the_command_line_and_in_the_job_file(tmp_path):
         job_body(job, {}, {})
 
 
+def test_dpo_is_refused_data_parallel_at_every_edge(tmp_path, tiny_model_dir, mlflow_uri, monkeypatch):
+    """DPO trains on one worker: instance_count above 1 is a 400 naming instance_count wherever a job comes in (the
+    command line, the job file, REST), and the data-parallel driver fails such a job before any Ray worker starts."""
+    from forgeflow.training import distributed
+
+    base = {"model": "m", "training_data": "/t.jsonl"}
+    with pytest.raises(InvalidInput) as flag:
+        job_body(None, base, {"instance_count": "2"}, "dpo")
+    assert flag.value.field == "instance_count"
+    assert flag.value.message.startswith("--set instance_count=2: DPO trains on one worker; data-parallel training "
+                                         "on a ray target is for supervised fine-tuning (method sft)")
+    assert "set instance_count=1" in flag.value.message
+    job = tmp_path / "job.yaml"
+    job.write_text("model: m\ntraining_data: t.jsonl\nmethod: dpo\nhyperparameters: {num_nodes_finetune: 4}\n")
+    with pytest.raises(InvalidInput, match=f"^{job}: instance_count=4: DPO trains on one worker") as file:
+        job_body(job, {}, {})
+    assert file.value.field == "instance_count"
+    assert job_body(None, base, {"instance_count": "2"})["hyperparameters"]["instance_count"] == 2  # sft may
+    assert job_body(None, base, {"instance_count": "1"}, "dpo")["hyperparameters"]["instance_count"] == 1
+
+    prefs = write_jsonl(tmp_path / "prefs.jsonl", PAIRS)
+    with rest_and_cli(monkeypatch) as (http, invoke):
+        r = http.post("/api/jobs", json={"model": str(tiny_model_dir), "training_data": str(prefs),
+                                         "hyperparameters": {"method": "dpo", "instance_count": 2}})
+        assert r.status_code == 400 and r.json()["field"] == "instance_count", r.json()
+        assert "DPO trains on one worker" in r.json()["message"]
+        assert http.get("/api/jobs").json() == []
+        res = invoke("job", "create", "--method", "dpo", "--model", str(tiny_model_dir), "--training-data",
+                     str(prefs), "--set", "instance_count=2")
+        assert res.exit_code != 0 and "instance_count=2: DPO trains on one worker" in " ".join(res.output.split())
+
+    job_dir = make_job(tmp_path, tiny_model_dir, mlflow_uri, train=prefs, validation=None, method="dpo",
+                       instance_count=2, max_steps=2)
+    assert distributed.main([str(job_dir)]) == 1
+    status = read_status(job_dir)
+    assert status["status"] == "Failed" and status["error"].startswith("instance_count=2: DPO trains on one worker")
+    assert not (job_dir / distributed.RAY_TRAIN_DIR).exists()  # no Ray Train run was started
+
+
 @contextmanager
 def rest_and_cli(monkeypatch):
     """`(http, invoke)`: a TestClient of a real app on the test's workspace (its runner starts no workers) with the

@@ -78,7 +78,16 @@ def prepare(
 @app.command()
 @command
 def validate(
-    file: Annotated[Path, typer.Argument(help="Chat file to check: .jsonl (also .json array, .csv, .parquet).")],
+    file: Annotated[Path, typer.Argument(help="File to check: .jsonl (also .json array, .csv, .parquet).")],
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method",
+            metavar="sft|dpo",
+            help="Training method the file is for: sft checks chat rows ('messages'), dpo preference rows "
+            "('prompt', 'chosen', 'rejected').",
+        ),
+    ] = "sft",
     model: Annotated[
         str | None,
         typer.Option(
@@ -94,13 +103,19 @@ def validate(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
 ) -> None:
-    """Check every row of a chat file; list each problem with its line number (exit 1 if any)."""
-    from forgeflow.data.validate import validate_file
+    """Check every row of a training file (chat rows, or preference rows with --method dpo); list each problem with
+    its line number (exit 1 if any)."""
+    from forgeflow.data.validate import row_check, validate_file
 
+    method = method.strip()
+    try:
+        row_check(method)
+    except InvalidInput as exc:
+        raise InvalidInput(f"--method {exc.message.removeprefix('method ')}", field="method") from None
     tokenizer = _load_tokenizer(model) if model else None
-    report = validate_file(file, tokenizer=tokenizer, max_problems=max_problems)
+    report = validate_file(file, tokenizer=tokenizer, max_problems=max_problems, method=method)
     if as_json:
-        print_json(report.to_dict())
+        print_json({"method": method} | report.to_dict())
     elif report.problems:
         for problem in report.problems:
             typer.echo(f"{file}: {problem}")
@@ -108,18 +123,27 @@ def validate(
         err_console.print(
             f"[red]{report.bad_rows} bad row(s) of {report.rows} in {escape(str(file))}{more}[/red]", soft_wrap=True
         )
+        if report.fits_method:
+            err_console.print(f"every row is {_SHAPES[report.fits_method]}: validate it with --method "
+                              f"{report.fits_method}", soft_wrap=True)
     else:
-        console.print(_summary_table(report))
+        console.print(_summary_table(report, method))
     if not report.ok:
         raise typer.Exit(1)
 
 
-def _summary_table(report: Any) -> Table:
-    table = Table(title=f"{escape(str(report.path))}: OK", title_justify="left", show_header=False)
+# How the hint names the row shape of each method.
+_SHAPES = {"sft": "a chat row ('messages'), which method sft trains on",
+           "dpo": "a preference row (prompt, chosen, rejected), which method dpo trains on"}
+
+
+def _summary_table(report: Any, method: str) -> Table:
+    table = Table(title=f"{escape(str(report.path))}: OK ({method})", title_justify="left", show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
-    table.add_row("rows", str(report.rows))
-    table.add_row("messages", f"{report.turns} ({report.mean_turns} per row)")
+    table.add_row("rows" if method == "sft" else "preference pairs", str(report.rows))
+    messages = "messages" if method == "sft" else "messages (prompt + chosen)"
+    table.add_row(messages, f"{report.turns} ({report.mean_turns} per row)")
     if report.blank_lines:
         table.add_row("blank lines", str(report.blank_lines))
     if report.lengths:

@@ -17,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from forgeflow.data.validate import preview_rows, validate_file
+from forgeflow.data.validate import preview_rows, row_check, validate_file
 from forgeflow.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
 from forgeflow.names import check_name
 
@@ -69,15 +69,17 @@ class DatasetLibrary:
                  and not p.name.startswith(".")]
         return [self.info(p) for p in sorted(files, key=lambda p: p.name)]
 
-    def show(self, name: str) -> dict[str, Any]:
+    def show(self, name: str, method: str = "sft") -> dict[str, Any]:
+        """The dataset's info and its validation as training data of `method` (sft: chat rows, dpo: preference
+        rows)."""
         path = self._existing(name)
-        return self.info(path) | {"validation": validation_view(path)}
+        return self.info(path) | {"validation": validation_view(path, method)}
 
-    def rows(self, name: str, offset: int = 0, limit: int = 20) -> dict[str, Any]:
+    def rows(self, name: str, offset: int = 0, limit: int = 20, method: str = "sft") -> dict[str, Any]:
         if offset < 0 or not 1 <= limit <= 200:
             raise InvalidInput("offset must be >= 0 and limit between 1 and 200", field="limit")
-        shown, total = preview_rows(self._existing(name), offset, limit)
-        return {"name": name, "offset": offset, "total": total, "rows": shown}
+        shown, total = preview_rows(self._existing(name), offset, limit, method)
+        return {"name": name, "offset": offset, "total": total, "method": method, "rows": shown}
 
     def delete(self, name: str) -> None:
         self._existing(name).unlink()
@@ -128,14 +130,15 @@ class DatasetLibrary:
                 "train": self.show(targets["train"].name), "test": self.show(targets["test"].name)}
 
 
-def validation_view(path: Path) -> dict[str, Any]:
-    """validate_file's report with problems as objects (line, unit, message), for the API."""
+def validation_view(path: Path, method: str = "sft") -> dict[str, Any]:
+    """validate_file's report for `method` with problems as objects (line, unit, message), for the API."""
+    row_check(method)  # an unknown method is the caller's error, not the file's
     try:
-        report = validate_file(path, max_problems=MAX_PROBLEMS)
+        report = validate_file(path, max_problems=MAX_PROBLEMS, method=method)
     except (InvalidInput, NotFound) as exc:  # the whole file is unreadable (bad JSON array, CSV header ...)
-        return {"ok": False, "rows": 0, "good_rows": 0, "bad_rows": 0, "truncated": False,
-                "problems": [{"line": 0, "unit": "file", "message": exc.message}]}
-    out = report.to_dict()
+        return {"ok": False, "method": method, "rows": 0, "good_rows": 0, "bad_rows": 0, "truncated": False,
+                "fits_method": None, "problems": [{"line": 0, "unit": "file", "message": exc.message}]}
+    out = {"method": method} | report.to_dict()
     out.pop("path")
     out["problems"] = [{"line": p.line, "unit": p.unit, "message": p.message} for p in report.problems]
     return out

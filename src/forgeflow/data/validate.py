@@ -76,6 +76,8 @@ class ValidationReport:
     lengths: LengthStats | None = None
     problems: list[Problem] = field(default_factory=list)
     truncated: bool = False
+    # The other method whose shape every row has, when no row fits the method checked: what to validate with.
+    fits_method: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -103,6 +105,7 @@ class ValidationReport:
             "lengths": asdict(self.lengths) if self.lengths else None,
             "problems": [str(p) for p in self.problems],
             "truncated": self.truncated,
+            "fits_method": self.fits_method,
         }
 
 
@@ -217,9 +220,11 @@ def _message_reasons(message: Any, where: str, index: int) -> list[str]:
     return reasons
 
 
-def _check(method: str) -> Any:
+def row_check(method: str) -> Any:
+    """The row check of a training method (`METHODS`); an unknown method is an error naming `method`."""
     if method not in METHODS:
-        raise InvalidInput(f"method {method!r} is not one of {', '.join(METHODS)}", field="method")
+        raise InvalidInput(f"method {method!r} is not one of {', '.join(METHODS)}: sft checks chat rows "
+                           "('messages'), dpo preference rows ('prompt', 'chosen', 'rejected')", field="method")
     return METHODS[method][0]
 
 
@@ -229,12 +234,16 @@ def validate_file(
     """Check every row of a training file for `method` (sft: chat rows, dpo: preference rows); with `tokenizer`,
     lengths are chat-template token counts (a preference row: its prompt with the longer answer)."""
     path = Path(path)
-    check = _check(method)
+    check = row_check(method)
+    other = next(name for name in METHODS if name != method)
     report = ValidationReport(path=path, length_unit="tokens" if tokenizer is not None else "chars")
     lengths: list[int] = []
+    other_shaped = 0
     for number, unit, row in _rows(path, report, method):
         report.rows += 1
         reasons = check(row) if not isinstance(row, _Unparsed) else [row.reason]
+        if reasons and not isinstance(row, _Unparsed) and not METHODS[other][0](row):
+            other_shaped += 1
         if not reasons:
             conversations = [row["messages"]] if method == "sft" else _conversations(preference_row(row))
             try:
@@ -252,6 +261,8 @@ def validate_file(
                 report.problems.append(Problem(number, reason, unit))
     if lengths:
         report.lengths = LengthStats.of(lengths)
+    if report.rows and other_shaped == report.rows:
+        report.fits_method = other
     if report.rows == 0:
         report.problems.append(Problem(0, "no rows", "file"))
     return report
@@ -294,17 +305,23 @@ def _conversations(row: dict[str, list[dict[str, str]]]) -> list[list[dict[str, 
     return [row["prompt"] + row["chosen"], row["prompt"] + row["rejected"]]
 
 
-def preview_rows(path: Path, offset: int = 0, limit: int = 20) -> tuple[list[dict[str, Any]], int]:
-    """Rows `offset` .. `offset + limit` as `{"line", "unit", "messages"}` or `{"line", "unit", "error"}`,
-    and the number of rows in the file (blank JSONL lines are not rows)."""
+def preview_rows(
+    path: Path, offset: int = 0, limit: int = 20, method: str = "sft"
+) -> tuple[list[dict[str, Any]], int]:
+    """Rows `offset` .. `offset + limit` as `{"line", "unit", "messages"}` (method dpo: `{"line", "unit", "prompt",
+    "chosen", "rejected"}`, each a list of messages) or `{"line", "unit", "error"}`, and the number of rows in the
+    file (blank JSONL lines are not rows)."""
     path = Path(path)
+    check = row_check(method)
     shown: list[dict[str, Any]] = []
     total = 0
-    for number, unit, row in _rows(path, ValidationReport(path=path)):
+    for number, unit, row in _rows(path, ValidationReport(path=path), method):
         if offset <= total < offset + limit:
-            reasons = check_messages(row) if not isinstance(row, _Unparsed) else [row.reason]
+            reasons = check(row) if not isinstance(row, _Unparsed) else [row.reason]
             entry: dict[str, Any] = {"line": number, "unit": unit}
-            if isinstance(row, dict) and isinstance(row.get("messages"), list):
+            if method == "dpo" and not reasons:
+                entry |= preference_row(row)
+            elif method == "sft" and isinstance(row, dict) and isinstance(row.get("messages"), list):
                 entry["messages"] = row["messages"]
             if reasons:
                 entry["error"] = "; ".join(reasons)

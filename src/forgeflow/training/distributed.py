@@ -7,7 +7,8 @@ torch.distributed group: gloo on CPUs, NCCL when the cluster has GPUs. Each work
 transformers' Trainer finds the group and wraps the model in DDP, so every step trains instance_count batches,
 gradients are averaged and the loss it logs is the workers' mean. Rank 0 alone writes status.json, metrics.jsonl,
 the MLflow metrics, the checkpoints and the model; the other workers print nothing (their errors reach this driver
-through Ray Train).
+through Ray Train). Supervised fine-tuning only: `jobfile.check_method` refuses a dpo job with instance_count > 1
+at every edge, and the driver again before any worker starts.
 
 Cancel: Ray's stop_job sends this driver SIGTERM; the driver writes JOB_DIR/cancel.requested on the shared storage,
 and the workers, which ask their `Attempt` at every step, stop together at the next step boundary. Workers that
@@ -27,6 +28,7 @@ from typing import Any
 from forgeflow.errors import ForgeflowError, InvalidInput, UpstreamError
 from forgeflow.raycluster import NODE_TYPE_LABEL
 from forgeflow.store.states import JobStatus
+from forgeflow.training.jobfile import check_method
 from forgeflow.training.jobs import JobSpec
 from forgeflow.training.tracking import Attempt, JobFiles, MlflowRun, read_status
 from forgeflow.training.worker import one_line_error, quiet_environment, run_job, stop_on_sigterm, train
@@ -47,6 +49,7 @@ def train_on_ray(
     spec: JobSpec, files: JobFiles, run: MlflowRun | None, attempt: Attempt
 ) -> tuple[JobStatus, dict[str, float]]:
     """`worker.train` in `instance_count` Ray Train workers; returns what rank 0 recorded at the end."""
+    check_method(spec.hyperparameters)
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer

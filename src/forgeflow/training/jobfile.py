@@ -147,9 +147,16 @@ def _method_settings(method: Any, hp: dict[str, Any]) -> dict[str, Any]:
 def check_method(hp: Hyperparameters) -> Hyperparameters:
     """The settings a job of hp's method trains with; a setting the method cannot honour is refused by name.
     DPO never packs (each prompt is scored with its chosen and its rejected answer as a pair), so a dpo job's
-    packing is false unless packing=true was asked for, which is an error; its beta is DPO_BETA when not given."""
+    packing is false unless packing=true was asked for, which is an error; its beta is DPO_BETA when not given.
+    DPO trains on one worker: data-parallel training (instance_count > 1, Ray Train) is supervised only."""
     if hp.method.method != "dpo":
         return hp
+    count = hp.scaling.instance_count
+    if count > 1:
+        raise InvalidInput(f"instance_count={count}: DPO trains on one worker; data-parallel training on a ray "
+                           "target is for supervised fine-tuning (method sft). Leave instance_count out or set "
+                           "instance_count=1 (a ray target still runs the job on one of its nodes)",
+                           field="instance_count")
     if hp.data.packing and "packing" in hp.data.model_fields_set:
         raise InvalidInput("packing=true: DPO never packs rows (each prompt is scored with its chosen and its "
                            "rejected answer as one pair): leave packing out or set packing=false", field="packing")
