@@ -1,7 +1,10 @@
 """Flows: the bundled examples and the workspace's flows, described for drawing, and test runs.
 
-A test run happens in its own process (`python -m forgeflow.flows.oneshot`): a flow's code and environment
-variables stay out of the server, and a run past its timeout or whose caller went away is killed.
+What runs where: describing a flow (show, and the check of a test run's variant) reads it in the server, and for a
+flex flow that imports its entry module there, since its inputs come from the entry's signature (a DAG's python
+nodes are not imported to describe it). Running a flow happens in its own process (`python -m
+forgeflow.flows.oneshot`): the tools' code runs and the flow's environment variables are set there, never in the
+server, and a run past its timeout or whose caller went away is killed.
 """
 
 from __future__ import annotations
