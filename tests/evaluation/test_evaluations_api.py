@@ -242,3 +242,11 @@ async def test_registering_a_fine_tune_survives_a_failure_to_carry_its_evaluatio
     r = await api.post("/api/models", json={"name": "carried", "from_job": fine_tune.id})
     assert r.status_code == 201, r.text
     assert r.json()["evaluation"] is None and r.json()["metrics"] == {"train_loss": 0.5}
+
+
+@pytest.mark.parametrize("path", ["bad\x00path", "x" * 5000])
+async def test_registering_or_adding_a_flow_from_such_a_path_is_a_400(api, path):
+    r = await api.post("/api/models", json={"name": "hostile", "path": path})
+    assert r.status_code == 400 and r.json()["field"] == "path", r.json()
+    r = await api.post("/api/flows", json={"name": "hostile", "path": path})
+    assert r.status_code == 400 and r.json()["field"] == "path", r.json()

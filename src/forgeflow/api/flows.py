@@ -29,6 +29,7 @@ from forgeflow.flows.batch import compare, summary
 from forgeflow.flows.catalog import EXAMPLES, FlowCatalog
 from forgeflow.flows.loader import load_flow
 from forgeflow.flows.runs import RunRecord
+from forgeflow.names import client_path
 
 router = APIRouter(tags=["flows"])
 _LINE_LIMIT = 16 << 20
@@ -60,7 +61,7 @@ def list_flows(cat: FlowCatalog = Depends(catalog)) -> list[dict]:
 @router.post("/flows", status_code=201, dependencies=CONTRIBUTOR)
 def add_flow(body: FlowAdd, request: Request, cat: FlowCatalog = Depends(catalog)) -> dict:
     audit_target(request, body.name)
-    return cat.add(body.name, Path(body.path), overwrite=body.overwrite)
+    return cat.add(body.name, client_path(body.path, "path"), overwrite=body.overwrite)
 
 
 @router.get("/flows/{name}", dependencies=READER)

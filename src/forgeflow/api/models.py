@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse
@@ -11,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from forgeflow.api.security import CONTRIBUTOR, READER, audit_target, services
 from forgeflow.errors import ForgeflowError, InvalidInput
+from forgeflow.names import client_path
 
 router = APIRouter(tags=["models"])
 log = logging.getLogger("forgeflow.api")
@@ -80,7 +80,8 @@ def register(body: RegisterBody, request: Request, ff=Depends(services)) -> dict
             log.warning("model %s registered, but the evaluation of job %s could not be recorded on it: %s",
                         mv.ref, job.id, message)
         return mv.to_dict()
-    return models.register(body.name, Path(body.path).expanduser(), description=body.description, tags=body.tags).to_dict()
+    return models.register(body.name, client_path(body.path, "path"), description=body.description,
+                           tags=body.tags).to_dict()
 
 
 @router.get("/models/{name}", dependencies=READER)
