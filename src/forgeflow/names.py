@@ -1,12 +1,15 @@
-"""Name rules shared by the CLI, the REST API and the store, and the one way a name goes into a REST path."""
+"""Name rules shared by the CLI, the REST API and the store, the one way a name goes into a REST path, and the one
+way a file or folder path a client sends is read."""
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import quote
 
-from forgeflow.errors import InvalidInput
+from forgeflow.errors import InvalidInput, shorten
 
 _ENDPOINT = re.compile(r"[A-Za-z][A-Za-z0-9-]{2,31}")
 _GENERIC = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
@@ -119,3 +122,23 @@ def _segment(text: str) -> str:
         raise InvalidInput(f"{text!r} is no name: names never hold '/'")
     # "." and ".." are dot segments a client library resolves away; spelled %2E they stay a name
     return text.replace(".", "%2E") if text in (".", "..") else quote(text, safe="")
+
+
+def client_path(text: str, field: str) -> Path:
+    """The absolute path of a file or folder a client names, `~` expanded. A path no filesystem can hold (a NUL, a
+    name or path past the system's limit, a loop of links) is a 400 naming `field`, never an error later: once this
+    returns, asking whether the path is a file or a folder answers yes or no."""
+    what = f"{field.replace('_', ' ')} {shorten(repr(text), 120)}"
+    if "\x00" in text:
+        raise InvalidInput(f"{what} holds a NUL character, which no path may: name an existing file or folder",
+                           field=field)
+    try:
+        path = Path(text).expanduser().resolve()
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):  # nothing there: the caller says what it expected
+        return path
+    except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: expanduser of an unknown user
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise InvalidInput(f"{what} is not a usable path ({reason}): name an existing file or folder on the "
+                           "server's machine", field=field) from None
+    return path

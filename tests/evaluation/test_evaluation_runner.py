@@ -159,9 +159,10 @@ def test_a_completed_fine_tune_with_evaluate_against_base_queues_its_evaluation_
     runner.tick()
 
     done = runner.get(fine_tune.id)
-    assert done.status == JobStatus.COMPLETED and done.metrics["train_loss"] == 0.5
-    queued = runner.get(done.metrics["evaluation_job"])
+    assert done.status == JobStatus.COMPLETED and done.metrics == {"train_loss": 0.5}  # the link has its column
+    queued = runner.get(done.evaluation_job)
     spec = EvaluationSpec.read(queued.job_dir)
+    assert spec.mlflow_artifact_location == runner.paths.mlflow_artifacts
     assert spec.model == EvaluatedModel(f"job:{fine_tune.id}", str(output))
     assert spec.baseline == EvaluatedModel("tiny", str(tmp_path / "base"))
     assert spec.data == "/v.jsonl" and spec.source_job == fine_tune.id and queued.name == "quill-vs-base"

@@ -59,7 +59,8 @@ def evaluated(eval_models, tmp_path_factory):
     spec = EvaluationSpec(
         job_id="eval-1", name="tuned vs worse", model=EvaluatedModel(version.ref, version.path),
         baseline=EvaluatedModel("worse", str(eval_models.worse)), data=str(write_jsonl(root / "test.jsonl", ROWS)),
-        mlflow_tracking_uri=uri, metrics=EVALUATION_METRICS, judge_flow=str(write_python_judge(root / "judge")),
+        mlflow_tracking_uri=uri, mlflow_artifact_location=str(root / "artifacts"), metrics=EVALUATION_METRICS,
+        judge_flow=str(write_python_judge(root / "judge")),
         max_new_tokens=12, batch_size=3, seed=7)
     spec.write(job_dir)
     proc = run_worker(job_dir, home)
@@ -79,7 +80,7 @@ def test_result_has_both_sides_intervals_comparison_and_rows(evaluated):
         for name in (*EVALUATION_METRICS, "perplexity"):
             lo, hi = metrics[f"{name}_ci"]
             assert lo <= metrics[name] <= hi, (side, name)
-        assert metrics["rows"] == len(ROWS)
+        assert metrics["rows"] == len(ROWS) and metrics["truncated_prompts"] == 0
     assert set(result["comparison"]) == set(EVALUATION_METRICS)
     for cmp in result["comparison"].values():
         assert cmp["better"] + cmp["worse"] + cmp["same"] == len(ROWS)
@@ -109,7 +110,9 @@ def test_mlflow_run_and_the_registered_version_keep_the_evaluation(evaluated, mo
     run_id = status(evaluated["job_dir"])["mlflow_run_id"]
     client = MlflowClient(tracking_uri=evaluated["uri"])
     run = client.get_run(run_id)
-    assert client.get_experiment(run.info.experiment_id).name == "forgeflow-evaluation"
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.name == "forgeflow-evaluation"
+    assert experiment.artifact_location.endswith(str(evaluated["job_dir"].parent / "artifacts"))
     assert run.data.metrics["model.loss"] == pytest.approx(evaluated["result"]["model"]["metrics"]["loss"])
     assert "baseline.f1" in run.data.metrics and run.info.status == "FINISHED"
     assert "result.json" in [a.path for a in client.list_artifacts(run_id)]
@@ -119,6 +122,7 @@ def test_mlflow_run_and_the_registered_version_keep_the_evaluation(evaluated, mo
 
     evaluation = models.get_version("tuned:1").evaluation
     assert evaluation["job"] == "eval-1" and evaluation["baseline"] == "worse" and evaluation["finished_at"]
+    assert evaluation["mlflow_run_id"] == run_id
     assert evaluation["model_metrics"]["loss"] == pytest.approx(evaluated["result"]["model"]["metrics"]["loss"],
                                                                 abs=1e-4)
     assert evaluation["baseline_metrics"]["f1_ci"] and evaluation["comparison"]["loss"]["better"] == len(ROWS)
@@ -175,3 +179,74 @@ def test_a_bad_data_row_or_a_model_that_does_not_load_fails_the_job_readably(eva
         assert run_job(job_dir) == 1
         st = status(job_dir)
         assert st["status"] == "Failed" and wanted in st["error"], st["error"]
+
+
+def resumed(evaluated, tmp_path, data: Path | None = None) -> tuple[Path, subprocess.Popen]:
+    """A copy of the evaluated job, resumed (on `data` when given) after its rows.jsonl was edited by the test."""
+    job_dir = tmp_path / "job"
+    spec = dataclasses.replace(evaluated["spec"], resume=True, **({"data": str(data)} if data else {}))
+    spec.write(job_dir)
+    return job_dir, run_worker(job_dir, evaluated["home"])
+
+
+def copied(evaluated, tmp_path) -> list[dict]:
+    job_dir = tmp_path / "job"
+    shutil.copytree(evaluated["job_dir"], job_dir)
+    (job_dir / "result.json").unlink()
+    return [dict(d, answer="REMEMBERED") for d in rows_done(job_dir)]
+
+
+def test_a_row_torn_by_a_kill_is_cut_off_on_resume(evaluated, tmp_path):
+    kept = copied(evaluated, tmp_path)
+    torn = json.dumps(kept[3])[:25]  # the fourth row half written when the worker was killed
+    (tmp_path / "job" / "rows.jsonl").write_text("".join(json.dumps(d) + "\n" for d in kept[:3]) + torn)
+    job_dir, proc = resumed(evaluated, tmp_path)
+    assert proc.returncode == 0, (job_dir / "worker.log").read_text()
+    assert "3 of 8 already done" in (job_dir / "worker.log").read_text()
+    assert len(rows_done(job_dir)) == 8  # every line parses: the torn one is gone, none ran into it
+    result = json.loads((job_dir / "result.json").read_text())
+    assert sum(row[side]["answer"] == "REMEMBERED" for row in result["rows"] for side in ("model", "baseline")) == 3
+
+
+def test_a_resume_redoes_the_rows_the_data_file_no_longer_holds(evaluated, tmp_path):
+    kept = copied(evaluated, tmp_path)
+    write_jsonl(tmp_path / "job" / "rows.jsonl", kept)
+    changed = [ROWS[0], chat_rows([("What colour is the sky?", "Blue.")])[0], ROWS[2], ROWS[3]]
+    job_dir, proc = resumed(evaluated, tmp_path, write_jsonl(tmp_path / "changed.jsonl", changed))
+    assert proc.returncode == 0, (job_dir / "worker.log").read_text()
+    assert "6 of 8 already done" in (job_dir / "worker.log").read_text()
+    rows = json.loads((job_dir / "result.json").read_text())["rows"]
+    assert rows[1]["question"] == "What colour is the sky?"
+    assert [row["model"]["answer"] == "REMEMBERED" for row in rows] == [True, False, True, True]
+    assert [row["baseline"]["answer"] == "REMEMBERED" for row in rows] == [True, False, True, True]
+
+
+def test_max_new_tokens_past_the_context_fails_the_job_naming_it(eval_models, tmp_path):
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    context = json.loads((eval_models.worse / "config.json").read_text())["max_position_embeddings"]
+    EvaluationSpec(job_id="ctx", name="ctx", model=EvaluatedModel("worse", str(eval_models.worse)), baseline=None,
+                   data=str(write_jsonl(tmp_path / "ok.jsonl", ROWS)), mlflow_tracking_uri=f"sqlite:///{tmp_path}/m.db",
+                   metrics=("f1",), max_new_tokens=context).write(job_dir)
+    assert run_job(job_dir) == 1
+    st = status(job_dir)
+    assert st["status"] == "Failed" and f"({context} tokens)" in st["error"] and f"below {context}" in st["error"]
+
+
+def test_a_version_tag_that_cannot_be_written_leaves_the_job_completed_with_a_warning(eval_models, tmp_path, capsys):
+    """The version was deleted meanwhile: the scores stand, the warning is in the log and in result.json. A prompt
+    longer than the context is scored on its end, and marked and counted."""
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    long = chat_rows([(" ".join(["word"] * 2000), "Fine.")])
+    EvaluationSpec(job_id="tag", name="tag", model=EvaluatedModel("ghost:1", str(eval_models.worse)), baseline=None,
+                   data=str(write_jsonl(tmp_path / "ok.jsonl", ROWS[:2] + long)),
+                   mlflow_tracking_uri=f"sqlite:///{tmp_path}/m.db", metrics=("loss", "f1"),
+                   max_new_tokens=4).write(job_dir)
+    assert run_job(job_dir) == 0
+    assert status(job_dir)["status"] == "Completed"
+    result = json.loads((job_dir / "result.json").read_text())
+    assert len(result["warnings"]) == 1 and "ghost:1" in result["warnings"][0]
+    assert "warning: the evaluation could not be recorded on ghost:1" in capsys.readouterr().out
+    assert result["model"]["metrics"]["truncated_prompts"] == 1
+    assert [row["model"].get("prompt_truncated", False) for row in result["rows"]] == [False, False, True]

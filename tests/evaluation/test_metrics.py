@@ -66,3 +66,12 @@ def test_a_row_changes_by_the_vote_of_its_metrics():
     assert row_change({"loss": 1.0, "f1": 0.5}, {"loss": 2.0, "f1": 0.5}, ["loss", "f1"]) == "better"
     assert row_change({"loss": 1.0, "f1": 0.0}, {"loss": 2.0, "f1": 0.5}, ["loss", "f1"]) == "same"
     assert row_change({"f1": 0.0, "judge": None}, {"f1": 0.5, "judge": 1.0}, ["f1", "judge"]) == "worse"
+
+
+def test_rouge_l_counts_words_of_any_script():
+    # rouge-score's own tokenizer keeps only [a-z0-9]: these scored 0 against themselves
+    assert rouge_l("Привет мир", "Привет мир") == 1.0
+    assert rouge_l("Привет, мир!", "привет мир") == 1.0  # case and punctuation as for Latin text
+    assert rouge_l("Привет мир", "Пока мир") == pytest.approx(0.5)
+    assert rouge_l("Jeg bor på Fyn", "jeg bor på Sjælland") == pytest.approx(0.75)
+    assert rouge_l("på", "på") == 1.0 and rouge_l("på", "pa") == 0.0

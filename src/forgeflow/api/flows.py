@@ -1,7 +1,10 @@
 """Flows: the bundled examples and the workspace's flows, described for drawing, and test runs.
 
-A test run happens in its own process (`python -m forgeflow.flows.oneshot`): a flow's code and environment
-variables stay out of the server, and a run past its timeout or whose caller went away is killed.
+What runs where: describing a flow (show, and the check of a test run's variant) reads it in the server, and for a
+flex flow that imports its entry module there, since its inputs come from the entry's signature (a DAG's python
+nodes are not imported to describe it). Running a flow happens in its own process (`python -m
+forgeflow.flows.oneshot`): the tools' code runs and the flow's environment variables are set there, never in the
+server, and a run past its timeout or whose caller went away is killed.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from forgeflow.flows.batch import compare, summary
 from forgeflow.flows.catalog import EXAMPLES, FlowCatalog
 from forgeflow.flows.loader import load_flow
 from forgeflow.flows.runs import RunRecord
+from forgeflow.names import client_path
 
 router = APIRouter(tags=["flows"])
 _LINE_LIMIT = 16 << 20
@@ -57,7 +61,7 @@ def list_flows(cat: FlowCatalog = Depends(catalog)) -> list[dict]:
 @router.post("/flows", status_code=201, dependencies=CONTRIBUTOR)
 def add_flow(body: FlowAdd, request: Request, cat: FlowCatalog = Depends(catalog)) -> dict:
     audit_target(request, body.name)
-    return cat.add(body.name, Path(body.path), overwrite=body.overwrite)
+    return cat.add(body.name, client_path(body.path, "path"), overwrite=body.overwrite)
 
 
 @router.get("/flows/{name}", dependencies=READER)

@@ -9,24 +9,30 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from forgeflow.api.security import CONTRIBUTOR, READER, audit_target, services
 from forgeflow.errors import InvalidInput, NotFound
+from forgeflow.names import client_path
 from forgeflow.store.states import JobStatus
 from forgeflow.training.checkpoints import newest_checkpoint
-from forgeflow.training.evaluation_jobs import RESULT_FILE
 from forgeflow.training.jobfile import JobRequest, check_method
-from forgeflow.training.jobs import Job
+from forgeflow.training.jobs import RESULT_FILE, Job
 from forgeflow.training.tracking import read_metrics
 
 router = APIRouter(tags=["jobs"])
 
 
-def check_data_file(path: str | None, field: str, method: str = "sft") -> str | None:
-    """The absolute path of a data file the request names, which must exist and hold valid rows for the method:
-    chat rows (sft, and evaluations) or preference rows (dpo)."""
-    if path is None:
-        return None
-    p = Path(path).expanduser().resolve()
+def existing_file(path: str, field: str) -> Path:
+    """The absolute path of a file the request names, which must exist (a path no filesystem holds: a 400)."""
+    p = client_path(path, field)
     if not p.is_file():
         raise NotFound(f"{field.replace('_', ' ')} file {p} does not exist", field=field)
+    return p
+
+
+def check_data_file(path: str | None, field: str, method: str = "sft") -> str | None:
+    """The absolute path of a data file the request names, which must exist and hold valid rows for the method:
+    chat rows (sft) or preference rows (dpo)."""
+    if path is None:
+        return None
+    p = existing_file(path, field)
     from forgeflow.data.validate import METHODS, validate_file
 
     report = validate_file(p, max_problems=3, method=method)
@@ -40,7 +46,8 @@ def check_data_file(path: str | None, field: str, method: str = "sft") -> str | 
 
 
 def job_view(job: Job) -> dict:
-    """A job as the API shows it: its record, the outputs that exist and the newest checkpoint."""
+    """A job as the API shows it: its record (with `evaluation_job`, a fine-tune's evaluation against its base when
+    it asked for one), the outputs that exist and the newest checkpoint."""
     out = job.to_dict()
     outputs = {}
     if job.type == "evaluation":
@@ -53,8 +60,6 @@ def job_view(job: Job) -> dict:
     out["outputs"] = outputs
     checkpoint = newest_checkpoint(job.job_dir / "checkpoints")
     out["last_checkpoint"] = str(checkpoint) if checkpoint else None
-    # a fine-tune with evaluate_against_base: the evaluation of it against its base model (api/evaluations.py)
-    out["evaluation_job"] = (job.metrics or {}).get("evaluation_job") if job.type == "finetuning" else None
     return out
 
 

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import logging
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
 from forgeflow.api.security import CONTRIBUTOR, READER, audit_target, services
-from forgeflow.errors import InvalidInput
+from forgeflow.errors import ForgeflowError, InvalidInput
+from forgeflow.names import client_path
 
 router = APIRouter(tags=["models"])
+log = logging.getLogger("forgeflow.api")
 
 
 class PullBody(BaseModel):
@@ -69,12 +71,17 @@ def register(body: RegisterBody, request: Request, ff=Depends(services)) -> dict
         job = ff.runner.get(body.from_job)
         mv = models.register(body.name, job.output_model(), base_model=job.base_model, source_job=job.id,
                              run_id=job.mlflow_run_id, description=body.description, tags=body.tags,
-                             hyperparameters=job.hyperparameters,
-                             metrics={k: v for k, v in (job.metrics or {}).items() if k != "evaluation_job"})
-        if ff.runner.carry_evaluation(job, mv.ref):  # evaluate_against_base: the evidence goes with the version
-            mv = models.get_version(mv.ref)
+                             hyperparameters=job.hyperparameters, metrics=job.metrics)
+        try:
+            if ff.runner.carry_evaluation(job, mv.ref):  # evaluate_against_base: the evidence goes with the version
+                mv = models.get_version(mv.ref)
+        except Exception as exc:  # the version exists: a failure to tag it never undoes the registration
+            message = exc.message if isinstance(exc, ForgeflowError) else repr(exc)
+            log.warning("model %s registered, but the evaluation of job %s could not be recorded on it: %s",
+                        mv.ref, job.id, message)
         return mv.to_dict()
-    return models.register(body.name, Path(body.path).expanduser(), description=body.description, tags=body.tags).to_dict()
+    return models.register(body.name, client_path(body.path, "path"), description=body.description,
+                           tags=body.tags).to_dict()
 
 
 @router.get("/models/{name}", dependencies=READER)

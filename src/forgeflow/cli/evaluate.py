@@ -30,7 +30,7 @@ def evaluate(
     judge_flow: Path = typer.Option(None, "--judge-flow", help="An evaluation flow folder that scores an answer "
                                     "(default: the bundled judge-answer flow); with --metrics ...,judge."),
     judge_connection: str = typer.Option(None, "--judge-connection", help="The connection whose model judges "
-                                         "(see: forgeflow connection list); needed by the judge metric."),
+                                         "(see: forgeflow connection list), in place of the judge flow's own."),
     max_new_tokens: int = typer.Option(None, "--max-new-tokens", help="Tokens generated per answer (default 128)."),
     max_rows: int = typer.Option(None, "--max-rows", help="Evaluate only the first N rows."),
     compute: str = typer.Option(None, "--compute", help="Compute target to run on (default local)."),

@@ -83,12 +83,18 @@ def show(ref: str = typer.Argument(help="NAME, NAME:VERSION or NAME@ALIAS (base 
         return
     if "aliases" in mv:
         mv["aliases"] = ", ".join(mv["aliases"]) or None
-    kv(mv, [k for k in mv if k not in ("hyperparameters", "tags", "metrics")])
+    kv(mv, [k for k in mv if k not in ("hyperparameters", "tags", "metrics", "evaluation")])
     for key in ("tags", "metrics", "hyperparameters"):
         if mv.get(key):
             label = "settings" if key == "hyperparameters" else key
             console.print(f"[bold]{label}[/]: " + ", ".join(f"{k}={v}" for k, v in mv[key].items()),
                           highlight=False, soft_wrap=True)
+    evaluation = mv.get("evaluation")
+    if evaluation:  # the newest evaluation: where its rows (the job) and its metrics and result (MLflow) are
+        against, run = evaluation.get("baseline") or "no baseline", evaluation.get("mlflow_run_id") or "unknown"
+        console.print(f"[bold]evaluation[/]: job {evaluation.get('job')}, against {against}, MLflow run {run}; "
+                      + ", ".join(f"{k}={v}" for k, v in (evaluation.get("model_metrics") or {}).items()
+                                  if not k.endswith("_ci")), highlight=False, soft_wrap=True)
 
 
 def _get(c, ref: str) -> dict:

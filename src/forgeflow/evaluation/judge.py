@@ -2,8 +2,10 @@
 
 A judge flow takes the inputs `question`, `answer` and `reference` (those it declares; any other input needs a
 default) and has an output `score`, a number in [0, 1]. It runs once per answer through the flow engine that
-`flow test` and batch runs use, with connections from the workspace's connection store. The default flow,
-flows/examples/judge-answer, asks a model over a connection to rate the answer against the reference from 1 to 5.
+`flow test` and batch runs use, with connections from the workspace's connection store: a connection named for
+the judge replaces those of the flow's llm nodes, else each node uses its own (a flow with no llm node, e.g. python
+only or flex, needs none). The default flow, flows/examples/judge-answer, asks a model over the connection
+`forgeflow-judge` (or the one named) to rate the answer against the reference from 1 to 5.
 A row whose flow run fails or whose score is not a number in [0, 1] scores None: counted, never fatal.
 """
 
@@ -61,8 +63,8 @@ def judge_answers(flow_dir: Path, items: list[dict], *, connection: str | None =
 
     flow = judge_flow(flow_dir, connection)
     provider = connection_provider or local_connection_lookup()
-    if connection is not None:
-        provider(connection)  # a missing connection is the caller's error, not every row's
+    for name in dict.fromkeys(n.connection for n in flow.nodes.values() if n.type == "llm" and n.connection):
+        provider(name)  # a missing connection is the caller's error, not every row's
     if not items:
         return []
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(items))), thread_name_prefix="judge") as pool:

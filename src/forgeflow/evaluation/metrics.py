@@ -25,6 +25,7 @@ SAME_TOLERANCE = 1e-9  # two row scores closer than this are the same (float noi
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
+_WORDS = re.compile(r"\w+")
 
 
 def normalize_answer(text: str) -> str:
@@ -50,15 +51,24 @@ def token_f1(answer: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+class _WordTokenizer:
+    """rouge-score's tokenizer interface: lowercased Unicode words, split as F1's words are, punctuation dropped
+    (its own default keeps only [a-z0-9], so any other script scored 0). Articles stay: ROUGE counts them."""
+
+    def tokenize(self, text: str) -> list[str]:
+        return _WORDS.findall((text or "").lower())
+
+
 @lru_cache(maxsize=1)
 def _rouge() -> Any:
     from rouge_score.rouge_scorer import RougeScorer
 
-    return RougeScorer(["rougeL"])
+    return RougeScorer(["rougeL"], tokenizer=_WordTokenizer())
 
 
 def rouge_l(answer: str, reference: str) -> float:
-    """ROUGE-L F-measure (longest common subsequence of tokens) of the answer against the reference."""
+    """ROUGE-L F-measure (longest common subsequence of words, in any script) of the answer against the
+    reference."""
     return float(_rouge().score(reference or "", answer or "")["rougeL"].fmeasure)
 
 

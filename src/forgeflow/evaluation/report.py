@@ -9,7 +9,7 @@ from forgeflow.evaluation.metrics import compare, row_change, summarize
 from forgeflow.evaluation.scoring import Row
 from forgeflow.training.jobs import EvaluationSpec
 
-ROW_KEYS = ("answer", "loss", "loss_tokens", "exact_match", "f1", "rouge_l", "judge")
+ROW_KEYS = ("answer", "loss", "loss_tokens", "exact_match", "f1", "rouge_l", "judge", "prompt_truncated")
 
 
 def _side_metrics(spec: EvaluationSpec, entries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -18,7 +18,8 @@ def _side_metrics(spec: EvaluationSpec, entries: list[dict[str, Any]]) -> dict[s
         weights = [e.get("loss_tokens") or 0 for e in entries] if name == "loss" else None
         out |= summarize([e.get(name) for e in entries], name=name, weights=weights, confidence=spec.confidence,
                          seed=spec.seed)
-    return out | {"rows": len(entries)}
+    # rows whose prompt lost its start to fit the model's context: their scores are on less than the whole prompt
+    return out | {"rows": len(entries), "truncated_prompts": sum(1 for e in entries if e.get("prompt_truncated"))}
 
 
 def build_result(spec: EvaluationSpec, rows: list[Row], done: dict[tuple[str, int], dict[str, Any]]) -> dict:
@@ -54,13 +55,14 @@ def _row_side(entry: dict[str, Any]) -> dict[str, Any]:
     return {k: entry[k] for k in ROW_KEYS if k in entry}
 
 
-def registry_summary(result: dict[str, Any], *, finished_at: str) -> dict[str, Any]:
-    """What a model version keeps of its newest evaluation: the aggregates and the comparison, rounded, no rows."""
+def registry_summary(result: dict[str, Any], *, finished_at: str, mlflow_run_id: str | None = None) -> dict[str, Any]:
+    """What a model version keeps of its newest evaluation: the aggregates and the comparison, rounded, no rows,
+    and the MLflow run holding its metrics and result.json."""
     def side(part: dict[str, Any] | None) -> dict[str, Any] | None:
         return {"ref": part["ref"], "metrics": _rounded(part["metrics"])} if part else None
 
     return {
-        "job": result["job"], "data": result["data"], "finished_at": finished_at,
+        "job": result["job"], "data": result["data"], "finished_at": finished_at, "mlflow_run_id": mlflow_run_id,
         "baseline": (result.get("baseline") or {}).get("ref"),
         "model_metrics": side(result["model"])["metrics"],  # type: ignore[index]
         "baseline_metrics": (side(result.get("baseline")) or {}).get("metrics"),

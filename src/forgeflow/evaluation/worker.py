@@ -3,12 +3,15 @@
 Reads JOB_DIR/evaluation.json (`training.jobs.EvaluationSpec`, written by the job runner) and scores the model,
 then the baseline, on the same rows of a chat file: the loss of each reference answer, greedy answers scored
 against it (exact match, token F1, ROUGE-L) and by a judge flow (judge.py). Each finished row is appended to
-JOB_DIR/rows.jsonl, so a resumed job (`"resume": true`) skips the rows already done; at the end JOB_DIR/result.json
+JOB_DIR/rows.jsonl, so a resumed job (`"resume": true`) skips the rows already done (those the data file still holds
+at the same place; a line torn by a kill is cut off first); at the end JOB_DIR/result.json
 holds per-row and aggregate metrics with confidence intervals and the paired comparison (report.py). Progress goes
 to JOB_DIR/status.json as a training worker's does (step = rows done of both sides), an MLflow run in experiment
 "forgeflow-evaluation" gets the aggregates (`model.<metric>`, `baseline.<metric>`) and result.json, and a
-registered model version gets the summary in its TAG_EVALUATION tag. SIGTERM stops at the next batch of rows:
-status Canceled, exit 0. Any error (a bad data row, a model that does not load): status Failed, exit 1.
+registered model version gets the summary in its TAG_EVALUATION tag (a failure there is a warning in the log and in
+result.json, the job stays Completed). A prompt cut to fit the model's context is marked on its row and counted
+(`truncated_prompts`). SIGTERM stops at the next batch of rows: status Canceled, exit 0. Any error (a bad data row, a
+model that does not load, max_new_tokens past the model's context): status Failed, exit 1.
 """
 
 from __future__ import annotations
@@ -26,13 +29,11 @@ from forgeflow.evaluation.metrics import GENERATION_METRICS, generation_scores
 from forgeflow.evaluation.report import build_result, registry_summary
 from forgeflow.evaluation.scoring import Row, Scorer, read_rows
 from forgeflow.store.states import JobStatus
-from forgeflow.training.jobs import EvaluationSpec, write_json
-from forgeflow.training.tracking import Attempt, JobFiles, MlflowRun, _create_experiment, read_status
+from forgeflow.training.jobs import RESULT_FILE, ROWS_FILE, EvaluationSpec, write_json
+from forgeflow.training.tracking import Attempt, JobFiles, MlflowRun, create_experiment, read_status
 from forgeflow.training.worker import check_version, one_line_error, quiet_environment, stop_on_sigterm
 
 MLFLOW_EXPERIMENT = "forgeflow-evaluation"
-ROWS_FILE = "rows.jsonl"
-RESULT_FILE = "result.json"
 
 
 def run_job(job_dir: Path) -> int:
@@ -58,9 +59,7 @@ def run_job(job_dir: Path) -> int:
             print("stopped: a newer start of this job took over its folder", flush=True)
             return 0
         if status == JobStatus.COMPLETED:
-            result = build_result(spec, rows, read_done(files.job_dir))
-            write_json(files.job_dir / RESULT_FILE, result)
-            finish(spec, run, result, files)
+            finish(spec, run, build_result(spec, rows, read_done(files.job_dir, rows)), files)
         files.write_status(status)
         print(f"job {status.lower()}", flush=True)
         run.end(status)
@@ -93,7 +92,7 @@ def start_run(spec: EvaluationSpec) -> MlflowRun:
     if experiment is not None:
         experiment_id = experiment.experiment_id
     else:
-        experiment_id = _create_experiment(client, MLFLOW_EXPERIMENT, _artifact_location(spec))
+        experiment_id = create_experiment(client, MLFLOW_EXPERIMENT, _artifact_location(spec))
     name = spec.name or spec.job_id or "evaluation"
     tags = {"forgeflow.job_id": spec.job_id, "forgeflow.model": spec.model.ref, "mlflow.runName": name}
     if spec.baseline is not None:
@@ -108,8 +107,9 @@ def start_run(spec: EvaluationSpec) -> MlflowRun:
 
 
 def _artifact_location(spec: EvaluationSpec) -> str | None:
-    """Where a new evaluation experiment keeps its artifacts: the job file's choice, else the workspace's."""
-    location = getattr(spec, "mlflow_artifact_location", None)
+    """Where a new evaluation experiment keeps its artifacts: the job file's (the runner's workspace's), else, for a
+    job file written without one, this process's workspace's."""
+    location = spec.mlflow_artifact_location
     if location is None:
         from forgeflow.store.home import Paths
 
@@ -121,8 +121,9 @@ def sides(spec: EvaluationSpec) -> list[tuple[str, Any]]:
     return [("model", spec.model)] + ([("baseline", spec.baseline)] if spec.baseline is not None else [])
 
 
-def read_done(job_dir: Path) -> dict[tuple[str, int], dict[str, Any]]:
-    """The rows finished so far, by (side, row index); a line still being written is skipped."""
+def read_done(job_dir: Path, rows: list[Row]) -> dict[tuple[str, int], dict[str, Any]]:
+    """The rows finished so far, by (side, row index): only those whose line and messages are still the data
+    file's row at that index (the file may have changed since); a line still being written is skipped."""
     done: dict[tuple[str, int], dict[str, Any]] = {}
     try:
         lines = (Path(job_dir) / ROWS_FILE).read_text().splitlines()
@@ -131,10 +132,28 @@ def read_done(job_dir: Path) -> dict[tuple[str, int], dict[str, Any]]:
     for line in lines:
         try:
             entry = json.loads(line)
-            done[(entry["side"], int(entry["index"]))] = entry
+            key = (entry["side"], int(entry["index"]))
         except (ValueError, KeyError, TypeError):
             continue
+        if 0 <= key[1] < len(rows) and entry.get("line") == rows[key[1]].line \
+                and entry.get("digest") == rows[key[1]].digest:
+            done[key] = entry
+        else:
+            done.pop(key, None)
     return done
+
+
+def cut_torn_tail(path: Path) -> None:
+    """Drop what follows the last newline of rows.jsonl: a row a kill left half written, which the next row
+    appended would otherwise run into."""
+    try:
+        with open(path, "rb+") as fh:
+            data = fh.read()
+            keep = data.rfind(b"\n") + 1
+            if keep < len(data):
+                fh.truncate(keep)
+    except FileNotFoundError:
+        return
 
 
 def evaluate(spec: EvaluationSpec, files: JobFiles, rows: list[Row], cancel: Attempt) -> JobStatus:
@@ -142,13 +161,15 @@ def evaluate(spec: EvaluationSpec, files: JobFiles, rows: list[Row], cancel: Att
     rows_path = files.job_dir / ROWS_FILE
     if not spec.resume:
         rows_path.unlink(missing_ok=True)
-    done = read_done(files.job_dir)
+    cut_torn_tail(rows_path)
+    done = read_done(files.job_dir, rows)
     total = len(rows) * len(sides(spec))
-    finished = sum(1 for key in done if key[1] < len(rows))
+    finished = len(done)
     files.write_status(JobStatus.RUNNING, step=finished, max_steps=total)
     print(f"evaluating {len(rows)} rows of {spec.data} on {', '.join(s.ref for _, s in sides(spec))} "
           f"({', '.join(spec.metrics)}); {finished} of {total} already done", flush=True)
     judge = _judge(spec) if "judge" in spec.metrics else None
+    generates = any(m in spec.metrics for m in (*GENERATION_METRICS, "judge"))
     started, counted = time.monotonic(), 0
     for side, model in sides(spec):
         todo = [i for i in range(len(rows)) if (side, i) not in done]
@@ -159,6 +180,8 @@ def evaluate(spec: EvaluationSpec, files: JobFiles, rows: list[Row], cancel: Att
         print(f"loading {model.ref} ({side})", flush=True)
         scorer = _load(model)
         try:
+            if generates:
+                scorer.check_generation(spec.max_new_tokens, model.ref)
             for at in range(0, len(todo), spec.batch_size):
                 if cancel.is_set():
                     return JobStatus.CANCELED
@@ -167,6 +190,10 @@ def evaluate(spec: EvaluationSpec, files: JobFiles, rows: list[Row], cancel: Att
                 with rows_path.open("a") as fh:
                     for i, entry in zip(todo[at: at + spec.batch_size], entries):
                         fh.write(json.dumps({"side": side, "index": i, **entry}) + "\n")
+                cut = [e["line"] for e in entries if e.get("prompt_truncated")]
+                if cut:
+                    print(f"warning: {model.ref}: the prompt of line {', '.join(map(str, cut))} is longer than the "
+                          "model's context and lost its start", flush=True)
                 finished += len(batch)
                 counted += len(batch)
                 eta = (time.monotonic() - started) / counted * (total - finished)
@@ -205,24 +232,44 @@ def _judge(spec: EvaluationSpec) -> Any:
 
 
 def score_batch(spec: EvaluationSpec, scorer: Scorer, batch: list[Row], judge: Any) -> list[dict[str, Any]]:
-    """Each row's answer and metrics on one side (what rows.jsonl keeps of it)."""
-    entries: list[dict[str, Any]] = [{"line": row.line} for row in batch]
+    """Each row's answer and metrics on one side (what rows.jsonl keeps of it, with the row's line and digest)."""
+    entries: list[dict[str, Any]] = [{"line": row.line, "digest": row.digest} for row in batch]
     if "loss" in spec.metrics:
-        for entry, (loss, tokens) in zip(entries, scorer.losses(batch)):
-            entry.update(loss=loss, loss_tokens=tokens)
+        for entry, loss in zip(entries, scorer.losses(batch)):
+            entry.update(loss=loss.loss, loss_tokens=loss.tokens)
+            if loss.prompt_truncated:
+                entry["prompt_truncated"] = True
     if any(m in spec.metrics for m in (*GENERATION_METRICS, "judge")):
         answers = scorer.generate(batch, spec.max_new_tokens)
         for entry, row, answer in zip(entries, batch, answers):
-            entry.update(answer=answer, **generation_scores(answer, row.reference, spec.metrics))
+            entry.update(answer=answer.text, **generation_scores(answer.text, row.reference, spec.metrics))
+            if answer.prompt_truncated:
+                entry["prompt_truncated"] = True
         if judge is not None:
-            items = [{"question": r.question, "answer": a, "reference": r.reference} for r, a in zip(batch, answers)]
+            items = [{"question": r.question, "answer": a.text, "reference": r.reference}
+                     for r, a in zip(batch, answers)]
             for entry, score in zip(entries, judge(items)):
                 entry["judge"] = score
     return entries
 
 
 def finish(spec: EvaluationSpec, run: MlflowRun, result: dict[str, Any], files: JobFiles) -> None:
-    """The aggregates to MLflow (and result.json as an artifact), to status.json, and onto a registered version."""
+    """The summary onto a registered version, then result.json (with a warning when the version's tag could not
+    be written: the scores stand), the aggregates to MLflow with result.json as an artifact, and to status.json."""
+    if _is_registered_version(spec.model.ref):
+        from forgeflow.registry.evaluations import record_evaluation
+        from forgeflow.store.config import worker_uri
+
+        summary = registry_summary(result, finished_at=files.state["updated_at"], mlflow_run_id=run.run_id)
+        try:
+            record_evaluation(spec.model.ref, summary, mlflow_uri=worker_uri(spec.mlflow_tracking_uri, os.environ))
+            print(f"recorded the evaluation on {spec.model.ref}", flush=True)
+        except Exception as exc:  # the registry's failure is not the evaluation's
+            warning = (f"the evaluation could not be recorded on {spec.model.ref} ({one_line_error(exc)}); its "
+                       f"result is in this job and MLflow run {run.run_id}")
+            print(f"warning: {warning}", flush=True)
+            result["warnings"] = [*result.get("warnings", []), warning]
+    write_json(files.job_dir / RESULT_FILE, result)
     values: dict[str, float] = {}
     for side in ("model", "baseline"):
         for name, value in ((result.get(side) or {}).get("metrics") or {}).items():
@@ -231,13 +278,6 @@ def finish(spec: EvaluationSpec, run: MlflowRun, result: dict[str, Any], files: 
     run.log_metrics(values, step=0)
     run.client.log_artifact(run.run_id, str(files.job_dir / RESULT_FILE))
     files.write_status(metrics=values)
-    if _is_registered_version(spec.model.ref):
-        from forgeflow.registry.evaluations import record_evaluation
-        from forgeflow.store.config import worker_uri
-
-        summary = registry_summary(result, finished_at=files.state["updated_at"])
-        record_evaluation(spec.model.ref, summary, mlflow_uri=worker_uri(spec.mlflow_tracking_uri, os.environ))
-        print(f"recorded the evaluation on {spec.model.ref}", flush=True)
 
 
 def _is_registered_version(ref: str) -> bool:

@@ -22,13 +22,11 @@ def record_evaluation(ref: str, summary: dict[str, Any], *, mlflow_uri: str | No
     if version is None:
         raise InvalidInput(f"model {ref!r}: an evaluation is recorded on one version; name it as NAME:VERSION",
                            field="model")
-    client = models._client(mlflow_uri) if mlflow_uri else models.client()
-    listed = [models._to_version(mv) for mv in client.search_model_versions(f"name='{name}'")]
-    mv = models.find_version(ref, listed)
+    mv = models.find_version(ref, models.versions_of(name, mlflow_uri))
     text = json.dumps(summary, sort_keys=True, separators=(",", ":"), allow_nan=False)
     if len(text) > MAX_SUMMARY_CHARS:
         raise InvalidInput(f"the evaluation summary for {ref} is {len(text)} characters, past the "
                            f"{MAX_SUMMARY_CHARS} a version tag holds; keep its rows out of it", field="summary")
-    client.set_model_version_tag(mv.name, mv.version, models.TAG_EVALUATION, text)
+    models.client(mlflow_uri).set_model_version_tag(mv.name, mv.version, models.TAG_EVALUATION, text)
     mv.evaluation = json.loads(text)
     return mv

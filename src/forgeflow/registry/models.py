@@ -66,8 +66,10 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def client():
-    return _client(Paths.current().mlflow_uri)
+def client(mlflow_uri: str | None = None):
+    """The MLflow client of the registry at `mlflow_uri` (a worker's, from its job file), by default the
+    workspace's."""
+    return _client(mlflow_uri or Paths.current().mlflow_uri)
 
 
 def register(name: str, path: Path, *, base_model: str | None = None, source_job: str | None = None,
@@ -141,6 +143,15 @@ def _to_version(mv) -> ModelVersion:
         created_at=mv.creation_timestamp,
         updated_at=mv.last_updated_timestamp,
     )
+
+
+def versions_of(name: str, mlflow_uri: str | None = None) -> list[ModelVersion]:
+    """Every version of registered model `name` (archived too), oldest first, in the registry at `mlflow_uri` (a
+    worker's, from its job file) or by default the workspace's. A search's versions carry no aliases."""
+    check_name(name, "model", field="model")
+    c = client(mlflow_uri)
+    found = [_to_version(mv) for mv in _pages(c.search_model_versions, filter_string=f"name='{name}'")]
+    return sorted(found, key=lambda v: int(v.version))
 
 
 def list_models(*, include_archived: bool = False) -> list[ModelVersion]:

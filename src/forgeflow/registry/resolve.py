@@ -7,18 +7,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from forgeflow.errors import Conflict, InvalidInput, NotFound
-from forgeflow.names import parse_model_ref
+from forgeflow.names import client_path, parse_model_ref
 from forgeflow.yamlfile import load_yaml
 
 
-def resolve_model(ref: str) -> tuple[str, Path]:
-    """Return (canonical reference, Hugging Face folder) for a base or registered model."""
+def resolve_model(ref: str, *, allow_archived: bool = False) -> tuple[str, Path]:
+    """Return (canonical reference, Hugging Face folder) for a base or registered model. An archived version is a
+    Conflict (it is deployed no more) unless `allow_archived`: what only reads the version (an evaluation) may."""
     from forgeflow.registry import base_models, models
     from forgeflow.inference.model_folder import hf_model_dir
 
-    candidate = Path(ref).expanduser()
+    candidate = client_path(ref, "model")
     if candidate.is_dir():
-        return str(candidate.resolve()), hf_model_dir(candidate.resolve())
+        return str(candidate), hf_model_dir(candidate)
     catalog = {m.name for m in base_models.list_base_models()}
     if ref in catalog:
         return ref, base_models.resolve_base_model(ref)
@@ -29,7 +30,8 @@ def resolve_model(ref: str) -> tuple[str, Path]:
             raise
         raise NotFound(f"no model {ref!r}: not a base model ({', '.join(sorted(catalog))}), "
                        "not a registered model and not a folder (see: forgeflow model list)", field="model") from e
-    _refuse_archived(version, ref)
+    if not allow_archived:
+        _refuse_archived(version, ref)
     return version.ref, hf_model_dir(Path(version.path))
 
 

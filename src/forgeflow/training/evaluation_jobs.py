@@ -10,10 +10,7 @@ from typing import Any
 
 from forgeflow.errors import Conflict, NotFound
 from forgeflow.store.states import JobStatus
-from forgeflow.training.jobs import EvaluatedModel, Job
-
-RESULT_FILE = "result.json"
-ROWS_FILE = "rows.jsonl"
+from forgeflow.training.jobs import RESULT_FILE, ROWS_FILE, EvaluatedModel, Job
 
 
 def rows_done(job_dir: Path) -> int:

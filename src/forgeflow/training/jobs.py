@@ -41,6 +41,7 @@ class Job:
     mlflow_run_id: str | None = None
     progress: dict[str, Any] | None = None
     metrics: dict[str, Any] | None = None
+    evaluation_job: str | None = None  # a fine-tune with evaluate_against_base: its evaluation against its base
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Job:
@@ -125,6 +126,8 @@ def write_json(path: Path, doc: dict[str, Any]) -> None:
 # A job's `type` says which program its worker runs (started by module name, never imported from here).
 JOB_PROGRAMS = {"finetuning": "forgeflow.training.worker", "evaluation": "forgeflow.evaluation.worker"}
 EVALUATION_FILE = "evaluation.json"
+ROWS_FILE = "rows.jsonl"  # an evaluation's finished rows, one JSON object a line, appended as it goes
+RESULT_FILE = "result.json"  # a completed evaluation's result (EvaluationSpec's docstring has its shape)
 EVALUATION_METRICS = ("loss", "exact_match", "f1", "rouge_l", "judge")
 DEFAULT_EVALUATION_METRICS = ("loss", "exact_match", "f1", "rouge_l")
 
@@ -145,9 +148,11 @@ class EvaluationSpec:
 
     The worker writes status.json like a training worker (status, step = rows done of max_steps = rows), each finished
     row to rows.jsonl (so `resume` skips them), and result.json at the end, which is what `model evaluate --json`
-    prints: {"job", "data", "model": {"ref", "metrics": {"f1": 0.71, "f1_ci": [lo, hi], ...}}, "baseline": {...} or
-    null, "comparison": {metric: {"delta", "delta_ci", "better", "worse", "same"}}, "rows": [{"line", "question",
-    "reference", "model": {"answer", metric: value...}, "baseline": {...}, "change": "better" | "worse" | "same"}]}."""
+    prints: {"job", "data", "model": {"ref", "metrics": {"f1": 0.71, "f1_ci": [lo, hi], ..., "rows", "truncated_prompts"}},
+    "baseline": {...} or null, "comparison": {metric: {"delta", "delta_ci", "better", "worse", "same"}}, "rows":
+    [{"line", "question", "reference", "model": {"answer", metric: value..., "prompt_truncated" (only when the prompt
+    lost its start to fit the model's context)}, "baseline": {...}, "change": "better" | "worse" | "same"}],
+    "warnings": [...] (only when something after the scoring failed, e.g. the registered version's tag)}."""
 
     job_id: str
     name: str
@@ -155,6 +160,7 @@ class EvaluationSpec:
     baseline: EvaluatedModel | None
     data: str
     mlflow_tracking_uri: str
+    mlflow_artifact_location: str | None = None
     metrics: tuple[str, ...] = DEFAULT_EVALUATION_METRICS
     judge_flow: str | None = None
     judge_connection: str | None = None

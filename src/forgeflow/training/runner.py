@@ -10,8 +10,8 @@ server restart: on start the runner attaches to the ones still running and fails
 
 A job's `type` picks the program its worker runs (jobs.JOB_PROGRAMS): a fine-tuning job's worker reads spec.json,
 an evaluation job's evaluation.json. A fine-tuning job with `evaluate_against_base` queues, on completion, an
-evaluation of its output against its base model on its validation data, linked from its metrics as
-`evaluation_job`; that evaluation's summary goes onto the model versions registered from the job.
+evaluation of its output against its base model on its validation data, linked from its row's `evaluation_job`;
+that evaluation's summary goes onto the model versions registered from the job.
 
 Of several servers on one database only the leader runs the loop (store/leadership.py); any server takes requests.
 A job is claimed (Queued to Starting in one conditional write) before its worker starts, and a cancel through any
@@ -204,7 +204,8 @@ class JobRunner:
         job_dir = self._job_dir(target, job_id)
         spec = EvaluationSpec(
             job_id=job_id, name=name or job_id, model=model, baseline=baseline, data=data,
-            mlflow_tracking_uri=self._tracking[0], judge_flow=judge_flow, judge_connection=judge_connection,
+            mlflow_tracking_uri=self._tracking[0], mlflow_artifact_location=self.paths.mlflow_artifacts,
+            judge_flow=judge_flow, judge_connection=judge_connection,
             max_new_tokens=max_new_tokens, max_rows=max_rows, source_job=source_job, compute=target["name"],
             **({"metrics": tuple(metrics)} if metrics else {}))
         spec.write(job_dir)
@@ -436,10 +437,10 @@ class JobRunner:
 
     def _evaluate_against_base(self, job: Job) -> None:
         """Queue the evaluation of a completed fine-tune against its base model on its validation data, once."""
-        if (job.metrics or {}).get("evaluation_job") or not job.validation_data:
+        if job.evaluation_job or not job.validation_data:
             return
         evaluation = self.submit_evaluation(**against_base(job))
-        self._write(job.id, metrics=(job.metrics or {}) | {"evaluation_job": evaluation.id})
+        self._write(job.id, evaluation_job=evaluation.id)
         log.info("job %s: evaluation %s against its base queued", job.id, evaluation.id)
 
     def evaluation_result(self, job_id: str) -> dict[str, Any]:
@@ -449,10 +450,9 @@ class JobRunner:
     def carry_evaluation(self, job: Job, version_ref: str) -> bool:
         """A version registered from fine-tuning `job` gets the summary of the job's evaluation against its base,
         when that has completed (else its completion puts it there); whether it did."""
-        evaluation_id = (job.metrics or {}).get("evaluation_job")
-        if not evaluation_id:
+        if not job.evaluation_job:
             return False
-        evaluation = self.get(evaluation_id)
+        evaluation = self.get(job.evaluation_job)
         if evaluation.status != JobStatus.COMPLETED:
             return False
         self.record_evaluation(evaluation, version_ref)
@@ -464,7 +464,8 @@ class JobRunner:
 
         if self.summarize is None:
             raise ForgeflowError(f"this job runner records no evaluation on a model version ({version_ref})")
-        summary = self.summarize(self.evaluation_result(evaluation.id), finished_at=evaluation.finished_at or now())
+        summary = self.summarize(self.evaluation_result(evaluation.id), finished_at=evaluation.finished_at or now(),
+                                 mlflow_run_id=evaluation.mlflow_run_id)
         record_evaluation(version_ref, summary)
         log.info("evaluation %s recorded on %s", evaluation.id, version_ref)
 

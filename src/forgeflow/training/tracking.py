@@ -202,7 +202,7 @@ class MlflowRun:
             location = spec.mlflow_artifact_location
             if location and "://" not in location:  # a directory (an object store URI is used as it is)
                 location = str(Path(location).resolve())
-            experiment_id = _create_experiment(client, spec.mlflow_experiment, location)
+            experiment_id = create_experiment(client, spec.mlflow_experiment, location)
         tags = {
             "forgeflow.job_id": spec.job_id,
             "forgeflow.base_model": spec.base_model,
@@ -242,7 +242,9 @@ class MlflowRun:
         self.client.set_terminated(self.run_id, MLFLOW_END[status])
 
 
-def _create_experiment(client: Any, name: str, location: str | None) -> str:
+def create_experiment(client: Any, name: str, location: str | None) -> str:
+    """The id of a new MLflow experiment `name` keeping its artifacts at `location`, or of the one another worker
+    created meanwhile."""
     from mlflow.exceptions import MlflowException
 
     try:

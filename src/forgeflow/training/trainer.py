@@ -1,7 +1,8 @@
 """The forgeflow Trainer: loss only where labels exist; and `JobMetrics`, which every forgeflow trainer (this one,
 dpo.py's) shares: token counts, throughput and memory in every log, token counts kept in each checkpoint.
 
-`compute_loss` runs the decoder, then the output head only on positions whose next token has a label:
+`compute_loss` runs the decoder, then the output head only on positions whose next token has a label
+(`labelled_logits`, which an evaluation's loss uses too):
 for a 135M model the vocabulary projection is a large share of the work, and prompt and padding
 positions need no logits at all. Models that post-process logits (soft-capping, logit scale) fall back
 to the full forward pass, and so does a data-parallel worker: DDP averages gradients only for a forward pass
@@ -120,14 +121,7 @@ class ForgeflowTrainer(JobMetrics, Trainer):
         if model.training:
             self.count_tokens(int(real) if real is not None else 0, int(keep.sum()))
         unwrapped = self.accelerator.unwrap_model(model)
-        head_model = _causal_lm(unwrapped)
-        decoder = head_model.get_decoder() if hasattr(head_model, "get_decoder") else None
-        full = self.full_logits or decoder is None or unwrapped is not model
-        if full or any(getattr(head_model.config, k, None) for k in _LOGIT_POSTPROCESSING):
-            logits = model(**inputs, use_cache=False).logits[:, :-1][keep]
-        else:
-            hidden = decoder(**inputs, use_cache=False).last_hidden_state
-            logits = head_model.get_output_embeddings()(hidden[:, :-1][keep])
+        logits = labelled_logits(model, inputs, keep, full=self.full_logits or unwrapped is not model)
         loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
         count = num_items_in_batch if num_items_in_batch is not None else keep.sum()
         loss = loss / torch.clamp(torch.as_tensor(count, device=loss.device), min=1)
@@ -136,6 +130,18 @@ class ForgeflowTrainer(JobMetrics, Trainer):
             # number of workers, the gradient and the logged loss (the workers' mean) are those of the whole batch.
             loss = loss * self.args.world_size
         return (loss, {"loss": loss}) if return_outputs else loss
+
+
+def labelled_logits(model: Any, inputs: dict[str, Any], keep: torch.Tensor, *, full: bool = False) -> torch.Tensor:
+    """The logits predicting each labelled token: at the positions `keep` marks (over positions 1.., i.e. `labels[:,
+    1:] != IGNORE_INDEX`), shape (labelled tokens, vocabulary). The output head runs only there; `full` (or a model
+    without a separate decoder, or one that post-processes its logits) runs the whole forward pass instead."""
+    head_model = _causal_lm(model)
+    decoder = head_model.get_decoder() if hasattr(head_model, "get_decoder") else None
+    if full or decoder is None or any(getattr(head_model.config, k, None) for k in _LOGIT_POSTPROCESSING):
+        return model(**inputs, use_cache=False).logits[:, :-1][keep]
+    hidden = decoder(**inputs, use_cache=False).last_hidden_state
+    return head_model.get_output_embeddings()(hidden[:, :-1][keep])
 
 
 def _causal_lm(model: Any) -> Any:

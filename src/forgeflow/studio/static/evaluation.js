@@ -35,7 +35,9 @@ export function summaryCard(summary) {
     h("div", {class: "card-head"}, h("h2", {}, "Evaluation"),
       h("a", {href: hashFor("jobs", summary.job)}, summary.job)),
     h("p", {class: "muted small"}, summary.baseline ? `Against ${summary.baseline}` : "No baseline",
-      ` on ${String(summary.data || "").split("/").pop()}`),
+      ` on ${String(summary.data || "").split("/").pop()}`,
+      summary.mlflow_run_id ? h("span", {"data-testid": "evaluation-run"}, "; metrics and result in MLflow run ",
+        h("code", {}, summary.mlflow_run_id)) : ""),
     comparisonTable(summary.model_metrics, summary.baseline_metrics, summary.comparison));
 }
 

@@ -42,7 +42,18 @@ export default async function jobPage(root, ctx, id) {
   evalHost.hidden = true;
   if (!isEval && job.evaluation_job) {
     evalHost.hidden = false;  // evaluate_against_base: its evaluation runs after the fine-tune, so keep asking
-    ctx.poll(async () => !(await showResult(evalHost, job.evaluation_job, "Base vs fine-tuned", ctx.signal)), 3000);
+    const evalId = job.evaluation_job;
+    ctx.poll(async () => {
+      if (await showResult(evalHost, evalId, "Base vs fine-tuned", ctx.signal)) return false;
+      const evaluation = await get(`/jobs/${seg(evalId)}`, {signal: ctx.signal});
+      if (!FINAL.has(evaluation.status)) return true;
+      // ended without a result (Failed or Canceled): say so and stop asking; Resume on its page continues it
+      replace(evalHost, h("div", {class: "card-head"}, h("h2", {}, "Base vs fine-tuned"),
+        h("a", {href: hashFor("jobs", evalId)}, evalId)),
+        h("p", {"data-testid": "evaluation-ended"}, "The evaluation ", badge(evaluation.status),
+          evaluation.error ? `: ${evaluation.error}` : "", " (open it to resume it)."));
+      return false;
+    }, 3000);
   }
 
   const loss = lineChart(lossHost, {xLabel: "step", xInteger: true, height: 240, emptyText: "The curve appears with the first logged step."});
