@@ -133,8 +133,7 @@ class RolloutService:
                "step": idx + 1, "percent": plan[min(idx, len(plan) - 1)], "min_requests": spec["min_requests"],
                "step_seconds": spec["step_seconds"], "max_step_seconds": spec["max_step_seconds"],
                "judge": ({"flow": spec["judge_flow"], "connection": spec["judge_connection"],
-                          "sample": spec["judge_sample"]}
-                         if "judge" in RolloutSpec.from_row(spec).condition(row["deployment"]).metrics else None),
+                          "sample": spec["judge_sample"]} if _judged(row) else None),
                "previous_traffic": row["previous_traffic"], "traffic": row.get("applied_traffic"),
                "cancel_requested": bool(row.get("cancel_requested")), "step_started_at": row.get("step_started_at"),
                "created_by": row.get("created_by"), "created_at": row["created_at"],
@@ -148,6 +147,16 @@ class RolloutService:
         loads = live_loads(self.endpoints.store)
         loads[self.server_id()] = {"outcomes": self.endpoints.metrics.outcomes()}  # this server's, fresher
         return loads
+
+
+def _judged(row: dict) -> bool:
+    """Whether the rollout's condition names the judge (a row whose condition no longer reads: whether it names a
+    judge flow or connection)."""
+    spec = RolloutSpec.from_row(row["rollout_spec"])
+    try:
+        return "judge" in spec.condition(row["deployment"]).metrics
+    except InvalidInput:
+        return bool(spec.judge_flow or spec.judge_connection)
 
 
 class RolloutController:

@@ -20,6 +20,7 @@ import ast
 import keyword
 import math
 import operator
+import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
@@ -182,7 +183,7 @@ def _parse(source: str, deployments: Collection[str], canary: str) -> Condition:
     try:
         tree = ast.parse(source, mode="eval")
     except SyntaxError as e:
-        clash = sorted(n for n in by_name if keyword.iskeyword(n) and n in source.split())
+        clash = sorted(n for n in by_name if keyword.iskeyword(n) and re.search(rf"\b{n}\b", source))
         hint = (f"; deployment {by_name[clash[0]]!r} has a name Python reads as a keyword, so promote_if cannot name "
                 "it: compare with another deployment, or give it another name" if clash else "")
         raise InvalidInput(f"promote_if is not a condition: {e.msg} at column {e.offset or 1} of {source!r}{hint}",
