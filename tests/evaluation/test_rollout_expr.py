@@ -111,3 +111,86 @@ def test_a_window_adds_the_servers_and_counts_a_new_server_from_zero():
     end = {"a": {"green": [20, 1, lat, lat]}, "b": {"green": [5, 5, lat, lat]}}
     got = window(start, end)["green"]
     assert (got["requests"], got["errors"], got["error_rate"]) == (15, 5, pytest.approx(1 / 3))
+
+
+@pytest.mark.parametrize("text", [
+    "error_rate<1.0*1" + "0" * 400,  # a numeral past the float range
+    "error_rate<1e400",  # a float literal that is inf
+])
+def test_a_number_past_the_bound_is_a_400(text):
+    with pytest.raises(InvalidInput, match="a number is at most") as err:
+        parse_condition(text, DEPLOYMENTS, "green")
+    assert err.value.field == "promote_if"
+
+
+def test_arithmetic_past_the_float_range_is_unknown_not_an_error():
+    huge = "*".join(["1000000000000"] * 26)  # each factor within the bound, the product past float's range
+    for text in (f"error_rate < {huge} / 1", f"error_rate < 1.0 * ({huge})", f"error_rate < {huge} - {huge}"):
+        ok, clauses = parse_condition(text, DEPLOYMENTS, "green").evaluate({"green": {"error_rate": 0.0}}, "green")
+        assert not ok and clauses[0]["passed"] is False
+
+
+@pytest.mark.parametrize("text", [
+    "judge<" + "-" * 993 + "1",  # signs nested deeper than Python's recursion limit
+    "error_rate<" + "+".join(["1"] * 300),  # too many parts
+])
+def test_a_condition_too_deep_or_too_big_is_a_400_not_a_crash(text):
+    with pytest.raises(InvalidInput) as err:
+        parse_condition(text, DEPLOYMENTS, "green")
+    assert err.value.field == "promote_if" and ("nested too deeply" in err.value.message
+                                                or "parts" in err.value.message)
+
+
+@pytest.mark.parametrize(("text", "values", "expected"), [
+    ("not p95_latency_ms > 100", {"p95_latency_ms": None}, False),  # not unknown is unknown, never a pass
+    ("error_rate < 0.01 or p95_latency_ms < 100", {"error_rate": 0.5, "p95_latency_ms": None}, False),
+    ("error_rate < 0.01 or p95_latency_ms < 100", {"error_rate": 0.0, "p95_latency_ms": None}, True),
+    ("not (error_rate > 0.5 and p95_latency_ms > 100)", {"error_rate": 0.1, "p95_latency_ms": None}, True),
+    ("not (error_rate > 0.5 or p95_latency_ms > 100)", {"error_rate": 0.1, "p95_latency_ms": None}, False),
+    ("0 <= error_rate < p95_latency_ms", {"error_rate": 0.1, "p95_latency_ms": None}, False),
+])
+def test_unknown_stays_unknown_through_not_and_or(text, values, expected):
+    assert parse_condition(text, DEPLOYMENTS, "green").evaluate({"green": values}, "green")[0] is expected
+
+
+def test_an_unknown_error_rate_is_no_early_breach():
+    cond = parse_condition("not error_rate > 0.5", DEPLOYMENTS, "green")
+    assert cond.early_breach({"green": {"error_rate": None}}, "green") == []
+    assert cond.early_breach({"green": {"error_rate": 0.9}}, "green")[0]["passed"] is False
+
+
+@pytest.mark.parametrize(("text", "deployments", "says"), [
+    ("1<2", DEPLOYMENTS, "names no metric"),
+    ("error_rate<0.01 and 2>1", DEPLOYMENTS, "names no metric"),
+    ("p95_latency_ms<requests", ["requests", "green"], "both a metric and a deployment"),
+    ("p95_latency_ms<1.2*and", ["and", "green"], "keyword"),
+])
+def test_a_condition_saying_nothing_or_naming_a_clashing_deployment_is_a_400(text, deployments, says):
+    with pytest.raises(InvalidInput) as err:
+        parse_condition(text, deployments, "green")
+    assert err.value.field == "promote_if" and says in err.value.message
+
+
+def test_a_deployment_without_traffic_cannot_be_compared_with():
+    from forgeflow.evaluation.rollout_plan import check_spec
+
+    states = {"blue": "Succeeded", "green": "Succeeded", "red": "Succeeded"}
+    with pytest.raises(InvalidInput, match="'red', which takes no traffic") as err:
+        check_spec({"promote_if": "p95_latency_ms<red"}, states, {"blue": 100}, "green")
+    assert err.value.field == "promote_if"
+    spec, _ = check_spec({"promote_if": "p95_latency_ms<blue_2*2", "judge_sample": 3}, states | {"blue-2": "Succeeded"},
+                         {"blue-2": 100}, "green")
+    assert spec.compared == ["blue-2"]  # resolved once: the rollout reads the same deployments throughout
+    assert spec.condition("green").deployments == {"blue-2"}
+
+
+@pytest.mark.parametrize("flow", ["a" * 5000, "judge\x00flow"])
+def test_a_judge_flow_path_the_file_system_refuses_is_a_400(flow):
+    from forgeflow.evaluation.rollout_judge import check_judge
+    from forgeflow.evaluation.rollout_plan import check_spec
+
+    with pytest.raises(InvalidInput) as err:
+        spec, _ = check_spec({"promote_if": "judge>=blue", "judge_flow": flow}, {"blue": "Succeeded",
+                             "green": "Succeeded"}, {"blue": 100}, "green")
+        check_judge(spec.judge_flow, None)
+    assert err.value.field == "judge_flow"

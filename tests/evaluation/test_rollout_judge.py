@@ -92,3 +92,16 @@ def test_a_judge_flow_that_is_no_flow_is_a_400(gateway, tmp_path):
     r = httpx.post(f"{gateway.url}/api/endpoints/shop/rollouts", headers=gateway.admin, timeout=30,
                    json={"deployment": "green", "promote_if": "judge>=blue", "judge_connection": "nobody"})
     assert r.status_code == 400 and r.json()["field"] == "judge_connection"
+
+
+def test_a_judge_failing_on_an_item_logs_its_place_never_its_text(tmp_path, caplog):
+    from forgeflow.evaluation.judge import judge_answers
+
+    (tmp_path / "flow.dag.yaml").write_text(JUDGE_FLOW)
+    (tmp_path / "grade.py").write_text(GRADE.replace('return 0.0 if "wrong" in answer else 1.0',
+                                                     'raise RuntimeError("cannot grade")'))
+    items = [{"question": "my account number is 1234", "answer": "private answer", "reference": None}]
+    with caplog.at_level("WARNING", logger="forgeflow.judge"):
+        assert judge_answers(tmp_path, items) == [None]
+    assert "judge flow failed on item 1" in caplog.text
+    assert "1234" not in caplog.text and "private" not in caplog.text

@@ -118,3 +118,33 @@ def test_a_rollout_resumes_on_the_next_server_at_its_step(monkeypatch):
         steps = [e["percent"] for e in rollout["history"] if e["event"] == "step"]
         assert steps == [10, 100]  # step 1 was not taken again
         assert second.svc.show_endpoint("shop")["traffic"] == {"blue": 0, "green": 100}
+
+
+@pytest.mark.integration
+def test_traffic_during_a_failover_does_not_roll_the_rollout_back(monkeypatch):
+    """The next server sends green's share of the requests before green's instance is ready again: the gateway's
+    own 503s are not green's errors, and the step's window starts again on the server that took it over."""
+    monkeypatch.setattr("forgeflow.api.app.LocalPlacement", FakePlacement)
+    ws = Workspace.open()
+    condition = "error_rate<0.01 and p95_latency_ms<=blue+5000"
+    with _serving(ws) as first:
+        key = first.endpoint("shop")
+        first.deploy("shop", "blue")
+        first.deploy("shop", "green", {"load": 2})  # its /health says ready 2 s after each start
+        first.svc.update_endpoint("shop", traffic={"blue": 100})
+        first.app.state.ff.rollout_controller.poll_s = 0.05
+        r = httpx.post(rollouts(first), json=GOOD | {"canary": 50, "steps": [100], "min_requests": 5,
+                                                     "promote_if": condition}, headers=first.admin, timeout=30)
+        assert r.status_code == 201, r.text
+        wait_until(lambda: first.svc.show_endpoint("shop")["traffic"] == {"blue": 50, "green": 50}, what="step 1")
+    with _serving(Workspace.open(ws.paths)) as second:
+        second.app.state.ff.rollout_controller.poll_s = 0.05
+        refused = 0
+        for _ in range(400):  # at once, green not ready yet
+            refused += post(second, "shop", key).status_code == 503
+            rollout = second.app.state.ff.rollouts.latest("shop")
+            if rollout["state"] != "Running":
+                break
+        assert refused, "no request came while green was placed again"
+        assert rollout["state"] == "Promoted", rollout["reason"]
+        assert "resumed" in [e["event"] for e in rollout["history"]]

@@ -175,6 +175,7 @@ def update_deployment(name: str, deployment: str, body: DeploymentUpdate, ff=Dep
     rolls instances without dropping requests."""
     from forgeflow.registry.resolve import resolve_models
 
+    ff.rollouts.refuse_deployment_change(name, deployment, body.set)
     return ff.endpoints.update_deployment(name, deployment, body.set, resolve=resolve_models)
 
 

@@ -10,6 +10,7 @@ import typer
 
 from forgeflow.cli.common import JsonOpt, client, command, console, print_json
 from forgeflow.errors import InvalidInput
+from forgeflow.store.states import RolloutState
 
 app = typer.Typer(help="Roll a deployment out in steps, promoted or rolled back on its live metrics: "
                   "rollout --name E --deployment green --promote-if CONDITION; rollout status; rollout cancel.",
@@ -70,11 +71,11 @@ def rollout(ctx: typer.Context,
             for event in current["history"][shown:]:
                 console.print(_event_line(event), highlight=False, soft_wrap=True)
             shown = len(current["history"])
-        if current["state"] != "Running":
+        if current["state"] != RolloutState.RUNNING:
             break
         time.sleep(WAIT_POLL_S)
     print_json(current) if json_out else console.print(_final_line(current), highlight=False, soft_wrap=True)
-    if current["state"] != "Promoted":
+    if current["state"] != RolloutState.PROMOTED:
         raise typer.Exit(1)
 
 
@@ -96,7 +97,7 @@ def status(name: str = NameOpt, json_out: bool = JsonOpt) -> None:
         console.print(f"this step so far, {deployment}: {_figures(figures)}", highlight=False, soft_wrap=True)
     for event in current["history"]:
         console.print(_event_line(event), highlight=False, soft_wrap=True)
-    if current["state"] != "Running":
+    if current["state"] != RolloutState.RUNNING:
         console.print(_final_line(current), highlight=False, soft_wrap=True)
 
 
@@ -108,12 +109,12 @@ def cancel(name: str = NameOpt, json_out: bool = JsonOpt,
     """Stop the running rollout and restore the split from before it."""
     current = client().cancel_rollout(name)
     deadline = time.monotonic() + timeout_s
-    while current["state"] == "Running" and time.monotonic() < deadline:
+    while current["state"] == RolloutState.RUNNING and time.monotonic() < deadline:
         time.sleep(0.5)
         current = client().rollout(name)
     if json_out:
         print_json(current)
-    elif current["state"] == "Running":
+    elif current["state"] == RolloutState.RUNNING:
         console.print(f"[yellow]cancel asked[/]: the leader restores the split within a poll; check with forgeflow "
                       f"online-endpoint rollout status --name {name}")
     else:
@@ -156,6 +157,6 @@ def _event_line(event: dict) -> str:
 
 
 def _final_line(current: dict) -> str:
-    colour = "green" if current["state"] == "Promoted" else "red"
+    colour = "green" if current["state"] == RolloutState.PROMOTED else "red"
     why = f": {current['reason']}" if current.get("reason") else ""
     return f"[{colour}]{current['state']}[/]{why}"

@@ -68,10 +68,10 @@ def judge_answers(flow_dir: Path, items: list[dict], *, connection: str | None =
     if not items:
         return []
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(items))), thread_name_prefix="judge") as pool:
-        return list(pool.map(lambda item: _judge_one(flow, item, provider), items))
+        return list(pool.map(lambda i: _judge_one(flow, items[i], provider, i), range(len(items))))
 
 
-def _judge_one(flow: Flow, item: dict, provider: ConnectionProvider) -> float | None:
+def _judge_one(flow: Flow, item: dict, provider: ConnectionProvider, index: int) -> float | None:
     from forgeflow.flows.executor import run_flow
 
     inputs: dict[str, Any] = {}
@@ -85,18 +85,20 @@ def _judge_one(flow: Flow, item: dict, provider: ConnectionProvider) -> float | 
     try:
         score = run_flow(flow, inputs, connection_provider=provider).outputs.get("score")
     except ForgeflowError as exc:
-        log.warning("judge flow failed on %r: %s", _short(item.get("question")), exc.message)
+        log.warning("judge flow failed on %s: %s", _which(index, item), exc.message)
         return None
     except Exception as exc:  # the flow's own code: one row's failure, reported and counted
-        log.warning("judge flow failed on %r: %s: %s", _short(item.get("question")), type(exc).__name__, exc)
+        log.warning("judge flow failed on %s: %s: %s", _which(index, item), type(exc).__name__, exc)
         return None
     if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score) \
             or not 0.0 <= score <= 1.0:
-        log.warning("judge flow scored %r on %r: not a number in [0, 1]", score, _short(item.get("question")))
+        log.warning("judge flow scored %r on %s: not a number in [0, 1]", score, _which(index, item))
         return None
     return float(score)
 
 
-def _short(text: Any) -> str:
-    text = str(text or "")
-    return text if len(text) <= 60 else text[:57] + "..."
+def _which(index: int, item: dict) -> str:
+    """The item by its place (and its data file's line, when it has one), never by its text: the questions and
+    answers are the users' (a rollout's are sampled from live traffic)."""
+    line = item.get("line")
+    return f"item {index + 1}" + (f" (line {line})" if isinstance(line, int) else "")

@@ -15,12 +15,17 @@ min_requests came (a canary failing its requests goes back early). A step that h
 `max_step_seconds` ends the rollout as stalled, the split restored. A deployment named in the condition that had
 fewer than min_requests requests in the window (at 100%, the deployment it replaces) is compared by its figures of
 the last window that had that many. With a judge, a step also waits for a sampled answer of each side taking
-traffic.
+traffic, and the judge runs on a thread of its own with a deadline (evaluation/rollout_judge.py); a judge that
+cannot score ends the rollout as Failed, the split restored.
+
+A server that takes a running rollout over (a restart, a change of leader) starts the step's window again, and
+while a deployment the step reads is not Succeeded (being placed again) the window waits: requests answered while
+its instances start say nothing of it. A rollout whose step fails MAX_FAILURES polls in a row ends as Failed, the
+split restored, with the error as its reason.
 """
 
 from __future__ import annotations
 
-import ast
 import logging
 import math
 import os
@@ -32,8 +37,8 @@ from typing import Any
 
 from forgeflow.errors import Conflict, ForgeflowError, InvalidInput
 from forgeflow.evaluation import rollout_window
-from forgeflow.evaluation.rollout_expr import Condition, parse_condition
-from forgeflow.evaluation.rollout_judge import check_judge
+from forgeflow.evaluation.rollout_expr import Condition
+from forgeflow.evaluation.rollout_judge import JUDGE_TIMEOUT_S, Judge, JudgeRun, check_judge
 from forgeflow.evaluation.rollout_plan import RolloutSpec, check_spec, split
 from forgeflow.evaluation.rollout_store import Rollouts
 from forgeflow.serving.endpoints import EndpointService
@@ -41,13 +46,14 @@ from forgeflow.serving.samples import AnswerSamples
 from forgeflow.store.audit import AuditLog
 from forgeflow.store.leadership import live_loads
 from forgeflow.store.db import now
-from forgeflow.store.states import RolloutState
+from forgeflow.store.states import DeploymentState, RolloutState
 
 log = logging.getLogger("forgeflow.rollout")
 
 POLL_S = float(os.environ.get("FORGEFLOW_ROLLOUT_POLL_S", "1.0"))
-# Scores the sampled answers of each side: deployment -> [{"messages", "answer"}] -> deployment -> mean in [0, 1].
-Judge = Callable[[RolloutSpec, dict[str, list[dict]]], dict[str, float | None]]
+MAX_FAILURES = 5  # polls in a row a rollout's step may fail before the rollout ends as Failed
+# Which of the model's changes a rollout of the deployment allows: more or fewer instances of the same model.
+SCALING = ("instance_count", "scale_settings")
 
 
 class RolloutService:
@@ -81,17 +87,32 @@ class RolloutService:
                            f"from before comes back) with forgeflow online-endpoint rollout cancel --name {endpoint}",
                            field="traffic")
 
+    def refuse_deployment_change(self, endpoint: str, deployment: str, sets: dict[str, Any]) -> None:
+        """While a rollout moves a deployment's traffic, what it answers with stays (409 naming the deployment); more
+        or fewer instances of it (instance_count, scale_settings) are fine."""
+        running = self.store.running(endpoint)
+        if running and running[0]["deployment"] == deployment and any(
+                key.split(".")[0] not in SCALING for key in sets):
+            raise Conflict(f"deployment {deployment!r} is being rolled out on endpoint {endpoint!r}: the rollout judges "
+                           f"what it answers now, so it cannot change meanwhile (only instance_count and "
+                           f"scale_settings can); cancel the rollout first with forgeflow online-endpoint rollout "
+                           f"cancel --name {endpoint}, then update it and roll it out again", field="deployment")
+
     def cancel(self, endpoint: str) -> dict:
         self.endpoints.show_endpoint(endpoint)
         return self.describe(self.store.request_cancel(endpoint))
 
     def latest(self, endpoint: str) -> dict | None:
-        row = self.store.latest(endpoint)
+        row = self.store.latest(endpoint, self._since(endpoint))
         return None if row is None else self.describe(row)
+
+    def _since(self, endpoint: str) -> str:
+        """When the endpoint of this name was created: rollouts before that were of an endpoint deleted since."""
+        return self.endpoints.show_endpoint(endpoint)["created_at"]
 
     def summary(self, endpoint: str) -> dict | None:
         """The running or last rollout in short, for the endpoint's own answer (`online-endpoint show`)."""
-        row = self.store.latest(endpoint)
+        row = self.store.latest(endpoint, self._since(endpoint))
         if row is None:
             return None
         plan = row["rollout_spec"]["plan"]
@@ -100,8 +121,7 @@ class RolloutService:
                 "created_at": row["created_at"], "finished_at": row.get("finished_at")}
 
     def history(self, endpoint: str) -> list[dict]:
-        self.endpoints.show_endpoint(endpoint)
-        return [self.describe(row, live=False) for row in self.store.of_endpoint(endpoint)]
+        return [self.describe(row, live=False) for row in self.store.of_endpoint(endpoint, self._since(endpoint))]
 
     def describe(self, row: dict, live: bool = True) -> dict:
         """A rollout as the API shows it; a running one with its current step's figures so far."""
@@ -113,7 +133,7 @@ class RolloutService:
                "step": idx + 1, "percent": plan[min(idx, len(plan) - 1)], "min_requests": spec["min_requests"],
                "step_seconds": spec["step_seconds"], "max_step_seconds": spec["max_step_seconds"],
                "judge": ({"flow": spec["judge_flow"], "connection": spec["judge_connection"],
-                          "sample": spec["judge_sample"]} if "judge" in _metrics_of(spec["promote_if"]) else None),
+                          "sample": spec["judge_sample"]} if _judged(row) else None),
                "previous_traffic": row["previous_traffic"], "traffic": row.get("applied_traffic"),
                "cancel_requested": bool(row.get("cancel_requested")), "step_started_at": row.get("step_started_at"),
                "created_by": row.get("created_by"), "created_at": row["created_at"],
@@ -129,23 +149,35 @@ class RolloutService:
         return loads
 
 
-def _metrics_of(promote_if: str) -> set[str]:
-    """The names a stored (so already checked) condition reads."""
-    return {n.id for n in ast.walk(ast.parse(promote_if, mode="eval")) if isinstance(n, ast.Name)}
+def _judged(row: dict) -> bool:
+    """Whether the rollout's condition names the judge (a row whose condition no longer reads: whether it names a
+    judge flow or connection)."""
+    spec = RolloutSpec.from_row(row["rollout_spec"])
+    try:
+        return "judge" in spec.condition(row["deployment"]).metrics
+    except InvalidInput:
+        return bool(spec.judge_flow or spec.judge_connection)
 
 
 class RolloutController:
     """The leader's loop over the running rollouts (see the module's docstring)."""
 
-    def __init__(self, service: RolloutService, judge: Judge | None = None, poll_s: float = POLL_S) -> None:
+    def __init__(self, service: RolloutService, judge: Judge | None = None, poll_s: float = POLL_S,
+                 judge_timeout_s: float = JUDGE_TIMEOUT_S) -> None:
         self.service = service
         self.endpoints = service.endpoints
         self.rollouts = service.store
         self.audit = AuditLog(self.endpoints.store)
         self.judge = judge
         self.poll_s = poll_s
+        self.judge_timeout_s = judge_timeout_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # By rollout id, for the rollouts running now: those this controller has seen (a rollout it meets already
+        # in a step is one it takes over), its step's failures in a row, its judging under way.
+        self._seen: set[str] = set()
+        self._failures: dict[str, int] = {}
+        self._judging: dict[str, JudgeRun] = {}
 
     def start(self) -> None:
         self._stop.clear()
@@ -157,6 +189,7 @@ class RolloutController:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(10)
         self._thread = None
+        self._seen.clear()  # leading again later is taking the rollouts over again
 
     def _run(self) -> None:
         while not self._stop.wait(self.poll_s):
@@ -169,16 +202,41 @@ class RolloutController:
         except Exception:  # a busy or unreachable database: try again next poll
             log.exception("could not read the running rollouts")
             return
-        watched = set()
+        watched, running = set(), set()
         for row in rows:
             try:
                 row = self._step(row)
+                self._failures.pop(row["id"], None)
                 if row["state"] == RolloutState.RUNNING:
+                    running.add(row["id"])
                     watched |= self._watch(row)
-            except Exception:
+            except Exception as e:
                 log.exception("rollout %s on endpoint %s could not move on", row["id"], row["endpoint"])
+                if self._failed(row, e) == RolloutState.RUNNING:
+                    running.add(row["id"])
+        for kept in (self._failures, self._judging):
+            for gone in set(kept) - running:
+                del kept[gone]
+        self._seen &= running
         if self.service.samples is not None:
             self.service.samples.keep_only(watched)
+
+    def _failed(self, row: dict, error: Exception) -> str:
+        """Count a step's failure; at MAX_FAILURES in a row the rollout ends as Failed, the split restored. The
+        rollout's state after."""
+        count = self._failures[row["id"]] = self._failures.get(row["id"], 0) + 1
+        if count < MAX_FAILURES:
+            return RolloutState.RUNNING
+        why = f"the rollout could not move on ({count} tries in a row): " + (
+            error.message if isinstance(error, ForgeflowError) else f"{type(error).__name__}: {error}")[:500]
+        try:
+            row = self.rollouts.get(row["id"])
+            if row["state"] != RolloutState.RUNNING:
+                return row["state"]
+            return self._restore(row, RolloutState.FAILED, why, {"event": "failed", "why": why})["state"]
+        except Exception:  # the database itself: the next poll tries again
+            log.exception("rollout %s could not be ended as failed", row["id"])
+            return RolloutState.RUNNING
 
     # -- one rollout -----------------------------------------------------------------------
     def _step(self, row: dict) -> dict:
@@ -190,10 +248,14 @@ class RolloutController:
             ep = self.endpoints.show_endpoint(endpoint)
         except ForgeflowError as e:
             return self.rollouts.finish(row, RolloutState.FAILED, e.message, {"event": "failed", "why": e.message})
+        if ep["created_at"] > row["created_at"]:
+            why = f"endpoint {endpoint!r} was deleted (and created again) during the rollout"
+            return self.rollouts.finish(row, RolloutState.FAILED, why, {"event": "failed", "why": why})
         if deployment not in ep["deployments"]:
             why = f"deployment {deployment!r} was deleted during the rollout"
             return self._restore(row, RolloutState.FAILED, why, {"event": "failed", "why": why})
         if row.get("step_started_at") is None:
+            self._seen.add(row["id"])
             try:
                 return self._begin_step(row, spec)
             except ForgeflowError as e:  # the endpoint refused the split (its deployments changed meanwhile)
@@ -203,25 +265,44 @@ class RolloutController:
             why = (f"the endpoint's traffic was changed outside the rollout (to {ep['traffic']}); the rollout stops "
                    "and leaves it as it is")
             return self.rollouts.finish(row, RolloutState.CANCELED, why, {"event": "canceled", "why": why})
-        condition = parse_condition(spec.promote_if, ep["deployments"], deployment)
+        if row["id"] not in self._seen:  # taken over: what came before (the old leader's, a failover) is not this step's
+            self._seen.add(row["id"])
+            return self.rollouts.advance(row, self._fresh_window(endpoint) | {"step_started_at": now()}, {
+                "event": "resumed", "step": row["step_index"] + 1,
+                "why": "this server took the rollout over (a restart or a change of leader): the step starts again"})
+        condition = spec.condition(deployment)
+        sides = ({deployment} | condition.deployments) & {k for k, v in row["applied_traffic"].items() if v}
+        states = {d["name"]: d["provisioning_state"] for d in self.endpoints.list_deployments(endpoint)}
+        if any(states.get(name, DeploymentState.SUCCEEDED) != DeploymentState.SUCCEEDED for name in sides):
+            return self.rollouts.advance(row, self._fresh_window(endpoint))  # its window waits while it is placed
         figures = rollout_window.window(row["window_start"],
                                         rollout_window.reading(self.service.loads(), endpoint))
         canary = figures.get(deployment) or rollout_window.figures(0, 0, [], [])
         requests = int(canary["requests"] or 0)
         elapsed = time.time() - datetime.fromisoformat(row["step_started_at"]).timestamp()
         percent = spec.plan[row["step_index"]]
+        ready = requests >= spec.min_requests and elapsed >= spec.step_seconds
+        unsampled = self._unsampled(row, condition, sides) if ready else []
+        if elapsed >= spec.max_step_seconds and (not ready or unsampled) and row["id"] not in self._judging:
+            why = (f"step {row['step_index'] + 1} ({percent}%) had {requests} of its min_requests "
+                   f"{spec.min_requests} requests after max_step_seconds {spec.max_step_seconds:g}" if not ready else
+                   f"step {row['step_index'] + 1} ({percent}%): no sampled answer from {', '.join(unsampled)} after "
+                   f"max_step_seconds {spec.max_step_seconds:g} (streamed or non-chat answers and other servers' "
+                   "requests are not sampled)")
+            return self._restore(row, RolloutState.STALLED, why, {"event": "stalled", "why": why,
+                                                                  "figures": figures})
         if requests >= max(1, math.ceil(spec.min_requests / 4)):
             breached = condition.early_breach(figures, deployment)
             if breached:
                 return self._roll_back(row, percent, figures, breached)
-        if requests >= spec.min_requests and elapsed >= spec.step_seconds and self._judged(row, condition):
-            return self._check(row, spec, condition, figures, percent)
-        if elapsed >= spec.max_step_seconds:
-            why = (f"step {row['step_index'] + 1} ({percent}%) had {requests} of its min_requests "
-                   f"{spec.min_requests} requests after max_step_seconds {spec.max_step_seconds:g}")
-            return self._restore(row, RolloutState.STALLED, why, {"event": "stalled", "why": why,
-                                                                  "figures": figures})
-        return row
+        if not ready or unsampled:
+            return row
+        if "judge" not in condition.metrics:
+            return self._check(row, spec, condition, figures, percent, None)
+        return self._judged(row, spec, condition, figures, percent)
+
+    def _fresh_window(self, endpoint: str) -> dict:
+        return {"window_start": rollout_window.reading(self.service.loads(), endpoint)}
 
     def _begin_step(self, row: dict, spec: RolloutSpec) -> dict:
         percent = spec.plan[row["step_index"]]
@@ -233,19 +314,44 @@ class RolloutController:
                                      {"event": "step", "step": row["step_index"] + 1, "percent": percent,
                                       "traffic": traffic})
 
-    def _check(self, row: dict, spec: RolloutSpec, condition: Condition, figures: dict, percent: int) -> dict:
+    def _judged(self, row: dict, spec: RolloutSpec, condition: Condition, figures: dict, percent: int) -> dict:
+        """The step's check once the judge has scored its samples: the judging starts (on its own thread) at the
+        first poll, later polls wait for it; a judge that fails or outlives its deadline ends the rollout."""
+        run = self._judging.get(row["id"])
+        if run is None:
+            samples = self.service.samples
+            sides = {row["deployment"]} | condition.deployments
+            items = {name: samples.take((row["endpoint"], name)) if samples else [] for name in sides}
+            if self.judge is None:
+                return self._check(row, spec, condition, figures, percent, ({}, items))
+            self._judging[row["id"]] = JudgeRun(self.judge, spec, items, self.judge_timeout_s)
+            return row
+        if run.late():
+            del self._judging[row["id"]]
+            why = f"the judge could not score: it had not answered after {run.timeout_s:g} seconds"
+            return self._restore(row, RolloutState.FAILED, why, {"event": "failed", "why": why})
+        if not run.done():
+            return row
+        del self._judging[row["id"]]
+        if run.error is not None or run.scores is None:
+            why = f"the judge could not score: {run.error}"
+            return self._restore(row, RolloutState.FAILED, why, {"event": "failed", "why": why})
+        return self._check(row, spec, condition, figures, percent, (run.scores, run.items))
+
+    def _check(self, row: dict, spec: RolloutSpec, condition: Condition, figures: dict, percent: int,
+               judged: tuple[dict, dict] | None) -> dict:
         deployment = row["deployment"]
         reference = dict(row.get("reference_metrics") or {})
         for name in condition.deployments - {deployment}:
             # Its own window's figures once they rest on min_requests requests; else (at 100%, the deployment
-            # replaced answers next to nothing) those of the last window that had as many.
+            # replaced answers next to nothing; or it was deleted) those of the last window that had as many.
             if (figures.get(name) or {}).get("requests", 0) >= spec.min_requests or name not in reference:
                 if (figures.get(name) or {}).get("requests"):
                     reference[name] = figures[name]
             else:
                 figures[name] = reference[name] | {"from_earlier_window": True}
-        if "judge" in condition.metrics:
-            self._judge(row["endpoint"], spec, figures, reference, {deployment} | condition.deployments)
+        if judged is not None:
+            self._scores(figures, reference, *judged)
         ok, clauses = condition.evaluate(figures, deployment)
         event = {"event": "check", "step": row["step_index"] + 1, "percent": percent, "passed": ok,
                  "clauses": clauses, "figures": figures}
@@ -259,20 +365,17 @@ class RolloutController:
         row = self.rollouts.advance(row, {"step_index": row["step_index"] + 1, "step_started_at": None})
         return self._begin_step(row, spec)
 
-    def _judged(self, row: dict, condition: Condition) -> bool:
-        """Whether the judge has something to score: an answer sampled from each side that takes traffic now."""
+    def _unsampled(self, row: dict, condition: Condition, sides: set[str]) -> list[str]:
+        """The sides taking traffic of which the judge has no sampled answer yet (none without a judge)."""
         samples = self.service.samples
         if "judge" not in condition.metrics or samples is None:
-            return True
-        sides = ({row["deployment"]} | condition.deployments) & {k for k, v in row["applied_traffic"].items() if v}
-        return all(samples.count((row["endpoint"], name)) for name in sides)
+            return []
+        return sorted(name for name in sides if not samples.count((row["endpoint"], name)))
 
-    def _judge(self, endpoint: str, spec: RolloutSpec, figures: dict, reference: dict, sides: set[str]) -> None:
-        """Each side's mean judge score of its answers sampled in this step (None: none sampled, or no judge)."""
-        samples = self.service.samples
-        items = {name: samples.take((endpoint, name)) if samples else [] for name in sides}
-        scores = self.judge(spec, items) if self.judge is not None else {}
-        for name in sides:
+    @staticmethod
+    def _scores(figures: dict, reference: dict, scores: dict, items: dict) -> None:
+        """Each side's mean judge score of its answers sampled in this step (None: none sampled)."""
+        for name in items:
             entry = figures.setdefault(name, rollout_window.figures(0, 0, [], []))
             score = scores.get(name)
             if score is None and name in reference and "judge" in reference[name]:
@@ -311,10 +414,9 @@ class RolloutController:
     def _watch(self, row: dict) -> set:
         """The deployments whose answers the gateway samples for this rollout's judge."""
         spec = RolloutSpec.from_row(row["rollout_spec"])
-        if "judge" not in _metrics_of(spec.promote_if) or self.service.samples is None:
+        condition = spec.condition(row["deployment"])
+        if "judge" not in condition.metrics or self.service.samples is None:
             return set()
-        names = self.endpoints.show_endpoint(row["endpoint"])["deployments"]
-        condition = parse_condition(spec.promote_if, names, row["deployment"])
         keys = {(row["endpoint"], name) for name in condition.deployments | {row["deployment"]}}
         for key in keys:
             self.service.samples.watch(key, spec.judge_sample)

@@ -10,11 +10,13 @@ step.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from forgeflow.errors import Conflict, InvalidInput
-from forgeflow.evaluation.rollout_expr import Condition, parse_condition
+from forgeflow.evaluation.rollout_expr import FIELD, Condition, parse_condition
+from forgeflow.store.states import DeploymentState
 
 DEFAULT_CANARY = 10
 DEFAULT_STEPS = (100,)
@@ -39,6 +41,9 @@ class RolloutSpec:
     judge_flow: str | None
     judge_connection: str | None
     judge_sample: int
+    # The deployments promote_if names, resolved once when the rollout started: the condition reads the same
+    # deployments for the whole rollout, and one deleted since is unknown (its last figures), never an error.
+    compared: list[str] = field(default_factory=list)
 
     def row(self) -> dict[str, Any]:
         return asdict(self)
@@ -46,6 +51,10 @@ class RolloutSpec:
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> RolloutSpec:
         return cls(**row)
+
+    def condition(self, canary: str) -> Condition:
+        """promote_if as it was checked at the start, over the deployments it named then."""
+        return parse_condition(self.promote_if, [*self.compared, canary], canary)
 
 
 def check_spec(body: dict[str, Any], deployments: dict[str, str], traffic: dict[str, int], deployment: str,
@@ -55,7 +64,7 @@ def check_spec(body: dict[str, Any], deployments: dict[str, str], traffic: dict[
         known = ", ".join(sorted(deployments)) or "none"
         raise InvalidInput(f"the endpoint has no deployment {deployment!r} (it has: {known}); create it first with "
                            "forgeflow online-deployment create", field="deployment")
-    if deployments[deployment] != "Succeeded":
+    if deployments[deployment] != DeploymentState.SUCCEEDED:
         raise Conflict(f"deployment {deployment!r} is {deployments[deployment]}: a rollout starts once it has "
                        "settled as Succeeded", field="deployment")
     if sum(traffic.values()) != 100:
@@ -81,6 +90,11 @@ def check_spec(body: dict[str, Any], deployments: dict[str, str], traffic: dict[
                            "deployment more traffic than the one before", field="steps")
     plan = steps if steps[0] == canary else [canary, *steps]
     condition = parse_condition(body.get("promote_if") or "", deployments, deployment)
+    idle = sorted(name for name in condition.deployments - {deployment} if not traffic.get(name))
+    if idle:
+        raise InvalidInput(f"promote_if compares with deployment {idle[0]!r}, which takes no traffic now (0%), so it "
+                           f"would have no figures to compare with: compare with a deployment that takes traffic "
+                           f"({', '.join(sorted(traffic))}) or with a number", field=FIELD)
     min_requests = _whole(body.get("min_requests", DEFAULT_MIN_REQUESTS), "min_requests", 1, 10_000_000)
     step_seconds = _seconds(body.get("step_seconds", DEFAULT_STEP_SECONDS), "step_seconds")
     max_step = _seconds(body.get("max_step_seconds", DEFAULT_MAX_STEP_SECONDS), "max_step_seconds")
@@ -97,9 +111,12 @@ def check_spec(body: dict[str, Any], deployments: dict[str, str], traffic: dict[
     for name, value in (("judge_flow", flow), ("judge_connection", connection)):
         if value is not None and (not isinstance(value, str) or not value.strip() or "\x00" in value):
             raise InvalidInput(f"{name} must be a non-empty string", field=name)
+    if flow is not None:
+        flow = _absolute(flow)
     spec = RolloutSpec(canary=canary, plan=plan, promote_if=condition.text, min_requests=min_requests,
                        step_seconds=step_seconds, max_step_seconds=max_step, judge_flow=flow,
-                       judge_connection=connection, judge_sample=judge_sample)
+                       judge_connection=connection, judge_sample=judge_sample,
+                       compared=sorted(condition.deployments))
     return spec, condition
 
 
@@ -119,6 +136,15 @@ def split(previous: dict[str, int], deployment: str, percent: int) -> dict[str, 
     for k in sorted(exact, key=lambda k: (floors[k] - exact[k], k))[:spare]:
         floors[k] += 1
     return out | floors
+
+
+def _absolute(flow: str) -> str:
+    """judge_flow as an absolute path on this server: the leader that runs the judge (maybe another process, started
+    elsewhere) reads the folder the request meant."""
+    try:
+        return str(Path(flow).expanduser().resolve())
+    except (OSError, ValueError, RuntimeError) as e:  # a name too long, a NUL, an unknown ~user
+        raise InvalidInput(f"judge_flow {flow[:100]!r} is no folder path: {e}"[:300], field="judge_flow") from None
 
 
 def _whole(value: Any, name: str, low: int, high: int) -> int:

@@ -53,16 +53,18 @@ class Rollouts:
             where["endpoint"] = endpoint
         return self.store.select(TABLE, where, order_by="created_at")
 
-    def of_endpoint(self, endpoint: str) -> list[dict]:
-        """The endpoint's rollouts, newest first."""
-        return self.store.select(TABLE, {"endpoint": endpoint}, order_by="created_at DESC, id DESC")
+    def of_endpoint(self, endpoint: str, since: str = "") -> list[dict]:
+        """The endpoint's rollouts, newest first; those created at `since` or later (when the endpoint of this name
+        was created: the rows of an endpoint deleted before stay, for the audit, but are not this one's)."""
+        return [row for row in self.store.select(TABLE, {"endpoint": endpoint}, order_by="created_at DESC, id DESC")
+                if row["created_at"] >= since]
 
-    def latest(self, endpoint: str) -> dict | None:
-        """The running rollout, else the newest one; None when the endpoint never had one."""
-        running = self.running(endpoint)
+    def latest(self, endpoint: str, since: str = "") -> dict | None:
+        """The running rollout, else the newest one (created at `since` or later); None when there is none."""
+        running = [row for row in self.running(endpoint) if row["created_at"] >= since]
         if running:
             return running[0]
-        rows = self.of_endpoint(endpoint)
+        rows = self.of_endpoint(endpoint, since)
         return rows[0] if rows else None
 
     def request_cancel(self, endpoint: str) -> dict:

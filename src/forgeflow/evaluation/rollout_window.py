@@ -3,15 +3,17 @@ server's published counters (serving/metrics.py `outcomes`, on each `servers` ro
 
 A reading is per server, so a window is the sum over the servers alive now of (now - at the window's start); a
 server that started within the window counts from zero, and a server that died within it takes its requests with
-it. Latency percentiles come from the histogram's buckets, interpolated linearly within the bucket the rank falls
-in (Prometheus's histogram_quantile); past the last bucket the figure is that bucket's bound.
+it. Latency percentiles come from the rollouts' own histogram buckets (serving/metrics.py ROLLOUT_BUCKETS, 10% apart
+from 1 ms to 320 s), interpolated linearly within the bucket the rank falls in (Prometheus's histogram_quantile), so
+a percentile is within about 10% of the true one; past the last bucket the figure is that bucket's bound. A server
+that publishes buckets of another layout (an older version, during an upgrade) is read without its latencies.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from forgeflow.serving.metrics import LATENCY_BUCKETS, TTFT_BUCKETS
+from forgeflow.serving.metrics import ROLLOUT_BUCKETS
 
 # server id -> deployment -> [requests, errors, latency bucket counts, ttft bucket counts]
 Reading = dict[str, dict[str, list]]
@@ -24,7 +26,7 @@ def reading(loads: dict[str, dict[str, Any]], endpoint: str) -> Reading:
         mine = {}
         for row in load.get("outcomes") or ():
             if isinstance(row, list) and len(row) == 6 and row[0] == endpoint:
-                mine[str(row[1])] = [int(row[2]), int(row[3]), list(row[4]), list(row[5])]
+                mine[str(row[1])] = [int(row[2]), int(row[3]), _layout(row[4]), _layout(row[5])]
         out[server] = mine
     return out
 
@@ -47,10 +49,10 @@ def window(start: Reading, end: Reading) -> dict[str, dict[str, float | None]]:
 def figures(requests: int, errors: int, lat: list[int], ttft: list[int]) -> dict[str, float | None]:
     return {"requests": requests, "errors": errors,
             "error_rate": errors / requests if requests else None,
-            "p50_latency_ms": _ms(quantile(0.50, lat, LATENCY_BUCKETS)),
-            "p95_latency_ms": _ms(quantile(0.95, lat, LATENCY_BUCKETS)),
-            "p99_latency_ms": _ms(quantile(0.99, lat, LATENCY_BUCKETS)),
-            "ttft_p95_ms": _ms(quantile(0.95, ttft, TTFT_BUCKETS))}
+            "p50_latency_ms": _ms(quantile(0.50, lat, ROLLOUT_BUCKETS)),
+            "p95_latency_ms": _ms(quantile(0.95, lat, ROLLOUT_BUCKETS)),
+            "p99_latency_ms": _ms(quantile(0.99, lat, ROLLOUT_BUCKETS)),
+            "ttft_p95_ms": _ms(quantile(0.95, ttft, ROLLOUT_BUCKETS))}
 
 
 def quantile(q: float, counts: list[int], bounds: tuple[float, ...]) -> float | None:
@@ -73,6 +75,11 @@ def quantile(q: float, counts: list[int], bounds: tuple[float, ...]) -> float | 
 
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
+
+
+def _layout(counts: list) -> list[int]:
+    """Bucket counts of ROLLOUT_BUCKETS' layout; those of another layout read as none."""
+    return [int(c) for c in counts] if isinstance(counts, list) and len(counts) == len(ROLLOUT_BUCKETS) + 1 else [0] * (len(ROLLOUT_BUCKETS) + 1)
 
 
 def _padded(values: list[int], n: int) -> list[int]:

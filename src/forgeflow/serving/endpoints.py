@@ -14,6 +14,7 @@ changes and requests reach the leader's instances is serving/instances.py's.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -47,6 +48,17 @@ AUTH_MODES = ("key", "token")
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 CONFIG_TTL_S = 1.0  # the longest a server serves an endpoint's view after another server changed it
 _KEEP: Any = object()  # an update argument left out
+SPLIT_TRIES = 5  # writes of a split that another request changed meanwhile, each on a fresh read
+
+
+def _split_guard(row: dict) -> dict[str, str]:
+    """The split as read, as a condition of the write: the write takes effect only if nobody changed it since."""
+    return {col: json.dumps(row[col]) for col in ("traffic", "mirror_traffic") if row.get(col) is not None}
+
+
+def _split_raced(name: str) -> Conflict:
+    return Conflict(f"endpoint {name!r}'s traffic kept changing under this request (other requests changed it at the "
+                    "same moment): read it again with forgeflow online-endpoint show and retry", field="traffic")
 
 
 class EndpointService:
@@ -248,32 +260,45 @@ class EndpointService:
                         mirror_traffic: dict[str, int] | None = None, description: str | None = None,
                         max_body_bytes: int | None = None, auth_mode: str | None = None,
                         allowed_users: list[str] | None = _KEEP, port: int | None = _KEEP) -> dict:
-        """Change what is given; `allowed_users=None` or `port=None` clears it, left out it stays."""
-        row = self._endpoint_row(name)
+        """Change what is given; `allowed_users=None` or `port=None` clears it, left out it stays. Only the columns
+        given are written, and the split only if it is still the one read (`_split_guard`): two requests at once
+        never undo each other's change."""
         if auth_mode is not None and auth_mode not in AUTH_MODES:
             raise InvalidInput(f"auth_mode {auth_mode!r} is not supported: use 'key' or 'token'", field="auth_mode")
-        users = (row.get("allowed_users") if allowed_users is _KEEP
-                 else check_allowed_users(self.ws.identity, allowed_users))
-        specs.check_users_mode(users, auth_mode or row["auth_mode"])
-        new_traffic = row["traffic"] if traffic is None else traffic
-        new_mirror = (row.get("mirror_traffic") or {}) if mirror_traffic is None else mirror_traffic
-        known = {d["name"] for d in self.store.select("deployments", {"endpoint": name})}
-        mirrored = specs.check_traffic(name, new_traffic, new_mirror, known)
-        values: dict[str, Any] = {"traffic": dict(new_traffic), "mirror_traffic": mirrored, "allowed_users": users}
-        if port is not _KEEP:
-            values["port"] = self._free_port(name, port)
-        if description is not None:
-            values["description"] = description
         if max_body_bytes is not None:
             specs.check_body_limit(max_body_bytes)
-            values["max_body_bytes"] = max_body_bytes
-        if auth_mode is not None and auth_mode != row["auth_mode"]:
-            # Fresh secrets: no key of the old mode keeps working, and no old key can sign tokens.
-            box = self.ws.secrets
-            values |= {"auth_mode": auth_mode, "primary_key": box.encrypt(new_key()),
-                       "secondary_key": box.encrypt(new_key())}
-        with endpoint_hosts.port_clash(values.get("port")):  # another server gave it to another endpoint meanwhile
-            self.store.update("endpoints", {"name": name}, values)
+        for _ in range(SPLIT_TRIES):
+            row = self._endpoint_row(name)
+            users = (row.get("allowed_users") if allowed_users is _KEEP
+                     else check_allowed_users(self.ws.identity, allowed_users))
+            specs.check_users_mode(users, auth_mode or row["auth_mode"])
+            values: dict[str, Any] = {} if allowed_users is _KEEP else {"allowed_users": users}
+            where: dict[str, Any] = {"name": name}
+            if traffic is not None or mirror_traffic is not None:
+                new_traffic = row["traffic"] if traffic is None else traffic
+                new_mirror = (row.get("mirror_traffic") or {}) if mirror_traffic is None else mirror_traffic
+                known = {d["name"] for d in self.store.select("deployments", {"endpoint": name})}
+                values |= {"traffic": dict(new_traffic),
+                           "mirror_traffic": specs.check_traffic(name, new_traffic, new_mirror, known)}
+                where |= _split_guard(row)
+            if port is not _KEEP:
+                values["port"] = self._free_port(name, port)
+            if description is not None:
+                values["description"] = description
+            if max_body_bytes is not None:
+                values["max_body_bytes"] = max_body_bytes
+            if auth_mode is not None and auth_mode != row["auth_mode"]:
+                # Fresh secrets: no key of the old mode keeps working, and no old key can sign tokens.
+                box = self.ws.secrets
+                values |= {"auth_mode": auth_mode, "primary_key": box.encrypt(new_key()),
+                           "secondary_key": box.encrypt(new_key())}
+            if not values:
+                return self.show_endpoint(name)
+            with endpoint_hosts.port_clash(values.get("port")):  # another server gave it to another endpoint meanwhile
+                if self.store.update("endpoints", where, values):
+                    break
+        else:
+            raise _split_raced(name)
         self._changed(name)
         return self.show_endpoint(name)
 
@@ -410,9 +435,12 @@ class EndpointService:
                            f"stop it first with: forgeflow online-endpoint update --name {endpoint} --mirror-traffic {name}=0")
         self.supervisor.stop(endpoint, name)
         self.store.delete("deployments", {"endpoint": endpoint, "name": name})
-        traffic.pop(name, None)
-        mirror.pop(name, None)
-        self.store.update("endpoints", {"name": endpoint}, {"traffic": traffic, "mirror_traffic": mirror})
+        for _ in range(SPLIT_TRIES):  # its zero entries out of the split, as it is now
+            if self.store.update("endpoints", {"name": endpoint} | _split_guard(ep), {
+                    "traffic": {k: v for k, v in (ep["traffic"] or {}).items() if k != name},
+                    "mirror_traffic": {k: v for k, v in (ep.get("mirror_traffic") or {}).items() if k != name}}):
+                break
+            ep = self._endpoint_row(endpoint)
         self._changed(endpoint)
 
     def deployment_logs(self, endpoint: str, name: str, lines: int = 100) -> str:

@@ -85,17 +85,21 @@ class Call:
             h[DEPLOYMENT_HEADER] = self.deployment
         return h | (extra or {})
 
-    def fail(self, exc: ForgeflowError, headers: dict | None = None) -> Response:
-        """The error answer, in the route's dialect."""
-        self.record(exc.status_code)
+    def fail(self, exc: ForgeflowError, headers: dict | None = None, *, refused: bool = False) -> Response:
+        """The error answer, in the route's dialect; `refused`: the gateway's own 503 for want of a ready instance
+        (counted apart, so a rollout does not read a deployment being placed again as failing)."""
+        self.record(exc.status_code, refused=refused)
         return JSONResponse(error_body(self.dialect, exc), status_code=exc.status_code, headers=self.headers(headers))
 
-    def record(self, status: int, completion_tokens: int | None = None, prompt_tokens: int | None = None) -> None:
+    def record(self, status: int, completion_tokens: int | None = None, prompt_tokens: int | None = None, *,
+               refused: bool = False) -> None:
         if not self.known:
             return
         m = self.svc.metrics
         labels = Metrics.labels(endpoint=self.endpoint, deployment=self.deployment)
         m.inc("forgeflow_requests_total", labels + (("code", str(status)),))
+        if refused:
+            m.inc("forgeflow_refused_requests_total", labels)
         took = time.perf_counter() - self.started
         m.observe("forgeflow_request_duration_seconds", labels, took)
         if self.by_instance:
@@ -192,8 +196,10 @@ async def _forward(call: Call, cfg: EndpointConfig, path: str, raw: bytes, strea
     if not ready and not svc.leading:  # a follower's copy of the leader's board may lag: read it once more
         ready = await run_in_threadpool(svc.ready_instances_now, dep.key)
     if not ready and (not dep.autoscaled or dep.state == DeploymentState.FAILED):
+        # Not yet placed (starting, or placed again on a new leader) is the gateway refusing, not the deployment
+        # failing; a Failed deployment is failing its users.
         return call.fail(ServerUnavailable(f"deployment {dep.name!r} has no ready instance (state {dep.state}); "
-                                           "retry shortly"), RETRY)
+                                           "retry shortly"), RETRY, refused=dep.state != DeploymentState.FAILED)
     # While an autoscaled deployment wakes, it takes the requests one instance would.
     ticket = svc.admission.admit(dep.key, dep.request_settings, len(ready) or 1)
     if ticket is None:

@@ -13,11 +13,20 @@ from collections.abc import Callable
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# The rollouts' finer buckets (kept beside the exposed histograms, published with the heartbeat, never rendered):
+# log-spaced 10% apart from 1 ms to 300 s, so a percentile read from them is within about 10% of the true one and
+# `p95_latency_ms<1.2*blue` is decided by the answers, not by the exposed buckets' edges (2 to 2.5 times apart).
+ROLLOUT_BUCKETS = tuple(round(0.001 * 1.1 ** i, 7) for i in range(134))  # 0.001 .. ~320 s
+_FINE = ("forgeflow_instance_request_duration_seconds", "forgeflow_time_to_first_token_seconds")
 
 Labels = tuple[tuple[str, str], ...]
 
 _HELP = {
     "forgeflow_requests_total": ("counter", "Scoring and OpenAI requests answered, by status code."),
+    "forgeflow_refused_requests_total": (
+        "counter", "Requests the gateway answered 503 itself because the deployment had no ready instance yet (it "
+        "is starting, or being placed again after a restart or a change of leader): counted in "
+        "forgeflow_requests_total too, but not as the deployment's errors."),
     "forgeflow_mirrored_requests_total": ("counter", "Mirrored copies sent, by the status the mirror answered."),
     "forgeflow_request_duration_seconds": ("histogram", "Time from request to the last byte of the answer."),
     "forgeflow_instance_request_duration_seconds": (
@@ -53,6 +62,7 @@ class Metrics:
         self._counters: dict[str, dict[Labels, float]] = defaultdict(lambda: defaultdict(float))
         self._hists: dict[str, dict[Labels, _Histogram]] = defaultdict(dict)
         self._gauges: dict[str, Callable[[], dict[Labels, float]]] = {}
+        self._fine: dict[tuple[str, Labels], _Histogram] = {}  # ROLLOUT_BUCKETS twins of the _FINE histograms
 
     @staticmethod
     def labels(**kw: str | int | None) -> Labels:
@@ -69,6 +79,11 @@ class Metrics:
             if hist is None:
                 hist = self._hists[name][labels] = _Histogram(buckets)
             hist.observe(value)
+            if name in _FINE:
+                fine = self._fine.get((name, labels))
+                if fine is None:
+                    fine = self._fine[(name, labels)] = _Histogram(ROLLOUT_BUCKETS)
+                fine.observe(value)
 
     def gauge(self, name: str, read: Callable[[], dict[Labels, float]]) -> None:
         """Register a gauge read at scrape time (pending requests, ready instances)."""
@@ -87,11 +102,14 @@ class Metrics:
 
     def outcomes(self) -> list[list]:
         """Each deployment's answers so far, as a rollout reads them: [endpoint, deployment, requests, errors,
-        latency bucket counts, time-to-first-token bucket counts] (counts per bucket of LATENCY_BUCKETS and
-        TTFT_BUCKETS, not cumulative, one more for past the last bucket). An error is a 5xx, a 408 or a 424: the
-        deployment failed the request; a 4xx of the client's own (a bad body, a 429) is a request but no error.
-        Published with this server's heartbeat, so the leader adds every server's."""
+        latency bucket counts, time-to-first-token bucket counts] (counts per bucket of ROLLOUT_BUCKETS, not
+        cumulative, one more for past the last bucket; latencies of the answers an instance gave, not of the
+        gateway's own fast refusals). An error is what `counts_against` says. Not counted at all: a 499 (the client
+        left) and a 503 the gateway answered itself for want of a ready instance (a deployment being placed again
+        after a restart or a change of leader is not failing). Published with this server's heartbeat, so the
+        leader adds every server's."""
         by_key: dict[tuple[str, str], list] = {}
+        width = len(ROLLOUT_BUCKETS) + 1
 
         def entry(labels: Labels) -> list | None:
             lab = dict(labels)
@@ -99,21 +117,25 @@ class Metrics:
                 return None
             key = (lab.get("endpoint", ""), lab["deployment"])
             if key not in by_key:
-                by_key[key] = [key[0], key[1], 0, 0, [0] * (len(LATENCY_BUCKETS) + 1), [0] * (len(TTFT_BUCKETS) + 1)]
+                by_key[key] = [key[0], key[1], 0, 0, [0] * width, [0] * width]
             return by_key[key]
 
         with self._lock:
             for labels, n in self._counters.get("forgeflow_requests_total", {}).items():
                 row = entry(tuple(kv for kv in labels if kv[0] != "code"))
-                if row is not None:
-                    code = int(dict(labels).get("code") or 0)
+                code = int(dict(labels).get("code") or 0)
+                if row is not None and code != 499:
                     row[2] += int(n)
-                    row[3] += int(n) if is_error(code) else 0
-            for name, slot in (("forgeflow_request_duration_seconds", 4), ("forgeflow_time_to_first_token_seconds", 5)):
-                for labels, hist in self._hists.get(name, {}).items():
-                    row = entry(labels)
-                    if row is not None:
-                        row[slot] = list(hist.counts) + [hist.count - sum(hist.counts)]
+                    row[3] += int(n) if counts_against(code) else 0
+            for labels, n in self._counters.get("forgeflow_refused_requests_total", {}).items():
+                row = entry(labels)
+                if row is not None:  # each was a 503 counted above: take it out of both
+                    row[2] = max(row[2] - int(n), 0)
+                    row[3] = max(row[3] - int(n), 0)
+            for (name, labels), hist in self._fine.items():
+                row = entry(labels)
+                if row is not None:
+                    row[4 if name == _FINE[0] else 5] = list(hist.counts) + [hist.count - sum(hist.counts)]
         return list(by_key.values())
 
     def render(self) -> str:
@@ -147,6 +169,13 @@ def is_error(status: int) -> bool:
     """Whether an answer is the deployment's failure rather than the client's: a 5xx, a 408 (past
     request_timeout_ms) or a 424 (the model server failed)."""
     return status >= 500 or status in (408, 424)
+
+
+def counts_against(status: int) -> bool:
+    """Whether an answer counts against the deployment in a rollout: its failures (`is_error`) and its 429s. A 429
+    is the deployment refusing its users (its queue is full): counting it as a plain request would make an overloaded
+    canary look healthy, since its refusals are fast and error-free."""
+    return is_error(status) or status == 429
 
 
 def _esc(value: str) -> str:

@@ -273,15 +273,12 @@ def servers(store: Store) -> list[dict]:
 
 def live_loads(store: Store) -> dict[str, dict]:
     """Each live server's published gateway load by its id (a rollout sums their answer counts, serving/metrics.py
-    `outcomes`)."""
+    `outcomes`; a dead server's requests are gone)."""
     moment = datetime.now(timezone.utc).timestamp()
     return {row["id"]: row["gateway_load"] for row in store.select(TABLE)
             if row.get("gateway_load") and moment - datetime.fromisoformat(row["heartbeat_at"]).timestamp() < ALIVE_S}
 
 
 def gateway_loads(store: Store, exclude: str) -> list[dict]:
-    """The gateway loads the live servers other than `exclude` published (a dead server's requests are gone)."""
-    moment = datetime.now(timezone.utc).timestamp()
-    return [row["gateway_load"] for row in store.select(TABLE)
-            if row["id"] != exclude and row.get("gateway_load")
-            and moment - datetime.fromisoformat(row["heartbeat_at"]).timestamp() < ALIVE_S]
+    """The gateway loads the live servers other than `exclude` published."""
+    return [load for server, load in live_loads(store).items() if server != exclude]
