@@ -44,11 +44,11 @@ def main() -> None:
     env = dict(os.environ, FORGEFLOW_HOME=str(args.home), FORGEFLOW_URL=f"http://127.0.0.1:{free_port()}")
     t0 = time.monotonic()
     try:
-        quick = json.loads(forgeflow(env, "quickstart", "--json").stdout)
+        quick = _last_json(forgeflow(env, "quickstart", "--json").stdout)  # its steps print before the summary
         took_quickstart = time.monotonic() - t0
         data = args.home / "quickstart" / "data" / "test_data.jsonl"
         t1 = time.monotonic()
-        result = json.loads(forgeflow(env, "model", "evaluate", "--model", quick["model"], "--baseline",
+        result = _last_json(forgeflow(env, "model", "evaluate", "--model", quick["model"], "--baseline",
                                       "smollm2-135m-instruct", "--data", str(data), "--max-new-tokens",
                                       str(args.max_new_tokens), "--json").stdout)
         took_eval = time.monotonic() - t1
@@ -70,6 +70,12 @@ def main() -> None:
         ci = cmp.get("delta_ci") or [None, None]
         print(f"| {name} | {m.get(name):.4g} {_ci(m.get(name + '_ci'))} | {b.get(name):.4g} {_ci(b.get(name + '_ci'))} "
               f"| {cmp['delta']:+.4g} {_ci(ci)} | {cmp.get('better')} / {cmp.get('worse')} |")
+
+
+def _last_json(text: str) -> dict:
+    """The JSON document a command printed last (a pretty-printed one spans several lines)."""
+    start = text.rfind("\n{")
+    return json.loads(text[start + 1 if start >= 0 else 0:])
 
 
 def _ci(ci) -> str:
