@@ -64,7 +64,7 @@ def main() -> None:
         return
     print(f"{summary['model']} vs {summary['baseline']} on {summary['rows']} held-out rows "
           f"(quick start {took_quickstart:.0f} s, evaluation {took_eval:.0f} s)")
-    print(f"| metric | fine-tune | base | delta [interval] | rows better / worse |\n|---|---|---|---|---|")
+    print("| metric | fine-tune | base | delta [interval] | rows better / worse |\n|---|---|---|---|---|")
     for name, cmp in result["comparison"].items():
         m, b = result["model"]["metrics"], result["baseline"]["metrics"]
         ci = cmp.get("delta_ci") or [None, None]
