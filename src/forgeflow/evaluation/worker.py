@@ -19,9 +19,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-import threading
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -30,54 +28,29 @@ from forgeflow.evaluation.report import build_result, registry_summary
 from forgeflow.evaluation.scoring import Row, Scorer, read_rows
 from forgeflow.store.states import JobStatus
 from forgeflow.training.jobs import RESULT_FILE, ROWS_FILE, EvaluationSpec, write_json
-from forgeflow.training.tracking import Attempt, JobFiles, MlflowRun, create_experiment, read_status
-from forgeflow.training.worker import check_version, one_line_error, quiet_environment, stop_on_sigterm
+from forgeflow.training.tracking import Attempt, JobFiles, MlflowRun, create_experiment
+from forgeflow.training.worker import RunSlot, one_line_error, run_worker
 
 MLFLOW_EXPERIMENT = "forgeflow-evaluation"
 
 
 def run_job(job_dir: Path) -> int:
     """Run the evaluation in JOB_DIR to its end; returns the exit code (0 done, canceled or superseded, 1 failed)."""
-    quiet_environment()
-    files = JobFiles(Path(job_dir))
-    previous = read_status(files.job_dir) or {}
-    attempt = Attempt.begin(files, threading.Event())
-    files.write_status(JobStatus.RUNNING, error=None)
-    restore = stop_on_sigterm(attempt.event)
-    run: MlflowRun | None = None
-    try:
-        check_version()
+
+    def work(files: JobFiles, attempt: Attempt, previous: dict[str, Any], slot: RunSlot):
         spec = EvaluationSpec.read(files.job_dir)
         if spec.resume and previous.get("mlflow_run_id"):
-            run = MlflowRun.reopen(spec, previous["mlflow_run_id"])  # type: ignore[arg-type]
-        if run is None:
-            run = start_run(spec)
-        files.write_status(mlflow_run_id=run.run_id)
+            slot.run = MlflowRun.reopen(spec, previous["mlflow_run_id"])  # type: ignore[arg-type]
+        if slot.run is None:
+            slot.run = start_run(spec)
+        files.write_status(mlflow_run_id=slot.run.run_id)
         rows = read_rows(Path(spec.data), spec.max_rows)
         status = evaluate(spec, files, rows, attempt)
-        if attempt.superseded:
-            print("stopped: a newer start of this job took over its folder", flush=True)
-            return 0
-        if status == JobStatus.COMPLETED:
-            finish(spec, run, build_result(spec, rows, read_done(files.job_dir, rows)), files)
-        files.write_status(status)
-        print(f"job {status.lower()}", flush=True)
-        run.end(status)
-        return 0
-    except Exception as exc:
-        traceback.print_exc()
-        if attempt.superseded:
-            print("stopped: a newer start of this job took over its folder", flush=True)
-            return 0
-        files.write_status(JobStatus.FAILED, error=one_line_error(exc))
-        if run is not None and files.record:
-            try:
-                run.end(JobStatus.FAILED)
-            except Exception:
-                traceback.print_exc()
-        return 1
-    finally:
-        restore()
+        if status == JobStatus.COMPLETED and not attempt.superseded:
+            finish(spec, slot.run, build_result(spec, rows, read_done(files.job_dir, rows)), files)
+        return status, None
+
+    return run_worker(job_dir, work)
 
 
 def start_run(spec: EvaluationSpec) -> MlflowRun:

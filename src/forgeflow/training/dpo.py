@@ -24,14 +24,13 @@ from trl import DPOConfig, DPOTrainer
 from forgeflow.data.validate import iter_preferences
 from forgeflow.errors import InvalidInput
 from forgeflow.store.states import JobStatus
-from forgeflow.training.callbacks import CancelCallback, ProgressCallback
-from forgeflow.training.checkpoints import checkpoint_step
 from forgeflow.training.finetune import (
     find_resume_checkpoint,
+    fit,
+    job_callbacks,
     load_model,
     lora_config,
     resolve_precision,
-    save_outputs,
     training_arguments,
 )
 from forgeflow.training.jobfile import check_method
@@ -62,7 +61,7 @@ def train_preferences(
     """DPO on the job's preference rows, then save adapter + merged MLflow model under JOB_DIR/outputs; returns
     (status, final metrics). `cancel.is_set()` asks to stop, as in `worker.train`."""
     from datasets import Dataset
-    from transformers import AutoTokenizer, EarlyStoppingCallback, PrinterCallback, set_seed
+    from transformers import AutoTokenizer, PrinterCallback, set_seed
 
     # TRL asks the model a name transformers 5 deprecated, at every reference pass: noise in worker.log.
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
@@ -98,12 +97,7 @@ def train_preferences(
         # TRL turns dropout off so the policy and its reference score a pair alike; lora_dropout > 0 asks for it.
         disable_dropout=hp.lora.lora_dropout == 0,
     )
-    progress = ProgressCallback(files, run)
-    callbacks: list[Any] = [progress, CancelCallback(cancel)]
-    if hp.evaluation.apply_early_stopping and eval_rows is not None:
-        callbacks.append(
-            EarlyStoppingCallback(hp.evaluation.early_stopping_patience, hp.evaluation.early_stopping_threshold)
-        )
+    progress, callbacks = job_callbacks(hp, files, run, cancel, eval_rows is not None)
     trainer = PreferenceTrainer(
         model=model,
         ref_model=None,
@@ -121,28 +115,9 @@ def train_preferences(
     files.write_status(metrics=data_metrics)
     if run is not None:
         run.log_metrics(data_metrics, step=0)
-    if any_worker(cancel.is_set()):
-        return JobStatus.CANCELED, {}
-    if checkpoint is not None:
-        step = checkpoint_step(checkpoint)
-        files.drop_metrics_after(step)
-        trainer.restore_counters(checkpoint)
-        print(f"resuming from {checkpoint.name} (step {step})", flush=True)
-    else:
-        files.drop_metrics_after(-1)
-        if eval_rows is not None:
-            trainer.evaluate()  # step 0: the policy is its reference, so every reward is 0
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    if any_worker(cancel.is_set()):
-        return JobStatus.CANCELED, progress.final_metrics()
-    if eval_rows is not None and progress.last_eval_step != trainer.state.global_step:
-        trainer.evaluate()
-    if trainer.state.best_model_checkpoint:
-        print(f"exporting the best checkpoint: {Path(trainer.state.best_model_checkpoint).name} "
-              f"(eval_loss {trainer.state.best_metric:.4g})", flush=True)
-    if trainer.is_world_process_zero():
-        save_outputs(trainer, tokenizer, spec, job_dir / "outputs")
-    return JobStatus.COMPLETED, {**data_metrics, **progress.final_metrics()}
+    # At step 0 the policy is its reference, so the first evaluation's rewards are all 0.
+    return fit(trainer, progress, files=files, spec=spec, tokenizer=tokenizer, checkpoint=checkpoint,
+               evaluating=eval_rows is not None, cancel=cancel, data_metrics=data_metrics)
 
 
 def _pair_counts(rows: int, prepared: Any, max_length: int, name: str) -> dict[str, int]:

@@ -191,3 +191,52 @@ def resolve_precision(precision: str, use_cuda: bool) -> str:
     if precision == "fp16" and not use_cuda:
         raise InvalidInput("precision fp16 needs a CUDA GPU; use fp32 or bf16 on CPU", field="precision")
     return precision
+
+
+def job_callbacks(hp: Hyperparameters, files: Any, run: Any, cancel: Any, evaluating: bool) -> tuple[Any, list[Any]]:
+    """The callbacks every method's trainer runs with: progress and curves, cancel, early stopping when asked."""
+    from transformers import EarlyStoppingCallback
+
+    from forgeflow.training.callbacks import CancelCallback, ProgressCallback
+
+    progress = ProgressCallback(files, run)
+    callbacks: list[Any] = [progress, CancelCallback(cancel)]
+    if hp.evaluation.apply_early_stopping and evaluating:
+        callbacks.append(
+            EarlyStoppingCallback(hp.evaluation.early_stopping_patience, hp.evaluation.early_stopping_threshold)
+        )
+    return progress, callbacks
+
+
+def fit(trainer: Any, progress: Any, *, files: Any, spec: JobSpec, tokenizer: Any, checkpoint: Path | None,
+        evaluating: bool, cancel: Any, data_metrics: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """What every method does once its trainer is built: continue a checkpoint's counters (or evaluate at step 0),
+    train, evaluate at the last step, and save the outputs (the best checkpoint when early stopping kept one).
+    Returns the job's end status and final metrics."""
+    from forgeflow.store.states import JobStatus
+    from forgeflow.training.checkpoints import checkpoint_step
+    from forgeflow.training.parallel import any_worker
+
+    if any_worker(cancel.is_set()):
+        return JobStatus.CANCELED, {}
+    if checkpoint is not None:
+        step = checkpoint_step(checkpoint)
+        files.drop_metrics_after(step)
+        trainer.restore_counters(checkpoint)
+        print(f"resuming from {checkpoint.name} (step {step})", flush=True)
+    else:
+        files.drop_metrics_after(-1)
+        if evaluating:
+            trainer.evaluate()
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if any_worker(cancel.is_set()):
+        return JobStatus.CANCELED, progress.final_metrics()
+    if evaluating and progress.last_eval_step != trainer.state.global_step:
+        trainer.evaluate()
+    if trainer.state.best_model_checkpoint:
+        print(f"exporting the best checkpoint: {Path(trainer.state.best_model_checkpoint).name} "
+              f"(eval_loss {trainer.state.best_metric:.4g})", flush=True)
+    if trainer.is_world_process_zero():
+        save_outputs(trainer, tokenizer, spec, Path(files.job_dir) / "outputs")
+    return JobStatus.COMPLETED, {**data_metrics, **progress.final_metrics()}
+

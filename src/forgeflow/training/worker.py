@@ -25,13 +25,13 @@ from typing import Any, Callable
 from forgeflow import __version__
 from forgeflow.errors import ForgeflowError
 from forgeflow.store.states import JobStatus
-from forgeflow.training.checkpoints import checkpoint_step
 from forgeflow.training.dataset import iter_messages, prepare
 from forgeflow.training.finetune import (
     find_resume_checkpoint,
+    fit,
+    job_callbacks,
     load_model,
     resolve_precision,
-    save_outputs,
     training_arguments,
 )
 from forgeflow.training.hyperparams import check_hardware
@@ -44,32 +44,38 @@ VERSION_ENV = "FORGEFLOW_VERSION"
 Train = Callable[[JobSpec, JobFiles, MlflowRun | None, Attempt], tuple[JobStatus, dict[str, float]]]
 
 
-def run_job(job_dir: Path, train_with: Train | None = None) -> int:
-    """Run the job in JOB_DIR to its end, training with `train_with` (default `train`, here); returns the process
-    exit code (0 done, canceled or superseded, 1 failed)."""
+class RunSlot:
+    """The job's MLflow run once its work opened it, so that a failure afterwards can end it as failed."""
+
+    run: MlflowRun | None = None
+
+
+# What a job program does between its start and its end: (end status, final metrics or None to keep those written).
+JobWork = Callable[[JobFiles, Attempt, dict[str, Any], RunSlot], tuple[JobStatus, dict[str, Any] | None]]
+
+
+def run_worker(job_dir: Path, work: JobWork) -> int:
+    """The life of a job's worker process, whatever the job does (`work`): its start written over any earlier one
+    (`tracking.Attempt`), SIGTERM as cancel, the end status and its MLflow run's end, a failure as one readable line,
+    and nothing written once a newer start took the folder over. Returns the process exit code (0 done, canceled or
+    superseded, 1 failed)."""
     quiet_environment()
     files = JobFiles(Path(job_dir))
     previous = read_status(files.job_dir) or {}
     attempt = Attempt.begin(files, threading.Event())
     files.write_status(JobStatus.RUNNING, error=None)
     restore = stop_on_sigterm(attempt.event)
-    run: MlflowRun | None = None
+    slot = RunSlot()
     try:
         check_version()
-        spec = JobSpec.read(files.job_dir)
-        if spec.resume and previous.get("mlflow_run_id"):
-            run = MlflowRun.reopen(spec, previous["mlflow_run_id"])
-        if run is None:
-            run = MlflowRun.start(spec)
-        files.write_status(mlflow_run_id=run.run_id)
-        check_training_data(spec)
-        status, metrics = (train_with or train)(spec, files, run, attempt)
+        status, metrics = work(files, attempt, previous, slot)
         if attempt.superseded:
             print("stopped: a newer start of this job took over its folder", flush=True)
             return 0
-        files.write_status(status, metrics=metrics)
+        files.write_status(status, **({"metrics": metrics} if metrics is not None else {}))
         print(f"job {status.lower()}", flush=True)
-        run.end(status)
+        if slot.run is not None:
+            slot.run.end(status)
         return 0
     except Exception as exc:
         traceback.print_exc()
@@ -77,14 +83,30 @@ def run_job(job_dir: Path, train_with: Train | None = None) -> int:
             print("stopped: a newer start of this job took over its folder", flush=True)
             return 0
         files.write_status(JobStatus.FAILED, error=one_line_error(exc))
-        if run is not None and files.record:
+        if slot.run is not None and files.record:
             try:
-                run.end(JobStatus.FAILED)
+                slot.run.end(JobStatus.FAILED)
             except Exception:
                 traceback.print_exc()
         return 1
     finally:
         restore()
+
+
+def run_job(job_dir: Path, train_with: Train | None = None) -> int:
+    """Run the fine-tuning job in JOB_DIR to its end, training with `train_with` (default `train`, here)."""
+
+    def work(files: JobFiles, attempt: Attempt, previous: dict[str, Any], slot: RunSlot):
+        spec = JobSpec.read(files.job_dir)
+        if spec.resume and previous.get("mlflow_run_id"):
+            slot.run = MlflowRun.reopen(spec, previous["mlflow_run_id"])
+        if slot.run is None:
+            slot.run = MlflowRun.start(spec)
+        files.write_status(mlflow_run_id=slot.run.run_id)
+        check_training_data(spec)
+        return (train_with or train)(spec, files, slot.run, attempt)
+
+    return run_worker(job_dir, work)
 
 
 def check_version() -> None:
@@ -129,13 +151,11 @@ def train(
     import torch
     from transformers import (
         AutoTokenizer,
-        EarlyStoppingCallback,
         PrinterCallback,
         TrainingArguments,
         set_seed,
     )
 
-    from forgeflow.training.callbacks import CancelCallback, ProgressCallback
     from forgeflow.training.packing import PackedCollator
     from forgeflow.training.trainer import ForgeflowTrainer
 
@@ -171,12 +191,7 @@ def train(
     model = load_model(base, hp, precision, use_cuda)
     checkpoint = find_resume_checkpoint(spec, job_dir / "checkpoints")
     config = training_arguments(TrainingArguments, hp, job_dir, precision, use_cuda, eval_data is not None)
-    progress = ProgressCallback(files, run)
-    callbacks: list[Any] = [progress, CancelCallback(cancel)]
-    if hp.evaluation.apply_early_stopping and eval_data is not None:
-        callbacks.append(
-            EarlyStoppingCallback(hp.evaluation.early_stopping_patience, hp.evaluation.early_stopping_threshold)
-        )
+    progress, callbacks = job_callbacks(hp, files, run, cancel, eval_data is not None)
     trainer = ForgeflowTrainer(
         model=model,
         args=config,
@@ -187,28 +202,8 @@ def train(
         callbacks=callbacks,
     )
     trainer.remove_callback(PrinterCallback)
-    if any_worker(cancel.is_set()):
-        return JobStatus.CANCELED, {}
-    if checkpoint is not None:
-        step = checkpoint_step(checkpoint)
-        files.drop_metrics_after(step)
-        trainer.restore_counters(checkpoint)
-        print(f"resuming from {checkpoint.name} (step {step})", flush=True)
-    else:
-        files.drop_metrics_after(-1)
-        if eval_data is not None:
-            trainer.evaluate()
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    if any_worker(cancel.is_set()):
-        return JobStatus.CANCELED, progress.final_metrics()
-    if eval_data is not None and progress.last_eval_step != trainer.state.global_step:
-        trainer.evaluate()
-    if trainer.state.best_model_checkpoint:
-        print(f"exporting the best checkpoint: {Path(trainer.state.best_model_checkpoint).name} "
-              f"(eval_loss {trainer.state.best_metric:.4g})", flush=True)
-    if trainer.is_world_process_zero():
-        save_outputs(trainer, tokenizer, spec, job_dir / "outputs")
-    return JobStatus.COMPLETED, {**data_metrics, **progress.final_metrics()}
+    return fit(trainer, progress, files=files, spec=spec, tokenizer=tokenizer, checkpoint=checkpoint,
+               evaluating=eval_data is not None, cancel=cancel, data_metrics=data_metrics)
 
 
 def one_line_error(exc: BaseException) -> str:
