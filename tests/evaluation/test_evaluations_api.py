@@ -250,3 +250,10 @@ async def test_registering_or_adding_a_flow_from_such_a_path_is_a_400(api, path)
     assert r.status_code == 400 and r.json()["field"] == "path", r.json()
     r = await api.post("/api/flows", json={"name": "hostile", "path": path})
     assert r.status_code == 400 and r.json()["field"] == "path", r.json()
+
+
+@pytest.mark.parametrize("path", ["bad\x00path", "x" * 5000])
+async def test_a_flow_deployment_from_such_a_path_is_a_400(api, path):
+    assert (await api.post("/api/endpoints", json={"name": "hostile-flow"})).status_code == 201
+    r = await api.post("/api/endpoints/hostile-flow/deployments", json={"name": "blue", "flow": path})
+    assert r.status_code == 400 and r.json()["field"] == "flow", r.json()

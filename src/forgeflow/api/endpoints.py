@@ -3,7 +3,6 @@ serving.gateway)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -13,6 +12,7 @@ from pydantic import BaseModel, Field
 from forgeflow.api.guard import SCORING_MAX_BYTES
 from forgeflow.api.security import CONTRIBUTOR, READER, audit_detail, audit_secret_read, audit_target, services
 from forgeflow.errors import InvalidInput
+from forgeflow.names import client_path
 from forgeflow.serving import specs
 from forgeflow.serving.specs import FLOW_RUNTIME
 
@@ -149,7 +149,7 @@ def create_deployment(name: str, body: DeploymentCreate, request: Request, ff=De
     if body.flow:
         from forgeflow.flows.loader import load_flow
 
-        flow = load_flow(Path(body.flow).expanduser().resolve())
+        flow = load_flow(client_path(body.flow, "flow"))
         ref, path, adapters, runtime = f"flow:{flow.dir}", flow.dir, {}, FLOW_RUNTIME
     else:
         ref, path, adapters = resolve_models(specs.model_refs(body.model))

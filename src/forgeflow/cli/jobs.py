@@ -48,7 +48,7 @@ def create(
     file: Path = typer.Option(None, "--file", "-f", help="YAML job file (type, model, training_data, validation_data, "
                               "hyperparameters, method, name, compute); flags below override it."),
     type: str = typer.Option(None, "--type", help="Job type (finetuning)."),
-    model: str = typer.Option(None, "--model", help="Base model: catalog name, folder, or registered NAME:VERSION."),
+    model: str = typer.Option(None, "--model", help="Base model: catalog name, folder, or registered NAME:VERSION or NAME@ALIAS."),
     training_data: Path = typer.Option(None, "--training-data", help="Training JSONL: chat rows, or preference rows "
                                        "(prompt, chosen, rejected) with --method dpo."),
     validation_data: Path = typer.Option(None, "--validation-data", help="Validation JSONL, shaped as the training data."),

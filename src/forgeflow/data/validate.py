@@ -10,7 +10,7 @@ The training method picks the row shape (`METHODS`). A chat row (sft) is good wh
 whose ``messages`` is a non-empty list of objects with ``role`` in system/user/assistant and a
 non-empty string ``content``; ``system`` may only come first, and the last message is from the
 assistant (so at least one assistant turn exists). A preference row (dpo) has ``prompt`` (a string,
-one user message, or a list of messages ending with a user turn) and ``chosen`` and ``rejected``
+read as one user message, or a list of messages ending with a user turn) and ``chosen`` and ``rejected``
 (each a string or a list of assistant messages), the shapes TRL's conversational preference
 datasets use; chosen and rejected must differ.
 """

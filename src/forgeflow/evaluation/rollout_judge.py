@@ -18,6 +18,7 @@ from typing import Any
 
 from forgeflow.errors import ForgeflowError, InvalidInput, UpstreamError
 from forgeflow.evaluation.rollout_plan import RolloutSpec
+from forgeflow.names import client_path
 
 log = logging.getLogger("forgeflow.rollout")
 
@@ -64,11 +65,11 @@ def check_judge(flow: str | None, connection: str | None) -> None:
     from forgeflow.evaluation.judge import DEFAULT_JUDGE_FLOW, judge_flow
     from forgeflow.store.connections import local_connection_lookup
 
+    folder = client_path(flow, "judge_flow") if flow else DEFAULT_JUDGE_FLOW
     try:
-        folder = Path(flow) if flow else DEFAULT_JUDGE_FLOW
         is_flow = (folder / "flow.dag.yaml").is_file()
-    except (OSError, ValueError) as e:  # a name too long for the file system, a NUL
-        raise InvalidInput(f"judge_flow {(flow or '')[:100]!r} is no folder path on the server: {e}"[:300],
+    except OSError as e:  # the folder's own name is fine but flow.dag.yaml beside it is past the limit
+        raise InvalidInput(f"judge_flow {str(folder)[:100]!r} is no folder path on the server: {e}"[:300],
                            field="judge_flow") from None
     if not is_flow:
         raise InvalidInput(f"judge_flow {str(folder)!r} is no flow folder (it has no flow.dag.yaml) on the server: "

@@ -11,11 +11,11 @@ step.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from forgeflow.errors import Conflict, InvalidInput
 from forgeflow.evaluation.rollout_expr import FIELD, Condition, parse_condition
+from forgeflow.names import client_path
 from forgeflow.store.states import DeploymentState
 
 DEFAULT_CANARY = 10
@@ -141,10 +141,7 @@ def split(previous: dict[str, int], deployment: str, percent: int) -> dict[str, 
 def _absolute(flow: str) -> str:
     """judge_flow as an absolute path on this server: the leader that runs the judge (maybe another process, started
     elsewhere) reads the folder the request meant."""
-    try:
-        return str(Path(flow).expanduser().resolve())
-    except (OSError, ValueError, RuntimeError) as e:  # a name too long, a NUL, an unknown ~user
-        raise InvalidInput(f"judge_flow {flow[:100]!r} is no folder path: {e}"[:300], field="judge_flow") from None
+    return str(client_path(flow, "judge_flow"))
 
 
 def _whole(value: Any, name: str, low: int, high: int) -> int:
