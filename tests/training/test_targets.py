@@ -99,8 +99,8 @@ def test_a_queued_job_on_a_silent_cluster_is_tried_again_after_a_growing_pause(w
                         hyperparameters=resolve_hyperparameters({}), compute="far")
     tries = []
     start = RayCompute.start
-    monkeypatch.setattr(RayCompute, "start",
-                        lambda self, job_dir, env=None: tries.append(clock.now) or start(self, job_dir, env))
+    monkeypatch.setattr(RayCompute, "start", lambda self, job_dir, env=None, **options: tries.append(clock.now)
+                        or start(self, job_dir, env, **options))
     for _ in range(3):  # one real try (refused at once by the TCP check), then a pause of 1 s
         runner.tick()
     assert len(tries) == 1
