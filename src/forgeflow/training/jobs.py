@@ -94,12 +94,7 @@ class JobSpec:
     def read(cls, job_dir: Path) -> JobSpec:
         """Read the job file; its hyperparameters are parsed back into the validated object, naming a bad field."""
         path = Path(job_dir) / SPEC_FILE
-        try:
-            doc = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise NotFound(f"{path} is missing; the job runner writes it before starting the worker") from None
-        except json.JSONDecodeError as exc:
-            raise InvalidInput(f"{path} is not valid JSON: {exc}") from None
+        doc = read_job_file(path)
         missing = [key for key in ("base_model_path", "training_data", "mlflow_tracking_uri") if not doc.get(key)]
         if missing:
             raise InvalidInput(f"{path} lacks {', '.join(missing)}", field=missing[0])
@@ -113,6 +108,16 @@ class JobSpec:
             mlflow_artifact_location=doc.get("mlflow_artifact_location"), compute=doc.get("compute") or "local",
             resume=bool(doc.get("resume")),
         )
+
+
+def read_job_file(path: Path) -> dict[str, Any]:
+    """A job file the runner wrote (spec.json, evaluation.json) as JSON; clear errors when it is missing or broken."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise NotFound(f"{path} is missing; the job runner writes it before starting the worker") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"{path} is not valid JSON: {exc}") from None
 
 
 def write_json(path: Path, doc: dict[str, Any]) -> None:
@@ -179,12 +184,7 @@ class EvaluationSpec:
     @classmethod
     def read(cls, job_dir: Path) -> EvaluationSpec:
         path = Path(job_dir) / EVALUATION_FILE
-        try:
-            doc = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise NotFound(f"{path} is missing; the job runner writes it before starting the worker") from None
-        except json.JSONDecodeError as exc:
-            raise InvalidInput(f"{path} is not valid JSON: {exc}") from None
+        doc = read_job_file(path)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(doc) - names)
         if unknown:
