@@ -70,7 +70,9 @@ def test_a_compared_deployment_deleted_at_0_percent_is_read_by_its_last_figures(
         post(gateway, "shop", key)
         if gateway.svc.show_endpoint("shop")["traffic"] == {"blue": 0, "green": 100}:
             break
-    assert gateway.svc.show_endpoint("shop")["traffic"] == {"blue": 0, "green": 100}, latest(gateway)
+    rollout = latest(gateway)
+    assert gateway.svc.show_endpoint("shop")["traffic"] == {"blue": 0, "green": 100}, (rollout["reason"],
+                                                                                      rollout["history"])
     r = httpx.delete(f"{gateway.url}/api/endpoints/shop/deployments/blue", headers=gateway.admin, timeout=30)
     assert r.status_code == 200, r.text  # at 0% it may go
     rollout = drive(gateway, key)
@@ -176,3 +178,17 @@ def test_concurrent_endpoint_writes_do_not_undo_each_other(gateway):
     stale = svc.store.get("endpoints", name="shop")
     svc.update_endpoint("shop", traffic={"blue": 100, "green": 0})
     assert svc.store.update("endpoints", {"name": "shop"} | _split_guard(stale), {"traffic": {"green": 100}}) == 0
+
+
+def test_a_step_waits_for_figures_of_the_deployment_it_compares_with(gateway):
+    key = shop(gateway)
+    start(gateway, promote_if="error_rate<0.01 and p95_latency_ms<=blue+5000")
+    wait_until(lambda: gateway.svc.show_endpoint("shop")["traffic"] == {"blue": 50, "green": 50}, what="the canary")
+    for _ in range(6):  # green has its requests; blue, compared with, has none in this window yet
+        assert post(gateway, "shop", key, headers={"azureml-model-deployment": "green"}).status_code == 200
+    wait_until(lambda: len(latest(gateway)["history"]) >= 1, what="a poll")
+    rollout = latest(gateway)
+    assert rollout["state"] == "Running" and not [e for e in rollout["history"] if e["event"] == "check"], rollout
+    assert post(gateway, "shop", key, headers={"azureml-model-deployment": "blue"}).status_code == 200
+    checked = wait_until(lambda: [e for e in latest(gateway)["history"] if e["event"] == "check"], what="a check")
+    assert checked[0]["passed"] is True and checked[0]["figures"]["blue"]["requests"] >= 1, checked

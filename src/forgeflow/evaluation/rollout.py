@@ -281,11 +281,18 @@ class RolloutController:
         requests = int(canary["requests"] or 0)
         elapsed = time.time() - datetime.fromisoformat(row["step_started_at"]).timestamp()
         percent = spec.plan[row["step_index"]]
-        ready = requests >= spec.min_requests and elapsed >= spec.step_seconds
+        counted = requests >= spec.min_requests and elapsed >= spec.step_seconds
+        # A deployment the condition compares with needs figures of its own in this window, or earlier ones.
+        reference = row.get("reference_metrics") or {}
+        waiting = [name for name in sorted(condition.deployments - {deployment})
+                   if not (figures.get(name) or {}).get("requests") and name not in reference]
+        ready = counted and not waiting
         unsampled = self._unsampled(row, condition, sides) if ready else []
         if elapsed >= spec.max_step_seconds and (not ready or unsampled) and row["id"] not in self._judging:
             why = (f"step {row['step_index'] + 1} ({percent}%) had {requests} of its min_requests "
-                   f"{spec.min_requests} requests after max_step_seconds {spec.max_step_seconds:g}" if not ready else
+                   f"{spec.min_requests} requests after max_step_seconds {spec.max_step_seconds:g}" if not counted else
+                   f"step {row['step_index'] + 1} ({percent}%): no request reached {', '.join(waiting)} (compared in "
+                   f"promote_if) after max_step_seconds {spec.max_step_seconds:g}" if waiting else
                    f"step {row['step_index'] + 1} ({percent}%): no sampled answer from {', '.join(unsampled)} after "
                    f"max_step_seconds {spec.max_step_seconds:g} (streamed or non-chat answers and other servers' "
                    "requests are not sampled)")
