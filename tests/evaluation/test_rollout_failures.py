@@ -7,6 +7,7 @@ meanwhile, and concurrent endpoint writes do not undo each other."""
 from __future__ import annotations
 
 import threading
+import time
 
 import httpx
 
@@ -140,9 +141,10 @@ def test_a_busy_judge_does_not_hold_up_a_cancel_and_one_past_its_deadline_fails(
 
         called.clear()
         controller.judge_timeout_s = 0.5
-        start(gateway, promote_if="judge>=blue")
+        time.sleep(1.1)  # rollouts are ordered by when they started, to the second: the next one is the latest
+        second = start(gateway, promote_if="judge>=blue")
         rollout = drive(gateway, key)
-        assert rollout["state"] == "Failed", rollout
+        assert rollout["id"] == second["id"] and rollout["state"] == "Failed", rollout
         assert rollout["reason"] == "the judge could not score: it had not answered after 0.5 seconds"
     finally:
         release.set()
