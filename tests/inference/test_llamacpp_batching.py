@@ -67,6 +67,44 @@ def test_a_request_joining_midway_gets_its_solo_answer(llamacpp_runtime):
     assert [ids_of(s) for s in running] == long_alone
 
 
+def test_prompts_that_arrive_together_are_prefilled_in_turn(tools_model_dir, monkeypatch):
+    """Prompts that join between the same two steps are prefilled in the order they joined, one prompt's chunk and
+    then no more than `prefill_budget` tokens of the next per step: their first tokens come in different steps
+    (one long step for all of them would hold every first token back), and each answer is still its solo one."""
+    from forgeflow.inference.runtimes import llamacpp
+
+    # no prefix cache: the solo runs would leave every prompt cached but its last token
+    runtime = llamacpp.LlamaCppRuntime(tools_model_dir, threads=1, max_batch_size=5, prefill_budget=1,
+                                       prefix_cache=False)
+    try:
+        requests = [chat_request(chat(t), temperature=0, max_new_tokens=6) for t in TEXTS[1:5]]
+        solo = [ids_of(submit(runtime, r)[1]) for r in requests]
+        steps, held, decode = [], threading.Event(), runtime.engine.decode
+
+        def recording(entries):
+            held.wait(30)  # the first step waits until every request is queued: they all join before the next
+            steps.append(list(entries))
+            return decode(entries)
+
+        monkeypatch.setattr(runtime.engine, "decode", recording)
+        _, blocker = submit(runtime, chat_request(chat(TEXTS[0]), temperature=0, max_new_tokens=40))
+        wait_for(lambda: runtime.health()["running"] == 1, "began the first request")
+        seqs = [submit(runtime, r)[1] for r in requests]
+        held.set()
+        assert [ids_of(seq) for seq in seqs] == solo
+        ids_of(blocker)
+        generating, firsts = set(), []
+        for entries in steps:
+            new = {seq_id for _, _, seq_id, logits in entries if logits and seq_id not in generating}
+            firsts.append(len(new))
+            generating |= new
+        assert sum(firsts) == 5 and max(firsts) <= 2 and sum(1 for n in firsts if n) >= 3, firsts
+        with pytest.raises(InvalidInput, match="prefill_budget"):
+            llamacpp.LlamaCppRuntime(tools_model_dir, threads=1, prefill_budget=0)
+    finally:
+        runtime.close()
+
+
 def test_a_consumer_that_leaves_frees_its_slot(llamacpp_runtime):
     runtime = llamacpp_runtime
     never_end = Sampling(logit_bias=tuple((eos, -100.0) for eos in runtime.eos_token_ids))

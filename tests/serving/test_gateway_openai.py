@@ -261,12 +261,17 @@ def test_either_kind_of_error_event_marks_a_relayed_stream_failed():
 
         def __init__(self, tail: bytes) -> None:
             self.tail = tail
+            self.content = self  # aiohttp's response body, read with iter_any()
+            self.ended = None
 
-        async def aiter_raw(self):
+        async def iter_any(self):
             yield b'data: {"answer": "a"}\n\n' + self.tail
 
-        async def aclose(self):
-            pass
+        def release(self):
+            self.ended = "released"
+
+        def close(self):
+            self.ended = "closed"
 
     class Ticket:
         def release(self):
@@ -284,4 +289,7 @@ def test_either_kind_of_error_event_marks_a_relayed_stream_failed():
             return b"".join([chunk async for chunk in relay(call, done.resp, done, RequestTimeout("slow"))])
 
         assert asyncio.run(collect()).endswith(tail)
-        assert recorded == [(200 if tail.endswith(b"[DONE]\n\n") else 424, 0, 7)], tail
+        complete = tail.endswith(b"[DONE]\n\n")
+        assert recorded == [(200 if complete else 424, 0, 7)], tail
+        # a whole stream gives its connection back to the pool; a failed one closes it
+        assert done.resp.ended == ("released" if complete else "closed")

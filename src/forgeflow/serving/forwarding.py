@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import httpx
+import aiohttp
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
@@ -212,15 +212,14 @@ async def _forward(call: Call, cfg: EndpointConfig, path: str, raw: bytes, strea
     try:
         if not ready:
             ready = await _woken(call.request, svc, dep, deadline)
-        client: httpx.AsyncClient = call.request.app.state.ff.http
+        session: aiohttp.ClientSession = call.request.app.state.ff.http
         while True:
             inst = ticket.place(ready)
             left = max(deadline - loop.time(), 0.001)
             try:
-                req = client.build_request("POST", f"{inst.url}{path}", content=raw,
-                                           headers=_instance_headers(call, inst), timeout=left)
-                resp = await asyncio.wait_for(client.send(req, stream=True), left)
-            except httpx.ConnectError:
+                resp = await asyncio.wait_for(session.post(f"{inst.url}{path}", data=raw, timeout=upstream_timeout(left),
+                                                           headers=_instance_headers(call, inst)), left)
+            except aiohttp.ClientConnectorError:
                 # Nothing reached the instance (it died since the last probe): try another one.
                 svc.mark_unready(inst)
                 ticket.unplace()  # while it waits, the dead instance must not count it (a drain waits for it)
@@ -231,27 +230,31 @@ async def _forward(call: Call, cfg: EndpointConfig, path: str, raw: bytes, strea
                     return call.fail(ServerUnavailable(f"deployment {dep.name!r} has no ready instance; retry shortly"),
                                      RETRY)
                 continue
-            except (asyncio.TimeoutError, httpx.TimeoutException):
+            except asyncio.TimeoutError:  # aiohttp's own timeouts are asyncio's too
                 return call.fail(_too_slow(timeout_s))
-            except httpx.HTTPError as e:
+            except aiohttp.ClientError as e:
                 failed = UpstreamError(f"the model server of deployment {dep.name!r} failed: {type(e).__name__}")
                 return call.fail(failed, {REASON_HEADER: "model_server_unreachable"})
             break
-        if stream and resp.status_code == 200 and resp.headers.get("content-type", "").startswith("text/event-stream"):
+        if stream and resp.status == 200 and resp.headers.get("content-type", "").startswith("text/event-stream"):
             handed_over = True
             call.by_instance = True
             done = Release(call, resp, ticket)
             return RelayResponse(relay(call, resp, done, _too_slow(timeout_s)), done,
                                  media_type="text/event-stream", headers=call.headers({"cache-control": "no-cache"}))
         try:
-            content = await asyncio.wait_for(resp.aread(), max(deadline - loop.time(), 0.001))
-        except (asyncio.TimeoutError, httpx.TimeoutException):
+            content = await asyncio.wait_for(resp.read(), max(deadline - loop.time(), 0.001))
+        except asyncio.TimeoutError:
+            resp.close()
             return call.fail(_too_slow(timeout_s))
-        except httpx.HTTPError as e:
+        except aiohttp.ClientError as e:
+            resp.close()
             return call.fail(UpstreamError(f"the model server failed while answering: {type(e).__name__}"),
                              {REASON_HEADER: "model_server_unreachable"})
-        finally:
-            await resp.aclose()
+        except BaseException:  # cancelled (the client left): the connection is not reused half-read
+            resp.close()
+            raise
+        resp.release()
         return _answer(call, resp, content)
     except ServerUnavailable as e:  # no instance woke in time, or none could be started
         return call.fail(e, RETRY)
@@ -304,30 +307,36 @@ async def _wake(svc: EndpointService, dep: Deployment) -> None:
                                 f"{dep.name} --endpoint-name {dep.endpoint})") from e
 
 
+def upstream_timeout(seconds: float) -> aiohttp.ClientTimeout:
+    """An instance's time to connect and for each read (of the answer's head, of each chunk of a stream)."""
+    return aiohttp.ClientTimeout(total=None, sock_connect=seconds, sock_read=seconds)
+
+
 def _too_slow(timeout_s: float) -> RequestTimeout:
     return RequestTimeout(f"the model did not answer within request_timeout_ms={int(timeout_s * 1000)}")
 
 
-def _answer(call: Call, resp: httpx.Response, content: bytes) -> Response:
+def _answer(call: Call, resp: aiohttp.ClientResponse, content: bytes) -> Response:
     call.by_instance = True
-    if resp.status_code == 401:  # not the caller's key: the instance refused ours (another process on its port)
+    status = resp.status
+    if status == 401:  # not the caller's key: the instance refused ours (another process on its port)
         return call.fail(UpstreamError("the model server refused the gateway's instance key; retry shortly"),
                          {REASON_HEADER: "model_server_refused", **RETRY})
-    if resp.status_code == 503:
+    if status == 503:
         reason = _upstream_error(503, content).message
         return call.fail(ServerUnavailable(f"the instance is not ready: {reason}; retry shortly"), RETRY)
-    if resp.status_code >= 500:
-        reason = _upstream_error(resp.status_code, content).message
+    if status >= 500:
+        reason = _upstream_error(status, content).message
         return call.fail(UpstreamError(f"the model server failed: {reason}"[:1000]), {REASON_HEADER: "model_error"})
-    if resp.status_code >= 400:  # the instance's refusal (a field it cannot honour), in this route's dialect
-        return call.fail(_upstream_error(resp.status_code, content), RETRY if resp.status_code == 429 else None)
+    if status >= 400:  # the instance's refusal (a field it cannot honour), in this route's dialect
+        return call.fail(_upstream_error(status, content), RETRY if status == 429 else None)
     extra = {h: resp.headers[h] for h in ("x-forgeflow-prompt-tokens", "x-forgeflow-completion-tokens",
                                           "x-forgeflow-finish-reason") if h in resp.headers}
-    call.record(resp.status_code, header_int(extra.get("x-forgeflow-completion-tokens")),
+    call.record(status, header_int(extra.get("x-forgeflow-completion-tokens")),
                 header_int(extra.get("x-forgeflow-prompt-tokens")))
     if call.sampled and (text := _answer_text(content)) is not None:
         call.request.app.state.ff.samples.offer((call.endpoint, call.deployment), call.sampled, text)
-    return Response(content, status_code=resp.status_code, media_type="application/json", headers=call.headers(extra))
+    return Response(content, status_code=status, media_type="application/json", headers=call.headers(extra))
 
 
 def _messages_of(body: Any) -> list | None:
@@ -410,16 +419,17 @@ def _mirror(call: Call, cfg: EndpointConfig, deployment: str, path: str, raw: by
     ticket = svc.admission.admit(dep.key, dep.request_settings, len(ready))
     if ticket is None:
         return  # a mirror never queues up behind its limit (nor goes where no instance is ready)
-    client: httpx.AsyncClient = call.request.app.state.ff.http
+    session: aiohttp.ClientSession = call.request.app.state.ff.http
     inst = ticket.place(ready)
 
     async def send() -> None:
         code = "error"
         try:
-            resp = await client.post(f"{inst.url}{path}", content=raw, headers=_instance_headers(call, inst),
-                                     timeout=dep.request_timeout_s)
-            code = str(resp.status_code)
-        except httpx.HTTPError:
+            async with session.post(f"{inst.url}{path}", data=raw, headers=_instance_headers(call, inst),
+                                    timeout=aiohttp.ClientTimeout(total=dep.request_timeout_s)) as resp:
+                await resp.read()
+                code = str(resp.status)
+        except (aiohttp.ClientError, asyncio.TimeoutError):
             pass
         finally:
             ticket.release()

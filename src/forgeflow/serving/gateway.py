@@ -92,6 +92,10 @@ async def model(endpoint: str, model: str, request: Request) -> Response:
 
 router.include_router(azure_inference.router)
 
+# the scoring routes by their path under /endpoints/NAME, for the short path past FastAPI (api/scoring_path.py)
+SCORING_ROUTES = {"/score": score, "/v1/chat/completions": chat_completions, "/v1/completions": completions,
+                  "/chat/completions": azure_inference.chat_completions}
+
 _ROUTES = {"/score": "POST", "/v1/chat/completions": "POST", "/v1/completions": "POST", "/v1/models": "GET",
            "/chat/completions": "POST", "/info": "GET"}
 

@@ -5,13 +5,14 @@ the admission ticket and the upstream response given back exactly once.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-import httpx
+import aiohttp
 from fastapi.responses import StreamingResponse
 
 from forgeflow.chat import USAGE_COMMENT, error_event, is_error_event
@@ -39,7 +40,7 @@ class Release:
     """Give back what a relayed stream holds (the upstream response, its admission ticket) exactly
     once: when the stream ends, breaks, or the client leaves before it even started."""
 
-    def __init__(self, call: Relayed, resp: httpx.Response, ticket: Ticket) -> None:
+    def __init__(self, call: Relayed, resp: aiohttp.ClientResponse, ticket: Ticket) -> None:
         self.call, self.resp, self.ticket = call, resp, ticket
         self.status, self.tokens, self.usage = 499, 0, None  # 499: the client went away first
         self.failed = False  # an error event was passed on: the answer is incomplete
@@ -51,7 +52,10 @@ class Release:
         self.done = True
         self.ticket.release()
         try:
-            await self.resp.aclose()
+            if self.status == 200:  # read to its end: the connection goes back to the pool
+                self.resp.release()
+            else:  # cut off, or the client left: the connection is closed, never reused half-read
+                self.resp.close()
         finally:
             usage = self.usage or {}
             prompt = header_int(self.resp.headers.get("x-forgeflow-prompt-tokens"))
@@ -87,7 +91,7 @@ def _quiet_aborts(record: logging.LogRecord) -> bool:
 logging.getLogger("uvicorn.error").addFilter(_quiet_aborts)
 
 
-async def relay(call: Relayed, resp: httpx.Response, release: Release,
+async def relay(call: Relayed, resp: aiohttp.ClientResponse, release: Release,
                 too_slow: ForgeflowError) -> AsyncIterator[bytes]:
     """Pass a server-sent-event stream through as its events complete, timing the first chunk and counting
     tokens (the final `usage` chunk, else the instance's usage comment, which is not passed on, else one per
@@ -101,7 +105,7 @@ async def relay(call: Relayed, resp: httpx.Response, release: Release,
     m, labels = call.svc.metrics, Metrics.labels(endpoint=call.endpoint, deployment=call.deployment)
     first, pending = True, b""
     try:
-        async for chunk in resp.aiter_raw():
+        async for chunk in resp.content.iter_any():
             if first:
                 first = False
                 m.observe("forgeflow_time_to_first_token_seconds", labels, time.perf_counter() - call.started)
@@ -116,8 +120,8 @@ async def relay(call: Relayed, resp: httpx.Response, release: Release,
         if pending:
             yield pending
         release.status = UpstreamError.status_code if release.failed else 200
-    except httpx.HTTPError as e:
-        broken = too_slow if isinstance(e, httpx.TimeoutException) else UpstreamError(
+    except (aiohttp.ClientError, asyncio.TimeoutError) as e:  # aiohttp's read timeout is asyncio's
+        broken = too_slow if isinstance(e, asyncio.TimeoutError) else UpstreamError(
             f"the model server of deployment {call.deployment!r} broke off the stream ({type(e).__name__}): "
             "the answer is incomplete")
         release.status, release.failed = broken.status_code, True

@@ -3,9 +3,10 @@ llama-cpp-python's low-level bindings, the fastest path on a CPU. Needs the `lla
 
 Continuous batching: one worker thread owns the llama.cpp context (runtimes/llamacpp_engine.py) and up to
 `max_batch_size` requests run in it at once, each in a slot (a llama.cpp sequence id, runtimes/llamacpp_slots.py).
-Every step is one llama_decode holding the last picked token of each running request and a chunk of the prompts
-of requests that just joined (at most n_batch tokens, so a long prompt delays the others by a chunk, not by all
-of it); requests join between steps and leave when they end, are cancelled (a stop string, a client gone) or
+Every step is one llama_decode holding the last picked token of each running request and prompt tokens of
+requests that just joined, in the order they joined: the first prompt's chunk (at most n_batch tokens, so a long
+prompt delays the others by a chunk, not by all of it), then others while the step's prompt tokens stay within
+`prefill_budget`, so prompts that arrive together get their first tokens one after another; requests join between steps and leave when they end, are cancelled (a stop string, a client gone) or
 fail. A new request reuses the KV of the longest prefix it shares with what a slot caches (a chat's next turn, a
 shared system prompt); `prefix_cache=False` turns that off. With LoRA adapters (`adapters={name: PEFT folder}`,
 `model_dir` the base) each adapter is converted to a GGUF LoRA file (inference/gguf_lora.py) and loaded on first
@@ -44,6 +45,8 @@ MAX_SHARED_CONTEXT = 8192  # cells of the KV cache the running requests share, w
 # MAX_CONTEXT fits in it: more running requests than fit at their longest wait for room (SlotTable.fits)
 MAX_SEQUENCES = 256  # llama.cpp's most sequences in one context (LLAMA_MAX_SEQ)
 N_BATCH = 512
+PREFILL_BUDGET = 16  # prompt tokens a step takes once it holds one prompt's chunk (`prefill_budget`): prompts
+# that arrive together start in turn (bench/README.md: half the time to first token at 8 clients of 64 or more)
 
 
 def default_threads() -> int:
@@ -57,7 +60,8 @@ class LlamaCppRuntime:
 
     def __init__(self, model_dir: str | Path, *, gguf_type: str = "f16", threads: int | None = None,
                  max_queue: int = 64, max_batch_size: int = 8, adapters: dict[str, Path] | None = None,
-                 max_adapters: int = DEFAULT_MAX_LOADED, prefix_cache: bool = True) -> None:
+                 max_adapters: int = DEFAULT_MAX_LOADED, prefix_cache: bool = True,
+                 prefill_budget: int = PREFILL_BUDGET) -> None:
         from transformers import AutoTokenizer
 
         from forgeflow.inference.adapters import AdapterCatalog
@@ -66,6 +70,9 @@ class LlamaCppRuntime:
         from forgeflow.inference.model_folder import hf_model_dir
         from forgeflow.inference.runtimes.llamacpp_engine import LlamaEngine
 
+        if prefill_budget < 1:
+            raise InvalidInput(f"prefill_budget must be at least 1, got {prefill_budget}", field="prefill_budget")
+        self.prefill_budget = prefill_budget
         if not 1 <= max_batch_size <= MAX_SEQUENCES:
             raise InvalidInput(f"max_batch_size must be from 1 to {MAX_SEQUENCES} (llama.cpp's most sequences in one "
                                f"context), got {max_batch_size}", field="max_batch_size")
@@ -223,14 +230,7 @@ class LlamaCppRuntime:
             if slot.seq.cancelled:
                 self._end(slot)
         groups: dict[str | None, list[tuple[Slot, list[int]]]] = {}
-        room = N_BATCH - sum(1 for s in self.slots.running() if len(s.feed) == 1)
-        for slot in sorted(self.slots.running(), key=lambda s: len(s.feed)):
-            if len(slot.feed) == 1:
-                chunk = slot.feed[:1]
-            elif room > 0:
-                chunk, room = slot.feed[:room], room - min(room, len(slot.feed))
-            else:
-                continue
+        for slot, chunk in self._plan():
             groups.setdefault(slot.adapter, []).append((slot, chunk))
         # the adapter the context applies now first: llama.cpp re-plans its graph at each switch
         for adapter in sorted(groups, key=lambda name: name != self._current):
@@ -239,6 +239,24 @@ class LlamaCppRuntime:
             self._decode(adapter, items)
         self.steps += 1
         self.largest_batch = max(self.largest_batch, sum(len(items) for items in groups.values()))
+
+    def _plan(self) -> list[tuple[Slot, list[int]]]:
+        """What this step decodes: the last pick of every request that is generating, then prompts in the order
+        their requests joined: the first up to what the batch has room for, the next ones only while the step's
+        prompt tokens stay within `prefill_budget`. Prompts that arrive together thus get their first tokens one
+        after another instead of all at the end of one long step (on a CPU a prompt's prefill takes time in
+        proportion to its tokens), and requests that began together stop keeping in step."""
+        running = self.slots.running()
+        plan = [(slot, slot.feed[:1]) for slot in running if len(slot.feed) == 1]
+        room, taken = N_BATCH - len(plan), 0
+        for slot in sorted((s for s in running if len(s.feed) > 1), key=lambda s: s.joined):
+            limit = room if not taken else min(room, self.prefill_budget - taken)
+            if limit <= 0:
+                break
+            chunk = slot.feed[:limit]
+            plan.append((slot, chunk))
+            room, taken = room - len(chunk), taken + len(chunk)
+        return plan
 
     def _decode(self, adapter: str | None, items: list[tuple[Slot, list[int]]]) -> None:
         engine = self.engine

@@ -22,6 +22,7 @@ class Slot:
     seq: Sequence | None = None
     feed: list[int] = field(default_factory=list)  # tokens to decode next: the prompt's rest, or the last pick
     used: int = 0  # when it last ended a request (least recently used idle slots are taken first)
+    joined: int = 0  # when its request was placed (prompts are prefilled in this order)
 
     @property
     def need(self) -> int:
@@ -52,6 +53,7 @@ class SlotTable:
         self.reused = 0  # prompt tokens whose KV came from the cache
         self.hits = 0  # requests that reused some
         self._clock = 0
+        self._joins = 0
 
     def running(self) -> list[Slot]:
         return [s for s in self.slots if s.seq is not None]
@@ -91,6 +93,8 @@ class SlotTable:
             self.engine.forget(slot.seq_id)  # (recurrent): start afresh
             keep = 0
         slot.cached, slot.feed, slot.adapter, slot.seq = prompt[:keep], prompt[keep:], seq.adapter, seq
+        self._joins += 1
+        slot.joined = self._joins
         self.reused += keep
         self.hits += keep > 0
         return slot
