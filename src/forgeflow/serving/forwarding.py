@@ -217,7 +217,8 @@ async def _forward(call: Call, cfg: EndpointConfig, path: str, raw: bytes, strea
             inst = ticket.place(ready)
             left = max(deadline - loop.time(), 0.001)
             try:
-                resp = await asyncio.wait_for(session.post(f"{inst.url}{path}", data=raw, timeout=upstream_timeout(left),
+                resp = await asyncio.wait_for(session.post(f"{inst.url}{path}", data=raw,
+                                                           timeout=upstream_timeout(left), allow_redirects=False,
                                                            headers=_instance_headers(call, inst)), left)
             except aiohttp.ClientConnectorError:
                 # Nothing reached the instance (it died since the last probe): try another one.
@@ -426,6 +427,7 @@ def _mirror(call: Call, cfg: EndpointConfig, deployment: str, path: str, raw: by
         code = "error"
         try:
             async with session.post(f"{inst.url}{path}", data=raw, headers=_instance_headers(call, inst),
+                                    allow_redirects=False,  # an instance's 3xx is not followed with its secret
                                     timeout=aiohttp.ClientTimeout(total=dep.request_timeout_s)) as resp:
                 await resp.read()
                 code = str(resp.status)
