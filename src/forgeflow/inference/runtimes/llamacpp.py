@@ -4,9 +4,11 @@ llama-cpp-python's low-level bindings, the fastest path on a CPU. Needs the `lla
 Continuous batching: one worker thread owns the llama.cpp context (runtimes/llamacpp_engine.py) and up to
 `max_batch_size` requests run in it at once, each in a slot (a llama.cpp sequence id, runtimes/llamacpp_slots.py).
 Every step is one llama_decode holding the last picked token of each running request and prompt tokens of
-requests that just joined, in the order they joined: the first prompt's chunk (at most n_batch tokens, so a long
-prompt delays the others by a chunk, not by all of it), then others while the step's prompt tokens stay within
-`prefill_budget`, so prompts that arrive together get their first tokens one after another; requests join between steps and leave when they end, are cancelled (a stop string, a client gone) or
+requests that just joined, in the order they joined: the first prompt's chunk (at most n_batch tokens, so the
+running requests wait a chunk, not a whole long prompt), then others while the step's prompt tokens stay within
+`prefill_budget`, so prompts that arrive together get their first tokens one after another (a prompt that joined
+after a long one waits for all of it to be read); requests join between steps and leave when they end, are
+cancelled (a stop string, a client gone) or
 fail. A new request reuses the KV of the longest prefix it shares with what a slot caches (a chat's next turn, a
 shared system prompt); `prefix_cache=False` turns that off. With LoRA adapters (`adapters={name: PEFT folder}`,
 `model_dir` the base) each adapter is converted to a GGUF LoRA file (inference/gguf_lora.py) and loaded on first
