@@ -88,3 +88,26 @@ async def test_scoring_needs_no_router_while_the_rest_still_uses_it(monkeypatch)
             r = await client.put("/endpoints/quick/score", json={})
             assert r.status_code == 405
     assert routed == [("PUT", "/endpoints/quick/score")]
+
+
+def test_the_short_path_serves_exactly_the_apps_scoring_routes_which_need_nothing_fastapi_solves():
+    """The short path calls each function with the endpoint's name and the request only: every route it serves is
+    the app's POST route on that path with that function, asking FastAPI for nothing else (no dependency, query,
+    header, cookie or body parameter it would have solved), and every such POST route under an endpoint is in it."""
+    from fastapi.routing import APIRoute, iter_route_contexts
+
+    from forgeflow.serving.gateway import SCORING_ROUTES
+
+    app = create_app(Workspace.open(), background=False)
+    prefix = "/endpoints/{endpoint}"
+    posts = {ctx.path[len(prefix):]: ctx.route for ctx in iter_route_contexts(app.routes)
+             if isinstance(ctx.original_route, APIRoute) and "POST" in (ctx.methods or ())
+             and ctx.path.startswith(prefix + "/") and "{rest:path}" not in ctx.path}
+    assert set(SCORING_ROUTES) == set(posts) == set(SCORING)
+    for path, function in SCORING_ROUTES.items():
+        dependant = posts[path].dependant  # the route as included, with any dependency its routers add
+        assert posts[path].endpoint is function, path
+        assert [p.name for p in dependant.path_params] == ["endpoint"], path
+        assert dependant.request_param_name == "request", path
+        assert not (dependant.dependencies or dependant.query_params or dependant.header_params
+                    or dependant.cookie_params or dependant.body_params), path

@@ -6,44 +6,17 @@ from __future__ import annotations
 
 import importlib.util
 import threading
-import time
 
 import pytest
+from llamacpp_requests import TEXTS, chat, ids_of, submit
 from tiny import build_tiny_adapter
+from waiting import wait_until
 
 from forgeflow.chat import ChatRequest, Sampling, chat_request
 from forgeflow.errors import InvalidInput, ServerUnavailable
-from forgeflow.inference.batching import Sequence, enqueue
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
                                 reason="llama-cpp-python is not installed: pip install 'forgeflow[llamacpp]'")
-TEXTS = ["hi", "What is the capital of France?", "0 1 2 3 4 5 a b c", "tell me a story", "x", "yy zz",
-         "abc def", "what is the weather in Rome?"]
-
-
-def chat(text: str) -> list[dict]:
-    return [{"role": "user", "content": text}]
-
-
-def submit(runtime, request: ChatRequest, adapter: str | None = None) -> tuple[list[int], Sequence]:
-    """Queue a request as the runtime's stream does, keeping its raw steps (token ids) for the test."""
-    prepared = runtime.requests.prepare(request)
-    seq = Sequence(prepared.prompt, prepared.budget, prepared.sampler, adapter=adapter)
-    enqueue(runtime.waiting, seq, runtime._accepting, runtime._stop)
-    return prepared.prompt, seq
-
-
-def ids_of(seq: Sequence) -> list[int]:
-    return [token for token, _, _ in seq.tokens()]
-
-
-def wait_for(check, what: str, timeout: float = 30) -> None:
-    end = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < end, f"never {what}"
-        time.sleep(0.01)
-
-
 def test_concurrent_greedy_answers_equal_solo_ones(llamacpp_runtime):
     runtime = llamacpp_runtime
     requests = [chat_request(chat(t), temperature=0, max_new_tokens=24) for t in TEXTS]
@@ -62,47 +35,9 @@ def test_a_request_joining_midway_gets_its_solo_answer(llamacpp_runtime):
     alone = ids_of(submit(runtime, late)[1])
     long_alone = [ids_of(submit(runtime, r)[1]) for r in long]
     running = [submit(runtime, r)[1] for r in long]
-    wait_for(lambda: all(s.generated >= 5 for s in running), "began answering")
+    wait_until(lambda: all(s.generated >= 5 for s in running), 30, "began answering")
     assert ids_of(submit(runtime, late)[1]) == alone
     assert [ids_of(s) for s in running] == long_alone
-
-
-def test_prompts_that_arrive_together_are_prefilled_in_turn(tools_model_dir, monkeypatch):
-    """Prompts that join between the same two steps are prefilled in the order they joined, one prompt's chunk and
-    then no more than `prefill_budget` tokens of the next per step: their first tokens come in different steps
-    (one long step for all of them would hold every first token back), and each answer is still its solo one."""
-    from forgeflow.inference.runtimes import llamacpp
-
-    # no prefix cache: the solo runs would leave every prompt cached but its last token
-    runtime = llamacpp.LlamaCppRuntime(tools_model_dir, threads=1, max_batch_size=5, prefill_budget=1,
-                                       prefix_cache=False)
-    try:
-        requests = [chat_request(chat(t), temperature=0, max_new_tokens=6) for t in TEXTS[1:5]]
-        solo = [ids_of(submit(runtime, r)[1]) for r in requests]
-        steps, held, decode = [], threading.Event(), runtime.engine.decode
-
-        def recording(entries):
-            held.wait(30)  # the first step waits until every request is queued: they all join before the next
-            steps.append(list(entries))
-            return decode(entries)
-
-        monkeypatch.setattr(runtime.engine, "decode", recording)
-        _, blocker = submit(runtime, chat_request(chat(TEXTS[0]), temperature=0, max_new_tokens=40))
-        wait_for(lambda: runtime.health()["running"] == 1, "began the first request")
-        seqs = [submit(runtime, r)[1] for r in requests]
-        held.set()
-        assert [ids_of(seq) for seq in seqs] == solo
-        ids_of(blocker)
-        generating, firsts = set(), []
-        for entries in steps:
-            new = {seq_id for _, _, seq_id, logits in entries if logits and seq_id not in generating}
-            firsts.append(len(new))
-            generating |= new
-        assert sum(firsts) == 5 and max(firsts) <= 2 and sum(1 for n in firsts if n) >= 3, firsts
-        with pytest.raises(InvalidInput, match="prefill_budget"):
-            llamacpp.LlamaCppRuntime(tools_model_dir, threads=1, prefill_budget=0)
-    finally:
-        runtime.close()
 
 
 def test_a_consumer_that_leaves_frees_its_slot(llamacpp_runtime):
@@ -113,7 +48,7 @@ def test_a_consumer_that_leaves_frees_its_slot(llamacpp_runtime):
     assert runtime.health()["running"] >= 1
     served = runtime.health()["served"]
     events.close()  # the client went away
-    wait_for(lambda: runtime.health()["running"] == 0, "freed the slot")
+    wait_until(lambda: runtime.health()["running"] == 0, 30, "freed the slot")
     request = chat_request(chat("hi"), temperature=0, max_new_tokens=5)
     assert runtime.generate(request).completion_tokens > 0
     assert runtime.health()["served"] == served + 1  # the answer that ended, not the one left
@@ -346,7 +281,7 @@ def test_a_request_the_kv_cache_has_no_room_for_waits_its_turn(tools_model_dir, 
         requests = [ChatRequest(chat(t), 1100, never_end) for t in TEXTS[:2]]
         solo = [ids_of(submit(runtime, r)[1]) for r in requests]
         first, second = (submit(runtime, r)[1] for r in requests)
-        wait_for(lambda: first.generated > 0, "began the first")
+        wait_until(lambda: first.generated > 0, 30, "began the first")
         assert runtime.health()["waiting"] == 1 and runtime.health()["running"] == 1
         assert [ids_of(first), ids_of(second)] == solo
     finally:

@@ -6,11 +6,11 @@ Continuous batching: one worker thread owns the llama.cpp context (runtimes/llam
 Every step is one llama_decode holding the last picked token of each running request and prompt tokens of
 requests that just joined, in the order they joined: the first prompt's chunk (at most n_batch tokens, so the
 running requests wait a chunk, not a whole long prompt), then others while the step's prompt tokens stay within
-`prefill_budget`, so prompts that arrive together get their first tokens one after another (a prompt that joined
-after a long one waits for all of it to be read); requests join between steps and leave when they end, are
-cancelled (a stop string, a client gone) or
-fail. A new request reuses the KV of the longest prefix it shares with what a slot caches (a chat's next turn, a
-shared system prompt); `prefix_cache=False` turns that off. With LoRA adapters (`adapters={name: PEFT folder}`,
+`prefill_budget`, so prompts that arrive together get their first tokens one after another; while a prompt longer
+than a step is read, each step first reads whole one prompt that joined after it and fits in half the batch.
+Requests join between steps and leave when they end, are cancelled (a stop string, a client gone) or fail. A new
+request reuses the KV of the longest prefix it shares with what a slot caches (a chat's next turn, a shared system
+prompt); `prefix_cache=False` turns that off. With LoRA adapters (`adapters={name: PEFT folder}`,
 `model_dir` the base) each adapter is converted to a GGUF LoRA file (inference/gguf_lora.py) and loaded on first
 use; llama.cpp applies adapters per context, so a step decodes each adapter's requests in a call of its own.
 
@@ -251,7 +251,18 @@ class LlamaCppRuntime:
         running = self.slots.running()
         plan = [(slot, slot.feed[:1]) for slot in running if len(slot.feed) == 1]
         room, taken = N_BATCH - len(plan), 0
-        for slot in sorted((s for s in running if len(s.feed) > 1), key=lambda s: s.joined):
+        prompts = sorted((s for s in running if len(s.feed) > 1), key=lambda s: s.joined)
+        if prompts and len(prompts[0].feed) > room:
+            # the first prompt takes more than this step: the first prompt that joined after it and fits in half
+            # the batch goes before it, whole, so a long prompt holds no short one back for all its steps; the
+            # long one has the rest of the step (at least half of it), so short ones cannot starve it
+            head = prompts[0]
+            short = next((s for s in prompts[1:] if len(s.feed) <= room // 2), None)
+            if short is not None:
+                plan.append((short, list(short.feed)))
+                room -= len(short.feed)
+            return [*plan, (head, head.feed[:room])]
+        for slot in prompts:
             limit = room if not taken else min(room, self.prefill_budget - taken)
             if limit <= 0:
                 break
