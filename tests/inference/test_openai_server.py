@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import types
 
 import httpx
+import pytest
 
 from forgeflow.chat import ChatRequest
+from forgeflow.inference import openai_server
 from forgeflow.inference.model_server import create_app
 from forgeflow.inference.runtimes.base import GenerationResult, StreamEvent, TokenLogprob, ToolCall
 
@@ -353,3 +357,96 @@ def test_a_runtime_that_drops_asked_logprobs_is_a_server_error():
         assert answer.status_code == 500 and answer.json()["error"]["type"] == "server_error"
 
     serve(Forgetful(), check)
+
+
+class Held(Scripted):
+    """A runtime whose streams give "Par", then hold their next token until they are cancelled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ended = threading.Semaphore(0)  # released once for each stream its reader let go
+
+    def stream(self, request):
+        runtime, let_go = self, threading.Event()
+
+        class Stream(ScriptedStream):
+            def __iter__(self):
+                try:
+                    yield StreamEvent("Par")
+                    assert let_go.wait(10), "the stream was never cancelled"
+                finally:
+                    runtime.ended.release()
+
+            def cancel(self):
+                runtime.cancelled += 1
+                let_go.set()
+
+        self.requests.append(request)
+        return Stream(self, request)
+
+
+def leave_after_first_token(app, body: dict) -> bytes:
+    """POST a streaming chat to the app as a client that goes away once the first token has come; what it got."""
+    asked, first, sent = False, asyncio.Event(), []
+
+    async def receive():
+        nonlocal asked
+        if not asked:
+            asked = True
+            return {"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}
+        await first.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        if message["type"] == "http.response.body":
+            sent.append(message.get("body", b""))
+            if b'"Par"' in message.get("body", b""):
+                first.set()
+
+    async def main():
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://model") as client:
+                while (await client.get("/health")).status_code != 200:
+                    await asyncio.sleep(0.01)
+            scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                     "scheme": "http", "path": CHAT, "raw_path": CHAT.encode(), "query_string": b"", "root_path": "",
+                     "headers": [(b"content-type", b"application/json")], "client": ("127.0.0.1", 40000),
+                     "server": ("127.0.0.1", 8765)}
+            await asyncio.wait_for(app(scope, receive, send), 10)
+            return b"".join(sent)
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_a_client_leaving_mid_stream_cancels_its_sequences_and_ends_their_readers(n):
+    runtime = Held()
+    app = create_app(lambda: runtime, name="tiny", default_max_new_tokens=7)
+    got = leave_after_first_token(app, {"messages": [USER], "stream": True, "n": n})
+    assert b'"Par"' in got and b"[DONE]" not in got
+    assert runtime.cancelled >= n
+    assert all(runtime.ended.acquire(timeout=5) for _ in range(n))  # every reading thread let its stream go
+
+
+def test_a_reader_that_cannot_start_ends_the_stream_with_an_error_and_lets_the_others_go(monkeypatch):
+    """A stream's reading thread that fails to start is the answer's failure, reported in-band, never a client
+    left waiting; the streams whose readers started are cancelled."""
+    runtime, started = Scripted(), []
+
+    class SecondFails(threading.Thread):
+        def start(self):
+            if started:
+                raise RuntimeError("can't start new thread")
+            started.append(self)
+            super().start()
+
+    monkeypatch.setattr(openai_server, "threading", types.SimpleNamespace(Thread=SecondFails))
+
+    async def check(client):
+        answer = await asyncio.wait_for(client.post(CHAT, json={"messages": [USER], "n": 2, "stream": True}), 10)
+        assert answer.status_code == 200 and "[DONE]" not in answer.text
+        error = json.loads(answer.text.strip().split("\n\n")[-1].removeprefix("data: "))["error"]
+        assert error["type"] == "server_error" and "can't start new thread" in error["message"]
+        assert len(started) == 1 and runtime.cancelled >= 2
+
+    serve(runtime, check)
