@@ -9,6 +9,7 @@ import json
 import threading
 import types
 
+import anyio.to_thread
 import httpx
 import pytest
 
@@ -360,19 +361,24 @@ def test_a_runtime_that_drops_asked_logprobs_is_a_server_error():
 
 
 class Held(Scripted):
-    """A runtime whose streams give "Par", then hold their next token until they are cancelled."""
+    """A runtime whose streams give "Par", then hold their next token until they are cancelled; the stream of
+    seed `fails` raises after its "Par" instead."""
 
-    def __init__(self) -> None:
+    def __init__(self, fails: int | None = None) -> None:
         super().__init__()
+        self.fails = fails
         self.ended = threading.Semaphore(0)  # released once for each stream its reader let go
 
     def stream(self, request):
         runtime, let_go = self, threading.Event()
+        fails = request.sampling.seed is not None and request.sampling.seed == self.fails
 
         class Stream(ScriptedStream):
             def __iter__(self):
                 try:
                     yield StreamEvent("Par")
+                    if fails:
+                        raise RuntimeError("the device fell over")
                     assert let_go.wait(10), "the stream was never cancelled"
                 finally:
                     runtime.ended.release()
@@ -385,9 +391,10 @@ class Held(Scripted):
         return Stream(self, request)
 
 
-def leave_after_first_token(app, body: dict) -> bytes:
-    """POST a streaming chat to the app as a client that goes away once the first token has come; what it got."""
-    asked, first, sent = False, asyncio.Event(), []
+def leave_after_first_token(app, body: dict) -> tuple[bytes, int]:
+    """POST a streaming chat to the app as a client that goes away once the first token has come: what it got, and
+    how many slots of the worker-thread pool were taken while it streamed."""
+    asked, first, sent, taken = False, asyncio.Event(), [], []
 
     async def receive():
         nonlocal asked
@@ -400,7 +407,8 @@ def leave_after_first_token(app, body: dict) -> bytes:
     async def send(message):
         if message["type"] == "http.response.body":
             sent.append(message.get("body", b""))
-            if b'"Par"' in message.get("body", b""):
+            if b'"Par"' in message.get("body", b"") and not first.is_set():
+                taken.append(anyio.to_thread.current_default_thread_limiter().borrowed_tokens)
                 first.set()
 
     async def main():
@@ -413,7 +421,7 @@ def leave_after_first_token(app, body: dict) -> bytes:
                      "headers": [(b"content-type", b"application/json")], "client": ("127.0.0.1", 40000),
                      "server": ("127.0.0.1", 8765)}
             await asyncio.wait_for(app(scope, receive, send), 10)
-            return b"".join(sent)
+            return b"".join(sent), taken[0]
 
     return asyncio.run(main())
 
@@ -422,16 +430,31 @@ def leave_after_first_token(app, body: dict) -> bytes:
 def test_a_client_leaving_mid_stream_cancels_its_sequences_and_ends_their_readers(n):
     runtime = Held()
     app = create_app(lambda: runtime, name="tiny", default_max_new_tokens=7)
-    got = leave_after_first_token(app, {"messages": [USER], "stream": True, "n": n})
+    got, pool_slots = leave_after_first_token(app, {"messages": [USER], "stream": True, "n": n})
     assert b'"Par"' in got and b"[DONE]" not in got
+    assert pool_slots == 0  # a stream's reader is a thread of its own, not one the other requests wait on
     assert runtime.cancelled >= n
     assert all(runtime.ended.acquire(timeout=5) for _ in range(n))  # every reading thread let its stream go
 
 
+def test_a_choice_failing_mid_stream_ends_the_answer_at_once_and_lets_the_others_go():
+    runtime = Held(fails=2)
+
+    async def check(client):  # the other choices hold their next token for 10 s unless cancelled
+        answer = await asyncio.wait_for(client.post(CHAT, json={"messages": [USER], "n": 3, "seed": 1,
+                                                                "stream": True}), 5)
+        assert answer.status_code == 200 and "[DONE]" not in answer.text
+        error = json.loads(answer.text.strip().split("\n\n")[-1].removeprefix("data: "))["error"]
+        assert error["type"] == "server_error" and "the device fell over" in error["message"]
+        assert runtime.cancelled >= 3 and all(runtime.ended.acquire(timeout=5) for _ in range(3))
+
+    serve(runtime, check)
+
+
 def test_a_reader_that_cannot_start_ends_the_stream_with_an_error_and_lets_the_others_go(monkeypatch):
     """A stream's reading thread that fails to start is the answer's failure, reported in-band, never a client
-    left waiting; the streams whose readers started are cancelled."""
-    runtime, started = Scripted(), []
+    left waiting; the streams whose readers started are cancelled, and those readers end."""
+    runtime, started = Held(), []
 
     class SecondFails(threading.Thread):
         def start(self):
@@ -443,10 +466,10 @@ def test_a_reader_that_cannot_start_ends_the_stream_with_an_error_and_lets_the_o
     monkeypatch.setattr(openai_server, "threading", types.SimpleNamespace(Thread=SecondFails))
 
     async def check(client):
-        answer = await asyncio.wait_for(client.post(CHAT, json={"messages": [USER], "n": 2, "stream": True}), 10)
+        answer = await asyncio.wait_for(client.post(CHAT, json={"messages": [USER], "n": 2, "stream": True}), 5)
         assert answer.status_code == 200 and "[DONE]" not in answer.text
         error = json.loads(answer.text.strip().split("\n\n")[-1].removeprefix("data: "))["error"]
         assert error["type"] == "server_error" and "can't start new thread" in error["message"]
-        assert len(started) == 1 and runtime.cancelled >= 2
+        assert len(started) == 1 and runtime.cancelled >= 2 and runtime.ended.acquire(timeout=5)
 
     serve(runtime, check)

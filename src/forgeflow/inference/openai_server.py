@@ -307,15 +307,18 @@ async def _interleaved(streams: list[TokenStream]) -> AsyncIterator[tuple[int, S
     def hand(item: tuple[int, StreamEvent | None, BaseException | None]) -> None:
         try:
             loop.call_soon_threadsafe(queue.put_nowait, item)
-        except RuntimeError:  # the loop has closed: nobody reads this stream any more
+        except Exception:  # the loop has closed: nobody reads this stream any more
             pass
 
     def read(index: int, stream: TokenStream) -> None:
         try:
             for step in stream:
                 hand((index, step, None))
-        except BaseException as exc:  # whatever ends it, the loop hears of it (else it would wait for ever)
+        except Exception as exc:
             hand((index, None, exc))
+        except BaseException as exc:  # whatever ends it, the loop hears of it as a failure (else it would wait
+            # for ever), and not as its own cancellation or exit
+            hand((index, None, RuntimeError(f"the stream's reader ended with {type(exc).__name__}: {exc}")))
         else:
             hand((index, None, None))
 
