@@ -243,16 +243,20 @@ class Bench:
                     served.append(stream_chat(http, self.gateway, self.headers, [{"role": "user", "content": prompt}], mt))
             out["transformers_generate_tok_s"] = sum(d["tokens"] for d in direct) / sum(d["latency"] for d in direct)
             out["gateway_1_alternating_tok_s"] = sum(s["tokens"] for s in served) / sum(s["latency"] for s in served)
-        if {"b1", "b8", "ttft", "llama-server"} & set(self.parts):
-            one = run_clients(self.gateway, self.headers, 1, n, mt)
-            eight = run_clients(self.gateway, self.headers, 8, n, mt)
-            out |= {"gateway_1_tok_s": one["stream_tokens_per_s"], "gateway_1_decode_tok_s": one["decode_tokens_per_s"],
-                    "gateway_1_ttft_ms": one["ttft_p50_ms"], "gateway_8_agg_tok_s": eight["aggregate_tokens_per_s"],
-                    "gateway_8_ttft_ms": eight["ttft_p50_ms"], "gateway_errors": one["errors"] + eight["errors"]}
-        if {"b1", "b8"} & set(self.parts):
-            own = engines.batched_bench(self.tools["llama-batched-bench"], self.gguf, threads=a.threads,
-                                        prompt=self.prompt_tokens, tokens=mt, batches=[1, 8])
-            out |= {"batched_bench_b1_tok_s": own[1], "batched_bench_b8_tok_s": own[8]}
+        # forgeflow and llama.cpp's own decoding take turns going first, so neither always runs on the cores the
+        # other has just warmed (or a neighbour has just taken): this machine's speed drifts by up to 30% a minute
+        for turn in ("forgeflow", "own") if r % 2 == 0 else ("own", "forgeflow"):
+            if turn == "forgeflow" and {"b1", "b8", "ttft", "llama-server"} & set(self.parts):
+                one = run_clients(self.gateway, self.headers, 1, n, mt)
+                eight = run_clients(self.gateway, self.headers, 8, n, mt)
+                out |= {"gateway_1_tok_s": one["stream_tokens_per_s"],
+                        "gateway_1_decode_tok_s": one["decode_tokens_per_s"], "gateway_1_ttft_ms": one["ttft_p50_ms"],
+                        "gateway_8_agg_tok_s": eight["aggregate_tokens_per_s"], "gateway_8_ttft_ms": eight["ttft_p50_ms"],
+                        "gateway_errors": one["errors"] + eight["errors"]}
+            if turn == "own" and {"b1", "b8"} & set(self.parts):
+                own = engines.batched_bench(self.tools["llama-batched-bench"], self.gguf, threads=a.threads,
+                                            prompt=self.prompt_tokens, tokens=mt, batches=[1, 8])
+                out |= {"batched_bench_b1_tok_s": own[1], "batched_bench_b8_tok_s": own[8]}
         if "llama-server" in self.parts:
             one = run_clients(self.llama_server.chat_url, {}, 1, n, mt)
             eight = run_clients(self.llama_server.chat_url, {}, 8, n, mt)
