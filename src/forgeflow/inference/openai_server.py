@@ -302,9 +302,9 @@ async def _interleaved(streams: list[TokenStream]) -> AsyncIterator[tuple[int, S
     other requests wait on. A stream that fails, or whose thread cannot start, raises here; leaving early cancels
     the streams (`_sse`), which ends their readers."""
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[tuple[int, StreamEvent | None, BaseException | None]] = asyncio.Queue()
+    queue: asyncio.Queue[tuple[int, StreamEvent | None, Exception | None]] = asyncio.Queue()
 
-    def hand(item: tuple[int, StreamEvent | None, BaseException | None]) -> None:
+    def hand(item: tuple[int, StreamEvent | None, Exception | None]) -> None:
         try:
             loop.call_soon_threadsafe(queue.put_nowait, item)
         except Exception:  # the loop has closed: nobody reads this stream any more
