@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 
 from gateway_harness import post, wait_until
+
+from forgeflow.serving.instances import reconcile
+from forgeflow.store.states import DeploymentState
 
 
 def _ready(gw, endpoint: str, name: str) -> list[dict]:
@@ -135,3 +139,35 @@ def test_a_follower_serves_a_deployment_as_soon_as_it_is_ready_before_its_copy_o
     follower.svc.update_endpoint("new-ep", traffic={"blue": 100})
     assert not follower.svc.board.instances(("new-ep", "blue"))  # its copy has not seen the instance yet
     assert post(follower, "new-ep", key).status_code == 200
+
+
+def test_a_deployment_that_succeeds_during_the_leaders_pass_keeps_its_instances(gateway, monkeypatch):
+    """The leader's pass reads what its supervisor runs, then the stored rows. A creation that succeeds just after
+    the rows were read (the supervisor writes the row, then what it runs) is not taken for a deployment deleted and
+    created again: its ready instance keeps running (it was stopped and started anew, and `create` could answer
+    Succeeded with no instance)."""
+    leader, key = gateway, ("race-ep", "blue")
+    svc, sup = leader.svc, leader.svc.supervisor
+    release, succeed = threading.Event(), svc.deployment_succeeded
+
+    def held(done_key):
+        assert release.wait(10), "the test never let the success land"
+        succeed(done_key)
+
+    monkeypatch.setattr(svc, "deployment_succeeded", held)
+    leader.endpoint("race-ep")
+    leader.deploy(*key, wait=False)
+    wait_until(lambda: sup.instances(*key) and all(i.ready for i in sup.instances(*key)), 30,
+               "the instance to be ready, its success held")
+    before = [i["pid"] for i in svc.show_deployment(*key)["instances"]]
+
+    def rows_then_success():
+        rows = svc._stored()  # still Creating
+        release.set()
+        wait_until(lambda: sup.running()[key].state == DeploymentState.SUCCEEDED, 10, "the success to land")
+        return rows
+
+    with svc._deployments_lock:  # the leader's own pass waits meanwhile
+        reconcile(sup, rows_then_success)
+    dep = leader.wait(*key)
+    assert [i["pid"] for i in dep["instances"]] == before and dep["instances"][0]["restarts"] == 0, dep

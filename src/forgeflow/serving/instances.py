@@ -43,16 +43,19 @@ UNREACHABLE_S = 2.0  # a follower that could not connect to an instance skips it
 STARTABLE = (DeploymentState.CREATING, DeploymentState.UPDATING)
 
 
-def reconcile(supervisor: DeploymentSupervisor, stored: Iterable[Deployment]) -> list[Key]:
+def reconcile(supervisor: DeploymentSupervisor, stored: Callable[[], Iterable[Deployment]]) -> list[Key]:
     """Bring the supervisor to the changes followers wrote: start a deployment created (or a failed one updated, or
     one deleted and created again), roll an update, apply an instance count a follower's wake wrote, stop what was
     deleted. The keys it stopped.
 
     The leader's own changes reach its supervisor directly, under the endpoint service's deployments lock, which
     the caller holds; the supervisor writes a failure (and a rollback's restored spec) before it acts on it, so
-    the store never shows a change the supervisor is merely undoing."""
+    the store never shows a change the supervisor is merely undoing. It also writes a success before what it runs
+    says so; so what runs is read here first and the stored rows after, never older than it (read the other way
+    round, a deployment that succeeded between the two reads looked deleted and created again, and its ready
+    instances were started anew)."""
     running = supervisor.running()
-    wanted = {dep.key: dep for dep in stored}
+    wanted = {dep.key: dep for dep in stored()}
     for key, dep in wanted.items():
         current = running.get(key)
         if current is None:
@@ -273,7 +276,7 @@ class LeaderSync:
         while not self._stop.wait(SYNC_S):
             try:
                 with self.lock:
-                    gone = reconcile(self.supervisor, self.stored())
+                    gone = reconcile(self.supervisor, self.stored)
                 for key in gone:
                     self.forget(key)
                 self.publish()
