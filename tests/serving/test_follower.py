@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 
+import pytest
 from gateway_harness import post, wait_until
 
 from forgeflow.serving.instances import reconcile
@@ -141,18 +142,22 @@ def test_a_follower_serves_a_deployment_as_soon_as_it_is_ready_before_its_copy_o
     assert post(follower, "new-ep", key).status_code == 200
 
 
-def test_a_deployment_that_succeeds_during_the_leaders_pass_keeps_its_instances(gateway, monkeypatch):
-    """The leader's pass reads what its supervisor runs, then the stored rows. A creation that succeeds just after
-    the rows were read (the supervisor writes the row, then what it runs) is not taken for a deployment deleted and
-    created again: its ready instance keeps running (it was stopped and started anew, and `create` could answer
-    Succeeded with no instance)."""
+@pytest.mark.parametrize("rows_read", ["before the success", "between the row and the spec"])
+def test_a_deployment_that_succeeds_during_the_leaders_pass_keeps_its_instances(gateway, monkeypatch, rows_read):
+    """The leader's pass reads what its supervisor runs, then the stored rows. A creation that succeeds meanwhile
+    (the supervisor writes the row, then what it runs) is not taken for a deployment deleted and created again:
+    its ready instance keeps running (it was stopped and started anew, and `create` could answer Succeeded with no
+    instance), whether the rows were read before the success or once the row, not yet the spec, said so."""
     leader, key = gateway, ("race-ep", "blue")
     svc, sup = leader.svc, leader.svc.supervisor
-    release, succeed = threading.Event(), svc.deployment_succeeded
+    release, row_written, settle = threading.Event(), threading.Event(), threading.Event()
+    succeed = svc.deployment_succeeded
 
     def held(done_key):
         assert release.wait(10), "the test never let the success land"
         succeed(done_key)
+        row_written.set()
+        assert settle.wait(10), "the test never let the spec settle"  # the supervisor's own spec comes after
 
     monkeypatch.setattr(svc, "deployment_succeeded", held)
     leader.endpoint("race-ep")
@@ -161,13 +166,24 @@ def test_a_deployment_that_succeeds_during_the_leaders_pass_keeps_its_instances(
                "the instance to be ready, its success held")
     before = [i["pid"] for i in svc.show_deployment(*key)["instances"]]
 
-    def rows_then_success():
-        rows = svc._stored()  # still Creating
+    def rows_during_the_success():
+        if rows_read == "before the success":
+            rows = svc._stored()  # still Creating
+            release.set()
+            settle.set()
+            wait_until(lambda: sup.running()[key].state == DeploymentState.SUCCEEDED, 10, "the success to land")
+            return rows
         release.set()
-        wait_until(lambda: sup.running()[key].state == DeploymentState.SUCCEEDED, 10, "the success to land")
+        assert row_written.wait(10)
+        rows = svc._stored()
+        assert [d.state for d in rows if d.key == key] == [DeploymentState.SUCCEEDED]
         return rows
 
-    with svc._deployments_lock:  # the leader's own pass waits meanwhile
-        reconcile(sup, rows_then_success)
+    try:
+        with svc._deployments_lock:  # the leader's own pass waits meanwhile
+            reconcile(sup, rows_during_the_success)
+    finally:
+        release.set()
+        settle.set()
     dep = leader.wait(*key)
     assert [i["pid"] for i in dep["instances"]] == before and dep["instances"][0]["restarts"] == 0, dep
