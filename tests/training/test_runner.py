@@ -91,7 +91,7 @@ def test_jobs_queue_per_compute_target(ws, tiny_model_dir, data):
     runner.targets.create(ComputeTarget(name="box", max_concurrent_jobs=1))
     first = submit(runner, tiny_model_dir, data, compute="box", max_steps=100000)
     second = submit(runner, tiny_model_dir, data, compute="box", max_steps=100000)
-    other = submit(runner, tiny_model_dir, data, compute="local", max_steps=2)
+    other = submit(runner, tiny_model_dir, data, compute="local", max_steps=100000)  # still running when looked at
     runner.start()
     try:
         running = lambda j: j.status == JobStatus.RUNNING and (j.progress or {}).get("step", 0) > 0
