@@ -16,6 +16,7 @@ from gateway_harness import SCORE, wait_until
 
 from forgeflow.errors import Conflict, InvalidInput
 from forgeflow.processes import pid_alive
+from forgeflow.store.states import DeploymentState
 
 
 class Load:
@@ -214,3 +215,40 @@ def test_a_llamacpp_deployment_reserving_gpus_is_refused_naming_the_resource(gat
                                       resources={"gpus": 1})
     assert e.value.field == "resources.gpus" and "llamacpp runtime decodes on the CPU" in e.value.message
     assert gateway.svc.list_deployments("llama-gpu-ep") == []
+
+
+def test_an_update_just_after_a_roll_succeeded_is_not_settled_by_that_roll(gateway, monkeypatch):
+    """A roll writes its success to the row, then to the spec the supervisor runs. An update that lands between
+    the two (the row already said Succeeded, so it was let in) is its own generation: the earlier roll does not
+    mark the newer spec Succeeded while that spec's own roll is still starting its instance."""
+    gateway.endpoint("gen-ep")
+    gateway.deploy("gen-ep", "blue")
+    svc, sup, key = gateway.svc, gateway.svc.supervisor, ("gen-ep", "blue")
+    succeed, calls = svc.deployment_succeeded, []
+    row_written, settle, second_done = threading.Event(), threading.Event(), threading.Event()
+
+    def held(done_key):
+        calls.append(threading.current_thread())
+        if len(calls) == 1:  # the first roll: its row says Succeeded, its spec waits for the test
+            succeed(done_key)
+            row_written.set()
+            assert settle.wait(10), "the test never let the first roll settle"
+        else:  # the second roll's success waits until the test has looked
+            assert second_done.wait(10), "the test never let the second roll succeed"
+            succeed(done_key)
+
+    monkeypatch.setattr(svc, "deployment_succeeded", held)
+    try:
+        svc.update_deployment(*key, {"instance_count": 2})
+        assert row_written.wait(30), "the first roll did not succeed"
+        svc.update_deployment(*key, {"instance_count": 3})  # the row says Succeeded: it is let in
+        settle.set()
+        calls[0].join(10)
+        assert sup.running()[key].state == DeploymentState.UPDATING  # the first roll left the newer spec alone
+        assert sup.running()[key].instance_count == 3
+    finally:
+        settle.set()
+        second_done.set()
+    dep = gateway.wait(*key)
+    assert [i["index"] for i in dep["instances"]] == [0, 1, 2]
+    assert sup.running()[key].state == DeploymentState.SUCCEEDED

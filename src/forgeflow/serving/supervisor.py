@@ -92,7 +92,9 @@ class DeploymentSupervisor:
         key = new.key
         with self._lock:
             self._specs[key] = new
-            gen = self._generation.get(key, 0)
+            # a generation of its own: a roll that ended just before (its row already Succeeded, which let this
+            # update in) no longer settles this spec
+            gen = self._bump(key)
         # the adapters' order counts: the first is the default
         roll = ((old.model_path, old.model_ref, list(old.adapters.items()), old.gguf_type, old.runtime, old.compute,
                  old.resources)
