@@ -193,15 +193,22 @@ class TokenStream:
     ones, and "length" tells them the answer was cut). With `describe` (token id and raw logprob to
     TokenLogprob, None for a token left out such as EOS) each event carries the log-probabilities
     of the tokens its text covers; the last event carries those of any text held back.
+
+    `decode` reads a whole answer's ids; with `incremental` (a new stream's own step: a token to the
+    text it adds, None while it adds none yet, e.g. a character's first bytes) each token costs its
+    own text rather than a decode of the whole answer so far, and the last token's step decodes the
+    whole answer once, so the result is exactly `decode`'s.
     """
 
     def __init__(self, steps: Iterable[Step], decode: Callable[[list[int]], str], prompt_tokens: int,
                  stop: Sequence[str], cancel: Callable[[], None] = lambda: None, *, trim: bool = True,
                  tool_tag: str | None = None,
                  read_calls: Callable[[str], tuple[str, tuple[ToolCall, ...], bool]] | None = None,
-                 describe: Callable[[int, RawLogprob], TokenLogprob | None] | None = None) -> None:
+                 describe: Callable[[int, RawLogprob], TokenLogprob | None] | None = None,
+                 incremental: Callable[[], Callable[[int], str | None]] | None = None) -> None:
         self._steps = steps
         self._decode = decode
+        self._incremental = incremental
         self.prompt_tokens = prompt_tokens
         self._stop = stop
         self._cancel = cancel
@@ -220,11 +227,18 @@ class TokenStream:
         described: list[TokenLogprob | None] = []
         sent, given, raw = "", 0, ""
         finish = "length"
+        step = self._incremental() if self._incremental is not None else None
         try:
             for token, reason, *rest in self._steps:  # a step without a logprob may be a pair
                 logprob = rest[0] if rest else None
                 ids.append(token)
-                raw = self._decode(ids)
+                if step is None or reason is not None:
+                    raw = self._decode(ids)
+                    waiting = raw.endswith("\ufffd")  # an incomplete UTF-8 sequence: wait for its next byte
+                else:
+                    piece = step(token)
+                    waiting = piece is None
+                    raw += piece or ""
                 ends.append(len(raw))
                 if self._describe is not None:
                     described.append(self._describe(token, logprob) if logprob is not None else None)
@@ -235,8 +249,8 @@ class TokenStream:
                 if reason is not None:
                     finish = reason
                     break
-                if raw.endswith("\ufffd"):
-                    continue  # an incomplete UTF-8 sequence: wait for its next byte
+                if waiting:
+                    continue
                 text, lead = self._sendable(raw)
                 if len(text) > len(sent) and text.startswith(sent):
                     covered = given
@@ -244,6 +258,9 @@ class TokenStream:
                         covered += 1
                     yield StreamEvent(text[len(sent):], logprobs=_present(described[given:covered]))
                     sent, given = text, covered
+            else:  # the steps ended without a reason (cancelled): the answer so far, decoded whole
+                if step is not None and ids:
+                    raw = self._decode(ids)
         finally:
             self._cancel()  # a no-op for a finished sequence; frees one whose consumer left early
         calls: tuple[ToolCall, ...] = ()

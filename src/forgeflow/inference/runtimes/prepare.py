@@ -51,6 +51,7 @@ class RequestPreparer:
         self.grammars = Grammars(tokenizer, list(eos_ids), vocab_size)
         self.tools = ToolTemplate(tokenizer, self.grammars)
         self._texts: dict[int, tuple[str, tuple[int, ...]]] = {}
+        self._drop = self._dropped()
         self._decode_tags = self._tag_decoder()
 
     def prepare(self, request: ChatRequest) -> Prepared:
@@ -67,12 +68,15 @@ class RequestPreparer:
             budget = min(budget, self.max_positions - len(prompt))
         matcher, tag = self._grammar(request)
         sampler = Sampler(request.sampling, matcher=matcher, logprobs=request.logprobs)
-        decode = self._decode_tags if tag and self._decode_tags else self._decode
+        tags = bool(tag and self._decode_tags)
+        decode = self._decode_tags if tags else self._decode
+        incremental = self._incremental(tags)
 
         def make_stream(steps: Iterable[Step], cancel: Callable[[], None]) -> TokenStream:
             return TokenStream(steps, decode, len(prompt), request.stop, cancel, trim=request.prompt is None,
                                tool_tag=tag, read_calls=self.tools.parse if tag else None,
-                               describe=self._describe if request.logprobs is not None else None)
+                               describe=self._describe if request.logprobs is not None else None,
+                               incremental=incremental)
 
         return Prepared(prompt, budget, sampler, make_stream)
 
@@ -126,15 +130,41 @@ class RequestPreparer:
     def _tag_decoder(self) -> Callable[[list[int]], str] | None:
         """A decoder that keeps the tool-call tags when the tokenizer has them as special tokens (which the
         plain decoder drops), so the calls can be read back; None when the tags are ordinary text."""
+        drop = self._drop
+        if drop is None:
+            return None
+        return lambda ids: self.tokenizer.decode([i for i in ids if i not in drop], skip_special_tokens=False)
+
+    def _dropped(self) -> frozenset[int] | None:
+        """The special tokens the tag decoder leaves out (all but the tool-call tags); None without one."""
         fmt = self.tools.format
         if fmt is None:
             return None
         special = {i for i, t in self.tokenizer.added_tokens_decoder.items() if t.special}
         tags = {i for i, t in self.tokenizer.added_tokens_decoder.items() if t.content in (fmt.open, fmt.close)}
-        if not tags & special:
+        return frozenset(special - tags) if tags & special else None
+
+    def _incremental(self, tags: bool) -> Callable[[], Callable[[int], str | None]] | None:
+        """A stream's incremental decoder, from the tokenizers library (`DecodeStream`, which reads a token's
+        text in the window of the tokens before it), where it gives what `decode` gives: a fast tokenizer that
+        does not clean up spaces after decoding (transformers does that in Python, over the whole text). None
+        for other tokenizers: their streams decode the whole answer at each token."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is None or getattr(self.tokenizer, "clean_up_tokenization_spaces", False):
             return None
-        drop = special - tags
-        return lambda ids: self.tokenizer.decode([i for i in ids if i not in drop], skip_special_tokens=False)
+        from tokenizers.decoders import DecodeStream
+
+        drop = self._drop if tags else None
+
+        def start() -> Callable[[int], str | None]:
+            stream = DecodeStream(skip_special_tokens=not tags)
+
+            def step(token: int) -> str | None:
+                return "" if drop is not None and token in drop else stream.step(backend, token)
+
+            return step
+
+        return start
 
     def _describe(self, token: int, raw: RawLogprob) -> TokenLogprob | None:
         """The TokenLogprob of a generated token (None for an end-of-answer token, which OpenAI never shows)."""
