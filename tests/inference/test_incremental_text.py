@@ -8,7 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from forgeflow.chat.request import chat_request
-from forgeflow.inference.runtimes.prepare import RequestPreparer
+from forgeflow.inference.runtimes.base import TokenStream
+from forgeflow.inference.runtimes.prepare import RequestPreparer, incremental_decoder
 
 
 @pytest.fixture(scope="module")
@@ -60,3 +61,61 @@ def test_a_cancelled_stream_keeps_the_whole_decodes_text(preparer):
     for partial in (ids, ids[:-1]):
         assert streamed(preparer, partial, None, whole=False) == streamed(preparer, partial, None, whole=True)
 
+
+
+def sentencepiece_style():
+    """A tokenizer with the decoders of Llama's and Phi-3's (a word-start mark read as a space, byte fallback for
+    characters outside the vocabulary, the text's first space stripped), over a small made-up vocabulary: decoding
+    needs no merges, only the ids' pieces."""
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    pieces = ["<unk>", "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256)),
+              "\u2581The", "\u2581cap", "ital", "\u2581of", "\u2581France", "\u2581is", "\u2581Paris", ".", ",",
+              "\u2581", "\u2581caf", "\u00e9", "\n", "\u2581\u2581", "ok", "\u2581t", "e"]
+    backend = Tokenizer(models.BPE(vocab={p: i for i, p in enumerate(pieces)}, merges=[], unk_token="<unk>",
+                                   byte_fallback=True))
+    backend.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                         decoders.Strip(" ", 1, 0)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
+                                        unk_token="<unk>", clean_up_tokenization_spaces=False)
+    return tokenizer, len(pieces)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), reason=st.sampled_from([None, "length", "stop"]),
+       stop=st.lists(st.sampled_from(["e", "Paris", " t", "is ca", "\n"]), max_size=2))
+def test_incremental_text_of_a_sentencepiece_style_tokenizer(data, reason, stop):
+    tokenizer, size = _SP
+    words = st.integers(259, size - 1)  # the pieces after the specials and the 256 byte tokens
+    ids = data.draw(st.lists(words | st.integers(0, size - 1), min_size=1, max_size=40))
+    steps = [(t, reason if i == len(ids) - 1 else None) for i, t in enumerate(ids)]
+
+    def run(incremental):
+        stream = TokenStream(steps, lambda got: tokenizer.decode(got, skip_special_tokens=True), 3, stop,
+                             incremental=incremental)
+        return [e.text for e in stream], stream.result
+
+    incremental = incremental_decoder(tokenizer)
+    assert incremental is not None
+    (deltas, result), (whole_deltas, whole_result) = run(incremental), run(None)
+    if _growing(tokenizer, ids):
+        assert (deltas, result) == (whole_deltas, whole_result)
+    elif not stop:  # bytes that are no UTF-8 change the text further back (the whole decode's own text jumps):
+        assert result == whole_result  # the result is still the whole decode's
+
+
+def _growing(tokenizer, ids: list[int]) -> bool:
+    """Whether each longer prefix's whole decode only adds to the last one's (its trailing incomplete character
+    aside); byte fallback over bytes that are no UTF-8 makes it rewrite what came before."""
+    texts = [tokenizer.decode(ids[:k], skip_special_tokens=True) for k in range(1, len(ids) + 1)]
+    return all(b.startswith(a.rstrip("\ufffd")) for a, b in zip(texts, texts[1:]))
+
+
+_SP = sentencepiece_style()
+
+
+def test_a_tokenizer_that_cleans_up_spaces_decodes_whole():
+    tokenizer, _ = sentencepiece_style()
+    tokenizer.clean_up_tokenization_spaces = True  # transformers' Python clean-up of the whole text
+    assert incremental_decoder(tokenizer) is None

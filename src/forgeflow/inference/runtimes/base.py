@@ -232,13 +232,17 @@ class TokenStream:
             for token, reason, *rest in self._steps:  # a step without a logprob may be a pair
                 logprob = rest[0] if rest else None
                 ids.append(token)
+                if step is not None and reason is None:
+                    try:
+                        piece = step(token)
+                    except Exception:  # the library's decoder cannot read on from its window (a decoder whose
+                        step = None  # text changes further back): whole decodes from here on
+                    else:
+                        waiting = piece is None
+                        raw += piece or ""
                 if step is None or reason is not None:
                     raw = self._decode(ids)
                     waiting = raw.endswith("\ufffd")  # an incomplete UTF-8 sequence: wait for its next byte
-                else:
-                    piece = step(token)
-                    waiting = piece is None
-                    raw += piece or ""
                 ends.append(len(raw))
                 if self._describe is not None:
                     described.append(self._describe(token, logprob) if logprob is not None else None)

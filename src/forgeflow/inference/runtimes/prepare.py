@@ -70,7 +70,7 @@ class RequestPreparer:
         sampler = Sampler(request.sampling, matcher=matcher, logprobs=request.logprobs)
         tags = bool(tag and self._decode_tags)
         decode = self._decode_tags if tags else self._decode
-        incremental = self._incremental(tags)
+        incremental = incremental_decoder(self.tokenizer, keep_special=tags, drop=self._drop if tags else None)
 
         def make_stream(steps: Iterable[Step], cancel: Callable[[], None]) -> TokenStream:
             return TokenStream(steps, decode, len(prompt), request.stop, cancel, trim=request.prompt is None,
@@ -144,28 +144,6 @@ class RequestPreparer:
         tags = {i for i, t in self.tokenizer.added_tokens_decoder.items() if t.content in (fmt.open, fmt.close)}
         return frozenset(special - tags) if tags & special else None
 
-    def _incremental(self, tags: bool) -> Callable[[], Callable[[int], str | None]] | None:
-        """A stream's incremental decoder, from the tokenizers library (`DecodeStream`, which reads a token's
-        text in the window of the tokens before it), where it gives what `decode` gives: a fast tokenizer that
-        does not clean up spaces after decoding (transformers does that in Python, over the whole text). None
-        for other tokenizers: their streams decode the whole answer at each token."""
-        backend = getattr(self.tokenizer, "backend_tokenizer", None)
-        if backend is None or getattr(self.tokenizer, "clean_up_tokenization_spaces", False):
-            return None
-        from tokenizers.decoders import DecodeStream
-
-        drop = self._drop if tags else None
-
-        def start() -> Callable[[int], str | None]:
-            stream = DecodeStream(skip_special_tokens=not tags)
-
-            def step(token: int) -> str | None:
-                return "" if drop is not None and token in drop else stream.step(backend, token)
-
-            return step
-
-        return start
-
     def _describe(self, token: int, raw: RawLogprob) -> TokenLogprob | None:
         """The TokenLogprob of a generated token (None for an end-of-answer token, which OpenAI never shows)."""
         if token in self.eos:
@@ -182,6 +160,29 @@ class RequestPreparer:
                 data = self.tokenizer.decode([token]).encode()
             known = self._texts[token] = (data.decode("utf-8", errors="replace"), tuple(data))
         return known
+
+
+def incremental_decoder(tokenizer: Any, *, keep_special: bool = False,
+                        drop: frozenset[int] | None = None) -> Callable[[], Callable[[int], str | None]] | None:
+    """A new stream's incremental decoder (token -> the text it adds, None while it adds none yet), from the
+    tokenizers library (`DecodeStream`, which reads a token's text in the window of the tokens before it), where
+    it gives what the tokenizer's `decode` gives: a fast tokenizer that does not clean up spaces after decoding
+    (transformers does that in Python, over the whole text). `drop`: tokens read as no text. None for other
+    tokenizers: their streams decode the whole answer at each token."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or getattr(tokenizer, "clean_up_tokenization_spaces", False):
+        return None
+    from tokenizers.decoders import DecodeStream
+
+    def start() -> Callable[[int], str | None]:
+        stream = DecodeStream(skip_special_tokens=not keep_special)
+
+        def step(token: int) -> str | None:
+            return "" if drop is not None and token in drop else stream.step(backend, token)
+
+        return step
+
+    return start
 
 
 def _number(value: Any, field: str, low: float, high: float, rule: str) -> None:
