@@ -119,3 +119,19 @@ def test_a_tokenizer_that_cleans_up_spaces_decodes_whole():
     tokenizer, _ = sentencepiece_style()
     tokenizer.clean_up_tokenization_spaces = True  # transformers' Python clean-up of the whole text
     assert incremental_decoder(tokenizer) is None
+
+
+def test_a_decode_stream_that_loses_its_place_goes_on_with_whole_decodes():
+    tokenizer, _ = _SP
+    ids = [3, 131, 259]  # bytes 0x00 and 0x80 (no UTF-8) before a word: DecodeStream raises at the word
+    step = incremental_decoder(tokenizer)()
+    with pytest.raises(Exception, match="Invalid prefix"):
+        for token in ids:
+            step(token)
+
+    def run(incremental):
+        stream = TokenStream([(t, None) for t in ids], lambda got: tokenizer.decode(got, skip_special_tokens=True),
+                             3, [], incremental=incremental)
+        return [e.text for e in stream], stream.result
+
+    assert run(incremental_decoder(tokenizer)) == run(None)  # as if it had decoded whole all along
