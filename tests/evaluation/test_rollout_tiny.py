@@ -33,6 +33,11 @@ def roll(gw, key: str) -> dict:
     raise AssertionError(f"the rollout did not end: {rollout}")
 
 
+def answers(gw) -> list[str]:
+    """The gateway's answer counts by deployment and status, to say what a failing rollout saw."""
+    return [line for line in gw.svc.metrics.render().splitlines() if line.startswith("forgeflow_requests_total")]
+
+
 def test_a_slow_green_is_rolled_back_and_a_fixed_one_promoted(tiny_model_dir):
     with _serving(Workspace.open()) as gw:
         gw.app.state.ff.rollout_controller.poll_s = 0.05
@@ -51,7 +56,7 @@ def test_a_slow_green_is_rolled_back_and_a_fixed_one_promoted(tiny_model_dir):
         gw.svc.update_deployment("shop", "green", {"request_settings.request_timeout_ms": 90_000})
         gw.wait("shop", "green", timeout=180)
         rollout = roll(gw, key)
-        assert rollout["state"] == "Promoted", rollout["reason"]
+        assert rollout["state"] == "Promoted", (rollout["reason"], rollout["history"], answers(gw))
         assert [e["percent"] for e in rollout["history"] if e["event"] == "step"] == [10, 50, 100]
         assert gw.svc.show_endpoint("shop")["traffic"] == {"blue": 0, "green": 100}
         answer = post(gw, "shop", key, BODY)
