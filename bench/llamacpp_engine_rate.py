@@ -1,7 +1,8 @@
 """Where a llamacpp stream's time goes, without HTTP: the runtime's decode rate in this process against the time
 spent inside llama_decode, and the CPU the model server's serving threads spend per token.
 
-    .venv/bin/python bench/llamacpp_engine_rate.py [--threads 1,2] [--requests 6] [--clients 1,8] [--json]
+    .venv/bin/python bench/llamacpp_engine_rate.py [--parts engine,serving,ttft,text] [--threads 1,2] [--requests 6]
+        [--clients 1,8] [--rounds 3] [--json]
 
 - engine: LlamaCppRuntime on the cached fine-tune (finetuned.py, q4_k_m), greedy, 64 tokens per request, one
   request at a time: tokens after the first over the time from the first to the last (the runtime's decode
@@ -10,17 +11,25 @@ spent inside llama_decode, and the CPU the model server's serving threads spend 
 - serving: forgeflow's model server with 1 llama.cpp thread, streamed requests from `clients` clients; the CPU
   of every thread of the server but the llama.cpp worker (event loop, thread handoffs, detokenising, SSE), and
   of this process's clients, per completion token, read from /proc before and after each round.
+- ttft: the runtime in this process (2 threads, no HTTP), `clients` clients each streaming `requests` requests
+  back to back: time to first token p50 at 8 clients over that at 1, and what the steps were (a step holding a
+  prompt, a step of decodes only): whether the serving level's TTFT ratio is the engine's or the HTTP path's.
+- text: a stream's text assembly over the fine-tune's tokenizer, answers of 64 to 2048 tokens, by decoding the
+  whole answer at every token against the tokenizers library's DecodeStream (what streams use), in turn, µs per
+  token.
 Medians over `--rounds`; CPU per token is steadier on a shared machine than tokens/s.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
 from finetuned import ensure_finetune, say
 
@@ -61,6 +70,88 @@ def engine_rate(model, threads: int, requests: int, max_tokens: int) -> dict:
     rt, ll = statistics.median(through), statistics.median(inside)
     return {"threads": threads, "runtime_decode_tok_s": round(rt, 1), "llama_decode_tok_s": round(ll, 1),
             "runtime_over_llama_decode": round(rt / ll, 3)}
+
+
+def engine_ttft(model, clients: int, requests: int, max_tokens: int, serial) -> dict:
+    """Time to first token of the runtime in this process at `clients` clients, and its steps."""
+    import threading
+
+    from serve_throughput import PROMPTS
+
+    from forgeflow.chat.request import chat_request
+    from forgeflow.inference.runtimes.llamacpp import LlamaCppRuntime
+
+    runtime = LlamaCppRuntime(model, gguf_type="q4_k_m", threads=2)
+    decode, steps, firsts = runtime.engine.decode, [], []
+
+    def timed(entries):
+        t = time.perf_counter()
+        status = decode(entries)
+        steps.append((len(entries), sum(1 for e in entries if e[3]), time.perf_counter() - t))
+        return status
+
+    def loop(index: int) -> None:
+        for r in range(requests):
+            prompt = f"[{next(serial):05d}] {PROMPTS[(index + r) % len(PROMPTS)]}"
+            t0, first = time.perf_counter(), None
+            for event in runtime.stream(chat_request([{"role": "user", "content": prompt}], temperature=0,
+                                                     max_new_tokens=max_tokens)):
+                if event.text and first is None:
+                    first = time.perf_counter() - t0
+            firsts.append(first if first is not None else time.perf_counter() - t0)
+
+    runtime.engine.decode = timed
+    try:
+        runtime.generate(chat_request([{"role": "user", "content": "warm up"}], temperature=0, max_new_tokens=8))
+        steps.clear()
+        threads = [threading.Thread(target=loop, args=(i,)) for i in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        runtime.close()
+    prompt_steps = [took for n, logits, took in steps if n > logits]
+    decode_steps = [took for n, logits, took in steps if n == logits]
+    return {"clients": clients, "ttft_p50_ms": round(1000 * statistics.median(firsts), 1),
+            "ttft_ms": sorted(round(1000 * f) for f in firsts),
+            "prompt_step_ms": round(1000 * statistics.median(prompt_steps), 1) if prompt_steps else None,
+            "decode_step_ms": round(1000 * statistics.median(decode_steps), 1) if decode_steps else None}
+
+
+def text_assembly(model_dir, rounds: int) -> list[dict]:
+    """µs per token of a stream's text assembly, whole decodes against DecodeStream, in turn."""
+    from transformers import AutoTokenizer
+
+    from forgeflow.inference.runtimes.base import TokenStream
+    from forgeflow.inference.runtimes.prepare import incremental_decoder
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    incremental = incremental_decoder(tokenizer)
+    if incremental is None:
+        raise SystemExit(f"{model_dir}'s tokenizer has no incremental decoder (not a fast tokenizer, or it cleans up "
+                         "spaces): its streams decode whole")
+    ids = tokenizer.encode((Path(__file__).parent / "README.md").read_text())
+
+    def per_token(n: int, step) -> float:
+        steps = [(t, "length" if i == n - 1 else None) for i, t in enumerate(ids[:n])]
+        stream = TokenStream(steps, lambda got: tokenizer.decode(got, skip_special_tokens=True), 0, [],
+                             incremental=step)
+        t = time.perf_counter()
+        for _event in stream:
+            pass
+        return 1e6 * (time.perf_counter() - t) / n
+
+    out = []
+    for n in (64, 256, 1024, 2048):
+        whole, streamed = [], []
+        for _ in range(rounds):
+            whole.append(per_token(n, None))
+            streamed.append(per_token(n, incremental))
+        w, s = statistics.median(whole), statistics.median(streamed)
+        out.append({"tokens": n, "whole_us_per_token": round(w, 1), "incremental_us_per_token": round(s, 1),
+                    "whole_over_incremental": round(w / s, 1)})
+    return out
 
 
 def _thread_cpu(pid: int) -> dict[str, float]:
@@ -106,14 +197,14 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=6, help="requests per measurement (per client when serving)")
     parser.add_argument("--rounds", type=int, default=3, help="serving rounds; medians are reported")
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--parts", default="engine,serving", help="engine, serving or both")
+    parser.add_argument("--parts", default="engine,serving", help="comma-separated, from engine, serving, ttft, text")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
-    if unknown := parts - {"engine", "serving"}:
-        parser.error(f"unknown parts: {', '.join(sorted(unknown))} (choose engine, serving)")
+    if unknown := parts - {"engine", "serving", "ttft", "text"}:
+        parser.error(f"unknown parts: {', '.join(sorted(unknown))} (choose engine, serving, ttft, text)")
     ft = ensure_finetune()
-    out: dict = {"engine": [], "serving": []}
+    out: dict = {"engine": [], "serving": [], "ttft": [], "text": []}
     if "engine" in parts:
         for threads in (int(t) for t in args.threads.split(",")):
             say(f"engine: {threads} thread(s), {args.requests} requests")
@@ -122,12 +213,32 @@ def main() -> None:
         for clients in (int(c) for c in args.clients.split(",")):
             say(f"serving: {clients} client(s), {args.requests} requests each, {args.rounds} rounds")
             out["serving"].append(serving_cpu(ft.model, clients, args.requests, args.rounds, args.max_tokens))
+    if "ttft" in parts:
+        serial = itertools.count()
+        for r in range(args.rounds):
+            for clients in (1, 8):
+                say(f"ttft: round {r + 1}, {clients} client(s), {args.requests} requests each, in this process")
+                out["ttft"].append(engine_ttft(ft.model, clients, args.requests, args.max_tokens, serial))
+    if "text" in parts:
+        say(f"text: whole decodes against DecodeStream, {args.rounds} rounds")
+        out["text"] = text_assembly(ft.hf_dir, max(args.rounds, 5))
     if args.json:
         print(json.dumps(out))
         return
     for row in out["engine"]:
         print(f"engine, {row['threads']} thread(s): runtime {row['runtime_decode_tok_s']} tok/s, inside llama_decode "
               f"{row['llama_decode_tok_s']} tok/s -> {row['runtime_over_llama_decode']:.3f}x")
+    ones = [r["ttft_p50_ms"] for r in out["ttft"] if r["clients"] == 1]
+    eights = [r["ttft_p50_ms"] for r in out["ttft"] if r["clients"] == 8]
+    for row in out["ttft"]:
+        print(f"ttft in-process, {row['clients']} client(s): p50 {row['ttft_p50_ms']} ms; steps holding a prompt "
+              f"{row['prompt_step_ms']} ms, decodes only {row['decode_step_ms']} ms (p50); all {row['ttft_ms']}")
+    if ones and eights:
+        ratios = [round(e / o, 2) for o, e in zip(ones, eights)]
+        print(f"ttft in-process, 8 clients / 1 client: {statistics.median(ratios):.2f}x (rounds {ratios})")
+    for row in out["text"]:
+        print(f"text, {row['tokens']} tokens: whole decodes {row['whole_us_per_token']} µs/token, DecodeStream "
+              f"{row['incremental_us_per_token']} µs/token ({row['whole_over_incremental']}x)")
     for row in out["serving"]:
         print(f"serving, {row['clients']} client(s): serving threads {row['serving_cpu_ms_per_token']} ms CPU/token "
               f"(rounds {row['per_round']}), clients {row['client_cpu_ms_per_token']} ms/token, "
