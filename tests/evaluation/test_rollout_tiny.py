@@ -14,10 +14,15 @@ pytestmark = pytest.mark.integration
 BODY = {"input_data": {"input_string": [{"role": "user", "content": "hi"}], "parameters": {"max_new_tokens": 2}}}
 
 
+# A real model server on a loaded two-core machine can answer a probe late: liveness that gives up after two probes
+# of half a second would restart it mid-rollout, and the requests it was answering would count against it.
+LIVENESS = FAST_LIVENESS | {"initial_delay": 5.0, "period": 0.5, "timeout": 5.0, "failure_threshold": 3}
+
+
 def deploy(gw, name: str, model_dir, timeout_ms: int) -> None:
     gw.svc.create_deployment("shop", name, "tiny-chat:1", str(model_dir),
                              request_settings={"request_timeout_ms": timeout_ms},
-                             liveness_probe=FAST_LIVENESS | {"initial_delay": 5.0}, readiness_probe=FAST_PROBES)
+                             liveness_probe=LIVENESS, readiness_probe=FAST_PROBES)
 
 
 def roll(gw, key: str) -> dict:
@@ -34,8 +39,10 @@ def roll(gw, key: str) -> dict:
 
 
 def answers(gw) -> list[str]:
-    """The gateway's answer counts by deployment and status, to say what a failing rollout saw."""
-    return [line for line in gw.svc.metrics.render().splitlines() if line.startswith("forgeflow_requests_total")]
+    """The gateway's answer counts by deployment and status, and the instances restarted, to say what a failing
+    rollout saw."""
+    return [line for line in gw.svc.metrics.render().splitlines()
+            if line.startswith(("forgeflow_requests_total", "forgeflow_instance_restarts_total"))]
 
 
 def test_a_slow_green_is_rolled_back_and_a_fixed_one_promoted(tiny_model_dir):
