@@ -24,7 +24,7 @@ class Rollouts:
         unique `active_endpoint` decides between two servers starting one at once)."""
         if self.running(endpoint):
             raise self._busy(endpoint)
-        moment = now()
+        moment = now(precise=True)  # the newest of two rollouts started within a second is the later one
         row = {"id": uuid.uuid4().hex[:12], "endpoint": endpoint, "deployment": deployment,
                "state": RolloutState.RUNNING, "active_endpoint": endpoint, "rollout_spec": spec,
                "previous_traffic": previous, "step_index": 0, "history": [

@@ -29,8 +29,10 @@ JSON_COLUMNS = {"hyperparameters", "progress", "metrics", "traffic", "request_se
                 "applied_traffic", "window_start", "reference_metrics", "history"}
 
 
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+def now(*, precise: bool = False) -> str:
+    """UTC now in ISO 8601, to the second; `precise`: to the microsecond, for rows whose order by time must hold
+    within a second."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds" if precise else "seconds")
 
 
 class Store:
