@@ -252,3 +252,38 @@ def test_an_update_just_after_a_roll_succeeded_is_not_settled_by_that_roll(gatew
     dep = gateway.wait(*key)
     assert [i["index"] for i in dep["instances"]] == [0, 1, 2]
     assert sup.running()[key].state == DeploymentState.SUCCEEDED
+
+
+def test_an_update_let_in_by_a_rolled_back_one_is_not_undone_by_it(gateway, monkeypatch):
+    """A failed roll writes its rollback to the row (Failed, the old spec), then to what the supervisor runs. An
+    update let in between the two (the row no longer said Updating) keeps its spec: the rollback restores the old
+    spec only over the spec it undid."""
+    import forgeflow.serving.supervisor as sup
+
+    gateway.endpoint("undo-ep")
+    gateway.deploy("undo-ep", "blue", {"output": "v1"})
+    svc, key = gateway.svc, ("undo-ep", "blue")
+    fail, calls = svc.deployment_failed, []
+    row_written, restore = threading.Event(), threading.Event()
+
+    def held(done_key, reason, **kw):
+        calls.append(threading.current_thread())
+        fail(done_key, reason, **kw)
+        row_written.set()
+        assert restore.wait(10), "the test never let the rollback restore its spec"
+
+    monkeypatch.setattr(svc, "deployment_failed", held)
+    monkeypatch.setattr(sup, "READY_TIMEOUT_S", 1.5)
+    broken = json.dumps({"load": -1})  # never ready
+    try:
+        svc.update_deployment(*key, {"model": "fake:bad"}, resolve=lambda ref: (ref, Path(broken), {}))
+        assert row_written.wait(30), "the broken update was not rolled back"
+        assert svc.show_deployment(*key)["provisioning_state"] == "Failed"
+        svc.update_deployment(*key, {"instance_count": 2})  # let in: the row says Failed
+        restore.set()
+        calls[0].join(10)
+        assert svc.supervisor.running()[key].instance_count == 2  # the rollback left the newer spec alone
+    finally:
+        restore.set()
+    dep = gateway.wait(*key)
+    assert dep["model"] == "fake:1" and [i["index"] for i in dep["instances"]] == [0, 1]

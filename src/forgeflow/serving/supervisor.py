@@ -60,6 +60,9 @@ class DeploymentSupervisor:
         self._instances: dict[Key, list[Instance]] = {}
         self._specs: dict[Key, Deployment] = {}
         self._generation: dict[Key, int] = {}
+        # Each spec a launch or an update brings: a create or a roll settles, or undoes, only the spec it was for (a
+        # newer update may be let in once the row says Succeeded or Failed, before the older one's last step).
+        self._revision: dict[Key, int] = {}
         self._creating: set[Key] = set()  # launched and not yet succeeded: an instance that ends fails it
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -78,13 +81,14 @@ class DeploymentSupervisor:
         self.stop(*key)
         with self._lock:
             gen = self._bump(key)
+            rev = self._revise(key)
             self._specs[key] = dep
             self._creating.add(key)
             instances = self.placement.start(dep, range(dep.instance_count))
             self._instances[key] = instances
         for inst in instances:
             self._watch(key, inst)
-        threading.Thread(target=self._await_created, args=(key, gen), daemon=True).start()
+        threading.Thread(target=self._await_created, args=(key, gen, rev), daemon=True).start()
 
     def update(self, old: Deployment, new: Deployment) -> None:
         """Apply a changed spec: settings at once; a new model (or list of adapters), GGUF type, runtime, compute
@@ -92,9 +96,8 @@ class DeploymentSupervisor:
         key = new.key
         with self._lock:
             self._specs[key] = new
-            # a generation of its own: a roll that ended just before (its row already Succeeded, which let this
-            # update in) no longer settles this spec
-            gen = self._bump(key)
+            gen = self._generation.get(key, 0)
+            rev = self._revise(key)
         # the adapters' order counts: the first is the default
         roll = ((old.model_path, old.model_ref, list(old.adapters.items()), old.gguf_type, old.runtime, old.compute,
                  old.resources)
@@ -102,9 +105,9 @@ class DeploymentSupervisor:
                     new.compute, new.resources))
         if not roll and old.instance_count == new.instance_count:
             self.reports.deployment_succeeded(key)
-            self._settled(key, gen)
+            self._settled(key, gen, rev)
             return
-        threading.Thread(target=self._roll, args=(key, gen, old, new, roll), daemon=True,
+        threading.Thread(target=self._roll, args=(key, gen, rev, old, new, roll), daemon=True,
                          name=f"forgeflow-roll-{key[0]}-{key[1]}").start()
 
     def scale(self, dep: Deployment) -> None:
@@ -177,6 +180,10 @@ class DeploymentSupervisor:
     def _bump(self, key: Key) -> int:
         self._generation[key] = self._generation.get(key, 0) + 1
         return self._generation[key]
+
+    def _revise(self, key: Key) -> int:
+        self._revision[key] = self._revision.get(key, 0) + 1
+        return self._revision[key]
 
     def _current(self, key: Key, gen: int) -> bool:
         with self._lock:
@@ -268,7 +275,7 @@ class DeploymentSupervisor:
         self.reports.instance_restarted(key)
         self._watch(key, fresh)
 
-    def _await_created(self, key: Key, gen: int) -> None:
+    def _await_created(self, key: Key, gen: int, rev: int) -> None:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while self._current(key, gen) and time.monotonic() < deadline:
             with self._lock:
@@ -284,7 +291,7 @@ class DeploymentSupervisor:
                                 f"{self.placement.log_tail(pending[0]) if pending else ''}")
             return
         self.reports.deployment_succeeded(key)
-        self._settled(key, gen)  # after the row: what it runs says Succeeded only once the store does
+        self._settled(key, gen, rev)  # after the row: what it runs says Succeeded only once the store does
 
     def _await_instance(self, key: Key, gen: int, inst: Instance) -> str | None:
         """Wait for one new instance; None when ready, else why not."""
@@ -299,7 +306,7 @@ class DeploymentSupervisor:
             time.sleep(0.1)
         return f"new instance {inst.index} not ready after {READY_TIMEOUT_S:.0f} s"
 
-    def _roll(self, key: Key, gen: int, old_spec: Deployment, new: Deployment, roll: bool) -> None:
+    def _roll(self, key: Key, gen: int, rev: int, old_spec: Deployment, new: Deployment, roll: bool) -> None:
         with self._lock:
             old = list(self._instances.get(key, []))
         target = new.instance_count
@@ -314,7 +321,7 @@ class DeploymentSupervisor:
                 self._watch(key, fresh)
                 why = self._await_instance(key, gen, fresh)
                 if why:
-                    self._rollback(key, gen, old, old_spec, why)
+                    self._rollback(key, gen, rev, old, old_spec, why)
                     return
                 if roll and to_retire:
                     self._drain(key, to_retire.pop(0), new)
@@ -322,16 +329,16 @@ class DeploymentSupervisor:
             self._drain(key, inst, new)
         if self._current(key, gen):
             self.reports.deployment_succeeded(key)
-            self._settled(key, gen)
+            self._settled(key, gen, rev)
 
-    def _settled(self, key: Key, gen: int) -> None:
+    def _settled(self, key: Key, gen: int, rev: int) -> None:
         """After the row says Succeeded, what it runs says so too (an update through another server that changes
-        nothing is then only a row to settle: endpoint service's reconcile)."""
+        nothing is then only a row to settle: endpoint service's reconcile), unless a newer spec came meanwhile."""
         with self._lock:
-            if self._current(key, gen) and key in self._specs:
+            if self._current(key, gen) and self._revision.get(key) == rev and key in self._specs:
                 self._specs[key] = self._specs[key].replace(state=DeploymentState.SUCCEEDED)
 
-    def _rollback(self, key: Key, gen: int, old: list[Instance], old_spec: Deployment, why: str) -> None:
+    def _rollback(self, key: Key, gen: int, rev: int, old: list[Instance], old_spec: Deployment, why: str) -> None:
         log.error("deployment %s/%s update failed: %s", key[0], key[1], why)
         with self._lock:
             pool = self._instances.get(key, [])
@@ -344,7 +351,7 @@ class DeploymentSupervisor:
         if current:  # the row first: the store never says Updating to a spec this supervisor has already undone
             self.reports.deployment_failed(key, f"update failed and was rolled back: {why}", restored=old_spec)
             with self._lock:
-                if self._current(key, gen):
+                if self._current(key, gen) and self._revision.get(key) == rev:  # not over an update let in since
                     self._specs[key] = old_spec
         self.placement.stop(new_ones)
 
