@@ -135,3 +135,50 @@ def test_a_decode_stream_that_loses_its_place_goes_on_with_whole_decodes():
         return [e.text for e in stream], stream.result
 
     assert run(incremental_decoder(tokenizer)) == run(None)  # as if it had decoded whole all along
+
+
+@pytest.fixture(scope="module")
+def tags_preparer(tiny_model_dir):
+    """A tokenizer whose tool-call tags are special tokens: its streams keep the tags (and drop the other special
+    tokens) so the calls can be read back."""
+    from tiny import TOOLS_CHAT_TEMPLATE
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<tool_call>", "</tool_call>"]})
+    tokenizer.chat_template = TOOLS_CHAT_TEMPLATE
+    preparer = RequestPreparer(tokenizer, max_positions=2048, vocab_size=len(tokenizer),
+                               eos_ids=[tokenizer.eos_token_id])
+    assert preparer.tools.special_tags and preparer._decode_tags is not None
+    return preparer
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data(), reason=st.sampled_from([None, "length"]))
+def test_incremental_text_keeps_special_tool_call_tags(tags_preparer, data, reason):
+    from forgeflow.chat import ChatRequest, Tools
+
+    tokenizer = tags_preparer.tokenizer
+    opening, closing = tokenizer.convert_tokens_to_ids(["<tool_call>", "</tool_call>"])
+    words = tokenizer.encode(' {"name": "get_time", "arguments": {"zone": "UTC"}} Paris')
+    pieces = st.sampled_from([opening, closing, tokenizer.eos_token_id, 0, 1, *words])
+    ids = data.draw(st.lists(pieces | st.integers(0, len(tokenizer) - 1), min_size=1, max_size=40))
+    clock = {"type": "function", "function": {"name": "get_time", "parameters": {
+        "type": "object", "properties": {"zone": {"enum": ["UTC", "CET"]}}, "required": ["zone"]}}}
+    prepared = tags_preparer.prepare(ChatRequest([{"role": "user", "content": "time?"}], tools=Tools((clock,), "auto")))
+
+    def run(whole: bool):
+        stream = prepared.stream([(t, reason if i == len(ids) - 1 else None) for i, t in enumerate(ids)],
+                                 lambda: None)
+        if whole:
+            stream._incremental = None
+        deltas = [e.text for e in stream]
+        r = stream.result  # a call's id is new each time
+        return deltas, (r.text, r.finish_reason, r.completion_tokens, [(c.name, c.arguments) for c in r.tool_calls])
+
+    assert run(False) == run(True)
+    answer = tokenizer.encode("Paris") + [opening] + tokenizer.encode(
+        '\n{"name": "get_time", "arguments": {"zone": "UTC"}}\n') + [closing]
+    ids[:] = answer  # a whole call: its text is held from the tag on, never streamed, and read back as a call
+    (deltas, result), whole = run(False), run(True)
+    assert (deltas, result) == whole and "".join(deltas) == "Paris" and result[3] == [("get_time", '{"zone": "UTC"}')]
