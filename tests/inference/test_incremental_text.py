@@ -3,6 +3,7 @@ whole answer at every token, and says exactly what the whole decode says: the sa
 
 from __future__ import annotations
 
+import dataclasses
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -21,15 +22,18 @@ def preparer(tiny_model_dir):
                            eos_ids=[tokenizer.eos_token_id])
 
 
-def streamed(preparer, ids: list[int], reason: str | None, stop=(), *, whole: bool) -> tuple[list[str], object]:
-    """The deltas and result of a stream over `ids` (the last step carries `reason`), read incrementally or,
-    with `whole`, by decoding the whole answer at every token as before."""
-    prepared = preparer.prepare(chat_request([{"role": "user", "content": "hi"}], stop=list(stop) or None))
-    stream = prepared.stream([(t, reason if i == len(ids) - 1 else None) for i, t in enumerate(ids)], lambda: None)
+def streamed(preparer, ids: list[int], reason: str | None, stop=(), *, whole: bool) -> tuple[list, object]:
+    """The deltas (each with the tokens whose log-probabilities it carries) and result of a stream over `ids` (the
+    last step carries `reason`), read incrementally or, with `whole`, by decoding the whole answer at every token as
+    before."""
+    request = chat_request([{"role": "user", "content": "hi"}], stop=list(stop) or None)
+    prepared = preparer.prepare(dataclasses.replace(request, logprobs=0))
+    stream = prepared.stream([(t, reason if i == len(ids) - 1 else None, (-0.5, ())) for i, t in enumerate(ids)],
+                             lambda: None)
     if whole:
         stream._incremental = None
     events = list(stream)
-    return [e.text for e in events], stream.result
+    return [(e.text, [lp.token for lp in e.logprobs]) for e in events], stream.result
 
 
 # ids over the whole vocabulary (byte tokens that split a character, the chat's special tokens) and a few past it
@@ -51,7 +55,7 @@ def test_a_stream_decodes_the_whole_answer_once(preparer, monkeypatch):
     decode = preparer._decode
     monkeypatch.setattr(preparer, "_decode", lambda got: calls.append(len(got)) or decode(got))
     deltas, result = streamed(preparer, ids, "length", whole=False)
-    assert "".join(deltas) == result.text == text.strip()
+    assert "".join(text for text, _tokens in deltas) == result.text == text.strip()
     assert calls == [len(ids)]  # the last token's step only: every other token cost its own text
 
 

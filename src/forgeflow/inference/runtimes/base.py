@@ -243,7 +243,9 @@ class TokenStream:
                 if step is None or reason is not None:
                     raw = self._decode(ids)
                     waiting = raw.endswith("\ufffd")  # an incomplete UTF-8 sequence: wait for its next byte
-                ends.append(len(raw))
+                    ends.append(len(raw))
+                else:  # a token whose character is not complete yet ends past the text (as its U+FFFD would)
+                    ends.append(len(raw) + waiting)
                 if self._describe is not None:
                     described.append(self._describe(token, logprob) if logprob is not None else None)
                 cut = self._find_stop(raw, final=reason is not None)
