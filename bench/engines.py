@@ -88,7 +88,10 @@ class LlamaServer(_Served):
 class ModelServer(_Served):
     """forgeflow's model server, started by the bench with its own secret."""
 
-    def __init__(self, model_dir: Path, runtime: str, *extra: str, log: Path | None = None) -> None:
+    def __init__(self, model_dir: Path, runtime: str, *extra: str, log: Path | None = None,
+                 program: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+        """`program`: what to run instead of the model server's module (a traced model server, which takes the
+        model server's arguments); `env`: variables added to its environment."""
         from forgeflow.processes import INSTANCE_SECRET_ENV
 
         self.port, secret = free_port(), secrets.token_urlsafe(32)
@@ -96,9 +99,9 @@ class ModelServer(_Served):
         self.headers = {"Authorization": f"Bearer {secret}"}
         self.log = open(log or os.devnull, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "forgeflow.inference.model_server", "--model-dir", str(model_dir), "--runtime",
-             runtime, "--port", str(self.port), "--name", "direct", *extra],
-            env={**os.environ, INSTANCE_SECRET_ENV: secret}, stdout=self.log, stderr=subprocess.STDOUT)
+            [*(program or [sys.executable, "-m", "forgeflow.inference.model_server"]), "--model-dir", str(model_dir),
+             "--runtime", runtime, "--port", str(self.port), "--name", "direct", *extra],
+            env={**os.environ, **(env or {}), INSTANCE_SECRET_ENV: secret}, stdout=self.log, stderr=subprocess.STDOUT)
         wait_ready(f"{self.url}/health", self.headers, self.proc, "the model server")
 
 

@@ -1,7 +1,7 @@
 """Where a llamacpp stream's time goes, without HTTP: the runtime's decode rate in this process against the time
 spent inside llama_decode, and the CPU the model server's serving threads spend per token.
 
-    .venv/bin/python bench/llamacpp_engine_rate.py [--parts engine,serving,ttft,text] [--threads 1,2] [--requests 6]
+    .venv/bin/python bench/llamacpp_engine_rate.py [--parts engine,serving,ttft,trace,text] [--threads 1,2] [--requests 6]
         [--clients 1,8] [--rounds 3] [--json]
 
 - engine: LlamaCppRuntime on the cached fine-tune (finetuned.py, q4_k_m), greedy, 64 tokens per request, one
@@ -14,6 +14,10 @@ spent inside llama_decode, and the CPU the model server's serving threads spend 
 - ttft: the runtime in this process (2 threads, no HTTP), `clients` clients each streaming `requests` requests
   back to back: time to first token p50 at 8 clients over that at 1, and what the steps were (a step holding a
   prompt, a step of decodes only): whether the serving level's TTFT ratio is the engine's or the HTTP path's.
+- trace: the same 1 and 8 clients straight to a model server (2 threads) that writes down its runtime's times
+  (traced_model_server.py): per request, from the client's send to the runtime preparing it, to its queueing, to
+  its first text out of the runtime, to the client reading it (medians); and how long the median request waited for
+  the step in flight, and how many steps it then took to its first token.
 - text: a stream's text assembly over the fine-tune's tokenizer, answers of 64 to 2048 tokens, by decoding the
   whole answer at every token against the tokenizers library's DecodeStream (what streams use), in turn, µs per
   token.
@@ -119,6 +123,61 @@ def engine_ttft(model, clients: int, requests: int, max_tokens: int, serial) -> 
             "decode_step_ms": round(1000 * statistics.median(decode_steps), 1) if decode_steps else None}
 
 
+def traced_ttft(model, clients: int, requests: int, max_tokens: int, serial) -> dict:
+    """Where a request's time to first token goes, read from a traced model server and the client."""
+    import tempfile
+    import threading
+
+    import engines
+    from llamacpp_serving import stream_chat
+    from serve_throughput import PROMPTS, client
+
+    trace = Path(tempfile.mkdtemp(prefix="ff-trace-")) / "trace.jsonl"
+    server = engines.ModelServer(model, "llamacpp", "--gguf-type", "q4_k_m", "--threads", "2",
+                                 program=[sys.executable, str(Path(__file__).parent / "traced_model_server.py")],
+                                 env={"FORGEFLOW_BENCH_TRACE": str(trace)})
+    sent: dict[str, tuple[float, float]] = {}
+    url = f"{server.url}/v1/chat/completions"
+
+    def loop(index: int) -> None:
+        with client() as http:
+            for r in range(requests):
+                key = f"{next(serial):05d}"
+                t0 = time.time()
+                res = stream_chat(http, url, server.headers,
+                                  [{"role": "user", "content": f"[{key}] {PROMPTS[(index + r) % len(PROMPTS)]}"}],
+                                  max_tokens)
+                sent[key] = (t0, t0 + res["ttft"])
+
+    try:
+        with client() as http:  # warm up
+            stream_chat(http, url, server.headers, [{"role": "user", "content": "warm up"}], 8)
+        threads = [threading.Thread(target=loop, args=(i,)) for i in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        server.stop()
+    records = [json.loads(line) for line in trace.read_text().splitlines()]
+    steps = sorted((r for r in records if "step" in r), key=lambda r: r["step"])
+    rows, waits, counts = [], [], []
+    for r in records:
+        if r.get("key") not in sent:
+            continue
+        t0, seen = sent[r["key"]]
+        rows.append((r["prepare"] - t0, r["queued"] - r["prepare"], r["first"] - r["queued"], seen - r["first"],
+                     seen - t0))
+        flight = next((s for s in steps if s["step"] <= r["queued"] < s["end"]), None)
+        waits.append(flight["end"] - r["queued"] if flight else 0.0)
+        counts.append(sum(1 for s in steps if r["queued"] <= s["step"] and s["end"] <= r["first"] + 0.001))
+    medians = [round(1000 * statistics.median(column), 1) for column in zip(*rows)]
+    return {"clients": clients, "requests": len(rows), "send_to_prepare_ms": medians[0],
+            "prepare_to_queued_ms": medians[1], "queued_to_first_ms": medians[2], "first_to_client_ms": medians[3],
+            "ttft_ms": medians[4], "step_in_flight_wait_ms": round(1000 * statistics.median(waits), 1),
+            "steps_to_first_token": statistics.median(counts)}
+
+
 def text_assembly(model_dir, rounds: int) -> list[dict]:
     """µs per token of a stream's text assembly, whole decodes against DecodeStream, in turn."""
     from transformers import AutoTokenizer
@@ -197,14 +256,15 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=6, help="requests per measurement (per client when serving)")
     parser.add_argument("--rounds", type=int, default=3, help="serving rounds; medians are reported")
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--parts", default="engine,serving", help="comma-separated, from engine, serving, ttft, text")
+    parser.add_argument("--parts", default="engine,serving",
+                        help="comma-separated, from engine, serving, ttft, trace, text")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
-    if unknown := parts - {"engine", "serving", "ttft", "text"}:
-        parser.error(f"unknown parts: {', '.join(sorted(unknown))} (choose engine, serving, ttft, text)")
+    if unknown := parts - {"engine", "serving", "ttft", "trace", "text"}:
+        parser.error(f"unknown parts: {', '.join(sorted(unknown))} (choose engine, serving, ttft, trace, text)")
     ft = ensure_finetune()
-    out: dict = {"engine": [], "serving": [], "ttft": [], "text": []}
+    out: dict = {"engine": [], "serving": [], "ttft": [], "trace": [], "text": []}
     if "engine" in parts:
         for threads in (int(t) for t in args.threads.split(",")):
             say(f"engine: {threads} thread(s), {args.requests} requests")
@@ -219,8 +279,14 @@ def main() -> None:
             for clients in (1, 8):
                 say(f"ttft: round {r + 1}, {clients} client(s), {args.requests} requests each, in this process")
                 out["ttft"].append(engine_ttft(ft.model, clients, args.requests, args.max_tokens, serial))
+    if "trace" in parts:
+        serial = itertools.count(50000)
+        for r in range(args.rounds):
+            for clients in (1, 8):
+                say(f"trace: round {r + 1}, {clients} client(s), {args.requests} requests each, traced model server")
+                out["trace"].append(traced_ttft(ft.model, clients, args.requests, args.max_tokens, serial))
     if "text" in parts:
-        say(f"text: whole decodes against DecodeStream, {args.rounds} rounds")
+        say(f"text: whole decodes against DecodeStream, {max(args.rounds, 5)} rounds")
         out["text"] = text_assembly(ft.hf_dir, max(args.rounds, 5))
     if args.json:
         print(json.dumps(out))
@@ -236,6 +302,11 @@ def main() -> None:
     if ones and eights:
         ratios = [round(e / o, 2) for o, e in zip(ones, eights)]
         print(f"ttft in-process, 8 clients / 1 client: {statistics.median(ratios):.2f}x (rounds {ratios})")
+    for row in out["trace"]:
+        print(f"trace, {row['clients']} client(s), {row['requests']} requests, medians: send -> prepare "
+              f"{row['send_to_prepare_ms']} ms, prepare -> queued {row['prepare_to_queued_ms']}, queued -> first text "
+              f"{row['queued_to_first_ms']}, -> client {row['first_to_client_ms']}; TTFT {row['ttft_ms']}; waited "
+              f"{row['step_in_flight_wait_ms']} ms for the step in flight, then {row['steps_to_first_token']} step(s)")
     for row in out["text"]:
         print(f"text, {row['tokens']} tokens: whole decodes {row['whole_us_per_token']} µs/token, DecodeStream "
               f"{row['incremental_us_per_token']} µs/token ({row['whole_over_incremental']}x)")
