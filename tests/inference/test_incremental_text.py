@@ -30,6 +30,7 @@ def streamed(preparer, ids: list[int], reason: str | None, stop=(), *, whole: bo
     prepared = preparer.prepare(dataclasses.replace(request, logprobs=0))
     stream = prepared.stream([(t, reason if i == len(ids) - 1 else None, (-0.5, ())) for i, t in enumerate(ids)],
                              lambda: None)
+    assert stream._incremental is not None  # this tokenizer's streams read incrementally
     if whole:
         stream._incremental = None
     events = list(stream)
@@ -174,6 +175,7 @@ def test_incremental_text_keeps_special_tool_call_tags(tags_preparer, data, reas
     def run(whole: bool):
         stream = prepared.stream([(t, reason if i == len(ids) - 1 else None) for i, t in enumerate(ids)],
                                  lambda: None)
+        assert stream._incremental is not None  # the tag path reads incrementally too
         if whole:
             stream._incremental = None
         deltas = [e.text for e in stream]

@@ -244,6 +244,7 @@ def test_an_update_just_after_a_roll_succeeded_is_not_settled_by_that_roll(gatew
         svc.update_deployment(*key, {"instance_count": 3})  # the row says Succeeded: it is let in
         settle.set()
         calls[0].join(10)
+        assert not calls[0].is_alive()
         assert sup.running()[key].state == DeploymentState.UPDATING  # the first roll left the newer spec alone
         assert sup.running()[key].instance_count == 3
     finally:
@@ -251,7 +252,7 @@ def test_an_update_just_after_a_roll_succeeded_is_not_settled_by_that_roll(gatew
         second_done.set()
     dep = gateway.wait(*key)
     assert [i["index"] for i in dep["instances"]] == [0, 1, 2]
-    assert sup.running()[key].state == DeploymentState.SUCCEEDED
+    wait_until(lambda: sup.running()[key].state == DeploymentState.SUCCEEDED, what="the second roll to settle")
 
 
 def test_an_update_let_in_by_a_rolled_back_one_is_not_undone_by_it(gateway, monkeypatch):
@@ -273,17 +274,38 @@ def test_an_update_let_in_by_a_rolled_back_one_is_not_undone_by_it(gateway, monk
         assert restore.wait(10), "the test never let the rollback restore its spec"
 
     monkeypatch.setattr(svc, "deployment_failed", held)
+    ready_timeout = sup.READY_TIMEOUT_S
     monkeypatch.setattr(sup, "READY_TIMEOUT_S", 1.5)
     broken = json.dumps({"load": -1})  # never ready
     try:
         svc.update_deployment(*key, {"model": "fake:bad"}, resolve=lambda ref: (ref, Path(broken), {}))
         assert row_written.wait(30), "the broken update was not rolled back"
         assert svc.show_deployment(*key)["provisioning_state"] == "Failed"
+        monkeypatch.setattr(sup, "READY_TIMEOUT_S", ready_timeout)  # the next roll's instance has its usual time
         svc.update_deployment(*key, {"instance_count": 2})  # let in: the row says Failed
         restore.set()
         calls[0].join(10)
+        assert not calls[0].is_alive()
         assert svc.supervisor.running()[key].instance_count == 2  # the rollback left the newer spec alone
     finally:
         restore.set()
     dep = gateway.wait(*key)
     assert dep["model"] == "fake:1" and [i["index"] for i in dep["instances"]] == [0, 1]
+
+
+def test_a_roll_cut_off_by_a_new_launch_leaves_the_new_instances_alone(gateway, monkeypatch):
+    """A roll still waiting for its new instance when the deployment is deleted and created again (or the leader's
+    pass launches it anew) gives up without a rollback: the pool there now is the new launch's, and it comes up."""
+    gateway.endpoint("cut-ep")
+    gateway.deploy("cut-ep", "blue", {"output": "v1"})
+    svc, sup, key = gateway.svc, gateway.svc.supervisor, ("cut-ep", "blue")
+    launched, rollback = threading.Event(), sup._rollback
+    monkeypatch.setattr(sup, "_rollback", lambda *a: (launched.wait(10), rollback(*a)))
+    broken = json.dumps({"load": -1})  # never ready: the roll waits for it
+    svc.update_deployment(*key, {"model": "fake:bad"}, resolve=lambda ref: (ref, Path(broken), {}))
+    wait_until(lambda: len(sup.instances(*key)) == 2, what="the roll's new instance")
+    svc.delete_deployment(*key)
+    gateway.deploy("cut-ep", "blue", {"output": "v2"}, wait=False)
+    launched.set()  # the cut-off roll reads what it rolled only now, after the new launch
+    dep = gateway.wait(*key)
+    assert len(dep["instances"]) == 1 and dep["instances"][0]["ready"] and dep["model"] == "fake:1"

@@ -339,20 +339,23 @@ class DeploymentSupervisor:
                 self._specs[key] = self._specs[key].replace(state=DeploymentState.SUCCEEDED)
 
     def _rollback(self, key: Key, gen: int, rev: int, old: list[Instance], old_spec: Deployment, why: str) -> None:
-        log.error("deployment %s/%s update failed: %s", key[0], key[1], why)
         with self._lock:
-            pool = self._instances.get(key, [])
-            new_ones = [i for i in pool if i not in old]
-            for inst in new_ones:
-                inst.retired, inst.ready = True, False
             current = self._current(key, gen)
-            if current:
+            if current:  # else stopped, or launched anew: the pool it rolled went (and stopped) with the old
+                pool = self._instances.get(key, [])  # generation, and the pool there now is the new launch's
+                new_ones = [i for i in pool if i not in old]
+                for inst in new_ones:
+                    inst.retired, inst.ready = True, False
                 self._instances[key] = [i for i in pool if i in old]
-        if current:  # the row first: the store never says Updating to a spec this supervisor has already undone
-            self.reports.deployment_failed(key, f"update failed and was rolled back: {why}", restored=old_spec)
-            with self._lock:
-                if self._current(key, gen) and self._revision.get(key) == rev:  # not over an update let in since
-                    self._specs[key] = old_spec
+        if not current:
+            log.info("deployment %s/%s: its update ended unfinished (%s)", key[0], key[1], why)
+            return
+        log.error("deployment %s/%s update failed: %s", key[0], key[1], why)
+        # the row first: the store never says Updating to a spec this supervisor has already undone
+        self.reports.deployment_failed(key, f"update failed and was rolled back: {why}", restored=old_spec)
+        with self._lock:
+            if self._current(key, gen) and self._revision.get(key) == rev:  # not over an update let in since
+                self._specs[key] = old_spec
         self.placement.stop(new_ones)
 
     def _drain(self, key: Key, inst: Instance, spec: Deployment) -> None:
