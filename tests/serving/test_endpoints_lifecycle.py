@@ -309,3 +309,20 @@ def test_a_roll_cut_off_by_a_new_launch_leaves_the_new_instances_alone(gateway, 
     launched.set()  # the cut-off roll reads what it rolled only now, after the new launch
     dep = gateway.wait(*key)
     assert len(dep["instances"]) == 1 and dep["instances"][0]["ready"] and dep["model"] == "fake:1"
+
+
+def test_of_two_updates_read_in_the_same_state_only_the_first_is_written(gateway, monkeypatch):
+    """Two servers may read a deployment Succeeded at once and both update it; the write goes only over the state it
+    was read in, so the second is a 409 and nothing of it lands (two rolls never run at once)."""
+    gateway.endpoint("cas-ep")
+    gateway.deploy("cas-ep", "blue")
+    svc, key = gateway.svc, ("cas-ep", "blue")
+    read = svc._deployment(*key)  # what this server read, before the other server's update landed
+    svc.store.update("deployments", {"endpoint": "cas-ep", "name": "blue"}, {"state": "Updating"})
+    monkeypatch.setattr(svc, "_deployment", lambda endpoint, name: read)
+    with pytest.raises(Conflict, match="changed meanwhile") as refused:
+        svc.update_deployment(*key, {"instance_count": 2})
+    assert refused.value.status_code == 409
+    row = svc.store.get("deployments", endpoint="cas-ep", name="blue")
+    assert row["state"] == "Updating" and row["instance_count"] == 1
+    assert svc.supervisor.running()[key].instance_count == 1  # the supervisor never heard of it

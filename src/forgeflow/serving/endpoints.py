@@ -359,8 +359,12 @@ class EndpointService:
         if old.state in (DeploymentState.CREATING, DeploymentState.UPDATING):
             raise Conflict(f"deployment {name!r} is {old.state}: wait until it settles, then update it")
         new = changed_deployment(old, sets, resolve, self._placement_target)
-        self._write_deployment(new.key, new.spec() | {"state": new.state, "error": None,
-                                                      "updated_at": new.updated_at})
+        # only over the state it was read in: of two servers updating it at once, one rolls and the other is told
+        if not self.store.update("deployments", {"endpoint": endpoint, "name": name, "state": old.state},
+                                 new.spec() | {"state": new.state, "error": None, "updated_at": new.updated_at}):
+            raise Conflict(f"deployment {name!r} was changed meanwhile (it is no longer {old.state}): show it, "
+                           "then update it again")
+        self._changed(endpoint)
         if self.leading:
             self.supervisor.update(old, new)
 
