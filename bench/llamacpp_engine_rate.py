@@ -76,10 +76,19 @@ def engine_rate(model, threads: int, requests: int, max_tokens: int) -> dict:
             "runtime_over_llama_decode": round(rt / ll, 3)}
 
 
-def engine_ttft(model, clients: int, requests: int, max_tokens: int, serial) -> dict:
-    """Time to first token of the runtime in this process at `clients` clients, and its steps."""
+def _together(loop, clients: int) -> None:
+    """Run loop(0) ... loop(clients - 1) on threads of their own, all at once, to the end of the last."""
     import threading
 
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def engine_ttft(model, clients: int, requests: int, max_tokens: int, serial) -> dict:
+    """Time to first token of the runtime in this process at `clients` clients, and its steps."""
     from serve_throughput import PROMPTS
 
     from forgeflow.chat.request import chat_request
@@ -108,11 +117,7 @@ def engine_ttft(model, clients: int, requests: int, max_tokens: int, serial) -> 
     try:
         runtime.generate(chat_request([{"role": "user", "content": "warm up"}], temperature=0, max_new_tokens=8))
         steps.clear()
-        threads = [threading.Thread(target=loop, args=(i,)) for i in range(clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        _together(loop, clients)
     finally:
         runtime.close()
     prompt_steps = [took for n, logits, took in steps if n > logits]
@@ -126,7 +131,6 @@ def engine_ttft(model, clients: int, requests: int, max_tokens: int, serial) -> 
 def traced_ttft(model, clients: int, requests: int, max_tokens: int, serial) -> dict:
     """Where a request's time to first token goes, read from a traced model server and the client."""
     import tempfile
-    import threading
 
     import engines
     from llamacpp_serving import stream_chat
@@ -152,11 +156,7 @@ def traced_ttft(model, clients: int, requests: int, max_tokens: int, serial) -> 
     try:
         with client() as http:  # warm up
             stream_chat(http, url, server.headers, [{"role": "user", "content": "warm up"}], 8)
-        threads = [threading.Thread(target=loop, args=(i,)) for i in range(clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        _together(loop, clients)
     finally:
         server.stop()
     records = [json.loads(line) for line in trace.read_text().splitlines()]
