@@ -171,6 +171,8 @@ def traced_ttft(model, clients: int, requests: int, max_tokens: int, serial) -> 
         flight = next((s for s in steps if s["step"] <= r["queued"] < s["end"]), None)
         waits.append(flight["end"] - r["queued"] if flight else 0.0)
         counts.append(sum(1 for s in steps if r["queued"] <= s["step"] and s["end"] <= r["first"] + 0.001))
+    if not rows:
+        raise RuntimeError(f"the traced model server wrote no request that the clients sent (see {trace})")
     medians = [round(1000 * statistics.median(column), 1) for column in zip(*rows)]
     return {"clients": clients, "requests": len(rows), "send_to_prepare_ms": medians[0],
             "prepare_to_queued_ms": medians[1], "queued_to_first_ms": medians[2], "first_to_client_ms": medians[3],
