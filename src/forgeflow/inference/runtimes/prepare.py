@@ -53,6 +53,9 @@ class RequestPreparer:
         self._texts: dict[int, tuple[str, tuple[int, ...]]] = {}
         self._drop = self._dropped()
         self._decode_tags = self._tag_decoder()
+        self._incremental = incremental_decoder(tokenizer)
+        self._incremental_tags = (incremental_decoder(tokenizer, keep_special=True, drop=self._drop)
+                                  if self._decode_tags else None)
 
     def prepare(self, request: ChatRequest) -> Prepared:
         """The request's prompt, budget and sampler; InvalidInput names whatever this model cannot honour."""
@@ -70,7 +73,7 @@ class RequestPreparer:
         sampler = Sampler(request.sampling, matcher=matcher, logprobs=request.logprobs)
         tags = bool(tag and self._decode_tags)
         decode = self._decode_tags if tags else self._decode
-        incremental = incremental_decoder(self.tokenizer, keep_special=tags, drop=self._drop if tags else None)
+        incremental = self._incremental_tags if tags else self._incremental
 
         def make_stream(steps: Iterable[Step], cancel: Callable[[], None]) -> TokenStream:
             return TokenStream(steps, decode, len(prompt), request.stop, cancel, trim=request.prompt is None,
