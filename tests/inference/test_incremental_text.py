@@ -120,10 +120,60 @@ def _growing(tokenizer, ids: list[int]) -> bool:
 _SP = sentencepiece_style()
 
 
-def test_a_tokenizer_that_cleans_up_spaces_decodes_whole():
+def test_a_bpe_tokenizer_marked_to_clean_up_spaces_reads_as_it_decodes():
     tokenizer, _ = sentencepiece_style()
-    tokenizer.clean_up_tokenization_spaces = True  # transformers' Python clean-up of the whole text
-    assert incremental_decoder(tokenizer) is None
+    tokenizer.clean_up_tokenization_spaces = True  # transformers leaves BPE text as it is all the same
+    ids = tokenizer.convert_tokens_to_ids(["\u2581is", "\u2581", ".", "\u2581Paris", ","])
+    step = incremental_decoder(tokenizer)()
+    assert "".join(step(t) or "" for t in ids) == tokenizer.decode(ids) == "is . Paris,"
+
+
+def cleaning_tokenizer():
+    """A Unigram tokenizer (as T5's) marked to clean up spaces, which transformers does over the whole decoded
+    text (" ." -> ".", " n't" -> "n't", " ' " -> "'", ...), with pieces that make every clean-up happen, whole or
+    cut anywhere (each character of the clean-ups is a piece of its own)."""
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    pieces = ["<unk>", "<s>", "</s>", *(f"\u2581{w}" for w in ("do", "n't", ".", "'", "s", "?", "!", ",", "ve", "re",
+                                                            "m", "", "a", "I", "it", "Paris", "n", "'v", "'r")),
+              *".?!,'ntmsver", "n't", "'t", "\n"]
+    backend = Tokenizer(models.Unigram([(p, -1.0) for p in pieces], unk_id=0))
+    backend.decoder = decoders.Metaspace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
+                                        unk_token="<unk>", clean_up_tokenization_spaces=True)
+    return tokenizer, len(pieces)
+
+
+_CLEANING = cleaning_tokenizer()
+# each clean-up's text cut into one piece per character (the space is the word-start mark alone)
+_CUT_CLEAN_UPS = [_CLEANING[0].convert_tokens_to_ids(["\u2581" if c == " " else c for c in text])
+                  for text in (" .", " ?", " !", " ,", " ' ", " n't", " 'm", " 's", " 've", " 're")]
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.data(), reason=st.sampled_from([None, "length"]))
+def test_incremental_text_of_a_tokenizer_that_cleans_up_spaces(data, reason):
+    tokenizer, size = _CLEANING
+    parts = data.draw(st.lists(st.sampled_from(_CUT_CLEAN_UPS) | st.lists(st.integers(3, size - 1), max_size=3),
+                               min_size=1, max_size=12))
+    ids = [t for part in parts for t in part] or [3]
+    steps = [(t, reason if i == len(ids) - 1 else None) for i, t in enumerate(ids)]
+    stream = TokenStream(steps, lambda got: tokenizer.decode(got, skip_special_tokens=True), 3, [],
+                         incremental=incremental_decoder(tokenizer))
+    deltas = [e.text for e in stream]
+    # the result is the whole decode's, cleaned up, and the stream says all of it: no text sent is ever taken back
+    assert stream.result.text == tokenizer.decode(ids, skip_special_tokens=True).strip()
+    assert "".join(deltas) == stream.result.text
+
+
+def test_a_cleaning_tokenizer_holds_a_space_until_it_knows_what_follows():
+    tokenizer, _ = _CLEANING
+    ids = tokenizer.convert_tokens_to_ids(["\u2581do", "\u2581n't", "\u2581it", "\u2581'", "s", "\u2581Paris"])
+    step = incremental_decoder(tokenizer)()
+    # a space within 3 characters of the end may start a clean-up: " it" waits for the word after it
+    assert [step(t) for t in ids] == ["do", "n't", None, None, None, " it's Paris"]
+    assert tokenizer.decode(ids) == "don't it's Paris"
 
 
 def test_a_decode_stream_that_loses_its_place_goes_on_with_whole_decodes():

@@ -169,11 +169,13 @@ def incremental_decoder(tokenizer: Any, *, keep_special: bool = False,
                         drop: frozenset[int] | None = None) -> Callable[[], Callable[[int], str | None]] | None:
     """A new stream's incremental decoder (token -> the text it adds, None while it adds none yet), from the
     tokenizers library (`DecodeStream`, which reads a token's text in the window of the tokens before it), where
-    it gives what the tokenizer's `decode` gives: a fast tokenizer that does not clean up spaces after decoding
-    (transformers does that in Python, over the whole text). `drop`: tokens read as no text. None for other
+    it gives what the tokenizer's `decode` gives: a fast tokenizer. `drop`: tokens read as no text. None for other
     tokenizers: their streams decode the whole answer at each token."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None or getattr(tokenizer, "clean_up_tokenization_spaces", False):
+    if backend is None:
+        return None
+    clean = _clean_up(tokenizer, backend)
+    if clean is False:
         return None
     from tokenizers.decoders import DecodeStream
 
@@ -183,9 +185,48 @@ def incremental_decoder(tokenizer: Any, *, keep_special: bool = False,
         def step(token: int) -> str | None:
             return "" if drop is not None and token in drop else stream.step(backend, token)
 
-        return step
+        return step if clean is None else _cleaning(step, clean)
 
     return start
+
+
+def _clean_up(tokenizer: Any, backend: Any) -> Callable[[str], str] | bool | None:
+    """How the tokenizer's `decode` cleans up spaces after the library's decoder (transformers does it in Python,
+    over the whole text, for models other than BPE unless told to for BPE too): None when it does not, its
+    `clean_up_tokenization` when it does, False when it does with a clean-up of its own (read whole)."""
+    if not getattr(tokenizer, "clean_up_tokenization_spaces", False):
+        return None
+    if type(backend.model).__name__ == "BPE" and not getattr(
+            tokenizer, "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output", False):
+        return None
+    from transformers import PreTrainedTokenizerBase
+
+    method = getattr(type(tokenizer), "clean_up_tokenization", None)
+    return tokenizer.clean_up_tokenization if method is PreTrainedTokenizerBase.clean_up_tokenization else False
+
+
+def _cleaning(step: Callable[[int], str | None], clean: Callable[[str], str]) -> Callable[[int], str | None]:
+    """`step` with transformers' clean-up of spaces, text by text: each of its replacements (" ." -> ".",
+    " n't" -> "n't", ...) starts at a space and is at most 4 characters long, and it only removes spaces, so
+    text cut where none of the 3 characters before the cut is a space cleans up alone as it does within the
+    whole. The text after the last such cut waits for the next token (None until some of it can go)."""
+    pending = ""
+
+    def cleaned(token: int) -> str | None:
+        nonlocal pending
+        piece = step(token)
+        if piece is None:
+            return None
+        pending += piece
+        cut = len(pending)
+        while cut > 0 and " " in pending[max(0, cut - 3):cut]:
+            cut -= 1
+        if cut == 0:
+            return None if pending else ""
+        text, pending = clean(pending[:cut]), pending[cut:]
+        return text
+
+    return cleaned
 
 
 def _number(value: Any, field: str, low: float, high: float, rule: str) -> None:
