@@ -167,6 +167,17 @@ def test_incremental_text_of_a_tokenizer_that_cleans_up_spaces(data, reason):
     assert "".join(deltas) == stream.result.text
 
 
+def test_a_tokenizer_with_a_clean_up_of_its_own_decodes_whole():
+    tokenizer, _ = cleaning_tokenizer()
+
+    class OwnCleanUp(type(tokenizer)):
+        def clean_up_tokenization(self, text: str) -> str:  # may reach further back than transformers' own
+            return text.replace(" ...", "...")
+
+    tokenizer.__class__ = OwnCleanUp
+    assert incremental_decoder(tokenizer) is None
+
+
 def test_a_cleaning_tokenizer_holds_a_space_until_it_knows_what_follows():
     tokenizer, _ = _CLEANING
     ids = tokenizer.convert_tokens_to_ids(["\u2581do", "\u2581n't", "\u2581it", "\u2581'", "s", "\u2581Paris"])

@@ -174,9 +174,13 @@ def incremental_decoder(tokenizer: Any, *, keep_special: bool = False,
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return None
-    clean = _clean_up(tokenizer, backend)
-    if clean is False:
-        return None
+    clean = None
+    if _cleans_up(tokenizer, backend):
+        from transformers import PreTrainedTokenizerBase
+
+        if getattr(type(tokenizer), "clean_up_tokenization", None) is not PreTrainedTokenizerBase.clean_up_tokenization:
+            return None  # a clean-up of its own, which may reach further back than transformers' does
+        clean = tokenizer.clean_up_tokenization
     from tokenizers.decoders import DecodeStream
 
     def start() -> Callable[[int], str | None]:
@@ -190,19 +194,13 @@ def incremental_decoder(tokenizer: Any, *, keep_special: bool = False,
     return start
 
 
-def _clean_up(tokenizer: Any, backend: Any) -> Callable[[str], str] | bool | None:
-    """How the tokenizer's `decode` cleans up spaces after the library's decoder (transformers does it in Python,
-    over the whole text, for models other than BPE unless told to for BPE too): None when it does not, its
-    `clean_up_tokenization` when it does, False when it does with a clean-up of its own (read whole)."""
+def _cleans_up(tokenizer: Any, backend: Any) -> bool:
+    """Whether the tokenizer's `decode` cleans up spaces after the library's decoder: transformers does it in
+    Python, over the whole text, when the tokenizer says so, for models other than BPE unless told to for BPE too."""
     if not getattr(tokenizer, "clean_up_tokenization_spaces", False):
-        return None
-    if type(backend.model).__name__ == "BPE" and not getattr(
-            tokenizer, "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output", False):
-        return None
-    from transformers import PreTrainedTokenizerBase
-
-    method = getattr(type(tokenizer), "clean_up_tokenization", None)
-    return tokenizer.clean_up_tokenization if method is PreTrainedTokenizerBase.clean_up_tokenization else False
+        return False
+    return type(backend.model).__name__ != "BPE" or bool(getattr(
+        tokenizer, "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output", False))
 
 
 def _cleaning(step: Callable[[int], str | None], clean: Callable[[str], str]) -> Callable[[int], str | None]:
