@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from forgeflow.chat.request import chat_request
-from forgeflow.inference.runtimes.base import TokenStream
-from forgeflow.inference.runtimes.prepare import RequestPreparer, incremental_decoder
+from forgeflow.inference.runtimes.base import TokenLogprob, TokenStream
+from forgeflow.inference.runtimes.prepare import _CLEAN_UP_CHARS, CLEAN_UPS, RequestPreparer, incremental_decoder
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +125,8 @@ def test_a_bpe_tokenizer_marked_to_clean_up_spaces_reads_as_it_decodes():
     tokenizer.clean_up_tokenization_spaces = True  # transformers leaves BPE text as it is all the same
     ids = tokenizer.convert_tokens_to_ids(["\u2581is", "\u2581", ".", "\u2581Paris", ","])
     step = incremental_decoder(tokenizer)()
-    assert "".join(step(t) or "" for t in ids) == tokenizer.decode(ids) == "is . Paris,"
+    assert [step(t) for t in ids] == [("is", ""), (" ", ""), (".", ""), (" Paris", ""), (",", "")]
+    assert tokenizer.decode(ids) == "is . Paris,"
 
 
 def cleaning_tokenizer():
@@ -152,19 +153,40 @@ _CUT_CLEAN_UPS = [_CLEANING[0].convert_tokens_to_ids(["\u2581" if c == " " else 
 
 
 @settings(max_examples=400, deadline=None)
-@given(data=st.data(), reason=st.sampled_from([None, "length"]))
-def test_incremental_text_of_a_tokenizer_that_cleans_up_spaces(data, reason):
+@given(data=st.data(), reason=st.sampled_from([None, "length", "stop"]),
+       stop=st.lists(st.sampled_from([" n", "don't", "I's", "?", "Paris"]), max_size=2))
+def test_incremental_text_of_a_tokenizer_that_cleans_up_spaces(data, reason, stop):
     tokenizer, size = _CLEANING
     parts = data.draw(st.lists(st.sampled_from(_CUT_CLEAN_UPS) | st.lists(st.integers(3, size - 1), max_size=3),
                                min_size=1, max_size=12))
     ids = [t for part in parts for t in part] or [3]
-    steps = [(t, reason if i == len(ids) - 1 else None) for i, t in enumerate(ids)]
-    stream = TokenStream(steps, lambda got: tokenizer.decode(got, skip_special_tokens=True), 3, [],
-                         incremental=incremental_decoder(tokenizer))
-    deltas = [e.text for e in stream]
-    # the result is the whole decode's, cleaned up, and the stream says all of it: no text sent is ever taken back
-    assert stream.result.text == tokenizer.decode(ids, skip_special_tokens=True).strip()
-    assert "".join(deltas) == stream.result.text
+    steps = [(t, reason if i == len(ids) - 1 else None, (-0.5 - t, ())) for i, t in enumerate(ids)]
+
+    def run(incremental):
+        stream = TokenStream(steps, lambda got: tokenizer.decode(got, skip_special_tokens=True), 3, stop,
+                             describe=lambda t, raw: TokenLogprob(str(t), raw[0], ()), incremental=incremental)
+        events = list(stream)
+        return [e.text for e in events], [lp for e in events for lp in e.logprobs], stream.result
+
+    deltas, logprobs, result = run(incremental_decoder(tokenizer))
+    # the whole decode's result, stop strings found at the same token, and a stream that says all of it: the text
+    # a later clean-up may change is never sent
+    assert result == run(None)[2]
+    assert "".join(deltas) == result.text and tuple(logprobs) == result.logprobs
+
+
+def test_clean_ups_are_transformers_own():
+    from transformers import PreTrainedTokenizerBase
+
+    @settings(max_examples=300, deadline=None)
+    @given(text=st.text(alphabet=sorted(_CLEAN_UP_CHARS) + ["a", "x"], max_size=30))
+    def same(text):
+        expected = text
+        for clean_up in CLEAN_UPS:
+            expected = expected.replace(clean_up, clean_up.strip())
+        assert PreTrainedTokenizerBase.clean_up_tokenization(None, text) == expected
+
+    same()
 
 
 def test_a_tokenizer_with_a_clean_up_of_its_own_decodes_whole():
@@ -178,13 +200,17 @@ def test_a_tokenizer_with_a_clean_up_of_its_own_decodes_whole():
     assert incremental_decoder(tokenizer) is None
 
 
-def test_a_cleaning_tokenizer_holds_a_space_until_it_knows_what_follows():
+def test_a_cleaning_tokenizer_holds_only_what_a_clean_up_may_still_change():
     tokenizer, _ = _CLEANING
-    ids = tokenizer.convert_tokens_to_ids(["\u2581do", "\u2581n't", "\u2581it", "\u2581'", "s", "\u2581Paris"])
     step = incremental_decoder(tokenizer)()
-    # a space within 3 characters of the end may start a clean-up: " it" waits for the word after it
-    assert [step(t) for t in ids] == ["do", "n't", None, None, None, " it's Paris"]
+    ids = tokenizer.convert_tokens_to_ids(["\u2581do", "\u2581n't", "\u2581it", "\u2581'", "s", "\u2581Paris"])
+    # (text for good, text that may still change): " '" may become "'s", " 's" may become "'s" or "'ve"
+    assert [step(t) for t in ids] == [("do", ""), ("n't", ""), (" it", ""), ("", " '"), ("", "'s"), ("'s Paris", "")]
     assert tokenizer.decode(ids) == "don't it's Paris"
+    # words of a letter or two go at once when no clean-up has their letters
+    step = incremental_decoder(tokenizer)()
+    assert [step(t) for t in tokenizer.convert_tokens_to_ids(["\u2581a", "\u2581a", "\u2581I", "\u2581,"])] == [
+        ("a", ""), (" a", ""), (" I", ""), ("", ",")]  # the first word's space is the text's start
 
 
 def test_a_decode_stream_that_loses_its_place_goes_on_with_whole_decodes():

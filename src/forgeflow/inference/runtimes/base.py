@@ -172,6 +172,10 @@ def _keys(value: Any) -> Iterator[str]:
 # (token id, finish reason) pairs
 RawLogprob = tuple[float, tuple[tuple[int, float], ...]]
 Step = tuple[int, str | None, RawLogprob | None]
+# a stream's incremental decoding: a token -> the text it adds for good and the text after that which later tokens
+# may still change (a whole decode's own reading of it so far), None while it adds none yet
+TextStep = Callable[[int], "tuple[str, str] | None"]
+IncrementalDecoder = Callable[[], TextStep]
 
 
 class TokenStream:
@@ -194,10 +198,10 @@ class TokenStream:
     TokenLogprob, None for a token left out such as EOS) each event carries the log-probabilities
     of the tokens its text covers; the last event carries those of any text held back.
 
-    `decode` reads a whole answer's ids; with `incremental` (a new stream's own step: a token to the
-    text it adds, None while it adds none yet, e.g. a character's first bytes) each token costs its
-    own text rather than a decode of the whole answer so far, and the last token's step decodes the
-    whole answer once, so the result is exactly `decode`'s.
+    `decode` reads a whole answer's ids; with `incremental` (a new stream's own `TextStep`) each token
+    costs its own text rather than a decode of the whole answer so far (text that may still change is
+    read for stop strings but not sent), and the last token's step decodes the whole answer once, so
+    the result is exactly `decode`'s.
     """
 
     def __init__(self, steps: Iterable[Step], decode: Callable[[list[int]], str], prompt_tokens: int,
@@ -205,7 +209,7 @@ class TokenStream:
                  tool_tag: str | None = None,
                  read_calls: Callable[[str], tuple[str, tuple[ToolCall, ...], bool]] | None = None,
                  describe: Callable[[int, RawLogprob], TokenLogprob | None] | None = None,
-                 incremental: Callable[[], Callable[[int], str | None]] | None = None) -> None:
+                 incremental: IncrementalDecoder | None = None) -> None:
         self._steps = steps
         self._decode = decode
         self._incremental = incremental
@@ -226,6 +230,7 @@ class TokenStream:
         ends: list[int] = []  # the decoded text's length after each token: which tokens a delta covers
         described: list[TokenLogprob | None] = []
         sent, given, raw = "", 0, ""
+        unsure = 0  # how many of raw's last characters later tokens may still change (never sent)
         finish = "length"
         step = self._incremental() if self._incremental is not None else None
         try:
@@ -234,14 +239,17 @@ class TokenStream:
                 ids.append(token)
                 if step is not None and reason is None:
                     try:
-                        piece = step(token)
+                        got = step(token)
                     except Exception:  # the library's decoder cannot read on from its window (a decoder whose
                         step = None  # text changes further back): whole decodes from here on
                     else:
-                        waiting = piece is None
-                        raw += piece or ""
+                        waiting = got is None
+                        if got is not None and (unsure or got[1]):
+                            raw, unsure = raw[:len(raw) - unsure] + got[0] + got[1], len(got[1])
+                        elif got is not None:
+                            raw += got[0]
                 if step is None or reason is not None:
-                    raw = self._decode(ids)
+                    raw, unsure = self._decode(ids), 0
                     waiting = raw.endswith("\ufffd")  # an incomplete UTF-8 sequence: wait for its next byte
                     ends.append(len(raw))
                 else:  # a token whose character is not complete yet ends past the text (as its U+FFFD would)
@@ -257,7 +265,7 @@ class TokenStream:
                     break
                 if waiting:
                     continue
-                text, lead = self._sendable(raw)
+                text, lead = self._sendable(raw, unsure)
                 if len(text) > len(sent) and text.startswith(sent):
                     covered = given
                     while covered < len(ends) and ends[covered] <= lead + len(text):
@@ -287,8 +295,10 @@ class TokenStream:
         assert self.result is not None
         return self.result
 
-    def _sendable(self, raw: str) -> tuple[str, int]:
-        """The text that can be sent now, and where it starts in `raw` (after leading whitespace)."""
+    def _sendable(self, raw: str, unsure: int) -> tuple[str, int]:
+        """The text that can be sent now (not the last `unsure` characters), and where it starts in `raw` (after
+        leading whitespace)."""
+        raw = raw[:len(raw) - unsure]
         if self._tool_tag is not None and (at := raw.find(self._tool_tag)) >= 0:
             raw = raw[:at]
         raw = raw[: len(raw) - self._held_tail(raw)]

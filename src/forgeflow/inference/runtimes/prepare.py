@@ -16,7 +16,8 @@ from typing import Any
 from forgeflow.chat import ChatRequest
 from forgeflow.errors import InvalidInput
 from forgeflow.inference.grammar import Grammars, Matcher, output_rule
-from forgeflow.inference.runtimes.base import PromptEncoder, RawLogprob, Step, TokenLogprob, TokenStream
+from forgeflow.inference.runtimes.base import (IncrementalDecoder, PromptEncoder, RawLogprob, Step, TextStep, TokenLogprob,
+                                               TokenStream)
 from forgeflow.inference.sampling import Sampler
 from forgeflow.inference.tools import ToolTemplate
 
@@ -166,11 +167,12 @@ class RequestPreparer:
 
 
 def incremental_decoder(tokenizer: Any, *, keep_special: bool = False,
-                        drop: frozenset[int] | None = None) -> Callable[[], Callable[[int], str | None]] | None:
-    """A new stream's incremental decoder (token -> the text it adds, None while it adds none yet), from the
-    tokenizers library (`DecodeStream`, which reads a token's text in the window of the tokens before it), where
-    it gives what the tokenizer's `decode` gives: a fast tokenizer. `drop`: tokens read as no text. None for other
-    tokenizers: their streams decode the whole answer at each token."""
+                        drop: frozenset[int] | None = None) -> IncrementalDecoder | None:
+    """A new stream's incremental decoder (`base.TextStep`: a token -> the text it adds for good and the text after
+    that which later tokens may still change, None while it adds none yet), from the tokenizers library
+    (`DecodeStream`, which reads a token's text in the window of the tokens before it), where it gives what the
+    tokenizer's `decode` gives: a fast tokenizer. `drop`: tokens read as no text. None for other tokenizers: their
+    streams decode the whole answer at each token."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         return None
@@ -183,11 +185,12 @@ def incremental_decoder(tokenizer: Any, *, keep_special: bool = False,
         clean = tokenizer.clean_up_tokenization
     from tokenizers.decoders import DecodeStream
 
-    def start() -> Callable[[int], str | None]:
+    def start() -> TextStep:
         stream = DecodeStream(skip_special_tokens=not keep_special)
 
-        def step(token: int) -> str | None:
-            return "" if drop is not None and token in drop else stream.step(backend, token)
+        def step(token: int) -> tuple[str, str] | None:
+            piece = "" if drop is not None and token in drop else stream.step(backend, token)
+            return None if piece is None else (piece, "")
 
         return step if clean is None else _cleaning(step, clean)
 
@@ -203,28 +206,42 @@ def _cleans_up(tokenizer: Any, backend: Any) -> bool:
         tokenizer, "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output", False))
 
 
-def _cleaning(step: Callable[[int], str | None], clean: Callable[[str], str]) -> Callable[[int], str | None]:
-    """`step` with transformers' clean-up of spaces, text by text: each of its replacements (" ." -> ".",
-    " n't" -> "n't", ...) starts at a space and is at most 4 characters long, and it only removes spaces, so
-    text cut where none of the 3 characters before the cut is a space cleans up alone as it does within the
-    whole. The text after the last such cut waits for the next token (None until some of it can go)."""
-    pending = ""
+# the texts transformers' clean-up of spaces replaces, in its order (PreTrainedTokenizerBase.clean_up_tokenization)
+CLEAN_UPS = (" .", " ?", " !", " ,", " ' ", " n't", " 'm", " 's", " 've", " 're")
+_CLEAN_UP_CHARS = frozenset("".join(CLEAN_UPS))
+_CLEAN_UP_REACH = max(len(c) for c in CLEAN_UPS) - 1  # how far a clean-up reaches past its space
 
-    def cleaned(token: int) -> str | None:
-        nonlocal pending
-        piece = step(token)
-        if piece is None:
+
+def _cleaning(step: TextStep, clean: Callable[[str], str]) -> TextStep:
+    """`step` with transformers' clean-up of spaces, text by text. Each clean-up starts at a space and only removes
+    spaces, so text cut where no clean-up can reach across the cut (`_can_cut`) cleans up alone as it does within
+    the whole text. What follows the last such cut is the step's text that may still change: cleaned as if the
+    answer ended there, which is what a whole decode of the answer so far says."""
+    before, pending = "", ""  # the last characters given for good (as decoded, before cleaning), and the rest
+
+    def cleaned(token: int) -> tuple[str, str] | None:
+        nonlocal before, pending
+        got = step(token)
+        if got is None:
             return None
-        pending += piece
-        cut = len(pending)
-        while cut > 0 and " " in pending[max(0, cut - 3):cut]:
+        text = before + pending + got[0]
+        cut = len(text)
+        while cut > len(before) and not _can_cut(text, cut):
             cut -= 1
-        if cut == 0:
-            return None if pending else ""
-        text, pending = clean(pending[:cut]), pending[cut:]
-        return text
+        given = text[len(before):cut]
+        before, pending = text[max(0, cut - _CLEAN_UP_REACH):cut], text[cut:]
+        return (clean(given) if given else ""), (clean(pending) if pending else "")
 
     return cleaned
+
+
+def _can_cut(text: str, at: int) -> bool:
+    """Whether no clean-up can reach across `at` whatever follows it: none of the characters a clean-up reaches
+    past its space is a space, or after the last space comes a character that no clean-up has. (Removing spaces
+    only brings a clean-up's space nearer what follows it; the characters after the last space all stay.)"""
+    if " " not in text[max(0, at - _CLEAN_UP_REACH):at]:
+        return True
+    return any(c not in _CLEAN_UP_CHARS for c in text[text.rfind(" ", 0, at) + 1:at])
 
 
 def _number(value: Any, field: str, low: float, high: float, rule: str) -> None:
