@@ -190,8 +190,8 @@ def text_assembly(model_dir, rounds: int) -> list[dict]:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     incremental = incremental_decoder(tokenizer)
     if incremental is None:
-        raise SystemExit(f"{model_dir}'s tokenizer has no incremental decoder (not a fast tokenizer, or one that cleans up "
-                         "spaces its own way): its streams decode whole")
+        raise SystemExit(f"{model_dir}'s tokenizer has no incremental decoder (not a fast tokenizer, or one that "
+                         "cleans up spaces its own way): its streams decode whole")
     ids = tokenizer.encode((Path(__file__).parent / "README.md").read_text())
 
     def per_token(n: int, step) -> float:

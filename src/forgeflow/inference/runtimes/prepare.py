@@ -16,8 +16,8 @@ from typing import Any
 from forgeflow.chat import ChatRequest
 from forgeflow.errors import InvalidInput
 from forgeflow.inference.grammar import Grammars, Matcher, output_rule
-from forgeflow.inference.runtimes.base import (IncrementalDecoder, PromptEncoder, RawLogprob, Step, TextStep, TokenLogprob,
-                                               TokenStream)
+from forgeflow.inference.runtimes.base import (IncrementalDecoder, PromptEncoder, RawLogprob, Step, TextStep,
+                                               TokenLogprob, TokenStream)
 from forgeflow.inference.sampling import Sampler
 from forgeflow.inference.tools import ToolTemplate
 
