@@ -225,9 +225,10 @@ def _cleaning(step: TextStep, clean: Callable[[str], str]) -> TextStep:
         if got is None:
             return None
         text = before + pending + got[0]
-        cut = len(text)
-        while cut > len(before) and not _can_cut(text, cut):
+        cut, known = len(text), len(before) + len(pending)  # the cuts up to `known` were refused already
+        while cut > known and not _can_cut(text, cut):
             cut -= 1
+        cut = len(before) if cut == known else cut
         given = text[len(before):cut]
         before, pending = text[max(0, cut - _CLEAN_UP_REACH):cut], text[cut:]
         return (clean(given) if given else ""), (clean(pending) if pending else "")
