@@ -174,7 +174,7 @@ RawLogprob = tuple[float, tuple[tuple[int, float], ...]]
 Step = tuple[int, str | None, RawLogprob | None]
 # a stream's incremental decoding: a token -> the text it adds for good and the text after that which later tokens
 # may still change (a whole decode's own reading of it so far), None while it adds none yet
-TextStep = Callable[[int], "tuple[str, str] | None"]
+TextStep = Callable[[int], tuple[str, str] | None]
 IncrementalDecoder = Callable[[], TextStep]
 
 
