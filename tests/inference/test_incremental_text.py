@@ -1,5 +1,7 @@
 """A stream's text is read token by token (the tokenizers library's DecodeStream) rather than by decoding the
-whole answer at every token, and says exactly what the whole decode says: the same deltas, the same result."""
+whole answer at every token, and says exactly what the whole decode says: the same deltas, the same result (for a
+tokenizer that cleans up spaces, which rewrites text a whole decode has sent, the same result and deltas that never
+take text back)."""
 
 from __future__ import annotations
 
