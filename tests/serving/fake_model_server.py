@@ -120,6 +120,9 @@ class Handler(BaseHTTPRequestHandler):
                                                                    "finish_reason": None}]}
             self._chunk(f"data: {json.dumps(event)}\n\n".encode())
             if i + 1 == CONFIG.get("die_after"):
+                # the chunks written reach the gateway first, as a model's earlier tokens would have: aiohttp drops
+                # what it holds unread once it sees the connection break
+                time.sleep(0.2)
                 os._exit(1)
             if i + 1 == CONFIG.get("fail_after"):
                 error = {"message": "generation failed: boom", "type": "server_error", "param": None,
