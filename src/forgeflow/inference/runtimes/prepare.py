@@ -188,11 +188,17 @@ def incremental_decoder(tokenizer: Any, *, keep_special: bool = False,
     def start() -> TextStep:
         stream = DecodeStream(skip_special_tokens=not keep_special)
 
+        def read(token: int) -> str | None:
+            return "" if drop is not None and token in drop else stream.step(backend, token)
+
+        if clean is not None:
+            return _cleaning(read, clean)
+
         def step(token: int) -> tuple[str, str] | None:
-            piece = "" if drop is not None and token in drop else stream.step(backend, token)
+            piece = read(token)
             return None if piece is None else (piece, "")
 
-        return step if clean is None else _cleaning(step, clean)
+        return step
 
     return start
 
@@ -212,19 +218,20 @@ _CLEAN_UP_CHARS = frozenset("".join(CLEAN_UPS))
 _CLEAN_UP_REACH = max(len(c) for c in CLEAN_UPS) - 1  # how far a clean-up reaches past its space
 
 
-def _cleaning(step: TextStep, clean: Callable[[str], str]) -> TextStep:
-    """`step` with transformers' clean-up of spaces, text by text. Each clean-up starts at a space and only removes
-    spaces, so text cut where no clean-up can reach across the cut (`_can_cut`) cleans up alone as it does within
-    the whole text. What follows the last such cut is the step's text that may still change: cleaned as if the
-    answer ended there, which is what a whole decode of the answer so far says."""
+def _cleaning(read: Callable[[int], str | None], clean: Callable[[str], str]) -> TextStep:
+    """`read` (a token -> the text it adds, None while it adds none yet) with transformers' clean-up of spaces, text
+    by text. Each clean-up starts at a space and only removes spaces, so text cut where no clean-up can reach across
+    the cut (`_can_cut`) cleans up alone as it does within the whole text. What follows the last such cut is the
+    step's text that may still change: cleaned as if the answer ended there, which is what a whole decode of the
+    answer so far says."""
     before, pending = "", ""  # the last characters given for good (as decoded, before cleaning), and the rest
 
     def cleaned(token: int) -> tuple[str, str] | None:
         nonlocal before, pending
-        got = step(token)
-        if got is None:
+        piece = read(token)
+        if piece is None:
             return None
-        text = before + pending + got[0]
+        text = before + pending + piece
         cut, known = len(text), len(before) + len(pending)  # the cuts up to `known` were refused already
         while cut > known and not _can_cut(text, cut):
             cut -= 1
