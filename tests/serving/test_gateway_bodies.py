@@ -34,6 +34,18 @@ def test_an_unknown_endpoint_answers_like_a_wrong_key(gateway):
     assert r.status_code == 401
 
 
+def test_a_path_no_route_pattern_matches_is_a_404_in_the_dialect_of_the_path(gateway):
+    """A newline in a model id matches no route pattern (not even the gateway's catch-all), so Starlette refuses
+    it; under /endpoints/NAME/v1 the 404 must still be OpenAI's shape, found by the API fuzz test."""
+    key = gateway.endpoint("ctl-ep")
+    headers = {"Authorization": f"Bearer {key}"}
+    r = httpx.get(f"{gateway.url}/endpoints/ctl-ep/v1/models/a%0Ab", headers=headers, timeout=30)
+    assert r.status_code == 404, r.text
+    assert r.json()["error"]["type"] and r.json()["error"]["message"], r.text
+    r = httpx.get(f"{gateway.url}/endpoints/ctl-ep/score%0Ax", headers=headers, timeout=30)
+    assert r.status_code == 404 and r.json()["error"] == "NotFound", r.text  # /score's shape is the tree's
+
+
 def test_unpaired_surrogates_are_400_in_each_routes_shape(gateway):
     """A lone UTF-16 surrogate written with JSON's escapes, as a key (quoted by the refusal), the model name or a
     message, is a 400 saying to send valid Unicode on every route, not a 500 when the answer cannot be encoded."""

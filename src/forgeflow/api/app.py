@@ -156,9 +156,13 @@ def create_app(ws: Workspace | None = None, *, base_url: str = "http://127.0.0.1
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        """Starlette's own refusals (no such route, method not allowed, a body it cannot parse) in the tree's shape."""
+        """Starlette's own refusals (no such route, method not allowed, a body it cannot parse) in the tree's shape,
+        or under /endpoints/NAME in the dialect of the path: a path no route pattern matches (a control character
+        in it) is refused here, not by the gateway's catch-all, and an OpenAI client must still read the error."""
         error = by_name(_HTTP_NAMES.get(exc.status_code, ""))(str(exc.detail), status_code=exc.status_code)
-        return JSONResponse(error.to_dict(), status_code=exc.status_code, headers=exc.headers)
+        path = request.url.path
+        body = error_body(dialect_of(path), error) if path.startswith("/endpoints/") else error.to_dict()
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
