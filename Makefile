@@ -40,8 +40,14 @@ $(INITDB):
 quickstart: $(STAMP)
 	$(BIN)/forgeflow quickstart
 
+# Two pytest workers (pytest-xdist): much of the suite waits on servers, clusters and subprocesses, so a second
+# worker fills a 2-core machine's idle core. A module stays on one worker, and the Ray tests share one
+# (tests/conftest.py); collection order is kept, so the longest end-to-end tests start first.
+# `make test TEST_WORKERS=0` runs everything in one process.
+TEST_WORKERS ?= 2
+
 test: $(STAMP) $(LLAMACPP_STAMP) $(CHROMIUM) $(INITDB)
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

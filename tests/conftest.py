@@ -7,6 +7,23 @@ import pytest
 from tiny import build_tiny_model
 
 
+RAY_GROUP = "ray"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """For `make test`'s two workers (pytest-xdist, `--dist loadgroup`): a module's tests run on one worker, so its
+    module-scoped servers and browsers start once; and every module with a test on the loopback Ray cluster runs on
+    one worker, so the run starts that cluster once. tryfirst: xdist reads the groups in its own hook."""
+    modules: dict[str, list] = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::")[0], []).append(item)
+    for module, its in modules.items():
+        on_ray = any(i.get_closest_marker("ray") or "loopback_ray" in i.fixturenames for i in its)
+        for item in its:
+            item.add_marker(pytest.mark.xdist_group(RAY_GROUP if on_ray else module))
+
+
 @pytest.fixture(autouse=True)
 def forgeflow_home(tmp_path, monkeypatch):
     """Every test gets its own workspace home and never reaches a hub."""
