@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import threading
 from pathlib import Path
 
@@ -326,3 +327,24 @@ def test_of_two_updates_read_in_the_same_state_only_the_first_is_written(gateway
     row = svc.store.get("deployments", endpoint="cas-ep", name="blue")
     assert row["state"] == "Updating" and row["instance_count"] == 1
     assert svc.supervisor.running()[key].instance_count == 1  # the supervisor never heard of it
+
+
+@pytest.mark.parametrize("path, body", [("score", SCORE),
+                                        ("v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]})])
+def test_a_client_that_hangs_up_frees_its_place_and_the_instances_connection(gateway, path, body):
+    """A client that leaves before a non-streamed answer is ready: the gateway stops waiting for the instance at
+    once (closing its connection there, which ends the decoding, tests/inference/test_model_server_client_left.py)
+    and its place in the deployment's admission is free again, long before the instance would have answered."""
+    key = gateway.endpoint("left-ep")
+    gateway.deploy("left-ep", "blue", {"delay": 60})
+    gateway.svc.update_endpoint("left-ep", traffic={"blue": 100})
+    port = int(gateway.url.rsplit(":", 1)[1])
+    data = json.dumps(body).encode()
+    client = socket.create_connection(("127.0.0.1", port), timeout=10)
+    client.sendall(f"POST /endpoints/left-ep/{path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                   f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
+                   f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+    pending = lambda: gateway.svc.admission.pending(("left-ep", "blue"))  # noqa: E731
+    wait_until(lambda: pending() == 1, what="the request forwarded to the instance")
+    client.close()
+    wait_until(lambda: pending() == 0, timeout=20, what="the place freed")

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -43,7 +43,8 @@ from forgeflow.errors import ForgeflowError, InternalError, InvalidInput, NotFou
 from forgeflow.inference.adapters import DEFAULT_MAX_LOADED, MODEL_HEADER, AdapterCatalog, parse_adapter_arg
 from forgeflow.inference.gguf_export import GGUF_TYPES
 from forgeflow.inference.instance_guard import DEFAULT_MAX_BODY_BYTES, InstanceGuard, allowed_hosts
-from forgeflow.inference.openai_server import OpenAIServing, openai_router, runtime_call, usage_headers
+from forgeflow.inference.openai_server import (CLIENT_LEFT, OpenAIServing, openai_router, read_unless_left,
+                                               runtime_call, usage_headers)
 from forgeflow.inference.runtimes.base import Runtime
 from forgeflow.processes import INSTANCE_SECRET_ENV, exit_with_parent, take_instance_secret
 
@@ -143,12 +144,15 @@ def create_app(
         body = parse_score_request(await read_json(request))
         adapter = catalog.resolve(request.headers.get(MODEL_HEADER))
         runtime = ready()
-        result = await run_generation(runtime_call(runtime.generate, adapter),
+        stream = await run_generation(runtime_call(runtime.stream, adapter),
                                       body.to_request(default_max_new_tokens=default_max_new_tokens))
-        return JSONResponse({"output": result.text}, headers=usage_headers([result]))
+        results = await read_unless_left(run_generation, [stream], request)
+        if results is None:
+            return Response(status_code=CLIENT_LEFT)
+        return JSONResponse({"output": results[0].text}, headers=usage_headers(results))
 
     @app.get("/stats")
-    async def stats() -> dict:
+    def stats() -> dict:  # on a worker thread: a runtime's health may wait for an adapter that is loading
         runtime = state.runtime
         return {"name": name, "ready": runtime is not None, **({"adapters": catalog.names} if catalog.names else {}),
                 **(runtime.health() if runtime else {})}

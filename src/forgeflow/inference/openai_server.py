@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from forgeflow import jsonbody
 from forgeflow.chat import (ChatCompletionRequest, ChatRequest, CompletionRequest, error_event,
@@ -37,6 +37,7 @@ from forgeflow.inference.runtimes.base import GenerationResult, Runtime, StreamE
 # Calls a runtime's function with one argument (a request, or a queued stream to read to its end) in a worker
 # thread, turning its failures into ForgeflowErrors.
 Run = Callable[[Callable[[Any], Any], Any], Awaitable[Any]]
+CLIENT_LEFT = 499  # the answer to a request whose client hung up before it was ready (no one reads it)
 
 
 class OpenAIServing:
@@ -57,9 +58,10 @@ class OpenAIServing:
         card = {"id": self.name, "object": "model", "created": self.created, "owned_by": "forgeflow"}
         return [card] + [{**card, "id": name, "parent": self.name} for name in self.catalog.names]
 
-    async def answer(self, body: ChatCompletionRequest | CompletionRequest, named: str | None = None) -> Any:
+    async def answer(self, body: ChatCompletionRequest | CompletionRequest, named: str | None = None,
+                     request: Request | None = None) -> Any:
         """The answer to one request; its `model`, else the MODEL_HEADER the gateway forwards (`named`), picks
-        the adapter."""
+        the adapter. A non-streamed answer whose client (`request`) hangs up first is not finished."""
         # a served name's other version: 404; an ambiguous name: 400
         adapter = self.catalog.resolve(body.model or named)
         runtime = self.ready()
@@ -73,12 +75,9 @@ class OpenAIServing:
                 _sse(shape, model, streams, body.include_usage), media_type="text/event-stream",
                 headers={"cache-control": "no-cache", "x-accel-buffering": "no",
                          "x-forgeflow-prompt-tokens": str(streams[0].prompt_tokens)})
-        streams = await self._queued(stream, requests)
-        try:
-            results: list[GenerationResult] = list(await asyncio.gather(*(self.run(_read, s) for s in streams)))
-        finally:
-            for stream in streams:
-                stream.cancel()  # a no-op for a finished one; a failed choice lets the others go
+        results = await read_unless_left(self.run, await self._queued(stream, requests), request)
+        if results is None:
+            return Response(status_code=CLIENT_LEFT)
         answer = {"id": shape.id(), "object": shape.object, "created": int(time.time()), "model": model,
                   "choices": [shape.choice(i, result) for i, result in enumerate(results)],
                   "usage": _usage(results)}
@@ -96,6 +95,36 @@ class OpenAIServing:
                 stream.cancel()
             raise
         return streams
+
+
+async def read_unless_left(run: Run, streams: Sequence[TokenStream],
+                           request: Request | None) -> list[GenerationResult] | None:
+    """Each queued stream read to its end in a worker thread, or None once the client of `request` hangs up
+    first: no one waits for a non-streamed answer then (the gateway closes its connection to the instance when
+    its own client leaves or its request times out), so its sequences leave the runtime at their next step rather
+    than decode to their last token. Every stream ends cancelled (a no-op for a finished one; a failed choice
+    lets the others go)."""
+    reading = asyncio.ensure_future(asyncio.gather(*(run(_read, s) for s in streams)))
+    left = asyncio.ensure_future(_hung_up(request)) if request is not None else None
+    try:
+        if left is not None:
+            await asyncio.wait((reading, left), return_when=asyncio.FIRST_COMPLETED)
+        if left is None or reading.done():
+            return list(await reading)
+        return None
+    finally:
+        if left is not None:
+            left.cancel()
+        for stream in streams:
+            stream.cancel()
+        if not reading.done():  # the client left: the readers end at their streams' next step
+            await asyncio.gather(reading, return_exceptions=True)
+
+
+async def _hung_up(request: Request) -> None:
+    """Returns once the client of `request`, whose body has been read, disconnects."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def openai_router(serving: OpenAIServing) -> APIRouter:
@@ -117,12 +146,12 @@ def openai_router(serving: OpenAIServing) -> APIRouter:
     @router.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
         return await serving.answer(parse_chat_completion_request(jsonbody.loads(await request.body())),
-                                    request.headers.get(MODEL_HEADER))
+                                    request.headers.get(MODEL_HEADER), request)
 
     @router.post("/v1/completions")
     async def completions(request: Request) -> Any:
         return await serving.answer(parse_completion_request(jsonbody.loads(await request.body())),
-                                    request.headers.get(MODEL_HEADER))
+                                    request.headers.get(MODEL_HEADER), request)
 
     return router
 

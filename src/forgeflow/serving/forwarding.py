@@ -40,6 +40,7 @@ from forgeflow.inference.adapters import MODEL_HEADER
 from forgeflow.serving import access, routing, specs
 from forgeflow.serving.auth import presented_credential
 from forgeflow.serving.endpoints import DEFAULT_MAX_BODY_BYTES, EndpointService
+from forgeflow.serving.hangup import HangUpWatch
 from forgeflow.serving.metrics import Metrics
 from forgeflow.serving.placement import Instance
 from forgeflow.serving.records import Deployment, EndpointConfig
@@ -209,6 +210,7 @@ async def _forward(call: Call, cfg: EndpointConfig, path: str, raw: bytes, strea
             f"{len(ready) or 1} ready instances); retry later or raise it with: forgeflow online-deployment update "
             f"--set request_settings.max_concurrent_requests_per_instance=N"), RETRY)
     handed_over = False
+    watch = HangUpWatch(call.request)
     try:
         if not ready:
             ready = await _woken(call.request, svc, dep, deadline)
@@ -262,7 +264,13 @@ async def _forward(call: Call, cfg: EndpointConfig, path: str, raw: bytes, strea
     except _ClientLeft:
         call.record(499)
         return Response(status_code=499)
+    except asyncio.CancelledError:
+        if not watch.left():
+            raise
+        call.record(499)  # the instance sees its connection close and stops decoding the answer
+        return Response(status_code=499)
     finally:
+        watch.stop()
         if not handed_over:
             ticket.release()
 
