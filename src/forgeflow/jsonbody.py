@@ -3,7 +3,8 @@ instance): JSON has no NaN or infinities, so the `NaN` / `Infinity` literals Pyt
 large for a float (`1e999`), are refused with a 400 instead of travelling on until an answer cannot be sent. So is a
 string holding an unpaired UTF-16 surrogate (`"\\ud800"`, which JSON's escapes can write): it is no Unicode text, so
 no error message quoting it, no answer echoing it and no tokenizer could take it.
-Nesting is bounded before any parser sees the body (api/guard.py).
+Nesting is bounded before any parser sees the body (api/guard.py, which reads it as UTF-8): a body in UTF-16 or
+UTF-32, which Python's parser would also read, is refused, as JSON between machines is UTF-8 (RFC 8259).
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ def _finite(text: str) -> float:
 
 def loads(raw: bytes | str, *, what: str = "the request body") -> Any:
     """Parse a JSON body, or raise InvalidInput saying why (not JSON, NaN/Infinity, an overflowing number, a
-    string that is not valid Unicode)."""
+    string that is not valid Unicode, bytes in UTF-16 or UTF-32)."""
+    if isinstance(raw, (bytes, bytearray)) and json.detect_encoding(raw) not in ("utf-8", "utf-8-sig"):
+        raise InvalidInput(f"{what} is not UTF-8 (it reads as {json.detect_encoding(raw).upper()}): send JSON "
+                           "encoded as UTF-8")
     try:
         value = json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
     except (ValueError, RecursionError) as exc:

@@ -77,3 +77,37 @@ def test_a_model_name_is_capped_as_it_is_echoed_in_every_chunk(gateway):
     r = post(gateway, "long-ep", key, body, path="v1/chat/completions")
     assert r.status_code == 400 and r.json()["error"]["param"] == "model", r.text[:300]
     assert post(gateway, "long-ep", key, {**body, "model": "m" * 256}, path="v1/chat/completions").status_code == 200
+
+
+def test_hostile_bodies_the_depth_guard_cannot_see_are_400(gateway):
+    """Nesting hidden where the guard does not count it: inside a tool call's `arguments` string (the parser of
+    that string hit its recursion limit: a 500 naming the server's log file), or in a body in UTF-16, whose bytes
+    the guard reads as UTF-8 (the parser read it all the same and the 900 levels went on to the instance)."""
+    key = gateway.endpoint("deep-ep")
+    gateway.deploy("deep-ep", "blue")
+    gateway.svc.update_endpoint("deep-ep", traffic={"blue": 100})
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "[" * 100_000}}
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None, "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": "c1", "content": "42"}]
+    for path in ("v1/chat/completions", "chat/completions"):
+        r = httpx.post(f"{gateway.url}/endpoints/deep-ep/{path}", json={"messages": messages}, headers=headers,
+                       timeout=30)
+        assert r.status_code == 400 and "arguments" in r.text, (path, r.text)
+    # in UTF-16 the escape's backslash escapes the 0 byte after it, not the quote: the guard's string state flips
+    deep = '{"messages": [{"role": "user", "content": "a \\" in it"}], "x": ' + "[" * 900 + "]" * 900 + "}"
+    for encoding in ("utf-8", "utf-16", "utf-32"):
+        r = httpx.post(f"{gateway.url}/endpoints/deep-ep/v1/chat/completions", content=deep.encode(encoding),
+                       headers=headers, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["message"], (encoding, r.text)
+        assert ("deeper" in r.text) if encoding == "utf-8" else ("not UTF-8" in r.text), (encoding, r.text)
+
+
+def test_an_endpoint_path_without_its_route_is_a_404_never_a_redirect(gateway):
+    """/endpoints/NAME with no route after it: Starlette would redirect to the path with a slash, to the client's
+    own Host, before any key is checked."""
+    gateway.endpoint("bare-ep")
+    for method in ("GET", "POST"):
+        r = httpx.request(method, f"{gateway.url}/endpoints/bare-ep", headers={"Host": "evil.example",
+                          "Authorization": "Bearer junk"}, timeout=30)
+        assert r.status_code == 404 and "location" not in r.headers, (method, r.status_code, r.headers)

@@ -142,8 +142,10 @@ def create_app(ws: Workspace | None = None, *, base_url: str = "http://127.0.0.1
             raycluster.disconnect()  # a Ray cluster's instances are stopped: stop being its driver
             await services.http.close()
 
+    # no redirect to the path with or without a trailing slash: Starlette builds its Location from the client's
+    # Host, and under /endpoints/ it would answer before any key is checked; such a path is a 404
     app = FastAPI(title="forgeflow", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="Local fine-tuning, model registry, online endpoints and flows.")
+                  description="Local fine-tuning, model registry, online endpoints and flows.", redirect_slashes=False)
     app.state.ff = services
 
     @app.exception_handler(ForgeflowError)
@@ -171,7 +173,7 @@ def create_app(ws: Workspace | None = None, *, base_url: str = "http://127.0.0.1
         outside EndpointRouting, so a request on an endpoint's host name or port has its bare path here, which
         `dialect_of` reads the same way."""
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        error = InternalError(f"unexpected server error ({type(exc).__name__}); see {ws.paths.server_log}")
+        error = InternalError(f"unexpected server error ({type(exc).__name__}); its details are in the server's log")
         return JSONResponse(error_body(dialect_of(request.url.path), error), status_code=error.status_code)
 
     # Starlette tries routes in order: scoring requests are the hot path, so the gateway goes first.

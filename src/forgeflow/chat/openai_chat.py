@@ -43,7 +43,7 @@ class FunctionCall(Closed):
     def _json_object(cls, value: str) -> str:
         try:
             parsed = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested past the parser's depth: no object either
             parsed = None
         if not isinstance(parsed, dict):
             raise refuse('must be a JSON object written as a string, e.g. "{\\"city\\": \\"Paris\\"}"')

@@ -231,7 +231,7 @@ def coerce_value(value: Any, type_: str, where: str) -> Any:
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise bad() from None
     if not isinstance(value, expected):
         raise bad()

@@ -201,7 +201,7 @@ def _template_call(call: Any, field: str) -> Any:
     if isinstance(arguments, str):
         try:
             arguments = json.loads(arguments) if arguments.strip() else {}
-        except ValueError:
+        except (ValueError, RecursionError):
             raise InvalidInput(f"{field}.function.arguments must be a JSON object (as text)",
                                field=f"{field}.function.arguments") from None
     return {**call, "function": {**call["function"], "arguments": arguments}}

@@ -105,7 +105,7 @@ def _coerce(key: str, value: Any, at: str = "") -> Any:
     if text.startswith(_JSON.get(key, "\0")):
         try:
             return json.loads(text)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             if key == "stop":
                 return value  # a stop string that merely starts with "["
             raise InvalidInput(f"{field} is not valid JSON ({exc}); write it as a YAML list or mapping",
