@@ -82,6 +82,8 @@ def test_export_refusals(cli, tmp_path):
     res = cli("export", "quill:1", "--format", "safetensors", "--quantize", "q8_0", "--out", str(tmp_path / "a"),
               ok=False)
     assert res.exit_code != 0 and "quantize" in res.output
+    res = cli("export", "quill:1", "--format", "gguf", "--quantize", "", "--out", str(tmp_path / "a"), ok=False)
+    assert res.exit_code != 0 and "quantize" in res.output  # an empty level is refused, not the default
     res = cli("export", "quill:7", "--format", "gguf", "--out", str(tmp_path / "b"), ok=False)
     assert res.exit_code != 0 and "no version 7" in res.output
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

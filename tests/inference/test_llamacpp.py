@@ -73,15 +73,18 @@ def test_gguf_export_writes_model_and_tokenizer(varied_model, tmp_path):
     assert q8.stat().st_size < path.stat().st_size
 
 
-def test_gguf_cache_is_reused_until_weights_change(varied_model, tmp_path):
+def test_gguf_cache_is_reused_until_weights_or_tokenizer_change(varied_model, tmp_path):
+    """The GGUF also holds the tokenizer and chat template: a changed tokenizer_config.json is exported again."""
     model = tmp_path / "model"
     shutil.copytree(varied_model, model)
     first = cached_gguf(model, "f16")
     stamp = first.stat().st_mtime_ns
     assert first.parent == model and cached_gguf(model, "f16").stat().st_mtime_ns == stamp
-    weights = next(model.glob("*.safetensors"))
-    os.utime(weights, ns=(time.time_ns(), time.time_ns() + 10**9))
-    assert cached_gguf(model, "f16").stat().st_mtime_ns != stamp
+    for changed in (next(model.glob("*.safetensors")), model / "tokenizer_config.json"):
+        os.utime(changed, ns=(time.time_ns(), time.time_ns() + 10**9))
+        again = cached_gguf(model, "f16").stat().st_mtime_ns
+        assert again != stamp, changed.name
+        stamp = again
     assert not list(model.glob("*.partial"))
 
 

@@ -201,7 +201,7 @@ def export(
                                field="model")
         version = mv["version"]
     with console.status(f"preparing {name}:{version} as {fmt} ...", spinner="dots"):
-        params = {"format": fmt, **({"quantize": quantize} if quantize else {})}
+        params = {"format": fmt, **({"quantize": quantize} if quantize is not None else {})}
         plan = c.get(f"{_version_path(name, version)}/export", params=params, timeout=3600)
     if plan["convert"] == "mlflow":
         _checkpoint_to_mlflow(c, plan, out, quiet=json_out)

@@ -59,14 +59,19 @@ def cached_gguf(model_dir: Path, out_type: str = "f16") -> Path:
     return cached_file(model_dir, f"forgeflow-{out_type}.gguf", write)
 
 
+# beside the weights, what an exported GGUF holds: the model's shape, its tokenizer and its chat template
+_STAMPED = ("config.json", "adapter_config.json", "tokenizer.json", "tokenizer_config.json", "tokenizer.model",
+            "special_tokens_map.json", "chat_template.jinja", "generation_config.json")
+
+
 def cached_file(folder: Path, name: str, write: Any) -> Path:
     """`folder/name`, written by `write(partial_path)` when missing or older than the folder's safetensors
-    weights or its config.json / adapter_config.json (a stamp file records which); instances racing for it wait
-    on a lock file, and the first writes."""
+    weights or the files whose content the GGUF also holds (config, tokenizer, chat template; a stamp file records
+    which); instances racing for it wait on a lock file, and the first writes."""
     weights = sorted(folder.glob("*.safetensors"))
     if not weights:
         raise NotFound(f"{folder} has no safetensors weights to export to GGUF")
-    configs = [p for p in (folder / "config.json", folder / "adapter_config.json") if p.is_file()]
+    configs = [p for p in map(folder.joinpath, _STAMPED) if p.is_file()]
     stamp = max(int(p.stat().st_mtime_ns) for p in weights + configs)
     target = folder / name
     stamp_file = target.with_suffix(".stamp")
