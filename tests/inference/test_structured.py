@@ -239,6 +239,8 @@ def test_tags_written_as_text_are_matched_as_text(tiny_model_dir):
     assert not accepts("get_weather", call) and not accepts("none", call) and accepts("none", "It is sunny.")
     assert not accepts("required", call.replace('"UTC"', '"PST"'))
     assert preparer.tools.parse("Let me look. " + call)[0] == "Let me look."
+    deep = "<tool_call>\n" + "[" * 100_000  # a model that writes brackets to its last token: text, no call
+    assert preparer.tools.parse("Hm. " + deep) == ("Hm.", (), False)
 
 
 def test_streams_hold_back_a_tag_being_written(transformers_runtime):

@@ -154,7 +154,7 @@ class ToolTemplate:
                 return head, tuple(calls), False
             try:
                 call, pos = decoder.raw_decode(text, _skip_space(text, pos + len(self.format.open)))
-            except ValueError:
+            except (ValueError, RecursionError):  # a model's text nested past the parser's depth: no call either
                 return head, tuple(calls), False
             pos = _skip_space(text, pos)
             if not (text.startswith(self.format.close, pos) and isinstance(call, dict)
