@@ -74,7 +74,8 @@ def test_gguf_export_writes_model_and_tokenizer(varied_model, tmp_path):
 
 
 def test_gguf_cache_is_reused_until_weights_or_tokenizer_change(varied_model, tmp_path):
-    """The GGUF also holds the tokenizer and chat template: a changed tokenizer_config.json is exported again."""
+    """The GGUF also holds the tokenizer and chat template: a changed tokenizer_config.json is exported again, and
+    so is a chat template added with a time older than the GGUF's (as `cp -p` leaves a file)."""
     model = tmp_path / "model"
     shutil.copytree(varied_model, model)
     first = cached_gguf(model, "f16")
@@ -85,6 +86,9 @@ def test_gguf_cache_is_reused_until_weights_or_tokenizer_change(varied_model, tm
         again = cached_gguf(model, "f16").stat().st_mtime_ns
         assert again != stamp, changed.name
         stamp = again
+    (model / "chat_template.jinja").write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
+    os.utime(model / "chat_template.jinja", ns=(10**18, 10**18))
+    assert cached_gguf(model, "f16").stat().st_mtime_ns != stamp
     assert not list(model.glob("*.partial"))
 
 

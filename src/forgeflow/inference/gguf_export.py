@@ -65,19 +65,20 @@ _STAMPED = ("config.json", "adapter_config.json", "tokenizer.json", "tokenizer_c
 
 
 def cached_file(folder: Path, name: str, write: Any) -> Path:
-    """`folder/name`, written by `write(partial_path)` when missing or older than the folder's safetensors
-    weights or the files whose content the GGUF also holds (config, tokenizer, chat template; a stamp file records
-    which); instances racing for it wait on a lock file, and the first writes."""
+    """`folder/name`, written by `write(partial_path)` when missing or when the folder's safetensors weights or
+    the files whose content the GGUF also holds (config, tokenizer, chat template) changed since: a stamp file
+    records each one's name, size and time (a file added or replaced with an older time, as `cp -p` leaves it,
+    changes it too); instances racing for it wait on a lock file, and the first writes."""
     weights = sorted(folder.glob("*.safetensors"))
     if not weights:
         raise NotFound(f"{folder} has no safetensors weights to export to GGUF")
     configs = [p for p in map(folder.joinpath, _STAMPED) if p.is_file()]
-    stamp = max(int(p.stat().st_mtime_ns) for p in weights + configs)
+    stamp = " ".join(f"{p.name}:{st.st_size}:{st.st_mtime_ns}" for p in weights + configs for st in [p.stat()])
     target = folder / name
     stamp_file = target.with_suffix(".stamp")
     with open(folder / ".forgeflow-gguf.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # a second instance waits for the first one's export
-        if target.exists() and stamp_file.exists() and stamp_file.read_text().strip() == str(stamp):
+        if target.exists() and stamp_file.exists() and stamp_file.read_text().strip() == stamp:
             return target
         partial = target.with_name(target.name + f".{os.getpid()}.partial")
         try:
@@ -85,7 +86,7 @@ def cached_file(folder: Path, name: str, write: Any) -> Path:
             os.replace(partial, target)
         finally:
             partial.unlink(missing_ok=True)
-        stamp_file.write_text(str(stamp))
+        stamp_file.write_text(stamp)
     return target
 
 
