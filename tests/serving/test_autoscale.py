@@ -184,7 +184,7 @@ def test_first_requests_at_zero_wake_one_instance_and_all_get_answers(gateway):
 def test_a_wake_past_the_limit_is_429_and_one_not_ready_in_time_is_503(gateway):
     key = gateway.endpoint("slow-ep")
     _autoscaled(gateway, "slow-ep", {"load": -1}, SCALE | {"min_instances": 0, "max_instances": 1},
-                slots=1, instance_count=0, timeout_ms=3000)
+                slots=1, instance_count=0, timeout_ms=8000)  # long enough for the third request to come on a busy CI
     with ThreadPoolExecutor(2) as pool:  # one waking instance takes 2 x 1 requests
         waiting = [pool.submit(post, gateway, "slow-ep", key) for _ in range(2)]
         wait_until(lambda: gateway.svc.admission.pending(("slow-ep", "blue")) == 2, what="two requests waiting")
@@ -192,7 +192,7 @@ def test_a_wake_past_the_limit_is_429_and_one_not_ready_in_time_is_503(gateway):
         answers = [w.result() for w in waiting]
     assert [r.status_code for r in answers] == [503, 503]
     unready = answers[0].json()
-    assert "none became ready within request_timeout_ms=3000" in unready["message"]
+    assert "none became ready within request_timeout_ms=8000" in unready["message"]
     assert "scale_settings.min_instances=1" in unready["message"]
     # the gateway's own answers are no instance's latency: autoscaling's target_latency_ms does not see them
     labels = (("endpoint", "slow-ep"), ("deployment", "blue"))
