@@ -145,7 +145,8 @@ def test_evaluate_against_base_needs_validation_data(runner):
     assert refused.value.field == "evaluate_against_base"
 
 
-def test_a_completed_fine_tune_with_evaluate_against_base_queues_its_evaluation_once(runner, compute, tmp_path):
+def test_a_completed_fine_tune_with_evaluate_against_base_queues_its_evaluation_once(runner, compute, tmp_path,
+                                                                                     monkeypatch):
     fine_tune = runner.submit(base_model="tiny", base_model_path=str(tmp_path / "base"), training_data="/t.jsonl",
                               validation_data="/v.jsonl", name="quill",
                               hyperparameters=resolve_hyperparameters({"evaluate_against_base": "true"}))
@@ -156,7 +157,16 @@ def test_a_completed_fine_tune_with_evaluate_against_base_queues_its_evaluation_
     (output / "config.json").write_text("{}")  # the checkpoint itself: the folder the evaluation loads
     report(fine_tune.job_dir, status="Completed", metrics={"train_loss": 0.5})
     compute.started[fine_tune.job_dir][1].ended = Ended(0)
+    seen, update = [], runner.store.update
+
+    def update_and_look(*args, **kwargs):  # what a reader of the jobs table could see after each change
+        changed = update(*args, **kwargs)
+        seen.append((runner.get(fine_tune.id).status, runner.get(fine_tune.id).evaluation_job))
+        return changed
+
+    monkeypatch.setattr(runner.store, "update", update_and_look)
     runner.tick()
+    assert [s for s in seen if s[0] == JobStatus.COMPLETED and not s[1]] == []  # never Completed without its link
 
     done = runner.get(fine_tune.id)
     assert done.status == JobStatus.COMPLETED and done.metrics == {"train_loss": 0.5}  # the link has its column

@@ -26,7 +26,8 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -409,39 +410,45 @@ class JobRunner:
             error += f" (continue after the rows it scored with: forgeflow job resume {job.id})"
         self._cancel_sent.pop(job.id, None)
         progress = {k: st.get(k) for k in PROGRESS_KEYS if k in st and k != "eta_s"}
+        # a fine-tune's evaluation is queued first and linked in the same write: no reader sees it Completed unlinked
+        linked = self._evaluate_against_base(job) if status == JobStatus.COMPLETED else {}
         self._write(job.id, status=status, error=error if status == JobStatus.FAILED else None, finished_at=now(),
                     metrics=st.get("metrics") or job.metrics, progress=progress or job.progress,
-                    mlflow_run_id=st.get("mlflow_run_id") or job.mlflow_run_id)
+                    mlflow_run_id=st.get("mlflow_run_id") or job.mlflow_run_id, **linked)
         log.info("job %s %s", job.id, status)
-        if status == JobStatus.COMPLETED:
-            self._after_completion(self.get(job.id))
-
-    def _after_completion(self, job: Job) -> None:
-        """What a completed job sets off: a fine-tune's evaluation against its base, an evaluation's summary on the
-        versions registered from the fine-tune it evaluated. A failure here leaves the job Completed and says why in
-        its log."""
-        try:
-            if job.type == "finetuning" and job.hyperparameters.get("evaluate_against_base"):
-                self._evaluate_against_base(job)
-            elif job.type == "evaluation" and job.hyperparameters.get("source_job"):
+        if status == JobStatus.COMPLETED and job.type == "evaluation" and job.hyperparameters.get("source_job"):
+            with self._after_completion(job):
                 from forgeflow.registry import models
 
+                completed = self.get(job.id)
                 for version in models.list_models(include_archived=True):
                     if version.source_job == job.hyperparameters["source_job"]:
-                        self.record_evaluation(job, version.ref)
+                        self.record_evaluation(completed, version.ref)
+
+    @contextmanager
+    def _after_completion(self, job: Job) -> Iterator[None]:
+        """Around what a completed job sets off (a fine-tune's evaluation against its base, an evaluation's summary
+        on the versions registered from the fine-tune it evaluated): a failure there leaves the job Completed and
+        says why in its log."""
+        try:
+            yield
         except Exception as exc:  # the job itself succeeded; what follows it must not fail the loop
             message = exc.message if isinstance(exc, ForgeflowError) else repr(exc)
             log.warning("job %s: after completion: %s", job.id, message)
             with open(worker_log(job.job_dir), "a") as f:
                 f.write(f"\n--- {now()} after completion: {message} ---\n")
 
-    def _evaluate_against_base(self, job: Job) -> None:
-        """Queue the evaluation of a completed fine-tune against its base model on its validation data, once."""
-        if job.evaluation_job or not job.validation_data:
-            return
-        evaluation = self.submit_evaluation(**against_base(job))
-        self._write(job.id, evaluation_job=evaluation.id)
-        log.info("job %s: evaluation %s against its base queued", job.id, evaluation.id)
+    def _evaluate_against_base(self, job: Job) -> dict[str, str]:
+        """Queue the evaluation of a completing fine-tune against its base model on its validation data, once; the
+        link for its row ({} when there is none to queue, or queueing failed)."""
+        if (job.type != "finetuning" or not job.hyperparameters.get("evaluate_against_base") or job.evaluation_job
+                or not job.validation_data):
+            return {}
+        with self._after_completion(job):
+            evaluation = self.submit_evaluation(**against_base(dataclasses.replace(job, status=JobStatus.COMPLETED)))
+            log.info("job %s: evaluation %s against its base queued", job.id, evaluation.id)
+            return {"evaluation_job": evaluation.id}
+        return {}
 
     def evaluation_result(self, job_id: str) -> dict[str, Any]:
         """The result.json of a Completed evaluation job (Conflict, with its status, while it is not)."""
