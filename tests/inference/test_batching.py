@@ -175,6 +175,42 @@ def test_back_pressure_and_failed_forward(monkeypatch):
         scheduler.close()
 
 
+class _Fatal(BaseException):
+    """What no step's recovery catches (as an interpreter or extension's fatal error would be)."""
+
+
+class _StuckThenFatal(_Stuck):
+    def __call__(self, **kwargs):
+        self.entered.set()
+        self.release.wait(10)
+        raise _Fatal("device gone for good")
+
+
+def test_a_loop_that_stops_ends_what_runs_and_waits_and_says_why(monkeypatch):
+    import transformers
+
+    from forgeflow.errors import ServerUnavailable
+
+    monkeypatch.setattr(transformers, "DynamicCache", lambda config=None: None)
+    model = _StuckThenFatal()
+    scheduler = BatchScheduler(model, eos_ids=[2], pad_id=0, device="cpu", max_batch_size=1, max_queue=2)
+    try:
+        running = scheduler.submit([1, 2, 3], 5, Sampler())
+        assert model.entered.wait(10)
+        waiting = scheduler.submit([1, 2], 5, Sampler())
+        assert scheduler.failure is None
+        model.release.set()
+        for seq in (running, waiting):
+            with pytest.raises(ServerUnavailable, match="scheduler stopped: _Fatal: device gone for good"):
+                list(seq.tokens())
+        assert scheduler.failure == "the batch scheduler stopped: _Fatal: device gone for good"
+        with pytest.raises(ServerUnavailable):  # nothing more is queued on a loop that is gone
+            scheduler.submit([1], 5, Sampler())
+    finally:
+        model.release.set()
+        scheduler.close()
+
+
 class _CancelledBetweenReads(Sequence):
     """A sequence a client cancels just after the scheduler first looks at it."""
 

@@ -309,6 +309,33 @@ def test_a_failed_decode_fails_its_requests_and_the_context_recovers(llamacpp_ru
     assert runtime.health()["running"] == 0
 
 
+def test_a_context_that_cannot_start_afresh_fails_every_request_and_says_why(tools_model_dir, monkeypatch):
+    from forgeflow.inference.runtimes.llamacpp import LlamaCppRuntime
+
+    runtime = LlamaCppRuntime(tools_model_dir, threads=1, max_batch_size=1)
+    try:
+        never_end = Sampling(logit_bias=tuple((eos, -100.0) for eos in runtime.eos_token_ids))
+        running = runtime.stream(ChatRequest(chat(TEXTS[0]), 1000, never_end))
+        waiting = runtime.stream(ChatRequest(chat(TEXTS[1]), 8, never_end))  # one slot: it waits for the first
+        assert runtime.failure is None
+
+        def broken(*args):
+            raise RuntimeError("context lost")
+
+        monkeypatch.setattr(runtime.engine, "decode", broken)  # the step fails...
+        monkeypatch.setattr(runtime.engine, "clear", broken)  # ...and so does starting the cache afresh
+        with pytest.raises(RuntimeError, match="context lost"):
+            running.run()
+        with pytest.raises(ServerUnavailable, match="worker stopped: RuntimeError: context lost"):
+            waiting.run()
+        assert runtime.failure == "the llama.cpp worker stopped: RuntimeError: context lost"
+        with pytest.raises(ServerUnavailable):  # nothing more is queued on a worker that is gone
+            runtime.stream(ChatRequest(chat(TEXTS[2]), 4, never_end))
+        assert runtime.health()["running"] == 0
+    finally:
+        runtime.close()
+
+
 def test_an_adapter_llama_cpp_cannot_carry_is_refused_by_name(tools_model_dir, adapters, tmp_path):
     import json
     import shutil

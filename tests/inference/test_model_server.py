@@ -241,6 +241,7 @@ class Double:
     """A runtime that answers "Paris." in two tokens; it records the requests it got."""
 
     name = "double"
+    failure = None
 
     def __init__(self) -> None:
         self.requests = []

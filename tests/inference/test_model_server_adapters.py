@@ -55,6 +55,7 @@ class Recorder:
     adapter tests prove the answers; this proves the instance's choice reaches them)."""
 
     name = "recorder"
+    failure = None
 
     def __init__(self) -> None:
         self.adapters: list[str | None] = []

@@ -1,6 +1,7 @@
 """What a model server does while answers wait: a non-streamed answer whose client hangs up before it is ready is
 not finished, its sequences leave the runtime (the gateway closes its connection to the instance when its own
-client leaves or its request times out); /stats waiting on a busy runtime holds up no other request."""
+client leaves or its request times out); /stats waiting on a busy runtime holds up no other request; a runtime
+that stops serving ends the server."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ class Endless:
     """A runtime whose answers never end on their own: a token every 10 ms until their stream is cancelled."""
 
     name = "endless"
+    failure = None
 
     def __init__(self) -> None:
         self.streams: list[threading.Event] = []  # each stream's cancel, set once cancelled
@@ -141,6 +143,37 @@ def test_stats_waiting_on_the_runtime_holds_up_no_other_request():
             release.set()
             waiting.join(30)
         assert stats[0].startswith("HTTP/1.1 200") and '"busy"' in stats[0]
+
+
+def test_a_runtime_that_stops_serving_fails_its_health_and_requests_and_ends_the_server(monkeypatch):
+    """A runtime whose worker stopped (Runtime.failure) answers nothing more: /health says failed, requests get
+    a 424 (a failed model, as Azure says) naming why, and on_failed (which makes the model server process exit, so its supervisor replaces it)
+    is told."""
+    from fastapi.testclient import TestClient
+
+    from forgeflow.inference import model_server
+
+    class Ending(Endless):  # answers at once (with nothing)
+        def stream(self, request, adapter=None):
+            stream = super().stream(request, adapter)
+            self.streams[-1].set()
+            return stream
+
+    monkeypatch.setattr(model_server, "FAILURE_CHECK_S", 0.01)
+    runtime, failed = Ending(), []
+    with TestClient(create_app(lambda: runtime, name="endless", on_failed=failed.append)) as http:
+        wait_until(lambda: http.get("/health").status_code == 200, 30, "the runtime loaded")
+        assert http.post("/score", json={"input_data": {"input_string": [USER]}}).status_code == 200
+        runtime.failure = "the llama.cpp worker stopped: RuntimeError: context lost"
+        wait_until(lambda: failed, 30, "on_failed was told")
+        assert failed == ["the model stopped serving: the llama.cpp worker stopped: RuntimeError: context lost"]
+        health = http.get("/health")
+        assert health.status_code == 503 and health.json()["status"] == "failed"
+        assert "context lost" in health.json()["message"]
+        score = http.post("/score", json={"input_data": {"input_string": [USER]}})
+        assert score.status_code == 424 and "context lost" in score.json()["message"]
+        openai = http.post("/v1/chat/completions", json={"messages": [USER]})
+        assert openai.status_code == 424 and "context lost" in openai.json()["error"]["message"]
 
 
 def _get(port: int, path: str) -> str:

@@ -65,6 +65,7 @@ class Scripted:
     runtime does for a value it cannot take."""
 
     name = "scripted"
+    failure = None
 
     def __init__(self, refuse=lambda request: False) -> None:
         self.requests: list[ChatRequest] = []

@@ -111,6 +111,7 @@ class BatchScheduler:
         self.mask: Any = None
         self.steps = 0
         self.largest_batch = 0
+        self.failure: str | None = None  # why the loop stopped serving, when it did (see Runtime.failure)
         self._stop = threading.Event()
         self._accepting = threading.Lock()  # no request is queued once close has begun
         self._thread = threading.Thread(target=self._loop, name="forgeflow-batcher", daemon=True)
@@ -138,6 +139,30 @@ class BatchScheduler:
 
     # -- the loop -------------------------------------------------------------------------------
     def _loop(self) -> None:
+        try:
+            self._serve()
+            closing = ServerUnavailable("the model server is shutting down")
+        except BaseException as exc:  # ending a failed step failed too: this scheduler serves no more (the server exits)
+            log.exception("the batch scheduler stopped")
+            self.failure = f"the batch scheduler stopped: {type(exc).__name__}: {exc}"
+            with self._accepting:
+                self._stop.set()
+            closing = ServerUnavailable(f"{self.failure}; retry on another instance")
+        while True:  # nothing is queued after close began: end what runs and what waits
+            try:
+                self.running.append(self.waiting.get_nowait())
+            except queue.Empty:
+                break
+        for seq in self.running:
+            self._release(seq)
+            seq.out.put(closing)
+            seq.out.put(_DONE)
+        if self.adapters is not None:
+            self.adapters.close()
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()
+
+    def _serve(self) -> None:
         while not self._stop.is_set():
             fresh: list[Sequence] = []
             try:
@@ -157,19 +182,9 @@ class BatchScheduler:
                     seq.out.put(exc)
                     seq.out.put(_DONE)
                 self.running, self.cache, self.mask = [], None, None
-        while True:  # nothing is queued after close began: end what runs and what waits
-            try:
-                self.running.append(self.waiting.get_nowait())
-            except queue.Empty:
-                break
-        for seq in self.running:
-            self._release(seq)
-            seq.out.put(ServerUnavailable("the model server is shutting down"))
-            seq.out.put(_DONE)
-        if self.adapters is not None:
-            self.adapters.close()
-        if self.prefix_cache is not None:
-            self.prefix_cache.clear()
+            except BaseException:  # the loop stops (see _loop): what it took must reach the loop's end
+                self.running += [seq for seq in fresh if seq not in self.running]
+                raise
 
     def _take(self, *, block: bool) -> list[Sequence]:
         room = self.max_batch_size - len(self.running)
@@ -349,7 +364,10 @@ class BatchScheduler:
     def _release(self, seq: Sequence) -> None:
         if seq.holds_adapter:
             seq.holds_adapter = False
-            self.adapters.loaded.release(seq.adapter)
+            try:
+                self.adapters.loaded.release(seq.adapter)
+            except Exception:  # evicting an adapter failed: the request has ended all the same
+                log.exception("releasing adapter %s failed", seq.adapter)
 
 
 def _left_pad(tensor: Any, width: int, dim: int) -> Any:

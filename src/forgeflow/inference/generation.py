@@ -71,6 +71,10 @@ class ChatGenerator:
         """Answer a request; a stop string ends the answer before its first occurrence."""
         return self.stream(request, adapter).run()
 
+    @property
+    def failure(self) -> str | None:
+        return self.scheduler.failure
+
     def health(self) -> dict[str, Any]:
         health: dict[str, Any] = {"runtime": self.name, **self.scheduler.stats()}
         health["prefix_cache"] = self.prefix_cache.stats() if self.prefix_cache else None

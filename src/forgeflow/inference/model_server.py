@@ -48,6 +48,8 @@ from forgeflow.inference.openai_server import (CLIENT_LEFT, OpenAIServing, opena
 from forgeflow.inference.runtimes.base import Runtime
 from forgeflow.processes import INSTANCE_SECRET_ENV, exit_with_parent, take_instance_secret
 
+FAILURE_CHECK_S = 0.5  # how often a loaded runtime is asked whether it still serves (Runtime.failure)
+
 
 class _State:
     def __init__(self) -> None:
@@ -73,14 +75,20 @@ def create_app(
 
     async def load() -> None:
         try:
-            state.runtime = await run_in_threadpool(runtime_factory)
+            runtime = await run_in_threadpool(runtime_factory)
         except Exception as exc:
             state.error = f"{type(exc).__name__}: {exc}"
             if on_failed:
-                on_failed(state.error)
+                on_failed(f"the model failed to load: {state.error}")
             return
+        state.runtime = runtime
         if on_loaded:
             on_loaded()
+        while runtime.failure is None:  # a runtime whose worker stopped answers nothing more: say so, and exit
+            await asyncio.sleep(FAILURE_CHECK_S)
+        state.runtime, state.error = None, runtime.failure
+        if on_failed:
+            on_failed(f"the model stopped serving: {runtime.failure}")
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -100,7 +108,7 @@ def create_app(
         if state.runtime is not None:
             return state.runtime
         if state.error:
-            raise UpstreamError(f"the model failed to load: {state.error}")
+            raise UpstreamError(f"the model cannot answer: {state.error}")
         raise ServerUnavailable("the model is still loading; retry when /health answers ready")
 
     async def read_json(request: Request) -> Any:
@@ -256,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def failed(message: str) -> None:
         failure.append(message)
-        print(f"model server: the model failed to load: {message}", file=sys.stderr, flush=True)
+        print(f"model server: {message}", file=sys.stderr, flush=True)
         if server is not None:
             server.should_exit = True
 

@@ -77,9 +77,11 @@ class Runtime(Protocol):
     Loading is the constructor; `close` frees it. `generate` and `stream` take a request already
     validated by the chat contract and queue it at once (errors raise there, not mid-stream).
     `adapter` names one of the LoRA adapters the runtime was loaded with (inference/adapters.py); None is the
-    model itself (an instance with adapters resolves every request to one of them first)."""
+    model itself (an instance with adapters resolves every request to one of them first). `failure` says why
+    the runtime can serve no more (its worker stopped: the model server then exits, to be replaced), else None."""
 
     name: str
+    failure: str | None
 
     def generate(self, request: ChatRequest, adapter: str | None = None) -> GenerationResult: ...
 

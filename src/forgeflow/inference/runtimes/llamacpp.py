@@ -113,6 +113,7 @@ class LlamaCppRuntime:
         self.waiting: queue.Queue[Sequence] = queue.Queue(maxsize=max(1, max_queue))
         self.held: deque[Sequence] = deque()  # taken from the queue, waiting for room in the KV cache
         self.served = 0
+        self.failure: str | None = None  # why the worker stopped serving, when it did (see Runtime.failure)
         self.steps = 0
         self.largest_batch = 0
         self._current: str | None = None  # the adapter the context applies now
@@ -170,6 +171,27 @@ class LlamaCppRuntime:
 
     # -- the worker -------------------------------------------------------------------------------
     def _loop(self) -> None:
+        try:
+            self._serve()
+            closing = ServerUnavailable("the model server is shutting down; retry on another instance")
+        except BaseException as exc:  # starting afresh failed too: this context serves no more (the server exits)
+            log.exception("the llama.cpp worker stopped")
+            self.failure = f"the llama.cpp worker stopped: {type(exc).__name__}: {exc}"
+            with self._accepting:
+                self._stop.set()
+            closing = ServerUnavailable(f"{self.failure}; retry on another instance")
+        for slot in self.slots.running():
+            self._end(slot, closing)
+        while True:  # nothing is queued after close began: end what is waiting
+            try:
+                self.held.append(self.waiting.get_nowait())
+            except queue.Empty:
+                break
+        for seq in self.held:
+            seq.out.put(closing)
+            seq.out.put(_DONE)
+
+    def _serve(self) -> None:
         while not self._stop.is_set():
             try:
                 self._admit()
@@ -184,17 +206,6 @@ class LlamaCppRuntime:
                 self.engine.clear()
                 for slot in self.slots.slots:
                     slot.cached = []
-        closing = ServerUnavailable("the model server is shutting down; retry on another instance")
-        for slot in self.slots.running():
-            self._end(slot, closing)
-        while True:  # nothing is queued after close began: end what is waiting
-            try:
-                self.held.append(self.waiting.get_nowait())
-            except queue.Empty:
-                break
-        for seq in self.held:
-            seq.out.put(closing)
-            seq.out.put(_DONE)
 
     def _admit(self) -> None:
         """Take waiting requests into idle slots while the KV cache has room for them."""
@@ -331,9 +342,12 @@ class LlamaCppRuntime:
             seq.out.put(error)
         self.served += completed
         seq.out.put(_DONE)
-        if seq.adapter is not None:
-            self.adapters.release(seq.adapter)
         self.slots.release(slot)
+        if seq.adapter is not None:
+            try:
+                self.adapters.release(seq.adapter)
+            except Exception:  # evicting an adapter failed: the request has ended all the same
+                log.exception("releasing adapter %s failed", seq.adapter)
 
     def _check_open(self) -> None:
         if self._stop.is_set():
