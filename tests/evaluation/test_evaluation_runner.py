@@ -145,8 +145,8 @@ def test_evaluate_against_base_needs_validation_data(runner):
     assert refused.value.field == "evaluate_against_base"
 
 
-def test_a_completed_fine_tune_with_evaluate_against_base_queues_its_evaluation_once(runner, compute, tmp_path,
-                                                                                     monkeypatch):
+def ending_fine_tune(runner, compute, tmp_path):
+    """A fine-tune with evaluate_against_base whose worker has just ended, Completed, with its model written."""
     fine_tune = runner.submit(base_model="tiny", base_model_path=str(tmp_path / "base"), training_data="/t.jsonl",
                               validation_data="/v.jsonl", name="quill",
                               hyperparameters=resolve_hyperparameters({"evaluate_against_base": "true"}))
@@ -157,6 +157,12 @@ def test_a_completed_fine_tune_with_evaluate_against_base_queues_its_evaluation_
     (output / "config.json").write_text("{}")  # the checkpoint itself: the folder the evaluation loads
     report(fine_tune.job_dir, status="Completed", metrics={"train_loss": 0.5})
     compute.started[fine_tune.job_dir][1].ended = Ended(0)
+    return fine_tune, output
+
+
+def test_a_completed_fine_tune_with_evaluate_against_base_queues_its_evaluation_once(runner, compute, tmp_path,
+                                                                                     monkeypatch):
+    fine_tune, output = ending_fine_tune(runner, compute, tmp_path)
     seen, update = [], runner.store.update
 
     def update_and_look(*args, **kwargs):  # what a reader of the jobs table could see after each change
@@ -178,3 +184,23 @@ def test_a_completed_fine_tune_with_evaluate_against_base_queues_its_evaluation_
     assert spec.data == "/v.jsonl" and spec.source_job == fine_tune.id and queued.name == "quill-vs-base"
     runner.tick()
     assert [j.id for j in runner.list() if j.type == "evaluation"] == [queued.id]  # once
+
+
+def test_a_completed_write_that_fails_does_not_queue_the_evaluation_twice(runner, compute, tmp_path, monkeypatch):
+    fine_tune, _ = ending_fine_tune(runner, compute, tmp_path)
+    write, failed = runner._write, []
+
+    def fails_once(job_id, expect=None, **values):
+        if values.get("status") == JobStatus.COMPLETED and not failed:
+            failed.append(job_id)
+            raise RuntimeError("the database went away")
+        return write(job_id, expect, **values)
+
+    monkeypatch.setattr(runner, "_write", fails_once)
+    with pytest.raises(RuntimeError, match="went away"):
+        runner.tick()  # the evaluation was queued; the fine-tune's Completed write failed
+    assert not runner.get(fine_tune.id).status.terminal
+    runner.tick()
+    done = runner.get(fine_tune.id)
+    assert done.status == JobStatus.COMPLETED and failed == [fine_tune.id]
+    assert [j.id for j in runner.list() if j.type == "evaluation"] == [done.evaluation_job]

@@ -147,7 +147,7 @@ def test_stats_waiting_on_the_runtime_holds_up_no_other_request():
 
 def test_a_runtime_that_stops_serving_fails_its_health_and_requests_and_ends_the_server(monkeypatch):
     """A runtime whose worker stopped (Runtime.failure) answers nothing more: /health says failed, requests get
-    a 424 (a failed model, as Azure says) naming why, and on_failed (which makes the model server process exit, so its supervisor replaces it)
+    a 503 naming why (retry on another instance), and on_failed (which makes the model server process exit, so its supervisor replaces it)
     is told."""
     from fastapi.testclient import TestClient
 
@@ -171,9 +171,9 @@ def test_a_runtime_that_stops_serving_fails_its_health_and_requests_and_ends_the
         assert health.status_code == 503 and health.json()["status"] == "failed"
         assert "context lost" in health.json()["message"]
         score = http.post("/score", json={"input_data": {"input_string": [USER]}})
-        assert score.status_code == 424 and "context lost" in score.json()["message"]
+        assert score.status_code == 503 and "context lost" in score.json()["message"]
         openai = http.post("/v1/chat/completions", json={"messages": [USER]})
-        assert openai.status_code == 424 and "context lost" in openai.json()["error"]["message"]
+        assert openai.status_code == 503 and "context lost" in openai.json()["error"]["message"]
 
 
 def _get(port: int, path: str) -> str:

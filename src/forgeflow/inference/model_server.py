@@ -54,7 +54,8 @@ FAILURE_CHECK_S = 0.5  # how often a loaded runtime is asked whether it still se
 class _State:
     def __init__(self) -> None:
         self.runtime: Runtime | None = None
-        self.error: str | None = None
+        self.error: str | None = None  # why the model failed to load
+        self.stopped: str | None = None  # why the loaded runtime stopped serving (the server is exiting)
         self.task: asyncio.Task | None = None
 
 
@@ -86,7 +87,7 @@ def create_app(
             on_loaded()
         while runtime.failure is None:  # a runtime whose worker stopped answers nothing more: say so, and exit
             await asyncio.sleep(FAILURE_CHECK_S)
-        state.runtime, state.error = None, runtime.failure
+        state.runtime, state.stopped = None, runtime.failure
         if on_failed:
             on_failed(f"the model stopped serving: {runtime.failure}")
 
@@ -107,8 +108,10 @@ def create_app(
     def ready() -> Runtime:
         if state.runtime is not None:
             return state.runtime
+        if state.stopped:
+            raise ServerUnavailable(f"{state.stopped}; retry on another instance")
         if state.error:
-            raise UpstreamError(f"the model cannot answer: {state.error}")
+            raise UpstreamError(f"the model failed to load: {state.error}")
         raise ServerUnavailable("the model is still loading; retry when /health answers ready")
 
     async def read_json(request: Request) -> Any:
@@ -143,8 +146,9 @@ def create_app(
     async def health() -> JSONResponse:
         if state.runtime is not None:
             return JSONResponse({"status": "ready", "name": name})
-        if state.error:
-            return JSONResponse({"status": "failed", "name": name, "message": state.error}, status_code=503)
+        if state.error or state.stopped:
+            return JSONResponse({"status": "failed", "name": name, "message": state.error or state.stopped},
+                                status_code=503)
         return JSONResponse({"status": "loading", "name": name}, status_code=503)
 
     @app.post("/score")

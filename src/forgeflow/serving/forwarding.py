@@ -213,7 +213,7 @@ async def _forward(call: Call, cfg: EndpointConfig, path: str, raw: bytes, strea
     watch = HangUpWatch(call.request)
     try:
         if not ready:
-            ready = await _woken(call.request, svc, dep, deadline)
+            ready = await _woken(svc, dep, deadline)
         session: aiohttp.ClientSession = call.request.app.state.ff.http
         while True:
             inst = ticket.place(ready)
@@ -228,7 +228,7 @@ async def _forward(call: Call, cfg: EndpointConfig, path: str, raw: bytes, strea
                 ticket.unplace()  # while it waits, the dead instance must not count it (a drain waits for it)
                 ready = [i for i in ready if i is not inst and i.ready]
                 if not ready and dep.autoscaled:  # e.g. drained by a scale-in just now
-                    ready = await _woken(call.request, svc, dep, deadline)
+                    ready = await _woken(svc, dep, deadline)
                 if not ready:
                     return call.fail(ServerUnavailable(f"deployment {dep.name!r} has no ready instance; retry shortly"),
                                      RETRY)
@@ -261,9 +261,6 @@ async def _forward(call: Call, cfg: EndpointConfig, path: str, raw: bytes, strea
         return _answer(call, resp, content)
     except ServerUnavailable as e:  # no instance woke in time, or none could be started
         return call.fail(e, RETRY)
-    except _ClientLeft:
-        call.record(499)
-        return Response(status_code=499)
     except asyncio.CancelledError:
         if not watch.left():
             raise
@@ -275,20 +272,14 @@ async def _forward(call: Call, cfg: EndpointConfig, path: str, raw: bytes, strea
             ticket.release()
 
 
-class _ClientLeft(Exception):
-    """The client went away while its request waited for an instance."""
-
-
-async def _woken(request: Request, svc: EndpointService, dep: Deployment, deadline: float) -> list[Instance]:
+async def _woken(svc: EndpointService, dep: Deployment, deadline: float) -> list[Instance]:
     """The ready instances of an autoscaled deployment that had none, once there are: one is woken if it is
-    scaled to zero, and the request waits for it until its deadline (request_timeout_ms after it arrived), or
-    until its client leaves. The wake is asked again each second, as a deployment cannot scale while it is
+    scaled to zero, and the request waits for it until its deadline (request_timeout_ms after it arrived; a client
+    that leaves cancels the wait: see HangUpWatch). The wake is asked again each second, as a deployment cannot scale while it is
     being updated. An instance that cannot be started is a 503 at once, with the reason."""
     loop = asyncio.get_running_loop()
     asked = -math.inf
     while not (ready := svc.ready_instances(dep.key)):
-        if await request.is_disconnected():
-            raise _ClientLeft()
         moment = loop.time()
         if moment >= deadline:
             raise ServerUnavailable(

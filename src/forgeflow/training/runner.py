@@ -435,8 +435,11 @@ class JobRunner:
         except Exception as exc:  # the job itself succeeded; what follows it must not fail the loop
             message = exc.message if isinstance(exc, ForgeflowError) else repr(exc)
             log.warning("job %s: after completion: %s", job.id, message)
-            with open(worker_log(job.job_dir), "a") as f:
-                f.write(f"\n--- {now()} after completion: {message} ---\n")
+            try:
+                with open(worker_log(job.job_dir), "a") as f:
+                    f.write(f"\n--- {now()} after completion: {message} ---\n")
+            except OSError:  # its storage failed too: the server's log above says it
+                pass
 
     def _evaluate_against_base(self, job: Job) -> dict[str, str]:
         """Queue the evaluation of a completing fine-tune against its base model on its validation data, once; the
@@ -445,6 +448,9 @@ class JobRunner:
                 or not job.validation_data):
             return {}
         with self._after_completion(job):
+            for row in self.store.select("jobs", {"type": "evaluation"}, order_by="created_at"):
+                if Job.from_row(row).hyperparameters.get("source_job") == job.id:  # queued before the job's
+                    return {"evaluation_job": row["id"]}  # Completed write failed (a database error, a restart)
             evaluation = self.submit_evaluation(**against_base(dataclasses.replace(job, status=JobStatus.COMPLETED)))
             log.info("job %s: evaluation %s against its base queued", job.id, evaluation.id)
             return {"evaluation_job": evaluation.id}

@@ -231,10 +231,10 @@ class LlamaCppRuntime:
                 self.slots.place(seq)
             except Exception as exc:  # its adapter failed to load, or a bug: this request fails, the others go on
                 log.exception("admitting a request (adapter %s) failed", seq.adapter)
-                if acquired:
-                    self.adapters.release(seq.adapter)
                 seq.out.put(exc)
                 seq.out.put(_DONE)
+                if acquired:
+                    self._release_adapter(seq.adapter)
 
     def _step(self) -> None:
         """One decode of every running request (a token each, or a chunk of its prompt), a llama_decode per
@@ -344,10 +344,13 @@ class LlamaCppRuntime:
         seq.out.put(_DONE)
         self.slots.release(slot)
         if seq.adapter is not None:
-            try:
-                self.adapters.release(seq.adapter)
-            except Exception:  # evicting an adapter failed: the request has ended all the same
-                log.exception("releasing adapter %s failed", seq.adapter)
+            self._release_adapter(seq.adapter)
+
+    def _release_adapter(self, name: str) -> None:
+        try:
+            self.adapters.release(name)
+        except Exception:  # evicting an adapter failed: the request using it has ended all the same
+            log.exception("releasing adapter %s failed", name)
 
     def _check_open(self) -> None:
         if self._stop.is_set():
