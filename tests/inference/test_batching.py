@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from forgeflow.chat import Sampling, chat_request
+from forgeflow.errors import ServerUnavailable
 from forgeflow.inference.batching import BatchScheduler, QueueFull, Sequence
 from forgeflow.inference.generation import ChatGenerator
 from forgeflow.inference.sampling import Sampler
@@ -137,6 +138,24 @@ def test_a_consumer_that_leaves_frees_its_place(chaotic):
     assert chaotic.scheduler.running == []
 
 
+def test_a_step_that_fails_once_fails_its_requests_and_the_model_serves_on(chaotic, monkeypatch):
+    ids = prompt_ids(chaotic, PROMPTS[2])
+    alone = tokens(chaotic, ids, 8)
+    forward, failed = chaotic.scheduler._forward, []
+
+    def fails_once(*args):
+        if not failed:
+            failed.append(args)
+            raise RuntimeError("a bug in one step")
+        return forward(*args)
+
+    monkeypatch.setattr(chaotic.scheduler, "_forward", fails_once)
+    with pytest.raises(RuntimeError, match="a bug in one step"):
+        tokens(chaotic, ids, 8)
+    assert tokens(chaotic, ids, 8) == alone  # the one-token check passed: it serves on
+    assert chaotic.scheduler.failure is None
+
+
 class _Stuck:
     """A model whose forward pass waits, then fails."""
 
@@ -168,8 +187,10 @@ def test_back_pressure_and_failed_forward(monkeypatch):
         model.release.set()
         with pytest.raises(RuntimeError, match="device lost"):
             list(running.tokens())
-        with pytest.raises(RuntimeError, match="device lost"):  # the next forward fails as well
+        # the one-token check after the failed step fails too: the device is gone for good, the loop stops
+        with pytest.raises(ServerUnavailable, match="scheduler stopped: RuntimeError: device lost"):
             list(waiting.tokens())
+        assert scheduler.failure == "the batch scheduler stopped: RuntimeError: device lost"
     finally:
         model.release.set()
         scheduler.close()
@@ -188,8 +209,6 @@ class _StuckThenFatal(_Stuck):
 
 def test_a_loop_that_stops_ends_what_runs_and_waits_and_says_why(monkeypatch):
     import transformers
-
-    from forgeflow.errors import ServerUnavailable
 
     monkeypatch.setattr(transformers, "DynamicCache", lambda config=None: None)
     model = _StuckThenFatal()

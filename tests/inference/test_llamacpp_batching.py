@@ -309,7 +309,30 @@ def test_a_failed_decode_fails_its_requests_and_the_context_recovers(llamacpp_ru
     assert runtime.health()["running"] == 0
 
 
-def test_a_context_that_cannot_start_afresh_fails_every_request_and_says_why(tools_model_dir, monkeypatch):
+def test_a_step_that_raises_once_fails_its_requests_and_the_context_goes_on(llamacpp_runtime, monkeypatch):
+    runtime = llamacpp_runtime
+    request = chat_request(chat(TEXTS[2]), temperature=0, max_new_tokens=12)
+    alone = ids_of(submit(runtime, request)[1])
+    decode, failed = runtime.engine.decode, []
+
+    def raises_once(entries):
+        if not failed:
+            failed.append(entries)
+            raise RuntimeError("a bug in one step")
+        return decode(entries)
+
+    monkeypatch.setattr(runtime.engine, "decode", raises_once)
+    with pytest.raises(RuntimeError, match="a bug in one step"):
+        ids_of(submit(runtime, request)[1])
+    assert ids_of(submit(runtime, request)[1]) == alone  # the one-token check passed: it serves on
+    assert runtime.failure is None
+
+
+def _raises(entries):
+    raise RuntimeError("context lost")
+
+
+def test_a_context_that_cannot_decode_at_all_fails_every_request_and_says_why(tools_model_dir, monkeypatch):
     from forgeflow.inference.runtimes.llamacpp import LlamaCppRuntime
 
     runtime = LlamaCppRuntime(tools_model_dir, threads=1, max_batch_size=1)
@@ -318,12 +341,7 @@ def test_a_context_that_cannot_start_afresh_fails_every_request_and_says_why(too
         running = runtime.stream(ChatRequest(chat(TEXTS[0]), 1000, never_end))
         waiting = runtime.stream(ChatRequest(chat(TEXTS[1]), 8, never_end))  # one slot: it waits for the first
         assert runtime.failure is None
-
-        def broken(*args):
-            raise RuntimeError("context lost")
-
-        monkeypatch.setattr(runtime.engine, "decode", broken)  # the step fails...
-        monkeypatch.setattr(runtime.engine, "clear", broken)  # ...and so does starting the cache afresh
+        monkeypatch.setattr(runtime.engine, "decode", _raises)  # the context is broken for good
         with pytest.raises(RuntimeError, match="context lost"):
             running.run()
         with pytest.raises(ServerUnavailable, match="worker stopped: RuntimeError: context lost"):

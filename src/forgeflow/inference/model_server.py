@@ -13,7 +13,10 @@ every request needs the secret the placement passed in FORGEFLOW_INSTANCE_SECRET
 a Host header naming the instance's address, and a body within --max-body-bytes (`instance_guard`).
 It exits when the server that started it is gone (its lifeline pipe closes). The model
 loads in the background: /health answers 503 "loading" until it is ready, and the process prints
-`READY <port>` on stdout once the model is loaded and the socket is listening.
+`READY <port>` on stdout once the model is loaded and the socket is listening. A model that fails to load, or a
+runtime that stops serving later (`Runtime.failure`: its worker stopped, as when its context cannot decode one
+token after a failed step), makes /health answer 503 "failed" and the process exit with 1, saying why on stderr,
+so its supervisor replaces the instance.
 
 The OpenAI routes (/v1/chat/completions, /v1/completions, /v1/models) are `openai_server`'s; every
 error on a /v1 path has OpenAI's shape, on /score forgeflow's `{"error", "message", "field"}`. A runtime

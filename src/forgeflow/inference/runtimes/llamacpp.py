@@ -203,9 +203,19 @@ class LlamaCppRuntime:
                 log.exception("llama.cpp step failed")
                 for slot in self.slots.running():
                     self._end(slot, exc)
-                self.engine.clear()
-                for slot in self.slots.slots:
-                    slot.cached = []
+                self._start_afresh()
+
+    def _start_afresh(self) -> None:
+        """After a failed step: the cache emptied, and the context tried on one token. One that cannot decode it
+        is broken for good (this raises, the worker stops and the server exits) rather than failing each request
+        that comes; a request that made its step fail is gone, so a context it did not break goes on."""
+        self.engine.clear()
+        for slot in self.slots.slots:
+            slot.cached = []
+        status = self.engine.decode([(self.eos_token_ids[0], 0, 0, True)])
+        self.engine.clear()
+        if status != 0:
+            raise ForgeflowError(f"llama.cpp cannot decode a single token after a failed step (status {status})")
 
     def _admit(self) -> None:
         """Take waiting requests into idle slots while the KV cache has room for them."""
