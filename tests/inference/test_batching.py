@@ -156,26 +156,35 @@ def test_a_step_that_fails_once_fails_its_requests_and_the_model_serves_on(chaot
     assert chaotic.scheduler.failure is None
 
 
+class _Fatal(BaseException):
+    """What no step's recovery catches (as an interpreter or extension's fatal error would be)."""
+
+
 class _Stuck:
-    """A model whose forward pass waits, then fails."""
+    """A model whose forward pass waits, then fails with `error`, every time."""
 
     config = None
 
-    def __init__(self) -> None:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
         self.release = threading.Event()
         self.entered = threading.Event()
 
     def __call__(self, **kwargs):
         self.entered.set()
         self.release.wait(10)
-        raise RuntimeError("device lost")
+        raise self.error
 
 
-def test_back_pressure_and_failed_forward(monkeypatch):
+@pytest.mark.parametrize("error, running_fails", [
+    (RuntimeError("device lost"), (RuntimeError, "device lost")),  # its step fails, then the one-token check
+    (_Fatal("device gone for good"), (ServerUnavailable, "_Fatal: device gone for good")),  # nothing catches it
+])
+def test_back_pressure_and_a_device_that_fails_for_good(monkeypatch, error, running_fails):
     import transformers
 
     monkeypatch.setattr(transformers, "DynamicCache", lambda config=None: None)
-    model = _Stuck()
+    model = _Stuck(error)
     scheduler = BatchScheduler(model, eos_ids=[2], pad_id=0, device="cpu", max_batch_size=1, max_queue=1)
     try:
         running = scheduler.submit([1, 2, 3], 5, Sampler())
@@ -183,46 +192,15 @@ def test_back_pressure_and_failed_forward(monkeypatch):
         waiting = scheduler.submit([1, 2], 5, Sampler())
         with pytest.raises(QueueFull) as full:
             scheduler.submit([1], 5, Sampler())
-        assert full.value.status_code == 429
+        assert full.value.status_code == 429 and scheduler.failure is None
         model.release.set()
-        with pytest.raises(RuntimeError, match="device lost"):
+        kind, message = running_fails
+        with pytest.raises(kind, match=message):
             list(running.tokens())
-        # the one-token check after the failed step fails too: the device is gone for good, the loop stops
-        with pytest.raises(ServerUnavailable, match="scheduler stopped: RuntimeError: device lost"):
+        why = f"the batch scheduler stopped: {type(error).__name__}: {error}"
+        with pytest.raises(ServerUnavailable, match=why):  # the loop stopped: what waited ends, saying why
             list(waiting.tokens())
-        assert scheduler.failure == "the batch scheduler stopped: RuntimeError: device lost"
-    finally:
-        model.release.set()
-        scheduler.close()
-
-
-class _Fatal(BaseException):
-    """What no step's recovery catches (as an interpreter or extension's fatal error would be)."""
-
-
-class _StuckThenFatal(_Stuck):
-    def __call__(self, **kwargs):
-        self.entered.set()
-        self.release.wait(10)
-        raise _Fatal("device gone for good")
-
-
-def test_a_loop_that_stops_ends_what_runs_and_waits_and_says_why(monkeypatch):
-    import transformers
-
-    monkeypatch.setattr(transformers, "DynamicCache", lambda config=None: None)
-    model = _StuckThenFatal()
-    scheduler = BatchScheduler(model, eos_ids=[2], pad_id=0, device="cpu", max_batch_size=1, max_queue=2)
-    try:
-        running = scheduler.submit([1, 2, 3], 5, Sampler())
-        assert model.entered.wait(10)
-        waiting = scheduler.submit([1, 2], 5, Sampler())
-        assert scheduler.failure is None
-        model.release.set()
-        for seq in (running, waiting):
-            with pytest.raises(ServerUnavailable, match="scheduler stopped: _Fatal: device gone for good"):
-                list(seq.tokens())
-        assert scheduler.failure == "the batch scheduler stopped: _Fatal: device gone for good"
+        assert scheduler.failure == why
         with pytest.raises(ServerUnavailable):  # nothing more is queued on a loop that is gone
             scheduler.submit([1], 5, Sampler())
     finally:
@@ -253,7 +231,7 @@ def test_a_cancel_while_retiring_never_retires_a_sequence_that_stays(monkeypatch
     import transformers
 
     monkeypatch.setattr(transformers, "DynamicCache", lambda config=None: None)
-    scheduler = BatchScheduler(_Stuck(), eos_ids=[2], pad_id=0, device="cpu")
+    scheduler = BatchScheduler(_Stuck(RuntimeError("never called")), eos_ids=[2], pad_id=0, device="cpu")
     scheduler.close()  # its thread stopped: the test drives _retire itself
     racing, finished = _CancelledBetweenReads([1, 2], 4), Sequence([3, 4], 4, cancelled=True)
     scheduler.running = [racing, finished]
