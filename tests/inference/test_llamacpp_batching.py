@@ -315,7 +315,13 @@ def test_a_failed_decode_fails_its_requests_and_the_context_recovers(llamacpp_ru
     assert runtime.health()["running"] == 0 and runtime.failure is None
 
 
-def test_a_context_that_cannot_decode_at_all_fails_every_request_and_says_why(tools_model_dir, monkeypatch):
+@pytest.mark.parametrize("decode, step_error, why", [
+    (_raises, "context lost", "RuntimeError: context lost"),
+    (lambda entries: -3, "failed to decode \\(status -3\\)",  # llama.cpp's "compute failed", at every decode
+     "ForgeflowError: llama.cpp cannot decode a single token after a failed step \\(status -3\\)"),
+])
+def test_a_context_that_cannot_decode_at_all_fails_every_request_and_says_why(tools_model_dir, monkeypatch, decode,
+                                                                             step_error, why):
     from forgeflow.inference.runtimes.llamacpp import LlamaCppRuntime
 
     runtime = LlamaCppRuntime(tools_model_dir, threads=1, max_batch_size=1)
@@ -324,12 +330,12 @@ def test_a_context_that_cannot_decode_at_all_fails_every_request_and_says_why(to
         running = runtime.stream(ChatRequest(chat(TEXTS[0]), 1000, never_end))
         waiting = runtime.stream(ChatRequest(chat(TEXTS[1]), 8, never_end))  # one slot: it waits for the first
         assert runtime.failure is None
-        monkeypatch.setattr(runtime.engine, "decode", _raises)  # the context is broken for good
-        with pytest.raises(RuntimeError, match="context lost"):
+        monkeypatch.setattr(runtime.engine, "decode", decode)  # the context is broken for good
+        with pytest.raises(Exception, match=step_error):
             running.run()
-        with pytest.raises(ServerUnavailable, match="worker stopped: RuntimeError: context lost"):
+        with pytest.raises(ServerUnavailable, match=f"worker stopped: {why}"):
             waiting.run()
-        assert runtime.failure == "the llama.cpp worker stopped: RuntimeError: context lost"
+        assert runtime.failure.startswith("the llama.cpp worker stopped: ")
         with pytest.raises(ServerUnavailable):  # nothing more is queued on a worker that is gone
             runtime.stream(ChatRequest(chat(TEXTS[2]), 4, never_end))
         assert runtime.health()["running"] == 0

@@ -13,6 +13,9 @@ request reuses the KV of the longest prefix it shares with what a slot caches (a
 prompt); `prefix_cache=False` turns that off. With LoRA adapters (`adapters={name: PEFT folder}`,
 `model_dir` the base) each adapter is converted to a GGUF LoRA file (inference/gguf_lora.py) and loaded on first
 use; llama.cpp applies adapters per context, so a step decodes each adapter's requests in a call of its own.
+A step that fails (an error status from llama_decode other than a full KV cache, or an exception) fails the
+requests running and starts the cache afresh once the context has decoded one token; a context that cannot stops
+the worker, which ends every request it holds and says why in `failure` (the model server then exits).
 
 Prompts are rendered and tokenized with the model folder's own HF tokenizer and chat template
 (runtimes/base.py `PromptEncoder`), and answers decoded with it, so this runtime reads and writes exactly the
@@ -307,14 +310,14 @@ class LlamaCppRuntime:
                     picks.append((slot, len(entries)))
                 entries.append((token, len(slot.cached) + j, slot.seq_id, last))
         status = engine.decode(entries)
-        if status != 0:
-            error: Exception = (ServerUnavailable("the model server's KV cache is full; retry later") if status == 1
-                                else ForgeflowError(f"llama.cpp failed to decode (status {status})"))
-            log.error("llama_decode returned %s for %d requests", status, len(items))
+        if status == 1:  # no room in the KV cache for these requests: they fail, the others go on
+            log.error("llama_decode found no room in the KV cache for %d requests", len(items))
             for slot, _ in items:
                 self.slots.drop(slot)
-                self._end(slot, error)
+                self._end(slot, ServerUnavailable("the model server's KV cache is full; retry later"))
             return
+        if status != 0:  # a failed step: every running request fails and the context starts afresh (_serve)
+            raise ForgeflowError(f"llama.cpp failed to decode (status {status})")
         for slot, chunk in items:
             slot.cached.extend(chunk)
             del slot.feed[: len(chunk)]
