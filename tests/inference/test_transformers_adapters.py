@@ -235,3 +235,28 @@ def test_a_failed_first_load_leaves_the_base_as_it_was(tools_model_dir, adapter_
         assert run_together(generator, [None]) == [expected[None]]
     finally:
         generator.close()
+
+
+def test_a_failed_step_with_adapters_loaded_fails_its_requests_and_each_adapter_serves_on(tools_model_dir,
+                                                                                         adapter_dirs, expected,
+                                                                                         monkeypatch):
+    """The one-token check after a failed step runs on the base with the adapters' layers in it: it passes."""
+    generator = ChatGenerator(tools_model_dir, adapters=adapter_dirs)
+    try:
+        assert run_together(generator, ["tuned-a:1", "tuned-b:1"]) == [expected["tuned-a:1"], expected["tuned-b:1"]]
+        forward, failed = generator.scheduler._forward, []
+
+        def fails_once(*args):
+            if not failed:
+                failed.append(args)
+                raise RuntimeError("a bug in one step")
+            return forward(*args)
+
+        monkeypatch.setattr(generator.scheduler, "_forward", fails_once)
+        with pytest.raises(RuntimeError, match="a bug in one step"):
+            run_together(generator, ["tuned-a:1", "tuned-b:1"])
+        assert run_together(generator, ["tuned-a:1", "tuned-b:1", None]) == [
+            expected["tuned-a:1"], expected["tuned-b:1"], expected[None]]
+        assert generator.scheduler.failure is None
+    finally:
+        generator.close()

@@ -182,6 +182,7 @@ class BatchScheduler:
                     seq.out.put(exc)
                     seq.out.put(_DONE)
                 self.running, self.cache, self.mask = [], None, None
+                exc.__traceback__ = None  # its frames hold the failed forward's tensors (an out-of-memory error's)
                 self._check_model()
             except BaseException:  # the loop stops (see _loop): what it took must reach the loop's end
                 self.running += [seq for seq in fresh if seq not in self.running]
@@ -191,8 +192,10 @@ class BatchScheduler:
         """After a failed step: one token through the model. A device that fails every forward (a CUDA error that
         sticks) raises here, so the loop stops and the server exits rather than failing each request that comes;
         a request that made its step fail is gone, so a model it did not break goes on."""
+        if str(self.device).startswith("cuda"):
+            self.torch.cuda.empty_cache()  # what the failed step held goes back first
         with self.torch.inference_mode():
-            self.model(input_ids=self.torch.tensor([[self.pad_id]], device=self.device))
+            self.model(input_ids=self.torch.tensor([[0]], device=self.device))
 
     def _take(self, *, block: bool) -> list[Sequence]:
         room = self.max_batch_size - len(self.running)

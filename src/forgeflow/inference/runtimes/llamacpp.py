@@ -215,7 +215,7 @@ class LlamaCppRuntime:
         self.engine.clear()
         for slot in self.slots.slots:
             slot.cached = []
-        status = self.engine.decode([(self.eos_token_ids[0], 0, 0, True)])
+        status = self.engine.decode([(0, 0, 0, True)])  # token 0: every vocabulary has it
         self.engine.clear()
         if status != 0:
             raise ForgeflowError(f"llama.cpp cannot decode a single token after a failed step (status {status})")
