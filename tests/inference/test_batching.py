@@ -8,6 +8,7 @@ import time
 
 import pytest
 import torch
+from faults import first_call_fails, raises
 
 from forgeflow.chat import Sampling, chat_request
 from forgeflow.errors import ServerUnavailable
@@ -141,15 +142,8 @@ def test_a_consumer_that_leaves_frees_its_place(chaotic):
 def test_a_step_that_fails_once_fails_its_requests_and_the_model_serves_on(chaotic, monkeypatch):
     ids = prompt_ids(chaotic, PROMPTS[2])
     alone = tokens(chaotic, ids, 8)
-    forward, failed = chaotic.scheduler._forward, []
-
-    def fails_once(*args):
-        if not failed:
-            failed.append(args)
-            raise RuntimeError("a bug in one step")
-        return forward(*args)
-
-    monkeypatch.setattr(chaotic.scheduler, "_forward", fails_once)
+    monkeypatch.setattr(chaotic.scheduler, "_forward",
+                        first_call_fails(chaotic.scheduler._forward, raises("a bug in one step")))
     with pytest.raises(RuntimeError, match="a bug in one step"):
         tokens(chaotic, ids, 8)
     assert tokens(chaotic, ids, 8) == alone  # the one-token check passed: it serves on

@@ -8,6 +8,7 @@ import importlib.util
 import threading
 
 import pytest
+from faults import first_call_fails, raises
 from llamacpp_requests import TEXTS, chat, ids_of, submit
 from tiny import build_tiny_adapter
 from waiting import wait_until
@@ -288,27 +289,15 @@ def test_a_request_the_kv_cache_has_no_room_for_waits_its_turn(tools_model_dir, 
         runtime.close()
 
 
-def _raises(entries):
-    raise RuntimeError("context lost")
-
-
 @pytest.mark.parametrize("failure, error", [
     (lambda entries: -1, "llama.cpp failed to decode"),  # llama.cpp's "invalid batch"
-    (_raises, "context lost"),  # then the one-token check passes: the context serves on
+    (raises("context lost"), "context lost"),  # then the one-token check passes: the context serves on
 ])
 def test_a_failed_decode_fails_its_requests_and_the_context_recovers(llamacpp_runtime, monkeypatch, failure, error):
     runtime = llamacpp_runtime
     request = chat_request(chat(TEXTS[3]), temperature=0, max_new_tokens=12)
     alone = ids_of(submit(runtime, request)[1])
-    decode, failed = runtime.engine.decode, []
-
-    def fails_once(entries):
-        if not failed:
-            failed.append(entries)
-            return failure(entries)
-        return decode(entries)
-
-    monkeypatch.setattr(runtime.engine, "decode", fails_once)
+    monkeypatch.setattr(runtime.engine, "decode", first_call_fails(runtime.engine.decode, failure))
     with pytest.raises(Exception, match=error):
         ids_of(submit(runtime, request)[1])
     assert ids_of(submit(runtime, request)[1]) == alone
@@ -316,7 +305,7 @@ def test_a_failed_decode_fails_its_requests_and_the_context_recovers(llamacpp_ru
 
 
 @pytest.mark.parametrize("decode, step_error, why", [
-    (_raises, "context lost", "RuntimeError: context lost"),
+    (raises("context lost"), "context lost", "RuntimeError: context lost"),
     (lambda entries: -3, "failed to decode \\(status -3\\)",  # llama.cpp's "compute failed", at every decode
      "ForgeflowError: llama.cpp cannot decode a single token after a failed step \\(status -3\\)"),
 ])

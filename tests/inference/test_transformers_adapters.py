@@ -8,6 +8,7 @@ import threading
 
 import pytest
 import torch
+from faults import first_call_fails, raises
 from tiny import build_tiny_adapter
 
 from forgeflow.chat import Sampling, chat_request
@@ -244,15 +245,8 @@ def test_a_failed_step_with_adapters_loaded_fails_its_requests_and_each_adapter_
     generator = ChatGenerator(tools_model_dir, adapters=adapter_dirs)
     try:
         assert run_together(generator, ["tuned-a:1", "tuned-b:1"]) == [expected["tuned-a:1"], expected["tuned-b:1"]]
-        forward, failed = generator.scheduler._forward, []
-
-        def fails_once(*args):
-            if not failed:
-                failed.append(args)
-                raise RuntimeError("a bug in one step")
-            return forward(*args)
-
-        monkeypatch.setattr(generator.scheduler, "_forward", fails_once)
+        monkeypatch.setattr(generator.scheduler, "_forward",
+                            first_call_fails(generator.scheduler._forward, raises("a bug in one step")))
         with pytest.raises(RuntimeError, match="a bug in one step"):
             run_together(generator, ["tuned-a:1", "tuned-b:1"])
         assert run_together(generator, ["tuned-a:1", "tuned-b:1", None]) == [
