@@ -142,7 +142,7 @@ class BatchScheduler:
         try:
             self._serve()
             closing = ServerUnavailable("the model server is shutting down")
-        except BaseException as exc:  # ending a failed step failed too: this scheduler serves no more (the server exits)
+        except BaseException as exc:  # the model failed its check, or worse: the loop stops (the server exits)
             log.exception("the batch scheduler stopped")
             self.failure = f"the batch scheduler stopped: {type(exc).__name__}: {exc}"
             with self._accepting:

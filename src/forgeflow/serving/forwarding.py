@@ -275,8 +275,8 @@ async def _forward(call: Call, cfg: EndpointConfig, path: str, raw: bytes, strea
 async def _woken(svc: EndpointService, dep: Deployment, deadline: float) -> list[Instance]:
     """The ready instances of an autoscaled deployment that had none, once there are: one is woken if it is
     scaled to zero, and the request waits for it until its deadline (request_timeout_ms after it arrived; a client
-    that leaves cancels the wait: see HangUpWatch). The wake is asked again each second, as a deployment cannot scale while it is
-    being updated. An instance that cannot be started is a 503 at once, with the reason."""
+    that leaves cancels the wait: see HangUpWatch). The wake is asked again each second, as a deployment cannot
+    scale while it is being updated. An instance that cannot be started is a 503 at once, with the reason."""
     loop = asyncio.get_running_loop()
     asked = -math.inf
     while not (ready := svc.ready_instances(dep.key)):

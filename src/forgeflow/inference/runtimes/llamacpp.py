@@ -177,7 +177,7 @@ class LlamaCppRuntime:
         try:
             self._serve()
             closing = ServerUnavailable("the model server is shutting down; retry on another instance")
-        except BaseException as exc:  # starting afresh failed too: this context serves no more (the server exits)
+        except BaseException as exc:  # the context failed its check, or worse: it serves no more (the server exits)
             log.exception("the llama.cpp worker stopped")
             self.failure = f"the llama.cpp worker stopped: {type(exc).__name__}: {exc}"
             with self._accepting:
