@@ -167,7 +167,8 @@ def test_a_completed_fine_tune_with_evaluate_against_base_queues_its_evaluation_
 
     def update_and_look(*args, **kwargs):  # what a reader of the jobs table could see after each change
         changed = update(*args, **kwargs)
-        seen.append((runner.get(fine_tune.id).status, runner.get(fine_tune.id).evaluation_job))
+        now = runner.get(fine_tune.id)
+        seen.append((now.status, now.evaluation_job))
         return changed
 
     monkeypatch.setattr(runner.store, "update", update_and_look)

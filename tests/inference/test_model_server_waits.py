@@ -147,8 +147,8 @@ def test_stats_waiting_on_the_runtime_holds_up_no_other_request():
 
 def test_a_runtime_that_stops_serving_fails_its_health_and_requests_and_ends_the_server(monkeypatch):
     """A runtime whose worker stopped (Runtime.failure) answers nothing more: /health says failed, requests get
-    a 503 naming why (retry on another instance), and on_failed (which makes the model server process exit, so its supervisor replaces it)
-    is told."""
+    a 503 naming why (retry on another instance), and on_failed is told (it makes the model server process exit,
+    so its supervisor replaces it)."""
     from fastapi.testclient import TestClient
 
     from forgeflow.inference import model_server
