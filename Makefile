@@ -21,8 +21,14 @@ $(STAMP): pyproject.toml Makefile
 
 # The llamacpp extra is built from source (no Linux wheel on PyPI): many minutes of C++ on a
 # small CPU, so only the test suite (which covers that runtime) waits for it.
+# llama.cpp builds for this machine's CPU, and where that CPU reports AMX it multiplies quantized weights with AMX
+# tiles. On virtual machines that report AMX without running it, every quantized GGUF then crashes the process
+# (SIGSEGV in ggml_backend_amx_mul_mat), llama.cpp's own tools alike. So on x86-64 the build leaves AMX out:
+# quantized weights go through AVX-512 VNNI or AVX2 instead. Not from pip's wheel cache, which would hand back a
+# wheel built without these flags.
+LLAMACPP_FLAGS := $(if $(filter x86_64,$(shell uname -m)),-mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
 $(LLAMACPP_STAMP): $(STAMP)
-	$(BIN)/pip install -e '.[llamacpp]'
+	CFLAGS="$(LLAMACPP_FLAGS)" CXXFLAGS="$(LLAMACPP_FLAGS)" $(BIN)/pip install --no-cache-dir -e '.[llamacpp]'
 	touch $(LLAMACPP_STAMP)
 
 install: $(STAMP)

@@ -13,7 +13,9 @@ Build flags, chosen to match the wheel this machine built when it installed llam
 `llama_print_system_info()` reports the host's AVX/AVX2/AVX512/VNNI/BF16 set, OpenMP, llamafile and repack,
 which is GGML_NATIVE's build): GGML_NATIVE=ON, GGML_OPENMP=ON (the default), Release, shared ggml/llama
 libraries off so the tools carry their own, LLAMA_CURL=OFF (no downloads), tests/examples/server off except
-the two targets asked for.
+the two targets asked for. AMX is left out as the wheel left it out (the Makefile builds the wheel without it on
+x86-64: llama.cpp's AMX kernels crash on virtual machines that report AMX without running it). Tools built with
+other flags are built again.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import argparse
 import importlib.metadata
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -42,6 +45,17 @@ CMAKE_FLAGS = [
     "-DLLAMA_BUILD_SERVER=ON",
 ]
 
+AMX_OFF = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"  # as the Makefile's LLAMACPP_FLAGS
+
+
+def cmake_flags() -> list[str]:
+    """CMAKE_FLAGS, with AMX left out where the installed wheel left it out."""
+    import llama_cpp
+
+    if platform.machine() == "x86_64" and "AMX_INT8 = 1" not in llama_cpp.llama_print_system_info().decode():
+        return [*CMAKE_FLAGS, f"-DCMAKE_C_FLAGS={AMX_OFF}", f"-DCMAKE_CXX_FLAGS={AMX_OFF}"]
+    return CMAKE_FLAGS
+
 
 def installed_version() -> str:
     return importlib.metadata.version("llama_cpp_python")
@@ -52,9 +66,14 @@ def tool_dir(version: str | None = None) -> Path:
 
 
 def cached_tools(version: str | None = None) -> dict[str, Path] | None:
-    """The built binaries' paths, or None when they are not built yet."""
+    """The built binaries' paths, or None when they are not built yet or were built with other flags."""
     paths = {name: tool_dir(version) / "bin" / name for name in TARGETS}
-    return paths if all(p.is_file() and os.access(p, os.X_OK) for p in paths.values()) else None
+    try:
+        built = json.loads((tool_dir(version) / "flags.json").read_text())["cmake"]
+    except (OSError, ValueError, KeyError):
+        return None
+    ready = built == cmake_flags() and all(p.is_file() and os.access(p, os.X_OK) for p in paths.values())
+    return paths if ready else None
 
 
 def _run(cmd: list[str], log, cwd: Path | None = None, nice: int = 0) -> None:
@@ -98,7 +117,9 @@ def build(jobs: int = 2, nice: int = 10, rebuild: bool = False) -> dict[str, Pat
         vendored = fetch_sources(version, work, log)
         build_dir = work / "build"
         generator = ["-G", "Ninja"] if shutil.which("ninja") else []
-        _run(["cmake", "-S", str(vendored), "-B", str(build_dir), *generator, *CMAKE_FLAGS], log, nice=nice)
+        flags = cmake_flags()
+        shutil.rmtree(build_dir, ignore_errors=True)  # CMake keeps a cache's flags over new ones
+        _run(["cmake", "-S", str(vendored), "-B", str(build_dir), *generator, *flags], log, nice=nice)
         _run(["cmake", "--build", str(build_dir), "-j", str(jobs), "--target", *TARGETS], log, nice=nice)
         (work / "bin").mkdir(exist_ok=True)
         for name in TARGETS:
@@ -106,7 +127,7 @@ def build(jobs: int = 2, nice: int = 10, rebuild: bool = False) -> dict[str, Pat
             if found is None:
                 raise SystemExit(f"{name} was not produced; see {log.name}")
             shutil.copy2(found, work / "bin" / name)
-        (work / "flags.json").write_text(json.dumps({"version": version, "cmake": CMAKE_FLAGS}, indent=1))
+        (work / "flags.json").write_text(json.dumps({"version": version, "cmake": flags}, indent=1))
     return cached_tools(version) or {}
 
 
