@@ -24,11 +24,16 @@ $(STAMP): pyproject.toml Makefile
 # llama.cpp builds for this machine's CPU, and where that CPU reports AMX it multiplies quantized weights with AMX
 # tiles. On virtual machines that report AMX without running it, every quantized GGUF then crashes the process
 # (SIGSEGV in ggml_backend_amx_mul_mat), llama.cpp's own tools alike. So on x86-64 the build leaves AMX out:
-# quantized weights go through AVX-512 VNNI or AVX2 instead. Not from pip's wheel cache, which would hand back a
-# wheel built without these flags.
+# quantized weights go through AVX-512 VNNI or AVX2 instead. Not from pip's wheel cache, which may hold a wheel
+# built without these flags; one installed before them is built again.
 LLAMACPP_FLAGS := $(if $(filter x86_64,$(shell uname -m)),-mno-amx-tile -mno-amx-int8 -mno-amx-bf16)
+LLAMACPP_BUILD := CFLAGS="$$CFLAGS $(LLAMACPP_FLAGS)" CXXFLAGS="$$CXXFLAGS $(LLAMACPP_FLAGS)" \
+	$(BIN)/pip install --no-cache-dir
 $(LLAMACPP_STAMP): $(STAMP)
-	CFLAGS="$(LLAMACPP_FLAGS)" CXXFLAGS="$(LLAMACPP_FLAGS)" $(BIN)/pip install --no-cache-dir -e '.[llamacpp]'
+	$(LLAMACPP_BUILD) -e '.[llamacpp]'
+	$(BIN)/python -c 'import llama_cpp, sys; sys.exit(b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info())' \
+		|| $(LLAMACPP_BUILD) --force-reinstall --no-deps "llama-cpp-python==$$($(BIN)/python -c \
+		'import importlib.metadata as m; print(m.version("llama_cpp_python"))')"
 	touch $(LLAMACPP_STAMP)
 
 install: $(STAMP)

@@ -50,9 +50,11 @@ AMX_OFF = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"  # as the Makefile's LLAMA
 
 def cmake_flags() -> list[str]:
     """CMAKE_FLAGS, with AMX left out where the installed wheel left it out."""
+    if platform.machine() != "x86_64":
+        return CMAKE_FLAGS
     import llama_cpp
 
-    if platform.machine() == "x86_64" and "AMX_INT8 = 1" not in llama_cpp.llama_print_system_info().decode():
+    if "AMX_INT8 = 1" not in llama_cpp.llama_print_system_info().decode():
         return [*CMAKE_FLAGS, f"-DCMAKE_C_FLAGS={AMX_OFF}", f"-DCMAKE_CXX_FLAGS={AMX_OFF}"]
     return CMAKE_FLAGS
 
