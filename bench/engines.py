@@ -1,7 +1,7 @@
 """The engines the serving benchmark compares forgeflow with, and what it reads off processes.
 
 - `batched_bench`: llama.cpp's `llama-batched-bench` (built by llamacpp_tools.py) on a GGUF file, its
-  text-generation tokens/s (S_TG) per batch size;
+  text-generation tokens/s (S_TG) per batch size, and its generated tokens over prompt and generation time together;
 - `LlamaServer`: llama.cpp's `llama-server` with `--parallel N` and continuous batching, OpenAI-compatible;
 - `ModelServer`: forgeflow's own model server started by the bench (an instance answers only the secret its
   starter gives it), with any extra flags;
@@ -29,8 +29,10 @@ def free_port() -> int:
     return pick()
 
 
-def batched_bench(binary: Path, gguf: Path, *, threads: int, prompt: int, tokens: int, batches: list[int]) -> dict[int, float]:
-    """llama.cpp's own batched decoding: {B: text-generation tokens/s} for each batch size B."""
+def batched_bench(binary: Path, gguf: Path, *, threads: int, prompt: int, tokens: int,
+                  batches: list[int]) -> dict[int, dict[str, float]]:
+    """llama.cpp's own batched decoding, for each batch size B: {"tg": text-generation tokens/s (S_TG), "whole":
+    the B sequences' generated tokens over the time of their prompts and generation together}."""
     ctx = max(batches) * (prompt + tokens) + 64
     cmd = [str(binary), "-m", str(gguf), "-c", str(ctx), "-b", "2048", "-ub", "512", "-npp", str(prompt),
            "-ntg", str(tokens), "-npl", ",".join(map(str, batches)), "-t", str(threads), "-tb", str(threads)]
@@ -40,7 +42,7 @@ def batched_bench(binary: Path, gguf: Path, *, threads: int, prompt: int, tokens
     return parse_batched_bench(done.stdout + done.stderr)
 
 
-def parse_batched_bench(text: str) -> dict[int, float]:
+def parse_batched_bench(text: str) -> dict[int, dict[str, float]]:
     """The markdown table llama-batched-bench prints: | PP | TG | B | N_KV | T_PP s | S_PP t/s | T_TG s | S_TG t/s | ..."""
     header, out = None, {}
     for line in text.splitlines():
@@ -48,7 +50,9 @@ def parse_batched_bench(text: str) -> dict[int, float]:
         if "S_TG t/s" in cells:
             header = cells
         elif header and len(cells) == len(header) and re.fullmatch(r"\d+", cells[header.index("B")]):
-            out[int(cells[header.index("B")])] = float(cells[header.index("S_TG t/s")])
+            row = {name: float(cells[header.index(name)]) for name in ("B", "TG", "T_PP s", "T_TG s", "S_TG t/s")}
+            whole = row["B"] * row["TG"] / (row["T_PP s"] + row["T_TG s"])
+            out[int(row["B"])] = {"tg": row["S_TG t/s"], "whole": whole}
     if not out:
         raise RuntimeError(f"no result table in llama-batched-bench's output: {text[-1500:]}")
     return out

@@ -134,7 +134,8 @@ def traced_ttft(model, clients: int, requests: int, max_tokens: int, serial) -> 
 
     import engines
     from llamacpp_serving import stream_chat
-    from serve_throughput import PROMPTS, client
+    from serve_throughput import PROMPTS
+    from sse_client import Client
 
     trace = Path(tempfile.mkdtemp(prefix="ff-trace-")) / "trace.jsonl"
     server = engines.ModelServer(model, "llamacpp", "--gguf-type", "q4_k_m", "--threads", "2",
@@ -144,7 +145,7 @@ def traced_ttft(model, clients: int, requests: int, max_tokens: int, serial) -> 
     url = f"{server.url}/v1/chat/completions"
 
     def loop(index: int) -> None:
-        with client() as http:
+        with Client() as http:
             for r in range(requests):
                 key = f"{next(serial):05d}"
                 t0 = time.time()
@@ -154,7 +155,7 @@ def traced_ttft(model, clients: int, requests: int, max_tokens: int, serial) -> 
                 sent[key] = (t0, t0 + res["ttft"])
 
     try:
-        with client() as http:  # warm up
+        with Client() as http:  # warm up
             stream_chat(http, url, server.headers, [{"role": "user", "content": "warm up"}], 8)
         _together(loop, clients)
     finally:

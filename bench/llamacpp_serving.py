@@ -10,9 +10,13 @@ Parts (`--parts`, comma-separated; `all` by default):
   `generate` of the same fine-tune;
 - b1, b8, ttft: 1 and 8 streaming clients through the gateway against `llama-batched-bench` (text-generation
   tokens/s, B=1 and B=8, same GGUF, same threads, prompt length of the bench's prompts, 64 tokens); time to first
-  token at 8 clients over 1 client;
+  token at 8 clients over 1 client. Measured two ways: clients that send their requests back to back (the
+  issue's rows: completion tokens over the whole time, prompts included), and 1 or 8 requests sent together as
+  `llama-batched-bench` starts its sequences (sse_client.burst), read as it reads its own: the tokens that
+  arrive while every stream decodes over that time (against S_TG), and completion tokens over the time of
+  prompts and decoding together (against its generated tokens over T_PP + T_TG);
 - llama-server: llama.cpp's `llama-server --parallel 8 -cb` on the same GGUF and threads, 1 and 8 clients, the same
-  requests as forgeflow's;
+  requests as forgeflow's, both ways;
 - prefix: time to first token of turn 5 of a chat, model servers with and without `--no-prefix-cache`;
 - adapters: resident memory of a model server holding 8 adapters of the base over one serving the merged
   fine-tune, each after the same load of 8 clients (the adapters' spread over all 8, then all on one); aggregate
@@ -45,7 +49,8 @@ from pathlib import Path
 import engines
 from finetuned import ensure_finetune, register_copies, say
 from llamacpp_tools import cached_tools
-from serve_throughput import PROMPTS, PlainTransformers, Server, client, overhead, pct
+from serve_throughput import PROMPTS, PlainTransformers, Server, overhead, pct
+from sse_client import Client, burst
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("finetune", "b1", "b8", "ttft", "llama-server", "prefix", "adapters", "overhead")
@@ -65,37 +70,21 @@ TURNS = ["Tell me about lighthouses.", "Why are they painted in stripes?", "Who 
 
 
 # -- clients -----------------------------------------------------------------------------------------------------
-def stream_chat(http, url: str, headers: dict, messages: list[dict], max_tokens: int, model: str | None = None) -> dict:
-    """One streamed chat completion: latency, time to first token, tokens (usage, else content chunks), text."""
+def stream_chat(http: Client, url: str, headers: dict, messages: list[dict], max_tokens: int,
+                model: str | None = None) -> dict:
+    """One streamed chat completion (sse_client.Client.stream_chat): latency, time to first token, tokens, text."""
     body = {"messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True,
             "stream_options": {"include_usage": True}} | ({"model": model} if model else {})
-    t0 = time.perf_counter()
-    first, usage, chunks, text = None, None, 0, []
-    with http.stream("POST", url, json=body, headers=headers, timeout=600) as answer:
-        if answer.status_code != 200:
-            raise RuntimeError(f"{answer.status_code}: {answer.read()[:300]!r}")
-        for line in answer.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
-            delta = (chunk.get("choices") or [{}])[0].get("delta") or {}
-            if delta.get("content"):
-                first = first if first is not None else time.perf_counter() - t0
-                chunks += 1
-                text.append(delta["content"])
-            usage = chunk.get("usage") or usage
-    took = time.perf_counter() - t0
-    tokens = usage["completion_tokens"] if usage else chunks
-    return {"latency": took, "ttft": first if first is not None else took, "tokens": tokens, "text": "".join(text)}
+    return http.stream_chat(url, headers, body)
 
 
 def run_clients(url: str, headers: dict, clients: int, requests: int, max_tokens: int, models=None) -> dict:
     """`clients` threads each streaming `requests` requests back to back; client i names models[i % len]."""
-    results, errors = [], []
+    results, errors, cpu = [], [], []
     lock = threading.Lock()
 
     def loop(index: int) -> None:
-        with client() as http:
+        with Client() as http:
             for r in range(requests):
                 model = models[index % len(models)] if models else None
                 messages = [{"role": "user", "content": fresh(PROMPTS[(index + r) % len(PROMPTS)])}]
@@ -106,6 +95,8 @@ def run_clients(url: str, headers: dict, clients: int, requests: int, max_tokens
                     continue
                 with lock:
                     results.append(res)
+            with lock:
+                cpu.append((http.cpu_s, http.chunks))
 
     t0 = time.perf_counter()
     threads = [threading.Thread(target=loop, args=(i,)) for i in range(clients)]
@@ -122,14 +113,24 @@ def run_clients(url: str, headers: dict, clients: int, requests: int, max_tokens
             "aggregate_tokens_per_s": tokens / wall, "stream_tokens_per_s": tokens / sum(r["latency"] for r in results),
             "decode_tokens_per_s": statistics.median(decode) if decode else 0.0,
             "ttft_p50_ms": 1000 * statistics.median(r["ttft"] for r in results),
-            "latency_p99_ms": 1000 * pct([r["latency"] for r in results], 99), "first_error": errors[:1]}
+            "latency_p99_ms": 1000 * pct([r["latency"] for r in results], 99), "first_error": errors[:1],
+            "client_cpu_ms_per_chunk": 1000 * sum(c for c, _ in cpu) / max(1, sum(n for _, n in cpu))}
+
+
+def bursts(url: str, headers: dict, clients: int, n: int, max_tokens: int) -> dict:
+    """sse_client.burst with the bench's prompts, made new per request."""
+    def body(index: int, b: int) -> dict:
+        return {"messages": [{"role": "user", "content": fresh(PROMPTS[(index + b) % len(PROMPTS)])}],
+                "max_tokens": max_tokens, "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+
+    return burst(url, headers, clients, n, body)
 
 
 def chat_turn5_ttft(url: str, headers: dict, opener: str, max_tokens: int) -> float:
     """A five-turn chat (each turn carrying the model's earlier answers); the time to first token of turn 5, ms."""
     messages = [{"role": "system", "content": "You are a patient guide who answers in full paragraphs."},
                 {"role": "user", "content": opener}]
-    with client() as http:
+    with Client() as http:
         for turn, question in enumerate(TURNS):
             if turn:
                 messages.append({"role": "user", "content": question})
@@ -229,6 +230,22 @@ class Bench:
             except (Exception, SystemExit) as exc:  # the rest still stops
                 say(f"stopping: {exc}")
 
+    def _bursts(self, name: str, url: str, headers: dict) -> dict:
+        """1 and 8 streams started together (sse_client.burst): decoding alone, and prompts and decoding together."""
+        out = {}
+        for clients in (1, 8):
+            try:
+                b = bursts(url, headers, clients, self.args.requests, self.args.max_tokens)
+            except RuntimeError as exc:  # every burst failed: said, and the round goes on without the figure
+                say(f"{name}, {clients} streams together: {exc}")
+                continue
+            if b["errors"]:
+                say(f"{name}, {clients} streams together: {b['errors']} failed, the first with {b['first_error'][0]}")
+            out |= {f"{name}_b{clients}_whole_tok_s": b["whole_tokens_per_s"], f"{name}_b{clients}_errors": b["errors"]}
+            if b["decode_tokens_per_s"] is not None:  # None: no burst had a window where all streams decoded
+                out[f"{name}_b{clients}_decode_tok_s"] = b["decode_tokens_per_s"]
+        return out
+
     def round(self, r: int) -> dict:
         """One round of every selected part; figures by name."""
         a, out, n, mt = self.args, {}, self.args.requests, self.args.max_tokens
@@ -236,7 +253,7 @@ class Bench:
             plain = getattr(self, "plain", None) or PlainTransformers(self.ft.hf_dir)
             self.plain = plain
             direct, served = [], []
-            with client() as http:
+            with Client() as http:
                 for i in range(n):
                     prompt = fresh(PROMPTS[i % len(PROMPTS)])
                     direct.append(plain.one(prompt, mt))
@@ -252,17 +269,24 @@ class Bench:
                 out |= {"gateway_1_tok_s": one["stream_tokens_per_s"],
                         "gateway_1_decode_tok_s": one["decode_tokens_per_s"], "gateway_1_ttft_ms": one["ttft_p50_ms"],
                         "gateway_8_agg_tok_s": eight["aggregate_tokens_per_s"], "gateway_8_ttft_ms": eight["ttft_p50_ms"],
-                        "gateway_errors": one["errors"] + eight["errors"]}
+                        "gateway_errors": one["errors"] + eight["errors"],
+                        "client_cpu_ms_per_chunk_1": one["client_cpu_ms_per_chunk"],
+                        "client_cpu_ms_per_chunk_8": eight["client_cpu_ms_per_chunk"]}
+                if {"b1", "b8"} & set(self.parts):  # started together, as llama-batched-bench's sequences are
+                    out |= self._bursts("gateway", self.gateway, self.headers)
             if turn == "own" and {"b1", "b8"} & set(self.parts):
                 own = engines.batched_bench(self.tools["llama-batched-bench"], self.gguf, threads=a.threads,
                                             prompt=self.prompt_tokens, tokens=mt, batches=[1, 8])
-                out |= {"batched_bench_b1_tok_s": own[1], "batched_bench_b8_tok_s": own[8]}
+                for b in (1, 8):
+                    out |= {f"batched_bench_b{b}_tok_s": own[b]["tg"],
+                            f"batched_bench_b{b}_whole_tok_s": own[b]["whole"]}
         if "llama-server" in self.parts:
             one = run_clients(self.llama_server.chat_url, {}, 1, n, mt)
             eight = run_clients(self.llama_server.chat_url, {}, 8, n, mt)
             out |= {"llama_server_1_tok_s": one["stream_tokens_per_s"], "llama_server_1_ttft_ms": one["ttft_p50_ms"],
                     "llama_server_8_agg_tok_s": eight["aggregate_tokens_per_s"],
                     "llama_server_8_ttft_ms": eight["ttft_p50_ms"]}
+            out |= self._bursts("llama_server", self.llama_server.chat_url, {})
         if "prefix" in self.parts:
             for (rt, on), server in self.prefix.items():
                 opener = f"Round {r}: I am planning a trip along the coast and I love lighthouses."
@@ -302,6 +326,18 @@ def ratio_rows(rounds: list[dict], bench: Bench) -> list[tuple[str, str, str, fl
             ("  same, decode only (after the first token)", "", "gateway_1_decode_tok_s / batched_bench_b1_tok_s", "b1"),
             ("llamacpp 8 clients aggregate / llama-batched-bench B=8", ">= 0.8x",
              "gateway_8_agg_tok_s / batched_bench_b8_tok_s", "b8"),
+            ("1 stream, decoding alone / B=1 S_TG", ">= 0.9x", "gateway_b1_decode_tok_s / batched_bench_b1_tok_s",
+             "b1"),
+            ("8 streams started together, decoding alone / B=8 S_TG", ">= 0.8x",
+             "gateway_b8_decode_tok_s / batched_bench_b8_tok_s", "b8"),
+            ("1 stream, prompt and decoding / B=1 the same", "",
+             "gateway_b1_whole_tok_s / batched_bench_b1_whole_tok_s", "b1"),
+            ("8 streams started together, prompts and decoding / B=8 the same", "",
+             "gateway_b8_whole_tok_s / batched_bench_b8_whole_tok_s", "b8"),
+            ("llama-server, 8 streams started together, decoding alone / B=8 S_TG", "",
+             "llama_server_b8_decode_tok_s / batched_bench_b8_tok_s", "llama-server"),
+            ("llama-server, 1 stream, decoding alone / B=1 S_TG", "",
+             "llama_server_b1_decode_tok_s / batched_bench_b1_tok_s", "llama-server"),
             ("TTFT at 8 clients / 1 client", "<= 2x", "gateway_8_ttft_ms / gateway_1_ttft_ms", "ttft"),
             ("forgeflow 8 clients / llama-server --parallel 8", "", "gateway_8_agg_tok_s / llama_server_8_agg_tok_s",
              "llama-server"),
