@@ -241,7 +241,8 @@ class Bench:
                 continue
             if b["errors"]:
                 say(f"{name}, {clients} streams together: {b['errors']} failed, the first with {b['first_error'][0]}")
-            out |= {f"{name}_b{clients}_whole_tok_s": b["whole_tokens_per_s"], f"{name}_b{clients}_errors": b["errors"]}
+            out |= {f"{name}_b{clients}_whole_tok_s": b["whole_tokens_per_s"], f"{name}_b{clients}_errors": b["errors"],
+                    f"{name}_b{clients}_tokens_per_stream": b["tokens_per_stream"]}
             if b["decode_tokens_per_s"] is not None:  # None: no burst had a window where all streams decoded
                 out[f"{name}_b{clients}_decode_tok_s"] = b["decode_tokens_per_s"]
         return out

@@ -118,8 +118,9 @@ def burst(url: str, headers: dict, clients: int, bursts: int, body_of) -> dict:
         t.start()
     for t in threads:
         t.join()
-    decode, whole = [], []
+    decode, whole, tokens = [], [], []
     for streams in results:
+        tokens += [s["tokens"] for s in streams]
         if len(streams) != clients:
             continue  # a burst with a failed request is no burst of `clients`
         start, end = min(s["sent"] for s in streams), max(s["sent"] + s["latency"] for s in streams)
@@ -135,5 +136,5 @@ def burst(url: str, headers: dict, clients: int, bursts: int, body_of) -> dict:
     spent, chunks = sum(c for c, _ in cpu), sum(n for _, n in cpu)
     return {"clients": clients, "bursts": len(whole), "errors": len(errors), "first_error": errors[:1],
             "decode_tokens_per_s": statistics.median(decode) if decode else None, "decode_windows": len(decode),
-            "whole_tokens_per_s": statistics.median(whole),
+            "whole_tokens_per_s": statistics.median(whole), "tokens_per_stream": statistics.mean(tokens),
             "client_cpu_ms_per_chunk": 1000 * spent / chunks if chunks else 0.0}
