@@ -70,12 +70,16 @@ TURNS = ["Tell me about lighthouses.", "Why are they painted in stripes?", "Who 
 
 
 # -- clients -----------------------------------------------------------------------------------------------------
+def chat_body(messages: list[dict], max_tokens: int, model: str | None = None) -> dict:
+    """A greedy streamed chat completion's body, its usage asked for."""
+    return {"messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}} | ({"model": model} if model else {})
+
+
 def stream_chat(http: Client, url: str, headers: dict, messages: list[dict], max_tokens: int,
                 model: str | None = None) -> dict:
     """One streamed chat completion (sse_client.Client.stream_chat): latency, time to first token, tokens, text."""
-    body = {"messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}} | ({"model": model} if model else {})
-    return http.stream_chat(url, headers, body)
+    return http.stream_chat(url, headers, chat_body(messages, max_tokens, model))
 
 
 def run_clients(url: str, headers: dict, clients: int, requests: int, max_tokens: int, models=None) -> dict:
@@ -119,11 +123,8 @@ def run_clients(url: str, headers: dict, clients: int, requests: int, max_tokens
 
 def bursts(url: str, headers: dict, clients: int, n: int, max_tokens: int) -> dict:
     """sse_client.burst with the bench's prompts, made new per request."""
-    def body(index: int, b: int) -> dict:
-        return {"messages": [{"role": "user", "content": fresh(PROMPTS[(index + b) % len(PROMPTS)])}],
-                "max_tokens": max_tokens, "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
-
-    return burst(url, headers, clients, n, body)
+    return burst(url, headers, clients, n, lambda index, b: chat_body(
+        [{"role": "user", "content": fresh(PROMPTS[(index + b) % len(PROMPTS)])}], max_tokens))
 
 
 def chat_turn5_ttft(url: str, headers: dict, opener: str, max_tokens: int) -> float:

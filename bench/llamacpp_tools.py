@@ -49,12 +49,10 @@ AMX_OFF = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"  # as the Makefile's LLAMA
 
 
 def cmake_flags() -> list[str]:
-    """CMAKE_FLAGS, with AMX left out where the installed wheel left it out."""
-    if platform.machine() != "x86_64":
-        return CMAKE_FLAGS
+    """CMAKE_FLAGS, with AMX left out where the installed wheel left it out (x86-64 only: no AMX elsewhere)."""
     import llama_cpp
 
-    if "AMX_INT8 = 1" not in llama_cpp.llama_print_system_info().decode():
+    if platform.machine() == "x86_64" and b"AMX_INT8 = 1" not in llama_cpp.llama_print_system_info():
         return [*CMAKE_FLAGS, f"-DCMAKE_C_FLAGS={AMX_OFF}", f"-DCMAKE_CXX_FLAGS={AMX_OFF}"]
     return CMAKE_FLAGS
 
