@@ -50,7 +50,7 @@ import engines
 from finetuned import ensure_finetune, register_copies, say
 from llamacpp_tools import cached_tools
 from serve_throughput import PROMPTS, PlainTransformers, Server, overhead, pct
-from sse_client import Client, burst
+from sse_client import Client, burst, cpu_ms_per_chunk
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("finetune", "b1", "b8", "ttft", "llama-server", "prefix", "adapters", "overhead")
@@ -118,7 +118,7 @@ def run_clients(url: str, headers: dict, clients: int, requests: int, max_tokens
             "decode_tokens_per_s": statistics.median(decode) if decode else 0.0,
             "ttft_p50_ms": 1000 * statistics.median(r["ttft"] for r in results),
             "latency_p99_ms": 1000 * pct([r["latency"] for r in results], 99), "first_error": errors[:1],
-            "client_cpu_ms_per_chunk": 1000 * sum(c for c, _ in cpu) / max(1, sum(n for _, n in cpu))}
+            "client_cpu_ms_per_chunk": cpu_ms_per_chunk(cpu)}
 
 
 def bursts(url: str, headers: dict, clients: int, n: int, max_tokens: int) -> dict:

@@ -133,8 +133,13 @@ def burst(url: str, headers: dict, clients: int, bursts: int, body_of) -> dict:
             decode.append(sum(lo < s["sent"] + t <= hi for s in streams for t in s["times"]) / (hi - lo))
     if not whole:
         raise RuntimeError(f"no burst completed: {errors[:2]}")
-    spent, chunks = sum(c for c, _ in cpu), sum(n for _, n in cpu)
     return {"clients": clients, "bursts": len(whole), "errors": len(errors), "first_error": errors[:1],
             "decode_tokens_per_s": statistics.median(decode) if decode else None, "decode_windows": len(decode),
             "whole_tokens_per_s": statistics.median(whole), "tokens_per_stream": statistics.mean(tokens),
-            "client_cpu_ms_per_chunk": 1000 * spent / chunks if chunks else 0.0}
+            "client_cpu_ms_per_chunk": cpu_ms_per_chunk(cpu)}
+
+
+def cpu_ms_per_chunk(spent: list[tuple[float, int]]) -> float:
+    """The clients' CPU per content chunk, ms, from each Client's (cpu_s, chunks)."""
+    chunks = sum(n for _, n in spent)
+    return 1000 * sum(c for c, _ in spent) / chunks if chunks else 0.0
