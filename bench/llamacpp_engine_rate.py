@@ -1,7 +1,7 @@
 """Where a llamacpp stream's time goes, without HTTP: the runtime's decode rate in this process against the time
 spent inside llama_decode, and the CPU the model server's serving threads spend per token.
 
-    .venv/bin/python bench/llamacpp_engine_rate.py [--parts engine,serving,ttft,trace,text] [--threads 1,2] [--requests 6]
+    .venv/bin/python bench/llamacpp_engine_rate.py [--parts engine,serving,ttft,trace,text,idle] [--threads 1,2] [--requests 6]
         [--clients 1,8] [--rounds 3] [--json]
 
 - engine: LlamaCppRuntime on the cached fine-tune (finetuned.py, q4_k_m), greedy, 64 tokens per request, one
@@ -18,6 +18,8 @@ spent inside llama_decode, and the CPU the model server's serving threads spend 
   (traced_model_server.py): per request, from the client's send to the runtime preparing it, to its queueing, to
   its first text out of the runtime, to the client reading it (medians); and how long the median request waited for
   the step in flight, and how many steps it then took to its first token.
+- idle: one stream in this process (2 threads) while the other slots hold earlier requests' prompts and answers
+  (the prefix cache's idle slots), against the same stream with them emptied, in turn: the decode rate's ratio.
 - text: a stream's text assembly over the fine-tune's tokenizer, answers of 64 to 2048 tokens, by decoding the
   whole answer at every token against the tokenizers library's DecodeStream (what streams use), in turn, µs per
   token.
@@ -228,6 +230,12 @@ def _thread_cpu(pid: int) -> dict[str, float]:
     return out
 
 
+def _process_cpu(pid: int) -> float:
+    """The CPU seconds of every thread the process has had, those that ended included."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def serving_cpu(model, clients: int, requests: int, rounds: int, max_tokens: int) -> dict:
     import engines
     from llamacpp_serving import run_clients
@@ -238,11 +246,12 @@ def serving_cpu(model, clients: int, requests: int, rounds: int, max_tokens: int
         run_clients(url, server.headers, 1, 2, 8)
         serving, client, rates = [], [], []
         for _ in range(rounds):
-            before, t0 = _thread_cpu(server.proc.pid), time.process_time()
+            before, whole, t0 = _thread_cpu(server.proc.pid), _process_cpu(server.proc.pid), time.process_time()
             res = run_clients(url, server.headers, clients, requests, max_tokens)
             after, used = _thread_cpu(server.proc.pid), time.process_time() - t0
-            deltas = sorted((after[t] - before.get(t, 0.0) for t in after), reverse=True)
-            serving.append(1000 * sum(deltas[1:]) / res["tokens"])  # all but the busiest: the llama.cpp worker
+            worker = max(after[t] - before.get(t, 0.0) for t in after)  # the busiest: the llama.cpp worker
+            # the whole process's CPU counts threads that ended in the round too (a stream's own reading thread)
+            serving.append(1000 * (_process_cpu(server.proc.pid) - whole - worker) / res["tokens"])
             client.append(1000 * used / res["tokens"])
             rates.append(res["aggregate_tokens_per_s"])
     finally:
@@ -250,6 +259,51 @@ def serving_cpu(model, clients: int, requests: int, rounds: int, max_tokens: int
     return {"clients": clients, "serving_cpu_ms_per_token": round(statistics.median(serving), 3),
             "client_cpu_ms_per_token": round(statistics.median(client), 3),
             "aggregate_tok_s": round(statistics.median(rates), 1), "per_round": [round(s, 3) for s in serving]}
+
+
+def idle_cache_rate(model, rounds: int, max_tokens: int) -> dict:
+    """One stream's decode rate in this process (2 threads) while the 7 other slots hold the prompts and answers of
+    earlier requests (what a deployment's prefix cache keeps), against the same stream with those idle slots
+    emptied first, in turn: what cached idle prefixes cost a running stream in llama.cpp's unified KV cache."""
+    from serve_throughput import PROMPTS
+
+    from forgeflow.chat.request import chat_request
+    from forgeflow.inference.runtimes.llamacpp import LlamaCppRuntime
+
+    runtime, serial = LlamaCppRuntime(model, gguf_type="q4_k_m", threads=2), itertools.count(70000)
+
+    def one() -> float:
+        request = chat_request([{"role": "user", "content": f"[{next(serial):05d}] {PROMPTS[0]}"}], temperature=0,
+                               max_new_tokens=max_tokens)
+        stream = runtime.stream(request)
+        times = [time.perf_counter() for _event in stream]  # the first text, ..., the result (after the last token)
+        return (stream.result.completion_tokens - 1) / (times[-1] - times[0])
+
+    def empty_idle() -> None:  # nothing runs now: the worker touches the context only in a step
+        time.sleep(0.2)
+        for slot in runtime.slots.idle():
+            runtime.slots.drop(slot)
+
+    held, emptied, cells = [], [], []
+    try:
+        for _ in range(8):
+            one()
+        for _ in range(rounds):
+            for _ in range(8):  # every slot caches a request's prompt and answer
+                one()
+            cells.append(sum(len(s.cached) for s in runtime.slots.idle()))
+            held.append(statistics.median(one() for _ in range(3)))
+            rates = []
+            for _ in range(3):
+                empty_idle()
+                rates.append(one())
+            emptied.append(statistics.median(rates))
+    finally:
+        runtime.close()
+    per = [h / e for h, e in zip(held, emptied)]
+    return {"held_tok_s": round(statistics.median(held), 1), "emptied_tok_s": round(statistics.median(emptied), 1),
+            "held_over_emptied": round(statistics.median(per), 3), "per_round": [round(x, 3) for x in per],
+            "idle_cached_tokens": round(statistics.median(cells))}
 
 
 def main() -> None:
@@ -260,14 +314,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="serving rounds; medians are reported")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--parts", default="engine,serving",
-                        help="comma-separated, from engine, serving, ttft, trace, text")
+                        help="comma-separated, from engine, serving, ttft, trace, text, idle")
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
-    if unknown := parts - {"engine", "serving", "ttft", "trace", "text"}:
-        parser.error(f"unknown parts: {', '.join(sorted(unknown))} (choose engine, serving, ttft, trace, text)")
+    if unknown := parts - {"engine", "serving", "ttft", "trace", "text", "idle"}:
+        parser.error(f"unknown parts: {', '.join(sorted(unknown))} (choose engine, serving, ttft, trace, text, idle)")
     ft = ensure_finetune()
-    out: dict = {"engine": [], "serving": [], "ttft": [], "trace": [], "text": []}
+    out: dict = {"engine": [], "serving": [], "ttft": [], "trace": [], "text": [], "idle": None}
     if "engine" in parts:
         for threads in (int(t) for t in args.threads.split(",")):
             say(f"engine: {threads} thread(s), {args.requests} requests")
@@ -291,6 +345,9 @@ def main() -> None:
     if "text" in parts:
         say(f"text: whole decodes against DecodeStream, {max(args.rounds, 5)} rounds")
         out["text"] = text_assembly(ft.hf_dir, max(args.rounds, 5))
+    if "idle" in parts:
+        say(f"idle: one stream beside idle slots' cached prefixes and with them emptied, {args.rounds} rounds")
+        out["idle"] = idle_cache_rate(ft.model, args.rounds, args.max_tokens)
     if args.json:
         print(json.dumps(out))
         return
@@ -313,6 +370,10 @@ def main() -> None:
     for row in out["text"]:
         print(f"text, {row['tokens']} tokens: whole decodes {row['whole_us_per_token']} µs/token, DecodeStream "
               f"{row['incremental_us_per_token']} µs/token ({row['whole_over_incremental']}x)")
+    if (idle := out["idle"]) is not None:
+        print(f"idle: one stream beside {idle['idle_cached_tokens']} cached tokens of idle slots {idle['held_tok_s']} "
+              f"tok/s, with them emptied {idle['emptied_tok_s']} -> {idle['held_over_emptied']:.3f}x "
+              f"(rounds {idle['per_round']})")
     for row in out["serving"]:
         print(f"serving, {row['clients']} client(s): serving threads {row['serving_cpu_ms_per_token']} ms CPU/token "
               f"(rounds {row['per_round']}), clients {row['client_cpu_ms_per_token']} ms/token, "
