@@ -22,6 +22,7 @@ from forgeflow.serving.metrics import Metrics
 from forgeflow.serving.schemas import Dialect
 
 log = logging.getLogger("forgeflow.gateway")
+RECEIVED_AHEAD = 64  # reads of an upstream body that may wait for the relay (`_received`)
 
 
 class Relayed(Protocol):
@@ -100,12 +101,13 @@ async def relay(call: Relayed, resp: aiohttp.ClientResponse, release: Release,
     A failed stream ends with an error event and no `data: [DONE]`, so the client knows the answer is
     incomplete (OpenAI's clients raise it): the instance's own, or the gateway's when the upstream breaks off
     (the instance died, or was silent past request_timeout_ms). It counts as a 424 (or 408). On the Azure route
-    the connection is then closed before the body's end (`_StreamFailed`). A half-received event is dropped,
-    never passed on. Events end with an empty line (LF line ends), as the model and flow servers write them."""
+    the connection is then closed before the body's end (`_StreamFailed`). Every whole event the instance wrote
+    before it broke off is passed on first (`_received`); a half-received event is dropped, never passed on.
+    Events end with an empty line (LF line ends), as the model and flow servers write them."""
     m, labels = call.svc.metrics, Metrics.labels(endpoint=call.endpoint, deployment=call.deployment)
     first, pending = True, b""
     try:
-        async for chunk in resp.content.iter_any():
+        async for chunk in _received(resp.content):
             if first:
                 first = False
                 m.observe("forgeflow_time_to_first_token_seconds", labels, time.perf_counter() - call.started)
@@ -132,6 +134,33 @@ async def relay(call: Relayed, resp: aiohttp.ClientResponse, release: Release,
         log.warning("a stream of %s/%s failed mid-way; its connection is closed so the client sees it",
                     call.endpoint, call.deployment)
         raise _StreamFailed()
+
+
+async def _received(content: Any) -> AsyncIterator[bytes]:
+    """An upstream body's bytes as they arrive, then its break if it broke. aiohttp's reader raises a break (the
+    instance died) before it hands back bytes it had already received, so a task of its own reads the body while
+    the relay is busy sending its client what came before: the events an instance wrote before it died all get
+    through. Up to RECEIVED_AHEAD reads wait for the relay; past that the task waits too, and the instance's
+    writes are held back as before (TCP's flow control)."""
+    queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=RECEIVED_AHEAD)
+
+    async def read() -> None:
+        try:
+            async for data in content.iter_any():
+                await queue.put(data)
+        except Exception as exc:  # the break, raised where the relay reads it
+            await queue.put(exc)
+        else:
+            await queue.put(None)
+
+    reader = asyncio.ensure_future(read())
+    try:
+        while (item := await queue.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        reader.cancel()
 
 
 def _read_events(events: bytes, release: Release) -> bytes:

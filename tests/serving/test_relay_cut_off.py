@@ -1,0 +1,74 @@
+"""An instance that dies mid-stream while the gateway is still sending its client earlier events: every whole event
+the instance wrote before it died reaches the client, then the error event. (aiohttp's reader raises the break
+before it hands back bytes it has already received, so a relay that was busy with its client when the break came
+used to lose them.)"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from types import SimpleNamespace
+
+import aiohttp
+
+from forgeflow.errors import RequestTimeout
+from forgeflow.serving.metrics import Metrics
+from forgeflow.serving.relay import relay
+from forgeflow.serving.schemas import Dialect
+
+
+def event(text: str) -> bytes:
+    return f'data: {json.dumps({"choices": [{"delta": {"content": text}}]})}\n\n'.encode()
+
+
+def chunk(data: bytes) -> bytes:
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n"
+
+
+class Release:
+    tokens, usage, status, calls, failed = 0, None, 499, 0, False
+
+    async def __call__(self):
+        self.calls += 1
+
+
+async def cut_off_instance(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, go_on: asyncio.Event) -> None:
+    """An instance that sends one event, then (once told) three more and dies before the body's end."""
+    await reader.readuntil(b"\r\n\r\n")
+    await reader.readexactly(2)  # the request's body ({}), read as a model server reads it
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+    writer.write(chunk(event("a")))
+    await writer.drain()
+    await go_on.wait()
+    writer.write(chunk(event("b") + event("c")) + chunk(event("d")) + chunk(b'data: {"choi'))
+    await writer.drain()
+    writer.transport.abort()  # the process died: no last chunk
+
+
+def test_the_events_an_instance_wrote_before_it_died_all_reach_the_client():
+    async def main():
+        go_on = asyncio.Event()
+        server = await asyncio.start_server(lambda r, w: cut_off_instance(r, w, go_on), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        done = Release()
+        call = SimpleNamespace(svc=SimpleNamespace(metrics=Metrics()), endpoint="e", deployment="d",
+                               started=time.perf_counter(), dialect=Dialect.OPENAI)
+        got = []
+        async with aiohttp.ClientSession() as session:
+            resp = await session.post(f"http://127.0.0.1:{port}/v1/chat/completions", data=b"{}")
+            async for piece in relay(call, resp, done, RequestTimeout("too slow")):
+                got.append(piece)
+                if len(got) == 1:  # the client is slow to take the first event: the rest and the break arrive
+                    go_on.set()
+                    await asyncio.sleep(0.5)
+        server.close()
+        return b"".join(got), done
+
+    out, done = asyncio.run(main())
+    events = out.decode().split("\n\n")
+    assert [json.loads(e.removeprefix("data: "))["choices"][0]["delta"]["content"] for e in events[:4]] == \
+        ["a", "b", "c", "d"]
+    error = json.loads(events[4].removeprefix("data: "))["error"]
+    assert error["code"] == "UpstreamError" and "incomplete" in error["message"]
+    assert events[5:] == [""] and done.status == 424 and done.tokens == 4 and done.calls == 1
