@@ -1,8 +1,8 @@
 """Where a llamacpp stream's time goes, without HTTP: the runtime's decode rate in this process against the time
 spent inside llama_decode, and the CPU the model server's serving threads spend per token.
 
-    .venv/bin/python bench/llamacpp_engine_rate.py [--parts engine,serving,ttft,trace,text,idle] [--threads 1,2] [--requests 6]
-        [--clients 1,8] [--rounds 3] [--json]
+    .venv/bin/python bench/llamacpp_engine_rate.py [--parts engine,serving,ttft,trace,text,idle] [--threads 1,2]
+        [--requests 6] [--clients 1,8] [--rounds 3] [--json]
 
 - engine: LlamaCppRuntime on the cached fine-tune (finetuned.py, q4_k_m), greedy, 64 tokens per request, one
   request at a time: tokens after the first over the time from the first to the last (the runtime's decode
@@ -18,8 +18,9 @@ spent inside llama_decode, and the CPU the model server's serving threads spend 
   (traced_model_server.py): per request, from the client's send to the runtime preparing it, to its queueing, to
   its first text out of the runtime, to the client reading it (medians); and how long the median request waited for
   the step in flight, and how many steps it then took to its first token.
-- idle: one stream in this process (2 threads) while the other slots hold earlier requests' prompts and answers
-  (the prefix cache's idle slots), against the same stream with them emptied, in turn: the decode rate's ratio.
+- idle: one stream in this process (2 threads) while the 7 other slots hold earlier requests' prompts and answers
+  (the prefix cache's idle slots), against the same stream with them emptied, in turn (the arms take turns going
+  first): the decode rate's ratio.
 - text: a stream's text assembly over the fine-tune's tokenizer, answers of 64 to 2048 tokens, by decoding the
   whole answer at every token against the tokenizers library's DecodeStream (what streams use), in turn, µs per
   token.
@@ -279,25 +280,30 @@ def idle_cache_rate(model, rounds: int, max_tokens: int) -> dict:
         times = [time.perf_counter() for _event in stream]  # the first text, ..., the result (after the last token)
         return (stream.result.completion_tokens - 1) / (times[-1] - times[0])
 
-    def empty_idle() -> None:  # nothing runs now: the worker touches the context only in a step
-        time.sleep(0.2)
-        for slot in runtime.slots.idle():
+    def empty_idle() -> None:
+        time.sleep(0.2)  # the last request's slot is let go just after its result: nothing runs after this
+        for slot in runtime.slots.idle():  # (the worker touches the context only in a step)
             runtime.slots.drop(slot)
 
     held, emptied, cells = [], [], []
     try:
         for _ in range(8):
             one()
-        for _ in range(rounds):
-            for _ in range(8):  # every slot caches a request's prompt and answer
-                one()
-            cells.append(sum(len(s.cached) for s in runtime.slots.idle()))
-            held.append(statistics.median(one() for _ in range(3)))
-            rates = []
-            for _ in range(3):
-                empty_idle()
-                rates.append(one())
-            emptied.append(statistics.median(rates))
+        for r in range(rounds):
+            for arm in ("held", "emptied") if r % 2 == 0 else ("emptied", "held"):
+                if arm == "held":
+                    for _ in range(8):  # every slot caches a request's prompt and answer
+                        one()
+                    idle = runtime.slots.idle()
+                    taken = min(idle, key=lambda slot: slot.used)  # the least recently used: the stream's
+                    cells.append(sum(len(slot.cached) for slot in idle if slot is not taken))
+                    held.append(statistics.median(one() for _ in range(3)))
+                else:
+                    rates = []
+                    for _ in range(3):
+                        empty_idle()
+                        rates.append(one())
+                    emptied.append(statistics.median(rates))
     finally:
         runtime.close()
     per = [h / e for h, e in zip(held, emptied)]
@@ -371,8 +377,8 @@ def main() -> None:
         print(f"text, {row['tokens']} tokens: whole decodes {row['whole_us_per_token']} µs/token, DecodeStream "
               f"{row['incremental_us_per_token']} µs/token ({row['whole_over_incremental']}x)")
     if (idle := out["idle"]) is not None:
-        print(f"idle: one stream beside {idle['idle_cached_tokens']} cached tokens of idle slots {idle['held_tok_s']} "
-              f"tok/s, with them emptied {idle['emptied_tok_s']} -> {idle['held_over_emptied']:.3f}x "
+        print(f"idle: one stream beside {idle['idle_cached_tokens']} cached tokens of 7 idle slots "
+              f"{idle['held_tok_s']} tok/s, with them emptied {idle['emptied_tok_s']} -> {idle['held_over_emptied']:.3f}x "
               f"(rounds {idle['per_round']})")
     for row in out["serving"]:
         print(f"serving, {row['clients']} client(s): serving threads {row['serving_cpu_ms_per_token']} ms CPU/token "

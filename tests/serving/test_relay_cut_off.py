@@ -72,3 +72,59 @@ def test_the_events_an_instance_wrote_before_it_died_all_reach_the_client():
     error = json.loads(events[4].removeprefix("data: "))["error"]
     assert error["code"] == "UpstreamError" and "incomplete" in error["message"]
     assert events[5:] == [""] and done.status == 424 and done.tokens == 4 and done.calls == 1
+
+
+async def stalled_instance(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """An instance that sends one event and then nothing more (it is still thinking)."""
+    await reader.readuntil(b"\r\n\r\n")
+    await reader.readexactly(2)
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+    writer.write(chunk(event("a")))
+    await writer.drain()
+    await asyncio.sleep(30)
+
+
+async def first_piece_of_a_stalled_stream(then):
+    """Relay a stalled instance's stream with forgeflow's own Release, take its first piece and hand the relay,
+    its Release and its reading to `then`."""
+    from forgeflow.serving.relay import Release as Releasing
+
+    server = await asyncio.start_server(stalled_instance, "127.0.0.1", 0)
+    recorded = []
+    call = SimpleNamespace(svc=SimpleNamespace(metrics=Metrics()), endpoint="e", deployment="d",
+                           started=time.perf_counter(), dialect=Dialect.OPENAI,
+                           record=lambda *args: recorded.append(args))
+    try:
+        async with aiohttp.ClientSession() as session:
+            resp = await session.post(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/x", data=b"{}")
+            done = Releasing(call, resp, SimpleNamespace(release=lambda: None))
+            pieces = relay(call, resp, done, RequestTimeout("too slow"))
+            assert b'"a"' in await pieces.__anext__()
+            return await then(pieces, done, done.reading._task), recorded
+    finally:
+        server.close()
+
+
+def test_a_client_that_leaves_stops_the_reading_before_the_response_is_let_go():
+    """The client leaves while the relay waits at an event (its generator is never closed): the release stops the
+    reading task before it closes the upstream response, so no reader is woken by the close."""
+    async def leave(pieces, done, reading):
+        await done()  # what the response's end does when its client has gone
+        await asyncio.sleep(0)
+        return reading.cancelled(), done.resp.closed  # stopped, not woken by the close
+
+    (stopped, closed), recorded = asyncio.run(first_piece_of_a_stalled_stream(leave))
+    assert stopped and closed and recorded[0][0] == 499
+
+
+def test_a_reading_stopped_by_anything_else_ends_the_relay_rather_than_hanging_it():
+    async def stop_the_reading(pieces, done, reading):
+        reading.cancel()
+        try:
+            await asyncio.wait_for(pieces.__anext__(), 5)
+        except RuntimeError as exc:
+            return str(exc)
+        return None
+
+    said, recorded = asyncio.run(first_piece_of_a_stalled_stream(stop_the_reading))
+    assert said is not None and "stopped" in said

@@ -9,6 +9,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
@@ -22,7 +23,7 @@ from forgeflow.serving.metrics import Metrics
 from forgeflow.serving.schemas import Dialect
 
 log = logging.getLogger("forgeflow.gateway")
-RECEIVED_AHEAD = 64  # reads of an upstream body that may wait for the relay (`_received`)
+RECEIVED_AHEAD = 256 * 1024  # bytes of an upstream body that may wait for the relay (`_Received`)
 
 
 class Relayed(Protocol):
@@ -46,11 +47,14 @@ class Release:
         self.status, self.tokens, self.usage = 499, 0, None  # 499: the client went away first
         self.failed = False  # an error event was passed on: the answer is incomplete
         self.done = False
+        self.reading: _Received | None = None  # the relay's reading of the upstream body, stopped first
 
     async def __call__(self) -> None:
         if self.done:
             return
         self.done = True
+        if self.reading is not None:  # before the response goes: a reader still waiting on it would be woken
+            self.reading.stop()  # by its close with aiohttp's shared "connection closed" exception
         self.ticket.release()
         try:
             if self.status == 200:  # read to its end: the connection goes back to the pool
@@ -102,12 +106,13 @@ async def relay(call: Relayed, resp: aiohttp.ClientResponse, release: Release,
     incomplete (OpenAI's clients raise it): the instance's own, or the gateway's when the upstream breaks off
     (the instance died, or was silent past request_timeout_ms). It counts as a 424 (or 408). On the Azure route
     the connection is then closed before the body's end (`_StreamFailed`). Every whole event the instance wrote
-    before it broke off is passed on first (`_received`); a half-received event is dropped, never passed on.
+    before it broke off is passed on first (`_Received`); a half-received event is dropped, never passed on.
     Events end with an empty line (LF line ends), as the model and flow servers write them."""
     m, labels = call.svc.metrics, Metrics.labels(endpoint=call.endpoint, deployment=call.deployment)
     first, pending = True, b""
+    received = release.reading = _Received(resp.content)
     try:
-        async for chunk in _received(resp.content):
+        async for chunk in received:
             if first:
                 first = False
                 m.observe("forgeflow_time_to_first_token_seconds", labels, time.perf_counter() - call.started)
@@ -136,31 +141,58 @@ async def relay(call: Relayed, resp: aiohttp.ClientResponse, release: Release,
         raise _StreamFailed()
 
 
-async def _received(content: Any) -> AsyncIterator[bytes]:
-    """An upstream body's bytes as they arrive, then its break if it broke. aiohttp's reader raises a break (the
-    instance died) before it hands back bytes it had already received, so a task of its own reads the body while
-    the relay is busy sending its client what came before: the events an instance wrote before it died all get
-    through. Up to RECEIVED_AHEAD reads wait for the relay; past that the task waits too, and the instance's
-    writes are held back as before (TCP's flow control)."""
-    queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=RECEIVED_AHEAD)
+class _Received:
+    """An upstream body's bytes as they arrive, then its break if it broke (iterate it). aiohttp's reader raises a
+    break (the instance died) before it hands back bytes it had already received, so a task of its own reads the
+    body while the relay is busy sending its client what came before: the events an instance wrote before it died
+    get through as long as the client is less than RECEIVED_AHEAD bytes behind. Past that the task waits for the
+    relay, and the instance's writes are held back by TCP's flow control, as when the relay read the body itself.
+    `stop` ends the task (the relay's end, or its client's: before the response is let go)."""
 
-    async def read() -> None:
+    def __init__(self, content: Any) -> None:
+        self._items: deque[bytes | BaseException | None] = deque()  # None: the body's end
+        self._held = 0  # bytes received and not yet taken
+        self._came, self._room = asyncio.Event(), asyncio.Event()
+        self._task = asyncio.ensure_future(self._read(content))
+
+    async def _read(self, content: Any) -> None:
+        end: BaseException | None = None
         try:
             async for data in content.iter_any():
-                await queue.put(data)
+                self._items.append(data)
+                self._held += len(data)
+                self._came.set()
+                while self._held >= RECEIVED_AHEAD:
+                    self._room.clear()
+                    await self._room.wait()
         except Exception as exc:  # the break, raised where the relay reads it
-            await queue.put(exc)
-        else:
-            await queue.put(None)
+            end = exc
+        except BaseException as exc:  # stopped: whoever still reads hears of it rather than waiting for ever
+            end = RuntimeError(f"reading the upstream stream stopped ({type(exc).__name__})")
+            raise
+        finally:
+            self._items.append(end)
+            self._came.set()
 
-    reader = asyncio.ensure_future(read())
-    try:
-        while (item := await queue.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        reader.cancel()
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            while True:
+                while not self._items:
+                    self._came.clear()
+                    await self._came.wait()
+                item = self._items.popleft()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                self._held -= len(item)
+                self._room.set()
+                yield item
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        self._task.cancel()
 
 
 def _read_events(events: bytes, release: Release) -> bytes:
