@@ -154,9 +154,9 @@ class _Received:
         self._held = 0  # bytes received and not yet taken
         self._came, self._room = asyncio.Event(), asyncio.Event()
         self._task = asyncio.ensure_future(self._read(content))
+        self._task.add_done_callback(self._ended)
 
     async def _read(self, content: Any) -> None:
-        end: BaseException | None = None
         try:
             async for data in content.iter_any():
                 self._items.append(data)
@@ -166,12 +166,16 @@ class _Received:
                     self._room.clear()
                     await self._room.wait()
         except Exception as exc:  # the break, raised where the relay reads it
-            end = exc
-        except BaseException as exc:  # stopped: whoever still reads hears of it rather than waiting for ever
-            end = RuntimeError(f"reading the upstream stream stopped ({type(exc).__name__})")
-            raise
-        finally:
-            self._items.append(end)
+            self._items.append(exc)
+        else:
+            self._items.append(None)
+        self._came.set()
+
+    def _ended(self, task: asyncio.Task) -> None:
+        """A reading cancelled at any point (even before it began) still ends what its consumer reads: as a
+        broken stream, not a wait for ever."""
+        if task.cancelled():
+            self._items.append(aiohttp.ClientConnectionError("the reading of the upstream stream was stopped"))
             self._came.set()
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
