@@ -108,9 +108,10 @@ async def first_piece_of_a_stalled_stream(then):
         server.close()
 
 
-def test_a_client_that_leaves_stops_the_reading_before_the_response_is_let_go():
+def test_a_client_that_leaves_stops_the_reading_when_the_response_is_let_go():
     """The client leaves while the relay waits at an event (its generator is never closed): the release stops the
-    reading task before it closes the upstream response, so no reader is woken by the close."""
+    reading task (it is cancelled, not left waiting on the upstream response). That it does so before it closes the
+    response, so no reader is woken by the close, is the code's order; this test cannot tell the two orders apart."""
     async def leave(pieces, done, reading):
         await done()  # what the response's end does when its client has gone
         await asyncio.sleep(0)
