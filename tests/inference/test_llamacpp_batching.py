@@ -354,7 +354,7 @@ def test_a_request_whose_admission_fails_ends_with_the_error_and_releases_its_ad
 
     runtime, place = adapter_runtime, adapter_runtime.slots.place
 
-    def fails_once(seq):
+    def fails_once(seq, placement):
         monkeypatch.setattr(runtime.slots, "place", place)
         raise RuntimeError("no slot")
 

@@ -13,9 +13,11 @@ request reuses the KV of the longest prefix it shares with what a slot caches (a
 prompt); `prefix_cache=False` turns that off. With LoRA adapters (`adapters={name: PEFT folder}`,
 `model_dir` the base) each adapter is converted to a GGUF LoRA file (inference/gguf_lora.py) and loaded on first
 use; llama.cpp applies adapters per context, so a step decodes each adapter's requests in a call of its own.
-A step that fails (an error status from llama_decode other than a full KV cache, or an exception) fails the
-requests running and starts the cache afresh once the context has decoded one token; a context that cannot stops
-the worker, which ends every request it holds and says why in `failure` (the model server then exits).
+A call that finds the KV cache full fails the requests in it still reading their prompts (the others decode on
+without them), or all of its requests when none or only those are. A step that fails (an error status from
+llama_decode other than a full KV cache, or an exception) fails the requests running and starts the cache afresh
+once the context has decoded one token; a context that cannot stops the worker, which ends every request it holds
+and says why in `failure` (the model server then exits).
 
 Prompts are rendered and tokenized with the model folder's own HF tokenizer and chat template
 (runtimes/base.py `PromptEncoder`), and answers decoded with it, so this runtime reads and writes exactly the
@@ -47,7 +49,7 @@ from forgeflow.inference.runtimes.prepare import RequestPreparer
 log = logging.getLogger("forgeflow.llamacpp")
 MAX_CONTEXT = 4096  # per request
 MAX_SHARED_CONTEXT = 8192  # cells of the KV cache the running requests share, when more than one request's
-# MAX_CONTEXT fits in it: more running requests than fit at their longest wait for room (SlotTable.fits)
+# MAX_CONTEXT fits in it: more running requests than fit at their longest wait for room (SlotTable.room_for)
 MAX_SEQUENCES = 256  # llama.cpp's most sequences in one context (LLAMA_MAX_SEQ)
 N_BATCH = 512
 PREFILL_BUDGET = 16  # prompt tokens a step takes once it holds one prompt's chunk (`prefill_budget`): prompts
@@ -200,9 +202,9 @@ class LlamaCppRuntime:
                 self._admit()
                 if self.slots.running():
                     self._step()
-            except ServerUnavailable:  # closing mid-step
-                break
             except Exception as exc:  # a bug or a broken context: fail what runs, start the cache afresh
+                if isinstance(exc, ServerUnavailable) and self._stop.is_set():  # closing mid-step
+                    break
                 log.exception("llama.cpp step failed")
                 for slot in self.slots.running():
                     self._end(slot, exc)
@@ -235,13 +237,14 @@ class LlamaCppRuntime:
                 continue
             acquired = False
             try:
-                if not self.slots.fits(seq):
+                placement = self.slots.room_for(seq)
+                if placement is None:
                     self.held.appendleft(seq)  # it runs once running requests end
                     return
                 if seq.adapter is not None:
                     self.adapters.acquire(seq.adapter)
                     acquired = True
-                self.slots.place(seq)
+                self.slots.place(seq, placement)
             except Exception as exc:  # its adapter failed to load, or a bug: this request fails, the others go on
                 log.exception("admitting a request (adapter %s) failed", seq.adapter)
                 seq.out.put(exc)
@@ -297,10 +300,43 @@ class LlamaCppRuntime:
 
     def _decode(self, adapter: str | None, items: list[tuple[Slot, list[int]]]) -> None:
         engine = self.engine
-        engine.use_adapter(self.adapters.acquire(adapter) if adapter is not None else None)
+        if adapter is None:
+            engine.use_adapter(None)
+        else:  # held by its requests; this use only looks up the handle, and gives it back whatever happens
+            handle = self.adapters.acquire(adapter)
+            try:
+                engine.use_adapter(handle)
+            finally:
+                self.adapters.release(adapter)
         self._current = adapter
-        if adapter is not None:
-            self.adapters.release(adapter)  # held by its requests; this use only looked up the handle
+        while True:
+            entries, picks = self._entries(items)
+            status = engine.decode(entries)
+            if status != 1:
+                break
+            # no room in the KV cache (llama.cpp decoded none of it): the requests still reading their prompts
+            # fail and the others decode without them; when none or only those are left, these requests fail
+            reading = [item for item in items if item[0].seq.generated == 0]
+            failing = reading if reading and len(reading) < len(items) else items
+            log.error("llama_decode found no room in the KV cache for %d requests", len(failing))
+            for slot, _ in failing:
+                self.slots.drop(slot)
+                self._end(slot, ServerUnavailable("the model server's KV cache is full; retry later"))
+            if failing is items:
+                return
+            items = [item for item in items if item not in failing]
+        if status != 0:  # a failed step: every running request fails and the context starts afresh (_serve)
+            raise ForgeflowError(f"llama.cpp failed to decode (status {status})")
+        for slot, chunk in items:
+            slot.cached.extend(chunk)
+            del slot.feed[: len(chunk)]
+        for slot, index in picks:
+            self._pick(slot, engine.logits(index))
+
+    @staticmethod
+    def _entries(items: list[tuple[Slot, list[int]]]) -> tuple[list, list[tuple[Slot, int]]]:
+        """The llama_decode entries of these chunks, and which entry's logits each request that finishes its feed
+        picks from."""
         entries, picks = [], []
         for slot, chunk in items:
             done = len(chunk) == len(slot.feed)
@@ -309,20 +345,7 @@ class LlamaCppRuntime:
                 if last:
                     picks.append((slot, len(entries)))
                 entries.append((token, len(slot.cached) + j, slot.seq_id, last))
-        status = engine.decode(entries)
-        if status == 1:  # no room in the KV cache for these requests: they fail, the others go on
-            log.error("llama_decode found no room in the KV cache for %d requests", len(items))
-            for slot, _ in items:
-                self.slots.drop(slot)
-                self._end(slot, ServerUnavailable("the model server's KV cache is full; retry later"))
-            return
-        if status != 0:  # a failed step: every running request fails and the context starts afresh (_serve)
-            raise ForgeflowError(f"llama.cpp failed to decode (status {status})")
-        for slot, chunk in items:
-            slot.cached.extend(chunk)
-            del slot.feed[: len(chunk)]
-        for slot, index in picks:
-            self._pick(slot, engine.logits(index))
+        return entries, picks
 
     def _pick(self, slot: Slot, logits: Any) -> None:
         seq = slot.seq

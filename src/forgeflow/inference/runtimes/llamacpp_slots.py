@@ -32,6 +32,15 @@ class Slot:
         return len(self.seq.prompt) + self.seq.max_new_tokens
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a request goes: its slot, the slot it copies a longer shared prefix from (or None), and how many prompt
+    tokens it reuses."""
+    slot: Slot
+    donor: Slot | None
+    keep: int
+
+
 def shared_prefix(cached: list[int], prompt: list[int]) -> int:
     """How many leading tokens `prompt` shares with `cached`; the prompt's last token is always left to
     evaluate, for its logits."""
@@ -61,10 +70,11 @@ class SlotTable:
     def idle(self) -> list[Slot]:
         return [s for s in self.slots if s.seq is None]
 
-    def fits(self, seq: Sequence) -> bool:
-        """Whether `seq` can run beside the running requests without the KV cache running out. Cached idle
-        prefixes are let go to make room, least recently used first and the one `seq` would copy last; the
-        prefix kept in its own slot counts once, as part of its need."""
+    def room_for(self, seq: Sequence) -> Placement | None:
+        """Where `seq` goes if it can run beside the running requests without the KV cache running out, else None.
+        Cached idle prefixes are let go to make room, least recently used first and the one `seq` would copy last;
+        the prefix kept in its own slot counts once, as part of its need. `place` takes exactly this placement:
+        choosing again after the drops could pick a slot whose cache was counted as let go but never was."""
         slot, donor, reused = self._choose(seq)
         running = sum(s.need for s in self.running())
         need = len(seq.prompt) + seq.max_new_tokens
@@ -74,24 +84,27 @@ class SlotTable:
 
         if running and running + need - (shared() if donor is not None and donor.seq is not None else 0) \
                 > self.engine.n_ctx:
-            return False
+            return None
         others = [s for s in self.idle() if s is not slot]
         for candidate in sorted(others, key=lambda s: (s is donor, s.used)):
             if running + need - shared() + sum(s.need for s in others) <= self.engine.n_ctx:
                 break
             self.drop(candidate)
-        return True
+        if donor is not None and not shared():  # the donor was let go: only the slot's own cache is reused
+            return Placement(slot, None, self._share(slot, seq))
+        return Placement(slot, donor, reused)
 
-    def place(self, seq: Sequence) -> Slot:
-        """Give `seq` an idle slot (there must be one), its KV holding the longest cached prefix it can reuse."""
-        prompt = seq.prompt
-        slot, donor, keep = self._choose(seq)
+    def place(self, seq: Sequence, placement: Placement) -> Slot:
+        """Give `seq` the idle slot `room_for` chose, its KV holding the longest cached prefix it can reuse."""
+        slot, donor, keep = placement.slot, placement.donor, placement.keep
+        slot.cached = []  # until the engine holds what the slot says, it says nothing (a failed call leaves it so)
         if donor is not None:
             self.engine.forget(slot.seq_id)
             self.engine.share(donor.seq_id, slot.seq_id, keep)
         elif not self.engine.forget(slot.seq_id, keep):  # llama.cpp keeps no partial sequences of this model
             self.engine.forget(slot.seq_id)  # (recurrent): start afresh
             keep = 0
+        prompt = seq.prompt
         slot.cached, slot.feed, slot.adapter, slot.seq = prompt[:keep], prompt[keep:], seq.adapter, seq
         self._joins += 1
         slot.joined = self._joins
@@ -105,10 +118,9 @@ class SlotTable:
         half of what it caches (llama.cpp server's rule), so a request that shares a system prompt with another
         chat copies it rather than cutting that chat's history; else the least recently used idle slot."""
         idle = self.idle()
-        prompt, adapter = seq.prompt, seq.adapter
 
         def share(slot: Slot) -> int:
-            return shared_prefix(slot.cached, prompt) if self.prefix_cache and slot.adapter == adapter else 0
+            return self._share(slot, seq)
 
         slot = max(idle, key=lambda s: (share(s), -s.used))
         if share(slot) == 0 or share(slot) < len(slot.cached) // 2:
@@ -118,6 +130,12 @@ class SlotTable:
         if donor is not None and share(donor) > keep:
             return slot, donor, share(donor)
         return slot, None, keep
+
+    def _share(self, slot: Slot, seq: Sequence) -> int:
+        """How many of `seq`'s prompt tokens `slot`'s cache can give it."""
+        if not self.prefix_cache or slot.adapter != seq.adapter:
+            return 0
+        return shared_prefix(slot.cached, seq.prompt)
 
     def release(self, slot: Slot) -> None:
         """The slot's request ended: it goes idle, its cache kept for a later request."""
