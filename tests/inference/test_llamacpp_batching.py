@@ -69,6 +69,11 @@ def test_a_chats_next_turn_reuses_its_prefix_with_the_same_answer(llamacpp_runti
             assert answer == cold.generate(request)
             if len(turns) > 1:
                 assert warm.health()["prefix_tokens_reused"] > before + len(warm.prompts.encode(turns[:1]))
+            wait_until(lambda: warm.health()["running"] == 0, 10, "the slot let go")
+            # what an idle slot caches is a host copy: its sequence holds no cells in the context
+            assert warm.health()["cached_bytes"] > 0 and all(
+                warm.engine.lc.llama_memory_seq_pos_max(warm.engine.memory, slot.seq_id) == -1
+                for slot in warm.slots.idle())
             turns = [*turns, {"role": "assistant", "content": answer.text}, {"role": "user", "content": question}]
         assert cold.health()["prefix_tokens_reused"] == 0
     finally:
@@ -301,7 +306,8 @@ def test_a_failed_decode_fails_its_requests_and_the_context_recovers(llamacpp_ru
     with pytest.raises(Exception, match=error):
         ids_of(submit(runtime, request)[1])
     assert ids_of(submit(runtime, request)[1]) == alone
-    assert runtime.health()["running"] == 0 and runtime.failure is None
+    wait_until(lambda: runtime.health()["running"] == 0, 10, "the slot let go")  # just after its end
+    assert runtime.failure is None
 
 
 @pytest.mark.parametrize("decode, step_error, why", [

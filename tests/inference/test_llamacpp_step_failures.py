@@ -57,6 +57,11 @@ def idle(runtime) -> None:
     wait_until(lambda: runtime.health()["running"] == 0, 10, "every slot let go")
 
 
+def given_back(runtime) -> None:
+    """Every adapter use ended (a request's ends just after its slot is let go)."""
+    wait_until(lambda: runtime.adapters.stats()["in_use"] == {}, 10, "no adapter in use")
+
+
 def test_a_full_kv_cache_fails_the_prompt_being_read_not_the_answer_beside_it(runtime, monkeypatch):
     solo = ids_of(submit(runtime, request_of(runtime))[1])
     prepared = runtime.requests.prepare(request_of(runtime, TEXTS[3]))
@@ -96,11 +101,10 @@ def test_an_adapter_the_context_could_not_apply_is_given_back(runtime, monkeypat
     monkeypatch.setattr(runtime.engine, "use_adapter", use_or_fail)
     with pytest.raises(ForgeflowError, match="could not apply"):
         within(submit(runtime, request_of(runtime), A)[1])
-    idle(runtime)
-    assert failed and runtime.adapters.stats()["in_use"] == {}  # nothing holds it: it can be evicted
+    assert failed
+    given_back(runtime)  # nothing holds it: it can be evicted
     assert within(submit(runtime, request_of(runtime), A)[1]) == solo
-    idle(runtime)
-    assert runtime.adapters.stats()["in_use"] == {}
+    given_back(runtime)
 
 
 def test_server_unavailable_from_a_step_while_open_fails_the_step_and_the_worker_serves_on(runtime, monkeypatch):

@@ -10,7 +10,8 @@ running requests wait a chunk, not a whole long prompt), then others while the s
 than a step is read, each step first reads whole one prompt that joined after it and fits in half the batch.
 Requests join between steps and leave when they end, are cancelled (a stop string, a client gone) or fail. A new
 request reuses the KV of the longest prefix it shares with what a slot caches (a chat's next turn, a shared system
-prompt); `prefix_cache=False` turns that off. With LoRA adapters (`adapters={name: PEFT folder}`,
+prompt); an idle slot keeps its cells as a host copy, so only running requests hold cells in the context
+(runtimes/llamacpp_slots.py); `prefix_cache=False` turns that off. With LoRA adapters (`adapters={name: PEFT folder}`,
 `model_dir` the base) each adapter is converted to a GGUF LoRA file (inference/gguf_lora.py) and loaded on first
 use; llama.cpp applies adapters per context, so a step decodes each adapter's requests in a call of its own.
 A call that finds the KV cache full fails the requests in it still reading their prompts (the others decode on
@@ -110,7 +111,8 @@ class LlamaCppRuntime:
 
     def _start(self, config: dict, max_batch_size: int, max_queue: int, prefix_cache: bool) -> None:
         """Everything after the engine is up, then the worker thread."""
-        self.slots = SlotTable(self.engine, max_batch_size, prefix_cache=prefix_cache)
+        # the host copies of idle slots' cells hold at most what the context itself holds
+        self.slots = SlotTable(self.engine, max_batch_size, prefix_cache=prefix_cache, max_bytes=self.engine.kv_bytes)
         self.eos_token_ids = self._eos_ids(config)
         self.requests = RequestPreparer(self.tokenizer, max_positions=self.max_positions,
                                         vocab_size=self.engine.n_vocab, eos_ids=self.eos_token_ids)
@@ -215,8 +217,7 @@ class LlamaCppRuntime:
         is broken for good (this raises, the worker stops and the server exits) rather than failing each request
         that comes; a request that made its step fail is gone, so a context it did not break goes on."""
         self.engine.clear()
-        for slot in self.slots.slots:
-            slot.cached = []
+        self.slots.reset()
         status = self.engine.decode([(0, 0, 0, True)])  # token 0: every vocabulary has it
         self.engine.clear()
         if status != 0:
@@ -378,7 +379,7 @@ class LlamaCppRuntime:
             seq.out.put(error)
         self.served += completed
         seq.out.put(_DONE)
-        self.slots.release(slot)
+        self.slots.release(slot, keep=error is None)  # a failed request's cells are not worth keeping
         if seq.adapter is not None:
             self._release_adapter(seq.adapter)
 

@@ -1,6 +1,7 @@
 """One llama.cpp model and context, driven through llama.cpp's own batch API by llama-cpp-python's low-level
 bindings: a batch holds tokens of several sequences (llama.cpp sequence ids), each at its own position; the KV
-cache is unified, so sequences share all of its cells and a prefix copied between sequences shares them too.
+cache is unified, so sequences share all of its cells and a prefix copied between sequences shares them too. A
+sequence's cells can be saved to host memory and put back later (llama.cpp's per-sequence state).
 LoRA adapters (GGUF LoRA files, inference/gguf_lora.py) load beside the model and apply per context, so a
 caller decodes each adapter's sequences in a call of their own. Only the runtime's worker thread calls this.
 """
@@ -65,6 +66,20 @@ class LlamaEngine:
         self.n_vocab = lc.llama_vocab_n_tokens(vocab)
         self.eos = int(lc.llama_vocab_eos(vocab))
         self.adapter: Any = None  # the adapter the context applies now
+        self.n_swa = lc.llama_model_n_swa(self.model)  # sliding-window layers' window (0: none)
+        self.kv_bytes = self._measure_kv(n_seq)
+
+    def _measure_kv(self, n_seq: int) -> int:
+        """About what the context's cells take in a host copy, all of them in use: a sequence of 2 cells' copy less
+        one of 1, times the cells (a recurrent model's copy keeps one state per sequence whatever its length)."""
+        sizes = []
+        for length in (1, 2):
+            if self.decode([(0, pos, 0, pos == length - 1) for pos in range(length)]) != 0:
+                self.close()
+                raise ForgeflowError("llama.cpp could not decode a token in a fresh context")
+            sizes.append(self.saved_size(0))
+            self.clear()
+        return max((sizes[1] - sizes[0]) * self.n_ctx, sizes[0] * n_seq)
 
     def decode(self, entries: list[tuple[int, int, int, bool]]) -> int:
         """One llama_decode of (token, position, sequence id, wants logits) entries; llama.cpp's status
@@ -94,6 +109,32 @@ class LlamaEngine:
         """Give `target` the cells of `source`'s first `length` positions (shared, not copied, in a unified
         cache)."""
         self.lc.llama_memory_seq_cp(self.memory, source, target, 0, length)
+
+    def saved_size(self, seq_id: int) -> int:
+        """The bytes of a host copy of a sequence's cells (0: it holds none)."""
+        return int(self.lc.llama_state_seq_get_size(self.ctx, seq_id))
+
+    def save(self, seq_id: int, size: int) -> Any:
+        """A host copy of a sequence's cells (positions, tokens, keys and values, as llama.cpp writes them) of
+        `saved_size` bytes, or None if llama.cpp could not write it."""
+        data = (ctypes.c_uint8 * size)()
+        return data if self.lc.llama_state_seq_get_data(self.ctx, data, size, seq_id) == size else None
+
+    def restore(self, seq_id: int, data: Any) -> bool:
+        """Put a saved copy back as `seq_id`'s cells (wherever the cache has free cells; the sequence's own are let
+        go first); False when the cache has no room for it."""
+        return self.lc.llama_state_seq_set_data(self.ctx, data, len(data), seq_id) == len(data)
+
+    def holds(self, seq_id: int, length: int) -> bool:
+        """Whether `seq_id` holds positions 0..length-1 as a decode from `length` on needs them: its last one is
+        `length - 1`, and sliding-window layers still have the window before it (a sequence cut far back, or
+        copied from one that had moved on, has lost those)."""
+        lc = self.lc
+        first = lc.llama_memory_seq_pos_min(self.memory, seq_id)
+        last = lc.llama_memory_seq_pos_max(self.memory, seq_id)
+        if length == 0:
+            return last == -1
+        return last == length - 1 and 0 <= first <= (max(0, length - self.n_swa) if self.n_swa else 0)
 
     def clear(self) -> None:
         self.lc.llama_memory_clear(self.memory, True)

@@ -1,9 +1,15 @@
 """The `llamacpp` runtime's slots: one llama.cpp sequence id each, holding a running request or, once idle, the
-tokens its KV cells still cache. A new request takes the idle slot whose cache shares the longest prefix with
-its prompt (a chat's next turn) when that is at least half of the slot's cache, else the least recently used idle
-slot, and copies a longer shared prefix from any other slot (a system prompt many users share), as llama.cpp's own
-server reuses its slots. Cached prefixes
-are keyed by adapter: KV computed under one LoRA adapter is not the KV of another.
+tokens of its last request (prompt and answer) with a host copy of their KV cells (llama.cpp's per-sequence state).
+An idle slot holds no cells in the context, so the running requests have all of it to grow in and attend over
+their own cells only: llama.cpp's CPU attention for a lone sequence shares the context's cells among its threads
+by position, and a thread whose share is another sequence's cells has nothing to do (bench/README.md, tenth pass:
+11% of a lone stream's speed at two threads). A new request takes the idle slot whose cache shares the longest
+prefix with its prompt (a chat's next turn) when that is at least half of the slot's cache, else the least
+recently used idle slot, and puts the shared prefix back into its cells; a longer prefix shared with any other
+slot (a system prompt many users share) comes from that slot instead: a running slot's cells are shared, an idle
+slot's copy is put back. So llama.cpp's own server reuses its slots and keeps prompts in host memory. Host copies
+are bounded in bytes (`max_bytes`), least recently used let go first. Cached prefixes are keyed by adapter: KV
+computed under one LoRA adapter is not the KV of another.
 """
 
 from __future__ import annotations
@@ -17,7 +23,9 @@ from forgeflow.inference.batching import Sequence
 @dataclass(eq=False)
 class Slot:
     seq_id: int
-    cached: list[int] = field(default_factory=list)  # the tokens at positions 0.. of this sequence's KV cells
+    cached: list[int] = field(default_factory=list)  # the tokens at positions 0.. of its KV cells (running), or of
+    # its host copy (idle)
+    saved: Any = None  # an idle slot's host copy of its cells (None: nothing cached)
     adapter: str | None = None
     seq: Sequence | None = None
     feed: list[int] = field(default_factory=list)  # tokens to decode next: the prompt's rest, or the last pick
@@ -55,10 +63,11 @@ def shared_prefix(cached: list[int], prompt: list[int]) -> int:
 class SlotTable:
     """The slots of one context of `n_ctx` cells, and the prefix cache over them."""
 
-    def __init__(self, engine: Any, n_slots: int, *, prefix_cache: bool) -> None:
+    def __init__(self, engine: Any, n_slots: int, *, prefix_cache: bool, max_bytes: int) -> None:
         self.engine = engine
         self.slots = [Slot(i) for i in range(n_slots)]
         self.prefix_cache = prefix_cache
+        self.max_bytes = max_bytes
         self.reused = 0  # prompt tokens whose KV came from the cache
         self.hits = 0  # requests that reused some
         self._clock = 0
@@ -71,39 +80,35 @@ class SlotTable:
         return [s for s in self.slots if s.seq is None]
 
     def room_for(self, seq: Sequence) -> Placement | None:
-        """Where `seq` goes if it can run beside the running requests without the KV cache running out, else None.
-        Cached idle prefixes are let go to make room, least recently used first and the one `seq` would copy last;
-        the prefix kept in its own slot counts once, as part of its need. `place` takes exactly this placement:
-        choosing again after the drops could pick a slot whose cache was counted as let go but never was."""
+        """Where `seq` goes if it can run to its end beside the running requests without the KV cache running out,
+        else None. Only running requests hold cells; cells it shares with a running slot count once."""
         slot, donor, reused = self._choose(seq)
         running = sum(s.need for s in self.running())
-        need = len(seq.prompt) + seq.max_new_tokens
-
-        def shared() -> int:  # cells it would share with the donor, while the donor still holds them
-            return reused if donor is not None and len(donor.cached) >= reused else 0
-
-        if running and running + need - (shared() if donor is not None and donor.seq is not None else 0) \
-                > self.engine.n_ctx:
+        shared = reused if donor is not None and donor.seq is not None else 0
+        if running and running + len(seq.prompt) + seq.max_new_tokens - shared > self.engine.n_ctx:
             return None
-        others = [s for s in self.idle() if s is not slot]
-        for candidate in sorted(others, key=lambda s: (s is donor, s.used)):
-            if running + need - shared() + sum(s.need for s in others) <= self.engine.n_ctx:
-                break
-            self.drop(candidate)
-        if donor is not None and not shared():  # the donor was let go: only the slot's own cache is reused
-            return Placement(slot, None, self._share(slot, seq))
         return Placement(slot, donor, reused)
 
     def place(self, seq: Sequence, placement: Placement) -> Slot:
-        """Give `seq` the idle slot `room_for` chose, its KV holding the longest cached prefix it can reuse."""
+        """Give `seq` the idle slot `room_for` chose, its KV holding the longest cached prefix it can reuse: a
+        running donor's cells shared, else a host copy put back and cut to the prefix (none when the cache has no
+        room to put it back: the prompt is read whole)."""
         slot, donor, keep = placement.slot, placement.donor, placement.keep
-        slot.cached = []  # until the engine holds what the slot says, it says nothing (a failed call leaves it so)
-        if donor is not None:
-            self.engine.forget(slot.seq_id)
+        own, slot.cached, slot.saved = slot.saved, [], None  # until the engine holds what the slot says, it says
+        self.engine.forget(slot.seq_id)  # nothing (a failed call leaves it so)
+        if keep and donor is not None and donor.seq is not None:
             self.engine.share(donor.seq_id, slot.seq_id, keep)
-        elif not self.engine.forget(slot.seq_id, keep):  # llama.cpp keeps no partial sequences of this model
-            self.engine.forget(slot.seq_id)  # (recurrent): start afresh
-            keep = 0
+        elif keep:
+            copy = own if donor is None else donor.saved
+            if donor is not None:  # a copy in use is not the least recently used
+                self._clock += 1
+                donor.used = self._clock
+            # (llama.cpp keeps no partial sequences of recurrent models: their cut fails and they start afresh)
+            if self.engine.restore(slot.seq_id, copy):
+                self.engine.forget(slot.seq_id, keep)
+        if keep and not self.engine.holds(slot.seq_id, keep):  # no room to put the copy back, a cut that failed,
+            self.engine.forget(slot.seq_id)  # or sliding-window layers that lost the window before it: the
+            keep = 0  # prompt is read whole
         prompt = seq.prompt
         slot.cached, slot.feed, slot.adapter, slot.seq = prompt[:keep], prompt[keep:], seq.adapter, seq
         self._joins += 1
@@ -137,17 +142,43 @@ class SlotTable:
             return 0
         return shared_prefix(slot.cached, seq.prompt)
 
-    def release(self, slot: Slot) -> None:
-        """The slot's request ended: it goes idle, its cache kept for a later request."""
+    def release(self, slot: Slot, *, keep: bool = True) -> None:
+        """The slot's request ended: its cells are copied to host memory for a later request (`keep` and the prefix
+        cache on, and the copy within the bound: the least recently used copies make room first), then let go,
+        and the slot goes idle (last, so whoever sees it idle sees its copy)."""
+        copy = None
+        if keep and self.prefix_cache and slot.cached:
+            size = self.engine.saved_size(slot.seq_id)
+            if 0 < size <= self.max_bytes:
+                held = sorted((s for s in self.idle() if s.saved is not None), key=lambda s: s.used)
+                total = sum(len(s.saved) for s in held)
+                for oldest in held:
+                    if total + size <= self.max_bytes:
+                        break
+                    total -= len(oldest.saved)
+                    self.drop(oldest)
+                copy = self.engine.save(slot.seq_id, size)
+        self.engine.forget(slot.seq_id)
         self._clock += 1
-        slot.seq, slot.feed, slot.used = None, [], self._clock
+        slot.saved, slot.used, slot.feed = copy, self._clock, []
+        if copy is None:
+            slot.cached = []
+        slot.seq = None
 
     def drop(self, slot: Slot) -> None:
-        """Forget a slot's cached tokens (its cells are freed)."""
+        """Forget a slot's cached tokens (its cells are freed, its host copy let go)."""
         self.engine.forget(slot.seq_id)
-        slot.cached = []
+        slot.cached, slot.saved = [], None
+
+    def reset(self) -> None:
+        """The engine's cache was emptied (the requests running have been ended): slots hold no cells; idle ones'
+        host copies are their own, and stay."""
+        for slot in self.slots:
+            if slot.saved is None:
+                slot.cached = []
 
     def stats(self) -> dict[str, int]:
         return {"slots": len(self.slots), "running": len(self.running()),
                 "cached_tokens": sum(len(s.cached) for s in self.idle()),
+                "cached_bytes": sum(len(copy) for s in self.idle() if (copy := s.saved) is not None),
                 "prefix_hits": self.hits, "prefix_tokens_reused": self.reused}
