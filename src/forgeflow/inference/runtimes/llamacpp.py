@@ -111,8 +111,8 @@ class LlamaCppRuntime:
 
     def _start(self, config: dict, max_batch_size: int, max_queue: int, prefix_cache: bool) -> None:
         """Everything after the engine is up, then the worker thread."""
-        # the host copies of idle slots' cells hold at most what the context itself holds
-        self.slots = SlotTable(self.engine, max_batch_size, prefix_cache=prefix_cache, max_bytes=self.engine.kv_bytes)
+        # the host copies of idle slots' cells hold at most what the context itself holds (measured by the worker)
+        self.slots = SlotTable(self.engine, max_batch_size, prefix_cache=prefix_cache, max_bytes=0)
         self.eos_token_ids = self._eos_ids(config)
         self.requests = RequestPreparer(self.tokenizer, max_positions=self.max_positions,
                                         vocab_size=self.engine.n_vocab, eos_ids=self.eos_token_ids)
@@ -199,6 +199,7 @@ class LlamaCppRuntime:
             seq.out.put(_DONE)
 
     def _serve(self) -> None:
+        self.slots.max_bytes = self.engine.measure_kv(len(self.slots.slots))
         while not self._stop.is_set():
             try:
                 self._admit()
