@@ -185,6 +185,17 @@ def test_a_copy_another_request_reuses_counts_as_used_when_copies_make_room():
     check(slots, engine)
 
 
+def test_requests_sharing_an_idle_copy_share_one_set_of_cells():
+    """The first puts the copy back; the next ones share its cells rather than putting it back again."""
+    slots, engine = table(100, 4)
+    system = [1, 2, 3, 4, 5]
+    idle(slots, engine, slots.slots[0], system + [9] * 8)
+    firsts = [admit(slots, Sequence(system + [6 + i], 10)) for i in range(3)]
+    assert all(slot.cached == system for slot in firsts)
+    assert engine.used() == len(system)  # one set of cells, held by all three
+    check(slots, engine)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_whatever_is_admitted_fits_to_its_end(seed):
     """Random tables (running requests part way through, idle prefixes under two adapters, prompts sharing

@@ -131,7 +131,10 @@ class SlotTable:
         if share(slot) == 0 or share(slot) < len(slot.cached) // 2:
             slot = min(idle, key=lambda s: s.used)
         keep = share(slot)
-        donor = max((s for s in self.slots if s is not slot), key=share, default=None)
+        # a running donor before an idle copy of the same prefix: its cells are shared, not copied again (requests
+        # that arrive together with one system prompt share one set of cells)
+        donor = max((s for s in self.slots if s is not slot), key=lambda s: (share(s), s.seq is not None),
+                    default=None)
         if donor is not None and share(donor) > keep:
             return slot, donor, share(donor)
         return slot, None, keep
