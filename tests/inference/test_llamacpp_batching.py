@@ -116,8 +116,8 @@ def test_another_chat_sharing_a_little_copies_it_and_leaves_the_first_chats_hist
 
 
 def test_a_turn_whose_cache_and_answer_fill_the_context_still_reuses_its_prefix(tools_model_dir, monkeypatch):
-    """Room is made by letting go of other slots' caches, never the prefix the request itself reuses (counted
-    once, as part of its own need)."""
+    """The prefix the request itself reuses comes back from its slot's host copy and counts once, as part of its
+    own need, even when that need is the whole context."""
     from forgeflow.inference.runtimes import llamacpp
 
     monkeypatch.setattr(llamacpp, "MAX_SHARED_CONTEXT", 0)  # the cells of one longest request only

@@ -196,6 +196,27 @@ def test_requests_sharing_an_idle_copy_share_one_set_of_cells():
     check(slots, engine)
 
 
+def test_a_copy_that_cannot_come_back_gives_way_to_a_running_slots_prefix():
+    slots, engine = table(40, 3)
+    system = [1, 2, 3]
+    idle(slots, engine, slots.slots[0], system + [4, 4, 4] + [8] * 24)  # shares 6 of its 30: not taken, a donor
+    run(slots, engine, slots.slots[1], Sequence(system + [5] * 6, 10), 9 + 3)  # 12 cells, needs 19
+    late = admit(slots, Sequence(system + [4, 4, 4, 6], 10))  # 14 cells: 19 + 14 fit, the 30-cell copy does not
+    assert late is slots.slots[2] and late.cached == system and engine.used() == 12  # the running one's, shared
+    check(slots, engine)
+
+
+def test_an_empty_idle_slot_is_taken_before_one_holding_a_copy():
+    slots, engine = table(100, 3)
+    idle(slots, engine, slots.slots[0], [1, 2, 3])
+    run(slots, engine, slots.slots[1], Sequence([5, 5], 4), 2)
+    slots.release(slots.slots[1], keep=False)  # ended later, but left nothing
+    run(slots, engine, slots.slots[2], Sequence([6, 6], 4), 2)
+    assert admit(slots, Sequence([7, 7], 4)) is slots.slots[1]
+    assert slots.slots[0].cached == [1, 2, 3]
+    check(slots, engine)
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_whatever_is_admitted_fits_to_its_end(seed):
     """Random tables (running requests part way through, idle prefixes under two adapters, prompts sharing

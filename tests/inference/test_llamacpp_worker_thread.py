@@ -34,3 +34,21 @@ def test_only_the_worker_thread_decodes(tools_model_dir, monkeypatch):
     finally:
         runtime.close()
     assert threads and set(threads) == {"forgeflow-llamacpp"}
+
+
+def test_a_context_that_cannot_be_measured_fails_the_start(tools_model_dir, monkeypatch):
+    """The worker's first act decodes; a context that cannot fails the runtime's start (a load failure the model
+    server reports before it is ready), not the first requests after it said it was ready."""
+    from forgeflow.errors import ForgeflowError
+    from forgeflow.inference.runtimes.llamacpp import LlamaCppRuntime
+    from forgeflow.inference.runtimes.llamacpp_engine import LlamaEngine
+
+    def cannot(self, n_seq):
+        raise ForgeflowError("llama.cpp could not decode a token in a fresh context")
+
+    closed, close = [], LlamaEngine.close
+    monkeypatch.setattr(LlamaEngine, "measure_kv", cannot)
+    monkeypatch.setattr(LlamaEngine, "close", lambda self: closed.append(True) or close(self))
+    with pytest.raises(ForgeflowError, match="worker stopped: ForgeflowError: llama.cpp could not decode"):
+        LlamaCppRuntime(tools_model_dir, threads=1, max_batch_size=2)
+    assert closed  # the engine was freed once the worker had stopped

@@ -127,7 +127,12 @@ class LlamaCppRuntime:
         self._stop = threading.Event()
         self._accepting = threading.Lock()  # no request is queued once close has begun
         self._thread = threading.Thread(target=self._loop, name="forgeflow-llamacpp", daemon=True)
+        self._measured = threading.Event()  # set once the worker measured the context, or failed to
         self._thread.start()
+        self._measured.wait()
+        if self.failure is not None:  # a context that cannot decode fails the start, not the first requests
+            self._thread.join()
+            raise ForgeflowError(self.failure)
 
     def _eos_ids(self, config: dict) -> list[int]:
         ids = {self.engine.eos}
@@ -179,6 +184,8 @@ class LlamaCppRuntime:
     # -- the worker -------------------------------------------------------------------------------
     def _loop(self) -> None:
         try:
+            self.slots.max_bytes = self.engine.measure_kv(len(self.slots.slots))
+            self._measured.set()
             self._serve()
             closing = ServerUnavailable("the model server is shutting down; retry on another instance")
         except BaseException as exc:  # the context failed its check, or worse: it serves no more (the server exits)
@@ -187,6 +194,7 @@ class LlamaCppRuntime:
             with self._accepting:
                 self._stop.set()
             closing = ServerUnavailable(f"{self.failure}; retry on another instance")
+            self._measured.set()  # (after `failure`: a start still waiting reads it)
         for slot in self.slots.running():
             self._end(slot, closing)
         while True:  # nothing is queued after close began: end what is waiting
@@ -199,7 +207,6 @@ class LlamaCppRuntime:
             seq.out.put(_DONE)
 
     def _serve(self) -> None:
-        self.slots.max_bytes = self.engine.measure_kv(len(self.slots.slots))
         while not self._stop.is_set():
             try:
                 self._admit()

@@ -67,6 +67,8 @@ class LlamaEngine:
         self.eos = int(lc.llama_vocab_eos(vocab))
         self.adapter: Any = None  # the adapter the context applies now
         self.n_swa = lc.llama_model_n_swa(self.model)  # sliding-window layers' window (0: none)
+        # a recurrent state (alone or beside attention) is one position: what it has read up to
+        self.recurrent = bool(lc.llama_model_is_recurrent(self.model) or lc.llama_model_is_hybrid(self.model))
 
     def measure_kv(self, n_seq: int) -> int:
         """About what the context's cells take in host copies, all of them in use: a sequence of 2 cells' copy less
@@ -116,14 +118,19 @@ class LlamaEngine:
 
     def save(self, seq_id: int, size: int) -> Any:
         """A host copy of a sequence's cells (positions, tokens, keys and values, as llama.cpp writes them) of
-        `saved_size` bytes, or None if llama.cpp could not write it."""
-        data = (ctypes.c_uint8 * size)()
-        return data if self.lc.llama_state_seq_get_data(self.ctx, data, size, seq_id) == size else None
+        `saved_size` bytes (a numpy array: not zeroed first), or None if llama.cpp could not write it."""
+        import numpy as np
+
+        data = np.empty(size, dtype=np.uint8)
+        written = self.lc.llama_state_seq_get_data(self.ctx, data.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)),
+                                                   size, seq_id)
+        return data if written == size else None
 
     def restore(self, seq_id: int, data: Any) -> bool:
         """Put a saved copy back as `seq_id`'s cells (wherever the cache has free cells; the sequence's own are let
         go first); False when the cache has no room for it."""
-        return self.lc.llama_state_seq_set_data(self.ctx, data, len(data), seq_id) == len(data)
+        pointer = data.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8))
+        return self.lc.llama_state_seq_set_data(self.ctx, pointer, len(data), seq_id) == len(data)
 
     def holds(self, seq_id: int, length: int) -> bool:
         """Whether `seq_id` holds positions 0..length-1 as a decode from `length` on needs them: its last one is
@@ -134,6 +141,8 @@ class LlamaEngine:
         last = lc.llama_memory_seq_pos_max(self.memory, seq_id)
         if length == 0:
             return last == -1
+        if self.recurrent:  # its state must have read exactly the kept positions (llama.cpp reports the state's
+            return first == last == length - 1  # position as both, beside attention cells too)
         return last == length - 1 and 0 <= first <= (max(0, length - self.n_swa) if self.n_swa else 0)
 
     def clear(self) -> None:

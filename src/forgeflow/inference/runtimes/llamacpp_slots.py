@@ -91,24 +91,20 @@ class SlotTable:
 
     def place(self, seq: Sequence, placement: Placement) -> Slot:
         """Give `seq` the idle slot `room_for` chose, its KV holding the longest cached prefix it can reuse: a
-        running donor's cells shared, else a host copy put back and cut to the prefix (none when the cache has no
-        room to put it back: the prompt is read whole)."""
+        running donor's cells shared, else a host copy put back and cut to the prefix; a copy that cannot come
+        back (no room beside the running requests) gives way to the longest prefix a running slot shares, and
+        with none the prompt is read whole."""
         slot, donor, keep = placement.slot, placement.donor, placement.keep
-        own, slot.cached, slot.saved = slot.saved, [], None  # until the engine holds what the slot says, it says
-        self.engine.forget(slot.seq_id)  # nothing (a failed call leaves it so)
-        if keep and donor is not None and donor.seq is not None:
-            self.engine.share(donor.seq_id, slot.seq_id, keep)
-        elif keep:
-            copy = own if donor is None else donor.saved
-            if donor is not None:  # a copy in use is not the least recently used
-                self._clock += 1
-                donor.used = self._clock
-            # (llama.cpp keeps no partial sequences of recurrent models: their cut fails and they start afresh)
-            if self.engine.restore(slot.seq_id, copy):
-                self.engine.forget(slot.seq_id, keep)
-        if keep and not self.engine.holds(slot.seq_id, keep):  # no room to put the copy back, a cut that failed,
-            self.engine.forget(slot.seq_id)  # or sliding-window layers that lost the window before it: the
-            keep = 0  # prompt is read whole
+        own = (slot.saved, len(slot.cached))
+        slot.cached, slot.saved = [], None  # until the engine holds what the slot says, it says nothing
+        self.engine.forget(slot.seq_id)  # (a failed call leaves it so)
+        if keep:
+            kept = self._put(slot, donor, own, keep)
+            if not kept and (donor is None or donor.seq is None):  # the copy could not come back: a running
+                runner = max(self.running(), key=lambda s: self._share(s, seq), default=None)  # slot's cells, then
+                if runner is not None and self._share(runner, seq):
+                    kept = self._put(slot, runner, own, self._share(runner, seq))
+            keep = kept
         prompt = seq.prompt
         slot.cached, slot.feed, slot.adapter, slot.seq = prompt[:keep], prompt[keep:], seq.adapter, seq
         self._joins += 1
@@ -116,6 +112,26 @@ class SlotTable:
         self.reused += keep
         self.hits += keep > 0
         return slot
+
+    def _put(self, slot: Slot, donor: Slot | None, own: tuple[Any, int], keep: int) -> int:
+        """Give `slot`'s sequence the first `keep` positions: a running donor's cells shared, or a host copy (the
+        donor's, else the slot's own) put back and cut; how many it then holds as a decode needs them (0: none,
+        its cells let go: no room for the copy beside the running requests, or a cut llama.cpp cannot make)."""
+        if donor is not None and donor.seq is not None:
+            self.engine.share(donor.seq_id, slot.seq_id, keep)
+        else:
+            copy, length = own if donor is None else (donor.saved, len(donor.cached))
+            if donor is not None:  # a copy in use is not the least recently used
+                self._clock += 1
+                donor.used = self._clock
+            # counted as if no cells were shared: a copy that may not fit is not tried (llama.cpp logs an error)
+            if sum(len(s.cached) for s in self.running()) + length <= self.engine.n_ctx and \
+                    self.engine.restore(slot.seq_id, copy):
+                self.engine.forget(slot.seq_id, keep)
+        if self.engine.holds(slot.seq_id, keep):
+            return keep
+        self.engine.forget(slot.seq_id)
+        return 0
 
     def _choose(self, seq: Sequence) -> tuple[Slot, Slot | None, int]:
         """The idle slot `seq` takes, the other slot it copies a longer shared prefix from (None if none), and
@@ -128,14 +144,14 @@ class SlotTable:
             return self._share(slot, seq)
 
         slot = max(idle, key=lambda s: (share(s), -s.used))
-        if share(slot) == 0 or share(slot) < len(slot.cached) // 2:
-            slot = min(idle, key=lambda s: s.used)
+        if share(slot) == 0 or share(slot) < len(slot.cached) // 2:  # an empty one before one holding a copy
+            slot = min(idle, key=lambda s: (s.saved is not None, s.used))
         keep = share(slot)
-        # a running donor before an idle copy of the same prefix: its cells are shared, not copied again (requests
-        # that arrive together with one system prompt share one set of cells)
+        # a running donor before a copy of the same prefix (its own included): its cells are shared, not copied
+        # again (requests that arrive together with one system prompt share one set of cells)
         donor = max((s for s in self.slots if s is not slot), key=lambda s: (share(s), s.seq is not None),
                     default=None)
-        if donor is not None and share(donor) > keep:
+        if donor is not None and (share(donor) > keep or share(donor) == keep > 0 and donor.seq is not None):
             return slot, donor, share(donor)
         return slot, None, keep
 
