@@ -7,8 +7,8 @@ by position, and a thread whose share is another sequence's cells has nothing to
 prefix with its prompt (a chat's next turn) when that is at least half of the slot's cache, else the least
 recently used idle slot, and puts the shared prefix back into its cells; a longer prefix shared with any other
 slot (a system prompt many users share) comes from that slot instead: a running slot's cells are shared, an idle
-slot's copy is put back. So llama.cpp's own server reuses its slots and keeps prompts in host memory. Host copies
-are bounded in bytes (`max_bytes`), least recently used let go first. Cached prefixes are keyed by adapter: KV
+slot's copy is put back (as llama.cpp's own server reuses its slots and keeps prompts in host memory). Host
+copies are bounded in bytes (`max_bytes`), least recently used let go first. Cached prefixes are keyed by adapter: KV
 computed under one LoRA adapter is not the KV of another.
 """
 
