@@ -19,8 +19,8 @@ spent inside llama_decode, and the CPU the model server's serving threads spend 
   its first text out of the runtime, to the client reading it (medians); and how long the median request waited for
   the step in flight, and how many steps it then took to its first token.
 - idle: one stream in this process (2 threads) while the 7 other slots hold earlier requests' prompts and answers
-  (the prefix cache's idle slots), against the same stream with them emptied, in turn (the arms take turns going
-  first): the decode rate's ratio.
+  (the prefix cache's idle slots, host copies since the tenth pass), against the same stream with them emptied, in
+  turn (the arms take turns going first): the decode rate's ratio.
 - text: a stream's text assembly over the fine-tune's tokenizer, answers of 64 to 2048 tokens, by decoding the
   whole answer at every token against the tokenizers library's DecodeStream (what streams use), in turn, µs per
   token.
@@ -265,7 +265,8 @@ def serving_cpu(model, clients: int, requests: int, rounds: int, max_tokens: int
 def idle_cache_rate(model, rounds: int, max_tokens: int) -> dict:
     """One stream's decode rate in this process (2 threads) while the 7 other slots hold the prompts and answers of
     earlier requests (what a deployment's prefix cache keeps), against the same stream with those idle slots
-    emptied first, in turn: what cached idle prefixes cost a running stream in llama.cpp's unified KV cache."""
+    emptied first, in turn: what cached idle prefixes cost a running stream (0.91x while they held cells in the
+    unified KV cache; nothing since idle slots keep host copies instead: bench/README.md, tenth pass)."""
     from serve_throughput import PROMPTS
 
     from forgeflow.chat.request import chat_request
