@@ -379,7 +379,8 @@ def main() -> None:
               f"{row['incremental_us_per_token']} µs/token ({row['whole_over_incremental']}x)")
     if (idle := out["idle"]) is not None:
         print(f"idle: one stream beside {idle['idle_cached_tokens']} cached tokens of 7 idle slots "
-              f"{idle['held_tok_s']} tok/s, with them emptied {idle['emptied_tok_s']} -> {idle['held_over_emptied']:.3f}x "
+              f"{idle['held_tok_s']} tok/s, with them emptied {idle['emptied_tok_s']} -> "
+              f"{idle['held_over_emptied']:.3f}x "
               f"(rounds {idle['per_round']})")
     for row in out["serving"]:
         print(f"serving, {row['clients']} client(s): serving threads {row['serving_cpu_ms_per_token']} ms CPU/token "
