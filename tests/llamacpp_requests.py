@@ -3,7 +3,7 @@ ids) for the tests of its batching and prompt order."""
 
 from __future__ import annotations
 
-from forgeflow.chat import ChatRequest
+from forgeflow.chat import ChatRequest, Sampling
 from forgeflow.inference.batching import Sequence, enqueue
 
 TEXTS = ["hi", "What is the capital of France?", "0 1 2 3 4 5 a b c", "tell me a story", "x", "yy zz",
@@ -24,3 +24,8 @@ def submit(runtime, request: ChatRequest, adapter: str | None = None) -> tuple[l
 
 def ids_of(seq: Sequence) -> list[int]:
     return [token for token, _, _ in seq.tokens()]
+
+
+def never_ending(runtime, text: str = TEXTS[1], tokens: int = 60) -> ChatRequest:
+    """A greedy request whose end-of-sequence tokens are banned: it runs to its `tokens`."""
+    return ChatRequest(chat(text), tokens, Sampling(logit_bias=tuple((eos, -100.0) for eos in runtime.eos_token_ids)))

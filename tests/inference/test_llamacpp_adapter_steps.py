@@ -8,11 +8,10 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-from llamacpp_requests import TEXTS, chat, ids_of, submit
+from llamacpp_requests import ids_of, never_ending, submit
 from tiny import build_tiny_adapter
 from waiting import wait_until
 
-from forgeflow.chat import ChatRequest, Sampling
 from forgeflow.errors import ServerUnavailable
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
@@ -49,15 +48,10 @@ def fail_once_for(runtime, adapter: str, status: int):
     return decode_or_fail, failed
 
 
-def request_of(runtime) -> ChatRequest:
-    """A greedy request that never ends before its 60 tokens."""
-    return ChatRequest(chat(TEXTS[1]), 60, Sampling(logit_bias=tuple((eos, -100.0) for eos in runtime.eos_token_ids)))
-
-
 def both_running(runtime):
     """Each adapter's answer alone, then a request of each adapter, queued together."""
-    solo = {name: ids_of(submit(runtime, request_of(runtime), name)[1]) for name in (A, B)}
-    return solo, {name: submit(runtime, request_of(runtime), name)[1] for name in (A, B)}
+    solo = {name: ids_of(submit(runtime, never_ending(runtime), name)[1]) for name in (A, B)}
+    return solo, {name: submit(runtime, never_ending(runtime), name)[1] for name in (A, B)}
 
 
 def test_a_full_kv_cache_for_one_adapter_fails_only_its_requests(runtime, monkeypatch):
@@ -81,4 +75,4 @@ def test_a_failed_decode_for_one_adapter_fails_every_running_request_and_the_con
             ids_of(seqs[name])
     assert failed == [1] and runtime.failure is None
     for name in (A, B):  # the next requests get their answers again
-        assert ids_of(submit(runtime, request_of(runtime), name)[1]) == solo[name]
+        assert ids_of(submit(runtime, never_ending(runtime), name)[1]) == solo[name]

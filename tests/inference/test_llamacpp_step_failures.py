@@ -9,11 +9,10 @@ import importlib.util
 import queue
 
 import pytest
-from llamacpp_requests import TEXTS, chat, ids_of, submit
+from llamacpp_requests import TEXTS, ids_of, never_ending, submit
 from tiny import build_tiny_adapter
 from waiting import wait_until
 
-from forgeflow.chat import ChatRequest, Sampling
 from forgeflow.errors import ForgeflowError, ServerUnavailable
 from forgeflow.inference.batching import Sequence
 
@@ -31,11 +30,6 @@ def runtime(tools_model_dir, tmp_path_factory):
     runtime = LlamaCppRuntime(tools_model_dir, threads=1, adapters={A: adapter})
     yield runtime
     runtime.close()
-
-
-def request_of(runtime, text: str = TEXTS[1]) -> ChatRequest:
-    """A greedy request that never ends before its 60 tokens."""
-    return ChatRequest(chat(text), 60, Sampling(logit_bias=tuple((eos, -100.0) for eos in runtime.eos_token_ids)))
 
 
 def within(seq: Sequence, seconds: float = 60) -> list[int]:
@@ -63,8 +57,8 @@ def given_back(runtime) -> None:
 
 
 def test_a_full_kv_cache_fails_the_prompt_being_read_not_the_answer_beside_it(runtime, monkeypatch):
-    solo = ids_of(submit(runtime, request_of(runtime))[1])
-    prepared = runtime.requests.prepare(request_of(runtime, TEXTS[3]))
+    solo = ids_of(submit(runtime, never_ending(runtime))[1])
+    prepared = runtime.requests.prepare(never_ending(runtime, TEXTS[3]))
     late = Sequence(prepared.prompt, prepared.budget, prepared.sampler)
     decode, calls = runtime.engine.decode, []
 
@@ -78,7 +72,7 @@ def test_a_full_kv_cache_fails_the_prompt_being_read_not_the_answer_beside_it(ru
         return decode(entries)
 
     monkeypatch.setattr(runtime.engine, "decode", decode_or_fail)
-    first = submit(runtime, request_of(runtime))[1]
+    first = submit(runtime, never_ending(runtime))[1]
     with pytest.raises(ServerUnavailable, match="KV cache is full"):
         within(late)
     assert calls and calls[0] > 2  # the failed call held the first's token and the late prompt
@@ -88,7 +82,7 @@ def test_a_full_kv_cache_fails_the_prompt_being_read_not_the_answer_beside_it(ru
 
 
 def test_an_adapter_the_context_could_not_apply_is_given_back(runtime, monkeypatch):
-    solo = ids_of(submit(runtime, request_of(runtime), A)[1])
+    solo = ids_of(submit(runtime, never_ending(runtime), A)[1])
     idle(runtime)
     use, failed = runtime.engine.use_adapter, []
 
@@ -100,15 +94,15 @@ def test_an_adapter_the_context_could_not_apply_is_given_back(runtime, monkeypat
 
     monkeypatch.setattr(runtime.engine, "use_adapter", use_or_fail)
     with pytest.raises(ForgeflowError, match="could not apply"):
-        within(submit(runtime, request_of(runtime), A)[1])
+        within(submit(runtime, never_ending(runtime), A)[1])
     assert failed
     given_back(runtime)  # nothing holds it: it can be evicted
-    assert within(submit(runtime, request_of(runtime), A)[1]) == solo
+    assert within(submit(runtime, never_ending(runtime), A)[1]) == solo
     given_back(runtime)
 
 
 def test_server_unavailable_from_a_step_while_open_fails_the_step_and_the_worker_serves_on(runtime, monkeypatch):
-    solo = ids_of(submit(runtime, request_of(runtime))[1])
+    solo = ids_of(submit(runtime, never_ending(runtime))[1])
     decode, raised = runtime.engine.decode, []
 
     def decode_or_raise(entries):
@@ -119,6 +113,6 @@ def test_server_unavailable_from_a_step_while_open_fails_the_step_and_the_worker
 
     monkeypatch.setattr(runtime.engine, "decode", decode_or_raise)
     with pytest.raises(ServerUnavailable, match="instance-level refusal"):
-        within(submit(runtime, request_of(runtime))[1])
-    assert within(submit(runtime, request_of(runtime))[1], 30) == solo  # not left queued behind a stopped worker
+        within(submit(runtime, never_ending(runtime))[1])
+    assert within(submit(runtime, never_ending(runtime))[1], 30) == solo  # not left queued behind a stopped worker
     assert runtime.failure is None
